@@ -1,0 +1,5 @@
+import sys
+
+from redirgate.cli import main
+
+sys.exit(main())
