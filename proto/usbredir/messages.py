@@ -13,7 +13,7 @@ This module never frames messages and never looks at a stream: that is
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 from redirgate.proto.usbredir.constants import (
@@ -131,6 +131,10 @@ class Message:
         """The bytes that follow the type-specific header (none by default)."""
         return b""
 
+    def as_dict(self) -> dict[str, Any]:
+        """The message's fields by their C names (payloads as they are)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
 
 @dataclass(frozen=True, slots=True)
 class DataMessage(Message):
@@ -174,7 +178,7 @@ class Hello(Message):
 
     def __post_init__(self) -> None:
         Message.__post_init__(self)
-        raw = self.version.encode("utf-8", "replace")
+        raw = self.version.encode("latin-1", "replace")
         if len(raw) >= VERSION_LEN or b"\0" in raw:
             raise LocalProtocolError(
                 f"Hello.version must be under {VERSION_LEN} bytes without NUL: {self.version!r}"
@@ -186,7 +190,7 @@ class Hello(Message):
         return VERSION_LEN
 
     def pack_into(self, buf: Buffer, offset: int, shared: Cap) -> None:
-        raw = self.version.encode("utf-8", "replace")
+        raw = self.version.encode("latin-1", "replace")
         struct.pack_into(f"<{VERSION_LEN}s", buf, offset, raw)
 
     @property
@@ -196,7 +200,7 @@ class Hello(Message):
     @classmethod
     def unpack_from(cls, view: memoryview, shared: Cap, msg_id: int, data: memoryview) -> "Hello":
         raw = bytes(view[: VERSION_LEN - 1])  # the reference truncates at 63 chars
-        version = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+        version = raw.split(b"\0", 1)[0].decode("latin-1")
         word = struct.unpack_from("<I", data)[0] if len(data) >= 4 else 0
         return cls(version, Cap(word), id=msg_id)
 

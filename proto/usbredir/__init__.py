@@ -1,0 +1,47 @@
+"""usbredir protocol, sans-IO: messages, framing and negotiation, filter rules.
+
+The protocol is usbredir revision 0.7 as implemented by usbredir 0.13
+(Debian 12).  `UsbredirConnection` is one end of a connection in either role;
+`messages` holds one class per message type.
+"""
+
+from redirgate.proto.usbredir import messages
+from redirgate.proto.usbredir.connection import CLOSED, NEED_DATA, Event, UsbredirConnection
+from redirgate.proto.usbredir.constants import (
+    MAX_BULK_TRANSFER_SIZE,
+    MAX_PACKET_SIZE,
+    Cap,
+    EndpointType,
+    MsgType,
+    Role,
+    Speed,
+    Status,
+    endpoint_slot,
+    slot_endpoint,
+)
+from redirgate.proto.usbredir.errors import (
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+)
+
+__all__ = [
+    "messages",
+    "UsbredirConnection",
+    "NEED_DATA",
+    "CLOSED",
+    "Event",
+    "Cap",
+    "EndpointType",
+    "MsgType",
+    "Role",
+    "Speed",
+    "Status",
+    "endpoint_slot",
+    "slot_endpoint",
+    "MAX_BULK_TRANSFER_SIZE",
+    "MAX_PACKET_SIZE",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "LocalProtocolError",
+]
