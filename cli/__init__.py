@@ -13,7 +13,7 @@ import sys
 from importlib import metadata
 from typing import Sequence
 
-from redirgate.cli import selfcheck
+from redirgate.cli import selfcheck, usb_commands
 
 __all__ = ["main", "build_parser"]
 
@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    usb_commands.add_client_parsers(commands)
+    usb_commands.add_probe_parser(commands)
     selfcheck.add_parser(commands)
     return parser
 

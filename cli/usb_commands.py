@@ -1,0 +1,145 @@
+"""`redirgate client serve-usb`, `redirgate client devices`, `redirgate probe`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from typing import Any
+
+import trio
+import usb.core
+
+from redirgate.client.probe import ProbeError, probe
+from redirgate.client.usb.errors import SelectorError
+from redirgate.client.usb.selector import DeviceSelector, parse_selector
+from redirgate.client.usb.serve import serve_connect, serve_listen
+from redirgate.client.usb.source import SelectorSource
+
+__all__ = ["add_client_parsers", "add_probe_parser", "parse_hostport", "source_for"]
+
+log = logging.getLogger("redirgate")
+
+
+def parse_hostport(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = default_host, text
+    host = host.strip("[]") or default_host
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT") from None
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"port {number} out of range")
+    return host, number
+
+
+def source_for(selector: DeviceSelector) -> SelectorSource:
+    """A device source for a selector; `virtual:` ones get their emulated backend."""
+    if selector.virtual is not None:
+        from redirgate.client.virtual import make_backend
+
+        return SelectorSource(selector, backend=make_backend([selector.virtual]))
+    return SelectorSource(selector)
+
+
+def add_client_parsers(commands: Any) -> None:
+    client = commands.add_parser("client", help="thin-client side: export local devices")
+    sub = client.add_subparsers(dest="client_command", metavar="SUBCOMMAND", required=True)
+
+    serve = sub.add_parser(
+        "serve-usb",
+        help="serve one USB device to QEMU directly (like usbredirserver / usbredirect)",
+        description="DEVICE: VID:PID[:SERIAL], BUS-PORT (1-2.3), BUS/ADDR, or virtual:storage:IMAGE, "
+        "virtual:keyboard, virtual:loopback",
+    )
+    mode = serve.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--listen", type=parse_hostport, metavar="HOST:PORT", help="wait for QEMU to connect")
+    mode.add_argument("--connect", type=parse_hostport, metavar="HOST:PORT", help="dial a QEMU chardev with server=on")
+    serve.add_argument("device", metavar="DEVICE")
+    serve.set_defaults(run=_run_serve_usb)
+
+    devices = sub.add_parser("devices", help="list local USB devices like lsusb")
+    devices.set_defaults(run=_run_devices)
+
+
+def add_probe_parser(commands: Any) -> None:
+    parser = commands.add_parser("probe", help="speak the VM side to a usbredir port and describe the device")
+    parser.add_argument("target", type=parse_hostport, metavar="HOST:PORT")
+    parser.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the device")
+    parser.set_defaults(run=_run_probe)
+
+
+async def _until_signal(fn: Any, *args: Any) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                async for _ in signals:
+                    log.info("stopping")
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(watch)
+            await fn(*args)
+            nursery.cancel_scope.cancel()
+
+
+def _run_serve_usb(args: argparse.Namespace) -> int:
+    try:
+        selector = parse_selector(args.device)
+    except SelectorError as exc:
+        print(f"redirgate: {exc}", file=sys.stderr)
+        return 2
+    source = source_for(selector)
+
+    async def main() -> None:
+        if args.listen:
+            host, port = args.listen
+
+            async def serve() -> None:
+                async with trio.open_nursery() as nursery:
+                    listeners = await nursery.start(serve_listen, host, port, source)
+                    for listener in listeners:
+                        addr = listener.socket.getsockname()
+                        print(f"serving {selector} on {addr[0]}:{addr[1]}", flush=True)
+
+            await _until_signal(serve)
+        else:
+            host, port = args.connect
+            await _until_signal(serve_connect, host, port, source)
+
+    trio.run(main)
+    return 0
+
+
+def _run_devices(args: argparse.Namespace) -> int:
+    from redirgate.client.usb.descriptors import snapshot
+    from redirgate.client.usb.source import find_devices
+
+    try:
+        found = find_devices()
+    except (usb.core.NoBackendError, usb.core.USBError) as exc:
+        print(f"redirgate: cannot list USB devices: {exc}", file=sys.stderr)
+        return 1
+    print(f"{'PORT':<10}{'ID':<11}{'CLASS':<7}{'SPEED':<7}{'MANUFACTURER':<22}{'PRODUCT':<28}SERIAL")
+    for dev in found:
+        snap = snapshot(dev)
+        print(
+            f"{snap.port_path:<10}{snap.id:<11}{snap.device_class:#04x}   {snap.speed.name.lower():<7}"
+            f"{(snap.manufacturer or '-')[:21]:<22}{(snap.product or '-')[:27]:<28}{snap.serial or '-'}"
+        )
+    return 0
+
+
+def _run_probe(args: argparse.Namespace) -> int:
+    host, port = args.target
+    try:
+        result = trio.run(lambda: probe(host, port, timeout_s=args.timeout))
+    except ProbeError as exc:
+        print(f"redirgate probe: {exc}", file=sys.stderr)
+        return 1
+    print(result.summary())
+    return 0

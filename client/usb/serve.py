@@ -1,0 +1,94 @@
+"""Standalone mode: serve a device to QEMU directly, like usbredirserver/usbredirect.
+
+`serve_listen` accepts QEMU's `-chardev socket,host=...,port=...` connections,
+one VM at a time (a second one is refused while the first is served), and
+offers the device again to the next connection after a VM disconnects.
+`serve_connect` dials a QEMU chardev that listens (`server=on`), retrying
+while it is not there, like `usbredirect --to`.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+
+import trio
+
+from redirgate.client.usb.engine import DeviceSource, HostEngine
+
+__all__ = ["serve_listen", "serve_connect", "peer_name"]
+
+log = logging.getLogger(__name__)
+
+
+def peer_name(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+        return f"{host}:{port}"
+    except OSError:
+        return "?"
+
+
+def _tune(stream: trio.SocketStream) -> None:
+    stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+    stream.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, True)
+
+
+async def serve_listen(
+    host: str,
+    port: int,
+    source: DeviceSource,
+    *,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    on_session: Callable[[HostEngine], None] | None = None,
+) -> None:
+    """Accept usbredir guests on HOST:PORT; reports the bound listeners."""
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    busy = False
+
+    async def handle(stream: trio.SocketStream) -> None:
+        nonlocal busy
+        peer = peer_name(stream)
+        if busy:
+            log.warning("refusing %s: %s is already served to another VM", peer, source.describe())
+            await stream.aclose()
+            return
+        busy = True
+        try:
+            _tune(stream)
+            log.info("usbredir guest connected from %s for %s", peer, source.describe())
+            engine = HostEngine(stream, source, peer=peer)
+            if on_session is not None:
+                on_session(engine)
+            await engine.run()
+        finally:
+            busy = False
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        task_status.started(listeners)
+        await trio.serve_listeners(handle, listeners, handler_nursery=nursery)
+
+
+async def serve_connect(
+    host: str, port: int, source: DeviceSource, *, retry_interval_s: float = 1.0
+) -> None:
+    """Dial a listening QEMU chardev, serve it, and dial again when it closes."""
+    logged = False
+    while True:
+        try:
+            stream = await trio.open_tcp_stream(host, port)
+        except OSError as exc:
+            if not logged:
+                log.info("waiting for %s:%d (%s)", host, port, exc)
+                logged = True
+            await trio.sleep(retry_interval_s)
+            continue
+        logged = False
+        async with stream:
+            _tune(stream)
+            log.info("connected to usbredir guest at %s:%d", host, port)
+            await HostEngine(stream, source, peer=f"{host}:{port}").run()
+        await trio.sleep(retry_interval_s)

@@ -1,0 +1,168 @@
+"""Endpoint streams: iso IN/OUT, interrupt receiving and bulk receiving.
+
+A stream is a task per endpoint that keeps reading (or writing) until the
+guest stops it, the device goes, or a stall cannot be cleared.  IN streams
+push their packets through `Outbox.offer_stream`, which drops them the way
+usbredirhost does when the guest reads too slowly; a dropped packet still
+consumes its id, so the guest sees the gap.  Ids restart at 0 whenever the
+stream (re)starts, including after a stall recovery (protocol reference §4.6).
+
+pyusb transfers are synchronous, so a stream has one transfer in flight at a
+time, read in slices so a stop takes effect within `SLICE_MS`.  Iso IN reads
+one packet per transfer so every packet keeps its own length and status.
+"""
+
+from __future__ import annotations
+
+import array
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+
+from redirgate.client.usb.errors import USB_CALL_ERRORS, status_for
+from redirgate.proto.usbredir import EndpointType, Status, messages as m
+
+if TYPE_CHECKING:
+    from redirgate.client.usb.engine import HostEngine
+
+__all__ = ["Stream", "stream_status", "ISO_TIMEOUT_MS"]
+
+log = logging.getLogger(__name__)
+
+#: usbredirhost.c ISO_TIMEOUT
+ISO_TIMEOUT_MS = 1000
+SLICE_MS = 500
+#: usbredirhost.c: interrupt receiving keeps this many transfers (we keep one
+#: in flight but size the OUT ring like the reference)
+INTERRUPT_TRANSFERS = 5
+
+
+def stream_status(kind: EndpointType, endpoint: int, status: int, msg_id: int = 0) -> m.Message:
+    """The status message of a stream of this kind."""
+    if kind == EndpointType.ISO:
+        return m.IsoStreamStatus(status, endpoint, id=msg_id)
+    if kind == EndpointType.INTERRUPT:
+        return m.InterruptReceivingStatus(status, endpoint, id=msg_id)
+    return m.BulkReceivingStatus(0, endpoint, status, id=msg_id)
+
+
+@dataclass
+class Stream:
+    """One running stream; `scope` cancels its task."""
+
+    kind: EndpointType
+    endpoint: int
+    packet_size: int
+    pkts_per_transfer: int
+    transfers: int
+    scope: trio.CancelScope
+    #: iso OUT: packets from the guest waiting to be written
+    out_queue: deque[bytes] | None = None
+    out_ready: trio.Event | None = None
+    started: bool = False
+    drop_counter: int = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.pkts_per_transfer * self.transfers
+
+    def status_message(self, status: int, msg_id: int = 0) -> m.Message:
+        return stream_status(self.kind, self.endpoint, status, msg_id)
+
+    def queue_out(self, data: bytes) -> bool:
+        """Accept an iso OUT packet from the guest; False if it was dropped
+        (the guest is ahead of the device: fall back to half full)."""
+        assert self.out_queue is not None and self.out_ready is not None
+        if self.drop_counter:
+            self.drop_counter -= 1
+            return False
+        if len(self.out_queue) >= self.capacity:
+            self.drop_counter = self.capacity // 2
+            return False
+        self.out_queue.append(data)
+        if self.started or len(self.out_queue) >= max(1, self.capacity // 2):
+            self.started = True
+            self.out_ready.set()
+        return True
+
+
+async def run_in_stream(engine: "HostEngine", stream: Stream) -> None:
+    """Read an IN endpoint until cancelled and forward what arrives."""
+    device = engine.device
+    if device is None:
+        return
+    dev = device.dev
+    counter = 0
+    size = stream.packet_size
+    iso_ref = stream.capacity * size if stream.kind == EndpointType.ISO else 0
+    timeout = ISO_TIMEOUT_MS if stream.kind == EndpointType.ISO else SLICE_MS
+    while True:
+        buf = array.array("B", bytes(size))
+        try:
+            n = await device.call(dev.read, stream.endpoint, buf, timeout)
+        except USB_CALL_ERRORS as exc:
+            status, gone = status_for(exc)
+            if gone:
+                engine.device_lost(f"stream on {stream.endpoint:#04x}: {exc}")
+                return
+            if status == Status.TIMEOUT:
+                if stream.kind == EndpointType.ISO:
+                    # an iso transfer that timed out is reported like one
+                    # that failed: one packet with the status, no data
+                    engine.offer_stream(stream, _packet(stream, counter, status, 0, b""), iso_ref)
+                    counter += 1
+                continue
+            if status == Status.STALL:
+                try:
+                    await device.call(dev.clear_halt, stream.endpoint)
+                except USB_CALL_ERRORS as clear_exc:
+                    log.info("%s: stall on %#04x not cleared: %s", engine.peer, stream.endpoint, clear_exc)
+                    await engine.send(stream.status_message(Status.STALL))
+                    engine.forget_stream(stream)
+                    return
+                counter = 0
+                continue
+            engine.offer_stream(stream, _packet(stream, counter, status, 0, b""), iso_ref)
+            counter += 1
+            continue
+        engine.offer_stream(stream, _packet(stream, counter, Status.SUCCESS, n, memoryview(buf)[:n]), iso_ref)
+        counter += 1
+
+
+def _packet(stream: Stream, counter: int, status: int, length: int, data: m.Buffer) -> m.Message:
+    if stream.kind == EndpointType.ISO:
+        return m.IsoPacket(stream.endpoint, status, length, id=counter, data=data)
+    if stream.kind == EndpointType.INTERRUPT:
+        return m.InterruptPacket(stream.endpoint, status, length, id=counter, data=data)
+    return m.BufferedBulkPacket(0, length, stream.endpoint, status, id=counter, data=data)
+
+
+async def run_iso_out_stream(engine: "HostEngine", stream: Stream) -> None:
+    """Write the guest's iso OUT packets once half the slots are filled."""
+    device = engine.device
+    assert stream.out_queue is not None and stream.out_ready is not None
+    if device is None:
+        return
+    dev = device.dev
+    reported = False
+    while True:
+        if not stream.out_queue:
+            stream.started = False  # under-run: fill half again, then start
+            stream.out_ready = trio.Event()
+            await stream.out_ready.wait()
+            continue
+        data = stream.out_queue.popleft()
+        try:
+            await device.call(dev.write, stream.endpoint, data, ISO_TIMEOUT_MS)
+            reported = False
+        except USB_CALL_ERRORS as exc:
+            status, gone = status_for(exc)
+            if gone:
+                engine.device_lost(f"iso OUT on {stream.endpoint:#04x}: {exc}")
+                return
+            if not reported:  # at most one status per failing run
+                reported = True
+                await engine.send(m.IsoStreamStatus(status, stream.endpoint))
