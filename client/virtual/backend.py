@@ -1,0 +1,289 @@
+"""`VirtualBackend`: a pyusb ``IBackend`` whose devices are `VirtualDevice`s.
+
+Pass it to ``usb.core.find(backend=...)`` and the ordinary pyusb objects
+(usb.core.Device, Configuration, Interface, Endpoint, usb.util, usb.control)
+work unchanged against the emulated devices.  This module owns the host side
+of the emulation: the virtual bus (plug/unplug, bus/address/port numbering),
+device handles, interface claims with libusb's rules (claims are per handle;
+SET_CONFIGURATION with a claimed interface is BUSY; SET_INTERFACE needs the
+interface claimed; release resets the interface to alternate 0), and the
+translation of pyusb's array buffers into the device calls.  Errors are the
+ones pyusb's libusb1 backend raises (see `errors`).
+
+Thread safety: a backend lock guards the device list and claims, never held
+while a device transfer runs; device state is guarded by each device's own
+condition (see `device`).  Any number of threads may call in at once.
+"""
+
+from __future__ import annotations
+
+import array
+import logging
+import threading
+from collections.abc import Iterable
+
+import usb.backend
+
+from .descriptors import (
+    ConfigurationDescriptor,
+    DeviceDescriptor,
+    EndpointDescriptor,
+    InterfaceDescriptor,
+    TransferType,
+    with_topology,
+)
+from .device import Setup, VirtualDevice
+from .errors import LibusbError, usb_error
+
+__all__ = ["VirtualBackend", "VIRTUAL_BUS"]
+
+log = logging.getLogger(__name__)
+
+VIRTUAL_BUS = 254  # bus number the virtual devices report; no real host has that many
+
+
+class _DeviceId:
+    """What enumerate_devices yields: one connection of one device."""
+
+    def __init__(self, device: VirtualDevice, generation: int, address: int, port: int) -> None:
+        self.device = device
+        self.generation = generation
+        self.address = address
+        self.port = port
+        self.claims: dict[int, _Handle] = {}
+
+    def __repr__(self) -> str:
+        return f"<virtual {self.device.name} bus {VIRTUAL_BUS} addr {self.address}>"
+
+
+class _Handle:
+    """What open_device returns."""
+
+    def __init__(self, devid: _DeviceId) -> None:
+        self.devid = devid
+        self.closed = False
+
+
+class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]  # pyusb is untyped
+    """A pyusb backend holding a list of plugged-in virtual devices.
+
+    ``VirtualBackend(devices=())`` plugs each given device.  ``plug(device)``
+    / ``unplug(device)`` are hotplug; ``devices`` lists what is plugged in;
+    ``close()`` unplugs everything and closes the devices (image files).
+    """
+
+    def __init__(self, devices: Iterable[VirtualDevice] = ()) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._plugged: dict[int, _DeviceId] = {}  # id(device) -> connection
+        self._next_address = 1
+        self._next_port = 1
+        for device in devices:
+            self.plug(device)
+
+    # ------------------------------------------------------------ virtual bus
+
+    def plug(self, device: VirtualDevice) -> None:
+        """Connect ``device``: it enumerates unconfigured, with a new address."""
+        with self._lock:
+            if id(device) in self._plugged:
+                raise ValueError(f"{device.name} is already plugged in")
+            self._next_address = self._next_address % 127 + 1
+            port = self._next_port
+            self._next_port += 1
+            generation = device.attach()
+            self._plugged[id(device)] = _DeviceId(device, generation, self._next_address, port)
+        log.info("virtual device %s plugged in", device.name)
+
+    def unplug(self, device: VirtualDevice) -> None:
+        """Disconnect ``device``: open handles get NO_DEVICE, blocked reads wake."""
+        with self._lock:
+            devid = self._plugged.pop(id(device), None)
+            if devid is None:
+                raise ValueError(f"{device.name} is not plugged in")
+            devid.claims.clear()
+        device.detach()
+        log.info("virtual device %s unplugged", device.name)
+
+    @property
+    def devices(self) -> list[VirtualDevice]:
+        with self._lock:
+            return [d.device for d in self._plugged.values()]
+
+    def close(self) -> None:
+        """Unplug every device and close it."""
+        for device in self.devices:
+            self.unplug(device)
+            device.close()
+
+    # ------------------------------------------------------------ descriptors
+
+    def enumerate_devices(self) -> list[_DeviceId]:
+        with self._lock:
+            return list(self._plugged.values())
+
+    def get_parent(self, dev: _DeviceId) -> None:
+        return None
+
+    def get_device_descriptor(self, dev: _DeviceId) -> DeviceDescriptor:
+        d = dev.device
+        return with_topology(d.descriptors.device_descriptor, bus=VIRTUAL_BUS,
+                             address=dev.address, port=dev.port, speed=d.speed)
+
+    def get_configuration_descriptor(self, dev: _DeviceId, config: int) -> ConfigurationDescriptor:
+        configs = dev.device.descriptors.parsed_configurations
+        if not 0 <= config < len(configs):
+            raise IndexError(f"Invalid configuration index {config}")
+        return configs[config]
+
+    def get_interface_descriptor(self, dev: _DeviceId, intf: int, alt: int, config: int) -> InterfaceDescriptor:
+        cfg = self.get_configuration_descriptor(dev, config)
+        if not 0 <= intf < len(cfg.interfaces):
+            raise IndexError(f"Invalid interface index {intf}")
+        alts = cfg.interfaces[intf]
+        if not 0 <= alt < len(alts):
+            raise IndexError(f"Invalid alternate setting index {alt}")
+        return alts[alt]
+
+    def get_endpoint_descriptor(self, dev: _DeviceId, ep: int, intf: int, alt: int, config: int) -> EndpointDescriptor:
+        eps = self.get_interface_descriptor(dev, intf, alt, config).endpoints
+        if not 0 <= ep < len(eps):
+            raise IndexError(f"Invalid endpoint index {ep}")
+        return eps[ep]
+
+    # ------------------------------------------------------------ handles and claims
+
+    def _live(self, handle: _Handle) -> _DeviceId:
+        devid = handle.devid
+        device = devid.device
+        if handle.closed:
+            raise usb_error(LibusbError.NO_DEVICE, device.name, "handle closed")
+        with self._lock:
+            current = self._plugged.get(id(device))
+        if current is not devid:
+            raise usb_error(LibusbError.NO_DEVICE, device.name, "device disconnected")
+        return devid
+
+    def open_device(self, dev: _DeviceId) -> _Handle:
+        with self._lock:
+            if self._plugged.get(id(dev.device)) is not dev:
+                raise usb_error(LibusbError.NO_DEVICE, dev.device.name, "device disconnected")
+        return _Handle(dev)
+
+    def close_device(self, dev_handle: _Handle) -> None:
+        # Never raises: pyusb calls it from finalizers, also after unplug.
+        devid = dev_handle.devid
+        with self._lock:
+            for intf, owner in list(devid.claims.items()):
+                if owner is dev_handle:
+                    del devid.claims[intf]
+        dev_handle.closed = True
+
+    def set_configuration(self, dev_handle: _Handle, config_value: int) -> None:
+        devid = self._live(dev_handle)
+        with self._lock:
+            if devid.claims:
+                raise usb_error(LibusbError.BUSY, devid.device.name,
+                                f"interfaces {sorted(devid.claims)} are claimed")
+        devid.device.set_configuration(devid.generation, config_value)
+
+    def get_configuration(self, dev_handle: _Handle) -> int:
+        devid = self._live(dev_handle)
+        return devid.device.configuration_value
+
+    def set_interface_altsetting(self, dev_handle: _Handle, intf: int, altsetting: int) -> None:
+        devid = self._live(dev_handle)
+        with self._lock:
+            if devid.claims.get(intf) is not dev_handle:
+                raise usb_error(LibusbError.NOT_FOUND, devid.device.name, f"interface {intf} not claimed")
+        devid.device.set_interface(devid.generation, intf, altsetting)
+
+    def claim_interface(self, dev_handle: _Handle, intf: int) -> None:
+        devid = self._live(dev_handle)
+        if not devid.device.has_interface(intf):
+            raise usb_error(LibusbError.NOT_FOUND, devid.device.name,
+                            f"no interface {intf} in the active configuration")
+        with self._lock:
+            owner = devid.claims.get(intf)
+            if owner is not None and owner is not dev_handle:
+                raise usb_error(LibusbError.BUSY, devid.device.name, f"interface {intf} claimed elsewhere")
+            devid.claims[intf] = dev_handle
+
+    def release_interface(self, dev_handle: _Handle, intf: int) -> None:
+        devid = self._live(dev_handle)
+        with self._lock:
+            if devid.claims.get(intf) is not dev_handle:
+                raise usb_error(LibusbError.NOT_FOUND, devid.device.name, f"interface {intf} not claimed")
+            del devid.claims[intf]
+        if devid.device.alternate_setting(intf) != 0:
+            devid.device.set_interface(devid.generation, intf, 0)
+
+    # ------------------------------------------------------------ transfers
+
+    def _endpoint(self, dev_handle: _Handle, ep: int, kind: TransferType, is_in: bool) -> tuple[_DeviceId, EndpointDescriptor]:
+        devid = self._live(dev_handle)
+        if bool(ep & 0x80) != is_in:
+            raise usb_error(LibusbError.INVALID_PARAM, devid.device.name,
+                            f"endpoint {ep:#04x} has the wrong direction")
+        return devid, devid.device.endpoint(devid.generation, ep, kind)
+
+    def _write(self, kind: TransferType, dev_handle: _Handle, ep: int, data: array.array[int], timeout: int) -> int:
+        devid, _ = self._endpoint(dev_handle, ep, kind, False)
+        return devid.device.transfer_out(devid.generation, ep, memoryview(data).cast("B"), timeout)
+
+    def _read(self, kind: TransferType, dev_handle: _Handle, ep: int, buff: array.array[int], timeout: int) -> int:
+        devid, _ = self._endpoint(dev_handle, ep, kind, True)
+        view = memoryview(buff).cast("B")
+        data = devid.device.transfer_in(devid.generation, ep, len(view), timeout)
+        view[: len(data)] = data
+        return len(data)
+
+    def bulk_write(self, dev_handle: _Handle, ep: int, intf: int, data: array.array[int], timeout: int) -> int:
+        return self._write(TransferType.BULK, dev_handle, ep, data, timeout)
+
+    def bulk_read(self, dev_handle: _Handle, ep: int, intf: int, buff: array.array[int], timeout: int) -> int:
+        return self._read(TransferType.BULK, dev_handle, ep, buff, timeout)
+
+    def intr_write(self, dev_handle: _Handle, ep: int, intf: int, data: array.array[int], timeout: int) -> int:
+        return self._write(TransferType.INTERRUPT, dev_handle, ep, data, timeout)
+
+    def intr_read(self, dev_handle: _Handle, ep: int, intf: int, buff: array.array[int], timeout: int) -> int:
+        return self._read(TransferType.INTERRUPT, dev_handle, ep, buff, timeout)
+
+    def iso_write(self, dev_handle: _Handle, ep: int, intf: int, data: array.array[int], timeout: int) -> int:
+        devid, desc = self._endpoint(dev_handle, ep, TransferType.ISOCHRONOUS, False)
+        return devid.device.iso_out(devid.generation, desc, memoryview(data).cast("B"))
+
+    def iso_read(self, dev_handle: _Handle, ep: int, intf: int, buff: array.array[int], timeout: int) -> int:
+        devid, desc = self._endpoint(dev_handle, ep, TransferType.ISOCHRONOUS, True)
+        return devid.device.iso_in(devid.generation, desc, memoryview(buff).cast("B"))
+
+    def ctrl_transfer(self, dev_handle: _Handle, bmRequestType: int, bRequest: int, wValue: int,
+                      wIndex: int, data: array.array[int], timeout: int) -> int:
+        devid = self._live(dev_handle)
+        view = memoryview(data).cast("B")
+        setup = Setup(bmRequestType, bRequest, wValue, wIndex, len(view))
+        result = devid.device.control(devid.generation, setup, b"" if setup.is_in else bytes(view))
+        if setup.is_in:
+            assert result is not None
+            view[: len(result)] = result
+            return len(result)
+        return len(view)
+
+    def clear_halt(self, dev_handle: _Handle, ep: int) -> None:
+        devid = self._live(dev_handle)
+        devid.device.clear_halt(devid.generation, ep)
+
+    def reset_device(self, dev_handle: _Handle) -> None:
+        devid = self._live(dev_handle)
+        devid.device.reset(devid.generation)
+
+    def is_kernel_driver_active(self, dev_handle: _Handle, intf: int) -> bool:
+        self._live(dev_handle)
+        return False
+
+    def detach_kernel_driver(self, dev_handle: _Handle, intf: int) -> None:
+        self._live(dev_handle)
+
+    def attach_kernel_driver(self, dev_handle: _Handle, intf: int) -> None:
+        self._live(dev_handle)
