@@ -123,10 +123,10 @@ _INITIAL_BUFFER = 64 * 1024
 def verified_caps(caps: int) -> Cap:
     """Caps as the reference keeps them: bulk_streams needs ep_info_max_packet_size
     (usbredirparser_verify_caps strips it otherwise)."""
-    value = Cap(caps & 0xFFFFFFFF)
-    if Cap.BULK_STREAMS in value and Cap.EP_INFO_MAX_PACKET_SIZE not in value:
-        value &= ~Cap.BULK_STREAMS
-    return value
+    value = caps & 0xFFFFFFFF
+    if value & Cap.BULK_STREAMS and not value & Cap.EP_INFO_MAX_PACKET_SIZE:
+        value &= ~int(Cap.BULK_STREAMS)  # int maths: unknown bits are kept
+    return Cap(value)
 
 
 class UsbredirConnection:
@@ -357,7 +357,9 @@ class UsbredirConnection:
                 )
         if error is not None:
             self._consume(hsize)
-            self._skip_rest(length)
+            # usbredirparser keeps the bytes to skip in a C int: a length of
+            # 2**31 or more skips nothing and parsing resumes after the header
+            self._skip_rest(length if length < 2**31 else 0)
             raise error
         assert cls is not None
         return msg_type, length, msg_id, cls, thsize

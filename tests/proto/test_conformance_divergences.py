@@ -1,10 +1,10 @@
-"""Exact cases where our codec and libusbredirparser 0.13 disagree.
+"""Edge cases where our codec once disagreed with libusbredirparser 0.13.
 
-Each divergence found by the differential test is pinned here as the smallest
-stream that shows it.  Tests marked `xfail(strict=True)` are bugs reported to
-the codec's owner: they fail today (run with `--runxfail` to see the
-failure) and turn into an XPASS error the day the codec is fixed, so the mark
-gets removed then.  Unmarked tests pin behaviour that agrees, next to it.
+Each divergence the differential test found is pinned here as the smallest
+stream that shows it, next to the neighbouring case where both always agreed:
+a rejected header with a length of 2**31 or more (the reference's C `int`
+skip counter skips nothing), and unknown capability bits surviving the
+bulk_streams strip.
 """
 
 from __future__ import annotations
@@ -44,16 +44,10 @@ def _both(role: str, caps: int, stream: bytes) -> tuple[list[object], list[objec
 GET_CONFIGURATION_ID_5 = struct.pack("<III", 7, 0, 5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="codec bug: the reference keeps `to_skip` in a C int, so a rejected "
-    "header whose length is >= 2**31 skips nothing and parsing resumes right "
-    "after the header; our codec skips `length` bytes",
-)
 @pytest.mark.parametrize("length", [2**31, 0xFFFFFFFF])
 @pytest.mark.parametrize("bad_type", [0xFFFF, 8])  # unknown type; wrong direction for a host
 def test_error_with_length_of_2_31_or_more_skips_nothing(bad_type: int, length: int) -> None:
+    """The reference keeps `to_skip` in a C int: nothing is skipped."""
     stream = _hello(0) + struct.pack("<III", bad_type, length, 0) + GET_CONFIGURATION_ID_5
     ours, ref = _both("host", 0, stream)
     assert ref == [(0, None, {"version": "peer"}, b""), ERROR, (7, 5, {}, b"")]
@@ -70,13 +64,6 @@ def test_error_with_length_below_2_31_skips_the_body(length: int) -> None:
     assert ours == ref
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="codec bug: verified_caps() drops unknown capability bits when it strips "
-    "bulk_streams (IntFlag `~Cap.BULK_STREAMS` only covers known members); the "
-    "reference clears bit 0 alone",
-)
 @pytest.mark.parametrize("role", ["host", "guest"])
 def test_peer_caps_keep_unknown_bits_when_bulk_streams_is_dropped(role: str) -> None:
     raw = 0x400 | int(Cap.BULK_STREAMS | Cap.BULK_LENGTH_32BIT)
