@@ -302,7 +302,11 @@ class GuestProcess:
         return match
 
     def wait_for_console(self, pattern: str | re.Pattern[str], timeout_s: float) -> re.Match[str]:
-        """Block until `pattern` (a regex) appears on the console; GuestTimeout otherwise."""
+        """Block until `pattern` (a regex) appears on the console and return the match.
+
+        GuestTimeout after `timeout_s` (QEMU keeps running: the caller's
+        `with` ends it); GuestCrashed if QEMU exits first.
+        """
         compiled = re.compile(pattern) if isinstance(pattern, str) else pattern
         deadline = time.monotonic() + timeout_s
         while (match := self._check_console(compiled)) is None:
