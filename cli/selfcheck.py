@@ -1,10 +1,12 @@
-"""`redirgate selfcheck`: run a usbredir conversation through both roles.
+"""`redirgate selfcheck`: prove the install works, with no device and no VM.
 
-A host and a guest `UsbredirConnection` exchange hellos and then every message
-type each may send, once with every capability and once with none (12-byte
-headers, short layouts); each side must read back exactly what the other
-wrote.  Malformed input must be refused with a typed error.  This proves the
-installed codec works on this machine without any device or VM.
+1. The codec: a host and a guest `UsbredirConnection` exchange hellos and then
+   every message type each may send, once with every capability and once with
+   none (12-byte headers, short layouts); each side must read back exactly
+   what the other wrote, and malformed input must be refused.
+2. The USB path: an emulated flash drive (on a temporary image) is served by
+   the real host engine on a loopback TCP port, exactly as `client
+   serve-usb` does, and probed from the VM side like `redirgate probe`.
 """
 
 from __future__ import annotations
@@ -109,7 +111,40 @@ def _exchange(caps: Cap) -> list[str]:
     return problems
 
 
+async def _usb_path_check() -> str:
+    import tempfile
+
+    import trio
+
+    from redirgate.client.probe import probe
+    from redirgate.client.usb.selector import parse_selector
+    from redirgate.client.usb.serve import serve_listen
+    from redirgate.client.usb.source import SelectorSource
+    from redirgate.client.virtual import make_backend
+
+    with tempfile.TemporaryDirectory() as tmp:
+        image = f"{tmp}/stick.img"
+        with open(image, "wb") as f:
+            f.truncate(8 * 1024 * 1024)
+        spec = f"virtual:storage:{image}"
+        backend = make_backend([spec])
+        try:
+            source = SelectorSource(parse_selector(spec), backend=backend)
+            async with trio.open_nursery() as nursery:
+                listeners = await nursery.start(serve_listen, "127.0.0.1", 0, source)
+                port = listeners[0].socket.getsockname()[1]
+                result = await probe("127.0.0.1", port, timeout_s=20)
+                nursery.cancel_scope.cancel()
+        finally:
+            backend.close()
+    return result.summary()
+
+
 def run(args: argparse.Namespace) -> int:
+    import trio
+
+    from redirgate.client.probe import ProbeError
+
     failures = 0
     for label, caps in (("all capabilities", Cap.all_known()), ("no capabilities", Cap(0))):
         problems = _exchange(caps)
@@ -118,4 +153,11 @@ def run(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"  {problem}")
         failures += len(problems)
+    try:
+        summary = trio.run(_usb_path_check)
+    except (ProbeError, OSError) as exc:
+        print(f"USB path (emulated stick, host engine, probe over TCP): FAILED: {exc}")
+        return 1
+    print("USB path (emulated stick served by the host engine, probed over loopback TCP): ok")
+    print("\n".join("  " + line for line in summary.splitlines()))
     return 1 if failures else 0

@@ -111,7 +111,12 @@ def _run_serve_usb(args: argparse.Namespace) -> int:
             host, port = args.connect
             await _until_signal(serve_connect, host, port, source)
 
-    trio.run(main)
+    try:
+        trio.run(main)
+    finally:
+        close = getattr(source.backend, "close", None)
+        if close is not None:
+            close()  # emulated devices flush their image files
     return 0
 
 
