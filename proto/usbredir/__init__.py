@@ -5,7 +5,7 @@ The protocol is usbredir revision 0.7 as implemented by usbredir 0.13
 `messages` holds one class per message type.
 """
 
-from redirgate.proto.usbredir import messages
+from redirgate.proto.usbredir import filter, messages
 from redirgate.proto.usbredir.connection import CLOSED, NEED_DATA, Event, UsbredirConnection
 from redirgate.proto.usbredir.constants import (
     MAX_BULK_TRANSFER_SIZE,
@@ -26,6 +26,7 @@ from redirgate.proto.usbredir.errors import (
 )
 
 __all__ = [
+    "filter",
     "messages",
     "UsbredirConnection",
     "NEED_DATA",
