@@ -110,3 +110,48 @@ def test_guest_receives_text_typed_by_redirected_keyboard(
         trio.run(main)
     finally:
         backend.close()
+
+
+@pytest.mark.system
+def test_serve_usb_connect_dials_a_listening_qemu(guest_image: GuestImage, fat_tools: None, tmp_path: Path) -> None:
+    """`serve-usb --connect` (usbredirect --to): QEMU's chardev listens
+    (server=on,wait=off) and our host dials it, retrying until it is there."""
+    import socket
+    import subprocess
+    import sys
+
+    from tests.support.controllers import BUS
+    from tests.support.services import stop
+
+    hello = b"dialled out to a listening QEMU\n"
+    image = make_fat_image(tmp_path / "stick.img", {"hello.txt": hello})
+    with socket.socket() as probe_socket:
+        probe_socket.bind(("127.0.0.1", 0))
+        port = probe_socket.getsockname()[1]
+    qemu_args = [
+        *CONTROLLERS["xhci"],
+        "-chardev", f"socket,id=redir0,host=127.0.0.1,port={port},server=on,wait=off",
+        "-device", f"usb-redir,chardev=redir0,bus={BUS['xhci']}",
+    ]  # fmt: skip
+    script = r"""
+usb=$(wait_for_usb 1209 0001 60) || fail "no redirected stick"
+dev=$(wait_for_block sda 60) || fail "no disk"
+mount_vfat "$dev" /mnt/stick
+report_file hello /mnt/stick/hello.txt
+umount /mnt/stick
+"""
+    log_path = tmp_path / "serve-usb.log"
+    with open(log_path, "w") as log_file:
+        # started before QEMU: it retries until QEMU's port is there
+        process = subprocess.Popen(
+            [sys.executable, "-m", "redirgate.cli", "-v", "client", "serve-usb",
+             "--connect", f"127.0.0.1:{port}", f"virtual:storage:{image}"],
+            stdout=subprocess.DEVNULL, stderr=log_file,
+        )  # fmt: skip
+    try:
+        result = run_guest(script, qemu_args, BOOT_TIMEOUT_S, guest=guest_image)
+    finally:
+        stop(process)  # type: ignore[arg-type]
+    assert result.rc == 0, f"{result.results}\n{log_path.read_text()}\n{result.console[-2000:]}"
+    assert result.files["hello"] == hello
+    assert f"connected to usbredir guest at 127.0.0.1:{port}" in log_path.read_text()
