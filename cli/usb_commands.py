@@ -61,7 +61,18 @@ def add_client_parsers(commands: Any) -> None:
     serve.add_argument("device", metavar="DEVICE")
     serve.set_defaults(run=_run_serve_usb)
 
-    devices = sub.add_parser("devices", help="list local USB devices like lsusb")
+    devices = sub.add_parser(
+        "devices", help="list local USB devices like lsusb, and which ones the export policy allows"
+    )
+    devices.add_argument(
+        "--policy", metavar="RULES", default=None,
+        help="usbredir filter rules, e.g. '0x08,-1,-1,-1,1|-1,-1,-1,-1,0' (mass storage only); "
+        "a device no rule matches is not exported",
+    )
+    devices.add_argument(
+        "--virtual", metavar="SPEC", action="append", default=[],
+        help="also list an emulated device (virtual:storage:IMAGE, virtual:keyboard, virtual:loopback)",
+    )
     devices.set_defaults(run=_run_devices)
 
 
@@ -123,20 +134,61 @@ def _run_serve_usb(args: argparse.Namespace) -> int:
 def _run_devices(args: argparse.Namespace) -> int:
     from redirgate.client.usb.descriptors import snapshot
     from redirgate.client.usb.source import find_devices
+    from redirgate.proto.usbredir import filter as usbfilter
 
+    rules = None
+    if args.policy is not None:
+        try:
+            rules = usbfilter.parse_rules(args.policy)
+        except usbfilter.FilterError as exc:
+            print(f"redirgate: bad --policy: {exc}", file=sys.stderr)
+            return 2
+    found = []
     try:
-        found = find_devices()
+        found += find_devices()
     except (usb.core.NoBackendError, usb.core.USBError) as exc:
-        print(f"redirgate: cannot list USB devices: {exc}", file=sys.stderr)
-        return 1
-    print(f"{'PORT':<10}{'ID':<11}{'CLASS':<7}{'SPEED':<7}{'MANUFACTURER':<22}{'PRODUCT':<28}SERIAL")
-    for dev in found:
-        snap = snapshot(dev)
-        print(
-            f"{snap.port_path:<10}{snap.id:<11}{snap.device_class:#04x}   {snap.speed.name.lower():<7}"
-            f"{(snap.manufacturer or '-')[:21]:<22}{(snap.product or '-')[:27]:<28}{snap.serial or '-'}"
-        )
+        print(f"redirgate: cannot list USB devices through libusb: {exc}", file=sys.stderr)
+    backends = []
+    if args.virtual:
+        from redirgate.client.virtual import VirtualSpecError, make_backend
+
+        try:
+            backends.append(make_backend(args.virtual))
+        except VirtualSpecError as exc:
+            print(f"redirgate: {exc}", file=sys.stderr)
+            return 2
+        found += find_devices(backends[0])
+    try:
+        print(f"{'PORT':<10}{'ID':<11}{'CLASS':<7}{'SPEED':<7}{'EXPORT':<8}{'MANUFACTURER':<22}{'PRODUCT':<28}SERIAL")
+        for dev in found:
+            snap = snapshot(dev)
+            export = "yes"
+            if rules is not None:
+                verdict = usbfilter.check(
+                    rules, snap.device_class, snap.device_subclass, snap.device_protocol,
+                    snap.interface_classes({}) or _all_interface_classes(snap), snap.vendor_id,
+                    snap.product_id, snap.bcd_device,
+                )
+                export = "yes" if verdict.allowed else "no"
+            print(
+                f"{snap.port_path:<10}{snap.id:<11}{snap.device_class:#04x}   {snap.speed.name.lower():<7}"
+                f"{export:<8}{(snap.manufacturer or '-')[:21]:<22}{(snap.product or '-')[:27]:<28}{snap.serial or '-'}"
+            )
+    finally:
+        for backend in backends:
+            backend.close()
     return 0
+
+
+def _all_interface_classes(snap: Any) -> tuple[tuple[int, int, int], ...]:
+    """Interface classes of the first configuration (an unconfigured device
+    is judged by what it will show once configured)."""
+    for config in snap.configs.values():
+        return tuple(
+            (alts[0].interface_class, alts[0].interface_subclass, alts[0].interface_protocol)
+            for alts in config.interfaces.values()
+        )
+    return ()
 
 
 def _run_probe(args: argparse.Namespace) -> int:

@@ -59,3 +59,21 @@ def test_probe_of_a_closed_port_names_the_cause():
     out = redirgate("probe", f"127.0.0.1:{port}", "--timeout", "5")
     assert out.returncode == 1
     assert f"127.0.0.1:{port}: cannot connect" in out.stderr
+
+
+def test_devices_lists_emulated_devices_with_the_export_policy():
+    out = redirgate(
+        "client", "devices", "--virtual", "virtual:keyboard", "--virtual", "virtual:loopback",
+        "--policy", "0x03,-1,-1,-1,1|-1,-1,-1,-1,0",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    rows = {line.split()[1]: line.split() for line in out.stdout.splitlines()[1:]}
+    assert rows["1209:0002"][4] == "yes"  # HID keyboard: allowed by the policy
+    assert rows["1209:0003"][4] == "no"  # vendor-specific loopback: blocked
+    assert "Virtual Keyboard" in out.stdout
+
+
+def test_devices_rejects_a_broken_policy():
+    out = redirgate("client", "devices", "--policy", "0x03,-1,-1")
+    assert out.returncode == 2
+    assert "bad --policy" in out.stderr and "5" in out.stderr
