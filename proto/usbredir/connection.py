@@ -53,7 +53,15 @@ from redirgate.proto.usbredir.messages import (
     Sender,
 )
 
-__all__ = ["UsbredirConnection", "NEED_DATA", "CLOSED", "Event"]
+__all__ = [
+    "UsbredirConnection",
+    "NEED_DATA",
+    "CLOSED",
+    "Event",
+    "check_main_header",
+    "check_type_header",
+    "verified_caps",
+]
 
 
 class _Sentinel:
@@ -325,62 +333,29 @@ class UsbredirConnection:
         self, msg_type: int, length: int, msg_id: int, hsize: int
     ) -> tuple[int, int, int, type[Message], int]:
         """Checks 1-3 of the reference, on the main header alone."""
-        offset = self._offset
-        cls = MESSAGE_CLASSES.get(msg_type)
-        error: errors.RemoteProtocolError | None = None
-        thsize = 0
-        if cls is None:
-            error = errors.UnknownTypeError("unknown message type", msg_type=msg_type, offset=offset)
-        elif cls.SENDER == (Sender.GUEST if self.role is Role.GUEST else Sender.HOST):
-            error = errors.WrongDirectionError(
-                f"may not be sent to a usbredir {self.role.value}", msg_type=msg_type, offset=offset
-            )
-        elif length > self.max_message_size:
-            error = errors.LengthLimitError(
-                f"length {length} exceeds the limit of {self.max_message_size}",
-                msg_type=msg_type,
-                offset=offset,
-            )
-        else:
-            thsize = cls.header_size(self._shared)
-            if length < thsize:
-                error = errors.HeaderSizeError(
-                    f"length {length} is shorter than the {thsize}-byte type header",
-                    msg_type=msg_type,
-                    offset=offset,
-                )
-            elif length > thsize and msg_type not in _DATA_TYPES:
-                error = errors.UnexpectedDataError(
-                    f"{length - thsize} data bytes on a message that carries none",
-                    msg_type=msg_type,
-                    offset=offset,
-                )
-        if error is not None:
+        try:
+            cls, thsize = check_main_header(self.role, self._shared, msg_type, length, self.max_message_size)
+        except errors.RemoteProtocolError as error:
+            error.at_offset(self._offset)
             self._consume(hsize)
             # usbredirparser keeps the bytes to skip in a C int: a length of
             # 2**31 or more skips nothing and parsing resumes after the header
             self._skip_rest(length if length < 2**31 else 0)
-            raise error
-        assert cls is not None
+            raise
         return msg_type, length, msg_id, cls, thsize
 
     def _check_type_header(self, msg_type: int, data_len: int, hsize: int) -> None:
         """The reference's semantic checks, run once the type header is in."""
-        start = self._start + hsize
-        problem = _semantic_problem(
-            msg_type,
-            _fields_from_wire(msg_type, self._view, start, self._shared),
-            data_len,
-            to_host=self.role is Role.HOST,
-            gate_caps=self.our_caps,
-        )
-        if problem is not None:
-            kind, reason = problem
+        try:
+            check_type_header(
+                self.role, self._shared, self.our_caps, msg_type, self._view, self._start + hsize, data_len
+            )
+        except errors.RemoteProtocolError as error:
             length = self._pending[1] if self._pending else 0
-            offset = self._offset
+            error.at_offset(self._offset)
             self._consume(hsize)
             self._skip_rest(length)
-            raise kind(reason, msg_type=msg_type, offset=offset)
+            raise
 
     def _check_filter_data(self, data: memoryview, hsize: int) -> None:
         if len(data) < 1 or data[-1] != 0:
@@ -470,6 +445,48 @@ class UsbredirConnection:
                 "bulk length over 65535 needs 32bits_bulk_length on both sides",
                 msg_type=cls.TYPE,
             )
+
+
+def check_main_header(
+    receiver: Role, shared: Cap, msg_type: int, length: int, max_message_size: int = MAX_PACKET_SIZE
+) -> tuple[type[Message], int]:
+    """Checks 1-3 of usbredirparser_do_read on a main header arriving at
+    `receiver`: the message class and its type-header size, or a
+    RemoteProtocolError (without an offset: the caller knows it)."""
+    cls = MESSAGE_CLASSES.get(msg_type)
+    if cls is None:
+        raise errors.UnknownTypeError("unknown message type", msg_type=msg_type)
+    if cls.SENDER == (Sender.GUEST if receiver is Role.GUEST else Sender.HOST):
+        raise errors.WrongDirectionError(f"may not be sent to a usbredir {receiver.value}", msg_type=msg_type)
+    if length > max_message_size:
+        raise errors.LengthLimitError(f"length {length} exceeds the limit of {max_message_size}", msg_type=msg_type)
+    thsize = cls.header_size(shared)
+    if length < thsize:
+        raise errors.HeaderSizeError(
+            f"length {length} is shorter than the {thsize}-byte type header", msg_type=msg_type
+        )
+    if length > thsize and msg_type not in _DATA_TYPES:
+        raise errors.UnexpectedDataError(
+            f"{length - thsize} data bytes on a message that carries none", msg_type=msg_type
+        )
+    return cls, thsize
+
+
+def check_type_header(
+    receiver: Role, shared: Cap, own_caps: Cap, msg_type: int, view: memoryview, start: int, data_len: int
+) -> None:
+    """The reference's semantic checks on a type header at view[start:] that
+    arrived at `receiver`; raises the RemoteProtocolError it would report."""
+    problem = _semantic_problem(
+        msg_type,
+        _fields_from_wire(msg_type, view, start, shared),
+        data_len,
+        to_host=receiver is Role.HOST,
+        gate_caps=own_caps,
+    )
+    if problem is not None:
+        kind, reason = problem
+        raise kind(reason, msg_type=msg_type)
 
 
 # The semantic checks of usbredirparser_verify_type_header, shared by the

@@ -35,12 +35,21 @@ class ProtocolError(Exception):
         self.reason = reason
         self.msg_type = msg_type
         self.offset = offset
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
         where = []
-        if msg_type is not None:
-            where.append(f"type {_type_name(msg_type)}")
-        if offset is not None:
-            where.append(f"offset {offset}")
-        super().__init__(f"{reason} ({', '.join(where)})" if where else reason)
+        if self.msg_type is not None:
+            where.append(f"type {_type_name(self.msg_type)}")
+        if self.offset is not None:
+            where.append(f"offset {self.offset}")
+        return f"{self.reason} ({', '.join(where)})" if where else self.reason
+
+    def at_offset(self, offset: int) -> "ProtocolError":
+        """Record the stream offset of the offending message (returns self)."""
+        self.offset = offset
+        self.args = (self._describe(),)
+        return self
 
 
 class RemoteProtocolError(ProtocolError):
