@@ -86,6 +86,23 @@ class UsbDevice:
             self.snapshot = dataclasses.replace(self.snapshot, active_config=self._active_value())
             self._claim_active()
 
+    def present_blocking(self) -> bool:
+        """Is the device still on the bus?  (pyusb has no hotplug events, and
+        an idle device's unplug shows up in no transfer.)"""
+        found = usb.core.find(find_all=True, backend=self.dev.backend) or []
+        return any(other == self.dev for other in found)
+
+    def reset_blocking(self, alts: dict[int, int]) -> None:
+        """Reset the device, then put pyusb's view back: pyusb's reset closes
+        the handle, releasing every interface and forgetting the alt
+        settings, which libusb and the OS keep across a reset (usbredirhost
+        relies on that, protocol reference §4.8)."""
+        self.dev.reset()
+        for number in sorted(self._claimed):
+            usb.util.claim_interface(self.dev, number)
+            if alts.get(number, 0):
+                self.dev.set_interface_altsetting(number, alts[number])
+
     def _active_value(self) -> int:
         try:
             return int(self.dev.get_active_configuration().bConfigurationValue)

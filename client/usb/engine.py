@@ -56,6 +56,9 @@ HOST_CAPS = Cap.all_known() & ~Cap.BULK_STREAMS
 #: usbredirhost.c: devices that must not be reset (VID, PID)
 NO_RESET_IDS = frozenset({(0x1210, 0x001C), (0x2798, 0x0001)})
 RECEIVE_BYTES = 256 * 1024
+#: how often an announced device is looked for on the bus: an idle device's
+#: unplug fails no transfer (usbredirect learns it from libusb hotplug)
+PRESENCE_INTERVAL_S = 0.5
 
 
 class DeviceSource(Protocol):
@@ -92,6 +95,10 @@ class HostEngine:
         self.rejected = False
         self.guest_rules: tuple[usbfilter.FilterRule, ...] | None = None
         self.streams: dict[int, st.Stream] = {}
+        #: IN data a stream read after it was stopped, for its next start
+        self.late_stream_data: dict[int, list[bytes]] = {}
+        #: endpoint -> set when the last stream task on it has finished
+        self._stream_done: dict[int, trio.Event] = {}
         self.queues: EndpointQueues | None = None
         self._device_nursery: trio.Nursery | None = None
         self._device_done = trio.Event()
@@ -158,8 +165,8 @@ class HostEngine:
         self.outbox.put_nowait(header, payload)
 
     def offer_stream(self, stream: st.Stream, message: m.Message, iso_ref: int = 0) -> None:
-        if stream.endpoint not in self.streams or self.disconnected:
-            return
+        if self.streams.get(stream.endpoint) is not stream or self.disconnected:
+            return  # stopped (maybe restarted: a new stream owns the endpoint)
         header, payload = self.conn.send_parts(message)
         self.outbox.offer_stream(stream.endpoint, header, payload, iso_ref=iso_ref)
 
@@ -173,12 +180,15 @@ class HostEngine:
                     self._device_nursery = device_nursery
                     self.queues = EndpointQueues(self, device_nursery)
                     await self._attach(device)
+                    device_nursery.start_soon(self._watch_presence, device)
                     await self._device_done.wait()
                     device_nursery.cancel_scope.cancel()
             finally:
                 self._device_nursery = None
                 self.queues = None
                 self.streams.clear()
+                self.late_stream_data.clear()
+                self._stream_done.clear()
                 self.device = None
                 await device.release()
             if self.rejected:
@@ -193,7 +203,7 @@ class HostEngine:
         if (snap.vendor_id, snap.product_id) not in NO_RESET_IDS:
             # guests start with a reset; doing it now makes theirs a no-op
             try:
-                await device.call(device.dev.reset)
+                await device.call(device.reset_blocking, dict(self.alts))
                 self.reset_done = True
             except USB_CALL_ERRORS as exc:
                 status, gone = status_for(exc)
@@ -204,6 +214,18 @@ class HostEngine:
         log.info("%s: offering %s", self.peer, device.name)
         self.connect_pending = True
         self._maybe_announce()
+
+    async def _watch_presence(self, device: UsbDevice) -> None:
+        while True:
+            await trio.sleep(PRESENCE_INTERVAL_S)
+            try:
+                present = await trio.to_thread.run_sync(device.present_blocking)
+            except USB_CALL_ERRORS as exc:
+                log.debug("%s: cannot enumerate devices: %s", self.peer, exc)
+                continue
+            if not present:
+                self.device_lost("unplugged")
+                return
 
     def _rebuild_endpoints(self) -> None:
         assert self.device is not None
@@ -441,7 +463,7 @@ class HostEngine:
         snap = device.snapshot
         if (snap.vendor_id, snap.product_id) not in NO_RESET_IDS:
             try:
-                await device.call(device.dev.reset)
+                await device.call(device.reset_blocking, dict(self.alts))
             except USB_CALL_ERRORS as exc:
                 log.info("%s: reset of %s failed: %s", self.peer, device.name, exc)
                 self.device_lost("reset failed")
@@ -481,9 +503,22 @@ class HostEngine:
         else:
             runner = st.run_in_stream
 
+        # a stopped stream's last read may still be running in its thread:
+        # the new stream starts after it, and after the data it kept
+        previous = self._stream_done.get(endpoint)
+        done = self._stream_done[endpoint] = trio.Event()
+
         async def run_stream() -> None:
-            with scope:
-                await runner(self, stream)
+            try:
+                with scope:
+                    if previous is not None:
+                        await previous.wait()
+                    await runner(self, stream)
+            finally:
+                if previous is not None and not previous.is_set():
+                    with trio.CancelScope(shield=True):
+                        await previous.wait()
+                done.set()
 
         await self.send(status(Status.SUCCESS))
         self._device_nursery.start_soon(run_stream)

@@ -10,6 +10,11 @@ stream (re)starts, including after a stall recovery (protocol reference §4.6).
 pyusb transfers are synchronous, so a stream has one transfer in flight at a
 time, read in slices so a stop takes effect within `SLICE_MS`.  Iso IN reads
 one packet per transfer so every packet keeps its own length and status.
+A read already running when an interrupt or bulk-receiving stream is
+stopped (by the guest, a reset or a configuration change) may still return
+data, where libusb would have cancelled the transfer at once; that data is
+kept and sent first when a stream is started on the endpoint again (which
+waits for the old read to end), so a keyboard does not lose a key press.
 """
 
 from __future__ import annotations
@@ -99,6 +104,9 @@ async def run_in_stream(engine: "HostEngine", stream: Stream) -> None:
     size = stream.packet_size
     iso_ref = stream.capacity * size if stream.kind == EndpointType.ISO else 0
     timeout = ISO_TIMEOUT_MS if stream.kind == EndpointType.ISO else SLICE_MS
+    for data in engine.late_stream_data.pop(stream.endpoint, []):
+        engine.offer_stream(stream, _packet(stream, counter, Status.SUCCESS, len(data), data), iso_ref)
+        counter += 1
     while True:
         buf = array.array("B", bytes(size))
         try:
@@ -128,6 +136,11 @@ async def run_in_stream(engine: "HostEngine", stream: Stream) -> None:
             engine.offer_stream(stream, _packet(stream, counter, status, 0, b""), iso_ref)
             counter += 1
             continue
+        if engine.streams.get(stream.endpoint) is not stream:
+            # stopped while this read ran (the thread is not interruptible)
+            if n and stream.kind != EndpointType.ISO:
+                engine.late_stream_data.setdefault(stream.endpoint, []).append(bytes(buf[:n]))
+            return
         engine.offer_stream(stream, _packet(stream, counter, Status.SUCCESS, n, memoryview(buf)[:n]), iso_ref)
         counter += 1
 

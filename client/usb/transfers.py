@@ -9,7 +9,10 @@ later is dropped, as usbredirhost does).
 
 IN transfers run in slices of `SLICE_MS`: a slice that times out is retried
 unless the request was cancelled, which is how a cancelled read gives its
-thread back without abandoning it.
+thread back without abandoning it.  A slice already running when its request
+is cancelled may still return data (libusb would have unlinked the URB at
+once); that data is kept for the next IN request on the endpoint instead of
+being lost.
 """
 
 from __future__ import annotations
@@ -75,6 +78,8 @@ class EndpointQueues:
         self._queues: dict[int, deque[Request]] = {}
         self._wakeups: dict[int, trio.Event] = {}
         self.inflight: dict[int, Request] = {}
+        #: bulk/interrupt IN endpoint -> data read for a request cancelled meanwhile
+        self._late: dict[int, bytes] = {}
 
     def submit(self, request: Request) -> None:
         key = request.msg.endpoint_address if not isinstance(request.msg, m.ControlPacket) else 0
@@ -118,6 +123,8 @@ class EndpointQueues:
                 del self.inflight[request.id]
             if reply is not None and not request.cancelled:
                 await self._engine.send(reply)
+            elif reply is not None and key and reply.endpoint_address & 0x80 and reply.data:
+                self._late[key] = self._late.get(key, b"") + bytes(reply.data)
 
     async def _execute(self, request: Request) -> m.DataMessage | None:
         engine = self._engine
@@ -139,6 +146,11 @@ class EndpointQueues:
                 )
                 return reply_for(msg, Status.SUCCESS, n)
             if msg.endpoint & 0x80:
+                late = self._late.pop(msg.endpoint, b"")
+                if late:
+                    if len(late) > msg.length:
+                        self._late[msg.endpoint] = late[msg.length :]
+                    return reply_for(msg, Status.SUCCESS, min(len(late), msg.length), late[: msg.length])
                 buf = array.array("B", bytes(msg.length))
                 while True:
                     try:

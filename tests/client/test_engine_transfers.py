@@ -1,0 +1,257 @@
+"""HostEngine from the VM side, ordinary transfers (protocol reference §4.3, §4.7):
+bulk both ways through a Bulk-Only mass-storage round trip checked against the
+image file, bulk transfers above 64 KiB (32bits_bulk_length), interrupt OUT,
+wrong-endpoint requests, cancellation, and exactly one reply per request.
+The peer is libusbredirparser in the guest role over loopback TCP.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from redirgate.client.usb.selector import parse_selector
+from redirgate.client.usb.source import SelectorSource
+from redirgate.client.virtual import LoopbackDevice, LoopbackMode, MassStorageDevice, VirtualBackend
+from tests.support.refguest import REPLY_TYPE, RefGuest, T, cbw, engine_session, parse_csw, run_trio
+from tests.support.system import require_libusbredirparser
+
+SUCCESS, CANCELLED, INVAL, IOERROR, STALL = 0, 1, 2, 3, 4
+BLOCK = 512
+WRITE10, READ10 = 0x2A, 0x28
+
+
+@pytest.fixture(autouse=True)
+def _reference_parser() -> None:
+    require_libusbredirparser()
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Iterator[tuple[VirtualBackend, MassStorageDevice, Path]]:
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(4 << 20))
+    device = MassStorageDevice(image)
+    backend = VirtualBackend([device])
+    yield backend, device, image
+    backend.close()
+
+
+@pytest.fixture
+def loopback() -> Iterator[tuple[VirtualBackend, LoopbackDevice]]:
+    device = LoopbackDevice()
+    backend = VirtualBackend([device])
+    yield backend, device
+    backend.close()
+
+
+def source_for(backend: VirtualBackend) -> SelectorSource:
+    return SelectorSource(parse_selector("virtual:any"), backend=backend, poll_interval_s=0.02)
+
+
+async def configure(guest: RefGuest) -> None:
+    await guest.expect_next(T.HELLO)
+    await guest.expect_announcement()
+    await guest.send(T.SET_CONFIGURATION, guest.next_id(), configuration=1)
+    await guest.expect_next(T.INTERFACE_INFO)
+    await guest.expect_next(T.EP_INFO)
+    status = await guest.expect_next(T.CONFIGURATION_STATUS)
+    assert status.fields == {"status": SUCCESS, "configuration": 1}
+
+
+def cdb10(op: int, lba: int, blocks: int) -> bytes:
+    return struct.pack(">BBIBHB", op, 0, lba, 0, blocks, 0)
+
+
+async def scsi_write(guest: RefGuest, tag: int, lba: int, data: bytes) -> None:
+    blocks = len(data) // BLOCK
+    reply = await guest.bulk(0x02, data=cbw(tag, len(data), False, cdb10(WRITE10, lba, blocks)))
+    assert reply.fields == {"endpoint": 0x02, "status": SUCCESS, "length": 31, "stream_id": 0}
+    reply = await guest.bulk(0x02, data=data)
+    assert reply.fields == {"endpoint": 0x02, "status": SUCCESS, "length": len(data), "stream_id": 0}
+    assert reply.data == b""
+    csw = await guest.bulk(0x81, 13)
+    assert csw.fields["status"] == SUCCESS and csw.fields["length"] == 13
+    assert parse_csw(csw.data) == (tag, 0, 0)
+
+
+async def scsi_read(guest: RefGuest, tag: int, lba: int, blocks: int) -> bytes:
+    size = blocks * BLOCK
+    reply = await guest.bulk(0x02, data=cbw(tag, size, True, cdb10(READ10, lba, blocks)))
+    assert reply.fields["status"] == SUCCESS
+    data = await guest.bulk(0x81, size)
+    assert data.fields == {"endpoint": 0x81, "status": SUCCESS, "length": size, "stream_id": 0}
+    csw = await guest.bulk(0x81, 13)
+    assert parse_csw(csw.data) == (tag, 0, 0)
+    return data.data
+
+
+def test_bulk_only_write_then_read_back(storage) -> None:
+    backend, device, image = storage
+    payload = os.urandom(8 * BLOCK)
+
+    async def body() -> None:
+        async with engine_session(source_for(backend)) as s:
+            guest = s.guest
+            await configure(guest)
+            lun = await guest.control(0xA1, 0xFE, 0, 0, 1)  # GET MAX LUN
+            assert (lun.fields["status"], lun.data) == (SUCCESS, b"\x00")
+            await scsi_write(guest, 0x11, 10, payload)
+            assert await scsi_read(guest, 0x12, 10, 8) == payload
+            assert guest.parse_errors == []
+        device.disk.flush()
+        with open(image, "rb") as f:
+            f.seek(10 * BLOCK)
+            assert f.read(len(payload)) == payload
+
+    run_trio(body)
+
+
+def test_bulk_above_64k_with_32bit_lengths(storage) -> None:
+    backend, device, image = storage
+    payload = os.urandom(256 * BLOCK)  # 128 KiB in one bulk packet each way
+
+    async def body() -> None:
+        async with engine_session(source_for(backend)) as s:
+            guest = s.guest
+            await configure(guest)
+            await scsi_write(guest, 1, 100, payload)
+            assert await scsi_read(guest, 2, 100, 256) == payload
+            assert guest.parse_errors == []
+        device.disk.flush()
+        with open(image, "rb") as f:
+            f.seek(100 * BLOCK)
+            assert f.read(len(payload)) == payload
+
+    run_trio(body)
+
+
+def test_request_to_wrong_endpoint_type_is_inval(loopback) -> None:
+    backend, device = loopback
+
+    async def body() -> None:
+        async with engine_session(source_for(backend)) as s:
+            guest = s.guest
+            await configure(guest)
+            # bulk packet to the interrupt OUT endpoint, to an unused one
+            reply = await guest.bulk(0x03, data=b"abc")
+            assert reply.fields == {"endpoint": 0x03, "status": INVAL, "length": 0, "stream_id": 0}
+            reply = await guest.bulk(0x8F, 64)
+            assert reply.fields == {"endpoint": 0x8F, "status": INVAL, "length": 0, "stream_id": 0}
+            # interrupt packet to a bulk endpoint
+            reply = await guest.request(T.INTERRUPT_PACKET, data=b"ab", endpoint=0x01, status=0, length=2)
+            assert reply.fields == {"endpoint": 0x01, "status": INVAL, "length": 0}
+            # interrupt OUT larger than max_packet_size (64)
+            reply = await guest.request(T.INTERRUPT_PACKET, data=bytes(65), endpoint=0x03, status=0, length=65)
+            assert reply.fields == {"endpoint": 0x03, "status": INVAL, "length": 0}
+            assert device.stats().intr_out_bytes == 0 and device.stats().bulk_out_bytes == 0
+            assert guest.parse_errors == []
+
+    run_trio(body)
+
+
+def test_interrupt_out_and_bulk_loopback(loopback) -> None:
+    backend, device = loopback
+
+    async def body() -> None:
+        async with engine_session(source_for(backend)) as s:
+            guest = s.guest
+            await configure(guest)
+            reply = await guest.request(T.INTERRUPT_PACKET, data=b"ping!", endpoint=0x03, status=0, length=5)
+            assert reply.fields == {"endpoint": 0x03, "status": SUCCESS, "length": 5} and reply.data == b""
+            assert device.stats().intr_out_bytes == 5
+            out = await guest.bulk(0x01, data=b"hello loopback")
+            assert out.fields["status"] == SUCCESS and out.fields["length"] == 14
+            back = await guest.bulk(0x81, 512)
+            assert back.fields == {"endpoint": 0x81, "status": SUCCESS, "length": 14, "stream_id": 0}
+            assert back.data == b"hello loopback"
+            # vendor control requests reach the device: GET_MODE
+            mode = await guest.control(0xC0, 0x02, 0, 0, 1)
+            assert (mode.fields["status"], mode.data) == (SUCCESS, bytes([LoopbackMode.LOOPBACK]))
+            assert guest.parse_errors == []
+
+    run_trio(body)
+
+
+def test_cancel_pending_bulk_in(loopback) -> None:
+    backend, device = loopback
+
+    async def body() -> None:
+        async with engine_session(source_for(backend)) as s:
+            guest = s.guest
+            await configure(guest)
+            pending_id = 0xABC
+            await guest.send(T.BULK_PACKET, pending_id, endpoint=0x81, status=0, length=512, stream_id=0)
+            await trio.sleep(0.2)  # the read is blocked in the device: nothing queued
+            assert guest.unconsumed() == []
+            await guest.send(T.CANCEL_DATA_PACKET, pending_id)
+            reply = await guest.expect(T.BULK_PACKET, lambda e: e.id == pending_id)
+            assert reply.fields == {"endpoint": 0x81, "status": CANCELLED, "length": 0, "stream_id": 0}
+            assert reply.data == b""
+            # unknown id: nothing; cancelling again: nothing
+            await guest.send(T.CANCEL_DATA_PACKET, 0xDEAD)
+            await guest.send(T.CANCEL_DATA_PACKET, pending_id)
+            # data arriving later must not complete the cancelled read (its
+            # slices stop) and must stay for the next request
+            out = await guest.bulk(0x01, data=b"later")
+            assert out.fields["status"] == SUCCESS
+            await trio.sleep(0.7)  # longer than one read slice of the engine
+            back = await guest.bulk(0x81, 512)
+            assert back.fields["status"] == SUCCESS and back.data == b"later"
+            assert [e.id for e in guest.of_type(T.BULK_PACKET)].count(pending_id) == 1
+            assert guest.unconsumed() == []
+            assert guest.parse_errors == []
+
+    run_trio(body)
+
+
+def test_every_request_gets_exactly_one_reply(storage, loopback) -> None:
+    """A mixed burst sent without waiting: control, bulk and interrupt on the
+    loopback, config/alt requests, a cancel; one reply per id, no more."""
+    backend, device = loopback
+    device.mode = LoopbackMode.LOOPBACK
+
+    async def body() -> None:
+        async with engine_session(source_for(backend)) as s:
+            guest = s.guest
+            await configure(guest)
+            sent: dict[int, int] = {}
+
+            async def send(msg_type: int, data: bytes = b"", **fields: object) -> int:
+                msg_id = guest.next_id()
+                sent[msg_id] = REPLY_TYPE[msg_type]
+                await guest.send(msg_type, msg_id, data, **fields)
+                return msg_id
+
+            for i in range(20):
+                await send(T.BULK_PACKET, bytes([i]) * (100 + i), endpoint=0x01, status=0, length=100 + i, stream_id=0)
+                await send(T.CONTROL_PACKET, endpoint=0x80, request=6, requesttype=0x80, status=0,
+                           value=0x0100, index=0, length=18)
+                await send(T.INTERRUPT_PACKET, bytes([i]) * 8, endpoint=0x03, status=0, length=8)
+                await send(T.GET_CONFIGURATION)
+                await send(T.GET_ALT_SETTING, interface=i % 3)
+            for i in range(20):
+                await send(T.BULK_PACKET, endpoint=0x81, status=0, length=512, stream_id=0)
+            blocked = await send(T.BULK_PACKET, endpoint=0x81, status=0, length=512, stream_id=0)
+            await send(T.BULK_PACKET, endpoint=0x8F, status=0, length=8, stream_id=0)  # inval
+            with trio.fail_after(10):
+                while len({e.id for e in guest.events if e.id in sent and e.type == sent[e.id]}) < len(sent) - 1:
+                    await trio.sleep(0.01)
+            await guest.send(T.CANCEL_DATA_PACKET, blocked)
+            await guest.expect(T.BULK_PACKET, lambda e: e.id == blocked)
+            await trio.sleep(0.3)
+            replies = collections.Counter(e.id for e in guest.events if e.id in sent and e.type == sent[e.id])
+            assert set(replies) == set(sent)
+            assert all(count == 1 for count in replies.values()), replies
+            # bulk IN answers come back in request order with the looped data
+            ins = [e for e in guest.of_type(T.BULK_PACKET) if e.fields["endpoint"] == 0x81]
+            assert [e.data for e in ins[:20]] == [bytes([i]) * (100 + i) for i in range(20)]
+            assert ins[20].fields["status"] == CANCELLED
+            assert guest.parse_errors == []
+
+    run_trio(body)
