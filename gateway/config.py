@@ -1,0 +1,385 @@
+"""The gateway's TOML configuration: load, validate, and name every mistake.
+
+`load_config(path)` returns a frozen `GatewayConfig` or raises `ConfigErrors`
+holding one `ConfigProblem` per mistake, each with the file, the line, the
+key and the reason, so `redirgate gateway check` can print them all at once.
+Relative paths are taken from the config file's folder.
+
+    [gateway]
+    tunnel_listen = "0.0.0.0:7443"     # where thin clients dial in (TLS 1.3, mutual)
+    cert = "pki/gateway-cert.pem"
+    key = "pki/gateway-key.pem"
+    ca = "pki/ca-cert.pem"
+    crl = "pki/crl.pem"                # optional; reloaded when it changes
+    admin_socket = "gateway.sock"      # `redirgate gateway status` talks here
+    public_host = "gw.example.net"     # what hypervisors dial (snippets)
+
+    [[route]]
+    name = "stick"
+    listen = "0.0.0.0:5001"            # the hypervisor-facing port selects the route
+    client = "thin-01"                 # client identity (from its certificate)
+    device = "usb:1209:0001"           # usb:VID:PID[:SERIAL] | usb-port:1-2.3
+    allow = ["10.0.0.0/8"]             # hypervisor sources; default: loopback only
+    [route.tls]                        # optional: QEMU must speak TLS to this port
+    cert = "..."; key = "..."; ca = "..."
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from redirgate.proto.tunnel.errors import SelectorError
+from redirgate.proto.tunnel.selectors import DeviceSelector, parse_selector
+
+__all__ = [
+    "ConfigProblem",
+    "ConfigErrors",
+    "Endpoint",
+    "RouteTls",
+    "Route",
+    "GatewayConfig",
+    "load_config",
+    "parse_endpoint",
+    "LOOPBACK_ONLY",
+]
+
+LOOPBACK_ONLY = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    file: str
+    line: int | None
+    key: str
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.key}: {self.reason}" if self.key else f"{where}: {self.reason}"
+
+
+class ConfigErrors(Exception):
+    """Every mistake found in one configuration file."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class RouteTls:
+    cert: Path
+    key: Path
+    ca: Path
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    listen: Endpoint
+    client: str
+    device: DeviceSelector
+    allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    protocol: str = "usbredir"
+    tls: RouteTls | None = None
+    #: True when `allow` was not given (the loopback-only default)
+    allow_defaulted: bool = False
+
+    def allows(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self.allow)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    path: Path
+    tunnel_listen: Endpoint
+    cert: Path
+    key: Path
+    ca: Path
+    crl: Path | None
+    admin_socket: Path
+    public_host: str
+    routes: tuple[Route, ...]
+    handshake_timeout_s: float = 10.0
+    heartbeat_interval_s: float = 10.0
+    heartbeat_timeout_s: float = 30.0
+    hold_timeout_s: float = 0.0  # 0: hold a hypervisor connection until the device comes
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def route(self, name: str) -> Route | None:
+        for route in self.routes:
+            if route.name == name:
+                return route
+        return None
+
+
+def parse_endpoint(text: str, *, default_host: str = "0.0.0.0") -> Endpoint:
+    """`HOST:PORT`, `[V6]:PORT` or `PORT`; ValueError with the reason."""
+    if not isinstance(text, str):
+        raise ValueError("must be a string like \"HOST:PORT\"")
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = default_host, text
+    host = host.strip()
+    if host.startswith("["):
+        host = host.strip("[]")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} has no valid port (HOST:PORT, port 0-65535)")
+    return Endpoint(host or default_host, int(port))
+
+
+class _Lines:
+    """Where tables and keys sit in the TOML text, for error messages.
+
+    A light scan, not a parser: it follows `[table]` and `[[array]]` headers
+    and `key =` lines, which is how configs are written; anything it cannot
+    place falls back to the table's header line.
+    """
+
+    _HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\-]+)\s*\]\]?")
+    _KEY = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*=")
+
+    def __init__(self, text: str) -> None:
+        self.tables: dict[str, int] = {"": 1}
+        self.keys: dict[tuple[str, str], int] = {}
+        counts: dict[str, int] = {}
+        current = ""
+        for number, line in enumerate(text.splitlines(), start=1):
+            header = self._HEADER.match(line)
+            if header:
+                name = header.group(2)
+                if header.group(1) == "[[":
+                    index = counts.get(name, 0)
+                    counts[name] = index + 1
+                    current = f"{name}[{index}]"
+                else:
+                    parent, _, leaf = name.rpartition(".")
+                    if parent and parent in counts:
+                        current = f"{parent}[{counts[parent] - 1}].{leaf}"
+                    else:
+                        current = name
+                self.tables.setdefault(current, number)
+                continue
+            key = self._KEY.match(line)
+            if key:
+                self.keys.setdefault((current, key.group(1)), number)
+
+    def line(self, table: str, key: str | None = None) -> int | None:
+        if key is not None and (table, key) in self.keys:
+            return self.keys[(table, key)]
+        return self.tables.get(table)
+
+
+class _Loader:
+    def __init__(self, path: Path, text: str, *, check_files: bool) -> None:
+        self.path = path
+        self.check_files = check_files
+        self.base = path.parent
+        self.lines = _Lines(text)
+        self.problems: list[ConfigProblem] = []
+
+    def problem(self, table: str, key: str, reason: str) -> None:
+        label = f"{table}.{key}" if table and key else (key or table)
+        self.problems.append(ConfigProblem(str(self.path), self.lines.line(table, key or None), label, reason))
+
+    def unknown_keys(self, table: str, data: dict[str, Any], known: set[str]) -> None:
+        for key in data:
+            if key not in known:
+                self.problem(table, key, f"unknown key (expected one of: {', '.join(sorted(known))})")
+
+    def string(self, table: str, data: dict[str, Any], key: str, default: str | None = None) -> str | None:
+        value = data.get(key, default)
+        if value is None:
+            self.problem(table, key, "missing")
+            return None
+        if not isinstance(value, str) or not value:
+            self.problem(table, key, f"must be a non-empty string, not {value!r}")
+            return None
+        return value
+
+    def path_value(
+        self, table: str, data: dict[str, Any], key: str, *, required: bool = True, exists: bool = True
+    ) -> Path | None:
+        if key not in data and not required:
+            return None
+        text = self.string(table, data, key)
+        if text is None:
+            return None
+        path = Path(text)
+        if not path.is_absolute():
+            path = self.base / path
+        if exists and self.check_files and not path.exists():
+            self.problem(table, key, f"file {path} does not exist")
+        return path
+
+    def number(self, table: str, data: dict[str, Any], key: str, default: float, *, minimum: float) -> float:
+        value = data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+            self.problem(table, key, f"must be a number >= {minimum:g}, not {value!r}")
+            return default
+        return float(value)
+
+    def endpoint(self, table: str, data: dict[str, Any], key: str) -> Endpoint | None:
+        text = self.string(table, data, key)
+        if text is None:
+            return None
+        try:
+            return parse_endpoint(text)
+        except ValueError as exc:
+            self.problem(table, key, str(exc))
+            return None
+
+
+_GATEWAY_KEYS = {
+    "tunnel_listen", "cert", "key", "ca", "crl", "admin_socket", "public_host",
+    "handshake_timeout_s", "heartbeat_interval_s", "heartbeat_timeout_s", "hold_timeout_s",
+}  # fmt: skip
+_ROUTE_KEYS = {"name", "listen", "client", "device", "allow", "protocol", "tls"}
+_TLS_KEYS = {"cert", "key", "ca"}
+_PROTOCOLS = {"usbredir": ("usb", "usb-port"), "raw": ("serial", "parallel"), "rfc2217": ("serial",)}
+
+
+def load_config(path: str | Path, *, check_files: bool = True) -> GatewayConfig:
+    """Load and validate; raises `ConfigErrors` listing every mistake."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigErrors([ConfigProblem(str(path), None, "", f"cannot read: {exc.strerror or exc}")]) from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        found = re.search(r"line (\d+)", str(exc))
+        line = int(found.group(1)) if found else (text.count("\n") + 1 if "end of document" in str(exc) else None)
+        raise ConfigErrors([ConfigProblem(str(path), line, "", f"not valid TOML: {exc}")]) from exc
+    loader = _Loader(path, text, check_files=check_files)
+    for key in data:
+        if key not in ("gateway", "route"):
+            loader.problem("", key, "unknown top-level table (expected [gateway] and [[route]])")
+    gw = data.get("gateway")
+    if not isinstance(gw, dict):
+        loader.problem("", "gateway", "missing [gateway] table")
+        raise ConfigErrors(loader.problems)
+    loader.unknown_keys("gateway", gw, _GATEWAY_KEYS)
+    tunnel = loader.endpoint("gateway", gw, "tunnel_listen")
+    cert = loader.path_value("gateway", gw, "cert")
+    key = loader.path_value("gateway", gw, "key")
+    ca = loader.path_value("gateway", gw, "ca")
+    crl = loader.path_value("gateway", gw, "crl", required=False, exists=False)
+    admin = loader.path_value("gateway", gw, "admin_socket", exists=False) if "admin_socket" in gw else path.parent / "gateway.sock"
+    public_host = loader.string("gateway", gw, "public_host", default="127.0.0.1")
+    timeouts = {
+        name: loader.number("gateway", gw, name, default, minimum=minimum)
+        for name, default, minimum in (
+            ("handshake_timeout_s", 10.0, 0.1),
+            ("heartbeat_interval_s", 10.0, 0.1),
+            ("heartbeat_timeout_s", 30.0, 0.2),
+            ("hold_timeout_s", 0.0, 0.0),
+        )
+    }
+    if timeouts["heartbeat_timeout_s"] <= timeouts["heartbeat_interval_s"]:
+        loader.problem("gateway", "heartbeat_timeout_s", "must be longer than heartbeat_interval_s")
+
+    routes_data = data.get("route", [])
+    if not isinstance(routes_data, list):
+        loader.problem("", "route", "must be an array of tables: [[route]]")
+        routes_data = []
+    routes: list[Route] = []
+    names: dict[str, int] = {}
+    listens: dict[tuple[str, int], str] = {}
+    for index, rd in enumerate(routes_data):
+        route = _load_route(loader, f"route[{index}]", rd)
+        if route is None:
+            continue
+        if route.name in names:
+            loader.problem(f"route[{index}]", "name", f"duplicate route name {route.name!r}")
+        names[route.name] = index
+        where = (route.listen.host, route.listen.port)
+        if route.listen.port and where in listens:
+            loader.problem(f"route[{index}]", "listen", f"{route.listen} is already used by route {listens[where]!r}")
+        listens[where] = route.name
+        routes.append(route)
+    if loader.problems:
+        raise ConfigErrors(loader.problems)
+    assert tunnel and cert and key and ca and admin and public_host
+    return GatewayConfig(
+        path=path, tunnel_listen=tunnel, cert=cert, key=key, ca=ca, crl=crl, admin_socket=admin,
+        public_host=public_host, routes=tuple(routes), **timeouts,
+    )  # fmt: skip
+
+
+def _load_route(loader: _Loader, table: str, rd: Any) -> Route | None:
+    if not isinstance(rd, dict):
+        loader.problem(table, "", "must be a table")
+        return None
+    before = len(loader.problems)
+    loader.unknown_keys(table, rd, _ROUTE_KEYS)
+    name = loader.string(table, rd, "name")
+    if name is not None and not _NAME.match(name):
+        loader.problem(table, "name", f"{name!r}: use letters, digits, '_', '.', '-' (at most 64)")
+    listen = loader.endpoint(table, rd, "listen")
+    client = loader.string(table, rd, "client")
+    device_text = loader.string(table, rd, "device")
+    device = None
+    if device_text is not None:
+        try:
+            device = parse_selector(device_text)
+        except SelectorError as exc:
+            loader.problem(table, "device", str(exc))
+    protocol = rd.get("protocol")
+    if protocol is None and device is not None:
+        protocol = "usbredir" if device.scheme.value.startswith("usb") else "raw"
+    if protocol not in _PROTOCOLS:
+        loader.problem(table, "protocol", f"{protocol!r}: expected one of {', '.join(_PROTOCOLS)}")
+    elif device is not None and device.scheme.value not in _PROTOCOLS[protocol]:
+        loader.problem(table, "protocol", f"{protocol} does not fit device {device.text}")
+    allow_defaulted = "allow" not in rd
+    allow: list[Any] = list(LOOPBACK_ONLY)
+    if not allow_defaulted:
+        raw = rd["allow"]
+        if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+            loader.problem(table, "allow", "must be a list of CIDR strings, e.g. [\"10.0.0.0/8\"]")
+        else:
+            allow = []
+            for cidr in raw:
+                try:
+                    allow.append(ipaddress.ip_network(cidr, strict=False))
+                except ValueError as exc:
+                    loader.problem(table, "allow", f"{cidr!r} is not a network: {exc}")
+    tls = None
+    if "tls" in rd:
+        td = rd["tls"]
+        if not isinstance(td, dict):
+            loader.problem(table, "tls", "must be a table with cert, key and ca")
+        else:
+            loader.unknown_keys(f"{table}.tls", td, _TLS_KEYS)
+            t_cert = loader.path_value(f"{table}.tls", td, "cert")
+            t_key = loader.path_value(f"{table}.tls", td, "key")
+            t_ca = loader.path_value(f"{table}.tls", td, "ca")
+            if t_cert and t_key and t_ca:
+                tls = RouteTls(t_cert, t_key, t_ca)
+    if len(loader.problems) != before:
+        return None
+    assert name and listen and client and device and isinstance(protocol, str)
+    return Route(name, listen, client, device, tuple(allow), protocol, tls, allow_defaulted)

@@ -1,0 +1,89 @@
+"""Gateway configuration: a good file loads; a broken one names every mistake with its line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from redirgate.gateway.config import ConfigErrors, load_config
+
+GOOD = """\
+[gateway]
+tunnel_listen = "127.0.0.1:7443"
+cert = "gw.pem"
+key = "gw.key"
+ca = "ca.pem"
+public_host = "gw.example"
+
+[[route]]
+name = "stick"
+listen = "127.0.0.1:5001"
+client = "thin-01"
+device = "usb:1209:0001"
+
+[[route]]
+name = "keyboard"
+listen = "0.0.0.0:5002"
+client = "thin-01"
+device = "usb-port:1-2.3"
+allow = ["10.0.0.0/8", "192.168.1.7"]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    for name in ("gw.pem", "gw.key", "ca.pem"):
+        (tmp_path / name).write_text("x")
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    return path
+
+
+def test_good_config_loads_with_defaults(tmp_path):
+    config = load_config(write(tmp_path, GOOD))
+    assert config.cert == tmp_path / "gw.pem"
+    stick, keyboard = config.routes
+    assert stick.allow_defaulted and stick.allows("127.0.0.1") and not stick.allows("10.1.2.3")
+    assert stick.protocol == "usbredir"
+    assert keyboard.allows("10.9.8.7") and keyboard.allows("192.168.1.7") and not keyboard.allows("192.168.1.8")
+    assert keyboard.allows("::ffff:10.0.0.1")
+    assert config.route("keyboard") is keyboard
+
+
+def test_broken_config_names_every_mistake_with_its_line(tmp_path):
+    text = GOOD.replace('cert = "gw.pem"', 'cert = "missing.pem"')
+    text = text.replace('device = "usb-port:1-2.3"', 'device = "usb:zz:1"')
+    text = text.replace('allow = ["10.0.0.0/8", "192.168.1.7"]', 'allow = ["10.0.0.0/33"]\ncolour = "blue"')
+    text += '\n[[route]]\nname = "stick"\nlisten = "127.0.0.1:5001"\nclient = "x"\ndevice = "usb:1209:0002"\n'
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigErrors) as info:
+        load_config(path)
+    lines = {(p.key, p.line) for p in info.value.problems}
+    assert ("gateway.cert", 3) in lines
+    assert ("route[1].device", 18) in lines
+    assert ("route[1].allow", 19) in lines
+    assert ("route[1].colour", 20) in lines
+    assert ("route[2].name", 23) in lines  # duplicate name
+    assert ("route[2].listen", 24) in lines  # port already used
+    text_out = str(info.value)
+    assert f"{path}:3: gateway.cert: file" in text_out
+
+
+def test_invalid_toml_gives_the_line(tmp_path):
+    path = write(tmp_path, GOOD + "\nbroken = [\n")
+    with pytest.raises(ConfigErrors) as info:
+        load_config(path)
+    (problem,) = info.value.problems
+    assert problem.line is not None and problem.line >= 21
+    assert "not valid TOML" in problem.reason
+    mid = write(tmp_path, GOOD.replace('name = "keyboard"', 'name = keyboard'))
+    with pytest.raises(ConfigErrors) as info:
+        load_config(mid)
+    assert info.value.problems[0].line == 15
+
+
+def test_missing_gateway_table(tmp_path):
+    path = write(tmp_path, "[[route]]\nname='x'\n")
+    with pytest.raises(ConfigErrors) as info:
+        load_config(path)
+    assert any("missing [gateway]" in p.reason for p in info.value.problems)
