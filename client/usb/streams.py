@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 #: usbredirhost.c ISO_TIMEOUT
 ISO_TIMEOUT_MS = 1000
 SLICE_MS = 500
+#: a stream that fails this many times in a row is stopped with a stall status
+MAX_CONSECUTIVE_ERRORS = 20
+#: pause after a failed transfer, times the run of failures (no busy loop)
+ERROR_BACKOFF_S = 0.005
 #: usbredirhost.c: interrupt receiving keeps this many transfers (we keep one
 #: in flight but size the OUT ring like the reference)
 INTERRUPT_TRANSFERS = 5
@@ -101,6 +105,7 @@ async def run_in_stream(engine: "HostEngine", stream: Stream) -> None:
         return
     dev = device.dev
     counter = 0
+    failures = 0
     size = stream.packet_size
     iso_ref = stream.capacity * size if stream.kind == EndpointType.ISO else 0
     timeout = ISO_TIMEOUT_MS if stream.kind == EndpointType.ISO else SLICE_MS
@@ -135,7 +140,18 @@ async def run_in_stream(engine: "HostEngine", stream: Stream) -> None:
                 continue
             engine.offer_stream(stream, _packet(stream, counter, status, 0, b""), iso_ref)
             counter += 1
+            failures += 1
+            if failures >= MAX_CONSECUTIVE_ERRORS:
+                # a persistent error: stop instead of flooding the guest
+                log.warning(
+                    "%s: stream on %#04x stopped after %d errors: %s", engine.peer, stream.endpoint, failures, exc
+                )
+                await engine.send(stream.status_message(Status.STALL))
+                engine.forget_stream(stream)
+                return
+            await trio.sleep(ERROR_BACKOFF_S * failures)
             continue
+        failures = 0
         if engine.streams.get(stream.endpoint) is not stream:
             # stopped while this read ran (the thread is not interruptible)
             if n and stream.kind != EndpointType.ISO:
