@@ -1,0 +1,50 @@
+"""redirgate.gateway.pki: the CA, certificates and revocation, on `cryptography`.
+
+Owns the PKI directory (layout in :mod:`.authority`), key files (mode 0600,
+never overwritten without ``force``, :mod:`.files`) and revocation
+(:mod:`.revocation`).  The identity convention (``CN=NAME`` plus SAN URI
+``urn:redirgate:client:NAME``) lives in
+:mod:`redirgate.gateway.transport.identity` so the TLS check reads exactly
+what this package writes.  Never touches the network.
+"""
+
+from redirgate.gateway.pki.authority import (
+    CA_VALID_DAYS,
+    LEAF_VALID_DAYS,
+    CertificateAuthority,
+    Issued,
+    client_dir,
+    gateway_dir,
+    hypervisor_dir,
+    init_ca,
+    issue_client,
+    issue_gateway,
+    issue_hypervisor,
+)
+from redirgate.gateway.pki.errors import KeyExists, PkiError, PkiInvalid, PkiMissing
+from redirgate.gateway.pki.revocation import RevocationList, Revoked, read_revoked, revoke
+from redirgate.gateway.transport.identity import PeerKind, identity_from_certificate
+
+__all__ = [
+    "CA_VALID_DAYS",
+    "LEAF_VALID_DAYS",
+    "CertificateAuthority",
+    "Issued",
+    "KeyExists",
+    "PeerKind",
+    "PkiError",
+    "PkiInvalid",
+    "PkiMissing",
+    "RevocationList",
+    "Revoked",
+    "client_dir",
+    "gateway_dir",
+    "hypervisor_dir",
+    "identity_from_certificate",
+    "init_ca",
+    "issue_client",
+    "issue_gateway",
+    "issue_hypervisor",
+    "read_revoked",
+    "revoke",
+]

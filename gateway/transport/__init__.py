@@ -1,0 +1,74 @@
+"""redirgate.gateway.transport: byte movers shared by the gateway and the client.
+
+Owns the TLS contexts (:mod:`.tls`), the zero-copy streams (:mod:`.stream`),
+the relay pump (:mod:`.relay`), the certificate identity convention
+(:mod:`.identity`) and the transport errors (:mod:`.errors`).
+
+It must never hold gateway state or import anything from `redirgate.gateway`
+outside this package, nor anything from `redirgate.client`: the client uses
+it too (tests/gateway/test_transport_layering.py walks the imports).
+"""
+
+from redirgate.gateway.transport.errors import Refusal, TlsRefused, TransportError
+from redirgate.gateway.transport.identity import (
+    IDENTITY_URI_PREFIX,
+    IdentityError,
+    PeerKind,
+    identity_from_certificate,
+    identity_uri,
+    validate_name,
+)
+from redirgate.gateway.transport.relay import (
+    DEFAULT_BUFFER_BYTES,
+    RelayStats,
+    pump,
+    relay,
+)
+from redirgate.gateway.transport.stream import (
+    PlainSocketStream,
+    ReceiveIntoStream,
+    ZeroCopyTLSStream,
+    accept_tls,
+    open_plain_connection,
+    open_tls_connection,
+    set_nodelay,
+)
+from redirgate.gateway.transport.tls import (
+    ClientContext,
+    RevocationChecker,
+    client_context,
+    hypervisor_server_context,
+    refusal_from_ssl_error,
+    server_context,
+    verify_peer,
+)
+
+__all__ = [
+    "DEFAULT_BUFFER_BYTES",
+    "IDENTITY_URI_PREFIX",
+    "ClientContext",
+    "IdentityError",
+    "PeerKind",
+    "PlainSocketStream",
+    "ReceiveIntoStream",
+    "Refusal",
+    "RelayStats",
+    "RevocationChecker",
+    "TlsRefused",
+    "TransportError",
+    "ZeroCopyTLSStream",
+    "accept_tls",
+    "client_context",
+    "hypervisor_server_context",
+    "identity_from_certificate",
+    "identity_uri",
+    "open_plain_connection",
+    "open_tls_connection",
+    "pump",
+    "refusal_from_ssl_error",
+    "relay",
+    "server_context",
+    "set_nodelay",
+    "validate_name",
+    "verify_peer",
+]
