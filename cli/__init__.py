@@ -13,7 +13,7 @@ import sys
 from importlib import metadata
 from typing import Sequence
 
-from redirgate.cli import selfcheck, usb_commands
+from redirgate.cli import pki_commands, selfcheck, usb_commands
 
 __all__ = ["main", "build_parser"]
 
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     usb_commands.add_client_parsers(commands)
     usb_commands.add_probe_parser(commands)
     selfcheck.add_parser(commands)
+    pki_commands.add_parser(commands)
     return parser
 
 

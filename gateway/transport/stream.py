@@ -341,8 +341,8 @@ class ZeroCopyTLSStream(trio.abc.Stream):
                 return
             except ssl.SSLWantWriteError:
                 await trio.lowlevel.wait_writable(self._ssl)
-            except (ssl.SSLError, OSError):
-                return  # SSLWantReadError: ours is out, not waiting for theirs
+            except (ssl.SSLError, OSError, ValueError):
+                return  # SSLWantReadError: ours is out, not waiting for theirs; ValueError: no socket
 
     async def aclose(self) -> None:
         if self._closed:
@@ -354,7 +354,8 @@ class ZeroCopyTLSStream(trio.abc.Stream):
                 with trio.move_on_after(self._close_timeout_s):
                     await self._send_close_notify()
         finally:
-            trio.lowlevel.notify_closing(self._ssl)
+            if self._ssl.fileno() != -1:
+                trio.lowlevel.notify_closing(self._ssl)
             self._ssl.close()
         await trio.lowlevel.checkpoint()
 

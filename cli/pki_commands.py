@@ -1,0 +1,109 @@
+"""`redirgate pki ...`: create the CA and issue and revoke certificates.
+
+Thin argument glue over :mod:`redirgate.gateway.pki`; owns only the command
+line and its messages.  Exit status: 0 done, 1 a PKI error (already exists,
+missing CA, unreadable file), 2 invalid arguments (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from redirgate.gateway import pki
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser("pki", help="certificate authority: create it, issue and revoke certificates")
+    sub = parser.add_subparsers(dest="pki_command", metavar="PKI_COMMAND", required=True)
+
+    def common(p: argparse.ArgumentParser, *, days: int | None) -> None:
+        p.add_argument("--dir", required=True, help="the PKI directory")
+        p.add_argument("--force", action="store_true", help="replace existing keys and certificates")
+        if days is not None:
+            p.add_argument("--days", type=int, default=days, help=f"validity in days (default {days})")
+
+    init = sub.add_parser("init", help="create the CA (ECDSA P-256), an empty CRL and revoked list")
+    common(init, days=pki.CA_VALID_DAYS)
+    init.add_argument("--cn", default="redirgate CA", help="the CA's common name")
+    init.set_defaults(run=_run_init)
+
+    gateway = sub.add_parser("issue-gateway", help="server certificate for a gateway host")
+    common(gateway, days=pki.LEAF_VALID_DAYS)
+    gateway.add_argument("--name", required=True, metavar="HOST", help="the gateway's DNS name (CN and first SAN)")
+    gateway.add_argument("--dns", action="append", default=[], metavar="NAME", help="another DNS name (repeatable)")
+    gateway.add_argument("--ip", action="append", default=[], metavar="ADDRESS", help="an IP address SAN (repeatable)")
+    gateway.set_defaults(run=_run_gateway)
+
+    client = sub.add_parser("issue-client", help="client certificate for thin client NAME")
+    common(client, days=pki.LEAF_VALID_DAYS)
+    client.add_argument("name", metavar="NAME")
+    client.set_defaults(run=_run_client)
+
+    hypervisor = sub.add_parser(
+        "issue-hypervisor", help="QEMU tls-creds-x509 directory (ca-cert.pem, client-cert.pem, client-key.pem)"
+    )
+    common(hypervisor, days=pki.LEAF_VALID_DAYS)
+    hypervisor.add_argument("name", metavar="NAME")
+    hypervisor.set_defaults(run=_run_hypervisor)
+
+    revoke = sub.add_parser("revoke", help="revoke NAME's certificate; the gateway applies it without restart")
+    revoke.add_argument("--dir", required=True, help="the PKI directory")
+    revoke.add_argument("--hypervisor", action="store_true", help="NAME is a hypervisor, not a client")
+    revoke.add_argument("name", metavar="NAME")
+    revoke.set_defaults(run=_run_revoke)
+
+
+def _report(what: str, issued: pki.Issued) -> None:
+    print(f"{what}: {issued.cert}")
+    print(f"  key:    {issued.key} (mode 0600)")
+    print(f"  CA:     {issued.ca}")
+    print(f"  serial: {issued.serial:x}, valid until {issued.not_valid_after:%Y-%m-%d}")
+
+
+def _guard(run: Any) -> Any:
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            run(args)
+        except pki.PkiError as exc:
+            print(f"redirgate pki: {exc}", file=sys.stderr)
+            return 1
+        return 0
+
+    return wrapper
+
+
+@_guard
+def _run_init(args: argparse.Namespace) -> None:
+    _report("CA", pki.init_ca(args.dir, common_name=args.cn, valid_days=args.days, force=args.force))
+
+
+@_guard
+def _run_gateway(args: argparse.Namespace) -> None:
+    issued = pki.issue_gateway(
+        args.dir, args.name, dns_names=args.dns, ips=args.ip, valid_days=args.days, force=args.force
+    )
+    _report("gateway certificate", issued)
+
+
+@_guard
+def _run_client(args: argparse.Namespace) -> None:
+    _report("client certificate", pki.issue_client(args.dir, args.name, valid_days=args.days, force=args.force))
+
+
+@_guard
+def _run_hypervisor(args: argparse.Namespace) -> None:
+    issued = pki.issue_hypervisor(args.dir, args.name, valid_days=args.days, force=args.force)
+    _report("hypervisor certificate", issued)
+    print(
+        f"  QEMU:   -object tls-creds-x509,id=tls0,endpoint=client,dir={issued.cert.parent} "
+        "-chardev socket,id=...,host=GATEWAY,port=PORT,tls-creds=tls0"
+    )
+
+
+@_guard
+def _run_revoke(args: argparse.Namespace) -> None:
+    kind = pki.PeerKind.HYPERVISOR if args.hypervisor else pki.PeerKind.CLIENT
+    entry = pki.revoke(args.dir, args.name, kind=kind)
+    print(f"revoked {entry.kind.value} {entry.name} (serial {entry.serial:x}); crl.pem rewritten")

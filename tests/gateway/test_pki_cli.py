@@ -1,0 +1,46 @@
+"""`redirgate pki ...` as a user runs it (a real process per command)."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from cryptography import x509
+
+from redirgate.gateway.transport import PeerKind, identity_from_certificate
+
+
+def redirgate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "redirgate.cli", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_pki_commands_end_to_end(tmp_path: Path) -> None:
+    d = str(tmp_path / "pki")
+    for argv in (
+        ("pki", "init", "--dir", d),
+        ("pki", "issue-gateway", "--dir", d, "--name", "gw.lab", "--ip", "127.0.0.1"),
+        ("pki", "issue-client", "--dir", d, "thin1"),
+        ("pki", "issue-hypervisor", "--dir", d, "hv1"),
+    ):
+        out = redirgate(*argv)
+        assert out.returncode == 0, out.stderr
+    hv = tmp_path / "pki" / "hypervisors" / "hv1"
+    assert "tls-creds-x509" in out.stdout and f"dir={hv}" in out.stdout
+    cert = x509.load_pem_x509_certificate((tmp_path / "pki/clients/thin1/client-cert.pem").read_bytes())
+    assert identity_from_certificate(cert, PeerKind.CLIENT) == "thin1"
+    assert stat.S_IMODE((hv / "client-key.pem").stat().st_mode) == 0o600
+
+    again = redirgate("pki", "issue-client", "--dir", d, "thin1")
+    assert again.returncode == 1 and "already exists" in again.stderr and "--force" in again.stderr
+    assert redirgate("pki", "issue-client", "--dir", d, "--force", "thin1").returncode == 0
+
+    revoked = redirgate("pki", "revoke", "--dir", d, "thin1")
+    assert revoked.returncode == 0 and "revoked client thin1" in revoked.stdout
+    missing = redirgate("pki", "revoke", "--dir", d, "nobody")
+    assert missing.returncode == 1 and "nobody" in missing.stderr
+    assert redirgate("pki", "revoke", "--dir", d, "--hypervisor", "hv1").returncode == 0
+    assert redirgate("pki", "issue-client", "--dir", str(tmp_path / "nothing"), "x").returncode == 1
+    bad = redirgate("pki", "issue-client", "--dir", d, "bad name")
+    assert bad.returncode == 1 and "invalid name" in bad.stderr
