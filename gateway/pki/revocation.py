@@ -26,6 +26,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from redirgate.gateway.pki.authority import CertificateAuthority, leaf_paths
 from redirgate.gateway.pki.errors import PkiError, PkiInvalid, PkiMissing
@@ -147,6 +148,10 @@ class RevocationList:
     def __init__(self, crl_path: str | os.PathLike[str], ca_cert: x509.Certificate | str | os.PathLike[str]) -> None:
         self.path = Path(crl_path)
         self._ca = ca_cert if isinstance(ca_cert, x509.Certificate) else load_certificate(Path(ca_cert))
+        ca_key = self._ca.public_key()
+        if not isinstance(ca_key, ec.EllipticCurvePublicKey):
+            raise PkiInvalid(self.path, "the CA certificate does not hold an EC key")
+        self._ca_key = ca_key
         self._serials: frozenset[int] = frozenset()
         self._stamp: tuple[int, int, int] | None = None
         self.reloads = 0
@@ -176,7 +181,7 @@ class RevocationList:
                 crl = x509.load_pem_x509_crl(self.path.read_bytes())
             except (OSError, ValueError) as exc:
                 raise PkiInvalid(self.path, f"unreadable CRL: {exc}") from exc
-            if crl.issuer != self._ca.subject or not crl.is_signature_valid(self._ca.public_key()):
+            if crl.issuer != self._ca.subject or not crl.is_signature_valid(self._ca_key):
                 raise PkiInvalid(self.path, "CRL not signed by our CA")
         except PkiError as exc:
             self._stamp = stamp  # do not retry until the file changes again
