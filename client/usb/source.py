@@ -9,6 +9,7 @@ engine calls `acquire()` again and gets the device back when it returns.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
@@ -29,22 +30,41 @@ def find_devices(backend: Any = None) -> list[usb.core.Device]:
 
 
 class SelectorSource:
-    """The device a selector names, on libusb or on a given pyusb backend."""
+    """The device a selector names, on libusb or on given pyusb backends.
+
+    `backends` are searched in order (None is libusb itself); `allowed`, when
+    given, must accept a found device (the client's export policy), so a
+    channel can never open a device the thin client does not export.
+    """
 
     def __init__(
-        self, selector: DeviceSelector, *, backend: Any = None, poll_interval_s: float = 0.5
+        self,
+        selector: DeviceSelector,
+        *,
+        backend: Any = None,
+        backends: Sequence[Any] | None = None,
+        allowed: Callable[[usb.core.Device, Any], bool] | None = None,
+        poll_interval_s: float = 0.5,
     ) -> None:
         self.selector = selector
         self.backend = backend
+        self.backends: tuple[Any, ...] = tuple(backends) if backends is not None else (backend,)
+        self.allowed = allowed
         self.poll_interval_s = poll_interval_s
 
     def describe(self) -> str:
         return str(self.selector)
 
     def _find(self) -> usb.core.Device | None:
-        for dev in find_devices(self.backend):
-            if self.selector.virtual is not None or self.selector.matches(dev):
-                return dev
+        for backend in self.backends:
+            try:
+                devices = find_devices(backend)
+            except usb.core.NoBackendError:
+                continue  # no libusb on this machine: only emulated devices
+            for dev in devices:
+                if self.selector.virtual is not None or self.selector.matches(dev):
+                    if self.allowed is None or self.allowed(dev, backend):
+                        return dev
         return None
 
     async def acquire(self) -> UsbDevice:

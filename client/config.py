@@ -1,0 +1,198 @@
+"""The client's TOML configuration: where the gateway is, who we are, what we export.
+
+    [client]
+    gateway = "gw.example.net:7443"    # the gateway's tunnel port
+    server_name = "gw.example.net"     # name in its certificate (default: the host part)
+    cert = "client-cert.pem"           # our identity is in this certificate
+    key = "client-key.pem"
+    ca = "ca-cert.pem"
+
+    [export]                           # nothing is exported unless listed here
+    usb_ids = ["0781:5567", "046d:c31c:SERIAL"]
+    usb_ports = ["1-2.3"]
+    usb_rules = "0x08,-1,-1,-1,1|-1,-1,-1,-1,0"   # usbredir filter rules
+    virtual = ["virtual:storage:demo.img", "virtual:keyboard"]   # emulated, for demos
+
+A device is exported when it matches one of `usb_ids` or `usb_ports`, or when
+`usb_rules` allow it.  Mistakes are reported like the gateway's: file, line,
+key and reason, all at once (`ConfigErrors`).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from redirgate.client.usb.descriptors import DeviceSnapshot
+from redirgate.client.usb.errors import SelectorError
+from redirgate.client.usb.selector import DeviceSelector, parse_selector
+from redirgate.proto.usbredir import filter as usbfilter
+
+__all__ = ["ClientConfig", "ExportPolicy", "ConfigError", "load_client_config"]
+
+
+class ConfigError(Exception):
+    """Every mistake found in a client configuration file."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass(frozen=True)
+class ExportPolicy:
+    usb_ids: tuple[DeviceSelector, ...] = ()
+    usb_ports: tuple[DeviceSelector, ...] = ()
+    usb_rules: tuple[usbfilter.FilterRule, ...] | None = None
+    virtual: tuple[str, ...] = ()
+
+    def allows(self, snap: DeviceSnapshot, *, virtual: bool = False) -> bool:
+        """Whether a device may be exported (emulated ones are, when listed)."""
+        if virtual:
+            return True
+        for selector in self.usb_ids:
+            if selector.vendor_id == snap.vendor_id and selector.product_id == snap.product_id:
+                if selector.serial is None or selector.serial == snap.serial:
+                    return True
+        if any(selector.port == snap.port_path for selector in self.usb_ports):
+            return True
+        if self.usb_rules is not None:
+            classes = snap.interface_classes({})
+            if not classes:
+                # unconfigured: judge by the first configuration's interfaces
+                for config in snap.configs.values():
+                    classes = tuple(
+                        (a[0].interface_class, a[0].interface_subclass, a[0].interface_protocol)
+                        for a in config.interfaces.values()
+                    )
+                    break
+            verdict = usbfilter.check(
+                self.usb_rules, snap.device_class, snap.device_subclass, snap.device_protocol,
+                classes, snap.vendor_id, snap.product_id, snap.bcd_device,
+            )  # fmt: skip
+            return verdict.allowed
+        return False
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    path: Path
+    gateway_host: str
+    gateway_port: int
+    server_name: str
+    cert: Path
+    key: Path
+    ca: Path
+    export: ExportPolicy
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    inventory_interval_s: float = 1.0
+
+
+def _locate(text: str, key: str) -> int | None:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip().startswith(f"{key} ") or line.strip().startswith(f"{key}="):
+            return number
+    return None
+
+
+def load_client_config(path: str | Path) -> ClientConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
+    problems: list[str] = []
+
+    def problem(key: str, reason: str) -> None:
+        line = _locate(text, key.rsplit(".", 1)[-1])
+        problems.append(f"{path}:{line}: {key}: {reason}" if line else f"{path}: {key}: {reason}")
+
+    client: dict[str, Any] = data.get("client", {})
+    export: dict[str, Any] = data.get("export", {})
+    for key in data:
+        if key not in ("client", "export"):
+            problem(key, "unknown table (expected [client] and [export])")
+    for key in client:
+        if key not in {"gateway", "server_name", "cert", "key", "ca", "reconnect_max_s"}:
+            problem(f"client.{key}", "unknown key")
+    for key in export:
+        if key not in {"usb_ids", "usb_ports", "usb_rules", "virtual"}:
+            problem(f"export.{key}", "unknown key")
+
+    gateway = client.get("gateway")
+    host, port = "", 0
+    if not isinstance(gateway, str) or ":" not in gateway:
+        problem("client.gateway", "missing or not HOST:PORT")
+    else:
+        host, _, port_text = gateway.rpartition(":")
+        host = host.strip("[]")
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            problem("client.gateway", f"{gateway!r} has no valid port")
+        else:
+            port = int(port_text)
+
+    def file(key: str) -> Path:
+        value = client.get(key)
+        if not isinstance(value, str) or not value:
+            problem(f"client.{key}", "missing (a file path)")
+            return Path()
+        result = Path(value) if Path(value).is_absolute() else path.parent / value
+        if not result.exists():
+            problem(f"client.{key}", f"file {result} does not exist")
+        return result
+
+    cert, key_path, ca = file("cert"), file("key"), file("ca")
+
+    def selectors(key: str, want_port: bool) -> tuple[DeviceSelector, ...]:
+        values = export.get(key, [])
+        if not isinstance(values, list):
+            problem(f"export.{key}", "must be a list of strings")
+            return ()
+        out = []
+        for value in values:
+            try:
+                selector = parse_selector(str(value) if want_port else f"usb:{value}")
+            except SelectorError as exc:
+                problem(f"export.{key}", str(exc))
+                continue
+            if want_port and selector.port is None:
+                problem(f"export.{key}", f"{value!r} is not a port path like 1-2.3")
+                continue
+            out.append(selector)
+        return tuple(out)
+
+    rules = None
+    if "usb_rules" in export:
+        try:
+            rules = usbfilter.parse_rules(str(export["usb_rules"]))
+        except usbfilter.FilterError as exc:
+            problem("export.usb_rules", str(exc))
+    virtual = export.get("virtual", [])
+    if not isinstance(virtual, list) or not all(isinstance(v, str) and v.startswith("virtual:") for v in virtual):
+        problem("export.virtual", "must be a list of virtual:... specs")
+        virtual = []
+    else:
+        virtual = [_resolve_virtual(v, path.parent) for v in virtual]
+    policy = ExportPolicy(selectors("usb_ids", False), selectors("usb_ports", True), rules, tuple(virtual))
+    if problems:
+        raise ConfigError(problems)
+    return ClientConfig(
+        path=path, gateway_host=host, gateway_port=port,
+        server_name=str(client.get("server_name") or host), cert=cert, key=key_path, ca=ca, export=policy,
+        reconnect_max_s=float(client.get("reconnect_max_s", 30.0)),
+    )  # fmt: skip
+
+
+def _resolve_virtual(spec: str, base: Path) -> str:
+    """Make a storage image path relative to the config file absolute."""
+    kind, _, rest = spec.partition(":")[2].partition(":")
+    if kind.split("@", 1)[0] == "storage" and rest and not Path(rest).is_absolute():
+        return f"virtual:{kind}:{base / rest}"
+    return spec

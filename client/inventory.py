@@ -1,0 +1,117 @@
+"""What this thin client exports now: local USB devices that pass the policy.
+
+`DeviceInventory.scan()` looks at libusb and at the emulated-device backend
+(in a worker thread), keeps what the export policy allows, and names each
+device with a stable id the gateway's routes can select: `usb:VID:PID:SERIAL`
+when the device has a serial number, else `usb-port:BUS-PORT`.
+`diff()` turns two scans into the hotplug update the control connection
+sends.  Devices held by a channel are marked busy.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+import usb.core
+
+from redirgate.client.config import ExportPolicy
+from redirgate.client.usb.descriptors import DeviceSnapshot, snapshot
+from redirgate.client.usb.errors import USB_CALL_ERRORS
+from redirgate.client.usb.source import find_devices
+from redirgate.proto.tunnel.errors import TunnelProtocolError
+from redirgate.proto.tunnel.inventory import DeviceEntry, DeviceKind
+
+__all__ = ["DeviceInventory", "stable_id", "entry_for"]
+
+log = logging.getLogger(__name__)
+
+
+def stable_id(snap: DeviceSnapshot) -> str:
+    if snap.serial and snap.serial.isprintable() and len(snap.serial) <= 126:
+        return f"usb:{snap.vendor_id:04x}:{snap.product_id:04x}:{snap.serial}"
+    return f"usb-port:{snap.port_path}"
+
+
+def entry_for(snap: DeviceSnapshot, *, busy: bool = False) -> DeviceEntry:
+    return DeviceEntry(
+        id=stable_id(snap),
+        kind=DeviceKind.USB,
+        vendor_id=snap.vendor_id,
+        product_id=snap.product_id,
+        serial=snap.serial or None,
+        port_path=snap.port_path,
+        description=" ".join(x for x in (snap.manufacturer, snap.product) if x)[:128],
+        busy=busy,
+    )
+
+
+@dataclass
+class _Found:
+    entry: DeviceEntry
+    snapshot: DeviceSnapshot
+    backend: Any
+
+
+class DeviceInventory:
+    def __init__(self, policy: ExportPolicy, virtual_backend: Any = None) -> None:
+        self.policy = policy
+        self.virtual_backend = virtual_backend
+        self.busy: set[str] = set()
+        self._libusb_missing_logged = False
+
+    @property
+    def backends(self) -> tuple[Any, ...]:
+        return (None, self.virtual_backend) if self.virtual_backend is not None else (None,)
+
+    def allows(self, dev: usb.core.Device, backend: Any) -> bool:
+        """The export policy, for a device found on `backend` (blocking)."""
+        if backend is not None and backend is self.virtual_backend:
+            return True
+        try:
+            return self.policy.allows(snapshot(dev))
+        except USB_CALL_ERRORS:
+            return False
+
+    def scan_blocking(self) -> dict[str, _Found]:
+        found: dict[str, _Found] = {}
+        for backend in self.backends:
+            try:
+                devices = find_devices(backend)
+            except usb.core.NoBackendError:
+                if not self._libusb_missing_logged:
+                    log.warning("libusb is not available: only emulated devices are exported")
+                    self._libusb_missing_logged = True
+                continue
+            for dev in devices:
+                try:
+                    snap = snapshot(dev)
+                except USB_CALL_ERRORS as exc:
+                    log.debug("skipping a device that cannot be read: %s", exc)
+                    continue
+                if backend is None and not self.policy.allows(snap):
+                    continue
+                try:
+                    entry = entry_for(snap)
+                except TunnelProtocolError as exc:
+                    log.info("not exporting %s: %s", snap.describe(), exc)
+                    continue
+                found[entry.id] = _Found(entry, snap, backend)
+        return found
+
+    async def scan(self) -> dict[str, DeviceEntry]:
+        found = await trio.to_thread.run_sync(self.scan_blocking)
+        return {
+            key: entry_for(item.snapshot, busy=key in self.busy) for key, item in found.items()
+        }
+
+
+def diff(
+    old: dict[str, DeviceEntry], new: dict[str, DeviceEntry]
+) -> tuple[tuple[DeviceEntry, ...], tuple[str, ...]]:
+    """(added or changed entries, removed ids) between two scans."""
+    added = tuple(entry for key, entry in new.items() if old.get(key) != entry)
+    removed = tuple(key for key in old if key not in new)
+    return added, removed

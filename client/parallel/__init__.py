@@ -1,0 +1,1 @@
+"""Parallel ports: /dev/lpN printer writer and /dev/parportN (ppdev) access."""

@@ -1,0 +1,1 @@
+"""Serial ports: selection, line settings, fd-driven port, port service, consumers."""

@@ -1,0 +1,106 @@
+"""Which tty a port selector means, now: path, /dev/serial/by-id name, or USB VID:PID[:SERIAL].
+
+A selector is resolved again at every (re)open, so a USB-serial adapter
+selected by VID:PID:serial is found after a replug under a new ttyUSBn.
+`list_ports()` gives serial.tools.list_ports details for `client serial-ports`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from serial.tools import list_ports as _list_ports
+
+from redirgate.client.serial.errors import SelectorError
+
+__all__ = ["PortSelector", "parse_port_selector", "list_ports", "BY_ID_DIR"]
+
+BY_ID_DIR = Path("/dev/serial/by-id")
+_USB = re.compile(r"^(?:usb:)?(?P<vid>[0-9a-fA-F]{4}):(?P<pid>[0-9a-fA-F]{4})(?::(?P<serial>.+))?$")
+
+
+@dataclass(frozen=True)
+class PortSelector:
+    """Exactly one of `path`, `by_id`, or `vid`/`pid` (+ optional `serial`)."""
+
+    path: str | None = None
+    by_id: str | None = None
+    vid: int | None = None
+    pid: int | None = None
+    serial: str | None = None
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return self.path
+        if self.by_id is not None:
+            return f"by-id:{self.by_id}"
+        tail = f":{self.serial}" if self.serial else ""
+        return f"usb:{self.vid:04x}:{self.pid:04x}{tail}"
+
+    def resolve(self) -> str:
+        """The device path this selector means right now; SelectorError if none."""
+        if self.path is not None:
+            if not os.path.exists(self.path):
+                raise SelectorError(str(self), "no such device")
+            return self.path
+        if self.by_id is not None:
+            link = BY_ID_DIR / self.by_id
+            if not link.exists():
+                raise SelectorError(str(self), f"not in {BY_ID_DIR}")
+            return str(link.resolve())
+        matches = [
+            p.device
+            for p in _list_ports.comports()
+            if p.vid == self.vid and p.pid == self.pid
+            and (self.serial is None or p.serial_number == self.serial)
+        ]
+        if not matches:
+            raise SelectorError(str(self), "no USB-serial adapter with this id is plugged in")
+        if len(matches) > 1:
+            raise SelectorError(str(self), f"ambiguous, matches {', '.join(sorted(matches))}; add :SERIAL")
+        return matches[0]
+
+
+def parse_port_selector(text: str) -> PortSelector:
+    """`/dev/ttyUSB0` | `by-id:NAME` (or a bare by-id name) | `[usb:]VID:PID[:SERIAL]`."""
+    text = text.strip()
+    if not text:
+        raise SelectorError(text, "empty port selector")
+    if text.startswith("/"):
+        return PortSelector(path=text)
+    if text.startswith("by-id:"):
+        return PortSelector(by_id=text[len("by-id:") :])
+    match = _USB.match(text)
+    if match:
+        return PortSelector(vid=int(match["vid"], 16), pid=int(match["pid"], 16), serial=match["serial"])
+    if (BY_ID_DIR / text).exists():
+        return PortSelector(by_id=text)
+    raise SelectorError(text, "expected a /dev path, by-id:NAME or VID:PID[:SERIAL]")
+
+
+def list_ports() -> list[dict[str, object]]:
+    """Serial ports the system knows, with serial.tools.list_ports details."""
+    by_id: dict[str, str] = {}
+    if BY_ID_DIR.is_dir():
+        for link in BY_ID_DIR.iterdir():
+            by_id[str(link.resolve())] = link.name
+    rows = []
+    for info in sorted(_list_ports.comports(), key=lambda p: p.device):
+        rows.append(
+            {
+                "device": info.device,
+                "by_id": by_id.get(info.device),
+                "description": info.description,
+                "hwid": info.hwid,
+                "vid": info.vid,
+                "pid": info.pid,
+                "serial_number": info.serial_number,
+                "manufacturer": info.manufacturer,
+                "product": info.product,
+                "location": info.location,
+            }
+        )
+    return rows

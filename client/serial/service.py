@@ -1,0 +1,311 @@
+"""One exported serial port: keeps it open, buffers, and hands it to one consumer at a time.
+
+`PortService.run()` owns the port's lifetime: it opens the selected tty with
+the configured settings, reads it all the time (into the RX ring: while
+nobody is attached the ring overwrites its oldest bytes and counts them;
+while a consumer is attached a full ring pauses reading, which back-pressures
+the device through the tty), writes what consumers queued (TX buffer), and
+when the device vanishes (USB-serial unplugged) closes it, tells the
+attached consumer, and reopens it when it returns - re-applying the settings.
+
+`attach(peer)` is the one-consumer rule: a second consumer gets `PortBusy`,
+or with `takeover=True` the first one's session is cancelled (ser2net's
+kickolduser) and the new one gets the port.  Settings a consumer changes
+(RFC 2217) last for its session; the configured ones come back after it.
+
+Cancellation: each session runs inside its own cancel scope, which takeover
+cancels; `attach` waits for the old session to leave before it returns, so
+two consumers never interleave bytes.  `run()` is cancelled by its nursery
+at shutdown and closes the port (DTR/RTS on close) on its way out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Final
+
+import trio
+
+from redirgate.client.serial.errors import PortBusy, PortUnavailable, SelectorError, SettingError
+from redirgate.client.serial.port import SerialPort
+from redirgate.client.serial.ring import Ring
+from redirgate.client.serial.selector import PortSelector
+from redirgate.client.serial.settings import LineSettings
+
+__all__ = ["PortService", "Session", "DEFAULT_RING_BYTES", "DEFAULT_TX_BYTES"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RING_BYTES: Final = 64 * 1024
+DEFAULT_TX_BYTES: Final = 64 * 1024
+
+
+class Session:
+    """A consumer's handle on the port, valid while it is attached."""
+
+    def __init__(self, service: PortService, peer: str, on_port_state: Callable[[bool], None] | None) -> None:
+        self.service = service
+        self.peer = peer
+        self.settings = service.settings
+        self.cancel_scope = trio.CancelScope()
+        self.left = trio.Event()
+        self.kicked_by: str | None = None
+        self.on_port_state = on_port_state
+        #: Consumer bytes dropped because the device could not take them (discard mode).
+        self.discarded_bytes = 0
+
+    async def receive_some(self, max_bytes: int = 65536) -> bytes:
+        """Device bytes (the ring's backlog first); waits while there are none."""
+        return await self.service._take_rx(max_bytes)
+
+    async def write(self, data: bytes | bytearray | memoryview, *, discard_when_full: bool) -> None:
+        """Queue bytes for the device.  With `discard_when_full` a full TX buffer
+        drops the excess (counted, logged) instead of waiting: the hypervisor
+        leg must never stall."""
+        self.discarded_bytes += await self.service._put_tx(data, discard_when_full, self.peer)
+
+    def apply(self, **changes: object) -> LineSettings:
+        """Change line settings for this session; SettingError if invalid or refused.
+        Returns the settings now in force."""
+        new = self.settings.replace(**changes)
+        port = self.service.port
+        if port is not None:
+            try:
+                port.apply(new)
+            except SettingError:
+                with contextlib.suppress(SettingError, PortUnavailable):
+                    port.apply(self.settings)
+                raise
+        self.settings = self.service._session_settings = new
+        return new
+
+    def _port_op(self, op: Callable[[SerialPort], object]) -> bool:
+        port = self.service.port
+        if port is None:
+            return False
+        op(port)
+        return True
+
+    def set_dtr(self, on: bool) -> bool:
+        return self._port_op(lambda p: p.set_dtr(on))
+
+    def set_rts(self, on: bool) -> bool:
+        return self._port_op(lambda p: p.set_rts(on))
+
+    def set_break(self, on: bool) -> bool:
+        return self._port_op(lambda p: p.set_break(on))
+
+    def purge(self, rx: bool, tx: bool) -> None:
+        if rx:
+            self.service._rx.clear()
+            self.service._wake()
+        if tx:
+            self.service._tx.clear()
+        self._port_op(lambda p: p.purge(rx, tx))
+
+    def modem_lines(self) -> int | None:
+        port = self.service.port
+        return None if port is None else port.modem_lines()
+
+    @property
+    def port_open(self) -> bool:
+        return self.service.port is not None
+
+
+class PortService:
+    """One serial port exported to one consumer at a time (see the module docstring)."""
+
+    def __init__(
+        self,
+        name: str,
+        selector: PortSelector,
+        settings: LineSettings,
+        *,
+        ring_bytes: int = DEFAULT_RING_BYTES,
+        tx_bytes: int = DEFAULT_TX_BYTES,
+        takeover: bool = False,
+        reopen_interval_s: float = 0.5,
+    ) -> None:
+        self.name = name
+        self.selector = selector
+        self.settings = settings
+        self.takeover = takeover
+        self.reopen_interval_s = reopen_interval_s
+        self.port: SerialPort | None = None
+        self.session: Session | None = None
+        self._session_settings = settings
+        self._rx = Ring(ring_bytes)
+        self._tx = Ring(tx_bytes)
+        self._lot = trio.lowlevel.ParkingLot()
+        self._attach_lock = trio.Lock()
+        self.opened_count = 0
+        self._logged_overflow = 0
+
+    # -- lifetime ----------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep the port open (reopening after it vanishes) until cancelled."""
+        started = False
+        last_error = ""
+        try:
+            while True:
+                try:
+                    port = SerialPort.open(self.selector, self._session_settings, name=self.name)
+                except (SelectorError, PortUnavailable) as exc:
+                    if str(exc) != last_error:
+                        log.warning("%s: waiting for the port: %s", self.name, exc)
+                        last_error = str(exc)
+                    if not started:
+                        task_status.started()
+                        started = True
+                    await trio.sleep(self.reopen_interval_s)
+                    continue
+                last_error = ""
+                self.port = port
+                self.opened_count += 1
+                log.info("%s: opened %s (%s)", self.name, port.path, port.settings.describe() if port.settings else "")
+                self._notify_state(True)
+                if not started:
+                    task_status.started()
+                    started = True
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._pump_rx, port, nursery.cancel_scope)
+                        nursery.start_soon(self._pump_tx, port, nursery.cancel_scope)
+                finally:
+                    self.port = None
+                    port.close()
+                    self._wake()
+                if not port.gone_reason:  # type: ignore[attr-defined]
+                    return
+                log.warning("%s: %s; reopening when it returns", self.name, port.gone_reason)  # type: ignore[attr-defined]
+                self._notify_state(False)
+                await trio.sleep(self.reopen_interval_s)
+        finally:
+            if self.port is not None:
+                self.port.close()
+                self.port = None
+
+    def _notify_state(self, up: bool) -> None:
+        session = self.session
+        if session is not None and session.on_port_state is not None:
+            session.on_port_state(up)
+
+    async def _pump_rx(self, port: SerialPort, scope: trio.CancelScope) -> None:
+        port.gone_reason = ""  # type: ignore[attr-defined]
+        try:
+            while True:
+                while self.session is not None and self._rx.free == 0:
+                    await self._lot.park()
+                data = await port.read_some(max(1, self._rx.free) if self.session is not None else 65536)
+                dropped = self._rx.write(data)
+                if dropped:
+                    self._log_overflow()
+                self._wake()
+        except PortUnavailable as exc:
+            port.gone_reason = exc.reason  # type: ignore[attr-defined]
+            scope.cancel()
+
+    async def _pump_tx(self, port: SerialPort, scope: trio.CancelScope) -> None:
+        try:
+            while True:
+                while not len(self._tx):
+                    await self._lot.park()
+                chunk = self._tx.peek()
+                await port.write_all(chunk)
+                self._tx.consume(len(chunk))
+                self._wake()
+        except PortUnavailable as exc:
+            port.gone_reason = exc.reason  # type: ignore[attr-defined]
+            scope.cancel()
+
+    def _wake(self) -> None:
+        self._lot.unpark_all()
+
+    def _log_overflow(self) -> None:
+        total = self._rx.overflow_bytes
+        if total - self._logged_overflow >= 1 or self._logged_overflow == 0:
+            log.warning(
+                "%s: no consumer and the %d-byte ring is full: dropped the oldest bytes (%d so far)",
+                self.name, self._rx.capacity, total,
+            )  # fmt: skip
+            self._logged_overflow = total
+
+    @property
+    def rx_overflow_bytes(self) -> int:
+        return self._rx.overflow_bytes
+
+    # -- consumers ---------------------------------------------------------
+
+    async def _take_rx(self, max_bytes: int) -> bytes:
+        while not len(self._rx):
+            await self._lot.park()
+        view = self._rx.peek()[:max_bytes]
+        data = bytes(view)
+        view.release()
+        self._rx.consume(len(data))
+        self._wake()
+        return data
+
+    async def _put_tx(self, data: bytes | bytearray | memoryview, discard: bool, peer: str) -> int:
+        view = memoryview(data)
+        dropped = 0
+        while view:
+            room = self._tx.free
+            if room == 0:
+                if discard:
+                    dropped = len(view)
+                    log.warning(
+                        "%s: device not taking data (%s): discarded %d bytes from %s",
+                        self.name, "port gone" if self.port is None else "TX buffer full", dropped, peer,
+                    )  # fmt: skip
+                    break
+                await self._lot.park()
+                continue
+            self._tx.write(view[:room])
+            view = view[room:]
+            self._wake()
+        return dropped
+
+    @contextlib.asynccontextmanager
+    async def attach(
+        self, peer: str, *, on_port_state: Callable[[bool], None] | None = None
+    ) -> AsyncIterator[Session]:
+        """Attach a consumer; run its work inside `session.cancel_scope`.
+
+        Raises PortBusy when another consumer holds the port and takeover is off.
+        """
+        async with self._attach_lock:
+            old = self.session
+            if old is not None:
+                if not self.takeover:
+                    raise PortBusy(self.name, f"already in use by {old.peer}")
+                log.warning("%s: %s takes the port over from %s", self.name, peer, old.peer)
+                old.kicked_by = peer
+                old.cancel_scope.cancel()
+                await old.left.wait()
+            session = Session(self, peer, on_port_state)
+            self.session = session
+        backlog = len(self._rx)
+        log.info("%s: consumer %s attached (%d bytes waiting in the ring)", self.name, peer, backlog)
+        try:
+            if self.settings.break_on_connect_s and self.port is not None:
+                with contextlib.suppress(SettingError, PortUnavailable):
+                    await self.port.send_break(self.settings.break_on_connect_s)
+            with session.cancel_scope:
+                yield session
+        finally:
+            if self.session is session:
+                self.session = None
+            if self._session_settings != self.settings:
+                self._session_settings = self.settings
+                if self.port is not None:
+                    try:
+                        self.port.apply(self.settings)
+                    except (SettingError, PortUnavailable) as exc:
+                        log.warning("%s: restoring the configured settings: %s", self.name, exc)
+            session.left.set()
+            self._wake()
+            log.info("%s: consumer %s left", self.name, peer)
