@@ -67,6 +67,10 @@ class SelectorSource:
                         return dev
         return None
 
+    async def present(self) -> bool:
+        """Whether a matching (and allowed) device is there now."""
+        return await trio.to_thread.run_sync(self._find) is not None
+
     async def acquire(self) -> UsbDevice:
         waiting_logged = False
         while True:

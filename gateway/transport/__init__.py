@@ -18,6 +18,7 @@ from redirgate.gateway.transport.identity import (
     identity_uri,
     validate_name,
 )
+from redirgate.gateway.transport.prefixed import PrefixedStream
 from redirgate.gateway.transport.relay import (
     DEFAULT_BUFFER_BYTES,
     RelayStats,
@@ -50,6 +51,7 @@ __all__ = [
     "IdentityError",
     "PeerKind",
     "PlainSocketStream",
+    "PrefixedStream",
     "ReceiveIntoStream",
     "Refusal",
     "RelayStats",

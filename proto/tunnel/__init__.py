@@ -35,6 +35,7 @@ from redirgate.proto.tunnel.errors import (
     VersionMismatchError,
 )
 from redirgate.proto.tunnel.heartbeat import HeartbeatTracker
+from redirgate.proto.tunnel.opening import Opening, OpeningClassifier
 from redirgate.proto.tunnel.inventory import MAX_DEVICES, DeviceEntry, DeviceKind, Inventory, InventoryUpdate
 from redirgate.proto.tunnel.messages import (
     CONTROL_MESSAGES,
@@ -60,6 +61,8 @@ __all__ = [
     "TunnelConnection",
     "AttachConnection",
     "HeartbeatTracker",
+    "Opening",
+    "OpeningClassifier",
     "NEED_DATA",
     "CLOSED",
     "Event",

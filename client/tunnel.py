@@ -1,0 +1,295 @@
+"""The client service: keep a mutual-TLS tunnel to the gateway and serve its channels.
+
+`TunnelClient.run()` dials the gateway, speaks the control protocol
+(`redirgate.proto.tunnel`): hello, the inventory of what the export policy
+allows (rescanned every `inventory_interval_s` and sent as updates on
+hotplug), heartbeats both ways, and `OpenChannel` requests.  Each channel
+dials its own data connection (same certificate, the one-time token), then
+runs the usbredir host engine on it - the same engine as `serve-usb` - or a
+serial channel handler.  After any loss it reconnects with jittered
+exponential backoff; the gateway brings the routes back by itself.
+
+Cancellation: one nursery per control session holds the reader, the
+heartbeat and inventory tasks and every channel, so a lost control
+connection ends its channels too (the gateway ends them anyway, and QEMU
+sees the unplug).  Each channel releases its device in the engine's finally.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from redirgate.client.config import ClientConfig
+from redirgate.client.inventory import DeviceInventory, diff
+from redirgate.client.usb.engine import HostEngine
+from redirgate.client.usb.errors import SelectorError
+from redirgate.client.usb.selector import parse_selector
+from redirgate.client.usb.source import SelectorSource
+from redirgate.gateway.transport import (
+    ClientContext,
+    PrefixedStream,
+    TlsRefused,
+    ZeroCopyTLSStream,
+    client_context,
+    open_tls_connection,
+)
+from redirgate.proto import tunnel as t
+
+__all__ = ["TunnelClient", "ChannelHandler", "TunnelClientError", "usb_channel_handler"]
+
+log = logging.getLogger(__name__)
+
+_RECEIVE_BYTES = 65536
+SOFTWARE = "redirgate client"
+
+#: (OpenChannel, attached data stream) -> serves the channel until it ends.
+ChannelHandler = Callable[[t.OpenChannel, trio.abc.Stream], Awaitable[None]]
+
+
+class TunnelClientError(Exception):
+    def __init__(self, peer: str, reason: str) -> None:
+        super().__init__(f"{peer}: {reason}")
+        self.peer = peer
+        self.reason = reason
+
+
+class TunnelClient:
+    """One thin client's tunnel to its gateway (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        inventory: DeviceInventory,
+        *,
+        context: ClientContext | None = None,
+        serial_handler: ChannelHandler | None = None,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        self.config = config
+        self.inventory = inventory
+        self.context = context or client_context(config.cert, config.key, config.ca, config.server_name)
+        self.serial_handler = serial_handler
+        self.connect_timeout_s = connect_timeout_s
+        self.peer = f"{config.gateway_host}:{config.gateway_port}"
+        self.connected = trio.Event()
+        self.online = False
+        self.sessions = 0
+        self.channels: dict[int, str] = {}
+        self._rescan = trio.Event()
+
+    # ------------------------------------------------------------ reconnect loop
+    async def run(self) -> None:
+        """Stay connected until cancelled."""
+        failures = 0
+        while True:
+            started = trio.current_time()
+            try:
+                await self._session()
+                reason = "the gateway closed the connection"
+            except TlsRefused as exc:
+                reason = f"TLS refused: {exc.reason}"
+            except TunnelClientError as exc:
+                reason = exc.reason
+            except t.TunnelProtocolError as exc:
+                reason = f"protocol error: {exc}"
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            finally:
+                self.online = False
+            if trio.current_time() - started > 10:
+                failures = 0
+            delay = min(self.config.reconnect_max_s, self.config.reconnect_min_s * 2**failures)
+            delay *= random.uniform(0.5, 1.0)
+            failures = min(failures + 1, 16)
+            log.warning("tunnel to %s lost: %s; reconnecting in %.1f s", self.peer, reason, delay)
+            await trio.sleep(delay)
+
+    # ------------------------------------------------------------ one session
+    async def _session(self) -> None:
+        with trio.fail_after(self.connect_timeout_s):
+            stream = await open_tls_connection(
+                self.config.gateway_host, self.config.gateway_port, self.context,
+                handshake_timeout_s=self.connect_timeout_s,
+            )  # fmt: skip
+        try:
+            await self._run_control(stream)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                await stream.aclose()
+
+    async def _run_control(self, stream: ZeroCopyTLSStream) -> None:
+        conn = t.TunnelConnection("client")
+        lock = trio.Lock()
+
+        async def send(message: t.TunnelMessage) -> None:
+            wire = conn.send(message)
+            async with lock:
+                await stream.send_all(wire)
+
+        await send(t.ClientHello(software=SOFTWARE))
+        hello = await self._next(conn, stream)
+        if isinstance(hello, t.Error):
+            raise TunnelClientError(self.peer, f"the gateway refused us: {hello.code}: {hello.message}")
+        if not isinstance(hello, t.GatewayHello):
+            raise TunnelClientError(self.peer, "the gateway closed the connection before its hello")
+        current = await self.inventory.scan()
+        await send(t.Inventory(tuple(current.values())))
+        self.online = True
+        self.sessions += 1
+        self.connected.set()
+        log.info("tunnel to %s up; exporting %s", self.peer, ", ".join(sorted(current)) or "nothing yet")
+        tracker = t.HeartbeatTracker(hello.heartbeat_interval_s, hello.heartbeat_timeout_s, trio.current_time())
+
+        async def heartbeats(scope: trio.CancelScope) -> None:
+            while True:
+                await trio.sleep_until(tracker.next_deadline())
+                now = trio.current_time()
+                if tracker.expired(now):
+                    log.warning("tunnel to %s: no sign of life for %.0f s", self.peer, tracker.timeout_s)
+                    scope.cancel()
+                    return
+                if tracker.due(now):
+                    await send(t.Heartbeat(tracker.on_sent(now)))
+
+        async def inventory_updates() -> None:
+            nonlocal current
+            while True:
+                with trio.move_on_after(self.config.inventory_interval_s):
+                    await self._rescan.wait()
+                self._rescan = trio.Event()
+                new = await self.inventory.scan()
+                added, removed = diff(current, new)
+                if added or removed:
+                    await send(t.InventoryUpdate(added, removed))
+                    log.info("inventory: +%s -%s", [e.id for e in added], list(removed))
+                current = new
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(heartbeats, nursery.cancel_scope)
+            nursery.start_soon(inventory_updates)
+            scopes: dict[int, trio.CancelScope] = {}
+            while True:
+                event = await self._next(conn, stream)
+                if event is t.CLOSED:
+                    break
+                tracker.on_received(trio.current_time())
+                if isinstance(event, t.Heartbeat):
+                    await send(t.HeartbeatAck(event.seq))
+                elif isinstance(event, t.HeartbeatAck):
+                    tracker.on_ack(event.seq, trio.current_time())
+                elif isinstance(event, t.OpenChannel):
+                    scope = trio.CancelScope()
+                    scopes[event.channel_id] = scope
+                    nursery.start_soon(self._channel, event, send, scope, scopes)
+                elif isinstance(event, t.CloseChannel):
+                    scope = scopes.get(event.channel_id)
+                    if scope is not None:
+                        log.info("channel %d closed by the gateway: %s", event.channel_id, event.reason)
+                        scope.cancel()
+                elif isinstance(event, t.Error):
+                    raise TunnelClientError(self.peer, f"the gateway reported {event.code}: {event.message}")
+            nursery.cancel_scope.cancel()
+
+    async def _next(self, conn: t.TunnelConnection, stream: ZeroCopyTLSStream) -> Any:
+        while True:
+            event = conn.next_event()
+            if event is not t.NEED_DATA:
+                return event
+            conn.receive_data(await stream.receive_some(_RECEIVE_BYTES))
+
+    # ------------------------------------------------------------ channels
+    async def _channel(
+        self,
+        request: t.OpenChannel,
+        send: Callable[[t.TunnelMessage], Awaitable[None]],
+        scope: trio.CancelScope,
+        scopes: dict[int, trio.CancelScope],
+    ) -> None:
+        cid = request.channel_id
+        reason = "done"
+        try:
+            with scope:
+                reason = await self._serve_channel(request, send)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, TlsRefused, TunnelClientError, t.TunnelProtocolError, trio.TooSlowError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            log.warning("channel %d (%s) failed: %s", cid, request.device_selector, reason)
+        finally:
+            scopes.pop(cid, None)
+            self.channels.pop(cid, None)
+            self.inventory.busy.discard(request.device_selector)
+            self._rescan.set()
+            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                try:
+                    await send(t.CloseChannel(cid, reason[:250]))
+                except (trio.BrokenResourceError, trio.ClosedResourceError, t.LocalProtocolError):
+                    pass
+
+    async def _serve_channel(self, request: t.OpenChannel, send: Callable[[t.TunnelMessage], Awaitable[None]]) -> str:
+        cid, device = request.channel_id, request.device_selector
+        if request.protocol is t.ChannelProtocol.USBREDIR:
+            try:
+                selector = parse_selector(device)
+            except SelectorError as exc:
+                await send(t.ChannelFailed(cid, str(exc)[:250]))
+                return "bad selector"
+            source = SelectorSource(selector, backends=self.inventory.backends, allowed=self.inventory.allows)
+            if not await source.present():
+                await send(t.ChannelFailed(cid, f"{device} is not present or not exported"))
+                return "device not present"
+            handler: ChannelHandler = usb_channel_handler(source)
+        elif self.serial_handler is not None:
+            handler = self.serial_handler
+        else:
+            await send(t.ChannelFailed(cid, f"{request.protocol} channels are not served by this client"))
+            return "unsupported protocol"
+        self.inventory.busy.add(device)
+        self.channels[cid] = device
+        self._rescan.set()
+        await send(t.ChannelOpened(cid))
+        stream = await self._attach(request)
+        log.info("channel %d: serving %s to the gateway", cid, device)
+        try:
+            await handler(request, stream)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                await stream.aclose()
+        return "the hypervisor side ended"
+
+    async def _attach(self, request: t.OpenChannel) -> trio.abc.Stream:
+        with trio.fail_after(self.connect_timeout_s):
+            stream = await open_tls_connection(
+                self.config.gateway_host, self.config.gateway_port, self.context,
+                handshake_timeout_s=self.connect_timeout_s,
+            )  # fmt: skip
+            try:
+                attach = t.AttachConnection("client")
+                await stream.send_all(attach.send(t.Attach(request.channel_id, request.token)))
+                while True:
+                    result = attach.next_event()
+                    if result is not t.NEED_DATA:
+                        break
+                    attach.receive_data(await stream.receive_some(_RECEIVE_BYTES))
+                if not isinstance(result, t.AttachResult):
+                    raise TunnelClientError(self.peer, "the gateway closed the data connection during attach")
+                if not result.ok:
+                    raise TunnelClientError(self.peer, f"attach refused: {result.reason}")
+                trailing, _ = attach.trailing_data()
+            except BaseException:
+                await trio.aclose_forcefully(stream)
+                raise
+        return PrefixedStream(stream, trailing)
+
+
+def usb_channel_handler(source: SelectorSource) -> ChannelHandler:
+    """A channel handler that runs the usbredir host engine for `source`."""
+
+    async def serve(request: t.OpenChannel, stream: trio.abc.Stream) -> None:
+        engine = HostEngine(stream, source, peer=f"gateway channel {request.channel_id}")
+        await engine.run()
+
+    return serve

@@ -1,0 +1,196 @@
+"""Who is online: client sessions, their inventories and their channels.
+
+The registry is the one place where the tunnel side (control and data
+connections from clients) meets the hypervisor side (route listeners).
+A route handler waits here for its client and device, asks the client's
+session for a channel, and gets the attached data stream back when the
+client dials it.  All of it runs on one trio loop, so plain attributes and
+`trio.Event`s are enough: there are no threads here.
+
+Channel lifecycle: `ClientSession.new_channel()` registers a pending channel
+with a fresh id and a random token; the route handler sends `OpenChannel`;
+the control connection marks it opened or failed; the data connection's
+attach hands over the stream (`Channel.attach`).  When the session ends,
+every channel it holds fails (pending) or is cancelled (active), so QEMU's
+socket closes and QEMU sees the device go.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from redirgate.gateway.errors import ChannelError, ClientGone
+from redirgate.gateway.transport import RelayStats, ReceiveIntoStream
+from redirgate.proto.tunnel import DeviceEntry, DeviceSelector, TunnelMessage
+
+__all__ = ["Channel", "ClientSession", "Registry", "TOKEN_BYTES"]
+
+TOKEN_BYTES = 32
+
+
+@dataclass(eq=False)
+class Channel:
+    """One device channel from the moment it is requested until it ends."""
+
+    channel_id: int
+    token: bytes = field(repr=False)
+    route: str
+    client: str
+    device: str
+    hypervisor: str
+    state: str = "pending"  # pending -> opened -> active -> ended
+    reason: str = ""
+    stats: RelayStats = field(default_factory=RelayStats)
+    started_at: float = field(default_factory=time.time)
+    stream: ReceiveIntoStream | None = None
+    trailing: bytes = b""
+    ready: trio.Event = field(default_factory=trio.Event)
+    cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+    def opened(self) -> None:
+        if self.state == "pending":
+            self.state = "opened"
+
+    def fail(self, reason: str) -> None:
+        """The channel cannot (or can no longer) be served."""
+        if self.state in ("pending", "opened"):
+            self.state = "ended"
+            self.reason = reason
+            self.ready.set()
+        elif self.state == "active":
+            self.reason = self.reason or reason
+            self.cancel_scope.cancel()
+
+    def attach(self, stream: ReceiveIntoStream, trailing: bytes) -> bool:
+        """The client's data connection arrived; False if nobody waits anymore."""
+        if self.state not in ("pending", "opened"):
+            return False
+        self.stream, self.trailing = stream, trailing
+        self.state = "active"
+        self.ready.set()
+        return True
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "id": self.channel_id, "route": self.route, "client": self.client, "device": self.device,
+            "hypervisor": self.hypervisor, "state": self.state, "since": self.started_at,
+            "bytes_to_device": self.stats.a_to_b, "bytes_to_hypervisor": self.stats.b_to_a,
+        }  # fmt: skip
+
+
+class ClientSession:
+    """One client's live control connection, as the rest of the gateway sees it."""
+
+    def __init__(self, identity: str, peer: str, send: Callable[[TunnelMessage], Awaitable[None]]) -> None:
+        self.identity = identity
+        self.peer = peer
+        self.send = send
+        self.connected_at = time.time()
+        self.inventory: dict[str, DeviceEntry] = {}
+        self.channels: dict[int, Channel] = {}
+        self.closed = False
+        self._next_id = 1
+        self.rtt_s: float | None = None
+        #: the scope of the task that reads the control connection
+        self.scope = trio.CancelScope()
+
+    def new_channel(self, *, route: str, device: str, hypervisor: str) -> Channel:
+        if self.closed:
+            raise ClientGone(self.identity, "the client went offline")
+        channel = Channel(self._next_id, secrets.token_bytes(TOKEN_BYTES), route, self.identity, device, hypervisor)
+        self._next_id += 1
+        self.channels[channel.channel_id] = channel
+        return channel
+
+    def forget(self, channel: Channel) -> None:
+        self.channels.pop(channel.channel_id, None)
+
+    def find(self, selector: DeviceSelector) -> DeviceEntry | None:
+        """The inventory entry a route's selector picks (busy or not)."""
+        exact = self.inventory.get(selector.text)
+        if exact is not None:
+            return exact
+        for entry in self.inventory.values():
+            if selector.matches(entry):
+                return entry
+        return None
+
+    def close(self, reason: str) -> None:
+        self.closed = True
+        self.scope.cancel()
+        for channel in list(self.channels.values()):
+            channel.fail(reason)
+        self.channels.clear()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "identity": self.identity, "peer": self.peer, "since": self.connected_at,
+            "rtt_ms": None if self.rtt_s is None else round(self.rtt_s * 1000, 3),
+            "devices": [
+                {"id": e.id, "kind": e.kind.value, "description": e.description, "busy": e.busy}
+                for e in self.inventory.values()
+            ],
+        }  # fmt: skip
+
+
+class Registry:
+    """Clients online by identity, and a wake-up for whoever waits on them."""
+
+    def __init__(self) -> None:
+        self.clients: dict[str, ClientSession] = {}
+        self._changed = trio.Event()
+
+    def changed(self) -> None:
+        """Something about a client or its inventory changed: wake waiters."""
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def add(self, session: ClientSession) -> ClientSession | None:
+        """Register a session; returns the session it replaces, if any."""
+        old = self.clients.get(session.identity)
+        self.clients[session.identity] = session
+        self.changed()
+        return old
+
+    def remove(self, session: ClientSession, reason: str) -> None:
+        session.close(reason)
+        if self.clients.get(session.identity) is session:
+            del self.clients[session.identity]
+        self.changed()
+
+    async def wait_for_device(self, client: str, selector: DeviceSelector) -> tuple[ClientSession, DeviceEntry]:
+        """Block until `client` is online and exports a free device for `selector`."""
+        while True:
+            session = self.clients.get(client)
+            if session is not None and not session.closed:
+                entry = session.find(selector)
+                if entry is not None and not entry.busy:
+                    return session, entry
+            await self._changed.wait()
+
+    def describe_wait(self, client: str, selector: DeviceSelector) -> str:
+        """Why a route is not live now, for logs and status."""
+        session = self.clients.get(client)
+        if session is None:
+            return f"client {client!r} is offline"
+        entry = session.find(selector)
+        if entry is None:
+            return f"client {client!r} does not export {selector.text}"
+        if entry.busy:
+            return f"{entry.id} on client {client!r} is busy"
+        return "ready"
+
+    def channel_for_attach(self, identity: str, channel_id: int) -> Channel:
+        session = self.clients.get(identity)
+        if session is None:
+            raise ChannelError(identity, "attach from a client with no control connection")
+        channel = session.channels.get(channel_id)
+        if channel is None:
+            raise ChannelError(identity, f"attach for channel {channel_id}, which is not pending")
+        return channel

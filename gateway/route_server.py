@@ -1,0 +1,262 @@
+"""One route's hypervisor-facing listener: hold, open a channel, relay.
+
+A QEMU chardev socket sends no preamble, so the port is the route.  For each
+connection: the source address must be allowed (else closed at once, with a
+log line); with `[route.tls]` the hypervisor must present a certificate from
+our CA (`pki issue-hypervisor`); one hypervisor at a time per route.  While
+the client or its device is away the connection is *held*: QEMU's usb-redir
+simply waits, and what it sends meanwhile is kept (bounded) and delivered
+first.  For raw (serial/parallel) routes the gateway never stops reading a
+held hypervisor socket - QEMU's UART and parallel models freeze the vCPU on
+a peer that does not read - so past the bound it discards and counts.
+
+Then: `OpenChannel` to the client, wait for its data connection, relay
+(`relay_usbredir` with the guard for USB, the plain pump otherwise).  When
+the channel ends, for whatever reason, the hypervisor socket is closed: QEMU
+sees the device unplugged and, with `reconnect=`, comes back later.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from typing import Any
+
+import trio
+
+from redirgate.gateway.config import Route
+from redirgate.gateway.guarded_relay import GuardViolation, relay_usbredir
+from redirgate.gateway.registry import Channel, Registry
+from redirgate.gateway.transport import (
+    PeerKind,
+    PlainSocketStream,
+    PrefixedStream,
+    ReceiveIntoStream,
+    RevocationChecker,
+    TlsRefused,
+    accept_tls,
+    relay,
+    set_nodelay,
+    verify_peer,
+)
+from redirgate.gateway.transport.stream import peer_label
+from redirgate.proto import tunnel as t
+
+__all__ = ["RouteServer"]
+
+log = logging.getLogger(__name__)
+
+#: What a held hypervisor may send before the device is there.
+HOLD_BUFFER_BYTES = 64 * 1024
+
+
+class RouteServer:
+    """Serves one `[[route]]` (see the module docstring)."""
+
+    def __init__(
+        self,
+        route: Route,
+        registry: Registry,
+        *,
+        tls_context: ssl.SSLContext | None = None,
+        revocation: RevocationChecker | None = None,
+        handshake_timeout_s: float = 10.0,
+        open_timeout_s: float = 15.0,
+        retry_s: float = 1.0,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        self.route = route
+        self.registry = registry
+        self.tls_context = tls_context
+        self.revocation = revocation
+        self.handshake_timeout_s = handshake_timeout_s
+        self.open_timeout_s = open_timeout_s
+        self.retry_s = retry_s
+        self.options = options or {}
+        self.state = "idle"  # idle | held | active
+        self.waiting_for = ""
+        self.hypervisor = ""
+        self.channel: Channel | None = None
+        self.refusals = 0
+        self.channels_served = 0
+        self.discarded_bytes = 0
+        self.last_end = ""
+
+    @property
+    def name(self) -> str:
+        return self.route.name
+
+    def snapshot(self) -> dict[str, Any]:
+        ch = self.channel
+        return {
+            "name": self.route.name, "listen": str(self.route.listen), "client": self.route.client,
+            "device": self.route.device.text, "protocol": self.route.protocol, "tls": self.route.tls is not None,
+            "state": self.state, "waiting_for": self.waiting_for if self.state == "held" else "",
+            "hypervisor": self.hypervisor, "channels_served": self.channels_served, "refusals": self.refusals,
+            "discarded_bytes": self.discarded_bytes, "last_end": self.last_end,
+            "channel": ch.snapshot() if ch is not None and self.state == "active" else None,
+        }  # fmt: skip
+
+    async def handle(self, tcp: trio.SocketStream) -> None:
+        peer = peer_label(tcp.socket)
+        host = peer.rsplit(":", 1)[0].strip("[]")
+        route = self.route
+        if not route.allows(host):
+            self.refusals += 1
+            nets = ", ".join(str(n) for n in route.allow)
+            extra = " (the default: only loopback; set allow = [...] on the route)" if route.allow_defaulted else ""
+            log.warning("route %s: refused hypervisor %s: source address not allowed by %s%s", route.name, peer, nets, extra)
+            await trio.aclose_forcefully(tcp)
+            return
+        if self.state != "idle":
+            self.refusals += 1
+            log.warning("route %s: refused hypervisor %s: the route is in use by %s", route.name, peer, self.hypervisor)
+            await trio.aclose_forcefully(tcp)
+            return
+        self.state, self.hypervisor = "held", peer
+        try:
+            set_nodelay(tcp.socket)
+            stream: ReceiveIntoStream
+            if self.tls_context is not None:
+                try:
+                    tls = await accept_tls(tcp, self.tls_context, handshake_timeout_s=self.handshake_timeout_s)
+                    who = verify_peer(tls.getpeercert(), peer=peer, kind=PeerKind.HYPERVISOR, revocation=self.revocation)
+                except TlsRefused as refused:
+                    self.refusals += 1
+                    log.warning("route %s: refused hypervisor %s: %s", route.name, peer, refused.reason)
+                    return
+                log.info("route %s: hypervisor %s is %r (TLS %s)", route.name, peer, who, tls.version())
+                stream = tls
+            else:
+                stream = PlainSocketStream(tcp)
+            await self._serve(stream, peer)
+        finally:
+            self.state, self.channel = "idle", None
+
+    async def _serve(self, stream: ReceiveIntoStream, peer: str) -> None:
+        route = self.route
+        held = bytearray()
+        gone = False
+        channel: Channel | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def hold() -> None:
+                    nonlocal gone
+                    buf = bytearray(16384)
+                    while True:
+                        if len(held) >= HOLD_BUFFER_BYTES and route.protocol == "usbredir":
+                            await trio.sleep_forever()  # backpressure: usb-redir waits happily
+                        n = await stream.receive_into(buf)
+                        if n == 0:
+                            gone = True
+                            nursery.cancel_scope.cancel()
+                            return
+                        room = max(0, HOLD_BUFFER_BYTES - len(held))
+                        held.extend(memoryview(buf)[: min(n, room)])
+                        if n > room:
+                            self.discarded_bytes += n - room
+                            log.warning("route %s: discarded %d byte(s) from %s while no device was attached",
+                                        route.name, n - room, peer)  # fmt: skip
+
+                nursery.start_soon(hold)
+                channel = await self._open_channel(peer)
+                nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            gone = True
+            log.info("route %s: hypervisor %s lost while held: %s", route.name, peer, exc)
+        if channel is None or gone:
+            if channel is not None:
+                await self._close_channel(channel, "the hypervisor left")
+            else:
+                log.info("route %s: hypervisor %s left before the device was attached", route.name, peer)
+            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                await stream.aclose()
+            return
+        await self._relay(stream, bytes(held), channel, peer)
+
+    async def _open_channel(self, peer: str) -> Channel:
+        route = self.route
+        logged = ""
+        while True:
+            why = self.registry.describe_wait(route.client, route.device)
+            if why != "ready" and why != logged:
+                log.info("route %s: holding hypervisor %s: %s", route.name, peer, why)
+                logged = why
+            self.waiting_for = why
+            session, entry = await self.registry.wait_for_device(route.client, route.device)
+            channel = session.new_channel(route=route.name, device=entry.id, hypervisor=peer)
+            opened = False
+            reason = ""
+            try:
+                await session.send(
+                    t.OpenChannel(
+                        channel.channel_id, entry.id, channel.token,
+                        protocol=t.ChannelProtocol(route.protocol), options=self.options,
+                    )
+                )  # fmt: skip
+                with trio.move_on_after(self.open_timeout_s):
+                    await channel.ready.wait()
+                opened = channel.state == "active"
+                reason = channel.reason or f"no data connection within {self.open_timeout_s:g} s"
+            except (trio.BrokenResourceError, trio.ClosedResourceError, t.LocalProtocolError) as exc:
+                reason = f"control connection failed: {exc}"
+            finally:
+                if not opened:
+                    session.forget(channel)
+            if opened:
+                return channel
+            log.warning("route %s: channel to %s on %s not opened: %s; retrying", route.name, entry.id, route.client, reason)
+            logged = ""
+            await trio.sleep(self.retry_s)
+
+    async def _relay(self, stream: ReceiveIntoStream, held: bytes, channel: Channel, peer: str) -> None:
+        route = self.route
+        assert channel.stream is not None
+        self.channel, self.state = channel, "active"
+        self.channels_served += 1
+        started = time.monotonic()
+        hv = PrefixedStream(stream, held)
+        dev = PrefixedStream(channel.stream, channel.trailing)
+        log.info("route %s: hypervisor %s <-> %s on client %s (channel %d)", route.name, peer, channel.device,
+                 route.client, channel.channel_id)  # fmt: skip
+        reason = ""
+        try:
+            with channel.cancel_scope:
+                if route.protocol == "usbredir":
+                    await relay_usbredir(hv, dev, client=route.client, stats=channel.stats)
+                else:
+                    await relay(hv, dev, stats=channel.stats)
+            st = channel.stats
+            if channel.cancel_scope.cancelled_caught:
+                reason = channel.reason or "cancelled"
+                for s in (hv, dev):
+                    with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                        await s.aclose()
+            else:
+                side = {"a": "the hypervisor", "b": "the client"}.get(st.ended_by, "")
+                reason = f"{side} ended it ({st.reason})" if side else st.reason
+        except GuardViolation as exc:
+            reason = exc.reason
+            log.error("route %s: client %s sent a malformed usbredir message; channel ended before it reached QEMU: %s",
+                      route.name, route.client, exc.reason)  # fmt: skip
+        finally:
+            channel.state = "ended"
+            channel.reason = channel.reason or reason
+            self.last_end = reason
+            await self._close_channel(channel, reason)
+        st = channel.stats
+        log.info("route %s: channel %d ended after %.1f s: %s; %d byte(s) to the device, %d to the hypervisor",
+                 route.name, channel.channel_id, time.monotonic() - started, reason, st.a_to_b, st.b_to_a)  # fmt: skip
+
+    async def _close_channel(self, channel: Channel, reason: str) -> None:
+        session = self.registry.clients.get(channel.client)
+        if session is None or channel.channel_id not in session.channels:
+            return
+        session.forget(channel)
+        with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+            try:
+                await session.send(t.CloseChannel(channel.channel_id, reason[:250]))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, t.LocalProtocolError):
+                pass

@@ -1,0 +1,74 @@
+"""Gateway + client over real mutual TLS on loopback, checked with `probe` (no VM)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import trio
+
+from redirgate.cli.lab import LabRoute
+from redirgate.client.probe import probe
+from tests.support.tunnel_lab import running_lab, start_client
+
+
+def trio_test(timeout_s: float) -> Callable[[Callable[..., Awaitable[None]]], Callable[..., None]]:
+    def decorate(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> None:
+            async def main() -> None:
+                with trio.fail_after(timeout_s):
+                    await fn(*args, **kwargs)
+
+            trio.run(main)
+
+        return wrapper
+
+    return decorate
+
+
+def make_image(path: Path) -> str:
+    with path.open("wb") as f:
+        f.truncate(4 * 1024 * 1024)
+    return f"virtual:storage:{path}"
+
+
+@trio_test(60)
+async def test_probe_through_gateway_finds_stick_and_keyboard(tmp_path: Path) -> None:
+    routes = [LabRoute("stick", "usb:1209:0001"), LabRoute("kbd", "usb:1209:0002")]
+    virtual = [make_image(tmp_path / "stick.img"), "virtual:keyboard"]
+    async with running_lab(tmp_path, routes, virtual=virtual) as lab:
+        stick = await probe("127.0.0.1", lab.route_port("stick"))
+        assert (stick.vendor_id, stick.product_id) == (0x1209, 0x0001)
+        kbd = await probe("127.0.0.1", lab.route_port("kbd"))
+        assert (kbd.vendor_id, kbd.product_id) == (0x1209, 0x0002)
+        # the route is offered again after the first hypervisor left
+        again = await probe("127.0.0.1", lab.route_port("stick"))
+        assert again.product_id == 0x0001
+        routes_state = {r["name"]: r for r in lab.gateway.snapshot()["routes"]}
+        assert routes_state["stick"]["channels_served"] == 2
+
+
+@trio_test(60)
+async def test_hypervisor_held_until_client_comes(tmp_path: Path) -> None:
+    routes = [LabRoute("stick", "usb:1209:0001")]
+    virtual = [make_image(tmp_path / "stick.img")]
+    async with running_lab(tmp_path, routes, virtual=virtual, start_client_now=False) as lab:
+        async with trio.open_nursery() as nursery:
+            result: list[Any] = []
+
+            async def vm() -> None:
+                result.append(await probe("127.0.0.1", lab.route_port("stick"), timeout_s=30))
+
+            nursery.start_soon(vm)
+            await trio.sleep(1.0)
+            state = lab.gateway.snapshot()["routes"][0]
+            assert state["state"] == "held" and "offline" in state["waiting_for"]
+            async with trio.open_nursery() as clients:
+                _, scope = await start_client(clients, lab.client_config)
+                with trio.fail_after(20):
+                    while not result:
+                        await trio.sleep(0.05)
+                scope.cancel()
+        assert result[0].product_id == 0x0001
