@@ -13,7 +13,7 @@ import sys
 from importlib import metadata
 from typing import Sequence
 
-from redirgate.cli import pki_commands, selfcheck, usb_commands
+from redirgate.cli import demo, gateway_commands, pki_commands, selfcheck, usb_commands
 
 __all__ = ["main", "build_parser"]
 
@@ -36,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    usb_commands.add_client_parsers(commands)
+    client_commands = usb_commands.add_client_parsers(commands)
+    gateway_commands.add_client_run_parser(client_commands)
+    gateway_commands.add_gateway_parser(commands)
+    demo.add_parser(commands)
     usb_commands.add_probe_parser(commands)
     selfcheck.add_parser(commands)
     pki_commands.add_parser(commands)

@@ -45,7 +45,9 @@ def source_for(selector: DeviceSelector) -> SelectorSource:
     return SelectorSource(selector)
 
 
-def add_client_parsers(commands: Any) -> None:
+def add_client_parsers(commands: Any) -> Any:
+    """Add `client` and its USB subcommands; returns the `client` subparsers
+    so other command modules can add theirs."""
     client = commands.add_parser("client", help="thin-client side: export local devices")
     sub = client.add_subparsers(dest="client_command", metavar="SUBCOMMAND", required=True)
 
@@ -74,6 +76,7 @@ def add_client_parsers(commands: Any) -> None:
         help="also list an emulated device (virtual:storage:IMAGE, virtual:keyboard, virtual:loopback)",
     )
     devices.set_defaults(run=_run_devices)
+    return sub
 
 
 def add_probe_parser(commands: Any) -> None:
