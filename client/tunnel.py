@@ -97,7 +97,7 @@ class TunnelClient:
                 reason = exc.reason
             except t.TunnelProtocolError as exc:
                 reason = f"protocol error: {exc}"
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
             finally:
                 self.online = False
@@ -145,14 +145,24 @@ class TunnelClient:
         log.info("tunnel to %s up; exporting %s", self.peer, ", ".join(sorted(current)) or "nothing yet")
         tracker = t.HeartbeatTracker(hello.heartbeat_interval_s, hello.heartbeat_timeout_s, trio.current_time())
 
-        async def heartbeats(scope: trio.CancelScope) -> None:
+        lost: list[BaseException] = []
+
+        async def guarded(task: Callable[[], Awaitable[None]], scope: trio.CancelScope) -> None:
+            # Errors are caught inside the nursery: trio would wrap them in an
+            # ExceptionGroup, and run() needs the plain error for its log line.
+            try:
+                await task()
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, TunnelClientError,
+                    t.TunnelProtocolError) as exc:  # fmt: skip
+                lost.append(exc)
+            scope.cancel()
+
+        async def heartbeats() -> None:
             while True:
                 await trio.sleep_until(tracker.next_deadline())
                 now = trio.current_time()
                 if tracker.expired(now):
-                    log.warning("tunnel to %s: no sign of life for %.0f s", self.peer, tracker.timeout_s)
-                    scope.cancel()
-                    return
+                    raise TunnelClientError(self.peer, f"no sign of life for {tracker.timeout_s:.0f} s")
                 if tracker.due(now):
                     await send(t.Heartbeat(tracker.on_sent(now)))
 
@@ -170,30 +180,35 @@ class TunnelClient:
                 current = new
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(heartbeats, nursery.cancel_scope)
-            nursery.start_soon(inventory_updates)
             scopes: dict[int, trio.CancelScope] = {}
-            while True:
-                event = await self._next(conn, stream)
-                if event is t.CLOSED:
-                    break
-                tracker.on_received(trio.current_time())
-                if isinstance(event, t.Heartbeat):
-                    await send(t.HeartbeatAck(event.seq))
-                elif isinstance(event, t.HeartbeatAck):
-                    tracker.on_ack(event.seq, trio.current_time())
-                elif isinstance(event, t.OpenChannel):
-                    scope = trio.CancelScope()
-                    scopes[event.channel_id] = scope
-                    nursery.start_soon(self._channel, event, send, scope, scopes)
-                elif isinstance(event, t.CloseChannel):
-                    scope = scopes.get(event.channel_id)
-                    if scope is not None:
-                        log.info("channel %d closed by the gateway: %s", event.channel_id, event.reason)
-                        scope.cancel()
-                elif isinstance(event, t.Error):
-                    raise TunnelClientError(self.peer, f"the gateway reported {event.code}: {event.message}")
-            nursery.cancel_scope.cancel()
+
+            async def reader() -> None:
+                while True:
+                    event = await self._next(conn, stream)
+                    if event is t.CLOSED:
+                        return
+                    tracker.on_received(trio.current_time())
+                    if isinstance(event, t.Heartbeat):
+                        await send(t.HeartbeatAck(event.seq))
+                    elif isinstance(event, t.HeartbeatAck):
+                        tracker.on_ack(event.seq, trio.current_time())
+                    elif isinstance(event, t.OpenChannel):
+                        scope = trio.CancelScope()
+                        scopes[event.channel_id] = scope
+                        nursery.start_soon(self._channel, event, send, scope, scopes)
+                    elif isinstance(event, t.CloseChannel):
+                        scope = scopes.get(event.channel_id)
+                        if scope is not None:
+                            log.info("channel %d closed by the gateway: %s", event.channel_id, event.reason)
+                            scope.cancel()
+                    elif isinstance(event, t.Error):
+                        raise TunnelClientError(self.peer, f"the gateway reported {event.code}: {event.message}")
+
+            nursery.start_soon(guarded, heartbeats, nursery.cancel_scope)
+            nursery.start_soon(guarded, inventory_updates, nursery.cancel_scope)
+            nursery.start_soon(guarded, reader, nursery.cancel_scope)
+        if lost:
+            raise lost[0]
 
     async def _next(self, conn: t.TunnelConnection, stream: ZeroCopyTLSStream) -> Any:
         while True:

@@ -79,7 +79,10 @@ async def relay_usbredir(
 
     def observe_guest(chunk: memoryview) -> None:
         if not guard.ready:
-            guard.observe_guest_bytes(chunk)
+            try:
+                guard.observe_guest_bytes(chunk)
+            except RemoteProtocolError as exc:
+                raise GuardViolation("hypervisor", f"the hypervisor does not speak usbredir: {exc}") from exc
 
     def check_host(chunk: memoryview) -> None:
         try:
@@ -98,7 +101,7 @@ async def relay_usbredir(
             reason = f"{type(exc).__name__}: {exc}"
         except GuardViolation as exc:
             violation.append(exc)
-            side, reason = "b", exc.reason
+            side, reason = ("a" if forward else "b"), exc.reason
         if not result.ended_by:
             result.ended_by, result.reason = side, reason
         cancel.cancel()

@@ -49,6 +49,30 @@ log = logging.getLogger(__name__)
 
 #: What a held hypervisor may send before the device is there.
 HOLD_BUFFER_BYTES = 64 * 1024
+#: QEMU's socket chardev reads at most 4096 bytes per call (READ_BUF_LEN in
+#: chardev/char-socket.c) and, in 7.2, only wakes up on socket readiness: the
+#: rest of a bigger TLS record stays inside GnuTLS and the channel stalls.
+#: So TLS records towards a hypervisor carry at most this much.
+HYPERVISOR_TLS_RECORD_BYTES = 4096
+
+
+class _SmallRecords:
+    """Sends through `inner` in pieces of at most HYPERVISOR_TLS_RECORD_BYTES."""
+
+    def __init__(self, inner: ReceiveIntoStream) -> None:
+        self.inner = inner
+
+    async def receive_into(self, buffer: bytearray | memoryview) -> int:
+        return await self.inner.receive_into(buffer)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        step = HYPERVISOR_TLS_RECORD_BYTES
+        for start in range(0, len(view), step):
+            await self.inner.send_all(view[start : start + step])
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 class RouteServer:
@@ -127,7 +151,7 @@ class RouteServer:
                     log.warning("route %s: refused hypervisor %s: %s", route.name, peer, refused.reason)
                     return
                 log.info("route %s: hypervisor %s is %r (TLS %s)", route.name, peer, who, tls.version())
-                stream = tls
+                stream = _SmallRecords(tls)
             else:
                 stream = PlainSocketStream(tcp)
             await self._serve(stream, peer)
@@ -148,7 +172,10 @@ class RouteServer:
                     while True:
                         if len(held) >= HOLD_BUFFER_BYTES and route.protocol == "usbredir":
                             await trio.sleep_forever()  # backpressure: usb-redir waits happily
-                        n = await stream.receive_into(buf)
+                        try:
+                            n = await stream.receive_into(buf)
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            n = 0
                         if n == 0:
                             gone = True
                             nursery.cancel_scope.cancel()

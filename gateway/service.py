@@ -15,6 +15,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -37,6 +38,24 @@ class GatewayAddresses:
     tunnel: tuple[str, int]
     routes: dict[str, tuple[str, int]] = field(default_factory=dict)
     admin: Path | None = None
+
+
+def contained(handler: Callable[[trio.SocketStream], Awaitable[None]], what: str) -> Callable[[trio.SocketStream], Awaitable[None]]:
+    """A connection handler whose unexpected errors end that connection only.
+
+    Expected failures are handled (and logged) inside the handlers; this is
+    the last line that keeps one connection's bug from stopping the
+    listener and with it every other connection.
+    """
+
+    async def run(stream: trio.SocketStream) -> None:
+        try:
+            await handler(stream)
+        except Exception:
+            log.exception("%s: internal error on one connection; it was closed, the gateway goes on", what)
+            await trio.aclose_forcefully(stream)
+
+    return run
 
 
 def _bound(listeners: list[trio.SocketListener]) -> tuple[str, int]:
@@ -88,13 +107,13 @@ class Gateway:
         config = self.config
         async with trio.open_nursery() as nursery:
             tunnel = await nursery.start(
-                functools.partial(trio.serve_tcp, self.tunnel.handle, config.tunnel_listen.port, host=config.tunnel_listen.host)
+                functools.partial(trio.serve_tcp, contained(self.tunnel.handle, "tunnel"), config.tunnel_listen.port, host=config.tunnel_listen.host)
             )
             addresses = GatewayAddresses(_bound(tunnel))
             log.info("gateway: tunnel listener on %s:%d", *addresses.tunnel)
             for server in self.routes:
                 listen = server.route.listen
-                bound = await nursery.start(functools.partial(trio.serve_tcp, server.handle, listen.port, host=listen.host))
+                bound = await nursery.start(functools.partial(trio.serve_tcp, contained(server.handle, f"route {server.name}"), listen.port, host=listen.host))
                 addresses.routes[server.name] = _bound(bound)
                 log.info("gateway: route %s on %s:%d -> %s on client %s", server.name, *addresses.routes[server.name],
                          server.route.device, server.route.client)  # fmt: skip

@@ -186,34 +186,49 @@ class TunnelServer:
         tracker = t.HeartbeatTracker(self.heartbeat_interval_s, self.heartbeat_timeout_s, trio.current_time())
         outcome = "connection closed"
 
+        failure: list[t.RemoteProtocolError] = []
+
         async def heartbeats(scope: trio.CancelScope) -> None:
             nonlocal outcome
-            while True:
-                await trio.sleep_until(tracker.next_deadline())
-                now = trio.current_time()
-                if tracker.expired(now):
-                    outcome = f"no heartbeat for {self.heartbeat_timeout_s:g} s"
-                    log.warning("tunnel: %s (%s): %s; closing", session.identity, session.peer, outcome)
-                    scope.cancel()
-                    return
-                if tracker.due(now):
-                    await send(t.Heartbeat(tracker.on_sent(now)))
+            try:
+                while True:
+                    await trio.sleep_until(tracker.next_deadline())
+                    now = trio.current_time()
+                    if tracker.expired(now):
+                        outcome = f"no heartbeat for {self.heartbeat_timeout_s:g} s"
+                        log.warning("tunnel: %s (%s): %s; closing", session.identity, session.peer, outcome)
+                        break
+                    if tracker.due(now):
+                        await send(t.Heartbeat(tracker.on_sent(now)))
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                outcome = f"connection lost: {exc}"
+            scope.cancel()
 
+        # Errors are caught inside the nursery: trio wraps anything that
+        # escapes one in an ExceptionGroup, which the callers do not expect.
         async with trio.open_nursery() as nursery:
             nursery.start_soon(heartbeats, nursery.cancel_scope)
-            while True:
-                event = conn.next_event()
-                if event is t.NEED_DATA:
-                    data = await stream.receive_some(_RECEIVE_BYTES)
-                    conn.receive_data(data)
-                    continue
-                if event is t.CLOSED:
-                    break
-                tracker.on_received(trio.current_time())
-                if not await self._on_message(event, session, tracker, send):
-                    outcome = "the client said goodbye"
-                    break
-            nursery.cancel_scope.cancel()
+            try:
+                while True:
+                    event = conn.next_event()
+                    if event is t.NEED_DATA:
+                        data = await stream.receive_some(_RECEIVE_BYTES)
+                        conn.receive_data(data)
+                        continue
+                    if event is t.CLOSED:
+                        break
+                    tracker.on_received(trio.current_time())
+                    if not await self._on_message(event, session, tracker, send):
+                        outcome = "the client said goodbye"
+                        break
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                outcome = f"connection lost: {exc}"
+            except t.RemoteProtocolError as exc:
+                failure.append(exc)
+            finally:
+                nursery.cancel_scope.cancel()
+        if failure:
+            raise failure[0]
         return outcome
 
     async def _on_message(self, event: Any, session: ClientSession, tracker: t.HeartbeatTracker, send: Any) -> bool:

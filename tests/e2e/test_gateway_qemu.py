@@ -1,0 +1,113 @@
+"""QEMU -> gateway route -> TLS tunnel -> `client run` -> emulated flash drive, for real.
+
+Real processes (`redirgate gateway run`, `redirgate client run`), real
+mutual TLS on loopback, a stock QEMU and the Debian guest kernel: the guest
+mounts the stick, reads the file the test wrote, writes one back.  Then the
+same with QEMU speaking TLS to the gateway (tls-creds-x509 from
+`pki issue-hypervisor`), and the lifecycle: QEMU started before the
+client (held connection), the client killed mid-run (the guest sees the
+stick unplugged, the gateway stays up) and restarted (the stick comes back
+without touching QEMU, thanks to reconnect=).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from redirgate.cli.lab import LabRoute, make_pki, write_client_config, write_gateway_config
+from redirgate.gateway import pki
+from tests.support.controllers import CONTROLLERS, usb_redir_args
+from tests.support.gateway_procs import kill, running_client, running_gateway
+from tests.support.guest import GuestImage, make_fat_image, read_fat_file
+from tests.support.qemu import start_guest
+
+BOOT_TIMEOUT_S = 150.0
+
+STICK_SCRIPT = r"""
+usb=$(wait_for_usb 1209 0001 90) || fail "the stick never appeared through the gateway"
+report_usb "$usb" stick
+dev=$(wait_for_block sda 60) || fail "no disk for the stick"
+mount_vfat "$dev" /mnt/stick
+report_file hello /mnt/stick/hello.txt
+echo "written through the gateway" > /mnt/stick/guest.txt
+sync
+umount /mnt/stick
+report unmounted yes
+"""
+
+
+def _lab(tmp_path: Path, *, tls: bool = False) -> tuple[Path, Path]:
+    make_pki(tmp_path, hypervisors=["hv1"] if tls else [])
+    image = make_fat_image(tmp_path / "stick.img", {"hello.txt": b"hello through the gateway\n"})
+    config = write_gateway_config(tmp_path, [LabRoute("stick", "usb:1209:0001", tls=tls)])
+    return config, image
+
+
+@pytest.mark.system
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "qemu-tls"])
+def test_guest_mounts_stick_through_gateway(tls: bool, guest_image: GuestImage, fat_tools: None, tmp_path: Path) -> None:
+    config, image = _lab(tmp_path, tls=tls)
+    with running_gateway(config, tmp_path / "gateway.log") as gw:
+        client_config = write_client_config(tmp_path, gw.tunnel_port, virtual=[f"virtual:storage:{image}"])
+        args = usb_redir_args("xhci", gw.routes["stick"])
+        if tls:
+            creds = pki.hypervisor_dir(tmp_path / "pki", "hv1")
+            args = [*CONTROLLERS["xhci"],
+                    "-object", f"tls-creds-x509,id=tls0,endpoint=client,dir={creds}",
+                    "-chardev", f"socket,id=redir0,host=127.0.0.1,port={gw.routes['stick']},reconnect=1,tls-creds=tls0",
+                    "-device", "usb-redir,chardev=redir0,bus=xhci.0"]  # fmt: skip
+        # QEMU first: the gateway holds its connection until the client is there
+        with start_guest(STICK_SCRIPT, args, guest=guest_image) as guest:
+            guest.wait_for_console(r"Linux version|@@", 60)
+            with running_client(client_config, tmp_path / "client.log"):
+                result = guest.wait(BOOT_TIMEOUT_S)
+        gw_log = gw.log()
+    logs = f"--- gateway:\n{gw_log[-4000:]}\n--- client:\n{(tmp_path / 'client.log').read_text()[-3000:]}"
+    assert result.rc == 0, f"{result.results}\n{logs}\n--- console:\n{result.console[-3000:]}"
+    assert result.results["stick.product"] == "Virtual Flash Drive"
+    assert result.files["hello"] == b"hello through the gateway\n"
+    assert read_fat_file(image, "guest.txt") == b"written through the gateway\n"
+    assert "holding hypervisor" in gw_log  # QEMU came before the client
+    if tls:
+        assert "is 'hv1' (TLS" in gw_log
+
+
+REPLUG_SCRIPT = r"""
+usb=$(wait_for_usb 1209 0001 90) || fail "no stick"
+dev=$(wait_for_block sda 60) || fail "no disk"
+mount_vfat "$dev" /mnt/stick
+report_file first /mnt/stick/hello.txt
+umount /mnt/stick
+log first-read-done
+n=0
+while [ -e "/sys/bus/usb/devices/$usb/idVendor" ]; do sleep 0.1; n=$((n+1)); [ $n -lt 600 ] || fail "the stick never went away"; done
+log stick-gone
+usb=$(wait_for_usb 1209 0001 90) || fail "the stick never came back"
+dev=$(wait_for_block sda 60) || fail "no disk after replug"
+mount_vfat "$dev" /mnt/stick
+report_file second /mnt/stick/hello.txt
+umount /mnt/stick
+"""
+
+
+@pytest.mark.system
+def test_client_killed_then_restarted_guest_sees_unplug_and_replug(
+    guest_image: GuestImage, fat_tools: None, tmp_path: Path
+) -> None:
+    config, image = _lab(tmp_path)
+    with running_gateway(config, tmp_path / "gateway.log") as gw:
+        client_config = write_client_config(tmp_path, gw.tunnel_port, virtual=[f"virtual:storage:{image}"])
+        with start_guest(REPLUG_SCRIPT, usb_redir_args("xhci", gw.routes["stick"]), guest=guest_image) as guest:
+            with running_client(client_config, tmp_path / "client1.log") as first:
+                guest.wait_for_console("@@LOG first-read-done", BOOT_TIMEOUT_S)
+                kill(first)  # no goodbye: the TLS connections just die
+            guest.wait_for_console("@@LOG stick-gone", 60)
+            assert gw.process.poll() is None  # the gateway stays up
+            with running_client(client_config, tmp_path / "client2.log"):
+                result = guest.wait(BOOT_TIMEOUT_S + 60)
+        gw_log = gw.log()
+    assert result.rc == 0, f"{result.results}\n--- gateway:\n{gw_log[-4000:]}\n--- console:\n{result.console[-3000:]}"
+    assert result.files["first"] == result.files["second"] == b"hello through the gateway\n"
+    assert "client thin-01 offline" in gw_log

@@ -1,0 +1,87 @@
+"""`redirgate gateway run` and `redirgate client run` as real processes.
+
+`running_gateway(config)` starts the gateway, reads the lines where it says
+what it bound (`tunnel H:P`, `route NAME H:P`, `admin PATH`) and yields
+them; `running_client(config)` starts a client.  Both end their process by
+PID (SIGTERM, then SIGKILL) when the block exits, also on failure.  Logs go
+to files so a chatty process can never block on a full pipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.support.services import stop
+
+
+@dataclass
+class GatewayProcess:
+    process: subprocess.Popen[str]
+    log_path: Path
+    tunnel_port: int = 0
+    routes: dict[str, int] = field(default_factory=dict)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "a") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "redirgate.cli", "-vv", *argv],
+            stdout=subprocess.PIPE, stderr=log_file, text=True, env=env,
+        )  # fmt: skip
+
+
+@contextlib.contextmanager
+def running_gateway(config: Path, log_path: Path, *, ready_timeout_s: float = 30.0) -> Iterator[GatewayProcess]:
+    process = _spawn(["gateway", "run", "--config", str(config)], log_path)
+    # A text pipe buffers several lines at once, so no select() here: read
+    # lines until `admin`, with a timer that kills a gateway that never gets there.
+    watchdog = threading.Timer(ready_timeout_s, process.kill)
+    watchdog.start()
+    try:
+        gw = GatewayProcess(process, log_path)
+        assert process.stdout is not None
+        ready = False
+        for line in process.stdout:
+            words = line.split()
+            if not words:
+                continue
+            if words[0] == "tunnel":
+                gw.tunnel_port = int(words[1].rsplit(":", 1)[1])
+            elif words[0] == "route":
+                gw.routes[words[1]] = int(words[2].rsplit(":", 1)[1])
+            elif words[0] == "admin":
+                ready = True
+                break
+        watchdog.cancel()
+        if not ready:
+            raise RuntimeError(f"gateway did not start (exit {process.poll()}):\n{log_path.read_text()}")
+        yield gw
+    finally:
+        stop(process)
+
+
+@contextlib.contextmanager
+def running_client(config: Path, log_path: Path) -> Iterator[subprocess.Popen[str]]:
+    process = _spawn(["client", "run", "--config", str(config)], log_path)
+    try:
+        yield process
+    finally:
+        stop(process)
+
+
+def kill(process: subprocess.Popen[str]) -> None:
+    """SIGKILL by PID: the client dies without closing anything."""
+    if process.poll() is None:
+        process.kill()
+        process.wait(10)
