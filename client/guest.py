@@ -161,6 +161,8 @@ class UsbredirGuest:
         """Send a request and wait for the reply with its id."""
         pending = self._pending[message.id] = _Pending()
         try:
+            if self._closed.is_set():  # the reader already released every waiter
+                raise GuestError(self.peer, self.closed_reason or "connection closed")
             await self._send(message)
             await pending.done.wait()
             if pending.reply is None:

@@ -198,6 +198,10 @@ class TunnelServer:
                         outcome = f"no heartbeat for {self.heartbeat_timeout_s:g} s"
                         log.warning("tunnel: %s (%s): %s; closing", session.identity, session.peer, outcome)
                         break
+                    if self._revoked(stream):
+                        outcome = "its certificate was revoked"
+                        log.warning("tunnel: %s (%s): certificate revoked; closing its session", session.identity, session.peer)
+                        break
                     if tracker.due(now):
                         await send(t.Heartbeat(tracker.on_sent(now)))
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -230,6 +234,14 @@ class TunnelServer:
         if failure:
             raise failure[0]
         return outcome
+
+    def _revoked(self, stream: ZeroCopyTLSStream) -> bool:
+        """A revocation that arrived while the session was up (the CRL file
+        is re-read only when it changed)."""
+        if self.revocation is None:
+            return False
+        cert = stream.peer_certificate()
+        return cert is not None and self.revocation.is_revoked(cert)
 
     async def _on_message(self, event: Any, session: ClientSession, tracker: t.HeartbeatTracker, send: Any) -> bool:
         if isinstance(event, t.Heartbeat):
