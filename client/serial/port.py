@@ -39,7 +39,22 @@ _PARITY = {
 _STOP = {1: serial.STOPBITS_ONE, 1.5: serial.STOPBITS_ONE_POINT_FIVE, 2: serial.STOPBITS_TWO}
 _CSIZE = {5: termios.CS5, 6: termios.CS6, 7: termios.CS7, 8: termios.CS8}
 _INT = struct.Struct("i")
+# Linux asm-generic/ioctls.h; Python's termios module lacks these three.
+_TIOCSBRK: int = getattr(termios, "TIOCSBRK", 0x5427)
+_TIOCCBRK: int = getattr(termios, "TIOCCBRK", 0x5428)
+_TIOCGICOUNT: int = getattr(termios, "TIOCGICOUNT", 0x545D)
+#: struct serial_icounter_struct: cts dsr rng dcd rx tx frame overrun parity brk buf_overrun reserved[9].
+_ICOUNT = struct.Struct("20i")
+#: errnos meaning "this tty has no such ioctl" (a pty has no modem lines).
+_UNSUPPORTED = {errno.ENOTTY, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
 MODEM_CTS, MODEM_DSR, MODEM_RI, MODEM_CD = termios.TIOCM_CTS, termios.TIOCM_DSR, termios.TIOCM_RI, termios.TIOCM_CD
+
+
+def _describe(exc: BaseException) -> str:
+    """termios.error carries (errno, text); say it like OSError does."""
+    if isinstance(exc, termios.error) and len(exc.args) == 2:
+        return f"{exc.args[1]} (errno {exc.args[0]})"
+    return str(exc)
 
 
 class SerialPort:
@@ -52,6 +67,8 @@ class SerialPort:
         self.fd: int = device.fileno()
         self.settings: LineSettings | None = None
         self.closed = False
+        #: Why the port stopped working (set by whoever saw it vanish), or None.
+        self.gone_reason: str | None = None
 
     @classmethod
     def open(cls, selector: PortSelector, settings: LineSettings, *, name: str | None = None) -> SerialPort:
@@ -59,10 +76,12 @@ class SerialPort:
         label = name or str(selector)
         path = selector.resolve()
         try:
+            # port=None: configure first, then open (pyserial 3.5 has no do_not_open).
             device = serial.Serial(
-                path, baudrate=settings.baud, exclusive=True, timeout=0, write_timeout=0,
-                dsrdtr=False, rtscts=False, xonxoff=False, do_not_open=True,
+                None, baudrate=settings.baud, exclusive=True, timeout=0, write_timeout=0,
+                dsrdtr=False, rtscts=False, xonxoff=False,
             )  # fmt: skip
+            device.port = path
             device.open()
         except (serial.SerialException, OSError) as exc:
             raise PortUnavailable(label, f"cannot open {path}: {exc}") from exc
@@ -83,7 +102,8 @@ class SerialPort:
 
     def apply(self, settings: LineSettings) -> None:
         """Set every line setting, then read termios back: a setting the
-        driver changed or ignored is a SettingError naming it."""
+        driver refused, changed or ignored is a SettingError naming it, and
+        the port is left exactly as it was."""
         s = self._serial
         wanted = {
             "baud": ("baudrate", settings.baud),
@@ -93,23 +113,38 @@ class SerialPort:
             "rtscts": ("rtscts", settings.rtscts),
             "xonxoff": ("xonxoff", settings.xonxoff),
         }
-        for setting, (attr, value) in wanted.items():
-            if getattr(s, attr) == value and setting != "baud":
-                continue
-            try:
-                setattr(s, attr, value)
-            except (serial.SerialException, OSError, ValueError, termios.error) as exc:
-                self._raise_if_gone(exc)
-                raise SettingError(self.name, setting, getattr(settings, setting), str(exc)) from exc
-        self._verify(settings)
+        # pyserial caches each attribute and re-sends them all on every change,
+        # so a refused value must be taken back, or every later change fails
+        # too.  Undoing in reverse order only passes through states the driver
+        # already accepted on the way here.
+        changed: list[tuple[str, object]] = []
+        try:
+            for setting, (attr, value) in wanted.items():
+                old = getattr(s, attr)
+                if old == value and setting != "baud":
+                    continue
+                changed.append((attr, old))
+                try:
+                    setattr(s, attr, value)
+                except (serial.SerialException, OSError, ValueError, termios.error) as exc:
+                    self._raise_if_gone(exc)
+                    raise SettingError(self.name, setting, getattr(settings, setting), _describe(exc)) from exc
+            self._verify(settings)
+        except SettingError:
+            for attr, old in reversed(changed):
+                try:
+                    setattr(s, attr, old)
+                except (serial.SerialException, OSError, ValueError, termios.error) as again:
+                    log.debug("%s: restoring %s=%r: %s", self.name, attr, old, again)
+            raise
         self.settings = settings
 
     def _verify(self, settings: LineSettings) -> None:
         try:
-            _iflag, _oflag, cflag, _lflag, ispeed, _ospeed, _cc = termios.tcgetattr(self.fd)
+            iflag, _oflag, cflag, _lflag, ispeed, _ospeed, _cc = termios.tcgetattr(self.fd)
         except termios.error as exc:
             self._raise_if_gone(exc)
-            raise SettingError(self.name, "termios", None, str(exc)) from exc
+            raise SettingError(self.name, "termios", None, _describe(exc)) from exc
         standard = getattr(termios, f"B{settings.baud}", None)
         if standard is not None and ispeed != standard:
             raise SettingError(self.name, "baud", settings.baud, "the driver did not take it")
@@ -121,6 +156,8 @@ class SerialPort:
             raise SettingError(self.name, "stop_bits", settings.stop_bits, "the driver did not take it")
         if bool(cflag & termios.CRTSCTS) != settings.rtscts:
             raise SettingError(self.name, "rtscts", settings.rtscts, "the driver did not take it")
+        if bool(iflag & termios.IXON) != settings.xonxoff:
+            raise SettingError(self.name, "xonxoff", settings.xonxoff, "the driver did not take it")
 
     def _modem_ioctl(self, request: int, bits: int, setting: str, value: object) -> None:
         try:
@@ -137,7 +174,7 @@ class SerialPort:
 
     def set_break(self, on: bool) -> None:
         try:
-            fcntl.ioctl(self.fd, termios.TIOCSBRK if on else termios.TIOCCBRK)
+            fcntl.ioctl(self.fd, _TIOCSBRK if on else _TIOCCBRK)
         except OSError as exc:
             self._raise_if_gone(exc)
             raise SettingError(self.name, "break", on, os.strerror(exc.errno or 0)) from exc
@@ -161,6 +198,33 @@ class SerialPort:
         value: int = _INT.unpack(raw)[0]
         return value
 
+    @staticmethod
+    def unsupported(exc: SettingError) -> bool:
+        """True when `exc` says the tty has no such control (ENOTTY on a pty)."""
+        cause = exc.__cause__
+        return isinstance(cause, OSError) and cause.errno in _UNSUPPORTED
+
+    def error_counters(self) -> tuple[int, int, int, int] | None:
+        """(frame, overrun, parity, break) counts from TIOCGICOUNT, or None
+        when the driver keeps none (a pty, most USB-serial adapters)."""
+        try:
+            raw = fcntl.ioctl(self.fd, _TIOCGICOUNT, bytes(_ICOUNT.size))
+        except OSError as exc:
+            self._raise_if_gone(exc)
+            return None
+        counts = _ICOUNT.unpack(raw)
+        return counts[6], counts[7], counts[8], counts[9]
+
+    def output_pending(self) -> int:
+        """Bytes the driver has not sent yet (TIOCOUTQ); 0 when unknown."""
+        try:
+            raw = fcntl.ioctl(self.fd, termios.TIOCOUTQ, _INT.pack(0))
+        except OSError as exc:
+            self._raise_if_gone(exc)
+            return 0
+        value: int = _INT.unpack(raw)[0]
+        return value
+
     def purge(self, rx: bool, tx: bool) -> None:
         queue = termios.TCIOFLUSH if rx and tx else termios.TCIFLUSH if rx else termios.TCOFLUSH
         try:
@@ -170,38 +234,67 @@ class SerialPort:
 
     # -- I/O ---------------------------------------------------------------
 
+    async def wait_readable(self) -> None:
+        """Until the fd is readable (data, or a hang-up that read_nowait reports)."""
+        if self.closed:
+            raise PortUnavailable(self.name, "port closed")
+        await trio.lowlevel.wait_readable(self.fd)
+
+    def read_nowait(self, max_bytes: int) -> bytes:
+        """What the driver has now, up to `max_bytes` (b"" when nothing);
+        PortUnavailable when the device vanished or hung up."""
+        if self.closed:
+            raise PortUnavailable(self.name, "port closed")
+        try:
+            data = os.read(self.fd, max_bytes)
+        except BlockingIOError:
+            return b""
+        except OSError as exc:
+            self._raise_if_gone(exc)
+            raise PortUnavailable(self.name, f"read failed: {exc}") from exc
+        if not data:  # a hung-up tty (pty master closed) reads EOF
+            raise PortUnavailable(self.name, f"{self.path} hung up")
+        return data
+
     async def read_some(self, max_bytes: int = 65536) -> bytes:
-        """Bytes from the device; PortUnavailable when it vanished."""
+        """Bytes from the device (at least one); PortUnavailable when it vanished."""
         while True:
-            if self.closed:
-                raise PortUnavailable(self.name, "port closed")
-            try:
-                data = os.read(self.fd, max_bytes)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(self.fd)
-                continue
-            except OSError as exc:
-                self._raise_if_gone(exc)
-                raise PortUnavailable(self.name, f"read failed: {exc}") from exc
-            if not data:  # a hung-up tty reads EOF
-                raise PortUnavailable(self.name, f"{self.path} hung up")
-            return data
+            data = self.read_nowait(max_bytes)
+            if data:
+                return data
+            await self.wait_readable()
+
+    def write_nowait(self, data: bytes | bytearray | memoryview) -> int:
+        """Write what the driver takes now (0 when its buffer is full);
+        PortUnavailable when the device vanished."""
+        if self.closed:
+            raise PortUnavailable(self.name, "port closed")
+        try:
+            return os.write(self.fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            self._raise_if_gone(exc)
+            raise PortUnavailable(self.name, f"write failed: {exc}") from exc
+
+    async def wait_writable(self) -> None:
+        if self.closed:
+            raise PortUnavailable(self.name, "port closed")
+        await trio.lowlevel.wait_writable(self.fd)
+
+    async def write_some(self, data: bytes | bytearray | memoryview) -> int:
+        """Write at least one byte of non-empty `data`, waiting for room."""
+        while True:
+            n = self.write_nowait(data)
+            if n:
+                return n
+            await self.wait_writable()
 
     async def write_all(self, data: bytes | bytearray | memoryview) -> None:
         """Write every byte, waiting for room; PortUnavailable when it vanished."""
         view = memoryview(data)
         while view:
-            if self.closed:
-                raise PortUnavailable(self.name, "port closed")
-            try:
-                n = os.write(self.fd, view)
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(self.fd)
-                continue
-            except OSError as exc:
-                self._raise_if_gone(exc)
-                raise PortUnavailable(self.name, f"write failed: {exc}") from exc
-            view = view[n:]
+            view = view[await self.write_some(view) :]
 
     def _raise_if_gone(self, exc: BaseException) -> None:
         code = getattr(exc, "errno", None)
@@ -222,7 +315,10 @@ class SerialPort:
                     except (SettingError, PortUnavailable) as exc:
                         log.debug("%s: on close: %s", self.name, exc)
         self.closed = True
-        trio.lowlevel.notify_closing(self.fd)
+        try:
+            trio.lowlevel.notify_closing(self.fd)  # wake tasks waiting on the fd
+        except RuntimeError:  # not inside trio.run: nobody can be waiting
+            pass
         try:
             self._serial.close()
         except (serial.SerialException, OSError) as exc:

@@ -2,7 +2,7 @@
 
 A selector is resolved again at every (re)open, so a USB-serial adapter
 selected by VID:PID:serial is found after a replug under a new ttyUSBn.
-`list_ports()` gives serial.tools.list_ports details for `client serial-ports`.
+`list_ports()` gives serial.tools.list_ports details for `client devices`.
 """
 
 from __future__ import annotations

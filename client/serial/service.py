@@ -17,6 +17,12 @@ Cancellation: each session runs inside its own cancel scope, which takeover
 cancels; `attach` waits for the old session to leave before it returns, so
 two consumers never interleave bytes.  `run()` is cancelled by its nursery
 at shutdown and closes the port (DTR/RTS on close) on its way out.
+
+Buffers: the RX ring (`ring_bytes`) and the TX ring (`tx_bytes`) are the only
+buffers.  The pumps never hold a view of a ring across an `await` (they read
+or write what the fd takes now, then wait for readiness), so a purge or a new
+session can never make them consume bytes they did not move.  TX bytes left
+when a consumer leaves still go to the device; `Session.drain` waits for them.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RING_BYTES: Final = 64 * 1024
 DEFAULT_TX_BYTES: Final = 64 * 1024
+#: 12 bit times per character covers start + 8 data + parity + 2 stop bits.
+_BITS_PER_CHAR: Final = 12
 
 
 class Session:
@@ -48,28 +56,38 @@ class Session:
     def __init__(self, service: PortService, peer: str, on_port_state: Callable[[bool], None] | None) -> None:
         self.service = service
         self.peer = peer
-        self.settings = service.settings
+        self.settings = service._session_settings
         self.cancel_scope = trio.CancelScope()
         self.left = trio.Event()
         self.kicked_by: str | None = None
         self.on_port_state = on_port_state
         #: Consumer bytes dropped because the device could not take them (discard mode).
         self.discarded_bytes = 0
+        #: Modem lines and BREAK as this consumer asked for them (None = untouched);
+        #: DTR/RTS are applied again when the port reopens.
+        self.dtr: bool | None = None
+        self.rts: bool | None = None
+        self.break_on = False
 
     async def receive_some(self, max_bytes: int = 65536) -> bytes:
         """Device bytes (the ring's backlog first); waits while there are none."""
         return await self.service._take_rx(max_bytes)
 
-    async def write(self, data: bytes | bytearray | memoryview, *, discard_when_full: bool) -> None:
-        """Queue bytes for the device.  With `discard_when_full` a full TX buffer
-        drops the excess (counted, logged) instead of waiting: the hypervisor
-        leg must never stall."""
+    async def write(self, data: bytes | bytearray | memoryview, *, discard_when_full: bool = False) -> None:
+        """Queue bytes for the device, waiting for room in the TX buffer (so a
+        slow port back-pressures the consumer).  With `discard_when_full` a full
+        TX buffer drops the excess (counted, logged) instead: a hypervisor leg
+        that must never stall."""
         self.discarded_bytes += await self.service._put_tx(data, discard_when_full, self.peer)
 
     def apply(self, **changes: object) -> LineSettings:
-        """Change line settings for this session; SettingError if invalid or refused.
+        """Change line settings for this session; SettingError (naming the port)
+        if invalid or refused, and then the previous settings stay in force.
         Returns the settings now in force."""
-        new = self.settings.replace(**changes)
+        try:
+            new = self.settings.replace(**changes)
+        except SettingError as exc:
+            raise SettingError(self.service.name, exc.setting, exc.value, exc.reason.split(": ", 1)[-1]) from exc
         port = self.service.port
         if port is not None:
             try:
@@ -81,37 +99,82 @@ class Session:
         self.settings = self.service._session_settings = new
         return new
 
-    def _port_op(self, op: Callable[[SerialPort], object]) -> bool:
+    def set_dtr(self, on: bool) -> None:
+        """Raise or drop DTR (SettingError if the tty has no such line)."""
+        self.dtr = on
         port = self.service.port
-        if port is None:
-            return False
-        op(port)
-        return True
+        if port is not None:
+            port.set_dtr(on)
 
-    def set_dtr(self, on: bool) -> bool:
-        return self._port_op(lambda p: p.set_dtr(on))
+    def set_rts(self, on: bool) -> None:
+        self.rts = on
+        port = self.service.port
+        if port is not None:
+            port.set_rts(on)
 
-    def set_rts(self, on: bool) -> bool:
-        return self._port_op(lambda p: p.set_rts(on))
+    def set_break(self, on: bool) -> None:
+        self.break_on = on
+        port = self.service.port
+        if port is not None:
+            port.set_break(on)
 
-    def set_break(self, on: bool) -> bool:
-        return self._port_op(lambda p: p.set_break(on))
+    async def send_break(self, duration_s: float) -> None:
+        port = self.service.port
+        if port is not None:
+            await port.send_break(duration_s)
 
     def purge(self, rx: bool, tx: bool) -> None:
+        """Drop buffered device bytes (rx) and/or not yet written consumer bytes (tx)."""
+        service = self.service
         if rx:
-            self.service._rx.clear()
-            self.service._wake()
+            service._rx.clear()
         if tx:
-            self.service._tx.clear()
-        self._port_op(lambda p: p.purge(rx, tx))
+            service._tx.clear()
+        service._wake()
+        port = service.port
+        if port is not None:
+            port.purge(rx, tx)
 
     def modem_lines(self) -> int | None:
+        """TIOCM_* bits now; None when the port is closed or has no modem lines."""
         port = self.service.port
         return None if port is None else port.modem_lines()
+
+    def error_counters(self) -> tuple[int, int, int, int] | None:
+        port = self.service.port
+        return None if port is None else port.error_counters()
 
     @property
     def port_open(self) -> bool:
         return self.service.port is not None
+
+    @property
+    def rx_pending(self) -> int:
+        """Device bytes waiting for this consumer."""
+        return len(self.service._rx)
+
+    @property
+    def tx_idle(self) -> bool:
+        """Nothing left to send: the TX buffer and the driver's queue are empty."""
+        port = self.service.port
+        return not len(self.service._tx) and (port is None or port.output_pending() == 0)
+
+    async def drain(self, extra_s: float = 2.0) -> bool:
+        """Wait until the TX buffer reached the device, for at most the buffered
+        bytes' transmit time at the current baud rate plus `extra_s` (or until
+        the port is gone); True if it did, else logged."""
+        service = self.service
+        timeout_s = len(service._tx) * _BITS_PER_CHAR / self.settings.baud + extra_s
+        with trio.move_on_after(timeout_s):
+            while len(service._tx) and service.port is not None:
+                await service._lot.park()
+        if len(service._tx):
+            log.warning(
+                "%s: %s left; %d of its bytes did not reach the device within %.1f s",
+                service.name, self.peer, len(service._tx), timeout_s,
+            )  # fmt: skip
+            return False
+        return True
 
 
 class PortService:
@@ -142,11 +205,17 @@ class PortService:
         self._attach_lock = trio.Lock()
         self.opened_count = 0
         self._logged_overflow = 0
+        #: Set while the port is open; cleared when it vanishes.
+        self.port_up = trio.Event()
 
     # -- lifetime ----------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Keep the port open (reopening after it vanishes) until cancelled."""
+        """Keep the port open (reopening after it vanishes) until cancelled.
+
+        Reports started after the first open attempt, successful or not; a
+        SettingError (the device refuses the configured settings) ends it.
+        """
         started = False
         last_error = ""
         try:
@@ -165,7 +234,9 @@ class PortService:
                 last_error = ""
                 self.port = port
                 self.opened_count += 1
+                self._restore_lines(port)
                 log.info("%s: opened %s (%s)", self.name, port.path, port.settings.describe() if port.settings else "")
+                self.port_up.set()
                 self._notify_state(True)
                 if not started:
                     task_status.started()
@@ -176,11 +247,10 @@ class PortService:
                         nursery.start_soon(self._pump_tx, port, nursery.cancel_scope)
                 finally:
                     self.port = None
+                    self.port_up = trio.Event()
                     port.close()
                     self._wake()
-                if not port.gone_reason:  # type: ignore[attr-defined]
-                    return
-                log.warning("%s: %s; reopening when it returns", self.name, port.gone_reason)  # type: ignore[attr-defined]
+                log.warning("%s: %s; reopening when it returns", self.name, port.gone_reason)
                 self._notify_state(False)
                 await trio.sleep(self.reopen_interval_s)
         finally:
@@ -188,24 +258,38 @@ class PortService:
                 self.port.close()
                 self.port = None
 
+    def _restore_lines(self, port: SerialPort) -> None:
+        session = self.session
+        if session is None:
+            return
+        for on, setter in ((session.dtr, port.set_dtr), (session.rts, port.set_rts)):
+            if on is not None:
+                try:
+                    setter(on)
+                except SettingError as exc:
+                    log.debug("%s: restoring the session's modem lines: %s", self.name, exc)
+
     def _notify_state(self, up: bool) -> None:
         session = self.session
         if session is not None and session.on_port_state is not None:
             session.on_port_state(up)
 
     async def _pump_rx(self, port: SerialPort, scope: trio.CancelScope) -> None:
-        port.gone_reason = ""  # type: ignore[attr-defined]
         try:
             while True:
                 while self.session is not None and self._rx.free == 0:
                     await self._lot.park()
-                data = await port.read_some(max(1, self._rx.free) if self.session is not None else 65536)
-                dropped = self._rx.write(data)
-                if dropped:
+                await port.wait_readable()
+                # Size the read after waiting: a consumer may have attached meanwhile.
+                size = self._rx.free if self.session is not None else self._rx.capacity
+                data = port.read_nowait(min(size, 65536)) if size else b""
+                if not data:
+                    continue
+                if self._rx.write(data):
                     self._log_overflow()
                 self._wake()
         except PortUnavailable as exc:
-            port.gone_reason = exc.reason  # type: ignore[attr-defined]
+            port.gone_reason = port.gone_reason or exc.reason
             scope.cancel()
 
     async def _pump_tx(self, port: SerialPort, scope: trio.CancelScope) -> None:
@@ -213,28 +297,33 @@ class PortService:
             while True:
                 while not len(self._tx):
                     await self._lot.park()
-                chunk = self._tx.peek()
-                await port.write_all(chunk)
-                self._tx.consume(len(chunk))
-                self._wake()
+                n = port.write_nowait(self._tx.peek())
+                if n:
+                    self._tx.consume(n)  # no await since the peek: nothing moved under us
+                    self._wake()
+                else:
+                    await port.wait_writable()
         except PortUnavailable as exc:
-            port.gone_reason = exc.reason  # type: ignore[attr-defined]
+            port.gone_reason = port.gone_reason or exc.reason
             scope.cancel()
 
     def _wake(self) -> None:
         self._lot.unpark_all()
 
     def _log_overflow(self) -> None:
+        # Once at the first overflow, then each time the count doubles: a
+        # console printing to nobody must not flood the log.
         total = self._rx.overflow_bytes
-        if total - self._logged_overflow >= 1 or self._logged_overflow == 0:
+        if total >= 2 * self._logged_overflow:
             log.warning(
                 "%s: no consumer and the %d-byte ring is full: dropped the oldest bytes (%d so far)",
                 self.name, self._rx.capacity, total,
             )  # fmt: skip
-            self._logged_overflow = total
+            self._logged_overflow = max(total, 1)
 
     @property
     def rx_overflow_bytes(self) -> int:
+        """Device bytes dropped (oldest first) because the ring was full."""
         return self._rx.overflow_bytes
 
     # -- consumers ---------------------------------------------------------
@@ -273,7 +362,8 @@ class PortService:
     async def attach(
         self, peer: str, *, on_port_state: Callable[[bool], None] | None = None
     ) -> AsyncIterator[Session]:
-        """Attach a consumer; run its work inside `session.cancel_scope`.
+        """Attach a consumer; its work runs inside `session.cancel_scope`
+        (cancelled by a takeover: the `async with` body then just ends).
 
         Raises PortBusy when another consumer holds the port and takeover is off.
         """
@@ -288,17 +378,19 @@ class PortService:
                 await old.left.wait()
             session = Session(self, peer, on_port_state)
             self.session = session
-        backlog = len(self._rx)
-        log.info("%s: consumer %s attached (%d bytes waiting in the ring)", self.name, peer, backlog)
+        log.info("%s: consumer %s attached (%d bytes waiting in the ring)", self.name, peer, len(self._rx))
         try:
-            if self.settings.break_on_connect_s and self.port is not None:
-                with contextlib.suppress(SettingError, PortUnavailable):
-                    await self.port.send_break(self.settings.break_on_connect_s)
             with session.cancel_scope:
+                if self.settings.break_on_connect_s and self.port is not None:
+                    with contextlib.suppress(SettingError, PortUnavailable):
+                        await self.port.send_break(self.settings.break_on_connect_s)
                 yield session
         finally:
             if self.session is session:
                 self.session = None
+            if session.break_on and self.port is not None:
+                with contextlib.suppress(SettingError, PortUnavailable):
+                    self.port.set_break(False)
             if self._session_settings != self.settings:
                 self._session_settings = self.settings
                 if self.port is not None:
@@ -308,4 +400,4 @@ class PortService:
                         log.warning("%s: restoring the configured settings: %s", self.name, exc)
             session.left.set()
             self._wake()
-            log.info("%s: consumer %s left", self.name, peer)
+            log.info("%s: consumer %s left%s", self.name, peer, f" (taken over by {session.kicked_by})" if session.kicked_by else "")

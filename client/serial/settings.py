@@ -60,8 +60,13 @@ class LineSettings:
 
     @classmethod
     def parse(cls, text: str, **extra: Any) -> LineSettings:
-        """"115200", "9600,7E1", "9600:8N2" plus keyword settings."""
-        match = _FORMAT.match(text.strip())
+        """"115200", "9600,7E1", "9600:8N2", optionally followed by ser2net-style
+        flags: ",rtscts", ",xonxoff", ",dtr=on|off", ",rts=on|off" (the lines
+        on open).  Keyword settings override the text."""
+        head, *flags = [part.strip() for part in text.strip().split(",")]
+        if flags and re.fullmatch(r"[5-8][NEOMSneoms](?:1\.5|1|2)", flags[0]):
+            head = f"{head},{flags.pop(0)}"
+        match = _FORMAT.match(head)
         if match is None:
             raise SettingError("settings", "line", text, "expected BAUD[,BITS PARITY STOP] like 115200,8N1")
         values: dict[str, Any] = {"baud": int(match["baud"])}
@@ -70,7 +75,16 @@ class LineSettings:
             values["parity"] = match["parity"].upper()
             stop = match["stop"]
             values["stop_bits"] = 1.5 if stop == "1.5" else int(stop)
-        return cls(**values, **extra)
+        for flag in flags:
+            name, _, state = flag.lower().partition("=")
+            if name in ("rtscts", "xonxoff") and not state:
+                values[name] = True
+            elif name in ("dtr", "rts") and state in ("on", "off"):
+                values[f"{name}_on_open"] = state == "on"
+            else:
+                raise SettingError("settings", "flag", flag, "expected rtscts, xonxoff, dtr=on|off or rts=on|off")
+        values.update(extra)
+        return cls(**values)
 
     def replace(self, **changes: Any) -> LineSettings:
         """A copy with some settings changed (validated)."""

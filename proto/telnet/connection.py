@@ -136,7 +136,8 @@ class ComPort:
 
     `command` is the base code (0..12) in both directions.  `value` is an int
     for every command with a numeric value, `bytes` for SIGNATURE, None for
-    FLOWCONTROL-SUSPEND/RESUME.
+    FLOWCONTROL-SUSPEND/RESUME and for a NOTIFY-LINESTATE/-MODEMSTATE poll
+    (sent without a value).
     """
 
     command: ComPortCommand
@@ -162,6 +163,9 @@ _RANGES: dict[ComPortCommand, range] = {
     ComPortCommand.PURGE_DATA: range(min(Purge), max(Purge) + 1),
 }
 _NO_VALUE = frozenset({ComPortCommand.FLOWCONTROL_SUSPEND, ComPortCommand.FLOWCONTROL_RESUME})
+#: Sent without a value, these are a poll: pyserial 3.5's client sends
+#: `IAC SB 44 7 IAC SE` (poll_modem) and its PortManager answers with the state.
+_POLLABLE = frozenset({ComPortCommand.NOTIFY_LINESTATE, ComPortCommand.NOTIFY_MODEMSTATE})
 
 
 def check_comport_value(command: ComPortCommand, value: object, error: type[Exception]) -> None:
@@ -172,6 +176,8 @@ def check_comport_value(command: ComPortCommand, value: object, error: type[Exce
     elif command in _NO_VALUE:
         if value is not None:
             raise error(f"{command.name} carries no value")
+    elif command in _POLLABLE and value is None:
+        pass
     elif command == ComPortCommand.SET_BAUDRATE:
         if not isinstance(value, int) or not 0 <= value <= 0xFFFFFFFF:
             raise error(f"baud rate {value!r} does not fit 32 bits")
@@ -190,6 +196,8 @@ def decode_comport_value(command: ComPortCommand, raw: bytes) -> int | bytes | N
     elif command in _NO_VALUE:
         if raw:
             raise ComPortValueError(f"{command.name} with {len(raw)} value bytes", command, raw)
+        value = None
+    elif command in _POLLABLE and not raw:
         value = None
     elif command == ComPortCommand.SET_BAUDRATE:
         if len(raw) != 4:

@@ -67,7 +67,8 @@ def test_devices_lists_emulated_devices_with_the_export_policy():
         "--policy", "0x03,-1,-1,-1,1|-1,-1,-1,-1,0",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    rows = {line.split()[1]: line.split() for line in out.stdout.splitlines()[1:]}
+    usb_table = out.stdout.split("\n\n", 1)[0]  # serial ports follow after a blank line
+    rows = {line.split()[1]: line.split() for line in usb_table.splitlines()[1:]}
     assert rows["1209:0002"][4] == "yes"  # HID keyboard: allowed by the policy
     assert rows["1209:0003"][4] == "no"  # vendor-specific loopback: blocked
     assert "Virtual Keyboard" in out.stdout

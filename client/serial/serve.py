@@ -1,0 +1,138 @@
+"""Serving a serial port to consumers: one connection, or a TCP listener (standalone mode).
+
+`serve_serial_stream` is the one place a consumer connection meets a
+`PortService`; standalone mode (`serve_serial_listen`, ser2net's job) and the
+gateway's channels both use it.  It attaches the consumer (one at a time; a
+second one is told the port is in use, or takes over when the service allows
+it), then moves bytes both ways - "raw", or telnet/RFC 2217 through
+`rfc2217.ComPortServer` - until either side ends.
+
+Backpressure: consumer bytes go through `Session.write`, which waits for room
+in the service's bounded TX buffer, so a slow port stops us reading the
+consumer (TCP then slows it) and nothing it sent is ever dropped.  When the
+consumer ends (EOF), the bytes still buffered are given time to reach the
+device (their transmit time at the current baud rate plus a margin).
+
+Shutdown: everything runs in nurseries; the caller cancels.  A takeover
+cancels the old session's scope, which ends `serve_serial_stream` normally.
+This module never closes the stream it was given; `serve_serial_listen`
+closes the ones it accepted.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+import trio
+
+from redirgate.client.serial.errors import PortBusy, SerialError
+from redirgate.client.serial.rfc2217 import RECEIVE_BYTES, ComPortServer
+from redirgate.client.serial.service import PortService, Session
+
+__all__ = ["serve_serial_stream", "serve_serial_listen", "PROTOCOLS"]
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS: Final = ("raw", "rfc2217")
+#: How long a refused consumer gets to receive the "in use" line.
+REFUSAL_SEND_TIMEOUT_S: Final = 2.0
+#: Added to the transmit time of the buffered bytes when a consumer leaves.
+DRAIN_EXTRA_S: Final = 2.0
+
+
+async def serve_serial_stream(
+    stream: trio.abc.Stream, service: PortService, *, peer: str, protocol: str = "raw"
+) -> None:
+    """Serve one consumer on an open stream until either side ends.
+
+    `protocol`: "raw" (bytes both ways) or "rfc2217" (telnet + Com Port
+    Control).  Returns normally when the consumer ends, goes away, is refused
+    (port in use) or is taken over; the stream is left open for the caller.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
+    try:
+        async with service.attach(peer) as session:
+            if protocol == "raw":
+                await _serve_raw(stream, session, peer)
+            else:
+                await ComPortServer(stream, session, peer=peer, drain_extra_s=DRAIN_EXTRA_S).run()
+        if session.kicked_by is not None:
+            log.info("%s: %s was taken over by %s", service.name, peer, session.kicked_by)
+    except PortBusy as exc:
+        log.warning("%s: refused %s: %s", service.name, peer, exc.reason)
+        with trio.move_on_after(REFUSAL_SEND_TIMEOUT_S):
+            try:
+                await stream.send_all(f"redirgate: port {service.name} is already in use\r\n".encode())
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # it left already; nothing else to tell it
+
+
+async def _serve_raw(stream: trio.abc.Stream, session: Session, peer: str) -> None:
+    name = session.service.name
+
+    async def consumer_to_port(scope: trio.CancelScope) -> None:
+        try:
+            while data := await stream.receive_some(RECEIVE_BYTES):
+                await session.write(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.info("%s: %s went away: %s", name, peer, exc or type(exc).__name__)
+        else:
+            await session.drain(DRAIN_EXTRA_S)
+        scope.cancel()
+
+    async def port_to_consumer(scope: trio.CancelScope) -> None:
+        try:
+            while True:
+                await stream.send_all(await session.receive_some(RECEIVE_BYTES))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.info("%s: %s stopped reading: %s", name, peer, exc or type(exc).__name__)
+        scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(consumer_to_port, nursery.cancel_scope)
+        nursery.start_soon(port_to_consumer, nursery.cancel_scope)
+
+
+def _peer_name(stream: trio.abc.Stream) -> str:
+    sock = getattr(stream, "socket", None)
+    try:
+        host, port = sock.getpeername()[:2] if sock is not None else ("?", 0)
+    except OSError:
+        return "unknown peer"
+    return f"{host}:{port}"
+
+
+async def serve_serial_listen(
+    host: str | None,
+    port: int,
+    service: PortService,
+    *,
+    protocol: str = "raw",
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept consumers on HOST:PORT for `service` (which the caller runs) until cancelled.
+
+    Reports the bound listeners through `task_status.started()` (bind port 0
+    and read `listener.socket.getsockname()`).
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
+
+    async def handler(stream: trio.SocketStream) -> None:
+        peer = _peer_name(stream)
+        log.info("%s: %s connected (%s)", service.name, peer, protocol)
+        try:
+            await serve_serial_stream(stream, service, peer=peer, protocol=protocol)
+        except SerialError as exc:
+            log.error("%s: serving %s failed: %s", service.name, peer, exc)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await stream.aclose()
+            log.info("%s: %s disconnected", service.name, peer)
+
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    for listener in listeners:
+        log.info("%s: listening on %s (%s)", service.name, listener.socket.getsockname()[:2], protocol)
+    await trio.serve_listeners(handler, listeners, task_status=task_status)

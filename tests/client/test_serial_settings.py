@@ -1,0 +1,72 @@
+"""LineSettings parsing/validation, port selectors, and the RX ring."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from redirgate.client.serial.errors import SelectorError, SettingError
+from redirgate.client.serial.ring import Ring
+from redirgate.client.serial.selector import PortSelector, parse_port_selector
+from redirgate.client.serial.settings import LineSettings
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("115200", LineSettings(baud=115200)),
+        ("9600,7E1", LineSettings(baud=9600, data_bits=7, parity="E")),
+        ("9600:8N2", LineSettings(baud=9600, stop_bits=2)),
+        ("300,5o1.5", LineSettings(baud=300, data_bits=5, parity="O", stop_bits=1.5)),
+        ("9600,8N1,rtscts,dtr=off", LineSettings(baud=9600, rtscts=True, dtr_on_open=False)),
+        ("57600,xonxoff,rts=on", LineSettings(baud=57600, xonxoff=True, rts_on_open=True)),
+    ],
+)
+def test_parse(text: str, expected: LineSettings) -> None:
+    assert LineSettings.parse(text) == expected
+    assert LineSettings.parse(expected.describe().replace(" ", ",")) == LineSettings(
+        baud=expected.baud, data_bits=expected.data_bits, parity=expected.parity,
+        stop_bits=expected.stop_bits, rtscts=expected.rtscts, xonxoff=expected.xonxoff,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("text", ["", "fast", "9600,9N1", "9600,8X1", "9600,8N3", "49", "4000001", "9600,dtr=maybe"])
+def test_parse_refuses(text: str) -> None:
+    with pytest.raises(SettingError) as info:
+        LineSettings.parse(text)
+    assert info.value.reason
+
+
+def test_port_selectors(tmp_path: Path) -> None:
+    assert parse_port_selector("/dev/ttyUSB0") == PortSelector(path="/dev/ttyUSB0")
+    assert parse_port_selector("0403:6001") == PortSelector(vid=0x0403, pid=0x6001)
+    assert parse_port_selector("usb:0403:6001:A5XK3RJT") == PortSelector(vid=0x0403, pid=0x6001, serial="A5XK3RJT")
+    assert parse_port_selector("by-id:usb-FTDI_x-if00") == PortSelector(by_id="usb-FTDI_x-if00")
+    with pytest.raises(SelectorError):
+        parse_port_selector("not a port")
+    with pytest.raises(SelectorError) as info:
+        PortSelector(path=str(tmp_path / "missing")).resolve()
+    assert info.value.port.endswith("missing")
+    link = tmp_path / "tty"
+    os.symlink("/dev/null", link)
+    assert PortSelector(path=str(link)).resolve() == str(link)
+    with pytest.raises(SelectorError, match="no USB-serial adapter"):
+        PortSelector(vid=0xDEAD, pid=0xBEEF).resolve()
+
+
+def test_ring_keeps_newest_and_counts_overflow() -> None:
+    ring = Ring(8)
+    assert ring.write(b"abcdef") == 0
+    ring.consume(2)
+    assert ring.write(b"ghijkl") == 2  # wraps around, drops "cd"
+    assert ring.overflow_bytes == 2 and len(ring) == 8
+    out = bytearray()
+    while len(ring):
+        chunk = ring.peek()
+        out += chunk
+        ring.consume(len(chunk))
+    assert bytes(out) == b"efghijkl"
+    assert ring.write(b"0123456789AB") == 4 and ring.overflow_bytes == 6
+    assert bytes(ring.peek()) == b"456789AB"
