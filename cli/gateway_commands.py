@@ -177,15 +177,24 @@ def _run_client(args: argparse.Namespace) -> int:
         from redirgate.client.virtual import make_backend
 
         backend = make_backend(list(config.export.virtual))
-    client = TunnelClient(config, DeviceInventory(config.export, backend), serial_handler=_serial_handler(config))
+    serial = None
+    if config.serial:
+        from redirgate.client.serial.exports import SerialExports
+
+        serial = SerialExports(config.serial)
+    client = TunnelClient(config, DeviceInventory(config.export, backend), serial=serial)
     print(f"client: dialling {config.gateway_host}:{config.gateway_port}", flush=True)
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            if serial is not None:
+                nursery.start_soon(serial.run)
+            await client.run()
+
     try:
-        trio.run(_until_signal, client.run)
+        trio.run(_until_signal, run)
     finally:
         if backend is not None:
             backend.close()
     return 0
 
-
-def _serial_handler(config: Any) -> Any:
-    return None

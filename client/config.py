@@ -13,6 +13,13 @@
     usb_rules = "0x08,-1,-1,-1,1|-1,-1,-1,-1,0"   # usbredir filter rules
     virtual = ["virtual:storage:demo.img", "virtual:keyboard"]   # emulated, for demos
 
+    [[serial]]                         # a serial port, exported as serial:NAME
+    name = "console"
+    port = "/dev/ttyUSB0"              # a path, by-id:NAME or VID:PID[:SERIAL]
+    settings = "115200,8N1"            # baud,bits parity stop [rtscts] [xonxoff]
+    ring_bytes = 65536                 # kept while no consumer is connected
+    takeover = false                   # a new consumer replaces the old one
+
 A device is exported when it matches one of `usb_ids` or `usb_ports`, or when
 `usb_rules` allow it.  Mistakes are reported like the gateway's: file, line,
 key and reason, all at once (`ConfigErrors`).
@@ -86,6 +93,7 @@ class ClientConfig:
     key: Path
     ca: Path
     export: ExportPolicy
+    serial: tuple[Any, ...] = ()
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
     inventory_interval_s: float = 1.0
@@ -117,8 +125,8 @@ def load_client_config(path: str | Path) -> ClientConfig:
     client: dict[str, Any] = data.get("client", {})
     export: dict[str, Any] = data.get("export", {})
     for key in data:
-        if key not in ("client", "export"):
-            problem(key, "unknown table (expected [client] and [export])")
+        if key not in ("client", "export", "serial"):
+            problem(key, "unknown table (expected [client], [export] and [[serial]])")
     for key in client:
         if key not in {"gateway", "server_name", "cert", "key", "ca", "reconnect_max_s"}:
             problem(f"client.{key}", "unknown key")
@@ -181,11 +189,13 @@ def load_client_config(path: str | Path) -> ClientConfig:
     else:
         virtual = [_resolve_virtual(v, path.parent) for v in virtual]
     policy = ExportPolicy(selectors("usb_ids", False), selectors("usb_ports", True), rules, tuple(virtual))
+    serial = _serial_exports(data.get("serial", []), problem)
     if problems:
         raise ConfigError(problems)
     return ClientConfig(
         path=path, gateway_host=host, gateway_port=port,
         server_name=str(client.get("server_name") or host), cert=cert, key=key_path, ca=ca, export=policy,
+        serial=serial,
         reconnect_max_s=float(client.get("reconnect_max_s", 30.0)),
     )  # fmt: skip
 
@@ -196,3 +206,53 @@ def _resolve_virtual(spec: str, base: Path) -> str:
     if kind.split("@", 1)[0] == "storage" and rest and not Path(rest).is_absolute():
         return f"virtual:{kind}:{base / rest}"
     return spec
+
+
+_SERIAL_KEYS = {"name", "port", "settings", "ring_bytes", "takeover"}
+
+
+def _serial_exports(tables: Any, problem: Any) -> tuple[Any, ...]:
+    """The [[serial]] tables as SerialExports (imported here: only when used)."""
+    from redirgate.client.serial.errors import SerialError
+    from redirgate.client.serial.exports import SerialExport
+    from redirgate.client.serial.selector import parse_port_selector
+    from redirgate.client.serial.settings import LineSettings
+    from redirgate.proto.tunnel import SelectorError as TunnelSelectorError
+    from redirgate.proto.tunnel import parse_selector as parse_tunnel_selector
+
+    if not isinstance(tables, list):
+        problem("serial", "must be an array of tables: [[serial]]")
+        return ()
+    out = []
+    for index, table in enumerate(tables):
+        where = f"serial[{index}]"
+        if not isinstance(table, dict):
+            problem(where, "must be a table")
+            continue
+        for key in table:
+            if key not in _SERIAL_KEYS:
+                problem(f"{where}.{key}", f"unknown key (expected one of: {', '.join(sorted(_SERIAL_KEYS))})")
+        name, port = table.get("name"), table.get("port")
+        try:
+            parse_tunnel_selector(f"serial:{name}")
+        except TunnelSelectorError as exc:
+            problem(f"{where}.name", exc.reason)
+            continue
+        if not isinstance(port, str):
+            problem(f"{where}.port", "missing (a path, by-id:NAME or VID:PID[:SERIAL])")
+            continue
+        try:
+            selector = parse_port_selector(port)
+            settings = LineSettings.parse(str(table.get("settings", "9600,8N1")))
+        except (SerialError, ValueError) as exc:
+            problem(f"{where}.settings", str(exc))
+            continue
+        ring = table.get("ring_bytes", 64 * 1024)
+        if not isinstance(ring, int) or isinstance(ring, bool) or not 0 < ring <= 64 * 1024 * 1024:
+            problem(f"{where}.ring_bytes", f"{ring!r}: a byte count in 1..67108864")
+            continue
+        out.append(SerialExport(name, selector, settings, ring, bool(table.get("takeover", False))))
+    names = [e.name for e in out]
+    for name in {n for n in names if names.count(n) > 1}:
+        problem("serial", f"export name {name!r} is used twice")
+    return tuple(out)

@@ -17,6 +17,7 @@ sees the unplug).  Each channel releases its device in the engine's finally.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -67,13 +68,14 @@ class TunnelClient:
         inventory: DeviceInventory,
         *,
         context: ClientContext | None = None,
-        serial_handler: ChannelHandler | None = None,
+        serial: Any = None,
         connect_timeout_s: float = 10.0,
     ) -> None:
         self.config = config
         self.inventory = inventory
         self.context = context or client_context(config.cert, config.key, config.ca, config.server_name)
-        self.serial_handler = serial_handler
+        #: a `client.serial.exports.SerialExports` (or None: no serial ports)
+        self.serial = serial
         self.connect_timeout_s = connect_timeout_s
         self.peer = f"{config.gateway_host}:{config.gateway_port}"
         self.connected = trio.Event()
@@ -137,7 +139,7 @@ class TunnelClient:
             raise TunnelClientError(self.peer, f"the gateway refused us: {hello.code}: {hello.message}")
         if not isinstance(hello, t.GatewayHello):
             raise TunnelClientError(self.peer, "the gateway closed the connection before its hello")
-        current = await self.inventory.scan()
+        current = await self._scan()
         await send(t.Inventory(tuple(current.values())))
         self.online = True
         self.sessions += 1
@@ -172,7 +174,7 @@ class TunnelClient:
                 with trio.move_on_after(self.config.inventory_interval_s):
                     await self._rescan.wait()
                 self._rescan = trio.Event()
-                new = await self.inventory.scan()
+                new = await self._scan()
                 added, removed = diff(current, new)
                 if added or removed:
                     await send(t.InventoryUpdate(added, removed))
@@ -209,6 +211,14 @@ class TunnelClient:
             nursery.start_soon(guarded, reader, nursery.cancel_scope)
         if lost:
             raise lost[0]
+
+    async def _scan(self) -> dict[str, t.DeviceEntry]:
+        found = await self.inventory.scan()
+        if self.serial is not None:
+            for entry in self.serial.entries():
+                busy = entry.id in self.inventory.busy
+                found[entry.id] = dataclasses.replace(entry, busy=True) if busy else entry
+        return found
 
     async def _next(self, conn: t.TunnelConnection, stream: ZeroCopyTLSStream) -> Any:
         while True:
@@ -257,8 +267,11 @@ class TunnelClient:
                 await send(t.ChannelFailed(cid, f"{device} is not present or not exported"))
                 return "device not present"
             handler: ChannelHandler = usb_channel_handler(source)
-        elif self.serial_handler is not None:
-            handler = self.serial_handler
+        elif self.serial is not None and self.serial.knows(device):
+            handler = self.serial.serve
+        elif self.serial is not None:
+            await send(t.ChannelFailed(cid, f"{device} is not exported by this client"))
+            return "unknown serial port"
         else:
             await send(t.ChannelFailed(cid, f"{request.protocol} channels are not served by this client"))
             return "unsupported protocol"

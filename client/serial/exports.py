@@ -1,0 +1,75 @@
+"""The serial ports a client exports through the gateway, and their channels.
+
+Each `[[serial]]` entry of the client config gets one `PortService` that
+keeps the port open (reopening it after a replug) and its ring filled while
+no consumer is attached, for the whole life of the client - not only while
+a channel is up - so what a console prints while nobody watches is kept.
+A gateway channel for `serial:NAME` is served by `serve_serial_stream` on
+the attached data connection, raw or RFC 2217 as the route says.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import trio
+
+from redirgate.client.serial.selector import PortSelector
+from redirgate.client.serial.serve import serve_serial_stream
+from redirgate.client.serial.service import PortService
+from redirgate.client.serial.settings import LineSettings
+from redirgate.proto.tunnel import DeviceEntry, DeviceKind, OpenChannel
+
+__all__ = ["SerialExport", "SerialExports"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SerialExport:
+    name: str
+    selector: PortSelector
+    settings: LineSettings
+    ring_bytes: int = 64 * 1024
+    takeover: bool = False
+
+
+class SerialExports:
+    """Port services by export name; `run()` keeps them all going."""
+
+    def __init__(self, exports: Sequence[SerialExport]) -> None:
+        self.services = {
+            e.name: PortService(e.name, e.selector, e.settings, ring_bytes=e.ring_bytes, takeover=e.takeover)
+            for e in exports
+        }
+
+    def entries(self) -> list[DeviceEntry]:
+        return [
+            DeviceEntry(
+                id=f"serial:{name}", kind=DeviceKind.SERIAL, port_path=str(service.selector)[:128],
+                description=f"{service.settings.describe()}{'' if service.port_up.is_set() else ' (port absent)'}"[:200],
+            )  # fmt: skip
+            for name, service in self.services.items()
+        ]
+
+    def knows(self, device_id: str) -> bool:
+        return device_id.removeprefix("serial:") in self.services
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for service in self.services.values():
+                nursery.start_soon(self._keep, service)
+
+    async def _keep(self, service: PortService) -> None:
+        from redirgate.client.serial.errors import SerialError
+
+        try:
+            await service.run()
+        except SerialError as exc:
+            log.error("serial export %s stopped: %s", service.name, exc)
+
+    async def serve(self, request: OpenChannel, stream: trio.abc.Stream) -> None:
+        service = self.services[request.device_selector.removeprefix("serial:")]
+        await serve_serial_stream(stream, service, peer=f"gateway channel {request.channel_id}", protocol=request.protocol.value)

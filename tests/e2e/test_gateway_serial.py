@@ -1,0 +1,72 @@
+"""A serial port through the gateway: `client run` exports a pty, a TCP consumer
+(what QEMU's isa-serial chardev is) on the route gets its bytes both ways.
+
+Real processes and real mutual TLS; the pty's far end is held by the test, so
+it is the "device".  What the device printed before anyone connected is kept
+in the client's ring and delivered first.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import termios
+import time
+import tty
+from pathlib import Path
+
+from redirgate.cli.lab import LabRoute, make_pki, write_client_config, write_gateway_config
+from tests.support.gateway_procs import running_client, running_gateway
+
+
+def _read_exactly(sock: socket.socket, n: int, timeout_s: float = 20.0) -> bytes:
+    sock.settimeout(timeout_s)
+    out = bytearray()
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        assert chunk, f"closed after {len(out)} of {n} bytes"
+        out += chunk
+    return bytes(out)
+
+
+def _read_fd(fd: int, n: int, timeout_s: float = 20.0) -> bytes:
+    import select
+
+    out = bytearray()
+    deadline = time.monotonic() + timeout_s
+    while len(out) < n:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"only {len(out)} of {n} bytes reached the device"
+        out += os.read(fd, n - len(out))
+    return bytes(out)
+
+
+def test_serial_port_through_gateway_both_ways_with_ring_replay(tmp_path: Path) -> None:
+    master, slave = os.openpty()
+    tty.setraw(master)
+    path = os.ttyname(slave)
+    try:
+        make_pki(tmp_path)
+        config = write_gateway_config(tmp_path, [LabRoute("console", "serial:console")])
+        with running_gateway(config, tmp_path / "gateway.log") as gw:
+            client_config = write_client_config(
+                tmp_path, gw.tunnel_port,
+                extra_export=f'\n[[serial]]\nname = "console"\nport = "{path}"\nsettings = "115200,8N1"\n',
+            )  # fmt: skip
+            with running_client(client_config, tmp_path / "client.log"):
+                time.sleep(2.0)  # the client opens the port and reports it
+                os.write(master, b"boot messages nobody watched\r\n")
+                time.sleep(0.5)
+                with socket.create_connection(("127.0.0.1", gw.routes["console"]), timeout=20) as vm:
+                    first = _read_exactly(vm, len(b"boot messages nobody watched\r\n"))
+                    assert first == b"boot messages nobody watched\r\n", gw.log()
+                    every = bytes(range(256)) * 64
+                    vm.sendall(every)
+                    assert _read_fd(master, len(every)) == every
+                    os.write(master, every)
+                    assert _read_exactly(vm, len(every)) == every
+                    attrs = termios.tcgetattr(slave)
+                    assert attrs[4] == termios.B115200  # the configured settings are on the tty
+    finally:
+        os.close(master)
+        os.close(slave)
