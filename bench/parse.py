@@ -9,6 +9,9 @@ libusbredirparser is installed, the same stream parsed by the reference
 through ctypes for scale (ctypes callbacks make that figure a floor for C).
 
     python bench/parse.py [--runs 5] [--megabytes 256]
+
+Also runs under ``python -m bench`` through :func:`run` / :func:`table` /
+:func:`charts` (the same measurements).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import sys
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 from redirgate.proto.usbredir import NEED_DATA, Cap, Role, UsbredirConnection, messages as m
 
@@ -124,14 +128,10 @@ def spread(values: list[float]) -> str:
     return f"min {min(values):.1f} / max {max(values):.1f}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--megabytes", type=int, default=64, help="bulk payload per pass")
-    args = parser.parse_args()
-
+def measure(runs: int, megabytes: int) -> dict[str, Any]:
+    """Every figure of this benchmark, per run (JSON-ready)."""
     size = 16 * 1024
-    bulk_count = args.megabytes * 1024 * 1024 // size
+    bulk_count = megabytes * 1024 * 1024 // size
     ctrl_count = 100_000
 
     def make_bulk(g):
@@ -140,28 +140,77 @@ def main() -> None:
     def make_ctrl(g):
         return control_stream(g, ctrl_count)
 
-    bulk_mb = [bulk_count * size / 1e6 / s for s in timed(args.runs, make_bulk, 1)]
-    ctrl_rate = [ctrl_count / s for s in timed(args.runs, make_ctrl, 1)]
+    bulk_mb = [bulk_count * size / 1e6 / s for s in timed(runs, make_bulk, 1)]
+    ctrl_rate = [ctrl_count / s for s in timed(runs, make_ctrl, 1)]
     churn_bulk = allocation_churn_per_message(lambda g: bulk_stream(g, 2000, size), 2000)
     churn_ctrl = allocation_churn_per_message(lambda g: control_stream(g, 20000), 20000)
+    ref_bulk = reference_seconds(runs, make_bulk, 1)
+    ref_ctrl = reference_seconds(runs, make_ctrl, 1)
+    return {
+        "what": "usbredir parser, host role: 16 KiB bulk OUT stream and 64-byte control requests",
+        "python": sys.version.split()[0],
+        "runs": runs,
+        "megabytes": megabytes,
+        "bulk_mb_s": bulk_mb,
+        "control_msg_s": ctrl_rate,
+        "ref_bulk_mb_s": [bulk_count * size / 1e6 / s for s in ref_bulk] if ref_bulk else None,
+        "ref_control_msg_s": [ctrl_count / s for s in ref_ctrl] if ref_ctrl else None,
+        "alloc_bytes_per_bulk_msg": churn_bulk,
+        "alloc_bytes_per_control_msg": churn_ctrl,
+    }
 
-    print(f"usbredir parser, host role, {args.runs} runs each (median, min/max); Python {sys.version.split()[0]}")
-    print(f"{'measure':<44}{'redirgate':>16}{'reference (ctypes)':>22}{'ratio':>8}")
-    ref_bulk = reference_seconds(args.runs, make_bulk, 1)
-    ref_ctrl = reference_seconds(args.runs, make_ctrl, 1)
+
+def run(quick: bool) -> dict[str, Any]:
+    """For ``python -m bench``: 3 runs of 16 MB (quick) or this script's defaults, 5 runs of 64 MB."""
+    return measure(3 if quick else 5, 16 if quick else 64)
+
+
+def table(result: dict[str, Any]) -> str:
+    """The table this script has always printed, from a :func:`measure` result."""
+    bulk_mb, ctrl_rate = result["bulk_mb_s"], result["control_msg_s"]
     ours_b = statistics.median(bulk_mb)
     ours_c = statistics.median(ctrl_rate)
-    if ref_bulk:
-        rb = statistics.median([bulk_count * size / 1e6 / s for s in ref_bulk])
-        rc = statistics.median([ctrl_count / s for s in ref_ctrl])
-        print(f"{'16 KiB bulk OUT stream, MB/s of payload':<44}{ours_b:>16.0f}{rb:>22.0f}{ours_b / rb:>8.2f}")
-        print(f"{'64-byte control requests, messages/s':<44}{ours_c:>16.0f}{rc:>22.0f}{ours_c / rc:>8.2f}")
+    lines = [
+        f"usbredir parser, host role, {result['runs']} runs each (median, min/max); Python {result['python']}",
+        f"{'measure':<44}{'redirgate':>16}{'reference (ctypes)':>22}{'ratio':>8}",
+    ]
+    if result["ref_bulk_mb_s"]:
+        rb = statistics.median(result["ref_bulk_mb_s"])
+        rc = statistics.median(result["ref_control_msg_s"])
+        lines.append(f"{'16 KiB bulk OUT stream, MB/s of payload':<44}{ours_b:>16.0f}{rb:>22.0f}{ours_b / rb:>8.2f}")
+        lines.append(f"{'64-byte control requests, messages/s':<44}{ours_c:>16.0f}{rc:>22.0f}{ours_c / rc:>8.2f}")
     else:
-        print(f"{'16 KiB bulk OUT stream, MB/s of payload':<44}{ours_b:>16.0f}{'(not installed)':>22}")
-        print(f"{'64-byte control requests, messages/s':<44}{ours_c:>16.0f}{'(not installed)':>22}")
-    print(f"  spread: bulk {spread(bulk_mb)} MB/s; control {spread(ctrl_rate)} msg/s")
-    print(f"{'bytes allocated per bulk message (transient)':<44}{churn_bulk:>16.0f}")
-    print(f"{'bytes allocated per control message':<44}{churn_ctrl:>16.0f}")
+        lines.append(f"{'16 KiB bulk OUT stream, MB/s of payload':<44}{ours_b:>16.0f}{'(not installed)':>22}")
+        lines.append(f"{'64-byte control requests, messages/s':<44}{ours_c:>16.0f}{'(not installed)':>22}")
+    lines.append(f"  spread: bulk {spread(bulk_mb)} MB/s; control {spread(ctrl_rate)} msg/s")
+    lines.append(f"{'bytes allocated per bulk message (transient)':<44}{result['alloc_bytes_per_bulk_msg']:>16.0f}")
+    lines.append(f"{'bytes allocated per control message':<44}{result['alloc_bytes_per_control_msg']:>16.0f}")
+    return "\n".join(lines)
+
+
+def charts(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Parse rate, ours beside the reference (see bench/__main__.py for the shape)."""
+
+    def cell(values: list[float] | None) -> list[float] | None:
+        return [statistics.median(values), min(values), max(values)] if values else None
+
+    note = f"{result['runs']} runs, median with min–max; reference = libusbredirparser through ctypes"
+    return [
+        {"id": "bulk", "title": "usbredir parse rate, 16 KiB bulk OUT packets", "unit": "MB/s", "note": note,
+         "categories": ["redirgate", "libusbredirparser"],
+         "series": [{"name": "MB/s", "values": [cell(result["bulk_mb_s"]), cell(result["ref_bulk_mb_s"])]}]},
+        {"id": "control", "title": "usbredir parse rate, 64-byte control requests", "unit": "messages/s",
+         "note": note, "categories": ["redirgate", "libusbredirparser"],
+         "series": [{"name": "msg/s", "values": [cell(result["control_msg_s"]), cell(result["ref_control_msg_s"])]}]},
+    ]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--megabytes", type=int, default=64, help="bulk payload per pass")
+    args = parser.parse_args()
+    print(table(measure(args.runs, args.megabytes)))
 
 
 if __name__ == "__main__":
