@@ -16,12 +16,10 @@ streams when either direction ends).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import trio
 
 from redirgate.gateway.errors import ChannelError
-from redirgate.gateway.transport import DEFAULT_BUFFER_BYTES, RelayStats, ReceiveIntoStream
+from redirgate.gateway.transport import DEFAULT_BUFFER_BYTES, RelayStats, ReceiveIntoStream, pump
 from redirgate.proto.usbredir import RemoteProtocolError
 from redirgate.proto.usbredir.walker import HostStreamGuard
 
@@ -32,32 +30,6 @@ _CLOSE_BUDGET_S = 2.0
 
 class GuardViolation(ChannelError):
     """The client sent a usbredir message QEMU would abort on."""
-
-
-async def _pump(
-    src: ReceiveIntoStream,
-    dst: ReceiveIntoStream,
-    stats: RelayStats,
-    forward: bool,
-    buffer_size: int,
-    inspect: Callable[[memoryview], None] | None,
-) -> None:
-    buf = bytearray(buffer_size)
-    view = memoryview(buf)
-    receive_into = src.receive_into
-    send_all = dst.send_all
-    while True:
-        n = await receive_into(buf)
-        if n == 0:
-            return
-        chunk = view[:n]
-        if inspect is not None:
-            inspect(chunk)
-        await send_all(chunk)
-        if forward:
-            stats.a_to_b += n
-        else:
-            stats.b_to_a += n
 
 
 async def relay_usbredir(
@@ -95,7 +67,7 @@ async def relay_usbredir(
         inspect = observe_guest if forward else check_host
         side = "a" if forward else "b"
         try:
-            await _pump(src, dst, result, forward, buffer_size, inspect)
+            await pump(src, dst, buffer_size=buffer_size, stats=result, forward=forward, inspect=inspect)
             reason = "end of stream"
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             reason = f"{type(exc).__name__}: {exc}"

@@ -40,7 +40,7 @@ from redirgate.gateway.transport import (
     set_nodelay,
     verify_peer,
 )
-from redirgate.gateway.transport.stream import peer_label
+from redirgate.gateway.transport.stream import nonblocking, peer_label
 from redirgate.proto import tunnel as t
 
 __all__ = ["RouteServer"]
@@ -61,6 +61,19 @@ class _SmallRecords:
 
     def __init__(self, inner: ReceiveIntoStream) -> None:
         self.inner = inner
+        self.supports_nonblocking = nonblocking(inner)
+
+    def try_receive_into(self, buffer: bytearray | memoryview) -> int | None:
+        return self.inner.try_receive_into(buffer)  # type: ignore[attr-defined,no-any-return]
+
+    async def wait_receivable(self) -> None:
+        await self.inner.wait_receivable()  # type: ignore[attr-defined]
+
+    def try_send(self, view: memoryview) -> int | None:
+        return self.inner.try_send(view[:HYPERVISOR_TLS_RECORD_BYTES])  # type: ignore[attr-defined,no-any-return]
+
+    async def wait_sendable(self) -> None:
+        await self.inner.wait_sendable()  # type: ignore[attr-defined]
 
     async def receive_into(self, buffer: bytearray | memoryview) -> int:
         return await self.inner.receive_into(buffer)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import trio
 
-from redirgate.gateway.transport.stream import Buffer, ReceiveIntoStream
+from redirgate.gateway.transport.stream import Buffer, ReceiveIntoStream, nonblocking
 
 __all__ = ["PrefixedStream"]
 
@@ -22,6 +22,25 @@ class PrefixedStream(trio.abc.Stream):
     def __init__(self, inner: ReceiveIntoStream, prefix: bytes | bytearray = b"") -> None:
         self.inner = inner
         self._prefix = memoryview(bytes(prefix))
+        #: the relay's fast path works through us when it works on `inner`
+        self.supports_nonblocking = nonblocking(inner)
+
+    def try_receive_into(self, buffer: Buffer) -> int | None:
+        if self._prefix:
+            n = min(len(buffer), len(self._prefix))
+            memoryview(buffer)[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        return self.inner.try_receive_into(buffer)  # type: ignore[attr-defined,no-any-return]
+
+    async def wait_receivable(self) -> None:
+        await self.inner.wait_receivable()  # type: ignore[attr-defined]
+
+    def try_send(self, view: memoryview) -> int | None:
+        return self.inner.try_send(view)  # type: ignore[attr-defined,no-any-return]
+
+    async def wait_sendable(self) -> None:
+        await self.inner.wait_sendable()  # type: ignore[attr-defined]
 
     async def receive_into(self, buffer: Buffer) -> int:
         if self._prefix:

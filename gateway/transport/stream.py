@@ -46,6 +46,7 @@ truncation must not look like a clean end.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
@@ -75,6 +76,8 @@ DEFAULT_HANDSHAKE_TIMEOUT_S = 10.0
 DEFAULT_CLOSE_TIMEOUT_S = 1.0
 DEFAULT_RECEIVE_BYTES = 65536
 _CLOSED_ERRNOS = {errno.EBADF, errno.ENOTSOCK}
+#: A full TLS record's plaintext (RFC 8446 5.1).
+_FULL_RECORD = 16384
 
 Buffer = bytearray | memoryview
 
@@ -88,6 +91,30 @@ class ReceiveIntoStream(Protocol):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class NonBlockingStream(Protocol):
+    """The relay's fast path: moves that never wait, and the waits apart.
+
+    `try_receive_into` / `try_send` return None where the call would block
+    (0 from `try_receive_into` is the end of the stream); the `wait_*`
+    methods are the only checkpoints.  ZeroCopyTLSStream, PlainSocketStream
+    and PrefixedStream over them implement it.
+    """
+
+    def try_receive_into(self, buffer: bytearray | memoryview) -> int | None: ...
+
+    async def wait_receivable(self) -> None: ...
+
+    def try_send(self, view: memoryview) -> int | None: ...
+
+    async def wait_sendable(self) -> None: ...
+
+
+def nonblocking(stream: object) -> bool:
+    """Whether `stream` offers the fast path (a wrapper may say it does not)."""
+    return isinstance(stream, NonBlockingStream) and getattr(stream, "supports_nonblocking", True)
 
 
 class _Busy:
@@ -168,6 +195,8 @@ class ZeroCopyTLSStream(trio.abc.Stream):
         self._closed = False
         self._broken: BaseException | None = None
         self._eof = False
+        self._fast_wants_write = False
+        self._fast_send_wants_read = False
 
     # -- waiting ---------------------------------------------------------
     async def _wait(self, lock: trio.Lock, waiter: Callable[[socket.socket], Awaitable[None]]) -> None:
@@ -299,6 +328,83 @@ class ZeroCopyTLSStream(trio.abc.Stream):
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return data
 
+    # -- the relay's fast path ------------------------------------------
+    # `try_receive_into` / `try_send` never wait: None means "would block",
+    # and the caller then awaits `wait_receivable` / `wait_sendable` (the
+    # only checkpoints).  The relay pump uses them so a chunk that can move
+    # at once costs no trip through trio's scheduler.  One owner only: no
+    # busy-guards here, the relay is the sole user of both its streams.
+    def try_receive_into(self, buffer: Buffer) -> int | None:
+        if self._eof:
+            return 0
+        if self._closed or self._broken is not None:
+            self._check()
+        sslsock = self._ssl
+        nbytes = len(buffer)
+        try:
+            n = sslsock.recv_into(buffer, nbytes)
+        except ssl.SSLWantReadError:
+            self._fast_wants_write = False
+            return None
+        except ssl.SSLWantWriteError:
+            self._fast_wants_write = True
+            return None
+        except (ssl.SSLError, OSError) as exc:
+            raise self._broken_error(exc) from exc
+        if n == 0:
+            self._eof = True
+            return 0
+        # Full records usually come in trains (bulk): batch them into one
+        # send.  A short one (interactive traffic) goes on at once.
+        if n >= _FULL_RECORD and n < nbytes:
+            view = memoryview(buffer)
+            while n < nbytes:
+                try:
+                    more = sslsock.recv_into(view[n:], nbytes - n)
+                except (ssl.SSLError, OSError):
+                    break  # nothing ready, or an error the next call reports
+                if more == 0:
+                    self._eof = True
+                    break
+                n += more
+                if more < _FULL_RECORD:
+                    break
+        return n
+
+    async def wait_receivable(self) -> None:
+        # No locks: the fast path has one owner (trio still refuses a second
+        # waiter on the same fd with BusyResourceError).
+        if self._ssl.pending():
+            await trio.lowlevel.checkpoint()
+        elif self._fast_wants_write:
+            await trio.lowlevel.wait_writable(self._ssl)
+        else:
+            await trio.lowlevel.wait_readable(self._ssl)
+        if self._closed:
+            raise trio.ClosedResourceError("stream was closed")
+
+    def try_send(self, view: memoryview) -> int | None:
+        if self._closed or self._broken is not None:
+            self._check()
+        try:
+            return self._ssl.send(view)
+        except ssl.SSLWantWriteError:
+            self._fast_send_wants_read = False
+            return None
+        except ssl.SSLWantReadError:
+            self._fast_send_wants_read = True
+            return None
+        except (ssl.SSLError, OSError) as exc:
+            raise self._broken_error(exc) from exc
+
+    async def wait_sendable(self) -> None:
+        if self._fast_send_wants_read:
+            await trio.lowlevel.wait_readable(self._ssl)
+        else:
+            await trio.lowlevel.wait_writable(self._ssl)
+        if self._closed:
+            raise trio.ClosedResourceError("stream was closed")
+
     # -- sending ---------------------------------------------------------
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Encrypt from `data` (no copy of it is made) and write it all."""
@@ -375,6 +481,12 @@ class ZeroCopyTLSStream(trio.abc.Stream):
         return self._ssl.cipher()
 
 
+def _stream_error(exc: OSError) -> trio.ClosedResourceError | trio.BrokenResourceError:
+    if exc.errno in _CLOSED_ERRNOS:
+        return trio.ClosedResourceError("this socket was already closed")
+    return trio.BrokenResourceError(f"socket connection broken: {exc}")
+
+
 @contextmanager
 def _translate_socket_errors() -> Iterator[None]:
     try:
@@ -393,6 +505,7 @@ class PlainSocketStream(trio.abc.HalfCloseableStream):
         self.socket = socket_stream.socket
         self.peer = peer_label(self.socket)
         self._recv_busy = _Busy("another task is receiving on this stream")
+        self._fd = self.socket.fileno()
 
     async def receive_into(self, buffer: Buffer) -> int:
         if len(buffer) == 0:
@@ -412,6 +525,33 @@ class PlainSocketStream(trio.abc.HalfCloseableStream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._stream.send_all(data)
+
+    # -- the relay's fast path (see ZeroCopyTLSStream) --------------------
+    def try_receive_into(self, buffer: Buffer) -> int | None:
+        if self.socket.fileno() < 0:  # closed: never touch a recycled fd number
+            raise trio.ClosedResourceError("this socket was already closed")
+        try:
+            return os.readv(self._fd, (buffer,))
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise _stream_error(exc) from exc
+
+    async def wait_receivable(self) -> None:
+        await trio.lowlevel.wait_readable(self._fd)
+
+    def try_send(self, view: memoryview) -> int | None:
+        if self.socket.fileno() < 0:
+            raise trio.ClosedResourceError("this socket was already closed")
+        try:
+            return os.write(self._fd, view)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise _stream_error(exc) from exc
+
+    async def wait_sendable(self) -> None:
+        await trio.lowlevel.wait_writable(self._fd)
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()
