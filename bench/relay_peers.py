@@ -180,6 +180,7 @@ def source(port: int, tls: list[str] | None, nbytes: int, rtt: int, warmup: int)
 def redirgate_relay(sink_port: int, tls: list[str] | None, buffer_bytes: int) -> None:
     import trio
 
+    from redirgate.gateway.transport.reactor import RelayReactor
     from redirgate.gateway.transport.relay import relay
     from redirgate.gateway.transport.stream import PlainSocketStream, accept_tls, open_plain_connection
     from redirgate.gateway.transport.tls import server_context
@@ -190,14 +191,19 @@ def redirgate_relay(sink_port: int, tls: list[str] | None, buffer_bytes: int) ->
         try:
             a = await accept_tls(stream, ctx) if ctx else PlainSocketStream(stream)
             b = await open_plain_connection(LOOPBACK, sink_port)
-            await relay(a, b, buffer_size=buffer_bytes)
+            await relay(a, b, buffer_size=buffer_bytes, reactor=reactor)
         except Exception as exc:  # report and keep serving, like the gateway
             print(f"redirgate relay: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
 
+    reactor: RelayReactor | None = None
+
     async def main() -> None:
-        listeners = await trio.open_tcp_listeners(0, host=LOOPBACK)
-        print(f"LISTEN {listeners[0].socket.getsockname()[1]}", flush=True)
-        await trio.serve_listeners(handle, listeners)
+        nonlocal reactor
+        # like the gateway: the bytes move in the relay reactor thread
+        async with RelayReactor(buffer_size=buffer_bytes) as reactor:
+            listeners = await trio.open_tcp_listeners(0, host=LOOPBACK)
+            print(f"LISTEN {listeners[0].socket.getsockname()[1]}", flush=True)
+            await trio.serve_listeners(handle, listeners)
 
     trio.run(main)
 

@@ -271,14 +271,26 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _threads(pid: int) -> list[int]:
+    """Every thread of a process (affinity is per thread on Linux)."""
+    try:
+        return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return [pid]
+
+
 @contextmanager
 def pinned(procs: list[Proc]) -> Iterator[None]:
-    """Run `procs` (their main threads, and threads they start meanwhile) on RTT_CPU only."""
+    """Run `procs` (all their threads, and threads they start meanwhile) on RTT_CPU only."""
     saved = []
     try:
         for proc in procs:
-            saved.append((proc.pid, os.sched_getaffinity(proc.pid)))
-            os.sched_setaffinity(proc.pid, {RTT_CPU})
+            for tid in _threads(proc.pid):
+                try:
+                    saved.append((tid, os.sched_getaffinity(tid)))
+                    os.sched_setaffinity(tid, {RTT_CPU})
+                except OSError:
+                    pass  # the thread ended meanwhile
         yield
     finally:
         for pid, mask in saved:

@@ -25,7 +25,7 @@ from redirgate.gateway.config import GatewayConfig, Route
 from redirgate.gateway.pki import RevocationList
 from redirgate.gateway.registry import Registry
 from redirgate.gateway.route_server import RouteServer
-from redirgate.gateway.transport import hypervisor_server_context, server_context
+from redirgate.gateway.transport import RelayReactor, hypervisor_server_context, server_context
 from redirgate.gateway.tunnel_server import TunnelServer
 
 __all__ = ["GatewayAddresses", "Gateway", "serve_gateway"]
@@ -105,7 +105,9 @@ class Gateway:
 
     async def serve(self, *, task_status: trio.TaskStatus[GatewayAddresses] = trio.TASK_STATUS_IGNORED) -> None:
         config = self.config
-        async with trio.open_nursery() as nursery:
+        async with RelayReactor() as reactor, trio.open_nursery() as nursery:
+            for server in self.routes:
+                server.reactor = reactor
             tunnel = await nursery.start(
                 functools.partial(trio.serve_tcp, contained(self.tunnel.handle, "tunnel"), config.tunnel_listen.port, host=config.tunnel_listen.host)
             )

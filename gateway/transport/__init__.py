@@ -19,6 +19,7 @@ from redirgate.gateway.transport.identity import (
     validate_name,
 )
 from redirgate.gateway.transport.prefixed import PrefixedStream
+from redirgate.gateway.transport.reactor import RelayReactor
 from redirgate.gateway.transport.relay import (
     DEFAULT_BUFFER_BYTES,
     RelayStats,
@@ -54,6 +55,7 @@ __all__ = [
     "PrefixedStream",
     "ReceiveIntoStream",
     "Refusal",
+    "RelayReactor",
     "RelayStats",
     "RevocationChecker",
     "TlsRefused",

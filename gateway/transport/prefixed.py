@@ -9,6 +9,8 @@ close go straight through.  No gateway state here.
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 
 from redirgate.gateway.transport.stream import Buffer, ReceiveIntoStream, nonblocking
@@ -41,6 +43,17 @@ class PrefixedStream(trio.abc.Stream):
 
     async def wait_sendable(self) -> None:
         await self.inner.wait_sendable()  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> Any:
+        # `reactor_side` exists only where the inner stream has it
+        if name == "reactor_side" and hasattr(self.inner, "reactor_side"):
+            return self._reactor_side
+        raise AttributeError(name)
+
+    def _reactor_side(self) -> Any:
+        side = self.inner.reactor_side()  # type: ignore[attr-defined]
+        side.prefix, self._prefix = bytes(self._prefix) + side.prefix, memoryview(b"")
+        return side
 
     async def receive_into(self, buffer: Buffer) -> int:
         if self._prefix:

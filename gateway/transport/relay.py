@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
+from redirgate.gateway.transport.reactor import ReactorOutcome, RelayReactor
 from redirgate.gateway.transport.stream import NonBlockingStream, ReceiveIntoStream, nonblocking
 
 __all__ = ["DEFAULT_BUFFER_BYTES", "RelayStats", "pump", "relay"]
@@ -142,23 +144,61 @@ async def _fast_pump(
             await trio.lowlevel.checkpoint()
 
 
+class _Inspected(Exception):
+    """What an inspector raised, carried out of a pump task."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _carrying(inspect: Callable[[memoryview], None] | None) -> Callable[[memoryview], None] | None:
+    if inspect is None:
+        return None
+
+    def run(chunk: memoryview) -> None:
+        try:
+            inspect(chunk)
+        except Exception as exc:
+            raise _Inspected(exc) from exc
+
+    return run
+
+
 async def relay(
     a: ReceiveIntoStream,
     b: ReceiveIntoStream,
     *,
     buffer_size: int = DEFAULT_BUFFER_BYTES,
     stats: RelayStats | None = None,
+    inspect_a_to_b: Callable[[memoryview], None] | None = None,
+    inspect_b_to_a: Callable[[memoryview], None] | None = None,
+    reactor: RelayReactor | None = None,
 ) -> RelayStats:
-    """Relay a<->b until either ends, then close both; return the counters."""
+    """Relay a<->b until either ends, then close both; return the counters.
+
+    An inspector sees each chunk of its direction before it is sent; what it
+    raises ends the relay (that chunk is not sent) and is re-raised here
+    after both streams are closed.  With a `reactor`, and streams that can
+    hand their sockets over (`reactor_side()`), the bytes move in the
+    reactor thread; otherwise in two trio tasks.
+    """
     result = stats if stats is not None else RelayStats()
+    if reactor is not None and hasattr(a, "reactor_side") and hasattr(b, "reactor_side"):
+        return await _relay_in_reactor(a, b, result, buffer_size, inspect_a_to_b, inspect_b_to_a, reactor)
+    errors: list[Exception] = []
 
     async def direction(src: ReceiveIntoStream, dst: ReceiveIntoStream, forward: bool, cancel: trio.CancelScope) -> None:
         side = "a" if forward else "b"
+        inspect = _carrying(inspect_a_to_b if forward else inspect_b_to_a)
         try:
-            await pump(src, dst, buffer_size=buffer_size, stats=result, forward=forward)
+            await pump(src, dst, buffer_size=buffer_size, stats=result, forward=forward, inspect=inspect)
             reason = "end of stream"
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
+        except _Inspected as inspected:
+            errors.append(inspected.error)
+            reason = str(inspected.error)
         if not result.ended_by:
             result.ended_by, result.reason = side, reason
         cancel.cancel()
@@ -168,7 +208,53 @@ async def relay(
             nursery.start_soon(direction, a, b, True, nursery.cancel_scope)
             nursery.start_soon(direction, b, a, False, nursery.cancel_scope)
     finally:
-        for stream in (a, b):
-            with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_BUDGET_S):
-                await stream.aclose()  # closes even if the budget runs out
+        await _close_both(a, b)
+    if errors:
+        raise errors[0]
+    return result
+
+
+async def _close_both(a: ReceiveIntoStream, b: ReceiveIntoStream) -> None:
+    for stream in (a, b):
+        with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_BUDGET_S):
+            await stream.aclose()  # closes even if the budget runs out
+
+
+async def _relay_in_reactor(
+    a: Any,
+    b: Any,
+    result: RelayStats,
+    buffer_size: int,
+    inspect_ab: Callable[[memoryview], None] | None,
+    inspect_ba: Callable[[memoryview], None] | None,
+    reactor: RelayReactor,
+) -> RelayStats:
+    token = trio.lowlevel.current_trio_token()
+    finished = trio.Event()
+    outcomes: list[ReactorOutcome] = []
+
+    def done(outcome: ReactorOutcome) -> None:  # in the reactor thread
+        outcomes.append(outcome)
+        try:
+            token.run_sync_soon(finished.set)
+        except trio.RunFinishedError:
+            pass
+
+    try:
+        channel = reactor.new_channel(a.reactor_side(), b.reactor_side(), result, inspect_ab, inspect_ba, done, buffer_size)
+        reactor.add(channel)
+        try:
+            await finished.wait()
+        finally:
+            if not finished.is_set():  # cancelled: take the sockets back first
+                reactor.drop(channel)
+                with trio.CancelScope(shield=True):
+                    await finished.wait()
+    finally:
+        await _close_both(a, b)
+    outcome = outcomes[0]
+    if not result.ended_by:
+        result.ended_by, result.reason = outcome.ended_by, outcome.reason
+    if outcome.error is not None:
+        raise outcome.error
     return result

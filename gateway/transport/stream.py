@@ -51,7 +51,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import trio
 from cryptography import x509
@@ -397,6 +397,13 @@ class ZeroCopyTLSStream(trio.abc.Stream):
         except (ssl.SSLError, OSError) as exc:
             raise self._broken_error(exc) from exc
 
+    def reactor_side(self) -> Any:
+        """Hand the socket to the relay reactor (see transport.reactor)."""
+        from redirgate.gateway.transport.reactor import ReactorSide
+
+        self._check()
+        return ReactorSide("tls", self._ssl)
+
     async def wait_sendable(self) -> None:
         if self._fast_send_wants_read:
             await trio.lowlevel.wait_readable(self._ssl)
@@ -552,6 +559,13 @@ class PlainSocketStream(trio.abc.HalfCloseableStream):
 
     async def wait_sendable(self) -> None:
         await trio.lowlevel.wait_writable(self._fd)
+
+    def reactor_side(self) -> Any:
+        from redirgate.gateway.transport.reactor import ReactorSide
+
+        if self.socket.fileno() < 0:
+            raise trio.ClosedResourceError("this socket was already closed")
+        return ReactorSide("plain", self._fd)
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()

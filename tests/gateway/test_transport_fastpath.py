@@ -130,3 +130,109 @@ async def test_fast_pump_yields_to_other_tasks_while_data_keeps_coming() -> None
     for s in (a_out, a_in, b_in, b_out):
         await s.aclose()
     assert ticks > 50  # the other task ran all along
+
+
+# ---------------------------------------------------------------- the reactor thread
+from redirgate.gateway.transport import RelayReactor  # noqa: E402
+
+
+@pytest.mark.parametrize("prefix", [b"", b"held bytes first"], ids=["no-prefix", "prefix"])
+@trio_test(60)
+async def test_reactor_relays_everything_both_ways_with_a_slow_reader(env: Pki, prefix: bytes) -> None:
+    ch = await make_channel(env)
+    size = 6 * 1024 * 1024
+    stats = RelayStats()
+    results: dict[str, str] = {}
+
+    async def slow_client() -> None:
+        digest = hashlib.sha256()
+        got = 0
+        while got < size + len(prefix):
+            chunk = await ch.cl.receive_some(8192)
+            assert chunk
+            digest.update(chunk)
+            got += len(chunk)
+            if got < 512 * 1024:
+                await trio.sleep(0.001)
+        results["got"] = digest.hexdigest()
+
+    async with RelayReactor() as reactor:
+        async with trio.open_nursery() as nursery:
+            a = PrefixedStream(ch.relay_plain, prefix)
+            nursery.start_soon(functools.partial(relay, a, ch.relay_tls, stats=stats, reactor=reactor))
+            nursery.start_soon(slow_client)
+            await send_random(ch.hv, size, seed=3)
+            with trio.fail_after(30):
+                while "got" not in results:
+                    await trio.sleep(0.01)
+            for i in range(300):
+                await ch.cl.send_all(b"%d;" % i)
+            expect = b"".join(b"%d;" % i for i in range(300))
+            got = b""
+            while len(got) < len(expect):
+                got += await ch.hv.receive_some(65536)
+            assert got == expect
+            await ch.cl.aclose()
+            rest = await ch.hv.receive_some(10)
+            assert rest == b""  # the relay ended and closed the hypervisor side
+            await ch.hv.aclose()
+        assert reactor.channels == 0
+    import random
+
+    digest = hashlib.sha256(prefix)
+    rng = random.Random(3)
+    total = 0
+    while total < size:
+        chunk = rng.randbytes(min(size - total, rng.choice([1, 7, 1000, 16384, 65536, 300000])))
+        digest.update(chunk)
+        total += len(chunk)
+    assert results["got"] == digest.hexdigest()
+    assert stats.a_to_b == size + len(prefix) and stats.b_to_a == len(expect)
+    assert stats.ended_by == "b"
+
+
+@trio_test(30)
+async def test_reactor_channel_cancelled_gives_sockets_back_and_closes(env: Pki) -> None:
+    ch = await make_channel(env)
+    async with RelayReactor() as reactor:
+        with trio.move_on_after(0.5):
+            await relay(ch.relay_plain, ch.relay_tls, reactor=reactor)
+        assert reactor.channels == 0
+        assert await ch.hv.receive_some(10) == b""  # closed by the relay
+        assert await ch.cl.receive_some(10) == b""
+    await ch.hv.aclose()
+    await ch.cl.aclose()
+
+
+class Refused(Exception):
+    pass
+
+
+@trio_test(30)
+async def test_reactor_inspector_verdict_ends_the_channel_before_the_chunk_is_sent(env: Pki) -> None:
+    ch = await make_channel(env)
+    seen: list[bytes] = []
+
+    def inspect(chunk: memoryview) -> None:
+        seen.append(bytes(chunk))
+        if b"BAD" in bytes(chunk):
+            raise Refused("bad bytes")
+
+    async with RelayReactor() as reactor:
+        async with trio.open_nursery() as nursery:
+            raised: list[BaseException] = []
+
+            async def run() -> None:
+                try:
+                    await relay(ch.relay_plain, ch.relay_tls, reactor=reactor, inspect_b_to_a=inspect)
+                except Refused as exc:
+                    raised.append(exc)
+
+            nursery.start_soon(run)
+            await ch.cl.send_all(b"good")
+            assert await ch.hv.receive_some(10) == b"good"
+            await ch.cl.send_all(b"BAD")
+            assert await ch.hv.receive_some(10) == b""  # never forwarded; the channel ended
+        assert raised and str(raised[0]) == "bad bytes"
+    await ch.hv.aclose()
+    await ch.cl.aclose()

@@ -1,0 +1,357 @@
+"""The relay reactor: one thread with its own epoll that moves the bytes of many channels.
+
+Why a thread: the gateway's hot loop on trio costs two scheduler round trips
+and several Python layers per small message; measured against stunnel4 the
+round trip of a 64-byte message through it was about twice stunnel's, while
+bulk throughput was already ahead (bench/relay.py).  Here a channel's two
+sockets, once the channel is set up, are driven by a plain epoll loop in one
+thread: a message that arrives costs one `epoll_wait` wake-up, one read and
+one write, with the GIL released in each system call and in OpenSSL.  trio
+keeps everything else - accepting, handshakes, the attach preamble,
+timeouts, cancellation, closing - and waits for a channel's end on an
+event the reactor sets through the trio token.
+
+Ownership: between `add` and the end notification the reactor is the only
+user of both sockets (trio does not touch them: `relay` just waits), and a
+channel's sockets are used by this one thread only, so an SSL object is
+never used from two threads at once.  The reactor never closes a socket:
+when a channel ends (EOF, error, an inspector's exception, or `drop` from
+trio on cancellation) it unregisters both and hands them back; trio closes
+them (TLS close_notify included).
+
+Per direction one preallocated buffer (zero-copy: `recv_into` it, send
+memoryview slices of it); backpressure is structural - a direction reads
+again only when its buffer has been written out - so a channel holds at
+most two buffers.  An inspector (the usbredir guard) sees each chunk before
+it is sent, in the reactor thread; what it raises ends the channel and is
+re-raised by `relay` in trio.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import select
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+__all__ = ["RelayReactor", "ReactorSide", "ReactorOutcome"]
+
+log = logging.getLogger(__name__)
+
+_IN, _OUT = select.EPOLLIN, select.EPOLLOUT
+_ERR = select.EPOLLERR | select.EPOLLHUP
+
+
+@dataclass
+class ReactorSide:
+    """One end of a channel as the reactor drives it."""
+
+    kind: str  # "tls" (an ssl.SSLSocket) or "plain" (a socket fd)
+    sock: Any  # ssl.SSLSocket for tls, int fd for plain
+    max_send: int = 0  # 0: no cap per write; else at most this many bytes per write
+    prefix: bytes = b""  # bytes already read from this side (delivered first)
+
+    def __post_init__(self) -> None:
+        self.fd = self.sock.fileno() if self.kind == "tls" else int(self.sock)
+        # The SSL object's own read/write skip ssl.SSLSocket's Python-level
+        # wrappers (a measurable share of a small message's cost); the public
+        # methods stand in where that attribute is not there.
+        if self.kind == "tls":
+            sslobj = getattr(self.sock, "_sslobj", None)
+            sock = self.sock
+            self.ssl_read = sslobj.read if sslobj is not None else (lambda n, buf: sock.recv_into(buf, n))
+            self.ssl_write = sslobj.write if sslobj is not None else sock.send
+            self.ssl_pending = sock.pending
+
+
+@dataclass
+class ReactorOutcome:
+    ended_by: str = ""  # "a" or "b"
+    reason: str = ""
+    error: BaseException | None = None  # what an inspector raised
+
+
+class _Direction:
+    __slots__ = ("src", "dst", "buf", "view", "start", "end", "forward", "inspect",
+                 "need_src", "need_dst", "short_read")  # fmt: skip
+
+    def __init__(self, src: ReactorSide, dst: ReactorSide, size: int, forward: bool,
+                 inspect: Callable[[memoryview], None] | None) -> None:  # fmt: skip
+        self.src, self.dst = src, dst
+        self.buf = bytearray(max(size, len(src.prefix)))
+        self.view = memoryview(self.buf)
+        self.start = 0
+        self.end = 0
+        self.forward = forward
+        self.inspect = inspect
+        #: the epoll event this direction waits for on src / dst (0: none)
+        self.need_src = 0
+        self.need_dst = 0
+        self.short_read = False
+        if src.prefix:
+            n = len(src.prefix)
+            self.view[:n] = src.prefix
+            self.end = n
+            if inspect is not None:
+                inspect(self.view[:n])
+
+
+class _Ended(Exception):
+    def __init__(self, side: str, reason: str, error: BaseException | None = None) -> None:
+        super().__init__(reason)
+        self.side, self.reason, self.error = side, reason, error
+
+
+#: A full TLS record's plaintext (RFC 8446 5.1).
+_FULL_RECORD = 16384
+
+
+def _recv(side: ReactorSide, view: memoryview, d: _Direction) -> int | None:
+    """Read into view; None when it would block (d.need_src says on what).
+
+    Sets `d.short_read` when the socket was drained by this read, so the
+    next read waits for epoll instead of failing.  TLS hands out one record
+    per read: full records (bulk) are batched until the buffer fills or the
+    socket runs dry, so one send carries many of them.
+    """
+    if side.kind == "tls":
+        read = side.ssl_read
+        total = 0
+        room = len(view)
+        while True:
+            try:
+                n = read(room - total, view[total:] if total else view)
+            except ssl.SSLWantReadError:
+                if total:
+                    d.short_read = True
+                    return total
+                d.need_src = _IN
+                return None
+            except ssl.SSLWantWriteError:
+                if total:
+                    return total
+                d.need_src = _OUT
+                return None
+            if n == 0:
+                return total if total else 0  # EOF after data: reported on the next read
+            total += n
+            if n < _FULL_RECORD or total + _FULL_RECORD > room:
+                d.short_read = n < _FULL_RECORD and not side.ssl_pending()
+                return total
+    try:
+        n = os.readv(side.sock, (view,))
+    except BlockingIOError:
+        d.need_src = _IN
+        return None
+    d.short_read = 0 < n < len(view)
+    return n
+
+
+def _send(side: ReactorSide, view: memoryview, d: _Direction) -> int | None:
+    if side.max_send and len(view) > side.max_send:
+        view = view[: side.max_send]
+    if side.kind == "tls":
+        try:
+            return side.ssl_write(view)
+        except ssl.SSLWantWriteError:
+            d.need_dst = _OUT
+            return None
+        except ssl.SSLWantReadError:
+            d.need_dst = _IN
+            return None
+    try:
+        return os.write(side.sock, view)
+    except BlockingIOError:
+        d.need_dst = _OUT
+        return None
+
+
+class _Channel:
+    def __init__(self, a: ReactorSide, b: ReactorSide, stats: Any, size: int,
+                 inspect_ab: Callable[[memoryview], None] | None,
+                 inspect_ba: Callable[[memoryview], None] | None,
+                 done: Callable[[ReactorOutcome], None]) -> None:  # fmt: skip
+        self.a, self.b = a, b
+        self.stats = stats
+        self.done = done
+        self.ab = _Direction(a, b, size, True, inspect_ab)
+        self.ba = _Direction(b, a, size, False, inspect_ba)
+        self.fds = (a.fd, b.fd)
+        self.mask_a = self.mask_b = 0
+
+    def step(self, d: _Direction) -> None:
+        """Move what can move now in direction d; raise _Ended at its end."""
+        side = "a" if d.forward else "b"
+        d.need_src = d.need_dst = 0
+        try:
+            while True:
+                if d.end > d.start:
+                    k = _send(d.dst, d.view[d.start : d.end], d)
+                    if k is None:
+                        return
+                    d.start += k
+                    if d.forward:
+                        self.stats.a_to_b += k
+                    else:
+                        self.stats.b_to_a += k
+                    if d.start < d.end:
+                        continue
+                    d.start = d.end = 0
+                if d.short_read:
+                    # the last read did not fill the buffer: the socket was
+                    # drained then, so wait for epoll instead of a read that
+                    # would only fail (level-triggered: nothing is missed)
+                    d.short_read = False
+                    d.need_src = _IN
+                    return
+                n = _recv(d.src, d.view, d)
+                if n is None:
+                    return
+                if n == 0:
+                    raise _Ended(side, "end of stream")
+                if d.inspect is not None:
+                    try:
+                        d.inspect(d.view[:n])
+                    except Exception as exc:  # an inspector's verdict ends the channel
+                        raise _Ended(side, str(exc), exc) from exc
+                d.end = n
+        except (ssl.SSLError, OSError) as exc:
+            # whichever socket failed, the channel is over; name the reader side
+            raise _Ended(side, f"{type(exc).__name__}: {exc}") from exc
+
+    def wanted(self) -> tuple[int, int]:
+        """The epoll masks (a's fd, b's fd) the two directions wait for."""
+        ab, ba = self.ab, self.ba
+        return ab.need_src | ba.need_dst, ab.need_dst | ba.need_src
+
+
+class RelayReactor:
+    """The reactor thread (see the module docstring).  Use `async with
+    RelayReactor() as reactor:`; channels go through `relay(..., reactor=)`."""
+
+    def __init__(self, *, buffer_size: int = 256 * 1024) -> None:
+        self.buffer_size = buffer_size
+        self._ep = select.epoll()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._ep.register(self._wake_r, _IN)
+        self._commands: collections.deque[tuple[str, Any]] = collections.deque()
+        self._by_fd: dict[int, _Channel] = {}
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.channels = 0
+
+    # ------------------------------------------------------------ lifetime (trio side)
+    async def __aenter__(self) -> RelayReactor:
+        self._thread = threading.Thread(target=self._run, name="redirgate-relay", daemon=True)
+        self._thread.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stopping = True
+        self._wake()
+        thread = self._thread
+        if thread is not None:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(thread.join, 5.0)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self._ep.close()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # already awake-pending
+
+    def add(self, channel: _Channel) -> None:
+        if self._stopping or self._thread is None or not self._thread.is_alive():
+            channel.done(ReactorOutcome("", "the relay reactor is not running"))
+            return
+        self._commands.append(("add", channel))
+        self._wake()
+
+    def drop(self, channel: _Channel) -> None:
+        self._commands.append(("drop", channel))
+        self._wake()
+
+    def new_channel(self, a: ReactorSide, b: ReactorSide, stats: Any,
+                    inspect_ab: Callable[[memoryview], None] | None,
+                    inspect_ba: Callable[[memoryview], None] | None,
+                    done: Callable[[ReactorOutcome], None], buffer_size: int | None = None) -> _Channel:  # fmt: skip
+        return _Channel(a, b, stats, buffer_size or self.buffer_size, inspect_ab, inspect_ba, done)
+
+    # ------------------------------------------------------------ the thread
+    def _run(self) -> None:
+        ep = self._ep
+        try:
+            while not self._stopping:
+                events = ep.poll()
+                for fd, mask in events:
+                    if fd == self._wake_r:
+                        self._drain_wake()
+                        continue
+                    channel = self._by_fd.get(fd)
+                    if channel is not None:
+                        self._service(channel, fd, mask)
+        except Exception:  # a bug here must not kill channels silently
+            log.exception("relay reactor failed; ending its channels")
+        finally:
+            for channel in list({id(c): c for c in self._by_fd.values()}.values()):
+                self._finish(channel, ReactorOutcome("", "the relay reactor stopped"))
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while self._commands:
+            what, channel = self._commands.popleft()
+            if what == "add":
+                for fd in channel.fds:
+                    self._by_fd[fd] = channel
+                    self._ep.register(fd, 0)
+                self.channels += 1
+                self._service(channel)
+            elif what == "drop" and self._by_fd.get(channel.fds[0]) is channel:
+                self._finish(channel, ReactorOutcome("", "cancelled"))
+
+    def _service(self, channel: _Channel, fd: int = -1, mask: int = 0) -> None:
+        """Step the directions the event on `fd` concerns (all on fd=-1 or an error)."""
+        try:
+            for d in (channel.ab, channel.ba):
+                if (
+                    fd < 0
+                    or mask & _ERR
+                    or (d.src.fd == fd and d.need_src & mask)
+                    or (d.dst.fd == fd and d.need_dst & mask)
+                ):
+                    channel.step(d)
+        except _Ended as ended:
+            self._finish(channel, ReactorOutcome(ended.side, ended.reason, ended.error))
+            return
+        mask_a, mask_b = channel.wanted()
+        if mask_a != channel.mask_a:
+            self._ep.modify(channel.a.fd, mask_a)
+            channel.mask_a = mask_a
+        if mask_b != channel.mask_b:
+            self._ep.modify(channel.b.fd, mask_b)
+            channel.mask_b = mask_b
+
+    def _finish(self, channel: _Channel, outcome: ReactorOutcome) -> None:
+        for fd in channel.fds:
+            if self._by_fd.get(fd) is channel:
+                del self._by_fd[fd]
+                try:
+                    self._ep.unregister(fd)
+                except OSError:
+                    pass
+        self.channels -= 1
+        channel.done(outcome)
