@@ -13,7 +13,7 @@ import sys
 from importlib import metadata
 from typing import Sequence
 
-from redirgate.cli import demo, gateway_commands, pki_commands, selfcheck, serial_commands, usb_commands
+from redirgate.cli import demo, gateway_commands, parallel_commands, pki_commands, selfcheck, serial_commands, usb_commands
 
 __all__ = ["main", "build_parser"]
 
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_commands = usb_commands.add_client_parsers(commands)
     gateway_commands.add_client_run_parser(client_commands)
     serial_commands.add_client_parsers(client_commands)
+    parallel_commands.add_client_parsers(client_commands)
     gateway_commands.add_gateway_parser(commands)
     demo.add_parser(commands)
     usb_commands.add_probe_parser(commands)

@@ -177,18 +177,16 @@ def _run_client(args: argparse.Namespace) -> int:
         from redirgate.client.virtual import make_backend
 
         backend = make_backend(list(config.export.virtual))
-    serial = None
-    if config.serial:
-        from redirgate.client.serial.exports import SerialExports
+    from redirgate.client.exports import PortExports
 
-        serial = SerialExports(config.serial)
-    client = TunnelClient(config, DeviceInventory(config.export, backend), serial=serial)
+    ports = PortExports.from_config(config)  # serial and parallel ports, or None
+    client = TunnelClient(config, DeviceInventory(config.export, backend), serial=ports)
     print(f"client: dialling {config.gateway_host}:{config.gateway_port}", flush=True)
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
-            if serial is not None:
-                nursery.start_soon(serial.run)
+            if ports is not None:
+                nursery.start_soon(ports.run)
             await client.run()
 
     try:

@@ -20,6 +20,11 @@
     ring_bytes = 65536                 # kept while no consumer is connected
     takeover = false                   # a new consumer replaces the old one
 
+    [[parallel]]                       # a printer port, exported as parallel:NAME
+    name = "printer"
+    port = "/dev/lp0"                  # /dev/lpN, /dev/usb/lpN or /dev/parportN
+    ring_bytes = 4194304               # queued for the printer while it is away
+
 A device is exported when it matches one of `usb_ids` or `usb_ports`, or when
 `usb_rules` allow it.  Mistakes are reported like the gateway's: file, line,
 key and reason, all at once (`ConfigErrors`).
@@ -32,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from redirgate.client.parallel.exports import parse_parallel_tables
 from redirgate.client.usb.descriptors import DeviceSnapshot
 from redirgate.client.usb.errors import SelectorError
 from redirgate.client.usb.selector import DeviceSelector, parse_selector
@@ -94,6 +100,7 @@ class ClientConfig:
     ca: Path
     export: ExportPolicy
     serial: tuple[Any, ...] = ()
+    parallel: tuple[Any, ...] = ()
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
     inventory_interval_s: float = 1.0
@@ -125,8 +132,8 @@ def load_client_config(path: str | Path) -> ClientConfig:
     client: dict[str, Any] = data.get("client", {})
     export: dict[str, Any] = data.get("export", {})
     for key in data:
-        if key not in ("client", "export", "serial"):
-            problem(key, "unknown table (expected [client], [export] and [[serial]])")
+        if key not in ("client", "export", "serial", "parallel"):
+            problem(key, "unknown table (expected [client], [export], [[serial]] and [[parallel]])")
     for key in client:
         if key not in {"gateway", "server_name", "cert", "key", "ca", "reconnect_max_s"}:
             problem(f"client.{key}", "unknown key")
@@ -190,12 +197,13 @@ def load_client_config(path: str | Path) -> ClientConfig:
         virtual = [_resolve_virtual(v, path.parent) for v in virtual]
     policy = ExportPolicy(selectors("usb_ids", False), selectors("usb_ports", True), rules, tuple(virtual))
     serial = _serial_exports(data.get("serial", []), problem)
+    parallel = parse_parallel_tables(data.get("parallel", []), problem)
     if problems:
         raise ConfigError(problems)
     return ClientConfig(
         path=path, gateway_host=host, gateway_port=port,
         server_name=str(client.get("server_name") or host), cert=cert, key=key_path, ca=ca, export=policy,
-        serial=serial,
+        serial=serial, parallel=parallel,
         reconnect_max_s=float(client.get("reconnect_max_s", 30.0)),
     )  # fmt: skip
 

@@ -6,7 +6,7 @@ allows (rescanned every `inventory_interval_s` and sent as updates on
 hotplug), heartbeats both ways, and `OpenChannel` requests.  Each channel
 dials its own data connection (same certificate, the one-time token), then
 runs the usbredir host engine on it - the same engine as `serve-usb` - or a
-serial channel handler.  After any loss it reconnects with jittered
+serial or parallel channel handler.  After any loss it reconnects with jittered
 exponential backoff; the gateway brings the routes back by itself.
 
 Cancellation: one nursery per control session holds the reader, the
@@ -74,7 +74,8 @@ class TunnelClient:
         self.config = config
         self.inventory = inventory
         self.context = context or client_context(config.cert, config.key, config.ca, config.server_name)
-        #: a `client.serial.exports.SerialExports` (or None: no serial ports)
+        #: a `client.serial.exports.SerialExports`, a `client.exports.PortExports`
+        #: (serial and parallel ports), or None: no ports
         self.serial = serial
         self.connect_timeout_s = connect_timeout_s
         self.peer = f"{config.gateway_host}:{config.gateway_port}"

@@ -1,0 +1,116 @@
+"""The parallel ports a client exports through the gateway, and their channels.
+
+Each `[[parallel]]` entry of the client config (`name`, `port` = a path,
+`ring_bytes` = the bound of what is queued for the printer) gets one
+`PrinterService` that keeps the port open and its queue draining for the
+whole life of the client, not only while a channel is up: what a VM
+printed still reaches the printer after the VM disconnects.  The inventory
+lists `parallel:NAME` with the printer's state as its description.  A
+gateway channel for `parallel:NAME` (protocol raw) is served by
+`serve_parallel_stream` on the attached data connection.
+
+`parse_parallel_tables` turns the config's tables into `ParallelExport`s,
+reporting mistakes through the config loader's `problem(key, reason)`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import trio
+
+from redirgate.client.parallel.errors import ParallelError
+from redirgate.client.parallel.serve import serve_parallel_stream
+from redirgate.client.parallel.service import DEFAULT_QUEUE_BYTES, PrinterService
+from redirgate.proto.tunnel import DeviceEntry, DeviceKind, OpenChannel
+from redirgate.proto.tunnel import SelectorError as TunnelSelectorError
+from redirgate.proto.tunnel import parse_selector as parse_tunnel_selector
+
+__all__ = ["ParallelExport", "ParallelExports", "parse_parallel_tables", "PREFIX"]
+
+log = logging.getLogger(__name__)
+
+PREFIX: Final = "parallel:"
+MAX_RING_BYTES: Final = 64 * 1024 * 1024
+_KEYS: Final = {"name", "port", "ring_bytes"}
+
+
+@dataclass(frozen=True)
+class ParallelExport:
+    name: str
+    path: str
+    ring_bytes: int = DEFAULT_QUEUE_BYTES
+
+
+class ParallelExports:
+    """Printer services by export name; `run()` keeps them all going."""
+
+    def __init__(self, exports: Sequence[ParallelExport]) -> None:
+        self.services = {e.name: PrinterService(e.name, e.path, queue_bytes=e.ring_bytes) for e in exports}
+
+    def entries(self) -> list[DeviceEntry]:
+        return [
+            DeviceEntry(
+                id=f"{PREFIX}{name}", kind=DeviceKind.PARALLEL, port_path=service.path[:128],
+                description=service.describe()[:200],
+            )  # fmt: skip
+            for name, service in self.services.items()
+        ]
+
+    def knows(self, device_id: str) -> bool:
+        return device_id.startswith(PREFIX) and device_id.removeprefix(PREFIX) in self.services
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for service in self.services.values():
+                nursery.start_soon(self._keep, service)
+
+    async def _keep(self, service: PrinterService) -> None:
+        try:
+            await service.run()
+        except ParallelError as exc:
+            log.error("parallel export %s stopped: %s", service.name, exc)
+
+    async def serve(self, request: OpenChannel, stream: trio.abc.Stream) -> None:
+        service = self.services[request.device_selector.removeprefix(PREFIX)]
+        await serve_parallel_stream(stream, service, peer=f"gateway channel {request.channel_id}")
+
+
+def parse_parallel_tables(tables: Any, problem: Callable[[str, str], None]) -> tuple[ParallelExport, ...]:
+    """The [[parallel]] tables of a client config; each mistake goes to `problem`."""
+    if not isinstance(tables, list):
+        problem("parallel", "must be an array of tables: [[parallel]]")
+        return ()
+    out = []
+    for index, table in enumerate(tables):
+        where = f"parallel[{index}]"
+        if not isinstance(table, dict):
+            problem(where, "must be a table")
+            continue
+        for key in table:
+            if key not in _KEYS:
+                problem(f"{where}.{key}", f"unknown key (expected one of: {', '.join(sorted(_KEYS))})")
+        name, port = table.get("name"), table.get("port")
+        if not isinstance(name, str):
+            problem(f"{where}.name", "missing (the export is parallel:NAME)")
+            continue
+        try:
+            parse_tunnel_selector(f"{PREFIX}{name}")
+        except TunnelSelectorError as exc:
+            problem(f"{where}.name", exc.reason)
+            continue
+        if not isinstance(port, str) or not port.startswith("/"):
+            problem(f"{where}.port", f"{port!r}: expected a device path such as /dev/lp0, /dev/usb/lp0 or /dev/parport0")
+            continue
+        ring = table.get("ring_bytes", DEFAULT_QUEUE_BYTES)
+        if not isinstance(ring, int) or isinstance(ring, bool) or not 0 < ring <= MAX_RING_BYTES:
+            problem(f"{where}.ring_bytes", f"{ring!r}: a byte count in 1..{MAX_RING_BYTES}")
+            continue
+        out.append(ParallelExport(name, port, ring))
+    names = [e.name for e in out]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problem("parallel", f"export name {name!r} is used twice")
+    return tuple(out)

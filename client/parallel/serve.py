@@ -1,0 +1,89 @@
+"""Serving a printer port to consumers: one connection, or a TCP listener (standalone mode).
+
+`serve_parallel_stream` is the one place a consumer connection meets a
+`PrinterService`; standalone mode (`serve_parallel_listen`) and the
+gateway's channels both use it.  It attaches the consumer (one at a time; a
+second one is told the port is in use) and reads it until it ends, handing
+every chunk to `Session.put` - which never waits, so the consumer is always
+read (a QEMU isa-parallel whose socket is not read freezes its VM).  Nothing
+is sent back: the parallel data direction is consumer -> printer only.
+
+Shutdown: the caller cancels.  This module never closes the stream it was
+given; `serve_parallel_listen` closes the ones it accepted.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+import trio
+
+from redirgate.client.parallel.errors import ParallelError, PortBusy
+from redirgate.client.parallel.service import PrinterService
+
+__all__ = ["serve_parallel_stream", "serve_parallel_listen", "RECEIVE_BYTES"]
+
+log = logging.getLogger(__name__)
+
+RECEIVE_BYTES: Final = 65536
+#: How long a refused consumer gets to receive the "in use" line.
+REFUSAL_SEND_TIMEOUT_S: Final = 2.0
+
+
+async def serve_parallel_stream(stream: trio.abc.Stream, service: PrinterService, *, peer: str) -> None:
+    """Read one consumer into the printer's queue until it ends (EOF or gone),
+    or refuse it when the port is in use.  The stream is left open."""
+    try:
+        async with service.attach(peer) as session:
+            try:
+                while data := await stream.receive_some(RECEIVE_BYTES):
+                    session.put(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                log.info("%s: %s went away: %s", service.name, peer, exc or type(exc).__name__)
+    except PortBusy as exc:
+        log.warning("%s: refused %s: %s", service.name, peer, exc.reason)
+        with trio.move_on_after(REFUSAL_SEND_TIMEOUT_S):
+            try:
+                await stream.send_all(f"redirgate: port {service.name} is already in use\r\n".encode())
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # it left already; nothing else to tell it
+
+
+def _peer_name(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "unknown peer"
+    return f"{host}:{port}"
+
+
+async def serve_parallel_listen(
+    host: str | None,
+    port: int,
+    service: PrinterService,
+    *,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept consumers on HOST:PORT for `service` (which the caller runs) until cancelled.
+
+    Reports the bound listeners through `task_status.started()` (bind port 0
+    and read `listener.socket.getsockname()`).
+    """
+
+    async def handler(stream: trio.SocketStream) -> None:
+        peer = _peer_name(stream)
+        log.info("%s: %s connected", service.name, peer)
+        try:
+            await serve_parallel_stream(stream, service, peer=peer)
+        except ParallelError as exc:
+            log.error("%s: serving %s failed: %s", service.name, peer, exc)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await stream.aclose()
+            log.info("%s: %s disconnected", service.name, peer)
+
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    for listener in listeners:
+        log.info("%s: listening on %s", service.name, listener.socket.getsockname()[:2])
+    await trio.serve_listeners(handler, listeners, task_status=task_status)
