@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import weakref
 from typing import Any
 
 import trio
@@ -66,6 +67,8 @@ class TunnelServer:
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.software = software
         self.refusals = 0
+        #: parsed peer certificates of live control sessions (weak: they go with the stream)
+        self._certs: weakref.WeakKeyDictionary[ZeroCopyTLSStream, Any] = weakref.WeakKeyDictionary()
 
     async def handle(self, tcp: trio.SocketStream) -> None:
         """One accepted TCP connection on the tunnel port."""
@@ -237,10 +240,12 @@ class TunnelServer:
 
     def _revoked(self, stream: ZeroCopyTLSStream) -> bool:
         """A revocation that arrived while the session was up (the CRL file
-        is re-read only when it changed)."""
+        is re-read only when it changed; the certificate is parsed once)."""
         if self.revocation is None:
             return False
-        cert = stream.peer_certificate()
+        cert = self._certs.get(stream)
+        if cert is None:
+            cert = self._certs[stream] = stream.peer_certificate()
         return cert is not None and self.revocation.is_revoked(cert)
 
     async def _on_message(self, event: Any, session: ClientSession, tracker: t.HeartbeatTracker, send: Any) -> bool:

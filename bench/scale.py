@@ -1,0 +1,556 @@
+"""How many thin clients one gateway process carries, and 200 channels moving data at once.
+
+One ``redirgate gateway run`` process (lab config: 200 ``serial:bench`` raw
+routes, heartbeat_interval_s = 10 s, the default; every port fixed so a
+restarted gateway listens where it did) and the load generators of
+:mod:`bench.scale_peers`, each its own process on 127.0.0.1:
+
+* N simulated clients on one trio loop, each with its own ECDSA P-256
+  certificate (issued once and cached under bench/results/.scale-pki/),
+  its own mutual-TLS 1.3 control connection, hello, a two-entry inventory
+  and heartbeats answered and sent like ``client/tunnel.py``; the first
+  connection of each at most ``CONNECT_CONCURRENCY`` handshakes at a time,
+  reconnections after a loss unpaced, with the real client's backoff;
+* 200 hypervisor-side TCP connections, one per route, for the data part.
+
+Figures, for N = 100 and 1000 (and 5000 in full), each cycle on a fresh
+gateway (quick 2 cycles, full 3; median [min–max]):
+
+* gateway RSS per idle client: VmRSS (/proc/PID/status) once all N are
+  online and 1 s has passed, minus VmRSS before the first connection,
+  divided by N;
+* TLS handshakes per second while they connect: N ÷ the time from the
+  first dial to the last completed handshake (load generator's clock), the
+  time until the gateway's admin status (``gateway.admin.read_status``)
+  lists all N, and the gateway's CPU ms per connected client;
+* gateway CPU % at idle with heartbeats running: utime + stime over a 10 s
+  window (one heartbeat interval) with all N online and nothing polled;
+* time for all N to come back after a gateway restart: SIGKILL the gateway
+  by PID, start it again on the same ports, and time until its admin status
+  lists all N; the clients find it by themselves (backoff);
+* with N = 1000 online, 200 channels at once: each route's hypervisor
+  socket writes 64 KiB blocks flat out, the gateway relays each over its
+  client's TLS data connection (the raw pump: no usbredir guard on this
+  direction anyway), the simulated client counts what arrives; aggregate
+  MB/s and the spread between channels over fixed windows.
+
+    python bench/scale.py [--quick] [--sizes 100 1000]
+
+Every process started here is stopped by PID in a ``finally``; every wait
+has a bound.  Nothing is asserted: what cannot be measured (a size beyond
+the file-descriptor limit, a run that timed out) is reported with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import selectors
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make `bench` importable
+    sys.path.insert(0, str(ROOT))
+
+from bench import gateway_lab as gl  # noqa: E402
+from bench.relay_setup import LOOPBACK, Proc, Processes, machine, process_cpu_s  # noqa: E402
+from bench.scale_peers import client_name  # noqa: E402
+
+PEERS = Path(__file__).resolve().with_name("scale_peers.py")
+PKI_CACHE = Path(__file__).resolve().parent / "results" / ".scale-pki"
+CHANNELS = 200
+CHANNEL_SIZE = 1000  # the N at which the channel part runs (if measured)
+CONNECT_CONCURRENCY = 64
+HEARTBEAT_INTERVAL_S = 10.0  # gateway/config.py's default
+SETTLE_S = 1.0  # after a gateway start or the last connection, before reading VmRSS
+IDLE_WINDOW_S = 10.0
+FD_MARGIN = 300  # listeners, admin, data connections, logs
+MEMORY_FLOOR_KIB = 100.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    sizes: tuple[int, ...]
+    cycles: int
+    idle_sizes: tuple[int, ...]
+    idle_windows: int  # each followed by a restart where restarts remain
+    restarts: int
+    channel_window_s: float
+    channel_windows: int
+
+
+QUICK = Plan(sizes=(100, 1000), cycles=2, idle_sizes=(1000,), idle_windows=1, restarts=1,
+             channel_window_s=1.5, channel_windows=2)  # fmt: skip
+FULL = Plan(sizes=(100, 1000, 5000), cycles=3, idle_sizes=(100, 1000, 5000), idle_windows=3, restarts=3,
+            channel_window_s=10.0, channel_windows=3)  # fmt: skip
+
+
+# --------------------------------------------------------------- the PKI
+def ensure_pki(count: int) -> tuple[Path, float, int]:
+    """The cached PKI with clients sim-00000.. up to `count`: (folder, seconds spent, newly issued)."""
+    from redirgate.cli.lab import GATEWAY_NAME
+    from redirgate.gateway import pki
+
+    base = PKI_CACHE / "pki"
+    started = time.monotonic()
+    issued = 0
+    if not (base / "ca-cert.pem").exists():
+        base.mkdir(parents=True, exist_ok=True)
+        pki.init_ca(base, force=True)
+        pki.issue_gateway(base, GATEWAY_NAME, ips=["127.0.0.1", "::1"], dns_names=["localhost"], force=True)
+    for i in range(count):
+        if not (pki.client_dir(base, client_name(i)) / "client-cert.pem").exists():
+            pki.issue_client(base, client_name(i), force=True)
+            issued += 1
+    return base, time.monotonic() - started, issued
+
+
+# ------------------------------------------------------ the line-driven peers
+class Peer:
+    """A scale_peers.py process: a line to its stdin, one JSON line back."""
+
+    def __init__(self, procs: Processes, name: str, argv: list[str]) -> None:
+        log = procs.workdir / f"{name}.log"
+        with open(log, "ab") as err:
+            popen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                     cwd=procs.workdir)  # fmt: skip
+        self.proc = Proc(name, popen, 0, log)
+        procs.started.append(self.proc)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def read(self, timeout_s: float) -> dict[str, Any]:
+        popen = self.proc.popen
+        assert popen.stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(popen.stdout, selectors.EVENT_READ)
+            if not sel.select(timeout_s):
+                raise RuntimeError(f"{self.proc.name}: no answer within {timeout_s:.0f} s: {self.proc.log_tail()}")
+        line = popen.stdout.readline().decode(errors="replace").strip()
+        try:
+            result: dict[str, Any] = json.loads(line)
+        except ValueError:
+            raise RuntimeError(f"{self.proc.name}: {line!r} {self.proc.log_tail()}") from None
+        return result
+
+    def ask(self, line: str, timeout_s: float) -> dict[str, Any]:
+        popen = self.proc.popen
+        assert popen.stdin is not None
+        popen.stdin.write(line.encode() + b"\n")
+        popen.stdin.flush()
+        return self.read(timeout_s)
+
+
+# ------------------------------------------------------------- measuring
+Figures = dict[str, list[float]]
+
+
+def _put(into: Figures, key: str, value: float | None) -> None:
+    if value is not None:
+        into.setdefault(key, []).append(float(value))
+
+
+def _status_counts(lab: gl.Lab) -> tuple[int, dict[str, int]]:
+    st = gl.status(lab)
+    if st is None:
+        return -1, {}
+    states: dict[str, int] = {}
+    for r in st["routes"]:
+        states[r["state"]] = states.get(r["state"], 0) + 1
+    return len(st["clients"]), states
+
+
+def wait_clients(lab: gl.Lab, n: int, timeout_s: float, poll_s: float) -> float | None:
+    """Seconds until the admin status lists `n` clients, None if not within `timeout_s`."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        if _status_counts(lab)[0] >= n:
+            return time.monotonic() - t0
+        time.sleep(poll_s)
+    return None
+
+
+def nofile_of(pid: int) -> str:
+    try:
+        for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+            if line.startswith("Max open files"):
+                soft, hard = line.split()[3:5]
+                return f"{soft}/{hard}"
+    except OSError:
+        pass
+    return "?"
+
+
+class ScaleBench:
+    """The processes of one scale run and the measurements over them."""
+
+    def __init__(self, workdir: Path, pki_base: Path, plan: Plan) -> None:
+        from redirgate.cli.lab import LabRoute
+
+        self.workdir, self.plan = workdir, plan
+        self.procs = Processes(workdir)
+        lab_dir = workdir / "lab"
+        lab_dir.mkdir()
+        (lab_dir / "pki").symlink_to(pki_base)
+        from redirgate.cli.lab import write_gateway_config
+
+        tunnel_port, *ports = gl.free_ports(1 + CHANNELS)
+        routes = [LabRoute(f"ch{i:03d}", "serial:bench", client=client_name(i), listen=f"{LOOPBACK}:{port}",
+                           protocol="raw") for i, port in enumerate(ports)]  # fmt: skip
+        config = write_gateway_config(lab_dir, routes, tunnel_listen=f"{LOOPBACK}:{tunnel_port}",
+                                      heartbeat_interval_s=HEARTBEAT_INTERVAL_S)  # fmt: skip
+        self.lab = gl.Lab(lab_dir, config, tunnel_port, lab_dir / "gateway.sock",
+                          {r.name: int(r.listen.rsplit(":", 1)[1]) for r in routes})  # fmt: skip
+        self.gateway: Proc | None = None
+        self.loadgen: Peer | None = None
+        #: the N at which the channel part runs: CHANNEL_SIZE, else the first N with a client per route
+        big = [n for n in plan.sizes if n >= CHANNELS]
+        self.channel_size = CHANNEL_SIZE if CHANNEL_SIZE in plan.sizes else (big[0] if big else 0)
+
+    def start_gateway(self) -> Proc:
+        self.gateway = gl.start_gateway(self.procs, self.lab)
+        return self.gateway
+
+    def stop_gateway(self, *, kill: bool = False) -> None:
+        if self.gateway is None:
+            return
+        if kill:
+            self.gateway.popen.kill()  # SIGKILL to this PID: a crash, nothing closed gracefully
+            self.gateway.popen.wait(10)
+        else:
+            self.procs.stop(self.gateway)
+        self.procs.started.remove(self.gateway)
+        self.gateway = None
+
+    def start_loadgen(self, count: int) -> dict[str, Any]:
+        argv = [sys.executable, str(PEERS), "clients", "--port", str(self.lab.tunnel_port), "--pki",
+                str(self.lab.directory / "pki"), "--count", str(count), "--connect-concurrency",
+                str(CONNECT_CONCURRENCY), "--connect-timeout-s", str(self.connect_timeout(count))]  # fmt: skip
+        self.loadgen = Peer(self.procs, "loadgen", argv)
+        return self.loadgen.read(60.0 + count * 0.01)
+
+    @staticmethod
+    def connect_timeout(n: int) -> float:
+        return 30.0 + n * 0.05
+
+    # ------------------------------------------------------------ one size
+    def measure_size(self, n: int, into: Figures, channels: Figures, notes: list[str]) -> None:
+        assert self.loadgen is not None
+        poll_s = 0.1 if n <= 100 else 0.5  # the status JSON grows with N; do not load the gateway
+        for cycle in range(self.plan.cycles):
+            gw = self.start_gateway()
+            try:
+                time.sleep(SETTLE_S)
+                rss0, cpu0 = gl.rss_kib(gw.pid), process_cpu_s(gw.pid)
+                gen0, machine0 = process_cpu_s(self.loadgen.pid), gl.machine_jiffies()
+                t0 = time.monotonic()
+                answer = self.loadgen.ask(f"connect {n}", self.connect_timeout(n) + 30)
+                online_s = wait_clients(self.lab, n, self.connect_timeout(n), poll_s)
+                elapsed = time.monotonic() - t0
+                cpu1, gen1 = process_cpu_s(gw.pid), process_cpu_s(self.loadgen.pid)
+                _put(into, "machine_busy_pct_connect", gl.busy_pct(machine0, gl.machine_jiffies()))
+                if answer["online"] < n or online_s is None:
+                    notes.append(f"N={n} cycle {cycle + 1}: {answer['online']} of {n} online in time "
+                                 f"({'; '.join(answer.get('errors', []))})")  # fmt: skip
+                    continue
+                _put(into, "online_s", online_s)
+                _put(into, "handshakes_per_s", n / answer["last_tls_s"] if answer.get("last_tls_s") else None)
+                _put(into, "tls_p50_ms", answer.get("tls_p50_ms"))
+                _put(into, "tls_p99_ms", answer.get("tls_p99_ms"))
+                _put(into, "gateway_cpu_ms_per_client", (cpu1 - cpu0) * 1e3 / n)
+                _put(into, "loadgen_cpu_pct_connect", 100 * (gen1 - gen0) / elapsed)
+                _put(into, "gateway_cpu_pct_connect", 100 * (cpu1 - cpu0) / elapsed)
+                time.sleep(SETTLE_S)
+                rss1 = gl.rss_kib(gw.pid)
+                if rss0 is not None and rss1 is not None:
+                    _put(into, "rss_per_client_kib", (rss1 - rss0) / n)
+                    _put(into, "rss_before_mib", rss0 / 1024)
+                    _put(into, "rss_after_mib", rss1 / 1024)
+                if cycle == self.plan.cycles - 1:
+                    notes.append(f"N={n}: gateway RLIMIT_NOFILE {nofile_of(gw.pid)} (soft/hard)")
+                    if n == self.channel_size:
+                        self.measure_channels(channels, notes)
+                    self.idle_and_restarts(n, into, notes, poll_s)
+            finally:
+                self.loadgen.ask("disconnect", 60)
+                self.stop_gateway()
+
+    def idle_and_restarts(self, n: int, into: Figures, notes: list[str], poll_s: float) -> None:
+        assert self.loadgen is not None
+        windows = self.plan.idle_windows if n in self.plan.idle_sizes else 0
+        restarts = self.plan.restarts
+        for i in range(max(windows, restarts)):
+            if i < windows:
+                assert self.gateway is not None
+                pid = self.gateway.pid
+                cpu0, gen0, t0 = process_cpu_s(pid), process_cpu_s(self.loadgen.pid), time.monotonic()
+                time.sleep(IDLE_WINDOW_S)
+                dt = time.monotonic() - t0
+                _put(into, "idle_cpu_pct", 100 * (process_cpu_s(pid) - cpu0) / dt)
+                _put(into, "idle_loadgen_cpu_pct", 100 * (process_cpu_s(self.loadgen.pid) - gen0) / dt)
+            elif i > 0:
+                time.sleep(11.0)  # a session must last 10 s to reset the backoff (client/tunnel.py)
+            if i < restarts:
+                before = self.loadgen.ask("mark", 10)
+                t0 = time.monotonic()
+                self.stop_gateway(kill=True)
+                self.start_gateway()
+                up_s = time.monotonic() - t0
+                back = wait_clients(self.lab, n, 60.0 + n * 0.02, poll_s)
+                after = self.loadgen.ask("mark", 10)
+                if back is None:
+                    notes.append(f"N={n}: not all clients back within {60 + n * 0.02:.0f} s after the restart "
+                                 f"({'; '.join(after.get('errors', []))})")  # fmt: skip
+                    continue
+                _put(into, "restart_s", up_s + back)
+                _put(into, "restart_gateway_up_s", up_s)
+                _put(into, "restart_attempts_per_client", (after["attempts"] - before["attempts"]) / n)
+
+    def measure_channels(self, into: Figures, notes: list[str]) -> None:
+        assert self.loadgen is not None and self.gateway is not None
+        ports = self.workdir / "route-ports.txt"
+        ports.write_text(" ".join(str(self.lab.routes[f"ch{i:03d}"]) for i in range(CHANNELS)))
+        hv = Peer(self.procs, "hypervisors", [sys.executable, str(PEERS), "hypervisors", "--ports", str(ports),
+                                             "--max-s", str(60 + self.plan.channel_window_s * 4)])  # fmt: skip
+        try:
+            hv.read(30)
+            t0 = time.monotonic()
+            states: dict[str, int] = {}
+            while time.monotonic() - t0 < 60:
+                _, states = _status_counts(self.lab)
+                if states.get("active", 0) >= CHANNELS:
+                    break
+                time.sleep(0.2)
+            else:
+                notes.append(f"channels: only {states.get('active', 0)} of {CHANNELS} routes active within 60 s")
+                return
+            _put(into, "setup_s", time.monotonic() - t0)
+            assert hv.proc.popen.stdin is not None
+            hv.proc.popen.stdin.write(b"go\n")
+            hv.proc.popen.stdin.flush()
+            time.sleep(0.5)  # warm-up: every writer running, socket buffers filled
+            gw_pid, gen_pid, hv_pid = self.gateway.pid, self.loadgen.pid, hv.pid
+            mark = self.loadgen.ask(f"mark {CHANNELS}", 10)
+            for _ in range(self.plan.channel_windows):
+                cpus0, machine0 = [process_cpu_s(p) for p in (gw_pid, gen_pid, hv_pid)], gl.machine_jiffies()
+                time.sleep(self.plan.channel_window_s)
+                nxt = self.loadgen.ask(f"mark {CHANNELS}", 10)
+                cpus1 = [process_cpu_s(p) for p in (gw_pid, gen_pid, hv_pid)]
+                _put(into, "machine_busy_pct", gl.busy_pct(machine0, gl.machine_jiffies()))
+                dt = nxt["t"] - mark["t"]
+                rates = sorted((b - a) / 1e6 / dt for a, b in zip(mark["bytes"], nxt["bytes"]))
+                total = sum(rates)
+                _put(into, "aggregate_mb_s", total)
+                _put(into, "channel_min_mb_s", rates[0])
+                _put(into, "channel_p10_mb_s", rates[len(rates) // 10])
+                _put(into, "channel_median_mb_s", statistics.median(rates))
+                _put(into, "channel_p90_mb_s", rates[len(rates) * 9 // 10])
+                _put(into, "channel_max_mb_s", rates[-1])
+                _put(into, "stalled_channels", float(sum(r == 0 for r in rates)))
+                sq = sum(r * r for r in rates)
+                _put(into, "jain_index", total * total / (len(rates) * sq) if sq else None)
+                for key, a, b in zip(("gateway", "loadgen", "hypervisors"), cpus0, cpus1):
+                    _put(into, f"cpu_{key}_pct", 100 * (b - a) / dt)
+                mark = nxt
+        finally:
+            try:
+                result = hv.ask("stop", 30)
+                if result.get("failed"):
+                    notes.append(f"channels: writers failed: {result['failed']}")
+            except (RuntimeError, OSError) as exc:
+                notes.append(f"channels: {exc}")
+            self.procs.stop(hv.proc)
+            self.procs.started.remove(hv.proc)
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 30 and _status_counts(self.lab)[1].get("active", 0):
+                time.sleep(0.2)
+
+
+def run(quick: bool, *, sizes: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """Every size, then the channel part at N = 1000; JSON-ready per-cycle values."""
+    plan = QUICK if quick else FULL
+    if sizes:
+        plan = Plan(sizes, plan.cycles, tuple(s for s in sizes if s in plan.idle_sizes) or sizes[-1:],
+                    plan.idle_windows, plan.restarts, plan.channel_window_s, plan.channel_windows)  # fmt: skip
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:  # inherited by the gateway process; scale_peers raises its own
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    notes: list[str] = [f"RLIMIT_NOFILE raised to the hard limit: {soft}/{hard} (soft/hard), inherited by the gateway"]
+    usable = [n for n in plan.sizes if n + CHANNELS + FD_MARGIN <= soft]
+    for n in plan.sizes:
+        if n not in usable:
+            notes.append(f"N={n} skipped: needs ~{n + CHANNELS + FD_MARGIN} descriptors, the hard limit is {hard}")
+    started = time.monotonic()
+    load0 = os.getloadavg()
+    pki_base, pki_s, issued = ensure_pki(max(usable, default=0))
+    notes.append(f"PKI cache {PKI_CACHE}: {issued} certificate(s) issued now ({pki_s:.1f} s)")
+    sizes_out: dict[str, Figures] = {}
+    channels: Figures = {}
+    errors: list[str] = []
+    loadgen_info: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="redirgate-bench-scale-") as tmp:
+        bench = ScaleBench(Path(tmp), pki_base, plan)
+        try:
+            loadgen_info = bench.start_loadgen(max(usable, default=1))
+            for n in usable:
+                fig = sizes_out.setdefault(str(n), {})
+                try:
+                    bench.measure_size(n, fig, channels, notes)
+                except (RuntimeError, OSError, KeyError) as exc:
+                    errors.append(f"N={n}: {type(exc).__name__}: {exc}")
+        finally:
+            if bench.loadgen is not None:
+                try:
+                    bench.loadgen.ask("quit", 5)
+                except (RuntimeError, OSError, ValueError):
+                    pass
+            bench.procs.stop_all()
+    return {
+        "what": "one gateway process: N simulated mutual-TLS clients (control connections), restart, 200 channels",
+        "plan": vars(plan),
+        "connect_concurrency": CONNECT_CONCURRENCY,
+        "heartbeat_interval_s": HEARTBEAT_INTERVAL_S,
+        "idle_window_s": IDLE_WINDOW_S,
+        "channels": CHANNELS,
+        "channel_size": bench.channel_size,
+        "loadgen": loadgen_info,
+        "machine": machine(),
+        "loadavg_start": load0,
+        "loadavg_end": os.getloadavg(),
+        "wall_s": time.monotonic() - started,
+        "sizes": sizes_out,
+        "channel_figures": channels,
+        "notes": notes,
+        "errors": errors,
+    }
+
+
+# ------------------------------------------------------------------ report
+def _cell(values: list[float] | None, digits: int = 0) -> str:
+    if not values:
+        return "—"
+    med = statistics.median(values)
+    if len(values) == 1:
+        return f"{med:.{digits}f} (1 run)"
+    return f"{med:.{digits}f} [{min(values):.{digits}f}–{max(values):.{digits}f}]"
+
+
+SIZE_ROWS: tuple[tuple[str, str, int], ...] = (
+    ("rss_per_client_kib", "gateway RSS per idle client, KiB", 1),
+    ("rss_before_mib", "  gateway RSS before / MiB", 1),
+    ("rss_after_mib", "  gateway RSS with N online / MiB", 1),
+    ("handshakes_per_s", "TLS handshakes per second while connecting", 0),
+    ("tls_p50_ms", "  dial + handshake p50, ms (load generator)", 1),
+    ("tls_p99_ms", "  dial + handshake p99, ms", 1),
+    ("online_s", "  until admin status lists all N, s", 2),
+    ("gateway_cpu_ms_per_client", "  gateway CPU per connected client, ms", 2),
+    ("gateway_cpu_pct_connect", "  gateway CPU % while connecting", 0),
+    ("loadgen_cpu_pct_connect", "  load generator CPU % while connecting", 0),
+    ("machine_busy_pct_connect", "  whole machine busy % while connecting", 0),
+    ("idle_cpu_pct", "gateway CPU % idle, heartbeats every 10 s", 2),
+    ("idle_loadgen_cpu_pct", "  load generator CPU % idle", 2),
+    ("restart_s", "all N back after SIGKILL + restart, s", 2),
+    ("restart_gateway_up_s", "  of which the new gateway starting, s", 2),
+    ("restart_attempts_per_client", "  connection attempts per client to get back", 2),
+)
+CHANNEL_ROWS: tuple[tuple[str, str, int], ...] = (
+    ("aggregate_mb_s", "aggregate MB/s, hypervisors → clients", 0),
+    ("channel_min_mb_s", "per channel MB/s: min", 2),
+    ("channel_p10_mb_s", "  p10", 2),
+    ("channel_median_mb_s", "  median", 2),
+    ("channel_p90_mb_s", "  p90", 2),
+    ("channel_max_mb_s", "  max", 2),
+    ("stalled_channels", "channels that moved nothing in a window", 0),
+    ("jain_index", "Jain's fairness index (1 = equal shares)", 3),
+    ("cpu_gateway_pct", "gateway CPU %", 0),
+    ("cpu_loadgen_pct", "simulated clients' process CPU %", 0),
+    ("cpu_hypervisors_pct", "hypervisor sockets' process CPU %", 0),
+    ("machine_busy_pct", "whole machine busy % (both CPUs = 100)", 0),
+    ("setup_s", "until all 200 routes were active, s", 2),
+)
+
+
+def table(result: dict[str, Any]) -> str:
+    """The human-readable table of a :func:`run` result."""
+    plan, mach = result["plan"], result["machine"]
+    sizes: dict[str, Figures] = result["sizes"]
+    lines = [
+        f"scale: {result['what']}",
+        f"  {plan['cycles']} cycles per N, each on a fresh gateway process; "
+        f"idle CPU over {result['idle_window_s']:g} s window(s); {plan['restarts']} restart(s) per N; "
+        f"first connections ≤ {result['connect_concurrency']} handshakes in flight; median [min–max]",
+        f"  {mach['cpus']} × {mach['cpu']}, Linux {mach['kernel']}, Python {mach['python']}, {mach['openssl']}; "
+        f"load average {result['loadavg_start'][0]:.2f} at start, {result['loadavg_end'][0]:.2f} at end",
+        f"  load generator: one trio process for all clients ({result['loadgen'].get('contexts_s', 0):.1f} s to load "
+        f"{result['plan']['sizes'][-1]} certificates); "
+        f"gateway heartbeat_interval_s = {result['heartbeat_interval_s']:g}",
+        "",
+    ]
+    width, col = 48, 26
+    lines.append(f"{'measure':<{width}}" + "".join(f"{'N = ' + n:>{col}}" for n in sizes))
+    for key, label, digits in SIZE_ROWS:
+        lines.append(f"{label:<{width}}" + "".join(f"{_cell(f.get(key), digits):>{col}}" for f in sizes.values()))
+    ch = result["channel_figures"]
+    lines += ["", f"{result['channels']} channels at once, {result['channel_size']} clients online; "
+              f"{plan['channel_windows']} windows of {plan['channel_window_s']:g} s"]  # fmt: skip
+    for key, label, digits in CHANNEL_ROWS:
+        lines.append(f"  {label:<{width - 2}}{_cell(ch.get(key), digits):>{col}}")
+    lines += ["", "floors (reported, not asserted)"]
+    for n, f in sizes.items():
+        v = f.get("rss_per_client_kib")
+        if v:
+            med = statistics.median(v)
+            lines.append(f"  gateway memory ≤ {MEMORY_FLOOR_KIB:.0f} KiB per idle client, N = {n}: {med:.1f} KiB, "
+                         f"{'meets' if med <= MEMORY_FLOOR_KIB else 'MISSES'}")  # fmt: skip
+    for note in result.get("notes", []):
+        lines.append(f"  note: {note}")
+    for err in result.get("errors", []):
+        lines.append(f"  error: {err}")
+    return "\n".join(lines)
+
+
+def charts(result: dict[str, Any]) -> list[dict[str, Any]]:
+    sizes: dict[str, Figures] = result["sizes"]
+
+    def one(key: str) -> dict[str, Any]:
+        return {"name": key, "values": [[statistics.median(v), min(v), max(v)] if (v := f.get(key)) else None
+                                        for f in sizes.values()]}  # fmt: skip
+
+    cats = [f"N = {n}" for n in sizes]
+    note = f"{result['plan']['cycles']} cycles, median with min–max; one gateway process, loopback"
+    return [
+        {"id": "memory", "title": "Gateway RSS per idle client", "unit": "KiB", "note": note, "categories": cats,
+         "series": [one("rss_per_client_kib")]},
+        {"id": "handshakes", "title": "TLS handshakes per second while N clients connect", "unit": "handshakes/s",
+         "note": note, "categories": cats, "series": [one("handshakes_per_s")]},
+        {"id": "restart", "title": "All clients back after a gateway restart", "unit": "s", "note": note,
+         "categories": cats, "series": [one("restart_s")]},
+    ]  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="N = 100 and 1000, short windows (under ~40 s)")
+    parser.add_argument("--sizes", type=int, nargs="+", help="override the client counts")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+    result = run(args.quick, sizes=tuple(args.sizes) if args.sizes else None)
+    print(table(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

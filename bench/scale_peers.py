@@ -1,0 +1,411 @@
+"""The load generators of bench/scale.py: many simulated thin clients, many hypervisor sockets.
+
+Run as ``python bench/scale_peers.py ROLE ...`` by :mod:`bench.scale`, one
+process per role, so the gateway's CPU and memory are read from its own
+/proc entries and the load generators' cost is their own.  Roles:
+
+``clients``      N simulated thin clients on one trio loop.  Each has its
+                 own certificate and does what ``client/tunnel.py`` does on
+                 the wire: mutual TLS 1.3 to the tunnel port, ClientHello,
+                 a small Inventory (one emulated USB device, one serial
+                 port ``serial:bench``), heartbeats both ways with
+                 ``HeartbeatTracker``, and on ``OpenChannel``:
+                 ChannelOpened, a data connection with the attach preamble,
+                 then it sinks and counts every byte.  After any loss it
+                 reconnects with the real client's jittered exponential
+                 backoff (0.5 s doubling to 30 s, × U(0.5, 1); reset after a
+                 session that lasted 10 s).  Driven by lines on stdin,
+                 answered with one JSON line each on stdout:
+                 ``connect K`` (start clients 0..K-1; the first handshakes
+                 at most ``--connect-concurrency`` at a time; answers once
+                 all are online or after ``--connect-timeout-s``),
+                 ``mark [K]`` (clients online, sessions and connection
+                 attempts so far, and the
+                 byte counters of clients 0..K-1), ``disconnect``.
+``hypervisors``  plain TCP connections to the given ports (the "QEMU"
+                 side of 200 routes).  Prints READY once connected; on
+                 ``go`` every connection writes 64 KiB blocks flat out; on
+                 ``stop`` (or EOF) prints the bytes each connection sent.
+
+Never listens or dials anywhere but 127.0.0.1; never asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from redirgate.gateway.pki import client_dir
+from redirgate.gateway.transport import (
+    ClientContext,
+    TlsRefused,
+    ZeroCopyTLSStream,
+    client_context,
+    open_tls_connection,
+)
+from redirgate.proto import tunnel as t
+
+LOOPBACK = "127.0.0.1"
+RECONNECT_MIN_S, RECONNECT_MAX_S = 0.5, 30.0  # client/config.py defaults
+RESET_AFTER_S = 10.0  # client/tunnel.py: a session this long resets the backoff
+CONNECT_TIMEOUT_S = 10.0
+RECEIVE_BYTES = 65536
+SIM_SOFTWARE = "redirgate bench simulated client"
+SESSION_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, TlsRefused,
+                  t.TunnelProtocolError)  # fmt: skip
+
+
+def raise_nofile() -> tuple[int, int]:
+    """Soft RLIMIT_NOFILE up to the hard limit; returns (soft, hard) now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def client_name(index: int) -> str:
+    return f"sim-{index:05d}"
+
+
+class SimError(Exception):
+    pass
+
+
+class SimClient:
+    """One simulated thin client (see the module docstring)."""
+
+    def __init__(self, index: int, context: ClientContext, port: int) -> None:
+        self.index = index
+        self.context = context
+        self.port = port
+        self.devices = (
+            t.DeviceEntry(id=f"usb:1209:0003:SIM{index:05d}", kind=t.DeviceKind.USB, vendor_id=0x1209, product_id=3,
+                          serial=f"SIM{index:05d}", port_path="1-1", description="simulated loopback"),
+            t.DeviceEntry(id="serial:bench", kind=t.DeviceKind.SERIAL, port_path="/dev/ttyBENCH",
+                          description="simulated serial port"),
+        )  # fmt: skip
+        self.online = False
+        self.sessions = 0
+        self.attempts = 0
+        self.channel_bytes = 0
+        self.channels = 0
+        self.t_start: float | None = None
+        self.t_tls: float | None = None
+        self.t_online: float | None = None
+        self.last_error = ""
+
+    async def run(self, first_limiter: trio.CapacityLimiter | None) -> None:
+        failures = 0
+        limiter = first_limiter
+        while True:
+            started = trio.current_time()
+            try:
+                await self._session(limiter)
+                self.last_error = "the gateway closed the connection"
+            except SESSION_ERRORS as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+            except SimError as exc:
+                self.last_error = str(exc)
+            finally:
+                self.online = False
+            limiter = None  # only the first connection of a `connect` is paced
+            if trio.current_time() - started > RESET_AFTER_S:
+                failures = 0
+            delay = min(RECONNECT_MAX_S, RECONNECT_MIN_S * 2**failures) * random.uniform(0.5, 1.0)
+            failures = min(failures + 1, 16)
+            await trio.sleep(delay)
+
+    async def _dial(self) -> ZeroCopyTLSStream:
+        with trio.fail_after(CONNECT_TIMEOUT_S):
+            return await open_tls_connection(LOOPBACK, self.port, self.context, handshake_timeout_s=CONNECT_TIMEOUT_S)
+
+    async def _timed_dial(self) -> ZeroCopyTLSStream:
+        """`_dial`, noting when the first one of this `connect` began and ended."""
+        if self.t_start is None:
+            self.t_start = time.perf_counter()
+        self.attempts += 1
+        stream = await self._dial()
+        if self.t_tls is None:
+            self.t_tls = time.perf_counter()
+        return stream
+
+    async def _session(self, limiter: trio.CapacityLimiter | None) -> None:
+        if limiter is not None:
+            async with limiter:
+                stream = await self._timed_dial()
+        else:
+            stream = await self._timed_dial()
+        try:
+            await self._control(stream)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                await stream.aclose()
+
+    @staticmethod
+    async def _next(conn: t.TunnelConnection, stream: ZeroCopyTLSStream) -> Any:
+        while True:
+            event = conn.next_event()
+            if event is not t.NEED_DATA:
+                return event
+            conn.receive_data(await stream.receive_some(RECEIVE_BYTES))
+
+    async def _control(self, stream: ZeroCopyTLSStream) -> None:
+        conn = t.TunnelConnection("client")
+        lock = trio.Lock()
+
+        async def send(message: t.TunnelMessage) -> None:
+            wire = conn.send(message)
+            async with lock:
+                await stream.send_all(wire)
+
+        await send(t.ClientHello(software=SIM_SOFTWARE))
+        with trio.fail_after(CONNECT_TIMEOUT_S):
+            hello = await self._next(conn, stream)
+        if not isinstance(hello, t.GatewayHello):
+            raise SimError(f"no gateway hello: {hello!r}")
+        await send(t.Inventory(self.devices))
+        self.online = True
+        self.sessions += 1
+        if self.t_online is None:
+            self.t_online = time.perf_counter()
+        tracker = t.HeartbeatTracker(hello.heartbeat_interval_s, hello.heartbeat_timeout_s, trio.current_time())
+        lost: list[BaseException] = []
+        scopes: dict[int, trio.CancelScope] = {}
+
+        async def guarded(task: Callable[[], Awaitable[None]], scope: trio.CancelScope) -> None:
+            # caught here: trio would wrap an escaping error in an ExceptionGroup
+            try:
+                await task()
+            except (*SESSION_ERRORS, SimError) as exc:
+                lost.append(exc)
+            scope.cancel()
+
+        async def heartbeats() -> None:
+            while True:
+                await trio.sleep_until(tracker.next_deadline())
+                now = trio.current_time()
+                if tracker.expired(now):
+                    raise SimError("no sign of life from the gateway")
+                if tracker.due(now):
+                    await send(t.Heartbeat(tracker.on_sent(now)))
+
+        async with trio.open_nursery() as nursery:
+
+            async def reader() -> None:
+                while True:
+                    event = await self._next(conn, stream)
+                    if event is t.CLOSED:
+                        return
+                    tracker.on_received(trio.current_time())
+                    if isinstance(event, t.Heartbeat):
+                        await send(t.HeartbeatAck(event.seq))
+                    elif isinstance(event, t.HeartbeatAck):
+                        tracker.on_ack(event.seq, trio.current_time())
+                    elif isinstance(event, t.OpenChannel):
+                        scope = scopes[event.channel_id] = trio.CancelScope()
+                        nursery.start_soon(self._channel, event, send, scope, scopes)
+                    elif isinstance(event, t.CloseChannel):
+                        if (open_scope := scopes.get(event.channel_id)) is not None:
+                            open_scope.cancel()
+                    elif isinstance(event, t.Error):
+                        raise SimError(f"the gateway reported {event.code}: {event.message}")
+
+            nursery.start_soon(guarded, heartbeats, nursery.cancel_scope)
+            nursery.start_soon(guarded, reader, nursery.cancel_scope)
+        if lost:
+            raise lost[0]
+
+    async def _channel(self, request: t.OpenChannel, send: Callable[[t.TunnelMessage], Awaitable[None]],
+                       scope: trio.CancelScope, scopes: dict[int, trio.CancelScope]) -> None:  # fmt: skip
+        cid = request.channel_id
+        try:
+            with scope:
+                await send(t.ChannelOpened(cid))
+                data = await self._dial()
+                try:
+                    attach = t.AttachConnection("client")
+                    await data.send_all(attach.send(t.Attach(cid, request.token)))
+                    while (result := attach.next_event()) is t.NEED_DATA:
+                        attach.receive_data(await data.receive_some(RECEIVE_BYTES))
+                    if not isinstance(result, t.AttachResult) or not result.ok:
+                        raise SimError(f"attach refused: {result!r}")
+                    trailing, _ = attach.trailing_data()
+                    self.channels += 1
+                    self.channel_bytes += len(trailing)
+                    buf = bytearray(RECEIVE_BYTES)
+                    while n := await data.receive_into(buf):
+                        self.channel_bytes += n
+                finally:
+                    with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                        await data.aclose()
+        except (*SESSION_ERRORS, SimError):
+            pass  # the channel is over; the session goes on
+        finally:
+            scopes.pop(cid, None)
+            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                try:
+                    await send(t.CloseChannel(cid, "done"))
+                except (trio.BrokenResourceError, trio.ClosedResourceError, t.LocalProtocolError):
+                    pass
+
+
+# ------------------------------------------------------------------ roles
+async def _lines(stdin: trio.lowlevel.FdStream) -> Any:
+    buffered = b""
+    while True:
+        while b"\n" not in buffered:
+            chunk = await stdin.receive_some(4096)
+            if not chunk:
+                return
+            buffered += chunk
+        line, buffered = buffered.split(b"\n", 1)
+        yield line.decode().strip()
+
+
+def _say(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+async def clients_role(args: argparse.Namespace) -> None:
+    base = Path(args.pki)
+    ca = base / "ca-cert.pem"
+    started = time.perf_counter()
+    contexts = []
+    for i in range(args.count):
+        d = client_dir(base, client_name(i))
+        contexts.append(client_context(d / "client-cert.pem", d / "client-key.pem", ca, args.server_name))
+    clients = [SimClient(i, ctx, args.port) for i, ctx in enumerate(contexts)]
+    soft, hard = raise_nofile()
+    _say({"ready": True, "contexts_s": time.perf_counter() - started, "nofile": [soft, hard]})
+    scope: trio.CancelScope | None = None
+    done = trio.Event()
+    done.set()
+    async with trio.open_nursery() as nursery:
+        stdin = trio.lowlevel.FdStream(os.dup(0))
+        async with stdin:
+            async for line in _lines(stdin):
+                words = line.split()
+                if not words:
+                    continue
+                if words[0] == "connect" and scope is None:
+                    k = min(int(words[1]), len(clients))
+                    for c in clients[:k]:
+                        c.t_start = c.t_tls = c.t_online = None
+                        c.sessions = c.attempts = c.channel_bytes = c.channels = 0
+                    limiter = trio.CapacityLimiter(args.connect_concurrency)
+                    scope, done = trio.CancelScope(), trio.Event()
+
+                    async def run_all(scope: trio.CancelScope, done: trio.Event, k: int) -> None:
+                        try:
+                            with scope:
+                                async with trio.open_nursery() as inner:
+                                    for c in clients[:k]:
+                                        inner.start_soon(c.run, limiter)
+                        finally:
+                            done.set()
+
+                    nursery.start_soon(run_all, scope, done, k)
+                    with trio.move_on_after(args.connect_timeout_s):
+                        while not all(c.t_online is not None for c in clients[:k]):
+                            await trio.sleep(0.01)
+                    tls = sorted(c.t_tls - c.t_start for c in clients[:k] if c.t_tls and c.t_start)
+                    t0 = min((c.t_start for c in clients[:k] if c.t_start), default=0.0)
+                    _say({
+                        "asked": k,
+                        "online": sum(c.t_online is not None for c in clients[:k]),
+                        "last_tls_s": max((c.t_tls - t0 for c in clients[:k] if c.t_tls), default=None),
+                        "last_online_s": max((c.t_online - t0 for c in clients[:k] if c.t_online), default=None),
+                        "tls_p50_ms": tls[len(tls) // 2] * 1e3 if tls else None,
+                        "tls_p99_ms": tls[min(len(tls) - 1, len(tls) * 99 // 100)] * 1e3 if tls else None,
+                        "errors": sorted({c.last_error for c in clients[:k] if c.last_error})[:5],
+                    })  # fmt: skip
+                elif words[0] == "mark":
+                    k = int(words[1]) if len(words) > 1 else 0
+                    _say({"t": time.perf_counter(), "online": sum(c.online for c in clients),
+                          "sessions": sum(c.sessions for c in clients), "attempts": sum(c.attempts for c in clients),
+                          "channels": sum(c.channels for c in clients),
+                          "bytes": [c.channel_bytes for c in clients[:k]],
+                          "errors": sorted({c.last_error for c in clients if c.last_error and not c.online})[:5]})
+                elif words[0] == "disconnect":
+                    if scope is not None:
+                        scope.cancel()
+                        with trio.move_on_after(30):
+                            await done.wait()
+                        scope = None
+                    for c in clients:
+                        c.last_error = ""
+                    _say({"disconnected": True})
+                elif words[0] == "quit":
+                    break
+        nursery.cancel_scope.cancel()
+
+
+async def hypervisors_role(args: argparse.Namespace) -> None:
+    raise_nofile()
+    ports = [int(p) for p in Path(args.ports).read_text().split()]
+    streams = []
+    for port in ports:
+        streams.append(await trio.open_tcp_stream(LOOPBACK, port))
+    _say({"ready": True, "connections": len(streams)})
+    sent = [0] * len(streams)
+    block = memoryview(bytes(range(256)) * 256)  # 64 KiB
+    go = trio.Event()
+    failed: list[str] = []
+
+    async def writer(i: int, stream: trio.SocketStream) -> None:
+        await go.wait()
+        try:
+            while True:
+                await stream.send_all(block)
+                sent[i] += len(block)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            failed.append(f"{ports[i]}: {exc}")
+
+    async with trio.open_nursery() as nursery:
+        for i, stream in enumerate(streams):
+            nursery.start_soon(writer, i, stream)
+        stdin = trio.lowlevel.FdStream(os.dup(0))
+        async with stdin:
+            with trio.move_on_after(args.max_s):
+                async for line in _lines(stdin):
+                    if line == "go":
+                        go.set()
+                    elif line == "stop":
+                        break
+        nursery.cancel_scope.cancel()
+    for stream in streams:
+        await trio.aclose_forcefully(stream)
+    _say({"sent": sent, "failed": failed[:5]})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("role", choices=["clients", "hypervisors"])
+    parser.add_argument("--port", type=int, default=0, help="clients: the gateway's tunnel port")
+    parser.add_argument("--pki", help="clients: the PKI folder with clients/sim-NNNNN")
+    parser.add_argument("--count", type=int, default=0, help="clients: how many contexts to load")
+    parser.add_argument("--server-name", default="gateway.local")
+    parser.add_argument("--connect-concurrency", type=int, default=64)
+    parser.add_argument("--connect-timeout-s", type=float, default=120.0)
+    parser.add_argument("--ports", help="hypervisors: a file of route ports, whitespace-separated")
+    parser.add_argument("--max-s", type=float, default=300.0, help="hypervisors: give up after this long")
+    args = parser.parse_args(argv)
+    try:
+        trio.run(clients_role if args.role == "clients" else hypervisors_role, args)
+    except KeyboardInterrupt:
+        pass
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
