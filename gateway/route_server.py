@@ -10,8 +10,13 @@ first.  For raw (serial/parallel) routes the gateway never stops reading a
 held hypervisor socket - QEMU's UART and parallel models freeze the vCPU on
 a peer that does not read - so past the bound it discards and counts.
 
-Then: `OpenChannel` to the client, wait for its data connection, relay
-(`relay_usbredir` with the guard for USB, the plain pump otherwise).  When
+Then: `OpenChannel` to the client, wait for its data connection, relay:
+`relay_usbredir` with the guard for USB, `relay_raw` for raw routes (it
+keeps reading the hypervisor while the client side does not take bytes:
+bounded buffering, then counted discards, never a stalled VM), and the
+plain lossless pump for RFC 2217 (a telnet consumer, not a VM, whose
+commands a discard would cut).  Discards of both phases add up in
+`discarded_bytes`.  When
 the channel ends, for whatever reason, the hypervisor socket is closed: QEMU
 sees the device unplugged and, with `reconnect=`, comes back later.
 """
@@ -27,12 +32,14 @@ import trio
 
 from redirgate.gateway.config import Route
 from redirgate.gateway.guarded_relay import GuardViolation, relay_usbredir
+from redirgate.gateway.raw_relay import relay_raw
 from redirgate.gateway.registry import Channel, Registry
 from redirgate.gateway.transport import (
     PeerKind,
     PlainSocketStream,
     PrefixedStream,
     ReceiveIntoStream,
+    RelayReactor,
     RevocationChecker,
     TlsRefused,
     accept_tls,
@@ -75,6 +82,11 @@ class _SmallRecords:
     async def wait_sendable(self) -> None:
         await self.inner.wait_sendable()  # type: ignore[attr-defined]
 
+    def reactor_side(self) -> Any:
+        side = self.inner.reactor_side()  # type: ignore[attr-defined]
+        side.max_send = HYPERVISOR_TLS_RECORD_BYTES
+        return side
+
     async def receive_into(self, buffer: bytearray | memoryview) -> int:
         return await self.inner.receive_into(buffer)
 
@@ -111,6 +123,8 @@ class RouteServer:
         self.open_timeout_s = open_timeout_s
         self.retry_s = retry_s
         self.options = options or {}
+        #: the gateway's relay reactor (None: relay in trio tasks)
+        self.reactor: RelayReactor | None = None
         self.state = "idle"  # idle | held | active
         self.waiting_for = ""
         self.hypervisor = ""
@@ -262,12 +276,22 @@ class RouteServer:
         log.info("route %s: hypervisor %s <-> %s on client %s (channel %d)", route.name, peer, channel.device,
                  route.client, channel.channel_id)  # fmt: skip
         reason = ""
+        discarded = 0
+
+        def count_discard(n: int) -> None:
+            nonlocal discarded
+            discarded += n
+            self.discarded_bytes += n
+
         try:
             with channel.cancel_scope:
                 if route.protocol == "usbredir":
-                    await relay_usbredir(hv, dev, client=route.client, stats=channel.stats)
+                    await relay_usbredir(hv, dev, client=route.client, stats=channel.stats, reactor=self.reactor)
+                elif route.protocol == "raw":
+                    await relay_raw(hv, dev, label=f"route {route.name}: hypervisor {peer}", stats=channel.stats,
+                                    on_discard=count_discard)  # fmt: skip
                 else:
-                    await relay(hv, dev, stats=channel.stats)
+                    await relay(hv, dev, stats=channel.stats, reactor=self.reactor)
             st = channel.stats
             if channel.cancel_scope.cancelled_caught:
                 reason = channel.reason or "cancelled"
@@ -287,8 +311,9 @@ class RouteServer:
             self.last_end = reason
             await self._close_channel(channel, reason)
         st = channel.stats
-        log.info("route %s: channel %d ended after %.1f s: %s; %d byte(s) to the device, %d to the hypervisor",
-                 route.name, channel.channel_id, time.monotonic() - started, reason, st.a_to_b, st.b_to_a)  # fmt: skip
+        lost = f", {discarded} discarded (the client side did not take them)" if discarded else ""
+        log.info("route %s: channel %d ended after %.1f s: %s; %d byte(s) to the device%s, %d to the hypervisor",
+                 route.name, channel.channel_id, time.monotonic() - started, reason, st.a_to_b, lost, st.b_to_a)  # fmt: skip
 
     async def _close_channel(self, channel: Channel, reason: str) -> None:
         session = self.registry.clients.get(channel.client)

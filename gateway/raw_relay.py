@@ -1,0 +1,418 @@
+"""The relay for raw (serial/parallel) channels: the hypervisor is never stalled.
+
+QEMU's 16550 throttles the guest's UART and its isa-parallel model blocks the
+vCPU, holding the big QEMU lock, as soon as the chardev peer stops reading
+(qemu-libvirt-serial-facts.md §1).  A thin client that hangs, or a device
+that stops taking bytes, must never do that to a VM.  So on raw routes the
+gateway keeps reading the hypervisor whatever the client side does, and
+this module owns that relay:
+
+* hypervisor -> client: a *reader* task that reads the hypervisor socket
+  into a preallocated ring (`buffer_bytes`, 256 KiB by default), and a
+  *writer* task that sends from the ring to the client's data connection at
+  whatever pace it takes.  While the client side takes bytes, a full ring
+  makes the reader wait for the writer: the guest is paced to the client
+  side (a real 115200-baud UART paces it the same way) and nothing is lost.
+  When the client side takes *nothing* for `stall_s` while the ring is full
+  (the thin client hangs, or its device stopped taking bytes), the reader
+  goes back to reading everything at once and discards it, counted: a
+  WARNING when a discard period starts, one summary line with the count
+  when it ends (the ring is empty again: the client side caught up), and
+  every discarded chunk reported through `on_discard`.  The ring takes
+  bytes again once it drained to half, so a period leaves a few large gaps
+  rather than many small ones, and a resumed client is paced, not
+  discarded against, again.
+
+  Why not discard the moment the ring is full: a guest writing faster than
+  the client's device would then lose everything past 256 KiB even though
+  the device is working - QEMU's socket chardev has no baud rate, a real
+  UART has.  What reaches the VM is at most `stall_s` (0.25 s) without
+  reads, most of it absorbed by the kernel's socket buffers; never a stall
+  that lasts as long as the client side's.
+* client -> hypervisor: the plain `transport.pump`.  QEMU only reads its
+  socket when the guest's side has room, so that direction back-pressures
+  the client through TCP; it loses nothing and stalls nothing.
+
+Zero copy as in `transport.relay`: the ring and one scratch buffer (where
+discarded bytes land) are allocated once per channel; reads go straight into
+the ring's free space, sends straight out of its filled space (only
+memoryview slices are made per chunk; the one copy is on the awaiting path,
+when a read into the scratch buffer returns just as a discard period ends);
+each task takes the non-blocking fast path when its stream offers it.  Raw
+channels run in these trio tasks, not in a relay reactor: a plain pump's
+structural backpressure is exactly what must not reach a VM here.
+
+It never parses what it moves and holds no gateway state (the caller keeps
+the counters).  It is for raw channels only: an RFC 2217 consumer is a
+telnet program rather than a VM, and a discard would cut its commands.
+
+Shutdown choreography: the three tasks run in one nursery.  When the
+hypervisor side ends (EOF or a broken socket) the writer still gets
+`flush_budget_s` to deliver what the ring holds - every byte read from the
+hypervisor before its end reaches the client, as with the plain pump -
+then the relay ends.  When the writer or the client -> hypervisor pump
+fails, the relay ends at once.  Then both streams are closed, as
+`transport.relay` does; the first side to end is recorded in the stats
+("a" = the hypervisor, "b" = the client side).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Final
+
+import trio
+
+from redirgate.gateway.transport import RelayStats, ReceiveIntoStream, pump
+from redirgate.gateway.transport.stream import NonBlockingStream, nonblocking
+
+__all__ = ["DEFAULT_RAW_BUFFER_BYTES", "DEFAULT_STALL_S", "DISCARD_CHUNK_BYTES", "relay_raw"]
+
+log = logging.getLogger(__name__)
+
+#: Hypervisor -> client bytes the gateway holds per raw channel: a few
+#: seconds of a 460800-baud line, a whole boot log of a console.
+DEFAULT_RAW_BUFFER_BYTES: Final = 256 * 1024
+#: Read size while discarding (the scratch buffer, allocated once per channel).
+DISCARD_CHUNK_BYTES: Final = 64 * 1024
+#: A full ring with no byte taken by the client side for this long is a stall:
+#: from then on the hypervisor's bytes are read and discarded.  Long enough
+#: for a scheduling hiccup on a busy gateway, short next to what a VM tolerates.
+DEFAULT_STALL_S: Final = 0.25
+#: How long the writer may still deliver the ring once the hypervisor left.
+DEFAULT_FLUSH_BUDGET_S: Final = 2.0
+#: Per stream, for the graceful close at the end (as transport.relay).
+_CLOSE_BUDGET_S: Final = 2.0
+#: Chunks moved without waiting before a task yields anyway (as transport.relay).
+_YIELD_EVERY: Final = 16
+
+
+class _Ring:
+    """A fixed byte ring: contiguous free space to read into, filled space to send from.
+
+    One reader commits, one writer consumes; nothing here awaits.  While a
+    read into the free space is in flight across an await (`pinned`), an
+    emptied ring keeps its position instead of rewinding to 0, so that
+    space stays where the reader is writing.
+    """
+
+    __slots__ = ("capacity", "view", "head", "size", "pinned")
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("the ring needs at least one byte")
+        self.capacity = capacity
+        self.view = memoryview(bytearray(capacity))
+        self.head = 0
+        self.size = 0
+        self.pinned = False
+
+    def free_view(self) -> memoryview:
+        """The contiguous free space after the filled bytes (empty when full)."""
+        tail = (self.head + self.size) % self.capacity
+        if self.size == self.capacity:
+            return self.view[0:0]
+        end = self.capacity if tail >= self.head else self.head
+        return self.view[tail:end]
+
+    def filled_view(self) -> memoryview:
+        """The oldest contiguous run of filled bytes."""
+        end = min(self.head + self.size, self.capacity)
+        return self.view[self.head : end]
+
+    def commit(self, n: int) -> None:
+        self.size += n
+
+    def consume(self, n: int) -> None:
+        self.head = (self.head + n) % self.capacity
+        self.size -= n
+        if self.size == 0 and not self.pinned:
+            self.head = 0  # the whole buffer is one free run again
+
+
+class _Relay:
+    """State shared by the three tasks of one `relay_raw` call."""
+
+    def __init__(
+        self,
+        hypervisor: ReceiveIntoStream,
+        device: ReceiveIntoStream,
+        *,
+        label: str,
+        stats: RelayStats,
+        buffer_bytes: int,
+        on_discard: Callable[[int], None] | None,
+        stall_s: float,
+        flush_budget_s: float,
+    ) -> None:
+        self.hypervisor = hypervisor
+        self.device = device
+        self.label = label
+        self.stats = stats
+        self.on_discard = on_discard
+        self.stall_s = stall_s
+        self.flush_budget_s = flush_budget_s
+        self.ring = _Ring(buffer_bytes)
+        self.low_water = buffer_bytes // 2
+        self.scratch = memoryview(bytearray(min(DISCARD_CHUNK_BYTES, buffer_bytes)))
+        #: the writer waits here for bytes, the reader of a full ring for room
+        self.filled = trio.lowlevel.ParkingLot()
+        self.room = trio.lowlevel.ParkingLot()
+        #: False from the stall on until the ring drained to `low_water`.
+        self.accepting = True
+        self.hypervisor_done = False
+        self.discarded_bytes = 0
+        self.period_bytes = 0
+        self.period_started: float | None = None
+        self.writer_scope = trio.CancelScope()
+
+    # -- bookkeeping --------------------------------------------------------
+
+    def _end(self, side: str, reason: str) -> None:
+        if not self.stats.ended_by:
+            self.stats.ended_by, self.stats.reason = side, reason
+
+    def _discarded(self, n: int) -> None:
+        self.discarded_bytes += n
+        self.period_bytes += n
+        if self.on_discard is not None:
+            self.on_discard(n)
+        if self.period_started is None:
+            self.period_started = trio.current_time()
+            log.warning(
+                "%s: the client side took nothing for %.2f s with %d bytes buffered; discarding what the "
+                "hypervisor sends until it catches up (the hypervisor is never stalled)",
+                self.label, self.stall_s, self.ring.size,
+            )  # fmt: skip
+
+    def _consumed(self, n: int) -> None:
+        self.ring.consume(n)
+        self.stats.a_to_b += n
+        self.room.unpark_all()
+        if not self.accepting and self.ring.size <= self.low_water:
+            self.accepting = True
+        if self.ring.size == 0 and self.period_started is not None:
+            self._summary("the client side caught up")
+
+    def _summary(self, why: str) -> None:
+        assert self.period_started is not None
+        log.warning(
+            "%s: %s; discarded %d bytes from the hypervisor over %.1f s (%d on this channel)",
+            self.label, why, self.period_bytes, trio.current_time() - self.period_started, self.discarded_bytes,
+        )  # fmt: skip
+        self.period_started = None
+        self.period_bytes = 0
+
+    def _target(self) -> memoryview | None:
+        """Where the next hypervisor read goes: the ring's free space, or None
+        (discarding, or the ring is full: then see `_wait_for_room`)."""
+        if self.accepting:
+            free = self.ring.free_view()
+            if len(free):
+                return free
+        return None
+
+    async def _wait_for_room(self) -> memoryview | None:
+        """The ring is full: wait up to `stall_s` for the writer to free some;
+        the free space, or None when the client side stalled (discard from now)."""
+        with trio.move_on_after(self.stall_s):
+            while self.ring.size == self.ring.capacity:
+                await self.room.park()
+        if self.ring.size == self.ring.capacity:
+            # After the whole process was descheduled, this deadline fires in
+            # the same scheduler batch as the writer's wake-up: let the writer
+            # run once before calling it a stall.
+            await trio.lowlevel.checkpoint()
+        free = self.ring.free_view()
+        if len(free):
+            return free
+        self.accepting = False
+        return None
+
+    def _keep_from_scratch(self, n: int) -> int:
+        """Move what fits of scratch[:n] into the ring; the count still to discard."""
+        kept = 0
+        while kept < n:
+            free = self.ring.free_view()
+            k = min(len(free), n - kept)
+            if not k:
+                break
+            free[:k] = self.scratch[kept : kept + k]
+            self.ring.commit(k)
+            kept += k
+        if kept:
+            self.filled.unpark_all()
+        return n - kept
+
+    def _took(self, target: memoryview | None, n: int) -> None:
+        if target is None:
+            self._discarded(n)
+        else:
+            self.ring.commit(n)
+            self.filled.unpark_all()
+
+    # -- hypervisor -> ring ---------------------------------------------------
+
+    async def read_hypervisor(self) -> None:
+        try:
+            if nonblocking(self.hypervisor):
+                await self._read_fast(self.hypervisor)  # type: ignore[arg-type]
+            else:
+                await self._read_slow()
+            reason = "end of stream"
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        self._end("a", reason)
+        self.hypervisor_done = True
+        self.writer_scope.deadline = trio.current_time() + self.flush_budget_s
+        self.filled.unpark_all()
+
+    async def _read_fast(self, src: NonBlockingStream) -> None:
+        try_receive_into, wait_receivable = src.try_receive_into, src.wait_receivable
+        scratch = self.scratch
+        unyielded = 0
+        await trio.lowlevel.checkpoint()
+        while True:
+            target = self._target()
+            if target is None and self.accepting:
+                target = await self._wait_for_room()
+                unyielded = 0
+            n = try_receive_into(scratch if target is None else target)
+            if n is None:
+                await wait_receivable()
+                unyielded = 0
+                continue
+            if n == 0:
+                return
+            self._took(target, n)
+            unyielded += 1
+            if unyielded >= _YIELD_EVERY:
+                unyielded = 0
+                await trio.lowlevel.checkpoint()
+
+    async def _read_slow(self) -> None:
+        receive_into = self.hypervisor.receive_into
+        while True:
+            target = self._target()
+            if target is None and self.accepting:
+                target = await self._wait_for_room()
+            if target is None:
+                n = await receive_into(self.scratch)
+                if n and self.accepting:
+                    n = self._keep_from_scratch(n)  # the client side caught up during the wait
+                    if not n:
+                        continue
+            else:
+                self.ring.pinned = True
+                try:
+                    n = await receive_into(target)
+                finally:
+                    self.ring.pinned = False
+            if n == 0:
+                return
+            self._took(target, n)
+
+    # -- ring -> client -------------------------------------------------------
+
+    async def write_device(self, cancel: trio.CancelScope) -> None:
+        try:
+            with self.writer_scope:
+                if nonblocking(self.device):
+                    await self._write_fast(self.device)  # type: ignore[arg-type]
+                else:
+                    await self._write_slow()
+            if self.ring.size:
+                log.warning("%s: the hypervisor left; %d buffered bytes did not reach the client side within %.1f s",
+                            self.label, self.ring.size, self.flush_budget_s)  # fmt: skip
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._end("b", f"{type(exc).__name__}: {exc}")
+        cancel.cancel()
+
+    async def _until_filled(self) -> bool:
+        """Wait for bytes to send; False when the hypervisor is done and all of them went."""
+        while not self.ring.size:
+            if self.hypervisor_done:
+                return False
+            await self.filled.park()
+        return True
+
+    async def _write_fast(self, dst: NonBlockingStream) -> None:
+        try_send, wait_sendable = dst.try_send, dst.wait_sendable
+        unyielded = 0
+        await trio.lowlevel.checkpoint()
+        while True:
+            if not self.ring.size:
+                if not await self._until_filled():
+                    return
+                unyielded = 0
+            k = try_send(self.ring.filled_view())
+            if k is None:
+                await wait_sendable()
+                unyielded = 0
+                continue
+            self._consumed(k)
+            unyielded += 1
+            if unyielded >= _YIELD_EVERY:
+                unyielded = 0
+                await trio.lowlevel.checkpoint()
+
+    async def _write_slow(self) -> None:
+        send_all = self.device.send_all
+        while await self._until_filled():
+            view = self.ring.filled_view()
+            await send_all(view)  # the reader only ever writes outside this run
+            self._consumed(len(view))
+
+    # -- client -> hypervisor ---------------------------------------------------
+
+    async def client_to_hypervisor(self, buffer_bytes: int, cancel: trio.CancelScope) -> None:
+        try:
+            await pump(self.device, self.hypervisor, buffer_size=buffer_bytes, stats=self.stats, forward=False)
+            reason = "end of stream"
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        self._end("b", reason)
+        cancel.cancel()
+
+
+async def relay_raw(
+    hypervisor: ReceiveIntoStream,
+    device: ReceiveIntoStream,
+    *,
+    label: str,
+    stats: RelayStats | None = None,
+    buffer_bytes: int = DEFAULT_RAW_BUFFER_BYTES,
+    on_discard: Callable[[int], None] | None = None,
+    stall_s: float = DEFAULT_STALL_S,
+    flush_budget_s: float = DEFAULT_FLUSH_BUDGET_S,
+) -> RelayStats:
+    """Relay hypervisor (a) <-> client data connection (b) without ever stalling a.
+
+    `label` starts every log line ("route console: hypervisor 127.0.0.1:4242").
+    Counts into `stats`: ``a_to_b`` = bytes that reached the client side,
+    ``b_to_a`` = bytes that reached the hypervisor; `on_discard(n)` is called
+    for every discarded chunk.  `stall_s`: how long a full ring waits for
+    the client side to take something before discarding starts.  Returns
+    when either side ended (see the module docstring), after closing both
+    streams.
+    """
+    result = stats if stats is not None else RelayStats()
+    state = _Relay(
+        hypervisor, device, label=label, stats=result, buffer_bytes=buffer_bytes,
+        on_discard=on_discard, stall_s=stall_s, flush_budget_s=flush_budget_s,
+    )  # fmt: skip
+
+    try:
+        async with trio.open_nursery() as nursery:
+            # The reader does not end the relay: the writer flushes first.
+            nursery.start_soon(state.read_hypervisor)
+            nursery.start_soon(state.write_device, nursery.cancel_scope)
+            nursery.start_soon(state.client_to_hypervisor, buffer_bytes, nursery.cancel_scope)
+    finally:
+        if state.period_started is not None:
+            state._summary("the channel ended while discarding")
+        for stream in (hypervisor, device):
+            with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_BUDGET_S):
+                await stream.aclose()
+    return result

@@ -1,0 +1,257 @@
+"""The raw-route relay: the hypervisor side is read whatever the client side does.
+
+A plain TCP "hypervisor" and a TLS "client data connection" over loopback,
+as in test_transport_relay.  While the client reads, bytes cross both ways
+unchanged; while it does not, a hypervisor writing megabytes is never
+blocked: the relay buffers its bound, then discards and counts (one WARNING
+when it starts, one summary when the client caught up), and what the client
+gets afterwards is the stream with gaps - in order, nothing invented,
+received + discarded = sent.  Both the fast (non-blocking) and the plain
+(awaiting) paths run every case.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from typing import Any
+
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from redirgate.gateway.raw_relay import _Ring, relay_raw
+from redirgate.gateway.transport import RelayStats
+from redirgate.gateway.transport.stream import Buffer
+from tests.gateway.test_transport_common import Pki, make_pki, trio_test
+from tests.gateway.test_transport_relay import make_channel, receive_exactly, send_random
+
+RING_BYTES = 64 * 1024
+FLOOD_BYTES = 6 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+class _Awaiting:
+    """A stream with receive_into/send_all only: the relay's plain path."""
+
+    supports_nonblocking = False
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def receive_into(self, buffer: Buffer) -> int:
+        return int(await self.inner.receive_into(buffer))
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def _wrap(stream: Any, path: str) -> Any:
+    return stream if path == "fast" else _Awaiting(stream)
+
+
+PATHS = pytest.mark.parametrize("path", ["fast", "awaiting"])
+
+
+def check_gapped(sent: bytes, received: bytes) -> int:
+    """`received` is slices of `sent` in order (random data makes 64-byte
+    anchors unique); returns the number of gaps."""
+    pos = got = gaps = 0
+    while got < len(received):
+        anchor = received[got : got + 64]
+        found = sent.find(anchor, pos)
+        assert found >= 0, f"received bytes at {got} are not in what was sent after {pos}"
+        gaps += found != pos
+        n = 0
+        while got + n < len(received) and found + n < len(sent) and received[got + n] == sent[found + n]:
+            n += 1
+        pos, got = found + n, got + n
+    return gaps
+
+
+@PATHS
+@trio_test(60)
+async def test_lossless_both_ways_while_the_client_reads(env: Pki, path: str) -> None:
+    size = 2_000_000
+    ch = await make_channel(env)
+    stats = RelayStats()
+    discards: list[int] = []
+    results: dict[str, str] = {}
+
+    async def put(name: str, stream: Any, seed: int) -> None:
+        results[name] = await send_random(stream, size, seed)
+
+    async def get(name: str, stream: Any) -> None:
+        results[name] = await receive_exactly(stream, size)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: relay_raw(_wrap(ch.relay_plain, path), _wrap(ch.relay_tls, path), label="test",
+                                             stats=stats, on_discard=discards.append))  # fmt: skip
+        async with trio.open_nursery() as traffic:
+            traffic.start_soon(put, "hv sent", ch.hv, 1)
+            traffic.start_soon(put, "client sent", ch.cl, 2)
+            traffic.start_soon(get, "client got", ch.cl)
+            traffic.start_soon(get, "hv got", ch.hv)
+        await ch.hv.aclose()
+        assert await ch.cl.receive_some(10) == b""  # the relay ended and closed its TLS end
+    assert results["hv sent"] == results["client got"]
+    assert results["client sent"] == results["hv got"]
+    assert (stats.a_to_b, stats.b_to_a, discards) == (size, size, [])
+    assert (stats.ended_by, stats.reason) == ("a", "end of stream")
+    await ch.cl.aclose()
+
+
+@PATHS
+@trio_test(60)
+async def test_a_client_that_does_not_read_never_blocks_the_hypervisor(
+    env: Pki, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="redirgate.gateway.raw_relay")
+    ch = await make_channel(env)
+    stats = RelayStats()
+    discards: list[int] = []
+    flood = random.Random(7).randbytes(FLOOD_BYTES)
+    upstream = random.Random(8).randbytes(300_000)
+    after = random.Random(9).randbytes(FLOOD_BYTES // 2)
+    received = bytearray()
+
+    async def client_reads() -> None:
+        while chunk := await ch.cl.receive_some(65536):
+            received.extend(chunk)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: relay_raw(_wrap(ch.relay_plain, path), _wrap(ch.relay_tls, path), label="route t",
+                                             stats=stats, buffer_bytes=RING_BYTES, on_discard=discards.append))  # fmt: skip
+        # Nobody reads the client end: the hypervisor's megabytes still go
+        # out at once (with the lossless pump this send never returns).
+        with trio.fail_after(20):
+            await ch.hv.send_all(flood)
+        while not discards:
+            await trio.sleep(0.01)
+        # The other direction is untouched by all this.
+        await ch.cl.send_all(upstream)
+        assert await receive_exactly(ch.hv, len(upstream)) == _digest(upstream)
+        nursery.start_soon(client_reads)
+        while len(received) + sum(discards) < FLOOD_BYTES:
+            await trio.sleep(0.01)
+        # A client that reads again is paced, not discarded against: all of
+        # what follows arrives, however fast the hypervisor sends it.
+        discarded = sum(discards)
+        await ch.hv.send_all(after)
+        await ch.hv.aclose()
+    assert sum(discards) == discarded
+    assert 0 < discarded < FLOOD_BYTES
+    assert len(received) == FLOOD_BYTES - discarded + len(after) == stats.a_to_b
+    assert received[:RING_BYTES] == flood[:RING_BYTES]  # what came first was kept
+    assert received[-len(after) :] == after
+    check_gapped(flood, bytes(received[: -len(after)]))  # in order, nothing invented (the gap may be at the end)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "redirgate.gateway.raw_relay"]
+    assert len(warnings) == 2, warnings
+    assert "route t: the client side took nothing for 0.25 s" in warnings[0]
+    assert f"caught up; discarded {discarded} bytes from the hypervisor" in warnings[1]
+    await ch.cl.aclose()
+
+
+@PATHS
+@trio_test(30)
+async def test_what_is_buffered_when_the_hypervisor_leaves_still_reaches_the_client(env: Pki, path: str) -> None:
+    ch = await make_channel(env)
+    data = random.Random(3).randbytes(RING_BYTES // 2)
+    stats = RelayStats()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: relay_raw(_wrap(ch.relay_plain, path), _wrap(ch.relay_tls, path), label="t",
+                                             stats=stats, buffer_bytes=RING_BYTES))  # fmt: skip
+        await ch.hv.send_all(data)
+        await ch.hv.aclose()  # gone before the client read anything
+        await trio.sleep(0.2)
+        assert await receive_exactly(ch.cl, len(data)) == _digest(data)
+        assert await ch.cl.receive_some(10) == b""
+    assert (stats.ended_by, stats.reason, stats.a_to_b) == ("a", "end of stream", len(data))
+    await ch.cl.aclose()
+
+
+@PATHS
+@trio_test(30)
+async def test_a_stalled_client_delays_the_end_by_the_flush_budget_only(
+    env: Pki, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="redirgate.gateway.raw_relay")
+    ch = await make_channel(env)
+    stats = RelayStats()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: relay_raw(_wrap(ch.relay_plain, path), _wrap(ch.relay_tls, path), label="t",
+                                             stats=stats, buffer_bytes=RING_BYTES, flush_budget_s=0.5))  # fmt: skip
+        with trio.fail_after(20):
+            await ch.hv.send_all(bytes(FLOOD_BYTES))
+        started = trio.current_time()
+        await ch.hv.aclose()
+    assert trio.current_time() - started < 0.5 + 2 * 2.0 + 1.0  # flush budget + the close budgets
+    assert stats.ended_by == "a"
+    messages = " | ".join(r.getMessage() for r in caplog.records)
+    assert "did not reach the client side within 0.5 s" in messages
+    assert "the channel ended while discarding" in messages
+    await ch.cl.aclose()
+
+
+@PATHS
+@trio_test(20)
+async def test_the_client_leaving_ends_the_relay_at_once(env: Pki, path: str) -> None:
+    ch = await make_channel(env)
+    stats = RelayStats()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: relay_raw(_wrap(ch.relay_plain, path), _wrap(ch.relay_tls, path), label="t",
+                                             stats=stats))  # fmt: skip
+        await ch.cl.send_all(b"last words")
+        await ch.cl.aclose()
+        assert await receive_exactly(ch.hv, 10)
+        assert await ch.hv.receive_some(10) == b""
+    assert (stats.ended_by, stats.b_to_a) == ("b", 10)
+    await ch.hv.aclose()
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# -- the ring on its own ----------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(capacity=st.integers(1, 64), ops=st.lists(st.tuples(st.booleans(), st.integers(0, 80)), max_size=60))
+def test_ring_is_a_fifo_of_contiguous_runs(capacity: int, ops: list[tuple[bool, int]]) -> None:
+    ring = _Ring(capacity)
+    model = bytearray()
+    counter = 0
+    for write, n in ops:
+        if write:
+            free = ring.free_view()
+            assert len(free) <= capacity - ring.size
+            assert len(free) > 0 or ring.size == capacity
+            k = min(n, len(free))
+            chunk = bytes((counter + i) % 251 for i in range(k))
+            counter += k
+            free[:k] = chunk
+            ring.commit(k)
+            model += chunk
+        else:
+            filled = ring.filled_view()
+            assert len(filled) > 0 or ring.size == 0
+            k = min(n, len(filled))
+            assert bytes(filled[:k]) == bytes(model[:k])
+            ring.consume(k)
+            del model[:k]
+        assert ring.size == len(model)
+
+
+def test_ring_refuses_zero_capacity() -> None:
+    with pytest.raises(ValueError):
+        _Ring(0)
