@@ -33,33 +33,97 @@ def add_parser(commands: Any) -> None:
     demo = commands.add_parser("demo", help="run gateway + client + emulated devices on loopback and check each route")
     demo.add_argument("--once", action="store_true", help="stop after the check instead of running until Ctrl-C")
     demo.add_argument("--dir", type=Path, default=None, help="keep the PKI and configs here (default: a temporary folder)")
+    demo.add_argument(
+        "--vm", action="store_true",
+        help="also boot a small guest (QEMU TCG, Debian's kernel + busybox) attached to the routes and show "
+        "it listing the stick's files (needs qemu-system-x86, linux-image-amd64, busybox-static, kmod, dosfstools, mtools)",
+    )  # fmt: skip
     demo.set_defaults(run=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     if args.dir is not None:
         args.dir.mkdir(parents=True, exist_ok=True)
-        return trio.run(_until_signal_result, args.dir, args.once)
+        return trio.run(_until_signal_result, args.dir, args.once, args.vm)
     with tempfile.TemporaryDirectory(prefix="redirgate-demo-") as tmp:
-        return trio.run(_until_signal_result, Path(tmp), args.once)
+        return trio.run(_until_signal_result, Path(tmp), args.once, args.vm)
 
 
-async def _until_signal_result(directory: Path, once: bool) -> int:
+async def _until_signal_result(directory: Path, once: bool, vm: bool) -> int:
     result: list[int] = []
 
     async def body() -> None:
-        result.append(await run_demo(directory, once=once))
+        result.append(await run_demo(directory, once=once, vm=vm))
 
     await _until_signal(body)
     return result[0] if result else 0
 
 
-def _make_stick(path: Path) -> None:
+STICK_FILES = {
+    "hello.txt": b"Hello from a thin client, through the redirgate gateway.\n",
+    "docs/README.txt": b"This stick is an image file served by redirgate's emulated flash drive.\n",
+}
+
+VM_SCRIPT = r"""
+usb=$(wait_for_usb 1209 0001 90) || fail "the stick did not appear in the guest"
+report_usb "$usb" stick
+dev=$(wait_for_block sda 60) || fail "no disk for the stick"
+mount_vfat "$dev" /mnt/stick
+ls -lR /mnt/stick > /tmp/listing.txt
+report_file listing /tmp/listing.txt
+report_file hello /mnt/stick/hello.txt
+umount /mnt/stick
+kbd=$(wait_for_usb 1209 0002 30) && report_usb "$kbd" kbd || true
+"""
+
+
+def _vm_unavailable() -> str | None:
+    from redirgate.cli.guestvm.image import fat_tools_unavailable_reason, guest_unavailable_reason
+
+    return guest_unavailable_reason() or fat_tools_unavailable_reason()
+
+
+def _make_stick(path: Path, *, with_files: bool) -> None:
+    if with_files:
+        from redirgate.cli.guestvm.image import make_fat_image
+
+        make_fat_image(path, STICK_FILES)
+        return
     with path.open("wb") as f:
         f.truncate(16 * 1024 * 1024)
 
 
-async def run_demo(directory: Path, *, once: bool, out: Any = None) -> int:
+async def _boot_vm(say: Any, ports: dict[str, int]) -> bool:
+    """Boot the guest with a usb-redir per route; print what it saw."""
+    from redirgate.cli.guestvm.image import build_guest
+    from redirgate.cli.guestvm.qemu import GuestError, start_guest
+
+    say("booting a guest (QEMU TCG; the first run builds its initramfs) ...")
+    guest_image = await trio.to_thread.run_sync(build_guest)
+    args = ["-device", "qemu-xhci,id=xhci"]
+    for name, port in ports.items():
+        args += ["-chardev", f"socket,id=rg-{name},host=127.0.0.1,port={port},reconnect=1",
+                 "-device", f"usb-redir,chardev=rg-{name},bus=xhci.0"]  # fmt: skip
+    try:
+        with start_guest(VM_SCRIPT, args, guest=guest_image) as guest:
+            result = await guest.wait_async(180)
+    except GuestError as exc:
+        say(f"  the guest did not finish: {exc}")
+        return False
+    if result.rc != 0:
+        say(f"  the guest failed: {result.results.get('fail', result.rc)}")
+        return False
+    say(f"  guest sees {result.results.get('stick.manufacturer')} {result.results.get('stick.product')}"
+        f" at {result.results.get('stick.speed')} Mb/s; its files:")  # fmt: skip
+    for line in result.files.get("listing", b"").decode(errors="replace").splitlines():
+        say(f"    {line}")
+    say(f"  hello.txt: {result.files.get('hello', b'').decode(errors='replace').strip()}")
+    if "kbd.product" in result.results:
+        say(f"  and the {result.results['kbd.product']} as a USB device")
+    return True
+
+
+async def run_demo(directory: Path, *, once: bool, vm: bool = False, out: Any = None) -> int:
     from redirgate.client.config import load_client_config
     from redirgate.client.inventory import DeviceInventory
     from redirgate.client.probe import ProbeError, probe
@@ -77,8 +141,13 @@ async def run_demo(directory: Path, *, once: bool, out: Any = None) -> int:
     say(f"redirgate demo in {directory}")
     make_pki(directory)
     say("  PKI: a CA, a gateway certificate, a client certificate for thin-01")
+    if vm:
+        missing = _vm_unavailable()
+        if missing is not None:
+            say(f"redirgate demo --vm: {missing}")
+            return 2
     stick = directory / "stick.img"
-    _make_stick(stick)
+    _make_stick(stick, with_files=vm)
     config = load_config(write_gateway_config(directory, ROUTES))
     gateway = Gateway(config)
     failures = 0
@@ -120,6 +189,9 @@ async def run_demo(directory: Path, *, once: bool, out: Any = None) -> int:
                 say(f"    {line}")
             say()
         say("all routes answered" if not failures else f"{failures} route(s) did not answer")
+        if vm and not failures:
+            if not await _boot_vm(say, {name: port for name, (_, port) in addresses.routes.items()}):
+                failures += 1
         if not once:
             say("running; Ctrl-C stops")
             while True:

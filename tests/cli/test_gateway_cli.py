@@ -84,3 +84,4 @@ def test_status_shows_client_routes_and_channel_bytes(tmp_path: Path) -> None:
     assert '"channels_served": 1' in as_json.stdout
     gone = redirgate("gateway", "status", "--config", str(config))
     assert gone.returncode == 1 and "no gateway answers" in gone.stderr
+
