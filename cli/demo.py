@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 from redirgate.cli.lab import LabRoute, make_pki, write_client_config, write_gateway_config
-from redirgate.cli.usb_commands import _until_signal
+from redirgate.cli.signals import until_signal
 
 __all__ = ["add_parser", "run_demo"]
 
@@ -55,7 +55,7 @@ async def _until_signal_result(directory: Path, once: bool, vm: bool) -> int:
     async def body() -> None:
         result.append(await run_demo(directory, once=once, vm=vm))
 
-    await _until_signal(body)
+    await until_signal(body)
     return result[0] if result else 0
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import trio
 
-from redirgate.cli.usb_commands import _until_signal
+from redirgate.cli.signals import until_signal
 
 __all__ = ["add_gateway_parser", "add_client_run_parser", "format_status"]
 
@@ -96,7 +96,7 @@ def _run_gateway(args: argparse.Namespace) -> int:
                 print(f"route {name} {host}:{port}", flush=True)
             print(f"admin {addresses.admin}", flush=True)
 
-    trio.run(_until_signal, serve)
+    trio.run(until_signal, serve)
     return 0
 
 
@@ -190,7 +190,7 @@ def _run_client(args: argparse.Namespace) -> int:
             await client.run()
 
     try:
-        trio.run(_until_signal, run)
+        trio.run(until_signal, run)
     finally:
         if backend is not None:
             backend.close()

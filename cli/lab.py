@@ -81,7 +81,7 @@ def write_gateway_config(
         for key, value in route.extra.items():
             lines.append(f"{key} = {_q(value) if isinstance(value, str) else str(value).lower()}")
         if route.tls:
-            lines += [f"[route.tls]", f"cert = {_q(gw / 'server-cert.pem')}", f"key = {_q(gw / 'server-key.pem')}",
+            lines += ["[route.tls]", f"cert = {_q(gw / 'server-cert.pem')}", f"key = {_q(gw / 'server-key.pem')}",
                       f"ca = {_q(base / 'ca-cert.pem')}"]  # fmt: skip
     path = directory / "gateway.toml"
     path.write_text("\n".join(lines) + "\n")

@@ -13,7 +13,8 @@ from typing import Any
 
 import trio
 
-from redirgate.cli.usb_commands import _until_signal, parse_hostport
+from redirgate.cli.signals import until_signal
+from redirgate.cli.usb_commands import parse_hostport
 from redirgate.client.parallel.errors import ParallelError
 from redirgate.client.parallel.exports import MAX_RING_BYTES
 from redirgate.client.parallel.serve import serve_parallel_listen
@@ -68,7 +69,7 @@ def _run_serve_parallel(args: argparse.Namespace) -> int:
                 print(f"serving {path} ({service.describe()}) on {addr[0]}:{addr[1]}", flush=True)
 
     try:
-        trio.run(_until_signal, serve)
+        trio.run(until_signal, serve)
     except ParallelError as exc:
         print(f"redirgate: {exc}", file=sys.stderr)
         return 1

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import trio
 
+from redirgate.cli.signals import until_signal
 from redirgate.client.serial.errors import SerialError
 from redirgate.client.serial.selector import list_ports, parse_port_selector
 from redirgate.client.serial.serve import serve_serial_listen
@@ -102,21 +102,6 @@ def print_serial_ports() -> None:
         )
 
 
-async def _until_signal(fn: Callable[[], Awaitable[None]]) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
-
-            async def watch() -> None:
-                async for _ in signals:
-                    log.info("stopping")
-                    nursery.cancel_scope.cancel()
-                    return
-
-            nursery.start_soon(watch)
-            await fn()
-            nursery.cancel_scope.cancel()
-
-
 def _run_serve_serial(args: argparse.Namespace) -> int:
     try:
         selector = parse_port_selector(args.port)
@@ -139,7 +124,7 @@ def _run_serve_serial(args: argparse.Namespace) -> int:
                 print(f"serving {selector} ({settings.describe()}, {protocol}) on {addr[0]}:{addr[1]}", flush=True)
 
     try:
-        trio.run(_until_signal, serve)
+        trio.run(until_signal, serve)
     except SerialError as exc:
         print(f"redirgate: {exc}", file=sys.stderr)
         return 1

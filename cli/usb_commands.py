@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 from typing import Any
 
 import trio
 import usb.core
 
+from redirgate.cli.signals import until_signal
 from redirgate.client.probe import ProbeError, probe
 from redirgate.client.usb.errors import SelectorError
 from redirgate.client.usb.selector import DeviceSelector, parse_selector
@@ -86,21 +86,6 @@ def add_probe_parser(commands: Any) -> None:
     parser.set_defaults(run=_run_probe)
 
 
-async def _until_signal(fn: Any, *args: Any) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
-
-            async def watch() -> None:
-                async for _ in signals:
-                    log.info("stopping")
-                    nursery.cancel_scope.cancel()
-                    return
-
-            nursery.start_soon(watch)
-            await fn(*args)
-            nursery.cancel_scope.cancel()
-
-
 def _run_serve_usb(args: argparse.Namespace) -> int:
     try:
         selector = parse_selector(args.device)
@@ -120,10 +105,10 @@ def _run_serve_usb(args: argparse.Namespace) -> int:
                         addr = listener.socket.getsockname()
                         print(f"serving {selector} on {addr[0]}:{addr[1]}", flush=True)
 
-            await _until_signal(serve)
+            await until_signal(serve)
         else:
             host, port = args.connect
-            await _until_signal(serve_connect, host, port, source)
+            await until_signal(serve_connect, host, port, source)
 
     try:
         trio.run(main)

@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import trio
 
 from redirgate.cli.lab import LabRoute
 from redirgate.client.probe import probe
+from tests.gateway.test_transport_common import trio_test
 from tests.support.tunnel_lab import running_lab, start_client
-
-
-def trio_test(timeout_s: float) -> Callable[[Callable[..., Awaitable[None]]], Callable[..., None]]:
-    def decorate(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> None:
-            async def main() -> None:
-                with trio.fail_after(timeout_s):
-                    await fn(*args, **kwargs)
-
-            trio.run(main)
-
-        return wrapper
-
-    return decorate
 
 
 def make_image(path: Path) -> str:
