@@ -46,7 +46,9 @@ from typing import Any, Protocol
 import trio
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
+if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "bench":
+    sys.path[0] = str(ROOT)  # run as a script: not bench/ itself, where bench/serial.py would shadow pyserial
+elif str(ROOT) not in sys.path:  # make `bench` importable
     sys.path.insert(0, str(ROOT))
 
 from redirgate.client.guest import GuestError, UsbredirGuest  # noqa: E402
@@ -380,20 +382,25 @@ def socket_rows(ours: dict[str, list[float]], ref: dict[str, list[float]]) -> li
 
 
 # ------------------------------------------------------------- part 1
+#: One boot, several USB disks on one xHCI, each found by the root port it is
+#: on (its USB device's sysfs `devpath`), measured interleaved run by run in
+#: the order of @ROLES@.  bench/guest_dd.py runs it with a third disk.
 GUEST_SCRIPT = r"""
 now() { echo | ts '%.s' | cut -d' ' -f1; }
 wait_for_usb 1209 0001 90 >/dev/null || fail "the redirected stick never appeared"
-wait_for_block sda 60 >/dev/null || fail "no sda"
-wait_for_block sdb 60 >/dev/null || fail "no sdb"
-redir=; native=
-for d in sda sdb; do
-    case "$(cat /sys/block/$d/device/vendor)" in Redirgat*) redir=$d ;; QEMU*) native=$d ;; esac
-done
-[ -n "$redir" ] && [ -n "$native" ] || fail "cannot tell the redirected and the QEMU disk apart"
-for role in redir native; do
-    eval dev=\$$role
-    p=$(readlink -f /sys/block/$dev/device)
+for d in @BLOCKS@; do wait_for_block $d 60 >/dev/null || fail "no $d"; done
+for d in @BLOCKS@; do
+    p=$(readlink -f /sys/block/$d/device)
     while [ "$p" != / ] && [ ! -f "$p/speed" ]; do p=$(dirname "$p"); done
+    [ -f "$p/devpath" ] || fail "$d is not a USB disk"
+    for pr in @PORTS@; do
+        [ "${pr%%=*}" = "$(cat $p/devpath)" ] && eval "${pr#*=}=$d; ${pr#*=}_usb=$p"
+    done
+done
+for role in @ROLES@; do
+    eval dev=\$$role; eval p=\$${role}_usb
+    [ -n "$dev" ] || fail "no disk on the $role port"
+    report $role.vendor "$(cat /sys/block/$dev/device/vendor)"
     report $role.speed "$(cat $p/speed)"
     report $role.default_max_kb "$(cat /sys/block/$dev/queue/max_sectors_kb)"
     report $role.cache "$(cat /sys/block/$dev/device/scsi_disk/*/cache_type 2>/dev/null)"
@@ -401,7 +408,7 @@ for role in redir native; do
 done
 i=1
 while [ $i -le @RUNS@ ]; do
-    for role in redir native; do
+    for role in @ROLES@; do
         eval dev=\$$role
         sync; echo 3 > /proc/sys/vm/drop_caches
         t0=$(now); dd if=/dev/$dev of=/dev/null bs=1M count=@MIB@ iflag=direct 2>/dev/null; t1=$(now)
@@ -415,6 +422,85 @@ done
 MAX_KB = 120  # usb-storage's max_sectors for a high-speed device (240 sectors)
 
 
+@dataclass(frozen=True)
+class GuestDisk:
+    """One disk of the boot: its role (the key it is reported under), the
+    qemu-xhci root port it sits on, and the QEMU arguments that attach it."""
+
+    role: str
+    port: int
+    qemu_args: tuple[str, ...]
+
+
+def redirected_disk(role: str, port: int, chardev_port: int) -> GuestDisk:
+    """A usb-redir on xHCI `port` whose chardev dials 127.0.0.1:`chardev_port`."""
+    from tests.support.controllers import BUS
+
+    return GuestDisk(role, port, (
+        "-chardev", f"socket,id={role}0,host=127.0.0.1,port={chardev_port},reconnect=1",
+        "-device", f"usb-redir,chardev={role}0,bus={BUS['xhci']},port={port}",
+    ))  # fmt: skip
+
+
+def native_disk(role: str, port: int, image: Path) -> GuestDisk:
+    """QEMU's own usb-storage on `image` (cache=unsafe: like serve-usb, no host fsync)."""
+    from tests.support.controllers import BUS
+
+    return GuestDisk(role, port, (
+        "-drive", f"if=none,id={role},file={image},format=raw,cache=unsafe",
+        "-device", f"usb-storage,bus={BUS['xhci']},drive={role},port={port}",
+    ))  # fmt: skip
+
+
+def write_image(path: Path, image_mib: int) -> None:
+    """A raw image of `image_mib` MiB, not zeros: no sparse-file shortcut."""
+    block = bytes(range(256)) * 4096  # 1 MiB
+    with open(path, "wb") as f:
+        for _ in range(image_mib):
+            f.write(block)
+
+
+@dataclass
+class GuestDd:
+    """What one boot measured: MB/s per run by operation and role, and what the guest reported."""
+
+    rates: dict[str, dict[str, list[float]]]  # "read"/"write" -> role -> MB/s per run
+    reported: dict[str, str]
+    script_start_s: float
+    wall_s: float
+
+
+def guest_dd(runs: int, transfer_mib: int, disks: list[GuestDisk]) -> GuestDd:
+    """Boot the guest with `disks` on qemu-xhci and time `runs` rounds of O_DIRECT dd on each.
+
+    RuntimeError when the guest script fails (its reason and the console's end)."""
+    from tests.support.controllers import CONTROLLERS
+    from tests.support.guest import build_guest
+    from tests.support.qemu import run_guest
+
+    roles = " ".join(d.role for d in disks)
+    script = (GUEST_SCRIPT.replace("@RUNS@", str(runs)).replace("@MIB@", str(transfer_mib))
+              .replace("@MAXKB@", str(MAX_KB)).replace("@ROLES@", roles)
+              .replace("@BLOCKS@", " ".join(f"sd{chr(ord('a') + i)}" for i in range(len(disks))))
+              .replace("@PORTS@", " ".join(f"{d.port}={d.role}" for d in disks)))  # fmt: skip
+    timeout_s = 120.0 + runs * 2 * len(disks) * transfer_mib / 5.0  # boot + a floor of 5 MB/s
+    qemu_args = [*CONTROLLERS["xhci"], *(arg for d in disks for arg in d.qemu_args)]
+    result = run_guest(script, qemu_args, timeout_s, guest=build_guest())
+    if result.rc != 0:
+        reason = result.results.get("fail", "no reason reported")
+        raise RuntimeError(f"guest script failed: {reason}\n{result.console[-2000:]}")
+    res = result.results
+    nbytes = transfer_mib * 1024 * 1024
+    rates: dict[str, dict[str, list[float]]] = {}
+    for op in ("read", "write"):
+        for d in disks:
+            out = rates.setdefault(op, {}).setdefault(d.role, [])
+            for i in range(1, runs + 1):
+                t0, t1 = (float(x) for x in res[f"{op}.{d.role}.{i}"].split())
+                out.append(nbytes / 1e6 / (t1 - t0))
+    return GuestDd(rates, res, result.script_start_s or 0.0, result.wall_s)
+
+
 @dataclass
 class GuestOutcome:
     rows: list[Row]
@@ -422,54 +508,28 @@ class GuestOutcome:
 
 
 def guest_figures(runs: int, image_mib: int, transfer_mib: int, workdir: Path) -> GuestOutcome:
-    from tests.support.controllers import BUS, CONTROLLERS
-    from tests.support.guest import build_guest, find_kernel
-    from tests.support.qemu import run_guest
+    from tests.support.guest import find_kernel
 
     redir_img, native_img = workdir / "redir.img", workdir / "native.img"
-    block = bytes(range(256)) * 4096  # 1 MiB, not zeros: no sparse-file shortcut
-    with open(redir_img, "wb") as f:
-        for _ in range(image_mib):
-            f.write(block)
+    write_image(redir_img, image_mib)
     shutil.copyfile(redir_img, native_img)
-    script = (GUEST_SCRIPT.replace("@RUNS@", str(runs)).replace("@MIB@", str(transfer_mib))
-              .replace("@MAXKB@", str(MAX_KB)))
-    guest = build_guest()
     argv = ["client", "serve-usb", "--listen", "127.0.0.1:0", f"virtual:storage:{redir_img}"]
-    timeout_s = 120.0 + runs * 4 * transfer_mib / 5.0  # boot + a floor of 5 MB/s
     with running(argv, workdir / "serve-usb-storage.log") as service:
-        qemu_args = [
-            *CONTROLLERS["xhci"],
-            "-chardev", f"socket,id=redir0,host=127.0.0.1,port={service.port},reconnect=1",
-            "-device", f"usb-redir,chardev=redir0,bus={BUS['xhci']},port=1",
-            "-drive", f"if=none,id=native,file={native_img},format=raw,cache=unsafe",
-            "-device", f"usb-storage,bus={BUS['xhci']},drive=native,port=2",
-        ]  # fmt: skip
+        disks = [redirected_disk("redir", 1, service.port), native_disk("native", 2, native_img)]
         cpu0 = process_cpu_s(service.process.pid)
-        result = run_guest(script, qemu_args, timeout_s, guest=guest)
+        dd = guest_dd(runs, transfer_mib, disks)
         host_cpu = process_cpu_s(service.process.pid) - cpu0
-    if result.rc != 0:
-        reason = result.results.get("fail", "no reason reported")
-        raise RuntimeError(f"guest script failed: {reason}\n{result.console[-2000:]}")
-    res = result.results
-    nbytes = transfer_mib * 1024 * 1024
-
-    def rates(op: str, role: str) -> list[float]:
-        out = []
-        for i in range(1, runs + 1):
-            t0, t1 = (float(x) for x in res[f"{op}.{role}.{i}"].split())
-            out.append(nbytes / 1e6 / (t1 - t0))
-        return out
-
-    redir_s = sum(nbytes / 1e6 / r for op in ("read", "write") for r in rates(op, "redir"))
+    res, nbytes = dd.reported, transfer_mib * 1024 * 1024
+    redir_s = sum(nbytes / 1e6 / r for op in ("read", "write") for r in dd.rates[op]["redir"])
     rows = [
-        Row(f"guest dd read {transfer_mib} MiB O_DIRECT bs=1M, MB/s", rates("read", "redir"), rates("read", "native")),
-        Row(f"guest dd write {transfer_mib} MiB O_DIRECT+fsync, MB/s", rates("write", "redir"),
-            rates("write", "native")),
+        Row(f"guest dd read {transfer_mib} MiB O_DIRECT bs=1M, MB/s", dd.rates["read"]["redir"],
+            dd.rates["read"]["native"]),
+        Row(f"guest dd write {transfer_mib} MiB O_DIRECT+fsync, MB/s", dd.rates["write"]["redir"],
+            dd.rates["write"]["native"]),
     ]
     notes = [
         f"kernel {find_kernel()[0]}, QEMU TCG 1 vCPU, qemu-xhci; {runs} runs, disks interleaved in one boot "
-        f"(boot to script {result.script_start_s or 0:.1f} s, whole VM {result.wall_s:.1f} s)",
+        f"(boot to script {dd.script_start_s:.1f} s, whole VM {dd.wall_s:.1f} s)",
         f"redirgate: usb-redir -> serve-usb process, virtual:storage on a {image_mib} MiB raw image; "
         f"speed {res['redir.speed']} Mb/s, write cache '{res['redir.cache']}'",
         f"reference: QEMU usb-storage on an identical copy (cache=unsafe: like serve-usb, no host fsync); "
@@ -490,10 +550,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--guest-runs", type=int, help="dd runs per disk and direction (default 3, quick 2)")
     parser.add_argument("--no-guest", action="store_true", help="skip part 1 (no QEMU)")
     parser.add_argument("--no-reference", action="store_true", help="skip the libusbredirparser VM side")
+    parser.add_argument("--bulk-mib", type=int,
+                        help="MiB moved per bulk figure per run (default 16, quick 4); more gives the "
+                             "CPU-per-transfer rows a finer grain (CPU time is counted in clock ticks)")
     args = parser.parse_args(argv)
     runs = args.runs or (2 if args.quick else 5)
     guest_runs = args.guest_runs or (2 if args.quick else 3)
-    plan = SocketPlan(ctrl_count=500 if args.quick else 2000, bulk_bytes=(4 if args.quick else 16) << 20)
+    bulk_mib = args.bulk_mib or (4 if args.quick else 16)
+    plan = SocketPlan(ctrl_count=500 if args.quick else 2000, bulk_bytes=bulk_mib << 20)
     image_mib, transfer_mib = (32, 32) if args.quick else (128, 128)
 
     print(f"redirgate USB path benchmark; Python {sys.version.split()[0]}, trio {trio.__version__}, "

@@ -15,6 +15,10 @@ Task layout (one nursery per connection):
 and, inside a per-device nursery that is cancelled when the device goes,
 one task per busy endpoint queue (transfers.py) and per stream (streams.py).
 
+Bytes from the guest are read straight into the parser's buffer where the
+stream can (`try_receive_into`: PlainSocketStream, ZeroCopyTLSStream,
+PrefixedStream), instead of a new `bytes` per read copied in afterwards.
+
 Shutdown: when the guest closes or sends something malformed, the reader
 returns, the connection nursery is cancelled, and the device is released in
 a shielded scope so its kernel drivers come back.
@@ -33,7 +37,8 @@ from redirgate.client.usb.descriptors import EndpointDesc
 from redirgate.client.usb.device import UsbDevice
 from redirgate.client.usb.errors import USB_CALL_ERRORS, status_for
 from redirgate.client.usb.outbox import Outbox
-from redirgate.client.usb.transfers import EndpointQueues, Request, reply_for
+from redirgate.client.usb.transfers import EndpointQueues, Request, out_data, reply_for
+from redirgate.gateway.transport.stream import nonblocking
 from redirgate.proto.usbredir import (
     CLOSED,
     NEED_DATA,
@@ -80,6 +85,10 @@ class HostEngine:
         version: str = "redirgate usbredir host",
     ) -> None:
         self.stream = stream
+        #: `_receive` reads into the parser's buffer (checked once: slow isinstance)
+        self._nonblocking_stream = nonblocking(stream)
+        #: the last read took less than it could: the socket is empty
+        self._drained = False
         self.source = source
         self.peer = peer
         self.conn = UsbredirConnection(Role.HOST, caps, version)
@@ -126,20 +135,47 @@ class HostEngine:
 
     async def _writer(self) -> None:
         try:
-            await self.outbox.drain_to(self.stream.send_all)
+            await self.outbox.drain(self.stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.close_reason = f"send failed: {exc}"
             self._connection_scope.cancel()
+
+    async def _receive(self) -> None:
+        """Read what the guest sent into the parser (at least one byte, or EOF)."""
+        conn = self.conn
+        stream = self.stream
+        if not self._nonblocking_stream:
+            conn.receive_data(await stream.receive_some(RECEIVE_BYTES))
+            return
+        try_receive_into = stream.try_receive_into  # type: ignore[attr-defined]
+        waited = False
+        if self._drained:
+            # the last read emptied the socket: wait first instead of a read
+            # that would fail (readiness is level-triggered, nothing is missed)
+            await stream.wait_receivable()  # type: ignore[attr-defined]
+            waited = True
+        while True:
+            buffer = conn.get_receive_buffer(RECEIVE_BYTES)
+            n = try_receive_into(buffer)
+            if n is not None:
+                break
+            await stream.wait_receivable()  # type: ignore[attr-defined]
+            waited = True
+        self._drained = 0 < n < len(buffer)
+        conn.commit_received(n)
+        if not waited:
+            # every receive is a checkpoint, as receive_some is: a guest that
+            # keeps sending cannot keep the loop from the other tasks
+            await trio.lowlevel.checkpoint()
 
     async def _reader(self) -> None:
         conn = self.conn
         while True:
             try:
-                data = await self.stream.receive_some(RECEIVE_BYTES)
+                await self._receive()
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self.close_reason = f"receive failed: {exc}"
                 return
-            conn.receive_data(data)
             while True:
                 try:
                     event = conn.next_event()
@@ -358,7 +394,7 @@ class HostEngine:
             await self._clear_halt(msg)
             return
         self.reset_done = False
-        self.queues.submit(Request(msg, bytes(msg.data)))
+        await self.queues.submit(Request(msg, out_data(msg.data) if msg.data else b""))
 
     async def _clear_halt(self, msg: m.ControlPacket) -> None:
         """CLEAR_FEATURE(ENDPOINT_HALT) goes through libusb so the host stack

@@ -7,6 +7,22 @@ a producer waits while more than `max_bytes` are queued.  Stream data (iso,
 interrupt and buffered bulk packets) is dropped instead of queued when more
 than 800 messages wait (usbredirhost.c), and iso packets also by the bytes
 hysteresis of the reference; every drop is counted per endpoint.
+
+How it writes.  Messages are copied into one send buffer allocated once per
+connection (`BATCH_BYTES`), header and payload together, so a 64 KiB bulk
+reply is one send, one TCP segment train: sending its 28-byte header on its
+own (TCP_NODELAY) cost a second syscall and a second segment the peer had
+to wake up for, several times what copying 64 KiB costs.  Only payloads
+over `COPY_LIMIT` are sent from the caller's own buffer, after their header.
+
+On a stream with the non-blocking fast path (`try_send` / `wait_sendable`:
+PlainSocketStream, ZeroCopyTLSStream, PrefixedStream over them), a message
+queued while the writer is idle is sent at once by whoever queued it,
+without waking the writer task: no trip through trio's scheduler per reply.
+The writer task only finishes what the socket would not take at once (it
+waits for the socket) and reports a send error.  Data that was partly sent
+is never touched until the rest is out (OpenSSL wants a retried write to
+see the same bytes).  Other streams get `send_all` from the writer task.
 """
 
 from __future__ import annotations
@@ -17,14 +33,18 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from redirgate.gateway.transport.stream import nonblocking
+
 __all__ = ["Outbox"]
 
 log = logging.getLogger(__name__)
 
 #: usbredirhost.c: stream packets are dropped beyond this many queued messages
 MAX_QUEUED_STREAM_MESSAGES = 800
-#: small messages are coalesced into one send of at most this many bytes
-COALESCE_BYTES = 64 * 1024
+#: the send buffer: messages are copied into it and leave in one send
+BATCH_BYTES = 256 * 1024
+#: a payload above this is sent from its own buffer instead of copied
+COPY_LIMIT = 128 * 1024
 
 Payload = bytes | bytearray | memoryview
 
@@ -42,6 +62,13 @@ class Outbox:
         self.dropped: dict[int, int] = {}
         self._warned: set[int] = set()
         self._iso_dropping: set[int] = set()
+        self._batch = memoryview(bytearray(BATCH_BYTES))
+        #: what is being sent, in order: slices of the batch, large payloads
+        self._pending: deque[memoryview] = deque()
+        #: the stream's non-blocking send, once `drain` runs on such a stream
+        self._try_send: Callable[[memoryview], int | None] | None = None
+        #: a send error met outside the writer task, for it to raise
+        self._error: trio.BrokenResourceError | trio.ClosedResourceError | None = None
 
     @property
     def queued_messages(self) -> int:
@@ -56,9 +83,13 @@ class Outbox:
             return
         self._queue.append((header, payload))
         self._bytes += len(header) + len(payload)
-        self._has_data.set()
         if self._bytes > self._max_bytes:
             self._room = trio.Event()
+        if self._try_send is not None and not self._pending and self._error is None:
+            self._send_now()
+            if not self._queue and not self._pending:
+                return  # all out: the writer has nothing to do
+        self._has_data.set()
 
     async def put(self, header: bytes, payload: Payload = b"") -> None:
         """Queue a message that must not be lost; waits while the queue is full."""
@@ -105,35 +136,98 @@ class Outbox:
         self._has_data.set()
         self._room.set()
 
-    async def drain_to(self, send_all: Callable[[Payload], Awaitable[None]]) -> None:
-        """Writer loop: send queued messages in order until closed.
+    # ------------------------------------------------------------ writing
+    def _fill(self) -> None:
+        """Move queued messages into the send buffer (only once everything
+        pending is out: partly sent bytes stay as they are)."""
+        queue = self._queue
+        if self._pending or not queue:
+            return
+        batch = self._batch
+        capacity = len(batch)
+        n = 0
+        while queue:
+            header, payload = queue[0]
+            hsize, psize = len(header), len(payload)
+            large = psize > COPY_LIMIT
+            if n + hsize + (0 if large else psize) > capacity:
+                break
+            queue.popleft()
+            self._bytes -= hsize + psize
+            batch[n : n + hsize] = header
+            n += hsize
+            if large:
+                self._pending.append(batch[:n])
+                self._pending.append(memoryview(payload).cast("B"))
+                n = 0
+                break
+            if psize:
+                batch[n : n + psize] = payload
+                n += psize
+        if n:
+            self._pending.append(batch[:n])
+        if self._bytes <= self._max_bytes:
+            self._room.set()
 
-        Small messages are coalesced into one buffer so a burst of replies
-        costs one send; large payloads go out as they are, uncopied.
-        """
-        batch = bytearray()
+    def _send_pending(self) -> bool:
+        """Send what the socket takes without waiting; True when all is out."""
+        assert self._try_send is not None
+        pending = self._pending
+        while pending:
+            view = pending[0]
+            sent = self._try_send(view)
+            if not sent:  # None: would block (0 never comes for a non-empty view)
+                return False
+            if sent < len(view):
+                pending[0] = view[sent:]
+            else:
+                pending.popleft()
+        return True
+
+    def _send_now(self) -> None:
+        """Producer side, writer idle: send what can go without waiting.  A
+        send error is kept for the writer task, which raises it."""
+        try:
+            while True:
+                self._fill()
+                if not self._pending or not self._send_pending():
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._error = exc
+
+    async def drain(self, stream: trio.abc.SendStream) -> None:
+        """Writer loop on `stream` until closed: the non-blocking fast path
+        where the stream has it (see the module docstring), else send_all."""
+        if not nonblocking(stream):
+            await self.drain_to(stream.send_all)
+            return
+        self._try_send = stream.try_send  # type: ignore[attr-defined]
+        wait_sendable = stream.wait_sendable  # type: ignore[attr-defined]
+        try:
+            while True:
+                if self._error is not None:
+                    raise self._error
+                self._fill()
+                if self._pending:
+                    if not self._send_pending():
+                        await wait_sendable()
+                    continue
+                if self._closed:
+                    return
+                self._has_data = trio.Event()
+                await self._has_data.wait()
+        finally:
+            self._try_send = None
+
+    async def drain_to(self, send_all: Callable[[Payload], Awaitable[None]]) -> None:
+        """Writer loop: send queued messages in order until closed, through
+        `send_all` (for streams without the non-blocking fast path)."""
         while True:
+            self._fill()
+            while self._pending:
+                await send_all(self._pending.popleft())
             if not self._queue:
                 if self._closed:
                     return
                 self._has_data = trio.Event()
                 await self._has_data.wait()
-                continue
-            header, payload = self._queue.popleft()
-            size = len(header) + len(payload)
-            self._bytes -= size
-            if len(payload) > COALESCE_BYTES // 4:
-                if batch:
-                    await send_all(batch)
-                    batch = bytearray()
-                await send_all(header)
-                await send_all(payload)
-            else:
-                batch += header
-                if payload:
-                    batch += payload
-                if not self._queue or len(batch) >= COALESCE_BYTES:
-                    await send_all(batch)
-                    batch = bytearray()
-            if self._bytes <= self._max_bytes:
-                self._room.set()

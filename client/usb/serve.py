@@ -16,6 +16,7 @@ from collections.abc import Callable
 import trio
 
 from redirgate.client.usb.engine import DeviceSource, HostEngine
+from redirgate.gateway.transport.stream import PlainSocketStream
 
 __all__ = ["serve_listen", "serve_connect", "peer_name"]
 
@@ -58,7 +59,8 @@ async def serve_listen(
         try:
             _tune(stream)
             log.info("usbredir guest connected from %s for %s", peer, source.describe())
-            engine = HostEngine(stream, source, peer=peer)
+            # PlainSocketStream: the engine's non-blocking fast path (outbox.py)
+            engine = HostEngine(PlainSocketStream(stream), source, peer=peer)
             if on_session is not None:
                 on_session(engine)
             await engine.run()
@@ -90,5 +92,5 @@ async def serve_connect(
         async with stream:
             _tune(stream)
             log.info("connected to usbredir guest at %s:%d", host, port)
-            await HostEngine(stream, source, peer=f"{host}:{port}").run()
+            await HostEngine(PlainSocketStream(stream), source, peer=f"{host}:{port}").run()
         await trio.sleep(retry_interval_s)

@@ -10,6 +10,12 @@ stream (re)starts, including after a stall recovery (protocol reference §4.6).
 pyusb transfers are synchronous, so a stream has one transfer in flight at a
 time, read in slices so a stop takes effect within `SLICE_MS`.  Iso IN reads
 one packet per transfer so every packet keeps its own length and status.
+On an emulated device with inline transfers (client/usb/device.py) an
+interrupt or bulk-receiving read that the device answers at once runs on the
+event loop, and the stream passes a checkpoint before its next read, so a
+device that always has data cannot hold the loop and a stop never loses a
+packet already read; iso reads always go to a thread (the emulation keeps
+the (micro)frame schedule by sleeping).
 A read already running when an interrupt or bulk-receiving stream is
 stopped (by the guest, a reset or a configuration change) may still return
 data, where libusb would have cancelled the transfer at once; that data is
@@ -19,7 +25,6 @@ waits for the old read to end), so a keyboard does not lose a key press.
 
 from __future__ import annotations
 
-import array
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -28,6 +33,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from redirgate.client.usb.errors import USB_CALL_ERRORS, status_for
+from redirgate.client.usb.transfers import in_buffer
 from redirgate.proto.usbredir import EndpointType, Status, messages as m
 
 if TYPE_CHECKING:
@@ -109,13 +115,26 @@ async def run_in_stream(engine: "HostEngine", stream: Stream) -> None:
     size = stream.packet_size
     iso_ref = stream.capacity * size if stream.kind == EndpointType.ISO else 0
     timeout = ISO_TIMEOUT_MS if stream.kind == EndpointType.ISO else SLICE_MS
+    inline = device.inline_transfers and stream.kind != EndpointType.ISO
+    yielded = True
     for data in engine.late_stream_data.pop(stream.endpoint, []):
         engine.offer_stream(stream, _packet(stream, counter, Status.SUCCESS, len(data), data), iso_ref)
         counter += 1
     while True:
-        buf = array.array("B", bytes(size))
+        if not yielded:
+            await trio.lowlevel.checkpoint()  # before the read: a stop here loses nothing
+        yielded = True
+        buf = in_buffer(size)
         try:
-            n = await device.call(dev.read, stream.endpoint, buf, timeout)
+            n = -1
+            if inline:
+                try:
+                    n = device.try_read(stream.endpoint, buf, timeout)
+                    yielded = False
+                except BlockingIOError:
+                    pass  # the device NAKs: wait in a thread
+            if n < 0:
+                n = await device.call(dev.read, stream.endpoint, buf, timeout)
         except USB_CALL_ERRORS as exc:
             status, gone = status_for(exc)
             if gone:

@@ -7,6 +7,17 @@ endpoints run in parallel.  A request gets exactly one reply: its completion,
 or `cancelled` at once when the guest cancels it (a completion that arrives
 later is dropped, as usbredirhost does).
 
+Transfers go through `UsbDevice`: in a worker thread, or for an emulated
+device that completes them at once, on the event loop (client/usb/device.py).
+For such a device `submit` goes one step further: a request whose endpoint
+queue is idle runs right there, in the reader's task, and its reply is
+queued before the next message is parsed, which saves the wake-up of the
+queue's task (a pass through trio's scheduler) per transfer.  Only a request
+the device makes wait goes to the queue's task, which runs it as usual (an
+OUT transfer the device took part of continues from there).  The order on
+an endpoint is unchanged: the fast path is taken only while the endpoint's
+task is idle and its queue empty.
+
 IN transfers run in slices of `SLICE_MS`: a slice that times out is retried
 unless the request was cancelled, which is how a cancelled read gives its
 thread back without abandoning it.  A slice already running when its request
@@ -30,6 +41,7 @@ from redirgate.client.usb.errors import USB_CALL_ERRORS, is_timeout, status_for
 from redirgate.proto.usbredir import Status, messages as m
 
 if TYPE_CHECKING:
+    from redirgate.client.usb.device import UsbDevice
     from redirgate.client.usb.engine import HostEngine
 
 __all__ = ["Request", "EndpointQueues", "CONTROL_TIMEOUT_MS", "SLICE_MS"]
@@ -44,13 +56,33 @@ SLICE_MS = 500
 OUT_TIMEOUT_MS = 30_000
 
 
+_ZERO = array.array("B", b"\0")
+
+
+def in_buffer(size: int) -> array.array[int]:
+    """A `size`-byte array for pyusb to read into (repeating one zero byte
+    is several times cheaper than ``array("B", bytes(size))``)."""
+    return _ZERO * size
+
+
+def out_data(data: m.Buffer) -> array.array[int]:
+    """OUT data copied out of the parser's buffer (it is reused) straight
+    into the array pyusb hands to libusb: one copy, where bytes() and then
+    pyusb's own conversion to an array made two."""
+    buf = array.array("B")
+    buf.frombytes(data)
+    return buf
+
+
 @dataclass(eq=False)
 class Request:
     msg: m.DataMessage
-    #: OUT data copied out of the parser's buffer (it is reused)
-    data: bytes = b""
+    #: OUT data copied out of the parser's buffer (see `out_data`)
+    data: bytes | array.array[int] = b""
     cancelled: bool = False
     finished: bool = False
+    #: OUT bytes the device accepted in an attempt that then had to wait
+    done: int = 0
     id: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -80,11 +112,33 @@ class EndpointQueues:
         self.inflight: dict[int, Request] = {}
         #: bulk/interrupt IN endpoint -> data read for a request cancelled meanwhile
         self._late: dict[int, bytes] = {}
+        #: endpoints whose task waits for work (the fast path may run there)
+        self._idle: set[int] = set()
 
-    def submit(self, request: Request) -> None:
-        key = request.msg.endpoint_address if not isinstance(request.msg, m.ControlPacket) else 0
+    async def submit(self, request: Request) -> None:
+        """Run `request` now if its endpoint is idle and the device completes
+        it without waiting (see the module docstring), else queue it."""
+        key = _queue_key(request.msg)
         self.inflight[request.id] = request
         queue = self._queues.get(key)
+        device = self._engine.device
+        if (
+            device is not None
+            and device.inline_transfers
+            and (queue is None or (not queue and key in self._idle))
+        ):
+            try:
+                reply = self._late_reply(request)
+                if reply is None:
+                    reply = self._transfer_now(device, request)
+            except BlockingIOError:
+                pass  # the device makes it wait: the queue's task runs it
+            except USB_CALL_ERRORS as exc:
+                await self._complete(key, request, self._failure(request, exc))
+                return
+            else:
+                await self._complete(key, request, reply)
+                return
         if queue is None:
             queue = self._queues[key] = deque()
             self._wakeups[key] = trio.Event()
@@ -112,62 +166,118 @@ class EndpointQueues:
         while True:
             if not queue:
                 self._wakeups[key] = trio.Event()
-                await self._wakeups[key].wait()
+                self._idle.add(key)
+                try:
+                    await self._wakeups[key].wait()
+                finally:
+                    self._idle.discard(key)
                 continue
             request = queue.popleft()
             if request.cancelled:
                 continue
             reply = await self._execute(request)
-            request.finished = True
-            if self.inflight.get(request.id) is request:
-                del self.inflight[request.id]
-            if reply is not None and not request.cancelled:
-                await self._engine.send(reply)
-            elif reply is not None and key and reply.endpoint_address & 0x80 and reply.data:
-                self._late[key] = self._late.get(key, b"") + bytes(reply.data)
+            await self._complete(key, request, reply)
+
+    async def _complete(self, key: int, request: Request, reply: m.DataMessage | None) -> None:
+        """Send the reply of a finished request, unless it was cancelled
+        meanwhile (then IN data it brought is kept for the next request)."""
+        request.finished = True
+        if self.inflight.get(request.id) is request:
+            del self.inflight[request.id]
+        if reply is not None and not request.cancelled:
+            await self._engine.send(reply)
+        elif reply is not None and key and reply.endpoint_address & 0x80 and reply.data:
+            self._late[key] = self._late.get(key, b"") + bytes(reply.data)
+
+    def _late_reply(self, request: Request) -> m.DataMessage | None:
+        """The reply from data a cancelled IN request left, if there is any."""
+        msg = request.msg
+        endpoint, length = msg.endpoint_address, msg.transfer_length
+        if isinstance(msg, m.ControlPacket) or not endpoint & 0x80:
+            return None
+        late = self._late.pop(endpoint, b"")
+        if not late:
+            return None
+        if len(late) > length:
+            self._late[endpoint] = late[length:]
+        return reply_for(msg, Status.SUCCESS, min(len(late), length), late[:length])
+
+    def _failure(self, request: Request, exc: BaseException) -> m.DataMessage | None:
+        """The reply to a transfer that raised `exc` (None if cancelled)."""
+        engine = self._engine
+        msg = request.msg
+        status, gone = status_for(exc)
+        if request.cancelled:
+            return None
+        if gone:
+            engine.device_lost(f"transfer failed: {exc}")
+        else:
+            log.debug("%s: request %#x on %#04x failed: %s", engine.peer, msg.id, msg.endpoint_address, exc)
+        return reply_for(msg, status)
+
+    def _transfer_now(self, device: "UsbDevice", request: Request) -> m.DataMessage:
+        """The transfer on this thread (the device has `inline_transfers`);
+        BlockingIOError where the device would make it wait, with a partly
+        accepted OUT transfer's count kept in `request.done`."""
+        msg = request.msg
+        if isinstance(msg, m.ControlPacket):
+            if msg.requesttype & 0x80:
+                buf = in_buffer(msg.length)
+                n = device.try_control(msg.requesttype, msg.request, msg.value, msg.index, buf, CONTROL_TIMEOUT_MS)
+                return reply_for(msg, Status.SUCCESS, n, memoryview(buf)[:n])
+            n = device.try_control(
+                msg.requesttype, msg.request, msg.value, msg.index, request.data, CONTROL_TIMEOUT_MS
+            )
+            return reply_for(msg, Status.SUCCESS, n)
+        endpoint = msg.endpoint_address
+        if endpoint & 0x80:
+            buf = in_buffer(msg.transfer_length)
+            n = device.try_read(endpoint, buf, SLICE_MS)
+            return reply_for(msg, Status.SUCCESS, n, memoryview(buf)[:n])
+        try:
+            n = device.try_write(endpoint, request.data, OUT_TIMEOUT_MS)
+        except BlockingIOError as exc:
+            request.done = exc.characters_written
+            raise
+        return reply_for(msg, Status.SUCCESS, n)
 
     async def _execute(self, request: Request) -> m.DataMessage | None:
-        engine = self._engine
-        device = engine.device
+        device = self._engine.device
         msg = request.msg
         if device is None:
             return reply_for(msg, Status.IOERROR)
-        dev = device.dev
+        late = self._late_reply(request)
+        if late is not None:
+            return late
         try:
             if isinstance(msg, m.ControlPacket):
                 if msg.requesttype & 0x80:
-                    buf = array.array("B", bytes(msg.length))
-                    n = await device.call(
-                        dev.ctrl_transfer, msg.requesttype, msg.request, msg.value, msg.index, buf, CONTROL_TIMEOUT_MS
+                    buf = in_buffer(msg.length)
+                    n = await device.control(
+                        msg.requesttype, msg.request, msg.value, msg.index, buf, CONTROL_TIMEOUT_MS
                     )
                     return reply_for(msg, Status.SUCCESS, n, memoryview(buf)[:n])
-                n = await device.call(
-                    dev.ctrl_transfer, msg.requesttype, msg.request, msg.value, msg.index, request.data, CONTROL_TIMEOUT_MS
+                n = await device.control(
+                    msg.requesttype, msg.request, msg.value, msg.index, request.data, CONTROL_TIMEOUT_MS
                 )
                 return reply_for(msg, Status.SUCCESS, n)
-            if msg.endpoint & 0x80:
-                late = self._late.pop(msg.endpoint, b"")
-                if late:
-                    if len(late) > msg.length:
-                        self._late[msg.endpoint] = late[msg.length :]
-                    return reply_for(msg, Status.SUCCESS, min(len(late), msg.length), late[: msg.length])
-                buf = array.array("B", bytes(msg.length))
+            endpoint = msg.endpoint_address
+            if endpoint & 0x80:
+                buf = in_buffer(msg.transfer_length)
                 while True:
                     try:
-                        n = await device.call(dev.read, msg.endpoint, buf, SLICE_MS)
+                        n = await device.read(endpoint, buf, SLICE_MS)
                         break
                     except usb.core.USBError as exc:
                         if not is_timeout(exc) or request.cancelled:
                             raise
                 return reply_for(msg, Status.SUCCESS, n, memoryview(buf)[:n])
-            n = await device.call(dev.write, msg.endpoint, request.data, OUT_TIMEOUT_MS)
+            n = await device.write(endpoint, request.data, OUT_TIMEOUT_MS, done=request.done)
             return reply_for(msg, Status.SUCCESS, n)
         except USB_CALL_ERRORS as exc:
-            status, gone = status_for(exc)
-            if request.cancelled:
-                return None
-            if gone:
-                engine.device_lost(f"transfer failed: {exc}")
-            else:
-                log.debug("%s: request %#x on %#04x failed: %s", engine.peer, msg.id, msg.endpoint_address, exc)
-            return reply_for(msg, status)
+            return self._failure(request, exc)
+
+
+def _queue_key(msg: m.DataMessage) -> int:
+    """Requests are ordered per endpoint; all control requests share 0."""
+    return 0 if isinstance(msg, m.ControlPacket) else msg.endpoint_address

@@ -13,6 +13,13 @@ ones pyusb's libusb1 backend raises (see `errors`).
 Thread safety: a backend lock guards the device list and claims, never held
 while a device transfer runs; device state is guarded by each device's own
 condition (see `device`).  Any number of threads may call in at once.
+
+No-wait calls: `inline_device(dev)` says whether a pyusb device of this
+backend may be driven from an event loop (its hooks never do I/O or sleep),
+and `call_nowait(fn, ...)` runs one pyusb call there with NAK waits turned
+into ``BlockingIOError`` (see `device.no_wait`).  The host engine uses them
+to skip the worker-thread round trip for transfers that complete at once;
+pyusb's libusb1 backend has neither, so real devices always use threads.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ from __future__ import annotations
 import array
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import usb.backend
 
@@ -32,7 +40,7 @@ from .descriptors import (
     TransferType,
     with_topology,
 )
-from .device import Setup, VirtualDevice
+from .device import Setup, VirtualDevice, no_wait
 from .errors import LibusbError, usb_error
 
 __all__ = ["VirtualBackend", "VIRTUAL_BUS"]
@@ -40,6 +48,7 @@ __all__ = ["VirtualBackend", "VIRTUAL_BUS"]
 log = logging.getLogger(__name__)
 
 VIRTUAL_BUS = 254  # bus number the virtual devices report; no real host has that many
+T = TypeVar("T")
 
 
 class _DeviceId:
@@ -115,6 +124,25 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]  # pyusb is un
         for device in self.devices:
             self.unplug(device)
             device.close()
+
+    # ------------------------------------------------------------ no-wait calls
+
+    def inline_device(self, dev: Any) -> bool:
+        """Whether transfers on the pyusb device ``dev`` (found on this
+        backend) may be attempted with `call_nowait` on an event loop."""
+        with self._lock:
+            for devid in self._plugged.values():
+                if devid.address == dev.address:
+                    return devid.device.inline_transfers
+        return False
+
+    def call_nowait(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` (a pyusb control, bulk or interrupt call) on this
+        thread; where the device would wait it raises ``BlockingIOError``
+        with ``characters_written`` = OUT bytes accepted, having changed
+        nothing else."""
+        with no_wait():
+            return fn(*args)
 
     # ------------------------------------------------------------ descriptors
 

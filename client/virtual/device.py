@@ -15,15 +15,27 @@ transfer.  Anything that makes data available (the host writing, a test
 calling ``keyboard.type_text``, unplug) calls ``notify_all``.  Waits end at
 the transfer's deadline (timeout 0 = forever, as in libusb).
 
+No-wait attempts: inside `no_wait()` (a per-thread switch), a bulk or
+interrupt transfer that would have to wait for the device raises
+``BlockingIOError`` instead, with ``characters_written`` = the OUT bytes the
+device accepted before it NAKed, and changes nothing else.  That lets the
+host engine run a transfer on its event-loop thread and move only the ones
+that really wait to a worker thread.  Only devices whose hooks never do I/O
+or sleep say so with ``inline_transfers`` (isochronous transfers sleep to
+keep their schedule and are never attempted that way).
+
 This module never touches pyusb's objects; `VirtualBackend` translates.  It
 raises only `usb_error(...)` errors and never blocks without a deadline.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import errno
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import cast
 
@@ -90,6 +102,31 @@ class Setup:
         return self.request_type & 0x1F
 
 
+class _NoWait(threading.local):
+    """Per-thread switch of `no_wait()`."""
+
+    active = False
+
+
+_NO_WAIT = _NoWait()
+
+
+@contextlib.contextmanager
+def no_wait() -> Iterator[None]:
+    """On this thread, bulk/interrupt transfers raise BlockingIOError where
+    they would wait (see the module docstring)."""
+    previous = _NO_WAIT.active
+    _NO_WAIT.active = True
+    try:
+        yield
+    finally:
+        _NO_WAIT.active = previous
+
+
+def _would_block(ep: int, done: int) -> BlockingIOError:
+    return BlockingIOError(errno.EAGAIN, f"endpoint {ep:#04x} NAKs", done)
+
+
 class VirtualDevice:
     """Base class of all emulated devices.
 
@@ -100,6 +137,11 @@ class VirtualDevice:
     methods; each takes the connection generation the caller opened, so a
     stale handle gets LIBUSB_ERROR_NO_DEVICE after an unplug/replug.
     """
+
+    #: The hooks never do I/O or sleep, so a bulk/interrupt/control transfer
+    #: may run on an event-loop thread under `no_wait()`.  A subclass whose
+    #: hooks touch files (storage) sets it False.
+    inline_transfers = True
 
     def __init__(self, name: str, descriptors: DescriptorSet) -> None:
         self.name = name
@@ -442,6 +484,8 @@ class VirtualDevice:
                     self._cond.notify_all()
                     if done >= len(view):
                         return done
+                if _NO_WAIT.active:
+                    raise _would_block(ep, done)
                 try:
                     self._wait(deadline, ep)
                 except VirtualUSBError as exc:
@@ -466,6 +510,8 @@ class VirtualDevice:
                         raise self.error(LibusbError.OVERFLOW, f"{len(data)} bytes for a {size}-byte read")
                     self._cond.notify_all()
                     return data
+                if _NO_WAIT.active:
+                    raise _would_block(ep, 0)
                 self._wait(deadline, ep)
 
     # ------------------------------------------------------------ isochronous

@@ -92,6 +92,8 @@ class MassStorageDevice(VirtualDevice):
 
     BULK_IN = 0x81
     BULK_OUT = 0x02
+    #: a CBW's hook reads or writes the image file: transfers stay in threads
+    inline_transfers = False
 
     def __init__(self, image: str | os.PathLike[str], *, speed: Speed = Speed.HIGH,
                  read_only: bool = False, serial: str | None = None,

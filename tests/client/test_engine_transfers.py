@@ -10,15 +10,23 @@ from __future__ import annotations
 import collections
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
+from redirgate.client.usb.device import UsbDevice
 from redirgate.client.usb.selector import parse_selector
 from redirgate.client.usb.source import SelectorSource
-from redirgate.client.virtual import LoopbackDevice, LoopbackMode, MassStorageDevice, VirtualBackend
+from redirgate.client.virtual import (
+    LoopbackDevice,
+    LoopbackMode,
+    MassStorageDevice,
+    VirtualBackend,
+    source_pattern,
+)
 from tests.support.refguest import REPLY_TYPE, RefGuest, T, cbw, engine_session, parse_csw, run_trio
 from tests.support.system import require_libusbredirparser
 
@@ -252,6 +260,134 @@ def test_every_request_gets_exactly_one_reply(storage, loopback) -> None:
             ins = [e for e in guest.of_type(T.BULK_PACKET) if e.fields["endpoint"] == 0x81]
             assert [e.data for e in ins[:20]] == [bytes([i]) * (100 + i) for i in range(20)]
             assert ins[20].fields["status"] == CANCELLED
+            assert guest.parse_errors == []
+
+    run_trio(body)
+
+
+# ------------------------------------------------ transfers on the event loop
+# (emulated devices without I/O in their hooks: client/usb/device.py)
+
+
+def _count_thread_transfers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every pyusb transfer that UsbDevice sends to a worker thread."""
+    calls: list[str] = []
+    original = UsbDevice.call
+
+    async def counting_call(self: UsbDevice, fn: Callable[..., Any], *args: Any) -> Any:
+        name = getattr(fn, "__name__", "")
+        if name in ("read", "write", "ctrl_transfer"):
+            calls.append(name)
+        return await original(self, fn, *args)
+
+    monkeypatch.setattr(UsbDevice, "call", counting_call)
+    return calls
+
+
+def test_emulated_transfers_that_complete_at_once_skip_worker_threads(loopback, monkeypatch) -> None:
+    backend, device = loopback
+    calls = _count_thread_transfers(monkeypatch)
+
+    async def body() -> None:
+        async with engine_session(source_for(backend)) as s:
+            guest = s.guest
+            await configure(guest)
+            assert s.engine.device is not None and s.engine.device.inline_transfers
+            for mode in (LoopbackMode.SOURCE, LoopbackMode.SINK):
+                reply = await guest.control(0x40, 0x01, int(mode), 0, 0)
+                assert reply.fields["status"] == SUCCESS
+                for _ in range(10):
+                    desc = await guest.control(0x80, 6, 0x0100, 0, 18)
+                    assert desc.fields["status"] == SUCCESS and len(desc.data) == 18
+                    if mode == LoopbackMode.SOURCE:
+                        back = await guest.bulk(0x81, 65536)
+                        assert back.fields["length"] == 65536 and back.data == source_pattern(65536)
+                    else:
+                        out = await guest.bulk(0x01, data=bytes(65536))
+                        assert (out.fields["status"], out.fields["length"]) == (SUCCESS, 65536)
+            assert calls == []
+            # the device NAKs (SINK mode IN): that read goes to a thread
+            pending = guest.next_id()
+            await guest.send(T.BULK_PACKET, pending, endpoint=0x81, status=0, length=512, stream_id=0)
+            with trio.fail_after(5):
+                while not calls:
+                    await trio.sleep(0.01)
+            await guest.send(T.CANCEL_DATA_PACKET, pending)
+            reply = await guest.expect(T.BULK_PACKET, lambda e: e.id == pending)
+            assert reply.fields["status"] == CANCELLED
+            assert guest.parse_errors == []
+
+    run_trio(body)
+
+
+def test_storage_transfers_stay_in_worker_threads(storage, monkeypatch) -> None:
+    """The drive's hooks do file I/O: none of its transfers runs on the loop."""
+    backend, device, image = storage
+    calls = _count_thread_transfers(monkeypatch)
+
+    async def body() -> None:
+        async with engine_session(source_for(backend)) as s:
+            guest = s.guest
+            await configure(guest)
+            assert s.engine.device is not None and not s.engine.device.inline_transfers
+            await scsi_write(guest, 7, 0, bytes(4 * BLOCK))
+            assert sorted(set(calls)) == ["read", "write"]
+
+    run_trio(body)
+
+
+@pytest.mark.parametrize("transport", ["tcp", "memory"])
+def test_out_the_device_takes_in_part_finishes_in_a_thread(transport: str, monkeypatch) -> None:
+    """A 6 KiB OUT into a 4 KiB loopback buffer: the device takes 4 KiB at
+    once, the rest waits (in a worker thread) until an IN makes room; the
+    guest gets one reply with the whole length and the bytes in order."""
+    device = LoopbackDevice(buffer_bytes=4096)
+    backend = VirtualBackend([device])
+    data = os.urandom(6144)
+    calls = _count_thread_transfers(monkeypatch)
+
+    async def body() -> None:
+        async with engine_session(source_for(backend), transport=transport) as s:
+            guest = s.guest
+            await configure(guest)
+            out_id = guest.next_id()
+            await guest.send(T.BULK_PACKET, out_id, data, endpoint=0x01, status=0, length=len(data), stream_id=0)
+            await trio.sleep(0.1)
+            assert guest.of_type(T.BULK_PACKET) == []  # still waiting for room
+            first = await guest.bulk(0x81, 8192)
+            assert first.fields["status"] == SUCCESS and first.data == data[:4096]
+            out = await guest.expect(T.BULK_PACKET, lambda e: e.id == out_id)
+            assert (out.fields["status"], out.fields["length"]) == (SUCCESS, len(data))
+            rest = await guest.bulk(0x81, 8192)
+            assert rest.data == data[4096:]
+            assert device.stats().bulk_out_bytes == len(data)
+            assert calls == ["write"]  # only the rest of the OUT waited in a thread
+            assert guest.parse_errors == []
+
+    try:
+        run_trio(body)
+    finally:
+        backend.close()
+
+
+def test_a_stall_on_the_fast_path_is_reported_and_cleared(loopback) -> None:
+    """Errors of transfers run inline map to statuses as in a thread: a halted
+    bulk IN answers STALL, CLEAR_FEATURE(ENDPOINT_HALT) lets it work again."""
+    backend, device = loopback
+    device.mode = LoopbackMode.SOURCE
+
+    async def body() -> None:
+        async with engine_session(source_for(backend)) as s:
+            guest = s.guest
+            await configure(guest)
+            halt = await guest.control(0x02, 0x03, 0, 0x81, 0)  # SET_FEATURE(ENDPOINT_HALT)
+            assert halt.fields["status"] == SUCCESS
+            stalled = await guest.bulk(0x81, 512)
+            assert stalled.fields == {"endpoint": 0x81, "status": STALL, "length": 0, "stream_id": 0}
+            clear = await guest.control(0x02, 0x01, 0, 0x81, 0)  # CLEAR_FEATURE(ENDPOINT_HALT)
+            assert clear.fields["status"] == SUCCESS
+            back = await guest.bulk(0x81, 512)
+            assert back.fields["status"] == SUCCESS and back.data == source_pattern(512)
             assert guest.parse_errors == []
 
     run_trio(body)

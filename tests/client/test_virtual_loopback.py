@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import array
 import errno
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import usb.core
@@ -14,11 +16,14 @@ import usb.util
 from redirgate.client.virtual import (
     LoopbackDevice,
     LoopbackMode,
+    LoopbackStats,
     Speed,
     VirtualBackend,
     iso_pattern,
+    make_backend,
     source_pattern,
 )
+from redirgate.client.virtual.device import no_wait
 
 BULK_OUT, BULK_IN, INTR_OUT, INTR_IN, ISO_OUT, ISO_IN = 0x01, 0x81, 0x03, 0x83, 0x02, 0x82
 
@@ -73,6 +78,18 @@ def test_source_and_sink_modes(loop: tuple[LoopbackDevice, usb.core.Device]) -> 
     assert info.value.errno == errno.EPIPE
 
 
+@pytest.mark.parametrize("size", [0, 1, 62, 63, 64, 512, 65536, 100_000])
+def test_source_pattern_is_i_mod_63(size: int) -> None:
+    assert source_pattern(size) == bytes(i % 63 for i in range(size))
+
+
+@pytest.mark.parametrize("seq", [0, 1, 251, 252, 255, 256, 0x01020304, 0xFFFFFFFF, 1 << 33])
+@pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 256, 1023, 3072])
+def test_iso_pattern_is_the_counter_then_a_ramp(seq: int, size: int) -> None:
+    head = (seq & 0xFFFFFFFF).to_bytes(4, "little")[:size]
+    assert iso_pattern(seq, size) == head + bytes((seq + i) & 0xFF for i in range(len(head), size))
+
+
 def test_interrupt_loopback(loop: tuple[LoopbackDevice, usb.core.Device]) -> None:
     device, dev = loop
     dev.write(INTR_OUT, b"\x01\x02\x03", 1000)
@@ -120,4 +137,79 @@ def test_full_speed_variant_and_qualifier() -> None:
         assert other[1] == 7 and b"\x07\x05\x01\x02\x00\x02" in other  # bulk OUT, 512 bytes
         assert usb.util.get_string(dev, cfg[(0, 0)].iInterface) == "Loopback"
     finally:
+        backend.close()
+
+
+# ------------------------------------------------------------ no-wait attempts
+# (what lets the host engine run a transfer on its event loop: see
+# client/virtual/device.py and client/usb/device.py)
+
+
+def test_no_wait_turns_a_nak_into_blocking_io_error(loop: tuple[LoopbackDevice, usb.core.Device]) -> None:
+    device, dev = loop
+    backend = dev.backend
+    with pytest.raises(BlockingIOError) as info:
+        backend.call_nowait(dev.read, BULK_IN, array.array("B", bytes(512)), 1000)
+    assert info.value.characters_written == 0
+    assert device.stats() == LoopbackStats()
+    # what the device has comes back at once, as without the switch
+    assert dev.write(BULK_OUT, b"now", 1000) == 3
+    buf = array.array("B", bytes(512))
+    assert backend.call_nowait(dev.read, BULK_IN, buf, 1000) == 3 and bytes(buf[:3]) == b"now"
+    assert backend.call_nowait(dev.write, INTR_OUT, b"x", 1000) == 1
+    assert bytes(backend.call_nowait(dev.ctrl_transfer, 0xC0, 0x02, 0, 0, 1)) == b"\x00"
+    # a stall is still an error, not "would block"
+    dev.ctrl_transfer(0x02, 0x03, 0, BULK_IN, None)  # SET_FEATURE(ENDPOINT_HALT)
+    with pytest.raises(usb.core.USBError) as stalled:
+        backend.call_nowait(dev.read, BULK_IN, buf, 1000)
+    assert stalled.value.errno == errno.EPIPE
+
+
+def test_no_wait_out_reports_the_part_the_device_took(loop: tuple[LoopbackDevice, usb.core.Device]) -> None:
+    device, dev = loop  # 4096-byte loopback buffer
+    data = bytes(range(256)) * 24  # 6144 bytes
+    with pytest.raises(BlockingIOError) as info:
+        dev.backend.call_nowait(dev.write, BULK_OUT, data, 1000)
+    assert info.value.characters_written == 4096
+    assert device.stats().bulk_out_bytes == 4096
+    assert bytes(dev.read(BULK_IN, 8192, 1000)) == data[:4096]
+    assert dev.write(BULK_OUT, data[4096:], 1000) == 2048  # the rest, as the engine sends it
+    assert bytes(dev.read(BULK_IN, 8192, 1000)) == data[4096:]
+
+
+def test_no_wait_is_per_thread(loop: tuple[LoopbackDevice, usb.core.Device]) -> None:
+    """A worker thread's transfer still waits while another thread attempts one."""
+    _, dev = loop
+    outcome: list[BaseException | int] = []
+
+    def waiting_read() -> None:
+        try:
+            outcome.append(dev.read(BULK_IN, array.array("B", bytes(512)), 2000))
+        except usb.core.USBError as exc:  # pragma: no cover - reported below
+            outcome.append(exc)
+
+    with no_wait():
+        worker = threading.Thread(target=waiting_read)
+        worker.start()
+        time.sleep(0.1)
+        assert worker.is_alive()  # waiting for data, not refused
+        with pytest.raises(BlockingIOError):
+            dev.read(BULK_IN, array.array("B", bytes(512)), 1000)
+    dev.write(BULK_OUT, b"late", 1000)
+    worker.join(5)
+    assert outcome == [4]
+
+
+def test_inline_device_says_which_devices_may_run_inline(tmp_path: Path) -> None:
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(64 * 512))
+    backend = make_backend([f"virtual:storage:{image}", "virtual:keyboard", "virtual:loopback"])
+    try:
+        found = {d.idProduct: d for d in usb.core.find(backend=backend, find_all=True)}
+        inline = {pid: backend.inline_device(d) for pid, d in found.items()}
+        # the drive's hooks read and write its image file: never on the loop
+        assert inline == {0x0001: False, 0x0002: True, 0x0003: True}
+    finally:
+        for d in found.values():
+            usb.util.dispose_resources(d)
         backend.close()

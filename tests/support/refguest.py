@@ -276,37 +276,43 @@ async def engine_session(
     On exit everything is cancelled and the guest's parser destroyed.
     """
     engines: list[HostEngine] = []
-    async with trio.open_nursery() as nursery:
-        stream: trio.abc.Stream
-        if transport == "tcp":
-            listeners = await nursery.start(
-                lambda task_status: serve_listen(
-                    "127.0.0.1", 0, source, task_status=task_status, on_session=engines.append
+    guest: RefGuest | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            stream: trio.abc.Stream
+            if transport == "tcp":
+                listeners = await nursery.start(
+                    lambda task_status: serve_listen(
+                        "127.0.0.1", 0, source, task_status=task_status, on_session=engines.append
+                    )
                 )
-            )
-            port = listeners[0].socket.getsockname()[1]
-            client = await trio.open_tcp_stream("127.0.0.1", port)
-            host, local_port = client.socket.getsockname()[:2]
-            name = f"{host}:{local_port}"
-            stream = client
-            with trio.fail_after(DEFAULT_TIMEOUT_S):
-                while not engines:
-                    await trio.sleep(0.005)
-        elif transport == "memory":
-            stream, host_end = trio.testing.memory_stream_pair()
-            name = "memory-guest"
-            engines.append(HostEngine(host_end, source, peer=name))
-            nursery.start_soon(engines[0].run)
-        else:
-            raise ValueError(f"unknown transport {transport!r}")
-        guest = RefGuest(stream, caps=caps, version=version)
-        nursery.start_soon(guest.run)
-        try:
-            yield Session(guest, engines[0], name)
-        finally:
-            nursery.cancel_scope.cancel()
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
+                port = listeners[0].socket.getsockname()[1]
+                client = await trio.open_tcp_stream("127.0.0.1", port)
+                host, local_port = client.socket.getsockname()[:2]
+                name = f"{host}:{local_port}"
+                stream = client
+                with trio.fail_after(DEFAULT_TIMEOUT_S):
+                    while not engines:
+                        await trio.sleep(0.005)
+            elif transport == "memory":
+                stream, host_end = trio.testing.memory_stream_pair()
+                name = "memory-guest"
+                engines.append(HostEngine(host_end, source, peer=name))
+                nursery.start_soon(engines[0].run)
+            else:
+                raise ValueError(f"unknown transport {transport!r}")
+            guest = RefGuest(stream, caps=caps, version=version)
+            nursery.start_soon(guest.run)
+            try:
+                yield Session(guest, engines[0], name)
+            finally:
+                nursery.cancel_scope.cancel()
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
+    finally:
+        # only once guest.run has ended: a run woken by data just before the
+        # cancel would otherwise feed a parser that is already gone
+        if guest is not None:
             guest.close()
 
 
