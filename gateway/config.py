@@ -20,6 +20,7 @@ Relative paths are taken from the config file's folder.
     client = "thin-01"                 # client identity (from its certificate)
     device = "usb:1209:0001"           # usb:VID:PID[:SERIAL] | usb-port:1-2.3
     allow = ["10.0.0.0/8"]             # hypervisor sources; default: loopback only
+    settings = "115200,8N1"            # serial routes: line settings the client applies
     [route.tls]                        # optional: QEMU must speak TLS to this port
     cert = "..."; key = "..."; ca = "..."
 """
@@ -99,6 +100,8 @@ class Route:
     tls: RouteTls | None = None
     #: True when `allow` was not given (the loopback-only default)
     allow_defaulted: bool = False
+    #: serial routes: line settings the client applies for this route's consumer
+    settings: str | None = None
 
     def allows(self, address: str) -> bool:
         try:
@@ -255,7 +258,10 @@ _GATEWAY_KEYS = {
     "tunnel_listen", "cert", "key", "ca", "crl", "admin_socket", "public_host",
     "handshake_timeout_s", "heartbeat_interval_s", "heartbeat_timeout_s", "hold_timeout_s",
 }  # fmt: skip
-_ROUTE_KEYS = {"name", "listen", "client", "device", "allow", "protocol", "tls"}
+_ROUTE_KEYS = {"name", "listen", "client", "device", "allow", "protocol", "tls", "settings"}
+#: A serial route's line settings, checked for shape here and fully by the
+#: client that applies them: BAUD[,BITS PARITY STOP][,rtscts][,xonxoff][,dtr=on|off][,rts=on|off]
+_SETTINGS = re.compile(r"^\d{2,8}(?:[,:][5-8][NEOMSneoms](?:1\.5|1|2))?(?:,(?:rtscts|xonxoff|dtr=(?:on|off)|rts=(?:on|off)))*$")
 _TLS_KEYS = {"cert", "key", "ca"}
 _PROTOCOLS = {"usbredir": ("usb", "usb-port"), "raw": ("serial", "parallel"), "rfc2217": ("serial",)}
 
@@ -379,7 +385,13 @@ def _load_route(loader: _Loader, table: str, rd: Any) -> Route | None:
             t_ca = loader.path_value(f"{table}.tls", td, "ca")
             if t_cert and t_key and t_ca:
                 tls = RouteTls(t_cert, t_key, t_ca)
+    settings = rd.get("settings")
+    if settings is not None:
+        if device is not None and device.scheme.value != "serial":
+            loader.problem(table, "settings", "line settings apply to serial:... devices only")
+        elif not isinstance(settings, str) or not _SETTINGS.match(settings):
+            loader.problem(table, "settings", f"{settings!r}: expected BAUD[,8N1][,rtscts][,xonxoff][,dtr=on|off][,rts=on|off]")
     if len(loader.problems) != before:
         return None
     assert name and listen and client and device and isinstance(protocol, str)
-    return Route(name, listen, client, device, tuple(allow), protocol, tls, allow_defaulted)
+    return Route(name, listen, client, device, tuple(allow), protocol, tls, allow_defaulted, settings)

@@ -93,6 +93,7 @@ class Gateway:
         return RouteServer(
             route, self.registry, tls_context=context, revocation=self.revocation,
             handshake_timeout_s=self.config.handshake_timeout_s,
+            options={"settings": route.settings} if route.settings else None,
         )  # fmt: skip
 
     def snapshot(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import trio
 
+from redirgate.client.serial.errors import SerialError
 from redirgate.client.serial.selector import PortSelector
 from redirgate.client.serial.serve import serve_serial_stream
 from redirgate.client.serial.service import PortService
@@ -72,4 +73,12 @@ class SerialExports:
 
     async def serve(self, request: OpenChannel, stream: trio.abc.Stream) -> None:
         service = self.services[request.device_selector.removeprefix("serial:")]
-        await serve_serial_stream(stream, service, peer=f"gateway channel {request.channel_id}", protocol=request.protocol.value)
+        peer = f"gateway channel {request.channel_id}"
+        settings = None
+        text = request.options.get("settings")
+        if isinstance(text, str):
+            try:
+                settings = LineSettings.parse(text)
+            except SerialError as exc:
+                log.error("%s: the route's settings %r are not valid: %s; the port keeps its own", service.name, text, exc)
+        await serve_serial_stream(stream, service, peer=peer, protocol=request.protocol.value, settings=settings)

@@ -21,6 +21,7 @@ closes the ones it accepted.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Final
 
@@ -29,6 +30,7 @@ import trio
 from redirgate.client.serial.errors import PortBusy, SerialError
 from redirgate.client.serial.rfc2217 import RECEIVE_BYTES, ComPortServer
 from redirgate.client.serial.service import PortService, Session
+from redirgate.client.serial.settings import LineSettings
 
 __all__ = ["serve_serial_stream", "serve_serial_listen", "PROTOCOLS"]
 
@@ -42,18 +44,33 @@ DRAIN_EXTRA_S: Final = 2.0
 
 
 async def serve_serial_stream(
-    stream: trio.abc.Stream, service: PortService, *, peer: str, protocol: str = "raw"
+    stream: trio.abc.Stream,
+    service: PortService,
+    *,
+    peer: str,
+    protocol: str = "raw",
+    settings: LineSettings | None = None,
 ) -> None:
     """Serve one consumer on an open stream until either side ends.
 
     `protocol`: "raw" (bytes both ways) or "rfc2217" (telnet + Com Port
-    Control).  Returns normally when the consumer ends, goes away, is refused
-    (port in use) or is taken over; the stream is left open for the caller.
+    Control).  `settings`, when given (a gateway route's), are applied to the
+    port for this consumer; a setting the port refuses is logged naming it and
+    the port keeps its own.  Returns normally when the consumer ends, goes
+    away, is refused (port in use) or is taken over; the stream is left open
+    for the caller.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
     try:
         async with service.attach(peer) as session:
+            if settings is not None:
+                try:
+                    now = session.apply(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)})
+                    log.info("%s: %s asked for %s; the port is set to it", service.name, peer, now.describe())
+                except SerialError as exc:
+                    log.error("%s: the route's line settings for %s cannot be applied: %s; the port keeps %s",
+                              service.name, peer, exc, session.settings.describe())  # fmt: skip
             if protocol == "raw":
                 await _serve_raw(stream, session, peer)
             else:

@@ -70,3 +70,33 @@ def test_serial_port_through_gateway_both_ways_with_ring_replay(tmp_path: Path) 
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_line_settings_from_the_gateway_route_reach_the_tty(tmp_path: Path) -> None:
+    master, slave = os.openpty()
+    tty.setraw(master)
+    path = os.ttyname(slave)
+    try:
+        make_pki(tmp_path)
+        route = LabRoute("console", "serial:console", extra={"settings": "57600,8N1,rtscts"})
+        config = write_gateway_config(tmp_path, [route])
+        with running_gateway(config, tmp_path / "gateway.log") as gw:
+            client_config = write_client_config(
+                tmp_path, gw.tunnel_port,
+                extra_export=f'\n[[serial]]\nname = "console"\nport = "{path}"\nsettings = "115200,8N1"\n',
+            )  # fmt: skip
+            with running_client(client_config, tmp_path / "client.log"):
+                deadline = time.monotonic() + 20
+                while termios.tcgetattr(slave)[4] != termios.B115200:  # the client's own settings first
+                    assert time.monotonic() < deadline, (tmp_path / "client.log").read_text()
+                    time.sleep(0.1)
+                with socket.create_connection(("127.0.0.1", gw.routes["console"]), timeout=20) as vm:
+                    vm.sendall(b"ping\n")
+                    assert _read_fd(master, 5) == b"ping\n"
+                    attrs = termios.tcgetattr(slave)
+                    assert attrs[4] == termios.B57600 and attrs[5] == termios.B57600, (tmp_path / "client.log").read_text()
+                    assert attrs[2] & termios.CRTSCTS
+        assert "asked for 57600,8N1 rtscts" in (tmp_path / "client.log").read_text()
+    finally:
+        os.close(master)
+        os.close(slave)

@@ -87,3 +87,35 @@ def test_missing_gateway_table(tmp_path):
     with pytest.raises(ConfigErrors) as info:
         load_config(path)
     assert any("missing [gateway]" in p.reason for p in info.value.problems)
+
+
+def test_route_line_settings_are_checked(tmp_path):
+    import pytest as _pytest
+
+    from redirgate.gateway.config import ConfigErrors, load_config
+
+    base = """[gateway]
+tunnel_listen = "127.0.0.1:0"
+cert = "c"
+key = "k"
+ca = "a"
+
+[[route]]
+name = "console"
+listen = "127.0.0.1:0"
+client = "thin-01"
+device = "{device}"
+settings = "{settings}"
+"""
+    good = tmp_path / "good.toml"
+    good.write_text(base.format(device="serial:console", settings="9600,7E1,rtscts"))
+    assert load_config(good, check_files=False).routes[0].settings == "9600,7E1,rtscts"
+    for device, settings, words in (
+        ("serial:console", "fast", "expected BAUD"),
+        ("usb:1209:0001", "9600", "serial:... devices only"),
+    ):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(base.format(device=device, settings=settings))
+        with _pytest.raises(ConfigErrors) as caught:
+            load_config(bad, check_files=False)
+        assert words in str(caught.value) and ":12:" in str(caught.value), str(caught.value)
