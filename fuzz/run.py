@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-TARGETS = {"filter": HERE / "filter_fuzz.py", "usbredir": HERE / "usbredir_fuzz.py", "tunnel": HERE / "tunnel_fuzz.py"}
+TARGETS = {"filter": HERE / "filter_fuzz.py", "usbredir": HERE / "usbredir_fuzz.py", "tunnel": HERE / "tunnel_fuzz.py", "telnet": HERE / "telnet_fuzz.py"}
 CORPUS = HERE / "corpus"
 _EXECS = re.compile(r"stat::number_of_executed_units:\s*(\d+)")
 
