@@ -55,7 +55,9 @@ from typing import Any
 import trio
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script: make `bench` importable
+if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "bench":
+    sys.path[0] = str(ROOT)  # run as a script: not bench/ itself, where bench/serial.py would shadow pyserial
+elif str(ROOT) not in sys.path:  # make `bench` importable
     sys.path.insert(0, str(ROOT))
 
 from bench import gateway_lab as gl  # noqa: E402
@@ -95,7 +97,7 @@ class Plan:
     seconds: float  # of polling per phase
 
 
-QUICK = Plan(runs=3, seconds=1.5)
+QUICK = Plan(runs=3, seconds=0.8)
 FULL = Plan(runs=5, seconds=5.0)
 
 Figures = dict[str, list[float]]

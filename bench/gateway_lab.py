@@ -68,9 +68,11 @@ def write_lab(
     heartbeat_interval_s: float = 10.0,
     heartbeat_timeout_s: float = 30.0,
     extra_pki_clients: Sequence[str] = (),
+    exports: dict[str, str] | None = None,
 ) -> Lab:
     """PKI, gateway.toml with fixed ports, one client toml per entry of `clients`
-    (identity -> virtual device specs).  `routes` are ``redirgate.cli.lab.LabRoute``s
+    (identity -> virtual device specs; `exports`: identity -> more TOML for its
+    file, such as a ``[[serial]]`` table).  `routes` are ``redirgate.cli.lab.LabRoute``s
     whose ``listen`` is ignored (a free port is chosen for each)."""
     from redirgate.cli.lab import make_pki, write_client_config, write_gateway_config
 
@@ -84,7 +86,8 @@ def write_lab(
     lab = Lab(directory, config, tunnel_port, directory / "gateway.sock",
               {r.name: int(r.listen.rsplit(":", 1)[1]) for r in fixed})  # fmt: skip
     for name, virtual in clients.items():
-        lab.client_configs[name] = write_client_config(directory, tunnel_port, name=name, virtual=list(virtual))
+        lab.client_configs[name] = write_client_config(directory, tunnel_port, name=name, virtual=list(virtual),
+                                                       extra_export=(exports or {}).get(name, ""))  # fmt: skip
     return lab
 
 

@@ -20,7 +20,7 @@ cases interleaved run by run (rotated) so that load from other work on the
 machine spreads over all of them:
 
 * throughput, MB/s (10^6 bytes): N bytes sender → receiver (full 2 GiB,
-  quick 256 MiB), timed by the sender from its first write to the
+  quick 128 MiB), timed by the sender from its first write to the
   receiver's one-byte acknowledgement of the last byte;
 * 64-byte ping-pong round trip p50 / p99, µs (full 5000, quick 2000
   iterations per run after 200 of warm-up), with sender, relay and
@@ -66,7 +66,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script: make `bench` importable
+if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "bench":
+    sys.path[0] = str(ROOT)  # run as a script: not bench/ itself, where bench/serial.py would shadow pyserial
+elif str(ROOT) not in sys.path:  # make `bench` importable
     sys.path.insert(0, str(ROOT))
 
 from bench.relay_setup import (  # noqa: E402
@@ -265,7 +267,7 @@ def run(quick: bool, *, runs: int | None = None, mib: int | None = None, round_t
     The keyword arguments override the sizes of `quick` (for development).
     """
     runs = runs or (3 if quick else 5)
-    nbytes = (mib or (256 if quick else 2048)) << 20
+    nbytes = (mib or (128 if quick else 2048)) << 20
     rtt_count = round_trips or (2000 if quick else 5000)
     figures = {c.key: Figures(c.label) for c in CASES}
     started = time.monotonic()
@@ -394,7 +396,7 @@ def charts(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="3 runs of 256 MiB (about a minute)")
+    parser.add_argument("--quick", action="store_true", help="3 runs of 128 MiB (about 15 s)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--runs", type=int, help="override the number of runs")
     parser.add_argument("--mib", type=int, help="override the MiB per throughput run")

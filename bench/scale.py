@@ -17,8 +17,8 @@ Figures, for N = 100 and 1000 (and 5000 in full), each cycle on a fresh
 gateway (quick 2 cycles, full 3; median [min–max]):
 
 * gateway RSS per idle client: VmRSS (/proc/PID/status) once all N are
-  online and 1 s has passed, minus VmRSS before the first connection,
-  divided by N;
+  online and 1 s (quick 0.5 s) has passed, minus VmRSS before the first
+  connection, divided by N;
 * TLS handshakes per second while they connect: N ÷ the time from the
   first dial to the last completed handshake (load generator's clock), the
   time until the gateway's admin status (``gateway.admin.read_status``)
@@ -58,7 +58,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script: make `bench` importable
+if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "bench":
+    sys.path[0] = str(ROOT)  # run as a script: not bench/ itself, where bench/serial.py would shadow pyserial
+elif str(ROOT) not in sys.path:  # make `bench` importable
     sys.path.insert(0, str(ROOT))
 
 from bench import gateway_lab as gl  # noqa: E402
@@ -86,10 +88,11 @@ class Plan:
     restarts: int
     channel_window_s: float
     channel_windows: int
+    settle_s: float = SETTLE_S  # before each VmRSS reading (quick: shorter)
 
 
 QUICK = Plan(sizes=(100, 1000), cycles=2, idle_sizes=(1000,), idle_windows=1, restarts=1,
-             channel_window_s=1.5, channel_windows=2)  # fmt: skip
+             channel_window_s=1.0, channel_windows=2, settle_s=0.5)  # fmt: skip
 FULL = Plan(sizes=(100, 1000, 5000), cycles=3, idle_sizes=(100, 1000, 5000), idle_windows=3, restarts=3,
             channel_window_s=10.0, channel_windows=3)  # fmt: skip
 
@@ -251,7 +254,7 @@ class ScaleBench:
         for cycle in range(self.plan.cycles):
             gw = self.start_gateway()
             try:
-                time.sleep(SETTLE_S)
+                time.sleep(self.plan.settle_s)
                 rss0, cpu0 = gl.rss_kib(gw.pid), process_cpu_s(gw.pid)
                 gen0, machine0 = process_cpu_s(self.loadgen.pid), gl.machine_jiffies()
                 t0 = time.monotonic()
@@ -271,7 +274,7 @@ class ScaleBench:
                 _put(into, "gateway_cpu_ms_per_client", (cpu1 - cpu0) * 1e3 / n)
                 _put(into, "loadgen_cpu_pct_connect", 100 * (gen1 - gen0) / elapsed)
                 _put(into, "gateway_cpu_pct_connect", 100 * (cpu1 - cpu0) / elapsed)
-                time.sleep(SETTLE_S)
+                time.sleep(self.plan.settle_s)
                 rss1 = gl.rss_kib(gw.pid)
                 if rss0 is not None and rss1 is not None:
                     _put(into, "rss_per_client_kib", (rss1 - rss0) / n)
@@ -382,7 +385,8 @@ def run(quick: bool, *, sizes: tuple[int, ...] | None = None) -> dict[str, Any]:
     plan = QUICK if quick else FULL
     if sizes:
         plan = Plan(sizes, plan.cycles, tuple(s for s in sizes if s in plan.idle_sizes) or sizes[-1:],
-                    plan.idle_windows, plan.restarts, plan.channel_window_s, plan.channel_windows)  # fmt: skip
+                    plan.idle_windows, plan.restarts, plan.channel_window_s, plan.channel_windows,
+                    plan.settle_s)  # fmt: skip
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:  # inherited by the gateway process; scale_peers raises its own
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -490,6 +494,7 @@ def table(result: dict[str, Any]) -> str:
         f"scale: {result['what']}",
         f"  {plan['cycles']} cycles per N, each on a fresh gateway process; "
         f"idle CPU over {result['idle_window_s']:g} s window(s); {plan['restarts']} restart(s) per N; "
+        f"VmRSS read {plan.get('settle_s', 1.0):g} s after the gateway start and after the last connection; "
         f"first connections ≤ {result['connect_concurrency']} handshakes in flight; median [min–max]",
         f"  {mach['cpus']} × {mach['cpu']}, Linux {mach['kernel']}, Python {mach['python']}, {mach['openssl']}; "
         f"load average {result['loadavg_start'][0]:.2f} at start, {result['loadavg_end'][0]:.2f} at end",

@@ -68,7 +68,9 @@ from typing import Any
 import trio
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script: make `bench` importable
+if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "bench":
+    sys.path[0] = str(ROOT)  # run as a script: not bench/ itself, where bench/serial.py would shadow pyserial
+elif str(ROOT) not in sys.path:  # make `bench` importable
     sys.path.insert(0, str(ROOT))
 
 from bench import gateway_lab as gl  # noqa: E402
@@ -128,7 +130,7 @@ class Plan:
     rtt_count: int  # 64-byte round trips through stunnel4 and the direct ceilings
 
 
-QUICK = Plan(runs=3, ctrl_count=600, bulk_bytes=16 << 20, iso_seconds=1.0, rtt_count=1500)
+QUICK = Plan(runs=3, ctrl_count=600, bulk_bytes=8 << 20, iso_seconds=0.4, rtt_count=1000)
 FULL = Plan(runs=5, ctrl_count=3000, bulk_bytes=64 << 20, iso_seconds=3.0, rtt_count=5000)
 
 
