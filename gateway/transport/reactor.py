@@ -59,7 +59,8 @@ class ReactorSide:
     prefix: bytes = b""  # bytes already read from this side (delivered first)
 
     def __post_init__(self) -> None:
-        self.fd = self.sock.fileno() if self.kind == "tls" else int(self.sock)
+        self.tls = self.kind == "tls"
+        self.fd = self.sock.fileno() if self.tls else int(self.sock)
         # The SSL object's own read/write skip ssl.SSLSocket's Python-level
         # wrappers (a measurable share of a small message's cost); the public
         # methods stand in where that attribute is not there.
@@ -121,7 +122,7 @@ def _recv(side: ReactorSide, view: memoryview, d: _Direction) -> int | None:
     per read: full records (bulk) are batched until the buffer fills or the
     socket runs dry, so one send carries many of them.
     """
-    if side.kind == "tls":
+    if side.tls:
         read = side.ssl_read
         total = 0
         room = len(view)
@@ -157,7 +158,7 @@ def _recv(side: ReactorSide, view: memoryview, d: _Direction) -> int | None:
 def _send(side: ReactorSide, view: memoryview, d: _Direction) -> int | None:
     if side.max_send and len(view) > side.max_send:
         view = view[: side.max_send]
-    if side.kind == "tls":
+    if side.tls:
         try:
             return side.ssl_write(view)
         except ssl.SSLWantWriteError:
@@ -184,6 +185,7 @@ class _Channel:
         self.ab = _Direction(a, b, size, True, inspect_ab)
         self.ba = _Direction(b, a, size, False, inspect_ba)
         self.fds = (a.fd, b.fd)
+        self.a_fd, self.b_fd = a.fd, b.fd
         self.mask_a = self.mask_b = 0
 
     def step(self, d: _Direction) -> None:
@@ -289,17 +291,19 @@ class RelayReactor:
 
     # ------------------------------------------------------------ the thread
     def _run(self) -> None:
-        ep = self._ep
+        poll = self._ep.poll
+        wake = self._wake_r
+        channel_of = self._by_fd.get
+        service = self._service
         try:
             while not self._stopping:
-                events = ep.poll()
-                for fd, mask in events:
-                    if fd == self._wake_r:
+                for fd, mask in poll():
+                    if fd == wake:
                         self._drain_wake()
                         continue
-                    channel = self._by_fd.get(fd)
+                    channel = channel_of(fd)
                     if channel is not None:
-                        self._service(channel, fd, mask)
+                        service(channel, fd, mask)
         except Exception:  # a bug here must not kill channels silently
             log.exception("relay reactor failed; ending its channels")
         finally:
@@ -325,24 +329,28 @@ class RelayReactor:
 
     def _service(self, channel: _Channel, fd: int = -1, mask: int = 0) -> None:
         """Step the directions the event on `fd` concerns (all on fd=-1 or an error)."""
+        ab, ba = channel.ab, channel.ba
         try:
-            for d in (channel.ab, channel.ba):
-                if (
-                    fd < 0
-                    or mask & _ERR
-                    or (d.src.fd == fd and d.need_src & mask)
-                    or (d.dst.fd == fd and d.need_dst & mask)
-                ):
-                    channel.step(d)
+            if fd < 0 or mask & _ERR:
+                channel.step(ab)
+                channel.step(ba)
+            else:
+                # ab reads a's fd and writes b's; ba the other way round
+                on_a = fd == channel.a_fd
+                if (ab.need_src & mask) if on_a else (ab.need_dst & mask):
+                    channel.step(ab)
+                if (ba.need_dst & mask) if on_a else (ba.need_src & mask):
+                    channel.step(ba)
         except _Ended as ended:
             self._finish(channel, ReactorOutcome(ended.side, ended.reason, ended.error))
             return
-        mask_a, mask_b = channel.wanted()
+        mask_a = ab.need_src | ba.need_dst
         if mask_a != channel.mask_a:
-            self._ep.modify(channel.a.fd, mask_a)
+            self._ep.modify(channel.a_fd, mask_a)
             channel.mask_a = mask_a
+        mask_b = ab.need_dst | ba.need_src
         if mask_b != channel.mask_b:
-            self._ep.modify(channel.b.fd, mask_b)
+            self._ep.modify(channel.b_fd, mask_b)
             channel.mask_b = mask_b
 
     def _finish(self, channel: _Channel, outcome: ReactorOutcome) -> None:
