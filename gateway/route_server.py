@@ -193,6 +193,8 @@ class RouteServer:
         try:
             async with trio.open_nursery() as nursery:
 
+                held_discards = [0, 1]  # bytes discarded while held, next count to log at
+
                 async def hold() -> None:
                     nonlocal gone
                     buf = bytearray(16384)
@@ -211,8 +213,11 @@ class RouteServer:
                         held.extend(memoryview(buf)[: min(n, room)])
                         if n > room:
                             self.discarded_bytes += n - room
-                            log.warning("route %s: discarded %d byte(s) from %s while no device was attached",
-                                        route.name, n - room, peer)  # fmt: skip
+                            held_discards[0] += n - room
+                            if held_discards[0] >= held_discards[1]:  # the first, then at each doubling
+                                held_discards[1] = held_discards[0] * 2
+                                log.warning("route %s: discarded %d byte(s) from %s so far while no device was attached",
+                                            route.name, held_discards[0], peer)  # fmt: skip
 
                 nursery.start_soon(hold)
                 channel = await self._open_channel(peer)

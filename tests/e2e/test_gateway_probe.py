@@ -57,3 +57,23 @@ async def test_hypervisor_held_until_client_comes(tmp_path: Path) -> None:
                         await trio.sleep(0.05)
                 scope.cancel()
         assert result[0].product_id == 0x0001
+
+
+@trio_test(30)
+async def test_held_raw_route_keeps_reading_and_counts_discards(tmp_path: Path, caplog: Any) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO)
+    routes = [LabRoute("console", "serial:console")]
+    async with running_lab(tmp_path, routes, start_client_now=False) as lab:
+        stream = await trio.open_tcp_stream("127.0.0.1", lab.route_port("console"))
+        async with stream:
+            chunk = b"x" * 16384
+            with trio.fail_after(10):  # the gateway never stops reading a held VM's serial port
+                for _ in range(64):
+                    await stream.send_all(chunk)
+            with trio.fail_after(10):
+                while lab.gateway.snapshot()["routes"][0]["discarded_bytes"] < 64 * 16384 - 64 * 1024:
+                    await trio.sleep(0.05)
+        warnings = [r for r in caplog.records if "while no device was attached" in r.getMessage()]
+        assert 1 <= len(warnings) <= 12, [r.getMessage() for r in warnings]
