@@ -55,6 +55,7 @@ def write_gateway_config(
     heartbeat_interval_s: float = 10.0,
     heartbeat_timeout_s: float = 30.0,
     handshake_timeout_s: float = 10.0,
+    hold_timeout_s: float = 0.0,
 ) -> Path:
     base = directory / "pki"
     gw = pki.gateway_dir(base, GATEWAY_NAME)
@@ -70,6 +71,7 @@ def write_gateway_config(
         f"heartbeat_interval_s = {heartbeat_interval_s}",
         f"heartbeat_timeout_s = {heartbeat_timeout_s}",
         f"handshake_timeout_s = {handshake_timeout_s}",
+        f"hold_timeout_s = {hold_timeout_s}",
     ]
     for route in routes:
         lines += ["", "[[route]]", f"name = {_q(route.name)}", f"listen = {_q(route.listen)}",

@@ -114,6 +114,7 @@ class RouteServer:
         open_timeout_s: float = 15.0,
         retry_s: float = 1.0,
         options: dict[str, Any] | None = None,
+        hold_timeout_s: float = 0.0,
     ) -> None:
         self.route = route
         self.registry = registry
@@ -123,6 +124,8 @@ class RouteServer:
         self.open_timeout_s = open_timeout_s
         self.retry_s = retry_s
         self.options = options or {}
+        #: 0: hold a hypervisor until its device comes; else close it after this long
+        self.hold_timeout_s = hold_timeout_s
         #: the gateway's relay reactor (None: relay in trio tasks)
         self.reactor: RelayReactor | None = None
         self.state = "idle"  # idle | held | active
@@ -220,7 +223,14 @@ class RouteServer:
                                             route.name, held_discards[0], peer)  # fmt: skip
 
                 nursery.start_soon(hold)
-                channel = await self._open_channel(peer)
+                if self.hold_timeout_s > 0:
+                    with trio.move_on_after(self.hold_timeout_s):
+                        channel = await self._open_channel(peer)
+                    if channel is None:
+                        log.warning("route %s: closing hypervisor %s: no device within hold_timeout_s = %g (%s)",
+                                    route.name, peer, self.hold_timeout_s, self.waiting_for)  # fmt: skip
+                else:
+                    channel = await self._open_channel(peer)
                 nursery.cancel_scope.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             gone = True
@@ -228,7 +238,7 @@ class RouteServer:
         if channel is None or gone:
             if channel is not None:
                 await self._close_channel(channel, "the hypervisor left")
-            else:
+            elif gone:
                 log.info("route %s: hypervisor %s left before the device was attached", route.name, peer)
             with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                 await stream.aclose()

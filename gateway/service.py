@@ -94,6 +94,7 @@ class Gateway:
             route, self.registry, tls_context=context, revocation=self.revocation,
             handshake_timeout_s=self.config.handshake_timeout_s,
             options={"settings": route.settings} if route.settings else None,
+            hold_timeout_s=self.config.hold_timeout_s,
         )  # fmt: skip
 
     def snapshot(self) -> dict[str, Any]:

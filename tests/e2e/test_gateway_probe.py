@@ -77,3 +77,19 @@ async def test_held_raw_route_keeps_reading_and_counts_discards(tmp_path: Path, 
                     await trio.sleep(0.05)
         warnings = [r for r in caplog.records if "while no device was attached" in r.getMessage()]
         assert 1 <= len(warnings) <= 12, [r.getMessage() for r in warnings]
+
+
+@trio_test(30)
+async def test_hold_timeout_closes_a_hypervisor_whose_device_never_comes(tmp_path: Path, caplog: Any) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO)
+    async with running_lab(tmp_path, [LabRoute("stick", "usb:1209:0001")], start_client_now=False, hold_timeout_s=1.0) as lab:
+        stream = await trio.open_tcp_stream("127.0.0.1", lab.route_port("stick"))
+        async with stream:
+            with trio.fail_after(10):
+                assert await stream.receive_some(100) == b""  # closed by the gateway
+        assert "no device within hold_timeout_s = 1" in caplog.text and "offline" in caplog.text
+        with trio.fail_after(5):
+            while lab.gateway.snapshot()["routes"][0]["state"] != "idle":
+                await trio.sleep(0.05)
