@@ -16,6 +16,7 @@
 #   libusbredirparser-dev        reference usbredir parser (ctypes conformance tests)
 #   libusbredirhost-dev usbredirect   reference usbredir host side
 #   socat stunnel4 haproxy ser2net    real peers for serial/TLS/proxy tests
+#   linux-libc-dev               linux/ppdev.h + linux/lp.h: our parallel ioctl numbers are checked against them
 #   python3-venv                 only when this python3 cannot create a venv (tests/run.sh)
 set -euo pipefail
 
@@ -35,6 +36,7 @@ packages=(
     stunnel4
     haproxy
     ser2net
+    linux-libc-dev
 )
 
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then

@@ -20,6 +20,7 @@ from redirgate.client.parallel.ppdev import Parport
 from redirgate.client.parallel.printer import LPGETSTATUS, PrinterPort
 from redirgate.client.parallel.status import PrinterStatus, StatusBits
 from tests.client.parallel_support import BUSY, OFFLINE, PAPER_OUT, READY, STUCK_PAPER_OUT, EmulatedLp, LpState, fifo
+from tests.support.system import require
 
 PPDEV_H = Path("/usr/include/linux/ppdev.h")
 LP_H = Path("/usr/include/linux/lp.h")
@@ -48,8 +49,7 @@ def test_ppdev_numbers_follow_the_ioc_encoding(name: str) -> None:
 
 
 def test_ioctl_numbers_match_the_installed_headers() -> None:
-    if not PPDEV_H.is_file() or not LP_H.is_file():
-        pytest.skip("linux-libc-dev headers not installed")
+    require("linux-libc-dev headers", PPDEV_H.is_file() and LP_H.is_file(), f"{PPDEV_H} or {LP_H} missing")
     sizes = {"unsigned char": 1, "int": 4}
     text = PPDEV_H.read_text()
     for name, (ours, _) in IOCTLS.items():
