@@ -125,10 +125,8 @@ async def _boot_vm(say: Any, ports: dict[str, int]) -> bool:
 
 async def run_demo(directory: Path, *, once: bool, vm: bool = False, out: Any = None) -> int:
     from redirgate.client.config import load_client_config
-    from redirgate.client.inventory import DeviceInventory
     from redirgate.client.probe import ProbeError, probe
-    from redirgate.client.tunnel import TunnelClient
-    from redirgate.client.virtual import make_backend
+    from redirgate.client.service import ClientService
     from redirgate.gateway.config import Endpoint, load_config
     from redirgate.gateway.service import Gateway
     from redirgate.gateway.snippet import libvirt_xml, qemu_args
@@ -157,18 +155,10 @@ async def run_demo(directory: Path, *, once: bool, vm: bool = False, out: Any = 
         client_config = load_client_config(
             write_client_config(directory, addresses.tunnel[1], virtual=[f"virtual:storage:{stick}", "virtual:keyboard"])
         )
-        backend = make_backend(list(client_config.export.virtual))
-        client = TunnelClient(client_config, DeviceInventory(client_config.export, backend))
-
-        async def run_client() -> None:
-            try:
-                await client.run()
-            finally:
-                backend.close()
-
-        nursery.start_soon(run_client)
+        client = ClientService(client_config)
+        nursery.start_soon(client.run)
         with trio.fail_after(20):
-            await client.connected.wait()
+            await client.client.connected.wait()
         say("  client thin-01: online, exporting an emulated flash drive and a keyboard")
         say()
         for route in config.routes:

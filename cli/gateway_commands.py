@@ -163,8 +163,8 @@ def _run_snippet(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ client
 def _run_client(args: argparse.Namespace) -> int:
     from redirgate.client.config import ConfigError, load_client_config
-    from redirgate.client.inventory import DeviceInventory
-    from redirgate.client.tunnel import TunnelClient
+    from redirgate.client.service import ClientService
+    from redirgate.client.virtual.errors import VirtualSpecError
 
     try:
         config = load_client_config(args.config)
@@ -172,27 +172,12 @@ def _run_client(args: argparse.Namespace) -> int:
         for problem in errors.problems:
             print(f"redirgate: {problem}", file=sys.stderr)
         return 1
-    backend = None
-    if config.export.virtual:
-        from redirgate.client.virtual import make_backend
-
-        backend = make_backend(list(config.export.virtual))
-    from redirgate.client.exports import PortExports
-
-    ports = PortExports.from_config(config)  # serial and parallel ports, or None
-    client = TunnelClient(config, DeviceInventory(config.export, backend), serial=ports)
-    print(f"client: dialling {config.gateway_host}:{config.gateway_port}", flush=True)
-
-    async def run() -> None:
-        async with trio.open_nursery() as nursery:
-            if ports is not None:
-                nursery.start_soon(ports.run)
-            await client.run()
-
     try:
-        trio.run(until_signal, run)
-    finally:
-        if backend is not None:
-            backend.close()
+        service = ClientService(config)
+    except VirtualSpecError as exc:
+        print(f"redirgate: {args.config}: export.virtual: {exc}", file=sys.stderr)
+        return 1
+    print(f"client: dialling {config.gateway_host}:{config.gateway_port}", flush=True)
+    trio.run(until_signal, service.run)
     return 0
 

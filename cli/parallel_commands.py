@@ -11,26 +11,13 @@ import sys
 from functools import partial
 from typing import Any
 
-import trio
-
-from redirgate.cli.signals import until_signal
-from redirgate.cli.usb_commands import parse_hostport
+from redirgate.cli.args import int_in, parse_hostport, run_port_server
 from redirgate.client.parallel.errors import ParallelError
 from redirgate.client.parallel.exports import MAX_RING_BYTES
 from redirgate.client.parallel.serve import serve_parallel_listen
 from redirgate.client.parallel.service import DEFAULT_QUEUE_BYTES, PrinterService
 
 __all__ = ["add_client_parsers"]
-
-
-def _ring_bytes(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value <= MAX_RING_BYTES:
-        raise argparse.ArgumentTypeError(f"{value} is not in 1..{MAX_RING_BYTES}")
-    return value
 
 
 def add_client_parsers(client_commands: Any) -> None:
@@ -46,7 +33,7 @@ def add_client_parsers(client_commands: Any) -> None:
     serve.add_argument("--listen", type=parse_hostport, required=True, metavar="HOST:PORT", help="where consumers connect")
     serve.add_argument("port", metavar="PORT")
     serve.add_argument(
-        "--ring-bytes", type=_ring_bytes, default=DEFAULT_QUEUE_BYTES, metavar="N",
+        "--ring-bytes", type=int_in(1, MAX_RING_BYTES), default=DEFAULT_QUEUE_BYTES, metavar="N",
         help=f"bytes queued for the printer at most (default {DEFAULT_QUEUE_BYTES})",
     )  # fmt: skip
     serve.set_defaults(run=_run_serve_parallel)
@@ -59,18 +46,5 @@ def _run_serve_parallel(args: argparse.Namespace) -> int:
         return 2
     service = PrinterService(path, path, queue_bytes=args.ring_bytes)
     host, port = args.listen
-
-    async def serve() -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(service.run)
-            listeners = await nursery.start(partial(serve_parallel_listen, host, port, service))
-            for listener in listeners:
-                addr = listener.socket.getsockname()
-                print(f"serving {path} ({service.describe()}) on {addr[0]}:{addr[1]}", flush=True)
-
-    try:
-        trio.run(until_signal, serve)
-    except ParallelError as exc:
-        print(f"redirgate: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    listen = partial(serve_parallel_listen, host, port, service)
+    return run_port_server(service.run, listen, f"{path} ({service.describe()})", ParallelError)

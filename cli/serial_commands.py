@@ -14,9 +14,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-import trio
-
-from redirgate.cli.signals import until_signal
+from redirgate.cli.args import int_in, parse_hostport, run_port_server
 from redirgate.client.serial.errors import SerialError
 from redirgate.client.serial.selector import list_ports, parse_port_selector
 from redirgate.client.serial.serve import serve_serial_listen
@@ -28,22 +26,6 @@ __all__ = ["add_client_parsers", "print_serial_ports"]
 log = logging.getLogger("redirgate")
 
 
-def _hostport(text: str) -> tuple[str, int]:
-    from redirgate.cli.usb_commands import parse_hostport
-
-    return parse_hostport(text)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
 def add_client_parsers(client_commands: Any) -> None:
     """Add `client serve-serial` and a serial section to `client devices`."""
     serve = client_commands.add_parser(
@@ -53,9 +35,9 @@ def add_client_parsers(client_commands: Any) -> None:
         "adapter's VID:PID[:SERIAL].  The port stays open while nobody is connected; what it "
         "sends meanwhile is kept in a ring buffer and replayed to the next consumer.",
     )
-    serve.add_argument("--listen", type=_hostport, required=True, metavar="HOST:PORT", help="where consumers connect")
+    serve.add_argument("--listen", type=parse_hostport, required=True, metavar="HOST:PORT", help="where consumers connect")
     serve.add_argument("port", metavar="PORT")
-    serve.add_argument("--baud", type=_positive, default=None, help="baud rate (overrides --settings)")
+    serve.add_argument("--baud", type=int_in(1), default=None, help="baud rate (overrides --settings)")
     serve.add_argument(
         "--settings", default="115200,8N1", metavar="LINE",
         help="BAUD[,BITS PARITY STOP][,rtscts][,xonxoff][,dtr=on|off][,rts=on|off], e.g. 9600,8N1,rtscts "
@@ -63,7 +45,7 @@ def add_client_parsers(client_commands: Any) -> None:
     )  # fmt: skip
     serve.add_argument("--rfc2217", action="store_true", help="speak telnet + RFC 2217 (pyserial rfc2217://)")
     serve.add_argument(
-        "--ring-bytes", type=_positive, default=DEFAULT_RING_BYTES, metavar="N",
+        "--ring-bytes", type=int_in(1), default=DEFAULT_RING_BYTES, metavar="N",
         help=f"bytes kept while nobody is connected (default {DEFAULT_RING_BYTES})",
     )  # fmt: skip
     serve.add_argument("--takeover", action="store_true", help="a new consumer takes the port from the current one")
@@ -114,18 +96,5 @@ def _run_serve_serial(args: argparse.Namespace) -> int:
     service = PortService(str(selector), selector, settings, ring_bytes=args.ring_bytes, takeover=args.takeover)
     protocol = "rfc2217" if args.rfc2217 else "raw"
     host, port = args.listen
-
-    async def serve() -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(service.run)
-            listeners = await nursery.start(partial(serve_serial_listen, host, port, service, protocol=protocol))
-            for listener in listeners:
-                addr = listener.socket.getsockname()
-                print(f"serving {selector} ({settings.describe()}, {protocol}) on {addr[0]}:{addr[1]}", flush=True)
-
-    try:
-        trio.run(until_signal, serve)
-    except SerialError as exc:
-        print(f"redirgate: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    listen = partial(serve_serial_listen, host, port, service, protocol=protocol)
+    return run_port_server(service.run, listen, f"{selector} ({settings.describe()}, {protocol})", SerialError)

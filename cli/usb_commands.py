@@ -10,6 +10,7 @@ from typing import Any
 import trio
 import usb.core
 
+from redirgate.cli.args import parse_hostport
 from redirgate.cli.signals import until_signal
 from redirgate.client.probe import ProbeError, probe
 from redirgate.client.usb.errors import SelectorError
@@ -20,20 +21,6 @@ from redirgate.client.usb.source import SelectorSource
 __all__ = ["add_client_parsers", "add_probe_parser", "parse_hostport", "source_for"]
 
 log = logging.getLogger("redirgate")
-
-
-def parse_hostport(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = default_host, text
-    host = host.strip("[]") or default_host
-    try:
-        number = int(port)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT") from None
-    if not 0 <= number <= 65535:
-        raise argparse.ArgumentTypeError(f"port {number} out of range")
-    return host, number
 
 
 def source_for(selector: DeviceSelector) -> SelectorSource:

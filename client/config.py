@@ -221,31 +221,15 @@ _SERIAL_KEYS = {"name", "port", "settings", "ring_bytes", "takeover"}
 
 def _serial_exports(tables: Any, problem: Any) -> tuple[Any, ...]:
     """The [[serial]] tables as SerialExports (imported here: only when used)."""
+    from redirgate.client.export_tables import export_tables, ring_bytes
     from redirgate.client.serial.errors import SerialError
     from redirgate.client.serial.exports import SerialExport
     from redirgate.client.serial.selector import parse_port_selector
     from redirgate.client.serial.settings import LineSettings
-    from redirgate.proto.tunnel import SelectorError as TunnelSelectorError
-    from redirgate.proto.tunnel import parse_selector as parse_tunnel_selector
 
-    if not isinstance(tables, list):
-        problem("serial", "must be an array of tables: [[serial]]")
-        return ()
     out = []
-    for index, table in enumerate(tables):
-        where = f"serial[{index}]"
-        if not isinstance(table, dict):
-            problem(where, "must be a table")
-            continue
-        for key in table:
-            if key not in _SERIAL_KEYS:
-                problem(f"{where}.{key}", f"unknown key (expected one of: {', '.join(sorted(_SERIAL_KEYS))})")
-        name, port = table.get("name"), table.get("port")
-        try:
-            parse_tunnel_selector(f"serial:{name}")
-        except TunnelSelectorError as exc:
-            problem(f"{where}.name", exc.reason)
-            continue
+    for where, table, name in export_tables("serial", tables, _SERIAL_KEYS, problem):
+        port = table.get("port")
         if not isinstance(port, str):
             problem(f"{where}.port", "missing (a path, by-id:NAME or VID:PID[:SERIAL])")
             continue
@@ -255,12 +239,7 @@ def _serial_exports(tables: Any, problem: Any) -> tuple[Any, ...]:
         except (SerialError, ValueError) as exc:
             problem(f"{where}.settings", str(exc))
             continue
-        ring = table.get("ring_bytes", 64 * 1024)
-        if not isinstance(ring, int) or isinstance(ring, bool) or not 0 < ring <= 64 * 1024 * 1024:
-            problem(f"{where}.ring_bytes", f"{ring!r}: a byte count in 1..67108864")
-            continue
-        out.append(SerialExport(name, selector, settings, ring, bool(table.get("takeover", False))))
-    names = [e.name for e in out]
-    for name in {n for n in names if names.count(n) > 1}:
-        problem("serial", f"export name {name!r} is used twice")
+        ring = ring_bytes(where, table, 64 * 1024, 64 * 1024 * 1024, problem)
+        if ring is not None:
+            out.append(SerialExport(name, selector, settings, ring, bool(table.get("takeover", False))))
     return tuple(out)

@@ -113,12 +113,16 @@ class TunnelClient:
             await trio.sleep(delay)
 
     # ------------------------------------------------------------ one session
+    async def _dial(self) -> ZeroCopyTLSStream:
+        """A new mutual-TLS connection to the gateway (control or data alike)."""
+        return await open_tls_connection(
+            self.config.gateway_host, self.config.gateway_port, self.context,
+            handshake_timeout_s=self.connect_timeout_s,
+        )  # fmt: skip
+
     async def _session(self) -> None:
         with trio.fail_after(self.connect_timeout_s):
-            stream = await open_tls_connection(
-                self.config.gateway_host, self.config.gateway_port, self.context,
-                handshake_timeout_s=self.connect_timeout_s,
-            )  # fmt: skip
+            stream = await self._dial()
         try:
             await self._run_control(stream)
         finally:
@@ -291,10 +295,7 @@ class TunnelClient:
 
     async def _attach(self, request: t.OpenChannel) -> trio.abc.Stream:
         with trio.fail_after(self.connect_timeout_s):
-            stream = await open_tls_connection(
-                self.config.gateway_host, self.config.gateway_port, self.context,
-                handshake_timeout_s=self.connect_timeout_s,
-            )  # fmt: skip
+            stream = await self._dial()
             try:
                 attach = t.AttachConnection("client")
                 await stream.send_all(attach.send(t.Attach(request.channel_id, request.token)))

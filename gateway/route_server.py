@@ -47,7 +47,7 @@ from redirgate.gateway.transport import (
     set_nodelay,
     verify_peer,
 )
-from redirgate.gateway.transport.stream import nonblocking, peer_label
+from redirgate.gateway.transport.stream import peer_label
 from redirgate.proto import tunnel as t
 
 __all__ = ["RouteServer"]
@@ -59,45 +59,9 @@ HOLD_BUFFER_BYTES = 64 * 1024
 #: QEMU's socket chardev reads at most 4096 bytes per call (READ_BUF_LEN in
 #: chardev/char-socket.c) and, in 7.2, only wakes up on socket readiness: the
 #: rest of a bigger TLS record stays inside GnuTLS and the channel stalls.
-#: So TLS records towards a hypervisor carry at most this much.
+#: So TLS records towards a hypervisor carry at most this much
+#: (ZeroCopyTLSStream's max_send_bytes, on the trio path and in the reactor).
 HYPERVISOR_TLS_RECORD_BYTES = 4096
-
-
-class _SmallRecords:
-    """Sends through `inner` in pieces of at most HYPERVISOR_TLS_RECORD_BYTES."""
-
-    def __init__(self, inner: ReceiveIntoStream) -> None:
-        self.inner = inner
-        self.supports_nonblocking = nonblocking(inner)
-
-    def try_receive_into(self, buffer: bytearray | memoryview) -> int | None:
-        return self.inner.try_receive_into(buffer)  # type: ignore[attr-defined,no-any-return]
-
-    async def wait_receivable(self) -> None:
-        await self.inner.wait_receivable()  # type: ignore[attr-defined]
-
-    def try_send(self, view: memoryview) -> int | None:
-        return self.inner.try_send(view[:HYPERVISOR_TLS_RECORD_BYTES])  # type: ignore[attr-defined,no-any-return]
-
-    async def wait_sendable(self) -> None:
-        await self.inner.wait_sendable()  # type: ignore[attr-defined]
-
-    def reactor_side(self) -> Any:
-        side = self.inner.reactor_side()  # type: ignore[attr-defined]
-        side.max_send = HYPERVISOR_TLS_RECORD_BYTES
-        return side
-
-    async def receive_into(self, buffer: bytearray | memoryview) -> int:
-        return await self.inner.receive_into(buffer)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data)
-        step = HYPERVISOR_TLS_RECORD_BYTES
-        for start in range(0, len(view), step):
-            await self.inner.send_all(view[start : start + step])
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 class RouteServer:
@@ -174,14 +138,17 @@ class RouteServer:
             stream: ReceiveIntoStream
             if self.tls_context is not None:
                 try:
-                    tls = await accept_tls(tcp, self.tls_context, handshake_timeout_s=self.handshake_timeout_s)
+                    tls = await accept_tls(
+                        tcp, self.tls_context, handshake_timeout_s=self.handshake_timeout_s,
+                        max_send_bytes=HYPERVISOR_TLS_RECORD_BYTES,
+                    )  # fmt: skip
                     who = verify_peer(tls.getpeercert(), peer=peer, kind=PeerKind.HYPERVISOR, revocation=self.revocation)
                 except TlsRefused as refused:
                     self.refusals += 1
                     log.warning("route %s: refused hypervisor %s: %s", route.name, peer, refused.reason)
                     return
                 log.info("route %s: hypervisor %s is %r (TLS %s)", route.name, peer, who, tls.version())
-                stream = _SmallRecords(tls)
+                stream = tls
             else:
                 stream = PlainSocketStream(tcp)
             await self._serve(stream, peer)

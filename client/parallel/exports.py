@@ -22,12 +22,11 @@ from typing import Any, Final
 
 import trio
 
+from redirgate.client.export_tables import export_tables, ring_bytes
 from redirgate.client.parallel.errors import ParallelError
 from redirgate.client.parallel.serve import serve_parallel_stream
 from redirgate.client.parallel.service import DEFAULT_QUEUE_BYTES, PrinterService
 from redirgate.proto.tunnel import DeviceEntry, DeviceKind, OpenChannel
-from redirgate.proto.tunnel import SelectorError as TunnelSelectorError
-from redirgate.proto.tunnel import parse_selector as parse_tunnel_selector
 
 __all__ = ["ParallelExport", "ParallelExports", "parse_parallel_tables", "PREFIX"]
 
@@ -81,36 +80,13 @@ class ParallelExports:
 
 def parse_parallel_tables(tables: Any, problem: Callable[[str, str], None]) -> tuple[ParallelExport, ...]:
     """The [[parallel]] tables of a client config; each mistake goes to `problem`."""
-    if not isinstance(tables, list):
-        problem("parallel", "must be an array of tables: [[parallel]]")
-        return ()
     out = []
-    for index, table in enumerate(tables):
-        where = f"parallel[{index}]"
-        if not isinstance(table, dict):
-            problem(where, "must be a table")
-            continue
-        for key in table:
-            if key not in _KEYS:
-                problem(f"{where}.{key}", f"unknown key (expected one of: {', '.join(sorted(_KEYS))})")
-        name, port = table.get("name"), table.get("port")
-        if not isinstance(name, str):
-            problem(f"{where}.name", "missing (the export is parallel:NAME)")
-            continue
-        try:
-            parse_tunnel_selector(f"{PREFIX}{name}")
-        except TunnelSelectorError as exc:
-            problem(f"{where}.name", exc.reason)
-            continue
+    for where, table, name in export_tables("parallel", tables, _KEYS, problem):
+        port = table.get("port")
         if not isinstance(port, str) or not port.startswith("/"):
             problem(f"{where}.port", f"{port!r}: expected a device path such as /dev/lp0, /dev/usb/lp0 or /dev/parport0")
             continue
-        ring = table.get("ring_bytes", DEFAULT_QUEUE_BYTES)
-        if not isinstance(ring, int) or isinstance(ring, bool) or not 0 < ring <= MAX_RING_BYTES:
-            problem(f"{where}.ring_bytes", f"{ring!r}: a byte count in 1..{MAX_RING_BYTES}")
-            continue
-        out.append(ParallelExport(name, port, ring))
-    names = [e.name for e in out]
-    for name in sorted({n for n in names if names.count(n) > 1}):
-        problem("parallel", f"export name {name!r} is used twice")
+        ring = ring_bytes(where, table, DEFAULT_QUEUE_BYTES, MAX_RING_BYTES, problem)
+        if ring is not None:
+            out.append(ParallelExport(name, port, ring))
     return tuple(out)

@@ -19,6 +19,7 @@ from typing import Final
 
 import trio
 
+from redirgate.client.listen import refuse_busy, serve_consumers
 from redirgate.client.parallel.errors import ParallelError, PortBusy
 from redirgate.client.parallel.service import PrinterService
 
@@ -27,8 +28,6 @@ __all__ = ["serve_parallel_stream", "serve_parallel_listen", "RECEIVE_BYTES"]
 log = logging.getLogger(__name__)
 
 RECEIVE_BYTES: Final = 65536
-#: How long a refused consumer gets to receive the "in use" line.
-REFUSAL_SEND_TIMEOUT_S: Final = 2.0
 
 
 async def serve_parallel_stream(stream: trio.abc.Stream, service: PrinterService, *, peer: str) -> None:
@@ -42,20 +41,7 @@ async def serve_parallel_stream(stream: trio.abc.Stream, service: PrinterService
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 log.info("%s: %s went away: %s", service.name, peer, exc or type(exc).__name__)
     except PortBusy as exc:
-        log.warning("%s: refused %s: %s", service.name, peer, exc.reason)
-        with trio.move_on_after(REFUSAL_SEND_TIMEOUT_S):
-            try:
-                await stream.send_all(f"redirgate: port {service.name} is already in use\r\n".encode())
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # it left already; nothing else to tell it
-
-
-def _peer_name(stream: trio.SocketStream) -> str:
-    try:
-        host, port = stream.socket.getpeername()[:2]
-    except OSError:
-        return "unknown peer"
-    return f"{host}:{port}"
+        await refuse_busy(stream, service.name, peer, exc.reason)
 
 
 async def serve_parallel_listen(
@@ -71,19 +57,7 @@ async def serve_parallel_listen(
     and read `listener.socket.getsockname()`).
     """
 
-    async def handler(stream: trio.SocketStream) -> None:
-        peer = _peer_name(stream)
-        log.info("%s: %s connected", service.name, peer)
-        try:
-            await serve_parallel_stream(stream, service, peer=peer)
-        except ParallelError as exc:
-            log.error("%s: serving %s failed: %s", service.name, peer, exc)
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                await stream.aclose()
-            log.info("%s: %s disconnected", service.name, peer)
+    async def serve_one(stream: trio.SocketStream, peer: str) -> None:
+        await serve_parallel_stream(stream, service, peer=peer)
 
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    for listener in listeners:
-        log.info("%s: listening on %s", service.name, listener.socket.getsockname()[:2])
-    await trio.serve_listeners(handler, listeners, task_status=task_status)
+    await serve_consumers(host, port, service.name, serve_one, (ParallelError,), task_status=task_status)

@@ -27,6 +27,7 @@ from typing import Final
 
 import trio
 
+from redirgate.client.listen import refuse_busy, serve_consumers
 from redirgate.client.serial.errors import PortBusy, SerialError
 from redirgate.client.serial.rfc2217 import RECEIVE_BYTES, ComPortServer
 from redirgate.client.serial.service import PortService, Session
@@ -37,8 +38,6 @@ __all__ = ["serve_serial_stream", "serve_serial_listen", "PROTOCOLS"]
 log = logging.getLogger(__name__)
 
 PROTOCOLS: Final = ("raw", "rfc2217")
-#: How long a refused consumer gets to receive the "in use" line.
-REFUSAL_SEND_TIMEOUT_S: Final = 2.0
 #: Added to the transmit time of the buffered bytes when a consumer leaves.
 DRAIN_EXTRA_S: Final = 2.0
 
@@ -78,12 +77,7 @@ async def serve_serial_stream(
         if session.kicked_by is not None:
             log.info("%s: %s was taken over by %s", service.name, peer, session.kicked_by)
     except PortBusy as exc:
-        log.warning("%s: refused %s: %s", service.name, peer, exc.reason)
-        with trio.move_on_after(REFUSAL_SEND_TIMEOUT_S):
-            try:
-                await stream.send_all(f"redirgate: port {service.name} is already in use\r\n".encode())
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # it left already; nothing else to tell it
+        await refuse_busy(stream, service.name, peer, exc.reason)
 
 
 async def _serve_raw(stream: trio.abc.Stream, session: Session, peer: str) -> None:
@@ -112,15 +106,6 @@ async def _serve_raw(stream: trio.abc.Stream, session: Session, peer: str) -> No
         nursery.start_soon(port_to_consumer, nursery.cancel_scope)
 
 
-def _peer_name(stream: trio.abc.Stream) -> str:
-    sock = getattr(stream, "socket", None)
-    try:
-        host, port = sock.getpeername()[:2] if sock is not None else ("?", 0)
-    except OSError:
-        return "unknown peer"
-    return f"{host}:{port}"
-
-
 async def serve_serial_listen(
     host: str | None,
     port: int,
@@ -137,19 +122,7 @@ async def serve_serial_listen(
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
 
-    async def handler(stream: trio.SocketStream) -> None:
-        peer = _peer_name(stream)
-        log.info("%s: %s connected (%s)", service.name, peer, protocol)
-        try:
-            await serve_serial_stream(stream, service, peer=peer, protocol=protocol)
-        except SerialError as exc:
-            log.error("%s: serving %s failed: %s", service.name, peer, exc)
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                await stream.aclose()
-            log.info("%s: %s disconnected", service.name, peer)
+    async def serve_one(stream: trio.SocketStream, peer: str) -> None:
+        await serve_serial_stream(stream, service, peer=peer, protocol=protocol)
 
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    for listener in listeners:
-        log.info("%s: listening on %s (%s)", service.name, listener.socket.getsockname()[:2], protocol)
-    await trio.serve_listeners(handler, listeners, task_status=task_status)
+    await serve_consumers(host, port, service.name, serve_one, (SerialError,), label=protocol, task_status=task_status)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import trio
 
+from redirgate.client.listen import peer_of
 from redirgate.client.usb.engine import DeviceSource, HostEngine
 from redirgate.gateway.transport.stream import PlainSocketStream
 
@@ -24,11 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def peer_name(stream: trio.SocketStream) -> str:
-    try:
-        host, port = stream.socket.getpeername()[:2]
-        return f"{host}:{port}"
-    except OSError:
-        return "?"
+    return peer_of(stream)
 
 
 def _tune(stream: trio.SocketStream) -> None:

@@ -228,11 +228,6 @@ class _Channel:
             # whichever socket failed, the channel is over; name the reader side
             raise _Ended(side, f"{type(exc).__name__}: {exc}") from exc
 
-    def wanted(self) -> tuple[int, int]:
-        """The epoll masks (a's fd, b's fd) the two directions wait for."""
-        ab, ba = self.ab, self.ba
-        return ab.need_src | ba.need_dst, ab.need_dst | ba.need_src
-
 
 class RelayReactor:
     """The reactor thread (see the module docstring).  Use `async with

@@ -175,8 +175,12 @@ class ZeroCopyTLSStream(trio.abc.Stream):
         server_hostname: str | None = None,
         peer: str | None = None,
         close_timeout_s: float = DEFAULT_CLOSE_TIMEOUT_S,
+        max_send_bytes: int = 0,
     ) -> None:
         self.peer = peer if peer is not None else peer_label(sock)
+        #: 0, or the most plaintext one write (so one TLS record) carries; QEMU
+        #: 7.2's TLS chardev needs 4 KiB records (see route_server)
+        self.max_send_bytes = max_send_bytes
         sock.setblocking(False)
         set_nodelay(sock)
         self._ssl = context.wrap_socket(
@@ -285,16 +289,7 @@ class ZeroCopyTLSStream(trio.abc.Stream):
             if n == 0:
                 self._eof = True
             elif n < nbytes:
-                view = memoryview(buffer)
-                while n < nbytes:
-                    try:
-                        more = sslsock.recv_into(view[n:], nbytes - n)
-                    except (ssl.SSLError, OSError):
-                        break  # nothing ready, or an error the next call reports
-                    if more == 0:
-                        self._eof = True
-                        break
-                    n += more
+                n = self._read_more(buffer, n, trains_only=False)
             if not waited:
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return n
@@ -357,18 +352,26 @@ class ZeroCopyTLSStream(trio.abc.Stream):
         # Full records usually come in trains (bulk): batch them into one
         # send.  A short one (interactive traffic) goes on at once.
         if n >= _FULL_RECORD and n < nbytes:
-            view = memoryview(buffer)
-            while n < nbytes:
-                try:
-                    more = sslsock.recv_into(view[n:], nbytes - n)
-                except (ssl.SSLError, OSError):
-                    break  # nothing ready, or an error the next call reports
-                if more == 0:
-                    self._eof = True
-                    break
-                n += more
-                if more < _FULL_RECORD:
-                    break
+            n = self._read_more(buffer, n, trains_only=True)
+        return n
+
+    def _read_more(self, buffer: Buffer, n: int, *, trains_only: bool) -> int:
+        """Add whatever is ready to the `n` bytes already in `buffer`; with
+        `trains_only`, stop after the first record that is not full."""
+        sslsock = self._ssl
+        nbytes = len(buffer)
+        view = memoryview(buffer)
+        while n < nbytes:
+            try:
+                more = sslsock.recv_into(view[n:], nbytes - n)
+            except (ssl.SSLError, OSError):
+                break  # nothing ready, or an error the next call reports
+            if more == 0:
+                self._eof = True
+                break
+            n += more
+            if trains_only and more < _FULL_RECORD:
+                break
         return n
 
     async def wait_receivable(self) -> None:
@@ -386,6 +389,8 @@ class ZeroCopyTLSStream(trio.abc.Stream):
     def try_send(self, view: memoryview) -> int | None:
         if self._closed or self._broken is not None:
             self._check()
+        if self.max_send_bytes and len(view) > self.max_send_bytes:
+            view = view[: self.max_send_bytes]
         try:
             return self._ssl.send(view)
         except ssl.SSLWantWriteError:
@@ -402,7 +407,7 @@ class ZeroCopyTLSStream(trio.abc.Stream):
         from redirgate.gateway.transport.reactor import ReactorSide
 
         self._check()
-        return ReactorSide("tls", self._ssl)
+        return ReactorSide("tls", self._ssl, max_send=self.max_send_bytes)
 
     async def wait_sendable(self) -> None:
         if self._fast_send_wants_read:
@@ -424,10 +429,11 @@ class ZeroCopyTLSStream(trio.abc.Stream):
                 sent = 0
                 waited = False
                 sslsock = self._ssl
+                step = self.max_send_bytes or total
                 try:
                     while sent < total:
                         try:
-                            sent += sslsock.send(view[sent:] if sent else view)
+                            sent += sslsock.send(view[sent : sent + step])
                         except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as want:
                             await self._wait_for(want)
                             waited = True
@@ -608,14 +614,18 @@ async def accept_tls(
     context: ssl.SSLContext,
     *,
     handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
+    max_send_bytes: int = 0,
 ) -> ZeroCopyTLSStream:
     """Take over an accepted connection and handshake as the TLS server.
 
     On failure the connection is closed and TlsRefused (naming the peer and
     the reason) raised; nothing is logged here, the caller logs once.
+    `max_send_bytes` caps the plaintext per TLS record (0: no cap).
     """
     peer = peer_label(socket_stream.socket)
-    stream = ZeroCopyTLSStream(_detach(socket_stream), context, server_side=True, peer=peer)
+    stream = ZeroCopyTLSStream(
+        _detach(socket_stream), context, server_side=True, peer=peer, max_send_bytes=max_send_bytes
+    )
     try:
         await stream.do_handshake(handshake_timeout_s)
     except BaseException:

@@ -22,9 +22,8 @@ import trio
 
 from redirgate.cli.lab import LabRoute, make_pki, write_client_config, write_gateway_config
 from redirgate.client.config import load_client_config
-from redirgate.client.inventory import DeviceInventory
+from redirgate.client.service import ClientService
 from redirgate.client.tunnel import TunnelClient
-from redirgate.client.virtual import make_backend
 from redirgate.gateway.config import GatewayConfig, load_config
 from redirgate.gateway.service import Gateway, GatewayAddresses
 
@@ -87,23 +86,17 @@ async def start_gateway(
 
 
 async def start_client(nursery: trio.Nursery, config_path: Path) -> tuple[TunnelClient, trio.CancelScope]:
-    config = load_client_config(config_path)
-    backend = make_backend(list(config.export.virtual)) if config.export.virtual else None
-    client = TunnelClient(config, DeviceInventory(config.export, backend))
+    service = ClientService(load_client_config(config_path))
     scope = trio.CancelScope()
 
     async def run() -> None:
-        try:
-            with scope:
-                await client.run()
-        finally:
-            if backend is not None:
-                backend.close()
+        with scope:
+            await service.run()
 
     nursery.start_soon(run)
     with trio.fail_after(15):
-        await client.connected.wait()
-    return client, scope
+        await service.client.connected.wait()
+    return service.client, scope
 
 
 @asynccontextmanager
