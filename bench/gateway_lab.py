@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bench.relay_setup import LOOPBACK, Proc, Processes
+from bench.relay_setup import LOOPBACK, Proc, Processes, threads
 
 #: How long a gateway or client may take to come up before the run is given up.
 READY_TIMEOUT_S = 30.0
@@ -199,20 +199,13 @@ def busy_pct(before: tuple[int, int], after: tuple[int, int]) -> float | None:
     return 100.0 * busy / total if total > 0 else None
 
 
-def threads(pid: int) -> list[int]:
-    try:
-        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-    except OSError:
-        return []
-
-
 @contextmanager
 def pinned_all(pids: Sequence[int], cpu: int, *, this_thread: bool = True) -> Iterator[None]:
     """Every thread of `pids` (and this calling thread) on `cpu` only, then back.
 
-    bench.relay_setup.pinned moves a process's main thread; a client runs
-    libusb calls in worker threads and the gateway may relay in a thread, so
-    here every task under /proc/PID/task is moved.  Threads started meanwhile
+    Like bench.relay_setup.pinned, every task under /proc/PID/task is moved
+    (a client runs libusb calls in worker threads, the gateway relays in its
+    reactor thread); this one also pins the calling thread.  Threads started meanwhile
     inherit the pinned mask, so on the way out every thread a process has
     then gets the process's original mask back."""
     saved: dict[int, set[int]] = {}

@@ -271,12 +271,12 @@ def machine() -> dict[str, Any]:
     }
 
 
-def _threads(pid: int) -> list[int]:
-    """Every thread of a process (affinity is per thread on Linux)."""
+def threads(pid: int) -> list[int]:
+    """Every thread of a process (affinity is per thread on Linux); [] once it is gone."""
     try:
         return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
     except OSError:
-        return [pid]
+        return []
 
 
 @contextmanager
@@ -285,7 +285,7 @@ def pinned(procs: list[Proc]) -> Iterator[None]:
     saved = []
     try:
         for proc in procs:
-            for tid in _threads(proc.pid):
+            for tid in threads(proc.pid):
                 try:
                     saved.append((tid, os.sched_getaffinity(tid)))
                     os.sched_setaffinity(tid, {RTT_CPU})
