@@ -24,7 +24,8 @@ memoryview slices of it); backpressure is structural - a direction reads
 again only when its buffer has been written out - so a channel holds at
 most two buffers.  An inspector (the usbredir guard) sees each chunk before
 it is sent, in the reactor thread; what it raises ends the channel and is
-re-raised by `relay` in trio.
+re-raised by `relay` in trio; once it returns True it has seen all it needs
+and is not called again.
 """
 
 from __future__ import annotations
@@ -80,18 +81,23 @@ class ReactorOutcome:
 
 
 class _Direction:
-    __slots__ = ("src", "dst", "buf", "view", "start", "end", "forward", "inspect",
-                 "need_src", "need_dst", "short_read")  # fmt: skip
+    __slots__ = ("src", "dst", "buf", "view", "room", "iov", "start", "end", "forward", "side", "inspect",
+                 "need_src", "need_dst", "short_read", "channel", "opposite")  # fmt: skip
 
     def __init__(self, src: ReactorSide, dst: ReactorSide, size: int, forward: bool,
-                 inspect: Callable[[memoryview], None] | None) -> None:  # fmt: skip
+                 inspect: Callable[[memoryview], bool | None] | None) -> None:  # fmt: skip
         self.src, self.dst = src, dst
         self.buf = bytearray(max(size, len(src.prefix)))
         self.view = memoryview(self.buf)
+        self.room = len(self.buf)
+        self.iov = (self.view,)
         self.start = 0
         self.end = 0
         self.forward = forward
+        self.side = "a" if forward else "b"  # the side this direction reads
         self.inspect = inspect
+        self.channel: Any = None  # set by _Channel
+        self.opposite: Any = None
         #: the epoll event this direction waits for on src / dst (0: none)
         self.need_src = 0
         self.need_dst = 0
@@ -100,8 +106,8 @@ class _Direction:
             n = len(src.prefix)
             self.view[:n] = src.prefix
             self.end = n
-            if inspect is not None:
-                inspect(self.view[:n])
+            if inspect is not None and inspect(self.view[:n]):
+                self.inspect = None
 
 
 class _Ended(Exception):
@@ -110,49 +116,60 @@ class _Ended(Exception):
         self.side, self.reason, self.error = side, reason, error
 
 
+#: Events taken per epoll_wait.  CPython allocates the event array on every
+#: call (select.epoll.poll: maxevents defaults to FD_SETSIZE - 1, 12 KiB), so
+#: a small array keeps a wake-up cheap; ready fds beyond it come next call.
+_MAX_EVENTS = 64
+
 #: A full TLS record's plaintext (RFC 8446 5.1).
 _FULL_RECORD = 16384
 
 
-def _recv(side: ReactorSide, view: memoryview, d: _Direction) -> int | None:
-    """Read into view; None when it would block (d.need_src says on what).
+def _recv_tls(side: ReactorSide, view: memoryview, d: _Direction) -> int | None:
+    """Read TLS plaintext into view; None when it would block (d.need_src says on what)."""
+    try:
+        n = side.ssl_read(d.room, view)
+    except ssl.SSLWantReadError:
+        d.need_src = _IN
+        return None
+    except ssl.SSLWantWriteError:
+        d.need_src = _OUT
+        return None
+    return _tls_train(side, view, n, d)
+
+
+def _tls_train(side: ReactorSide, view: memoryview, n: int, d: _Direction) -> int:
+    """After a first TLS read of `n` bytes: the bytes to send now.
 
     Sets `d.short_read` when the socket was drained by this read, so the
     next read waits for epoll instead of failing.  TLS hands out one record
-    per read: full records (bulk) are batched until the buffer fills or the
+    per read: a record shorter than a full one that fitted the buffer is the
+    end of what the peer sent (OpenSSL, without read-ahead, holds nothing
+    more); full records (bulk) are batched until the buffer fills or the
     socket runs dry, so one send carries many of them.
     """
-    if side.tls:
-        read = side.ssl_read
-        total = 0
-        room = len(view)
-        while True:
-            try:
-                n = read(room - total, view[total:] if total else view)
-            except ssl.SSLWantReadError:
-                if total:
-                    d.short_read = True
-                    return total
-                d.need_src = _IN
-                return None
-            except ssl.SSLWantWriteError:
-                if total:
-                    return total
-                d.need_src = _OUT
-                return None
-            if n == 0:
-                return total if total else 0  # EOF after data: reported on the next read
-            total += n
-            if n < _FULL_RECORD or total + _FULL_RECORD > room:
-                d.short_read = n < _FULL_RECORD and not side.ssl_pending()
-                return total
-    try:
-        n = os.readv(side.sock, (view,))
-    except BlockingIOError:
-        d.need_src = _IN
-        return None
-    d.short_read = 0 < n < len(view)
-    return n
+    room = d.room
+    if n < _FULL_RECORD:
+        if n:
+            d.short_read = n < room or not side.ssl_pending()
+        return n
+    read = side.ssl_read
+    total = n
+    while total + _FULL_RECORD <= room:
+        try:
+            n = read(room - total, view[total:])
+        except ssl.SSLWantReadError:
+            d.short_read = True
+            return total
+        except ssl.SSLWantWriteError:
+            return total
+        if n == 0:
+            return total  # EOF after data: reported on the next read
+        total += n
+        if n < _FULL_RECORD:
+            d.short_read = not side.ssl_pending()
+            return total
+    return total
 
 
 def _send(side: ReactorSide, view: memoryview, d: _Direction) -> int | None:
@@ -176,57 +193,101 @@ def _send(side: ReactorSide, view: memoryview, d: _Direction) -> int | None:
 
 class _Channel:
     def __init__(self, a: ReactorSide, b: ReactorSide, stats: Any, size: int,
-                 inspect_ab: Callable[[memoryview], None] | None,
-                 inspect_ba: Callable[[memoryview], None] | None,
+                 inspect_ab: Callable[[memoryview], bool | None] | None,
+                 inspect_ba: Callable[[memoryview], bool | None] | None,
                  done: Callable[[ReactorOutcome], None]) -> None:  # fmt: skip
         self.a, self.b = a, b
         self.stats = stats
         self.done = done
         self.ab = _Direction(a, b, size, True, inspect_ab)
         self.ba = _Direction(b, a, size, False, inspect_ba)
+        self.ab.channel = self.ba.channel = self
+        self.ab.opposite, self.ba.opposite = self.ba, self.ab
         self.fds = (a.fd, b.fd)
         self.a_fd, self.b_fd = a.fd, b.fd
         self.mask_a = self.mask_b = 0
 
-    def step(self, d: _Direction) -> None:
-        """Move what can move now in direction d; raise _Ended at its end."""
-        side = "a" if d.forward else "b"
+    def step(self, d: _Direction, fresh: int = 0) -> None:
+        """Move what can move now in direction d; raise _Ended at its end.
+
+        `fresh`: bytes the reactor's fast path already read into the empty
+        buffer (not yet inspected or sent).  Read then write with no state
+        stored in between, the common case of the loop below.
+        """
         d.need_src = d.need_dst = 0
+        src, dst, view = d.src, d.dst, d.view
         try:
+            if d.end > d.start and not self._flush(d):
+                return  # an earlier chunk is still waiting for room
             while True:
-                if d.end > d.start:
-                    k = _send(d.dst, d.view[d.start : d.end], d)
-                    if k is None:
-                        return
-                    d.start += k
-                    if d.forward:
-                        self.stats.a_to_b += k
+                if fresh:
+                    n, fresh = fresh, 0
+                    if src.tls:
+                        n = _tls_train(src, view, n, d)
                     else:
-                        self.stats.b_to_a += k
-                    if d.start < d.end:
-                        continue
-                    d.start = d.end = 0
-                if d.short_read:
+                        d.short_read = n < d.room
+                elif d.short_read:
                     # the last read did not fill the buffer: the socket was
                     # drained then, so wait for epoll instead of a read that
                     # would only fail (level-triggered: nothing is missed)
                     d.short_read = False
                     d.need_src = _IN
                     return
-                n = _recv(d.src, d.view, d)
-                if n is None:
-                    return
+                elif src.tls:
+                    n = _recv_tls(src, view, d)
+                    if n is None:
+                        return
+                else:
+                    try:
+                        n = os.readv(src.fd, d.iov)
+                    except BlockingIOError:
+                        d.need_src = _IN
+                        return
+                    d.short_read = 0 < n < d.room
                 if n == 0:
-                    raise _Ended(side, "end of stream")
+                    raise _Ended("a" if d.forward else "b", "end of stream")
+                chunk = view[:n]
                 if d.inspect is not None:
                     try:
-                        d.inspect(d.view[:n])
+                        if d.inspect(chunk):
+                            d.inspect = None  # it has seen all it needs
                     except Exception as exc:  # an inspector's verdict ends the channel
-                        raise _Ended(side, str(exc), exc) from exc
-                d.end = n
+                        raise _Ended("a" if d.forward else "b", str(exc), exc) from exc
+                if dst.tls or dst.max_send:
+                    k = _send(dst, chunk, d)
+                else:
+                    try:
+                        k = os.write(dst.fd, chunk)
+                    except BlockingIOError:
+                        d.need_dst = _OUT
+                        k = None
+                if k is None:
+                    k = 0
+                if d.forward:
+                    self.stats.a_to_b += k
+                else:
+                    self.stats.b_to_a += k
+                if k < n:
+                    d.start, d.end = k, n
+                    if d.need_dst or not self._flush(d):
+                        return
         except (ssl.SSLError, OSError) as exc:
             # whichever socket failed, the channel is over; name the reader side
-            raise _Ended(side, f"{type(exc).__name__}: {exc}") from exc
+            raise _Ended("a" if d.forward else "b", f"{type(exc).__name__}: {exc}") from exc
+
+    def _flush(self, d: _Direction) -> bool:
+        """Write out view[start:end]; True when it all went (the buffer is free again)."""
+        while d.end > d.start:
+            k = _send(d.dst, d.view[d.start : d.end], d)
+            if k is None:
+                return False
+            d.start += k
+            if d.forward:
+                self.stats.a_to_b += k
+            else:
+                self.stats.b_to_a += k
+        d.start = d.end = 0
+        return True
 
 
 class RelayReactor:
@@ -240,6 +301,8 @@ class RelayReactor:
         self._ep.register(self._wake_r, _IN)
         self._commands: collections.deque[tuple[str, Any]] = collections.deque()
         self._by_fd: dict[int, _Channel] = {}
+        #: fd -> the direction that reads it (the fast path's lookup)
+        self._reader_of: dict[int, _Direction] = {}
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.channels = 0
@@ -279,31 +342,87 @@ class RelayReactor:
         self._wake()
 
     def new_channel(self, a: ReactorSide, b: ReactorSide, stats: Any,
-                    inspect_ab: Callable[[memoryview], None] | None,
-                    inspect_ba: Callable[[memoryview], None] | None,
+                    inspect_ab: Callable[[memoryview], bool | None] | None,
+                    inspect_ba: Callable[[memoryview], bool | None] | None,
                     done: Callable[[ReactorOutcome], None], buffer_size: int | None = None) -> _Channel:  # fmt: skip
         return _Channel(a, b, stats, buffer_size or self.buffer_size, inspect_ab, inspect_ba, done)
 
     # ------------------------------------------------------------ the thread
     def _run(self) -> None:
-        poll = self._ep.poll
-        wake = self._wake_r
-        channel_of = self._by_fd.get
-        service = self._service
         try:
-            while not self._stopping:
-                for fd, mask in poll():
-                    if fd == wake:
-                        self._drain_wake()
-                        continue
-                    channel = channel_of(fd)
-                    if channel is not None:
-                        service(channel, fd, mask)
+            self._loop()
         except Exception:  # a bug here must not kill channels silently
             log.exception("relay reactor failed; ending its channels")
         finally:
             for channel in list({id(c): c for c in self._by_fd.values()}.values()):
                 self._finish(channel, ReactorOutcome("", "the relay reactor stopped"))
+
+    def _loop(self) -> None:
+        """Wait for events and move bytes until stopped.
+
+        The fast path, inline here because per small message it is most of
+        the relay's Python cost: a readable fd whose reader waits for
+        exactly that, a read that drains the socket (a plain read short of
+        the buffer, a TLS record short of a full one), and a write that
+        takes it all.  Anything else - a full buffer, a train of full
+        records, EOF, an error, a write that would block, a capped side -
+        goes to `_service`, with what was already read handed over.
+        """
+        poll = self._ep.poll
+        wake = self._wake_r
+        reader_of = self._reader_of.get
+        service = self._service
+        readv, write = os.readv, os.write
+        would_block = (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError)
+        failed = (ssl.SSLError, OSError)
+        while not self._stopping:
+            for fd, mask in poll(-1, _MAX_EVENTS):
+                d = reader_of(fd)
+                if d is None:
+                    if fd == wake:
+                        self._drain_wake()
+                    continue
+                if mask != _IN or d.need_src != _IN or d.opposite.need_dst:
+                    service(d.channel, fd, mask)
+                    continue
+                src = d.src
+                try:
+                    n = src.ssl_read(d.room, d.view) if src.tls else readv(fd, d.iov)
+                except would_block:
+                    continue  # nothing after all; still waiting for the same
+                except failed:
+                    service(d.channel, fd, mask)  # it reads again and names the failure
+                    continue
+                if n == 0 or n == d.room or (n >= _FULL_RECORD and src.tls):
+                    service(d.channel, fd, mask, d, n)
+                    continue
+                chunk = d.view[:n]
+                channel = d.channel
+                if d.inspect is not None:
+                    try:
+                        if d.inspect(chunk):
+                            d.inspect = None  # it has seen all it needs
+                    except Exception as exc:  # an inspector's verdict ends the channel
+                        self._finish(channel, ReactorOutcome(d.side, str(exc), exc))
+                        continue
+                dst = d.dst
+                if dst.max_send:
+                    k = 0
+                else:
+                    try:
+                        k = dst.ssl_write(chunk) if dst.tls else write(dst.fd, chunk)
+                    except would_block:
+                        k = 0
+                    except failed as exc:
+                        self._finish(channel, ReactorOutcome(d.side, f"{type(exc).__name__}: {exc}"))
+                        continue
+                if d.forward:
+                    channel.stats.a_to_b += k
+                else:
+                    channel.stats.b_to_a += k
+                if k < n:  # the rest waits for room: the general path takes it
+                    d.start, d.end = k, n
+                    service(channel)
 
     def _drain_wake(self) -> None:
         try:
@@ -317,16 +436,29 @@ class RelayReactor:
                 for fd in channel.fds:
                     self._by_fd[fd] = channel
                     self._ep.register(fd, 0)
+                self._reader_of[channel.a_fd] = channel.ab
+                self._reader_of[channel.b_fd] = channel.ba
                 self.channels += 1
                 self._service(channel)
             elif what == "drop" and self._by_fd.get(channel.fds[0]) is channel:
                 self._finish(channel, ReactorOutcome("", "cancelled"))
 
-    def _service(self, channel: _Channel, fd: int = -1, mask: int = 0) -> None:
-        """Step the directions the event on `fd` concerns (all on fd=-1 or an error)."""
+    def _service(self, channel: _Channel, fd: int = -1, mask: int = 0,
+                 fresh_in: _Direction | None = None, fresh: int = 0) -> None:  # fmt: skip
+        """Step the directions the event on `fd` concerns (all on fd=-1 or an error).
+
+        `fresh_in`/`fresh`: the fast path already read `fresh` bytes (maybe
+        0: EOF) for that direction; it is stepped with them first."""
         ab, ba = channel.ab, channel.ba
         try:
-            if fd < 0 or mask & _ERR:
+            if fresh_in is not None:
+                if fresh == 0:
+                    raise _Ended(fresh_in.side, "end of stream")
+                channel.step(fresh_in, fresh)
+                other = fresh_in.opposite
+                if mask & _ERR or other.need_dst & mask:
+                    channel.step(other)
+            elif fd < 0 or mask & _ERR:
                 channel.step(ab)
                 channel.step(ba)
             else:
@@ -352,6 +484,7 @@ class RelayReactor:
         for fd in channel.fds:
             if self._by_fd.get(fd) is channel:
                 del self._by_fd[fd]
+                self._reader_of.pop(fd, None)
                 try:
                     self._ep.unregister(fd)
                 except OSError:

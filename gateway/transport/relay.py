@@ -64,13 +64,14 @@ async def pump(
     buffer_size: int = DEFAULT_BUFFER_BYTES,
     stats: RelayStats | None = None,
     forward: bool = True,
-    inspect: Callable[[memoryview], None] | None = None,
+    inspect: Callable[[memoryview], bool | None] | None = None,
 ) -> int:
     """Copy src to dst until src reaches EOF; return the byte count.
 
     Counts into ``stats.a_to_b`` (``forward``) or ``stats.b_to_a``.
     ``inspect`` sees every chunk before it is sent (and may raise to stop
-    the pump: that chunk is not sent).  Errors of either stream propagate
+    the pump: that chunk is not sent) until it returns True (it has seen
+    all it needs).  Errors of either stream propagate
     (trio's Broken/ClosedResourceError).
     """
     if nonblocking(src) and nonblocking(dst):
@@ -85,8 +86,8 @@ async def pump(
         if n == 0:
             return total
         chunk = view[:n]
-        if inspect is not None:
-            inspect(chunk)
+        if inspect is not None and inspect(chunk):
+            inspect = None
         await send_all(chunk)
         total += n
         if stats is not None:
@@ -102,7 +103,7 @@ async def _fast_pump(
     buffer_size: int,
     stats: RelayStats | None,
     forward: bool,
-    inspect: Callable[[memoryview], None] | None,
+    inspect: Callable[[memoryview], bool | None] | None,
 ) -> int:
     """`pump` on non-blocking moves: a chunk that can go at once costs two
     system calls and no scheduler round trip; waiting happens only when a
@@ -122,8 +123,8 @@ async def _fast_pump(
             continue
         if n == 0:
             return total
-        if inspect is not None:
-            inspect(view[:n])
+        if inspect is not None and inspect(view[:n]):
+            inspect = None
         sent = 0
         while sent < n:
             k = try_send(view[sent:n])
@@ -152,13 +153,13 @@ class _Inspected(Exception):
         self.error = error
 
 
-def _carrying(inspect: Callable[[memoryview], None] | None) -> Callable[[memoryview], None] | None:
+def _carrying(inspect: Callable[[memoryview], bool | None] | None) -> Callable[[memoryview], bool | None] | None:
     if inspect is None:
         return None
 
-    def run(chunk: memoryview) -> None:
+    def run(chunk: memoryview) -> bool | None:
         try:
-            inspect(chunk)
+            return inspect(chunk)
         except Exception as exc:
             raise _Inspected(exc) from exc
 
@@ -171,8 +172,8 @@ async def relay(
     *,
     buffer_size: int = DEFAULT_BUFFER_BYTES,
     stats: RelayStats | None = None,
-    inspect_a_to_b: Callable[[memoryview], None] | None = None,
-    inspect_b_to_a: Callable[[memoryview], None] | None = None,
+    inspect_a_to_b: Callable[[memoryview], bool | None] | None = None,
+    inspect_b_to_a: Callable[[memoryview], bool | None] | None = None,
     reactor: RelayReactor | None = None,
 ) -> RelayStats:
     """Relay a<->b until either ends, then close both; return the counters.
@@ -225,8 +226,8 @@ async def _relay_in_reactor(
     b: Any,
     result: RelayStats,
     buffer_size: int,
-    inspect_ab: Callable[[memoryview], None] | None,
-    inspect_ba: Callable[[memoryview], None] | None,
+    inspect_ab: Callable[[memoryview], bool | None] | None,
+    inspect_ba: Callable[[memoryview], bool | None] | None,
     reactor: RelayReactor,
 ) -> RelayStats:
     token = trio.lowlevel.current_trio_token()

@@ -22,14 +22,37 @@ from __future__ import annotations
 import struct
 
 from redirgate.proto.usbredir import errors
-from redirgate.proto.usbredir.connection import check_main_header, check_type_header, verified_caps
-from redirgate.proto.usbredir.constants import Cap, MsgType, Role, VERSION_LEN
+from redirgate.proto.usbredir.connection import _GATES, check_main_header, check_type_header, verified_caps
+from redirgate.proto.usbredir.constants import (
+    MAX_BULK_TRANSFER_SIZE,
+    MAX_PACKET_SIZE,
+    VERSION_LEN,
+    Cap,
+    MsgType,
+    Role,
+)
+from redirgate.proto.usbredir.messages import MESSAGE_CLASSES
 
 __all__ = ["HostStreamGuard"]
 
 _HEADER_32 = struct.Struct("<III")
 _HEADER_64 = struct.Struct("<IIQ")
 _HELLO_LEN = _HEADER_32.size + VERSION_LEN
+_U16 = struct.Struct("<H").unpack_from
+_U32 = struct.Struct("<I").unpack_from
+
+# The data packets, by where their type header keeps the endpoint and the
+# stated length: the messages of a transfer, walked by `_walk`'s fast path.
+_CONTROL, _BULK, _SHORT_LENGTH, _BUFFERED = range(4)
+_FAST_KINDS: dict[int, int] = {
+    MsgType.CONTROL_PACKET: _CONTROL,
+    MsgType.BULK_PACKET: _BULK,
+    MsgType.ISO_PACKET: _SHORT_LENGTH,
+    MsgType.INTERRUPT_PACKET: _SHORT_LENGTH,
+    MsgType.BUFFERED_BULK_PACKET: _BUFFERED,
+}
+#: The reference rejects these from the host on an OUT endpoint (wrong direction).
+_IN_ONLY = frozenset({MsgType.ISO_PACKET, MsgType.BUFFERED_BULK_PACKET})
 
 
 class _HelloReader:
@@ -81,12 +104,22 @@ class HostStreamGuard:
         self._filter_last = -1  # last data byte of a filter_filter, for the NUL check
         self._failed: errors.RemoteProtocolError | None = None
         self._max = max_message_size
+        self._limit = MAX_PACKET_SIZE if max_message_size is None else max_message_size
+        #: msg_type -> (type header size, kind, OUT endpoint allowed) for the
+        #: data packets the host may send under the layout in force
+        self._fast: dict[int, tuple[int, int, bool]] = {}
+        self._bulk_32 = False
         self.messages = 0
 
     @property
     def ready(self) -> bool:
         """Both hellos seen: the layout in force is known."""
         return self._guest_caps is not None and self._host_hello.caps is not None
+
+    @property
+    def guest_hello_seen(self) -> bool:
+        """The guest's hello is complete: `observe_guest_bytes` needs no more."""
+        return self._guest_caps is not None
 
     def observe_guest_bytes(self, chunk: bytes | bytearray | memoryview) -> None:
         """Feed the guest -> host direction until its hello is complete."""
@@ -104,6 +137,17 @@ class HostStreamGuard:
         self._header = _HEADER_64 if Cap.IDS_64BIT in self._shared else _HEADER_32
         if not self._pending and self._body_left == 0:
             self._need_header = self._header.size
+        self._bulk_32 = Cap.BULK_LENGTH_32BIT in self._shared
+        self._fast = {}
+        for msg_type, kind in _FAST_KINDS.items():
+            thsize = MESSAGE_CLASSES[msg_type].header_size(self._shared)
+            try:
+                check_main_header(Role.GUEST, self._shared, msg_type, thsize)
+            except errors.RemoteProtocolError:
+                continue  # never accepted from the host: the full check says why
+            gate = _GATES.get(msg_type)
+            if gate is None or gate in self._guest_caps:
+                self._fast[int(msg_type)] = (thsize, kind, msg_type not in _IN_ONLY)
 
     def feed(self, chunk: bytes | bytearray | memoryview) -> None:
         """Check the next bytes from the host; raise if the guest would reject them."""
@@ -129,7 +173,14 @@ class HostStreamGuard:
             self.messages += 1
             self._update_layout()
         size = len(view)
+        fast = self._fast
+        hsize = self._header.size
         while pos < size:
+            if fast and not self._body_left and not self._pending and size - pos >= hsize:
+                step = self._fast_header(view, pos, size, hsize)
+                if step:
+                    pos += step
+                    continue
             if self._body_left:
                 step = min(self._body_left, size - pos)
                 if self._msg_type == MsgType.FILTER_FILTER:
@@ -171,6 +222,52 @@ class HostStreamGuard:
                     self._need_header = want + thsize
                     continue
             self._start_body(header)
+
+    def _fast_header(self, view: memoryview, pos: int, size: int, hsize: int) -> int:
+        """Accept the headers of a data packet at view[pos:] in one go: the
+        bytes taken, or 0 to leave it to the full check (which accepts the
+        same messages, one check at a time, and names what is wrong).
+
+        The conditions are those of check_main_header and
+        _semantic_problem for a data packet travelling to the guest, with
+        what depends only on the layout settled in `_update_layout`."""
+        msg_type, length, _ = self._header.unpack_from(view, pos)
+        entry = self._fast.get(msg_type)
+        if entry is None:
+            return 0
+        thsize, kind, out_ok = entry
+        at = pos + hsize
+        if not thsize <= length <= self._limit or size - at < thsize:
+            return 0
+        if kind == _CONTROL:
+            endpoint, stated = view[at], _U16(view, at + 8)[0]
+        elif kind == _BULK:
+            endpoint, stated = view[at], _U16(view, at + 2)[0]
+            if self._bulk_32:
+                stated |= _U16(view, at + 8)[0] << 16
+            if stated > MAX_BULK_TRANSFER_SIZE:
+                return 0
+        elif kind == _SHORT_LENGTH:
+            endpoint, stated = view[at], _U16(view, at + 2)[0]
+        else:
+            endpoint, stated = view[at + 8], _U32(view, at + 4)[0]
+            if stated > MAX_BULK_TRANSFER_SIZE:
+                return 0
+        data_len = length - thsize
+        if endpoint & 0x80:
+            if data_len != stated:
+                return 0
+        elif data_len or not out_ok:
+            return 0
+        self._msg_start = self._offset
+        step = hsize + thsize
+        self._offset += step
+        self._msg_type, self._length, self._thsize = msg_type, length, thsize
+        if data_len:
+            self._body_left = data_len
+        else:
+            self.messages += 1
+        return step
 
     def _check_main(self, header: memoryview) -> int:
         msg_type, length, _ = self._header.unpack_from(header)

@@ -236,3 +236,59 @@ async def test_reactor_inspector_verdict_ends_the_channel_before_the_chunk_is_se
         assert raised and str(raised[0]) == "bad bytes"
     await ch.hv.aclose()
     await ch.cl.aclose()
+
+
+@pytest.mark.parametrize("cap", [0, 5], ids=["uncapped", "capped-records"])
+@trio_test(60)
+async def test_reactor_small_messages_both_ways_keep_order_and_counts(env: Pki, cap: int) -> None:
+    """Ping-pong of small messages, the reactor's inline path, with an inspector
+    on each direction: one retires itself after its first chunk (returns True),
+    the other sees every chunk.  With `cap`, TLS records to the client carry at
+    most 5 bytes (as towards QEMU's chardev), so every send is split."""
+    ch = await make_channel(env)
+    ch.relay_tls.max_send_bytes = cap
+    first_only: list[bytes] = []
+    every: list[bytes] = []
+
+    def once(chunk: memoryview) -> bool:
+        first_only.append(bytes(chunk))
+        return True
+
+    def always(chunk: memoryview) -> None:
+        every.append(bytes(chunk))
+
+    stats = RelayStats()
+    chunks: list[int] = []  # sizes the client received, one TLS record each at most
+    async with RelayReactor() as reactor:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(relay, ch.relay_plain, ch.relay_tls, stats=stats, reactor=reactor,
+                                                 inspect_a_to_b=once, inspect_b_to_a=always))  # fmt: skip
+            for i in range(500):
+                ping = b"ping %d" % i
+                await ch.hv.send_all(ping)
+                assert await receive_exactly_bytes(ch.cl, len(ping), chunks) == ping
+                pong = b"pong %d!" % i
+                await ch.cl.send_all(pong)
+                assert await receive_exactly_bytes(ch.hv, len(pong)) == pong
+            await ch.hv.aclose()
+            assert await ch.cl.receive_some(10) == b""
+            await ch.cl.aclose()
+        assert reactor.channels == 0
+    pings = sum(len(b"ping %d" % i) for i in range(500))
+    pongs = b"".join(b"pong %d!" % i for i in range(500))
+    assert stats.a_to_b == pings and stats.b_to_a == len(pongs)
+    assert first_only == [b"ping 0"]
+    assert b"".join(every) == pongs
+    assert max(chunks) == (cap or max(len(b"ping %d" % i) for i in range(500)))
+
+
+async def receive_exactly_bytes(stream: trio.abc.ReceiveStream, size: int, chunks: list[int] | None = None) -> bytes:
+    got = b""
+    with trio.fail_after(10):
+        while len(got) < size:
+            chunk = await stream.receive_some(size - len(got))
+            assert chunk, f"EOF after {len(got)} of {size} bytes"
+            got += chunk
+            if chunks is not None:
+                chunks.append(len(chunk))
+    return got

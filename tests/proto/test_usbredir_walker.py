@@ -136,3 +136,58 @@ def test_stream_not_starting_with_hello_is_refused():
     guard = HostStreamGuard()
     with pytest.raises(RemoteProtocolError):
         guard.feed(b"GET / HTTP/1.1\r\n\r\n")
+
+
+def _patched(frame: bytes, at: int, value: bytes) -> bytes:
+    """`frame` with `value` written at type-header offset `at` (main header: 16 bytes, 64-bit ids)."""
+    out = bytearray(frame)
+    out[16 + at : 16 + at + len(value)] = value
+    return bytes(out)
+
+
+def _data_packet_cases() -> list[tuple[str, bytes]]:
+    host, _, _ = _hellos(0xFF, 0xFF)
+    ctrl = host.send(m.ControlPacket(0x80, 6, 0x80, 0, 0x100, 0, 18, id=1, data=bytes(18)))
+    bulk = host.send(m.BulkPacket(0x81, 0, 512, 0, id=2, data=bytes(512)))
+    iso = host.send(m.IsoPacket(0x82, 0, 192, id=3, data=bytes(192)))
+    intr = host.send(m.InterruptPacket(0x83, 0, 8, id=4, data=bytes(8)))
+    buffered = host.send(m.BufferedBulkPacket(0, 64, 0x84, 0, id=5, data=bytes(64)))
+    u16 = struct.Struct("<H").pack
+    return [
+        ("control, valid", ctrl),
+        ("control, stated length one short", _patched(ctrl, 8, u16(17))),
+        ("control, OUT endpoint with data", _patched(ctrl, 0, b"\x00")),
+        ("bulk, valid", bulk),
+        ("bulk, stated length one long", _patched(bulk, 2, u16(513))),
+        ("bulk, stated length over the 128 MiB limit", _patched(bulk, 8, u16(0xFFFF))),
+        ("bulk, OUT endpoint with data", _patched(bulk, 0, b"\x01")),
+        ("iso, valid", iso),
+        ("iso, OUT endpoint with data", _patched(iso, 0, b"\x02")),
+        ("iso, OUT endpoint, no data", _patched(iso, 0, b"\x02")[: 16 + 4].replace(
+            struct.pack("<I", 4 + 192), struct.pack("<I", 4), 1)),
+        ("interrupt, valid", intr),
+        ("interrupt, OUT endpoint, no data", _patched(intr, 0, b"\x03")[: 16 + 4].replace(
+            struct.pack("<I", 4 + 8), struct.pack("<I", 4), 1)),
+        ("interrupt, stated length zero", _patched(intr, 2, u16(0))),
+        ("buffered bulk, valid", buffered),
+        ("buffered bulk, OUT endpoint", _patched(buffered, 8, b"\x04")),
+        ("buffered bulk, stated length off", _patched(buffered, 4, struct.pack("<I", 65))),
+        ("length beyond the packet limit", _patched(ctrl, -12, struct.pack("<I", 0x7FFFFFFF))),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("guest_caps", [0xFF, 0x00])
+@pytest.mark.parametrize("case", _data_packet_cases(), ids=lambda c: c[0])
+def test_data_packet_headers_get_the_guest_parsers_verdict(case, guest_caps):
+    """The guard's one-step check of data packet headers accepts exactly what
+    the guest's parser accepts and, where it does not, leaves the verdict to
+    the full check (same error class, same offset)."""
+    _, frame = case
+    _, host_hello, guest_hello = _hellos(0xFF, guest_caps | Cap.FILTER)
+    stream = host_hello + frame + frame
+    expected = _guest_verdict(guest_caps | Cap.FILTER, stream)
+    for cuts in ([], [len(host_hello) + 3], [len(host_hello) + len(frame) + 20]):
+        got = _guard_verdict(guest_hello, stream, cuts)
+        assert got[1:] == expected[1:]
+        if expected[1] is None:
+            assert got[0] == expected[0]
