@@ -312,7 +312,8 @@ class TunnelClient:
             except BaseException:
                 await trio.aclose_forcefully(stream)
                 raise
-        return PrefixedStream(stream, trailing)
+        # bytes the gateway sent right behind the attach reply come first
+        return PrefixedStream(stream, trailing) if trailing else stream
 
 
 def usb_channel_handler(source: SelectorSource) -> ChannelHandler:

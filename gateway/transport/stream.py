@@ -191,6 +191,10 @@ class ZeroCopyTLSStream(trio.abc.Stream):
             suppress_ragged_eofs=False,
         )
         self._close_timeout_s = close_timeout_s
+        sslsock = self._ssl
+        #: (nbytes, buffer) -> count, and view -> count: see _bind_record_layer
+        self._ssl_read: Callable[[int, Buffer], int] = lambda n, buf: sslsock.recv_into(buf, n)
+        self._ssl_write: Callable[[Buffer], int] = sslsock.send
         self._send_busy = _Busy("another task is sending on this stream")
         self._recv_busy = _Busy("another task is receiving on this stream")
         self._read_wait = trio.Lock()
@@ -258,6 +262,20 @@ class ZeroCopyTLSStream(trio.abc.Stream):
                 self._broken = TimeoutError("handshake timed out")
                 raise TlsRefused(self.peer, Refusal.HANDSHAKE_TIMEOUT, f"no handshake within {timeout_s} s")
         self._handshaken = True
+        self._bind_record_layer()
+
+    def _bind_record_layer(self) -> None:
+        """Read and write through the SSL object itself from now on.
+
+        ssl.SSLSocket's recv_into/send are Python wrappers (two frames and
+        their checks per call) around the same methods of its `_sslobj`;
+        with suppress_ragged_eofs=False they add nothing else, and our own
+        closed/broken checks come first.  Where that attribute is not
+        there, the public methods stay."""
+        sslobj = getattr(self._ssl, "_sslobj", None)
+        if sslobj is not None and hasattr(sslobj, "read") and hasattr(sslobj, "write"):
+            self._ssl_read = sslobj.read
+            self._ssl_write = sslobj.write
 
     # -- receiving -------------------------------------------------------
     async def receive_into(self, buffer: Buffer) -> int:
@@ -276,10 +294,9 @@ class ZeroCopyTLSStream(trio.abc.Stream):
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return 0
             waited = False
-            sslsock = self._ssl
             while True:
                 try:
-                    n = sslsock.recv_into(buffer, nbytes)
+                    n = self._ssl_read(nbytes, buffer)
                     break
                 except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as want:
                     await self._wait_for(want)
@@ -334,10 +351,9 @@ class ZeroCopyTLSStream(trio.abc.Stream):
             return 0
         if self._closed or self._broken is not None:
             self._check()
-        sslsock = self._ssl
         nbytes = len(buffer)
         try:
-            n = sslsock.recv_into(buffer, nbytes)
+            n = self._ssl_read(nbytes, buffer)
         except ssl.SSLWantReadError:
             self._fast_wants_write = False
             return None
@@ -358,12 +374,11 @@ class ZeroCopyTLSStream(trio.abc.Stream):
     def _read_more(self, buffer: Buffer, n: int, *, trains_only: bool) -> int:
         """Add whatever is ready to the `n` bytes already in `buffer`; with
         `trains_only`, stop after the first record that is not full."""
-        sslsock = self._ssl
         nbytes = len(buffer)
         view = memoryview(buffer)
         while n < nbytes:
             try:
-                more = sslsock.recv_into(view[n:], nbytes - n)
+                more = self._ssl_read(nbytes - n, view[n:])
             except (ssl.SSLError, OSError):
                 break  # nothing ready, or an error the next call reports
             if more == 0:
@@ -392,7 +407,7 @@ class ZeroCopyTLSStream(trio.abc.Stream):
         if self.max_send_bytes and len(view) > self.max_send_bytes:
             view = view[: self.max_send_bytes]
         try:
-            return self._ssl.send(view)
+            return self._ssl_write(view)
         except ssl.SSLWantWriteError:
             self._fast_send_wants_read = False
             return None
@@ -428,12 +443,12 @@ class ZeroCopyTLSStream(trio.abc.Stream):
                 total = len(view)
                 sent = 0
                 waited = False
-                sslsock = self._ssl
+                write = self._ssl_write
                 step = self.max_send_bytes or total
                 try:
                     while sent < total:
                         try:
-                            sent += sslsock.send(view[sent : sent + step])
+                            sent += write(view[sent : sent + step])
                         except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as want:
                             await self._wait_for(want)
                             waited = True
