@@ -53,6 +53,10 @@ class _Pending:
     reply: m.Message | None = None
 
 
+#: One read takes up to this much (a 64 KiB transfer and more).
+_RECEIVE_BYTES = 256 * 1024
+
+
 class UsbredirGuest:
     """Guest role over a stream; use `async with UsbredirGuest(stream, peer=...)`."""
 
@@ -90,11 +94,23 @@ class UsbredirGuest:
         return await self._nursery_manager.__aexit__(*exc)  # type: ignore[arg-type]
 
     # ---------------------------------------------------------------- I/O
+    async def _receive(self) -> None:
+        """Read what the host sent into the parser (at least one byte, or EOF):
+        straight into its buffer where the stream has a socket, no copy."""
+        sock = getattr(self.stream, "socket", None)
+        if sock is None or not hasattr(sock, "recv_into"):
+            self.conn.receive_data(await self.stream.receive_some(_RECEIVE_BYTES))
+            return
+        try:
+            n = await sock.recv_into(self.conn.get_receive_buffer(_RECEIVE_BYTES))
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+        self.conn.commit_received(n)
+
     async def _reader(self) -> None:
         try:
             while True:
-                data = await self.stream.receive_some(256 * 1024)
-                self.conn.receive_data(data)
+                await self._receive()
                 while True:
                     event = self.conn.next_event()
                     if event is NEED_DATA:
@@ -147,11 +163,23 @@ class UsbredirGuest:
                 self._stream_event.set()
 
     async def _send(self, message: m.Message) -> None:
+        """Header and payload in one write where the stream has a socket (the
+        host sees the message at once), else header + payload joined."""
         async with self._send_lock:
             header, payload = self.conn.send_parts(message)
-            await self.stream.send_all(header + bytes(payload) if len(payload) < 4096 else header)
-            if len(payload) >= 4096:
-                await self.stream.send_all(payload)
+            sock = getattr(self.stream, "socket", None)
+            if not len(payload) or sock is None or not hasattr(sock, "sendmsg"):
+                await self.stream.send_all(header + bytes(payload))
+                return
+            try:
+                sent = await sock.sendmsg([header, payload])
+            except OSError as exc:
+                raise trio.BrokenResourceError(str(exc)) from exc
+            if sent < len(header):  # a partial write: the rest goes the plain way
+                await self.stream.send_all(header[sent:])
+                sent = len(header)
+            if sent - len(header) < len(payload):
+                await self.stream.send_all(memoryview(payload)[sent - len(header) :])
 
     # ----------------------------------------------------------- requests
     def next_id(self) -> int:
