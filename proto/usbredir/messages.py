@@ -101,10 +101,15 @@ class Message:
     id: int = field(default=0, kw_only=True)
 
     def __post_init__(self) -> None:
-        name = type(self).__name__
-        _check_uint(name, "id", self.id, _U64)
+        # plain ints in range pass here (every message parsed off the wire,
+        # most built); anything else gets the full check and its message
+        value = self.id
+        if type(value) is not int or not 0 <= value <= _U64:
+            _check_uint(type(self).__name__, "id", value, _U64)
         for fname, limit in self._UINTS:
-            _check_uint(name, fname, getattr(self, fname), limit)
+            value = getattr(self, fname)
+            if type(value) is not int or not 0 <= value <= limit:
+                _check_uint(type(self).__name__, fname, value, limit)
 
     # -- layout ---------------------------------------------------------
     @classmethod
