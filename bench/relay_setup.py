@@ -211,6 +211,32 @@ socket = r:TCP_NODELAY=1
     return path
 
 
+def stunnel_client_config(pki: Pki, port: int, server_port: int, workdir: Path) -> Path:
+    """stunnel4 in client mode: plain on `port`, mutual TLS 1.3 to the stunnel on `server_port`
+    (with :func:`stunnel_config` behind it, the two make a TLS tunnel between two plain ends)."""
+    path = workdir / "stunnel-client.conf"
+    path.write_text(
+        f"""foreground = yes
+pid =
+output = {workdir / 'stunnel-client.log'}
+debug = warning
+[tunnel]
+client = yes
+accept = {LOOPBACK}:{port}
+connect = {LOOPBACK}:{server_port}
+cert = {pki.client_cert}
+key = {pki.client_key}
+CAfile = {pki.ca}
+verifyChain = yes
+checkHost = {SERVER_NAME}
+sslVersionMin = TLSv1.3
+socket = l:TCP_NODELAY=1
+socket = r:TCP_NODELAY=1
+"""
+    )
+    return path
+
+
 def haproxy_config(pki: Pki, port: int, sink_port: int, workdir: Path) -> Path:
     path = workdir / "haproxy.cfg"
     path.write_text(

@@ -326,7 +326,7 @@ def measure_path(setup: Setup, path: str, plan: Plan, into: Figures) -> None:
 
 
 # ---------------------------------------------------------- stunnel4 beside
-REF_CASES = ("direct_plain", "direct_tls", "stunnel")
+REF_CASES = ("direct_plain", "direct_tls", "stunnel", "stunnel_pair")
 
 
 def reference_round_trips(bench: Any, count: int, into: dict[str, Figures], errors: list[str]) -> None:
@@ -335,6 +335,9 @@ def reference_round_trips(bench: Any, count: int, into: dict[str, Figures], erro
 
     cases = {c.key: c for c in CASES}
     for key in REF_CASES:
+        if key == "stunnel_pair":
+            _stunnel_pair_round_trips(bench, count, into.setdefault(key, {}), errors)
+            continue
         case = cases[key]
         fig = into.setdefault(key, {})
         with bench.endpoint(case) as (port, _relay, _oneshot):
@@ -352,6 +355,38 @@ def reference_round_trips(bench: Any, count: int, into: dict[str, Figures], erro
         for cpu in pinned.cpu_us_per_rtt:
             _put(fig, "relay_cpu_us", cpu)
         errors.extend(f"{case.label}, pinned: {err}" for err in pinned.errors)
+
+
+def _stunnel_pair_round_trips(bench: Any, count: int, fig: Figures, errors: list[str]) -> None:
+    """64-byte round trips, plain, through a client-mode stunnel4 and the server-mode one:
+    the same shape as our path (plain from the VM, TLS between gateway and client, plain
+    at the device), built from stunnel alone."""
+    from bench.relay import CASES, WARMUP
+    from bench.relay_setup import RTT_CPU, free_port, pinned, stunnel_client_config
+
+    server = bench.relay_for(next(c for c in CASES if c.key == "stunnel"))
+    port = free_port()
+    conf = stunnel_client_config(bench.pki, port, server.port, bench.workdir)
+    client = bench.procs.start("stunnel-client", ["stunnel4", str(conf)], port)
+    try:
+        timeout_s = 30.0 + count * 0.01
+        for pin in (False, True):
+            extra = ["--rtt", str(count), "--warmup", str(WARMUP)] + (["--cpu", str(RTT_CPU)] if pin else [])
+            if pin:
+                with pinned([bench.sink_plain, server, client]):
+                    result = bench.source(port, False, extra, timeout_s)
+            else:
+                result = bench.source(port, False, extra, timeout_s)
+            if "error" in result or result.get("count", 0) < count:
+                errors.append(f"stunnel pair, {'pinned' if pin else 'unpinned'}: "
+                              f"{result.get('error', 'connection ended early')}")  # fmt: skip
+                continue
+            prefix = "pin_" if pin else ""
+            _put(fig, f"{prefix}p50", float(result["p50_us"]))
+            _put(fig, f"{prefix}p99", float(result["p99_us"]))
+    finally:
+        bench.procs.stop(client)
+        bench.procs.started.remove(client)
 
 
 # -------------------------------------------------------------------- run
@@ -427,6 +462,7 @@ def added_rtt(figures: dict[str, Figures], reference: dict[str, Figures]) -> dic
             "gateway": _diffs(gw.get(f"ctrl_{key}", []), su.get(f"ctrl_{key}", [])),
             "stunnel_vs_tcp": _diffs(st.get(key, []), tcp.get(key, [])),
             "stunnel_vs_tls": _diffs(st.get(key, []), tls.get(key, [])),
+            "stunnel_pair_vs_tcp": _diffs(reference.get("stunnel_pair", {}).get(key, []), tcp.get(key, [])),
         }
     return out
 
@@ -527,7 +563,8 @@ def table(result: dict[str, Any]) -> str:
     lines.append("added round trip, µs (per-run differences of p50)      unpinned                pinned")
     for key, label in (("gateway", "gateway: control RTT via gateway − serve-usb alone"),
                        ("stunnel_vs_tcp", "stunnel4: 64 B TLS via stunnel − direct TCP"),
-                       ("stunnel_vs_tls", "stunnel4: 64 B TLS via stunnel − direct TLS")):
+                       ("stunnel_vs_tls", "stunnel4: 64 B TLS via stunnel − direct TLS"),
+                       ("stunnel_pair_vs_tcp", "stunnel4 pair: 64 B via client+server stunnel − TCP")):
         unpinned, pinned = _cell(added["unpinned"][key], 1), _cell(added["pinned"][key], 1)
         lines.append(f"  {label:<{width}}{unpinned:>{col}}{pinned:>{col}}")
     for key in REF_CASES:
@@ -549,6 +586,10 @@ def table(result: dict[str, Any]) -> str:
         verdict = "—" if g is None or s is None else ("meets" if g <= s else "MISSES")
         lines.append(f"  gateway's added p50 control RTT ≤ stunnel4's added RTT ({mode}): "
                      f"{'—' if g is None else f'{g:.1f}'} vs {'—' if s is None else f'{s:.1f}'} µs, {verdict}")
+        pair = _med(added[mode]["stunnel_pair_vs_tcp"])
+        if g is not None and pair is not None:
+            lines.append(f"    beside a stunnel4 pair (the same tunnel shape built from stunnel, {mode}): "
+                         f"{g:.1f} vs {pair:.1f} µs, ratio {g / pair:.2f}")
     for err in dict.fromkeys(result.get("errors", [])):
         lines.append(f"  error: {err}")
     return "\n".join(lines)
