@@ -20,6 +20,10 @@ and `call_nowait(fn, ...)` runs one pyusb call there with NAK waits turned
 into ``BlockingIOError`` (see `device.no_wait`).  The host engine uses them
 to skip the worker-thread round trip for transfers that complete at once;
 pyusb's libusb1 backend has neither, so real devices always use threads.
+
+Per-packet iso IN: `iso_read_packets` reads N isochronous packets in one
+transfer and returns each packet's own status and payload, which pyusb's
+``iso_read`` (the sum of the lengths) cannot; client/usb/iso.py uses it.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from .descriptors import (
     TransferType,
     with_topology,
 )
-from .device import Setup, VirtualDevice, no_wait
+from .device import Setup, TransferStatus, VirtualDevice, no_wait
 from .errors import LibusbError, usb_error
 
 __all__ = ["VirtualBackend", "VIRTUAL_BUS"]
@@ -285,6 +289,21 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]  # pyusb is un
     def iso_read(self, dev_handle: _Handle, ep: int, intf: int, buff: array.array[int], timeout: int) -> int:
         devid, desc = self._endpoint(dev_handle, ep, TransferType.ISOCHRONOUS, True)
         return devid.device.iso_in(devid.generation, desc, memoryview(buff).cast("B"))
+
+    def iso_read_packets(self, dev_handle: _Handle, ep: int, intf: int, count: int, packet_size: int,
+                         timeout: int) -> list[tuple[TransferStatus, bytes]]:
+        """One isochronous IN transfer of ``count`` packets of at most
+        ``packet_size`` bytes, with every packet's own result: a list of
+        (libusb transfer status, payload), a failed packet without data.
+        pyusb's ``iso_read`` returns only the sum of the lengths; the host
+        engine looks for this method (client/usb/iso.py).  Takes ``count``
+        (micro)frames, as `iso_read` does; ``intf`` and ``timeout`` are
+        ignored (the emulated device never makes an iso transfer wait)."""
+        devid, desc = self._endpoint(dev_handle, ep, TransferType.ISOCHRONOUS, True)
+        if count < 1 or packet_size < 1:
+            raise usb_error(LibusbError.INVALID_PARAM, devid.device.name,
+                            f"{count} iso packets of {packet_size} bytes")
+        return devid.device.iso_in_packets(devid.generation, desc, count, packet_size)
 
     def ctrl_transfer(self, dev_handle: _Handle, bmRequestType: int, bRequest: int, wValue: int,
                       wIndex: int, data: array.array[int], timeout: int) -> int:

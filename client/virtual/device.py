@@ -35,7 +35,7 @@ import enum
 import errno
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -50,7 +50,7 @@ from .descriptors import (
 )
 from .errors import LibusbError, Stall, VirtualUSBError, usb_error
 
-__all__ = ["Setup", "StandardRequest", "VirtualDevice"]
+__all__ = ["Setup", "StandardRequest", "TransferStatus", "VirtualDevice"]
 
 
 class StandardRequest(enum.IntEnum):
@@ -69,6 +69,19 @@ class StandardRequest(enum.IntEnum):
     SYNCH_FRAME = 12
     SET_SEL = 0x30
     SET_ISOCH_DELAY = 0x31
+
+
+class TransferStatus(enum.IntEnum):
+    """libusb_transfer_status (libusb.h): the status libusb reports per
+    packet of an isochronous transfer (`VirtualDevice.iso_in_packets`)."""
+
+    COMPLETED = 0
+    ERROR = 1
+    TIMED_OUT = 2
+    CANCELLED = 3
+    STALL = 4
+    NO_DEVICE = 5
+    OVERFLOW = 6
 
 
 FEATURE_ENDPOINT_HALT = 0
@@ -132,7 +145,7 @@ class VirtualDevice:
 
     Subclasses build their `DescriptorSet` and pass it here.  The backend
     calls ``attach``/``detach`` on plug/unplug and the ``control``,
-    ``transfer_out``, ``transfer_in``, ``iso_out``, ``iso_in``,
+    ``transfer_out``, ``transfer_in``, ``iso_out``, ``iso_in``, ``iso_in_packets``,
     ``set_configuration``, ``set_interface``, ``clear_halt`` and ``reset``
     methods; each takes the connection generation the caller opened, so a
     stale handle gets LIBUSB_ERROR_NO_DEVICE after an unplug/replug.
@@ -201,8 +214,11 @@ class VirtualDevice:
     def handle_iso_out(self, ep: int, packets: list[memoryview]) -> None:
         """Isochronous OUT packets (never NAKed)."""
 
-    def handle_iso_in(self, ep: int, sizes: list[int]) -> list[bytes]:
-        """Isochronous IN: one payload of at most sizes[i] bytes per packet."""
+    def handle_iso_in(self, ep: int, sizes: list[int]) -> Sequence[bytes | TransferStatus]:
+        """Isochronous IN: one payload of at most sizes[i] bytes per packet
+        (empty is a zero-length packet), or a `TransferStatus` for a packet
+        that failed (``ERROR``: the device missed its (micro)frame or the
+        packet was corrupt, as a host controller reports it)."""
         return [b"" for _ in sizes]
 
     def on_configuration(self, value: int) -> None:
@@ -539,20 +555,52 @@ class VirtualDevice:
 
     def iso_in(self, generation: int, desc: EndpointDescriptor, buff: memoryview) -> int:
         """Isochronous IN into ``buff``: packet i lands at offset i*size (the
-        libusb layout, not compacted); returns the sum of actual lengths."""
+        libusb layout, not compacted); returns the sum of actual lengths (a
+        failed packet counts 0, as in pyusb's libusb1 backend)."""
         size = self.iso_packet_size(desc)
         sizes = [min(size, len(buff) - i) for i in range(0, len(buff), size)]
         start = time.monotonic()
+        packets = self._iso_in_packets(generation, desc, sizes)
+        total = 0
+        for i, (_, payload) in enumerate(packets):
+            buff[i * size : i * size + len(payload)] = payload
+            total += len(payload)
+        self._pace(start, desc, len(sizes))
+        return total
+
+    def iso_in_packets(self, generation: int, desc: EndpointDescriptor, count: int,
+                       packet_size: int) -> list[tuple[TransferStatus, bytes]]:
+        """One isochronous IN transfer of ``count`` packets of at most
+        ``packet_size`` bytes (cut to the endpoint's maximum), each packet
+        with its own status and payload, as libusb's packet descriptors
+        report them (a failed packet has no data).  Paced like `iso_in`:
+        the whole transfer takes ``count`` (micro)frames from the call."""
+        size = min(packet_size, self.iso_packet_size(desc))
+        start = time.monotonic()
+        packets = self._iso_in_packets(generation, desc, [size] * count)
+        self._pace(start, desc, count)
+        return packets
+
+    def _iso_in_packets(self, generation: int, desc: EndpointDescriptor,
+                        sizes: list[int]) -> list[tuple[TransferStatus, bytes]]:
+        """``handle_iso_in`` for these packet sizes, one (status, payload)
+        per packet: a `TransferStatus` from the hook is that packet's
+        failure, a payload longer than its packet is OVERFLOW (babble), a
+        packet the hook left out is empty."""
         with self._cond:
             self._ready(generation, desc.bEndpointAddress)
             payloads = self.handle_iso_in(desc.bEndpointAddress, sizes)
-        total = 0
-        for i, payload in enumerate(payloads):
-            n = min(len(payload), sizes[i])
-            buff[i * size : i * size + n] = payload[:n]
-            total += n
-        self._pace(start, desc, len(sizes))
-        return total
+        packets: list[tuple[TransferStatus, bytes]] = []
+        for i, size in enumerate(sizes):
+            payload = payloads[i] if i < len(payloads) else b""
+            if isinstance(payload, TransferStatus):
+                failed = payload if payload != TransferStatus.COMPLETED else TransferStatus.ERROR
+                packets.append((failed, b""))
+            elif len(payload) > size:
+                packets.append((TransferStatus.OVERFLOW, b""))
+            else:
+                packets.append((TransferStatus.COMPLETED, bytes(payload)))
+        return packets
 
     def _pace(self, start: float, desc: EndpointDescriptor, count: int) -> None:
         if self.iso_realtime:
