@@ -188,53 +188,28 @@ def make_pki(directory: Path) -> Pki:
                cl / "client-cert.pem", cl / "client-key.pem")  # fmt: skip
 
 
-def stunnel_config(pki: Pki, port: int, sink_port: int, workdir: Path) -> Path:
-    path = workdir / "stunnel.conf"
-    path.write_text(
-        f"""foreground = yes
-pid =
-output = {workdir / 'stunnel.log'}
-debug = warning
-[tunnel]
-accept = {LOOPBACK}:{port}
-connect = {LOOPBACK}:{sink_port}
-cert = {pki.server_cert}
-key = {pki.server_key}
-CAfile = {pki.ca}
-verifyChain = yes
-requireCert = yes
-sslVersionMin = TLSv1.3
-socket = l:TCP_NODELAY=1
-socket = r:TCP_NODELAY=1
-"""
-    )
+def _stunnel_file(workdir: Path, name: str, pki: Pki, port: int, connect: int, role: list[str]) -> Path:
+    """One stunnel4 service `name`: `accept` on `port`, `connect` to `connect`, TLS 1.3 with
+    the chain checked and TCP_NODELAY both ways; `role` says which end of the TLS it is."""
+    path = workdir / f"{name}.conf"
+    lines = ["foreground = yes", "pid =", f"output = {workdir / (name + '.log')}", "debug = warning", "[tunnel]",
+             f"accept = {LOOPBACK}:{port}", f"connect = {LOOPBACK}:{connect}", *role, f"CAfile = {pki.ca}",
+             "verifyChain = yes", "sslVersionMin = TLSv1.3", "socket = l:TCP_NODELAY=1", "socket = r:TCP_NODELAY=1"]
+    path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def stunnel_config(pki: Pki, port: int, sink_port: int, workdir: Path) -> Path:
+    """stunnel4 as the TLS-terminating relay: mutual TLS on `port`, plain to `sink_port`."""
+    role = [f"cert = {pki.server_cert}", f"key = {pki.server_key}", "requireCert = yes"]
+    return _stunnel_file(workdir, "stunnel", pki, port, sink_port, role)
 
 
 def stunnel_client_config(pki: Pki, port: int, server_port: int, workdir: Path) -> Path:
     """stunnel4 in client mode: plain on `port`, mutual TLS 1.3 to the stunnel on `server_port`
     (with :func:`stunnel_config` behind it, the two make a TLS tunnel between two plain ends)."""
-    path = workdir / "stunnel-client.conf"
-    path.write_text(
-        f"""foreground = yes
-pid =
-output = {workdir / 'stunnel-client.log'}
-debug = warning
-[tunnel]
-client = yes
-accept = {LOOPBACK}:{port}
-connect = {LOOPBACK}:{server_port}
-cert = {pki.client_cert}
-key = {pki.client_key}
-CAfile = {pki.ca}
-verifyChain = yes
-checkHost = {SERVER_NAME}
-sslVersionMin = TLSv1.3
-socket = l:TCP_NODELAY=1
-socket = r:TCP_NODELAY=1
-"""
-    )
-    return path
+    role = ["client = yes", f"cert = {pki.client_cert}", f"key = {pki.client_key}", f"checkHost = {SERVER_NAME}"]
+    return _stunnel_file(workdir, "stunnel-client", pki, port, server_port, role)
 
 
 def haproxy_config(pki: Pki, port: int, sink_port: int, workdir: Path) -> Path:
