@@ -16,6 +16,9 @@ transfer is first attempted on the event loop thread, which saves the two
 thread hand-offs (~50-100 µs of CPU and latency each round trip) of a
 transfer the device completes at once; one that would wait goes to a worker
 thread like any other call.  Real libusb calls never run on the loop.
+
+Iso IN (`read_iso`) reads a batch of packets per worker-thread call, each
+packet with its own status and length (client/usb/iso.py).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import usb.util
 
 from redirgate.client.usb.descriptors import DeviceSnapshot, snapshot
 from redirgate.client.usb.errors import is_timeout
+from redirgate.client.usb.iso import IsoPacketResult, read_iso_packets
 
 __all__ = ["UsbDevice", "DEFAULT_WORKER_THREADS"]
 
@@ -120,6 +124,12 @@ class UsbDevice:
             except BlockingIOError:
                 pass
         return int(await self.call(self.dev.read, endpoint, buffer, timeout_ms))
+
+    async def read_iso(self, endpoint: int, count: int, packet_size: int, timeout_ms: int) -> list[IsoPacketResult]:
+        """Up to `count` iso IN packets in one transfer, each with its own
+        status and data (client/usb/iso.py), in a worker thread (iso
+        transfers keep a schedule: never inline)."""
+        return await self.call(read_iso_packets, self.dev, endpoint, count, packet_size, timeout_ms)
 
     async def write(self, endpoint: int, data: Any, timeout_ms: int, *, done: int = 0) -> int:
         """An OUT transfer of which `done` bytes (from `data`'s start) were

@@ -9,7 +9,12 @@ stream (re)starts, including after a stall recovery (protocol reference §4.6).
 
 pyusb transfers are synchronous, so a stream has one transfer in flight at a
 time, read in slices so a stop takes effect within `SLICE_MS`.  Iso IN reads
-one packet per transfer so every packet keeps its own length and status.
+a batch of packets per transfer, about 4 ms of the endpoint's schedule (32
+at 125 µs, 4 at 1 ms; at most the guest's pkts_per_urb x no_urbs), through
+client/usb/iso.py, which keeps every packet's own length and status (pyusb's
+read returns only their sum); the packets are then offered one by one, each
+with its own id.  A batch read by a stream that was stopped meanwhile is
+dropped, as a single packet was.
 On an emulated device with inline transfers (client/usb/device.py) an
 interrupt or bulk-receiving read that the device answers at once runs on the
 event loop, and the stream passes a checkpoint before its next read, so a
@@ -25,6 +30,7 @@ waits for the old read to end), so a keyboard does not lose a key press.
 
 from __future__ import annotations
 
+import array
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -33,6 +39,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from redirgate.client.usb.errors import USB_CALL_ERRORS, status_for
+from redirgate.client.usb.iso import IsoPacketResult, iso_batch_packets
 from redirgate.client.usb.transfers import in_buffer
 from redirgate.proto.usbredir import EndpointType, Status, messages as m
 
@@ -113,9 +120,11 @@ async def run_in_stream(engine: "HostEngine", stream: Stream) -> None:
     counter = 0
     failures = 0
     size = stream.packet_size
-    iso_ref = stream.capacity * size if stream.kind == EndpointType.ISO else 0
-    timeout = ISO_TIMEOUT_MS if stream.kind == EndpointType.ISO else SLICE_MS
-    inline = device.inline_transfers and stream.kind != EndpointType.ISO
+    iso = stream.kind == EndpointType.ISO
+    iso_ref = stream.capacity * size if iso else 0
+    timeout = ISO_TIMEOUT_MS if iso else SLICE_MS
+    inline = device.inline_transfers and not iso
+    batch = _iso_batch(engine, stream) if iso else 1
     yielded = True
     for data in engine.late_stream_data.pop(stream.endpoint, []):
         engine.offer_stream(stream, _packet(stream, counter, Status.SUCCESS, len(data), data), iso_ref)
@@ -124,24 +133,30 @@ async def run_in_stream(engine: "HostEngine", stream: Stream) -> None:
         if not yielded:
             await trio.lowlevel.checkpoint()  # before the read: a stop here loses nothing
         yielded = True
-        buf = in_buffer(size)
+        packets: list[IsoPacketResult] = []
+        buf: array.array[int] | None = None
+        n = 0
         try:
-            n = -1
-            if inline:
-                try:
-                    n = device.try_read(stream.endpoint, buf, timeout)
-                    yielded = False
-                except BlockingIOError:
-                    pass  # the device NAKs: wait in a thread
-            if n < 0:
-                n = await device.call(dev.read, stream.endpoint, buf, timeout)
+            if iso:
+                packets = await device.read_iso(stream.endpoint, batch, size, timeout)
+            else:
+                buf = in_buffer(size)
+                n = -1
+                if inline:
+                    try:
+                        n = device.try_read(stream.endpoint, buf, timeout)
+                        yielded = False
+                    except BlockingIOError:
+                        pass  # the device NAKs: wait in a thread
+                if n < 0:
+                    n = await device.call(dev.read, stream.endpoint, buf, timeout)
         except USB_CALL_ERRORS as exc:
             status, gone = status_for(exc)
             if gone:
                 engine.device_lost(f"stream on {stream.endpoint:#04x}: {exc}")
                 return
             if status == Status.TIMEOUT:
-                if stream.kind == EndpointType.ISO:
+                if iso:
                     # an iso transfer that timed out is reported like one
                     # that failed: one packet with the status, no data
                     engine.offer_stream(stream, _packet(stream, counter, status, 0, b""), iso_ref)
@@ -172,12 +187,30 @@ async def run_in_stream(engine: "HostEngine", stream: Stream) -> None:
             continue
         failures = 0
         if engine.streams.get(stream.endpoint) is not stream:
-            # stopped while this read ran (the thread is not interruptible)
-            if n and stream.kind != EndpointType.ISO:
+            # stopped while this read ran (the thread is not interruptible);
+            # an iso batch is dropped, like the transfers libusb cancels
+            if n and buf is not None:
                 engine.late_stream_data.setdefault(stream.endpoint, []).append(bytes(buf[:n]))
             return
+        if iso:
+            for status, data in packets:  # each its own id, status and length
+                engine.offer_stream(stream, _packet(stream, counter, status, len(data), data), iso_ref)
+                counter += 1
+            continue
+        assert buf is not None
         engine.offer_stream(stream, _packet(stream, counter, Status.SUCCESS, n, memoryview(buf)[:n]), iso_ref)
         counter += 1
+
+
+def _iso_batch(engine: "HostEngine", stream: Stream) -> int:
+    """Packets per iso IN transfer for this stream: about 4 ms of its
+    endpoint's schedule (client/usb/iso.py), never more than the guest
+    buffers (pkts_per_urb x no_urbs), so one batch alone cannot reach the
+    outbox's drop threshold."""
+    entry = engine.endpoints.get(stream.endpoint)
+    if entry is None or engine.device is None:
+        return 1
+    return iso_batch_packets(entry[0].interval, engine.device.snapshot.speed, stream.capacity)
 
 
 def _packet(stream: Stream, counter: int, status: int, length: int, data: m.Buffer) -> m.Message:
