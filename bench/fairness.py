@@ -61,7 +61,7 @@ elif str(ROOT) not in sys.path:  # make `bench` importable
     sys.path.insert(0, str(ROOT))
 
 from bench import gateway_lab as gl  # noqa: E402
-from bench.relay_setup import LOOPBACK, Proc, Processes, machine, process_cpu_s  # noqa: E402
+from bench.relay_setup import Proc, Processes, machine, process_cpu_s  # noqa: E402
 
 from redirgate.client.guest import GuestError, UsbredirGuest  # noqa: E402
 

@@ -83,7 +83,6 @@ def allocation_churn_per_message(make_wire, count: int) -> float:
     parse_all(host, wire)
     tracemalloc.start()
     tracemalloc.reset_peak()
-    base = tracemalloc.get_traced_memory()[0]
     total = 0
     for pos in range(0, len(wire), CHUNK):
         buf = host.get_receive_buffer(CHUNK)
