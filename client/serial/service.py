@@ -167,7 +167,7 @@ class Session:
         timeout_s = len(service._tx) * _BITS_PER_CHAR / self.settings.baud + extra_s
         with trio.move_on_after(timeout_s):
             while len(service._tx) and service.port is not None:
-                await service._lot.park()
+                await service._tx_lot.park()
         if len(service._tx):
             log.warning(
                 "%s: %s left; %d of its bytes did not reach the device within %.1f s",
@@ -201,7 +201,11 @@ class PortService:
         self._session_settings = settings
         self._rx = Ring(ring_bytes)
         self._tx = Ring(tx_bytes)
-        self._lot = trio.lowlevel.ParkingLot()
+        #: who waits on the RX ring (the consumer for bytes, the RX pump for
+        #: room) and on the TX ring (the TX pump for bytes, consumers and
+        #: drain for room): a byte moved wakes only its own side's waiters
+        self._rx_lot = trio.lowlevel.ParkingLot()
+        self._tx_lot = trio.lowlevel.ParkingLot()
         self._attach_lock = trio.Lock()
         self.opened_count = 0
         self._logged_overflow = 0
@@ -278,7 +282,7 @@ class PortService:
         try:
             while True:
                 while self.session is not None and self._rx.free == 0:
-                    await self._lot.park()
+                    await self._rx_lot.park()
                 await port.wait_readable()
                 # Size the read after waiting: a consumer may have attached meanwhile.
                 size = self._rx.free if self.session is not None else self._rx.capacity
@@ -287,7 +291,7 @@ class PortService:
                     continue
                 if self._rx.write(data):
                     self._log_overflow()
-                self._wake()
+                self._rx_lot.unpark_all()
         except PortUnavailable as exc:
             port.gone_reason = port.gone_reason or exc.reason
             scope.cancel()
@@ -296,11 +300,11 @@ class PortService:
         try:
             while True:
                 while not len(self._tx):
-                    await self._lot.park()
+                    await self._tx_lot.park()
                 n = port.write_nowait(self._tx.peek())
                 if n:
                     self._tx.consume(n)  # no await since the peek: nothing moved under us
-                    self._wake()
+                    self._tx_lot.unpark_all()
                 else:
                     await port.wait_writable()
         except PortUnavailable as exc:
@@ -308,7 +312,9 @@ class PortService:
             scope.cancel()
 
     def _wake(self) -> None:
-        self._lot.unpark_all()
+        """Everyone re-checks: the port, the session or a ring changed as a whole."""
+        self._rx_lot.unpark_all()
+        self._tx_lot.unpark_all()
 
     def _log_overflow(self) -> None:
         # Once at the first overflow, then each time the count doubles: a
@@ -330,17 +336,25 @@ class PortService:
 
     async def _take_rx(self, max_bytes: int) -> bytes:
         while not len(self._rx):
-            await self._lot.park()
+            await self._rx_lot.park()
         view = self._rx.peek()[:max_bytes]
         data = bytes(view)
         view.release()
         self._rx.consume(len(data))
-        self._wake()
+        self._rx_lot.unpark_all()
         return data
 
     async def _put_tx(self, data: bytes | bytearray | memoryview, discard: bool, peer: str) -> int:
         view = memoryview(data)
         dropped = 0
+        port = self.port
+        if view and port is not None and not len(self._tx):
+            # nothing queued before these bytes: give the driver what it takes
+            # now, without a hop through the TX pump (the rest is queued)
+            try:
+                view = view[port.write_nowait(view) :]
+            except PortUnavailable:
+                pass  # the RX/TX pumps see it too and reopen; the bytes wait in the ring
         while view:
             room = self._tx.free
             if room == 0:
@@ -351,11 +365,11 @@ class PortService:
                         self.name, "port gone" if self.port is None else "TX buffer full", dropped, peer,
                     )  # fmt: skip
                     break
-                await self._lot.park()
+                await self._tx_lot.park()
                 continue
             self._tx.write(view[:room])
             view = view[room:]
-            self._wake()
+            self._tx_lot.unpark_all()
         return dropped
 
     @contextlib.asynccontextmanager
