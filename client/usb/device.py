@@ -17,8 +17,14 @@ thread hand-offs (~50-100 µs of CPU and latency each round trip) of a
 transfer the device completes at once; one that would wait goes to a worker
 thread like any other call.  Real libusb calls never run on the loop.
 
-Iso IN (`read_iso`) reads a batch of packets per worker-thread call, each
-packet with its own status and length (client/usb/iso.py).
+Iso IN (`stream_iso_in`) is the other exception, in the other direction:
+one worker thread reads batch after batch of packets (each packet with its
+own status and length, client/usb/iso.py) for as long as the stream runs,
+and hands each batch to the event loop without waiting for it, so the next
+transfer starts as soon as the previous one returns.  Iso is scheduled: a
+(micro)frame during which no transfer runs is lost, and the round trip back
+to a worker thread per batch cost a high-speed stream a fifth of its
+microframes.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import array
 import dataclasses
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -125,11 +132,72 @@ class UsbDevice:
                 pass
         return int(await self.call(self.dev.read, endpoint, buffer, timeout_ms))
 
-    async def read_iso(self, endpoint: int, count: int, packet_size: int, timeout_ms: int) -> list[IsoPacketResult]:
-        """Up to `count` iso IN packets in one transfer, each with its own
-        status and data (client/usb/iso.py), in a worker thread (iso
-        transfers keep a schedule: never inline)."""
-        return await self.call(read_iso_packets, self.dev, endpoint, count, packet_size, timeout_ms)
+    async def stream_iso_in(
+        self,
+        endpoint: int,
+        count: int,
+        packet_size: int,
+        timeout_ms: int,
+        deliver: Callable[[list[IsoPacketResult]], bool],
+    ) -> None:
+        """Iso IN transfers of up to `count` packets back to back, until the
+        calling task is cancelled or `deliver` returns False.
+
+        One worker thread runs the transfers (`read_iso_packets`) one after
+        the other and passes each batch to `deliver` on the event loop
+        thread (``TrioToken.run_sync_soon``: in order, and without waiting
+        for it), so no frame is lost to the round trip through trio between
+        two transfers.  `deliver` returns whether to go on; the thread stops
+        before its next transfer once it said no, and a batch read meanwhile
+        is not delivered.  An exception from `deliver` stops the thread too
+        and is raised here.
+
+        A whole-transfer error ends the thread and is raised here (as pyusb
+        raises it), after every batch read before it was delivered: the
+        caller handles it and calls again to go on.
+
+        Cancellation is seen by the thread between two transfers
+        (``trio.from_thread.check_cancelled``); the thread is never
+        abandoned, so this returns - and nothing touches the device for the
+        caller any more - at most one transfer (about 4 ms; `timeout_ms` if
+        the device does not answer) after a cancel.
+
+        The thread holds one of this device's worker threads (`limiter`)
+        for as long as the stream runs, which is fine for iso streams: a
+        device has a handful of iso endpoints at most, and the rest of the
+        `DEFAULT_WORKER_THREADS` stay for control and bulk transfers.
+        """
+        token = trio.lowlevel.current_trio_token()
+        stop = threading.Event()
+        failed: list[BaseException] = []
+
+        def hand_over(packets: list[IsoPacketResult]) -> None:
+            # on the event loop thread, outside any task: must never raise
+            if stop.is_set():
+                return  # read after `deliver` said stop
+            try:
+                more = deliver(packets)
+            except BaseException as exc:  # re-raised in the calling task
+                failed.append(exc)
+                more = False
+            if not more:
+                stop.set()
+
+        def loop() -> None:
+            while not stop.is_set():
+                trio.from_thread.check_cancelled()
+                packets = read_iso_packets(self.dev, endpoint, count, packet_size, timeout_ms)
+                token.run_sync_soon(hand_over, packets)
+
+        try:
+            await trio.to_thread.run_sync(loop, limiter=self.limiter, abandon_on_cancel=False)
+        finally:
+            # the thread has ended, and every hand_over it queued has run:
+            # run_sync_soon callbacks run in order, the report of the
+            # thread's result (which wakes us) was queued after them
+            stop.set()
+            if failed:
+                raise failed[0]  # a bug in `deliver` beats anything else
 
     async def write(self, endpoint: int, data: Any, timeout_ms: int, *, done: int = 0) -> int:
         """An OUT transfer of which `done` bytes (from `data`'s start) were

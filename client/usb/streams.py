@@ -30,7 +30,6 @@ waits for the old read to end), so a keyboard does not lose a key press.
 
 from __future__ import annotations
 
-import array
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from redirgate.client.usb.transfers import in_buffer
 from redirgate.proto.usbredir import EndpointType, Status, messages as m
 
 if TYPE_CHECKING:
+    from redirgate.client.usb.device import UsbDevice
     from redirgate.client.usb.engine import HostEngine
 
 __all__ = ["Stream", "stream_status", "ISO_TIMEOUT_MS"]
@@ -116,90 +116,134 @@ async def run_in_stream(engine: "HostEngine", stream: Stream) -> None:
     device = engine.device
     if device is None:
         return
-    dev = device.dev
-    counter = 0
-    failures = 0
-    size = stream.packet_size
-    iso = stream.kind == EndpointType.ISO
-    iso_ref = stream.capacity * size if iso else 0
-    timeout = ISO_TIMEOUT_MS if iso else SLICE_MS
-    inline = device.inline_transfers and not iso
-    batch = _iso_batch(engine, stream) if iso else 1
-    yielded = True
+    reader = _InStream(engine, stream, device)
     for data in engine.late_stream_data.pop(stream.endpoint, []):
-        engine.offer_stream(stream, _packet(stream, counter, Status.SUCCESS, len(data), data), iso_ref)
-        counter += 1
-    while True:
-        if not yielded:
-            await trio.lowlevel.checkpoint()  # before the read: a stop here loses nothing
+        reader.offer(Status.SUCCESS, data)
+    if stream.kind == EndpointType.ISO:
+        await reader.run_iso()
+    else:
+        await reader.run_receiving()
+
+
+class _InStream:
+    """The state of one IN stream's task: the next packet id and the run of
+    failed transfers."""
+
+    def __init__(self, engine: "HostEngine", stream: Stream, device: "UsbDevice") -> None:
+        self.engine = engine
+        self.stream = stream
+        self.device = device
+        self.iso = stream.kind == EndpointType.ISO
+        self.iso_ref = stream.capacity * stream.packet_size if self.iso else 0
+        self.counter = 0
+        self.failures = 0
+
+    def offer(self, status: int, data: m.Buffer) -> None:
+        """One packet to the guest, with the next id (a dropped one uses it up too)."""
+        stream = self.stream
+        self.engine.offer_stream(stream, _packet(stream, self.counter, status, len(data), data), self.iso_ref)
+        self.counter += 1
+
+    def current(self) -> bool:
+        """Whether the stream still owns its endpoint (not stopped meanwhile)."""
+        return self.engine.streams.get(self.stream.endpoint) is self.stream
+
+    async def run_iso(self) -> None:
+        """Iso IN: batches back to back in one worker thread
+        (`UsbDevice.stream_iso_in`), restarted after an error it survives."""
+        stream = self.stream
+        batch = _iso_batch(self.engine, stream)
+        while True:
+            try:
+                await self.device.stream_iso_in(stream.endpoint, batch, stream.packet_size, ISO_TIMEOUT_MS, self._deliver)
+            except USB_CALL_ERRORS as exc:
+                if await self._failed(exc):
+                    continue
+            return  # stopped, or (``_deliver`` said no) stopped meanwhile
+
+    def _deliver(self, packets: list[IsoPacketResult]) -> bool:
+        """One batch from the reading thread, on the event loop thread."""
+        if not self.current():
+            # stopped while this batch was read (the thread is not
+            # interruptible): dropped, like the transfers libusb cancels
+            return False
+        self.failures = 0
+        for status, data in packets:  # each its own id, status and length
+            self.offer(status, data)
+        return True
+
+    async def run_receiving(self) -> None:
+        """Interrupt or bulk receiving: one transfer at a time."""
+        device = self.device
+        dev = device.dev
+        endpoint = self.stream.endpoint
+        size = self.stream.packet_size
+        inline = device.inline_transfers
         yielded = True
-        packets: list[IsoPacketResult] = []
-        buf: array.array[int] | None = None
-        n = 0
-        try:
-            if iso:
-                packets = await device.read_iso(stream.endpoint, batch, size, timeout)
-            else:
-                buf = in_buffer(size)
-                n = -1
+        while True:
+            if not yielded:
+                await trio.lowlevel.checkpoint()  # before the read: a stop here loses nothing
+            yielded = True
+            buf = in_buffer(size)
+            n = -1
+            try:
                 if inline:
                     try:
-                        n = device.try_read(stream.endpoint, buf, timeout)
+                        n = device.try_read(endpoint, buf, SLICE_MS)
                         yielded = False
                     except BlockingIOError:
                         pass  # the device NAKs: wait in a thread
                 if n < 0:
-                    n = await device.call(dev.read, stream.endpoint, buf, timeout)
-        except USB_CALL_ERRORS as exc:
-            status, gone = status_for(exc)
-            if gone:
-                engine.device_lost(f"stream on {stream.endpoint:#04x}: {exc}")
+                    n = await device.call(dev.read, endpoint, buf, SLICE_MS)
+            except USB_CALL_ERRORS as exc:
+                if await self._failed(exc):
+                    continue
                 return
-            if status == Status.TIMEOUT:
-                if iso:
-                    # an iso transfer that timed out is reported like one
-                    # that failed: one packet with the status, no data
-                    engine.offer_stream(stream, _packet(stream, counter, status, 0, b""), iso_ref)
-                    counter += 1
-                continue
-            if status == Status.STALL:
-                try:
-                    await device.call(dev.clear_halt, stream.endpoint)
-                except USB_CALL_ERRORS as clear_exc:
-                    log.info("%s: stall on %#04x not cleared: %s", engine.peer, stream.endpoint, clear_exc)
-                    await engine.send(stream.status_message(Status.STALL))
-                    engine.forget_stream(stream)
-                    return
-                counter = 0
-                continue
-            engine.offer_stream(stream, _packet(stream, counter, status, 0, b""), iso_ref)
-            counter += 1
-            failures += 1
-            if failures >= MAX_CONSECUTIVE_ERRORS:
-                # a persistent error: stop instead of flooding the guest
-                log.warning(
-                    "%s: stream on %#04x stopped after %d errors: %s", engine.peer, stream.endpoint, failures, exc
-                )
+            self.failures = 0
+            if not self.current():
+                # stopped while this read ran: kept for the next stream
+                if n:
+                    self.engine.late_stream_data.setdefault(endpoint, []).append(bytes(buf[:n]))
+                return
+            self.offer(Status.SUCCESS, memoryview(buf)[:n])
+
+    async def _failed(self, exc: BaseException) -> bool:
+        """A transfer (or an iso batch) failed: report it as usbredirhost
+        does; False when the stream has ended (it was told so)."""
+        engine = self.engine
+        stream = self.stream
+        status, gone = status_for(exc)
+        if gone:
+            engine.device_lost(f"stream on {stream.endpoint:#04x}: {exc}")
+            return False
+        if status == Status.TIMEOUT:
+            if self.iso:
+                # an iso transfer that timed out is reported like one
+                # that failed: one packet with the status, no data
+                self.offer(status, b"")
+            return True
+        if status == Status.STALL:
+            try:
+                await self.device.call(self.device.dev.clear_halt, stream.endpoint)
+            except USB_CALL_ERRORS as clear_exc:
+                log.info("%s: stall on %#04x not cleared: %s", engine.peer, stream.endpoint, clear_exc)
                 await engine.send(stream.status_message(Status.STALL))
                 engine.forget_stream(stream)
-                return
-            await trio.sleep(ERROR_BACKOFF_S * failures)
-            continue
-        failures = 0
-        if engine.streams.get(stream.endpoint) is not stream:
-            # stopped while this read ran (the thread is not interruptible);
-            # an iso batch is dropped, like the transfers libusb cancels
-            if n and buf is not None:
-                engine.late_stream_data.setdefault(stream.endpoint, []).append(bytes(buf[:n]))
-            return
-        if iso:
-            for status, data in packets:  # each its own id, status and length
-                engine.offer_stream(stream, _packet(stream, counter, status, len(data), data), iso_ref)
-                counter += 1
-            continue
-        assert buf is not None
-        engine.offer_stream(stream, _packet(stream, counter, Status.SUCCESS, n, memoryview(buf)[:n]), iso_ref)
-        counter += 1
+                return False
+            self.counter = 0
+            return True
+        self.offer(status, b"")
+        self.failures += 1
+        if self.failures >= MAX_CONSECUTIVE_ERRORS:
+            # a persistent error: stop instead of flooding the guest
+            log.warning(
+                "%s: stream on %#04x stopped after %d errors: %s", engine.peer, stream.endpoint, self.failures, exc
+            )
+            await engine.send(stream.status_message(Status.STALL))
+            engine.forget_stream(stream)
+            return False
+        await trio.sleep(ERROR_BACKOFF_S * self.failures)
+        return True
 
 
 def _iso_batch(engine: "HostEngine", stream: Stream) -> int:

@@ -24,6 +24,15 @@ that really wait to a worker thread.  Only devices whose hooks never do I/O
 or sleep say so with ``inline_transfers`` (isochronous transfers sleep to
 keep their schedule and are never attempted that way).
 
+Isochronous transfers keep the (micro)frame schedule in real time
+(``iso_realtime``): a transfer of N packets takes N frames, and frames
+during which the host has no transfer running on the endpoint are lost, as
+on the wire.  Only the emulation's own lateness is not counted as lost: a
+transfer ends by sleeping until its last frame is over, and ``time.sleep``
+returns a little late; the endpoint's next transfer starts that much (at
+most `ISO_SLEEP_SLACK_S`) before it is submitted, so back-to-back transfers
+lose only the time the host took between them (`_iso_start`).
+
 This module never touches pyusb's objects; `VirtualBackend` translates.  It
 raises only `usb_error(...)` errors and never blocks without a deadline.
 """
@@ -50,7 +59,12 @@ from .descriptors import (
 )
 from .errors import LibusbError, Stall, VirtualUSBError, usb_error
 
-__all__ = ["Setup", "StandardRequest", "TransferStatus", "VirtualDevice"]
+__all__ = ["Setup", "StandardRequest", "TransferStatus", "VirtualDevice", "ISO_SLEEP_SLACK_S"]
+
+#: ``time.sleep`` returns late by the timer slack (50 µs on Linux) plus the
+#: wait for the GIL, typically 0.1-0.3 ms on an idle machine: up to this much
+#: of an iso transfer's lateness is the emulation's, not lost frames
+ISO_SLEEP_SLACK_S = 0.5e-3
 
 
 class StandardRequest(enum.IntEnum):
@@ -169,6 +183,8 @@ class VirtualDevice:
         self._endpoints: dict[int, EndpointDescriptor] = {}
         self._ep_interface: dict[int, int] = {}
         self._remote_wakeup = False
+        #: iso endpoint -> how late its last transfer returned (capped)
+        self._iso_late: dict[int, float] = {}
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} {self.speed.name}>"
@@ -546,7 +562,7 @@ class VirtualDevice:
         handler splits it; returns the bytes sent."""
         size = self.iso_packet_size(desc)
         packets = [data[i : i + size] for i in range(0, len(data), size)]
-        start = time.monotonic()
+        start = self._iso_start(desc)
         with self._cond:
             self._ready(generation, desc.bEndpointAddress)
             self.handle_iso_out(desc.bEndpointAddress, packets)
@@ -559,7 +575,7 @@ class VirtualDevice:
         failed packet counts 0, as in pyusb's libusb1 backend)."""
         size = self.iso_packet_size(desc)
         sizes = [min(size, len(buff) - i) for i in range(0, len(buff), size)]
-        start = time.monotonic()
+        start = self._iso_start(desc)
         packets = self._iso_in_packets(generation, desc, sizes)
         total = 0
         for i, (_, payload) in enumerate(packets):
@@ -574,9 +590,10 @@ class VirtualDevice:
         ``packet_size`` bytes (cut to the endpoint's maximum), each packet
         with its own status and payload, as libusb's packet descriptors
         report them (a failed packet has no data).  Paced like `iso_in`:
-        the whole transfer takes ``count`` (micro)frames from the call."""
+        the whole transfer takes ``count`` (micro)frames from the call
+        (`_iso_start`)."""
         size = min(packet_size, self.iso_packet_size(desc))
-        start = time.monotonic()
+        start = self._iso_start(desc)
         packets = self._iso_in_packets(generation, desc, [size] * count)
         self._pace(start, desc, count)
         return packets
@@ -602,11 +619,29 @@ class VirtualDevice:
                 packets.append((TransferStatus.COMPLETED, bytes(payload)))
         return packets
 
+    def _iso_start(self, desc: EndpointDescriptor) -> float:
+        """Where on the clock an iso transfer submitted now starts.
+
+        A host controller runs an endpoint's frames on its own clock and
+        reports a transfer done at the end of its last frame; here that
+        report is the return from `_pace`'s sleep, which comes late.  That
+        lateness (up to `ISO_SLEEP_SLACK_S`) is the emulation's, so the
+        next transfer's schedule starts as much before its submission: the
+        frames lost between two transfers are the time the host took to
+        submit again, not the sleep's overshoot (which would otherwise be
+        lost on every transfer).  Lateness beyond the slack (a starved
+        thread) is lost, as a host too slow to take its data loses it."""
+        return time.monotonic() - self._iso_late.pop(desc.bEndpointAddress, 0.0)
+
     def _pace(self, start: float, desc: EndpointDescriptor, count: int) -> None:
+        """Return when the transfer that started at `start` is over."""
         if self.iso_realtime:
-            left = start + self._iso_schedule(desc, count) - time.monotonic()
+            end = start + self._iso_schedule(desc, count)
+            left = end - time.monotonic()
             if left > 0:
                 time.sleep(left)
+            late = time.monotonic() - end
+            self._iso_late[desc.bEndpointAddress] = min(max(late, 0.0), ISO_SLEEP_SLACK_S)
 
 
 _NOT_STANDARD = object()

@@ -5,8 +5,11 @@ and several Python layers per small message; measured against stunnel4 the
 round trip of a 64-byte message through it was about twice stunnel's, while
 bulk throughput was already ahead (bench/relay.py).  Here a channel's two
 sockets, once the channel is set up, are driven by a plain epoll loop in one
-thread: a message that arrives costs one `epoll_wait` wake-up, one read and
-one write, with the GIL released in each system call and in OpenSSL.  trio
+thread: a message that arrives costs one `epoll_wait` wake-up, one read (two
+system calls for a TLS record: OpenSSL reads its header, then its body) and
+one write, with the GIL released in each system call and in OpenSSL, and -
+on the fast path in `_loop`, which takes every message that is read and
+written at once - no Python function call of ours at all.  trio
 keeps everything else - accepting, handshakes, the attach preamble,
 timeouts, cancellation, closing - and waits for a channel's end on an
 event the reactor sets through the trio token.
