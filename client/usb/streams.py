@@ -8,13 +8,24 @@ consumes its id, so the guest sees the gap.  Ids restart at 0 whenever the
 stream (re)starts, including after a stall recovery (protocol reference §4.6).
 
 pyusb transfers are synchronous, so a stream has one transfer in flight at a
-time, read in slices so a stop takes effect within `SLICE_MS`.  Iso IN reads
-a batch of packets per transfer, about 4 ms of the endpoint's schedule (32
-at 125 µs, 4 at 1 ms; at most the guest's pkts_per_urb x no_urbs), through
+time.  Interrupt and bulk receiving read one transfer per worker-thread call,
+in slices so a stop takes effect within `SLICE_MS`.  Iso IN reads a batch of
+packets per transfer, about 4 ms of the endpoint's schedule (32 at 125 µs, 4
+at 1 ms; at most the guest's pkts_per_urb x no_urbs), through
 client/usb/iso.py, which keeps every packet's own length and status (pyusb's
-read returns only their sum); the packets are then offered one by one, each
-with its own id.  A batch read by a stream that was stopped meanwhile is
-dropped, as a single packet was.
+read returns only their sum), and the transfers run back to back in one
+worker thread for the life of the stream (`UsbDevice.stream_iso_in`): each
+batch is handed to the event loop, where its packets are offered one by one,
+each with its own id, while the thread already reads the next one.  A frame
+during which no transfer runs is lost, and going back to trio between two
+transfers (return from the thread, offer 32 packets, start a thread call)
+cost a high-speed stream a fifth of its microframes.  The reader stops
+between two transfers when the stream task is cancelled (a stop, a reset,
+an unplug, the connection closing), and the task waits for it, so no thread
+reads for a stream that is gone; a stop is therefore seen at most one batch
+late.  A whole-transfer error ends the reader; the task handles it (timeout,
+stall, device gone, too many errors) and starts a new one.  A batch read by a
+stream that was stopped meanwhile is dropped, as a single packet was.
 On an emulated device with inline transfers (client/usb/device.py) an
 interrupt or bulk-receiving read that the device answers at once runs on the
 event loop, and the stream passes a checkpoint before its next read, so a
@@ -155,7 +166,9 @@ class _InStream:
         batch = _iso_batch(self.engine, stream)
         while True:
             try:
-                await self.device.stream_iso_in(stream.endpoint, batch, stream.packet_size, ISO_TIMEOUT_MS, self._deliver)
+                await self.device.stream_iso_in(
+                    stream.endpoint, batch, stream.packet_size, ISO_TIMEOUT_MS, self._deliver
+                )
             except USB_CALL_ERRORS as exc:
                 if await self._failed(exc):
                     continue

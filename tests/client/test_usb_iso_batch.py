@@ -12,6 +12,7 @@ import array
 import contextlib
 import ctypes
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,9 +24,12 @@ import usb.core
 import usb.util
 
 from redirgate.client.usb import iso
+from redirgate.client.usb.device import UsbDevice
 from redirgate.client.usb.iso import iso_batch_packets, iso_period_us, packet_status, read_iso_packets
 from redirgate.client.virtual import LoopbackDevice, Speed, VirtualBackend, iso_pattern
-from redirgate.client.virtual.device import TransferStatus
+from redirgate.client.virtual import device as virtual_device
+from redirgate.client.virtual.device import ISO_SLEEP_SLACK_S, TransferStatus
+from redirgate.client.virtual.errors import LibusbError
 from redirgate.proto.usbredir import Speed as RedirSpeed, Status
 from tests.client.test_engine_streams import configure, iso_alt, source_for
 from tests.support.refguest import T, engine_session, run_trio
@@ -35,7 +39,9 @@ ISO_IN = 0x82
 HS_PACKET = 3 * 1024  # the loopback's high-speed iso IN: wMaxPacketSize 0x1400
 FS_PACKET = 1023
 
-Script = list[Any]  # bytes, a TransferStatus, or a callable(device) -> either
+#: bytes, a TransferStatus, or a callable(device) -> either (or raising a
+#: whole-transfer error)
+Script = list[Any]
 
 
 class ScriptedLoopback(LoopbackDevice):
@@ -46,6 +52,13 @@ class ScriptedLoopback(LoopbackDevice):
         super().__init__(**kwargs)
         self.script = list(script)
         self.transfers: list[int] = []
+
+        #: iso IN transfers attempted (including those that failed at once)
+        self.attempts = 0
+
+    def iso_in_packets(self, *args: Any) -> Any:
+        self.attempts += 1
+        return super().iso_in_packets(*args)
 
     def handle_iso_in(self, ep: int, sizes: list[int]) -> list[Any]:
         self.transfers.append(len(sizes))
@@ -121,6 +134,45 @@ def test_virtual_batch_keeps_the_microframe_schedule() -> None:
         assert [s for s, _ in got] == [Status.SUCCESS] * 16
         assert [d for _, d in got] == [iso_pattern(i, HS_PACKET) for i in range(16)]
         assert device.transfers == [16]
+
+
+class _FakeTime:
+    """`time` for client/virtual/device.py: a clock that only moves when
+    told to or when slept on, each sleep returning `overshoot` late."""
+
+    def __init__(self, overshoot: float) -> None:
+        self.now = 1000.0
+        self.overshoot = overshoot
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds + self.overshoot
+
+
+@pytest.mark.parametrize("overshoot", [0.0, 200e-6, 2e-3])
+@pytest.mark.parametrize("gap", [0.0, 50e-6, 5e-3])
+def test_virtual_iso_schedule_loses_the_hosts_gaps_not_the_sleeps_overshoot(monkeypatch, overshoot, gap) -> None:
+    """Back-to-back transfers on one endpoint: frames lost between two are
+    the time the host took to submit again (`gap`); the emulation's own
+    lateness (the sleep's overshoot) is not, up to ISO_SLEEP_SLACK_S."""
+    clock = _FakeTime(overshoot)
+    monkeypatch.setattr(virtual_device, "time", clock)
+    device = ScriptedLoopback()
+    with _open(device) as dev:
+        start = clock.now
+        for i in range(10):
+            if i:
+                clock.now += gap
+            got = read_iso_packets(dev, ISO_IN, 16, HS_PACKET, 1000)  # 16 microframes: 2 ms
+            assert len(got) == 16
+        forgiven = min(overshoot, ISO_SLEEP_SLACK_S)
+        # ten schedules, the host's gaps, the overshoot beyond the slack,
+        # and the last transfer's overshoot (it has no next one to absorb it)
+        expected = 10 * 2e-3 + 9 * gap + 9 * (overshoot - forgiven) + overshoot
+        assert clock.now - start == pytest.approx(expected)
+        assert clock.now - start >= 10 * 2e-3 - 1e-9  # never faster than the wire
 
 
 def test_pyusb_sum_read_is_unchanged_by_per_packet_results() -> None:
@@ -347,10 +399,107 @@ def test_batch_covers_about_4_ms(speed: RedirSpeed, interval: int, limit: int, p
     assert iso_batch_packets(interval, speed, limit) == batch
 
 
+# ------------------------------------------------------------ the reading thread (UsbDevice.stream_iso_in)
+
+
+def _device_test(device: LoopbackDevice, body: Callable[[UsbDevice], Any]) -> None:
+    with _open(device) as dev:
+
+        async def main() -> None:
+            usb_device = await UsbDevice.open(dev)
+            try:
+                await body(usb_device)
+            finally:
+                await usb_device.release()
+
+        run_trio(main)
+
+
+def test_reading_thread_delivers_batches_in_order_until_told_to_stop() -> None:
+    device = ScriptedLoopback(speed=Speed.FULL)
+
+    async def body(usb_device: UsbDevice) -> None:
+        batches: list[list[Any]] = []
+        loop_thread = threading.get_ident()
+
+        def deliver(packets: list[Any]) -> bool:
+            assert threading.get_ident() == loop_thread  # on the event loop
+            batches.append(packets)
+            return len(batches) < 5
+
+        with trio.fail_after(5):
+            await usb_device.stream_iso_in(ISO_IN, 4, FS_PACKET, 1000, deliver)
+        assert len(batches) == 5  # none after the one it said stop on
+        assert device.transfers[:5] == [4] * 5
+        assert len(device.transfers) <= 6  # at most one read already running
+        assert [d for batch in batches for _, d in batch] == [iso_pattern(i, FS_PACKET) for i in range(20)]
+        assert usb_device.limiter.borrowed_tokens == 0
+
+    _device_test(device, body)
+
+
+def test_reading_thread_raises_a_whole_transfer_error_after_the_batches_before_it() -> None:
+    def halt(dev: LoopbackDevice) -> bytes:
+        dev.halt(ISO_IN)  # the next transfer fails: LIBUSB_ERROR_PIPE
+        return b"last"
+
+    device = ScriptedLoopback([b"a"] * 8 + [halt], speed=Speed.FULL, iso_realtime=False)
+
+    async def body(usb_device: UsbDevice) -> None:
+        got: list[bytes] = []
+
+        def deliver(packets: list[Any]) -> bool:
+            got.extend(d for _, d in packets)
+            return True
+
+        with pytest.raises(usb.core.USBError) as info:
+            await usb_device.stream_iso_in(ISO_IN, 3, FS_PACKET, 1000, deliver)
+        assert info.value.backend_error_code == LibusbError.PIPE
+        assert got == [b"a"] * 8 + [b"last"]  # all three batches, then the error
+
+    _device_test(device, body)
+
+
+def test_reading_thread_stops_on_cancel_within_a_batch_and_raises_what_deliver_raised() -> None:
+    device = ScriptedLoopback()  # real time: 32 microframes = 4 ms per batch
+
+    async def body(usb_device: UsbDevice) -> None:
+        delivered = 0
+
+        def count(packets: list[Any]) -> bool:
+            nonlocal delivered
+            delivered += 1
+            return True
+
+        with trio.move_on_after(0.1) as scope:
+            await usb_device.stream_iso_in(ISO_IN, 32, HS_PACKET, 1000, count)
+        assert scope.cancelled_caught
+        ended = trio.current_time()
+        assert delivered >= 3 and usb_device.limiter.borrowed_tokens == 0
+        reads = len(device.transfers)
+        await trio.sleep(0.05)
+        assert len(device.transfers) == reads  # nothing reads after the call returned
+        assert device.transfers == [32] * reads and ended - scope.deadline < 0.5
+
+        def broken(packets: list[Any]) -> bool:
+            raise KeyError("a bug")
+
+        with pytest.raises(KeyError):
+            await usb_device.stream_iso_in(ISO_IN, 32, HS_PACKET, 1000, broken)
+        assert len(device.transfers) in (reads + 1, reads + 2)  # stopped after the batch it failed on
+        assert usb_device.limiter.borrowed_tokens == 0
+
+    _device_test(device, body)
+
+
 # ------------------------------------------------------------ through the engine
 
 
-def _engine_test(device: LoopbackDevice, body: Callable[[Any], Any]) -> None:
+def _session_test(
+    device: LoopbackDevice, body: Callable[[Any, VirtualBackend], Any], after: Callable[[], Any] | None = None
+) -> None:
+    """`body(session, backend)` with the device configured, in its iso
+    setting; then `after()` once the session (the connection) has ended."""
     require_libusbredirparser()
     backend = VirtualBackend([device])
     try:
@@ -359,12 +508,47 @@ def _engine_test(device: LoopbackDevice, body: Callable[[Any], Any]) -> None:
             async with engine_session(source_for(backend)) as s:
                 await configure(s.guest)
                 await iso_alt(s.guest)
-                await body(s.guest)
+                await body(s, backend)
                 assert s.guest.parse_errors == []
+            if after is not None:
+                await after()
 
         run_trio(main)
     finally:
         backend.close()
+
+
+def _engine_test(device: LoopbackDevice, body: Callable[[Any], Any]) -> None:
+    async def with_guest(s: Any, backend: VirtualBackend) -> None:
+        await body(s.guest)
+
+    _session_test(device, with_guest)
+
+
+async def _wait_packets(guest: Any, count: int, timeout_s: float = 5.0) -> list[Any]:
+    with trio.fail_after(timeout_s):
+        while len(guest.of_type(T.ISO_PACKET)) < count:
+            await trio.sleep(0.005)
+    return guest.of_type(T.ISO_PACKET)
+
+
+async def _reader_ends(s: Any, device: ScriptedLoopback, timeout_s: float = 0.5) -> None:
+    """The stream's reading thread gives its worker slot back soon, and the
+    device sees no transfer after that."""
+    usb_device = s.engine.device
+    with trio.fail_after(timeout_s):
+        while usb_device.limiter.borrowed_tokens:
+            await trio.sleep(0.001)
+    attempts = device.attempts
+    await trio.sleep(0.05)
+    assert device.attempts == attempts
+
+
+def _raise(code: LibusbError) -> Callable[[LoopbackDevice], Any]:
+    def fail(dev: LoopbackDevice) -> Any:
+        raise dev.error(code, "scripted")  # the whole transfer fails
+
+    return fail
 
 
 def test_engine_forwards_each_packet_of_a_batch_with_its_own_id_status_and_length() -> None:
@@ -396,12 +580,28 @@ def test_engine_forwards_each_packet_of_a_batch_with_its_own_id_status_and_lengt
 
 
 #: window over which the delivered rate is measured (generous: a loaded CI
-#: machine); the share of the schedule it must reach.  Measured on this
-#: 2-CPU machine, 0.5 s windows, webcam-like stream as below: one packet per
-#: transfer (the code before batching) delivered 34% idle, 25% with both
-#: CPUs busy elsewhere; batches of 32 deliver 81-84% idle, 67% loaded.
+#: machine), in `RATE_WINDOWS` parts; the share of the schedule the whole
+#: window must reach, and the share its best part must reach.  Measured on
+#: this 2-CPU machine, webcam-like stream as below (whole window / best
+#: part): one packet per transfer (the code before batching) delivered 34%
+#: idle, 25% with both CPUs busy elsewhere; batches of 32, one thread call
+#: each: 80-81% / 83-84% idle, 73-75% / 75-77% with both CPUs busy (85-87% /
+#: 86-88% idle with the emulation's pacing as it is now); batches read back
+#: to back by one thread for the stream's life (UsbDevice.stream_iso_in):
+#: 97-99% / 99% idle, 86-95% / 94-99% with both CPUs busy.  What is still
+#: lost: the time the host takes between two transfers, and sleeps that
+#: return more than ISO_SLEEP_SLACK_S late.  A busy machine takes whole
+#: stretches of CPU away, so the best part is what separates back-to-back
+#: reading from one read per call (so does, deterministically,
+#: test_engine_iso_reads_go_on_while_the_event_loop_is_busy).
 RATE_WINDOW_S = 1.0
-RATE_SHARE = 0.5
+RATE_WINDOWS = 4
+RATE_SHARE = 0.8
+BEST_PART_SHARE = 0.92
+#: the audio-like stream below: 4 ms per transfer, so the gaps weigh less
+#: (one read per call: 87-92% idle; back to back: 96-99% idle, 83-98% with
+#: both CPUs busy); only a large regression shows here
+FS_RATE_SHARE = 0.75
 
 
 def test_engine_high_speed_iso_stream_keeps_up_with_the_microframes() -> None:
@@ -412,13 +612,19 @@ def test_engine_high_speed_iso_stream_keeps_up_with_the_microframes() -> None:
         start = await guest.request(T.START_ISO_STREAM, endpoint=ISO_IN, pkts_per_urb=32, no_urbs=15)
         assert start.fields["status"] == Status.SUCCESS
         await trio.sleep(0.3)  # warm-up
-        n0, t0 = len(guest.of_type(T.ISO_PACKET)), trio.current_time()
-        await trio.sleep(RATE_WINDOW_S)
-        n1, t1 = len(guest.of_type(T.ISO_PACKET)), trio.current_time()
+        marks = [(len(guest.of_type(T.ISO_PACKET)), trio.current_time())]
+        for _ in range(RATE_WINDOWS):
+            await trio.sleep(RATE_WINDOW_S / RATE_WINDOWS)
+            marks.append((len(guest.of_type(T.ISO_PACKET)), trio.current_time()))
         await guest.request(T.STOP_ISO_STREAM, endpoint=ISO_IN)
-        scheduled = (t1 - t0) / 125e-6
-        delivered = n1 - n0
-        assert delivered >= RATE_SHARE * scheduled, f"{delivered} of {scheduled:.0f} scheduled packets"
+
+        def share(a: tuple[int, float], b: tuple[int, float]) -> float:
+            return (b[0] - a[0]) / ((b[1] - a[1]) / 125e-6)  # delivered / scheduled
+
+        parts = [share(a, b) for a, b in zip(marks, marks[1:])]
+        whole = share(marks[0], marks[-1])
+        figures = f"{whole:.1%} of the scheduled packets, parts {' '.join(f'{p:.1%}' for p in parts)}"
+        assert whole >= RATE_SHARE and max(parts) >= BEST_PART_SHARE, figures
         got = guest.of_type(T.ISO_PACKET)
         assert [e.id for e in got] == list(range(len(got)))  # nothing dropped
         assert all(e.fields["status"] == Status.SUCCESS and e.fields["length"] == HS_PACKET for e in got)
@@ -442,10 +648,163 @@ def test_engine_full_speed_iso_stream_reads_4_frames_per_transfer() -> None:
         await trio.sleep(0.5)
         n1, t1 = len(guest.of_type(T.ISO_PACKET)), trio.current_time()
         await guest.request(T.STOP_ISO_STREAM, endpoint=ISO_IN)
-        assert n1 - n0 >= RATE_SHARE * (t1 - t0) / 1e-3
+        assert n1 - n0 >= FS_RATE_SHARE * (t1 - t0) / 1e-3, f"{n1 - n0} of {(t1 - t0) / 1e-3:.0f} scheduled packets"
         got = guest.of_type(T.ISO_PACKET)
         assert [e.id for e in got] == list(range(len(got)))
         assert all(e.fields["length"] == FS_PACKET for e in got)
         assert set(device.transfers) == {4}
 
     _engine_test(device, body)
+
+
+def test_engine_iso_reads_go_on_while_the_event_loop_is_busy() -> None:
+    """The reading thread does not wait for the trio side between two
+    transfers: with the event loop blocked for 0.1 s it keeps reading (one
+    read per thread call would have stopped after the one in flight), and
+    the batches it read meanwhile reach the guest afterwards, in order."""
+    device = ScriptedLoopback(speed=Speed.FULL)  # 4 packets per 4 ms transfer
+
+    async def body(guest: Any) -> None:
+        start = await guest.request(T.START_ISO_STREAM, endpoint=ISO_IN, pkts_per_urb=10, no_urbs=6)
+        assert start.fields["status"] == Status.SUCCESS
+        await _wait_packets(guest, 8)
+        before = len(device.transfers)
+        time.sleep(0.1)  # the event loop is busy: no task runs
+        read = len(device.transfers) - before
+        assert read >= 5, f"{read} transfers while the event loop was blocked"
+        await _wait_packets(guest, 4 * (before + read))
+        await guest.request(T.STOP_ISO_STREAM, endpoint=ISO_IN)
+        got = guest.of_type(T.ISO_PACKET)
+        assert [e.id for e in got] == list(range(len(got)))
+        seqs = [struct.unpack_from("<I", e.data)[0] for e in got]
+        assert seqs == list(range(len(got)))  # every batch, in order, none twice
+        assert all(e.fields["status"] == Status.SUCCESS and e.fields["length"] == FS_PACKET for e in got)
+
+    _engine_test(device, body)
+
+
+def test_engine_stopping_an_iso_stream_ends_its_reading_thread() -> None:
+    device = ScriptedLoopback()
+
+    async def body(s: Any, backend: VirtualBackend) -> None:
+        guest = s.guest
+        start = await guest.request(T.START_ISO_STREAM, endpoint=ISO_IN, pkts_per_urb=32, no_urbs=15)
+        assert start.fields["status"] == Status.SUCCESS
+        got = await _wait_packets(guest, 20 * 32)  # many batches
+        assert s.engine.device.limiter.borrowed_tokens == 1  # the reader holds one worker thread
+        assert [e.id for e in got] == list(range(len(got)))
+        stop = await guest.request(T.STOP_ISO_STREAM, endpoint=ISO_IN)
+        assert stop.fields["status"] == Status.SUCCESS
+        await _reader_ends(s, device)
+        after_stop = guest.events[next(i for i, e in enumerate(guest.events) if e is stop) + 1 :]
+        assert [e for e in after_stop if e.type == T.ISO_PACKET] == []
+        got = guest.of_type(T.ISO_PACKET)
+        assert [e.id for e in got] == list(range(len(got)))
+        assert set(device.transfers) == {32}
+        # started again: a new reader, ids from 0
+        first = len(got)
+        start = await guest.request(T.START_ISO_STREAM, endpoint=ISO_IN, pkts_per_urb=32, no_urbs=15)
+        assert start.fields["status"] == Status.SUCCESS
+        again = (await _wait_packets(guest, first + 64))[first:]
+        assert [e.id for e in again] == list(range(len(again)))
+        await guest.request(T.STOP_ISO_STREAM, endpoint=ISO_IN)
+        await _reader_ends(s, device)
+
+    _session_test(device, body)
+
+
+def test_engine_closing_the_connection_ends_the_reading_thread() -> None:
+    device = ScriptedLoopback()
+    seen: dict[str, Any] = {}
+
+    async def body(s: Any, backend: VirtualBackend) -> None:
+        start = await s.guest.request(T.START_ISO_STREAM, endpoint=ISO_IN, pkts_per_urb=32, no_urbs=15)
+        assert start.fields["status"] == Status.SUCCESS
+        await _wait_packets(s.guest, 5 * 32)
+        seen["engine"], seen["device"] = s.engine, s.engine.device
+        assert seen["device"].limiter.borrowed_tokens == 1
+
+    async def after() -> None:
+        # the session is over: the engine is gone and took its reader along
+        assert seen["engine"].device is None and seen["device"].limiter.borrowed_tokens == 0
+        attempts = device.attempts
+        await trio.sleep(0.05)
+        assert device.attempts == attempts
+
+    _session_test(device, body, after)
+
+
+def test_engine_unplug_ends_the_reading_thread() -> None:
+    device = ScriptedLoopback()
+
+    async def body(s: Any, backend: VirtualBackend) -> None:
+        start = await s.guest.request(T.START_ISO_STREAM, endpoint=ISO_IN, pkts_per_urb=32, no_urbs=15)
+        assert start.fields["status"] == Status.SUCCESS
+        await _wait_packets(s.guest, 5 * 32)
+        usb_device = s.engine.device
+        backend.unplug(device)
+        await s.guest.expect(T.DEVICE_DISCONNECT, timeout_s=2)
+        with trio.fail_after(2):
+            while usb_device.limiter.borrowed_tokens:
+                await trio.sleep(0.001)
+        attempts = device.attempts
+        await trio.sleep(0.05)
+        assert device.attempts == attempts
+        got = s.guest.of_type(T.ISO_PACKET)
+        assert [e.id for e in got] == list(range(len(got)))
+
+    _session_test(device, body)
+
+
+def test_engine_iso_reader_survives_failed_transfers_as_before() -> None:
+    """Whole-transfer errors end the reading thread; the stream handles them
+    as it did with one read per call and starts a new one: a timeout and an
+    I/O error are one packet each with the status, a stall is cleared and
+    the ids start again at 0."""
+
+    def halt_after(dev: LoopbackDevice) -> bytes:
+        dev.halt(ISO_IN)  # the next transfer stalls
+        return b"b"
+
+    script = [b"a"] * 4 + [_raise(LibusbError.TIMEOUT), _raise(LibusbError.IO)] + [b"b"] * 3 + [halt_after]
+    device = ScriptedLoopback(script, speed=Speed.FULL)  # 4 packets per transfer
+
+    async def body(s: Any, backend: VirtualBackend) -> None:
+        guest = s.guest
+        start = await guest.request(T.START_ISO_STREAM, endpoint=ISO_IN, pkts_per_urb=10, no_urbs=6)
+        assert start.fields["status"] == Status.SUCCESS
+        got = await _wait_packets(guest, 10 + 8)
+        await guest.request(T.STOP_ISO_STREAM, endpoint=ISO_IN)
+        await _reader_ends(s, device)
+        head = [(e.id, e.fields["status"], e.data) for e in got[:10]]
+        assert head == [(i, Status.SUCCESS, b"a") for i in range(4)] + [
+            (4, Status.TIMEOUT, b""),
+            (5, Status.IOERROR, b""),
+        ] + [(6 + i, Status.SUCCESS, b"b") for i in range(4)]
+        tail = got[10:]
+        assert [e.id for e in tail] == list(range(len(tail)))  # after the stall
+        assert all(e.fields["status"] == Status.SUCCESS and e.fields["length"] == FS_PACKET for e in tail)
+        assert guest.of_type(T.ISO_STREAM_STATUS)[-1].fields["status"] == Status.SUCCESS  # only the stop
+
+    _session_test(device, body)
+
+
+def test_engine_iso_stream_stops_after_too_many_failed_transfers() -> None:
+    from redirgate.client.usb.streams import MAX_CONSECUTIVE_ERRORS
+
+    device = ScriptedLoopback([_raise(LibusbError.IO)] * MAX_CONSECUTIVE_ERRORS, speed=Speed.FULL)
+
+    async def body(s: Any, backend: VirtualBackend) -> None:
+        guest = s.guest
+        start = await guest.request(T.START_ISO_STREAM, endpoint=ISO_IN, pkts_per_urb=10, no_urbs=6)
+        assert start.fields["status"] == Status.SUCCESS
+        status = await guest.expect(T.ISO_STREAM_STATUS, lambda e: e.fields["status"] == Status.STALL, timeout_s=5)
+        assert status.fields["endpoint"] == ISO_IN
+        await _reader_ends(s, device)
+        got = guest.of_type(T.ISO_PACKET)
+        assert [(e.id, e.fields["status"], e.data) for e in got] == [
+            (i, Status.IOERROR, b"") for i in range(MAX_CONSECUTIVE_ERRORS)
+        ]
+        assert device.attempts == MAX_CONSECUTIVE_ERRORS
+
+    _session_test(device, body)
