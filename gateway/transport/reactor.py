@@ -34,7 +34,6 @@ and is not called again.
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 import os
 import select
@@ -86,8 +85,7 @@ class ReactorOutcome:
 
 class _Direction:
     __slots__ = ("src", "dst", "buf", "view", "room", "iov", "start", "end", "forward", "side", "inspect",
-                 "need_src", "need_dst", "short_read", "channel", "opposite", "read_now", "write_now",
-                 "hand_over_at")  # fmt: skip
+                 "need_src", "need_dst", "short_read", "channel", "opposite")  # fmt: skip
 
     def __init__(self, src: ReactorSide, dst: ReactorSide, size: int, forward: bool,
                  inspect: Callable[[memoryview], bool | None] | None) -> None:  # fmt: skip
@@ -107,18 +105,6 @@ class _Direction:
         self.need_src = 0
         self.need_dst = 0
         self.short_read = False
-        # The fast path's moves, bound once (C partials: no Python frame per call).
-        self.read_now: Callable[[], int] = (
-            functools.partial(src.ssl_read, self.room, self.view) if src.tls
-            else functools.partial(os.readv, src.fd, self.iov)
-        )  # fmt: skip
-        #: a read this long goes to the general path: the buffer is full, or
-        #: (TLS) a full record, the start of a train worth batching
-        self.hand_over_at = min(_FULL_RECORD, self.room) if src.tls else self.room
-        #: None: capped writes (max_send) take the general path
-        self.write_now: Callable[[memoryview], int] | None = (
-            None if dst.max_send else dst.ssl_write if dst.tls else functools.partial(os.write, dst.fd)
-        )
         if src.prefix:
             n = len(src.prefix)
             self.view[:n] = src.prefix
@@ -389,6 +375,7 @@ class RelayReactor:
         wake = self._wake_r
         reader_of = self._reader_of.get
         service = self._service
+        readv, write = os.readv, os.write
         would_block = (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError)
         failed = (ssl.SSLError, OSError)
         while not self._stopping:
@@ -401,14 +388,15 @@ class RelayReactor:
                 if mask != _IN or d.need_src != _IN or d.opposite.need_dst:
                     service(d.channel, fd, mask)
                     continue
+                src = d.src
                 try:
-                    n = d.read_now()
+                    n = src.ssl_read(d.room, d.view) if src.tls else readv(fd, d.iov)
                 except would_block:
                     continue  # nothing after all; still waiting for the same
                 except failed:
                     service(d.channel, fd, mask)  # it reads again and names the failure
                     continue
-                if n == 0 or n >= d.hand_over_at:
+                if n == 0 or n == d.room or (n >= _FULL_RECORD and src.tls):
                     service(d.channel, fd, mask, d, n)
                     continue
                 chunk = d.view[:n]
@@ -420,12 +408,12 @@ class RelayReactor:
                     except Exception as exc:  # an inspector's verdict ends the channel
                         self._finish(channel, ReactorOutcome(d.side, str(exc), exc))
                         continue
-                write_now = d.write_now
-                if write_now is None:
+                dst = d.dst
+                if dst.max_send:
                     k = 0
                 else:
                     try:
-                        k = write_now(chunk)
+                        k = dst.ssl_write(chunk) if dst.tls else write(dst.fd, chunk)
                     except would_block:
                         k = 0
                     except failed as exc:
