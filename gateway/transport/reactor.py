@@ -124,6 +124,11 @@ class _Ended(Exception):
 #: a small array keeps a wake-up cheap; ready fds beyond it come next call.
 _MAX_EVENTS = 64
 
+#: Bytes one direction moves per turn before the reactor serves the other
+#: ready channels: a bulk flow must not hold a keyboard's message back for
+#: longer than one buffer's worth of work.
+_STEP_BUDGET = 256 * 1024
+
 #: A full TLS record's plaintext (RFC 8446 5.1).
 _FULL_RECORD = 16384
 
@@ -219,10 +224,17 @@ class _Channel:
         """
         d.need_src = d.need_dst = 0
         src, dst, view = d.src, d.dst, d.view
+        moved = 0
         try:
             if d.end > d.start and not self._flush(d):
                 return  # an earlier chunk is still waiting for room
             while True:
+                if moved >= _STEP_BUDGET and not (src.tls and src.ssl_pending()):
+                    # a flat-out flow gives the other channels their turn:
+                    # back to epoll, which reports the rest at once
+                    # (level-triggered; OpenSSL holds nothing unread)
+                    d.need_src = _IN
+                    return
                 if fresh:
                     n, fresh = fresh, 0
                     if src.tls:
@@ -270,6 +282,7 @@ class _Channel:
                     self.stats.a_to_b += k
                 else:
                     self.stats.b_to_a += k
+                moved += n
                 if k < n:
                     d.start, d.end = k, n
                     if d.need_dst or not self._flush(d):
