@@ -53,13 +53,10 @@ async def relay_usbredir(
                 raise GuardViolation("hypervisor", f"the hypervisor does not speak usbredir: {exc}") from exc
         return guard.guest_hello_seen
 
-    def check_host(chunk: memoryview) -> None:
-        try:
-            guard.feed(chunk)
-        except RemoteProtocolError as exc:
-            raise GuardViolation(client, f"malformed usbredir message from the client: {exc}") from exc
-
-    return await relay(
-        hypervisor, device, buffer_size=buffer_size, stats=stats,
-        inspect_a_to_b=observe_guest, inspect_b_to_a=check_host, reactor=reactor,
-    )  # fmt: skip
+    try:
+        return await relay(
+            hypervisor, device, buffer_size=buffer_size, stats=stats,
+            inspect_a_to_b=observe_guest, inspect_b_to_a=guard.feed, reactor=reactor,
+        )  # fmt: skip
+    except RemoteProtocolError as exc:  # from guard.feed: the chunk was not sent
+        raise GuardViolation(client, f"malformed usbredir message from the client: {exc}") from exc

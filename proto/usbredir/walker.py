@@ -153,7 +153,7 @@ class HostStreamGuard:
         """Check the next bytes from the host; raise if the guest would reject them."""
         if self._failed is not None:
             raise self._failed
-        view = memoryview(chunk)
+        view = chunk if type(chunk) is memoryview else memoryview(chunk)
         try:
             self._walk(view)
         except errors.RemoteProtocolError as error:
