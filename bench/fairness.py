@@ -39,7 +39,6 @@ has a bound.  Nothing is asserted.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import selectors
@@ -61,6 +60,7 @@ elif str(ROOT) not in sys.path:  # make `bench` importable
     sys.path.insert(0, str(ROOT))
 
 from bench import gateway_lab as gl  # noqa: E402
+from bench.report import cell as _cell, emit, script_arguments  # noqa: E402
 from bench.relay_setup import Proc, Processes, machine, process_cpu_s  # noqa: E402
 
 from redirgate.client.guest import GuestError, UsbredirGuest  # noqa: E402
@@ -322,13 +322,6 @@ def run(quick: bool, *, runs: int | None = None) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ report
-def _cell(values: list[float] | None, digits: int = 0) -> str:
-    if not values:
-        return "—"
-    med = statistics.median(values)
-    if len(values) == 1:
-        return f"{med:.{digits}f}"
-    return f"{med:.{digits}f} [{min(values):.{digits}f}–{max(values):.{digits}f}]"
 
 
 def table(result: dict[str, Any]) -> str:
@@ -388,11 +381,8 @@ def charts(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_arguments(__doc__, "3 short runs (under ~40 s)")
     parser.add_argument("role", nargs="?", choices=["neighbour"], help="(internal) the bulk neighbour process")
-    parser.add_argument("--quick", action="store_true", help="3 short runs (under ~40 s)")
-    parser.add_argument("--runs", type=int, help="override the number of runs")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--port", type=int, help="neighbour: the route to dial")
     parser.add_argument("--direction", choices=["IN", "OUT"], default="IN")
     parser.add_argument("--kib", type=int, default=64)
@@ -402,10 +392,7 @@ def main(argv: list[str] | None = None) -> None:
         result = trio.run(_neighbour, args.port, args.direction, args.kib, args.depth)
         print(json.dumps(result), flush=True)
         return
-    result = run(args.quick, runs=args.runs)
-    print(table(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+    emit(run(args.quick, runs=args.runs), table, args.json)
 
 
 if __name__ == "__main__":

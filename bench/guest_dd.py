@@ -33,8 +33,6 @@ run_guest) is stopped by PID, also on failure.  Nothing is asserted.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 import statistics
@@ -52,6 +50,7 @@ elif str(ROOT) not in sys.path:  # make `bench` importable
     sys.path.insert(0, str(ROOT))
 
 from bench import gateway_lab as gl  # noqa: E402
+from bench.report import cell, emit, ratio as _ratio, script_arguments  # noqa: E402
 from bench.relay_setup import LOOPBACK, Processes, free_port, machine, process_cpu_s  # noqa: E402
 
 STORAGE_ID = "usb:1209:0001"  # client/virtual/storage.py's VID:PID
@@ -166,20 +165,7 @@ def run(quick: bool, *, runs: int | None = None) -> dict[str, Any]:
     return result
 
 
-def _ratio(a: list[float] | None, b: list[float] | None) -> float | None:
-    if not a or not b or not statistics.median(b):
-        return None
-    return statistics.median(a) / statistics.median(b)
-
-
 # ---------------------------------------------------------------- report
-def _cell(values: list[float] | None, digits: int = 1) -> str:
-    if not values:
-        return "—"
-    med = statistics.median(values)
-    if len(values) == 1:
-        return f"{med:.{digits}f}"
-    return f"{med:.{digits}f} [{min(values):.{digits}f}–{max(values):.{digits}f}]"
 
 
 def table(result: dict[str, Any]) -> str:
@@ -205,7 +191,7 @@ def table(result: dict[str, Any]) -> str:
     lines.append(f"{'guest dd':<{width}}" + "".join(f"{label:>{col}}" for _, label, _ in PATHS)
                  + "".join(f"{h:>{col}}" for h in heads.values()))  # fmt: skip
     for op, label in OPS:
-        cells = [_cell(result["rates"][op].get(role)) for role, _, _ in PATHS]
+        cells = [cell(result["rates"][op].get(role), 1) for role, _, _ in PATHS]
         ratios = [result["ratios"][key][op] for key in heads]
         lines.append(f"{label:<{width}}" + "".join(f"{c:>{col}}" for c in cells)
                      + "".join(f"{'—' if r is None else f'{r:.2f}':>{col}}" for r in ratios))  # fmt: skip
@@ -240,15 +226,9 @@ def charts(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="3 runs of 16 MiB")
-    parser.add_argument("--runs", type=int, help="override the number of runs")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser = script_arguments(__doc__, "3 runs of 16 MiB")
     args = parser.parse_args(argv)
-    result = run(args.quick, runs=args.runs)
-    print(table(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+    emit(run(args.quick, runs=args.runs), table, args.json)
 
 
 if __name__ == "__main__":

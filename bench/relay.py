@@ -51,7 +51,6 @@ reported as missing, with the reason.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -71,6 +70,7 @@ if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "bench":
 elif str(ROOT) not in sys.path:  # make `bench` importable
     sys.path.insert(0, str(ROOT))
 
+from bench.report import cell as _cell, emit, median as _median, script_arguments  # noqa: E402
 from bench.relay_setup import (  # noqa: E402
     RELAY_BUFFER_BYTES,
     RTT_CPU,
@@ -307,10 +307,6 @@ def run(quick: bool, *, runs: int | None = None, mib: int | None = None, round_t
     }
 
 
-def _median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
 def ratios(figures: dict[str, Figures]) -> dict[str, dict[str, float | None]]:
     out: dict[str, dict[str, float | None]] = {}
     for ours, ref, label in RATIOS:
@@ -323,11 +319,6 @@ def ratios(figures: dict[str, Figures]) -> dict[str, dict[str, float | None]]:
 
 
 # ---------------------------------------------------------------- report
-def _cell(values: list[float], digits: int) -> str:
-    if not values:
-        return "—"
-    med = statistics.median(values)
-    return f"{med:.{digits}f} [{min(values):.{digits}f}–{max(values):.{digits}f}]"
 
 
 def table(result: dict[str, Any]) -> str:
@@ -395,18 +386,12 @@ def charts(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="3 runs of 128 MiB (about 15 s)")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("--runs", type=int, help="override the number of runs")
+    parser = script_arguments(__doc__, "3 runs of 128 MiB (about 15 s)")
     parser.add_argument("--mib", type=int, help="override the MiB per throughput run")
     parser.add_argument("--round-trips", type=int, help="override the round trips per run")
     parser.add_argument("--only", nargs="+", choices=[c.key for c in CASES], help="measure only these cases")
     args = parser.parse_args(argv)
-    result = run(args.quick, runs=args.runs, mib=args.mib, round_trips=args.round_trips, only=args.only)
-    print(table(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+    emit(run(args.quick, runs=args.runs, mib=args.mib, round_trips=args.round_trips, only=args.only), table, args.json)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ the file-descriptor limit, a run that timed out) is reported with the reason.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -64,6 +63,7 @@ elif str(ROOT) not in sys.path:  # make `bench` importable
     sys.path.insert(0, str(ROOT))
 
 from bench import gateway_lab as gl  # noqa: E402
+from bench.report import cell, emit, script_arguments  # noqa: E402
 from bench.relay_setup import LOOPBACK, Proc, Processes, machine, process_cpu_s  # noqa: E402
 from bench.scale_peers import client_name  # noqa: E402
 
@@ -442,13 +442,6 @@ def run(quick: bool, *, sizes: tuple[int, ...] | None = None) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ report
-def _cell(values: list[float] | None, digits: int = 0) -> str:
-    if not values:
-        return "—"
-    med = statistics.median(values)
-    if len(values) == 1:
-        return f"{med:.{digits}f} (1 run)"
-    return f"{med:.{digits}f} [{min(values):.{digits}f}–{max(values):.{digits}f}]"
 
 
 SIZE_ROWS: tuple[tuple[str, str, int], ...] = (
@@ -506,12 +499,12 @@ def table(result: dict[str, Any]) -> str:
     width, col = 48, 26
     lines.append(f"{'measure':<{width}}" + "".join(f"{'N = ' + n:>{col}}" for n in sizes))
     for key, label, digits in SIZE_ROWS:
-        lines.append(f"{label:<{width}}" + "".join(f"{_cell(f.get(key), digits):>{col}}" for f in sizes.values()))
+        lines.append(f"{label:<{width}}" + "".join(f"{cell(f.get(key), digits, single=' (1 run)'):>{col}}" for f in sizes.values()))
     ch = result["channel_figures"]
     lines += ["", f"{result['channels']} channels at once, {result['channel_size']} clients online; "
               f"{plan['channel_windows']} windows of {plan['channel_window_s']:g} s"]  # fmt: skip
     for key, label, digits in CHANNEL_ROWS:
-        lines.append(f"  {label:<{width - 2}}{_cell(ch.get(key), digits):>{col}}")
+        lines.append(f"  {label:<{width - 2}}{cell(ch.get(key), digits, single=' (1 run)'):>{col}}")
     lines += ["", "floors (reported, not asserted)"]
     for n, f in sizes.items():
         v = f.get("rss_per_client_kib")
@@ -546,15 +539,10 @@ def charts(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="N = 100 and 1000, short windows (under ~40 s)")
+    parser = script_arguments(__doc__, "N = 100 and 1000, short windows (under ~40 s)", runs=False)
     parser.add_argument("--sizes", type=int, nargs="+", help="override the client counts")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    result = run(args.quick, sizes=tuple(args.sizes) if args.sizes else None)
-    print(table(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+    emit(run(args.quick, sizes=tuple(args.sizes) if args.sizes else None), table, args.json)
 
 
 if __name__ == "__main__":

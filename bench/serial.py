@@ -52,8 +52,6 @@ reported as missing, with the reason.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import selectors
 import socket
@@ -76,6 +74,7 @@ elif str(ROOT) not in sys.path:  # make `bench` importable
     sys.path.insert(0, str(ROOT))
 
 from bench import gateway_lab as gl  # noqa: E402
+from bench.report import cell as _cell, emit, median as _med, script_arguments  # noqa: E402
 from bench.relay_setup import LOOPBACK, RTT_CPU, Processes, free_port, machine  # noqa: E402
 from bench.serial_device import PATTERN  # noqa: E402
 
@@ -483,10 +482,6 @@ def _ser2net_version() -> str:
     return (out.stdout + out.stderr).strip().splitlines()[0] if (out.stdout + out.stderr).strip() else "?"
 
 
-def _med(values: list[float] | None) -> float | None:
-    return statistics.median(values) if values else None
-
-
 def ratios(cases: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     """Ratio of medians, ours ÷ reference, per metric."""
     out: dict[str, dict[str, float | None]] = {}
@@ -500,13 +495,6 @@ def ratios(cases: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None
 
 
 # ---------------------------------------------------------------- report
-def _cell(values: list[float] | None, digits: int) -> str:
-    if not values:
-        return "—"
-    med = statistics.median(values)
-    if len(values) == 1:
-        return f"{med:.{digits}f}"
-    return f"{med:.{digits}f} [{min(values):.{digits}f}–{max(values):.{digits}f}]"
 
 
 SHORT = {"ser2net": "ser2net", "ser2net_tuned": "ser2net tuned", "serve_serial": "serve-serial",
@@ -583,15 +571,9 @@ def charts(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="3 short runs of 4 MiB")
-    parser.add_argument("--runs", type=int, help="override the number of runs")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser = script_arguments(__doc__, "3 short runs of 4 MiB")
     args = parser.parse_args(argv)
-    result = run(args.quick, runs=args.runs)
-    print(table(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+    emit(run(args.quick, runs=args.runs), table, args.json)
 
 
 if __name__ == "__main__":

@@ -52,8 +52,6 @@ reported as missing, with the reason.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 import struct
@@ -74,6 +72,7 @@ elif str(ROOT) not in sys.path:  # make `bench` importable
     sys.path.insert(0, str(ROOT))
 
 from bench import gateway_lab as gl  # noqa: E402
+from bench.report import cell as _cell, emit, median as _med, ratio, script_arguments  # noqa: E402
 from bench.relay_setup import LOOPBACK, RTT_CPU, Processes, machine, process_cpu_s  # noqa: E402
 from bench.usb_path import _bulk_seconds, _ctrl_latencies, _with_retry  # noqa: E402
 
@@ -468,23 +467,11 @@ def added_rtt(figures: dict[str, Figures], reference: dict[str, Figures]) -> dic
 
 
 # ------------------------------------------------------------------ report
-def _med(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
-def _cell(values: list[float] | None, digits: int = 0) -> str:
-    if not values:
-        return "—"
-    med = statistics.median(values)
-    if len(values) == 1:
-        return f"{med:.{digits}f}"
-    return f"{med:.{digits}f} [{min(values):.{digits}f}–{max(values):.{digits}f}]"
 
 
 def _ratio(a: list[float] | None, b: list[float] | None) -> str:
-    if not a or not b or not statistics.median(b):
-        return "—"
-    return f"{statistics.median(a) / statistics.median(b):.2f}"
+    r = ratio(a, b)
+    return "—" if r is None else f"{r:.2f}"
 
 
 def _rows() -> list[tuple[str, str, int]]:
@@ -619,15 +606,9 @@ def charts(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="3 short runs (under ~40 s)")
-    parser.add_argument("--runs", type=int, help="override the number of runs")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser = script_arguments(__doc__, "3 short runs (under ~40 s)")
     args = parser.parse_args(argv)
-    result = run(args.quick, runs=args.runs)
-    print(table(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+    emit(run(args.quick, runs=args.runs), table, args.json)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "bench":
 elif str(ROOT) not in sys.path:  # make `bench` importable
     sys.path.insert(0, str(ROOT))
 
+from bench.report import cell as _cell  # noqa: E402
 from redirgate.client.guest import GuestError, UsbredirGuest  # noqa: E402
 from redirgate.client.virtual import LoopbackMode  # noqa: E402
 from tests.support.services import running  # noqa: E402
@@ -71,15 +72,6 @@ class Row:
     ours: list[float] = field(default_factory=list)
     ref: list[float] = field(default_factory=list)
     digits: int = 1
-
-
-def _cell(values: list[float], digits: int) -> str:
-    if not values:
-        return "—"
-    med = statistics.median(values)
-    if len(values) == 1:
-        return f"{med:.{digits}f}"
-    return f"{med:.{digits}f} [{min(values):.{digits}f}–{max(values):.{digits}f}]"
 
 
 def print_table(title: str, ref_name: str, rows: list[Row]) -> None:
