@@ -46,11 +46,10 @@ async def relay_usbredir(
 
     def observe_guest(chunk: memoryview) -> bool:
         """Until QEMU's hello has passed; True once the guard needs no more."""
-        if not guard.ready:
-            try:
-                guard.observe_guest_bytes(chunk)
-            except RemoteProtocolError as exc:
-                raise GuardViolation("hypervisor", f"the hypervisor does not speak usbredir: {exc}") from exc
+        try:
+            guard.observe_guest_bytes(chunk)
+        except RemoteProtocolError as exc:
+            raise GuardViolation("hypervisor", f"the hypervisor does not speak usbredir: {exc}") from exc
         return guard.guest_hello_seen
 
     try:

@@ -45,9 +45,15 @@ from typing import Any
 
 import trio
 
-__all__ = ["RelayReactor", "ReactorSide", "ReactorOutcome"]
+from redirgate.gateway.transport.stream import record_layer
+
+__all__ = ["Inspector", "RelayReactor", "ReactorSide", "ReactorOutcome"]
 
 log = logging.getLogger(__name__)
+
+#: Sees each chunk of its direction before it is sent; raises to end the
+#: channel (the chunk is not sent), returns True once it needs no more.
+Inspector = Callable[[memoryview], bool | None]
 
 _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
 _ERR = select.EPOLLERR | select.EPOLLHUP
@@ -65,15 +71,9 @@ class ReactorSide:
     def __post_init__(self) -> None:
         self.tls = self.kind == "tls"
         self.fd = self.sock.fileno() if self.tls else int(self.sock)
-        # The SSL object's own read/write skip ssl.SSLSocket's Python-level
-        # wrappers (a measurable share of a small message's cost); the public
-        # methods stand in where that attribute is not there.
-        if self.kind == "tls":
-            sslobj = getattr(self.sock, "_sslobj", None)
-            sock = self.sock
-            self.ssl_read = sslobj.read if sslobj is not None else (lambda n, buf: sock.recv_into(buf, n))
-            self.ssl_write = sslobj.write if sslobj is not None else sock.send
-            self.ssl_pending = sock.pending
+        if self.tls:
+            self.ssl_read, self.ssl_write = record_layer(self.sock)
+            self.ssl_pending = self.sock.pending
 
 
 @dataclass
@@ -88,7 +88,7 @@ class _Direction:
                  "need_src", "need_dst", "short_read", "channel", "opposite")  # fmt: skip
 
     def __init__(self, src: ReactorSide, dst: ReactorSide, size: int, forward: bool,
-                 inspect: Callable[[memoryview], bool | None] | None) -> None:  # fmt: skip
+                 inspect: Inspector | None) -> None:  # fmt: skip
         self.src, self.dst = src, dst
         self.buf = bytearray(max(size, len(src.prefix)))
         self.view = memoryview(self.buf)
@@ -201,8 +201,8 @@ def _send(side: ReactorSide, view: memoryview, d: _Direction) -> int | None:
 
 class _Channel:
     def __init__(self, a: ReactorSide, b: ReactorSide, stats: Any, size: int,
-                 inspect_ab: Callable[[memoryview], bool | None] | None,
-                 inspect_ba: Callable[[memoryview], bool | None] | None,
+                 inspect_ab: Inspector | None,
+                 inspect_ba: Inspector | None,
                  done: Callable[[ReactorOutcome], None]) -> None:  # fmt: skip
         self.a, self.b = a, b
         self.stats = stats
@@ -260,28 +260,16 @@ class _Channel:
                         return
                     d.short_read = 0 < n < d.room
                 if n == 0:
-                    raise _Ended("a" if d.forward else "b", "end of stream")
+                    raise _Ended(d.side, "end of stream")
                 chunk = view[:n]
                 if d.inspect is not None:
                     try:
                         if d.inspect(chunk):
                             d.inspect = None  # it has seen all it needs
                     except Exception as exc:  # an inspector's verdict ends the channel
-                        raise _Ended("a" if d.forward else "b", str(exc), exc) from exc
-                if dst.tls or dst.max_send:
-                    k = _send(dst, chunk, d)
-                else:
-                    try:
-                        k = os.write(dst.fd, chunk)
-                    except BlockingIOError:
-                        d.need_dst = _OUT
-                        k = None
-                if k is None:
-                    k = 0
-                if d.forward:
-                    self.stats.a_to_b += k
-                else:
-                    self.stats.b_to_a += k
+                        raise _Ended(d.side, str(exc), exc) from exc
+                k = _send(dst, chunk, d) or 0
+                self._count(d, k)
                 moved += n
                 if k < n:
                     d.start, d.end = k, n
@@ -289,7 +277,7 @@ class _Channel:
                         return
         except (ssl.SSLError, OSError) as exc:
             # whichever socket failed, the channel is over; name the reader side
-            raise _Ended("a" if d.forward else "b", f"{type(exc).__name__}: {exc}") from exc
+            raise _Ended(d.side, f"{type(exc).__name__}: {exc}") from exc
 
     def _flush(self, d: _Direction) -> bool:
         """Write out view[start:end]; True when it all went (the buffer is free again)."""
@@ -298,12 +286,16 @@ class _Channel:
             if k is None:
                 return False
             d.start += k
-            if d.forward:
-                self.stats.a_to_b += k
-            else:
-                self.stats.b_to_a += k
+            self._count(d, k)
         d.start = d.end = 0
         return True
+
+    def _count(self, d: _Direction, k: int) -> None:
+        """`k` bytes of direction d went out (the fast path in `_loop` counts inline)."""
+        if d.forward:
+            self.stats.a_to_b += k
+        else:
+            self.stats.b_to_a += k
 
 
 class RelayReactor:
@@ -358,8 +350,8 @@ class RelayReactor:
         self._wake()
 
     def new_channel(self, a: ReactorSide, b: ReactorSide, stats: Any,
-                    inspect_ab: Callable[[memoryview], bool | None] | None,
-                    inspect_ba: Callable[[memoryview], bool | None] | None,
+                    inspect_ab: Inspector | None,
+                    inspect_ba: Inspector | None,
                     done: Callable[[ReactorOutcome], None], buffer_size: int | None = None) -> _Channel:  # fmt: skip
         return _Channel(a, b, stats, buffer_size or self.buffer_size, inspect_ab, inspect_ba, done)
 

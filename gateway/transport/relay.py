@@ -24,12 +24,11 @@ propagates.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import trio
 
-from redirgate.gateway.transport.reactor import ReactorOutcome, RelayReactor
+from redirgate.gateway.transport.reactor import Inspector, ReactorOutcome, RelayReactor
 from redirgate.gateway.transport.stream import NonBlockingStream, ReceiveIntoStream, nonblocking
 
 __all__ = ["DEFAULT_BUFFER_BYTES", "RelayStats", "pump", "relay"]
@@ -64,7 +63,7 @@ async def pump(
     buffer_size: int = DEFAULT_BUFFER_BYTES,
     stats: RelayStats | None = None,
     forward: bool = True,
-    inspect: Callable[[memoryview], bool | None] | None = None,
+    inspect: Inspector | None = None,
 ) -> int:
     """Copy src to dst until src reaches EOF; return the byte count.
 
@@ -103,7 +102,7 @@ async def _fast_pump(
     buffer_size: int,
     stats: RelayStats | None,
     forward: bool,
-    inspect: Callable[[memoryview], bool | None] | None,
+    inspect: Inspector | None,
 ) -> int:
     """`pump` on non-blocking moves: a chunk that can go at once costs two
     system calls and no scheduler round trip; waiting happens only when a
@@ -153,7 +152,7 @@ class _Inspected(Exception):
         self.error = error
 
 
-def _carrying(inspect: Callable[[memoryview], bool | None] | None) -> Callable[[memoryview], bool | None] | None:
+def _carrying(inspect: Inspector | None) -> Inspector | None:
     if inspect is None:
         return None
 
@@ -172,8 +171,8 @@ async def relay(
     *,
     buffer_size: int = DEFAULT_BUFFER_BYTES,
     stats: RelayStats | None = None,
-    inspect_a_to_b: Callable[[memoryview], bool | None] | None = None,
-    inspect_b_to_a: Callable[[memoryview], bool | None] | None = None,
+    inspect_a_to_b: Inspector | None = None,
+    inspect_b_to_a: Inspector | None = None,
     reactor: RelayReactor | None = None,
 ) -> RelayStats:
     """Relay a<->b until either ends, then close both; return the counters.
@@ -226,8 +225,8 @@ async def _relay_in_reactor(
     b: Any,
     result: RelayStats,
     buffer_size: int,
-    inspect_ab: Callable[[memoryview], bool | None] | None,
-    inspect_ba: Callable[[memoryview], bool | None] | None,
+    inspect_ab: Inspector | None,
+    inspect_ba: Inspector | None,
     reactor: RelayReactor,
 ) -> RelayStats:
     token = trio.lowlevel.current_trio_token()

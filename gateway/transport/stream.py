@@ -159,6 +159,20 @@ def _detach(socket_stream: trio.SocketStream) -> socket.socket:
     return socket.socket(fileno=fd)
 
 
+def record_layer(sslsock: ssl.SSLSocket) -> tuple[Callable[[int, Buffer], int], Callable[[Buffer], int]]:
+    """``read(nbytes, buffer) -> count`` and ``write(view) -> count`` of a handshaken socket.
+
+    ssl.SSLSocket's recv_into/send are Python wrappers (two frames and
+    their checks per call) around the same methods of its `_sslobj`; with
+    suppress_ragged_eofs=False (our streams) they add nothing else, and the
+    callers make their own closed/broken checks first.  Where that attribute
+    is not there, the public methods stand in."""
+    sslobj = getattr(sslsock, "_sslobj", None)
+    if sslobj is not None and hasattr(sslobj, "read") and hasattr(sslobj, "write"):
+        return sslobj.read, sslobj.write
+    return (lambda n, buf: sslsock.recv_into(buf, n)), sslsock.send
+
+
 class ZeroCopyTLSStream(trio.abc.Stream):
     """A TLS stream over a non-blocking ssl.SSLSocket with zero-copy receive_into/send_all.
 
@@ -265,17 +279,8 @@ class ZeroCopyTLSStream(trio.abc.Stream):
         self._bind_record_layer()
 
     def _bind_record_layer(self) -> None:
-        """Read and write through the SSL object itself from now on.
-
-        ssl.SSLSocket's recv_into/send are Python wrappers (two frames and
-        their checks per call) around the same methods of its `_sslobj`;
-        with suppress_ragged_eofs=False they add nothing else, and our own
-        closed/broken checks come first.  Where that attribute is not
-        there, the public methods stay."""
-        sslobj = getattr(self._ssl, "_sslobj", None)
-        if sslobj is not None and hasattr(sslobj, "read") and hasattr(sslobj, "write"):
-            self._ssl_read = sslobj.read
-            self._ssl_write = sslobj.write
+        """Read and write through the SSL object itself from now on (`record_layer`)."""
+        self._ssl_read, self._ssl_write = record_layer(self._ssl)
 
     # -- receiving -------------------------------------------------------
     async def receive_into(self, buffer: Buffer) -> int:

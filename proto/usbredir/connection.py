@@ -479,7 +479,7 @@ def check_type_header(
     arrived at `receiver`; raises the RemoteProtocolError it would report."""
     problem = _semantic_problem(
         msg_type,
-        _fields_from_wire(msg_type, view, start, shared),
+        _fields_from_wire(msg_type, view, start, Cap.BULK_LENGTH_32BIT in shared),
         data_len,
         to_host=receiver is Role.HOST,
         gate_caps=own_caps,
@@ -496,8 +496,9 @@ def check_type_header(
 _Fields = tuple[int, int, int]  # (endpoint or -1, stated data length, extra)
 
 
-def _fields_from_wire(msg_type: int, view: memoryview, start: int, shared: Cap) -> _Fields:
-    """Endpoint, stated length and one extra value, read from a type header."""
+def _fields_from_wire(msg_type: int, view: memoryview, start: int, bulk_32: bool) -> _Fields:
+    """Endpoint, stated length and one extra value, read from a type header
+    (`bulk_32`: both sides have 32bits_bulk_length)."""
     if msg_type == MsgType.INTERFACE_INFO:
         return -1, 0, _U32_AT.unpack_from(view, start)[0]
     at = _IN_ONLY_ENDPOINT_AT.get(msg_type)
@@ -508,7 +509,7 @@ def _fields_from_wire(msg_type: int, view: memoryview, start: int, shared: Cap) 
         return view[start], _U16_AT.unpack_from(view, start + 8)[0], 0
     if msg_type == MsgType.BULK_PACKET:
         length = _U16_AT.unpack_from(view, start + 2)[0]
-        if Cap.BULK_LENGTH_32BIT in shared:
+        if bulk_32:
             length |= _U16_AT.unpack_from(view, start + 8)[0] << 16
         return view[start], length, 0
     if msg_type in (MsgType.ISO_PACKET, MsgType.INTERRUPT_PACKET):

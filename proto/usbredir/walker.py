@@ -22,7 +22,13 @@ from __future__ import annotations
 import struct
 
 from redirgate.proto.usbredir import errors
-from redirgate.proto.usbredir.connection import _GATES, check_main_header, check_type_header, verified_caps
+from redirgate.proto.usbredir.connection import (
+    _GATES,
+    _fields_from_wire,
+    check_main_header,
+    check_type_header,
+    verified_caps,
+)
 from redirgate.proto.usbredir.constants import (
     MAX_BULK_TRANSFER_SIZE,
     MAX_PACKET_SIZE,
@@ -38,21 +44,16 @@ __all__ = ["HostStreamGuard"]
 _HEADER_32 = struct.Struct("<III")
 _HEADER_64 = struct.Struct("<IIQ")
 _HELLO_LEN = _HEADER_32.size + VERSION_LEN
-_U16 = struct.Struct("<H").unpack_from
-_U32 = struct.Struct("<I").unpack_from
 
-# The data packets, by where their type header keeps the endpoint and the
-# stated length: the messages of a transfer, walked by `_walk`'s fast path.
-_CONTROL, _BULK, _SHORT_LENGTH, _BUFFERED = range(4)
-_FAST_KINDS: dict[int, int] = {
-    MsgType.CONTROL_PACKET: _CONTROL,
-    MsgType.BULK_PACKET: _BULK,
-    MsgType.ISO_PACKET: _SHORT_LENGTH,
-    MsgType.INTERRUPT_PACKET: _SHORT_LENGTH,
-    MsgType.BUFFERED_BULK_PACKET: _BUFFERED,
-}
+#: The data packets: the messages of a transfer, walked by `_walk`'s fast path.
+_FAST_TYPES = (
+    MsgType.CONTROL_PACKET, MsgType.BULK_PACKET, MsgType.ISO_PACKET,
+    MsgType.INTERRUPT_PACKET, MsgType.BUFFERED_BULK_PACKET,
+)  # fmt: skip
 #: The reference rejects these from the host on an OUT endpoint (wrong direction).
 _IN_ONLY = frozenset({MsgType.ISO_PACKET, MsgType.BUFFERED_BULK_PACKET})
+#: Their stated length has the bulk limit.
+_BULK_LIMITED = frozenset({MsgType.BULK_PACKET, MsgType.BUFFERED_BULK_PACKET})
 
 
 class _HelloReader:
@@ -105,9 +106,9 @@ class HostStreamGuard:
         self._failed: errors.RemoteProtocolError | None = None
         self._max = max_message_size
         self._limit = MAX_PACKET_SIZE if max_message_size is None else max_message_size
-        #: msg_type -> (type header size, kind, OUT endpoint allowed) for the
-        #: data packets the host may send under the layout in force
-        self._fast: dict[int, tuple[int, int, bool]] = {}
+        #: msg_type -> (type header size, OUT endpoint allowed, bulk limit
+        #: applies) for the data packets the host may send under the layout in force
+        self._fast: dict[int, tuple[int, bool, bool]] = {}
         self._bulk_32 = False
         self.messages = 0
 
@@ -139,7 +140,7 @@ class HostStreamGuard:
             self._need_header = self._header.size
         self._bulk_32 = Cap.BULK_LENGTH_32BIT in self._shared
         self._fast = {}
-        for msg_type, kind in _FAST_KINDS.items():
+        for msg_type in _FAST_TYPES:
             thsize = MESSAGE_CLASSES[msg_type].header_size(self._shared)
             try:
                 check_main_header(Role.GUEST, self._shared, msg_type, thsize)
@@ -147,7 +148,7 @@ class HostStreamGuard:
                 continue  # never accepted from the host: the full check says why
             gate = _GATES.get(msg_type)
             if gate is None or gate in self._guest_caps:
-                self._fast[int(msg_type)] = (thsize, kind, msg_type not in _IN_ONLY)
+                self._fast[int(msg_type)] = (thsize, msg_type not in _IN_ONLY, msg_type in _BULK_LIMITED)
 
     def feed(self, chunk: bytes | bytearray | memoryview) -> None:
         """Check the next bytes from the host; raise if the guest would reject them."""
@@ -235,24 +236,13 @@ class HostStreamGuard:
         entry = self._fast.get(msg_type)
         if entry is None:
             return 0
-        thsize, kind, out_ok = entry
+        thsize, out_ok, bulk_limited = entry
         at = pos + hsize
         if not thsize <= length <= self._limit or size - at < thsize:
             return 0
-        if kind == _CONTROL:
-            endpoint, stated = view[at], _U16(view, at + 8)[0]
-        elif kind == _BULK:
-            endpoint, stated = view[at], _U16(view, at + 2)[0]
-            if self._bulk_32:
-                stated |= _U16(view, at + 8)[0] << 16
-            if stated > MAX_BULK_TRANSFER_SIZE:
-                return 0
-        elif kind == _SHORT_LENGTH:
-            endpoint, stated = view[at], _U16(view, at + 2)[0]
-        else:
-            endpoint, stated = view[at + 8], _U32(view, at + 4)[0]
-            if stated > MAX_BULK_TRANSFER_SIZE:
-                return 0
+        endpoint, stated, _ = _fields_from_wire(msg_type, view, at, self._bulk_32)
+        if bulk_limited and stated > MAX_BULK_TRANSFER_SIZE:
+            return 0
         data_len = length - thsize
         if endpoint & 0x80:
             if data_len != stated:
