@@ -65,6 +65,10 @@ class UsbredirGuest:
         version: str = "redirgate probe",
     ) -> None:
         self.stream = stream
+        #: a trio socket behind `stream` (trio.SocketStream), for recv_into and
+        #: sendmsg without a copy; None: the stream's own receive_some/send_all
+        sock = getattr(stream, "socket", None)
+        self._socket = sock if hasattr(sock, "recv_into") and hasattr(sock, "sendmsg") else None
         self.peer = peer
         self.conn = UsbredirConnection(Role.GUEST, caps, version)
         self._ids = itertools.count(1)
@@ -97,8 +101,8 @@ class UsbredirGuest:
     async def _receive(self) -> None:
         """Read what the host sent into the parser (at least one byte, or EOF):
         straight into its buffer where the stream has a socket, no copy."""
-        sock = getattr(self.stream, "socket", None)
-        if sock is None or not hasattr(sock, "recv_into"):
+        sock = self._socket
+        if sock is None:
             self.conn.receive_data(await self.stream.receive_some(_RECEIVE_BYTES))
             return
         try:
@@ -163,13 +167,17 @@ class UsbredirGuest:
                 self._stream_event.set()
 
     async def _send(self, message: m.Message) -> None:
-        """Header and payload in one write where the stream has a socket (the
-        host sees the message at once), else header + payload joined."""
+        """A large payload goes with its header in one sendmsg where the stream
+        has a socket (the host sees the message at once), else in a second
+        send; a small one is joined to its header."""
         async with self._send_lock:
             header, payload = self.conn.send_parts(message)
-            sock = getattr(self.stream, "socket", None)
-            if not len(payload) or sock is None or not hasattr(sock, "sendmsg"):
-                await self.stream.send_all(header + bytes(payload))
+            sock = self._socket
+            if sock is None or len(payload) < 4096:
+                # small: joined; large without a socket: two sends, no copy
+                await self.stream.send_all(header + bytes(payload) if len(payload) < 4096 else header)
+                if len(payload) >= 4096:
+                    await self.stream.send_all(payload)
                 return
             try:
                 sent = await sock.sendmsg([header, payload])

@@ -19,7 +19,8 @@ two consumers never interleave bytes.  `run()` is cancelled by its nursery
 at shutdown and closes the port (DTR/RTS on close) on its way out.
 
 Buffers: the RX ring (`ring_bytes`) and the TX ring (`tx_bytes`) are the only
-buffers.  The pumps never hold a view of a ring across an `await` (they read
+buffers; consumer bytes with nothing queued ahead of them go to the driver
+at once and only what it does not take waits in the TX ring.  The pumps never hold a view of a ring across an `await` (they read
 or write what the fd takes now, then wait for readiness), so a purge or a new
 session can never make them consume bytes they did not move.  TX bytes left
 when a consumer leaves still go to the device; `Session.drain` waits for them.
