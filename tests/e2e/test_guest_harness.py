@@ -11,7 +11,6 @@ end-to-end tests that do.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import subprocess
 import time
@@ -40,7 +39,7 @@ from tests.support.qemu import (
     run_guest,
     start_guest,
 )
-from tests.support.system import require
+from tests.support.system import require_system
 
 BOOT_TIMEOUT_S = 90.0
 
@@ -246,9 +245,7 @@ def test_extract_rejects_non_bzimage() -> None:
 
 
 def test_newc_archive_reads_back_with_cpio(tmp_path: Path) -> None:
-    cpio = shutil.which("cpio")
-    require("cpio", cpio is not None, "cpio not on PATH (install cpio)")
-    assert cpio is not None
+    cpio = require_system("cpio")
     base = newc_archive(
         [
             ("d", stat.S_IFDIR | 0o755, b""),
