@@ -8,11 +8,16 @@ process, driven as fast as it goes:
 serve-usb alone     VM side → TCP → ``redirgate client serve-usb`` (the device)
 through gateway     VM side → TCP → ``redirgate gateway run`` → TLS 1.3 data
                     connection → ``redirgate client run`` (the device)
+stunnel4 pair       VM side → TCP → stunnel4 (client mode) → mutual TLS 1.3 →
+                    stunnel4 (server mode) → TCP → ``serve-usb`` (the device):
+                    what a user builds without us, a usbredirserver behind
+                    two C relays, the same number of processes in line
 ==================  ==========================================================
 
 Figures, each the median over several runs (full 5, quick 3) with min–max,
-the two paths interleaved run by run (rotated), and the ratio gateway ÷
-serve-usb:
+the paths interleaved run by run (rotated), and the ratios gateway ÷
+serve-usb and gateway ÷ stunnel4 pair (control and bulk figures only on the
+pair: it has no full-speed device for the audio-like iso stream):
 
 * control round trip, GET_DESCRIPTOR(device) one at a time, p50 / p99 µs,
   unpinned and with every process (and each of its threads) pinned to one
@@ -38,7 +43,8 @@ serve-usb:
   (frames for which the device produced no packet because the host did not
   read in time: on real hardware, lost data);
 * what the gateway adds to the control round trip's p50 (gateway minus
-  serve-usb, per run), beside what stunnel4 adds to a 64-byte TLS round
+  serve-usb, per run), beside what the stunnel4 pair adds to the same
+  control transfers (pair minus serve-usb), and what stunnel4 adds to a 64-byte TLS round
   trip in the same run (bench/relay.py's processes: stunnel minus direct
   TCP - the same work, one relay hop plus a TLS layer - and stunnel minus
   direct TLS), unpinned and pinned, and stunnel4's CPU per round trip.
@@ -90,7 +96,8 @@ SESSION_TIMEOUT_S = 300.0
 ISO_WARMUP_S = 0.3
 BULK_FLOOR_MB_S = 200.0  # the brief's floor for 64 KiB transfers through client + gateway
 
-PATHS: dict[str, str] = {"serve_usb": "serve-usb alone", "gateway": "client + gateway"}
+PATHS: dict[str, str] = {"serve_usb": "serve-usb alone", "gateway": "client + gateway",
+                         "stunnel_pair": "serve-usb + stunnel4 pair"}
 
 
 @dataclass(frozen=True)
@@ -302,8 +309,29 @@ def start_everything(workdir: Path) -> Setup:
     return setup
 
 
+def start_stunnel_pair(setup: Setup, pki: Any, workdir: Path) -> None:
+    """The path a user would build without us: serve-usb (a usbredirserver) behind a
+    client-mode stunnel4 and a server-mode one, mutual TLS 1.3 between them: the same
+    processes in line as through the gateway, the same messages, a C relay in each hop."""
+    from bench.relay_setup import stunnel_client_config, stunnel_config
+
+    directory = workdir / "stunnel-usb"
+    directory.mkdir()
+    serve_port, server_port, client_port = gl.free_ports(3)
+    serve = setup.procs.start("serve-usb-stunnel", [*gl.CLI, "client", "serve-usb", "--listen",
+                                                    f"{LOOPBACK}:{serve_port}", "virtual:loopback"], serve_port)  # fmt: skip
+    server_conf = stunnel_config(pki, server_port, serve_port, directory)
+    server = setup.procs.start("stunnel-usb-server", ["stunnel4", str(server_conf)], server_port)
+    client_conf = stunnel_client_config(pki, client_port, server_port, directory)
+    client = setup.procs.start("stunnel-usb-client", ["stunnel4", str(client_conf)], client_port)
+    setup.ports[("stunnel_pair", "high")] = client_port
+    setup.pids["stunnel_pair"] = {"serve-usb": serve.pid, "stunnel-server": server.pid,
+                                  "stunnel-client": client.pid}  # fmt: skip
+
+
 def measure_path(setup: Setup, path: str, plan: Plan, into: Figures) -> None:
-    """One run of every figure of one path (three VM connections)."""
+    """One run of every figure of one path (three VM connections; the stunnel4 pair
+    path has no full-speed device, so it carries the control and bulk figures only)."""
     pids = setup.pids[path]
 
     async def sockets(vm: UsbredirGuest) -> None:
@@ -312,6 +340,8 @@ def measure_path(setup: Setup, path: str, plan: Plan, into: Figures) -> None:
     trio.run(_connect, setup.ports[(path, "high")], sockets)
     if path == "gateway":
         gl.wait_route_idle(setup.lab, "loop")
+    if path == "stunnel_pair":
+        return
     for case in ISO_CASES:
         speed = "high" if case.key == "webcam" else "full"
         case_pids = pids if speed == "high" else setup.pids[f"{path}_full"]
@@ -411,11 +441,13 @@ def run(quick: bool, *, runs: int | None = None) -> dict[str, Any]:
                 from bench.relay_setup import make_pki
 
                 relay_bench = Bench(setup.procs, make_pki(workdir / "relay-pki"), workdir)
+                start_stunnel_pair(setup, relay_bench.pki, workdir)
             else:
                 errors.append("stunnel4 is not installed (tests/setup-system.sh installs it): no reference")
-            order = list(PATHS)
+            order = [p for p in PATHS if p in setup.pids]
             for i in range(plan.runs):
-                for path in order[i % 2:] + order[: i % 2]:
+                turn = i % len(order)
+                for path in order[turn:] + order[:turn]:
                     try:
                         measure_path(setup, path, plan, figures[path])
                     except Exception as exc:  # report, keep the other figures
@@ -453,12 +485,13 @@ def _diffs(a: list[float], b: list[float]) -> list[float]:
 
 def added_rtt(figures: dict[str, Figures], reference: dict[str, Figures]) -> dict[str, dict[str, list[float]]]:
     """Per-run differences: what the gateway adds to the control p50, what stunnel4 adds."""
-    gw, su = figures.get("gateway", {}), figures.get("serve_usb", {})
+    gw, su, pair = figures.get("gateway", {}), figures.get("serve_usb", {}), figures.get("stunnel_pair", {})
     st, tcp, tls = reference.get("stunnel", {}), reference.get("direct_plain", {}), reference.get("direct_tls", {})
     out: dict[str, dict[str, list[float]]] = {}
     for mode, key in (("unpinned", "p50"), ("pinned", "pin_p50")):
         out[mode] = {
             "gateway": _diffs(gw.get(f"ctrl_{key}", []), su.get(f"ctrl_{key}", [])),
+            "stunnel_pair_usb": _diffs(pair.get(f"ctrl_{key}", []), su.get(f"ctrl_{key}", [])),
             "stunnel_vs_tcp": _diffs(st.get(key, []), tcp.get(key, [])),
             "stunnel_vs_tls": _diffs(st.get(key, []), tls.get(key, [])),
             "stunnel_pair_vs_tcp": _diffs(reference.get("stunnel_pair", {}).get(key, []), tcp.get(key, [])),
@@ -493,7 +526,7 @@ def table(result: dict[str, Any]) -> str:
     """The human-readable table of a :func:`run` result."""
     plan, mach = result["plan"], result["machine"]
     paths: dict[str, Figures] = result["paths"]
-    su, gw = paths.get("serve_usb", {}), paths.get("gateway", {})
+    su, gw, pair = paths.get("serve_usb", {}), paths.get("gateway", {}), paths.get("stunnel_pair", {})
     lines = [
         f"usb_gateway: {result['what']}",
         f"  {plan['runs']} runs, paths interleaved; per run: {plan['ctrl_count']} control transfers (×2: unpinned, "
@@ -501,21 +534,26 @@ def table(result: dict[str, Any]) -> str:
         f"{plan['iso_seconds']:g} s per iso stream; median [min–max]",
         f"  {mach['cpus']} × {mach['cpu']}, Linux {mach['kernel']}, Python {mach['python']}, {mach['openssl']}; "
         f"load average {result['loadavg_start'][0]:.2f} at start, {result['loadavg_end'][0]:.2f} at end",
-        "  every box a separate process on 127.0.0.1: serve-usb | gateway run + client run (mutual TLS 1.3 tunnel)",
+        "  every box a separate process on 127.0.0.1: serve-usb | gateway run + client run (mutual TLS 1.3 tunnel)"
+        " | stunnel4 client + stunnel4 server + serve-usb (mutual TLS 1.3 between the two stunnels)",
         "",
     ]
     width = 50
     col = 22
-    lines.append(f"{'measure':<{width}}{PATHS['serve_usb']:>{col}}{PATHS['gateway']:>{col}}{'ratio':>8}")
+    lines.append(f"{'measure':<{width}}{PATHS['serve_usb']:>{col}}{PATHS['gateway']:>{col}}"
+                 f"{PATHS['stunnel_pair']:>{col + 4}}{'gw/alone':>10}{'gw/pair':>9}")  # fmt: skip
     for key, label, digits in _rows():
         lines.append(f"{label:<{width}}{_cell(su.get(key), digits):>{col}}{_cell(gw.get(key), digits):>{col}}"
-                     f"{_ratio(gw.get(key), su.get(key)):>8}")  # fmt: skip
-    lines.append("  ratio = through gateway ÷ serve-usb alone (MB/s: higher is better; µs: lower is better)")
+                     f"{_cell(pair.get(key), digits):>{col + 4}}{_ratio(gw.get(key), su.get(key)):>10}"
+                     f"{_ratio(gw.get(key), pair.get(key)):>9}")  # fmt: skip
+    lines.append("  gw/alone = through gateway ÷ serve-usb alone, gw/pair = through gateway ÷ serve-usb behind "
+                 "the stunnel4 pair (MB/s: higher is better; µs: lower is better)")
     lines.append("")
     lines.append(f"{'CPU µs per transfer, by process':<{width}}{'control':>{col}}{'64 KiB OUT ×4':>{col}}"
                  f"{'64 KiB IN ×4':>{col}}")  # fmt: skip
     for path, role in (("serve_usb", "serve-usb"), ("serve_usb", "vm"), ("gateway", "gateway"), ("gateway", "client"),
-                       ("gateway", "vm")):  # fmt: skip
+                       ("gateway", "vm"), ("stunnel_pair", "stunnel-client"), ("stunnel_pair", "stunnel-server"),
+                       ("stunnel_pair", "serve-usb"), ("stunnel_pair", "vm")):  # fmt: skip
         name = f"{role} ({PATHS[path]})" if role != "vm" else f"VM side (this process), {PATHS[path]}"
         f = paths.get(path, {})
         lines.append(f"  {name:<{width - 2}}{_cell(f.get(f'cpu_{role}_ctrl')):>{col}}"
@@ -549,6 +587,7 @@ def table(result: dict[str, Any]) -> str:
     ref = result["reference"]
     lines.append("added round trip, µs (per-run differences of p50)      unpinned                pinned")
     for key, label in (("gateway", "gateway: control RTT via gateway − serve-usb alone"),
+                       ("stunnel_pair_usb", "stunnel4 pair: control RTT via the pair − serve-usb"),
                        ("stunnel_vs_tcp", "stunnel4: 64 B TLS via stunnel − direct TCP"),
                        ("stunnel_vs_tls", "stunnel4: 64 B TLS via stunnel − direct TLS"),
                        ("stunnel_pair_vs_tcp", "stunnel4 pair: 64 B via client+server stunnel − TCP")):
@@ -577,6 +616,10 @@ def table(result: dict[str, Any]) -> str:
         if g is not None and pair is not None:
             lines.append(f"    beside a stunnel4 pair (the same tunnel shape built from stunnel, {mode}): "
                          f"{g:.1f} vs {pair:.1f} µs, ratio {g / pair:.2f}")
+        usb_pair = _med(added[mode].get("stunnel_pair_usb", []))
+        if g is not None and usb_pair:
+            lines.append(f"    beside the same control transfers through serve-usb behind a stunnel4 pair ({mode}): "
+                         f"{g:.1f} vs {usb_pair:.1f} µs, ratio {g / usb_pair:.2f}")
     for err in dict.fromkeys(result.get("errors", [])):
         lines.append(f"  error: {err}")
     return "\n".join(lines)
@@ -598,10 +641,10 @@ def charts(result: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         {"id": "bulk", "title": "USB bulk through client + gateway vs serve-usb alone", "unit": "MB/s", "note": note,
          "categories": [labels[k].replace(", MB/s", "") for k in bulk],
-         "series": [series("serve_usb", bulk), series("gateway", bulk)]},
+         "series": [series(p, bulk) for p in PATHS]},
         {"id": "control", "title": "USB control round trip (GET_DESCRIPTOR)", "unit": "µs", "note": note,
          "categories": [labels[k].replace(", µs", "").strip() for k in ctrl],
-         "series": [series("serve_usb", ctrl), series("gateway", ctrl)]},
+         "series": [series(p, ctrl) for p in PATHS]},
     ]  # fmt: skip
 
 
