@@ -9,12 +9,16 @@ ep_info, device_connect), and offers request/reply calls (`control`, `bulk`,
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
+import os
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
+from typing import Any, NoReturn
 
 import trio
+from trio.lowlevel import Abort, Task, current_task, reschedule, wait_readable, wait_task_rescheduled, wait_writable
 
 from redirgate.proto.usbredir import (
     CLOSED,
@@ -47,28 +51,97 @@ class AnnouncedDevice:
     ep_info: m.EpInfo
 
 
-@dataclass
 class _Pending:
-    done: trio.Event = field(default_factory=trio.Event)
-    reply: m.Message | None = None
+    """One request waiting for its reply.  The requester parks on its own task
+    (no trio.Event per request) and the reader reschedules it; `data` is the
+    reply's payload copied out of the parser's buffer (its `reply.data` view
+    is only valid until the next read)."""
+
+    __slots__ = ("task", "reply", "data")
+
+    def __init__(self) -> None:
+        self.task: Task | None = None
+        self.reply: m.Message | None = None
+        self.data: bytes = b""
+
+    def abort(self, _: object) -> Abort:
+        # cancelled while parked: the reader must not reschedule it any more
+        self.task = None
+        return Abort.SUCCEEDED
+
+    def wake(self) -> None:
+        task = self.task
+        if task is not None:
+            self.task = None
+            reschedule(task)
 
 
 #: One read takes up to this much (a 64 KiB transfer and more).
 _RECEIVE_BYTES = 256 * 1024
+#: Payloads under this go joined to their header in one send.
+_JOIN_BYTES = 4096
+#: Reads in a row that may fill the whole buffer before the reader yields, so
+#: that a host sending without pause cannot starve the tasks it wakes.
+_READS_BEFORE_YIELD = 4
+
+
+def _fast_fd_io(sock: Any) -> bool:
+    """Whether `sock` (a stream's socket) is an OS socket that the reader and
+    the sender may read and write by file descriptor (os.readv / os.writev)."""
+    if sock is None or not hasattr(os, "readv") or not hasattr(os, "writev"):
+        return False
+    try:
+        return isinstance(sock.fileno(), int) and sock.fileno() >= 0 and isinstance(sock.did_shutdown_SHUT_WR, bool)
+    except (AttributeError, NotImplementedError, OSError):
+        return False
+
+
+def _with_data(message: m.DataMessage, data: bytes) -> m.DataMessage:
+    """`message` with `data` in place of its payload view, for a message that
+    is kept past the next read (the field names are looked up once a class)."""
+    cls = type(message)
+    names = _INIT_FIELDS.get(cls)
+    if names is None:
+        names = _INIT_FIELDS[cls] = tuple(f.name for f in fields(message) if f.init and f.name != "data")
+    return cls(**{name: getattr(message, name) for name in names}, data=data)
+
+
+_INIT_FIELDS: dict[type, tuple[str, ...]] = {}
+
+#: errnos that trio.SocketStream reports as its own closed socket (EBADF on
+#: Unix); the rest of OSError is a broken connection
+_CLOSED_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK})
+
+
+def _raise_as_send_all(exc: OSError) -> NoReturn:
+    """Raise what trio.SocketStream.send_all raises for `exc`: the small
+    messages and the rest of a partly written one went through it before
+    descriptor writes, and the errors stay the same."""
+    if exc.errno in _CLOSED_ERRNOS:
+        raise trio.ClosedResourceError("this socket was already closed") from None
+    raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
 
 
 class UsbredirGuest:
-    """Guest role over a stream; use `async with UsbredirGuest(stream, peer=...)`."""
+    """Guest role over a stream; use `async with UsbredirGuest(stream, peer=...)`.
+
+    Where the stream is a trio.SocketStream, reads and writes go straight to
+    its file descriptor and wait for readiness only when the kernel says they
+    would block: trio's socket methods end every call that did not block with
+    a schedule point, and with one transfer in flight each of those costs a
+    whole scheduler pass.  A request is a cancel point before it sends and a
+    schedule point where it waits for its reply, as before.
+    """
 
     def __init__(
         self, stream: trio.abc.Stream, *, peer: str, caps: Cap = Cap.all_known() & ~Cap.BULK_STREAMS,
         version: str = "redirgate probe",
     ) -> None:
         self.stream = stream
-        #: a trio socket behind `stream` (trio.SocketStream), for recv_into and
-        #: sendmsg without a copy; None: the stream's own receive_some/send_all
+        #: the OS socket behind `stream` (trio.SocketStream), read and written
+        #: by descriptor; None: the stream's own receive_some/send_all
         sock = getattr(stream, "socket", None)
-        self._socket = sock if hasattr(sock, "recv_into") and hasattr(sock, "sendmsg") else None
+        self._socket = sock if _fast_fd_io(sock) else None
         self.peer = peer
         self.conn = UsbredirConnection(Role.GUEST, caps, version)
         self._ids = itertools.count(1)
@@ -98,41 +171,76 @@ class UsbredirGuest:
         return await self._nursery_manager.__aexit__(*exc)  # type: ignore[arg-type]
 
     # ---------------------------------------------------------------- I/O
-    async def _receive(self) -> None:
-        """Read what the host sent into the parser (at least one byte, or EOF):
-        straight into its buffer where the stream has a socket, no copy."""
+    async def _read_stream(self) -> None:
+        conn = self.conn
+        while True:
+            conn.receive_data(await self.stream.receive_some(_RECEIVE_BYTES))
+            self._parse()
+
+    async def _read_socket(self) -> None:
+        """Read straight into the parser's buffer, no copy.  After a read that
+        left the socket empty (less than the buffer offered) wait for
+        readiness first rather than try a read that would fail; after a full
+        one read on, but yield now and then."""
         sock = self._socket
-        if sock is None:
-            self.conn.receive_data(await self.stream.receive_some(_RECEIVE_BYTES))
-            return
-        try:
-            n = await sock.recv_into(self.conn.get_receive_buffer(_RECEIVE_BYTES))
-        except OSError as exc:
-            raise trio.BrokenResourceError(str(exc)) from exc
-        self.conn.commit_received(n)
+        assert sock is not None
+        conn = self.conn
+        readv = os.readv
+        full_reads = 0
+        while True:
+            if sock.fileno() != -1:  # closed: the read below reports it as trio did
+                await wait_readable(sock)
+            while True:
+                buf = conn.get_receive_buffer(_RECEIVE_BYTES)
+                try:
+                    n = readv(sock.fileno(), (buf,))
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    raise trio.BrokenResourceError(str(exc)) from exc
+                conn.commit_received(n)
+                self._parse()
+                if n < len(buf):
+                    break
+                full_reads += 1
+                if full_reads >= _READS_BEFORE_YIELD:
+                    full_reads = 0
+                    await trio.lowlevel.checkpoint()
+
+    def _parse(self) -> None:
+        conn = self.conn
+        while True:
+            event = conn.next_event()
+            if event is NEED_DATA:
+                return
+            if event is CLOSED:
+                raise GuestError(self.peer, "the host closed the connection")
+            self._handle(event)  # type: ignore[arg-type]
 
     async def _reader(self) -> None:
         try:
-            while True:
-                await self._receive()
-                while True:
-                    event = self.conn.next_event()
-                    if event is NEED_DATA:
-                        break
-                    if event is CLOSED:
-                        raise GuestError(self.peer, "the host closed the connection")
-                    self._handle(event)  # type: ignore[arg-type]
+            if self._socket is not None:
+                await self._read_socket()
+            else:
+                await self._read_stream()
         except (GuestError, RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.closed_reason = str(exc)
         finally:
             self._closed.set()
             for pending in self._pending.values():
-                pending.done.set()
+                pending.wake()
             self._device_event.set()
             self._stream_event.set()
 
     def _handle(self, event: m.Message) -> None:
-        if isinstance(event, m.InterfaceInfo):
+        cls = type(event)
+        if cls is m.ControlPacket or cls is m.BulkPacket:  # the replies that matter for speed
+            pending = self._pending.get(event.id)
+            if pending is not None and pending.reply is None:
+                pending.reply = event
+                pending.data = bytes(event.data)  # type: ignore[attr-defined]
+                pending.wake()
+        elif isinstance(event, m.InterfaceInfo):
             self._interface_info = event
         elif isinstance(event, m.EpInfo):
             self._ep_info = event
@@ -149,9 +257,8 @@ class UsbredirGuest:
         elif isinstance(event, (m.IsoPacket, m.BufferedBulkPacket)) or (
             isinstance(event, m.InterruptPacket) and event.endpoint & 0x80
         ):
-            data = bytes(event.data)  # type: ignore[union-attr]
-            copy = type(event)(**{**event.as_dict(), "data": data})
-            self._stream_data.setdefault(event.endpoint, deque()).append(copy)  # type: ignore[union-attr]
+            copy = _with_data(event, bytes(event.data))
+            self._stream_data.setdefault(event.endpoint, deque()).append(copy)
             self._stream_event.set()
         elif isinstance(event, m.Hello):
             pass
@@ -159,53 +266,121 @@ class UsbredirGuest:
             pending = self._pending.get(event.id)
             if pending is not None and pending.reply is None:
                 if isinstance(event, m.DataMessage):
-                    event = type(event)(**{**event.as_dict(), "data": bytes(event.data)})
+                    pending.data = bytes(event.data)
                 pending.reply = event
-                pending.done.set()
+                pending.wake()
             elif isinstance(event, (m.IsoStreamStatus, m.InterruptReceivingStatus, m.BulkReceivingStatus)):
                 self._stream_data.setdefault(event.endpoint, deque()).append(event)
                 self._stream_event.set()
 
     async def _send(self, message: m.Message) -> None:
-        """A large payload goes with its header in one sendmsg where the stream
+        """A large payload goes with its header in one write where the stream
         has a socket (the host sees the message at once), else in a second
         send; a small one is joined to its header."""
-        async with self._send_lock:
-            header, payload = self.conn.send_parts(message)
-            sock = self._socket
-            if sock is None or len(payload) < 4096:
-                # small: joined; large without a socket: two sends, no copy
-                await self.stream.send_all(header + bytes(payload) if len(payload) < 4096 else header)
-                if len(payload) >= 4096:
+        sock = self._socket
+        if sock is None:
+            async with self._send_lock:
+                header, payload = self.conn.send_parts(message)
+                if len(payload) < _JOIN_BYTES:
+                    await self.stream.send_all(header + bytes(payload))
+                else:  # two sends, no copy
+                    await self.stream.send_all(header)
                     await self.stream.send_all(payload)
-                return
+            return
+        await trio.lowlevel.checkpoint_if_cancelled()
+        lock = self._send_lock
+        if lock.locked():  # another message is part-way out: queue behind it
+            async with lock:
+                await self._write(sock, *self.conn.send_parts(message))
+            return
+        header, payload = self.conn.send_parts(message)
+        left = self._write_now(sock, header, payload)
+        if left is not None:
+            # The socket took part of it: hold the lock until the rest is out.
+            # Taken without a cancel point (it is free: nothing ran since the
+            # check), so a cancellation cannot leave the message cut here.
+            lock.acquire_nowait()
             try:
-                sent = await sock.sendmsg([header, payload])
+                await self._write_rest(sock, *left)
+            finally:
+                lock.release()
+
+    def _write_now(self, sock: Any, header: bytes, payload: m.Buffer) -> tuple[m.Buffer, m.Buffer] | None:
+        """Write what the socket takes now without blocking: what is left
+        (header part, payload part), or None."""
+        try:
+            if len(payload) < _JOIN_BYTES:  # small: joined to its header
+                if sock.did_shutdown_SHUT_WR:
+                    raise trio.ClosedResourceError("can't send data after sending EOF")
+                data = header + bytes(payload) if payload else header
+                try:
+                    sent = os.write(sock.fileno(), data)
+                except OSError as exc:
+                    if isinstance(exc, BlockingIOError):
+                        raise
+                    _raise_as_send_all(exc)
+                return None if sent == len(data) else (memoryview(data)[sent:], b"")
+            try:  # large: header and payload in one write, as trio's sendmsg was
+                sent = os.writev(sock.fileno(), (header, payload))
             except OSError as exc:
+                if isinstance(exc, BlockingIOError):
+                    raise
                 raise trio.BrokenResourceError(str(exc)) from exc
-            if sent < len(header):  # a partial write: the rest goes the plain way
-                await self.stream.send_all(header[sent:])
-                sent = len(header)
-            if sent - len(header) < len(payload):
-                await self.stream.send_all(memoryview(payload)[sent - len(header) :])
+        except BlockingIOError:
+            return header, payload
+        if sent < len(header):
+            return memoryview(header)[sent:], payload
+        sent -= len(header)
+        return None if sent == len(payload) else (b"", memoryview(payload)[sent:])
+
+    async def _write(self, sock: Any, header: bytes, payload: m.Buffer) -> None:
+        left = self._write_now(sock, header, payload)
+        if left is not None:
+            await self._write_rest(sock, *left)
+
+    async def _write_rest(self, sock: Any, *parts: m.Buffer) -> None:
+        """Finish a message the socket took part of, waiting until it is writable."""
+        for part in parts:
+            view = memoryview(part)
+            while len(view):
+                try:
+                    sent = os.write(sock.fileno(), view)
+                except BlockingIOError:
+                    await wait_writable(sock)
+                    continue
+                except OSError as exc:
+                    _raise_as_send_all(exc)
+                view = view[sent:]
 
     # ----------------------------------------------------------- requests
     def next_id(self) -> int:
         return next(self._ids)
 
-    async def request(self, message: m.Message) -> m.Message:
-        """Send a request and wait for the reply with its id."""
-        pending = self._pending[message.id] = _Pending()
+    async def _exchange(self, message: m.Message) -> _Pending:
+        """Send a request and wait for the reply with its id (in `.reply`)."""
+        msg_id = message.id
+        pending = self._pending[msg_id] = _Pending()
         try:
             if self._closed.is_set():  # the reader already released every waiter
                 raise GuestError(self.peer, self.closed_reason or "connection closed")
             await self._send(message)
-            await pending.done.wait()
+            if pending.reply is None and not self._closed.is_set():
+                pending.task = current_task()
+                await wait_task_rescheduled(pending.abort)
+            else:
+                await trio.lowlevel.checkpoint()
             if pending.reply is None:
                 raise GuestError(self.peer, self.closed_reason or "connection closed")
-            return pending.reply
+            return pending
         finally:
-            self._pending.pop(message.id, None)
+            self._pending.pop(msg_id, None)
+
+    async def request(self, message: m.Message) -> m.Message:
+        """Send a request and wait for the reply with its id."""
+        pending = await self._exchange(message)
+        reply = pending.reply
+        assert reply is not None
+        return _with_data(reply, pending.data) if isinstance(reply, m.DataMessage) else reply
 
     async def wait_device(self) -> AnnouncedDevice:
         while self.device is None:
@@ -227,19 +402,22 @@ class UsbredirGuest:
         endpoint = requesttype & 0x80
         msg = m.ControlPacket(
             endpoint, request, requesttype, 0, value, index, len(data) if not endpoint else length,
-            id=self.next_id(), data=data,
+            id=next(self._ids), data=data,
         )
-        reply = await self.request(msg)
+        pending = await self._exchange(msg)
+        reply = pending.reply
         assert isinstance(reply, m.ControlPacket)
-        return reply.status, bytes(reply.data)
+        return reply.status, pending.data
 
     async def bulk(self, endpoint: int, length: int = 0, data: bytes = b"") -> tuple[int, bytes | int]:
         """Bulk IN of up to `length` bytes -> (status, bytes); OUT -> (status, sent)."""
         if endpoint & 0x80:
-            reply = await self.request(m.BulkPacket(endpoint, 0, length, 0, id=self.next_id()))
+            pending = await self._exchange(m.BulkPacket(endpoint, 0, length, 0, id=next(self._ids)))
+            reply = pending.reply
             assert isinstance(reply, m.BulkPacket)
-            return reply.status, bytes(reply.data)
-        reply = await self.request(m.BulkPacket(endpoint, 0, len(data), 0, id=self.next_id(), data=data))
+            return reply.status, pending.data
+        pending = await self._exchange(m.BulkPacket(endpoint, 0, len(data), 0, id=next(self._ids), data=data))
+        reply = pending.reply
         assert isinstance(reply, m.BulkPacket)
         return reply.status, reply.length
 
@@ -256,6 +434,8 @@ class UsbredirGuest:
     async def send(self, message: m.Message) -> None:
         """Send a message that has no reply (reset, iso OUT packets, ...)."""
         await self._send(message)
+        if self._socket is not None:  # still a schedule point, as trio's sends are
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def stream_packets(self, endpoint: int, count: int) -> list[m.Message]:
         """The next `count` stream messages (packets or statuses) of an endpoint."""
