@@ -189,7 +189,11 @@ class HostEngine:
                 if event is CLOSED:
                     self.close_reason = "guest closed the connection"
                     return
-                await self._dispatch(event)
+                handler = _HANDLERS.get(type(event))
+                if handler is None:
+                    log.debug("%s: ignoring %s", self.peer, type(event).__name__)
+                    continue
+                await handler(self, event)
 
     async def send(self, message: m.Message) -> None:
         """Queue a message that must reach the guest (waits if the queue is full)."""
@@ -350,51 +354,63 @@ class HostEngine:
             del self.streams[stream.endpoint]
 
     # ------------------------------------------------------------ dispatch
-    async def _dispatch(self, event: m.Message) -> None:
-        handler = _HANDLERS.get(type(event))
-        if handler is None:
-            log.debug("%s: ignoring %s", self.peer, type(event).__name__)
-            return
-        await handler(self, event)
+    # `_reader` calls the handler of each message type from `_HANDLERS`.
 
     async def _on_hello(self, msg: m.Hello) -> None:
         log.info("%s: guest %r, caps %#x", self.peer, msg.version, int(msg.caps))
         self._maybe_announce()
 
-    async def _on_data_request(self, msg: m.DataMessage) -> None:
-        if self.disconnected or self.queues is None:
+    # Data requests: one handler per packet type (each transfer passes here,
+    # so no isinstance chain), the checks in usbredirhost's order.
+    async def _on_control(self, msg: m.ControlPacket) -> None:
+        queues = self.queues
+        if self.disconnected or queues is None:
             await self.send(reply_for(msg, Status.IOERROR))
             return
-        if isinstance(msg, m.ControlPacket):
-            expected = EndpointType.CONTROL
-            ep_type = EndpointType.CONTROL
-        else:
-            expected = EndpointType.BULK if isinstance(msg, m.BulkPacket) else EndpointType.INTERRUPT
-            entry = self.endpoints.get(msg.endpoint_address)
-            ep_type = entry[0].transfer_type if entry else EndpointType.INVALID
-        if ep_type != expected:
-            await self.send(reply_for(msg, Status.INVAL))
-            return
-        if isinstance(msg, m.InterruptPacket):
-            ep_desc = self.endpoints[msg.endpoint_address][0]
-            assert self.device is not None
-            if len(msg.data) > ep_desc.max_packet_size(self.device.snapshot.speed):
-                await self.send(reply_for(msg, Status.INVAL))
-                return
-        if isinstance(msg, m.BulkPacket) and msg.stream_id:
-            await self.send(reply_for(msg, Status.INVAL))  # no bulk streams through pyusb
-            return
-        if (
-            isinstance(msg, m.ControlPacket)
-            and msg.requesttype == 0x02
-            and msg.request == 0x01
-            and msg.value == 0
-            and not msg.data
-        ):
+        if msg.requesttype == 0x02 and msg.request == 0x01 and msg.value == 0 and not msg.data:
             await self._clear_halt(msg)
             return
+        await queues.submit(self._request(msg))
+
+    async def _on_bulk(self, msg: m.BulkPacket) -> None:
+        queues = self.queues
+        if self.disconnected or queues is None:
+            await self.send(reply_for(msg, Status.IOERROR))
+            return
+        if self._endpoint_type(msg.endpoint) != EndpointType.BULK or msg.stream_id:
+            # the wrong type, or a bulk stream (pyusb has none)
+            await self.send(reply_for(msg, Status.INVAL))
+            return
+        await queues.submit(self._request(msg))
+
+    async def _on_interrupt(self, msg: m.InterruptPacket) -> None:
+        queues = self.queues
+        if self.disconnected or queues is None:
+            await self.send(reply_for(msg, Status.IOERROR))
+            return
+        if self._endpoint_type(msg.endpoint) != EndpointType.INTERRUPT:
+            await self.send(reply_for(msg, Status.INVAL))
+            return
+        ep_desc = self.endpoints[msg.endpoint][0]
+        assert self.device is not None
+        if len(msg.data) > ep_desc.max_packet_size(self.device.snapshot.speed):
+            await self.send(reply_for(msg, Status.INVAL))
+            return
+        await queues.submit(self._request(msg))
+
+    def _endpoint_type(self, address: int) -> int:
+        """The transfer type of an endpoint of the current settings
+        (`EndpointType.INVALID` if there is none): the bmAttributes bits,
+        not `EndpointDesc.transfer_type`, which builds an enum per call."""
+        entry = self.endpoints.get(address)
+        return entry[0].attributes & 0x3 if entry is not None else EndpointType.INVALID
+
+    def _request(self, msg: m.DataMessage) -> Request:
+        """The request that goes to the device (OUT data copied out of the
+        parser's buffer); a transfer means the device is no longer fresh
+        from a reset."""
         self.reset_done = False
-        await self.queues.submit(Request(msg, out_data(msg.data) if msg.data else b""))
+        return Request(msg, out_data(msg.data) if msg.data else b"")
 
     async def _clear_halt(self, msg: m.ControlPacket) -> None:
         """CLEAR_FEATURE(ENDPOINT_HALT) goes through libusb so the host stack
@@ -644,9 +660,9 @@ class HostEngine:
 
 _HANDLERS = {
     m.Hello: HostEngine._on_hello,
-    m.ControlPacket: HostEngine._on_data_request,
-    m.BulkPacket: HostEngine._on_data_request,
-    m.InterruptPacket: HostEngine._on_data_request,
+    m.ControlPacket: HostEngine._on_control,
+    m.BulkPacket: HostEngine._on_bulk,
+    m.InterruptPacket: HostEngine._on_interrupt,
     m.IsoPacket: HostEngine._on_iso_packet,
     m.CancelDataPacket: HostEngine._on_cancel,
     m.SetConfiguration: HostEngine._on_set_configuration,

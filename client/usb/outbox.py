@@ -188,9 +188,10 @@ class Outbox:
         """Producer side, writer idle: send what can go without waiting.  A
         send error is kept for the writer task, which raises it."""
         try:
-            while True:
+            # nothing is pending when this runs (see `_append`)
+            while self._queue:
                 self._fill()
-                if not self._pending or not self._send_pending():
+                if not self._send_pending():
                     return
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._error = exc

@@ -74,7 +74,7 @@ def out_data(data: m.Buffer) -> array.array[int]:
     return buf
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Request:
     msg: m.DataMessage
     #: OUT data copied out of the parser's buffer (see `out_data`)
@@ -128,7 +128,7 @@ class EndpointQueues:
             and (queue is None or (not queue and key in self._idle))
         ):
             try:
-                reply = self._late_reply(request)
+                reply = self._late_reply(request) if self._late else None
                 if reply is None:
                     reply = self._transfer_now(device, request)
             except BlockingIOError:
@@ -246,7 +246,7 @@ class EndpointQueues:
         msg = request.msg
         if device is None:
             return reply_for(msg, Status.IOERROR)
-        late = self._late_reply(request)
+        late = self._late_reply(request) if self._late else None
         if late is not None:
             return late
         try:

@@ -44,7 +44,7 @@ from .descriptors import (
     TransferType,
     with_topology,
 )
-from .device import Setup, TransferStatus, VirtualDevice, no_wait
+from .device import Setup, TransferStatus, VirtualDevice, run_no_wait
 from .errors import LibusbError, usb_error
 
 __all__ = ["VirtualBackend", "VIRTUAL_BUS"]
@@ -145,8 +145,7 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]  # pyusb is un
         thread; where the device would wait it raises ``BlockingIOError``
         with ``characters_written`` = OUT bytes accepted, having changed
         nothing else."""
-        with no_wait():
-            return fn(*args)
+        return run_no_wait(fn, *args)
 
     # ------------------------------------------------------------ descriptors
 
@@ -310,8 +309,9 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]  # pyusb is un
         devid = self._live(dev_handle)
         view = memoryview(data).cast("B")
         setup = Setup(bmRequestType, bRequest, wValue, wIndex, len(view))
-        result = devid.device.control(devid.generation, setup, b"" if setup.is_in else bytes(view))
-        if setup.is_in:
+        is_in = bmRequestType & 0x80  # Setup.is_in, without its property call
+        result = devid.device.control(devid.generation, setup, b"" if is_in else bytes(view))
+        if is_in:
             assert result is not None
             view[: len(result)] = result
             return len(result)

@@ -44,9 +44,9 @@ import enum
 import errno
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, TypeVar, cast
 
 from .descriptors import (
     ConfigurationDescriptor,
@@ -106,7 +106,10 @@ TYPE_STANDARD, TYPE_CLASS, TYPE_VENDOR = 0, 1, 2
 RECIPIENT_DEVICE, RECIPIENT_INTERFACE, RECIPIENT_ENDPOINT = 0, 1, 2
 
 
-@dataclass(frozen=True)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
 class Setup:
     """A control request's SETUP packet (USB 2.0 9.3)."""
 
@@ -150,6 +153,19 @@ def no_wait() -> Iterator[None]:
         _NO_WAIT.active = previous
 
 
+def run_no_wait(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` inside `no_wait()`.  The host engine runs every
+    emulated transfer through this, so it sets the switch itself: a
+    generator context manager costs several Python calls per use."""
+    state = _NO_WAIT
+    previous = state.active
+    state.active = True
+    try:
+        return fn(*args)
+    finally:
+        state.active = previous
+
+
 def _would_block(ep: int, done: int) -> BlockingIOError:
     return BlockingIOError(errno.EAGAIN, f"endpoint {ep:#04x} NAKs", done)
 
@@ -174,7 +190,11 @@ class VirtualDevice:
         self.name = name
         self.descriptors = descriptors
         self.iso_realtime = True
-        self._cond = threading.Condition()
+        #: the condition's lock, held directly (``with self._mutex``) where
+        #: no wait is involved: Condition's own __enter__/__exit__ are Python
+        #: functions wrapping this lock's, two calls per device operation
+        self._mutex = threading.RLock()
+        self._cond = threading.Condition(self._mutex)
         self._connected = False
         self._generation = 0
         self._configuration = 0
@@ -273,7 +293,7 @@ class VirtualDevice:
 
     def attach(self) -> int:
         """Connect to the virtual bus; returns the new connection generation."""
-        with self._cond:
+        with self._mutex:
             self._generation += 1
             self._connected = True
             self._set_configuration_locked(0)
@@ -283,7 +303,7 @@ class VirtualDevice:
 
     def detach(self) -> None:
         """Disconnect: all current and later operations get NO_DEVICE."""
-        with self._cond:
+        with self._mutex:
             self._connected = False
             self._cond.notify_all()
 
@@ -342,7 +362,7 @@ class VirtualDevice:
         self._cond.notify_all()
 
     def set_configuration(self, generation: int, value: int) -> None:
-        with self._cond:
+        with self._mutex:
             self._check(generation)
             try:
                 self._set_configuration_locked(value)
@@ -350,7 +370,7 @@ class VirtualDevice:
                 raise self.error(LibusbError.NOT_FOUND, exc.reason) from exc
 
     def set_interface(self, generation: int, interface: int, alternate: int) -> None:
-        with self._cond:
+        with self._mutex:
             self._check(generation)
             try:
                 self._set_interface_locked(interface, alternate)
@@ -358,7 +378,7 @@ class VirtualDevice:
                 raise self.error(LibusbError.NOT_FOUND, exc.reason) from exc
 
     def clear_halt(self, generation: int, ep: int) -> None:
-        with self._cond:
+        with self._mutex:
             self._check(generation)
             if ep not in self._endpoints and ep & 0x7F:
                 raise self.error(LibusbError.NOT_FOUND, f"no endpoint {ep:#04x}")
@@ -366,7 +386,7 @@ class VirtualDevice:
             self._cond.notify_all()
 
     def reset(self, generation: int) -> None:
-        with self._cond:
+        with self._mutex:
             self._check(generation)
             self._halted.clear()
             self.on_reset()
@@ -374,12 +394,13 @@ class VirtualDevice:
 
     def endpoint(self, generation: int, ep: int, kind: TransferType) -> EndpointDescriptor:
         """The active endpoint ``ep``, checked against the transfer type."""
-        with self._cond:
+        with self._mutex:
             self._check(generation)
             desc = self._endpoints.get(ep)
             if desc is None:
                 raise self.error(LibusbError.NOT_FOUND, f"endpoint {ep:#04x} not in the active settings")
-            if desc.transfer_type != kind:
+            # the bits, not `desc.transfer_type`: that builds an enum per call
+            if desc.bmAttributes & 3 != kind:
                 raise self.error(LibusbError.INVALID_PARAM,
                                  f"endpoint {ep:#04x} is {desc.transfer_type.name}, not {kind.name}")
             return desc
@@ -389,7 +410,7 @@ class VirtualDevice:
     def control(self, generation: int, setup: Setup, data: bytes) -> bytes | None:
         """Run one control request; IN data is cut to wLength.  A STALL
         becomes LIBUSB_ERROR_PIPE, as libusb reports it."""
-        with self._cond:
+        with self._mutex:
             self._check(generation)
             try:
                 result = self._standard(setup, data) if setup.type == TYPE_STANDARD else _NOT_STANDARD
@@ -503,7 +524,7 @@ class VirtualDevice:
         deadline = _deadline(timeout_ms)
         view = memoryview(data).cast("B")
         done = 0
-        with self._cond:
+        with self._mutex:
             while True:
                 self._ready(generation, ep)
                 try:
@@ -529,7 +550,7 @@ class VirtualDevice:
         """Bulk/interrupt IN of at most ``size`` bytes; waits while the
         device NAKs, up to the timeout."""
         deadline = _deadline(timeout_ms)
-        with self._cond:
+        with self._mutex:
             while True:
                 self._ready(generation, ep)
                 try:
@@ -563,7 +584,7 @@ class VirtualDevice:
         size = self.iso_packet_size(desc)
         packets = [data[i : i + size] for i in range(0, len(data), size)]
         start = self._iso_start(desc)
-        with self._cond:
+        with self._mutex:
             self._ready(generation, desc.bEndpointAddress)
             self.handle_iso_out(desc.bEndpointAddress, packets)
         self._pace(start, desc, len(packets))
@@ -604,7 +625,7 @@ class VirtualDevice:
         per packet: a `TransferStatus` from the hook is that packet's
         failure, a payload longer than its packet is OVERFLOW (babble), a
         packet the hook left out is empty."""
-        with self._cond:
+        with self._mutex:
             self._ready(generation, desc.bEndpointAddress)
             payloads = self.handle_iso_in(desc.bEndpointAddress, sizes)
         packets: list[tuple[TransferStatus, bytes]] = []

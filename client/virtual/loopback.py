@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import functools
 import struct
 from dataclasses import dataclass
 
@@ -79,6 +80,18 @@ def source_pattern(size: int) -> bytes:
     (more than the whole transfer path), ~2.5 µs this way.
     """
     return (_SOURCE_PERIOD * -(-size // len(_SOURCE_PERIOD)))[:size]
+
+
+#: SOURCE reads up to this size reuse the pattern they got last time
+_SOURCE_CACHE_BYTES = 1024 * 1024
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_source_pattern(size: int) -> bytes:
+    """`source_pattern`, kept for the few sizes a host reads with (bytes are
+    immutable): building it anew cost two allocations of the whole size per
+    bulk IN transfer."""
+    return source_pattern(size)
 
 
 _RAMP = bytes(range(256))
@@ -261,7 +274,7 @@ class LoopbackDevice(VirtualDevice):
             data = self._bulk.get(size)
             key = "bulk_in_bytes"
         elif self._mode == LoopbackMode.SOURCE:
-            data = source_pattern(size)
+            data = _cached_source_pattern(size) if size <= _SOURCE_CACHE_BYTES else source_pattern(size)
             key = "bulk_in_bytes"
         else:
             return None

@@ -128,6 +128,16 @@ _IN_ONLY_ENDPOINT_AT: dict[int, int] = {
 _INITIAL_BUFFER = 64 * 1024
 
 
+def _layouts(shared: Cap) -> dict[int, tuple[type[Message], int]]:
+    """Every message type's class and type-header size under `shared`.
+
+    A connection keeps this table for the caps in force (they change once,
+    at the peer's hello), so the per-message paths look a size up instead
+    of asking the class, which for some types tests a cap each time
+    (``Cap.X in shared`` is Python code in `enum.Flag`)."""
+    return {msg_type: (cls, cls.header_size(shared)) for msg_type, cls in MESSAGE_CLASSES.items()}
+
+
 def verified_caps(caps: int) -> Cap:
     """Caps as the reference keeps them: bulk_streams needs ep_info_max_packet_size
     (usbredirparser_verify_caps strips it otherwise)."""
@@ -163,6 +173,14 @@ class UsbredirConnection:
         self._hello_sent = False
         self._shared = Cap(0)
         self._header = _HEADER_32
+        self._layout = _layouts(self._shared)
+        #: both sides have 32bits_bulk_length (read by the receive checks)
+        self._bulk_32 = False
+        #: the `Sender` values a message we send may have
+        self._may_send = (Sender.BOTH, role.value)
+        #: messages we receive travel towards a host / messages we send do
+        self._receive_to_host = role is Role.HOST
+        self._send_to_host = role is Role.GUEST
         # receive side
         self._buf = bytearray(_INITIAL_BUFFER)
         self._view = memoryview(self._buf)
@@ -195,6 +213,8 @@ class UsbredirConnection:
         self.peer_version = hello.version
         self._shared = self.our_caps & self.peer_caps
         self._header = _HEADER_64 if Cap.IDS_64BIT in self._shared else _HEADER_32
+        self._layout = _layouts(self._shared)
+        self._bulk_32 = Cap.BULK_LENGTH_32BIT in self._shared
 
     # ---------------------------------------------------------- receive
     def receive_data(self, data: Buffer) -> None:
@@ -268,52 +288,50 @@ class UsbredirConnection:
 
     def next_event(self) -> Event:
         """The next complete message, `NEED_DATA`, or `CLOSED`."""
+        # One method, not a loop around a helper: it runs twice per message
+        # (the message, then NEED_DATA), on every transfer.
         while True:
-            event = self._next_event()
-            if not isinstance(event, Hello):
-                return event
-            if self.peer_caps is not None:
-                # usbredirparser: "Received second hello message, ignoring"
-                self.duplicate_hellos += 1
-                continue
-            self._set_peer_hello(event)
-            return event
-
-    def _next_event(self) -> Event:
-        if self._to_skip:
-            dropped = min(self._to_skip, self._end - self._start)
-            self._consume(dropped)
-            self._to_skip -= dropped
             if self._to_skip:
+                dropped = min(self._to_skip, self._end - self._start)
+                self._consume(dropped)
+                self._to_skip -= dropped
+                if self._to_skip:
+                    return self._need_data(True)
+            available = self._end - self._start
+            header = self._header
+            hsize = header.size
+            if self._pending is None:
+                if available < hsize:
+                    return NEED_DATA if not self._eof else self._need_data(available > 0)
+                msg_type, length, msg_id = header.unpack_from(self._buf, self._start)
+                self._pending = self._check_main_header(msg_type, length, msg_id, hsize)
+            msg_type, length, msg_id, cls, thsize = self._pending
+            if not self._pending_checked:
+                if available < hsize + thsize:
+                    return self._need_data(True)
+                self._check_type_header(msg_type, length - thsize, hsize)
+                self._pending_checked = True
+            total = hsize + length
+            if available < total:
                 return self._need_data(True)
-        available = self._end - self._start
-        header = self._header
-        hsize = header.size
-        if self._pending is None:
-            if available < hsize:
-                return self._need_data(available > 0)
-            msg_type, length, msg_id = header.unpack_from(self._buf, self._start)
-            self._pending = self._check_main_header(msg_type, length, msg_id, hsize)
-        msg_type, length, msg_id, cls, thsize = self._pending
-        if not self._pending_checked:
-            if available < hsize + thsize:
-                return self._need_data(True)
-            self._check_type_header(msg_type, length - thsize, hsize)
-            self._pending_checked = True
-        total = hsize + length
-        if available < total:
-            return self._need_data(True)
-        start = self._start + hsize
-        view = self._view
-        if msg_type == MsgType.FILTER_FILTER:
-            self._check_filter_data(view[start : start + length], hsize)
-        message = cls.unpack_from(
-            view[start : start + thsize], self._shared, msg_id, view[start + thsize : start + length]
-        )
-        self._pending = None
-        self._pending_checked = False
-        self._consume(total)
-        return message
+            start = self._start + hsize
+            view = self._view
+            if msg_type == MsgType.FILTER_FILTER:
+                self._check_filter_data(view[start : start + length], hsize)
+            message = cls.unpack_from(
+                view[start : start + thsize], self._shared, msg_id, view[start + thsize : start + length]
+            )
+            self._pending = None
+            self._pending_checked = False
+            self._consume(total)
+            if msg_type == MsgType.HELLO:
+                if self.peer_caps is not None:
+                    # usbredirparser: "Received second hello message, ignoring"
+                    self.duplicate_hellos += 1
+                    continue
+                assert isinstance(message, Hello)
+                self._set_peer_hello(message)
+            return message
 
     def _need_data(self, mid_message: bool) -> _Sentinel:
         if not self._eof:
@@ -334,7 +352,11 @@ class UsbredirConnection:
     ) -> tuple[int, int, int, type[Message], int]:
         """Checks 1-3 of the reference, on the main header alone."""
         try:
-            cls, thsize = check_main_header(self.role, self._shared, msg_type, length, self.max_message_size)
+            entry = self._layout.get(msg_type)
+            if entry is None:
+                raise errors.UnknownTypeError("unknown message type", msg_type=msg_type)
+            cls, thsize = entry
+            _check_sizes(self.role, cls, thsize, msg_type, length, self.max_message_size)
         except errors.RemoteProtocolError as error:
             error.at_offset(self._offset)
             self._consume(hsize)
@@ -345,11 +367,19 @@ class UsbredirConnection:
         return msg_type, length, msg_id, cls, thsize
 
     def _check_type_header(self, msg_type: int, data_len: int, hsize: int) -> None:
-        """The reference's semantic checks, run once the type header is in."""
+        """The reference's semantic checks, run once the type header is in
+        (`check_type_header` with what it derives from the caps kept)."""
         try:
-            check_type_header(
-                self.role, self._shared, self.our_caps, msg_type, self._view, self._start + hsize, data_len
+            problem = _semantic_problem(
+                msg_type,
+                _fields_from_wire(msg_type, self._view, self._start + hsize, self._bulk_32),
+                data_len,
+                to_host=self._receive_to_host,
+                gate_caps=self.our_caps,
             )
+            if problem is not None:
+                kind, reason = problem
+                raise kind(reason, msg_type=msg_type)
         except errors.RemoteProtocolError as error:
             length = self._pending[1] if self._pending else 0
             error.at_offset(self._offset)
@@ -379,14 +409,25 @@ class UsbredirConnection:
     def write_header_into(self, buf: Buffer, offset: int, message: Message) -> int:
         """Write `message`'s main and type-specific headers into `buf` at
         `offset`; the payload (`message.payload`) goes after it, unframed."""
-        self._check_send(message)
-        return self._write_header(buf, offset, message, len(message.payload))
+        payload_len = len(message.payload)
+        self._check_send(message, type(message), payload_len)
+        return self._write_header(buf, offset, message, payload_len)
 
     def send_parts(self, message: Message) -> tuple[bytes, Buffer]:
         """`(header, payload)` for `message`: the payload object is the
         caller's own, never copied."""
-        self._check_send(message)
-        return self._frame(message)
+        # _check_send + _frame in one pass: this runs for every message a
+        # host sends, and the type-header size is looked up once
+        cls = type(message)
+        payload = message.payload
+        thsize = self._check_send(message, cls, len(payload))
+        header = self._header
+        hsize = header.size
+        buf = bytearray(hsize + thsize)
+        msg_id = message.id if header is _HEADER_64 else message.id & 0xFFFFFFFF
+        header.pack_into(buf, 0, cls.TYPE, thsize + len(payload), msg_id)
+        message.pack_into(buf, hsize, self._shared)
+        return bytes(buf), payload
 
     def send(self, message: Message) -> bytes:
         header, payload = self.send_parts(message)
@@ -394,34 +435,34 @@ class UsbredirConnection:
 
     def _frame(self, message: Message) -> tuple[bytes, Buffer]:
         payload = message.payload
-        size = self._header.size + type(message).header_size(self._shared)
+        size = self._header.size + self._layout[type(message).TYPE][1]
         buf = bytearray(size)
         self._write_header(buf, 0, message, len(payload))
         return bytes(buf), payload
 
     def _write_header(self, buf: Buffer, offset: int, message: Message, data_len: int) -> int:
         cls = type(message)
-        thsize = cls.header_size(self._shared)
+        thsize = self._layout[cls.TYPE][1]
         header = self._header
         msg_id = message.id if header is _HEADER_64 else message.id & 0xFFFFFFFF
         header.pack_into(buf, offset, cls.TYPE, thsize + data_len, msg_id)
         message.pack_into(buf, offset + header.size, self._shared)
         return header.size + thsize
 
-    def _check_send(self, message: Message) -> None:
-        cls = type(message)
-        if isinstance(message, Hello):
+    def _check_send(self, message: Message, cls: type[Message], payload_len: int) -> int:
+        """What the peer's parser would reject, as LocalProtocolError; the
+        message's type-header size otherwise."""
+        if cls is Hello:
             raise errors.LocalProtocolError(
                 "the hello is sent once, with hello_bytes()", msg_type=cls.TYPE
             )
         if not self._hello_sent:
             raise errors.LocalProtocolError("send hello_bytes() first", msg_type=cls.TYPE)
-        if cls.SENDER not in (Sender.BOTH, self.role.value):
+        if cls.SENDER not in self._may_send:
             raise errors.LocalProtocolError(
                 f"a usbredir {self.role.value} may not send this", msg_type=cls.TYPE
             )
-        payload_len = len(message.payload)
-        thsize = cls.header_size(self._shared)
+        thsize = self._layout[cls.TYPE][1]
         if thsize + payload_len > MAX_PACKET_SIZE:
             raise errors.LocalProtocolError(
                 f"message of {thsize + payload_len} bytes exceeds {MAX_PACKET_SIZE}",
@@ -431,20 +472,17 @@ class UsbredirConnection:
             cls.TYPE,
             _fields_from_message(message),
             payload_len,
-            to_host=self.role is Role.GUEST,
+            to_host=self._send_to_host,
             gate_caps=self.peer_caps or Cap(0),
         )
         if problem is not None:
             raise errors.LocalProtocolError(problem[1], msg_type=cls.TYPE)
-        if (
-            cls.TYPE == MsgType.BULK_PACKET
-            and Cap.BULK_LENGTH_32BIT not in self._shared
-            and getattr(message, "length") > 0xFFFF
-        ):
+        if cls.TYPE == MsgType.BULK_PACKET and not self._bulk_32 and getattr(message, "length") > 0xFFFF:
             raise errors.LocalProtocolError(
                 "bulk length over 65535 needs 32bits_bulk_length on both sides",
                 msg_type=cls.TYPE,
             )
+        return thsize
 
 
 def check_main_header(
@@ -456,11 +494,20 @@ def check_main_header(
     cls = MESSAGE_CLASSES.get(msg_type)
     if cls is None:
         raise errors.UnknownTypeError("unknown message type", msg_type=msg_type)
+    thsize = cls.header_size(shared)
+    _check_sizes(receiver, cls, thsize, msg_type, length, max_message_size)
+    return cls, thsize
+
+
+def _check_sizes(
+    receiver: Role, cls: type[Message], thsize: int, msg_type: int, length: int, max_message_size: int
+) -> None:
+    """Checks 2-3 of `check_main_header`, the type known (its class and
+    type-header size under the shared caps)."""
     if cls.SENDER == (Sender.GUEST if receiver is Role.GUEST else Sender.HOST):
         raise errors.WrongDirectionError(f"may not be sent to a usbredir {receiver.value}", msg_type=msg_type)
     if length > max_message_size:
         raise errors.LengthLimitError(f"length {length} exceeds the limit of {max_message_size}", msg_type=msg_type)
-    thsize = cls.header_size(shared)
     if length < thsize:
         raise errors.HeaderSizeError(
             f"length {length} is shorter than the {thsize}-byte type header", msg_type=msg_type
@@ -469,7 +516,6 @@ def check_main_header(
         raise errors.UnexpectedDataError(
             f"{length - thsize} data bytes on a message that carries none", msg_type=msg_type
         )
-    return cls, thsize
 
 
 def check_type_header(

@@ -12,7 +12,9 @@ This module never frames messages and never looks at a stream: that is
 
 from __future__ import annotations
 
+import operator
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -97,6 +99,10 @@ class Message:
     _UINTS: ClassVar[tuple[tuple[str, int], ...]] = ()
     #: layout of the type-specific header for the simple fixed-size messages
     _STRUCT: ClassVar[struct.Struct | None] = None
+    #: the `_UINTS` fields' values as a tuple, in wire order (set for every
+    #: class below the class definitions: one C call where a generator of
+    #: getattr calls cost a Python frame per field, on every message sent)
+    _VALUES: ClassVar[Callable[[Any], tuple[Any, ...]]]
 
     id: int = field(default=0, kw_only=True)
 
@@ -120,7 +126,7 @@ class Message:
     def pack_into(self, buf: Buffer, offset: int, shared: Cap) -> None:
         """Write the type-specific header at `offset`."""
         if self._STRUCT is not None:
-            self._STRUCT.pack_into(buf, offset, *(getattr(self, n) for n, _ in self._UINTS))
+            self._STRUCT.pack_into(buf, offset, *self._VALUES(self))
 
     @classmethod
     def unpack_from(
@@ -151,14 +157,23 @@ class DataMessage(Message):
     def payload(self) -> Buffer:
         return self.data
 
+    # Every data packet class has `endpoint` and `length` fields (ints the
+    # constructor checked): read directly, these run several times per
+    # transfer.
     @property
     def transfer_length(self) -> int:
         """The length the type-specific header states for the data."""
-        return int(getattr(self, "length"))
+        return self.length  # type: ignore[attr-defined,no-any-return]
 
     @property
     def endpoint_address(self) -> int:
-        return int(getattr(self, "endpoint"))
+        return self.endpoint  # type: ignore[attr-defined,no-any-return]
+
+
+#: `Cap.BULK_LENGTH_32BIT` as a plain int: BulkPacket tests it per transfer,
+#: and ``int(shared) & bit`` is C code where ``cap in shared`` runs
+#: `enum.Flag.__contains__` in Python
+_BULK_LENGTH_32BIT = int(Cap.BULK_LENGTH_32BIT)
 
 
 def _simple(fields: tuple[tuple[str, int], ...]) -> struct.Struct:
@@ -678,7 +693,7 @@ class BulkPacket(DataMessage):
         return (cls._LONG if Cap.BULK_LENGTH_32BIT in shared else cls._SHORT).size
 
     def pack_into(self, buf: Buffer, offset: int, shared: Cap) -> None:
-        if Cap.BULK_LENGTH_32BIT in shared:
+        if int(shared) & _BULK_LENGTH_32BIT:
             self._LONG.pack_into(
                 buf,
                 offset,
@@ -702,7 +717,7 @@ class BulkPacket(DataMessage):
     def unpack_from(
         cls, view: memoryview, shared: Cap, msg_id: int, data: memoryview
     ) -> "BulkPacket":
-        if Cap.BULK_LENGTH_32BIT in shared:
+        if int(shared) & _BULK_LENGTH_32BIT:
             ep, status, low, stream, high = cls._LONG.unpack_from(view)
             return cls(ep, status, low | (high << 16), stream, id=msg_id, data=data)
         ep, status, low, stream = cls._SHORT.unpack_from(view)
@@ -771,6 +786,14 @@ for _cls in (ControlPacket, IsoPacket, InterruptPacket, BufferedBulkPacket):
     _attach_data(_cls)
 
 
+def _values_getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """`attrgetter` that returns a tuple for any number of names (it returns
+    the bare value for one)."""
+    if len(names) > 1:
+        return operator.attrgetter(*names)
+    return lambda message: tuple(getattr(message, name) for name in names)
+
+
 MESSAGE_CLASSES: dict[int, type[Message]] = {
     cls.TYPE: cls
     for cls in (
@@ -810,3 +833,6 @@ MESSAGE_CLASSES: dict[int, type[Message]] = {
     )
 }
 assert len(MESSAGE_CLASSES) == len(MsgType)
+for _cls in MESSAGE_CLASSES.values():
+    # staticmethod: a plain function would be bound to the message
+    _cls._VALUES = staticmethod(_values_getter(tuple(name for name, _ in _cls._UINTS)))  # type: ignore[assignment]
