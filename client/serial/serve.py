@@ -13,6 +13,14 @@ consumer (TCP then slows it) and nothing it sent is ever dropped.  When the
 consumer ends (EOF), the bytes still buffered are given time to reach the
 device (their transmit time at the current baud rate plus a margin).
 
+Raw mode on a stream with non-blocking moves (the gateway's TLS data
+connection; a TCP consumer, through a `PlainSocketStream` view of its fd)
+uses them: consumer bytes are read into one buffer and go to the port
+without a scheduler pass of their own, and device bytes go through
+`Session.forward_to`, where the port's RX pump sends them itself while
+nothing is queued.  Other streams (tests' memory streams) take the
+awaitable methods; the behaviour is the same.
+
 Shutdown: everything runs in nurseries; the caller cancels.  A takeover
 cancels the old session's scope, which ends `serve_serial_stream` normally.
 This module never closes the stream it was given; `serve_serial_listen`
@@ -32,6 +40,7 @@ from redirgate.client.serial.errors import PortBusy, SerialError
 from redirgate.client.serial.rfc2217 import RECEIVE_BYTES, ComPortServer
 from redirgate.client.serial.service import PortService, Session
 from redirgate.client.serial.settings import LineSettings
+from redirgate.gateway.transport.stream import NonBlockingStream, PlainSocketStream, nonblocking
 
 __all__ = ["serve_serial_stream", "serve_serial_listen", "PROTOCOLS"]
 
@@ -40,6 +49,9 @@ log = logging.getLogger(__name__)
 PROTOCOLS: Final = ("raw", "rfc2217")
 #: Added to the transmit time of the buffered bytes when a consumer leaves.
 DRAIN_EXTRA_S: Final = 2.0
+#: A read shorter than this took all there was (a full TLS record's
+#: plaintext, RFC 8446 5.1, is the longest one read returns on TLS).
+_SHORT_READ: Final = 16384
 
 
 async def serve_serial_stream(
@@ -82,11 +94,15 @@ async def serve_serial_stream(
 
 async def _serve_raw(stream: trio.abc.Stream, session: Session, peer: str) -> None:
     name = session.service.name
+    fast = _nonblocking_view(stream)
 
     async def consumer_to_port(scope: trio.CancelScope) -> None:
         try:
-            while data := await stream.receive_some(RECEIVE_BYTES):
-                await session.write(data)
+            if fast is not None:
+                await _consumer_to_port_fast(fast, session)
+            else:
+                while data := await stream.receive_some(RECEIVE_BYTES):
+                    await session.write(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.info("%s: %s went away: %s", name, peer, exc or type(exc).__name__)
         else:
@@ -95,8 +111,11 @@ async def _serve_raw(stream: trio.abc.Stream, session: Session, peer: str) -> No
 
     async def port_to_consumer(scope: trio.CancelScope) -> None:
         try:
-            while True:
-                await stream.send_all(await session.receive_some(RECEIVE_BYTES))
+            if fast is not None:
+                await session.forward_to(fast, RECEIVE_BYTES)
+            else:
+                while True:
+                    await stream.send_all(await session.receive_some(RECEIVE_BYTES))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.info("%s: %s stopped reading: %s", name, peer, exc or type(exc).__name__)
         scope.cancel()
@@ -104,6 +123,49 @@ async def _serve_raw(stream: trio.abc.Stream, session: Session, peer: str) -> No
     async with trio.open_nursery() as nursery:
         nursery.start_soon(consumer_to_port, nursery.cancel_scope)
         nursery.start_soon(port_to_consumer, nursery.cancel_scope)
+
+
+def _nonblocking_view(stream: trio.abc.Stream) -> NonBlockingStream | None:
+    """`stream` itself when it has non-blocking moves (the gateway's TLS data
+    connection), a view of a plain trio socket stream's fd that has them (a
+    standalone consumer; not ours to close), else None (the awaitable
+    methods are used)."""
+    if nonblocking(stream):
+        return stream  # type: ignore[return-value]
+    if isinstance(stream, trio.SocketStream):
+        return PlainSocketStream(stream)
+    return None
+
+
+async def _consumer_to_port_fast(stream: NonBlockingStream, session: Session) -> None:
+    """Consumer bytes to the port until EOF, on non-blocking moves: a chunk
+    that is there costs a read and the port write, and a scheduler pass only
+    for the wait before it.  Errors of the stream propagate.
+
+    After a short read (less than `_SHORT_READ`: the socket had no more, or
+    a TLS record that is not part of a train of full ones) the next step is
+    the wait, not another read that would only say "nothing yet": typed
+    bytes come one burst at a time, and if more did arrive the wait returns
+    at once."""
+    buf = bytearray(RECEIVE_BYTES)
+    view = memoryview(buf)
+    try_receive_into, wait_receivable = stream.try_receive_into, stream.wait_receivable
+    waited = drained = False
+    while True:
+        n = None if drained else try_receive_into(buf)
+        if n is None:
+            await wait_receivable()
+            waited, drained = True, False
+            continue
+        if not n:
+            return
+        await session.write(view[:n])  # copies what the port does not take at once
+        if not waited:
+            # bytes that were already there: a consumer that floods faster
+            # than we move must not starve the loop or miss a cancellation
+            await trio.lowlevel.checkpoint()
+        waited = False
+        drained = n < _SHORT_READ
 
 
 async def serve_serial_listen(

@@ -24,6 +24,19 @@ at once and only what it does not take waits in the TX ring.  The pumps never ho
 or write what the fd takes now, then wait for readiness), so a purge or a new
 session can never make them consume bytes they did not move.  TX bytes left
 when a consumer leaves still go to the device; `Session.drain` waits for them.
+
+The direct RX path: a consumer served by `Session.forward_to` (a stream with
+non-blocking moves, see `redirgate.gateway.transport.stream`) holds no
+device bytes while it waits for the ring, so while the ring is empty the RX
+pump offers what it reads straight to that stream's `try_send` and only what
+the stream does not take goes into the ring - for the consumer task to send
+when the stream has room.  An echoed byte then costs one trio scheduler pass
+(the pump's wake-up) instead of three (pump, consumer, the send's
+checkpoint).  Order is kept because the pump sends directly only when the
+ring is empty and the consumer holds nothing; back-pressure is unchanged
+(what the stream does not take fills the ring, and a full ring pauses
+reading); an error of the stream is not the pump's: it is handed to the
+consumer task, which raises it as if its own send had failed.
 """
 
 from __future__ import annotations
@@ -31,7 +44,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Final
+from typing import Final, NoReturn
 
 import trio
 
@@ -40,6 +53,7 @@ from redirgate.client.serial.port import SerialPort
 from redirgate.client.serial.ring import Ring
 from redirgate.client.serial.selector import PortSelector
 from redirgate.client.serial.settings import LineSettings
+from redirgate.gateway.transport.stream import NonBlockingStream
 
 __all__ = ["PortService", "Session", "DEFAULT_RING_BYTES", "DEFAULT_TX_BYTES"]
 
@@ -73,6 +87,14 @@ class Session:
     async def receive_some(self, max_bytes: int = 65536) -> bytes:
         """Device bytes (the ring's backlog first); waits while there are none."""
         return await self.service._take_rx(max_bytes)
+
+    async def forward_to(self, stream: NonBlockingStream, max_bytes: int = 65536) -> NoReturn:
+        """Send device bytes (the ring's backlog first) to `stream` until it
+        fails (its trio Broken/ClosedResourceError is raised) or the session
+        is cancelled; `receive_some` + `send_all` without their scheduler
+        passes (see "The direct RX path" in the module docstring).  This task
+        must be the only sender on `stream` while it runs."""
+        await self.service._forward_rx(stream, max_bytes)
 
     async def write(self, data: bytes | bytearray | memoryview, *, discard_when_full: bool = False) -> None:
         """Queue bytes for the device, waiting for room in the TX buffer (so a
@@ -208,6 +230,11 @@ class PortService:
         self._rx_lot = trio.lowlevel.ParkingLot()
         self._tx_lot = trio.lowlevel.ParkingLot()
         self._attach_lock = trio.Lock()
+        #: the consumer stream the RX pump may send to directly: set only
+        #: while `_forward_rx` waits on an empty ring holding no bytes
+        self._direct: NonBlockingStream | None = None
+        #: what the direct send raised, for `_forward_rx` to raise
+        self._direct_error: Exception | None = None
         self.opened_count = 0
         self._logged_overflow = 0
         #: Set while the port is open; cleared when it vanishes.
@@ -290,6 +317,11 @@ class PortService:
                 data = port.read_nowait(min(size, 65536)) if size else b""
                 if not data:
                     continue
+                if self._direct is not None and not len(self._rx):
+                    sent = self._send_direct(self._direct, data)
+                    if sent == len(data):
+                        continue  # all gone: the consumer task sleeps on
+                    data = data[sent:]
                 if self._rx.write(data):
                     self._log_overflow()
                 self._rx_lot.unpark_all()
@@ -311,6 +343,18 @@ class PortService:
         except PortUnavailable as exc:
             port.gone_reason = port.gone_reason or exc.reason
             scope.cancel()
+
+    def _send_direct(self, stream: NonBlockingStream, data: bytes) -> int:
+        """Offer `data` to the waiting consumer's stream; how much it took.
+        An error is the consumer's, not the pump's: kept for `_forward_rx`,
+        which is woken by the bytes that go into the ring instead."""
+        try:
+            return stream.try_send(memoryview(data)) or 0
+        except Exception as exc:  # handed to the consumer task, raised there
+            self._direct = None
+            self._direct_error = exc
+            self._rx_lot.unpark_all()
+            return 0
 
     def _wake(self) -> None:
         """Everyone re-checks: the port, the session or a ring changed as a whole."""
@@ -344,6 +388,39 @@ class PortService:
         self._rx.consume(len(data))
         self._rx_lot.unpark_all()
         return data
+
+    async def _forward_rx(self, stream: NonBlockingStream, max_bytes: int) -> NoReturn:
+        ring = self._rx
+        try_send, wait_sendable = stream.try_send, stream.wait_sendable
+        self._direct_error = None
+        try:
+            while True:
+                if self._direct_error is not None:
+                    raise self._direct_error  # the bytes it could not take stay in the ring
+                if not len(ring):
+                    self._direct = stream
+                    try:
+                        await self._rx_lot.park()
+                    finally:
+                        self._direct = None
+                    continue
+                # Bytes left in the ring go from here; with TLS a send that
+                # would block is retried with the same bytes first (OpenSSL
+                # needs that), which the ring's head still is.
+                view = ring.peek()[:max_bytes]
+                try:
+                    sent = try_send(view)
+                finally:
+                    view.release()
+                if sent is None:
+                    await wait_sendable()
+                    continue
+                ring.consume(sent)  # no await since the peek: nothing moved under us
+                self._rx_lot.unpark_all()
+                # no checkpoint: the ring only refills while we wait, so this
+                # loop reaches the park above within one ring's worth of bytes
+        finally:
+            self._direct = None
 
     async def _put_tx(self, data: bytes | bytearray | memoryview, discard: bool, peer: str) -> int:
         view = memoryview(data)
