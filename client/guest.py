@@ -14,7 +14,8 @@ import itertools
 import logging
 import os
 from collections import deque
-from dataclasses import dataclass, fields
+import dataclasses
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import trio
@@ -95,18 +96,6 @@ def _fast_fd_io(sock: Any) -> bool:
     except (AttributeError, NotImplementedError, OSError):
         return False
 
-
-def _with_data(message: m.DataMessage, data: bytes) -> m.DataMessage:
-    """`message` with `data` in place of its payload view, for a message that
-    is kept past the next read (the field names are looked up once a class)."""
-    cls = type(message)
-    names = _INIT_FIELDS.get(cls)
-    if names is None:
-        names = _INIT_FIELDS[cls] = tuple(f.name for f in fields(message) if f.init and f.name != "data")
-    return cls(**{name: getattr(message, name) for name in names}, data=data)
-
-
-_INIT_FIELDS: dict[type, tuple[str, ...]] = {}
 
 #: errnos that trio.SocketStream reports as its own closed socket (EBADF on
 #: Unix); the rest of OSError is a broken connection
@@ -235,11 +224,7 @@ class UsbredirGuest:
     def _handle(self, event: m.Message) -> None:
         cls = type(event)
         if cls is m.ControlPacket or cls is m.BulkPacket:  # the replies that matter for speed
-            pending = self._pending.get(event.id)
-            if pending is not None and pending.reply is None:
-                pending.reply = event
-                pending.data = bytes(event.data)  # type: ignore[attr-defined]
-                pending.wake()
+            self._deliver(event)
         elif isinstance(event, m.InterfaceInfo):
             self._interface_info = event
         elif isinstance(event, m.EpInfo):
@@ -257,21 +242,28 @@ class UsbredirGuest:
         elif isinstance(event, (m.IsoPacket, m.BufferedBulkPacket)) or (
             isinstance(event, m.InterruptPacket) and event.endpoint & 0x80
         ):
-            copy = _with_data(event, bytes(event.data))
+            copy = dataclasses.replace(event, data=bytes(event.data))
             self._stream_data.setdefault(event.endpoint, deque()).append(copy)
             self._stream_event.set()
         elif isinstance(event, m.Hello):
             pass
-        else:
-            pending = self._pending.get(event.id)
-            if pending is not None and pending.reply is None:
-                if isinstance(event, m.DataMessage):
-                    pending.data = bytes(event.data)
-                pending.reply = event
-                pending.wake()
-            elif isinstance(event, (m.IsoStreamStatus, m.InterruptReceivingStatus, m.BulkReceivingStatus)):
-                self._stream_data.setdefault(event.endpoint, deque()).append(event)
-                self._stream_event.set()
+        elif not self._deliver(event) and isinstance(
+            event, (m.IsoStreamStatus, m.InterruptReceivingStatus, m.BulkReceivingStatus)
+        ):
+            self._stream_data.setdefault(event.endpoint, deque()).append(event)
+            self._stream_event.set()
+
+    def _deliver(self, event: m.Message) -> bool:
+        """Hand `event` to the request waiting for its id (its payload copied
+        out of the parser's buffer); False when none waits for it."""
+        pending = self._pending.get(event.id)
+        if pending is None or pending.reply is not None:
+            return False
+        if isinstance(event, m.DataMessage):
+            pending.data = bytes(event.data)
+        pending.reply = event
+        pending.wake()
+        return True
 
     async def _send(self, message: m.Message) -> None:
         """A large payload goes with its header in one write where the stream
@@ -380,7 +372,7 @@ class UsbredirGuest:
         pending = await self._exchange(message)
         reply = pending.reply
         assert reply is not None
-        return _with_data(reply, pending.data) if isinstance(reply, m.DataMessage) else reply
+        return dataclasses.replace(reply, data=pending.data) if isinstance(reply, m.DataMessage) else reply
 
     async def wait_device(self) -> AnnouncedDevice:
         while self.device is None:

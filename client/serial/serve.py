@@ -40,7 +40,7 @@ from redirgate.client.serial.errors import PortBusy, SerialError
 from redirgate.client.serial.rfc2217 import RECEIVE_BYTES, ComPortServer
 from redirgate.client.serial.service import PortService, Session
 from redirgate.client.serial.settings import LineSettings
-from redirgate.gateway.transport.stream import NonBlockingStream, PlainSocketStream, nonblocking
+from redirgate.gateway.transport.stream import FULL_RECORD_BYTES, NonBlockingStream, PlainSocketStream, nonblocking
 
 __all__ = ["serve_serial_stream", "serve_serial_listen", "PROTOCOLS"]
 
@@ -49,9 +49,6 @@ log = logging.getLogger(__name__)
 PROTOCOLS: Final = ("raw", "rfc2217")
 #: Added to the transmit time of the buffered bytes when a consumer leaves.
 DRAIN_EXTRA_S: Final = 2.0
-#: A read shorter than this took all there was (a full TLS record's
-#: plaintext, RFC 8446 5.1, is the longest one read returns on TLS).
-_SHORT_READ: Final = 16384
 
 
 async def serve_serial_stream(
@@ -142,7 +139,7 @@ async def _consumer_to_port_fast(stream: NonBlockingStream, session: Session) ->
     that is there costs a read and the port write, and a scheduler pass only
     for the wait before it.  Errors of the stream propagate.
 
-    After a short read (less than `_SHORT_READ`: the socket had no more, or
+    After a short read (less than `FULL_RECORD_BYTES`: the socket had no more, or
     a TLS record that is not part of a train of full ones) the next step is
     the wait, not another read that would only say "nothing yet": typed
     bytes come one burst at a time, and if more did arrive the wait returns
@@ -165,7 +162,7 @@ async def _consumer_to_port_fast(stream: NonBlockingStream, session: Session) ->
             # than we move must not starve the loop or miss a cancellation
             await trio.lowlevel.checkpoint()
         waited = False
-        drained = n < _SHORT_READ
+        drained = n < FULL_RECORD_BYTES
 
 
 async def serve_serial_listen(

@@ -45,6 +45,10 @@ def port_path(dev: usb.core.Device) -> str:
     return f"{dev.bus}-" + ".".join(str(p) for p in ports)
 
 
+#: bmAttributes bits 1..0 -> EndpointType
+_TRANSFER_TYPES = tuple(EndpointType(bits) for bits in range(4))
+
+
 @dataclass(frozen=True)
 class EndpointDesc:
     address: int
@@ -55,7 +59,9 @@ class EndpointDesc:
 
     @property
     def transfer_type(self) -> EndpointType:
-        return EndpointType(self.attributes & 0x3)
+        # a tuple lookup: EndpointType(bits) runs enum's Python lookup, and
+        # the engine asks this for every transfer
+        return _TRANSFER_TYPES[self.attributes & 0x3]
 
     def max_packet_size(self, speed: Speed) -> int:
         """Bytes per (micro)frame: high-bandwidth multiplier only for iso

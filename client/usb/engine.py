@@ -398,12 +398,11 @@ class HostEngine:
             return
         await queues.submit(self._request(msg))
 
-    def _endpoint_type(self, address: int) -> int:
+    def _endpoint_type(self, address: int) -> EndpointType:
         """The transfer type of an endpoint of the current settings
-        (`EndpointType.INVALID` if there is none): the bmAttributes bits,
-        not `EndpointDesc.transfer_type`, which builds an enum per call."""
+        (`EndpointType.INVALID` if there is none)."""
         entry = self.endpoints.get(address)
-        return entry[0].attributes & 0x3 if entry is not None else EndpointType.INVALID
+        return entry[0].transfer_type if entry is not None else EndpointType.INVALID
 
     def _request(self, msg: m.DataMessage) -> Request:
         """The request that goes to the device (OUT data copied out of the

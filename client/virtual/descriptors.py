@@ -84,6 +84,9 @@ class TransferType(enum.IntEnum):
     INTERRUPT = 3
 
 
+_TRANSFER_TYPES = tuple(TransferType(bits) for bits in range(4))
+
+
 def iso_max_packet_bytes(w_max_packet_size: int, speed: Speed) -> int:
     """Bytes per (micro)frame of a periodic endpoint, as
     libusb_get_max_iso_packet_size computes it: bits 10..0 times (1 + bits
@@ -198,7 +201,9 @@ class EndpointDescriptor:
 
     @property
     def transfer_type(self) -> TransferType:
-        return TransferType(self.bmAttributes & 3)
+        # a tuple lookup, not TransferType(bits) (enum's Python lookup): the
+        # device checks it on every transfer
+        return _TRANSFER_TYPES[self.bmAttributes & 3]
 
 
 @dataclass(frozen=True)

@@ -399,8 +399,7 @@ class VirtualDevice:
             desc = self._endpoints.get(ep)
             if desc is None:
                 raise self.error(LibusbError.NOT_FOUND, f"endpoint {ep:#04x} not in the active settings")
-            # the bits, not `desc.transfer_type`: that builds an enum per call
-            if desc.bmAttributes & 3 != kind:
+            if desc.transfer_type != kind:
                 raise self.error(LibusbError.INVALID_PARAM,
                                  f"endpoint {ep:#04x} is {desc.transfer_type.name}, not {kind.name}")
             return desc

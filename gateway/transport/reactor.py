@@ -45,7 +45,7 @@ from typing import Any
 
 import trio
 
-from redirgate.gateway.transport.stream import record_layer
+from redirgate.gateway.transport.stream import FULL_RECORD_BYTES, record_layer
 
 __all__ = ["Inspector", "RelayReactor", "ReactorSide", "ReactorOutcome"]
 
@@ -129,9 +129,6 @@ _MAX_EVENTS = 64
 #: longer than one buffer's worth of work.
 _STEP_BUDGET = 256 * 1024
 
-#: A full TLS record's plaintext (RFC 8446 5.1).
-_FULL_RECORD = 16384
-
 
 def _recv_tls(side: ReactorSide, view: memoryview, d: _Direction) -> int | None:
     """Read TLS plaintext into view; None when it would block (d.need_src says on what)."""
@@ -157,13 +154,13 @@ def _tls_train(side: ReactorSide, view: memoryview, n: int, d: _Direction) -> in
     socket runs dry, so one send carries many of them.
     """
     room = d.room
-    if n < _FULL_RECORD:
+    if n < FULL_RECORD_BYTES:
         if n:
             d.short_read = n < room or not side.ssl_pending()
         return n
     read = side.ssl_read
     total = n
-    while total + _FULL_RECORD <= room:
+    while total + FULL_RECORD_BYTES <= room:
         try:
             n = read(room - total, view[total:])
         except ssl.SSLWantReadError:
@@ -174,7 +171,7 @@ def _tls_train(side: ReactorSide, view: memoryview, n: int, d: _Direction) -> in
         if n == 0:
             return total  # EOF after data: reported on the next read
         total += n
-        if n < _FULL_RECORD:
+        if n < FULL_RECORD_BYTES:
             d.short_read = not side.ssl_pending()
             return total
     return total
@@ -401,7 +398,7 @@ class RelayReactor:
                 except failed:
                     service(d.channel, fd, mask)  # it reads again and names the failure
                     continue
-                if n == 0 or n == d.room or (n >= _FULL_RECORD and src.tls):
+                if n == 0 or n == d.room or (n >= FULL_RECORD_BYTES and src.tls):
                     service(d.channel, fd, mask, d, n)
                     continue
                 chunk = d.view[:n]

@@ -76,8 +76,8 @@ DEFAULT_HANDSHAKE_TIMEOUT_S = 10.0
 DEFAULT_CLOSE_TIMEOUT_S = 1.0
 DEFAULT_RECEIVE_BYTES = 65536
 _CLOSED_ERRNOS = {errno.EBADF, errno.ENOTSOCK}
-#: A full TLS record's plaintext (RFC 8446 5.1).
-_FULL_RECORD = 16384
+#: A full TLS record's plaintext (RFC 8446 5.1): the most one TLS read returns.
+FULL_RECORD_BYTES = 16384
 
 Buffer = bytearray | memoryview
 
@@ -372,7 +372,7 @@ class ZeroCopyTLSStream(trio.abc.Stream):
             return 0
         # Full records usually come in trains (bulk): batch them into one
         # send.  A short one (interactive traffic) goes on at once.
-        if n >= _FULL_RECORD and n < nbytes:
+        if n >= FULL_RECORD_BYTES and n < nbytes:
             n = self._read_more(buffer, n, trains_only=True)
         return n
 
@@ -390,7 +390,7 @@ class ZeroCopyTLSStream(trio.abc.Stream):
                 self._eof = True
                 break
             n += more
-            if trains_only and more < _FULL_RECORD:
+            if trains_only and more < FULL_RECORD_BYTES:
                 break
         return n
 

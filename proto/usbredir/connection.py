@@ -370,16 +370,13 @@ class UsbredirConnection:
         """The reference's semantic checks, run once the type header is in
         (`check_type_header` with what it derives from the caps kept)."""
         try:
-            problem = _semantic_problem(
+            _raise_problem(
                 msg_type,
                 _fields_from_wire(msg_type, self._view, self._start + hsize, self._bulk_32),
                 data_len,
                 to_host=self._receive_to_host,
                 gate_caps=self.our_caps,
             )
-            if problem is not None:
-                kind, reason = problem
-                raise kind(reason, msg_type=msg_type)
         except errors.RemoteProtocolError as error:
             length = self._pending[1] if self._pending else 0
             error.at_offset(self._offset)
@@ -403,46 +400,36 @@ class UsbredirConnection:
             raise errors.LocalProtocolError("hello already sent", msg_type=MsgType.HELLO)
         hello = Hello(self.version[:63], self.our_caps)
         self._hello_sent = True
-        header, payload = self._frame(hello)
+        header, payload = self._frame(hello, self._layout[MsgType.HELLO][1])
         return header + bytes(payload)
 
     def write_header_into(self, buf: Buffer, offset: int, message: Message) -> int:
         """Write `message`'s main and type-specific headers into `buf` at
         `offset`; the payload (`message.payload`) goes after it, unframed."""
         payload_len = len(message.payload)
-        self._check_send(message, type(message), payload_len)
-        return self._write_header(buf, offset, message, payload_len)
+        thsize = self._check_send(message, type(message), payload_len)
+        return self._write_header(buf, offset, message, payload_len, thsize)
 
     def send_parts(self, message: Message) -> tuple[bytes, Buffer]:
         """`(header, payload)` for `message`: the payload object is the
         caller's own, never copied."""
-        # _check_send + _frame in one pass: this runs for every message a
-        # host sends, and the type-header size is looked up once
-        cls = type(message)
         payload = message.payload
-        thsize = self._check_send(message, cls, len(payload))
-        header = self._header
-        hsize = header.size
-        buf = bytearray(hsize + thsize)
-        msg_id = message.id if header is _HEADER_64 else message.id & 0xFFFFFFFF
-        header.pack_into(buf, 0, cls.TYPE, thsize + len(payload), msg_id)
-        message.pack_into(buf, hsize, self._shared)
-        return bytes(buf), payload
+        # the check gives the type-header size: looked up once per message
+        thsize = self._check_send(message, type(message), len(payload))
+        return self._frame(message, thsize)
 
     def send(self, message: Message) -> bytes:
         header, payload = self.send_parts(message)
         return header + bytes(payload) if len(payload) else header
 
-    def _frame(self, message: Message) -> tuple[bytes, Buffer]:
+    def _frame(self, message: Message, thsize: int) -> tuple[bytes, Buffer]:
         payload = message.payload
-        size = self._header.size + self._layout[type(message).TYPE][1]
-        buf = bytearray(size)
-        self._write_header(buf, 0, message, len(payload))
+        buf = bytearray(self._header.size + thsize)
+        self._write_header(buf, 0, message, len(payload), thsize)
         return bytes(buf), payload
 
-    def _write_header(self, buf: Buffer, offset: int, message: Message, data_len: int) -> int:
+    def _write_header(self, buf: Buffer, offset: int, message: Message, data_len: int, thsize: int) -> int:
         cls = type(message)
-        thsize = self._layout[cls.TYPE][1]
         header = self._header
         msg_id = message.id if header is _HEADER_64 else message.id & 0xFFFFFFFF
         header.pack_into(buf, offset, cls.TYPE, thsize + data_len, msg_id)
@@ -523,13 +510,18 @@ def check_type_header(
 ) -> None:
     """The reference's semantic checks on a type header at view[start:] that
     arrived at `receiver`; raises the RemoteProtocolError it would report."""
-    problem = _semantic_problem(
+    _raise_problem(
         msg_type,
         _fields_from_wire(msg_type, view, start, Cap.BULK_LENGTH_32BIT in shared),
         data_len,
         to_host=receiver is Role.HOST,
         gate_caps=own_caps,
     )
+
+
+def _raise_problem(msg_type: int, fields: _Fields, data_len: int, *, to_host: bool, gate_caps: Cap) -> None:
+    """Raise the RemoteProtocolError `_semantic_problem` finds, if any."""
+    problem = _semantic_problem(msg_type, fields, data_len, to_host=to_host, gate_caps=gate_caps)
     if problem is not None:
         kind, reason = problem
         raise kind(reason, msg_type=msg_type)

@@ -1,0 +1,26 @@
+"""Suite-wide rule: with REDIRGATE_REQUIRE_SYSTEM=1 (CI, tests/run.sh) no test
+may end as a skip, whatever skipped it.
+
+`tests.support.system.require` already fails instead of skipping there; this
+hook also catches a skip from anywhere else (a plugin, a fixture, a future
+``pytest.skip``), so a CI run that is green has run every test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.system import REQUIRE_ENV, system_required
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and system_required() and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped with {REQUIRE_ENV}=1, where no test may skip: {reason}"
