@@ -60,9 +60,9 @@ elif str(ROOT) not in sys.path:  # make `bench` importable
     sys.path.insert(0, str(ROOT))
 
 from bench import gateway_lab as gl  # noqa: E402
-from bench.report import cell as _cell, emit, script_arguments  # noqa: E402
 from bench.relay_setup import Proc, Processes, machine, process_cpu_s  # noqa: E402
-
+from bench.report import cell as _cell  # noqa: E402
+from bench.report import emit, script_arguments
 from redirgate.client.guest import GuestError, UsbredirGuest  # noqa: E402
 
 HID_GET_REPORT, REPORT_INPUT = 0x01, 0x01  # HID 1.11 7.2.1
@@ -132,7 +132,6 @@ async def _hid_round_trips(port: int, seconds: float) -> list[float]:
 async def _neighbour(port: int, direction: str, kib: int, depth: int) -> dict[str, Any]:
     """Bulk flat out until stdin closes: print GO once moving, then a JSON line."""
     from bench.usb_gateway import BULK_IN, BULK_OUT, VENDOR_SET_MODE, _connect
-
     from redirgate.client.virtual import LoopbackMode
 
     out: dict[str, Any] = {}
@@ -293,7 +292,7 @@ def run(quick: bool, *, runs: int | None = None) -> dict[str, Any]:
         try:
             for i in range(plan.runs):
                 busy = list(PHASES[1:])
-                order = [PHASES[0], *busy[i % len(busy):], *busy[: i % len(busy)]]
+                order = [PHASES[0], *busy[i % len(busy) :], *busy[: i % len(busy)]]
                 for phase in order:
                     try:
                         measure_phase(setup, phase, plan, figures[phase.key])
@@ -345,8 +344,10 @@ def table(result: dict[str, Any]) -> str:
     for p in result["phases"]:
         f = figs.get(p["key"], {})
         a = added.get(p["key"], {})
-        lines.append(f"{p['label']:<32}{_cell(f.get('p50')):>{col}}{_cell(f.get('p99')):>{col}}"
-                     f"{_cell(a.get('p50')):>{col}}{_cell(a.get('p99')):>{col}}{_cell(f.get('neighbour_mb_s')):>{col}}")
+        lines.append(
+            f"{p['label']:<32}{_cell(f.get('p50')):>{col}}{_cell(f.get('p99')):>{col}}"
+            f"{_cell(a.get('p50')):>{col}}{_cell(a.get('p99')):>{col}}{_cell(f.get('neighbour_mb_s')):>{col}}"
+        )
     lines.append("")
     roles = ("gateway", "thin-01", "thin-02", "neighbour", "machine")
     lines.append(f"{'CPU % of one core during the phase':<32}" + "".join(f"{r:>{col}}" for r in roles))
@@ -360,8 +361,7 @@ def table(result: dict[str, Any]) -> str:
         if a:
             med = statistics.median(a)
             verdict = "meets" if med < TARGET_ADDED_P99_US else "MISSES"
-            lines.append(f"  target: {p['label']} adds < {TARGET_ADDED_P99_US:.0f} µs at p99: "
-                         f"{med:.0f} µs, {verdict}")
+            lines.append(f"  target: {p['label']} adds < {TARGET_ADDED_P99_US:.0f} µs at p99: {med:.0f} µs, {verdict}")
     for err in dict.fromkeys(result.get("errors", [])):
         lines.append(f"  error: {err}")
     return "\n".join(lines)

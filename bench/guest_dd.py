@@ -50,8 +50,9 @@ elif str(ROOT) not in sys.path:  # make `bench` importable
     sys.path.insert(0, str(ROOT))
 
 from bench import gateway_lab as gl  # noqa: E402
-from bench.report import cell, emit, ratio as _ratio, script_arguments  # noqa: E402
 from bench.relay_setup import LOOPBACK, Processes, free_port, machine, process_cpu_s  # noqa: E402
+from bench.report import cell, emit, script_arguments  # noqa: E402
+from bench.report import ratio as _ratio
 
 STORAGE_ID = "usb:1209:0001"  # client/virtual/storage.py's VID:PID
 ROUTE = "stick"

@@ -24,7 +24,8 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-from redirgate.proto.usbredir import NEED_DATA, Cap, Role, UsbredirConnection, messages as m
+from redirgate.proto.usbredir import NEED_DATA, Cap, Role, UsbredirConnection
+from redirgate.proto.usbredir import messages as m
 
 CHUNK = 256 * 1024  # what one recv_into would typically hand over
 
@@ -45,9 +46,7 @@ def bulk_stream(guest: UsbredirConnection, count: int, size: int) -> bytes:
 
 
 def control_stream(guest: UsbredirConnection, count: int) -> bytes:
-    return b"".join(
-        guest.send(m.ControlPacket(0x80, 6, 0x80, 0, 0x0100, 0, 18, id=i)) for i in range(count)
-    )
+    return b"".join(guest.send(m.ControlPacket(0x80, 6, 0x80, 0, 0x0100, 0, 18, id=i)) for i in range(count))
 
 
 def parse_all(host: UsbredirConnection, wire: memoryview) -> int:

@@ -70,7 +70,6 @@ if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "bench":
 elif str(ROOT) not in sys.path:  # make `bench` importable
     sys.path.insert(0, str(ROOT))
 
-from bench.report import cell as _cell, emit, median as _median, script_arguments  # noqa: E402
 from bench.relay_setup import (  # noqa: E402
     RELAY_BUFFER_BYTES,
     RTT_CPU,
@@ -86,6 +85,9 @@ from bench.relay_setup import (  # noqa: E402
     socat_argv,
     stunnel_config,
 )
+from bench.report import cell as _cell  # noqa: E402
+from bench.report import emit, script_arguments
+from bench.report import median as _median
 
 PEERS = Path(__file__).resolve().with_name("relay_peers.py")
 WARMUP = 200
@@ -165,7 +167,9 @@ class Bench:
             proc = self.procs.start(name, ["stunnel4", str(stunnel_config(self.pki, port, sink, self.workdir))], port)
         elif case.relay == "haproxy":
             port = free_port()
-            proc = self.procs.start(name, ["haproxy", "-db", "-f", str(haproxy_config(self.pki, port, sink, self.workdir))], port)
+            proc = self.procs.start(
+                name, ["haproxy", "-db", "-f", str(haproxy_config(self.pki, port, sink, self.workdir))], port
+            )
         else:
             raise ValueError(case.relay)
         self.persistent[name] = proc
@@ -260,8 +264,14 @@ def available(case: Case) -> str | None:
     return None if which(program) else f"{program} is not installed (tests/setup-system.sh installs it)"
 
 
-def run(quick: bool, *, runs: int | None = None, mib: int | None = None, round_trips: int | None = None,
-        only: list[str] | None = None) -> dict[str, Any]:
+def run(
+    quick: bool,
+    *,
+    runs: int | None = None,
+    mib: int | None = None,
+    round_trips: int | None = None,
+    only: list[str] | None = None,
+) -> dict[str, Any]:
     """Measure every case; JSON-ready figures (lists of per-run values) and the conditions.
 
     The keyword arguments override the sizes of `quick` (for development).
@@ -282,7 +292,7 @@ def run(quick: bool, *, runs: int | None = None, mib: int | None = None, round_t
                 if (why := available(c)) is not None:
                     figures[c.key].errors.append(why)
             for i in range(runs):
-                order = cases[i % len(cases):] + cases[: i % len(cases)]
+                order = cases[i % len(cases) :] + cases[: i % len(cases)]
                 for case in order:
                     try:
                         bench.throughput(case, nbytes, figures[case.key])
@@ -342,11 +352,14 @@ def table(result: dict[str, Any]) -> str:
         gen = "—"
         if c["sender_cpu_pct"]:
             gen = f"{statistics.median(c['sender_cpu_pct']):.0f} / {statistics.median(c['sink_cpu_pct'] or [0]):.0f}"
-        lines.append(f"{c['label']:<{width}}" + "".join(f"{_cell(c[k], d):>{col}}" for k, _, d in METRICS) + f"{gen:>18}")
+        lines.append(
+            f"{c['label']:<{width}}" + "".join(f"{_cell(c[k], d):>{col}}" for k, _, d in METRICS) + f"{gen:>18}"
+        )
     lines += ["", f"{'ratio of medians (ours ÷ reference)':<{width}}" + "".join(f"{h:>{col}}" for _, h, _ in METRICS)]
     for label, row in result["ratios"].items():
-        lines.append(f"{label:<{width}}"
-                     + "".join(f"{'—' if row[k] is None else f'{row[k]:.2f}':>{col}}" for k, _, _ in METRICS))
+        lines.append(
+            f"{label:<{width}}" + "".join(f"{'—' if row[k] is None else f'{row[k]:.2f}':>{col}}" for k, _, _ in METRICS)
+        )
     lines.append("  MB/s: higher is better; µs and CPU s/GB: lower is better")
     tls = {c["tls"] for c in cases.values() if c["tls"]}
     if tls:
@@ -357,8 +370,10 @@ def table(result: dict[str, Any]) -> str:
         verdict = "the load generator is not what limits it" if factor >= 1.3 else "the load generator may limit it"
         lines.append(f"  direct TLS ceiling is {factor:.1f}× redirgate's TLS relay: {verdict}")
     lines.append("  load gen CPU %: sender / receiver, % of one core during the throughput run")
-    lines.append(f"  round trips: sender, relay and receiver pinned to CPU {result.get('rtt_cpu', '?')} "
-                 "(no cross-CPU wake-ups; throughput runs are not pinned)")
+    lines.append(
+        f"  round trips: sender, relay and receiver pinned to CPU {result.get('rtt_cpu', '?')} "
+        "(no cross-CPU wake-ups; throughput runs are not pinned)"
+    )
     for key, c in cases.items():
         for err in dict.fromkeys(c["errors"]):
             lines.append(f"  {c['label']}: {err}")

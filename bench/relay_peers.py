@@ -12,7 +12,7 @@ haproxy's.  Roles:
               JSON line and exits.  Plain TCP, or TLS 1.3 with ``--tls``.
 ``redirgate`` redirgate's relay on trio: accepts on 127.0.0.1 (TLS with
               ``--tls``, else plain), dials the sink in plain TCP, and runs
-              ``redirgate.gateway.transport.relay.relay`` between the two.
+              ``redirgate.transport.relay.relay`` between the two.
 
 The source opens each connection with a 16-byte header (``HEADER``): the
 mode and its parameter.  Throughput (``T``, N bytes): the source writes N
@@ -68,7 +68,7 @@ def _nodelay(sock: socket.socket) -> None:
 
 
 def _context(server: bool, cert: str, key: str, ca: str) -> ssl.SSLContext:
-    """TLS 1.3 with mutual authentication, as the tunnel uses (see gateway/transport/tls.py)."""
+    """TLS 1.3 with mutual authentication, as the tunnel uses (see transport/tls.py)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.load_cert_chain(cert, key)
@@ -180,10 +180,10 @@ def source(port: int, tls: list[str] | None, nbytes: int, rtt: int, warmup: int)
 def redirgate_relay(sink_port: int, tls: list[str] | None, buffer_bytes: int) -> None:
     import trio
 
-    from redirgate.gateway.transport.reactor import RelayReactor
-    from redirgate.gateway.transport.relay import relay
-    from redirgate.gateway.transport.stream import PlainSocketStream, accept_tls, open_plain_connection
-    from redirgate.gateway.transport.tls import server_context
+    from redirgate.transport.reactor import RelayReactor
+    from redirgate.transport.relay import relay
+    from redirgate.transport.stream import PlainSocketStream, accept_tls, open_plain_connection
+    from redirgate.transport.tls import server_context
 
     ctx = server_context(*tls) if tls else None
 

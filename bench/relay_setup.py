@@ -192,9 +192,21 @@ def _stunnel_file(workdir: Path, name: str, pki: Pki, port: int, connect: int, r
     """One stunnel4 service `name`: `accept` on `port`, `connect` to `connect`, TLS 1.3 with
     the chain checked and TCP_NODELAY both ways; `role` says which end of the TLS it is."""
     path = workdir / f"{name}.conf"
-    lines = ["foreground = yes", "pid =", f"output = {workdir / (name + '.log')}", "debug = warning", "[tunnel]",
-             f"accept = {LOOPBACK}:{port}", f"connect = {LOOPBACK}:{connect}", *role, f"CAfile = {pki.ca}",
-             "verifyChain = yes", "sslVersionMin = TLSv1.3", "socket = l:TCP_NODELAY=1", "socket = r:TCP_NODELAY=1"]
+    lines = [
+        "foreground = yes",
+        "pid =",
+        f"output = {workdir / (name + '.log')}",
+        "debug = warning",
+        "[tunnel]",
+        f"accept = {LOOPBACK}:{port}",
+        f"connect = {LOOPBACK}:{connect}",
+        *role,
+        f"CAfile = {pki.ca}",
+        "verifyChain = yes",
+        "sslVersionMin = TLSv1.3",
+        "socket = l:TCP_NODELAY=1",
+        "socket = r:TCP_NODELAY=1",
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cell", "median", "ratio", "script_arguments", "emit"]
+__all__ = ["cell", "emit", "median", "ratio", "script_arguments"]
 
 
 def median(values: list[float] | None) -> float | None:

@@ -63,8 +63,8 @@ elif str(ROOT) not in sys.path:  # make `bench` importable
     sys.path.insert(0, str(ROOT))
 
 from bench import gateway_lab as gl  # noqa: E402
-from bench.report import cell, emit, script_arguments  # noqa: E402
 from bench.relay_setup import LOOPBACK, Proc, Processes, machine, process_cpu_s  # noqa: E402
+from bench.report import cell, emit, script_arguments  # noqa: E402
 from bench.scale_peers import client_name  # noqa: E402
 
 PEERS = Path(__file__).resolve().with_name("scale_peers.py")
@@ -499,7 +499,10 @@ def table(result: dict[str, Any]) -> str:
     width, col = 48, 26
     lines.append(f"{'measure':<{width}}" + "".join(f"{'N = ' + n:>{col}}" for n in sizes))
     for key, label, digits in SIZE_ROWS:
-        lines.append(f"{label:<{width}}" + "".join(f"{cell(f.get(key), digits, single=' (1 run)'):>{col}}" for f in sizes.values()))
+        lines.append(
+            f"{label:<{width}}"
+            + "".join(f"{cell(f.get(key), digits, single=' (1 run)'):>{col}}" for f in sizes.values())
+        )
     ch = result["channel_figures"]
     lines += ["", f"{result['channels']} channels at once, {result['channel_size']} clients online; "
               f"{plan['channel_windows']} windows of {plan['channel_window_s']:g} s"]  # fmt: skip

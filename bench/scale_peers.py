@@ -46,14 +46,14 @@ from typing import Any
 import trio
 
 from redirgate.gateway.pki import client_dir
-from redirgate.gateway.transport import (
+from redirgate.proto import tunnel as t
+from redirgate.transport import (
     ClientContext,
     TlsRefused,
     ZeroCopyTLSStream,
     client_context,
     open_tls_connection,
 )
-from redirgate.proto import tunnel as t
 
 LOOPBACK = "127.0.0.1"
 RECONNECT_MIN_S, RECONNECT_MAX_S = 0.5, 30.0  # client/config.py defaults
@@ -331,11 +331,17 @@ async def clients_role(args: argparse.Namespace) -> None:
                     })  # fmt: skip
                 elif words[0] == "mark":
                     k = int(words[1]) if len(words) > 1 else 0
-                    _say({"t": time.perf_counter(), "online": sum(c.online for c in clients),
-                          "sessions": sum(c.sessions for c in clients), "attempts": sum(c.attempts for c in clients),
-                          "channels": sum(c.channels for c in clients),
-                          "bytes": [c.channel_bytes for c in clients[:k]],
-                          "errors": sorted({c.last_error for c in clients if c.last_error and not c.online})[:5]})
+                    _say(
+                        {
+                            "t": time.perf_counter(),
+                            "online": sum(c.online for c in clients),
+                            "sessions": sum(c.sessions for c in clients),
+                            "attempts": sum(c.attempts for c in clients),
+                            "channels": sum(c.channels for c in clients),
+                            "bytes": [c.channel_bytes for c in clients[:k]],
+                            "errors": sorted({c.last_error for c in clients if c.last_error and not c.online})[:5],
+                        }
+                    )
                 elif words[0] == "disconnect":
                     if scope is not None:
                         scope.cancel()

@@ -74,8 +74,10 @@ elif str(ROOT) not in sys.path:  # make `bench` importable
     sys.path.insert(0, str(ROOT))
 
 from bench import gateway_lab as gl  # noqa: E402
-from bench.report import cell as _cell, emit, median as _med, script_arguments  # noqa: E402
 from bench.relay_setup import LOOPBACK, RTT_CPU, Processes, free_port, machine  # noqa: E402
+from bench.report import cell as _cell  # noqa: E402
+from bench.report import emit, script_arguments
+from bench.report import median as _med
 from bench.serial_device import PATTERN  # noqa: E402
 
 DEVICE = Path(__file__).resolve().with_name("serial_device.py")
@@ -230,8 +232,14 @@ class SerialPath:
 def ser2net_config(workdir: Path, name: str, port: int, pts: str, *, tuned: bool) -> Path:
     """ser2net.yaml (ser2net 4.x): raw TCP accepter on 127.0.0.1:port, the pty at 115200n81."""
     accepter = f"tcp(nodelay),{LOOPBACK},{port}" if tuned else f"tcp,{LOOPBACK},{port}"
-    options = ("\n  options:\n    chardelay: false"
-               f"\n    dev-to-net-bufsize: {TUNED_BUFSIZE}\n    net-to-dev-bufsize: {TUNED_BUFSIZE}") if tuned else ""
+    options = (
+        (
+            "\n  options:\n    chardelay: false"
+            f"\n    dev-to-net-bufsize: {TUNED_BUFSIZE}\n    net-to-dev-bufsize: {TUNED_BUFSIZE}"
+        )
+        if tuned
+        else ""
+    )
     path = workdir / f"{name}.yaml"
     path.write_text(f"connection: &{name}\n  accepter: {accepter}\n"
                     f"  connector: serialdev,{pts},115200n81,local{options}\n")  # fmt: skip
@@ -437,7 +445,7 @@ def run(quick: bool, *, runs: int | None = None) -> dict[str, Any]:
         try:
             paths = start_paths(procs, workdir, devices, errors)
             for i in range(plan.runs):
-                for path in paths[i % len(paths):] + paths[: i % len(paths)]:
+                for path in paths[i % len(paths) :] + paths[: i % len(paths)]:
                     try:
                         measure(path, plan, payload, crc)
                     except (BenchError, OSError) as exc:
@@ -518,8 +526,9 @@ def table(result: dict[str, Any]) -> str:
     width, col = 48, 20
     lines.append(f"{'measure':<{width}}" + "".join(f"{SHORT[c.key]:>{col}}" for c in CASES))
     for key, label, digits in METRICS:
-        lines.append(f"{label:<{width}}"
-                     + "".join(f"{_cell(cases[c.key]['figures'].get(key), digits):>{col}}" for c in CASES))
+        lines.append(
+            f"{label:<{width}}" + "".join(f"{_cell(cases[c.key]['figures'].get(key), digits):>{col}}" for c in CASES)
+        )
     lines.append("")
     heads = [f"{RATIO_HEADS[a]}÷{RATIO_HEADS[b]}" for a, b in RATIOS]
     rcol = max(col, max(len(h) for h in heads) + 2)
@@ -530,14 +539,18 @@ def table(result: dict[str, Any]) -> str:
             v = result["ratios"][f"{a}/{b}"][key]
             cells.append("—" if v is None else f"{v:.2f}")
         lines.append(f"{label:<{width}}" + "".join(f"{c:>{rcol}}" for c in cells))
-    lines.append("  ours ÷ ser2net (its defaults) and ÷ tuned (ser2net tuned); MB/s: higher is better, µs and CPU: "
-                 "lower is better")
+    lines.append(
+        "  ours ÷ ser2net (its defaults) and ÷ tuned (ser2net tuned); MB/s: higher is better, µs and CPU: "
+        "lower is better"
+    )
     lines.append("  ser2net's default chardelay holds device bytes ≥ 1 ms before sending: it sets its round trip;")
     lines.append(f"  ser2net tuned: chardelay false, tcp(nodelay), {TUNED_BUFSIZE} B buffers each way (default 64 B)")
     lines.append("  path CPU: ser2net | serve-serial | gateway + client, schedstat of every live thread")
     if result.get("gateway_discarded_bytes"):
-        lines.append(f"  gateway discarded {result['gateway_discarded_bytes']} byte(s) on the route "
-                     "(the client side took nothing for 0.25 s)")
+        lines.append(
+            f"  gateway discarded {result['gateway_discarded_bytes']} byte(s) on the route "
+            "(the client side took nothing for 0.25 s)"
+        )
     for c in CASES:
         for err in dict.fromkeys(cases[c.key]["errors"]):
             lines.append(f"  {cases[c.key]['label']}: {err}")

@@ -78,10 +78,11 @@ elif str(ROOT) not in sys.path:  # make `bench` importable
     sys.path.insert(0, str(ROOT))
 
 from bench import gateway_lab as gl  # noqa: E402
-from bench.report import cell as _cell, emit, median as _med, ratio, script_arguments  # noqa: E402
 from bench.relay_setup import LOOPBACK, RTT_CPU, Processes, machine, process_cpu_s  # noqa: E402
+from bench.report import cell as _cell  # noqa: E402
+from bench.report import emit, ratio, script_arguments
+from bench.report import median as _med
 from bench.usb_path import _bulk_seconds, _ctrl_latencies, _with_retry  # noqa: E402
-
 from redirgate.client.guest import GuestError, UsbredirGuest  # noqa: E402
 from redirgate.client.virtual import LoopbackMode  # noqa: E402
 from redirgate.proto.usbredir import messages as m  # noqa: E402
@@ -96,8 +97,11 @@ SESSION_TIMEOUT_S = 300.0
 ISO_WARMUP_S = 0.3
 BULK_FLOOR_MB_S = 200.0  # the brief's floor for 64 KiB transfers through client + gateway
 
-PATHS: dict[str, str] = {"serve_usb": "serve-usb alone", "gateway": "client + gateway",
-                         "stunnel_pair": "serve-usb + stunnel4 pair"}
+PATHS: dict[str, str] = {
+    "serve_usb": "serve-usb alone",
+    "gateway": "client + gateway",
+    "stunnel_pair": "serve-usb + stunnel4 pair",
+}
 
 
 @dataclass(frozen=True)
@@ -138,8 +142,7 @@ class Plan:
 
 
 QUICK = Plan(runs=3, ctrl_count=600, bulk_bytes=8 << 20, iso_seconds=0.3, rtt_count=1000, small_bulk_bytes=4 << 20)
-FULL = Plan(runs=5, ctrl_count=3000, bulk_bytes=64 << 20, iso_seconds=3.0, rtt_count=5000,
-            small_bulk_bytes=16 << 20)
+FULL = Plan(runs=5, ctrl_count=3000, bulk_bytes=64 << 20, iso_seconds=3.0, rtt_count=5000, small_bulk_bytes=16 << 20)
 
 
 # ------------------------------------------------------------------ VM side
@@ -363,7 +366,8 @@ REF_CASES = ("direct_plain", "direct_tls", "stunnel", "stunnel_pair")
 
 def reference_round_trips(bench: Any, count: int, into: dict[str, Figures], errors: list[str]) -> None:
     """64-byte round trips through bench/relay.py's processes, unpinned and pinned."""
-    from bench.relay import CASES, WARMUP, Figures as RelayFigures
+    from bench.relay import CASES, WARMUP
+    from bench.relay import Figures as RelayFigures
 
     cases = {c.key: c for c in CASES}
     for key in REF_CASES:
@@ -550,8 +554,10 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"{label:<{width}}{_cell(su.get(key), digits):>{col}}{_cell(gw.get(key), digits):>{col}}"
                      f"{_cell(pair.get(key), digits):>{col + 4}}{_ratio(gw.get(key), su.get(key)):>10}"
                      f"{_ratio(gw.get(key), pair.get(key)):>9}")  # fmt: skip
-    lines.append("  gw/alone = through gateway ÷ serve-usb alone, gw/pair = through gateway ÷ serve-usb behind "
-                 "the stunnel4 pair (MB/s: higher is better; µs: lower is better)")
+    lines.append(
+        "  gw/alone = through gateway ÷ serve-usb alone, gw/pair = through gateway ÷ serve-usb behind "
+        "the stunnel4 pair (MB/s: higher is better; µs: lower is better)"
+    )
     lines.append("")
     lines.append(f"{'CPU µs per transfer, by process':<{width}}{'control':>{col}}{'64 KiB OUT ×4':>{col}}"
                  f"{'64 KiB IN ×4':>{col}}")  # fmt: skip
@@ -563,8 +569,10 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"  {name:<{width - 2}}{_cell(f.get(f'cpu_{role}_ctrl')):>{col}}"
                      f"{_cell(f.get(f'cpu_{role}_OUT')):>{col}}{_cell(f.get(f'cpu_{role}_IN')):>{col}}")  # fmt: skip
     busy_su, busy_gw = _cell(su.get("machine_busy_bulk")), _cell(gw.get("machine_busy_bulk"))
-    lines.append(f"  whole machine busy % (both CPUs = 100, everyone's work) during the bulk figures: "
-                 f"serve-usb alone {busy_su}, through gateway {busy_gw}")
+    lines.append(
+        f"  whole machine busy % (both CPUs = 100, everyone's work) during the bulk figures: "
+        f"serve-usb alone {busy_su}, through gateway {busy_gw}"
+    )
     st_cpu = result["reference"].get("stunnel", {}).get("relay_cpu_us")
     lines.append(f"  {'stunnel4 process per 64 B round trip (pinned)':<{width - 2}}{_cell(st_cpu):>{col}}")
     lines.append("  control: unpinned loop; schedstat CPU of live threads; /proc ticks would be ±10 ms")
@@ -575,26 +583,33 @@ def table(result: dict[str, Any]) -> str:
         expected = _med(su.get(f"{key}_expected", []) or gw.get(f"{key}_expected", []))
         lines.append(f"  {case['label']}, {case['pkts_per_urb']} pkts/urb × {case['no_urbs']} urbs; "
                      f"{expected or 0:.0f} (micro)frames per window")  # fmt: skip
-        for sub, label, digits in (("received", "packets received", 0), ("dropped", "dropped by the host (id gaps)", 0),
-                                   ("shortfall", "frames with no packet (host behind schedule)", 0),
-                                   ("bad_status", "packets with an error status", 0), ("mb_s", "payload MB/s", 2)):
+        for sub, label, digits in (
+            ("received", "packets received", 0),
+            ("dropped", "dropped by the host (id gaps)", 0),
+            ("shortfall", "frames with no packet (host behind schedule)", 0),
+            ("bad_status", "packets with an error status", 0),
+            ("mb_s", "payload MB/s", 2),
+        ):
             lines.append(f"    {label:<{width - 4}}{_cell(su.get(f'{key}_{sub}'), digits):>{col}}"
                          f"{_cell(gw.get(f'{key}_{sub}'), digits):>{col}}")  # fmt: skip
         ck = case["key"]
         cpu = " / ".join(f"{role} {_cell(f.get(f'cpu_{role}_{ck}_pct'))}%"
                          for f, role in ((su, "serve-usb"), (gw, "gateway"), (gw, "client")))  # fmt: skip
         lines.append(f"    CPU during the window: {cpu}")
-    lines.append("  the loopback's iso IN returns max-size packets, so the audio-like stream is 1023 B/ms, "
-                 "not 192 B/ms")
+    lines.append(
+        "  the loopback's iso IN returns max-size packets, so the audio-like stream is 1023 B/ms, not 192 B/ms"
+    )
     lines.append("")
     added = result["added"]
     ref = result["reference"]
     lines.append("added round trip, µs (per-run differences of p50)      unpinned                pinned")
-    for key, label in (("gateway", "gateway: control RTT via gateway − serve-usb alone"),
-                       ("stunnel_pair_usb", "stunnel4 pair: control RTT via the pair − serve-usb"),
-                       ("stunnel_vs_tcp", "stunnel4: 64 B TLS via stunnel − direct TCP"),
-                       ("stunnel_vs_tls", "stunnel4: 64 B TLS via stunnel − direct TLS"),
-                       ("stunnel_pair_vs_tcp", "stunnel4 pair: 64 B via client+server stunnel − TCP")):
+    for key, label in (
+        ("gateway", "gateway: control RTT via gateway − serve-usb alone"),
+        ("stunnel_pair_usb", "stunnel4 pair: control RTT via the pair − serve-usb"),
+        ("stunnel_vs_tcp", "stunnel4: 64 B TLS via stunnel − direct TCP"),
+        ("stunnel_vs_tls", "stunnel4: 64 B TLS via stunnel − direct TLS"),
+        ("stunnel_pair_vs_tcp", "stunnel4 pair: 64 B via client+server stunnel − TCP"),
+    ):
         unpinned, pinned = _cell(added["unpinned"][key], 1), _cell(added["pinned"][key], 1)
         lines.append(f"  {label:<{width}}{unpinned:>{col}}{pinned:>{col}}")
     for key in REF_CASES:
@@ -614,16 +629,22 @@ def table(result: dict[str, Any]) -> str:
     for mode in ("unpinned", "pinned"):
         g, s = _med(added[mode]["gateway"]), _med(added[mode]["stunnel_vs_tcp"])
         verdict = "—" if g is None or s is None else ("meets" if g <= s else "MISSES")
-        lines.append(f"  gateway's added p50 control RTT ≤ stunnel4's added RTT ({mode}): "
-                     f"{'—' if g is None else f'{g:.1f}'} vs {'—' if s is None else f'{s:.1f}'} µs, {verdict}")
+        lines.append(
+            f"  gateway's added p50 control RTT ≤ stunnel4's added RTT ({mode}): "
+            f"{'—' if g is None else f'{g:.1f}'} vs {'—' if s is None else f'{s:.1f}'} µs, {verdict}"
+        )
         pair = _med(added[mode]["stunnel_pair_vs_tcp"])
         if g is not None and pair is not None:
-            lines.append(f"    beside a stunnel4 pair (the same tunnel shape built from stunnel, {mode}): "
-                         f"{g:.1f} vs {pair:.1f} µs, ratio {g / pair:.2f}")
+            lines.append(
+                f"    beside a stunnel4 pair (the same tunnel shape built from stunnel, {mode}): "
+                f"{g:.1f} vs {pair:.1f} µs, ratio {g / pair:.2f}"
+            )
         usb_pair = _med(added[mode].get("stunnel_pair_usb", []))
         if g is not None and usb_pair:
-            lines.append(f"    beside the same control transfers through serve-usb behind a stunnel4 pair ({mode}): "
-                         f"{g:.1f} vs {usb_pair:.1f} µs, ratio {g / usb_pair:.2f}")
+            lines.append(
+                f"    beside the same control transfers through serve-usb behind a stunnel4 pair ({mode}): "
+                f"{g:.1f} vs {usb_pair:.1f} µs, ratio {g / usb_pair:.2f}"
+            )
     for err in dict.fromkeys(result.get("errors", [])):
         lines.append(f"  error: {err}")
     return "\n".join(lines)

@@ -174,14 +174,20 @@ class RefVm:
     async def control(
         self, requesttype: int, request: int, value: int, index: int, length: int, data: bytes = b""
     ) -> tuple[int, bytes]:
-        fields = {"endpoint": requesttype & 0x80, "request": request, "requesttype": requesttype, "status": 0,
-                  "value": value, "index": index, "length": length if requesttype & 0x80 else len(data)}
+        fields = {
+            "endpoint": requesttype & 0x80,
+            "request": request,
+            "requesttype": requesttype,
+            "status": 0,
+            "value": value,
+            "index": index,
+            "length": length if requesttype & 0x80 else len(data),
+        }
         reply = await self.request(100, fields, data)
         return reply.fields["status"], reply.data
 
     async def bulk(self, endpoint: int, length: int = 0, data: bytes = b"") -> tuple[int, bytes | int]:
-        fields = {"endpoint": endpoint, "status": 0, "length": length if endpoint & 0x80 else len(data),
-                  "stream_id": 0}
+        fields = {"endpoint": endpoint, "status": 0, "length": length if endpoint & 0x80 else len(data), "stream_id": 0}
         reply = await self.request(101, fields, data)
         if endpoint & 0x80:
             return reply.fields["status"], reply.data
@@ -357,18 +363,27 @@ def socket_rows(ours: dict[str, list[float]], ref: dict[str, list[float]]) -> li
         for kib in SIZES_KIB:
             for depth in DEPTHS:
                 key = f"bulk_{direction}_{kib}_{depth}"
-                rows.append(Row(f"bulk {direction} ({mode}) {kib} KiB, {depth} in flight, MB/s",
-                                ours[key], ref.get(key, [])))
+                rows.append(
+                    Row(f"bulk {direction} ({mode}) {kib} KiB, {depth} in flight, MB/s", ours[key], ref.get(key, []))
+                )
     rows += [
         Row("VM-side CPU per control transfer, µs", ours["vm_cpu_ctrl"], ref.get("vm_cpu_ctrl", []), 0),
         Row("serve-usb CPU per control transfer, µs", ours["host_cpu_ctrl"], ref.get("host_cpu_ctrl", []), 0),
     ]
     for direction in ("OUT", "IN"):
         rows += [
-            Row(f"VM-side CPU per 64 KiB bulk {direction}, µs", ours[f"vm_cpu_{direction}"],
-                ref.get(f"vm_cpu_{direction}", []), 0),
-            Row(f"serve-usb CPU per 64 KiB bulk {direction}, µs", ours[f"host_cpu_{direction}"],
-                ref.get(f"host_cpu_{direction}", []), 0),
+            Row(
+                f"VM-side CPU per 64 KiB bulk {direction}, µs",
+                ours[f"vm_cpu_{direction}"],
+                ref.get(f"vm_cpu_{direction}", []),
+                0,
+            ),
+            Row(
+                f"serve-usb CPU per 64 KiB bulk {direction}, µs",
+                ours[f"host_cpu_{direction}"],
+                ref.get(f"host_cpu_{direction}", []),
+                0,
+            ),
         ]
     return rows
 
@@ -514,10 +529,16 @@ def guest_figures(runs: int, image_mib: int, transfer_mib: int, workdir: Path) -
     res, nbytes = dd.reported, transfer_mib * 1024 * 1024
     redir_s = sum(nbytes / 1e6 / r for op in ("read", "write") for r in dd.rates[op]["redir"])
     rows = [
-        Row(f"guest dd read {transfer_mib} MiB O_DIRECT bs=1M, MB/s", dd.rates["read"]["redir"],
-            dd.rates["read"]["native"]),
-        Row(f"guest dd write {transfer_mib} MiB O_DIRECT+fsync, MB/s", dd.rates["write"]["redir"],
-            dd.rates["write"]["native"]),
+        Row(
+            f"guest dd read {transfer_mib} MiB O_DIRECT bs=1M, MB/s",
+            dd.rates["read"]["redir"],
+            dd.rates["read"]["native"],
+        ),
+        Row(
+            f"guest dd write {transfer_mib} MiB O_DIRECT+fsync, MB/s",
+            dd.rates["write"]["redir"],
+            dd.rates["write"]["native"],
+        ),
     ]
     notes = [
         f"kernel {find_kernel()[0]}, QEMU TCG 1 vCPU, qemu-xhci; {runs} runs, disks interleaved in one boot "
@@ -542,9 +563,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--guest-runs", type=int, help="dd runs per disk and direction (default 3, quick 2)")
     parser.add_argument("--no-guest", action="store_true", help="skip part 1 (no QEMU)")
     parser.add_argument("--no-reference", action="store_true", help="skip the libusbredirparser VM side")
-    parser.add_argument("--bulk-mib", type=int,
-                        help="MiB moved per bulk figure per run (default 16, quick 4); more gives the "
-                             "CPU-per-transfer rows a finer grain (CPU time is counted in clock ticks)")
+    parser.add_argument(
+        "--bulk-mib",
+        type=int,
+        help="MiB moved per bulk figure per run (default 16, quick 4); more gives the "
+        "CPU-per-transfer rows a finer grain (CPU time is counted in clock ticks)",
+    )
     args = parser.parse_args(argv)
     runs = args.runs or (2 if args.quick else 5)
     guest_runs = args.guest_runs or (2 if args.quick else 3)
@@ -552,8 +576,10 @@ def main(argv: list[str] | None = None) -> None:
     plan = SocketPlan(ctrl_count=500 if args.quick else 2000, bulk_bytes=bulk_mib << 20)
     image_mib, transfer_mib = (32, 32) if args.quick else (128, 128)
 
-    print(f"redirgate USB path benchmark; Python {sys.version.split()[0]}, trio {trio.__version__}, "
-          f"{os.cpu_count()} CPUs; medians [min–max]; ratio = redirgate ÷ reference")
+    print(
+        f"redirgate USB path benchmark; Python {sys.version.split()[0]}, trio {trio.__version__}, "
+        f"{os.cpu_count()} CPUs; medians [min–max]; ratio = redirgate ÷ reference"
+    )
     workdir = Path(tempfile.mkdtemp(prefix="redirgate-bench-"))
     try:
         if args.no_guest:
@@ -570,19 +596,23 @@ def main(argv: list[str] | None = None) -> None:
                 except (RuntimeError, OSError) as exc:
                     print(f"\n1. real guest: failed: {exc}")
                 else:
-                    print_table("1. real guest: redirected stick vs QEMU's own usb-storage",
-                                "QEMU usb-storage", outcome.rows)
+                    print_table(
+                        "1. real guest: redirected stick vs QEMU's own usb-storage", "QEMU usb-storage", outcome.rows
+                    )
                     for note in outcome.notes:
                         print(f"   {note}")
         why_ref = "--no-reference" if args.no_reference else reference_available()
         ours, ref = socket_figures(runs, plan, workdir, reference=why_ref is None)
         print_table(
             "2-4. serve-usb virtual:loopback over loopback TCP, VM side in this process",
-            "libusbredirparser VM", socket_rows(ours, ref),
+            "libusbredirparser VM",
+            socket_rows(ours, ref),
         )
-        print(f"   {runs} runs; {plan.ctrl_count} control transfers and {plan.bulk_bytes >> 20} MiB per bulk "
-              "figure per run; VM side: redirgate UsbredirGuest vs libusbredirparser through ctypes "
-              "(a floor for C: ctypes copies and callbacks), same serve-usb process")
+        print(
+            f"   {runs} runs; {plan.ctrl_count} control transfers and {plan.bulk_bytes >> 20} MiB per bulk "
+            "figure per run; VM side: redirgate UsbredirGuest vs libusbredirparser through ctypes "
+            "(a floor for C: ctypes copies and callbacks), same serve-usb process"
+        )
         if why_ref is not None:
             print(f"   reference VM side skipped: {why_ref}")
     finally:

@@ -10,12 +10,20 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from importlib import metadata
-from typing import Sequence
 
-from redirgate.cli import demo, gateway_commands, parallel_commands, pki_commands, selfcheck, serial_commands, usb_commands
+from redirgate.cli import (
+    demo,
+    gateway_commands,
+    parallel_commands,
+    pki_commands,
+    selfcheck,
+    serial_commands,
+    usb_commands,
+)
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 
 def _version() -> str:
@@ -32,9 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         "to virtual machines, through a TLS gateway.",
     )
     parser.add_argument("--version", action="version", version=f"redirgate {_version()}")
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
-    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     client_commands = usb_commands.add_client_parsers(commands)
     gateway_commands.add_client_run_parser(client_commands)
@@ -52,9 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.command is None:
         parser.print_help()
         return 0

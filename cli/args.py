@@ -11,7 +11,7 @@ import trio
 
 from redirgate.cli.signals import until_signal
 
-__all__ = ["parse_hostport", "int_in", "run_port_server"]
+__all__ = ["int_in", "parse_hostport", "run_port_server"]
 
 
 def parse_hostport(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:

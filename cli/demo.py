@@ -32,7 +32,9 @@ ROUTES = (LabRoute("stick", "usb:1209:0001"), LabRoute("keyboard", "usb:1209:000
 def add_parser(commands: Any) -> None:
     demo = commands.add_parser("demo", help="run gateway + client + emulated devices on loopback and check each route")
     demo.add_argument("--once", action="store_true", help="stop after the check instead of running until Ctrl-C")
-    demo.add_argument("--dir", type=Path, default=None, help="keep the PKI and configs here (default: a temporary folder)")
+    demo.add_argument(
+        "--dir", type=Path, default=None, help="keep the PKI and configs here (default: a temporary folder)"
+    )
     demo.add_argument(
         "--vm", action="store_true",
         help="also boot a small guest (QEMU TCG, Debian's kernel + busybox) attached to the routes and show "
@@ -153,7 +155,9 @@ async def run_demo(directory: Path, *, once: bool, vm: bool = False, out: Any = 
         addresses = await nursery.start(gateway.serve)
         say(f"  gateway: tunnel on {addresses.tunnel[0]}:{addresses.tunnel[1]}, admin socket {addresses.admin}")
         client_config = load_client_config(
-            write_client_config(directory, addresses.tunnel[1], virtual=[f"virtual:storage:{stick}", "virtual:keyboard"])
+            write_client_config(
+                directory, addresses.tunnel[1], virtual=[f"virtual:storage:{stick}", "virtual:keyboard"]
+            )
         )
         client = ClientService(client_config)
         nursery.start_soon(client.run)

@@ -18,7 +18,7 @@ import trio
 
 from redirgate.cli.signals import until_signal
 
-__all__ = ["add_gateway_parser", "add_client_run_parser", "format_status"]
+__all__ = ["add_client_run_parser", "add_gateway_parser", "format_status"]
 
 
 def add_gateway_parser(commands: Any) -> None:
@@ -46,7 +46,9 @@ def add_gateway_parser(commands: Any) -> None:
     kind = snippet.add_mutually_exclusive_group(required=True)
     kind.add_argument("--libvirt", action="store_true", help="<redirdev>/<serial>/<parallel> XML")
     kind.add_argument("--qemu", action="store_true", help="qemu-system-x86_64 arguments")
-    snippet.add_argument("--qemu-version", default="7.2", metavar="X.Y", help="reconnect= before 9.2, reconnect-ms= after")
+    snippet.add_argument(
+        "--qemu-version", default="7.2", metavar="X.Y", help="reconnect= before 9.2, reconnect-ms= after"
+    )
     snippet.set_defaults(run=_run_snippet)
 
 
@@ -180,4 +182,3 @@ def _run_client(args: argparse.Namespace) -> int:
     print(f"client: dialling {config.gateway_host}:{config.gateway_port}", flush=True)
     trio.run(until_signal, service.run)
     return 0
-

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from redirgate.gateway import pki
 
-__all__ = ["LabRoute", "make_pki", "write_gateway_config", "write_client_config"]
+__all__ = ["LabRoute", "make_pki", "write_client_config", "write_gateway_config"]
 
 GATEWAY_NAME = "gateway.local"
 

@@ -30,7 +30,9 @@ def add_client_parsers(client_commands: Any) -> None:
         "and what the printer cannot take yet (off, offline, out of paper, unplugged) is queued up "
         "to --ring-bytes and written when it is back.",
     )  # fmt: skip
-    serve.add_argument("--listen", type=parse_hostport, required=True, metavar="HOST:PORT", help="where consumers connect")
+    serve.add_argument(
+        "--listen", type=parse_hostport, required=True, metavar="HOST:PORT", help="where consumers connect"
+    )
     serve.add_argument("port", metavar="PORT")
     serve.add_argument(
         "--ring-bytes", type=int_in(1, MAX_RING_BYTES), default=DEFAULT_QUEUE_BYTES, metavar="N",

@@ -20,14 +20,14 @@ from redirgate.proto.usbredir import (
     RemoteProtocolError,
     Role,
     UsbredirConnection,
+)
+from redirgate.proto.usbredir import (
     messages as m,
 )
 
 
 def add_parser(commands: Any) -> None:
-    parser = commands.add_parser(
-        "selfcheck", help="check the usbredir codec in both roles (no device or VM needed)"
-    )
+    parser = commands.add_parser("selfcheck", help="check the usbredir codec in both roles (no device or VM needed)")
     parser.set_defaults(run=run)
 
 

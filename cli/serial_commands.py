@@ -35,7 +35,9 @@ def add_client_parsers(client_commands: Any) -> None:
         "adapter's VID:PID[:SERIAL].  The port stays open while nobody is connected; what it "
         "sends meanwhile is kept in a ring buffer and replayed to the next consumer.",
     )
-    serve.add_argument("--listen", type=parse_hostport, required=True, metavar="HOST:PORT", help="where consumers connect")
+    serve.add_argument(
+        "--listen", type=parse_hostport, required=True, metavar="HOST:PORT", help="where consumers connect"
+    )
     serve.add_argument("port", metavar="PORT")
     serve.add_argument("--baud", type=int_in(1), default=None, help="baud rate (overrides --settings)")
     serve.add_argument(

@@ -54,12 +54,17 @@ def add_client_parsers(commands: Any) -> Any:
         "devices", help="list local USB devices like lsusb, and which ones the export policy allows"
     )
     devices.add_argument(
-        "--policy", metavar="RULES", default=None,
+        "--policy",
+        metavar="RULES",
+        default=None,
         help="usbredir filter rules, e.g. '0x08,-1,-1,-1,1|-1,-1,-1,-1,0' (mass storage only); "
         "a device no rule matches is not exported",
     )
     devices.add_argument(
-        "--virtual", metavar="SPEC", action="append", default=[],
+        "--virtual",
+        metavar="SPEC",
+        action="append",
+        default=[],
         help="also list an emulated device (virtual:storage:IMAGE, virtual:keyboard, virtual:loopback)",
     )
     devices.set_defaults(run=_run_devices)
@@ -140,9 +145,14 @@ def _run_devices(args: argparse.Namespace) -> int:
             export = "yes"
             if rules is not None:
                 verdict = usbfilter.check(
-                    rules, snap.device_class, snap.device_subclass, snap.device_protocol,
-                    snap.interface_classes({}) or _all_interface_classes(snap), snap.vendor_id,
-                    snap.product_id, snap.bcd_device,
+                    rules,
+                    snap.device_class,
+                    snap.device_subclass,
+                    snap.device_protocol,
+                    snap.interface_classes({}) or _all_interface_classes(snap),
+                    snap.vendor_id,
+                    snap.product_id,
+                    snap.bcd_device,
                 )
                 export = "yes" if verdict.allowed else "no"
             print(

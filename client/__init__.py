@@ -2,6 +2,6 @@
 
 Device access (pyusb, pyserial, parallel ports), the usbredir host engine,
 export policy, standalone listeners and the tunnel service.  Imports
-`redirgate.proto`; never imports `redirgate.gateway` except its transport
-package.
+`redirgate.proto` and the shared `redirgate.transport`; never imports
+`redirgate.gateway` (tests/test_import_rules.py).
 """

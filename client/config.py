@@ -43,7 +43,7 @@ from redirgate.client.usb.errors import SelectorError
 from redirgate.client.usb.selector import DeviceSelector, parse_selector
 from redirgate.proto.usbredir import filter as usbfilter
 
-__all__ = ["ClientConfig", "ExportPolicy", "ConfigError", "load_client_config"]
+__all__ = ["ClientConfig", "ConfigError", "ExportPolicy", "load_client_config"]
 
 
 class ConfigError(Exception):

@@ -20,7 +20,9 @@ __all__ = ["export_tables", "ring_bytes"]
 Problem = Callable[[str, str], None]
 
 
-def export_tables(kind: str, tables: Any, keys: set[str], problem: Problem) -> Iterator[tuple[str, dict[str, Any], str]]:
+def export_tables(
+    kind: str, tables: Any, keys: set[str], problem: Problem
+) -> Iterator[tuple[str, dict[str, Any], str]]:
     """(where, table, name) for each well-formed `[[kind]]` table."""
     if not isinstance(tables, list):
         problem(kind, f"must be an array of tables: [[{kind}]]")

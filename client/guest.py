@@ -9,12 +9,12 @@ ep_info, device_connect), and offers request/reply calls (`control`, `bulk`,
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import itertools
 import logging
 import os
 from collections import deque
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -28,10 +28,12 @@ from redirgate.proto.usbredir import (
     RemoteProtocolError,
     Role,
     UsbredirConnection,
+)
+from redirgate.proto.usbredir import (
     messages as m,
 )
 
-__all__ = ["UsbredirGuest", "GuestError", "AnnouncedDevice"]
+__all__ = ["AnnouncedDevice", "GuestError", "UsbredirGuest"]
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ class _Pending:
     reply's payload copied out of the parser's buffer (its `reply.data` view
     is only valid until the next read)."""
 
-    __slots__ = ("task", "reply", "data")
+    __slots__ = ("data", "reply", "task")
 
     def __init__(self) -> None:
         self.task: Task | None = None
@@ -123,7 +125,11 @@ class UsbredirGuest:
     """
 
     def __init__(
-        self, stream: trio.abc.Stream, *, peer: str, caps: Cap = Cap.all_known() & ~Cap.BULK_STREAMS,
+        self,
+        stream: trio.abc.Stream,
+        *,
+        peer: str,
+        caps: Cap = Cap.all_known() & ~Cap.BULK_STREAMS,
         version: str = "redirgate probe",
     ) -> None:
         self.stream = stream
@@ -147,7 +153,7 @@ class UsbredirGuest:
         self._nursery: trio.Nursery | None = None
         self._send_lock = trio.Lock()
 
-    async def __aenter__(self) -> "UsbredirGuest":
+    async def __aenter__(self) -> UsbredirGuest:
         self._nursery_manager = trio.open_nursery()
         self._nursery = await self._nursery_manager.__aenter__()
         await self.stream.send_all(self.conn.hello_bytes())
@@ -393,8 +399,15 @@ class UsbredirGuest:
     ) -> tuple[int, bytes]:
         endpoint = requesttype & 0x80
         msg = m.ControlPacket(
-            endpoint, request, requesttype, 0, value, index, len(data) if not endpoint else length,
-            id=next(self._ids), data=data,
+            endpoint,
+            request,
+            requesttype,
+            0,
+            value,
+            index,
+            len(data) if not endpoint else length,
+            id=next(self._ids),
+            data=data,
         )
         pending = await self._exchange(msg)
         reply = pending.reply

@@ -24,7 +24,7 @@ from redirgate.client.usb.source import find_devices
 from redirgate.proto.tunnel.errors import TunnelProtocolError
 from redirgate.proto.tunnel.inventory import DeviceEntry, DeviceKind
 
-__all__ = ["DeviceInventory", "stable_id", "entry_for"]
+__all__ = ["DeviceInventory", "entry_for", "stable_id"]
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +103,10 @@ class DeviceInventory:
 
     async def scan(self) -> dict[str, DeviceEntry]:
         found = await trio.to_thread.run_sync(self.scan_blocking)
-        return {
-            key: entry_for(item.snapshot, busy=key in self.busy) for key, item in found.items()
-        }
+        return {key: entry_for(item.snapshot, busy=key in self.busy) for key, item in found.items()}
 
 
-def diff(
-    old: dict[str, DeviceEntry], new: dict[str, DeviceEntry]
-) -> tuple[tuple[DeviceEntry, ...], tuple[str, ...]]:
+def diff(old: dict[str, DeviceEntry], new: dict[str, DeviceEntry]) -> tuple[tuple[DeviceEntry, ...], tuple[str, ...]]:
     """(added or changed entries, removed ids) between two scans."""
     added = tuple(entry for key, entry in new.items() if old.get(key) != entry)
     removed = tuple(key for key in old if key not in new)

@@ -16,15 +16,27 @@ import trio
 from redirgate.client.guest import GuestError, UsbredirGuest
 from redirgate.proto.usbredir import Speed, Status
 
-__all__ = ["ProbeResult", "probe_stream", "probe", "ProbeError"]
+__all__ = ["ProbeError", "ProbeResult", "probe", "probe_stream"]
 
 GET_DESCRIPTOR = 6
 DEVICE, CONFIGURATION, STRING = 1, 2, 3
 _CLASS_NAMES = {
-    0x00: "(Defined at Interface level)", 0x01: "Audio", 0x02: "Communications", 0x03: "Human Interface Device",
-    0x05: "Physical", 0x06: "Image", 0x07: "Printer", 0x08: "Mass Storage", 0x09: "Hub", 0x0A: "CDC Data",
-    0x0B: "Chip/SmartCard", 0x0E: "Video", 0xE0: "Wireless", 0xEF: "Miscellaneous Device",
-    0xFE: "Application Specific", 0xFF: "Vendor Specific Class",
+    0x00: "(Defined at Interface level)",
+    0x01: "Audio",
+    0x02: "Communications",
+    0x03: "Human Interface Device",
+    0x05: "Physical",
+    0x06: "Image",
+    0x07: "Printer",
+    0x08: "Mass Storage",
+    0x09: "Hub",
+    0x0A: "CDC Data",
+    0x0B: "Chip/SmartCard",
+    0x0E: "Video",
+    0xE0: "Wireless",
+    0xEF: "Miscellaneous Device",
+    0xFE: "Application Specific",
+    0xFF: "Vendor Specific Class",
 }
 _EP_TYPES = {0: "Control", 1: "Isochronous", 2: "Bulk", 3: "Interrupt"}
 
@@ -84,8 +96,17 @@ async def probe_stream(stream: trio.abc.Stream, *, peer: str) -> ProbeResult:
         product = await _string(guest, i_prod, lang)
         serial = await _string(guest, i_serial, lang)
     result = ProbeResult(
-        Speed(announced.connect.speed), vid, pid, dev_class, bcd_usb, bcd_dev, manufacturer, product, serial,
-        n_conf, config,
+        Speed(announced.connect.speed),
+        vid,
+        pid,
+        dev_class,
+        bcd_usb,
+        bcd_dev,
+        manufacturer,
+        product,
+        serial,
+        n_conf,
+        config,
     )
     result.lines = _describe(result, mps0)
     return result

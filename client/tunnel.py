@@ -31,7 +31,8 @@ from redirgate.client.usb.engine import HostEngine
 from redirgate.client.usb.errors import SelectorError
 from redirgate.client.usb.selector import parse_selector
 from redirgate.client.usb.source import SelectorSource
-from redirgate.gateway.transport import (
+from redirgate.proto import tunnel as t
+from redirgate.transport import (
     ClientContext,
     PrefixedStream,
     TlsRefused,
@@ -39,9 +40,8 @@ from redirgate.gateway.transport import (
     client_context,
     open_tls_connection,
 )
-from redirgate.proto import tunnel as t
 
-__all__ = ["TunnelClient", "ChannelHandler", "TunnelClientError", "usb_channel_handler"]
+__all__ = ["ChannelHandler", "TunnelClient", "TunnelClientError", "usb_channel_handler"]
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,15 @@ class TunnelClient:
         try:
             with scope:
                 reason = await self._serve_channel(request, send)
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, TlsRefused, TunnelClientError, t.TunnelProtocolError, trio.TooSlowError) as exc:
+        except (
+            OSError,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            TlsRefused,
+            TunnelClientError,
+            t.TunnelProtocolError,
+            trio.TooSlowError,
+        ) as exc:
             reason = f"{type(exc).__name__}: {exc}"
             log.warning("channel %d (%s) failed: %s", cid, request.device_selector, reason)
         finally:

@@ -113,7 +113,9 @@ def TestOneInput(data: bytes) -> None:
             if [_c(r) for r in rules] != normalised:
                 raise AssertionError(f"rules differ: ours {rules!r}, reference {c_rules!r}")
             if tsep_b[:1].isascii() and rsep_b[:1].isascii():
-                ours = rules_to_string(rules, tsep_b.decode("utf-8", "surrogateescape"), rsep_b.decode("utf-8", "surrogateescape")).encode()
+                ours = rules_to_string(
+                    rules, tsep_b.decode("utf-8", "surrogateescape"), rsep_b.decode("utf-8", "surrogateescape")
+                ).encode()
                 theirs = REFERENCE.rules_to_string(c_rules, tsep_b, rsep_b)
                 if ours != theirs:
                     raise AssertionError(f"serialisation differs: {ours!r} vs {theirs!r}")
@@ -150,8 +152,10 @@ def seed_inputs() -> dict[str, bytes]:
         "version": parse_rules("-1,0x1234,0x5678,0x0110,1|-1,0x1234,0x5678,-1,0"),
     }
     keyboard = bytes([0, 0, 0]) + struct.pack("<HHH", 0x046D, 0xC31C, 0x0110) + bytes([2, 3, 1, 1, 3, 0, 0])
-    webcam = bytes([0xEF, 2, 1]) + struct.pack("<HHH", 0x046D, 0x0825, 0x0010) + bytes(
-        [4, 0x0E, 1, 0, 0x0E, 2, 0, 1, 1, 0, 1, 2, 0]
+    webcam = (
+        bytes([0xEF, 2, 1])
+        + struct.pack("<HHH", 0x046D, 0x0825, 0x0010)
+        + bytes([4, 0x0E, 1, 0, 0x0E, 2, 0, 1, 1, 0, 1, 2, 0])
     )
     seeds = {}
     for n, (name, rules) in enumerate(rules_sets.items()):

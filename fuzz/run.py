@@ -25,7 +25,12 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-TARGETS = {"filter": HERE / "filter_fuzz.py", "usbredir": HERE / "usbredir_fuzz.py", "tunnel": HERE / "tunnel_fuzz.py", "telnet": HERE / "telnet_fuzz.py"}
+TARGETS = {
+    "filter": HERE / "filter_fuzz.py",
+    "usbredir": HERE / "usbredir_fuzz.py",
+    "tunnel": HERE / "tunnel_fuzz.py",
+    "telnet": HERE / "telnet_fuzz.py",
+}
 CORPUS = HERE / "corpus"
 _EXECS = re.compile(r"stat::number_of_executed_units:\s*(\d+)")
 
@@ -81,8 +86,9 @@ def run_target(name: str, seconds: int, max_len: int, artifacts: Path, replay: b
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("targets", nargs="*", metavar="target",
-                        help=f"targets to run (default all: {', '.join(TARGETS)})")
+    parser.add_argument(
+        "targets", nargs="*", metavar="target", help=f"targets to run (default all: {', '.join(TARGETS)})"
+    )
     parser.add_argument("--seconds", type=int, default=60, help="fuzzing time per target")
     parser.add_argument("--max-len", type=int, default=4096, help="largest input libFuzzer generates")
     parser.add_argument("--artifacts", type=Path, help="where crash inputs go")

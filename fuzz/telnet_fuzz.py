@@ -109,7 +109,8 @@ def seed_inputs() -> dict[str, bytes]:
     com = Option.COM_PORT
     set_baud = bytes([IAC, SB, com, ComPortCommand.SET_BAUDRATE]) + (57600).to_bytes(4, "big") + bytes([IAC, SE])
     return {
-        "server-negotiation": bytes([2, 0, IAC, WILL, Option.BINARY, IAC, DO, Option.BINARY, IAC, WILL, com]) + set_baud,
+        "server-negotiation": bytes([2, 0, IAC, WILL, Option.BINARY, IAC, DO, Option.BINARY, IAC, WILL, com])
+        + set_baud,
         "server-chunked": bytes([10, 3, 2, 0, 5, IAC, WILL, com]) + set_baud + b"hello \xff\xff world",
         "client-answers": bytes([3, 0, IAC, DO, com, IAC, SB, com, 101, 0, 0, 0x96, 0, IAC, SE]),
         "unterminated-sb": bytes([2, 0, IAC, SB, com, 1, 2, 3, IAC, 241, b"x"[0]]),

@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-__all__ = ["serve_admin", "read_status"]
+__all__ = ["read_status", "serve_admin"]
 
 log = logging.getLogger(__name__)
 

@@ -38,15 +38,15 @@ from redirgate.proto.tunnel.errors import SelectorError
 from redirgate.proto.tunnel.selectors import DeviceSelector, parse_selector
 
 __all__ = [
-    "ConfigProblem",
+    "LOOPBACK_ONLY",
     "ConfigErrors",
+    "ConfigProblem",
     "Endpoint",
-    "RouteTls",
-    "Route",
     "GatewayConfig",
+    "Route",
+    "RouteTls",
     "load_config",
     "parse_endpoint",
-    "LOOPBACK_ONLY",
 ]
 
 LOOPBACK_ONLY = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
@@ -140,7 +140,7 @@ class GatewayConfig:
 def parse_endpoint(text: str, *, default_host: str = "0.0.0.0") -> Endpoint:
     """`HOST:PORT`, `[V6]:PORT` or `PORT`; ValueError with the reason."""
     if not isinstance(text, str):
-        raise ValueError("must be a string like \"HOST:PORT\"")
+        raise ValueError('must be a string like "HOST:PORT"')
     host, sep, port = text.rpartition(":")
     if not sep:
         host, port = default_host, text
@@ -261,7 +261,9 @@ _GATEWAY_KEYS = {
 _ROUTE_KEYS = {"name", "listen", "client", "device", "allow", "protocol", "tls", "settings"}
 #: A serial route's line settings, checked for shape here and fully by the
 #: client that applies them: BAUD[,BITS PARITY STOP][,rtscts][,xonxoff][,dtr=on|off][,rts=on|off]
-_SETTINGS = re.compile(r"^\d{2,8}(?:[,:][5-8][NEOMSneoms](?:1\.5|1|2))?(?:,(?:rtscts|xonxoff|dtr=(?:on|off)|rts=(?:on|off)))*$")
+_SETTINGS = re.compile(
+    r"^\d{2,8}(?:[,:][5-8][NEOMSneoms](?:1\.5|1|2))?(?:,(?:rtscts|xonxoff|dtr=(?:on|off)|rts=(?:on|off)))*$"
+)
 _TLS_KEYS = {"cert", "key", "ca"}
 _PROTOCOLS = {"usbredir": ("usb", "usb-port"), "raw": ("serial", "parallel"), "rfc2217": ("serial",)}
 
@@ -293,7 +295,11 @@ def load_config(path: str | Path, *, check_files: bool = True) -> GatewayConfig:
     key = loader.path_value("gateway", gw, "key")
     ca = loader.path_value("gateway", gw, "ca")
     crl = loader.path_value("gateway", gw, "crl", required=False, exists=False)
-    admin = loader.path_value("gateway", gw, "admin_socket", exists=False) if "admin_socket" in gw else path.parent / "gateway.sock"
+    admin = (
+        loader.path_value("gateway", gw, "admin_socket", exists=False)
+        if "admin_socket" in gw
+        else path.parent / "gateway.sock"
+    )
     public_host = loader.string("gateway", gw, "public_host", default="127.0.0.1")
     timeouts = {
         name: loader.number("gateway", gw, name, default, minimum=minimum)
@@ -365,7 +371,7 @@ def _load_route(loader: _Loader, table: str, rd: Any) -> Route | None:
     if not allow_defaulted:
         raw = rd["allow"]
         if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
-            loader.problem(table, "allow", "must be a list of CIDR strings, e.g. [\"10.0.0.0/8\"]")
+            loader.problem(table, "allow", 'must be a list of CIDR strings, e.g. ["10.0.0.0/8"]')
         else:
             allow = []
             for cidr in raw:
@@ -390,7 +396,9 @@ def _load_route(loader: _Loader, table: str, rd: Any) -> Route | None:
         if device is not None and device.scheme.value != "serial":
             loader.problem(table, "settings", "line settings apply to serial:... devices only")
         elif not isinstance(settings, str) or not _SETTINGS.match(settings):
-            loader.problem(table, "settings", f"{settings!r}: expected BAUD[,8N1][,rtscts][,xonxoff][,dtr=on|off][,rts=on|off]")
+            loader.problem(
+                table, "settings", f"{settings!r}: expected BAUD[,8N1][,rtscts][,xonxoff][,dtr=on|off][,rts=on|off]"
+            )
     if len(loader.problems) != before:
         return None
     assert name and listen and client and device and isinstance(protocol, str)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["GatewayError", "ChannelError", "ClientGone", "AttachRefused"]
+__all__ = ["AttachRefused", "ChannelError", "ClientGone", "GatewayError"]
 
 
 class GatewayError(Exception):

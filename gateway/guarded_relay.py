@@ -16,13 +16,13 @@ streams when either direction ends).
 
 from __future__ import annotations
 
-
 from redirgate.gateway.errors import ChannelError
-from redirgate.gateway.transport import DEFAULT_BUFFER_BYTES, RelayReactor, RelayStats, ReceiveIntoStream, relay
 from redirgate.proto.usbredir import RemoteProtocolError
 from redirgate.proto.usbredir.walker import HostStreamGuard
+from redirgate.transport import DEFAULT_BUFFER_BYTES, ReceiveIntoStream, RelayReactor, RelayStats, relay
 
 __all__ = ["GuardViolation", "relay_usbredir"]
+
 
 class GuardViolation(ChannelError):
     """The client sent a usbredir message QEMU would abort on."""

@@ -64,8 +64,8 @@ from typing import Final
 
 import trio
 
-from redirgate.gateway.transport import RelayStats, ReceiveIntoStream, pump
-from redirgate.gateway.transport.stream import NonBlockingStream, nonblocking
+from redirgate.transport import ReceiveIntoStream, RelayStats, pump
+from redirgate.transport.stream import NonBlockingStream, nonblocking
 
 __all__ = ["DEFAULT_RAW_BUFFER_BYTES", "DEFAULT_STALL_S", "DISCARD_CHUNK_BYTES", "relay_raw"]
 
@@ -97,7 +97,7 @@ class _Ring:
     space stays where the reader is writing.
     """
 
-    __slots__ = ("capacity", "view", "head", "size", "pinned")
+    __slots__ = ("capacity", "head", "pinned", "size", "view")
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:

@@ -26,10 +26,10 @@ from typing import Any
 import trio
 
 from redirgate.gateway.errors import ChannelError, ClientGone
-from redirgate.gateway.transport import RelayStats, ReceiveIntoStream
 from redirgate.proto.tunnel import DeviceEntry, DeviceSelector, TunnelMessage
+from redirgate.transport import ReceiveIntoStream, RelayStats
 
-__all__ = ["Channel", "ClientSession", "Registry", "TOKEN_BYTES"]
+__all__ = ["TOKEN_BYTES", "Channel", "ClientSession", "Registry"]
 
 TOKEN_BYTES = 32
 

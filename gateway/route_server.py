@@ -34,7 +34,8 @@ from redirgate.gateway.config import Route
 from redirgate.gateway.guarded_relay import GuardViolation, relay_usbredir
 from redirgate.gateway.raw_relay import relay_raw
 from redirgate.gateway.registry import Channel, Registry
-from redirgate.gateway.transport import (
+from redirgate.proto import tunnel as t
+from redirgate.transport import (
     PeerKind,
     PlainSocketStream,
     PrefixedStream,
@@ -47,8 +48,7 @@ from redirgate.gateway.transport import (
     set_nodelay,
     verify_peer,
 )
-from redirgate.gateway.transport.stream import peer_label
-from redirgate.proto import tunnel as t
+from redirgate.transport.stream import peer_label
 
 __all__ = ["RouteServer"]
 
@@ -124,7 +124,9 @@ class RouteServer:
             self.refusals += 1
             nets = ", ".join(str(n) for n in route.allow)
             extra = " (the default: only loopback; set allow = [...] on the route)" if route.allow_defaulted else ""
-            log.warning("route %s: refused hypervisor %s: source address not allowed by %s%s", route.name, peer, nets, extra)
+            log.warning(
+                "route %s: refused hypervisor %s: source address not allowed by %s%s", route.name, peer, nets, extra
+            )
             await trio.aclose_forcefully(tcp)
             return
         if self.state != "idle":
@@ -142,7 +144,9 @@ class RouteServer:
                         tcp, self.tls_context, handshake_timeout_s=self.handshake_timeout_s,
                         max_send_bytes=HYPERVISOR_TLS_RECORD_BYTES,
                     )  # fmt: skip
-                    who = verify_peer(tls.getpeercert(), peer=peer, kind=PeerKind.HYPERVISOR, revocation=self.revocation)
+                    who = verify_peer(
+                        tls.getpeercert(), peer=peer, kind=PeerKind.HYPERVISOR, revocation=self.revocation
+                    )
                 except TlsRefused as refused:
                     self.refusals += 1
                     log.warning("route %s: refused hypervisor %s: %s", route.name, peer, refused.reason)
@@ -162,7 +166,6 @@ class RouteServer:
         channel: Channel | None = None
         try:
             async with trio.open_nursery() as nursery:
-
                 held_discards = [0, 1]  # bytes discarded while held, next count to log at
 
                 async def hold() -> None:
@@ -243,7 +246,9 @@ class RouteServer:
                     session.forget(channel)
             if opened:
                 return channel
-            log.warning("route %s: channel to %s on %s not opened: %s; retrying", route.name, entry.id, route.client, reason)
+            log.warning(
+                "route %s: channel to %s on %s not opened: %s; retrying", route.name, entry.id, route.client, reason
+            )
             logged = ""
             await trio.sleep(self.retry_s)
 

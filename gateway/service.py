@@ -13,9 +13,9 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -25,10 +25,10 @@ from redirgate.gateway.config import GatewayConfig, Route
 from redirgate.gateway.pki import RevocationList
 from redirgate.gateway.registry import Registry
 from redirgate.gateway.route_server import RouteServer
-from redirgate.gateway.transport import RelayReactor, hypervisor_server_context, server_context
 from redirgate.gateway.tunnel_server import TunnelServer
+from redirgate.transport import RelayReactor, hypervisor_server_context, server_context
 
-__all__ = ["GatewayAddresses", "Gateway", "serve_gateway"]
+__all__ = ["Gateway", "GatewayAddresses", "serve_gateway"]
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,9 @@ class GatewayAddresses:
     admin: Path | None = None
 
 
-def contained(handler: Callable[[trio.SocketStream], Awaitable[None]], what: str) -> Callable[[trio.SocketStream], Awaitable[None]]:
+def contained(
+    handler: Callable[[trio.SocketStream], Awaitable[None]], what: str
+) -> Callable[[trio.SocketStream], Awaitable[None]]:
     """A connection handler whose unexpected errors end that connection only.
 
     Expected failures are handled (and logged) inside the handlers; this is
@@ -72,7 +74,9 @@ class Gateway:
         self.registry = Registry()
         revocation = RevocationList(config.crl, config.ca) if config.crl is not None and config.crl.exists() else None
         if config.crl is not None and revocation is None:
-            log.warning("gateway: CRL %s does not exist yet; no certificate is treated as revoked until it does", config.crl)
+            log.warning(
+                "gateway: CRL %s does not exist yet; no certificate is treated as revoked until it does", config.crl
+            )
             revocation = _LateRevocation(config.crl, config.ca)
         self.revocation = revocation
         self.tunnel = TunnelServer(
@@ -111,13 +115,22 @@ class Gateway:
             for server in self.routes:
                 server.reactor = reactor
             tunnel = await nursery.start(
-                functools.partial(trio.serve_tcp, contained(self.tunnel.handle, "tunnel"), config.tunnel_listen.port, host=config.tunnel_listen.host)
+                functools.partial(
+                    trio.serve_tcp,
+                    contained(self.tunnel.handle, "tunnel"),
+                    config.tunnel_listen.port,
+                    host=config.tunnel_listen.host,
+                )
             )
             addresses = GatewayAddresses(_bound(tunnel))
             log.info("gateway: tunnel listener on %s:%d", *addresses.tunnel)
             for server in self.routes:
                 listen = server.route.listen
-                bound = await nursery.start(functools.partial(trio.serve_tcp, contained(server.handle, f"route {server.name}"), listen.port, host=listen.host))
+                bound = await nursery.start(
+                    functools.partial(
+                        trio.serve_tcp, contained(server.handle, f"route {server.name}"), listen.port, host=listen.host
+                    )
+                )
                 addresses.routes[server.name] = _bound(bound)
                 log.info("gateway: route %s on %s:%d -> %s on client %s", server.name, *addresses.routes[server.name],
                          server.route.device, server.route.client)  # fmt: skip

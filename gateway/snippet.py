@@ -13,7 +13,7 @@ from xml.sax.saxutils import quoteattr
 
 from redirgate.gateway.config import GatewayConfig, Route
 
-__all__ = ["libvirt_xml", "qemu_args", "RECONNECT_S"]
+__all__ = ["RECONNECT_S", "libvirt_xml", "qemu_args"]
 
 RECONNECT_S = 2
 
@@ -55,9 +55,7 @@ def qemu_args(
     bus: str = "xhci.0",
 ) -> list[str]:
     chardev_id = f"rg-{route.name}"
-    reconnect = (
-        f"reconnect-ms={reconnect_s * 1000}" if qemu_version >= (9, 2) else f"reconnect={reconnect_s}"
-    )
+    reconnect = f"reconnect-ms={reconnect_s * 1000}" if qemu_version >= (9, 2) else f"reconnect={reconnect_s}"
     chardev = f"socket,id={chardev_id},host={config.public_host},port={route.listen.port},{reconnect}"
     args: list[str] = []
     if route.tls:

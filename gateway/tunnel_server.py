@@ -24,9 +24,10 @@ from typing import Any
 
 import trio
 
-from redirgate.gateway.registry import ClientSession, Registry
 from redirgate.gateway.errors import ChannelError
-from redirgate.gateway.transport import (
+from redirgate.gateway.registry import ClientSession, Registry
+from redirgate.proto import tunnel as t
+from redirgate.transport import (
     PeerKind,
     RevocationChecker,
     TlsRefused,
@@ -34,7 +35,6 @@ from redirgate.gateway.transport import (
     accept_tls,
     verify_peer,
 )
-from redirgate.proto import tunnel as t
 
 __all__ = ["TunnelServer"]
 
@@ -96,7 +96,9 @@ class TunnelServer:
                     opening.receive_data(data)
                     kind = opening.result()
             if waited.cancelled_caught:
-                log.warning("tunnel: %s (%s) sent no first message in %.0f s; closed", identity, peer, FIRST_FRAME_TIMEOUT_S)
+                log.warning(
+                    "tunnel: %s (%s) sent no first message in %.0f s; closed", identity, peer, FIRST_FRAME_TIMEOUT_S
+                )
                 return
             if kind is t.Opening.CONTROL:
                 await self._control(stream, identity, peer, opening.buffered())
@@ -133,7 +135,11 @@ class TunnelServer:
         trailing, _eof = attach.trailing_data()
         await stream.send_all(attach.send(t.AttachResult(ok=True)))
         if not channel.attach(stream, trailing):
-            log.info("tunnel: data connection for channel %d of %s arrived after the route gave up", message.channel_id, identity)
+            log.info(
+                "tunnel: data connection for channel %d of %s arrived after the route gave up",
+                message.channel_id,
+                identity,
+            )
             return False
         log.info("tunnel: %s attached channel %d (%s)", identity, channel.channel_id, channel.device)
         return True
@@ -203,7 +209,9 @@ class TunnelServer:
                         break
                     if self._revoked(stream):
                         outcome = "its certificate was revoked"
-                        log.warning("tunnel: %s (%s): certificate revoked; closing its session", session.identity, session.peer)
+                        log.warning(
+                            "tunnel: %s (%s): certificate revoked; closing its session", session.identity, session.peer
+                        )
                         break
                     if tracker.due(now):
                         await send(t.Heartbeat(tracker.on_sent(now)))
@@ -281,6 +289,8 @@ class TunnelServer:
             if channel is not None:
                 channel.fail(f"closed by the client: {event.reason}")
         elif isinstance(event, t.Error):
-            log.warning("tunnel: %s (%s) reported an error: %s %s", session.identity, session.peer, event.code, event.message)
+            log.warning(
+                "tunnel: %s (%s) reported an error: %s %s", session.identity, session.peer, event.code, event.message
+            )
             return False
         return True

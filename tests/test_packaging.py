@@ -14,7 +14,13 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MAPPED = {"cli": "redirgate.cli", "proto": "redirgate.proto", "client": "redirgate.client", "gateway": "redirgate.gateway"}
+# folder -> package, as pyproject's package-dir maps them (every top-level package of ours)
+MAPPED = {
+    folder: dotted
+    for dotted, folder in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-dir"
+    ].items()
+}
 
 
 def source_packages() -> set[str]:
@@ -34,7 +40,18 @@ def test_pyproject_lists_every_package():
 
 def test_wheel_contains_only_the_redirgate_namespace(tmp_path):
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
         check=True,
         timeout=300,
     )

@@ -307,9 +307,7 @@ def newc_archive(entries: Iterable[tuple[str, int, bytes] | tuple[str, int, byte
     return bytes(out)
 
 
-def script_archive(
-    script: str, files: Mapping[str, bytes] | None = None, *, lifetime_s: int | None = None
-) -> bytes:
+def script_archive(script: str, files: Mapping[str, bytes] | None = None, *, lifetime_s: int | None = None) -> bytes:
     """The per-test archive appended to the cached base initramfs.
 
     `script` becomes /test.sh; `files` maps absolute guest paths to contents
@@ -361,9 +359,7 @@ def find_kernel() -> tuple[str, Path]:
             candidates.append((kver, vmlinuz))
     if not candidates:
         which = f" {wanted}" if wanted else ""
-        raise GuestBuildError(
-            f"no /boot/vmlinuz-*{which} with modules in /lib/modules (install linux-image-amd64)"
-        )
+        raise GuestBuildError(f"no /boot/vmlinuz-*{which} with modules in /lib/modules (install linux-image-amd64)")
     candidates.sort(key=lambda c: _version_key(c[0]))
     kver, vmlinuz = candidates[-1]
     if not os.access(vmlinuz, os.R_OK):
@@ -375,12 +371,10 @@ def _has_pvh_note(elf: bytes) -> bool:
     """True if a 64-bit little-endian ELF carries XEN_ELFNOTE_PHYS32_ENTRY in a PT_NOTE."""
     if elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
         return False
-    e_phoff, = struct.unpack_from("<Q", elf, 0x20)
+    (e_phoff,) = struct.unpack_from("<Q", elf, 0x20)
     e_phentsize, e_phnum = struct.unpack_from("<HH", elf, 0x36)
     for i in range(e_phnum):
-        p_type, _flags, p_offset, _va, _pa, p_filesz = struct.unpack_from(
-            "<IIQQQQ", elf, e_phoff + i * e_phentsize
-        )
+        p_type, _flags, p_offset, _va, _pa, p_filesz = struct.unpack_from("<IIQQQQ", elf, e_phoff + i * e_phentsize)
         if p_type != 4:  # PT_NOTE
             continue
         pos, end = p_offset, p_offset + p_filesz
@@ -687,9 +681,7 @@ def _mtools(args: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
     return proc
 
 
-def make_fat_image(
-    path: Path, files: Mapping[str, bytes], *, size_mib: int = 16, label: str = "REDIRGATE"
-) -> Path:
+def make_fat_image(path: Path, files: Mapping[str, bytes], *, size_mib: int = 16, label: str = "REDIRGATE") -> Path:
     """Create a whole-disk (no partition table) FAT image at `path` holding `files`.
 
     Keys are paths inside the image ("a.txt", "dir/b.bin"); directories are

@@ -352,15 +352,11 @@ class GuestProcess:
     def _result(self, timeout_s: float) -> GuestResult:
         if self._exited_s is None and self._done_seen_s is None:
             self.stop()
-            raise GuestTimeout(
-                f"guest did not finish within {timeout_s} s", self.console_text(), self._qemu_output()
-            )
+            raise GuestTimeout(f"guest did not finish within {timeout_s} s", self.console_text(), self._qemu_output())
         console = self.console_text()
         parsed = parse_console(console)
         if parsed.rc is None:
-            raise GuestCrashed(
-                f"QEMU exited ({self._proc.returncode}) without @@DONE", console, self._qemu_output()
-            )
+            raise GuestCrashed(f"QEMU exited ({self._proc.returncode}) without @@DONE", console, self._qemu_output())
         wall = self._exited_s if self._exited_s is not None else time.monotonic() - self.started_at
         return GuestResult(
             console=console,
@@ -462,9 +458,7 @@ def start_guest(
             # after a compressed one (init/initramfs.c); zeros are skipped.
             out.write(bytes(-len(base) % 512))
             out.write(script_archive(script, files, lifetime_s=max(1, int(lifetime_s))))
-        argv = qemu_argv(
-            image, initrd, workdir / "console.log", qemu_args, mem_mib=mem_mib, append_extra=append_extra
-        )
+        argv = qemu_argv(image, initrd, workdir / "console.log", qemu_args, mem_mib=mem_mib, append_extra=append_extra)
         return GuestProcess(argv, workdir, keep_workdir=keep_workdir)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)

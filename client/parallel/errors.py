@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from redirgate.client.parallel.status import PrinterStatus
 
-__all__ = ["ParallelError", "PortUnavailable", "PortBusy", "PrinterNotReady", "NotAParport"]
+__all__ = ["NotAParport", "ParallelError", "PortBusy", "PortUnavailable", "PrinterNotReady"]
 
 
 class ParallelError(Exception):

@@ -28,7 +28,7 @@ from redirgate.client.parallel.serve import serve_parallel_stream
 from redirgate.client.parallel.service import DEFAULT_QUEUE_BYTES, PrinterService
 from redirgate.proto.tunnel import DeviceEntry, DeviceKind, OpenChannel
 
-__all__ = ["ParallelExport", "ParallelExports", "parse_parallel_tables", "PREFIX"]
+__all__ = ["PREFIX", "ParallelExport", "ParallelExports", "parse_parallel_tables"]
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,9 @@ class ParallelExports:
     def entries(self) -> list[DeviceEntry]:
         return [
             DeviceEntry(
-                id=f"{PREFIX}{name}", kind=DeviceKind.PARALLEL, port_path=service.path[:128],
+                id=f"{PREFIX}{name}",
+                kind=DeviceKind.PARALLEL,
+                port_path=service.path[:128],
                 description=service.describe()[:200],
             )  # fmt: skip
             for name, service in self.services.items()
@@ -84,7 +86,9 @@ def parse_parallel_tables(tables: Any, problem: Callable[[str, str], None]) -> t
     for where, table, name in export_tables("parallel", tables, _KEYS, problem):
         port = table.get("port")
         if not isinstance(port, str) or not port.startswith("/"):
-            problem(f"{where}.port", f"{port!r}: expected a device path such as /dev/lp0, /dev/usb/lp0 or /dev/parport0")
+            problem(
+                f"{where}.port", f"{port!r}: expected a device path such as /dev/lp0, /dev/usb/lp0 or /dev/parport0"
+            )
             continue
         ring = ring_bytes(where, table, DEFAULT_QUEUE_BYTES, MAX_RING_BYTES, problem)
         if ring is not None:

@@ -35,8 +35,17 @@ from redirgate.client.parallel.errors import NotAParport, ParallelError, PortUna
 from redirgate.client.parallel.status import PrinterStatus
 
 __all__ = [
-    "Parport", "Control", "open_errno_reason",
-    "PPCLAIM", "PPRELEASE", "PPEXCL", "PPRSTATUS", "PPRCONTROL", "PPWCONTROL", "PPWDATA", "PP_MAJOR",
+    "PPCLAIM",
+    "PPEXCL",
+    "PPRCONTROL",
+    "PPRELEASE",
+    "PPRSTATUS",
+    "PPWCONTROL",
+    "PPWDATA",
+    "PP_MAJOR",
+    "Control",
+    "Parport",
+    "open_errno_reason",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)

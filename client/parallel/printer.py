@@ -38,7 +38,7 @@ from redirgate.client.parallel.errors import PortUnavailable, PrinterNotReady
 from redirgate.client.parallel.ppdev import PP_MAJOR, Parport, open_errno_reason
 from redirgate.client.parallel.status import UNKNOWN, PrinterStatus
 
-__all__ = ["PrinterPort", "LPGETSTATUS", "LP_MAJOR", "USBLP_MAJOR"]
+__all__ = ["LPGETSTATUS", "LP_MAJOR", "USBLP_MAJOR", "PrinterPort"]
 
 log = logging.getLogger(__name__)
 

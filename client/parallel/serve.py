@@ -23,7 +23,7 @@ from redirgate.client.listen import refuse_busy, serve_consumers
 from redirgate.client.parallel.errors import ParallelError, PortBusy
 from redirgate.client.parallel.service import PrinterService
 
-__all__ = ["serve_parallel_stream", "serve_parallel_listen", "RECEIVE_BYTES"]
+__all__ = ["RECEIVE_BYTES", "serve_parallel_listen", "serve_parallel_stream"]
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ from redirgate.client.parallel.printer import PrinterPort
 from redirgate.client.parallel.status import UNKNOWN, PrinterStatus
 from redirgate.client.serial.ring import Ring
 
-__all__ = ["PrinterService", "Session", "DEFAULT_QUEUE_BYTES"]
+__all__ = ["DEFAULT_QUEUE_BYTES", "PrinterService", "Session"]
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,11 @@ class PrinterService:
                 try:
                     self.status = port.status()
                     log.info(
-                        "%s: opened %s (%s, %d bytes queued)", self.name, port.path, self.status.describe(), len(self._queue)
+                        "%s: opened %s (%s, %d bytes queued)",
+                        self.name,
+                        port.path,
+                        self.status.describe(),
+                        len(self._queue),
                     )
                     self._set_problem(None)
                     self.port_up.set()
@@ -216,7 +220,9 @@ class PrinterService:
         who = self.session.peer if self.session is not None else self._last_peer
         if problem is None:
             if old is not None:
-                log.info("%s: printer ready again (%s); sending %d queued bytes", self.name, self.status.describe(), queued)
+                log.info(
+                    "%s: printer ready again (%s); sending %d queued bytes", self.name, self.status.describe(), queued
+                )
         elif queued:
             log.warning("%s: %s; holding %d queued bytes from %s until it is back", self.name, problem, queued, who)
         else:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import IntFlag
 from typing import Final
 
-__all__ = ["StatusBits", "PrinterStatus", "UNKNOWN"]
+__all__ = ["UNKNOWN", "PrinterStatus", "StatusBits"]
 
 
 class StatusBits(IntFlag):

@@ -5,7 +5,7 @@ OS and pyserial exceptions are translated into these in `port.py` only.
 
 from __future__ import annotations
 
-__all__ = ["SerialError", "SelectorError", "SettingError", "PortUnavailable", "PortBusy"]
+__all__ = ["PortBusy", "PortUnavailable", "SelectorError", "SerialError", "SettingError"]
 
 
 class SerialError(Exception):

@@ -49,8 +49,12 @@ class SerialExports:
     def entries(self) -> list[DeviceEntry]:
         return [
             DeviceEntry(
-                id=f"serial:{name}", kind=DeviceKind.SERIAL, port_path=str(service.selector)[:128],
-                description=f"{service.settings.describe()}{'' if service.port_up.is_set() else ' (port absent)'}"[:200],
+                id=f"serial:{name}",
+                kind=DeviceKind.SERIAL,
+                port_path=str(service.selector)[:128],
+                description=f"{service.settings.describe()}{'' if service.port_up.is_set() else ' (port absent)'}"[
+                    :200
+                ],
             )  # fmt: skip
             for name, service in self.services.items()
         ]
@@ -80,5 +84,7 @@ class SerialExports:
             try:
                 settings = LineSettings.parse(text)
             except SerialError as exc:
-                log.error("%s: the route's settings %r are not valid: %s; the port keeps its own", service.name, text, exc)
+                log.error(
+                    "%s: the route's settings %r are not valid: %s; the port keeps its own", service.name, text, exc
+                )
         await serve_serial_stream(stream, service, peer=peer, protocol=request.protocol.value, settings=settings)

@@ -27,7 +27,7 @@ from redirgate.client.serial.errors import PortUnavailable, SettingError
 from redirgate.client.serial.selector import PortSelector
 from redirgate.client.serial.settings import LineSettings
 
-__all__ = ["SerialPort", "MODEM_CTS", "MODEM_DSR", "MODEM_RI", "MODEM_CD"]
+__all__ = ["MODEM_CD", "MODEM_CTS", "MODEM_DSR", "MODEM_RI", "SerialPort"]
 
 log = logging.getLogger(__name__)
 

@@ -63,7 +63,7 @@ from redirgate.proto.telnet import (
 )
 from redirgate.proto.telnet.constants import DONT, IAC, WONT, Cmd
 
-__all__ = ["ComPortServer", "MODEM_POLL_INTERVAL_S", "TELNET_BREAK_S"]
+__all__ = ["MODEM_POLL_INTERVAL_S", "TELNET_BREAK_S", "ComPortServer"]
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,9 @@ class ComPortServer:
                 accepted = _ACCEPT_LOCAL if out[i + 1] == WONT else _ACCEPT_REMOTE
                 if option not in accepted:
                     self.refusals += 1
-                    log.info("%s: refused telnet option %d asked for by %s (not supported)", self.name, option, self.peer)
+                    log.info(
+                        "%s: refused telnet option %d asked for by %s (not supported)", self.name, option, self.peer
+                    )
         return out
 
     async def _consumer_to_port(self, scope: trio.CancelScope) -> None:
@@ -226,7 +228,13 @@ class ComPortServer:
             elif isinstance(event, Command):
                 await self._command(event.code)
             elif isinstance(event, OptionChanged):
-                log.debug("%s: %s telnet option %d %s", self.name, "our" if event.local else "peer's", event.option, event.enabled)
+                log.debug(
+                    "%s: %s telnet option %d %s",
+                    self.name,
+                    "our" if event.local else "peer's",
+                    event.option,
+                    event.enabled,
+                )
                 if event.option == Option.COM_PORT and event.enabled:
                     self._comport_on.set()
             elif isinstance(event, Subnegotiation):
@@ -427,4 +435,3 @@ class ComPortServer:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.info("%s: %s stopped reading: %s", self.name, self.peer, exc or type(exc).__name__)
         scope.cancel()
-

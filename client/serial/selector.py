@@ -16,7 +16,7 @@ from serial.tools import list_ports as _list_ports
 
 from redirgate.client.serial.errors import SelectorError
 
-__all__ = ["PortSelector", "parse_port_selector", "list_ports", "BY_ID_DIR"]
+__all__ = ["BY_ID_DIR", "PortSelector", "list_ports", "parse_port_selector"]
 
 BY_ID_DIR = Path("/dev/serial/by-id")
 _USB = re.compile(r"^(?:usb:)?(?P<vid>[0-9a-fA-F]{4}):(?P<pid>[0-9a-fA-F]{4})(?::(?P<serial>.+))?$")
@@ -54,8 +54,7 @@ class PortSelector:
         matches = [
             p.device
             for p in _list_ports.comports()
-            if p.vid == self.vid and p.pid == self.pid
-            and (self.serial is None or p.serial_number == self.serial)
+            if p.vid == self.vid and p.pid == self.pid and (self.serial is None or p.serial_number == self.serial)
         ]
         if not matches:
             raise SelectorError(str(self), "no USB-serial adapter with this id is plugged in")

@@ -40,9 +40,9 @@ from redirgate.client.serial.errors import PortBusy, SerialError
 from redirgate.client.serial.rfc2217 import RECEIVE_BYTES, ComPortServer
 from redirgate.client.serial.service import PortService, Session
 from redirgate.client.serial.settings import LineSettings
-from redirgate.gateway.transport.stream import FULL_RECORD_BYTES, NonBlockingStream, PlainSocketStream, nonblocking
+from redirgate.transport.stream import FULL_RECORD_BYTES, NonBlockingStream, PlainSocketStream, nonblocking
 
-__all__ = ["serve_serial_stream", "serve_serial_listen", "PROTOCOLS"]
+__all__ = ["PROTOCOLS", "serve_serial_listen", "serve_serial_stream"]
 
 log = logging.getLogger(__name__)
 

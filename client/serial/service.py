@@ -26,7 +26,7 @@ session can never make them consume bytes they did not move.  TX bytes left
 when a consumer leaves still go to the device; `Session.drain` waits for them.
 
 The direct RX path: a consumer served by `Session.forward_to` (a stream with
-non-blocking moves, see `redirgate.gateway.transport.stream`) holds no
+non-blocking moves, see `redirgate.transport.stream`) holds no
 device bytes while it waits for the ring, so while the ring is empty the RX
 pump offers what it reads straight to that stream's `try_send` and only what
 the stream does not take goes into the ring - for the consumer task to send
@@ -53,9 +53,9 @@ from redirgate.client.serial.port import SerialPort
 from redirgate.client.serial.ring import Ring
 from redirgate.client.serial.selector import PortSelector
 from redirgate.client.serial.settings import LineSettings
-from redirgate.gateway.transport.stream import NonBlockingStream
+from redirgate.transport.stream import NonBlockingStream
 
-__all__ = ["PortService", "Session", "DEFAULT_RING_BYTES", "DEFAULT_TX_BYTES"]
+__all__ = ["DEFAULT_RING_BYTES", "DEFAULT_TX_BYTES", "PortService", "Session"]
 
 log = logging.getLogger(__name__)
 
@@ -451,9 +451,7 @@ class PortService:
         return dropped
 
     @contextlib.asynccontextmanager
-    async def attach(
-        self, peer: str, *, on_port_state: Callable[[bool], None] | None = None
-    ) -> AsyncIterator[Session]:
+    async def attach(self, peer: str, *, on_port_state: Callable[[bool], None] | None = None) -> AsyncIterator[Session]:
         """Attach a consumer; its work runs inside `session.cancel_scope`
         (cancelled by a takeover: the `async with` body then just ends).
 
@@ -492,4 +490,9 @@ class PortService:
                         log.warning("%s: restoring the configured settings: %s", self.name, exc)
             session.left.set()
             self._wake()
-            log.info("%s: consumer %s left%s", self.name, peer, f" (taken over by {session.kicked_by})" if session.kicked_by else "")
+            log.info(
+                "%s: consumer %s left%s",
+                self.name,
+                peer,
+                f" (taken over by {session.kicked_by})" if session.kicked_by else "",
+            )

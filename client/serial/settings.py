@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from redirgate.client.serial.errors import SettingError
 
-__all__ = ["LineSettings", "MIN_BAUD", "MAX_BAUD", "PARITIES"]
+__all__ = ["MAX_BAUD", "MIN_BAUD", "PARITIES", "LineSettings"]
 
 #: Linux termios reaches B4000000; anything outside is a typo or an attack.
 MIN_BAUD: Final = 50
@@ -60,7 +60,7 @@ class LineSettings:
 
     @classmethod
     def parse(cls, text: str, **extra: Any) -> LineSettings:
-        """"115200", "9600,7E1", "9600:8N2", optionally followed by ser2net-style
+        """ "115200", "9600,7E1", "9600:8N2", optionally followed by ser2net-style
         flags: ",rtscts", ",xonxoff", ",dtr=on|off", ",rts=on|off" (the lines
         on open).  Keyword settings override the text."""
         head, *flags = [part.strip() for part in text.strip().split(",")]

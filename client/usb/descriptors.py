@@ -14,16 +14,17 @@ from dataclasses import dataclass, field
 import usb.core
 import usb.util
 
-from redirgate.proto.usbredir import EndpointType, Speed, endpoint_slot, messages as m
+from redirgate.proto.usbredir import EndpointType, Speed, endpoint_slot
+from redirgate.proto.usbredir import messages as m
 
 __all__ = [
-    "EndpointDesc",
     "AltSettingDesc",
     "ConfigDesc",
     "DeviceSnapshot",
+    "EndpointDesc",
+    "port_path",
     "snapshot",
     "usbredir_speed",
-    "port_path",
 ]
 
 _SS_ENDPOINT_COMPANION = 0x30
@@ -172,16 +173,12 @@ class DeviceSnapshot:
             interfaces[slot] = number
             sizes[slot] = ep.max_packet_size(self.speed)
             streams[slot] = ep.max_streams
-        return m.EpInfo(
-            tuple(int(t) for t in types), tuple(intervals), tuple(interfaces), tuple(sizes), tuple(streams)
-        )
+        return m.EpInfo(tuple(int(t) for t in types), tuple(intervals), tuple(interfaces), tuple(sizes), tuple(streams))
 
     def interface_classes(self, alts: dict[int, int]) -> tuple[tuple[int, int, int], ...]:
         info = self.interface_info(alts)
         n = info.interface_count
-        return tuple(
-            zip(info.interface_class[:n], info.interface_subclass[:n], info.interface_protocol[:n])
-        )
+        return tuple(zip(info.interface_class[:n], info.interface_subclass[:n], info.interface_protocol[:n]))
 
 
 def _max_streams(extra: bytes, attributes: int) -> int:

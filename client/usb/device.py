@@ -44,7 +44,7 @@ from redirgate.client.usb.descriptors import DeviceSnapshot, snapshot
 from redirgate.client.usb.errors import is_timeout
 from redirgate.client.usb.iso import IsoPacketResult, read_iso_packets
 
-__all__ = ["UsbDevice", "DEFAULT_WORKER_THREADS"]
+__all__ = ["DEFAULT_WORKER_THREADS", "UsbDevice"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -78,7 +78,7 @@ class UsbDevice:
         return self._nowait is not None
 
     @classmethod
-    async def open(cls, dev: usb.core.Device, *, threads: int = DEFAULT_WORKER_THREADS) -> "UsbDevice":
+    async def open(cls, dev: usb.core.Device, *, threads: int = DEFAULT_WORKER_THREADS) -> UsbDevice:
         snap = await trio.to_thread.run_sync(snapshot, dev)
         device = cls(dev, snap, threads=threads)
         await device.call(device._claim_active)

@@ -38,7 +38,6 @@ from redirgate.client.usb.device import UsbDevice
 from redirgate.client.usb.errors import USB_CALL_ERRORS, status_for
 from redirgate.client.usb.outbox import Outbox
 from redirgate.client.usb.transfers import EndpointQueues, Request, out_data, reply_for
-from redirgate.gateway.transport.stream import nonblocking
 from redirgate.proto.usbredir import (
     CLOSED,
     NEED_DATA,
@@ -48,11 +47,14 @@ from redirgate.proto.usbredir import (
     Role,
     Status,
     UsbredirConnection,
-    messages as m,
 )
 from redirgate.proto.usbredir import filter as usbfilter
+from redirgate.proto.usbredir import (
+    messages as m,
+)
+from redirgate.transport.stream import nonblocking
 
-__all__ = ["HostEngine", "DeviceSource", "HOST_CAPS", "NO_RESET_IDS"]
+__all__ = ["HOST_CAPS", "NO_RESET_IDS", "DeviceSource", "HostEngine"]
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +234,9 @@ class HostEngine:
                 self.device = None
                 await device.release()
             if self.rejected:
-                log.info("%s: %s was rejected by the guest; not offering it again on this connection", self.peer, device.name)
+                log.info(
+                    "%s: %s was rejected by the guest; not offering it again on this connection", self.peer, device.name
+                )
                 await trio.sleep_forever()
 
     async def _attach(self, device: UsbDevice) -> None:
@@ -503,7 +507,9 @@ class HostEngine:
         elif not self._known_interface(msg.interface):
             await self.send(m.AltSettingStatus(Status.INVAL, msg.interface, 0xFF, id=msg.id))
         else:
-            await self.send(m.AltSettingStatus(Status.SUCCESS, msg.interface, self.alts.get(msg.interface, 0), id=msg.id))
+            await self.send(
+                m.AltSettingStatus(Status.SUCCESS, msg.interface, self.alts.get(msg.interface, 0), id=msg.id)
+            )
 
     async def _on_reset(self, msg: m.Reset) -> None:
         device = self.device
@@ -605,9 +611,7 @@ class HostEngine:
         await self._stop_request(EndpointType.INTERRUPT, msg.endpoint, msg.id)
 
     async def _on_start_bulk_receiving(self, msg: m.StartBulkReceiving) -> None:
-        await self._start_stream(
-            EndpointType.BULK, msg.endpoint, msg.id, 1, msg.no_transfers, msg.bytes_per_transfer
-        )
+        await self._start_stream(EndpointType.BULK, msg.endpoint, msg.id, 1, msg.no_transfers, msg.bytes_per_transfer)
 
     async def _on_stop_bulk_receiving(self, msg: m.StopBulkReceiving) -> None:
         await self._stop_request(EndpointType.BULK, msg.endpoint, msg.id)
@@ -617,7 +621,12 @@ class HostEngine:
         if self.disconnected:
             await self.send(m.IsoStreamStatus(Status.IOERROR, msg.endpoint, id=msg.id))
             return
-        if stream is None or stream.kind != EndpointType.ISO or stream.out_queue is None or len(msg.data) > stream.packet_size:
+        if (
+            stream is None
+            or stream.kind != EndpointType.ISO
+            or stream.out_queue is None
+            or len(msg.data) > stream.packet_size
+        ):
             await self.send(m.IsoStreamStatus(Status.INVAL, msg.endpoint, id=msg.id))
             return
         stream.queue_out(bytes(msg.data))

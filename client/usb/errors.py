@@ -15,13 +15,13 @@ import usb.core
 from redirgate.proto.usbredir import Status
 
 __all__ = [
-    "UsbAccessError",
-    "DeviceNotFoundError",
-    "DeviceGoneError",
-    "SelectorError",
-    "status_for",
-    "is_timeout",
     "USB_CALL_ERRORS",
+    "DeviceGoneError",
+    "DeviceNotFoundError",
+    "SelectorError",
+    "UsbAccessError",
+    "is_timeout",
+    "status_for",
 ]
 
 #: What a pyusb call may raise for a device-side reason (ValueError: an

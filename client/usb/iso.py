@@ -46,13 +46,13 @@ from redirgate.client.usb.transfers import in_buffer
 from redirgate.proto.usbredir import Speed, Status
 
 __all__ = [
-    "IsoPacketResult",
-    "read_iso_packets",
-    "packet_status",
-    "iso_period_us",
-    "iso_batch_packets",
     "BATCH_SCHEDULE_US",
     "MAX_BATCH_PACKETS",
+    "IsoPacketResult",
+    "iso_batch_packets",
+    "iso_period_us",
+    "packet_status",
+    "read_iso_packets",
 ]
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ _PACKET_STATUS = {
 _fallback_logged = False
 #: libusb transfers whose event handling failed before their callback: kept
 #: alive (buffer, callback) since libusb may still complete them
-_IN_FLIGHT: list["_Libusb1IsoIn"] = []
+_IN_FLIGHT: list[_Libusb1IsoIn] = []
 
 
 def packet_status(libusb_status: int) -> Status:
@@ -119,7 +119,9 @@ def read_iso_packets(
     if own is not None:
         packets = own(handle, address, intf.bInterfaceNumber, count, packet_size, timeout_ms)
         return [
-            (Status.SUCCESS, bytes(data)) if status == libusb1.LIBUSB_TRANSFER_COMPLETED else (packet_status(status), b"")
+            (Status.SUCCESS, bytes(data))
+            if status == libusb1.LIBUSB_TRANSFER_COMPLETED
+            else (packet_status(status), b"")
             for status, data in packets
         ]
     if isinstance(backend, libusb1._LibUSB):

@@ -69,9 +69,7 @@ def parse_selector(text: str) -> DeviceSelector:
     if not raw.startswith(("usb-port:", "usb-addr:")):
         found = _IDS.match(body)
         if found:
-            return DeviceSelector(
-                raw, int(found["vid"], 16), int(found["pid"], 16), serial=found["serial"]
-            )
+            return DeviceSelector(raw, int(found["vid"], 16), int(found["pid"], 16), serial=found["serial"])
     if not raw.startswith(("usb:", "usb-addr:")):
         found = _PORT.match(body)
         if found:

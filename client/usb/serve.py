@@ -17,9 +17,9 @@ import trio
 
 from redirgate.client.listen import peer_of
 from redirgate.client.usb.engine import DeviceSource, HostEngine
-from redirgate.gateway.transport.stream import PlainSocketStream
+from redirgate.transport.stream import PlainSocketStream
 
-__all__ = ["serve_listen", "serve_connect", "peer_name"]
+__all__ = ["peer_name", "serve_connect", "serve_listen"]
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +71,7 @@ async def serve_listen(
         await trio.serve_listeners(handle, listeners, handler_nursery=nursery)
 
 
-async def serve_connect(
-    host: str, port: int, source: DeviceSource, *, retry_interval_s: float = 1.0
-) -> None:
+async def serve_connect(host: str, port: int, source: DeviceSource, *, retry_interval_s: float = 1.0) -> None:
     """Dial a listening QEMU chardev, serve it, and dial again when it closes."""
     logged = False
     while True:

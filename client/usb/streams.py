@@ -51,13 +51,14 @@ import trio
 from redirgate.client.usb.errors import USB_CALL_ERRORS, status_for
 from redirgate.client.usb.iso import IsoPacketResult, iso_batch_packets
 from redirgate.client.usb.transfers import in_buffer
-from redirgate.proto.usbredir import EndpointType, Status, messages as m
+from redirgate.proto.usbredir import EndpointType, Status
+from redirgate.proto.usbredir import messages as m
 
 if TYPE_CHECKING:
     from redirgate.client.usb.device import UsbDevice
     from redirgate.client.usb.engine import HostEngine
 
-__all__ = ["Stream", "stream_status", "ISO_TIMEOUT_MS"]
+__all__ = ["ISO_TIMEOUT_MS", "Stream", "stream_status"]
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ class Stream:
         return True
 
 
-async def run_in_stream(engine: "HostEngine", stream: Stream) -> None:
+async def run_in_stream(engine: HostEngine, stream: Stream) -> None:
     """Read an IN endpoint until cancelled and forward what arrives."""
     device = engine.device
     if device is None:
@@ -140,7 +141,7 @@ class _InStream:
     """The state of one IN stream's task: the next packet id and the run of
     failed transfers."""
 
-    def __init__(self, engine: "HostEngine", stream: Stream, device: "UsbDevice") -> None:
+    def __init__(self, engine: HostEngine, stream: Stream, device: UsbDevice) -> None:
         self.engine = engine
         self.stream = stream
         self.device = device
@@ -259,7 +260,7 @@ class _InStream:
         return True
 
 
-def _iso_batch(engine: "HostEngine", stream: Stream) -> int:
+def _iso_batch(engine: HostEngine, stream: Stream) -> int:
     """Packets per iso IN transfer for this stream: about 4 ms of its
     endpoint's schedule (client/usb/iso.py), never more than the guest
     buffers (pkts_per_urb x no_urbs), so one batch alone cannot reach the
@@ -278,7 +279,7 @@ def _packet(stream: Stream, counter: int, status: int, length: int, data: m.Buff
     return m.BufferedBulkPacket(0, length, stream.endpoint, status, id=counter, data=data)
 
 
-async def run_iso_out_stream(engine: "HostEngine", stream: Stream) -> None:
+async def run_iso_out_stream(engine: HostEngine, stream: Stream) -> None:
     """Write the guest's iso OUT packets once half the slots are filled."""
     device = engine.device
     assert stream.out_queue is not None and stream.out_ready is not None

@@ -38,13 +38,14 @@ import trio
 import usb.core
 
 from redirgate.client.usb.errors import USB_CALL_ERRORS, is_timeout, status_for
-from redirgate.proto.usbredir import Status, messages as m
+from redirgate.proto.usbredir import Status
+from redirgate.proto.usbredir import messages as m
 
 if TYPE_CHECKING:
     from redirgate.client.usb.device import UsbDevice
     from redirgate.client.usb.engine import HostEngine
 
-__all__ = ["Request", "EndpointQueues", "CONTROL_TIMEOUT_MS", "SLICE_MS"]
+__all__ = ["CONTROL_TIMEOUT_MS", "SLICE_MS", "EndpointQueues", "Request"]
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def reply_for(msg: m.DataMessage, status: int, length: int = 0, data: m.Buffer =
 class EndpointQueues:
     """Per-endpoint FIFOs of requests and the tasks that run them."""
 
-    def __init__(self, engine: "HostEngine", nursery: trio.Nursery) -> None:
+    def __init__(self, engine: HostEngine, nursery: trio.Nursery) -> None:
         self._engine = engine
         self._nursery = nursery
         self._queues: dict[int, deque[Request]] = {}
@@ -122,11 +123,7 @@ class EndpointQueues:
         self.inflight[request.id] = request
         queue = self._queues.get(key)
         device = self._engine.device
-        if (
-            device is not None
-            and device.inline_transfers
-            and (queue is None or (not queue and key in self._idle))
-        ):
+        if device is not None and device.inline_transfers and (queue is None or (not queue and key in self._idle)):
             try:
                 reply = self._late_reply(request) if self._late else None
                 if reply is None:
@@ -215,7 +212,7 @@ class EndpointQueues:
             log.debug("%s: request %#x on %#04x failed: %s", engine.peer, msg.id, msg.endpoint_address, exc)
         return reply_for(msg, status)
 
-    def _transfer_now(self, device: "UsbDevice", request: Request) -> m.DataMessage:
+    def _transfer_now(self, device: UsbDevice, request: Request) -> m.DataMessage:
         """The transfer on this thread (the device has `inline_transfers`);
         BlockingIOError where the device would make it wait, with a partly
         accepted OUT transfer's count kept in `request.done`."""
@@ -225,9 +222,7 @@ class EndpointQueues:
                 buf = in_buffer(msg.length)
                 n = device.try_control(msg.requesttype, msg.request, msg.value, msg.index, buf, CONTROL_TIMEOUT_MS)
                 return reply_for(msg, Status.SUCCESS, n, memoryview(buf)[:n])
-            n = device.try_control(
-                msg.requesttype, msg.request, msg.value, msg.index, request.data, CONTROL_TIMEOUT_MS
-            )
+            n = device.try_control(msg.requesttype, msg.request, msg.value, msg.index, request.data, CONTROL_TIMEOUT_MS)
             return reply_for(msg, Status.SUCCESS, n)
         endpoint = msg.endpoint_address
         if endpoint & 0x80:

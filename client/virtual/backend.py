@@ -47,7 +47,7 @@ from .descriptors import (
 from .device import Setup, TransferStatus, VirtualDevice, run_no_wait
 from .errors import LibusbError, usb_error
 
-__all__ = ["VirtualBackend", "VIRTUAL_BUS"]
+__all__ = ["VIRTUAL_BUS", "VirtualBackend"]
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +158,9 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]  # pyusb is un
 
     def get_device_descriptor(self, dev: _DeviceId) -> DeviceDescriptor:
         d = dev.device
-        return with_topology(d.descriptors.device_descriptor, bus=VIRTUAL_BUS,
-                             address=dev.address, port=dev.port, speed=d.speed)
+        return with_topology(
+            d.descriptors.device_descriptor, bus=VIRTUAL_BUS, address=dev.address, port=dev.port, speed=d.speed
+        )
 
     def get_configuration_descriptor(self, dev: _DeviceId, config: int) -> ConfigurationDescriptor:
         configs = dev.device.descriptors.parsed_configurations
@@ -214,8 +215,7 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]  # pyusb is un
         devid = self._live(dev_handle)
         with self._lock:
             if devid.claims:
-                raise usb_error(LibusbError.BUSY, devid.device.name,
-                                f"interfaces {sorted(devid.claims)} are claimed")
+                raise usb_error(LibusbError.BUSY, devid.device.name, f"interfaces {sorted(devid.claims)} are claimed")
         devid.device.set_configuration(devid.generation, config_value)
 
     def get_configuration(self, dev_handle: _Handle) -> int:
@@ -232,8 +232,9 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]  # pyusb is un
     def claim_interface(self, dev_handle: _Handle, intf: int) -> None:
         devid = self._live(dev_handle)
         if not devid.device.has_interface(intf):
-            raise usb_error(LibusbError.NOT_FOUND, devid.device.name,
-                            f"no interface {intf} in the active configuration")
+            raise usb_error(
+                LibusbError.NOT_FOUND, devid.device.name, f"no interface {intf} in the active configuration"
+            )
         with self._lock:
             owner = devid.claims.get(intf)
             if owner is not None and owner is not dev_handle:
@@ -251,11 +252,12 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]  # pyusb is un
 
     # ------------------------------------------------------------ transfers
 
-    def _endpoint(self, dev_handle: _Handle, ep: int, kind: TransferType, is_in: bool) -> tuple[_DeviceId, EndpointDescriptor]:
+    def _endpoint(
+        self, dev_handle: _Handle, ep: int, kind: TransferType, is_in: bool
+    ) -> tuple[_DeviceId, EndpointDescriptor]:
         devid = self._live(dev_handle)
         if bool(ep & 0x80) != is_in:
-            raise usb_error(LibusbError.INVALID_PARAM, devid.device.name,
-                            f"endpoint {ep:#04x} has the wrong direction")
+            raise usb_error(LibusbError.INVALID_PARAM, devid.device.name, f"endpoint {ep:#04x} has the wrong direction")
         return devid, devid.device.endpoint(devid.generation, ep, kind)
 
     def _write(self, kind: TransferType, dev_handle: _Handle, ep: int, data: array.array[int], timeout: int) -> int:
@@ -289,8 +291,9 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]  # pyusb is un
         devid, desc = self._endpoint(dev_handle, ep, TransferType.ISOCHRONOUS, True)
         return devid.device.iso_in(devid.generation, desc, memoryview(buff).cast("B"))
 
-    def iso_read_packets(self, dev_handle: _Handle, ep: int, intf: int, count: int, packet_size: int,
-                         timeout: int) -> list[tuple[TransferStatus, bytes]]:
+    def iso_read_packets(
+        self, dev_handle: _Handle, ep: int, intf: int, count: int, packet_size: int, timeout: int
+    ) -> list[tuple[TransferStatus, bytes]]:
         """One isochronous IN transfer of ``count`` packets of at most
         ``packet_size`` bytes, with every packet's own result: a list of
         (libusb transfer status, payload), a failed packet without data.
@@ -300,12 +303,19 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]  # pyusb is un
         ignored (the emulated device never makes an iso transfer wait)."""
         devid, desc = self._endpoint(dev_handle, ep, TransferType.ISOCHRONOUS, True)
         if count < 1 or packet_size < 1:
-            raise usb_error(LibusbError.INVALID_PARAM, devid.device.name,
-                            f"{count} iso packets of {packet_size} bytes")
+            raise usb_error(LibusbError.INVALID_PARAM, devid.device.name, f"{count} iso packets of {packet_size} bytes")
         return devid.device.iso_in_packets(devid.generation, desc, count, packet_size)
 
-    def ctrl_transfer(self, dev_handle: _Handle, bmRequestType: int, bRequest: int, wValue: int,
-                      wIndex: int, data: array.array[int], timeout: int) -> int:
+    def ctrl_transfer(
+        self,
+        dev_handle: _Handle,
+        bmRequestType: int,
+        bRequest: int,
+        wValue: int,
+        wIndex: int,
+        data: array.array[int],
+        timeout: int,
+    ) -> int:
         devid = self._live(dev_handle)
         view = memoryview(data).cast("B")
         setup = Setup(bmRequestType, bRequest, wValue, wIndex, len(view))

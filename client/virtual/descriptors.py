@@ -285,22 +285,28 @@ def _build_config(cfg: ConfigSpec, strings: _Strings, dtype: DescriptorType) -> 
         if intf.number not in numbers:
             numbers.append(intf.number)
         body += _INTERFACE.pack(
-            9, DescriptorType.INTERFACE, intf.number, intf.alternate, len(intf.endpoints),
-            intf.interface_class, intf.interface_subclass, intf.interface_protocol,
+            9,
+            DescriptorType.INTERFACE,
+            intf.number,
+            intf.alternate,
+            len(intf.endpoints),
+            intf.interface_class,
+            intf.interface_subclass,
+            intf.interface_protocol,
             strings.index(intf.name),
         )
         body += intf.extra
         for ep in intf.endpoints:
             attrs = int(ep.transfer_type) | ep.sync_usage_bits
-            body += _ENDPOINT.pack(7, DescriptorType.ENDPOINT, ep.address, attrs,
-                                   ep.max_packet_size, ep.interval)
+            body += _ENDPOINT.pack(7, DescriptorType.ENDPOINT, ep.address, attrs, ep.max_packet_size, ep.interval)
             body += ep.extra
     attrs = 0x80 | (0x40 if cfg.self_powered else 0) | (0x20 if cfg.remote_wakeup else 0)
     total = _CONFIG.size + len(body)
     if total > 0xFFFF:
         raise DescriptorError(f"configuration {cfg.value} is {total} bytes long")
-    head = _CONFIG.pack(9, dtype, total, len(numbers), cfg.value,
-                        strings.index(cfg.name), attrs, min(cfg.max_power_ma // 2, 250))
+    head = _CONFIG.pack(
+        9, dtype, total, len(numbers), cfg.value, strings.index(cfg.name), attrs, min(cfg.max_power_ma // 2, 250)
+    )
     return head + bytes(body)
 
 
@@ -353,22 +359,35 @@ def build_descriptor_set(
     i_product = strings.index(identity.product)
     i_serial = strings.index(identity.serial)
     raw_configs = tuple(_build_config(c, strings, DescriptorType.CONFIGURATION) for c in configs)
-    raw_other = tuple(
-        _build_config(c, strings, DescriptorType.OTHER_SPEED_CONFIGURATION)
-        for c in other_speed_configs
-    )
+    raw_other = tuple(_build_config(c, strings, DescriptorType.OTHER_SPEED_CONFIGURATION) for c in other_speed_configs)
     device = _DEVICE.pack(
-        18, DescriptorType.DEVICE, identity.bcd_usb, identity.device_class,
-        identity.device_subclass, identity.device_protocol, identity.max_packet_size0,
-        identity.vendor_id, identity.product_id, identity.bcd_device,
-        i_manufacturer, i_product, i_serial, len(raw_configs),
+        18,
+        DescriptorType.DEVICE,
+        identity.bcd_usb,
+        identity.device_class,
+        identity.device_subclass,
+        identity.device_protocol,
+        identity.max_packet_size0,
+        identity.vendor_id,
+        identity.product_id,
+        identity.bcd_device,
+        i_manufacturer,
+        i_product,
+        i_serial,
+        len(raw_configs),
     )
     qualifier = None
     if other_speed is not None:
         qualifier = _QUALIFIER.pack(
-            10, DescriptorType.DEVICE_QUALIFIER, identity.bcd_usb, identity.device_class,
-            identity.device_subclass, identity.device_protocol, identity.max_packet_size0,
-            len(raw_other), 0,
+            10,
+            DescriptorType.DEVICE_QUALIFIER,
+            identity.bcd_usb,
+            identity.device_class,
+            identity.device_subclass,
+            identity.device_protocol,
+            identity.max_packet_size0,
+            len(raw_other),
+            0,
         )
     return DescriptorSet(
         speed=speed,
@@ -424,10 +443,12 @@ class _PendingInterface:
         length, dtype, number, alt, num_eps, cls, sub, proto, i_intf = self.fields
         if len(self.endpoints) != num_eps:
             raise DescriptorError(
-                f"interface {number} alt {alt} declares {num_eps} endpoints, has {len(self.endpoints)}")
+                f"interface {number} alt {alt} declares {num_eps} endpoints, has {len(self.endpoints)}"
+            )
         endpoints = tuple(_endpoint(d, x) for d, x in self.endpoints)
-        return InterfaceDescriptor(length, dtype, number, alt, num_eps, cls, sub, proto, i_intf,
-                                   list(self.extra), endpoints)
+        return InterfaceDescriptor(
+            length, dtype, number, alt, num_eps, cls, sub, proto, i_intf, list(self.extra), endpoints
+        )
 
 
 def parse_configuration(raw: bytes) -> ConfigurationDescriptor:
@@ -436,7 +457,8 @@ def parse_configuration(raw: bytes) -> ConfigurationDescriptor:
     interface or endpoint they follow; alternate settings are grouped by
     bInterfaceNumber in order of first appearance."""
     if len(raw) < _CONFIG.size or raw[1] not in (
-        DescriptorType.CONFIGURATION, DescriptorType.OTHER_SPEED_CONFIGURATION
+        DescriptorType.CONFIGURATION,
+        DescriptorType.OTHER_SPEED_CONFIGURATION,
     ):
         raise DescriptorError(f"not a configuration descriptor: {bytes(raw[:9]).hex()}")
     length, dtype, total, num_intf, value, i_config, attrs, power = _CONFIG.unpack_from(raw)
@@ -461,11 +483,11 @@ def parse_configuration(raw: bytes) -> ConfigurationDescriptor:
     interfaces = tuple(tuple(p.build() for p in alts) for alts in groups.values())
     if len(interfaces) != num_intf:
         raise DescriptorError(f"bNumInterfaces {num_intf} but {len(interfaces)} interfaces")
-    return ConfigurationDescriptor(length, dtype, total, num_intf, value, i_config, attrs, power,
-                                   list(cfg_extra), interfaces)
+    return ConfigurationDescriptor(
+        length, dtype, total, num_intf, value, i_config, attrs, power, list(cfg_extra), interfaces
+    )
 
 
 def with_topology(desc: DeviceDescriptor, *, bus: int, address: int, port: int, speed: Speed) -> DeviceDescriptor:
     """A copy of ``desc`` carrying where the device sits on the virtual bus."""
-    return dataclasses.replace(desc, bus=bus, address=address, port_number=port,
-                               port_numbers=(port,), speed=int(speed))
+    return dataclasses.replace(desc, bus=bus, address=address, port_number=port, port_numbers=(port,), speed=int(speed))

@@ -59,7 +59,7 @@ from .descriptors import (
 )
 from .errors import LibusbError, Stall, VirtualUSBError, usb_error
 
-__all__ = ["Setup", "StandardRequest", "TransferStatus", "VirtualDevice", "ISO_SLEEP_SLACK_S"]
+__all__ = ["ISO_SLEEP_SLACK_S", "Setup", "StandardRequest", "TransferStatus", "VirtualDevice"]
 
 #: ``time.sleep`` returns late by the timer slack (50 µs on Linux) plus the
 #: wait for the GIL, typically 0.1-0.3 ms on an idle machine: up to this much
@@ -400,8 +400,9 @@ class VirtualDevice:
             if desc is None:
                 raise self.error(LibusbError.NOT_FOUND, f"endpoint {ep:#04x} not in the active settings")
             if desc.transfer_type != kind:
-                raise self.error(LibusbError.INVALID_PARAM,
-                                 f"endpoint {ep:#04x} is {desc.transfer_type.name}, not {kind.name}")
+                raise self.error(
+                    LibusbError.INVALID_PARAM, f"endpoint {ep:#04x} is {desc.transfer_type.name}, not {kind.name}"
+                )
             return desc
 
     # ------------------------------------------------------------ control transfers
@@ -449,7 +450,7 @@ class VirtualDevice:
             return d.bos
         return _NOT_STANDARD
 
-    def _standard(self, setup: Setup, data: bytes) -> bytes | None | object:
+    def _standard(self, setup: Setup, data: bytes) -> bytes | object | None:
         req, rcpt = setup.request, setup.recipient
         if req == StandardRequest.GET_DESCRIPTOR and rcpt == RECIPIENT_DEVICE:
             return self._descriptor(setup)
@@ -480,8 +481,7 @@ class VirtualDevice:
                 return None
             raise Stall(f"feature {setup.value} not supported")
         if rcpt == RECIPIENT_DEVICE:
-            if req in (StandardRequest.SET_ADDRESS, StandardRequest.SET_SEL,
-                       StandardRequest.SET_ISOCH_DELAY):
+            if req in (StandardRequest.SET_ADDRESS, StandardRequest.SET_SEL, StandardRequest.SET_ISOCH_DELAY):
                 return None
             if req == StandardRequest.GET_CONFIGURATION:
                 return bytes((self._configuration,))
@@ -604,8 +604,9 @@ class VirtualDevice:
         self._pace(start, desc, len(sizes))
         return total
 
-    def iso_in_packets(self, generation: int, desc: EndpointDescriptor, count: int,
-                       packet_size: int) -> list[tuple[TransferStatus, bytes]]:
+    def iso_in_packets(
+        self, generation: int, desc: EndpointDescriptor, count: int, packet_size: int
+    ) -> list[tuple[TransferStatus, bytes]]:
         """One isochronous IN transfer of ``count`` packets of at most
         ``packet_size`` bytes (cut to the endpoint's maximum), each packet
         with its own status and payload, as libusb's packet descriptors
@@ -618,8 +619,9 @@ class VirtualDevice:
         self._pace(start, desc, count)
         return packets
 
-    def _iso_in_packets(self, generation: int, desc: EndpointDescriptor,
-                        sizes: list[int]) -> list[tuple[TransferStatus, bytes]]:
+    def _iso_in_packets(
+        self, generation: int, desc: EndpointDescriptor, sizes: list[int]
+    ) -> list[tuple[TransferStatus, bytes]]:
         """``handle_iso_in`` for these packet sizes, one (status, payload)
         per packet: a `TransferStatus` from the hook is that packet's
         failure, a payload longer than its packet is OVERFLOW (babble), a

@@ -57,8 +57,7 @@ _TEXT_ERRNO: dict[LibusbError, tuple[str, int | None]] = {
     LibusbError.PIPE: ("Pipe error", errno.EPIPE),
     LibusbError.INTERRUPTED: ("System call interrupted (perhaps due to signal)", errno.EINTR),
     LibusbError.NO_MEM: ("Insufficient memory", errno.ENOMEM),
-    LibusbError.NOT_SUPPORTED: (
-        "Operation not supported or unimplemented on this platform", errno.ENOSYS),
+    LibusbError.NOT_SUPPORTED: ("Operation not supported or unimplemented on this platform", errno.ENOSYS),
     LibusbError.OTHER: ("Unknown error", None),
 }
 

@@ -32,7 +32,7 @@ from .descriptors import (
 from .device import RECIPIENT_INTERFACE, TYPE_CLASS, TYPE_STANDARD, Setup, StandardRequest, VirtualDevice
 from .errors import Stall
 
-__all__ = ["KeyboardDevice", "BOOT_KEYBOARD_REPORT_DESCRIPTOR", "keyboard_reports"]
+__all__ = ["BOOT_KEYBOARD_REPORT_DESCRIPTOR", "KeyboardDevice", "keyboard_reports"]
 
 # The boot keyboard report descriptor of HID 1.11 appendix B.1 / E.6:
 # 8 modifier bits, a reserved byte, 5 LED output bits + 3 padding, 6 keys.
@@ -62,14 +62,30 @@ for _i, (_plain, _shifted) in enumerate(zip("1234567890", "!@#$%^&*()")):
     _KEYS[_plain] = (0x1E + _i, False)
     _KEYS[_shifted] = (0x1E + _i, True)
 for _usage, _plain, _shifted in (
-    (0x2D, "-", "_"), (0x2E, "=", "+"), (0x2F, "[", "{"), (0x30, "]", "}"),
-    (0x31, "\\", "|"), (0x33, ";", ":"), (0x34, "'", '"'), (0x35, "`", "~"),
-    (0x36, ",", "<"), (0x37, ".", ">"), (0x38, "/", "?"),
+    (0x2D, "-", "_"),
+    (0x2E, "=", "+"),
+    (0x2F, "[", "{"),
+    (0x30, "]", "}"),
+    (0x31, "\\", "|"),
+    (0x33, ";", ":"),
+    (0x34, "'", '"'),
+    (0x35, "`", "~"),
+    (0x36, ",", "<"),
+    (0x37, ".", ">"),
+    (0x38, "/", "?"),
 ):
     _KEYS[_plain] = (_usage, False)
     _KEYS[_shifted] = (_usage, True)
-_KEYS.update({"\n": (0x28, False), "\r": (0x28, False), "\x1b": (0x29, False),
-              "\b": (0x2A, False), "\t": (0x2B, False), " ": (0x2C, False)})
+_KEYS.update(
+    {
+        "\n": (0x28, False),
+        "\r": (0x28, False),
+        "\x1b": (0x29, False),
+        "\b": (0x2A, False),
+        "\t": (0x2B, False),
+        " ": (0x2C, False),
+    }
+)
 
 
 def keyboard_reports(text: str) -> list[bytes]:
@@ -88,8 +104,7 @@ def keyboard_reports(text: str) -> list[bytes]:
 
 def _hid_descriptor(report_length: int) -> bytes:
     # HID 1.11 6.2.1: bcdHID 1.11, country 0, one report descriptor.
-    return struct.pack("<BBHBBBH", 9, DescriptorType.HID, 0x0111, 0, 1,
-                       DescriptorType.HID_REPORT, report_length)
+    return struct.pack("<BBHBBBH", 9, DescriptorType.HID, 0x0111, 0, 1, DescriptorType.HID_REPORT, report_length)
 
 
 class KeyboardDevice(VirtualDevice):
@@ -105,20 +120,42 @@ class KeyboardDevice(VirtualDevice):
 
     INTERRUPT_IN = 0x81
 
-    def __init__(self, *, serial: str = "KBD0000000001", vendor_id: int = 0x1209,
-                 product_id: int = 0x0002, manufacturer: str = "redirgate",
-                 product: str = "Virtual Keyboard", name: str = "keyboard") -> None:
-        identity = DeviceIdentity(vendor_id=vendor_id, product_id=product_id, bcd_device=0x0100,
-                                  manufacturer=manufacturer, product=product, serial=serial,
-                                  bcd_usb=0x0110, max_packet_size0=8)
+    def __init__(
+        self,
+        *,
+        serial: str = "KBD0000000001",
+        vendor_id: int = 0x1209,
+        product_id: int = 0x0002,
+        manufacturer: str = "redirgate",
+        product: str = "Virtual Keyboard",
+        name: str = "keyboard",
+    ) -> None:
+        identity = DeviceIdentity(
+            vendor_id=vendor_id,
+            product_id=product_id,
+            bcd_device=0x0100,
+            manufacturer=manufacturer,
+            product=product,
+            serial=serial,
+            bcd_usb=0x0110,
+            max_packet_size0=8,
+        )
         self._hid = _hid_descriptor(len(BOOT_KEYBOARD_REPORT_DESCRIPTOR))
         config = ConfigSpec(
-            value=1, remote_wakeup=True, max_power_ma=100,
-            interfaces=(InterfaceSpec(
-                number=0, alternate=0, interface_class=0x03, interface_subclass=0x01,
-                interface_protocol=0x01, extra=self._hid,
-                endpoints=(EndpointSpec(self.INTERRUPT_IN, TransferType.INTERRUPT, 8, 10),),
-            ),),
+            value=1,
+            remote_wakeup=True,
+            max_power_ma=100,
+            interfaces=(
+                InterfaceSpec(
+                    number=0,
+                    alternate=0,
+                    interface_class=0x03,
+                    interface_subclass=0x01,
+                    interface_protocol=0x01,
+                    extra=self._hid,
+                    endpoints=(EndpointSpec(self.INTERRUPT_IN, TransferType.INTERRUPT, 8, 10),),
+                ),
+            ),
         )
         super().__init__(name, build_descriptor_set(identity, Speed.FULL, [config]))
         self._reports: collections.deque[bytes] = collections.deque()

@@ -120,7 +120,10 @@ def _loopback_config(speed: Speed) -> ConfigSpec:
         max_power_ma=100,
         interfaces=(
             InterfaceSpec(
-                number=0, alternate=0, interface_class=0xFF, name="Loopback",
+                number=0,
+                alternate=0,
+                interface_class=0xFF,
+                name="Loopback",
                 endpoints=(
                     EndpointSpec(0x01, TransferType.BULK, bulk),
                     EndpointSpec(0x81, TransferType.BULK, bulk),
@@ -130,7 +133,10 @@ def _loopback_config(speed: Speed) -> ConfigSpec:
             ),
             InterfaceSpec(number=1, alternate=0, interface_class=0xFF, name="Isochronous (off)"),
             InterfaceSpec(
-                number=1, alternate=1, interface_class=0xFF, name="Isochronous",
+                number=1,
+                alternate=1,
+                interface_class=0xFF,
+                name="Isochronous",
                 endpoints=(
                     EndpointSpec(0x02, TransferType.ISOCHRONOUS, iso, 1, iso_attrs),
                     EndpointSpec(0x82, TransferType.ISOCHRONOUS, iso, 1, iso_attrs),
@@ -186,17 +192,30 @@ class LoopbackDevice(VirtualDevice):
     INTR_OUT, INTR_IN = 0x03, 0x83
     ISO_OUT, ISO_IN = 0x02, 0x82
 
-    def __init__(self, *, speed: Speed = Speed.HIGH, mode: LoopbackMode = LoopbackMode.LOOPBACK,
-                 buffer_bytes: int = 1 << 20, iso_realtime: bool = True,
-                 serial: str = "LOOP0000000001", vendor_id: int = 0x1209,
-                 product_id: int = 0x0003, name: str = "loopback") -> None:
+    def __init__(
+        self,
+        *,
+        speed: Speed = Speed.HIGH,
+        mode: LoopbackMode = LoopbackMode.LOOPBACK,
+        buffer_bytes: int = 1 << 20,
+        iso_realtime: bool = True,
+        serial: str = "LOOP0000000001",
+        vendor_id: int = 0x1209,
+        product_id: int = 0x0003,
+        name: str = "loopback",
+    ) -> None:
         if speed not in (Speed.FULL, Speed.HIGH):
             raise ValueError(f"the loopback device runs at full or high speed, not {speed.name}")
-        identity = DeviceIdentity(vendor_id=vendor_id, product_id=product_id, bcd_device=0x0100,
-                                  manufacturer="redirgate", product="Virtual Loopback", serial=serial)
+        identity = DeviceIdentity(
+            vendor_id=vendor_id,
+            product_id=product_id,
+            bcd_device=0x0100,
+            manufacturer="redirgate",
+            product="Virtual Loopback",
+            serial=serial,
+        )
         other = Speed.FULL if speed == Speed.HIGH else Speed.HIGH
-        descriptors = build_descriptor_set(identity, speed, [_loopback_config(speed)],
-                                           other, [_loopback_config(other)])
+        descriptors = build_descriptor_set(identity, speed, [_loopback_config(speed)], other, [_loopback_config(other)])
         super().__init__(name, descriptors)
         self.iso_realtime = iso_realtime
         self._mode = LoopbackMode(mode)

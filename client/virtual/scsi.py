@@ -76,9 +76,16 @@ class ScsiDisk:
     multiple of 512; a trailing partial block is ignored.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False,
-                 vendor: str = "Redirgat", product: str = "Virtual Flash",
-                 revision: str = "1.00", serial: str = "000000000001") -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        read_only: bool = False,
+        vendor: str = "Redirgat",
+        product: str = "Virtual Flash",
+        revision: str = "1.00",
+        serial: str = "000000000001",
+    ) -> None:
         self.path = os.fspath(path)
         self.read_only = read_only
         self._fd = os.open(self.path, os.O_RDONLY if read_only else os.O_RDWR)
@@ -142,14 +149,23 @@ class ScsiDisk:
             return self._ok(bytes((0, page, 0, len(body))) + body, alloc)
         if cdb[2]:
             raise CheckCondition(INVALID_FIELD)
-        data = bytes((
-            0x00,  # peripheral: direct access block device
-            0x80,  # RMB: removable medium, like USB sticks
-            0x02,  # version: SCSI-2, what most flash drives claim
-            0x02,  # response data format 2
-            31,  # additional length: 36-byte standard data
-            0, 0, 0,
-        )) + _pad(self.vendor, 8) + _pad(self.product, 16) + _pad(self.revision, 4)
+        data = (
+            bytes(
+                (
+                    0x00,  # peripheral: direct access block device
+                    0x80,  # RMB: removable medium, like USB sticks
+                    0x02,  # version: SCSI-2, what most flash drives claim
+                    0x02,  # response data format 2
+                    31,  # additional length: 36-byte standard data
+                    0,
+                    0,
+                    0,
+                )
+            )
+            + _pad(self.vendor, 8)
+            + _pad(self.product, 16)
+            + _pad(self.revision, 4)
+        )
         return self._ok(data, alloc)
 
     def _test_unit_ready(self, cdb: bytes) -> ScsiResult:

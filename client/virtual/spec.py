@@ -38,7 +38,7 @@ def parse_virtual_spec(spec: str) -> VirtualDevice:
     storage device).  Raises VirtualSpecError with the reason."""
     if not spec.startswith(SPEC_PREFIX):
         raise VirtualSpecError(spec, f"does not start with {SPEC_PREFIX!r}")
-    head, sep, argument = spec[len(SPEC_PREFIX):].partition(":")
+    head, sep, argument = spec[len(SPEC_PREFIX) :].partition(":")
     kind, _, option_text = head.partition("@")
     options = [o for o in option_text.split(",") if o] if option_text else []
     speeds = [_SPEEDS[o] for o in options if o in _SPEEDS]

@@ -62,7 +62,10 @@ def _storage_config(speed: Speed) -> ConfigSpec:
         max_power_ma=200,
         interfaces=(
             InterfaceSpec(
-                number=0, alternate=0, interface_class=0x08, interface_subclass=0x06,
+                number=0,
+                alternate=0,
+                interface_class=0x08,
+                interface_subclass=0x06,
                 interface_protocol=0x50,
                 endpoints=(
                     EndpointSpec(0x81, TransferType.BULK, maxp),
@@ -95,19 +98,33 @@ class MassStorageDevice(VirtualDevice):
     #: a CBW's hook reads or writes the image file: transfers stay in threads
     inline_transfers = False
 
-    def __init__(self, image: str | os.PathLike[str], *, speed: Speed = Speed.HIGH,
-                 read_only: bool = False, serial: str | None = None,
-                 vendor_id: int = 0x1209, product_id: int = 0x0001,
-                 manufacturer: str = "redirgate", product: str = "Virtual Flash Drive",
-                 stall_on_residue: bool = True, name: str | None = None) -> None:
+    def __init__(
+        self,
+        image: str | os.PathLike[str],
+        *,
+        speed: Speed = Speed.HIGH,
+        read_only: bool = False,
+        serial: str | None = None,
+        vendor_id: int = 0x1209,
+        product_id: int = 0x0001,
+        manufacturer: str = "redirgate",
+        product: str = "Virtual Flash Drive",
+        stall_on_residue: bool = True,
+        name: str | None = None,
+    ) -> None:
         if speed not in (Speed.FULL, Speed.HIGH):
             raise ValueError(f"a flash drive runs at full or high speed, not {speed.name}")
         serial = serial or default_serial(image)
-        identity = DeviceIdentity(vendor_id=vendor_id, product_id=product_id, bcd_device=0x0100,
-                                  manufacturer=manufacturer, product=product, serial=serial)
+        identity = DeviceIdentity(
+            vendor_id=vendor_id,
+            product_id=product_id,
+            bcd_device=0x0100,
+            manufacturer=manufacturer,
+            product=product,
+            serial=serial,
+        )
         other = Speed.FULL if speed == Speed.HIGH else Speed.HIGH
-        descriptors = build_descriptor_set(identity, speed, [_storage_config(speed)],
-                                           other, [_storage_config(other)])
+        descriptors = build_descriptor_set(identity, speed, [_storage_config(speed)], other, [_storage_config(other)])
         super().__init__(name or f"storage:{os.fspath(image)}", descriptors)
         self.disk = ScsiDisk(image, read_only=read_only, serial=serial)
         self.stall_on_residue = stall_on_residue

@@ -4,7 +4,7 @@ Owns the PKI directory (layout in :mod:`.authority`), key files (mode 0600,
 never overwritten without ``force``, :mod:`.files`) and revocation
 (:mod:`.revocation`).  The identity convention (``CN=NAME`` plus SAN URI
 ``urn:redirgate:client:NAME``) lives in
-:mod:`redirgate.gateway.transport.identity` so the TLS check reads exactly
+:mod:`redirgate.transport.identity` so the TLS check reads exactly
 what this package writes.  Never touches the network.
 """
 
@@ -23,7 +23,7 @@ from redirgate.gateway.pki.authority import (
 )
 from redirgate.gateway.pki.errors import KeyExists, PkiError, PkiInvalid, PkiMissing
 from redirgate.gateway.pki.revocation import RevocationList, Revoked, read_revoked, revoke
-from redirgate.gateway.transport.identity import PeerKind, identity_from_certificate
+from redirgate.transport.identity import PeerKind, identity_from_certificate
 
 __all__ = [
     "CA_VALID_DAYS",

@@ -2,7 +2,7 @@
 
 Owns the directory layout, the certificate profiles (validity, extensions)
 and the identity convention's write side (see
-:mod:`redirgate.gateway.transport.identity`).  Never talks to the network.
+:mod:`redirgate.transport.identity`).  Never talks to the network.
 
 Layout of a PKI directory::
 
@@ -45,7 +45,7 @@ from redirgate.gateway.pki.files import (
     write_certificate,
     write_private_key,
 )
-from redirgate.gateway.transport.identity import IdentityError, PeerKind, identity_uri, validate_name
+from redirgate.transport.identity import IdentityError, PeerKind, identity_uri, validate_name
 
 __all__ = [
     "CA_CERT",
@@ -69,7 +69,9 @@ CA_KEY = "ca-key.pem"
 CA_VALID_DAYS = 3652  # ten years
 LEAF_VALID_DAYS = 730  # two years; re-issue with --force
 CLOCK_SKEW = dt.timedelta(minutes=5)
-_DNS_NAME = re.compile(r"(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+_DNS_NAME = re.compile(
+    r"(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +86,7 @@ class Issued:
 
 
 def _now(now: dt.datetime | None) -> dt.datetime:
-    return now if now is not None else dt.datetime.now(dt.timezone.utc)
+    return now if now is not None else dt.datetime.now(dt.UTC)
 
 
 def _check_name(directory: Path, name: str) -> str:

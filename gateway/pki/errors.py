@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["PkiError", "KeyExists", "PkiMissing", "PkiInvalid"]
+__all__ = ["KeyExists", "PkiError", "PkiInvalid", "PkiMissing"]
 
 
 class PkiError(Exception):

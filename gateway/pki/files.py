@@ -64,9 +64,7 @@ def write_file(path: Path, data: bytes, *, mode: int, force: bool = False) -> No
 
 def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey, *, force: bool = False) -> None:
     """PKCS#8 PEM, unencrypted (services read it unattended), mode 0600."""
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     write_file(path, pem, mode=KEY_MODE, force=force)
 
 

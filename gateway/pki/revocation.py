@@ -31,9 +31,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from redirgate.gateway.pki.authority import CertificateAuthority, leaf_paths
 from redirgate.gateway.pki.errors import PkiError, PkiInvalid, PkiMissing
 from redirgate.gateway.pki.files import PUBLIC_MODE, load_certificate, write_file
-from redirgate.gateway.transport.identity import IdentityError, PeerKind, validate_name
+from redirgate.transport.identity import IdentityError, PeerKind, validate_name
 
-__all__ = ["CRL_FILE", "CRL_VALID_DAYS", "REVOKED_FILE", "Revoked", "RevocationList", "read_revoked", "revoke", "write_crl"]
+__all__ = [
+    "CRL_FILE",
+    "CRL_VALID_DAYS",
+    "REVOKED_FILE",
+    "RevocationList",
+    "Revoked",
+    "read_revoked",
+    "revoke",
+    "write_crl",
+]
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +61,12 @@ class Revoked:
     revoked_at: dt.datetime
 
     def to_json(self) -> dict[str, str]:
-        return {"name": self.name, "kind": self.kind.value, "serial": f"{self.serial:x}", "revoked_at": self.revoked_at.isoformat()}
+        return {
+            "name": self.name,
+            "kind": self.kind.value,
+            "serial": f"{self.serial:x}",
+            "revoked_at": self.revoked_at.isoformat(),
+        }
 
 
 def read_revoked(directory: str | os.PathLike[str]) -> list[Revoked]:
@@ -84,7 +98,7 @@ def write_crl(
     ca: CertificateAuthority, entries: Sequence[Revoked], *, reset: bool = False, now: dt.datetime | None = None
 ) -> Path:
     """Write revoked.json and a CRL of `entries` signed by `ca` (atomically replaced)."""
-    when = now if now is not None else dt.datetime.now(dt.timezone.utc)
+    when = now if now is not None else dt.datetime.now(dt.UTC)
     crl_path = ca.directory / CRL_FILE
     number = 1 if reset else _crl_number(crl_path) + 1
     ski = ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
@@ -132,7 +146,7 @@ def revoke(
     entries = read_revoked(base)
     existing = next((e for e in entries if e.serial == serial), None)
     if existing is None:
-        existing = Revoked(name, kind, serial, (now or dt.datetime.now(dt.timezone.utc)).replace(microsecond=0))
+        existing = Revoked(name, kind, serial, (now or dt.datetime.now(dt.UTC)).replace(microsecond=0))
         entries.append(existing)
     write_crl(ca, entries, now=now)
     log.info("revoked %s %s (serial %x)", kind.value, name, serial)
@@ -142,7 +156,7 @@ def revoke(
 class RevocationList:
     """The CA's CRL as the gateway sees it, reloaded when the file changes.
 
-    Satisfies :class:`redirgate.gateway.transport.tls.RevocationChecker`.
+    Satisfies :class:`redirgate.transport.tls.RevocationChecker`.
     """
 
     def __init__(self, crl_path: str | os.PathLike[str], ca_cert: x509.Certificate | str | os.PathLike[str]) -> None:

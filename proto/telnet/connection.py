@@ -62,19 +62,19 @@ from redirgate.proto.telnet.errors import (
 )
 
 __all__ = [
-    "Role",
-    "TelnetConnection",
-    "Data",
-    "Command",
-    "OptionChanged",
-    "Subnegotiation",
-    "ComPort",
-    "Event",
-    "NEED_DATA",
     "CLOSED",
-    "escape",
-    "encode_comport",
+    "NEED_DATA",
+    "ComPort",
+    "Command",
+    "Data",
+    "Event",
+    "OptionChanged",
+    "Role",
+    "Subnegotiation",
+    "TelnetConnection",
     "decode_comport_value",
+    "encode_comport",
+    "escape",
 ]
 
 
@@ -434,9 +434,7 @@ class TelnetConnection:
     def _finish_subnegotiation(self) -> Event | None:
         option = self._sb_option
         if self._sb_overflow:
-            raise SubnegotiationError(
-                f"subnegotiation of option {option} longer than {self._max_sb} bytes", option
-            )
+            raise SubnegotiationError(f"subnegotiation of option {option} longer than {self._max_sb} bytes", option)
         payload = bytes(self._sb_payload)
         self._sb_payload.clear()
         if option != Option.COM_PORT:

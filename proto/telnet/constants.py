@@ -10,10 +10,25 @@ import enum
 from typing import Final
 
 __all__ = [
-    "IAC", "DONT", "DO", "WONT", "WILL", "SB", "SE", "Cmd", "Option",
-    "ComPortCommand", "SERVER_OFFSET", "Parity", "StopSize", "Control",
-    "LineState", "ModemState", "Purge", "MAX_SUBNEGOTIATION_BYTES",
+    "DO",
+    "DONT",
+    "IAC",
     "MAX_SIGNATURE_BYTES",
+    "MAX_SUBNEGOTIATION_BYTES",
+    "SB",
+    "SE",
+    "SERVER_OFFSET",
+    "WILL",
+    "WONT",
+    "Cmd",
+    "ComPortCommand",
+    "Control",
+    "LineState",
+    "ModemState",
+    "Option",
+    "Parity",
+    "Purge",
+    "StopSize",
 ]
 
 # RFC 854 "TELNET COMMAND STRUCTURE".

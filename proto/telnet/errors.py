@@ -9,11 +9,11 @@ to send something invalid; nothing was produced.
 from __future__ import annotations
 
 __all__ = [
-    "TelnetError",
-    "RemoteProtocolError",
-    "SubnegotiationError",
     "ComPortValueError",
     "LocalProtocolError",
+    "RemoteProtocolError",
+    "SubnegotiationError",
+    "TelnetError",
 ]
 
 

@@ -22,12 +22,20 @@ from types import MappingProxyType
 from typing import ClassVar, Final
 
 from redirgate.proto.tunnel import validate as v
-from redirgate.proto.tunnel.base import CLOSED, NEED_DATA, Role, TunnelMessage, _Sentinel, decode_message, encode_message
+from redirgate.proto.tunnel.base import (
+    CLOSED,
+    NEED_DATA,
+    Role,
+    TunnelMessage,
+    _Sentinel,
+    decode_message,
+    encode_message,
+)
 from redirgate.proto.tunnel.errors import LocalProtocolError, RemoteProtocolError, UnexpectedMessageError
 from redirgate.proto.tunnel.framing import Buffer, FrameDecoder, check_limit
 from redirgate.proto.tunnel.messages import MAX_REASON_LEN, TOKEN_MAX_BYTES, TOKEN_MIN_BYTES
 
-__all__ = ["Attach", "AttachResult", "AttachConnection", "ATTACH_MESSAGES", "ATTACH_MAX_MESSAGE_SIZE"]
+__all__ = ["ATTACH_MAX_MESSAGE_SIZE", "ATTACH_MESSAGES", "Attach", "AttachConnection", "AttachResult"]
 
 #: An Attach is ~60 bytes, an AttachResult at most ~300 (a 256-character
 #: reason, mostly ASCII); 1 KiB leaves room and nothing more.

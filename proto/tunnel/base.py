@@ -22,8 +22,16 @@ from typing import Any, ClassVar, Final, TypeVar
 from redirgate.proto.tunnel.errors import InvalidMessageError, LocalProtocolError
 from redirgate.proto.tunnel.framing import Buffer, decode_body, encode_body, frame
 
-__all__ = ["Role", "WireRecord", "TunnelMessage", "KIND_KEY", "encode_message", "decode_message",
-           "NEED_DATA", "CLOSED"]
+__all__ = [
+    "CLOSED",
+    "KIND_KEY",
+    "NEED_DATA",
+    "Role",
+    "TunnelMessage",
+    "WireRecord",
+    "decode_message",
+    "encode_message",
+]
 
 #: The key naming a message's kind in its map.
 KIND_KEY = "kind"
@@ -122,7 +130,6 @@ class TunnelMessage(WireRecord):
         wire = WireRecord.to_wire(self)
         wire[KIND_KEY] = self.KIND
         return wire
-
 
 
 def encode_message(message: TunnelMessage, limit: int) -> bytes:

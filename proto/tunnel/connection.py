@@ -26,7 +26,15 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Final
 
-from redirgate.proto.tunnel.base import CLOSED, NEED_DATA, Role, TunnelMessage, _Sentinel, decode_message, encode_message
+from redirgate.proto.tunnel.base import (
+    CLOSED,
+    NEED_DATA,
+    Role,
+    TunnelMessage,
+    _Sentinel,
+    decode_message,
+    encode_message,
+)
 from redirgate.proto.tunnel.errors import (
     LocalProtocolError,
     RemoteProtocolError,
@@ -37,7 +45,7 @@ from redirgate.proto.tunnel.framing import Buffer, FrameDecoder, check_limit
 from redirgate.proto.tunnel.messages import CONTROL_MESSAGES, PROTOCOL_VERSION, ClientHello, GatewayHello
 from redirgate.proto.tunnel.state import ChannelState, ControlState, Violation
 
-__all__ = ["TunnelConnection", "Event", "DEFAULT_MAX_MESSAGE_SIZE", "DEFAULT_MAX_CHANNELS"]
+__all__ = ["DEFAULT_MAX_CHANNELS", "DEFAULT_MAX_MESSAGE_SIZE", "Event", "TunnelConnection"]
 
 #: Control messages up to 1 MiB: room for a full inventory of MAX_DEVICES.
 DEFAULT_MAX_MESSAGE_SIZE: Final = 1024 * 1024

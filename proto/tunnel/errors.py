@@ -17,16 +17,16 @@ one boundary (`framing.decode_body`) into `DecodeError`.
 from __future__ import annotations
 
 __all__ = [
-    "TunnelProtocolError",
-    "RemoteProtocolError",
-    "LocalProtocolError",
-    "FrameTooLargeError",
-    "TruncatedError",
     "DecodeError",
+    "FrameTooLargeError",
     "InvalidMessageError",
+    "LocalProtocolError",
+    "RemoteProtocolError",
+    "SelectorError",
+    "TruncatedError",
+    "TunnelProtocolError",
     "UnexpectedMessageError",
     "VersionMismatchError",
-    "SelectorError",
 ]
 
 
@@ -71,9 +71,7 @@ class UnexpectedMessageError(RemoteProtocolError):
 class VersionMismatchError(RemoteProtocolError):
     """The peer speaks a major protocol version we do not."""
 
-    def __init__(
-        self, reason: str, *, ours: tuple[int, int], theirs: tuple[int, int], kind: str | None = None
-    ) -> None:
+    def __init__(self, reason: str, *, ours: tuple[int, int], theirs: tuple[int, int], kind: str | None = None) -> None:
         self.ours = ours
         self.theirs = theirs
         super().__init__(reason, kind=kind)

@@ -32,14 +32,14 @@ import msgpack  # type: ignore[import-untyped]  # msgpack ships no type informat
 from redirgate.proto.tunnel.errors import DecodeError, FrameTooLargeError, LocalProtocolError, TruncatedError
 
 __all__ = [
-    "PREFIX_SIZE",
     "MAX_FRAME_LIMIT",
+    "PREFIX_SIZE",
     "Buffer",
     "FrameDecoder",
-    "encode_body",
-    "decode_body",
-    "frame",
     "check_limit",
+    "decode_body",
+    "encode_body",
+    "frame",
 ]
 
 Buffer = bytes | bytearray | memoryview
@@ -94,7 +94,7 @@ def decode_body(body: Buffer) -> dict[str, Any]:
         )
     except (_ExtRejected, _KeyRejected) as exc:
         raise DecodeError(str(exc)) from exc
-    except Exception as exc:  # noqa: BLE001 - msgpack's documented "other exceptions"
+    except Exception as exc:
         detail = str(exc)[:200]
         raise DecodeError(f"malformed msgpack: {type(exc).__name__}{': ' + detail if detail else ''}") from exc
     if type(value) is not dict:
@@ -106,7 +106,7 @@ def encode_body(value: dict[str, Any]) -> bytes:
     """msgpack for a map of plain values (bytes as bin, str as str)."""
     try:
         packed: bytes = msgpack.packb(value, use_bin_type=True, strict_types=False, datetime=False)
-    except Exception as exc:  # noqa: BLE001 - msgpack's PackException, TypeError, OverflowError...
+    except Exception as exc:
         raise LocalProtocolError(f"cannot encode: {type(exc).__name__}: {exc}") from exc
     return packed
 
@@ -180,9 +180,7 @@ class FrameDecoder:
         total = PREFIX_SIZE + self._body_len
         if available < total:
             if self._eof:
-                raise TruncatedError(
-                    f"stream ended inside a {self._body_len}-byte message at offset {self.offset}"
-                )
+                raise TruncatedError(f"stream ended inside a {self._body_len}-byte message at offset {self.offset}")
             return None
         start = self._start + PREFIX_SIZE
         body = bytes(self._buf[start : start + self._body_len])

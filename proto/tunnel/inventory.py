@@ -20,7 +20,7 @@ from redirgate.proto.tunnel.base import Role, TunnelMessage, WireRecord
 from redirgate.proto.tunnel.errors import LocalProtocolError, SelectorError
 from redirgate.proto.tunnel.selectors import MAX_SERIAL_LEN, DeviceSelector, SelectorScheme, parse_selector
 
-__all__ = ["DeviceKind", "DeviceEntry", "Inventory", "InventoryUpdate", "MAX_DEVICES"]
+__all__ = ["MAX_DEVICES", "DeviceEntry", "DeviceKind", "Inventory", "InventoryUpdate"]
 
 #: Devices in one inventory.  1024 worst-case entries of ~700 bytes still fit
 #: the default 1 MiB control message limit.

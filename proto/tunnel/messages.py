@@ -26,24 +26,24 @@ from redirgate.proto.tunnel.inventory import DeviceEntry, Inventory, InventoryUp
 from redirgate.proto.tunnel.selectors import DeviceSelector, parse_selector
 
 __all__ = [
+    "CONTROL_MESSAGES",
     "PROTOCOL_VERSION",
+    "TOKEN_MAX_BYTES",
+    "TOKEN_MIN_BYTES",
+    "ChannelFailed",
+    "ChannelOpened",
     "ChannelProtocol",
-    "ErrorCode",
     "ClientHello",
+    "CloseChannel",
+    "DeviceEntry",
+    "Error",
+    "ErrorCode",
     "GatewayHello",
     "Heartbeat",
     "HeartbeatAck",
-    "OpenChannel",
-    "ChannelOpened",
-    "ChannelFailed",
-    "CloseChannel",
-    "Error",
-    "DeviceEntry",
     "Inventory",
     "InventoryUpdate",
-    "CONTROL_MESSAGES",
-    "TOKEN_MIN_BYTES",
-    "TOKEN_MAX_BYTES",
+    "OpenChannel",
 ]
 
 #: (major, minor) of the control protocol this code speaks.  A different
@@ -145,7 +145,9 @@ class GatewayHello(TunnelMessage):
         interval = v.number(owner, "heartbeat_interval_s", self.heartbeat_interval_s, 0.0, MAX_HEARTBEAT_INTERVAL_S)
         timeout = v.number(owner, "heartbeat_timeout_s", self.heartbeat_timeout_s, 0.0, MAX_HEARTBEAT_TIMEOUT_S)
         if timeout <= interval:
-            raise LocalProtocolError(f"{owner}: heartbeat_timeout_s {timeout} must exceed heartbeat_interval_s {interval}")
+            raise LocalProtocolError(
+                f"{owner}: heartbeat_timeout_s {timeout} must exceed heartbeat_interval_s {interval}"
+            )
         object.__setattr__(self, "heartbeat_interval_s", interval)
         object.__setattr__(self, "heartbeat_timeout_s", timeout)
 

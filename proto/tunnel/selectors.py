@@ -26,7 +26,7 @@ from redirgate.proto.tunnel.errors import SelectorError
 if TYPE_CHECKING:
     from redirgate.proto.tunnel.inventory import DeviceEntry
 
-__all__ = ["SelectorScheme", "DeviceSelector", "parse_selector", "MAX_SELECTOR_LEN"]
+__all__ = ["MAX_SELECTOR_LEN", "DeviceSelector", "SelectorScheme", "parse_selector"]
 
 #: Longest selector: "usb:VVVV:PPPP:" + a 126-character serial (a USB string
 #: descriptor holds at most (255 - 2) / 2 UTF-16 units), with room to spare.
@@ -95,8 +95,7 @@ def parse_selector(value: object) -> DeviceSelector:
         scheme = SelectorScheme(scheme_text)
     except ValueError:
         raise SelectorError(
-            f"selector {value!r}: unknown scheme {scheme_text!r} "
-            f"(known: {', '.join(s.value for s in SelectorScheme)})"
+            f"selector {value!r}: unknown scheme {scheme_text!r} (known: {', '.join(s.value for s in SelectorScheme)})"
         ) from None
     if not sep:
         raise SelectorError(f"selector {value!r} has nothing after the scheme")

@@ -110,9 +110,7 @@ class ControlState:
                 raise Violation(f"heartbeat_ack for seq {message.seq}, which the {sender.peer.value} never sent")
         elif isinstance(message, OpenChannel):
             if message.channel_id <= self.last_channel_id:
-                raise Violation(
-                    f"channel id {message.channel_id} does not increase (last {self.last_channel_id})"
-                )
+                raise Violation(f"channel id {message.channel_id} does not increase (last {self.last_channel_id})")
             if len(self.channels) >= self.max_channels:
                 raise Violation(f"more than {self.max_channels} live channels")
         elif isinstance(message, (ChannelOpened, ChannelFailed, CloseChannel)):

@@ -20,15 +20,15 @@ from redirgate.proto.tunnel.errors import LocalProtocolError
 __all__ = [
     "U32",
     "U64",
-    "uint",
-    "number",
+    "blob",
     "boolean",
+    "enum_value",
+    "mapping",
+    "number",
+    "sequence",
     "text",
     "token_text",
-    "blob",
-    "sequence",
-    "mapping",
-    "enum_value",
+    "uint",
 ]
 
 U32 = 0xFFFFFFFF

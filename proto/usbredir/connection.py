@@ -54,10 +54,10 @@ from redirgate.proto.usbredir.messages import (
 )
 
 __all__ = [
-    "UsbredirConnection",
-    "NEED_DATA",
     "CLOSED",
+    "NEED_DATA",
     "Event",
+    "UsbredirConnection",
     "check_main_header",
     "check_type_header",
     "verified_caps",
@@ -342,9 +342,7 @@ class UsbredirConnection:
             self._start = self._end = 0
             self._pending = None
             self._to_skip = 0
-            raise errors.RemoteProtocolError(
-                "connection closed in the middle of a message", offset=offset
-            )
+            raise errors.RemoteProtocolError("connection closed in the middle of a message", offset=offset)
         return CLOSED
 
     def _check_main_header(
@@ -389,9 +387,7 @@ class UsbredirConnection:
             offset = self._offset
             self._skip_rest(hsize + len(data))
             reason = "without data" if len(data) < 1 else "not NUL-terminated"
-            raise errors.InvalidFieldError(
-                f"filter string {reason}", msg_type=MsgType.FILTER_FILTER, offset=offset
-            )
+            raise errors.InvalidFieldError(f"filter string {reason}", msg_type=MsgType.FILTER_FILTER, offset=offset)
 
     # ------------------------------------------------------------- send
     def hello_bytes(self) -> bytes:
@@ -440,15 +436,11 @@ class UsbredirConnection:
         """What the peer's parser would reject, as LocalProtocolError; the
         message's type-header size otherwise."""
         if cls is Hello:
-            raise errors.LocalProtocolError(
-                "the hello is sent once, with hello_bytes()", msg_type=cls.TYPE
-            )
+            raise errors.LocalProtocolError("the hello is sent once, with hello_bytes()", msg_type=cls.TYPE)
         if not self._hello_sent:
             raise errors.LocalProtocolError("send hello_bytes() first", msg_type=cls.TYPE)
         if cls.SENDER not in self._may_send:
-            raise errors.LocalProtocolError(
-                f"a usbredir {self.role.value} may not send this", msg_type=cls.TYPE
-            )
+            raise errors.LocalProtocolError(f"a usbredir {self.role.value} may not send this", msg_type=cls.TYPE)
         thsize = self._layout[cls.TYPE][1]
         if thsize + payload_len > MAX_PACKET_SIZE:
             raise errors.LocalProtocolError(
@@ -464,7 +456,7 @@ class UsbredirConnection:
         )
         if problem is not None:
             raise errors.LocalProtocolError(problem[1], msg_type=cls.TYPE)
-        if cls.TYPE == MsgType.BULK_PACKET and not self._bulk_32 and getattr(message, "length") > 0xFFFF:
+        if cls.TYPE == MsgType.BULK_PACKET and not self._bulk_32 and message.length > 0xFFFF:
             raise errors.LocalProtocolError(
                 "bulk length over 65535 needs 32bits_bulk_length on both sides",
                 msg_type=cls.TYPE,
@@ -560,9 +552,9 @@ def _fields_from_wire(msg_type: int, view: memoryview, start: int, bulk_32: bool
 def _fields_from_message(message: Message) -> _Fields:
     msg_type = type(message).TYPE
     if msg_type == MsgType.INTERFACE_INFO:
-        return -1, 0, int(getattr(message, "interface_count"))
+        return -1, 0, int(message.interface_count)
     if msg_type in _IN_ONLY_ENDPOINT_AT:
-        return int(getattr(message, "endpoint")), 0, int(getattr(message, "bytes_per_transfer", 0))
+        return int(message.endpoint), 0, int(getattr(message, "bytes_per_transfer", 0))
     if isinstance(message, DataMessage):
         return message.endpoint_address, message.transfer_length, 0
     return -1, 0, 0

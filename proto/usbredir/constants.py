@@ -9,18 +9,18 @@ from __future__ import annotations
 import enum
 
 __all__ = [
-    "MsgType",
-    "Status",
-    "EndpointType",
-    "Speed",
-    "Cap",
-    "Role",
-    "MAX_BULK_TRANSFER_SIZE",
-    "MAX_PACKET_SIZE",
-    "MAX_INTERFACES",
-    "VERSION_LEN",
     "CAPS_WORDS",
     "ENDPOINT_SLOTS",
+    "MAX_BULK_TRANSFER_SIZE",
+    "MAX_INTERFACES",
+    "MAX_PACKET_SIZE",
+    "VERSION_LEN",
+    "Cap",
+    "EndpointType",
+    "MsgType",
+    "Role",
+    "Speed",
+    "Status",
     "endpoint_slot",
     "slot_endpoint",
 ]
@@ -50,7 +50,7 @@ class Role(enum.Enum):
     GUEST = "guest"
 
     @property
-    def peer(self) -> "Role":
+    def peer(self) -> Role:
         return Role.GUEST if self is Role.HOST else Role.HOST
 
 
@@ -131,7 +131,7 @@ class Cap(enum.IntFlag):
     BULK_RECEIVING = 1 << 7
 
     @classmethod
-    def all_known(cls) -> "Cap":
+    def all_known(cls) -> Cap:
         return cls(0xFF)
 
 

@@ -10,17 +10,17 @@ After a remote error the connection object refuses further input.
 from __future__ import annotations
 
 __all__ = [
+    "CapabilityError",
+    "DataLengthError",
+    "HeaderSizeError",
+    "InvalidFieldError",
+    "LengthLimitError",
+    "LocalProtocolError",
     "ProtocolError",
     "RemoteProtocolError",
-    "LocalProtocolError",
+    "UnexpectedDataError",
     "UnknownTypeError",
     "WrongDirectionError",
-    "LengthLimitError",
-    "HeaderSizeError",
-    "UnexpectedDataError",
-    "DataLengthError",
-    "CapabilityError",
-    "InvalidFieldError",
 ]
 
 
@@ -45,7 +45,7 @@ class ProtocolError(Exception):
             where.append(f"offset {self.offset}")
         return f"{self.reason} ({', '.join(where)})" if where else self.reason
 
-    def at_offset(self, offset: int) -> "ProtocolError":
+    def at_offset(self, offset: int) -> ProtocolError:
         """Record the stream offset of the offending message (returns self)."""
         self.offset = offset
         self.args = (self._describe(),)

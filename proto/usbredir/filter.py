@@ -36,19 +36,19 @@ from collections.abc import Iterable, Sequence
 from redirgate.proto.usbredir.errors import ProtocolError
 
 __all__ = [
-    "FilterError",
-    "FilterRule",
-    "FilterFlag",
-    "Verdict",
+    "QEMU_TOKEN_SEP",
+    "WIRE_RULE_SEP",
+    "WIRE_TOKEN_SEP",
     "DeviceInfo",
+    "FilterError",
+    "FilterFlag",
+    "FilterRule",
+    "Verdict",
+    "check",
+    "check_device",
     "parse_rules",
     "rules_to_string",
     "verify_rules",
-    "check",
-    "check_device",
-    "WIRE_TOKEN_SEP",
-    "WIRE_RULE_SEP",
-    "QEMU_TOKEN_SEP",
 ]
 
 #: Separators of a `filter_filter` message and of the usbredir tools (§6.1).
@@ -77,9 +77,7 @@ class FilterError(ProtocolError):
     is one; `reason` says what is wrong with it.
     """
 
-    def __init__(
-        self, reason: str, *, rule_index: int | None = None, rule_text: str | None = None
-    ) -> None:
+    def __init__(self, reason: str, *, rule_index: int | None = None, rule_text: str | None = None) -> None:
         self.rule_index = rule_index
         self.rule_text = rule_text
         if rule_index is None:
@@ -289,12 +287,16 @@ def _parse_rule(index: int, rule_text: bytes, tsep: bytes) -> FilterRule:
         value = _strtol_int(token)
         if value is None:
             token_shown = token.decode("utf-8", "backslashreplace")
-            raise FilterError(f"field {len(values) + 1} {token_shown!r} is not a number",
-                              rule_index=index, rule_text=shown)
+            raise FilterError(
+                f"field {len(values) + 1} {token_shown!r} is not a number", rule_index=index, rule_text=shown
+            )
         values.append(value)
     if len(tokens) != 5:
-        raise FilterError(f"has {len(tokens)} fields, needs 5 (class, vendor, product, version, allow)",
-                          rule_index=index, rule_text=shown)
+        raise FilterError(
+            f"has {len(tokens)} fields, needs 5 (class, vendor, product, version, allow)",
+            rule_index=index,
+            rule_text=shown,
+        )
     rule = FilterRule(values[0], values[1], values[2], values[3], values[4] != 0)
     problem = rule.problem
     if problem is not None:
@@ -355,9 +357,7 @@ def _hex(value: int, width: int) -> str:
 # Matching
 
 
-def _pass(
-    rules: Sequence[FilterRule], device_class: int, vid: int, pid: int, bcd: int, default_allow: bool
-) -> Verdict:
+def _pass(rules: Sequence[FilterRule], device_class: int, vid: int, pid: int, bcd: int, default_allow: bool) -> Verdict:
     for rule in rules:
         if rule.matches(device_class, vid, pid, bcd):
             return Verdict.ALLOWED if rule.allow else Verdict.BLOCKED
@@ -382,15 +382,18 @@ def check(
     *rules* give `Verdict.INVALID`, as in C.
     """
     device = DeviceInfo(
-        device_class, device_subclass, device_protocol, tuple(interfaces),
-        vendor_id, product_id, device_version_bcd,
+        device_class,
+        device_subclass,
+        device_protocol,
+        tuple(interfaces),
+        vendor_id,
+        product_id,
+        device_version_bcd,
     )
     return check_device(rules, device, flags)
 
 
-def check_device(
-    rules: Iterable[FilterRule], device: DeviceInfo, flags: FilterFlag | int = FilterFlag.NONE
-) -> Verdict:
+def check_device(rules: Iterable[FilterRule], device: DeviceInfo, flags: FilterFlag | int = FilterFlag.NONE) -> Verdict:
     """`check` for a `DeviceInfo`."""
     rules = tuple(rules)
     if any(rule.problem is not None for rule in rules):

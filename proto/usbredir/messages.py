@@ -29,43 +29,43 @@ from redirgate.proto.usbredir.constants import (
 from redirgate.proto.usbredir.errors import LocalProtocolError
 
 __all__ = [
-    "Message",
-    "DataMessage",
-    "Sender",
-    "Hello",
-    "DeviceConnect",
-    "DeviceDisconnect",
-    "Reset",
-    "InterfaceInfo",
-    "EpInfo",
-    "SetConfiguration",
-    "GetConfiguration",
-    "ConfigurationStatus",
-    "SetAltSetting",
-    "GetAltSetting",
-    "AltSettingStatus",
-    "StartIsoStream",
-    "StopIsoStream",
-    "IsoStreamStatus",
-    "StartInterruptReceiving",
-    "StopInterruptReceiving",
-    "InterruptReceivingStatus",
+    "MESSAGE_CLASSES",
     "AllocBulkStreams",
-    "FreeBulkStreams",
+    "AltSettingStatus",
+    "BufferedBulkPacket",
+    "BulkPacket",
+    "BulkReceivingStatus",
     "BulkStreamsStatus",
     "CancelDataPacket",
-    "FilterReject",
-    "FilterFilter",
-    "DeviceDisconnectAck",
-    "StartBulkReceiving",
-    "StopBulkReceiving",
-    "BulkReceivingStatus",
+    "ConfigurationStatus",
     "ControlPacket",
-    "BulkPacket",
-    "IsoPacket",
+    "DataMessage",
+    "DeviceConnect",
+    "DeviceDisconnect",
+    "DeviceDisconnectAck",
+    "EpInfo",
+    "FilterFilter",
+    "FilterReject",
+    "FreeBulkStreams",
+    "GetAltSetting",
+    "GetConfiguration",
+    "Hello",
+    "InterfaceInfo",
     "InterruptPacket",
-    "BufferedBulkPacket",
-    "MESSAGE_CLASSES",
+    "InterruptReceivingStatus",
+    "IsoPacket",
+    "IsoStreamStatus",
+    "Message",
+    "Reset",
+    "Sender",
+    "SetAltSetting",
+    "SetConfiguration",
+    "StartBulkReceiving",
+    "StartInterruptReceiving",
+    "StartIsoStream",
+    "StopBulkReceiving",
+    "StopInterruptReceiving",
+    "StopIsoStream",
 ]
 
 Buffer = bytes | bytearray | memoryview
@@ -129,9 +129,7 @@ class Message:
             self._STRUCT.pack_into(buf, offset, *self._VALUES(self))
 
     @classmethod
-    def unpack_from(
-        cls, view: memoryview, shared: Cap, msg_id: int, data: memoryview
-    ) -> "Message":
+    def unpack_from(cls, view: memoryview, shared: Cap, msg_id: int, data: memoryview) -> Message:
         """Build a message from a type-specific header already size-checked."""
         if cls._STRUCT is None:
             return cls(id=msg_id)
@@ -200,9 +198,7 @@ class Hello(Message):
         Message.__post_init__(self)
         raw = self.version.encode("latin-1", "replace")
         if len(raw) >= VERSION_LEN or b"\0" in raw:
-            raise LocalProtocolError(
-                f"Hello.version must be under {VERSION_LEN} bytes without NUL: {self.version!r}"
-            )
+            raise LocalProtocolError(f"Hello.version must be under {VERSION_LEN} bytes without NUL: {self.version!r}")
         _check_uint("Hello", "caps", int(self.caps), _U32)
 
     @classmethod
@@ -218,7 +214,7 @@ class Hello(Message):
         return struct.pack("<I", int(self.caps))
 
     @classmethod
-    def unpack_from(cls, view: memoryview, shared: Cap, msg_id: int, data: memoryview) -> "Hello":
+    def unpack_from(cls, view: memoryview, shared: Cap, msg_id: int, data: memoryview) -> Hello:
         raw = bytes(view[: VERSION_LEN - 1])  # the reference truncates at 63 chars
         version = raw.split(b"\0", 1)[0].decode("latin-1")
         word = struct.unpack_from("<I", data)[0] if len(data) >= 4 else 0
@@ -272,9 +268,7 @@ class DeviceConnect(Message):
             self._SHORT.pack_into(buf, offset, *values)
 
     @classmethod
-    def unpack_from(
-        cls, view: memoryview, shared: Cap, msg_id: int, data: memoryview
-    ) -> "DeviceConnect":
+    def unpack_from(cls, view: memoryview, shared: Cap, msg_id: int, data: memoryview) -> DeviceConnect:
         if Cap.CONNECT_DEVICE_VERSION in shared:
             return cls(*cls._LONG.unpack_from(view), id=msg_id)
         return cls(*cls._SHORT.unpack_from(view), id=msg_id)
@@ -341,9 +335,7 @@ class InterfaceInfo(Message):
         )
 
     @classmethod
-    def unpack_from(
-        cls, view: memoryview, shared: Cap, msg_id: int, data: memoryview
-    ) -> "InterfaceInfo":
+    def unpack_from(cls, view: memoryview, shared: Cap, msg_id: int, data: memoryview) -> InterfaceInfo:
         count, a, b, c, d = cls._STRUCT_II.unpack_from(view)
         return cls(count, tuple(a), tuple(b), tuple(c), tuple(d), id=msg_id)
 
@@ -382,9 +374,7 @@ class EpInfo(Message):
         return 96
 
     def pack_into(self, buf: Buffer, offset: int, shared: Cap) -> None:
-        self._BASE.pack_into(
-            buf, offset, bytes(self.type), bytes(self.interval), bytes(self.interface)
-        )
+        self._BASE.pack_into(buf, offset, bytes(self.type), bytes(self.interval), bytes(self.interface))
         size = self.header_size(shared)
         if size >= 160:
             self._MPS.pack_into(buf, offset + 96, *self.max_packet_size)
@@ -392,14 +382,12 @@ class EpInfo(Message):
             self._STREAMS.pack_into(buf, offset + 160, *self.max_streams)
 
     @classmethod
-    def unpack_from(cls, view: memoryview, shared: Cap, msg_id: int, data: memoryview) -> "EpInfo":
+    def unpack_from(cls, view: memoryview, shared: Cap, msg_id: int, data: memoryview) -> EpInfo:
         types, intervals, interfaces = cls._BASE.unpack_from(view)
         size = cls.header_size(shared)
         mps = cls._MPS.unpack_from(view, 96) if size >= 160 else _ZERO32
         streams = cls._STREAMS.unpack_from(view, 160) if size == 288 else _ZERO32
-        return cls(
-            tuple(types), tuple(intervals), tuple(interfaces), mps, streams, id=msg_id
-        )
+        return cls(tuple(types), tuple(intervals), tuple(interfaces), mps, streams, id=msg_id)
 
 
 # ------------------------------------------------ configuration and alt
@@ -587,9 +575,7 @@ class FilterFilter(Message):
         return self.filter_string.encode("latin-1", "replace") + b"\0"
 
     @classmethod
-    def unpack_from(
-        cls, view: memoryview, shared: Cap, msg_id: int, data: memoryview
-    ) -> "FilterFilter":
+    def unpack_from(cls, view: memoryview, shared: Cap, msg_id: int, data: memoryview) -> FilterFilter:
         text = bytes(data).split(b"\0", 1)[0].decode("latin-1")
         return cls(text, id=msg_id)
 
@@ -709,14 +695,10 @@ class BulkPacket(DataMessage):
                 msg_type=self.TYPE,
             )
         else:
-            self._SHORT.pack_into(
-                buf, offset, self.endpoint, self.status, self.length, self.stream_id
-            )
+            self._SHORT.pack_into(buf, offset, self.endpoint, self.status, self.length, self.stream_id)
 
     @classmethod
-    def unpack_from(
-        cls, view: memoryview, shared: Cap, msg_id: int, data: memoryview
-    ) -> "BulkPacket":
+    def unpack_from(cls, view: memoryview, shared: Cap, msg_id: int, data: memoryview) -> BulkPacket:
         if int(shared) & _BULK_LENGTH_32BIT:
             ep, status, low, stream, high = cls._LONG.unpack_from(view)
             return cls(ep, status, low | (high << 16), stream, id=msg_id, data=data)

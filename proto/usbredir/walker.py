@@ -72,9 +72,7 @@ class _HelloReader:
         if len(self.buf) == _HEADER_32.size and self.needed == _HEADER_32.size:
             msg_type, length, _ = _HEADER_32.unpack_from(self.buf)
             if msg_type != MsgType.HELLO or not VERSION_LEN <= length <= VERSION_LEN + 4 * 64:
-                raise errors.RemoteProtocolError(
-                    "the stream does not start with a hello", msg_type=msg_type, offset=0
-                )
+                raise errors.RemoteProtocolError("the stream does not start with a hello", msg_type=msg_type, offset=0)
             self.needed = _HEADER_32.size + length
             rest = self.feed(chunk[take:])
             return take + rest
@@ -269,9 +267,7 @@ class HostStreamGuard:
     def _start_body(self, header: memoryview) -> None:
         hsize = self._header.size
         data_len = self._length - self._thsize
-        check_type_header(
-            Role.GUEST, self._shared, self._guest_caps or Cap(0), self._msg_type, header, hsize, data_len
-        )
+        check_type_header(Role.GUEST, self._shared, self._guest_caps or Cap(0), self._msg_type, header, hsize, data_len)
         self._pending = bytearray()
         self._need_header = hsize
         self._body_left = data_len

@@ -55,7 +55,7 @@ def test_snippet_for_a_route(tmp_path: Path) -> None:
     newer = redirgate("gateway", "snippet", "--config", str(config), "stick", "--qemu", "--qemu-version", "9.2")
     assert "reconnect-ms=2000" in newer.stdout
     xml = redirgate("gateway", "snippet", "--config", str(config), "stick", "--libvirt")
-    assert "service=\"5001\"" in xml.stdout and "<reconnect enabled='yes'" in xml.stdout
+    assert 'service="5001"' in xml.stdout and "<reconnect enabled='yes'" in xml.stdout
     missing = redirgate("gateway", "snippet", "--config", str(config), "nope", "--qemu")
     assert missing.returncode == 2 and "no route 'nope'" in missing.stderr
 
@@ -84,4 +84,3 @@ def test_status_shows_client_routes_and_channel_bytes(tmp_path: Path) -> None:
     assert '"channels_served": 1' in as_json.stdout
     gone = redirgate("gateway", "status", "--config", str(config))
     assert gone.returncode == 1 and "no gateway answers" in gone.stderr
-

@@ -55,7 +55,9 @@ def test_serve_parallel_queues_while_the_printer_is_away(tmp_path: Path) -> None
 
 def test_serve_parallel_refuses_bad_arguments() -> None:
     def redirgate(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "redirgate.cli", *args], capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "redirgate.cli", *args], capture_output=True, text=True, timeout=60
+        )
 
     relative = redirgate("client", "serve-parallel", "--listen", "127.0.0.1:0", "lp0")
     assert relative.returncode == 2 and "expected a device path" in relative.stderr

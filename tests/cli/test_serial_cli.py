@@ -50,7 +50,17 @@ def pty_master() -> Iterator[tuple[int, str]]:
 
 def test_serve_serial_raw_settings_ring_and_busy(pty_master: tuple[int, str], tmp_path: Path) -> None:
     master, path = pty_master
-    argv = ["client", "serve-serial", "--listen", "127.0.0.1:0", "--settings", "19200,8N2,rtscts", "--ring-bytes", "8", path]
+    argv = [
+        "client",
+        "serve-serial",
+        "--listen",
+        "127.0.0.1:0",
+        "--settings",
+        "19200,8N2,rtscts",
+        "--ring-bytes",
+        "8",
+        path,
+    ]
     with running(argv, tmp_path / "serve.log") as service:
         assert termios.tcgetattr(master)[4] == termios.B19200
         assert termios.tcgetattr(master)[2] & termios.CSTOPB and termios.tcgetattr(master)[2] & termios.CRTSCTS

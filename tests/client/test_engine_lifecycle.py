@@ -90,7 +90,8 @@ def test_unplug_with_pending_request_then_replug(loopback) -> None:
             backend.unplug(device)
             reply = await guest.expect_next(T.BULK_PACKET)
             assert (reply.id, reply.fields) == (
-                pending, {"endpoint": 0x81, "status": IOERROR, "length": 0, "stream_id": 0}
+                pending,
+                {"endpoint": 0x81, "status": IOERROR, "length": 0, "stream_id": 0},
             )
             await guest.expect_next(T.DEVICE_DISCONNECT)
             # the reference guest acked by itself (cap 3); the host saw it

@@ -80,8 +80,13 @@ def test_hello_then_announcement_in_order(storage, transport: str, guest_caps: i
             assert info.fields["interface_count"] == 0
             assert eps.fields["type"] == tuple(CONTROL if i in (0, 16) else UNUSED for i in range(32))
             assert connect.fields == {
-                "speed": 2, "device_class": 0, "device_subclass": 0, "device_protocol": 0,
-                "vendor_id": 0x1209, "product_id": 0x0001, "device_version_bcd": 0x0100,
+                "speed": 2,
+                "device_class": 0,
+                "device_subclass": 0,
+                "device_protocol": 0,
+                "vendor_id": 0x1209,
+                "product_id": 0x0001,
+                "device_version_bcd": 0x0100,
             }
             # ids: all 64 bits echoed with 64bits_ids, else the low 32 bits
             big = 0x1_2345_6789
@@ -138,8 +143,11 @@ def test_set_configuration_then_same_config_shortcut(storage) -> None:
             assert status.fields == {"status": SUCCESS, "configuration": 1}
             assert info.fields["interface_count"] == 1
             assert info.fields["interface"][:1] == (0,)
-            assert (info.fields["interface_class"][0], info.fields["interface_subclass"][0],
-                    info.fields["interface_protocol"][0]) == (0x08, 0x06, 0x50)
+            assert (
+                info.fields["interface_class"][0],
+                info.fields["interface_subclass"][0],
+                info.fields["interface_protocol"][0],
+            ) == (0x08, 0x06, 0x50)
             types = eps.fields["type"]
             assert types[2] == BULK and types[17] == BULK  # OUT 0x02 -> slot 2, IN 0x81 -> slot 17
             assert eps.fields["max_packet_size"][2] == eps.fields["max_packet_size"][17] == 512

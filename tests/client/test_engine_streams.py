@@ -233,8 +233,9 @@ def test_iso_out_stream(loopback) -> None:
                     await trio.sleep(0.01)
             assert device.stats().iso_out_bytes == 16000
             # a packet larger than max_packet_size: inval, the packet's id
-            await guest.send(T.ISO_PACKET, 0x4242, bytes(ISO_PACKET_BYTES + 1), endpoint=0x02, status=0,
-                             length=ISO_PACKET_BYTES + 1)
+            await guest.send(
+                T.ISO_PACKET, 0x4242, bytes(ISO_PACKET_BYTES + 1), endpoint=0x02, status=0, length=ISO_PACKET_BYTES + 1
+            )
             rejected = await guest.expect(T.ISO_STREAM_STATUS, lambda e: e.id == 0x4242)
             assert rejected.fields == {"status": INVAL, "endpoint": 0x02}
             stop = await guest.request(T.STOP_ISO_STREAM, endpoint=0x02)
@@ -269,9 +270,7 @@ def test_bulk_receiving_source_mode(loopback) -> None:
             assert (start.id, start.fields) == (0x31, {"stream_id": 0, "endpoint": 0x81, "status": SUCCESS})
             got = await packets(guest, T.BUFFERED_BULK_PACKET, 0x81, 10)
             assert [e.id for e in got] == list(range(10))
-            assert all(
-                e.fields == {"stream_id": 0, "length": 4096, "endpoint": 0x81, "status": SUCCESS} for e in got
-            )
+            assert all(e.fields == {"stream_id": 0, "length": 4096, "endpoint": 0x81, "status": SUCCESS} for e in got)
             assert all(e.data == source_pattern(4096) for e in got)
             stop = await guest.request(T.STOP_BULK_RECEIVING, 0x32, stream_id=0, endpoint=0x81)
             assert (stop.id, stop.fields) == (0x32, {"stream_id": 0, "endpoint": 0x81, "status": SUCCESS})

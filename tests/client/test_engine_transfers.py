@@ -238,8 +238,16 @@ def test_every_request_gets_exactly_one_reply(storage, loopback) -> None:
 
             for i in range(20):
                 await send(T.BULK_PACKET, bytes([i]) * (100 + i), endpoint=0x01, status=0, length=100 + i, stream_id=0)
-                await send(T.CONTROL_PACKET, endpoint=0x80, request=6, requesttype=0x80, status=0,
-                           value=0x0100, index=0, length=18)
+                await send(
+                    T.CONTROL_PACKET,
+                    endpoint=0x80,
+                    request=6,
+                    requesttype=0x80,
+                    status=0,
+                    value=0x0100,
+                    index=0,
+                    length=18,
+                )
                 await send(T.INTERRUPT_PACKET, bytes([i]) * 8, endpoint=0x03, status=0, length=8)
                 await send(T.GET_CONFIGURATION)
                 await send(T.GET_ALT_SETTING, interface=i % 3)

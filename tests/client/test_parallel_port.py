@@ -235,7 +235,9 @@ def test_parport_data_byte_is_checked() -> None:
         (READY & ~StatusBits.ERROR & ~StatusBits.SELECT, PrinterNotReady, "printer offline (or switched off)"),
     ],
 )
-def test_lp_write_errors_become_typed_errors(register: int, error: type[Exception], reason: str, tmp_path: Path) -> None:
+def test_lp_write_errors_become_typed_errors(
+    register: int, error: type[Exception], reason: str, tmp_path: Path
+) -> None:
     state = LpState(register)
     with fifo(tmp_path / "lp0") as f:
         port = state.open_port(str(f.path), name="printer")

@@ -193,7 +193,9 @@ def test_printer_stuck_without_an_error_is_named_from_its_lines(
     assert "printer: printer out of paper; holding 10 queued bytes from vm1 until it is back" in caplog.text
 
 
-def test_full_queue_discards_loudly_and_never_stalls_the_sender(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_full_queue_discards_loudly_and_never_stalls_the_sender(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING, logger="redirgate.client.parallel")
 
     async def body() -> None:

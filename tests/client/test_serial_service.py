@@ -208,6 +208,7 @@ def test_consumer_leaving_lets_its_last_bytes_reach_the_device() -> None:
                 stream = await connect(port)
                 data = _pattern(200_000, 3)
                 async with trio.open_nursery() as nursery:
+
                     async def send_and_close() -> None:
                         await stream.send_all(data)
                         await stream.aclose()

@@ -30,7 +30,8 @@ from redirgate.client.virtual import LoopbackDevice, Speed, VirtualBackend, iso_
 from redirgate.client.virtual import device as virtual_device
 from redirgate.client.virtual.device import ISO_SLEEP_SLACK_S, TransferStatus
 from redirgate.client.virtual.errors import LibusbError
-from redirgate.proto.usbredir import Speed as RedirSpeed, Status
+from redirgate.proto.usbredir import Speed as RedirSpeed
+from redirgate.proto.usbredir import Status
 from tests.client.test_engine_streams import configure, iso_alt, source_for
 from tests.support.refguest import T, engine_session, run_trio
 from tests.support.system import require, require_libusbredirparser

@@ -9,10 +9,11 @@ import socket
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 from redirgate.client.usb.outbox import BATCH_BYTES, COPY_LIMIT, Outbox
-from redirgate.gateway.transport.stream import PlainSocketStream
+from redirgate.transport.stream import PlainSocketStream
 from tests.support.refguest import run_trio
 
 
@@ -229,7 +230,7 @@ def test_a_real_socket_with_a_slow_reader_gets_every_byte_in_order() -> None:
                     if not data:
                         return
                     got.extend(data)
-                    await trio.sleep(0)
+                    await trio.lowlevel.checkpoint()
 
             nursery.start_soon(slow_reader)
             for i in range(300):

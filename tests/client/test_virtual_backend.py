@@ -237,8 +237,15 @@ def test_specs() -> None:
     assert isinstance(kbd, KeyboardDevice)
     loop = parse_virtual_spec("virtual:loopback@full")
     assert isinstance(loop, LoopbackDevice) and loop.speed.name == "FULL"
-    for bad in ("keyboard", "virtual:mouse", "virtual:storage", "virtual:keyboard:x",
-                "virtual:loopback@fast", "virtual:loopback@ro", "virtual:storage:/nonexistent/x.img"):
+    for bad in (
+        "keyboard",
+        "virtual:mouse",
+        "virtual:storage",
+        "virtual:keyboard:x",
+        "virtual:loopback@fast",
+        "virtual:loopback@ro",
+        "virtual:storage:/nonexistent/x.img",
+    ):
         with pytest.raises(VirtualSpecError) as info:
             parse_virtual_spec(bad)
         assert info.value.spec == bad

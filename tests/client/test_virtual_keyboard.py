@@ -51,10 +51,14 @@ def test_type_text_produces_press_release_reports(keyboard: tuple[KeyboardDevice
     kbd.type_text("Hi!\n")
     reports = [bytes(dev.read(EP, 8, 1000)) for _ in range(8)]
     assert reports == [
-        bytes([2, 0, 0x0B, 0, 0, 0, 0, 0]), bytes(8),  # H (shift + h)
-        bytes([0, 0, 0x0C, 0, 0, 0, 0, 0]), bytes(8),  # i
-        bytes([2, 0, 0x1E, 0, 0, 0, 0, 0]), bytes(8),  # ! (shift + 1)
-        bytes([0, 0, 0x28, 0, 0, 0, 0, 0]), bytes(8),  # Enter
+        bytes([2, 0, 0x0B, 0, 0, 0, 0, 0]),
+        bytes(8),  # H (shift + h)
+        bytes([0, 0, 0x0C, 0, 0, 0, 0, 0]),
+        bytes(8),  # i
+        bytes([2, 0, 0x1E, 0, 0, 0, 0, 0]),
+        bytes(8),  # ! (shift + 1)
+        bytes([0, 0, 0x28, 0, 0, 0, 0, 0]),
+        bytes(8),  # Enter
     ]
     assert kbd.pending_reports == 0
     with pytest.raises(usb.core.USBTimeoutError):
@@ -98,5 +102,8 @@ def test_press_release_and_bad_input() -> None:
     with pytest.raises(ValueError):
         kbd.queue_report(b"\x00")
     assert keyboard_reports("A~") == [
-        bytes([2, 0, 0x04, 0, 0, 0, 0, 0]), bytes(8), bytes([2, 0, 0x35, 0, 0, 0, 0, 0]), bytes(8)
+        bytes([2, 0, 0x04, 0, 0, 0, 0, 0]),
+        bytes(8),
+        bytes([2, 0, 0x35, 0, 0, 0, 0, 0]),
+        bytes(8),
     ]

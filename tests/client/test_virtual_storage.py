@@ -46,8 +46,9 @@ class BotHost:
             self.dev.clear_halt(ep)
             return None
 
-    def command(self, cdb: bytes, length: int = 0, *, data_in: bool = True,
-                data: bytes = b"", flags: int | None = None) -> tuple[bytes, Csw]:
+    def command(
+        self, cdb: bytes, length: int = 0, *, data_in: bool = True, data: bytes = b"", flags: int | None = None
+    ) -> tuple[bytes, Csw]:
         self.tag += 1
         fl = (0x80 if data_in else 0) if flags is None else flags
         cbw = struct.pack("<IIIBBB16s", 0x43425355, self.tag, length, fl, 0, len(cdb), cdb)
@@ -151,8 +152,12 @@ def test_linux_probe_sequence(drive: tuple[MassStorageDevice, usb.core.Device]) 
     assert data[2] & 0x80 == 0  # not write-protected
     data, csw = host.command(bytes([0x5A, 0, 0x08, 0, 0, 0, 0, 0, 64, 0]), 64)  # MODE SENSE(10) caching
     assert csw.status == 0 and data[8] == 0x08
-    for cdb in (bytes([0x1E, 0, 0, 0, 1, 0]), bytes([0x1B, 0, 0, 0, 1, 0]),
-                struct.pack(">BBIBHB", 0x2F, 0, 0, 0, 1, 0), bytes([0x23]) + bytes(6) + b"\x00\xfc\x00"):
+    for cdb in (
+        bytes([0x1E, 0, 0, 0, 1, 0]),
+        bytes([0x1B, 0, 0, 0, 1, 0]),
+        struct.pack(">BBIBHB", 0x2F, 0, 0, 0, 1, 0),
+        bytes([0x23]) + bytes(6) + b"\x00\xfc\x00",
+    ):
         _, csw = host.command(cdb, 0xFC if cdb[0] == 0x23 else 0)
         assert csw.status == 0, hex(cdb[0])
     assert device.disk.prevent_removal

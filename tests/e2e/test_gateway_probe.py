@@ -9,7 +9,7 @@ import trio
 
 from redirgate.cli.lab import LabRoute
 from redirgate.client.probe import probe
-from tests.gateway.test_transport_common import trio_test
+from tests.support.transport_lab import trio_test
 from tests.support.tunnel_lab import running_lab, start_client
 
 
@@ -84,7 +84,9 @@ async def test_hold_timeout_closes_a_hypervisor_whose_device_never_comes(tmp_pat
     import logging
 
     caplog.set_level(logging.INFO)
-    async with running_lab(tmp_path, [LabRoute("stick", "usb:1209:0001")], start_client_now=False, hold_timeout_s=1.0) as lab:
+    async with running_lab(
+        tmp_path, [LabRoute("stick", "usb:1209:0001")], start_client_now=False, hold_timeout_s=1.0
+    ) as lab:
         stream = await trio.open_tcp_stream("127.0.0.1", lab.route_port("stick"))
         async with stream:
             with trio.fail_after(10):

@@ -47,7 +47,9 @@ def _lab(tmp_path: Path, *, tls: bool = False) -> tuple[Path, Path]:
 
 @pytest.mark.system
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "qemu-tls"])
-def test_guest_mounts_stick_through_gateway(tls: bool, guest_image: GuestImage, fat_tools: None, tmp_path: Path) -> None:
+def test_guest_mounts_stick_through_gateway(
+    tls: bool, guest_image: GuestImage, fat_tools: None, tmp_path: Path
+) -> None:
     config, image = _lab(tmp_path, tls=tls)
     with running_gateway(config, tmp_path / "gateway.log") as gw:
         client_config = write_client_config(tmp_path, gw.tunnel_port, virtual=[f"virtual:storage:{image}"])

@@ -94,7 +94,9 @@ def test_line_settings_from_the_gateway_route_reach_the_tty(tmp_path: Path) -> N
                     vm.sendall(b"ping\n")
                     assert _read_fd(master, 5) == b"ping\n"
                     attrs = termios.tcgetattr(slave)
-                    assert attrs[4] == termios.B57600 and attrs[5] == termios.B57600, (tmp_path / "client.log").read_text()
+                    assert attrs[4] == termios.B57600 and attrs[5] == termios.B57600, (
+                        tmp_path / "client.log"
+                    ).read_text()
                     assert attrs[2] & termios.CRTSCTS
         assert "asked for 57600,8N1 rtscts" in (tmp_path / "client.log").read_text()
     finally:

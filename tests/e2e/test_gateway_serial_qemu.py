@@ -78,7 +78,9 @@ def _read_until(fd: int, marker: bytes, timeout_s: float, into: bytearray | None
     deadline = time.monotonic() + timeout_s
     while marker not in out:
         left = deadline - time.monotonic()
-        assert left > 0, f"{marker!r} not on the pty within {timeout_s} s (got {len(out)} bytes, tail {bytes(out[-80:])!r})"
+        assert left > 0, (
+            f"{marker!r} not on the pty within {timeout_s} s (got {len(out)} bytes, tail {bytes(out[-80:])!r})"
+        )
         ready, _, _ = select.select([fd], [], [], min(left, 0.5))
         if ready:
             out += os.read(fd, 65536)
@@ -132,9 +134,10 @@ def test_guest_serial_through_gateway_and_a_stalled_client_never_stalls_the_vm(
                 "-serial", "chardev:s1",  # the harness's console is the first -serial (ttyS0): this is ttyS1
             ]  # fmt: skip
             stopped: subprocess.Popen[str] | None = None
-            with running_client(client_config, tmp_path / "client.log") as client, start_guest(
-                GUEST_SCRIPT, qemu_args, guest=guest_image
-            ) as guest:
+            with (
+                running_client(client_config, tmp_path / "client.log") as client,
+                start_guest(GUEST_SCRIPT, qemu_args, guest=guest_image) as guest,
+            ):
                 # -- both ways through the gateway ---------------------------------
                 hello = _read_until(master, b"hello-from-guest\n", BOOT_TIMEOUT_S)
                 assert hello.endswith(b"hello-from-guest\n"), hello

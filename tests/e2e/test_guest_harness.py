@@ -131,9 +131,10 @@ def test_second_serial_port_both_directions(guest_image: GuestImage) -> None:
             "-serial", "chardev:s1",
         ]  # fmt: skip
         async with listener:
-            with trio.fail_after(BOOT_TIMEOUT_S + 10), start_guest(
-                SERIAL_SCRIPT, qemu_args, guest=guest_image
-            ) as guest:
+            with (
+                trio.fail_after(BOOT_TIMEOUT_S + 10),
+                start_guest(SERIAL_SCRIPT, qemu_args, guest=guest_image) as guest,
+            ):
 
                 async def talk(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
                     stream = await listener.accept()
@@ -259,9 +260,7 @@ def test_newc_archive_reads_back_with_cpio(tmp_path: Path) -> None:
             [cpio, "-t", "--quiet"], input=archive, capture_output=True, timeout=30, check=True
         ).stdout.decode()
         assert listing.split() == names
-    subprocess.run(
-        [cpio, "-id", "--quiet"], input=base, cwd=tmp_path, capture_output=True, timeout=30, check=True
-    )
+    subprocess.run([cpio, "-id", "--quiet"], input=base, cwd=tmp_path, capture_output=True, timeout=30, check=True)
     assert (tmp_path / "d" / "f").read_bytes() == b"abc"
     assert os.readlink(tmp_path / "d" / "l") == "f"
 

@@ -52,11 +52,11 @@ def test_guest_mounts_stick_served_by_serve_usb(
     image = make_fat_image(tmp_path / "stick.img", {"hello.txt": hello, "data/blob.bin": blob})
     argv = ["client", "serve-usb", "--listen", "127.0.0.1:0", f"virtual:storage:{image}"]
     with running(argv, tmp_path / "serve-usb.log") as service:
-        result = run_guest(
-            STICK_SCRIPT, usb_redir_args(controller, service.port), BOOT_TIMEOUT_S, guest=guest_image
-        )
+        result = run_guest(STICK_SCRIPT, usb_redir_args(controller, service.port), BOOT_TIMEOUT_S, guest=guest_image)
         log = service.log()
-    assert result.rc == 0, f"guest script failed: {result.results}\n--- serve-usb log:\n{log}\n--- console:\n{result.console[-3000:]}"
+    assert result.rc == 0, (
+        f"guest script failed: {result.results}\n--- serve-usb log:\n{log}\n--- console:\n{result.console[-3000:]}"
+    )
     assert result.results["stick.idVendor"] == "1209"
     assert result.results["stick.product"] == "Virtual Flash Drive"
     assert result.results["stick.speed"] == SYSFS_SPEED[(controller, "high")]
@@ -94,9 +94,10 @@ def test_guest_receives_text_typed_by_redirected_keyboard(
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(serve_listen, "127.0.0.1", 0, source)
             port = listeners[0].socket.getsockname()[1]
-            with trio.fail_after(BOOT_TIMEOUT_S + 20), start_guest(
-                KEYBOARD_SCRIPT, usb_redir_args(controller, port), guest=guest_image
-            ) as guest:
+            with (
+                trio.fail_after(BOOT_TIMEOUT_S + 20),
+                start_guest(KEYBOARD_SCRIPT, usb_redir_args(controller, port), guest=guest_image) as guest,
+            ):
                 await guest.wait_for_console_async("@@LOG keyboard-ready", BOOT_TIMEOUT_S)
                 await trio.sleep(1.0)  # let usbhid start polling the endpoint
                 keyboard.type_text("Hello redirgate 42\n")

@@ -76,7 +76,7 @@ def test_invalid_toml_gives_the_line(tmp_path):
     (problem,) = info.value.problems
     assert problem.line is not None and problem.line >= 21
     assert "not valid TOML" in problem.reason
-    mid = write(tmp_path, GOOD.replace('name = "keyboard"', 'name = keyboard'))
+    mid = write(tmp_path, GOOD.replace('name = "keyboard"', "name = keyboard"))
     with pytest.raises(ConfigErrors) as info:
         load_config(mid)
     assert info.value.problems[0].line == 15

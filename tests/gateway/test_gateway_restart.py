@@ -19,7 +19,7 @@ from redirgate.cli.lab import LabRoute, write_client_config
 from redirgate.client.guest import GuestError, UsbredirGuest
 from redirgate.client.probe import probe
 from redirgate.gateway import pki
-from tests.gateway.test_transport_common import trio_test
+from tests.support.transport_lab import trio_test
 from tests.support.tunnel_lab import Lab, running_lab, start_client
 
 KBD = (0x1209, 0x0002)

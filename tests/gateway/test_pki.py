@@ -23,8 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from redirgate.gateway import pki
-from redirgate.gateway.transport import IdentityError, PeerKind, identity_from_certificate
-
+from redirgate.transport import IdentityError, PeerKind, identity_from_certificate
 from tests.support.system import require_system
 
 
@@ -207,7 +206,9 @@ def test_revocation_list_reloads_when_the_crl_changes(ca_dir: Path) -> None:
     assert rl.reloads == 2
 
 
-def test_revocation_list_refuses_a_crl_from_another_ca(ca_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_revocation_list_refuses_a_crl_from_another_ca(
+    ca_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     alice = load(pki.issue_client(ca_dir, "alice").cert)
     pki.revoke(ca_dir, "alice")
     rl = pki.RevocationList.for_directory(ca_dir)
@@ -230,7 +231,7 @@ def test_revocation_list_refuses_a_crl_from_another_ca(ca_dir: Path, tmp_path: P
 
 
 def test_expired_certificate_can_be_made_for_tests(ca_dir: Path) -> None:
-    past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=10)
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=10)
     issued = pki.issue_client(ca_dir, "old", now=past, valid_days=1)
     out = openssl_verify(ca_dir, issued.cert, "sslclient")
     assert out.returncode != 0 and "expired" in out.stdout + out.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from redirgate.gateway.transport import PeerKind, identity_from_certificate
+from redirgate.transport import PeerKind, identity_from_certificate
 
 
 def redirgate(*args: str) -> subprocess.CompletedProcess[str]:

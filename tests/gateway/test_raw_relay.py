@@ -23,10 +23,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from redirgate.gateway.raw_relay import _Ring, relay_raw
-from redirgate.gateway.transport import RelayStats
-from redirgate.gateway.transport.stream import Buffer
-from tests.gateway.test_transport_common import Pki, make_pki, trio_test
-from tests.gateway.test_transport_relay import make_channel, receive_exactly, send_random
+from redirgate.transport import RelayStats
+from redirgate.transport.stream import Buffer
+from tests.support.transport_lab import Pki, make_pki, trio_test
+from tests.transport.test_transport_relay import make_channel, receive_exactly, send_random
 
 RING_BYTES = 64 * 1024
 FLOOD_BYTES = 6 * 1024 * 1024

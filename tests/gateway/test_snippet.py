@@ -9,14 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from redirgate.gateway.config import load_config
 from redirgate.gateway.snippet import libvirt_xml, qemu_args
 from tests.gateway.test_config import GOOD, write
-from redirgate.gateway.config import load_config
 from tests.support.system import require_system
 
 
 def config(tmp_path: Path):
-    text = GOOD + '\n[[route]]\nname = "tls-stick"\nlisten = "0.0.0.0:5003"\nclient = "t"\ndevice = "usb:0001:0002"\n[route.tls]\ncert = "gw.pem"\nkey = "gw.key"\nca = "ca.pem"\n'
+    text = (
+        GOOD
+        + '\n[[route]]\nname = "tls-stick"\nlisten = "0.0.0.0:5003"\nclient = "t"\ndevice = "usb:0001:0002"\n[route.tls]\ncert = "gw.pem"\nkey = "gw.key"\nca = "ca.pem"\n'
+    )
     return load_config(write(tmp_path, text))
 
 

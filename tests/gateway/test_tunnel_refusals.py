@@ -36,11 +36,11 @@ from redirgate.cli.lab import GATEWAY_NAME, LabRoute
 from redirgate.client.guest import UsbredirGuest
 from redirgate.client.probe import probe
 from redirgate.gateway import pki
-from redirgate.gateway.transport import ClientContext, TlsRefused, ZeroCopyTLSStream, client_context
 from redirgate.proto import tunnel as t
 from redirgate.proto.usbredir import CLOSED, NEED_DATA, MsgType, Role, Status, UsbredirConnection
 from redirgate.proto.usbredir.messages import Hello
-from tests.gateway.test_transport_common import trio_test
+from redirgate.transport import ClientContext, TlsRefused, ZeroCopyTLSStream, client_context
+from tests.support.transport_lab import trio_test
 from tests.support.tunnel_lab import Lab, running_lab
 
 TUNNEL_LOG = "redirgate.gateway.tunnel_server"
@@ -295,7 +295,9 @@ async def test_client_certificate_from_another_ca(tmp_path: Path, caplog: pytest
 
 
 @trio_test(30)
-async def test_revoked_certificate_is_refused_without_a_restart(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_revoked_certificate_is_refused_without_a_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     async with lab_with(tmp_path) as lab:
         pki.issue_client(pki_dir(lab), "thin-02")
         # accepted before the revocation ...
@@ -317,9 +319,9 @@ async def test_revoked_certificate_is_refused_without_a_restart(tmp_path: Path, 
 async def test_expired_certificate(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async with lab_with(tmp_path) as lab:
         logs = Logs(caplog)
-        long_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=30)
+        long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
         issued = pki.issue_client(pki_dir(lab), "thin-old", now=long_ago, valid_days=1)
-        assert issued.not_valid_after < dt.datetime.now(dt.timezone.utc)
+        assert issued.not_valid_after < dt.datetime.now(dt.UTC)
         me = await refused_tls(lab, context_for(lab, "thin-old"))
         await logs.one_refusal(TUNNEL_LOG, f"refused {me}", "certificate expired")
         await assert_undisturbed(lab)
@@ -389,7 +391,9 @@ async def test_bad_first_message(tmp_path: Path, caplog: pytest.LogCaptureFixtur
 
 @BAD_MESSAGES
 @trio_test(30)
-async def test_bad_message_in_a_control_session(tmp_path: Path, caplog: pytest.LogCaptureFixture, wire: bytes, words: str) -> None:
+async def test_bad_message_in_a_control_session(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, wire: bytes, words: str
+) -> None:
     """A second client says hello properly, then breaks the protocol: only its session ends."""
     async with lab_with(tmp_path) as lab:
         pki.issue_client(pki_dir(lab), "thin-02")

@@ -66,9 +66,7 @@ def _header(hsize: int, msg_type: int, length: int, msg_id: int) -> bytes:
 
 
 @st.composite
-def message_frame(
-    draw: st.DrawFn, shared: Cap, hsize: int, to_role: str | None = None
-) -> bytes:
+def message_frame(draw: st.DrawFn, shared: Cap, hsize: int, to_role: str | None = None) -> bytes:
     """A well-formed frame packed with the layout in force: of a type and
     direction meant for `to_role`, or (None) of any type either way, so that
     many are for the wrong role."""
@@ -76,9 +74,7 @@ def message_frame(
         msg_type = draw(st.sampled_from(ALL_TYPES))
         to_host = draw(st.booleans())
     else:
-        msg_type = draw(st.sampled_from(
-            [t for t in ALL_TYPES if messages.MESSAGE_CLASSES[t].SENDER != to_role]
-        ))
+        msg_type = draw(st.sampled_from([t for t in ALL_TYPES if messages.MESSAGE_CLASSES[t].SENDER != to_role]))
         to_host = to_role == "host"
     msg_id = draw(st.integers(0, 2**64 - 1))
     if msg_type == 0:
@@ -127,9 +123,7 @@ def mutated_frame(draw: st.DrawFn, shared: Cap, hsize: int) -> bytes:
 def raw_frame(draw: st.DrawFn, hsize: int) -> bytes:
     msg_type = draw(st.one_of(st.sampled_from(ALL_TYPES), st.sampled_from(ODD_TYPES)))
     body = draw(st.binary(max_size=300))
-    huge = st.sampled_from(
-        [128 * 1024 * 1024 + 1024, 128 * 1024 * 1024 + 1025, 2**31 - 1, 2**31, 0xFFFFFFFF]
-    )
+    huge = st.sampled_from([128 * 1024 * 1024 + 1024, 128 * 1024 * 1024 + 1025, 2**31 - 1, 2**31, 0xFFFFFFFF])
     length = draw(st.one_of(st.just(len(body)), st.integers(0, 400), huge))
     return _header(hsize, msg_type, length, draw(st.integers(0, 2**64 - 1))) + body
 
@@ -148,9 +142,7 @@ def frames(draw: st.DrawFn, role: str, shared: Cap, hsize: int) -> bytes:
     return draw(st.binary(min_size=1, max_size=40))
 
 
-def _align(
-    ours: list[Any], ref: list[Any], stream: bytes, hsize: int
-) -> tuple[list[Any], list[Any], bool]:
+def _align(ours: list[Any], ref: list[Any], stream: bytes, hsize: int) -> tuple[list[Any], list[Any], bool]:
     """Both event lists, less the deliberate differences (module docstring).
     The third item says whether the lists were cut (never, since the codec
     follows the reference for lengths of 2**31 and more too)."""
@@ -174,9 +166,7 @@ def _declared_length(stream: bytes, offset: int | None) -> int:
     return int(struct.unpack_from("<I", stream, offset + 4)[0])
 
 
-def _run(
-    role: str, caps: int, stream_parts: list[bytes], pieces: list[bytes], stats: bool = False
-) -> None:
+def _run(role: str, caps: int, stream_parts: list[bytes], pieces: list[bytes], stats: bool = False) -> None:
     stream = b"".join(stream_parts)
     ours = UsbredirConnection(Role(role), caps=Cap(caps), version="ours")
     ref = RefParser(role, caps, "ref")
@@ -209,11 +199,9 @@ def _run(
 )
 @given(role=st.sampled_from(["host", "guest"]), data=st.data())
 def test_same_stream_same_events(role: str, data: st.DataObject) -> None:
-    caps = data.draw(st.one_of(st.sampled_from([0, 0xFF, 0x20, 0xDF]), st.integers(0, 0xFF)),
-                     label="caps")
+    caps = data.draw(st.one_of(st.sampled_from([0, 0xFF, 0x20, 0xDF]), st.integers(0, 0xFF)), label="caps")
     # mostly a hello first; sometimes none, so messages before it are compared too
-    hello = data.draw(st.one_of(peer_hello(), peer_hello(), peer_hello(), st.just(b"")),
-                      label="hello")
+    hello = data.draw(st.one_of(peer_hello(), peer_hello(), peer_hello(), st.just(b"")), label="hello")
     # the caps in force after the hello, to lay out well-formed frames
     probe = UsbredirConnection(Role(role), caps=Cap(caps))
     if hello:

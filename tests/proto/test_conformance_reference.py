@@ -48,12 +48,7 @@ SETTINGS = settings(
 )
 
 #: (type, role of the sender) for every type except hello (tested on its own)
-CASES = [
-    (t, role)
-    for t in sorted(messages.MESSAGE_CLASSES)
-    if t != 0
-    for role in sender_roles(t)
-]
+CASES = [(t, role) for t in sorted(messages.MESSAGE_CLASSES) if t != 0 for role in sender_roles(t)]
 CASE_IDS = [f"{messages.MESSAGE_CLASSES[t].__name__}-from-{role}" for t, role in CASES]
 
 
@@ -130,9 +125,7 @@ _version = st.text(st.characters(min_codepoint=1, max_codepoint=255), max_size=8
     ref_version=_version,
 )
 @example(role="host", caps=(0xFF, 0xFF), our_version="x" * 64, ref_version="y" * 100)
-def test_hello_both_ways(
-    role: str, caps: tuple[int, int], our_version: str, ref_version: str
-) -> None:
+def test_hello_both_ways(role: str, caps: tuple[int, int], our_version: str, ref_version: str) -> None:
     """Hellos cross through the real bytes: versions (cut to 63 bytes by both
     implementations) and caps (as each side verifies them) agree."""
     ours, ref = handshake(role, caps[0], caps[1], our_version, ref_version)
@@ -146,12 +139,8 @@ def test_hello_both_ways(
 
 
 @pytest.mark.parametrize("role", ["host", "guest"])
-@pytest.mark.parametrize(
-    ("ours_cap", "ref_cap"), [(True, True), (True, False), (False, True), (False, False)]
-)
-def test_large_bulk_needs_32bits_length_on_both_sides(
-    role: str, ours_cap: bool, ref_cap: bool
-) -> None:
+@pytest.mark.parametrize(("ours_cap", "ref_cap"), [(True, True), (True, False), (False, True), (False, False)])
+def test_large_bulk_needs_32bits_length_on_both_sides(role: str, ours_cap: bool, ref_cap: bool) -> None:
     """A 70000-byte bulk packet (length_high = 1) goes through in both
     directions exactly when both sides have 32bits_bulk_length; otherwise both
     senders refuse it."""
@@ -176,9 +165,7 @@ def test_large_bulk_needs_32bits_length_on_both_sides(
     ours2, ref2 = handshake(_other(role), our_caps, ref_caps)
     fields2 = dict(fields)  # ref2 is in `role`: same direction as ours above
     ref2.send(101, 10, fields2, payload)
-    assert feed_ours(ours2, [ref2.output()]) == [
-        expected_key(101, 10, fields2, payload, ours2.shared_caps)
-    ]
+    assert feed_ours(ours2, [ref2.output()]) == [expected_key(101, 10, fields2, payload, ours2.shared_caps)]
 
 
 _GATED_SAMPLES: dict[int, tuple[dict[str, object], bytes]] = {

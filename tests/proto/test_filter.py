@@ -37,19 +37,22 @@ VALID = [
     ("0x03,-1,-1,-1,0", ",", "|", (R(3, ANY, ANY, ANY, False),), "0x03,-1,-1,-1,0"),
     (
         "0x03,-1,-1,-1,0|-1,-1,-1,-1,1",
-        ",", "|",
+        ",",
+        "|",
         (R(3, ANY, ANY, ANY, False), R(ANY, ANY, ANY, ANY, True)),
         "0x03,-1,-1,-1,0|-1,-1,-1,-1,1",
     ),
     (
         "|0x03,-1,-1,-1,0|-1,-1,-1,-1,1|",
-        ",", "|",
+        ",",
+        "|",
         (R(3, ANY, ANY, ANY, False), R(ANY, ANY, ANY, ANY, True)),
         "0x03,-1,-1,-1,0|-1,-1,-1,-1,1",
     ),
     (
         "||||0x03,-1,-1,-1,0|||-1,-1,-1,-1,1||||",
-        ",", "|",
+        ",",
+        "|",
         (R(3, ANY, ANY, ANY, False), R(ANY, ANY, ANY, ANY, True)),
         "0x03,-1,-1,-1,0|-1,-1,-1,-1,1",
     ),
@@ -58,7 +61,8 @@ VALID = [
     ("\t 0x03,-1;-1;-1,0\n\n", ",;", " \t\n", (R(3, ANY, ANY, ANY, False),), "0x03,-1,-1,-1,0"),
     (
         "\n\t0x03;-1,-1,-1,0\n\n-1,-1,-1;-1;1",
-        ",;", " \t\n",
+        ",;",
+        " \t\n",
         (R(3, ANY, ANY, ANY, False), R(ANY, ANY, ANY, ANY, True)),
         "0x03,-1,-1,-1,0 -1,-1,-1,-1,1",
     ),
@@ -66,7 +70,9 @@ VALID = [
     ("0X0A,-1,-1,-1,1", ",", "|", (R(10, ANY, ANY, ANY, True),), "0x0a,-1,-1,-1,1"),
     ("012,-1,-1,-1,1", ",", "|", (R(10, ANY, ANY, ANY, True),), "0x0a,-1,-1,-1,1"),
     (
-        "255,65535,65535,65535,0", ",", "|",
+        "255,65535,65535,65535,0",
+        ",",
+        "|",
         (R(255, 0xFFFF, 0xFFFF, 0xFFFF, False),),
         "0xff,0xffff,0xffff,0xffff,0",
     ),
@@ -153,8 +159,13 @@ def test_error_names_rule_text() -> None:
 
 @pytest.mark.parametrize(
     "rule",
-    [R(256, ANY, ANY, ANY, True), R(-2, ANY, ANY, ANY, True), R(ANY, 0x10000, ANY, ANY, True),
-     R(ANY, ANY, -5, ANY, True), R(ANY, ANY, ANY, 70000, False)],
+    [
+        R(256, ANY, ANY, ANY, True),
+        R(-2, ANY, ANY, ANY, True),
+        R(ANY, 0x10000, ANY, ANY, True),
+        R(ANY, ANY, -5, ANY, True),
+        R(ANY, ANY, ANY, 70000, False),
+    ],
 )
 def test_out_of_range_rules(rule: FilterRule) -> None:
     with pytest.raises(FilterError) as info:
@@ -214,17 +225,22 @@ CHECKS = [
     ((), 0x09, (), 1, 2, 3, FilterFlag.DEFAULT_ALLOW, Verdict.ALLOWED),
     # Non-boot HID skipping: only with more than one interface, and not with
     # the flag; if every interface is skipped they are all checked after all.
-    (parse_rules("0x03,-1,-1,-1,0|-1,-1,-1,-1,1"), 0, ((3, 0, 0), (8, 6, 80)), 1, 2, 3, 0,
-     Verdict.ALLOWED),
-    (parse_rules("0x03,-1,-1,-1,0|-1,-1,-1,-1,1"), 0, ((3, 0, 0), (8, 6, 80)), 1, 2, 3,
-     FilterFlag.DONT_SKIP_NON_BOOT_HID, Verdict.BLOCKED),
+    (parse_rules("0x03,-1,-1,-1,0|-1,-1,-1,-1,1"), 0, ((3, 0, 0), (8, 6, 80)), 1, 2, 3, 0, Verdict.ALLOWED),
+    (
+        parse_rules("0x03,-1,-1,-1,0|-1,-1,-1,-1,1"),
+        0,
+        ((3, 0, 0), (8, 6, 80)),
+        1,
+        2,
+        3,
+        FilterFlag.DONT_SKIP_NON_BOOT_HID,
+        Verdict.BLOCKED,
+    ),
     (parse_rules("0x03,-1,-1,-1,0|-1,-1,-1,-1,1"), 0, ((3, 0, 0),), 1, 2, 3, 0, Verdict.BLOCKED),
-    (parse_rules("0x03,-1,-1,-1,0|-1,-1,-1,-1,1"), 0, ((3, 0, 0), (3, 0, 0)), 1, 2, 3, 0,
-     Verdict.BLOCKED),
+    (parse_rules("0x03,-1,-1,-1,0|-1,-1,-1,-1,1"), 0, ((3, 0, 0), (3, 0, 0)), 1, 2, 3, 0, Verdict.BLOCKED),
     (parse_rules("0x03,-1,-1,-1,1"), 0, ((3, 0, 0), (3, 0, 0)), 1, 2, 3, 0, Verdict.ALLOWED),
     # Only boot-protocol HID subclass/protocol (0/0) is skipped.
-    (parse_rules("0x03,-1,-1,-1,0|-1,-1,-1,-1,1"), 0, ((3, 0, 1), (8, 6, 80)), 1, 2, 3, 0,
-     Verdict.BLOCKED),
+    (parse_rules("0x03,-1,-1,-1,0|-1,-1,-1,-1,1"), 0, ((3, 0, 1), (8, 6, 80)), 1, 2, 3, 0, Verdict.BLOCKED),
     # The first matching rule decides, in order.
     (parse_rules("-1,-1,-1,-1,1|0x08,-1,-1,-1,0"), 0x08, (), 1, 2, 3, 0, Verdict.ALLOWED),
     (parse_rules("0x08,-1,-1,-1,0|-1,-1,-1,-1,1"), 0x08, (), 1, 2, 3, 0, Verdict.BLOCKED),
@@ -248,13 +264,24 @@ def test_verdict_numbers_are_the_c_return_codes() -> None:
 @pytest.mark.parametrize(
     "device",
     [
-        dict(device_class=256), dict(vendor_id=-1), dict(product_id=0x10000),
-        dict(device_version_bcd=1.5), dict(interfaces=((3, 0),)), dict(interfaces=((3, 0, 300),)),
+        dict(device_class=256),
+        dict(vendor_id=-1),
+        dict(product_id=0x10000),
+        dict(device_version_bcd=1.5),
+        dict(interfaces=((3, 0),)),
+        dict(interfaces=((3, 0, 300),)),
     ],
 )
 def test_device_values_out_of_range(device: dict) -> None:
-    fields = dict(device_class=0, device_subclass=0, device_protocol=0, interfaces=(),
-                  vendor_id=1, product_id=2, device_version_bcd=3)
+    fields = dict(
+        device_class=0,
+        device_subclass=0,
+        device_protocol=0,
+        interfaces=(),
+        vendor_id=1,
+        product_id=2,
+        device_version_bcd=3,
+    )
     fields.update(device)
     with pytest.raises(FilterError):
         DeviceInfo(**fields)

@@ -62,18 +62,38 @@ def _compare_parse(ref: RefFilter, text: str, tsep: str, rsep: str) -> None:
 
 # Hand-picked strings, each compared with the C library.
 EXAMPLES = [
-    ("", ",", "|"), ("|||", ",", "|"), ("0X0A,-1,-1,-1,1", ",", "|"), ("012,-1,-1,-1,1", ",", "|"),
-    ("08,-1,-1,-1,1", ",", "|"), ("255,65535,65535,65535,0", ",", "|"), ("256,-1,-1,-1,0", ",", "|"),
-    ("3,-1,-1,-1", ",", "|"), ("  |  ", ",", "|"), ("0x08:0x0781:-1:-1:1", ":", "|"),
-    ("0x08:0x0781:-1:-1:1", ",", "|"), ("\n\t0x03;-1,-1,-1,0\n\n-1,-1,-1;-1;1", ",;", " \t\n"),
-    ("0x03,,0x10000-1,-1,0", ",", "|"), ("0x,-1,-1,-1,1", ",", "|"), ("0x1g,-1,-1,-1,1", ",", "|"),
-    (" \t+3,\v-1,0,00,-7", ",", "|"), ("-0x1,0x0,0X00ff,0777,0", ",", "|"),
-    ("4294967299,-1,-1,-1,4294967296", ",", "|"), ("99999999999999999999,-1,-1,-1,1", ",", "|"),
-    ("-99999999999999999999,-1,-1,-1,1", ",", "|"), ("-9223372036854775808,-1,-1,-1,1", ",", "|"),
-    ("4294967295,-1,-1,-1,1", ",", "|"), ("-4294967297,-1,-1,-1,1", ",", "|"),
-    ("1" * 5000 + ",-1,-1,-1,1", ",", "|"), ("3,-1,-1,-1,1", ",", ","), ("3,-1,-1,-1,1", "3", "|"),
-    ("3é-1é-1é-1é1", "é", "|"), ("3\u00a0,-1,-1,-1,1", ",", "|"), ("\u00a03,-1,-1,-1,1", ",", "|"),
-    ("3,-1,-1,-1,1\x1c", ",", "|"), ("0b1,-1,-1,-1,1", ",", "|"), ("1e3,-1,-1,-1,1", ",", "|"),
+    ("", ",", "|"),
+    ("|||", ",", "|"),
+    ("0X0A,-1,-1,-1,1", ",", "|"),
+    ("012,-1,-1,-1,1", ",", "|"),
+    ("08,-1,-1,-1,1", ",", "|"),
+    ("255,65535,65535,65535,0", ",", "|"),
+    ("256,-1,-1,-1,0", ",", "|"),
+    ("3,-1,-1,-1", ",", "|"),
+    ("  |  ", ",", "|"),
+    ("0x08:0x0781:-1:-1:1", ":", "|"),
+    ("0x08:0x0781:-1:-1:1", ",", "|"),
+    ("\n\t0x03;-1,-1,-1,0\n\n-1,-1,-1;-1;1", ",;", " \t\n"),
+    ("0x03,,0x10000-1,-1,0", ",", "|"),
+    ("0x,-1,-1,-1,1", ",", "|"),
+    ("0x1g,-1,-1,-1,1", ",", "|"),
+    (" \t+3,\v-1,0,00,-7", ",", "|"),
+    ("-0x1,0x0,0X00ff,0777,0", ",", "|"),
+    ("4294967299,-1,-1,-1,4294967296", ",", "|"),
+    ("99999999999999999999,-1,-1,-1,1", ",", "|"),
+    ("-99999999999999999999,-1,-1,-1,1", ",", "|"),
+    ("-9223372036854775808,-1,-1,-1,1", ",", "|"),
+    ("4294967295,-1,-1,-1,1", ",", "|"),
+    ("-4294967297,-1,-1,-1,1", ",", "|"),
+    ("1" * 5000 + ",-1,-1,-1,1", ",", "|"),
+    ("3,-1,-1,-1,1", ",", ","),
+    ("3,-1,-1,-1,1", "3", "|"),
+    ("3é-1é-1é-1é1", "é", "|"),
+    ("3\u00a0,-1,-1,-1,1", ",", "|"),
+    ("\u00a03,-1,-1,-1,1", ",", "|"),
+    ("3,-1,-1,-1,1\x1c", ",", "|"),
+    ("0b1,-1,-1,-1,1", ",", "|"),
+    ("1e3,-1,-1,-1,1", ",", "|"),
 ]
 
 
@@ -130,10 +150,7 @@ def rule_fields(draw: st.DrawFn) -> list[str]:
             fields[draw(st.integers(0, 4))] = draw(junk)
         return fields
     count = draw(st.sampled_from([5, 5, 4, 6, 1, 0]))
-    return [
-        _render(draw, draw(_WILD_VALUES)) if draw(st.integers(0, 3)) else draw(junk)
-        for _ in range(count)
-    ]
+    return [_render(draw, draw(_WILD_VALUES)) if draw(st.integers(0, 3)) else draw(junk) for _ in range(count)]
 
 
 @st.composite
@@ -201,12 +218,18 @@ rules_strategy = st.lists(
     max_size=6,
 )
 interfaces = st.lists(
-    st.tuples(_CLASSES, st.sampled_from([0, 0, 1, 6]) | st.integers(0, 255),
-              st.sampled_from([0, 0, 1, 2, 80]) | st.integers(0, 255)),
+    st.tuples(
+        _CLASSES,
+        st.sampled_from([0, 0, 1, 6]) | st.integers(0, 255),
+        st.sampled_from([0, 0, 1, 2, 80]) | st.integers(0, 255),
+    ),
     max_size=6,
 )
 devices = st.tuples(
-    _CLASSES, st.integers(0, 255), st.integers(0, 255), interfaces,
+    _CLASSES,
+    st.integers(0, 255),
+    st.integers(0, 255),
+    interfaces,
     st.sampled_from([0x046D, 0x1234, 0x4321]) | _IDS,
     st.sampled_from([0x1234, 0x5678, 0x9999]) | _IDS,
     st.sampled_from([0x0110, 0x0000, 0x0200]) | _IDS,
@@ -223,13 +246,20 @@ def test_check_matches_reference(ref: RefFilter, rules: list[FilterRule], device
 
 @SETTINGS
 @given(
-    st.lists(st.builds(FilterRule, st.integers(-3, 258), st.integers(-3, 0x10001),
-                       st.integers(-3, 0x10001), st.integers(-3, 0x10001), st.booleans()), max_size=4),
+    st.lists(
+        st.builds(
+            FilterRule,
+            st.integers(-3, 258),
+            st.integers(-3, 0x10001),
+            st.integers(-3, 0x10001),
+            st.integers(-3, 0x10001),
+            st.booleans(),
+        ),
+        max_size=4,
+    ),
     devices,
 )
-def test_verify_and_invalid_rules_match_reference(
-    ref: RefFilter, rules: list[FilterRule], device: tuple
-) -> None:
+def test_verify_and_invalid_rules_match_reference(ref: RefFilter, rules: list[FilterRule], device: tuple) -> None:
     c_rules = [_c(r) for r in rules]
     c_valid = ref.verify(c_rules) == 0
     try:

@@ -91,9 +91,7 @@ def test_negotiation_accepts_and_refuses() -> None:
     server.receive_data(bytes([IAC, DO, 1, IAC, WILL, 3, IAC, DO, 3, IAC, DO, 44, IAC, WILL, 44]))
     events = drain(server)
     assert OptionChanged(44, False, True) in events
-    assert server.data_to_send() == bytes(
-        [IAC, WONT, 1, IAC, DONT, 3, IAC, WONT, 3, IAC, WONT, 44, IAC, DO, 44]
-    )
+    assert server.data_to_send() == bytes([IAC, WONT, 1, IAC, DONT, 3, IAC, WONT, 3, IAC, WONT, 44, IAC, DO, 44])
     assert server.comport_active
     # repeating an agreed WILL produces no answer (no loops)
     server.receive_data(bytes([IAC, WILL, 44]))

@@ -94,7 +94,10 @@ def test_order_and_roles():
     with pytest.raises(UnexpectedMessageError, match="before our attach"):
         early.next_event()
     # a gateway hearing a result, a client hearing an attach
-    for role, kind in (("gateway", {"kind": "attach_result", "ok": True}), ("client", {"kind": "attach", "channel_id": 1, "token": TOKEN})):
+    for role, kind in (
+        ("gateway", {"kind": "attach_result", "ok": True}),
+        ("client", {"kind": "attach", "channel_id": 1, "token": TOKEN}),
+    ):
         conn = AttachConnection(role)
         if role == "client":
             conn.send(Attach(1, TOKEN))

@@ -44,7 +44,16 @@ def test_a_clock_stepping_back_is_standing_still():
 
 @pytest.mark.parametrize(
     "interval, timeout, now",
-    [(0, 10, 0), (10, 10, 0), (20, 10, 0), (-1, 10, 0), (float("nan"), 10, 0), (1, float("inf"), 0), (1, 2, float("nan")), ("1", 2, 0)],
+    [
+        (0, 10, 0),
+        (10, 10, 0),
+        (20, 10, 0),
+        (-1, 10, 0),
+        (float("nan"), 10, 0),
+        (1, float("inf"), 0),
+        (1, 2, float("nan")),
+        ("1", 2, 0),
+    ],
 )
 def test_bad_settings_are_refused(interval, timeout, now):
     with pytest.raises(LocalProtocolError):

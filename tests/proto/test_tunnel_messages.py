@@ -63,8 +63,17 @@ def test_attach_messages_round_trip(message):
 
 def test_every_kind_is_covered_by_the_strategies():
     assert set(CONTROL_MESSAGES) == {
-        "client_hello", "gateway_hello", "inventory", "inventory_update", "heartbeat", "heartbeat_ack",
-        "open_channel", "channel_opened", "channel_failed", "close_channel", "error",
+        "client_hello",
+        "gateway_hello",
+        "inventory",
+        "inventory_update",
+        "heartbeat",
+        "heartbeat_ack",
+        "open_channel",
+        "channel_opened",
+        "channel_failed",
+        "close_channel",
+        "error",
     }
 
 
@@ -170,7 +179,12 @@ BAD_MAPS = [
     (body(kind="heartbeat", seq=-5), "seq"),
     (body(kind="open_channel", channel_id=1, device_selector="usb:1209:0001", token="0123456789abcdef"), "token"),
     (body(kind="inventory", devices={"a": 1}), "devices"),
-    (body(kind="inventory", devices=[{"id": "usb:1209:0001", "kind": "usb", "vendor_id": 1, "product_id": 1, "x": 1}]), "unknown field 'x'"),
+    (
+        body(
+            kind="inventory", devices=[{"id": "usb:1209:0001", "kind": "usb", "vendor_id": 1, "product_id": 1, "x": 1}]
+        ),
+        "unknown field 'x'",
+    ),
     (body(kind="inventory", devices=[5]), "expected a map"),
     (body(kind="inventory_update", added=[], removed=[1]), "removed"),
     (body(kind="attach", channel_id=1, token=TOKEN), "unknown message kind"),
@@ -207,9 +221,28 @@ GOOD_SELECTORS = [
     ("parallel:lp0", DeviceSelector(SelectorScheme.PARALLEL, path="lp0")),
 ]
 BAD_SELECTORS = [
-    "", "usb", "usb:", "usb:1209", "usb:12090:0001", "usb:12g9:0001", "usb:1209:0001:", "usb:1209:0001:a b",
-    "usb-port:1", "usb-port:0-1", "usb-port:1-0", "usb-port:1-2.", "usb-port:256-1", "usb-port:1-1.2.3.4.5.6.7.8",
-    "serial:", "serial:a b", "parallel:\n", "scsi:0:0", "USB:1209:0001", 5, None, "usb:1209:0001:" + "s" * 127,
+    "",
+    "usb",
+    "usb:",
+    "usb:1209",
+    "usb:12090:0001",
+    "usb:12g9:0001",
+    "usb:1209:0001:",
+    "usb:1209:0001:a b",
+    "usb-port:1",
+    "usb-port:0-1",
+    "usb-port:1-0",
+    "usb-port:1-2.",
+    "usb-port:256-1",
+    "usb-port:1-1.2.3.4.5.6.7.8",
+    "serial:",
+    "serial:a b",
+    "parallel:\n",
+    "scsi:0:0",
+    "USB:1209:0001",
+    5,
+    None,
+    "usb:1209:0001:" + "s" * 127,
 ]
 
 

@@ -22,9 +22,11 @@ from redirgate.proto.usbredir import (
     RemoteProtocolError,
     Role,
     UsbredirConnection,
+    errors,
+)
+from redirgate.proto.usbredir import (
     messages as m,
 )
-from redirgate.proto.usbredir import errors
 
 ALL = Cap(0xFF)
 
@@ -106,10 +108,20 @@ def guest_messages() -> st.SearchStrategy[m.Message]:
                 lambda *a, id: m.ControlPacket(*a, len(d), id=id, data=d), ep_out, u8, u8, u8, u16, u16, id=ids
             )
         ),
-        st.builds(lambda e, s, n, sid, id: m.BulkPacket(e, s, n, sid, id=id), ep_in, u8, st.integers(0, 2**27), u32, id=ids),
-        small.flatmap(lambda d: st.builds(lambda e, s, sid, id: m.BulkPacket(e, s, len(d), sid, id=id, data=d), ep_out, u8, u32, id=ids)),
-        small.flatmap(lambda d: st.builds(lambda e, s, id: m.IsoPacket(e, s, len(d), id=id, data=d), ep_out, u8, id=ids)),
-        small.flatmap(lambda d: st.builds(lambda e, s, id: m.InterruptPacket(e, s, len(d), id=id, data=d), ep_out, u8, id=ids)),
+        st.builds(
+            lambda e, s, n, sid, id: m.BulkPacket(e, s, n, sid, id=id), ep_in, u8, st.integers(0, 2**27), u32, id=ids
+        ),
+        small.flatmap(
+            lambda d: st.builds(
+                lambda e, s, sid, id: m.BulkPacket(e, s, len(d), sid, id=id, data=d), ep_out, u8, u32, id=ids
+            )
+        ),
+        small.flatmap(
+            lambda d: st.builds(lambda e, s, id: m.IsoPacket(e, s, len(d), id=id, data=d), ep_out, u8, id=ids)
+        ),
+        small.flatmap(
+            lambda d: st.builds(lambda e, s, id: m.InterruptPacket(e, s, len(d), id=id, data=d), ep_out, u8, id=ids)
+        ),
     )
 
 
@@ -127,14 +139,32 @@ def host_messages() -> st.SearchStrategy[m.Message]:
         st.builds(m.BulkStreamsStatus, u32, u32, u8, id=ids),
         st.builds(m.BulkReceivingStatus, u32, ep_in, u8, id=ids),
         st.builds(m.FilterFilter, st.text(st.characters(min_codepoint=1, max_codepoint=255), max_size=40), id=ids),
-        small.flatmap(lambda d: st.builds(lambda *a, id: m.ControlPacket(*a, len(d), id=id, data=d), ep_in, u8, u8, u8, u16, u16, id=ids)),
+        small.flatmap(
+            lambda d: st.builds(
+                lambda *a, id: m.ControlPacket(*a, len(d), id=id, data=d), ep_in, u8, u8, u8, u16, u16, id=ids
+            )
+        ),
         st.builds(lambda *a, id: m.ControlPacket(*a, id=id), ep_out, u8, u8, u8, u16, u16, u16, id=ids),
-        small.flatmap(lambda d: st.builds(lambda e, s, sid, id: m.BulkPacket(e, s, len(d), sid, id=id, data=d), ep_in, u8, u32, id=ids)),
-        st.builds(lambda e, s, n, sid, id: m.BulkPacket(e, s, n, sid, id=id), ep_out, u8, st.integers(0, 2**27), u32, id=ids),
-        small.flatmap(lambda d: st.builds(lambda e, s, id: m.IsoPacket(e, s, len(d), id=id, data=d), ep_in, u8, id=ids)),
-        small.flatmap(lambda d: st.builds(lambda e, s, id: m.InterruptPacket(e, s, len(d), id=id, data=d), ep_in, u8, id=ids)),
+        small.flatmap(
+            lambda d: st.builds(
+                lambda e, s, sid, id: m.BulkPacket(e, s, len(d), sid, id=id, data=d), ep_in, u8, u32, id=ids
+            )
+        ),
+        st.builds(
+            lambda e, s, n, sid, id: m.BulkPacket(e, s, n, sid, id=id), ep_out, u8, st.integers(0, 2**27), u32, id=ids
+        ),
+        small.flatmap(
+            lambda d: st.builds(lambda e, s, id: m.IsoPacket(e, s, len(d), id=id, data=d), ep_in, u8, id=ids)
+        ),
+        small.flatmap(
+            lambda d: st.builds(lambda e, s, id: m.InterruptPacket(e, s, len(d), id=id, data=d), ep_in, u8, id=ids)
+        ),
         st.builds(lambda e, s, n, id: m.InterruptPacket(e, s, n, id=id), ep_out, u8, u16, id=ids),
-        small.flatmap(lambda d: st.builds(lambda sid, e, s, id: m.BufferedBulkPacket(sid, len(d), e, s, id=id, data=d), u32, ep_in, u8, id=ids)),
+        small.flatmap(
+            lambda d: st.builds(
+                lambda sid, e, s, id: m.BufferedBulkPacket(sid, len(d), e, s, id=id, data=d), u32, ep_in, u8, id=ids
+            )
+        ),
     )
 
 
@@ -206,9 +236,11 @@ def test_one_byte_at_a_time_and_all_in_one_chunk():
     one_by_one = feed_chunks(host, wire, list(range(len(wire))))
     host2, guest2 = pair()
     whole = feed_chunks(host2, b"".join(guest2.send(x) for x in msgs), [])
-    assert [_fields(e) for e in one_by_one] == [_fields(e) for e in whole] == [
-        expected_after_wire(x, host.shared_caps) for x in msgs
-    ]
+    assert (
+        [_fields(e) for e in one_by_one]
+        == [_fields(e) for e in whole]
+        == [expected_after_wire(x, host.shared_caps) for x in msgs]
+    )
 
 
 def test_header_is_12_bytes_until_both_have_64bit_ids():

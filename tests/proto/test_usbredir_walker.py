@@ -21,6 +21,8 @@ from redirgate.proto.usbredir import (
     RemoteProtocolError,
     Role,
     UsbredirConnection,
+)
+from redirgate.proto.usbredir import (
     messages as m,
 )
 from redirgate.proto.usbredir.walker import HostStreamGuard

@@ -9,6 +9,6 @@ from pathlib import Path as _Path
 
 _os.environ.setdefault("REDIRGATE_GUEST_CACHE", str(_Path(__file__).resolve().parents[2] / ".cache" / "guest"))
 
-from redirgate.cli.guestvm import image as _image  # noqa: E402
+from redirgate.cli.guestvm import image as _image
 
 globals().update({k: v for k, v in vars(_image).items() if not k.startswith("__")})

@@ -44,8 +44,11 @@ class RefFilter:
         self.path = path
         self._to_rules = lib.usbredirfilter_string_to_rules
         self._to_rules.argtypes = [
-            ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
-            ctypes.POINTER(_RulePtr), ctypes.POINTER(ctypes.c_int),
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.POINTER(_RulePtr),
+            ctypes.POINTER(ctypes.c_int),
         ]
         self._to_rules.restype = ctypes.c_int
         self._to_string = lib.usbredirfilter_rules_to_string
@@ -53,10 +56,18 @@ class RefFilter:
         self._to_string.restype = ctypes.c_void_p  # keep the pointer to free it
         self._check = lib.usbredirfilter_check
         self._check.argtypes = [
-            _RulePtr, ctypes.c_int,
-            ctypes.c_uint8, ctypes.c_uint8, ctypes.c_uint8,
-            _u8p, _u8p, _u8p, ctypes.c_int,
-            ctypes.c_uint16, ctypes.c_uint16, ctypes.c_uint16,
+            _RulePtr,
+            ctypes.c_int,
+            ctypes.c_uint8,
+            ctypes.c_uint8,
+            ctypes.c_uint8,
+            _u8p,
+            _u8p,
+            _u8p,
+            ctypes.c_int,
+            ctypes.c_uint16,
+            ctypes.c_uint16,
+            ctypes.c_uint16,
             ctypes.c_int,
         ]
         self._check.restype = ctypes.c_int
@@ -67,9 +78,7 @@ class RefFilter:
         self._free.argtypes = [ctypes.c_void_p]
         self._free.restype = None
 
-    def string_to_rules(
-        self, text: bytes, token_sep: bytes = b",", rule_sep: bytes = b"|"
-    ) -> tuple[int, list[CRule]]:
+    def string_to_rules(self, text: bytes, token_sep: bytes = b",", rule_sep: bytes = b"|") -> tuple[int, list[CRule]]:
         """(return code, rules); rules is empty unless the code is 0."""
         out = _RulePtr()
         count = ctypes.c_int(0)
@@ -85,9 +94,7 @@ class RefFilter:
             if out:
                 self._free(ctypes.cast(out, ctypes.c_void_p))
 
-    def rules_to_string(
-        self, rules: Sequence[CRule], token_sep: bytes = b",", rule_sep: bytes = b"|"
-    ) -> bytes | None:
+    def rules_to_string(self, rules: Sequence[CRule], token_sep: bytes = b",", rule_sep: bytes = b"|") -> bytes | None:
         """The serialised filter, or None where the C function returns NULL."""
         array = _array(rules)
         ptr = self._to_string(array, len(rules), token_sep, rule_sep)
@@ -119,10 +126,19 @@ class RefFilter:
         sub = (ctypes.c_uint8 * n)(*(i[1] for i in ifaces))
         proto = (ctypes.c_uint8 * n)(*(i[2] for i in ifaces))
         return self._check(
-            _array(rules), len(rules),
-            device_class, device_subclass, device_protocol,
-            ctypes.cast(cls, _u8p), ctypes.cast(sub, _u8p), ctypes.cast(proto, _u8p), len(ifaces),
-            vendor_id, product_id, device_version_bcd, flags,
+            _array(rules),
+            len(rules),
+            device_class,
+            device_subclass,
+            device_protocol,
+            ctypes.cast(cls, _u8p),
+            ctypes.cast(sub, _u8p),
+            ctypes.cast(proto, _u8p),
+            len(ifaces),
+            vendor_id,
+            product_id,
+            device_version_bcd,
+            flags,
         )
 
 

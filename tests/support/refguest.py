@@ -34,15 +34,15 @@ from redirgate.client.virtual import VirtualBackend, VirtualDevice
 from tests.support.refparser import ParseError, RefEvent, RefParser
 
 __all__ = [
+    "REPLY_TYPE",
     "RefGuest",
     "Session",
-    "engine_session",
-    "run_trio",
-    "VirtualDeviceSource",
-    "REPLY_TYPE",
     "T",
+    "VirtualDeviceSource",
     "cbw",
+    "engine_session",
     "parse_csw",
+    "run_trio",
 ]
 
 
@@ -162,8 +162,13 @@ class RefGuest:
         await self.flush()
 
     async def request(
-        self, msg_type: int, msg_id: int | None = None, data: bytes = b"", *,
-        timeout_s: float = DEFAULT_TIMEOUT_S, **fields: Any,
+        self,
+        msg_type: int,
+        msg_id: int | None = None,
+        data: bytes = b"",
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        **fields: Any,
     ) -> RefEvent:
         """Send a request and wait for the reply of the matching type and id."""
         if msg_id is None:
@@ -173,23 +178,50 @@ class RefGuest:
         return await self.expect(reply_type, lambda e: e.id == msg_id, timeout_s=timeout_s)
 
     async def control(
-        self, requesttype: int, request: int, value: int = 0, index: int = 0, length: int = 0,
-        data: bytes = b"", msg_id: int | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S,
+        self,
+        requesttype: int,
+        request: int,
+        value: int = 0,
+        index: int = 0,
+        length: int = 0,
+        data: bytes = b"",
+        msg_id: int | None = None,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> RefEvent:
         endpoint = 0x80 if requesttype & 0x80 else 0x00
         return await self.request(
-            T.CONTROL_PACKET, msg_id, data, timeout_s=timeout_s, endpoint=endpoint, request=request,
-            requesttype=requesttype, status=0, value=value, index=index,
+            T.CONTROL_PACKET,
+            msg_id,
+            data,
+            timeout_s=timeout_s,
+            endpoint=endpoint,
+            request=request,
+            requesttype=requesttype,
+            status=0,
+            value=value,
+            index=index,
             length=length if requesttype & 0x80 else len(data),
         )
 
     async def bulk(
-        self, endpoint: int, length: int = 0, data: bytes = b"", msg_id: int | None = None,
-        *, timeout_s: float = DEFAULT_TIMEOUT_S,
+        self,
+        endpoint: int,
+        length: int = 0,
+        data: bytes = b"",
+        msg_id: int | None = None,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> RefEvent:
         return await self.request(
-            T.BULK_PACKET, msg_id, data, timeout_s=timeout_s, endpoint=endpoint, status=0,
-            length=length if endpoint & 0x80 else len(data), stream_id=0,
+            T.BULK_PACKET,
+            msg_id,
+            data,
+            timeout_s=timeout_s,
+            endpoint=endpoint,
+            status=0,
+            length=length if endpoint & 0x80 else len(data),
+            stream_id=0,
         )
 
     # ------------------------------------------------------------ receiving
@@ -203,8 +235,11 @@ class RefGuest:
         return None
 
     async def expect(
-        self, msg_type: int, pred: Callable[[RefEvent], bool] | None = None,
-        *, timeout_s: float = DEFAULT_TIMEOUT_S,
+        self,
+        msg_type: int,
+        pred: Callable[[RefEvent], bool] | None = None,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> RefEvent:
         """The first unconsumed event of `msg_type` matching `pred`, waiting for it."""
         with trio.move_on_after(timeout_s):
@@ -327,7 +362,11 @@ class VirtualDeviceSource:
     OS that enumerates devices (Linux) leaves it."""
 
     def __init__(
-        self, backend: VirtualBackend, device: VirtualDevice, *, poll_interval_s: float = 0.02,
+        self,
+        backend: VirtualBackend,
+        device: VirtualDevice,
+        *,
+        poll_interval_s: float = 0.02,
         os_configuration: int | None = None,
     ) -> None:
         self.backend = backend

@@ -26,6 +26,7 @@ Normalisation (documented, deliberate):
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from ctypes import (
     CFUNCTYPE,
     POINTER,
@@ -39,17 +40,17 @@ from ctypes import (
     c_void_p,
 )
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 __all__ = [
-    "RefEvent",
+    "FLAG_NO_HELLO",
+    "FLAG_USB_HOST",
     "ParseError",
-    "RefSendError",
+    "RefEvent",
     "RefParser",
+    "RefSendError",
     "load_library",
     "reference_filter_rules",
-    "FLAG_USB_HOST",
-    "FLAG_NO_HELLO",
 ]
 
 # usbredirparser.h enums
@@ -501,7 +502,7 @@ class RefParser:
         if getattr(self, "_ptr", None):
             self.close()
 
-    def __enter__(self) -> "RefParser":
+    def __enter__(self) -> RefParser:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -531,10 +532,7 @@ class RefParser:
 
     def _shared(self, cap: int) -> bool:
         p = self._p()
-        return bool(
-            self._lib.usbredirparser_have_cap(p, cap)
-            and self._lib.usbredirparser_peer_has_cap(p, cap)
-        )
+        return bool(self._lib.usbredirparser_have_cap(p, cap) and self._lib.usbredirparser_peer_has_cap(p, cap))
 
     # -- I/O ----------------------------------------------------------------
     def feed(self, data: bytes) -> list[RefEvent | ParseError]:
@@ -671,11 +669,7 @@ class RefParser:
         if ftype is _ID_HDR:
             return self._guard(lambda priv, id_, hdr: self._emit_header(msg_type, id_, hdr))
         if ftype is _DATA:
-            return self._guard(
-                lambda priv, id_, hdr, data, data_len: self._on_data(
-                    msg_type, id_, hdr, data, data_len
-                )
-            )
+            return self._guard(lambda priv, id_, hdr, data, data_len: self._on_data(msg_type, id_, hdr, data, data_len))
         raise AssertionError(name)
 
     def _on_log(self, priv: Any, level: int, msg: bytes | None) -> None:
@@ -737,10 +731,14 @@ class RefParser:
 
     def _on_filter(self, priv: Any, rules: Any, count: int) -> None:
         try:
-            found = [
-                (r.device_class, r.vendor_id, r.product_id, r.device_version_bcd, r.allow)
-                for r in (rules[i] for i in range(max(0, count)))
-            ] if rules else []
+            found = (
+                [
+                    (r.device_class, r.vendor_id, r.product_id, r.device_version_bcd, r.allow)
+                    for r in (rules[i] for i in range(max(0, count)))
+                ]
+                if rules
+                else []
+            )
             self._emit(23, 0, {"rules": found})
         finally:
             if rules:

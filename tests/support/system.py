@@ -17,11 +17,11 @@ import pytest
 
 __all__ = [
     "REQUIRE_ENV",
-    "system_required",
-    "require",
-    "require_system",
     "libusbredirparser_path",
+    "require",
     "require_libusbredirparser",
+    "require_system",
+    "system_required",
 ]
 
 #: Environment variable that turns a missing component into a failure.

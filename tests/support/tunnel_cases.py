@@ -71,9 +71,7 @@ def device_entries(draw: st.DrawFn) -> DeviceEntry:
     name = draw(st.text(alphabet=name_chars, min_size=1, max_size=20))
     node = draw(st.none() | st.just(f"/dev/{name}"))
     ids = draw(st.none() | st.tuples(u16, u16))
-    return DeviceEntry(
-        f"{kind}:{name}", kind, ids and ids[0], ids and ids[1], None, node, description, busy
-    )
+    return DeviceEntry(f"{kind}:{name}", kind, ids and ids[0], ids and ids[1], None, node, description, busy)
 
 
 def unique_entries(max_size: int = 6) -> st.SearchStrategy[list[DeviceEntry]]:
@@ -89,10 +87,7 @@ def inventory_updates(draw: st.DrawFn) -> InventoryUpdate:
 
 
 option_values = (
-    st.booleans()
-    | st.integers(-(2**63), 2**64 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | printable
+    st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False, allow_infinity=False) | printable
 )
 selectors = device_entries().map(lambda e: e.id)
 

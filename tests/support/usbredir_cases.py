@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from redirgate.proto.usbredir import (
     MAX_BULK_TRANSFER_SIZE,
-    Cap,
     NEED_DATA,
+    Cap,
     RemoteProtocolError,
     Role,
     UsbredirConnection,
@@ -28,21 +28,21 @@ from redirgate.proto.usbredir.connection import verified_caps
 from tests.support.refparser import ParseError, RefEvent, RefParser, reference_filter_rules
 
 __all__ = [
-    "ID_CALLBACK_TYPES",
+    "ERROR",
     "GATES",
-    "sender_roles",
-    "field_strategy",
-    "caps_pair",
+    "ID_CALLBACK_TYPES",
     "build_message",
-    "wire_fields",
-    "ours_key",
-    "ref_key",
+    "caps_pair",
     "chunks",
+    "expected_key",
     "feed_ours",
     "feed_ref",
+    "field_strategy",
     "handshake",
-    "expected_key",
-    "ERROR",
+    "ours_key",
+    "ref_key",
+    "sender_roles",
+    "wire_fields",
 ]
 
 u8 = st.integers(0, 0xFF)
@@ -58,8 +58,9 @@ def arr(elem: st.SearchStrategy[int]) -> st.SearchStrategy[tuple[int, ...]]:
 
 
 #: Types whose reference callback receives the main header's id.
-ID_CALLBACK_TYPES = frozenset({6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21,
-                               25, 26, 27, 100, 101, 102, 103, 104})
+ID_CALLBACK_TYPES = frozenset(
+    {6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 25, 26, 27, 100, 101, 102, 103, 104}
+)
 
 #: Cap-gated types: the receiver must have the cap, the sender checks the peer has it.
 GATES: dict[int, Cap] = {
@@ -127,8 +128,11 @@ _SIMPLE: dict[int, dict[str, st.SearchStrategy[Any]]] = {
 }
 
 _rule = st.tuples(
-    st.integers(-1, 255), st.integers(-1, 0xFFFF), st.integers(-1, 0xFFFF),
-    st.integers(-1, 0xFFFF), st.integers(0, 1),
+    st.integers(-1, 255),
+    st.integers(-1, 0xFFFF),
+    st.integers(-1, 0xFFFF),
+    st.integers(-1, 0xFFFF),
+    st.integers(0, 1),
 )
 
 
@@ -138,10 +142,19 @@ def _rule_text(rule: tuple[int, ...], hexa: bool) -> str:
 
 @st.composite
 def _device_connect(draw: st.DrawFn) -> tuple[dict[str, Any], bytes]:
-    return draw(st.fixed_dictionaries({
-        "speed": u8, "device_class": u8, "device_subclass": u8, "device_protocol": u8,
-        "vendor_id": u16, "product_id": u16, "device_version_bcd": u16,
-    })), b""
+    return draw(
+        st.fixed_dictionaries(
+            {
+                "speed": u8,
+                "device_class": u8,
+                "device_subclass": u8,
+                "device_protocol": u8,
+                "vendor_id": u16,
+                "product_id": u16,
+                "device_version_bcd": u16,
+            }
+        )
+    ), b""
 
 
 @st.composite
@@ -186,16 +199,21 @@ def _data_packet(
         data = b""
         length = draw(st.integers(0, length_max))
     if msg_type == 100:
-        fields = {"endpoint": endpoint, "request": draw(u8), "requesttype": draw(u8),
-                  "status": draw(u8), "value": draw(u16), "index": draw(u16), "length": length}
+        fields = {
+            "endpoint": endpoint,
+            "request": draw(u8),
+            "requesttype": draw(u8),
+            "status": draw(u8),
+            "value": draw(u16),
+            "index": draw(u16),
+            "length": length,
+        }
     elif msg_type == 101:
-        fields = {"endpoint": endpoint, "status": draw(u8), "length": length,
-                  "stream_id": draw(u32)}
+        fields = {"endpoint": endpoint, "status": draw(u8), "length": length, "stream_id": draw(u32)}
     elif msg_type in (102, 103):
         fields = {"endpoint": endpoint, "status": draw(u8), "length": length}
     else:
-        fields = {"stream_id": draw(u32), "length": length, "endpoint": endpoint,
-                  "status": draw(u8)}
+        fields = {"stream_id": draw(u32), "length": length, "endpoint": endpoint, "status": draw(u8)}
     return fields, data
 
 
@@ -219,12 +237,19 @@ def caps_pair(draw: st.DrawFn, need: Cap = Cap(0)) -> tuple[int, int]:
 
     Whole random bytes cover every layout combination, symmetric or not;
     the edge cases (none, all, each layout cap alone) are drawn often."""
-    interesting = st.sampled_from([
-        0, 0xFF, int(Cap.IDS_64BIT), int(Cap.CONNECT_DEVICE_VERSION),
-        int(Cap.EP_INFO_MAX_PACKET_SIZE), int(Cap.BULK_STREAMS),
-        int(Cap.BULK_STREAMS | Cap.EP_INFO_MAX_PACKET_SIZE), int(Cap.BULK_LENGTH_32BIT),
-        0xFF & ~int(Cap.IDS_64BIT),
-    ])
+    interesting = st.sampled_from(
+        [
+            0,
+            0xFF,
+            int(Cap.IDS_64BIT),
+            int(Cap.CONNECT_DEVICE_VERSION),
+            int(Cap.EP_INFO_MAX_PACKET_SIZE),
+            int(Cap.BULK_STREAMS),
+            int(Cap.BULK_STREAMS | Cap.EP_INFO_MAX_PACKET_SIZE),
+            int(Cap.BULK_LENGTH_32BIT),
+            0xFF & ~int(Cap.IDS_64BIT),
+        ]
+    )
     word = st.one_of(interesting, st.integers(0, 0xFF))
     return draw(word) | int(need), draw(word) | int(need)
 
@@ -263,8 +288,9 @@ def ours_key(msg: messages.Message) -> tuple[Any, ...]:
         fields = {"rules": reference_filter_rules(msg.filter_string.encode("latin-1"))}
     else:
         fields = {
-            f.name: (tuple(getattr(msg, f.name)) if isinstance(getattr(msg, f.name), tuple)
-                     else int(getattr(msg, f.name)))
+            f.name: (
+                tuple(getattr(msg, f.name)) if isinstance(getattr(msg, f.name), tuple) else int(getattr(msg, f.name))
+            )
             for f in dataclasses.fields(msg)
             if f.name not in ("id", "data")
         }
@@ -278,9 +304,7 @@ def ref_key(event: RefEvent | ParseError) -> tuple[Any, ...]:
     return (event.type, _id_of(event.type, event.id), dict(event.fields), event.data)
 
 
-def expected_key(
-    msg_type: int, msg_id: int, fields: dict[str, Any], data: bytes, shared: Cap
-) -> tuple[Any, ...]:
+def expected_key(msg_type: int, msg_id: int, fields: dict[str, Any], data: bytes, shared: Cap) -> tuple[Any, ...]:
     """The key the receiving side must report for a message sent with these
     fields, given the caps in force (ids are 32 bits without 64bits_ids)."""
     if Cap.IDS_64BIT not in shared:
@@ -331,7 +355,10 @@ def feed_ref(ref: RefParser, pieces: list[bytes]) -> list[Any]:
 
 
 def handshake(
-    our_role: str, our_caps: int, ref_caps: int, our_version: str = "redirgate-test",
+    our_role: str,
+    our_caps: int,
+    ref_caps: int,
+    our_version: str = "redirgate-test",
     ref_version: str = "libusbredirparser-ref",
 ) -> tuple[UsbredirConnection, RefParser]:
     """Our connection and a reference parser in the opposite role, with both

@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from redirgate.gateway import pki
-from redirgate.gateway.transport import (
+from redirgate.transport import (
     PeerKind,
     Refusal,
     TlsRefused,
@@ -31,8 +31,7 @@ from redirgate.gateway.transport import (
     client_context,
     verify_peer,
 )
-
-from tests.gateway.test_transport_common import GATEWAY, Pki, make_pki, trio_test
+from tests.support.transport_lab import GATEWAY, Pki, make_pki, trio_test
 
 HANDSHAKE_TIMEOUT_S = 0.5
 
@@ -166,9 +165,9 @@ async def test_revocation_applies_without_restart(env: Pki) -> None:
 
 @trio_test(20)
 async def test_expired_certificate(env: Pki) -> None:
-    long_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=30)
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
     issued = pki.issue_client(env.directory, "old", now=long_ago, valid_days=1)
-    assert issued.not_valid_after < dt.datetime.now(dt.timezone.utc)
+    assert issued.not_valid_after < dt.datetime.now(dt.UTC)
     async with running_server(env) as server:
         refused = await expect_refusal(server, _client_ctx(env, "old"), Refusal.EXPIRED)
         assert "certificate expired" in str(refused)
@@ -226,7 +225,9 @@ async def test_tls12_client_is_refused_on_the_tunnel_port(env: Pki) -> None:
 async def test_client_refuses_a_gateway_with_the_wrong_name(env: Pki) -> None:
     async with running_server(env) as server:
         sock = socket.create_connection(("127.0.0.1", server.port))
-        stream = ZeroCopyTLSStream(sock, env.client_context().ssl_context, server_side=False, server_hostname="other.test")
+        stream = ZeroCopyTLSStream(
+            sock, env.client_context().ssl_context, server_side=False, server_hostname="other.test"
+        )
         with pytest.raises(TlsRefused) as info:
             await stream.do_handshake(5)
         await stream.aclose()

@@ -28,8 +28,8 @@ from typing import Any
 
 import trio
 
-from redirgate.gateway.transport.reactor import Inspector, ReactorOutcome, RelayReactor
-from redirgate.gateway.transport.stream import NonBlockingStream, ReceiveIntoStream, nonblocking
+from redirgate.transport.reactor import Inspector, ReactorOutcome, RelayReactor
+from redirgate.transport.stream import NonBlockingStream, ReceiveIntoStream, nonblocking
 
 __all__ = ["DEFAULT_BUFFER_BYTES", "RelayStats", "pump", "relay"]
 
@@ -188,7 +188,9 @@ async def relay(
         return await _relay_in_reactor(a, b, result, buffer_size, inspect_a_to_b, inspect_b_to_a, reactor)
     errors: list[Exception] = []
 
-    async def direction(src: ReceiveIntoStream, dst: ReceiveIntoStream, forward: bool, cancel: trio.CancelScope) -> None:
+    async def direction(
+        src: ReceiveIntoStream, dst: ReceiveIntoStream, forward: bool, cancel: trio.CancelScope
+    ) -> None:
         side = "a" if forward else "b"
         inspect = _carrying(inspect_a_to_b if forward else inspect_b_to_a)
         try:
@@ -241,7 +243,9 @@ async def _relay_in_reactor(
             pass
 
     try:
-        channel = reactor.new_channel(a.reactor_side(), b.reactor_side(), result, inspect_ab, inspect_ba, done, buffer_size)
+        channel = reactor.new_channel(
+            a.reactor_side(), b.reactor_side(), result, inspect_ab, inspect_ba, done, buffer_size
+        )
         reactor.add(channel)
         try:
             await finished.wait()

@@ -45,9 +45,9 @@ from typing import Any
 
 import trio
 
-from redirgate.gateway.transport.stream import FULL_RECORD_BYTES, record_layer
+from redirgate.transport.stream import FULL_RECORD_BYTES, record_layer
 
-__all__ = ["Inspector", "RelayReactor", "ReactorSide", "ReactorOutcome"]
+__all__ = ["Inspector", "ReactorOutcome", "ReactorSide", "RelayReactor"]
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,24 @@ class ReactorOutcome:
 
 
 class _Direction:
-    __slots__ = ("src", "dst", "buf", "view", "room", "iov", "start", "end", "forward", "side", "inspect",
-                 "need_src", "need_dst", "short_read", "channel", "opposite")  # fmt: skip
+    __slots__ = (
+        "buf",
+        "channel",
+        "dst",
+        "end",
+        "forward",
+        "inspect",
+        "iov",
+        "need_dst",
+        "need_src",
+        "opposite",
+        "room",
+        "short_read",
+        "side",
+        "src",
+        "start",
+        "view",
+    )  # fmt: skip
 
     def __init__(self, src: ReactorSide, dst: ReactorSide, size: int, forward: bool,
                  inspect: Inspector | None) -> None:  # fmt: skip

@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import random
-from pathlib import Path
 
 import pytest
 import trio
 
-from redirgate.gateway.transport import (
+from redirgate.transport import (
     DEFAULT_BUFFER_BYTES,
     PlainSocketStream,
     RelayStats,
     ZeroCopyTLSStream,
     relay,
 )
-
-from tests.gateway.test_transport_common import Pki, make_pki, tls_pair, trio_test
+from tests.support.transport_lab import Pki, make_pki, tls_pair, trio_test
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +42,9 @@ async def plain_pair() -> tuple[PlainSocketStream, PlainSocketStream]:
 class Channel:
     """hypervisor end (plain) <-> [relay] <-> client end (TLS)."""
 
-    def __init__(self, hv: PlainSocketStream, relay_plain: PlainSocketStream, relay_tls: ZeroCopyTLSStream, cl: ZeroCopyTLSStream) -> None:
+    def __init__(
+        self, hv: PlainSocketStream, relay_plain: PlainSocketStream, relay_tls: ZeroCopyTLSStream, cl: ZeroCopyTLSStream
+    ) -> None:
         self.hv, self.relay_plain, self.relay_tls, self.cl = hv, relay_plain, relay_tls, cl
         self.stats = RelayStats()
 

@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from redirgate.gateway import pki
-from redirgate.gateway.transport import (
+from redirgate.transport import (
     PeerKind,
     Refusal,
     TlsRefused,
@@ -25,9 +25,8 @@ from redirgate.gateway.transport import (
     hypervisor_server_context,
     verify_peer,
 )
-
-from tests.gateway.test_transport_common import trio_test
 from tests.support.system import require_system
+from tests.support.transport_lab import trio_test
 
 
 @pytest.fixture
@@ -80,7 +79,9 @@ async def serve_one(hv_pki: Path, qemu: str, log: Path) -> tuple[str | TlsRefuse
                 nursery.cancel_scope.cancel()
                 return refused, b"", None
             try:
-                identity = verify_peer(stream.getpeercert(), peer=stream.peer, kind=PeerKind.HYPERVISOR, revocation=revocation)
+                identity = verify_peer(
+                    stream.getpeercert(), peer=stream.peer, kind=PeerKind.HYPERVISOR, revocation=revocation
+                )
             except TlsRefused as refused:
                 await stream.aclose()
                 nursery.cancel_scope.cancel()

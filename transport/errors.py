@@ -3,7 +3,7 @@
 Owns :class:`TransportError` and the TLS refusal vocabulary.  Foreign
 exceptions (``ssl.SSLError``, ``OSError``) are translated into these (or into
 trio's Closed/Broken errors for data-phase failures) at one boundary each:
-:func:`redirgate.gateway.transport.tls.refusal_from_ssl_error` for handshakes,
+:func:`redirgate.transport.tls.refusal_from_ssl_error` for handshakes,
 the stream classes for data.
 """
 

@@ -1,16 +1,16 @@
-"""redirgate.gateway.transport: byte movers shared by the gateway and the client.
+"""redirgate.transport: byte movers shared by the gateway and the client.
 
 Owns the TLS contexts (:mod:`.tls`), the zero-copy streams (:mod:`.stream`),
 the relay pump (:mod:`.relay`), the certificate identity convention
 (:mod:`.identity`) and the transport errors (:mod:`.errors`).
 
 It must never hold gateway state or import anything from `redirgate.gateway`
-outside this package, nor anything from `redirgate.client`: the client uses
-it too (tests/gateway/test_transport_layering.py walks the imports).
+or `redirgate.client`: both use it
+(tests/test_import_rules.py walks the imports).
 """
 
-from redirgate.gateway.transport.errors import Refusal, TlsRefused, TransportError
-from redirgate.gateway.transport.identity import (
+from redirgate.transport.errors import Refusal, TlsRefused, TransportError
+from redirgate.transport.identity import (
     IDENTITY_URI_PREFIX,
     IdentityError,
     PeerKind,
@@ -18,15 +18,15 @@ from redirgate.gateway.transport.identity import (
     identity_uri,
     validate_name,
 )
-from redirgate.gateway.transport.prefixed import PrefixedStream
-from redirgate.gateway.transport.reactor import RelayReactor
-from redirgate.gateway.transport.relay import (
+from redirgate.transport.prefixed import PrefixedStream
+from redirgate.transport.reactor import RelayReactor
+from redirgate.transport.relay import (
     DEFAULT_BUFFER_BYTES,
     RelayStats,
     pump,
     relay,
 )
-from redirgate.gateway.transport.stream import (
+from redirgate.transport.stream import (
     PlainSocketStream,
     ReceiveIntoStream,
     ZeroCopyTLSStream,
@@ -35,7 +35,7 @@ from redirgate.gateway.transport.stream import (
     open_tls_connection,
     set_nodelay,
 )
-from redirgate.gateway.transport.tls import (
+from redirgate.transport.tls import (
     ClientContext,
     RevocationChecker,
     client_context,

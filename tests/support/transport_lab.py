@@ -17,7 +17,7 @@ from typing import Any
 import trio
 
 from redirgate.gateway import pki
-from redirgate.gateway.transport import (
+from redirgate.transport import (
     ClientContext,
     ZeroCopyTLSStream,
     client_context,
@@ -79,9 +79,7 @@ def tcp_socketpair() -> tuple[socket.socket, socket.socket]:
     return client, server
 
 
-async def tls_pair(
-    server_ctx: ssl.SSLContext, client: ClientContext
-) -> tuple[ZeroCopyTLSStream, ZeroCopyTLSStream]:
+async def tls_pair(server_ctx: ssl.SSLContext, client: ClientContext) -> tuple[ZeroCopyTLSStream, ZeroCopyTLSStream]:
     """Handshaken (client, server) ZeroCopyTLSStreams over loopback TCP."""
     csock, ssock = tcp_socketpair()
     c = ZeroCopyTLSStream(csock, client.ssl_context, server_side=False, server_hostname=client.server_name)

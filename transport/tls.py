@@ -30,8 +30,8 @@ from typing import Protocol
 
 from cryptography import x509
 
-from redirgate.gateway.transport.errors import Refusal, TlsRefused
-from redirgate.gateway.transport.identity import IdentityError, PeerKind, identity_from_certificate
+from redirgate.transport.errors import Refusal, TlsRefused
+from redirgate.transport.identity import IdentityError, PeerKind, identity_from_certificate
 
 __all__ = [
     "HYPERVISOR_CIPHERS",
@@ -212,11 +212,13 @@ def verify_peer(
         cert = x509.load_der_x509_certificate(der)
     except ValueError as exc:
         raise TlsRefused(peer, Refusal.FAILED, f"unparsable certificate: {exc}") from exc
-    when = now if now is not None else dt.datetime.now(dt.timezone.utc)
+    when = now if now is not None else dt.datetime.now(dt.UTC)
     if when > cert.not_valid_after_utc:
         raise TlsRefused(peer, Refusal.EXPIRED, f"not valid after {cert.not_valid_after_utc:%Y-%m-%d %H:%M:%SZ}")
     if when < cert.not_valid_before_utc:
-        raise TlsRefused(peer, Refusal.NOT_YET_VALID, f"not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M:%SZ}")
+        raise TlsRefused(
+            peer, Refusal.NOT_YET_VALID, f"not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M:%SZ}"
+        )
     if revocation is not None and revocation.is_revoked(cert):
         raise TlsRefused(peer, Refusal.REVOKED, f"serial {cert.serial_number:x}")
     try:

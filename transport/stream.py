@@ -56,8 +56,8 @@ from typing import Any, Protocol, runtime_checkable
 import trio
 from cryptography import x509
 
-from redirgate.gateway.transport.errors import Refusal, TlsRefused
-from redirgate.gateway.transport.tls import ClientContext, refusal_from_ssl_error
+from redirgate.transport.errors import Refusal, TlsRefused
+from redirgate.transport.tls import ClientContext, refusal_from_ssl_error
 
 __all__ = [
     "DEFAULT_CLOSE_TIMEOUT_S",
@@ -120,7 +120,7 @@ def nonblocking(stream: object) -> bool:
 class _Busy:
     """One task at a time per direction, else trio.BusyResourceError."""
 
-    __slots__ = ("held", "_message")
+    __slots__ = ("_message", "held")
 
     def __init__(self, message: str) -> None:
         self.held = False
@@ -136,7 +136,7 @@ class _Busy:
 
 
 def peer_label(sock: socket.socket | trio.socket.SocketType) -> str:
-    """"host:port" of the peer (IPv6 in brackets), or the family name."""
+    """ "host:port" of the peer (IPv6 in brackets), or the family name."""
     try:
         address = sock.getpeername()
     except OSError:
@@ -250,7 +250,12 @@ class ZeroCopyTLSStream(trio.abc.Stream):
             raise RuntimeError("do_handshake() first")
 
     def _broken_error(self, exc: BaseException) -> trio.BrokenResourceError:
-        if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError) and exc.errno in _CLOSED_ERRNOS and self._closed:
+        if (
+            isinstance(exc, OSError)
+            and not isinstance(exc, ssl.SSLError)
+            and exc.errno in _CLOSED_ERRNOS
+            and self._closed
+        ):
             raise trio.ClosedResourceError("stream was closed") from None
         self._broken = exc
         return trio.BrokenResourceError(f"{self.peer}: {exc}")
@@ -424,7 +429,7 @@ class ZeroCopyTLSStream(trio.abc.Stream):
 
     def reactor_side(self) -> Any:
         """Hand the socket to the relay reactor (see transport.reactor)."""
-        from redirgate.gateway.transport.reactor import ReactorSide
+        from redirgate.transport.reactor import ReactorSide
 
         self._check()
         return ReactorSide("tls", self._ssl, max_send=self.max_send_bytes)
@@ -587,7 +592,7 @@ class PlainSocketStream(trio.abc.HalfCloseableStream):
         await trio.lowlevel.wait_writable(self._fd)
 
     def reactor_side(self) -> Any:
-        from redirgate.gateway.transport.reactor import ReactorSide
+        from redirgate.transport.reactor import ReactorSide
 
         if self.socket.fileno() < 0:
             raise trio.ClosedResourceError("this socket was already closed")

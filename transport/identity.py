@@ -21,7 +21,7 @@ import re
 
 from cryptography import x509
 
-from redirgate.gateway.transport.errors import TransportError
+from redirgate.transport.errors import TransportError
 
 __all__ = [
     "IDENTITY_URI_PREFIX",
@@ -48,9 +48,7 @@ class IdentityError(TransportError):
 def validate_name(name: str) -> str:
     """Return `name` if it is a valid identity name, else raise IdentityError."""
     if not isinstance(name, str) or _NAME.fullmatch(name) is None:
-        raise IdentityError(
-            repr(name), "invalid name: use 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit"
-        )
+        raise IdentityError(repr(name), "invalid name: use 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit")
     return name
 
 
@@ -68,7 +66,9 @@ def identity_from_certificate(
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         raise IdentityError(peer, f"no subjectAltName, so no {kind} identity") from None
-    names = [uri[len(prefix):] for uri in san.get_values_for_type(x509.UniformResourceIdentifier) if uri.startswith(prefix)]
+    names = [
+        uri[len(prefix) :] for uri in san.get_values_for_type(x509.UniformResourceIdentifier) if uri.startswith(prefix)
+    ]
     if len(names) != 1:
         raise IdentityError(peer, f"expected one {prefix}NAME URI, found {len(names)}")
     name = names[0]

@@ -6,17 +6,16 @@ Real TLS 1.3 over real loopback TCP, certificates from our own PKI.
 from __future__ import annotations
 
 import select
-import time
 import ssl
+import time
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
-from redirgate.gateway.transport import PlainSocketStream, ZeroCopyTLSStream
-
-from tests.gateway.test_transport_common import Pki, make_pki, tls_pair, trio_test
+from redirgate.transport import PlainSocketStream, ZeroCopyTLSStream
+from tests.support.transport_lab import Pki, make_pki, tls_pair, trio_test
 
 
 @pytest.fixture(scope="module")

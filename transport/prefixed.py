@@ -13,7 +13,7 @@ from typing import Any
 
 import trio
 
-from redirgate.gateway.transport.stream import Buffer, ReceiveIntoStream, nonblocking
+from redirgate.transport.stream import Buffer, ReceiveIntoStream, nonblocking
 
 __all__ = ["PrefixedStream"]
 

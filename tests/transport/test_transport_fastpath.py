@@ -7,11 +7,12 @@ import hashlib
 
 import pytest
 import trio
+import trio.lowlevel
 
-from redirgate.gateway.transport import DEFAULT_BUFFER_BYTES, PrefixedStream, RelayStats, pump, relay
-from redirgate.gateway.transport.stream import nonblocking
-from tests.gateway.test_transport_common import Pki, make_pki, trio_test
-from tests.gateway.test_transport_relay import make_channel, plain_pair, receive_exactly, send_random
+from redirgate.transport import DEFAULT_BUFFER_BYTES, PrefixedStream, RelayStats, pump, relay
+from redirgate.transport.stream import nonblocking
+from tests.support.transport_lab import Pki, make_pki, trio_test
+from tests.transport.test_transport_relay import make_channel, plain_pair, receive_exactly, send_random
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,7 @@ async def test_fast_pump_yields_to_other_tasks_while_data_keeps_coming() -> None
         nonlocal ticks
         while not moved.is_set():
             ticks += 1
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pump, a_in, b_in)
@@ -133,7 +134,7 @@ async def test_fast_pump_yields_to_other_tasks_while_data_keeps_coming() -> None
 
 
 # ---------------------------------------------------------------- the reactor thread
-from redirgate.gateway.transport import RelayReactor  # noqa: E402
+from redirgate.transport import RelayReactor  # noqa: E402
 
 
 @pytest.mark.parametrize("prefix", [b"", b"held bytes first"], ids=["no-prefix", "prefix"])
