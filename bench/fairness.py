@@ -63,7 +63,7 @@ from bench import gateway_lab as gl  # noqa: E402
 from bench.relay_setup import Proc, Processes, machine, process_cpu_s  # noqa: E402
 from bench.report import cell as _cell  # noqa: E402
 from bench.report import emit, script_arguments
-from redirgate.client.guest import GuestError, UsbredirGuest  # noqa: E402
+from redirgate.vmside.guest import GuestError, UsbredirGuest  # noqa: E402
 
 HID_GET_REPORT, REPORT_INPUT = 0x01, 0x01  # HID 1.11 7.2.1
 KEYBOARD_ID, LOOPBACK_ID = "usb:1209:0002", "usb:1209:0003"

@@ -83,9 +83,9 @@ from bench.report import cell as _cell  # noqa: E402
 from bench.report import emit, ratio, script_arguments
 from bench.report import median as _med
 from bench.usb_path import _bulk_seconds, _ctrl_latencies, _with_retry  # noqa: E402
-from redirgate.client.guest import GuestError, UsbredirGuest  # noqa: E402
 from redirgate.client.virtual import LoopbackMode  # noqa: E402
 from redirgate.proto.usbredir import messages as m  # noqa: E402
+from redirgate.vmside.guest import GuestError, UsbredirGuest  # noqa: E402
 
 VENDOR_SET_MODE = 0x01  # client/virtual/loopback.py
 BULK_OUT, BULK_IN, ISO_IN = 0x01, 0x81, 0x82

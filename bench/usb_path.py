@@ -52,8 +52,8 @@ elif str(ROOT) not in sys.path:  # make `bench` importable
     sys.path.insert(0, str(ROOT))
 
 from bench.report import cell as _cell  # noqa: E402
-from redirgate.client.guest import GuestError, UsbredirGuest  # noqa: E402
 from redirgate.client.virtual import LoopbackMode  # noqa: E402
+from redirgate.vmside.guest import GuestError, UsbredirGuest  # noqa: E402
 from tests.support.services import running  # noqa: E402
 
 GET_DESCRIPTOR, DEVICE_DESCRIPTOR = 6, 0x0100

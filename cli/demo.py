@@ -127,11 +127,11 @@ async def _boot_vm(say: Any, ports: dict[str, int]) -> bool:
 
 async def run_demo(directory: Path, *, once: bool, vm: bool = False, out: Any = None) -> int:
     from redirgate.client.config import load_client_config
-    from redirgate.client.probe import ProbeError, probe
     from redirgate.client.service import ClientService
     from redirgate.gateway.config import Endpoint, load_config
     from redirgate.gateway.service import Gateway
     from redirgate.gateway.snippet import libvirt_xml, qemu_args
+    from redirgate.vmside.probe import ProbeError, probe
 
     out = out or sys.stdout
 

@@ -116,11 +116,11 @@ async def _usb_path_check() -> str:
 
     import trio
 
-    from redirgate.client.probe import probe
     from redirgate.client.usb.selector import parse_selector
     from redirgate.client.usb.serve import serve_listen
     from redirgate.client.usb.source import SelectorSource
     from redirgate.client.virtual import make_backend
+    from redirgate.vmside.probe import probe
 
     with tempfile.TemporaryDirectory() as tmp:
         image = f"{tmp}/stick.img"
@@ -143,7 +143,7 @@ async def _usb_path_check() -> str:
 def run(args: argparse.Namespace) -> int:
     import trio
 
-    from redirgate.client.probe import ProbeError
+    from redirgate.vmside.probe import ProbeError
 
     failures = 0
     for label, caps in (("all capabilities", Cap.all_known()), ("no capabilities", Cap(0))):

@@ -12,11 +12,11 @@ import usb.core
 
 from redirgate.cli.args import parse_hostport
 from redirgate.cli.signals import until_signal
-from redirgate.client.probe import ProbeError, probe
 from redirgate.client.usb.errors import SelectorError
 from redirgate.client.usb.selector import DeviceSelector, parse_selector
 from redirgate.client.usb.serve import serve_connect, serve_listen
 from redirgate.client.usb.source import SelectorSource
+from redirgate.vmside.probe import ProbeError, probe
 
 __all__ = ["add_client_parsers", "add_probe_parser", "parse_hostport", "source_for"]
 

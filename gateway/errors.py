@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["AttachRefused", "ChannelError", "ClientGone", "GatewayError"]
+__all__ = ["ChannelError", "ClientGone", "GatewayError"]
 
 
 class GatewayError(Exception):
@@ -20,7 +20,3 @@ class ChannelError(GatewayError):
 
 class ClientGone(ChannelError):
     """The client's control connection ended while a channel depended on it."""
-
-
-class AttachRefused(GatewayError):
-    """A data connection's attach named no pending channel, or the wrong token."""

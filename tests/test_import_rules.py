@@ -6,6 +6,9 @@
   both use it, so it holds neither's state;
 - ``redirgate.client`` and ``redirgate.gateway`` never import each other:
   the thin client does not depend on the DMZ gateway, nor the other way;
+- ``redirgate.vmside`` (the VM's side of usbredir: probe, benchmarks,
+  tests) imports only ``proto`` and ``transport``; of the packages only
+  the CLI imports it;
 - ``redirgate.cli`` is the one place that may use everything.
 
 Every ``import`` statement counts, including ones inside functions.
@@ -22,10 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # package -> (folder, the redirgate packages it may not import)
 RULES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "proto": ("proto", ("transport", "client", "gateway", "cli", "host")),
-    "transport": ("transport", ("client", "gateway", "cli", "host")),
-    "client": ("client", ("gateway", "cli", "host")),
-    "gateway": ("gateway", ("client", "cli", "host")),
+    "proto": ("proto", ("transport", "client", "gateway", "vmside", "cli", "host")),
+    "transport": ("transport", ("client", "gateway", "vmside", "cli", "host")),
+    "client": ("client", ("gateway", "vmside", "cli", "host")),
+    "gateway": ("gateway", ("client", "vmside", "cli", "host")),
+    "vmside": ("vmside", ("client", "gateway", "cli", "host")),
 }
 
 

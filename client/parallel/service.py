@@ -41,7 +41,7 @@ import trio
 from redirgate.client.parallel.errors import PortBusy, PortUnavailable, PrinterNotReady
 from redirgate.client.parallel.printer import PrinterPort
 from redirgate.client.parallel.status import UNKNOWN, PrinterStatus
-from redirgate.client.serial.ring import Ring
+from redirgate.client.ring import Ring
 
 __all__ = ["DEFAULT_QUEUE_BYTES", "PrinterService", "Session"]
 
@@ -108,10 +108,6 @@ class PrinterService:
     @property
     def queued_bytes(self) -> int:
         return len(self._queue)
-
-    @property
-    def queue_capacity(self) -> int:
-        return self._queue.capacity
 
     def describe(self) -> str:
         """One line for the inventory: the printer's state (no raw bits and no

@@ -2,9 +2,9 @@
 
 Owns opening (exclusive, non-blocking, through pyserial so every termios
 detail - custom baud rates included - is pyserial's), applying and verifying
-line settings, and the fd-level I/O: `read_some` waits with
-`trio.lowlevel.wait_readable`, `write_all` loops on `os.write` +
-`wait_writable` so no byte is ever dropped.  It is the one boundary where
+line settings, and the fd-level I/O: `read_nowait` / `write_nowait` never
+wait, `wait_readable` / `wait_writable` are the waits (the service loops on
+them, so no byte is ever dropped).  It is the one boundary where
 OSError / SerialException become our errors: a vanished device (EIO, ENXIO,
 ENODEV, EOF on a hung-up tty) becomes `PortUnavailable`, a setting the port
 refuses or silently ignores becomes `SettingError` naming the setting.
@@ -256,14 +256,6 @@ class SerialPort:
             raise PortUnavailable(self.name, f"{self.path} hung up")
         return data
 
-    async def read_some(self, max_bytes: int = 65536) -> bytes:
-        """Bytes from the device (at least one); PortUnavailable when it vanished."""
-        while True:
-            data = self.read_nowait(max_bytes)
-            if data:
-                return data
-            await self.wait_readable()
-
     def write_nowait(self, data: bytes | bytearray | memoryview) -> int:
         """Write what the driver takes now (0 when its buffer is full);
         PortUnavailable when the device vanished."""
@@ -281,20 +273,6 @@ class SerialPort:
         if self.closed:
             raise PortUnavailable(self.name, "port closed")
         await trio.lowlevel.wait_writable(self.fd)
-
-    async def write_some(self, data: bytes | bytearray | memoryview) -> int:
-        """Write at least one byte of non-empty `data`, waiting for room."""
-        while True:
-            n = self.write_nowait(data)
-            if n:
-                return n
-            await self.wait_writable()
-
-    async def write_all(self, data: bytes | bytearray | memoryview) -> None:
-        """Write every byte, waiting for room; PortUnavailable when it vanished."""
-        view = memoryview(data)
-        while view:
-            view = view[await self.write_some(view) :]
 
     def _raise_if_gone(self, exc: BaseException) -> None:
         code = getattr(exc, "errno", None)

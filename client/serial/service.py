@@ -48,9 +48,9 @@ from typing import Final, NoReturn
 
 import trio
 
+from redirgate.client.ring import Ring
 from redirgate.client.serial.errors import PortBusy, PortUnavailable, SelectorError, SettingError
 from redirgate.client.serial.port import SerialPort
-from redirgate.client.serial.ring import Ring
 from redirgate.client.serial.selector import PortSelector
 from redirgate.client.serial.settings import LineSettings
 from redirgate.transport.stream import NonBlockingStream
@@ -166,10 +166,6 @@ class Session:
     def error_counters(self) -> tuple[int, int, int, int] | None:
         port = self.service.port
         return None if port is None else port.error_counters()
-
-    @property
-    def port_open(self) -> bool:
-        return self.service.port is not None
 
     @property
     def rx_pending(self) -> int:

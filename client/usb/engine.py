@@ -113,7 +113,6 @@ class HostEngine:
         self.queues: EndpointQueues | None = None
         self._device_nursery: trio.Nursery | None = None
         self._device_done = trio.Event()
-        self._announce_allowed = trio.Event()
         self.close_reason: str | None = None
         self._connection_scope = trio.CancelScope()
 
@@ -340,7 +339,6 @@ class HostEngine:
         self.send_nowait(m.DeviceDisconnect())
         if Cap.DEVICE_DISCONNECT_ACK in self.conn.shared_caps:
             self.wait_ack = True
-            self._announce_allowed = trio.Event()
 
     def _reject_device(self) -> None:
         self.rejected = True
@@ -662,7 +660,6 @@ class HostEngine:
             log.debug("%s: unexpected device_disconnect_ack", self.peer)
             return
         self.wait_ack = False
-        self._announce_allowed.set()
         self._maybe_announce()
 
 

@@ -17,7 +17,7 @@ condition (see `device`).  Any number of threads may call in at once.
 No-wait calls: `inline_device(dev)` says whether a pyusb device of this
 backend may be driven from an event loop (its hooks never do I/O or sleep),
 and `call_nowait(fn, ...)` runs one pyusb call there with NAK waits turned
-into ``BlockingIOError`` (see `device.no_wait`).  The host engine uses them
+into ``BlockingIOError`` (see `device.run_no_wait`).  The host engine uses them
 to skip the worker-thread round trip for transfers that complete at once;
 pyusb's libusb1 backend has neither, so real devices always use threads.
 

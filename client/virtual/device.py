@@ -15,7 +15,7 @@ transfer.  Anything that makes data available (the host writing, a test
 calling ``keyboard.type_text``, unplug) calls ``notify_all``.  Waits end at
 the transfer's deadline (timeout 0 = forever, as in libusb).
 
-No-wait attempts: inside `no_wait()` (a per-thread switch), a bulk or
+No-wait attempts: inside `run_no_wait()` (a per-thread switch), a bulk or
 interrupt transfer that would have to wait for the device raises
 ``BlockingIOError`` instead, with ``characters_written`` = the OUT bytes the
 device accepted before it NAKed, and changes nothing else.  That lets the
@@ -39,12 +39,11 @@ raises only `usb_error(...)` errors and never blocks without a deadline.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import errno
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -133,7 +132,7 @@ class Setup:
 
 
 class _NoWait(threading.local):
-    """Per-thread switch of `no_wait()`."""
+    """Per-thread switch of `run_no_wait()`."""
 
     active = False
 
@@ -141,22 +140,12 @@ class _NoWait(threading.local):
 _NO_WAIT = _NoWait()
 
 
-@contextlib.contextmanager
-def no_wait() -> Iterator[None]:
-    """On this thread, bulk/interrupt transfers raise BlockingIOError where
-    they would wait (see the module docstring)."""
-    previous = _NO_WAIT.active
-    _NO_WAIT.active = True
-    try:
-        yield
-    finally:
-        _NO_WAIT.active = previous
-
-
 def run_no_wait(fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` inside `no_wait()`.  The host engine runs every
-    emulated transfer through this, so it sets the switch itself: a
-    generator context manager costs several Python calls per use."""
+    """``fn(*args)`` with this thread's no-wait switch on: bulk/interrupt
+    transfers raise BlockingIOError where they would wait (see the module
+    docstring).  The host engine runs every emulated transfer through this;
+    a plain function, because a generator context manager costs several
+    Python calls per use."""
     state = _NO_WAIT
     previous = state.active
     state.active = True
@@ -182,7 +171,7 @@ class VirtualDevice:
     """
 
     #: The hooks never do I/O or sleep, so a bulk/interrupt/control transfer
-    #: may run on an event-loop thread under `no_wait()`.  A subclass whose
+    #: may run on an event-loop thread under `run_no_wait()`.  A subclass whose
     #: hooks touch files (storage) sets it False.
     inline_transfers = True
 
@@ -272,9 +261,6 @@ class VirtualDevice:
     def halt(self, ep: int) -> None:
         """Set the HALT feature of endpoint ``ep`` (caller holds the lock)."""
         self._halted.add(ep)
-
-    def is_halted(self, ep: int) -> bool:
-        return ep in self._halted
 
     def notify(self) -> None:
         """Wake transfers waiting for data (caller holds the lock)."""

@@ -242,11 +242,6 @@ class LoopbackDevice(VirtualDevice):
         with self.lock:
             return LoopbackStats(**self._counts)
 
-    def reset_stats(self) -> None:
-        with self.lock:
-            self._counts.clear()
-            self._iso_seq = 0
-
     # ------------------------------------------------------------ device side
 
     def on_reset(self) -> None:

@@ -176,10 +176,6 @@ class RevocationList:
         base = Path(directory)
         return cls(base / CRL_FILE, base / "ca-cert.pem")
 
-    @property
-    def revoked_serials(self) -> frozenset[int]:
-        return self._serials
-
     def _stat(self) -> tuple[int, int, int] | None:
         try:
             st = os.stat(self.path)

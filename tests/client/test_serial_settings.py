@@ -1,4 +1,4 @@
-"""LineSettings parsing/validation, port selectors, and the RX ring."""
+"""LineSettings parsing/validation and port selectors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from redirgate.client.serial.errors import SelectorError, SettingError
-from redirgate.client.serial.ring import Ring
 from redirgate.client.serial.selector import PortSelector, parse_port_selector
 from redirgate.client.serial.settings import LineSettings
 
@@ -54,19 +53,3 @@ def test_port_selectors(tmp_path: Path) -> None:
     assert PortSelector(path=str(link)).resolve() == str(link)
     with pytest.raises(SelectorError, match="no USB-serial adapter"):
         PortSelector(vid=0xDEAD, pid=0xBEEF).resolve()
-
-
-def test_ring_keeps_newest_and_counts_overflow() -> None:
-    ring = Ring(8)
-    assert ring.write(b"abcdef") == 0
-    ring.consume(2)
-    assert ring.write(b"ghijkl") == 2  # wraps around, drops "cd"
-    assert ring.overflow_bytes == 2 and len(ring) == 8
-    out = bytearray()
-    while len(ring):
-        chunk = ring.peek()
-        out += chunk
-        ring.consume(len(chunk))
-    assert bytes(out) == b"efghijkl"
-    assert ring.write(b"0123456789AB") == 4 and ring.overflow_bytes == 6
-    assert bytes(ring.peek()) == b"456789AB"

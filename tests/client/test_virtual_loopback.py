@@ -23,7 +23,6 @@ from redirgate.client.virtual import (
     make_backend,
     source_pattern,
 )
-from redirgate.client.virtual.device import no_wait
 
 BULK_OUT, BULK_IN, INTR_OUT, INTR_IN, ISO_OUT, ISO_IN = 0x01, 0x81, 0x03, 0x83, 0x02, 0x82
 
@@ -188,13 +187,16 @@ def test_no_wait_is_per_thread(loop: tuple[LoopbackDevice, usb.core.Device]) -> 
         except usb.core.USBError as exc:  # pragma: no cover - reported below
             outcome.append(exc)
 
-    with no_wait():
-        worker = threading.Thread(target=waiting_read)
+    worker = threading.Thread(target=waiting_read)
+
+    def attempt_beside_it() -> None:
         worker.start()
         time.sleep(0.1)
         assert worker.is_alive()  # waiting for data, not refused
         with pytest.raises(BlockingIOError):
             dev.read(BULK_IN, array.array("B", bytes(512)), 1000)
+
+    dev.backend.call_nowait(attempt_beside_it)  # this thread's switch is on meanwhile
     dev.write(BULK_OUT, b"late", 1000)
     worker.join(5)
     assert outcome == [4]

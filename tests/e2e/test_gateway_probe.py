@@ -8,7 +8,7 @@ from typing import Any
 import trio
 
 from redirgate.cli.lab import LabRoute
-from redirgate.client.probe import probe
+from redirgate.vmside.probe import probe
 from tests.support.transport_lab import trio_test
 from tests.support.tunnel_lab import running_lab, start_client
 

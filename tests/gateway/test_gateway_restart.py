@@ -16,9 +16,9 @@ import pytest
 import trio
 
 from redirgate.cli.lab import LabRoute, write_client_config
-from redirgate.client.guest import GuestError, UsbredirGuest
-from redirgate.client.probe import probe
 from redirgate.gateway import pki
+from redirgate.vmside.guest import GuestError, UsbredirGuest
+from redirgate.vmside.probe import probe
 from tests.support.transport_lab import trio_test
 from tests.support.tunnel_lab import Lab, running_lab, start_client
 

@@ -33,13 +33,13 @@ import pytest
 import trio
 
 from redirgate.cli.lab import GATEWAY_NAME, LabRoute
-from redirgate.client.guest import UsbredirGuest
-from redirgate.client.probe import probe
 from redirgate.gateway import pki
 from redirgate.proto import tunnel as t
 from redirgate.proto.usbredir import CLOSED, NEED_DATA, MsgType, Role, Status, UsbredirConnection
 from redirgate.proto.usbredir.messages import Hello
 from redirgate.transport import ClientContext, TlsRefused, ZeroCopyTLSStream, client_context
+from redirgate.vmside.guest import UsbredirGuest
+from redirgate.vmside.probe import probe
 from tests.support.transport_lab import trio_test
 from tests.support.tunnel_lab import Lab, running_lab
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from redirgate.client.guest import GuestError, UsbredirGuest
+from redirgate.vmside.guest import GuestError, UsbredirGuest
 from redirgate.proto.usbredir import Speed, Status
 
 __all__ = ["ProbeError", "ProbeResult", "probe", "probe_stream"]

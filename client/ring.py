@@ -1,8 +1,10 @@
-"""A bounded byte ring: what the device sent while no consumer was there.
+"""A bounded byte ring: bytes kept until their consumer (or printer) takes them.
 
 When full, the oldest bytes are overwritten and counted (`overflow_bytes`),
 so a console that printed its boot messages to nobody keeps the newest
-`capacity` bytes.  Plain data structure, no I/O, no locking (one trio task
+`capacity` bytes.  Shared by the serial service (the device's bytes while no
+consumer is there) and the parallel service (the guest's print job while the
+printer is away).  Plain data structure, no I/O, no locking (one trio task
 writes, one reads).
 """
 
