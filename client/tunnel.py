@@ -9,10 +9,14 @@ runs the usbredir host engine on it - the same engine as `serve-usb` - or a
 serial or parallel channel handler.  After any loss it reconnects with jittered
 exponential backoff; the gateway brings the routes back by itself.
 
-Cancellation: one nursery per control session holds the reader, the
-heartbeat and inventory tasks and every channel, so a lost control
-connection ends its channels too (the gateway ends them anyway, and QEMU
-sees the unplug).  Each channel releases its device in the engine's finally.
+The control session is `redirgate.transport.ControlSession`'s (the read
+loop, heartbeats both ways, shielded sends); this module gives it the
+handlers.  A lost gateway is one error, `PeerGone`, whatever the stream said.
+
+Cancellation: the control session's nursery holds the heartbeat and inventory
+tasks and every channel, so a lost control connection ends its channels too
+(the gateway ends them anyway, and QEMU sees the unplug).  Each channel
+releases its device in the engine's finally.
 """
 
 from __future__ import annotations
@@ -34,11 +38,14 @@ from redirgate.client.usb.source import SelectorSource
 from redirgate.proto import tunnel as t
 from redirgate.transport import (
     ClientContext,
+    ControlSession,
+    PeerGone,
     PrefixedStream,
     TlsRefused,
     ZeroCopyTLSStream,
     client_context,
     open_tls_connection,
+    peer_gone,
 )
 
 __all__ = ["ChannelHandler", "TunnelClient", "TunnelClientError", "usb_channel_handler"]
@@ -96,12 +103,10 @@ class TunnelClient:
                 reason = "the gateway closed the connection"
             except TlsRefused as exc:
                 reason = f"TLS refused: {exc.reason}"
-            except TunnelClientError as exc:
+            except (TunnelClientError, PeerGone) as exc:
                 reason = exc.reason
             except t.TunnelProtocolError as exc:
                 reason = f"protocol error: {exc}"
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as exc:
-                reason = f"{type(exc).__name__}: {exc}"
             finally:
                 self.online = False
             if trio.current_time() - started > 10:
@@ -121,57 +126,30 @@ class TunnelClient:
         )  # fmt: skip
 
     async def _session(self) -> None:
-        with trio.fail_after(self.connect_timeout_s):
+        with trio.move_on_after(self.connect_timeout_s) as dialing, peer_gone(self.peer):
             stream = await self._dial()
+        if dialing.cancelled_caught:
+            raise PeerGone(self.peer, f"no connection within {self.connect_timeout_s:g} s")
         try:
-            await self._run_control(stream)
+            await self._run_control(ControlSession(stream, "client", peer=self.peer))
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                 await stream.aclose()
 
-    async def _run_control(self, stream: ZeroCopyTLSStream) -> None:
-        conn = t.TunnelConnection("client")
-        lock = trio.Lock()
-
-        async def send(message: t.TunnelMessage) -> None:
-            wire = conn.send(message)
-            async with lock:
-                await stream.send_all(wire)
-
-        await send(t.ClientHello(software=SOFTWARE))
-        hello = await self._next(conn, stream)
+    async def _run_control(self, control: ControlSession) -> None:
+        await control.send(t.ClientHello(software=SOFTWARE))
+        hello = await control.receive()
         if isinstance(hello, t.Error):
             raise TunnelClientError(self.peer, f"the gateway refused us: {hello.code}: {hello.message}")
         if not isinstance(hello, t.GatewayHello):
             raise TunnelClientError(self.peer, "the gateway closed the connection before its hello")
         current = await self._scan()
-        await send(t.Inventory(tuple(current.values())))
+        await control.send(t.Inventory(tuple(current.values())))
         self.online = True
         self.sessions += 1
         self.connected.set()
         log.info("tunnel to %s up; exporting %s", self.peer, ", ".join(sorted(current)) or "nothing yet")
-        tracker = t.HeartbeatTracker(hello.heartbeat_interval_s, hello.heartbeat_timeout_s, trio.current_time())
-
-        lost: list[BaseException] = []
-
-        async def guarded(task: Callable[[], Awaitable[None]], scope: trio.CancelScope) -> None:
-            # Errors are caught inside the nursery: trio would wrap them in an
-            # ExceptionGroup, and run() needs the plain error for its log line.
-            try:
-                await task()
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, TunnelClientError,
-                    t.TunnelProtocolError) as exc:  # fmt: skip
-                lost.append(exc)
-            scope.cancel()
-
-        async def heartbeats() -> None:
-            while True:
-                await trio.sleep_until(tracker.next_deadline())
-                now = trio.current_time()
-                if tracker.expired(now):
-                    raise TunnelClientError(self.peer, f"no sign of life for {tracker.timeout_s:.0f} s")
-                if tracker.due(now):
-                    await send(t.Heartbeat(tracker.on_sent(now)))
+        scopes: dict[int, trio.CancelScope] = {}
 
         async def inventory_updates() -> None:
             nonlocal current
@@ -182,40 +160,29 @@ class TunnelClient:
                 new = await self._scan()
                 added, removed = diff(current, new)
                 if added or removed:
-                    await send(t.InventoryUpdate(added, removed))
+                    await control.send(t.InventoryUpdate(added, removed))
                     log.info("inventory: +%s -%s", [e.id for e in added], list(removed))
                 current = new
 
-        async with trio.open_nursery() as nursery:
-            scopes: dict[int, trio.CancelScope] = {}
+        async def open_channel(event: t.OpenChannel) -> None:
+            scope = scopes[event.channel_id] = trio.CancelScope()
+            control.start_soon(self._channel, event, control.send, scope, scopes)
 
-            async def reader() -> None:
-                while True:
-                    event = await self._next(conn, stream)
-                    if event is t.CLOSED:
-                        return
-                    tracker.on_received(trio.current_time())
-                    if isinstance(event, t.Heartbeat):
-                        await send(t.HeartbeatAck(event.seq))
-                    elif isinstance(event, t.HeartbeatAck):
-                        tracker.on_ack(event.seq, trio.current_time())
-                    elif isinstance(event, t.OpenChannel):
-                        scope = trio.CancelScope()
-                        scopes[event.channel_id] = scope
-                        nursery.start_soon(self._channel, event, send, scope, scopes)
-                    elif isinstance(event, t.CloseChannel):
-                        scope = scopes.get(event.channel_id)
-                        if scope is not None:
-                            log.info("channel %d closed by the gateway: %s", event.channel_id, event.reason)
-                            scope.cancel()
-                    elif isinstance(event, t.Error):
-                        raise TunnelClientError(self.peer, f"the gateway reported {event.code}: {event.message}")
+        async def close_channel(event: t.CloseChannel) -> None:
+            scope = scopes.get(event.channel_id)
+            if scope is not None:
+                log.info("channel %d closed by the gateway: %s", event.channel_id, event.reason)
+                scope.cancel()
 
-            nursery.start_soon(guarded, heartbeats, nursery.cancel_scope)
-            nursery.start_soon(guarded, inventory_updates, nursery.cancel_scope)
-            nursery.start_soon(guarded, reader, nursery.cancel_scope)
-        if lost:
-            raise lost[0]
+        async def error(event: t.Error) -> None:
+            raise TunnelClientError(self.peer, f"the gateway reported {event.code}: {event.message}")
+
+        await control.serve(
+            {t.OpenChannel: open_channel, t.CloseChannel: close_channel, t.Error: error},
+            heartbeat_interval_s=hello.heartbeat_interval_s,
+            heartbeat_timeout_s=hello.heartbeat_timeout_s,
+            tasks=[inventory_updates],
+        )
 
     async def _scan(self) -> dict[str, t.DeviceEntry]:
         found = await self.inventory.scan()
@@ -224,13 +191,6 @@ class TunnelClient:
                 busy = entry.id in self.inventory.busy
                 found[entry.id] = dataclasses.replace(entry, busy=True) if busy else entry
         return found
-
-    async def _next(self, conn: t.TunnelConnection, stream: ZeroCopyTLSStream) -> Any:
-        while True:
-            event = conn.next_event()
-            if event is not t.NEED_DATA:
-                return event
-            conn.receive_data(await stream.receive_some(_RECEIVE_BYTES))
 
     # ------------------------------------------------------------ channels
     async def _channel(
@@ -243,17 +203,12 @@ class TunnelClient:
         cid = request.channel_id
         reason = "done"
         try:
-            with scope:
+            with scope, peer_gone(f"{self.peer} channel {cid}"):
                 reason = await self._serve_channel(request, send)
-        except (
-            OSError,
-            trio.BrokenResourceError,
-            trio.ClosedResourceError,
-            TlsRefused,
-            TunnelClientError,
-            t.TunnelProtocolError,
-            trio.TooSlowError,
-        ) as exc:
+        except PeerGone as exc:
+            reason = exc.reason
+            log.warning("channel %d (%s) failed: %s", cid, request.device_selector, reason)
+        except (TlsRefused, TunnelClientError, t.TunnelProtocolError, trio.TooSlowError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
             log.warning("channel %d (%s) failed: %s", cid, request.device_selector, reason)
         finally:
@@ -264,7 +219,7 @@ class TunnelClient:
             with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                 try:
                     await send(t.CloseChannel(cid, reason[:250]))
-                except (trio.BrokenResourceError, trio.ClosedResourceError, t.LocalProtocolError):
+                except (PeerGone, t.LocalProtocolError):
                     pass
 
     async def _serve_channel(self, request: t.OpenChannel, send: Callable[[t.TunnelMessage], Awaitable[None]]) -> str:

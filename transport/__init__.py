@@ -2,13 +2,15 @@
 
 Owns the TLS contexts (:mod:`.tls`), the zero-copy streams (:mod:`.stream`),
 the relay pump (:mod:`.relay`), the certificate identity convention
-(:mod:`.identity`) and the transport errors (:mod:`.errors`).
+(:mod:`.identity`), the transport errors (:mod:`.errors`) and the driver of a
+tunnel control session with the one "peer gone" error (:mod:`.control`).
 
 It must never hold gateway state or import anything from `redirgate.gateway`
 or `redirgate.client`: both use it
 (tests/test_import_rules.py walks the imports).
 """
 
+from redirgate.transport.control import ControlSession, PeerGone, PeerSilent, peer_gone
 from redirgate.transport.errors import Refusal, TlsRefused, TransportError
 from redirgate.transport.identity import (
     IDENTITY_URI_PREFIX,
@@ -49,8 +51,11 @@ __all__ = [
     "DEFAULT_BUFFER_BYTES",
     "IDENTITY_URI_PREFIX",
     "ClientContext",
+    "ControlSession",
     "IdentityError",
+    "PeerGone",
     "PeerKind",
+    "PeerSilent",
     "PlainSocketStream",
     "PrefixedStream",
     "ReceiveIntoStream",
@@ -68,6 +73,7 @@ __all__ = [
     "identity_uri",
     "open_plain_connection",
     "open_tls_connection",
+    "peer_gone",
     "pump",
     "refusal_from_ssl_error",
     "relay",

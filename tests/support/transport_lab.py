@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+import trio.testing
 
 from redirgate.gateway import pki
 from redirgate.transport import (
@@ -27,8 +28,14 @@ from redirgate.transport import (
 GATEWAY = "gw.test"
 
 
-def trio_test(timeout_s: float) -> Callable[[Callable[..., Awaitable[None]]], Callable[..., None]]:
-    """Run an async test function under trio.run inside trio.fail_after(timeout_s)."""
+def trio_test(
+    timeout_s: float, *, mock_clock: bool = False
+) -> Callable[[Callable[..., Awaitable[None]]], Callable[..., None]]:
+    """Run an async test function under trio.run inside trio.fail_after(timeout_s).
+
+    `mock_clock`: on `trio.testing.MockClock(autojump_threshold=0)`, for tests
+    of our own timers: time jumps whenever every task waits, so the timeout is
+    virtual too (a test that would hang fails at once)."""
 
     def decorate(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
         @functools.wraps(fn)
@@ -37,7 +44,7 @@ def trio_test(timeout_s: float) -> Callable[[Callable[..., Awaitable[None]]], Ca
                 with trio.fail_after(timeout_s):
                     await fn(*args, **kwargs)
 
-            trio.run(main)
+            trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0) if mock_clock else None)
 
         return wrapper
 

@@ -1,0 +1,266 @@
+"""One driver for a tunnel control session, used by the client, the gateway and the scale bench.
+
+`ControlSession` runs one end of a control connection (the sans-IO
+`redirgate.proto.tunnel.TunnelConnection`) over a byte stream:
+
+- `send(message)` encodes under the send lock (so the state table sees the
+  messages in wire order) and writes the frame *shielded*: a caller cancelled
+  half way waits for the rest of the frame instead of leaving half of it on
+  the stream.  The shielded write has its own deadline (`send_timeout_s`); a
+  write that stalls that long leaves the stream unusable, so it ends the
+  session with `PeerGone`.
+- `receive()` reads until the connection has the next message (hellos).
+- `serve(handlers, ...)` is the session after the hellos: the read loop
+  feeds the connection and dispatches each message by type through the
+  table; heartbeats are answered and sent here (the interval is a sleep of
+  the sender task, the peer timeout a cancel scope whose deadline moves with
+  every message received); extra `tasks` and `start_soon` tasks run in the
+  session's nursery.  It returns the reason the session ended cleanly
+  (EOF, or what `finish(reason)` said) and raises otherwise.
+
+Errors: the raw errors a stream raises when its other end is gone (OSError,
+trio's Broken/ClosedResourceError) are mapped once, here, to `PeerGone`
+(`PeerSilent` when the peer sent nothing for the heartbeat timeout); callers
+catch that one type.  A peer that breaks the protocol raises the proto's
+`RemoteProtocolError` (a message with no handler in the table is one,
+`UnexpectedMessageError`); `LocalProtocolError` from `send` means nothing
+was written.  Handler and task errors end the session and leave `serve`
+as they are, never wrapped in an ExceptionGroup.
+
+Threads: none; everything runs on the caller's trio loop.  The stream
+stays the caller's: the session never closes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import Any, Final
+
+import trio
+
+from redirgate.proto import tunnel as t
+from redirgate.transport.errors import TransportError
+
+__all__ = [
+    "RECEIVE_BYTES",
+    "SEND_TIMEOUT_S",
+    "ControlSession",
+    "Handler",
+    "PeerGone",
+    "PeerSilent",
+    "peer_gone",
+]
+
+#: Bytes asked of the stream per read.
+RECEIVE_BYTES: Final = 65536
+#: How long one shielded control write may take before the stream counts as dead.
+SEND_TIMEOUT_S: Final = 30.0
+
+#: The errors a trio stream raises when the other end went away (or the
+#: stream was closed under us).  Only `peer_gone` and this module read it.
+_STREAM_GONE: Final = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+#: Handles one received control message; raising ends the session.
+Handler = Callable[[Any], Awaitable[None]]
+
+
+class PeerGone(TransportError):
+    """The peer of a connection is gone: its connection broke, closed or stalled.
+
+    The one "connection lost" error of the client and the gateway; `reason`
+    names the cause (the original exception is `__cause__`).
+    """
+
+
+class PeerSilent(PeerGone):
+    """Nothing came from the peer for the whole heartbeat timeout."""
+
+
+def _gone(peer: str, exc: BaseException) -> PeerGone:
+    return PeerGone(peer, f"{type(exc).__name__}: {exc}")
+
+
+@contextlib.contextmanager
+def peer_gone(peer: str) -> Iterator[None]:
+    """Map the stream errors that mean "the other end is gone" to `PeerGone`.
+
+    The one boundary for them: a `PeerGone` from inside passes unchanged, so
+    nested boundaries never wrap twice.
+    """
+    try:
+        yield
+    except _STREAM_GONE as exc:
+        raise _gone(peer, exc) from exc
+
+
+class ControlSession:
+    """One end of a control connection over `stream` (see the module docstring).
+
+    `received` is what was already read from the stream for this connection
+    (the gateway's opening classifier keeps the first frame).
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        role: t.Role | str,
+        *,
+        peer: str,
+        received: bytes = b"",
+        send_timeout_s: float = SEND_TIMEOUT_S,
+    ) -> None:
+        self.stream = stream
+        self.peer = peer
+        self.conn = t.TunnelConnection(role)
+        if received:
+            self.conn.receive_data(received)
+        self.send_timeout_s = send_timeout_s
+        #: heartbeat timing of the running `serve` (None before it)
+        self.tracker: t.HeartbeatTracker | None = None
+        self._send_lock = trio.Lock()
+        self._broken: PeerGone | None = None
+        self._nursery: trio.Nursery | None = None
+        self._failure: Exception | None = None
+        self._outcome = ""
+
+    # ------------------------------------------------------------- send
+    async def send(self, message: t.TunnelMessage, *, timeout_s: float | None = None) -> None:
+        """Write `message` whole, or raise: `LocalProtocolError` (nothing
+        written) or `PeerGone`.  Cancellation before the write starts is
+        honoured; once it started, the frame is finished first."""
+        async with self._send_lock:
+            if self._broken is not None:
+                raise PeerGone(self.peer, self._broken.reason)
+            wire = self.conn.send(message)
+            limit = self.send_timeout_s if timeout_s is None else timeout_s
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + limit) as write:
+                try:
+                    await self.stream.send_all(wire)
+                except _STREAM_GONE as exc:
+                    raise self._break(_gone(self.peer, exc)) from exc
+            if write.cancelled_caught:
+                raise self._break(PeerGone(self.peer, f"a {message.KIND!r} write stalled for {limit:g} s"))
+
+    def _break(self, gone: PeerGone) -> PeerGone:
+        """The stream can carry no more frames: later sends fail, `serve` ends."""
+        self._broken = self._broken or gone
+        self._fail(gone)
+        return gone
+
+    # ---------------------------------------------------------- receive
+    async def receive(self) -> t.Event:
+        """The next message from the peer, or `t.CLOSED` once it closed."""
+        conn = self.conn
+        while True:
+            event = conn.next_event()
+            if event is not t.NEED_DATA:
+                return event
+            try:
+                data = await self.stream.receive_some(RECEIVE_BYTES)
+            except _STREAM_GONE as exc:
+                raise _gone(self.peer, exc) from exc
+            conn.receive_data(data)
+
+    # ------------------------------------------------------------ serve
+    async def serve(
+        self,
+        handlers: Mapping[type[t.TunnelMessage], Handler],
+        *,
+        heartbeat_interval_s: float,
+        heartbeat_timeout_s: float,
+        tasks: Sequence[Callable[[], Awaitable[None]]] = (),
+        before_heartbeat: Callable[[], None] | None = None,
+    ) -> str:
+        """Read, dispatch and heartbeat until the session ends (module docstring).
+
+        `Heartbeat` and `HeartbeatAck` are answered and timed here first; a
+        handler for them, if given, runs afterwards.  `before_heartbeat` runs
+        every interval before our heartbeat goes out (it may `finish`).
+        """
+        if self._broken is not None:
+            raise PeerGone(self.peer, self._broken.reason)
+        self._failure = None
+        now = trio.current_time()
+        tracker = self.tracker = t.HeartbeatTracker(heartbeat_interval_s, heartbeat_timeout_s, now)
+        self._outcome = "connection closed"
+        try:
+            with trio.CancelScope(deadline=now + tracker.timeout_s) as watchdog:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.start_soon(self._guarded, self._heartbeats, before_heartbeat)
+                    for task in tasks:
+                        nursery.start_soon(self._guarded, task)
+                    try:
+                        await self._read_loop(handlers, tracker, watchdog)
+                    except Exception as exc:  # raised below, outside the nursery: never an ExceptionGroup
+                        self._fail(exc)
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+        if self._failure is not None:
+            raise self._failure
+        if watchdog.cancelled_caught:
+            raise PeerSilent(self.peer, f"no sign of life for {tracker.timeout_s:g} s")
+        return self._outcome
+
+    def start_soon(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run `fn(*args)` in the session's nursery (only while `serve` runs):
+        it ends with the session, and its error ends the session."""
+        if self._nursery is None:
+            raise RuntimeError("ControlSession.start_soon outside serve()")
+        self._nursery.start_soon(self._guarded, fn, *args)
+
+    def finish(self, reason: str) -> None:
+        """End `serve` cleanly: it returns `reason`."""
+        self._outcome = reason
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    def _fail(self, exc: Exception) -> None:
+        if self._failure is None:
+            self._failure = exc
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    async def _guarded(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        try:
+            await fn(*args)
+        except Exception as exc:  # re-raised by serve() as it is
+            self._fail(exc)
+
+    async def _read_loop(
+        self, handlers: Mapping[type[t.TunnelMessage], Handler], tracker: t.HeartbeatTracker, watchdog: trio.CancelScope
+    ) -> None:
+        while True:
+            event = await self.receive()
+            if event is t.CLOSED:
+                return
+            assert isinstance(event, t.TunnelMessage)
+            now = trio.current_time()
+            tracker.on_received(now)
+            watchdog.deadline = tracker.last_received + tracker.timeout_s
+            builtin = True
+            if isinstance(event, t.Heartbeat):
+                await self.send(t.HeartbeatAck(event.seq))
+            elif isinstance(event, t.HeartbeatAck):
+                tracker.on_ack(event.seq, now)
+            else:
+                builtin = False
+            handler = handlers.get(type(event))
+            if handler is not None:
+                await handler(event)
+            elif not builtin:
+                raise t.UnexpectedMessageError(f"{event.KIND!r} is not handled here", kind=event.KIND)
+
+    async def _heartbeats(self, before_heartbeat: Callable[[], None] | None) -> None:
+        tracker = self.tracker
+        assert tracker is not None
+        while True:
+            await trio.sleep_until(tracker.last_sent + tracker.interval_s)
+            if before_heartbeat is not None:
+                before_heartbeat()
+                await trio.lowlevel.checkpoint_if_cancelled()  # it may have called finish()
+            now = trio.current_time()
+            if tracker.due(now):
+                await self.send(t.Heartbeat(tracker.on_sent(now)))
