@@ -66,7 +66,7 @@ def add_client_parsers(client_commands: Any) -> None:
 def _with_serial_section(run_usb: Callable[[argparse.Namespace], int] | None) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         result = run_usb(args) if run_usb is not None else 0
-        if result == 0:
+        if result == 0 and not getattr(args, "json", False):  # --json: the USB devices only
             print()
             print_serial_ports()
         return result

@@ -6,11 +6,16 @@ device with a stable id the gateway's routes can select: `usb:VID:PID:SERIAL`
 when the device has a serial number, else `usb-port:BUS-PORT`.
 `diff()` turns two scans into the hotplug update the control connection
 sends.  Devices held by a channel are marked busy.
+
+A device the client never exports (a hub, the thin client's boot device:
+client/usb/safety.py) stays out of the inventory whatever the policy says;
+when the policy would have exported it, one warning says why it is not.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +25,7 @@ import usb.core
 from redirgate.client.config import ExportPolicy
 from redirgate.client.usb.descriptors import DeviceSnapshot, snapshot
 from redirgate.client.usb.errors import USB_CALL_ERRORS
+from redirgate.client.usb.safety import boot_usb_ports, refusal
 from redirgate.client.usb.source import find_devices
 from redirgate.proto.tunnel.errors import TunnelProtocolError
 from redirgate.proto.tunnel.inventory import DeviceEntry, DeviceKind
@@ -56,18 +62,29 @@ class _Found:
 
 
 class DeviceInventory:
-    def __init__(self, policy: ExportPolicy, virtual_backend: Any = None) -> None:
+    def __init__(
+        self,
+        policy: ExportPolicy,
+        virtual_backend: Any = None,
+        *,
+        boot_ports: Callable[[], Mapping[str, str]] = boot_usb_ports,
+    ) -> None:
         self.policy = policy
         self.virtual_backend = virtual_backend
+        self.boot_ports = boot_ports
         self.busy: set[str] = set()
         self._libusb_missing_logged = False
+        #: refusals already logged (device description, reason)
+        self._refusals_logged: set[tuple[str, str]] = set()
 
     @property
     def backends(self) -> tuple[Any, ...]:
         return (None, self.virtual_backend) if self.virtual_backend is not None else (None,)
 
-    def allows(self, dev: usb.core.Device, backend: Any) -> bool:
-        """The export policy, for a device found on `backend` (blocking)."""
+    def policy_allows(self, dev: usb.core.Device, backend: Any) -> bool:
+        """The export policy, for a device found on `backend` (blocking).
+        Refused devices (client/usb/safety.py) are not its business: a
+        `SelectorSource` never opens one and says why."""
         if backend is not None and backend is self.virtual_backend:
             return True
         try:
@@ -77,6 +94,7 @@ class DeviceInventory:
 
     def scan_blocking(self) -> dict[str, _Found]:
         found: dict[str, _Found] = {}
+        boot: Mapping[str, str] | None = None
         for backend in self.backends:
             try:
                 devices = find_devices(backend)
@@ -92,6 +110,15 @@ class DeviceInventory:
                     log.debug("skipping a device that cannot be read: %s", exc)
                     continue
                 if backend is None and not self.policy.allows(snap):
+                    continue
+                boot = boot if boot is not None else self.boot_ports()
+                reason = refusal(snap, boot)
+                if reason is not None:
+                    if (snap.describe(), reason) not in self._refusals_logged:
+                        self._refusals_logged.add((snap.describe(), reason))
+                        log.warning(
+                            "not exporting %s although the export policy allows it: %s", snap.describe(), reason
+                        )
                     continue
                 try:
                     entry = entry_for(snap)

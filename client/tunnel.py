@@ -230,10 +230,12 @@ class TunnelClient:
             except SelectorError as exc:
                 await send(t.ChannelFailed(cid, str(exc)[:250]))
                 return "bad selector"
-            source = SelectorSource(selector, backends=self.inventory.backends, allowed=self.inventory.allows)
-            if not await source.present():
-                await send(t.ChannelFailed(cid, f"{device} is not present or not exported"))
-                return "device not present"
+            source = SelectorSource(selector, backends=self.inventory.backends, allowed=self.inventory.policy_allows)
+            found, _, refused = await trio.to_thread.run_sync(source.look)
+            if found is None:
+                why = "; ".join(f"refusing {name}: {reason}" for name, reason in refused.items())
+                await send(t.ChannelFailed(cid, (why or f"{device} is not present or not exported")[:250]))
+                return "device refused" if refused else "device not present"
             handler: ChannelHandler = usb_channel_handler(source)
         elif self.serial is not None and self.serial.knows(device):
             handler = self.serial.serve

@@ -5,7 +5,12 @@ Every pyusb call blocks, so each one runs in a worker thread through
 finite timeout on every call, which is what lets a cancelled request give its
 thread back (a thread is never abandoned).  Kernel drivers detached on open
 are re-attached on release, so a stick goes back to the thin client when the
-VM lets go.
+VM lets go: on every way out (the VM leaves, SIGTERM's cancellation, an
+exception) since `release()` is shielded and every owner calls it in a
+`finally`, and also when `open()` itself fails or is cancelled half-way
+(some drivers detached, a later claim failed).  A driver that cannot be
+detached refuses the device (`DriverNotDetachedError`, naming the interface
+and the driver) instead of leaving it half-claimed.
 
 Transfers (`control`, `read`, `write`) are the exception, for emulated
 devices only: a backend that offers ``inline_device(dev)`` /
@@ -41,8 +46,9 @@ import usb.core
 import usb.util
 
 from redirgate.client.usb.descriptors import DeviceSnapshot, snapshot
-from redirgate.client.usb.errors import is_timeout
+from redirgate.client.usb.errors import DriverNotDetachedError, is_timeout
 from redirgate.client.usb.iso import IsoPacketResult, read_iso_packets
+from redirgate.client.usb.safety import interface_driver
 
 __all__ = ["DEFAULT_WORKER_THREADS", "UsbDevice"]
 
@@ -81,7 +87,13 @@ class UsbDevice:
     async def open(cls, dev: usb.core.Device, *, threads: int = DEFAULT_WORKER_THREADS) -> UsbDevice:
         snap = await trio.to_thread.run_sync(snapshot, dev)
         device = cls(dev, snap, threads=threads)
-        await device.call(device._claim_active)
+        try:
+            await device.call(device._claim_active)
+        except BaseException:
+            # half-open (cancelled, or a later interface failed): give back
+            # what was taken, so no kernel driver stays detached
+            await device.release()
+            raise
         return device
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -228,11 +240,21 @@ class UsbDevice:
             return
         for number in config.interfaces:
             try:
-                if self.dev.is_kernel_driver_active(number):
-                    self.dev.detach_kernel_driver(number)
-                    self._detached.add(number)
+                active = self.dev.is_kernel_driver_active(number)
             except (NotImplementedError, usb.core.USBError) as exc:
                 log.debug("kernel driver check on %s interface %d: %s", self.name, number, exc)
+                active = False
+            if active:
+                try:
+                    self.dev.detach_kernel_driver(number)
+                except (NotImplementedError, usb.core.USBError) as exc:
+                    driver = interface_driver(self.snapshot.port_path, config.value, number)
+                    raise DriverNotDetachedError(
+                        self.name,
+                        f"the kernel driver of interface {number} ({driver or 'unknown driver'}) cannot be detached: "
+                        f"{exc}",
+                    ) from exc
+                self._detached.add(number)
             usb.util.claim_interface(self.dev, number)
             self._claimed.add(number)
 

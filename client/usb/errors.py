@@ -18,6 +18,8 @@ __all__ = [
     "USB_CALL_ERRORS",
     "DeviceGoneError",
     "DeviceNotFoundError",
+    "DeviceRefusedError",
+    "DriverNotDetachedError",
     "SelectorError",
     "UsbAccessError",
     "is_timeout",
@@ -51,6 +53,15 @@ class DeviceNotFoundError(UsbAccessError):
 
 class DeviceGoneError(UsbAccessError):
     """The device was unplugged or lost while in use."""
+
+
+class DeviceRefusedError(UsbAccessError):
+    """A device the client never exports (a hub, the thin client's boot
+    device: client/usb/safety.py), even when named explicitly."""
+
+
+class DriverNotDetachedError(DeviceRefusedError):
+    """A kernel driver holds an interface and cannot be detached."""
 
 
 class SelectorError(ValueError):

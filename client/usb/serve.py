@@ -4,7 +4,9 @@
 one VM at a time (a second one is refused while the first is served), and
 offers the device again to the next connection after a VM disconnects.
 `serve_connect` dials a QEMU chardev that listens (`server=on`), retrying
-while it is not there, like `usbredirect --to`.
+while it is not there, like `usbredirect --to`.  `watch_presence` says, one
+line per change, whether the device is plugged in (or refused, and why), so
+a device that is not there is never a silent wait.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import trio
 
 from redirgate.client.listen import peer_of
 from redirgate.client.usb.engine import DeviceSource, HostEngine
+from redirgate.client.usb.errors import USB_CALL_ERRORS
+from redirgate.client.usb.source import SelectorSource, device_name
 from redirgate.transport.stream import PlainSocketStream
 
-__all__ = ["peer_name", "serve_connect", "serve_listen"]
+__all__ = ["peer_name", "serve_connect", "serve_listen", "watch_presence"]
 
 log = logging.getLogger(__name__)
 
@@ -89,3 +93,27 @@ async def serve_connect(host: str, port: int, source: DeviceSource, *, retry_int
             log.info("connected to usbredir guest at %s:%d", host, port)
             await HostEngine(PlainSocketStream(stream), source, peer=f"{host}:{port}").run()
         await trio.sleep(retry_interval_s)
+
+
+async def watch_presence(source: SelectorSource, report: Callable[[str], None], *, interval_s: float = 1.0) -> None:
+    """Call `report` with one line each time the device comes, goes or is
+    refused (and once at the start), until cancelled.  Looks every
+    `interval_s`; a device's strings are read only when it first shows up."""
+    last_key: object = None
+    while True:
+        try:
+            dev, key, refused = await trio.to_thread.run_sync(source.look)
+        except USB_CALL_ERRORS as exc:
+            dev, key, refused = None, None, {}
+            log.debug("cannot look for %s: %s", source.describe(), exc)
+        state = (key, tuple(sorted(refused.items())))
+        if state != last_key:
+            last_key = state
+            if dev is not None:
+                name = await trio.to_thread.run_sync(device_name, dev)
+                report(f"{source.describe()}: {name} is plugged in")
+            elif refused:
+                report("; ".join(f"refusing {name}: {reason}" for name, reason in refused.items()))
+            else:
+                report(f"{source.describe()}: no such USB device is plugged in; waiting for it")
+        await trio.sleep(interval_s)

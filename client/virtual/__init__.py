@@ -13,6 +13,7 @@ from .backend import VIRTUAL_BUS, VirtualBackend
 from .descriptors import Speed
 from .device import Setup, VirtualDevice
 from .errors import LibusbError, Stall, VirtualSpecError, VirtualUSBError, VirtualUSBTimeoutError
+from .hub import HubDevice
 from .keyboard import KeyboardDevice
 from .loopback import LoopbackDevice, LoopbackMode, LoopbackStats, iso_pattern, source_pattern
 from .spec import make_backend, parse_virtual_spec
@@ -20,6 +21,7 @@ from .storage import MassStorageDevice
 
 __all__ = [
     "VIRTUAL_BUS",
+    "HubDevice",
     "KeyboardDevice",
     "LibusbError",
     "LoopbackDevice",

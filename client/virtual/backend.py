@@ -21,6 +21,13 @@ into ``BlockingIOError`` (see `device.run_no_wait`).  The host engine uses them
 to skip the worker-thread round trip for transfers that complete at once;
 pyusb's libusb1 backend has neither, so real devices always use threads.
 
+Kernel drivers: `bind_kernel_driver(device, interfaces)` makes interfaces
+look bound to a kernel driver (as Linux binds usb-storage or usbhid), with
+libusb's rules: claiming such an interface is BUSY until the driver is
+detached; detach and attach are recorded in `driver_calls`; a driver bound
+with ``detachable=False`` refuses to let go (ACCESS).  The client's
+re-attach-on-every-exit rule is tested against this.
+
 Per-packet iso IN: `iso_read_packets` reads N isochronous packets in one
 transfer and returns each packet's own status and payload, which pyusb's
 ``iso_read`` (the sum of the lengths) cannot; client/usb/iso.py uses it.
@@ -91,6 +98,12 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]  # pyusb is un
         self._plugged: dict[int, _DeviceId] = {}  # id(device) -> connection
         self._next_address = 1
         self._next_port = 1
+        #: id(device) -> interface -> detachable, for interfaces a driver holds
+        self._drivers: dict[int, dict[int, bool]] = {}
+        #: id(device) -> interfaces whose driver is detached now
+        self._detached: dict[int, set[int]] = {}
+        #: ("detach" | "attach", device name, interface), in call order
+        self.driver_calls: list[tuple[str, str, int]] = []
         for device in devices:
             self.plug(device)
 
@@ -106,6 +119,7 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]  # pyusb is un
             self._next_port += 1
             generation = device.attach()
             self._plugged[id(device)] = _DeviceId(device, generation, self._next_address, port)
+            self._detached.pop(id(device), None)  # plugged in: its drivers bind again
         log.info("virtual device %s plugged in", device.name)
 
     def unplug(self, device: VirtualDevice) -> None:
@@ -117,6 +131,22 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]  # pyusb is un
             devid.claims.clear()
         device.detach()
         log.info("virtual device %s unplugged", device.name)
+
+    def bind_kernel_driver(self, device: VirtualDevice, interfaces: Iterable[int], *, detachable: bool = True) -> None:
+        """A kernel driver holds `interfaces` of `device` from now on."""
+        with self._lock:
+            bound = self._drivers.setdefault(id(device), {})
+            for number in interfaces:
+                bound[number] = detachable
+                self._detached.get(id(device), set()).discard(number)
+
+    def kernel_driver_bound(self, device: VirtualDevice, interface: int) -> bool:
+        """Whether a kernel driver holds `interface` now (bound, not detached)."""
+        with self._lock:
+            return self._driver_active_locked(device, interface)
+
+    def _driver_active_locked(self, device: VirtualDevice, interface: int) -> bool:
+        return interface in self._drivers.get(id(device), {}) and interface not in self._detached.get(id(device), set())
 
     @property
     def devices(self) -> list[VirtualDevice]:
@@ -236,6 +266,8 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]  # pyusb is un
                 LibusbError.NOT_FOUND, devid.device.name, f"no interface {intf} in the active configuration"
             )
         with self._lock:
+            if self._driver_active_locked(devid.device, intf):
+                raise usb_error(LibusbError.BUSY, devid.device.name, f"a kernel driver holds interface {intf}")
             owner = devid.claims.get(intf)
             if owner is not None and owner is not dev_handle:
                 raise usb_error(LibusbError.BUSY, devid.device.name, f"interface {intf} claimed elsewhere")
@@ -336,11 +368,27 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]  # pyusb is un
         devid.device.reset(devid.generation)
 
     def is_kernel_driver_active(self, dev_handle: _Handle, intf: int) -> bool:
-        self._live(dev_handle)
-        return False
+        devid = self._live(dev_handle)
+        with self._lock:
+            return self._driver_active_locked(devid.device, intf)
 
     def detach_kernel_driver(self, dev_handle: _Handle, intf: int) -> None:
-        self._live(dev_handle)
+        device = self._live(dev_handle).device
+        with self._lock:
+            self.driver_calls.append(("detach", device.name, intf))
+            if not self._driver_active_locked(device, intf):
+                raise usb_error(LibusbError.NOT_FOUND, device.name, f"no kernel driver on interface {intf}")
+            if not self._drivers[id(device)][intf]:
+                raise usb_error(LibusbError.ACCESS, device.name, f"the driver of interface {intf} does not let go")
+            self._detached.setdefault(id(device), set()).add(intf)
 
     def attach_kernel_driver(self, dev_handle: _Handle, intf: int) -> None:
-        self._live(dev_handle)
+        devid = self._live(dev_handle)
+        device = devid.device
+        with self._lock:
+            self.driver_calls.append(("attach", device.name, intf))
+            if intf not in self._detached.get(id(device), set()):
+                raise usb_error(LibusbError.NOT_FOUND, device.name, f"no detached driver on interface {intf}")
+            if devid.claims.get(intf) is not None:
+                raise usb_error(LibusbError.BUSY, device.name, f"interface {intf} is claimed")
+            self._detached[id(device)].discard(intf)

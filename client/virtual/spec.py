@@ -8,6 +8,7 @@ Owns the spec grammar and nothing else::
     virtual:storage@full,ro:PATH    ... at full speed, read-only
     virtual:keyboard                HID boot keyboard
     virtual:loopback[@full]         loopback/source/sink test device
+    virtual:hub                     a hub's descriptors (never exported: a test stand-in)
 
 Options: ``full`` / ``high`` (speed; keyboards are always full speed),
 ``ro`` (storage only).  PATH is everything after the second colon, so it may
@@ -22,6 +23,7 @@ from .backend import VirtualBackend
 from .descriptors import Speed
 from .device import VirtualDevice
 from .errors import VirtualSpecError
+from .hub import HubDevice
 from .keyboard import KeyboardDevice
 from .loopback import LoopbackDevice
 from .storage import MassStorageDevice
@@ -56,7 +58,10 @@ def parse_virtual_spec(spec: str) -> VirtualDevice:
         try:
             return MassStorageDevice(argument, speed=speed, read_only="ro" in options, name=spec)
         except OSError as exc:
-            raise VirtualSpecError(spec, f"cannot open image: {exc}") from exc
+            reason = exc.strerror.lower() if exc.strerror else str(exc)
+            raise VirtualSpecError(
+                spec, f"cannot open the image {argument}: {reason} (make one: truncate -s 64M FILE && mkfs.vfat FILE)"
+            ) from exc
     if sep:
         raise VirtualSpecError(spec, f"{kind} takes no argument")
     if kind == "keyboard":
@@ -65,7 +70,11 @@ def parse_virtual_spec(spec: str) -> VirtualDevice:
         return KeyboardDevice(name=spec)
     if kind == "loopback":
         return LoopbackDevice(speed=speed, name=spec)
-    raise VirtualSpecError(spec, f"unknown device kind {kind!r} (storage, keyboard, loopback)")
+    if kind == "hub":
+        if speeds:
+            raise VirtualSpecError(spec, "a hub takes no speed")
+        return HubDevice(name=spec)
+    raise VirtualSpecError(spec, f"unknown device kind {kind!r} (storage, keyboard, loopback, hub)")
 
 
 def make_backend(specs: Iterable[str | VirtualDevice]) -> VirtualBackend:

@@ -130,8 +130,38 @@ def test_libusb_claim_rules(backend: VirtualBackend) -> None:
     usb.util.release_interface(dev, 0)
     dev.set_configuration()
     assert backend.is_kernel_driver_active(dev._ctx.handle, 0) is False
+    with pytest.raises(usb.core.USBError) as info:
+        dev.detach_kernel_driver(0)  # no driver there: libusb says NOT_FOUND
+    assert info.value.errno == errno.ENOENT
+
+
+def test_kernel_drivers_follow_libusb_rules(backend: VirtualBackend) -> None:
+    dev, vdev = _find(backend, 3), backend.devices[2]
+    dev.set_configuration()
+    backend.bind_kernel_driver(vdev, [0])
+    assert dev.is_kernel_driver_active(0) and not dev.is_kernel_driver_active(1)
+    with pytest.raises(usb.core.USBError) as info:
+        usb.util.claim_interface(dev, 0)  # the driver holds it
+    assert info.value.errno == errno.EBUSY
     dev.detach_kernel_driver(0)
+    usb.util.claim_interface(dev, 0)
+    with pytest.raises(usb.core.USBError) as info:
+        dev.attach_kernel_driver(0)  # claimed: the driver cannot take it back
+    assert info.value.errno == errno.EBUSY
+    usb.util.release_interface(dev, 0)
     dev.attach_kernel_driver(0)
+    assert backend.kernel_driver_bound(vdev, 0)
+    name = vdev.name
+    assert backend.driver_calls == [("detach", name, 0), ("attach", name, 0), ("attach", name, 0)]
+    backend.bind_kernel_driver(vdev, [1], detachable=False)
+    with pytest.raises(usb.core.USBError) as info:
+        dev.detach_kernel_driver(1)
+    assert info.value.errno == errno.EACCES and backend.kernel_driver_bound(vdev, 1)
+    # unplugged and plugged again: the kernel binds its drivers anew
+    dev.detach_kernel_driver(0)
+    backend.unplug(vdev)
+    backend.plug(vdev)
+    assert backend.kernel_driver_bound(vdev, 0)
 
 
 def test_blocked_interrupt_read_does_not_block_bulk(backend: VirtualBackend) -> None:
