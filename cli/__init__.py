@@ -16,6 +16,7 @@ from importlib import metadata
 from redirgate.cli import (
     demo,
     gateway_commands,
+    host_commands,
     parallel_commands,
     pki_commands,
     selfcheck,
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     usb_commands.add_probe_parser(commands)
     selfcheck.add_parser(commands)
     pki_commands.add_parser(commands)
+    host_commands.add_parser(commands)
     return parser
 
 

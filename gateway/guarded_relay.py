@@ -54,13 +54,8 @@ async def relay_usbredir(
 
     try:
         return await relay(
-            hypervisor,
-            device,
-            buffer_size=buffer_size,
-            stats=stats,
-            inspect_a_to_b=observe_guest,
-            inspect_b_to_a=guard.feed,
-            reactor=reactor,
-        )
+            hypervisor, device, buffer_size=buffer_size, stats=stats,
+            inspect_a_to_b=observe_guest, inspect_b_to_a=guard.feed, reactor=reactor,
+        )  # fmt: skip
     except RemoteProtocolError as exc:  # from guard.feed: the chunk was not sent
         raise GuardViolation(client, f"malformed usbredir message from the client: {exc}") from exc

@@ -9,6 +9,9 @@
 - ``redirgate.vmside`` (the VM's side of usbredir: probe, benchmarks,
   tests) imports only ``proto`` and ``transport``; of the packages only
   the CLI imports it;
+- ``redirgate.host`` (the hypervisor side: vfio, SR-IOV, live attach)
+  imports only ``proto`` and ``transport``; it runs on the hypervisor, where
+  neither the thin client nor the gateway needs to be;
 - ``redirgate.cli`` is the one place that may use everything.
 
 Every ``import`` statement counts, including ones inside functions.
@@ -30,6 +33,7 @@ RULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "client": ("client", ("gateway", "vmside", "cli", "host")),
     "gateway": ("gateway", ("client", "vmside", "cli", "host")),
     "vmside": ("vmside", ("client", "gateway", "cli", "host")),
+    "host": ("host", ("client", "gateway", "vmside", "cli")),
 }
 
 

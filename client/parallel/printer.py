@@ -58,16 +58,9 @@ class PrinterPort:
     """An open printer port (use `PrinterPort.open`)."""
 
     def __init__(
-        self,
-        fd: int,
-        path: str,
-        name: str,
-        *,
-        kind: str,
-        pollable: bool,
-        parport: Parport | None = None,
+        self, fd: int, path: str, name: str, *, kind: str, pollable: bool, parport: Parport | None = None,
         retry_interval_s: float = DEFAULT_RETRY_INTERVAL_S,
-    ) -> None:
+    ) -> None:  # fmt: skip
         self.fd = fd
         self.path = path
         self.name = name

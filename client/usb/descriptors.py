@@ -178,9 +178,7 @@ class DeviceSnapshot:
     def interface_classes(self, alts: dict[int, int]) -> tuple[tuple[int, int, int], ...]:
         info = self.interface_info(alts)
         n = info.interface_count
-        return tuple(
-            zip(info.interface_class[:n], info.interface_subclass[:n], info.interface_protocol[:n], strict=True)
-        )
+        return tuple(zip(info.interface_class[:n], info.interface_subclass[:n], info.interface_protocol[:n]))
 
 
 def _max_streams(extra: bytes, attributes: int) -> int:

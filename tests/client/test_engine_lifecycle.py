@@ -114,7 +114,7 @@ def test_unplug_with_pending_request_then_replug(loopback) -> None:
 
             # replug: announced again on the same connection, usable again
             backend.plug(device)
-            info, _eps, connect = await guest.expect_announcement()
+            info, eps, connect = await guest.expect_announcement()
             assert info.fields["interface_count"] == 0  # enumerates unconfigured
             assert connect.fields["product_id"] == 0x0003
             await configure(guest)
@@ -257,7 +257,7 @@ def test_filter_reject_from_the_guest(loopback) -> None:
     ids=["unknown-type", "wrong-direction", "data-length"],
 )
 def test_malformed_input_closes_and_releases(loopback, caplog: pytest.LogCaptureFixture, raw: bytes) -> None:
-    backend, _device = loopback
+    backend, device = loopback
 
     async def body() -> None:
         async with engine_session(source_for(backend)) as s:

@@ -67,7 +67,7 @@ async def set_configuration(guest: RefGuest, value: int = 1) -> tuple:
 @pytest.mark.parametrize("transport", ["tcp", "memory"])
 @pytest.mark.parametrize("guest_caps", [0xFF, 0xFF & ~CAP_64BITS_IDS], ids=["64bit-ids", "32bit-ids"])
 def test_hello_then_announcement_in_order(storage, transport: str, guest_caps: int) -> None:
-    backend, _device = storage
+    backend, device = storage
 
     async def body() -> None:
         async with engine_session(source_for(backend), caps=guest_caps, transport=transport) as s:

@@ -126,7 +126,7 @@ def test_interrupt_receiving_keyboard(keyboard) -> None:
 
 
 def test_interrupt_receiving_bad_starts(loopback) -> None:
-    backend, _device = loopback
+    backend, device = loopback
 
     async def body() -> None:
         async with engine_session(source_for(backend)) as s:
@@ -148,7 +148,7 @@ def test_interrupt_receiving_bad_starts(loopback) -> None:
 
 
 def test_iso_in_stream(loopback) -> None:
-    backend, _device = loopback
+    backend, device = loopback
 
     async def body() -> None:
         async with engine_session(source_for(backend)) as s:
@@ -331,7 +331,7 @@ def test_reset_stalls_streams_and_second_reset_is_a_noop(keyboard) -> None:
 
 
 def test_reset_with_iso_stream_then_restart(loopback) -> None:
-    backend, _device = loopback
+    backend, device = loopback
 
     async def body() -> None:
         async with engine_session(source_for(backend)) as s:

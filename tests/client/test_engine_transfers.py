@@ -112,12 +112,12 @@ def test_bulk_only_write_then_read_back(storage) -> None:
             await scsi_write(guest, 0x11, 10, payload)
             assert await scsi_read(guest, 0x12, 10, 8) == payload
             assert guest.parse_errors == []
+        device.disk.flush()
+        with open(image, "rb") as f:
+            f.seek(10 * BLOCK)
+            assert f.read(len(payload)) == payload
 
     run_trio(body)
-    device.disk.flush()
-    with open(image, "rb") as f:
-        f.seek(10 * BLOCK)
-        assert f.read(len(payload)) == payload
 
 
 def test_bulk_above_64k_with_32bit_lengths(storage) -> None:
@@ -131,12 +131,12 @@ def test_bulk_above_64k_with_32bit_lengths(storage) -> None:
             await scsi_write(guest, 1, 100, payload)
             assert await scsi_read(guest, 2, 100, 256) == payload
             assert guest.parse_errors == []
+        device.disk.flush()
+        with open(image, "rb") as f:
+            f.seek(100 * BLOCK)
+            assert f.read(len(payload)) == payload
 
     run_trio(body)
-    device.disk.flush()
-    with open(image, "rb") as f:
-        f.seek(100 * BLOCK)
-        assert f.read(len(payload)) == payload
 
 
 def test_request_to_wrong_endpoint_type_is_inval(loopback) -> None:
@@ -187,7 +187,7 @@ def test_interrupt_out_and_bulk_loopback(loopback) -> None:
 
 
 def test_cancel_pending_bulk_in(loopback) -> None:
-    backend, _device = loopback
+    backend, device = loopback
 
     async def body() -> None:
         async with engine_session(source_for(backend)) as s:
@@ -251,7 +251,7 @@ def test_every_request_gets_exactly_one_reply(storage, loopback) -> None:
                 await send(T.INTERRUPT_PACKET, bytes([i]) * 8, endpoint=0x03, status=0, length=8)
                 await send(T.GET_CONFIGURATION)
                 await send(T.GET_ALT_SETTING, interface=i % 3)
-            for _ in range(20):
+            for i in range(20):
                 await send(T.BULK_PACKET, endpoint=0x81, status=0, length=512, stream_id=0)
             blocked = await send(T.BULK_PACKET, endpoint=0x81, status=0, length=512, stream_id=0)
             await send(T.BULK_PACKET, endpoint=0x8F, status=0, length=8, stream_id=0)  # inval
@@ -293,7 +293,7 @@ def _count_thread_transfers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_emulated_transfers_that_complete_at_once_skip_worker_threads(loopback, monkeypatch) -> None:
-    backend, _device = loopback
+    backend, device = loopback
     calls = _count_thread_transfers(monkeypatch)
 
     async def body() -> None:
@@ -330,7 +330,7 @@ def test_emulated_transfers_that_complete_at_once_skip_worker_threads(loopback, 
 
 def test_storage_transfers_stay_in_worker_threads(storage, monkeypatch) -> None:
     """The drive's hooks do file I/O: none of its transfers runs on the loop."""
-    backend, _device, _image = storage
+    backend, device, image = storage
     calls = _count_thread_transfers(monkeypatch)
 
     async def body() -> None:

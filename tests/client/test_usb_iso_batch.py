@@ -11,7 +11,6 @@ from __future__ import annotations
 import array
 import contextlib
 import ctypes
-import itertools
 import struct
 import threading
 import time
@@ -623,7 +622,7 @@ def test_engine_high_speed_iso_stream_keeps_up_with_the_microframes() -> None:
         def share(a: tuple[int, float], b: tuple[int, float]) -> float:
             return (b[0] - a[0]) / ((b[1] - a[1]) / 125e-6)  # delivered / scheduled
 
-        parts = [share(a, b) for a, b in itertools.pairwise(marks)]
+        parts = [share(a, b) for a, b in zip(marks, marks[1:])]
         whole = share(marks[0], marks[-1])
         figures = f"{whole:.1%} of the scheduled packets, parts {' '.join(f'{p:.1%}' for p in parts)}"
         assert whole >= RATE_SHARE and max(parts) >= BEST_PART_SHARE, figures
@@ -632,7 +631,7 @@ def test_engine_high_speed_iso_stream_keeps_up_with_the_microframes() -> None:
         assert all(e.fields["status"] == Status.SUCCESS and e.fields["length"] == HS_PACKET for e in got)
         # consecutive device packets within each transfer of 32
         seqs = [struct.unpack_from("<I", e.data)[0] for e in got]
-        assert all(b == a + 1 for a, b in itertools.pairwise(seqs))
+        assert all(b == a + 1 for a, b in zip(seqs, seqs[1:]))
         assert set(device.transfers) == {32}
 
     _engine_test(device, body)
@@ -671,7 +670,7 @@ def test_engine_iso_reads_go_on_while_the_event_loop_is_busy() -> None:
         assert start.fields["status"] == Status.SUCCESS
         await _wait_packets(guest, 8)
         before = len(device.transfers)
-        time.sleep(0.1)  # noqa: ASYNC251  # blocks the event loop on purpose: no task runs meanwhile
+        time.sleep(0.1)  # the event loop is busy: no task runs
         read = len(device.transfers) - before
         assert read >= 5, f"{read} transfers while the event loop was blocked"
         await _wait_packets(guest, 4 * (before + read))
