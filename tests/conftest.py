@@ -1,9 +1,14 @@
-"""Suite-wide rule: with REDIRGATE_REQUIRE_SYSTEM=1 (CI, tests/run.sh) no test
-may end as a skip, whatever skipped it.
+"""Suite-wide hooks: the one trio runner, and the no-skip rule.
 
-`tests.support.system.require` already fails instead of skipping there; this
-hook also catches a skip from anywhere else (a plugin, a fixture, a future
-``pytest.skip``), so a CI run that is green has run every test.
+The trio runner (tests/support/trio_runner.py) runs every ``async def test_...``
+under trio with a wall-clock safety net (``@pytest.mark.trio_timeout(seconds)``)
+and on a MockClock for tests that ask for ``autojump_clock``.
+
+The no-skip rule: with REDIRGATE_REQUIRE_SYSTEM=1 (CI, tests/run.sh) no test
+may end as a skip, whatever skipped it.  `tests.support.system.require`
+already fails instead of skipping there; this hook also catches a skip from
+anywhere else (a plugin, a fixture, a future ``pytest.skip``), so a CI run
+that is green has run every test.
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ from typing import Any
 import pytest
 
 from tests.support.system import REQUIRE_ENV, system_required
+from tests.support.trio_runner import autojump_clock, pytest_pyfunc_call
+
+__all__ = ["autojump_clock", "pytest_pyfunc_call"]
 
 
 @pytest.hookimpl(hookwrapper=True)

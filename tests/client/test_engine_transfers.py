@@ -27,7 +27,7 @@ from redirgate.client.virtual import (
     VirtualBackend,
     source_pattern,
 )
-from tests.support.refguest import REPLY_TYPE, RefGuest, T, cbw, engine_session, parse_csw, run_trio
+from tests.support.refguest import REPLY_TYPE, RefGuest, T, cbw, engine_session, parse_csw
 from tests.support.system import require_libusbredirparser
 
 SUCCESS, CANCELLED, INVAL, IOERROR, STALL = 0, 1, 2, 3, 4
@@ -99,178 +99,154 @@ async def scsi_read(guest: RefGuest, tag: int, lba: int, blocks: int) -> bytes:
     return data.data
 
 
-def test_bulk_only_write_then_read_back(storage) -> None:
+async def test_bulk_only_write_then_read_back(storage) -> None:
     backend, device, image = storage
     payload = os.urandom(8 * BLOCK)
-
-    async def body() -> None:
-        async with engine_session(source_for(backend)) as s:
-            guest = s.guest
-            await configure(guest)
-            lun = await guest.control(0xA1, 0xFE, 0, 0, 1)  # GET MAX LUN
-            assert (lun.fields["status"], lun.data) == (SUCCESS, b"\x00")
-            await scsi_write(guest, 0x11, 10, payload)
-            assert await scsi_read(guest, 0x12, 10, 8) == payload
-            assert guest.parse_errors == []
-        device.disk.flush()
-        with open(image, "rb") as f:
-            f.seek(10 * BLOCK)
-            assert f.read(len(payload)) == payload
-
-    run_trio(body)
+    async with engine_session(source_for(backend)) as s:
+        guest = s.guest
+        await configure(guest)
+        lun = await guest.control(0xA1, 0xFE, 0, 0, 1)  # GET MAX LUN
+        assert (lun.fields["status"], lun.data) == (SUCCESS, b"\x00")
+        await scsi_write(guest, 0x11, 10, payload)
+        assert await scsi_read(guest, 0x12, 10, 8) == payload
+        assert guest.parse_errors == []
+    device.disk.flush()
+    with open(image, "rb") as f:
+        f.seek(10 * BLOCK)
+        assert f.read(len(payload)) == payload
 
 
-def test_bulk_above_64k_with_32bit_lengths(storage) -> None:
+async def test_bulk_above_64k_with_32bit_lengths(storage) -> None:
     backend, device, image = storage
     payload = os.urandom(256 * BLOCK)  # 128 KiB in one bulk packet each way
-
-    async def body() -> None:
-        async with engine_session(source_for(backend)) as s:
-            guest = s.guest
-            await configure(guest)
-            await scsi_write(guest, 1, 100, payload)
-            assert await scsi_read(guest, 2, 100, 256) == payload
-            assert guest.parse_errors == []
-        device.disk.flush()
-        with open(image, "rb") as f:
-            f.seek(100 * BLOCK)
-            assert f.read(len(payload)) == payload
-
-    run_trio(body)
+    async with engine_session(source_for(backend)) as s:
+        guest = s.guest
+        await configure(guest)
+        await scsi_write(guest, 1, 100, payload)
+        assert await scsi_read(guest, 2, 100, 256) == payload
+        assert guest.parse_errors == []
+    device.disk.flush()
+    with open(image, "rb") as f:
+        f.seek(100 * BLOCK)
+        assert f.read(len(payload)) == payload
 
 
-def test_request_to_wrong_endpoint_type_is_inval(loopback) -> None:
+async def test_request_to_wrong_endpoint_type_is_inval(loopback) -> None:
     backend, device = loopback
-
-    async def body() -> None:
-        async with engine_session(source_for(backend)) as s:
-            guest = s.guest
-            await configure(guest)
-            # bulk packet to the interrupt OUT endpoint, to an unused one
-            reply = await guest.bulk(0x03, data=b"abc")
-            assert reply.fields == {"endpoint": 0x03, "status": INVAL, "length": 0, "stream_id": 0}
-            reply = await guest.bulk(0x8F, 64)
-            assert reply.fields == {"endpoint": 0x8F, "status": INVAL, "length": 0, "stream_id": 0}
-            # interrupt packet to a bulk endpoint
-            reply = await guest.request(T.INTERRUPT_PACKET, data=b"ab", endpoint=0x01, status=0, length=2)
-            assert reply.fields == {"endpoint": 0x01, "status": INVAL, "length": 0}
-            # interrupt OUT larger than max_packet_size (64)
-            reply = await guest.request(T.INTERRUPT_PACKET, data=bytes(65), endpoint=0x03, status=0, length=65)
-            assert reply.fields == {"endpoint": 0x03, "status": INVAL, "length": 0}
-            assert device.stats().intr_out_bytes == 0 and device.stats().bulk_out_bytes == 0
-            assert guest.parse_errors == []
-
-    run_trio(body)
+    async with engine_session(source_for(backend)) as s:
+        guest = s.guest
+        await configure(guest)
+        # bulk packet to the interrupt OUT endpoint, to an unused one
+        reply = await guest.bulk(0x03, data=b"abc")
+        assert reply.fields == {"endpoint": 0x03, "status": INVAL, "length": 0, "stream_id": 0}
+        reply = await guest.bulk(0x8F, 64)
+        assert reply.fields == {"endpoint": 0x8F, "status": INVAL, "length": 0, "stream_id": 0}
+        # interrupt packet to a bulk endpoint
+        reply = await guest.request(T.INTERRUPT_PACKET, data=b"ab", endpoint=0x01, status=0, length=2)
+        assert reply.fields == {"endpoint": 0x01, "status": INVAL, "length": 0}
+        # interrupt OUT larger than max_packet_size (64)
+        reply = await guest.request(T.INTERRUPT_PACKET, data=bytes(65), endpoint=0x03, status=0, length=65)
+        assert reply.fields == {"endpoint": 0x03, "status": INVAL, "length": 0}
+        assert device.stats().intr_out_bytes == 0 and device.stats().bulk_out_bytes == 0
+        assert guest.parse_errors == []
 
 
-def test_interrupt_out_and_bulk_loopback(loopback) -> None:
+async def test_interrupt_out_and_bulk_loopback(loopback) -> None:
     backend, device = loopback
-
-    async def body() -> None:
-        async with engine_session(source_for(backend)) as s:
-            guest = s.guest
-            await configure(guest)
-            reply = await guest.request(T.INTERRUPT_PACKET, data=b"ping!", endpoint=0x03, status=0, length=5)
-            assert reply.fields == {"endpoint": 0x03, "status": SUCCESS, "length": 5} and reply.data == b""
-            assert device.stats().intr_out_bytes == 5
-            out = await guest.bulk(0x01, data=b"hello loopback")
-            assert out.fields["status"] == SUCCESS and out.fields["length"] == 14
-            back = await guest.bulk(0x81, 512)
-            assert back.fields == {"endpoint": 0x81, "status": SUCCESS, "length": 14, "stream_id": 0}
-            assert back.data == b"hello loopback"
-            # vendor control requests reach the device: GET_MODE
-            mode = await guest.control(0xC0, 0x02, 0, 0, 1)
-            assert (mode.fields["status"], mode.data) == (SUCCESS, bytes([LoopbackMode.LOOPBACK]))
-            assert guest.parse_errors == []
-
-    run_trio(body)
+    async with engine_session(source_for(backend)) as s:
+        guest = s.guest
+        await configure(guest)
+        reply = await guest.request(T.INTERRUPT_PACKET, data=b"ping!", endpoint=0x03, status=0, length=5)
+        assert reply.fields == {"endpoint": 0x03, "status": SUCCESS, "length": 5} and reply.data == b""
+        assert device.stats().intr_out_bytes == 5
+        out = await guest.bulk(0x01, data=b"hello loopback")
+        assert out.fields["status"] == SUCCESS and out.fields["length"] == 14
+        back = await guest.bulk(0x81, 512)
+        assert back.fields == {"endpoint": 0x81, "status": SUCCESS, "length": 14, "stream_id": 0}
+        assert back.data == b"hello loopback"
+        # vendor control requests reach the device: GET_MODE
+        mode = await guest.control(0xC0, 0x02, 0, 0, 1)
+        assert (mode.fields["status"], mode.data) == (SUCCESS, bytes([LoopbackMode.LOOPBACK]))
+        assert guest.parse_errors == []
 
 
-def test_cancel_pending_bulk_in(loopback) -> None:
+async def test_cancel_pending_bulk_in(loopback) -> None:
     backend, device = loopback
-
-    async def body() -> None:
-        async with engine_session(source_for(backend)) as s:
-            guest = s.guest
-            await configure(guest)
-            pending_id = 0xABC
-            await guest.send(T.BULK_PACKET, pending_id, endpoint=0x81, status=0, length=512, stream_id=0)
-            await trio.sleep(0.2)  # the read is blocked in the device: nothing queued
-            assert guest.unconsumed() == []
-            await guest.send(T.CANCEL_DATA_PACKET, pending_id)
-            reply = await guest.expect(T.BULK_PACKET, lambda e: e.id == pending_id)
-            assert reply.fields == {"endpoint": 0x81, "status": CANCELLED, "length": 0, "stream_id": 0}
-            assert reply.data == b""
-            # unknown id: nothing; cancelling again: nothing
-            await guest.send(T.CANCEL_DATA_PACKET, 0xDEAD)
-            await guest.send(T.CANCEL_DATA_PACKET, pending_id)
-            # data arriving later must not complete the cancelled read (its
-            # slices stop) and must stay for the next request
-            out = await guest.bulk(0x01, data=b"later")
-            assert out.fields["status"] == SUCCESS
-            await trio.sleep(0.7)  # longer than one read slice of the engine
-            back = await guest.bulk(0x81, 512)
-            assert back.fields["status"] == SUCCESS and back.data == b"later"
-            assert [e.id for e in guest.of_type(T.BULK_PACKET)].count(pending_id) == 1
-            assert guest.unconsumed() == []
-            assert guest.parse_errors == []
-
-    run_trio(body)
+    async with engine_session(source_for(backend)) as s:
+        guest = s.guest
+        await configure(guest)
+        pending_id = 0xABC
+        await guest.send(T.BULK_PACKET, pending_id, endpoint=0x81, status=0, length=512, stream_id=0)
+        await trio.sleep(0.2)  # the read is blocked in the device: nothing queued
+        assert guest.unconsumed() == []
+        await guest.send(T.CANCEL_DATA_PACKET, pending_id)
+        reply = await guest.expect(T.BULK_PACKET, lambda e: e.id == pending_id)
+        assert reply.fields == {"endpoint": 0x81, "status": CANCELLED, "length": 0, "stream_id": 0}
+        assert reply.data == b""
+        # unknown id: nothing; cancelling again: nothing
+        await guest.send(T.CANCEL_DATA_PACKET, 0xDEAD)
+        await guest.send(T.CANCEL_DATA_PACKET, pending_id)
+        # data arriving later must not complete the cancelled read (its
+        # slices stop) and must stay for the next request
+        out = await guest.bulk(0x01, data=b"later")
+        assert out.fields["status"] == SUCCESS
+        await trio.sleep(0.7)  # longer than one read slice of the engine
+        back = await guest.bulk(0x81, 512)
+        assert back.fields["status"] == SUCCESS and back.data == b"later"
+        assert [e.id for e in guest.of_type(T.BULK_PACKET)].count(pending_id) == 1
+        assert guest.unconsumed() == []
+        assert guest.parse_errors == []
 
 
-def test_every_request_gets_exactly_one_reply(storage, loopback) -> None:
+async def test_every_request_gets_exactly_one_reply(storage, loopback) -> None:
     """A mixed burst sent without waiting: control, bulk and interrupt on the
     loopback, config/alt requests, a cancel; one reply per id, no more."""
     backend, device = loopback
     device.mode = LoopbackMode.LOOPBACK
+    async with engine_session(source_for(backend)) as s:
+        guest = s.guest
+        await configure(guest)
+        sent: dict[int, int] = {}
 
-    async def body() -> None:
-        async with engine_session(source_for(backend)) as s:
-            guest = s.guest
-            await configure(guest)
-            sent: dict[int, int] = {}
+        async def send(msg_type: int, data: bytes = b"", **fields: object) -> int:
+            msg_id = guest.next_id()
+            sent[msg_id] = REPLY_TYPE[msg_type]
+            await guest.send(msg_type, msg_id, data, **fields)
+            return msg_id
 
-            async def send(msg_type: int, data: bytes = b"", **fields: object) -> int:
-                msg_id = guest.next_id()
-                sent[msg_id] = REPLY_TYPE[msg_type]
-                await guest.send(msg_type, msg_id, data, **fields)
-                return msg_id
-
-            for i in range(20):
-                await send(T.BULK_PACKET, bytes([i]) * (100 + i), endpoint=0x01, status=0, length=100 + i, stream_id=0)
-                await send(
-                    T.CONTROL_PACKET,
-                    endpoint=0x80,
-                    request=6,
-                    requesttype=0x80,
-                    status=0,
-                    value=0x0100,
-                    index=0,
-                    length=18,
-                )
-                await send(T.INTERRUPT_PACKET, bytes([i]) * 8, endpoint=0x03, status=0, length=8)
-                await send(T.GET_CONFIGURATION)
-                await send(T.GET_ALT_SETTING, interface=i % 3)
-            for i in range(20):
-                await send(T.BULK_PACKET, endpoint=0x81, status=0, length=512, stream_id=0)
-            blocked = await send(T.BULK_PACKET, endpoint=0x81, status=0, length=512, stream_id=0)
-            await send(T.BULK_PACKET, endpoint=0x8F, status=0, length=8, stream_id=0)  # inval
-            with trio.fail_after(10):
-                while len({e.id for e in guest.events if e.id in sent and e.type == sent[e.id]}) < len(sent) - 1:
-                    await trio.sleep(0.01)
-            await guest.send(T.CANCEL_DATA_PACKET, blocked)
-            await guest.expect(T.BULK_PACKET, lambda e: e.id == blocked)
-            await trio.sleep(0.3)
-            replies = collections.Counter(e.id for e in guest.events if e.id in sent and e.type == sent[e.id])
-            assert set(replies) == set(sent)
-            assert all(count == 1 for count in replies.values()), replies
-            # bulk IN answers come back in request order with the looped data
-            ins = [e for e in guest.of_type(T.BULK_PACKET) if e.fields["endpoint"] == 0x81]
-            assert [e.data for e in ins[:20]] == [bytes([i]) * (100 + i) for i in range(20)]
-            assert ins[20].fields["status"] == CANCELLED
-            assert guest.parse_errors == []
-
-    run_trio(body)
+        for i in range(20):
+            await send(T.BULK_PACKET, bytes([i]) * (100 + i), endpoint=0x01, status=0, length=100 + i, stream_id=0)
+            await send(
+                T.CONTROL_PACKET,
+                endpoint=0x80,
+                request=6,
+                requesttype=0x80,
+                status=0,
+                value=0x0100,
+                index=0,
+                length=18,
+            )
+            await send(T.INTERRUPT_PACKET, bytes([i]) * 8, endpoint=0x03, status=0, length=8)
+            await send(T.GET_CONFIGURATION)
+            await send(T.GET_ALT_SETTING, interface=i % 3)
+        for i in range(20):
+            await send(T.BULK_PACKET, endpoint=0x81, status=0, length=512, stream_id=0)
+        blocked = await send(T.BULK_PACKET, endpoint=0x81, status=0, length=512, stream_id=0)
+        await send(T.BULK_PACKET, endpoint=0x8F, status=0, length=8, stream_id=0)  # inval
+        with trio.fail_after(10):
+            while len({e.id for e in guest.events if e.id in sent and e.type == sent[e.id]}) < len(sent) - 1:
+                await trio.sleep(0.01)
+        await guest.send(T.CANCEL_DATA_PACKET, blocked)
+        await guest.expect(T.BULK_PACKET, lambda e: e.id == blocked)
+        await trio.sleep(0.3)
+        replies = collections.Counter(e.id for e in guest.events if e.id in sent and e.type == sent[e.id])
+        assert set(replies) == set(sent)
+        assert all(count == 1 for count in replies.values()), replies
+        # bulk IN answers come back in request order with the looped data
+        ins = [e for e in guest.of_type(T.BULK_PACKET) if e.fields["endpoint"] == 0x81]
+        assert [e.data for e in ins[:20]] == [bytes([i]) * (100 + i) for i in range(20)]
+        assert ins[20].fields["status"] == CANCELLED
+        assert guest.parse_errors == []
 
 
 # ------------------------------------------------ transfers on the event loop
@@ -292,60 +268,52 @@ def _count_thread_transfers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def test_emulated_transfers_that_complete_at_once_skip_worker_threads(loopback, monkeypatch) -> None:
+async def test_emulated_transfers_that_complete_at_once_skip_worker_threads(loopback, monkeypatch) -> None:
     backend, device = loopback
     calls = _count_thread_transfers(monkeypatch)
-
-    async def body() -> None:
-        async with engine_session(source_for(backend)) as s:
-            guest = s.guest
-            await configure(guest)
-            assert s.engine.device is not None and s.engine.device.inline_transfers
-            for mode in (LoopbackMode.SOURCE, LoopbackMode.SINK):
-                reply = await guest.control(0x40, 0x01, int(mode), 0, 0)
-                assert reply.fields["status"] == SUCCESS
-                for _ in range(10):
-                    desc = await guest.control(0x80, 6, 0x0100, 0, 18)
-                    assert desc.fields["status"] == SUCCESS and len(desc.data) == 18
-                    if mode == LoopbackMode.SOURCE:
-                        back = await guest.bulk(0x81, 65536)
-                        assert back.fields["length"] == 65536 and back.data == source_pattern(65536)
-                    else:
-                        out = await guest.bulk(0x01, data=bytes(65536))
-                        assert (out.fields["status"], out.fields["length"]) == (SUCCESS, 65536)
-            assert calls == []
-            # the device NAKs (SINK mode IN): that read goes to a thread
-            pending = guest.next_id()
-            await guest.send(T.BULK_PACKET, pending, endpoint=0x81, status=0, length=512, stream_id=0)
-            with trio.fail_after(5):
-                while not calls:
-                    await trio.sleep(0.01)
-            await guest.send(T.CANCEL_DATA_PACKET, pending)
-            reply = await guest.expect(T.BULK_PACKET, lambda e: e.id == pending)
-            assert reply.fields["status"] == CANCELLED
-            assert guest.parse_errors == []
-
-    run_trio(body)
+    async with engine_session(source_for(backend)) as s:
+        guest = s.guest
+        await configure(guest)
+        assert s.engine.device is not None and s.engine.device.inline_transfers
+        for mode in (LoopbackMode.SOURCE, LoopbackMode.SINK):
+            reply = await guest.control(0x40, 0x01, int(mode), 0, 0)
+            assert reply.fields["status"] == SUCCESS
+            for _ in range(10):
+                desc = await guest.control(0x80, 6, 0x0100, 0, 18)
+                assert desc.fields["status"] == SUCCESS and len(desc.data) == 18
+                if mode == LoopbackMode.SOURCE:
+                    back = await guest.bulk(0x81, 65536)
+                    assert back.fields["length"] == 65536 and back.data == source_pattern(65536)
+                else:
+                    out = await guest.bulk(0x01, data=bytes(65536))
+                    assert (out.fields["status"], out.fields["length"]) == (SUCCESS, 65536)
+        assert calls == []
+        # the device NAKs (SINK mode IN): that read goes to a thread
+        pending = guest.next_id()
+        await guest.send(T.BULK_PACKET, pending, endpoint=0x81, status=0, length=512, stream_id=0)
+        with trio.fail_after(5):
+            while not calls:
+                await trio.sleep(0.01)
+        await guest.send(T.CANCEL_DATA_PACKET, pending)
+        reply = await guest.expect(T.BULK_PACKET, lambda e: e.id == pending)
+        assert reply.fields["status"] == CANCELLED
+        assert guest.parse_errors == []
 
 
-def test_storage_transfers_stay_in_worker_threads(storage, monkeypatch) -> None:
+async def test_storage_transfers_stay_in_worker_threads(storage, monkeypatch) -> None:
     """The drive's hooks do file I/O: none of its transfers runs on the loop."""
     backend, device, image = storage
     calls = _count_thread_transfers(monkeypatch)
-
-    async def body() -> None:
-        async with engine_session(source_for(backend)) as s:
-            guest = s.guest
-            await configure(guest)
-            assert s.engine.device is not None and not s.engine.device.inline_transfers
-            await scsi_write(guest, 7, 0, bytes(4 * BLOCK))
-            assert sorted(set(calls)) == ["read", "write"]
-
-    run_trio(body)
+    async with engine_session(source_for(backend)) as s:
+        guest = s.guest
+        await configure(guest)
+        assert s.engine.device is not None and not s.engine.device.inline_transfers
+        await scsi_write(guest, 7, 0, bytes(4 * BLOCK))
+        assert sorted(set(calls)) == ["read", "write"]
 
 
 @pytest.mark.parametrize("transport", ["tcp", "memory"])
-def test_out_the_device_takes_in_part_finishes_in_a_thread(transport: str, monkeypatch) -> None:
+async def test_out_the_device_takes_in_part_finishes_in_a_thread(transport: str, monkeypatch) -> None:
     """A 6 KiB OUT into a 4 KiB loopback buffer: the device takes 4 KiB at
     once, the rest waits (in a worker thread) until an IN makes room; the
     guest gets one reply with the whole length and the bytes in order."""
@@ -353,8 +321,7 @@ def test_out_the_device_takes_in_part_finishes_in_a_thread(transport: str, monke
     backend = VirtualBackend([device])
     data = os.urandom(6144)
     calls = _count_thread_transfers(monkeypatch)
-
-    async def body() -> None:
+    try:
         async with engine_session(source_for(backend), transport=transport) as s:
             guest = s.guest
             await configure(guest)
@@ -371,31 +338,24 @@ def test_out_the_device_takes_in_part_finishes_in_a_thread(transport: str, monke
             assert device.stats().bulk_out_bytes == len(data)
             assert calls == ["write"]  # only the rest of the OUT waited in a thread
             assert guest.parse_errors == []
-
-    try:
-        run_trio(body)
     finally:
         backend.close()
 
 
-def test_a_stall_on_the_fast_path_is_reported_and_cleared(loopback) -> None:
+async def test_a_stall_on_the_fast_path_is_reported_and_cleared(loopback) -> None:
     """Errors of transfers run inline map to statuses as in a thread: a halted
     bulk IN answers STALL, CLEAR_FEATURE(ENDPOINT_HALT) lets it work again."""
     backend, device = loopback
     device.mode = LoopbackMode.SOURCE
-
-    async def body() -> None:
-        async with engine_session(source_for(backend)) as s:
-            guest = s.guest
-            await configure(guest)
-            halt = await guest.control(0x02, 0x03, 0, 0x81, 0)  # SET_FEATURE(ENDPOINT_HALT)
-            assert halt.fields["status"] == SUCCESS
-            stalled = await guest.bulk(0x81, 512)
-            assert stalled.fields == {"endpoint": 0x81, "status": STALL, "length": 0, "stream_id": 0}
-            clear = await guest.control(0x02, 0x01, 0, 0x81, 0)  # CLEAR_FEATURE(ENDPOINT_HALT)
-            assert clear.fields["status"] == SUCCESS
-            back = await guest.bulk(0x81, 512)
-            assert back.fields["status"] == SUCCESS and back.data == source_pattern(512)
-            assert guest.parse_errors == []
-
-    run_trio(body)
+    async with engine_session(source_for(backend)) as s:
+        guest = s.guest
+        await configure(guest)
+        halt = await guest.control(0x02, 0x03, 0, 0x81, 0)  # SET_FEATURE(ENDPOINT_HALT)
+        assert halt.fields["status"] == SUCCESS
+        stalled = await guest.bulk(0x81, 512)
+        assert stalled.fields == {"endpoint": 0x81, "status": STALL, "length": 0, "stream_id": 0}
+        clear = await guest.control(0x02, 0x01, 0, 0x81, 0)  # CLEAR_FEATURE(ENDPOINT_HALT)
+        assert clear.fields["status"] == SUCCESS
+        back = await guest.bulk(0x81, 512)
+        assert back.fields["status"] == SUCCESS and back.data == source_pattern(512)
+        assert guest.parse_errors == []

@@ -107,26 +107,23 @@ def test_entries_name_the_port_and_its_state(tmp_path: Path) -> None:
     assert not exports.knows("parallel:other") and not exports.knows("serial:printer")
 
 
-def test_a_gateway_channel_reaches_the_printer_and_the_inventory_follows(tmp_path: Path) -> None:
-    async def body() -> None:
-        with trio.fail_after(20), fifo(tmp_path / "lp0") as printer:
-            exports = ParallelExports([ParallelExport("printer", str(printer.path))])
-            ports = PortExports(parallel=exports)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(ports.run)
-                service = exports.services["printer"]
-                await service.port_up.wait()
-                assert exports.entries()[0].description == "status unknown"
-                request = OpenChannel(5, "parallel:printer", b"t" * 16, ChannelProtocol.RAW)
-                assert ports.knows(request.device_selector)
-                gateway_side, client_side = trio.testing.memory_stream_pair()
-                nursery.start_soon(ports.serve, request, client_side)
-                await gateway_side.send_all(b"%!PS\nshowpage\n")
-                await gateway_side.send_eof()
-                assert await printer.read_exactly(14) == b"%!PS\nshowpage\n"
-                nursery.cancel_scope.cancel()
-
-    trio.run(body)
+async def test_a_gateway_channel_reaches_the_printer_and_the_inventory_follows(tmp_path: Path) -> None:
+    with trio.fail_after(20), fifo(tmp_path / "lp0") as printer:
+        exports = ParallelExports([ParallelExport("printer", str(printer.path))])
+        ports = PortExports(parallel=exports)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ports.run)
+            service = exports.services["printer"]
+            await service.port_up.wait()
+            assert exports.entries()[0].description == "status unknown"
+            request = OpenChannel(5, "parallel:printer", b"t" * 16, ChannelProtocol.RAW)
+            assert ports.knows(request.device_selector)
+            gateway_side, client_side = trio.testing.memory_stream_pair()
+            nursery.start_soon(ports.serve, request, client_side)
+            await gateway_side.send_all(b"%!PS\nshowpage\n")
+            await gateway_side.send_eof()
+            assert await printer.read_exactly(14) == b"%!PS\nshowpage\n"
+            nursery.cancel_scope.cancel()
 
 
 def test_port_exports_compose_serial_and_parallel(tmp_path: Path) -> None:

@@ -49,52 +49,45 @@ def _pattern(n: int) -> bytes:
     return bytes((i * 31 + (i >> 8)) & 0xFF for i in range(n))
 
 
-def test_partial_and_blocked_sends_keep_every_byte_in_order() -> None:
+async def test_partial_and_blocked_sends_keep_every_byte_in_order() -> None:
     data = _pattern(200_000)
-
-    async def main() -> None:
-        with trio.fail_after(30), pty_pair() as pty:
-            service = make_service(pty.path, ring_bytes=8192)
-            stream = ScriptedStream(take=777, block_every=3)
-            async with trio.open_nursery() as nursery:
-                await nursery.start(service.run)
-                async with service.attach("scripted") as session:
-                    nursery.start_soon(session.forward_to, stream)
-                    for i in range(0, len(data), 4096):  # bursts, as a device writes them
-                        await write_master(pty, data[i : i + 4096])
-                    await until(lambda: len(stream.got) >= len(data))
-                    nursery.cancel_scope.cancel()
-            assert bytes(stream.got) == data
-            assert service.rx_overflow_bytes == 0
-
-    trio.run(main)
-
-
-def test_a_failing_stream_raises_in_the_consumer_and_leaves_its_bytes_in_the_ring() -> None:
-    async def main() -> None:
-        with trio.fail_after(30), pty_pair() as pty:
-            service = make_service(pty.path)
-            stream = ScriptedStream(take=1 << 20, fail_after=5)
-            async with trio.open_nursery() as nursery:
-                await nursery.start(service.run)
-                raised: list[BaseException] = []
-                async with service.attach("failing") as session:
-
-                    async def consumer() -> None:
-                        try:
-                            await session.forward_to(stream)
-                        except trio.BrokenResourceError as exc:
-                            raised.append(exc)
-
-                    async with trio.open_nursery() as inner:
-                        inner.start_soon(consumer)
-                        await write_master(pty, b"hello")
-                        await until(lambda: len(stream.got) == 5)
-                        await write_master(pty, b" world")  # the stream fails on this offer
-                    assert [str(e) for e in raised] == ["the consumer went away"]
-                assert bytes(stream.got) == b"hello"
-                async with service.attach("next") as session:
-                    assert await session.receive_some(100) == b" world"  # kept for the next consumer
+    with trio.fail_after(30), pty_pair() as pty:
+        service = make_service(pty.path, ring_bytes=8192)
+        stream = ScriptedStream(take=777, block_every=3)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(service.run)
+            async with service.attach("scripted") as session:
+                nursery.start_soon(session.forward_to, stream)
+                for i in range(0, len(data), 4096):  # bursts, as a device writes them
+                    await write_master(pty, data[i : i + 4096])
+                await until(lambda: len(stream.got) >= len(data))
                 nursery.cancel_scope.cancel()
+        assert bytes(stream.got) == data
+        assert service.rx_overflow_bytes == 0
 
-    trio.run(main)
+
+async def test_a_failing_stream_raises_in_the_consumer_and_leaves_its_bytes_in_the_ring() -> None:
+    with trio.fail_after(30), pty_pair() as pty:
+        service = make_service(pty.path)
+        stream = ScriptedStream(take=1 << 20, fail_after=5)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(service.run)
+            raised: list[BaseException] = []
+            async with service.attach("failing") as session:
+
+                async def consumer() -> None:
+                    try:
+                        await session.forward_to(stream)
+                    except trio.BrokenResourceError as exc:
+                        raised.append(exc)
+
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(consumer)
+                    await write_master(pty, b"hello")
+                    await until(lambda: len(stream.got) == 5)
+                    await write_master(pty, b" world")  # the stream fails on this offer
+                assert [str(e) for e in raised] == ["the consumer went away"]
+            assert bytes(stream.got) == b"hello"
+            async with service.attach("next") as session:
+                assert await session.receive_some(100) == b" world"  # kept for the next consumer
+            nursery.cancel_scope.cancel()

@@ -48,49 +48,38 @@ IAC, SB, SE, WILL, WONT, DO, DONT = 255, 250, 240, 251, 252, 253, 254
 C = ComPortCommand
 
 
-def run(fn: Any, *args: Any, timeout_s: float = 40) -> None:
-    async def main() -> None:
-        with trio.fail_after(timeout_s):
-            await fn(*args)
-
-    trio.run(main)
-
-
-def test_pyserial_settings_reach_the_tty() -> None:
-    async def body() -> None:
-        with pty_pair() as pty:
-            service = make_service(pty.path, LineSettings(baud=9600))
-            async with serving(service, "rfc2217") as port:
-                async with pyserial_rfc2217(port, baudrate=57600) as remote:
-                    assert pty.speed() == termios.B57600  # set during pyserial's open
-                    for baud, flag in ((115200, termios.B115200), (1200, termios.B1200), (460800, termios.B460800)):
-                        await remote.set("baudrate", baud)
-                        assert pty.speed() == flag
-                    await remote.set("stopbits", serial.STOPBITS_TWO)
-                    assert pty.cflag() & termios.CSTOPB
-                    await remote.set("stopbits", serial.STOPBITS_ONE)
-                    assert not pty.cflag() & termios.CSTOPB
-                    await remote.set("rtscts", True)
-                    assert pty.cflag() & termios.CRTSCTS
-                    await remote.set("rtscts", False)
-                    assert not pty.cflag() & termios.CRTSCTS
-                    await remote.set("xonxoff", True)
-                    assert pty.iflag() & termios.IXON and pty.iflag() & termios.IXOFF
-                    await remote.set("xonxoff", False)
-                    assert not pty.iflag() & termios.IXON
-                    await remote.set("dtr", False)  # a pty has no modem lines: acknowledged
-                    await remote.set("rts", True)
-                    await remote.set("break_condition", True)
-                    assert service.session is not None and service.session.break_on
-                    await remote.set("break_condition", False)
-                    await remote.call(remote.client.reset_input_buffer)
-                    await remote.call(remote.client.reset_output_buffer)
-                    assert service.session.settings.describe() == "460800,8N1"
-                # consumer gone: the configured settings come back
-                await until(lambda: service.session is None)
-                assert pty.speed() == termios.B9600
-
-    run(body)
+async def test_pyserial_settings_reach_the_tty() -> None:
+    with pty_pair() as pty:
+        service = make_service(pty.path, LineSettings(baud=9600))
+        async with serving(service, "rfc2217") as port:
+            async with pyserial_rfc2217(port, baudrate=57600) as remote:
+                assert pty.speed() == termios.B57600  # set during pyserial's open
+                for baud, flag in ((115200, termios.B115200), (1200, termios.B1200), (460800, termios.B460800)):
+                    await remote.set("baudrate", baud)
+                    assert pty.speed() == flag
+                await remote.set("stopbits", serial.STOPBITS_TWO)
+                assert pty.cflag() & termios.CSTOPB
+                await remote.set("stopbits", serial.STOPBITS_ONE)
+                assert not pty.cflag() & termios.CSTOPB
+                await remote.set("rtscts", True)
+                assert pty.cflag() & termios.CRTSCTS
+                await remote.set("rtscts", False)
+                assert not pty.cflag() & termios.CRTSCTS
+                await remote.set("xonxoff", True)
+                assert pty.iflag() & termios.IXON and pty.iflag() & termios.IXOFF
+                await remote.set("xonxoff", False)
+                assert not pty.iflag() & termios.IXON
+                await remote.set("dtr", False)  # a pty has no modem lines: acknowledged
+                await remote.set("rts", True)
+                await remote.set("break_condition", True)
+                assert service.session is not None and service.session.break_on
+                await remote.set("break_condition", False)
+                await remote.call(remote.client.reset_input_buffer)
+                await remote.call(remote.client.reset_output_buffer)
+                assert service.session.settings.describe() == "460800,8N1"
+            # consumer gone: the configured settings come back
+            await until(lambda: service.session is None)
+            assert pty.speed() == termios.B9600
 
 
 @pytest.mark.parametrize(
@@ -98,8 +87,8 @@ def test_pyserial_settings_reach_the_tty() -> None:
     [("bytesize", serial.SEVENBITS), ("bytesize", serial.FIVEBITS), ("parity", serial.PARITY_EVEN),
      ("parity", serial.PARITY_ODD), ("baudrate", 10_000_000)],
 )  # fmt: skip
-def test_refused_settings_keep_the_port_correct(attribute: str, value: object, caplog: Any) -> None:
-    async def body() -> None:
+async def test_refused_settings_keep_the_port_correct(attribute: str, value: object, caplog: Any) -> None:
+    with caplog.at_level(logging.WARNING, logger="redirgate.client.serial"):
         with pty_pair() as pty:
             service = make_service(pty.path)
             async with serving(service, "rfc2217") as port:
@@ -114,52 +103,43 @@ def test_refused_settings_keep_the_port_correct(attribute: str, value: object, c
                     assert await read_master(pty, 10) == b"still\xffhere"
                     await write_master(pty, b"\xff\x00ok")
                     assert await remote.call(remote.client.read, 4) == b"\xff\x00ok"
-
-    with caplog.at_level(logging.WARNING, logger="redirgate.client.serial"):
-        run(body)
     assert any("refused" in r.getMessage() for r in caplog.records)
 
 
-def test_bytes_through_rfc2217_all_values_and_a_megabyte() -> None:
-    async def body() -> None:
-        with pty_pair() as pty:
-            async with serving(make_service(pty.path, tx_bytes=8192), "rfc2217") as port:
-                async with pyserial_rfc2217(port, baudrate=115200) as remote:
-                    data = bytes(range(256)) * 4096  # 1 MiB, a quarter of it 0xFF (doubled on the wire)
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(remote.call, remote.client.write, data)
-                        assert await read_master(pty, len(data)) == data
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(write_master, pty, data)
-                        got = bytearray()
-                        while len(got) < len(data):
-                            got += await remote.call(remote.client.read, len(data) - len(got))
-                        assert bytes(got) == data
-
-    run(body, timeout_s=90)
+@pytest.mark.trio_timeout(90)
+async def test_bytes_through_rfc2217_all_values_and_a_megabyte() -> None:
+    with pty_pair() as pty:
+        async with serving(make_service(pty.path, tx_bytes=8192), "rfc2217") as port:
+            async with pyserial_rfc2217(port, baudrate=115200) as remote:
+                data = bytes(range(256)) * 4096  # 1 MiB, a quarter of it 0xFF (doubled on the wire)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(remote.call, remote.client.write, data)
+                    assert await read_master(pty, len(data)) == data
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(write_master, pty, data)
+                    got = bytearray()
+                    while len(got) < len(data):
+                        got += await remote.call(remote.client.read, len(data) - len(got))
+                    assert bytes(got) == data
 
 
-def test_modem_state_is_polled_and_notified(monkeypatch: Any) -> None:
+async def test_modem_state_is_polled_and_notified(monkeypatch: Any) -> None:
     """A pty has no modem lines, so the port's TIOCMGET is replaced by a
     value the test flips; the server must notice and notify pyserial."""
-
-    async def body() -> None:
-        with pty_pair() as pty:
-            service = make_service(pty.path)
-            async with serving(service, "rfc2217") as port:
-                await until(lambda: service.port is not None)
-                held = termios.TIOCM_DTR | termios.TIOCM_RTS  # what pyserial's open sets and checks
-                lines = {"value": held | termios.TIOCM_CTS | termios.TIOCM_DSR}
-                monkeypatch.setattr(service.port, "modem_lines", lambda: lines["value"])
-                async with pyserial_rfc2217(port, "?poll_modem") as remote:
-                    assert await remote.get("cts") and await remote.get("dsr")
-                    assert not await remote.get("cd") and not await remote.get("ri")
-                    lines["value"] = held | termios.TIOCM_CD | termios.TIOCM_RI
-                    await trio.sleep(0.5)  # poll interval 0.1 s; pyserial caches 0.3 s
-                    assert await remote.get("cd") and await remote.get("ri")
-                    assert not await remote.get("cts")
-
-    run(body)
+    with pty_pair() as pty:
+        service = make_service(pty.path)
+        async with serving(service, "rfc2217") as port:
+            await until(lambda: service.port is not None)
+            held = termios.TIOCM_DTR | termios.TIOCM_RTS  # what pyserial's open sets and checks
+            lines = {"value": held | termios.TIOCM_CTS | termios.TIOCM_DSR}
+            monkeypatch.setattr(service.port, "modem_lines", lambda: lines["value"])
+            async with pyserial_rfc2217(port, "?poll_modem") as remote:
+                assert await remote.get("cts") and await remote.get("dsr")
+                assert not await remote.get("cd") and not await remote.get("ri")
+                lines["value"] = held | termios.TIOCM_CD | termios.TIOCM_RI
+                await trio.sleep(0.5)  # poll interval 0.1 s; pyserial caches 0.3 s
+                assert await remote.get("cd") and await remote.get("ri")
+                assert not await remote.get("cts")
 
 
 # -- malformed input, from the codec's client role and raw bytes ---------------
@@ -220,8 +200,8 @@ GARBAGE = [
 
 
 @pytest.mark.parametrize("garbage", GARBAGE)
-def test_malformed_telnet_is_refused_and_the_connection_goes_on(garbage: bytes, caplog: Any) -> None:
-    async def body() -> None:
+async def test_malformed_telnet_is_refused_and_the_connection_goes_on(garbage: bytes, caplog: Any) -> None:
+    with caplog.at_level(logging.INFO, logger="redirgate.client.serial"):
         with pty_pair() as pty:
             service = make_service(pty.path, LineSettings(baud=38400))
             async with serving(service, "rfc2217") as port:
@@ -240,53 +220,47 @@ def test_malformed_telnet_is_refused_and_the_connection_goes_on(garbage: bytes, 
                     await write_master(pty, b"\xffback")
                     await client.pump_until(lambda: bytes(client.data).endswith(b"\xffback"))
                     assert service.port is not None and service.opened_count == 1
-
-    with caplog.at_level(logging.INFO, logger="redirgate.client.serial"):
-        run(body)
     messages = [r.getMessage() for r in caplog.records]
     if b"\xf3" not in garbage:
         assert any("refused" in m or "skipped" in m for m in messages), messages
 
 
-def test_comport_queries_masks_signature_and_absurd_values() -> None:
-    async def body() -> None:
-        with pty_pair() as pty:
-            service = make_service(pty.path, LineSettings(baud=4800, stop_bits=2))
-            async with serving(service, "rfc2217") as port:
-                stream = await connect(port)
-                async with stream:
-                    client = RawClient(stream)
-                    await client.open()
-                    assert (await client.ask(C.SET_BAUDRATE, 0)).value == 4800
-                    assert (await client.ask(C.SET_BAUDRATE, 0xFFFFFFFF)).value == 4800  # refused
-                    assert (await client.ask(C.SET_BAUDRATE, 1)).value == 4800  # below MIN_BAUD
-                    assert pty.speed() == termios.B4800
-                    assert (await client.ask(C.SET_DATASIZE, 0)).value == 8
-                    assert (await client.ask(C.SET_PARITY, 0)).value == 1  # NONE
-                    assert (await client.ask(C.SET_STOPSIZE, 0)).value == 2
-                    assert (await client.ask(C.SET_STOPSIZE, 3)).value == 3  # 1.5 = CSTOPB on Linux
-                    assert pty.cflag() & termios.CSTOPB
-                    assert (await client.ask(C.SET_CONTROL, 0)).value == 1  # no flow control
-                    assert (await client.ask(C.SET_CONTROL, 16)).value == 16  # inbound hardware
-                    assert pty.cflag() & termios.CRTSCTS
-                    assert (await client.ask(C.SET_CONTROL, 19)).value == 3  # DSR flow: refused, hardware stays
-                    assert (await client.ask(C.SET_CONTROL, 4)).value == 6  # BREAK off
-                    assert (await client.ask(C.SET_LINESTATE_MASK, 0x60)).value == 0x60
-                    assert (await client.ask(C.SET_MODEMSTATE_MASK, 0x0F)).value == 0x0F
-                    assert (await client.ask(C.PURGE_DATA, 3)).value == 3
-                    assert (await client.ask(C.SIGNATURE, b"")).value == b"redirgate test-port"
-                    # line state: TX empty bits, as the mask asked (sent once it is set)
-                    await client.pump_until(
-                        lambda: any(e.command == C.NOTIFY_LINESTATE and e.value == 0x60 for e in client.comport)
-                    )
-                    # flow suspend holds device data back until resume
-                    await stream.send_all(client.conn.send_comport(C.FLOWCONTROL_SUSPEND, None))
-                    await trio.sleep(0.1)
-                    await write_master(pty, b"held")
-                    with trio.move_on_after(0.3):
-                        await client.pump_until(lambda: bool(client.data))
-                    assert client.data == b""
-                    await stream.send_all(client.conn.send_comport(C.FLOWCONTROL_RESUME, None))
-                    await client.pump_until(lambda: client.data == b"held")
-
-    run(body)
+async def test_comport_queries_masks_signature_and_absurd_values() -> None:
+    with pty_pair() as pty:
+        service = make_service(pty.path, LineSettings(baud=4800, stop_bits=2))
+        async with serving(service, "rfc2217") as port:
+            stream = await connect(port)
+            async with stream:
+                client = RawClient(stream)
+                await client.open()
+                assert (await client.ask(C.SET_BAUDRATE, 0)).value == 4800
+                assert (await client.ask(C.SET_BAUDRATE, 0xFFFFFFFF)).value == 4800  # refused
+                assert (await client.ask(C.SET_BAUDRATE, 1)).value == 4800  # below MIN_BAUD
+                assert pty.speed() == termios.B4800
+                assert (await client.ask(C.SET_DATASIZE, 0)).value == 8
+                assert (await client.ask(C.SET_PARITY, 0)).value == 1  # NONE
+                assert (await client.ask(C.SET_STOPSIZE, 0)).value == 2
+                assert (await client.ask(C.SET_STOPSIZE, 3)).value == 3  # 1.5 = CSTOPB on Linux
+                assert pty.cflag() & termios.CSTOPB
+                assert (await client.ask(C.SET_CONTROL, 0)).value == 1  # no flow control
+                assert (await client.ask(C.SET_CONTROL, 16)).value == 16  # inbound hardware
+                assert pty.cflag() & termios.CRTSCTS
+                assert (await client.ask(C.SET_CONTROL, 19)).value == 3  # DSR flow: refused, hardware stays
+                assert (await client.ask(C.SET_CONTROL, 4)).value == 6  # BREAK off
+                assert (await client.ask(C.SET_LINESTATE_MASK, 0x60)).value == 0x60
+                assert (await client.ask(C.SET_MODEMSTATE_MASK, 0x0F)).value == 0x0F
+                assert (await client.ask(C.PURGE_DATA, 3)).value == 3
+                assert (await client.ask(C.SIGNATURE, b"")).value == b"redirgate test-port"
+                # line state: TX empty bits, as the mask asked (sent once it is set)
+                await client.pump_until(
+                    lambda: any(e.command == C.NOTIFY_LINESTATE and e.value == 0x60 for e in client.comport)
+                )
+                # flow suspend holds device data back until resume
+                await stream.send_all(client.conn.send_comport(C.FLOWCONTROL_SUSPEND, None))
+                await trio.sleep(0.1)
+                await write_master(pty, b"held")
+                with trio.move_on_after(0.3):
+                    await client.pump_until(lambda: bool(client.data))
+                assert client.data == b""
+                await stream.send_all(client.conn.send_comport(C.FLOWCONTROL_RESUME, None))
+                await client.pump_until(lambda: client.data == b"held")

@@ -14,7 +14,8 @@ import ctypes
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -33,7 +34,7 @@ from redirgate.client.virtual.errors import LibusbError
 from redirgate.proto.usbredir import Speed as RedirSpeed
 from redirgate.proto.usbredir import Status
 from tests.client.test_engine_streams import configure, iso_alt, source_for
-from tests.support.refguest import T, engine_session, run_trio
+from tests.support.refguest import T, engine_session
 from tests.support.system import require, require_libusbredirparser
 
 ISO_IN = 0x82
@@ -403,23 +404,20 @@ def test_batch_covers_about_4_ms(speed: RedirSpeed, interval: int, limit: int, p
 # ------------------------------------------------------------ the reading thread (UsbDevice.stream_iso_in)
 
 
-def _device_test(device: LoopbackDevice, body: Callable[[UsbDevice], Any]) -> None:
+@asynccontextmanager
+async def opened_usb_device(device: LoopbackDevice) -> AsyncIterator[UsbDevice]:
+    """`device` opened as a UsbDevice, released on the way out."""
     with _open(device) as dev:
-
-        async def main() -> None:
-            usb_device = await UsbDevice.open(dev)
-            try:
-                await body(usb_device)
-            finally:
-                await usb_device.release()
-
-        run_trio(main)
+        usb_device = await UsbDevice.open(dev)
+        try:
+            yield usb_device
+        finally:
+            await usb_device.release()
 
 
-def test_reading_thread_delivers_batches_in_order_until_told_to_stop() -> None:
+async def test_reading_thread_delivers_batches_in_order_until_told_to_stop() -> None:
     device = ScriptedLoopback(speed=Speed.FULL)
-
-    async def body(usb_device: UsbDevice) -> None:
+    async with opened_usb_device(device) as usb_device:
         batches: list[list[Any]] = []
         loop_thread = threading.get_ident()
 
@@ -436,17 +434,14 @@ def test_reading_thread_delivers_batches_in_order_until_told_to_stop() -> None:
         assert [d for batch in batches for _, d in batch] == [iso_pattern(i, FS_PACKET) for i in range(20)]
         assert usb_device.limiter.borrowed_tokens == 0
 
-    _device_test(device, body)
 
-
-def test_reading_thread_raises_a_whole_transfer_error_after_the_batches_before_it() -> None:
+async def test_reading_thread_raises_a_whole_transfer_error_after_the_batches_before_it() -> None:
     def halt(dev: LoopbackDevice) -> bytes:
         dev.halt(ISO_IN)  # the next transfer fails: LIBUSB_ERROR_PIPE
         return b"last"
 
     device = ScriptedLoopback([b"a"] * 8 + [halt], speed=Speed.FULL, iso_realtime=False)
-
-    async def body(usb_device: UsbDevice) -> None:
+    async with opened_usb_device(device) as usb_device:
         got: list[bytes] = []
 
         def deliver(packets: list[Any]) -> bool:
@@ -458,13 +453,10 @@ def test_reading_thread_raises_a_whole_transfer_error_after_the_batches_before_i
         assert info.value.backend_error_code == LibusbError.PIPE
         assert got == [b"a"] * 8 + [b"last"]  # all three batches, then the error
 
-    _device_test(device, body)
 
-
-def test_reading_thread_stops_on_cancel_within_a_batch_and_raises_what_deliver_raised() -> None:
+async def test_reading_thread_stops_on_cancel_within_a_batch_and_raises_what_deliver_raised() -> None:
     device = ScriptedLoopback()  # real time: 32 microframes = 4 ms per batch
-
-    async def body(usb_device: UsbDevice) -> None:
+    async with opened_usb_device(device) as usb_device:
         delivered = 0
 
         def count(packets: list[Any]) -> bool:
@@ -490,40 +482,24 @@ def test_reading_thread_stops_on_cancel_within_a_batch_and_raises_what_deliver_r
         assert len(device.transfers) in (reads + 1, reads + 2)  # stopped after the batch it failed on
         assert usb_device.limiter.borrowed_tokens == 0
 
-    _device_test(device, body)
-
 
 # ------------------------------------------------------------ through the engine
 
 
-def _session_test(
-    device: LoopbackDevice, body: Callable[[Any, VirtualBackend], Any], after: Callable[[], Any] | None = None
-) -> None:
-    """`body(session, backend)` with the device configured, in its iso
-    setting; then `after()` once the session (the connection) has ended."""
+@asynccontextmanager
+async def iso_session(device: LoopbackDevice) -> AsyncIterator[tuple[Any, VirtualBackend]]:
+    """An engine session (and its backend) with `device` configured in its
+    iso setting; the reference guest must have parsed everything cleanly."""
     require_libusbredirparser()
     backend = VirtualBackend([device])
     try:
-
-        async def main() -> None:
-            async with engine_session(source_for(backend)) as s:
-                await configure(s.guest)
-                await iso_alt(s.guest)
-                await body(s, backend)
-                assert s.guest.parse_errors == []
-            if after is not None:
-                await after()
-
-        run_trio(main)
+        async with engine_session(source_for(backend)) as s:
+            await configure(s.guest)
+            await iso_alt(s.guest)
+            yield s, backend
+            assert s.guest.parse_errors == []
     finally:
         backend.close()
-
-
-def _engine_test(device: LoopbackDevice, body: Callable[[Any], Any]) -> None:
-    async def with_guest(s: Any, backend: VirtualBackend) -> None:
-        await body(s.guest)
-
-    _session_test(device, with_guest)
 
 
 async def _wait_packets(guest: Any, count: int, timeout_s: float = 5.0) -> list[Any]:
@@ -552,10 +528,10 @@ def _raise(code: LibusbError) -> Callable[[LoopbackDevice], Any]:
     return fail
 
 
-def test_engine_forwards_each_packet_of_a_batch_with_its_own_id_status_and_length() -> None:
+async def test_engine_forwards_each_packet_of_a_batch_with_its_own_id_status_and_length() -> None:
     device = ScriptedLoopback(MIXED)
-
-    async def body(guest: Any) -> None:
+    async with iso_session(device) as (s, _):
+        guest = s.guest
         start = await guest.request(T.START_ISO_STREAM, endpoint=ISO_IN, pkts_per_urb=32, no_urbs=4)
         assert start.fields["status"] == Status.SUCCESS
         with trio.fail_after(5):
@@ -576,8 +552,6 @@ def test_engine_forwards_each_packet_of_a_batch_with_its_own_id_status_and_lengt
         ]
         assert [e.data for e in got[len(MIXED) : 40]] == [iso_pattern(i, HS_PACKET) for i in range(40 - len(MIXED))]
         assert set(device.transfers) == {32}  # 4 ms at 125 µs
-
-    _engine_test(device, body)
 
 
 #: window over which the delivered rate is measured (generous: a loaded CI
@@ -605,11 +579,10 @@ BEST_PART_SHARE = 0.92
 FS_RATE_SHARE = 0.75
 
 
-def test_engine_high_speed_iso_stream_keeps_up_with_the_microframes() -> None:
+async def test_engine_high_speed_iso_stream_keeps_up_with_the_microframes() -> None:
     device = ScriptedLoopback()  # real-time: a packet per 125 µs microframe, lost if not read
-
-    async def body(guest: Any) -> None:
-        # QEMU's usb-redir for a high-speed 125 µs stream: 32 per URB, 15 URBs
+    async with iso_session(device) as (s, _):
+        guest = s.guest
         start = await guest.request(T.START_ISO_STREAM, endpoint=ISO_IN, pkts_per_urb=32, no_urbs=15)
         assert start.fields["status"] == Status.SUCCESS
         await trio.sleep(0.3)  # warm-up
@@ -634,14 +607,11 @@ def test_engine_high_speed_iso_stream_keeps_up_with_the_microframes() -> None:
         assert all(b == a + 1 for a, b in zip(seqs, seqs[1:]))
         assert set(device.transfers) == {32}
 
-    _engine_test(device, body)
 
-
-def test_engine_full_speed_iso_stream_reads_4_frames_per_transfer() -> None:
+async def test_engine_full_speed_iso_stream_reads_4_frames_per_transfer() -> None:
     device = ScriptedLoopback(speed=Speed.FULL)
-
-    async def body(guest: Any) -> None:
-        # QEMU's usb-redir for a 1 ms stream: 10 per URB, 6 URBs
+    async with iso_session(device) as (s, _):
+        guest = s.guest
         start = await guest.request(T.START_ISO_STREAM, endpoint=ISO_IN, pkts_per_urb=10, no_urbs=6)
         assert start.fields["status"] == Status.SUCCESS
         await trio.sleep(0.2)
@@ -655,17 +625,15 @@ def test_engine_full_speed_iso_stream_reads_4_frames_per_transfer() -> None:
         assert all(e.fields["length"] == FS_PACKET for e in got)
         assert set(device.transfers) == {4}
 
-    _engine_test(device, body)
 
-
-def test_engine_iso_reads_go_on_while_the_event_loop_is_busy() -> None:
+async def test_engine_iso_reads_go_on_while_the_event_loop_is_busy() -> None:
     """The reading thread does not wait for the trio side between two
     transfers: with the event loop blocked for 0.1 s it keeps reading (one
     read per thread call would have stopped after the one in flight), and
     the batches it read meanwhile reach the guest afterwards, in order."""
     device = ScriptedLoopback(speed=Speed.FULL)  # 4 packets per 4 ms transfer
-
-    async def body(guest: Any) -> None:
+    async with iso_session(device) as (s, _):
+        guest = s.guest
         start = await guest.request(T.START_ISO_STREAM, endpoint=ISO_IN, pkts_per_urb=10, no_urbs=6)
         assert start.fields["status"] == Status.SUCCESS
         await _wait_packets(guest, 8)
@@ -681,13 +649,10 @@ def test_engine_iso_reads_go_on_while_the_event_loop_is_busy() -> None:
         assert seqs == list(range(len(got)))  # every batch, in order, none twice
         assert all(e.fields["status"] == Status.SUCCESS and e.fields["length"] == FS_PACKET for e in got)
 
-    _engine_test(device, body)
 
-
-def test_engine_stopping_an_iso_stream_ends_its_reading_thread() -> None:
+async def test_engine_stopping_an_iso_stream_ends_its_reading_thread() -> None:
     device = ScriptedLoopback()
-
-    async def body(s: Any, backend: VirtualBackend) -> None:
+    async with iso_session(device) as (s, _):
         guest = s.guest
         start = await guest.request(T.START_ISO_STREAM, endpoint=ISO_IN, pkts_per_urb=32, no_urbs=15)
         assert start.fields["status"] == Status.SUCCESS
@@ -711,34 +676,25 @@ def test_engine_stopping_an_iso_stream_ends_its_reading_thread() -> None:
         await guest.request(T.STOP_ISO_STREAM, endpoint=ISO_IN)
         await _reader_ends(s, device)
 
-    _session_test(device, body)
 
-
-def test_engine_closing_the_connection_ends_the_reading_thread() -> None:
+async def test_engine_closing_the_connection_ends_the_reading_thread() -> None:
     device = ScriptedLoopback()
-    seen: dict[str, Any] = {}
-
-    async def body(s: Any, backend: VirtualBackend) -> None:
+    async with iso_session(device) as (s, _):
         start = await s.guest.request(T.START_ISO_STREAM, endpoint=ISO_IN, pkts_per_urb=32, no_urbs=15)
         assert start.fields["status"] == Status.SUCCESS
         await _wait_packets(s.guest, 5 * 32)
-        seen["engine"], seen["device"] = s.engine, s.engine.device
-        assert seen["device"].limiter.borrowed_tokens == 1
-
-    async def after() -> None:
-        # the session is over: the engine is gone and took its reader along
-        assert seen["engine"].device is None and seen["device"].limiter.borrowed_tokens == 0
-        attempts = device.attempts
-        await trio.sleep(0.05)
-        assert device.attempts == attempts
-
-    _session_test(device, body, after)
+        engine, usb_device = s.engine, s.engine.device
+        assert usb_device.limiter.borrowed_tokens == 1
+    # the session is over: the engine is gone and took its reader along
+    assert engine.device is None and usb_device.limiter.borrowed_tokens == 0
+    attempts = device.attempts
+    await trio.sleep(0.05)
+    assert device.attempts == attempts
 
 
-def test_engine_unplug_ends_the_reading_thread() -> None:
+async def test_engine_unplug_ends_the_reading_thread() -> None:
     device = ScriptedLoopback()
-
-    async def body(s: Any, backend: VirtualBackend) -> None:
+    async with iso_session(device) as (s, backend):
         start = await s.guest.request(T.START_ISO_STREAM, endpoint=ISO_IN, pkts_per_urb=32, no_urbs=15)
         assert start.fields["status"] == Status.SUCCESS
         await _wait_packets(s.guest, 5 * 32)
@@ -754,10 +710,8 @@ def test_engine_unplug_ends_the_reading_thread() -> None:
         got = s.guest.of_type(T.ISO_PACKET)
         assert [e.id for e in got] == list(range(len(got)))
 
-    _session_test(device, body)
 
-
-def test_engine_iso_reader_survives_failed_transfers_as_before() -> None:
+async def test_engine_iso_reader_survives_failed_transfers_as_before() -> None:
     """Whole-transfer errors end the reading thread; the stream handles them
     as it did with one read per call and starts a new one: a timeout and an
     I/O error are one packet each with the status, a stall is cleared and
@@ -769,8 +723,7 @@ def test_engine_iso_reader_survives_failed_transfers_as_before() -> None:
 
     script = [b"a"] * 4 + [_raise(LibusbError.TIMEOUT), _raise(LibusbError.IO)] + [b"b"] * 3 + [halt_after]
     device = ScriptedLoopback(script, speed=Speed.FULL)  # 4 packets per transfer
-
-    async def body(s: Any, backend: VirtualBackend) -> None:
+    async with iso_session(device) as (s, _):
         guest = s.guest
         start = await guest.request(T.START_ISO_STREAM, endpoint=ISO_IN, pkts_per_urb=10, no_urbs=6)
         assert start.fields["status"] == Status.SUCCESS
@@ -787,15 +740,12 @@ def test_engine_iso_reader_survives_failed_transfers_as_before() -> None:
         assert all(e.fields["status"] == Status.SUCCESS and e.fields["length"] == FS_PACKET for e in tail)
         assert guest.of_type(T.ISO_STREAM_STATUS)[-1].fields["status"] == Status.SUCCESS  # only the stop
 
-    _session_test(device, body)
 
-
-def test_engine_iso_stream_stops_after_too_many_failed_transfers() -> None:
+async def test_engine_iso_stream_stops_after_too_many_failed_transfers() -> None:
     from redirgate.client.usb.streams import MAX_CONSECUTIVE_ERRORS
 
     device = ScriptedLoopback([_raise(LibusbError.IO)] * MAX_CONSECUTIVE_ERRORS, speed=Speed.FULL)
-
-    async def body(s: Any, backend: VirtualBackend) -> None:
+    async with iso_session(device) as (s, _):
         guest = s.guest
         start = await guest.request(T.START_ISO_STREAM, endpoint=ISO_IN, pkts_per_urb=10, no_urbs=6)
         assert start.fields["status"] == Status.SUCCESS
@@ -807,5 +757,3 @@ def test_engine_iso_stream_stops_after_too_many_failed_transfers() -> None:
             (i, Status.IOERROR, b"") for i in range(MAX_CONSECUTIVE_ERRORS)
         ]
         assert device.attempts == MAX_CONSECUTIVE_ERRORS
-
-    _session_test(device, body)

@@ -9,7 +9,6 @@ import trio
 
 from redirgate.cli.lab import LabRoute
 from redirgate.vmside.probe import probe
-from tests.support.transport_lab import trio_test
 from tests.support.tunnel_lab import running_lab, start_client
 
 
@@ -19,7 +18,6 @@ def make_image(path: Path) -> str:
     return f"virtual:storage:{path}"
 
 
-@trio_test(60)
 async def test_probe_through_gateway_finds_stick_and_keyboard(tmp_path: Path) -> None:
     routes = [LabRoute("stick", "usb:1209:0001"), LabRoute("kbd", "usb:1209:0002")]
     virtual = [make_image(tmp_path / "stick.img"), "virtual:keyboard"]
@@ -35,7 +33,6 @@ async def test_probe_through_gateway_finds_stick_and_keyboard(tmp_path: Path) ->
         assert routes_state["stick"]["channels_served"] == 2
 
 
-@trio_test(60)
 async def test_hypervisor_held_until_client_comes(tmp_path: Path) -> None:
     routes = [LabRoute("stick", "usb:1209:0001")]
     virtual = [make_image(tmp_path / "stick.img")]
@@ -59,7 +56,6 @@ async def test_hypervisor_held_until_client_comes(tmp_path: Path) -> None:
         assert result[0].product_id == 0x0001
 
 
-@trio_test(30)
 async def test_held_raw_route_keeps_reading_and_counts_discards(tmp_path: Path, caplog: Any) -> None:
     import logging
 
@@ -79,7 +75,6 @@ async def test_held_raw_route_keeps_reading_and_counts_discards(tmp_path: Path, 
         assert 1 <= len(warnings) <= 12, [r.getMessage() for r in warnings]
 
 
-@trio_test(30)
 async def test_hold_timeout_closes_a_hypervisor_whose_device_never_comes(tmp_path: Path, caplog: Any) -> None:
     import logging
 

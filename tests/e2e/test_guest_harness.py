@@ -118,43 +118,40 @@ report got "$line"
 """
 
 
+@pytest.mark.trio_timeout(BOOT_TIMEOUT_S + 10)
 @pytest.mark.system
-def test_second_serial_port_both_directions(guest_image: GuestImage) -> None:
+async def test_second_serial_port_both_directions(guest_image: GuestImage) -> None:
     host_got = bytearray()
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    listener = listeners[0]
+    port = listener.socket.getsockname()[1]
+    qemu_args = [
+        "-chardev", f"socket,id=s1,host=127.0.0.1,port={port},server=off",
+        "-serial", "chardev:s1",
+    ]  # fmt: skip
+    async with listener:
+        with (
+            trio.fail_after(BOOT_TIMEOUT_S + 10),
+            start_guest(SERIAL_SCRIPT, qemu_args, guest=guest_image) as guest,
+        ):
 
-    async def main() -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        listener = listeners[0]
-        port = listener.socket.getsockname()[1]
-        qemu_args = [
-            "-chardev", f"socket,id=s1,host=127.0.0.1,port={port},server=off",
-            "-serial", "chardev:s1",
-        ]  # fmt: skip
-        async with listener:
-            with (
-                trio.fail_after(BOOT_TIMEOUT_S + 10),
-                start_guest(SERIAL_SCRIPT, qemu_args, guest=guest_image) as guest,
-            ):
+            async def talk(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                stream = await listener.accept()
+                async with stream:
+                    while b"\n" not in host_got:
+                        data = await stream.receive_some(4096)
+                        if not data:
+                            return
+                        host_got.extend(data)
+                    await stream.send_all(b"ping-from-host\n")
+                    await trio.sleep_forever()  # keep the chardev connected
 
-                async def talk(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-                    stream = await listener.accept()
-                    async with stream:
-                        while b"\n" not in host_got:
-                            data = await stream.receive_some(4096)
-                            if not data:
-                                return
-                            host_got.extend(data)
-                        await stream.send_all(b"ping-from-host\n")
-                        await trio.sleep_forever()  # keep the chardev connected
-
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(talk)
-                    result = await guest.wait_async(BOOT_TIMEOUT_S)
-                    nursery.cancel_scope.cancel()
-        result.check()
-        assert result.results["got"] == "ping-from-host"
-
-    trio.run(main)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(talk)
+                result = await guest.wait_async(BOOT_TIMEOUT_S)
+                nursery.cancel_scope.cancel()
+    result.check()
+    assert result.results["got"] == "ping-from-host"
     assert bytes(host_got) == b"hello-from-guest\n"
 
 

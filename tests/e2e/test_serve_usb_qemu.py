@@ -80,17 +80,17 @@ report typed "$line"
 """
 
 
+@pytest.mark.trio_timeout(BOOT_TIMEOUT_S + 20)
 @pytest.mark.system
 @pytest.mark.parametrize("controller", list(CONTROLLERS))
-def test_guest_receives_text_typed_by_redirected_keyboard(
+async def test_guest_receives_text_typed_by_redirected_keyboard(
     controller: str, guest_image: GuestImage, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
     keyboard = KeyboardDevice()
     backend = VirtualBackend([keyboard])
     source = SelectorSource(parse_selector("virtual:keyboard"), backend=backend)
-
-    async def main() -> None:
+    try:
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(serve_listen, "127.0.0.1", 0, source)
             port = listeners[0].socket.getsockname()[1]
@@ -106,9 +106,6 @@ def test_guest_receives_text_typed_by_redirected_keyboard(
         assert result.rc == 0, f"{result.results}\n{result.console[-3000:]}"
         assert result.results["kbd.speed"] == SYSFS_SPEED[(controller, "full")]
         assert result.results["typed"] == "Hello redirgate 42"
-
-    try:
-        trio.run(main)
     finally:
         backend.close()
 

@@ -19,7 +19,6 @@ from redirgate.cli.lab import LabRoute, write_client_config
 from redirgate.gateway import pki
 from redirgate.vmside.guest import GuestError, UsbredirGuest
 from redirgate.vmside.probe import probe
-from tests.support.transport_lab import trio_test
 from tests.support.tunnel_lab import Lab, running_lab, start_client
 
 KBD = (0x1209, 0x0002)
@@ -41,7 +40,6 @@ async def probe_ok(lab: Lab, route: str) -> None:
     assert (result.vendor_id, result.product_id) == KBD
 
 
-@trio_test(40)
 async def test_client_comes_back_by_itself_after_a_gateway_restart(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -72,7 +70,6 @@ async def test_client_comes_back_by_itself_after_a_gateway_restart(
         await probe_ok(lab, "kbd")
 
 
-@trio_test(40)
 async def test_client_killed_while_a_guest_holds_a_channel(tmp_path: Path) -> None:
     routes = [LabRoute("one", "usb:1209:0002"), LabRoute("two", "usb:1209:0002", client="thin-02")]
     async with running_lab(tmp_path, routes, virtual=["virtual:keyboard"]) as lab:

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from redirgate.gateway.raw_relay import _Ring, relay_raw
 from redirgate.transport import RelayStats
 from redirgate.transport.stream import Buffer
-from tests.support.transport_lab import Pki, make_pki, trio_test
+from tests.support.transport_lab import Pki, make_pki
 from tests.transport.test_transport_relay import make_channel, receive_exactly, send_random
 
 RING_BYTES = 64 * 1024
@@ -79,7 +79,6 @@ def check_gapped(sent: bytes, received: bytes) -> int:
 
 
 @PATHS
-@trio_test(60)
 async def test_lossless_both_ways_while_the_client_reads(env: Pki, path: str) -> None:
     size = 2_000_000
     ch = await make_channel(env)
@@ -111,7 +110,6 @@ async def test_lossless_both_ways_while_the_client_reads(env: Pki, path: str) ->
 
 
 @PATHS
-@trio_test(60)
 async def test_a_client_that_does_not_read_never_blocks_the_hypervisor(
     env: Pki, path: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -162,7 +160,6 @@ async def test_a_client_that_does_not_read_never_blocks_the_hypervisor(
 
 
 @PATHS
-@trio_test(30)
 async def test_what_is_buffered_when_the_hypervisor_leaves_still_reaches_the_client(env: Pki, path: str) -> None:
     ch = await make_channel(env)
     data = random.Random(3).randbytes(RING_BYTES // 2)
@@ -180,7 +177,6 @@ async def test_what_is_buffered_when_the_hypervisor_leaves_still_reaches_the_cli
 
 
 @PATHS
-@trio_test(30)
 async def test_a_stalled_client_delays_the_end_by_the_flush_budget_only(
     env: Pki, path: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -203,7 +199,6 @@ async def test_a_stalled_client_delays_the_end_by_the_flush_budget_only(
 
 
 @PATHS
-@trio_test(20)
 async def test_the_client_leaving_ends_the_relay_at_once(env: Pki, path: str) -> None:
     ch = await make_channel(env)
     stats = RelayStats()

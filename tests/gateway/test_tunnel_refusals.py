@@ -40,7 +40,6 @@ from redirgate.proto.usbredir.messages import Hello
 from redirgate.transport import ClientContext, TlsRefused, ZeroCopyTLSStream, client_context
 from redirgate.vmside.guest import UsbredirGuest
 from redirgate.vmside.probe import probe
-from tests.support.transport_lab import trio_test
 from tests.support.tunnel_lab import Lab, running_lab
 
 TUNNEL_LOG = "redirgate.gateway.tunnel_server"
@@ -271,7 +270,6 @@ async def hostile(lab: Lab, name: str = "thin-02") -> AsyncIterator[FakeClient]:
 
 
 # ============================================================ TLS refusals
-@trio_test(30)
 async def test_tls_without_a_client_certificate(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async with lab_with(tmp_path) as lab:
         logs = Logs(caplog)
@@ -282,7 +280,6 @@ async def test_tls_without_a_client_certificate(tmp_path: Path, caplog: pytest.L
         assert lab.gateway.snapshot()["tunnel_refusals"] == 1
 
 
-@trio_test(30)
 async def test_client_certificate_from_another_ca(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async with lab_with(tmp_path) as lab:
         logs = Logs(caplog)
@@ -294,7 +291,6 @@ async def test_client_certificate_from_another_ca(tmp_path: Path, caplog: pytest
         await assert_undisturbed(lab)
 
 
-@trio_test(30)
 async def test_revoked_certificate_is_refused_without_a_restart(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -315,7 +311,6 @@ async def test_revoked_certificate_is_refused_without_a_restart(
         await assert_undisturbed(lab)
 
 
-@trio_test(30)
 async def test_expired_certificate(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async with lab_with(tmp_path) as lab:
         logs = Logs(caplog)
@@ -332,7 +327,6 @@ async def test_expired_certificate(tmp_path: Path, caplog: pytest.LogCaptureFixt
     [b"GET / HTTP/1.1\r\nHost: gateway.local\r\n\r\n", b"\x00\x01\x02\x03garbage" * 8],
     ids=["http", "binary"],
 )
-@trio_test(30)
 async def test_garbage_instead_of_tls(tmp_path: Path, caplog: pytest.LogCaptureFixture, garbage: bytes) -> None:
     async with lab_with(tmp_path) as lab:
         logs = Logs(caplog)
@@ -345,7 +339,6 @@ async def test_garbage_instead_of_tls(tmp_path: Path, caplog: pytest.LogCaptureF
         await assert_undisturbed(lab)
 
 
-@trio_test(30)
 async def test_stalled_handshake_is_dropped_after_the_timeout(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async with lab_with(tmp_path, handshake_timeout_s=1.0) as lab:
         logs = Logs(caplog)
@@ -373,7 +366,6 @@ BAD_MESSAGES = pytest.mark.parametrize(
 
 
 @BAD_MESSAGES
-@trio_test(30)
 async def test_bad_first_message(tmp_path: Path, caplog: pytest.LogCaptureFixture, wire: bytes, words: str) -> None:
     """A valid certificate - the legitimate client's own - then a bad first frame."""
     async with lab_with(tmp_path) as lab:
@@ -390,7 +382,6 @@ async def test_bad_first_message(tmp_path: Path, caplog: pytest.LogCaptureFixtur
 
 
 @BAD_MESSAGES
-@trio_test(30)
 async def test_bad_message_in_a_control_session(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, wire: bytes, words: str
 ) -> None:
@@ -417,7 +408,6 @@ async def test_bad_message_in_a_control_session(
 
 
 # ========================================================= attach refusals
-@trio_test(30)
 async def test_attach_for_no_pending_channel(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The legitimate client's certificate, an Attach with a random token and no channel waiting."""
     async with lab_with(tmp_path) as lab:
@@ -439,7 +429,6 @@ async def test_attach_for_no_pending_channel(tmp_path: Path, caplog: pytest.LogC
         await assert_undisturbed(lab)
 
 
-@trio_test(30)
 async def test_wrong_attach_token_for_a_pending_channel(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A channel is really waiting; a data connection with a wrong token is refused
     and the channel still waits for the right one."""
@@ -477,7 +466,6 @@ async def test_wrong_attach_token_for_a_pending_channel(tmp_path: Path, caplog: 
 
 
 # ========================================================== route refusals
-@trio_test(30)
 async def test_hypervisor_address_not_allowed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     lan_only = LabRoute("lan-only", "usb:1209:0002", allow=["10.0.0.0/8"])
     async with lab_with(tmp_path, lan_only) as lab:
@@ -495,7 +483,6 @@ async def test_hypervisor_address_not_allowed(tmp_path: Path, caplog: pytest.Log
         assert not logs.lines(TUNNEL_LOG)
 
 
-@trio_test(30)
 async def test_second_hypervisor_on_a_busy_route(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async with lab_with(tmp_path) as lab:
         first_tcp = await trio.open_tcp_stream("127.0.0.1", lab.route_port("kbd"))
@@ -531,7 +518,6 @@ BAD_USBREDIR = {
 
 
 @pytest.mark.parametrize("bad", sorted(BAD_USBREDIR))
-@trio_test(30)
 async def test_malformed_usbredir_from_a_client_never_reaches_the_hypervisor(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, bad: str
 ) -> None:
@@ -581,7 +567,6 @@ async def test_malformed_usbredir_from_a_client_never_reaches_the_hypervisor(
         assert route["state"] == "idle" and "malformed usbredir" in route["last_end"]
 
 
-@trio_test(30)
 async def test_revocation_ends_a_live_session(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async with lab_with(tmp_path, heartbeat_interval_s=0.2, heartbeat_timeout_s=5.0) as lab:
         pki.issue_client(pki_dir(lab), "thin-02")

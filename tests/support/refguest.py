@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +42,6 @@ __all__ = [
     "cbw",
     "engine_session",
     "parse_csw",
-    "run_trio",
 ]
 
 
@@ -81,16 +80,6 @@ REPLY_TYPE = {
 }
 
 DEFAULT_TIMEOUT_S = 5.0
-
-
-def run_trio(fn: Callable[[], Awaitable[None]], timeout_s: float = 20.0) -> None:
-    """Run an async test body under trio with an overall deadline."""
-
-    async def main() -> None:
-        with trio.fail_after(timeout_s):
-            await fn()
-
-    trio.run(main)
 
 
 class RefGuest:

@@ -7,15 +7,11 @@ real TLS connections over loopback TCP between ZeroCopyTLSStreams.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import trio
-import trio.testing
 
 from redirgate.gateway import pki
 from redirgate.transport import (
@@ -26,29 +22,6 @@ from redirgate.transport import (
 )
 
 GATEWAY = "gw.test"
-
-
-def trio_test(
-    timeout_s: float, *, mock_clock: bool = False
-) -> Callable[[Callable[..., Awaitable[None]]], Callable[..., None]]:
-    """Run an async test function under trio.run inside trio.fail_after(timeout_s).
-
-    `mock_clock`: on `trio.testing.MockClock(autojump_threshold=0)`, for tests
-    of our own timers: time jumps whenever every task waits, so the timeout is
-    virtual too (a test that would hang fails at once)."""
-
-    def decorate(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> None:
-            async def main() -> None:
-                with trio.fail_after(timeout_s):
-                    await fn(*args, **kwargs)
-
-            trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0) if mock_clock else None)
-
-        return wrapper
-
-    return decorate
 
 
 @dataclasses.dataclass(frozen=True)

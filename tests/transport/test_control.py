@@ -15,7 +15,6 @@ import trio.testing
 
 from redirgate.proto import tunnel as t
 from redirgate.transport import ControlSession, PeerGone, PeerSilent, peer_gone
-from tests.support.transport_lab import trio_test
 
 INTERVAL_S, TIMEOUT_S = 10.0, 30.0
 
@@ -59,7 +58,7 @@ def serve(session: ControlSession, handlers: Any = None, **kwargs: Any) -> Any:
 
 
 # ============================================================== dispatch
-@trio_test(30, mock_clock=True)
+@pytest.mark.usefixtures("autojump_clock")
 async def test_dispatch_calls_the_handler_of_each_type_in_order_and_answers_heartbeats() -> None:
     session, peer = await connected_pair()
     seen: list[t.TunnelMessage] = []
@@ -85,7 +84,7 @@ async def test_dispatch_calls_the_handler_of_each_type_in_order_and_answers_hear
     assert seen == [t.Inventory((entry,)), t.InventoryUpdate((), ("serial:a",))]
 
 
-@trio_test(30, mock_clock=True)
+@pytest.mark.usefixtures("autojump_clock")
 async def test_a_handler_error_leaves_serve_as_it_is_and_finish_returns_its_reason() -> None:
     session, peer = await connected_pair()
 
@@ -105,7 +104,7 @@ async def test_a_handler_error_leaves_serve_as_it_is_and_finish_returns_its_reas
     assert await serve(session, {t.Error: goodbye}) == "the peer said goodbye"
 
 
-@trio_test(30, mock_clock=True)
+@pytest.mark.usefixtures("autojump_clock")
 async def test_a_message_without_a_handler_is_rejected_as_unexpected() -> None:
     session, peer = await connected_pair()
     await peer.send(t.Inventory(()))
@@ -113,7 +112,7 @@ async def test_a_message_without_a_handler_is_rejected_as_unexpected() -> None:
         await serve(session, {t.InventoryUpdate: _ignore})
 
 
-@trio_test(30, mock_clock=True)
+@pytest.mark.usefixtures("autojump_clock")
 async def test_an_unknown_kind_on_the_wire_is_rejected() -> None:
     import msgpack  # type: ignore[import-untyped]  # msgpack ships no type hints
 
@@ -129,7 +128,7 @@ async def _ignore(message: t.TunnelMessage) -> None:
 
 
 # ============================================================ heartbeats
-@trio_test(300, mock_clock=True)
+@pytest.mark.usefixtures("autojump_clock")
 async def test_heartbeats_go_out_every_interval_and_a_silent_peer_times_out() -> None:
     session, peer = await connected_pair()
     start = trio.current_time()
@@ -150,7 +149,7 @@ async def test_heartbeats_go_out_every_interval_and_a_silent_peer_times_out() ->
     assert isinstance(silent.value, PeerGone) and silent.value.peer == "client-under-test"
 
 
-@trio_test(300, mock_clock=True)
+@pytest.mark.usefixtures("autojump_clock")
 async def test_any_message_from_the_peer_moves_the_timeout() -> None:
     session, peer = await connected_pair()
     start = trio.current_time()
@@ -169,7 +168,7 @@ async def test_any_message_from_the_peer_moves_the_timeout() -> None:
         nursery.cancel_scope.cancel()
 
 
-@trio_test(300, mock_clock=True)
+@pytest.mark.usefixtures("autojump_clock")
 async def test_before_heartbeat_runs_every_interval_and_may_end_the_session_silently() -> None:
     session, peer = await connected_pair()
     start = trio.current_time()
@@ -197,7 +196,6 @@ async def test_before_heartbeat_runs_every_interval_and_may_end_the_session_sile
 
 # ============================================================ shielded send
 @pytest.mark.parametrize("devices", [30, 1000])
-@trio_test(60)
 async def test_a_send_cancelled_half_way_still_writes_the_whole_frame(devices: int) -> None:
     """A lockstep stream hands the frame over in the reader's small pieces;
     the sender is cancelled after the first piece.  The frame must arrive
@@ -255,7 +253,7 @@ async def _send_hellos(session: ControlSession, peer: t.TunnelConnection, theirs
     peer.send(t.GatewayHello())
 
 
-@trio_test(300, mock_clock=True)
+@pytest.mark.usefixtures("autojump_clock")
 async def test_a_stalled_send_ends_the_session_after_its_own_deadline() -> None:
     """The peer stops reading: the shielded write gives up after send_timeout_s,
     later sends fail at once, and serve ends with the same PeerGone."""
@@ -304,7 +302,7 @@ PEER_GONE_ERRORS = pytest.mark.parametrize(
 
 
 @PEER_GONE_ERRORS
-@trio_test(30, mock_clock=True)
+@pytest.mark.usefixtures("autojump_clock")
 async def test_each_stream_error_becomes_one_peer_gone_on_send(error: type[BaseException]) -> None:
     stream = FailingStream(error)
     session = ControlSession(stream, "client", peer="gw:1")
@@ -320,7 +318,7 @@ async def test_each_stream_error_becomes_one_peer_gone_on_send(error: type[BaseE
 
 
 @PEER_GONE_ERRORS
-@trio_test(30, mock_clock=True)
+@pytest.mark.usefixtures("autojump_clock")
 async def test_each_stream_error_becomes_one_peer_gone_on_receive(error: type[BaseException]) -> None:
     session = ControlSession(FailingStream(error), "gateway", peer="thin-01 (1.2.3.4:5)")
     with pytest.raises(PeerGone) as gone:
@@ -330,7 +328,7 @@ async def test_each_stream_error_becomes_one_peer_gone_on_receive(error: type[Ba
 
 
 @PEER_GONE_ERRORS
-@trio_test(30, mock_clock=True)
+@pytest.mark.usefixtures("autojump_clock")
 async def test_peer_gone_maps_each_stream_error_once(error: type[BaseException]) -> None:
     with pytest.raises(PeerGone) as gone:
         with peer_gone("outer"), peer_gone("inner"):
@@ -338,7 +336,7 @@ async def test_peer_gone_maps_each_stream_error_once(error: type[BaseException])
     assert gone.value.peer == "inner" and type(gone.value.__cause__) is error
 
 
-@trio_test(30, mock_clock=True)
+@pytest.mark.usefixtures("autojump_clock")
 async def test_peer_gone_lets_other_errors_through() -> None:
     with pytest.raises(t.RemoteProtocolError):
         with peer_gone("x"):

@@ -11,7 +11,7 @@ import trio.lowlevel
 
 from redirgate.transport import DEFAULT_BUFFER_BYTES, PrefixedStream, RelayStats, pump, relay
 from redirgate.transport.stream import nonblocking
-from tests.support.transport_lab import Pki, make_pki, trio_test
+from tests.support.transport_lab import Pki, make_pki
 from tests.transport.test_transport_relay import make_channel, plain_pair, receive_exactly, send_random
 
 
@@ -42,7 +42,6 @@ class Opaque(trio.abc.Stream):
         await self.inner.aclose()
 
 
-@trio_test(30)
 async def test_both_stream_kinds_and_prefixed_wrappers_offer_the_fast_path(env: Pki) -> None:
     ch = await make_channel(env)
     try:
@@ -55,7 +54,6 @@ async def test_both_stream_kinds_and_prefixed_wrappers_offer_the_fast_path(env: 
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "generic"])
-@trio_test(60)
 async def test_slow_reader_gets_every_byte_with_a_prefix_first(env: Pki, fast: bool) -> None:
     ch = await make_channel(env)
     prefix = b"held while the device was on its way"
@@ -108,7 +106,6 @@ async def test_slow_reader_gets_every_byte_with_a_prefix_first(env: Pki, fast: b
     assert stats.a_to_b == size + len(prefix)
 
 
-@trio_test(30)
 async def test_fast_pump_yields_to_other_tasks_while_data_keeps_coming() -> None:
     a_out, a_in = await plain_pair()
     b_in, b_out = await plain_pair()
@@ -138,7 +135,6 @@ from redirgate.transport import RelayReactor  # noqa: E402
 
 
 @pytest.mark.parametrize("prefix", [b"", b"held bytes first"], ids=["no-prefix", "prefix"])
-@trio_test(60)
 async def test_reactor_relays_everything_both_ways_with_a_slow_reader(env: Pki, prefix: bytes) -> None:
     ch = await make_channel(env)
     size = 6 * 1024 * 1024
@@ -192,7 +188,6 @@ async def test_reactor_relays_everything_both_ways_with_a_slow_reader(env: Pki, 
     assert stats.ended_by == "b"
 
 
-@trio_test(30)
 async def test_reactor_channel_cancelled_gives_sockets_back_and_closes(env: Pki) -> None:
     ch = await make_channel(env)
     async with RelayReactor() as reactor:
@@ -209,7 +204,6 @@ class Refused(Exception):
     pass
 
 
-@trio_test(30)
 async def test_reactor_inspector_verdict_ends_the_channel_before_the_chunk_is_sent(env: Pki) -> None:
     ch = await make_channel(env)
     seen: list[bytes] = []
@@ -240,7 +234,6 @@ async def test_reactor_inspector_verdict_ends_the_channel_before_the_chunk_is_se
 
 
 @pytest.mark.parametrize("cap", [0, 5], ids=["uncapped", "capped-records"])
-@trio_test(60)
 async def test_reactor_small_messages_both_ways_keep_order_and_counts(env: Pki, cap: int) -> None:
     """Ping-pong of small messages, the reactor's inline path, with an inspector
     on each direction: one retires itself after its first chunk (returns True),

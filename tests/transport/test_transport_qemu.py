@@ -26,7 +26,6 @@ from redirgate.transport import (
     verify_peer,
 )
 from tests.support.system import require_system
-from tests.support.transport_lab import trio_test
 
 
 @pytest.fixture
@@ -112,7 +111,6 @@ async def serve_one(hv_pki: Path, qemu: str, log: Path) -> tuple[str | TlsRefuse
             stop(proc)
 
 
-@trio_test(60)
 async def test_qemu_connects_with_issue_hypervisor_credentials(hv_pki: Path, tmp_path: Path) -> None:
     qemu = require_system("qemu-system-x86_64")
     outcome, banner, code = await serve_one(hv_pki, qemu, tmp_path / "qemu.log")
@@ -124,7 +122,6 @@ async def test_qemu_connects_with_issue_hypervisor_credentials(hv_pki: Path, tmp
     assert code == 0  # QEMU obeyed `quit` sent through the TLS channel
 
 
-@trio_test(60)
 async def test_revoked_hypervisor_is_refused(hv_pki: Path, tmp_path: Path) -> None:
     qemu = require_system("qemu-system-x86_64")
     pki.revoke(hv_pki, "hv1", kind=PeerKind.HYPERVISOR)

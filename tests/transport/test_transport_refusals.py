@@ -31,7 +31,7 @@ from redirgate.transport import (
     client_context,
     verify_peer,
 )
-from tests.support.transport_lab import GATEWAY, Pki, make_pki, trio_test
+from tests.support.transport_lab import GATEWAY, Pki, make_pki
 
 HANDSHAKE_TIMEOUT_S = 0.5
 
@@ -121,14 +121,12 @@ def _client_ctx(env: Pki, name: str) -> ssl.SSLContext:
     return client_context(base / "client-cert.pem", base / "client-key.pem", env.ca, GATEWAY).ssl_context
 
 
-@trio_test(20)
 async def test_good_client_is_welcomed_with_its_identity(env: Pki) -> None:
     async with running_server(env) as server:
         assert await connect_tls(server, env.client_context().ssl_context) == "welcome alice"
         assert server.outcomes == ["alice"]
 
 
-@trio_test(20)
 async def test_no_client_certificate(env: Pki) -> None:
     ctx = ssl.create_default_context(cafile=str(env.ca))
     async with running_server(env) as server:
@@ -136,7 +134,6 @@ async def test_no_client_certificate(env: Pki) -> None:
         assert "no client certificate" in str(refused)
 
 
-@trio_test(20)
 async def test_certificate_from_another_ca(env: Pki, tmp_path: Path) -> None:
     other = make_pki(tmp_path / "other", client="mallory")
     # trusts our gateway, but presents a certificate from the other CA
@@ -146,7 +143,6 @@ async def test_certificate_from_another_ca(env: Pki, tmp_path: Path) -> None:
         assert "certificate not signed by our CA" in str(refused)
 
 
-@trio_test(20)
 async def test_revocation_applies_without_restart(env: Pki) -> None:
     pki.issue_client(env.directory, "bob")
     ctx = _client_ctx(env, "bob")
@@ -163,7 +159,6 @@ async def test_revocation_applies_without_restart(env: Pki) -> None:
         assert await connect_tls(server, env.client_context().ssl_context) == "welcome alice"
 
 
-@trio_test(20)
 async def test_expired_certificate(env: Pki) -> None:
     long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
     issued = pki.issue_client(env.directory, "old", now=long_ago, valid_days=1)
@@ -178,7 +173,6 @@ async def test_expired_certificate(env: Pki) -> None:
     [b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n", b"\x00\x01\x02\x03garbage" * 8, b"SSH-2.0-OpenSSH_9.2\r\n"],
     ids=["http", "binary", "ssh"],
 )
-@trio_test(20)
 async def test_garbage_bytes(env: Pki, garbage: bytes) -> None:
     async with running_server(env) as server:
         before = len(server.outcomes)
@@ -190,7 +184,6 @@ async def test_garbage_bytes(env: Pki, garbage: bytes) -> None:
         assert "not TLS (garbage)" in str(outcome)
 
 
-@trio_test(20)
 async def test_stalled_handshake_times_out(env: Pki) -> None:
     async with running_server(env) as server:
         before = len(server.outcomes)
@@ -205,7 +198,6 @@ async def test_stalled_handshake_times_out(env: Pki) -> None:
         assert HANDSHAKE_TIMEOUT_S * 0.9 <= elapsed < HANDSHAKE_TIMEOUT_S + 3
 
 
-@trio_test(20)
 async def test_hypervisor_certificate_is_not_a_client_identity(env: Pki) -> None:
     issued = pki.issue_hypervisor(env.directory, "hv1")
     ctx = client_context(issued.cert, issued.key, env.ca, GATEWAY).ssl_context
@@ -213,7 +205,6 @@ async def test_hypervisor_certificate_is_not_a_client_identity(env: Pki) -> None
         await expect_refusal(server, ctx, Refusal.NO_IDENTITY)
 
 
-@trio_test(20)
 async def test_tls12_client_is_refused_on_the_tunnel_port(env: Pki) -> None:
     ctx = env.client_context().ssl_context
     ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_2
@@ -221,7 +212,6 @@ async def test_tls12_client_is_refused_on_the_tunnel_port(env: Pki) -> None:
         await expect_refusal(server, ctx, Refusal.PROTOCOL_VERSION)
 
 
-@trio_test(20)
 async def test_client_refuses_a_gateway_with_the_wrong_name(env: Pki) -> None:
     async with running_server(env) as server:
         sock = socket.create_connection(("127.0.0.1", server.port))

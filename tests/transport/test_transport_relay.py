@@ -20,7 +20,7 @@ from redirgate.transport import (
     ZeroCopyTLSStream,
     relay,
 )
-from tests.support.transport_lab import Pki, make_pki, tls_pair, trio_test
+from tests.support.transport_lab import Pki, make_pki, tls_pair
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,6 @@ async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> str:
 
 
 @pytest.mark.parametrize("buffer_size", [DEFAULT_BUFFER_BYTES, 4096, 1], ids=["256k", "4k", "1byte"])
-@trio_test(60)
 async def test_relay_moves_random_data_both_ways(env: Pki, buffer_size: int) -> None:
     size = 3_000_000 if buffer_size > 1 else 20_000
     ch = await make_channel(env)
@@ -112,7 +111,6 @@ async def test_relay_moves_random_data_both_ways(env: Pki, buffer_size: int) -> 
     await ch.cl.aclose()
 
 
-@trio_test(20)
 async def test_client_closing_ends_the_relay_and_the_hypervisor_side(env: Pki) -> None:
     ch = await make_channel(env)
     async with trio.open_nursery() as nursery:
@@ -128,7 +126,6 @@ async def test_client_closing_ends_the_relay_and_the_hypervisor_side(env: Pki) -
     await ch.hv.aclose()
 
 
-@trio_test(20)
 async def test_abrupt_client_drop_is_a_broken_end(env: Pki) -> None:
     ch = await make_channel(env)
     async with trio.open_nursery() as nursery:

@@ -15,7 +15,7 @@ import trio
 import trio.testing
 
 from redirgate.transport import PlainSocketStream, ZeroCopyTLSStream
-from tests.support.transport_lab import Pki, make_pki, tls_pair, trio_test
+from tests.support.transport_lab import Pki, make_pki, tls_pair
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,6 @@ def _clog(stream: ZeroCopyTLSStream) -> None:
     raise AssertionError("could not clog the connection")
 
 
-@trio_test(60)
 async def test_tls_stream_two_way(tls_env: Pki) -> None:
     async def maker() -> tuple[ZeroCopyTLSStream, ZeroCopyTLSStream]:
         return await tls_pair(tls_env.server_context(), tls_env.client_context())
@@ -67,7 +66,6 @@ async def test_tls_stream_two_way(tls_env: Pki) -> None:
     await trio.testing.check_two_way_stream(maker, clogged)
 
 
-@trio_test(10)
 async def test_tls_stream_reports_peer_and_version(tls_env: Pki) -> None:
     c, s = await tls_pair(tls_env.server_context(), tls_env.client_context())
     try:
@@ -80,7 +78,6 @@ async def test_tls_stream_reports_peer_and_version(tls_env: Pki) -> None:
         await s.aclose()
 
 
-@trio_test(10)
 async def test_tls_receive_into_fills_one_buffer_from_many_records(tls_env: Pki) -> None:
     c, s = await tls_pair(tls_env.server_context(), tls_env.client_context())
     try:
@@ -116,12 +113,10 @@ async def _plain_tcp_pair() -> tuple[PlainSocketStream, PlainSocketStream]:
 
 
 @pytest.mark.parametrize("maker", [_plain_pair, _plain_tcp_pair], ids=["unix", "tcp"])
-@trio_test(60)
 async def test_plain_stream_half_closeable(maker) -> None:  # type: ignore[no-untyped-def]
     await trio.testing.check_half_closeable_stream(maker, None)
 
 
-@trio_test(10)
 async def test_plain_receive_into(tmp_path: Path) -> None:
     a, b = await _plain_tcp_pair()
     async with a, b:
