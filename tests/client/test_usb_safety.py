@@ -27,7 +27,6 @@ from redirgate.client.usb.selector import parse_selector
 from redirgate.client.usb.source import SelectorSource
 from redirgate.client.virtual import HubDevice, KeyboardDevice, LoopbackDevice, Setup, VirtualBackend
 from redirgate.vmside.guest import GuestError, UsbredirGuest
-from tests.support.refguest import run_trio
 
 NO_BOOT: dict[str, str] = {}
 
@@ -71,17 +70,13 @@ def test_a_hub_interface_is_a_hub_too(bus) -> None:
     assert not is_hub(snapshot(_dev(backend, 0x1209)))
 
 
-def test_acquire_never_opens_a_hub_and_says_why_once(bus, caplog) -> None:
+async def test_acquire_never_opens_a_hub_and_says_why_once(bus, caplog) -> None:
     backend, _, _ = bus
     source = SelectorSource(parse_selector("1d6b:0002"), backend=backend, poll_interval_s=0.01, boot_ports=dict)
-
-    async def body() -> None:
+    with caplog.at_level(logging.WARNING):
         with trio.move_on_after(0.3):
             await source.acquire()
             raise AssertionError("a hub was opened")
-
-    with caplog.at_level(logging.WARNING):
-        run_trio(body)
     lines = [r.getMessage() for r in caplog.records if "not serving" in r.getMessage()]
     assert len(lines) == 1 and "Virtual Hub" in lines[0] and "USB hub" in lines[0]
     assert backend.driver_calls == []
@@ -197,34 +192,26 @@ def loopback() -> Iterator[tuple[VirtualBackend, LoopbackDevice, usb.core.Device
     backend.close()
 
 
-def test_a_driver_that_will_not_let_go_refuses_the_device_and_restores_the_others(loopback) -> None:
+async def test_a_driver_that_will_not_let_go_refuses_the_device_and_restores_the_others(loopback) -> None:
     backend, device, dev = loopback
     backend.bind_kernel_driver(device, [0])
     backend.bind_kernel_driver(device, [1], detachable=False)
-
-    async def body() -> None:
-        with pytest.raises(DriverNotDetachedError) as info:
-            await UsbDevice.open(dev)
-        assert "interface 1" in info.value.reason and "cannot be detached" in info.value.reason
-
-    run_trio(body)
+    with pytest.raises(DriverNotDetachedError) as info:
+        await UsbDevice.open(dev)
+    assert "interface 1" in info.value.reason and "cannot be detached" in info.value.reason
     name = device.name
     assert backend.driver_calls == [("detach", name, 0), ("detach", name, 1), ("attach", name, 0)]
     assert backend.kernel_driver_bound(device, 0) and backend.kernel_driver_bound(device, 1)
 
 
-def test_acquire_refuses_a_device_whose_driver_will_not_let_go(loopback, caplog) -> None:
+async def test_acquire_refuses_a_device_whose_driver_will_not_let_go(loopback, caplog) -> None:
     backend, device, _ = loopback
     backend.bind_kernel_driver(device, [0], detachable=False)
     source = SelectorSource(parse_selector("1209:0003"), backend=backend, poll_interval_s=0.01, boot_ports=dict)
-
-    async def body() -> None:
+    with caplog.at_level(logging.WARNING):
         with trio.move_on_after(0.3):
             await source.acquire()
             raise AssertionError("opened a device whose driver holds it")
-
-    with caplog.at_level(logging.WARNING):
-        run_trio(body)
     assert [c[0] for c in backend.driver_calls] == ["detach"]  # tried once, not every poll
     lines = [r.getMessage() for r in caplog.records if "not serving" in r.getMessage()]
     assert len(lines) == 1 and "cannot be detached" in lines[0] and "Virtual Loopback" in lines[0]
@@ -265,7 +252,7 @@ def _assert_drivers_back(backend: VirtualBackend, device: LoopbackDevice) -> Non
     assert backend.kernel_driver_bound(device, 0) and backend.kernel_driver_bound(device, 1)
 
 
-def test_kernel_drivers_come_back_when_the_engine_crashes() -> None:
+async def test_kernel_drivers_come_back_when_the_engine_crashes() -> None:
     backend, device, engine, guest_end = _engine_with_drivers()
 
     async def crash(guest: UsbredirGuest, nursery: trio.Nursery) -> None:
@@ -273,18 +260,15 @@ def test_kernel_drivers_come_back_when_the_engine_crashes() -> None:
         with pytest.raises(GuestError):
             await guest.control(0x40, 0x42, 0, 0, 0)
 
-    async def body() -> None:
+    try:
         with pytest.RaisesGroup(pytest.RaisesExc(RuntimeError, match="a bug"), flatten_subgroups=True):
             await _serve_until(engine, guest_end, crash)
-
-    try:
-        run_trio(body)
         _assert_drivers_back(backend, device)
     finally:
         backend.close()
 
 
-def test_kernel_drivers_come_back_when_the_engine_is_cancelled() -> None:
+async def test_kernel_drivers_come_back_when_the_engine_is_cancelled() -> None:
     """SIGTERM reaches the engine as a cancellation (cli/signals.py)."""
     backend, device, engine, guest_end = _engine_with_drivers()
 
@@ -293,20 +277,20 @@ def test_kernel_drivers_come_back_when_the_engine_is_cancelled() -> None:
         nursery.cancel_scope.cancel()
 
     try:
-        run_trio(lambda: _serve_until(engine, guest_end, stop))
+        await _serve_until(engine, guest_end, stop)
         _assert_drivers_back(backend, device)
     finally:
         backend.close()
 
 
-def test_kernel_drivers_come_back_when_the_vm_goes_away() -> None:
+async def test_kernel_drivers_come_back_when_the_vm_goes_away() -> None:
     backend, device, engine, guest_end = _engine_with_drivers()
 
     async def leave(guest: UsbredirGuest, nursery: trio.Nursery) -> None:
         await guest_end.aclose()  # the engine sees the end and returns: _serve_until waits for it
 
     try:
-        run_trio(lambda: _serve_until(engine, guest_end, leave))
+        await _serve_until(engine, guest_end, leave)
         _assert_drivers_back(backend, device)
     finally:
         backend.close()
