@@ -646,18 +646,19 @@ def _write_kernel(vmlinuz: Path, staging: Path, kernel_format: str) -> tuple[str
 def build_guest(
     extra_modules: Sequence[str] = (),
     *,
+    base_modules: Sequence[str] = DEFAULT_MODULES,
     kernel_format: Literal["auto", "pvh-elf", "bzimage"] | None = None,
     memo: bool = True,
 ) -> GuestImage:
     """Build (or fetch from the cache) the guest kernel + base initramfs.
 
-    `extra_modules` are module names added to DEFAULT_MODULES (dependencies
-    resolved by modprobe).  `kernel_format` defaults to
+    `extra_modules` are module names added to `base_modules` (DEFAULT_MODULES
+    unless given; dependencies resolved by modprobe).  `kernel_format` defaults to
     $REDIRGATE_GUEST_KERNEL_FORMAT or "auto" (PVH vmlinux, else bzImage).
     Cached on disk under :func:`cache_root` and, unless memo=False,
     in-process (the same GuestImage object for the same arguments).
     """
-    modules = tuple(dict.fromkeys((*DEFAULT_MODULES, *extra_modules)))
+    modules = tuple(dict.fromkeys((*base_modules, *extra_modules)))
     fmt = kernel_format or os.environ.get("REDIRGATE_GUEST_KERNEL_FORMAT", "auto")
     if fmt not in ("auto", "pvh-elf", "bzimage"):
         raise GuestBuildError(f"unknown kernel format {fmt!r}")
