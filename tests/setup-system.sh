@@ -16,6 +16,8 @@
 #   libusbredirparser-dev        reference usbredir parser (ctypes conformance tests)
 #   libusbredirhost-dev usbredirect   reference usbredir host side
 #   socat stunnel4 haproxy ser2net    real peers for serial/TLS/proxy tests
+#   libvirt-clients libxml2-utils   virt-xml-validate (+ xmllint) and, through libvirt0, the RNG schemas in
+#                                /usr/share/libvirt/schemas: `host xml` output is checked against libvirt's schema
 #   linux-libc-dev               linux/ppdev.h + linux/lp.h: our parallel ioctl numbers are checked against them
 #   python3-venv                 only when this python3 cannot create a venv (tests/run.sh)
 set -euo pipefail
@@ -37,6 +39,8 @@ packages=(
     haproxy
     ser2net
     linux-libc-dev
+    libvirt-clients
+    libxml2-utils
 )
 
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then

@@ -1,0 +1,143 @@
+"""`host attach/detach` against a real QEMU's QMP: a redirgate route, usb-host, and the ways they fail."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from pathlib import Path
+
+import pytest
+import trio
+
+from redirgate.cli import main
+from redirgate.host.qmp import open_qmp
+from tests.support.bare_qemu import bare_qemu
+from tests.support.system import require_system
+
+pytestmark = pytest.mark.system
+
+#: usbredirproto.h: usb_redir_hello = 0; header = type, length, id (u32 each; 64-bit id once negotiated)
+_HELLO = 0
+_SAFETY_S = 60.0
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = main(["host", *args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def _query(qmp: Path, command: str, arguments: dict | None = None):
+    async def ask():
+        async with open_qmp(str(qmp)) as client:
+            return await client.execute(command, arguments)
+
+    return trio.run(ask)
+
+
+def _peripherals(qmp: Path) -> set[str]:
+    return {p["name"] for p in _query(qmp, "qom-list", {"path": "/machine/peripheral"})}
+
+
+def _chardevs(qmp: Path) -> set[str]:
+    return {c["label"] for c in _query(qmp, "query-chardev")}
+
+
+def _accept_hello(listener: socket.socket) -> socket.socket:
+    """The usb-redir chardev dials our listener and its parser says hello first."""
+    conn, _ = listener.accept()
+    conn.settimeout(_SAFETY_S)
+    header = b""
+    while len(header) < 12:
+        chunk = conn.recv(12 - len(header))
+        assert chunk, "usb-redir closed before its hello"
+        header += chunk
+    kind, length, _ = struct.unpack("<III", header)
+    assert kind == _HELLO and length >= 64
+    version = conn.recv(64)
+    assert version.startswith(b"qemu usb-redir guest"), version
+    return conn
+
+
+def test_a_route_attaches_detaches_and_attaches_again(tmp_path: Path, capsys) -> None:
+    with socket.socket() as listener, bare_qemu(tmp_path, ["-device", "qemu-xhci,id=xhci"], paused=False) as qmp:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        listener.settimeout(_SAFETY_S)
+        port = listener.getsockname()[1]
+        name = f"rg-redir-{port}"
+        for _cycle in range(2):
+            rc, out, err = _cli(capsys, "attach", "--qmp", str(qmp), "--route", f"127.0.0.1:{port}", "--bus", "xhci.0")
+            assert rc == 0, err
+            assert out.splitlines() == [
+                f"chardev-add {name}-chardev: TCP client to 127.0.0.1:{port}, reconnecting",
+                f"device_add usb-redir id={name} bus=xhci.0",
+                f"attached route 127.0.0.1:{port} as {name} (detach: redirgate host detach ... --id {name})",
+            ]
+            with _accept_hello(listener) as conn:
+                assert name in _peripherals(qmp) and f"{name}-chardev" in _chardevs(qmp)
+                rc, out, err = _cli(capsys, "detach", "--qmp", str(qmp), "--id", name)
+                assert rc == 0, err
+                # usb-redir's teardown deleted the chardev itself: no chardev-remove line, and no error
+                assert out.splitlines() == [f"device_del {name}: QEMU reports it deleted", f"detached {name}"]
+                while conn.recv(65536):  # the route sees the VM hang up
+                    pass
+            assert name not in _peripherals(qmp) and f"{name}-chardev" not in _chardevs(qmp)
+
+
+def test_usb_host_by_id_attaches_and_detaches(tmp_path: Path, capsys) -> None:
+    with bare_qemu(tmp_path, ["-device", "qemu-xhci,id=xhci"]) as qmp:
+        rc, out, err = _cli(capsys, "attach", "--qmp", str(qmp), "--device", "usb-host:046d:c52b")
+        assert rc == 0, err
+        assert out.splitlines()[0] == "device_add usb-host 046d:c52b id=rg-usb-046d-c52b"
+        assert "rg-usb-046d-c52b" in _peripherals(qmp)
+        value = _query(qmp, "qom-get", {"path": "/machine/peripheral/rg-usb-046d-c52b", "property": "productid"})
+        assert value == 0xC52B
+        rc, out, err = _cli(capsys, "detach", "--qmp", str(qmp), "--id", "rg-usb-046d-c52b")
+        assert rc == 0 and "rg-usb-046d-c52b" not in _peripherals(qmp)
+
+
+def test_a_failed_device_add_takes_its_chardev_back(tmp_path: Path, capsys) -> None:
+    with socket.socket() as listener, bare_qemu(tmp_path, ["-device", "qemu-xhci,id=xhci"]) as qmp:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        port = listener.getsockname()[1]
+        rc, out, err = _cli(
+            capsys, "attach", "--qmp", str(qmp), "--route", f"127.0.0.1:{port}", "--bus", "ehci.0", "--id", "r1"
+        )
+        assert rc == 1 and out == ""
+        assert err == f"redirgate: {qmp}: device_add: Bus 'ehci.0' not found\n"
+        assert "r1-chardev" not in _chardevs(qmp) and "r1" not in _peripherals(qmp)
+
+
+def test_ordinary_mistakes_are_one_line(tmp_path: Path, capsys) -> None:
+    with bare_qemu(tmp_path) as qmp:
+        rc, _, err = _cli(capsys, "detach", "--qmp", str(qmp), "--id", "nothing")
+        assert (
+            rc == 1 and err == f"redirgate: {qmp}: no device 'nothing' in this VM (QEMU: Device 'nothing' not found)\n"
+        )
+        rc, _, err = _cli(capsys, "attach", "--qmp", str(qmp), "--device", "usb-host:046d:c52b")
+        assert rc == 1 and err == f"redirgate: {qmp}: device_add: No 'usb-bus' bus found for device 'usb-host'\n"
+    missing = tmp_path / "gone.sock"
+    rc, _, err = _cli(capsys, "attach", "--qmp", str(missing), "--route", "127.0.0.1:1")
+    assert (
+        rc == 1
+        and err.startswith(f"redirgate: {missing}: cannot connect to QEMU's QMP socket")
+        and err.count("\n") == 1
+    )
+    rc, _, err = _cli(capsys, "attach", "--qmp", str(missing), "--device", "usb:1234")
+    assert rc == 1 and "--device takes usb-host:VID:PID" in err
+    rc, _, err = _cli(capsys, "attach", "--qmp", str(missing), "--route", "127.0.0.1:1", "--id", "1bad")
+    assert rc == 1 and "a device id starts with a letter" in err
+
+
+def test_domain_goes_through_virsh(capsys) -> None:
+    """libvirt's test driver has no live attach: the real virsh's refusal comes out as one line."""
+    require_system("virsh")
+    rc, _, err = _cli(capsys, "attach", "--domain", "test", "--connect", "test:///default", "--route", "gw:17100")
+    assert rc == 1 and err.count("\n") == 1
+    assert err.startswith("redirgate: test: Failed to attach device from /dev/stdin; ")
+    assert "virDomainAttachDeviceFlags" in err
+    rc, _, err = _cli(capsys, "detach", "--domain", "test", "--connect", "test:///default", "--id", "rg-redir-17100")
+    assert rc == 1 and "Failed to detach device with alias ua-rg-redir-17100" in err
