@@ -48,22 +48,25 @@ def int_in(low: int, high: int | None = None) -> Callable[[str], int]:
 def run_port_server(
     run_service: Callable[..., Awaitable[None]],
     listen: Callable[..., Awaitable[None]],
-    banner: str,
+    banner: str | Callable[[], str],
     errors: type[Exception],
 ) -> int:
     """Run a port service and its TCP listener until SIGTERM/SIGINT.
 
     Prints `serving {banner} on HOST:PORT` per bound listener (tests and
-    scripts read it); the service's `errors` end the command with status 1.
+    scripts read it); a callable banner is asked once the service has
+    started (its first open done), so it can say what it found.  The
+    service's `errors` end the command with status 1.
     """
 
     async def serve() -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(run_service)
             listeners: list[Any] = await nursery.start(listen)
+            what = banner() if callable(banner) else banner
             for listener in listeners:
                 addr = listener.socket.getsockname()
-                print(f"serving {banner} on {addr[0]}:{addr[1]}", flush=True)
+                print(f"serving {what} on {addr[0]}:{addr[1]}", flush=True)
 
     try:
         trio.run(until_signal, serve)

@@ -49,4 +49,5 @@ def _run_serve_parallel(args: argparse.Namespace) -> int:
     service = PrinterService(path, path, queue_bytes=args.ring_bytes)
     host, port = args.listen
     listen = partial(serve_parallel_listen, host, port, service)
-    return run_port_server(service.run, listen, f"{path} ({service.describe()})", ParallelError)
+    # the banner is made after the first open: "(printer absent)" only when it is
+    return run_port_server(service.run, listen, lambda: f"{path} ({service.describe()})", ParallelError)

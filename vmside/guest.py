@@ -113,6 +113,13 @@ def _raise_as_send_all(exc: OSError) -> NoReturn:
     raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
 
 
+def _closed_reason(exc: BaseException) -> str:
+    """'the host closed the connection', with the OS's word for how."""
+    cause = exc.__cause__
+    how = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(exc)
+    return f"the host closed the connection ({how.lower()})" if how else "the host closed the connection"
+
+
 class UsbredirGuest:
     """Guest role over a stream; use `async with UsbredirGuest(stream, peer=...)`.
 
@@ -154,11 +161,19 @@ class UsbredirGuest:
         self._send_lock = trio.Lock()
 
     async def __aenter__(self) -> UsbredirGuest:
+        try:
+            await self.stream.send_all(self.conn.hello_bytes())  # before the nursery: nothing to unwind
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise GuestError(self.peer, _closed_reason(exc)) from exc
         self._nursery_manager = trio.open_nursery()
         self._nursery = await self._nursery_manager.__aenter__()
-        await self.stream.send_all(self.conn.hello_bytes())
         self._nursery.start_soon(self._reader)
         return self
+
+    @property
+    def hello_received(self) -> bool:
+        """Whether the host's usbredir hello has arrived."""
+        return bool(self.conn.have_peer_hello)
 
     async def __aexit__(self, *exc: object) -> bool | None:
         assert self._nursery is not None
@@ -218,8 +233,12 @@ class UsbredirGuest:
                 await self._read_socket()
             else:
                 await self._read_stream()
-        except (GuestError, RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self.closed_reason = str(exc)
+        except GuestError as exc:
+            self.closed_reason = exc.reason  # the peer is named once, by whoever raises with it
+        except RemoteProtocolError as exc:
+            self.closed_reason = f"malformed usbredir from the host: {exc}"
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.closed_reason = _closed_reason(exc)
         finally:
             self._closed.set()
             for pending in self._pending.values():

@@ -9,6 +9,7 @@ configuration descriptors and strings with control transfers, and returns an
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -73,9 +74,14 @@ async def _string(guest: UsbredirGuest, index: int, lang: int) -> str | None:
     return data[2 : data[0]].decode("utf-16-le", "replace")
 
 
-async def probe_stream(stream: trio.abc.Stream, *, peer: str) -> ProbeResult:
-    """Probe the device behind a usbredir host on `stream`."""
+async def probe_stream(
+    stream: trio.abc.Stream, *, peer: str, started: Callable[[UsbredirGuest], None] | None = None
+) -> ProbeResult:
+    """Probe the device behind a usbredir host on `stream`; `started` is
+    given the guest once its hello is sent (to tell how far it got)."""
     async with UsbredirGuest(stream, peer=peer) as guest:
+        if started is not None:
+            started(guest)
         announced = await guest.wait_device()
         status, dev = await guest.control(0x80, GET_DESCRIPTOR, DEVICE << 8, 0, 18)
         if status != Status.SUCCESS or len(dev) < 18:
@@ -147,14 +153,70 @@ def _describe(r: ProbeResult, mps0: int) -> list[str]:
 
 
 async def probe(host: str, port: int, *, timeout_s: float = 15.0) -> ProbeResult:
-    """Connect to HOST:PORT and probe the device there."""
+    """Connect to HOST:PORT and probe the device there.  Every failure is
+    one `ProbeError` naming the peer once and the likely cause: nothing
+    listening, the connection closed at once (the device is served to
+    another VM), no usbredir hello, no device announced, the time out."""
     peer = f"{host}:{port}"
-    with trio.move_on_after(timeout_s) as scope:
+    guests: list[UsbredirGuest] = []
+    with trio.move_on_after(timeout_s):
         try:
             stream = await trio.open_tcp_stream(host, port)
         except OSError as exc:
-            raise ProbeError(peer, f"cannot connect: {exc.strerror or exc}") from exc
+            raise ProbeError(peer, _connect_failure(exc)) from None
         async with stream:
-            return await probe_stream(stream, peer=peer)
-    assert scope.cancelled_caught
-    raise ProbeError(peer, f"no device announced within {timeout_s:g} s")
+            try:
+                return await probe_stream(stream, peer=peer, started=guests.append)
+            except GuestError as exc:
+                raise ProbeError(peer, _explain(exc, guests)) from None
+            except BaseExceptionGroup as group:  # from the guest's nursery
+                matched, _ = group.split(GuestError)
+                if matched is None:
+                    raise
+                raise ProbeError(peer, _explain(_first_leaf(matched), guests)) from None
+    guest = guests[0] if guests else None
+    if guest is None or not guest.hello_received:
+        reason = (
+            f"connected, but no usbredir hello came within {timeout_s:g} s: not a usbredir port, or a gateway route "
+            "holding the connection until its client is there"
+        )
+    elif guest.device is None:
+        reason = f"no device announced within {timeout_s:g} s: the host is waiting for its device (is it plugged in?)"
+    else:
+        reason = f"the device did not answer within {timeout_s:g} s"
+    raise ProbeError(peer, reason)
+
+
+def _connect_failure(exc: OSError) -> str:
+    """Why a connect failed: trio's 'all attempts ... failed' has the real
+    errors in its cause."""
+    errors: list[BaseException] = [exc]
+    if isinstance(exc.__cause__, BaseExceptionGroup):
+        errors = list(exc.__cause__.exceptions)
+    elif exc.__cause__ is not None:
+        errors = [exc.__cause__]
+    if any(isinstance(e, ConnectionRefusedError) for e in errors):
+        return "nothing is listening there (connection refused)"
+    for error in errors:
+        if isinstance(error, OSError) and error.strerror:
+            return f"cannot connect: {error.strerror.lower()}"
+    return f"cannot connect: {exc}"
+
+
+def _first_leaf(group: BaseExceptionGroup[GuestError]) -> GuestError:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def _explain(exc: GuestError, guests: list[UsbredirGuest]) -> str:
+    """A closed connection before the host's hello is what serve-usb and a
+    gateway route do to a second VM: say so."""
+    hello = bool(guests) and guests[0].hello_received
+    if not hello and "closed the connection" in exc.reason:
+        return (
+            f"{exc.reason} before its usbredir hello: the device is busy, served to another VM "
+            "(a serve-usb port or a gateway route serves one VM at a time)"
+        )
+    if hello and guests[0].device is None and "closed the connection" in exc.reason:
+        return f"{exc.reason} before announcing a device"
+    return exc.reason

@@ -11,7 +11,8 @@ errors:
   ever dropped), ENOSPC -> `PrinterNotReady("printer out of paper")`, EIO on
   an lp/ppdev port -> `PrinterNotReady` named from the status lines;
   EPIPE, ENODEV, ENXIO, EIO elsewhere -> `PortUnavailable` (vanished);
-* status: `LPGETSTATUS` (linux/lp.h: 0x060b, an `int *`) on lp and usblp,
+* status: `LPGETSTATUS` (linux/lp.h: 0x060b, an `int *`) on lp and usblp
+  (where it is the USB printer class's port status: `PrinterStatus.usb`),
   `PPRSTATUS` on ppdev.  ENOTTY means the node is not a printer (a file,
   FIFO or pty standing in for one in tests): "status unknown", just written.
 
@@ -69,6 +70,8 @@ class PrinterPort:
         self.pollable = pollable
         self.retry_interval_s = retry_interval_s
         self._parport = parport
+        #: usblp: the status byte is the USB printer class's (status.py)
+        self.usb_status = False
         self.status_known = True
         #: Why the port stopped working (set when it vanished), or None.
         self.gone_reason: str | None = None
@@ -98,6 +101,7 @@ class PrinterPort:
             kind = "lp" if major in (LP_MAJOR, USBLP_MAJOR) else "file" if stat.S_ISREG(info.st_mode) else "other"
         pollable = kind not in ("ppdev", "file") and major != LP_MAJOR
         port = cls(fd, path, label, kind=kind, pollable=pollable, parport=parport, retry_interval_s=retry_interval_s)
+        port.usb_status = major == USBLP_MAJOR
         try:
             port.status()  # settles status_known
         except BaseException:
@@ -127,7 +131,7 @@ class PrinterPort:
         if not self.status_known:
             return UNKNOWN
         try:
-            return PrinterStatus(self._os_status())
+            return PrinterStatus(self._os_status(), usb=self.usb_status)
         except PortUnavailable:
             raise
         except OSError as exc:

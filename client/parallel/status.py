@@ -9,6 +9,13 @@ the raw bits read "set = fine" for ERROR and "set = not busy" for BUSY.
 Which problem is named first follows the lp driver's own check
 (drivers/char/lp.c `lp_check_status`): paper out, then offline, then error.
 A printer that is switched off usually reads as offline or error.
+
+A USB printer (usblp, /dev/usb/lpN) answers `LPGETSTATUS` with the USB
+printer class's GET_PORT_STATUS byte (USB Printer Class 1.1, 4.2.2): the
+same three bits in the same places (0x08 not error, 0x10 selected, 0x20
+paper empty), but bits 6 and 7 are reserved: there is no BUSY or ACK line,
+so `PrinterStatus(raw, usb=True)` never reads them (a ready USB printer
+says 0x18, which the parallel port's inverted BUSY would call busy).
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ class PrinterStatus:
     tell (not an lp/ppdev device: a file, FIFO or pty standing in)."""
 
     raw: int | None = None
+    #: the USB printer class's port status (usblp), not a parallel port's register
+    usb: bool = False
 
     @property
     def known(self) -> bool:
@@ -58,11 +67,12 @@ class PrinterStatus:
 
     @property
     def busy(self) -> bool:
-        return self.raw is not None and not self.raw & StatusBits.BUSY
+        """The parallel port's BUSY line (a USB printer has none: never busy here)."""
+        return self.raw is not None and not self.usb and not self.raw & StatusBits.BUSY
 
     @property
     def acknowledging(self) -> bool:
-        return self.raw is not None and not self.raw & StatusBits.ACK
+        return self.raw is not None and not self.usb and not self.raw & StatusBits.ACK
 
     @property
     def problem(self) -> str | None:

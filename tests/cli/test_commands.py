@@ -58,7 +58,7 @@ def test_probe_of_a_closed_port_names_the_cause():
         port = s.getsockname()[1]
     out = redirgate("probe", f"127.0.0.1:{port}", "--timeout", "5")
     assert out.returncode == 1
-    assert f"127.0.0.1:{port}: cannot connect" in out.stderr
+    assert out.stderr == f"redirgate probe: 127.0.0.1:{port}: nothing is listening there (connection refused)\n"
 
 
 def test_devices_lists_emulated_devices_with_the_export_policy():

@@ -63,3 +63,16 @@ def test_serve_parallel_refuses_bad_arguments() -> None:
     assert relative.returncode == 2 and "expected a device path" in relative.stderr
     ring = redirgate("client", "serve-parallel", "--listen", "127.0.0.1:0", "--ring-bytes", "0", "/dev/lp0")
     assert ring.returncode == 2 and "ring-bytes" in ring.stderr
+
+
+def test_serve_parallel_banner_says_what_the_first_open_found(tmp_path: Path) -> None:
+    """Not "(printer absent)" before the port was even opened."""
+    present = tmp_path / "print.out"
+    present.write_bytes(b"")
+    with running(["client", "serve-parallel", "--listen", "127.0.0.1:0", str(present)], tmp_path / "a.log") as service:
+        banner = service.banner
+    assert banner.startswith(f"serving {present} (status unknown) on 127.0.0.1:")
+    missing = tmp_path / "lp9"
+    with running(["client", "serve-parallel", "--listen", "127.0.0.1:0", str(missing)], tmp_path / "b.log") as service:
+        banner = service.banner
+    assert banner.startswith(f"serving {missing} (printer absent (waiting for the printer: {missing}: no such device))")

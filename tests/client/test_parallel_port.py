@@ -88,6 +88,77 @@ def test_status_register_decoding(raw: int | None, problem: str | None, describe
         assert status.describe() == describe
 
 
+# The USB printer class's GET_PORT_STATUS byte as usblp's LPGETSTATUS returns it
+# (USB Printer Class 1.1, 4.2.2): 0x08 not error, 0x10 selected, 0x20 paper
+# empty, bits 6-7 reserved.  The same byte read as a parallel port's register
+# (/dev/lpN, ppdev) means something else where BUSY (0x80, inverted) is concerned.
+@pytest.mark.parametrize(
+    ("raw", "usb_describe", "lp_describe"),
+    [
+        (0x18, "printer ready (status 0x18)", "printer busy (status 0x18)"),  # a ready USB printer
+        (0x98, "printer ready (status 0x98)", "printer ready (status 0x98)"),  # reserved bit 7 set
+        (0x58, "printer ready (status 0x58)", "printer busy (status 0x58)"),  # reserved bit 6 set
+        (0x38, "printer out of paper (status 0x38)", "printer out of paper (status 0x38)"),
+        (0x08, "printer offline (or switched off) (status 0x08)", "printer offline (or switched off) (status 0x08)"),
+        (0x10, "printer reports an error (or is switched off) (status 0x10)", None),
+        (0x00, "printer offline (or switched off) (status 0x00)", None),
+    ],
+)
+def test_usb_printer_status_is_not_a_parallel_register(raw: int, usb_describe: str, lp_describe: str | None) -> None:
+    usb = PrinterStatus(raw, usb=True)
+    assert usb.describe() == usb_describe and not usb.busy and not usb.acknowledging
+    if lp_describe is not None:
+        assert PrinterStatus(raw).describe() == lp_describe
+
+
+class _StatusOnly(PrinterPort):
+    """A port whose LPGETSTATUS answers `raw` (no printer here)."""
+
+    raw = 0
+
+    def _os_status(self) -> int:
+        return self.raw
+
+
+def test_a_usblp_port_reads_usb_status_and_an_lp_port_the_register(tmp_path: Path) -> None:
+    node = tmp_path / "lp0"
+    node.write_bytes(b"")
+    port = _StatusOnly.open(str(node), name="printer")
+    try:
+        assert not port.usb_status
+        port.raw = 0x18
+        assert port.status().describe() == "printer busy (status 0x18)"  # /dev/lpN: parallel meaning
+        port.usb_status = True  # what open() sets for major 180 (/dev/usb/lpN)
+        assert port.status().describe() == "printer ready (status 0x18)"
+    finally:
+        port.close()
+
+
+def test_only_usblp_nodes_get_usb_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """open() decides by the node's major: 180 (usblp) is USB, 6 (lp) is not."""
+    from redirgate.client.parallel import printer
+
+    node = tmp_path / "lp0"
+    node.write_bytes(b"")
+    real_stat = os.stat
+    for major, usb in ((printer.USBLP_MAJOR, True), (printer.LP_MAJOR, False)):
+
+        def fake_stat(path: object, *args: object, major: int = major, **kw: object) -> os.stat_result:
+            info = real_stat(path, *args, **kw)  # type: ignore[arg-type]
+            if str(path) != str(node):
+                return info
+            fields = list(info)
+            fields[0] = 0o20666  # a character device
+            return os.stat_result((*fields[:10],), {"st_rdev": os.makedev(major, 0)})
+
+        monkeypatch.setattr(printer.os, "stat", fake_stat)
+        port = _StatusOnly.open(str(node), name="printer")
+        try:
+            assert port.usb_status is usb
+        finally:
+            port.close()
+
+
 @contextlib.contextmanager
 def as_nobody() -> Iterator[None]:
     """Drop the effective uid (root bypasses file modes), restored afterwards."""

@@ -30,6 +30,8 @@ class Service:
     host: str
     port: int
     log_path: Path
+    #: the line that said where it listens (e.g. `serving ... on HOST:PORT`)
+    banner: str = ""
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -44,13 +46,13 @@ def running(argv: Sequence[str], log_path: Path, *, ready_timeout_s: float = 30.
             stdout=subprocess.PIPE, stderr=log_file, text=True, env=env,
         )  # fmt: skip
     try:
-        host, port = _wait_listening(process, log_path, ready_timeout_s)
-        yield Service(process, host, port, log_path)
+        host, port, banner = _wait_listening(process, log_path, ready_timeout_s)
+        yield Service(process, host, port, log_path, banner)
     finally:
         stop(process)
 
 
-def _wait_listening(process: subprocess.Popen[str], log_path: Path, timeout_s: float) -> tuple[str, int]:
+def _wait_listening(process: subprocess.Popen[str], log_path: Path, timeout_s: float) -> tuple[str, int, str]:
     assert process.stdout is not None
     deadline = time.monotonic() + timeout_s
     with selectors.DefaultSelector() as sel:
@@ -63,7 +65,7 @@ def _wait_listening(process: subprocess.Popen[str], log_path: Path, timeout_s: f
                 break
             found = _LISTEN_RE.search(line)
             if found:
-                return found["host"].strip("[]"), int(found["port"])
+                return found["host"].strip("[]"), int(found["port"]), line.strip()
     raise RuntimeError(
         f"{' '.join(process.args)} did not report a listening address "  # type: ignore[arg-type]
         f"(exit {process.poll()}); its log:\n{log_path.read_text(errors='replace')}"
