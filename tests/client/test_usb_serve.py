@@ -9,13 +9,11 @@ from redirgate.client.usb.selector import parse_selector
 from redirgate.client.usb.serve import serve_listen, watch_presence
 from redirgate.client.usb.source import SelectorSource
 from redirgate.client.virtual import KeyboardDevice, VirtualBackend
-from redirgate.vmside.probe import probe
-from tests.support.refguest import run_trio
+from redirgate.vmside.probe import ProbeResult, probe
 
 
-def test_an_absent_device_is_said_then_served_when_it_appears() -> None:
+async def test_an_absent_device_is_said_then_served_when_it_appears() -> None:
     backend = VirtualBackend()
-    keyboard = KeyboardDevice()
     source = SelectorSource(parse_selector("1209:0002"), backend=backend, poll_interval_s=0.01, boot_ports=dict)
     said: list[str] = []
     changed = trio.Event()
@@ -24,8 +22,7 @@ def test_an_absent_device_is_said_then_served_when_it_appears() -> None:
         said.append(line)
         changed.set()
 
-    async def body() -> None:
-        nonlocal changed
+    try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lambda: watch_presence(source, report, interval_s=0.01))
             listeners = await nursery.start(serve_listen, "127.0.0.1", 0, source)
@@ -33,22 +30,19 @@ def test_an_absent_device_is_said_then_served_when_it_appears() -> None:
             await changed.wait()
             assert said == ["1209:0002: no such USB device is plugged in; waiting for it"]
             changed = trio.Event()
+            result: list[ProbeResult] = []
+
+            async def probe_it() -> None:
+                result.append(await probe("127.0.0.1", port, timeout_s=30))
+
             async with trio.open_nursery() as probing:
-                result: list = []
-
-                async def probe_it() -> None:
-                    result.append(await probe("127.0.0.1", port, timeout_s=15))
-
                 probing.start_soon(probe_it)  # a VM waiting before the device is there
                 await trio.sleep(0.1)
-                backend.plug(keyboard)
+                backend.plug(KeyboardDevice())
             assert result[0].product == "Virtual Keyboard"
             await changed.wait()
             assert said[1] == "1209:0002: 1209:0002 redirgate Virtual Keyboard at 254-1 is plugged in"
             assert len(said) == 2  # one line per change, not per look
             nursery.cancel_scope.cancel()
-
-    try:
-        run_trio(body)
     finally:
         backend.close()
