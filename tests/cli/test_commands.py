@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.support.services import running
-
-
-def redirgate(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "redirgate.cli", *args], capture_output=True, text=True, timeout=timeout
-    )
+from tests.support.services import redirgate, running
 
 
 def test_version_and_help():

@@ -6,8 +6,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from tests.cli.test_commands import redirgate
-from tests.support.services import running
+from tests.support.services import redirgate, running
 
 
 def _one_line(out, port: int) -> str:

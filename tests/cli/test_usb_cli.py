@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.cli.test_commands import redirgate
+from tests.support.services import redirgate
 
 HUB_REASON = "it is a USB hub, and exporting it would take every device behind it off the thin client"
 

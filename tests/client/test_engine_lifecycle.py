@@ -10,46 +10,26 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Iterator
 
 import pytest
 import trio
 import usb.core
 import usb.util
 
-from redirgate.client.usb.selector import parse_selector
-from redirgate.client.usb.source import SelectorSource
-from redirgate.client.virtual import LoopbackDevice, VirtualBackend
-from tests.support.refguest import RefGuest, T, VirtualDeviceSource, engine_session
-from tests.support.system import require_libusbredirparser
+from redirgate.client.virtual import VirtualBackend
+from tests.support.engine_lab import (
+    INVAL,
+    IOERROR,
+    STALL,
+    SUCCESS,
+    set_configuration_1,
+    source_for,
+)
+from tests.support.refguest import T, VirtualDeviceSource, engine_session
 
-SUCCESS, CANCELLED, INVAL, IOERROR, STALL = 0, 1, 2, 3, 4
+pytestmark = pytest.mark.usefixtures("reference_parser")
+
 ANY = -1
-
-
-@pytest.fixture(autouse=True)
-def _reference_parser() -> None:
-    require_libusbredirparser()
-
-
-@pytest.fixture
-def loopback() -> Iterator[tuple[VirtualBackend, LoopbackDevice]]:
-    device = LoopbackDevice()
-    backend = VirtualBackend([device])
-    yield backend, device
-    backend.close()
-
-
-def source_for(backend: VirtualBackend) -> SelectorSource:
-    return SelectorSource(parse_selector("virtual:any"), backend=backend, poll_interval_s=0.02)
-
-
-async def configure(guest: RefGuest) -> None:
-    await guest.send(T.SET_CONFIGURATION, guest.next_id(), configuration=1)
-    await guest.expect_next(T.INTERFACE_INFO)
-    await guest.expect_next(T.EP_INFO)
-    status = await guest.expect_next(T.CONFIGURATION_STATUS)
-    assert status.fields == {"status": SUCCESS, "configuration": 1}
 
 
 def claimable(backend: VirtualBackend) -> bool:
@@ -80,7 +60,7 @@ async def test_unplug_with_pending_request_then_replug(loopback) -> None:
         guest, engine = s.guest, s.engine
         await guest.expect_next(T.HELLO)
         await guest.expect_announcement()
-        await configure(guest)
+        await set_configuration_1(guest)
         assert (await guest.request(T.START_INTERRUPT_RECEIVING, endpoint=0x83)).fields["status"] == SUCCESS
         pending = 0x5150
         await guest.send(T.BULK_PACKET, pending, endpoint=0x81, status=0, length=512, stream_id=0)
@@ -115,7 +95,7 @@ async def test_unplug_with_pending_request_then_replug(loopback) -> None:
         info, eps, connect = await guest.expect_announcement()
         assert info.fields["interface_count"] == 0  # enumerates unconfigured
         assert connect.fields["product_id"] == 0x0003
-        await configure(guest)
+        await set_configuration_1(guest)
         out = await guest.bulk(0x01, data=b"after replug")
         assert out.fields["status"] == SUCCESS
         back = await guest.bulk(0x81, 512)
@@ -136,7 +116,7 @@ async def test_idle_unplug_and_replug_three_times(loopback) -> None:
         await guest.expect_next(T.HELLO)
         for round_ in range(3):
             await guest.expect_announcement()
-            await configure(guest)
+            await set_configuration_1(guest)
             reply = await guest.request(T.INTERRUPT_PACKET, data=bytes([round_]), endpoint=0x03, status=0, length=1)
             assert reply.fields["status"] == SUCCESS
             backend.unplug(device)
@@ -178,7 +158,7 @@ async def test_filter_rejecting_the_connected_device(loopback) -> None:
         guest, engine = s.guest, s.engine
         await guest.expect_next(T.HELLO)
         await guest.expect_announcement()
-        await configure(guest)
+        await set_configuration_1(guest)
         # a filter that allows it changes nothing
         await guest.send(T.FILTER_FILTER, rules=[(0x03, ANY, ANY, ANY, 0), (ANY, ANY, ANY, ANY, 1)])
         get = await guest.request(T.GET_CONFIGURATION)
@@ -243,7 +223,7 @@ async def test_malformed_input_closes_and_releases(loopback, caplog: pytest.LogC
         guest = s.guest
         await guest.expect_next(T.HELLO)
         await guest.expect_announcement()
-        await configure(guest)  # interfaces claimed now
+        await set_configuration_1(guest)  # interfaces claimed now
         assert not claimable(backend)
         await guest.send_raw(raw)
         await guest.wait_eof()

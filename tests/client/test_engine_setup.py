@@ -9,65 +9,30 @@ while no device is present (§4.3, §4.6, §4.9 rule 2).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from redirgate.client.usb.engine import HOST_CAPS
-from redirgate.client.usb.selector import parse_selector
-from redirgate.client.usb.source import SelectorSource
-from redirgate.client.virtual import LoopbackDevice, MassStorageDevice, VirtualBackend
-from tests.support.refguest import RefGuest, T, engine_session
-from tests.support.system import require_libusbredirparser
+from redirgate.client.virtual import VirtualBackend
+from tests.support.engine_lab import (
+    INVAL,
+    IOERROR,
+    STALL,
+    SUCCESS,
+    set_configuration,
+    source_for,
+)
+from tests.support.refguest import T, engine_session
 
-SUCCESS, CANCELLED, INVAL, IOERROR, STALL = 0, 1, 2, 3, 4
+pytestmark = pytest.mark.usefixtures("reference_parser")
+
 CAP_64BITS_IDS = 1 << 5
 CONTROL, ISO, BULK, INTERRUPT, UNUSED = 0, 1, 2, 3, 255
-
-
-@pytest.fixture(autouse=True)
-def _reference_parser() -> None:
-    require_libusbredirparser()
-
-
-@pytest.fixture
-def storage(tmp_path: Path) -> Iterator[tuple[VirtualBackend, MassStorageDevice]]:
-    image = tmp_path / "disk.img"
-    image.write_bytes(bytes(1 << 20))
-    device = MassStorageDevice(image)
-    backend = VirtualBackend([device])
-    yield backend, device
-    backend.close()
-
-
-@pytest.fixture
-def loopback() -> Iterator[tuple[VirtualBackend, LoopbackDevice]]:
-    device = LoopbackDevice()
-    backend = VirtualBackend([device])
-    yield backend, device
-    backend.close()
-
-
-def source_for(backend: VirtualBackend, spec: str = "virtual:any") -> SelectorSource:
-    return SelectorSource(parse_selector(spec), backend=backend, poll_interval_s=0.02)
-
-
-async def set_configuration(guest: RefGuest, value: int = 1) -> tuple:
-    """set_configuration: interface_info, ep_info, then the status, in order."""
-    msg_id = guest.next_id()
-    await guest.send(T.SET_CONFIGURATION, msg_id, configuration=value)
-    info = await guest.expect_next(T.INTERFACE_INFO)
-    eps = await guest.expect_next(T.EP_INFO)
-    status = await guest.expect_next(T.CONFIGURATION_STATUS)
-    assert status.id == msg_id
-    return info, eps, status
 
 
 @pytest.mark.parametrize("transport", ["tcp", "memory"])
 @pytest.mark.parametrize("guest_caps", [0xFF, 0xFF & ~CAP_64BITS_IDS], ids=["64bit-ids", "32bit-ids"])
 async def test_hello_then_announcement_in_order(storage, transport: str, guest_caps: int) -> None:
-    backend, device = storage
+    backend, device, _ = storage
     async with engine_session(source_for(backend), caps=guest_caps, transport=transport) as s:
         guest = s.guest
         hello = await guest.expect_next(T.HELLO)
@@ -96,7 +61,7 @@ async def test_hello_then_announcement_in_order(storage, transport: str, guest_c
 
 
 async def test_descriptors_through_control_packets(storage) -> None:
-    backend, device = storage
+    backend, device, _ = storage
     d = device.descriptors
     async with engine_session(source_for(backend)) as s:
         guest = s.guest
@@ -124,7 +89,7 @@ async def test_descriptors_through_control_packets(storage) -> None:
 
 
 async def test_set_configuration_then_same_config_shortcut(storage) -> None:
-    backend, device = storage
+    backend, device, _ = storage
     async with engine_session(source_for(backend)) as s:
         guest = s.guest
         await guest.expect_next(T.HELLO)

@@ -8,70 +8,29 @@ over loopback TCP.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 
 import pytest
 import trio
 
-from redirgate.client.usb.selector import parse_selector
-from redirgate.client.usb.source import SelectorSource
 from redirgate.client.virtual import (
-    KeyboardDevice,
-    LoopbackDevice,
     LoopbackMode,
-    VirtualBackend,
     iso_pattern,
     source_pattern,
 )
 from redirgate.client.virtual.keyboard import keyboard_reports
+from tests.support.engine_lab import (
+    INVAL,
+    STALL,
+    SUCCESS,
+    configure,
+    iso_alt,
+    source_for,
+)
 from tests.support.refguest import RefGuest, T, engine_session
-from tests.support.system import require_libusbredirparser
 
-SUCCESS, CANCELLED, INVAL, IOERROR, STALL = 0, 1, 2, 3, 4
+pytestmark = pytest.mark.usefixtures("reference_parser")
+
 ISO_PACKET_BYTES = 3 * 1024  # the loopback's high-speed iso endpoints: 0x1400
-
-
-@pytest.fixture(autouse=True)
-def _reference_parser() -> None:
-    require_libusbredirparser()
-
-
-@pytest.fixture
-def keyboard() -> Iterator[tuple[VirtualBackend, KeyboardDevice]]:
-    device = KeyboardDevice()
-    backend = VirtualBackend([device])
-    yield backend, device
-    backend.close()
-
-
-@pytest.fixture
-def loopback() -> Iterator[tuple[VirtualBackend, LoopbackDevice]]:
-    device = LoopbackDevice()
-    backend = VirtualBackend([device])
-    yield backend, device
-    backend.close()
-
-
-def source_for(backend: VirtualBackend) -> SelectorSource:
-    return SelectorSource(parse_selector("virtual:any"), backend=backend, poll_interval_s=0.02)
-
-
-async def configure(guest: RefGuest) -> None:
-    await guest.expect_next(T.HELLO)
-    await guest.expect_announcement()
-    await guest.send(T.SET_CONFIGURATION, guest.next_id(), configuration=1)
-    await guest.expect_next(T.INTERFACE_INFO)
-    await guest.expect_next(T.EP_INFO)
-    status = await guest.expect_next(T.CONFIGURATION_STATUS)
-    assert status.fields == {"status": SUCCESS, "configuration": 1}
-
-
-async def iso_alt(guest: RefGuest) -> None:
-    await guest.send(T.SET_ALT_SETTING, guest.next_id(), interface=1, alt=1)
-    await guest.expect_next(T.INTERFACE_INFO)
-    await guest.expect_next(T.EP_INFO)
-    status = await guest.expect_next(T.ALT_SETTING_STATUS)
-    assert status.fields == {"status": SUCCESS, "interface": 1, "alt": 1}
 
 
 async def packets(guest: RefGuest, msg_type: int, endpoint: int, count: int, timeout_s: float = 5.0) -> list:

@@ -10,66 +10,33 @@ from __future__ import annotations
 import collections
 import os
 import struct
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import trio
 
 from redirgate.client.usb.device import UsbDevice
-from redirgate.client.usb.selector import parse_selector
-from redirgate.client.usb.source import SelectorSource
 from redirgate.client.virtual import (
     LoopbackDevice,
     LoopbackMode,
-    MassStorageDevice,
     VirtualBackend,
     source_pattern,
 )
+from tests.support.engine_lab import (
+    CANCELLED,
+    INVAL,
+    STALL,
+    SUCCESS,
+    configure,
+    source_for,
+)
 from tests.support.refguest import REPLY_TYPE, RefGuest, T, cbw, engine_session, parse_csw
-from tests.support.system import require_libusbredirparser
 
-SUCCESS, CANCELLED, INVAL, IOERROR, STALL = 0, 1, 2, 3, 4
+pytestmark = pytest.mark.usefixtures("reference_parser")
+
 BLOCK = 512
 WRITE10, READ10 = 0x2A, 0x28
-
-
-@pytest.fixture(autouse=True)
-def _reference_parser() -> None:
-    require_libusbredirparser()
-
-
-@pytest.fixture
-def storage(tmp_path: Path) -> Iterator[tuple[VirtualBackend, MassStorageDevice, Path]]:
-    image = tmp_path / "disk.img"
-    image.write_bytes(bytes(4 << 20))
-    device = MassStorageDevice(image)
-    backend = VirtualBackend([device])
-    yield backend, device, image
-    backend.close()
-
-
-@pytest.fixture
-def loopback() -> Iterator[tuple[VirtualBackend, LoopbackDevice]]:
-    device = LoopbackDevice()
-    backend = VirtualBackend([device])
-    yield backend, device
-    backend.close()
-
-
-def source_for(backend: VirtualBackend) -> SelectorSource:
-    return SelectorSource(parse_selector("virtual:any"), backend=backend, poll_interval_s=0.02)
-
-
-async def configure(guest: RefGuest) -> None:
-    await guest.expect_next(T.HELLO)
-    await guest.expect_announcement()
-    await guest.send(T.SET_CONFIGURATION, guest.next_id(), configuration=1)
-    await guest.expect_next(T.INTERFACE_INFO)
-    await guest.expect_next(T.EP_INFO)
-    status = await guest.expect_next(T.CONFIGURATION_STATUS)
-    assert status.fields == {"status": SUCCESS, "configuration": 1}
 
 
 def cdb10(op: int, lba: int, blocks: int) -> bytes:

@@ -18,7 +18,7 @@ from redirgate.client.exports import PortExports
 from redirgate.client.parallel.exports import ParallelExport, ParallelExports
 from redirgate.client.serial.exports import SerialExports
 from redirgate.proto.tunnel import ChannelProtocol, DeviceKind, OpenChannel
-from tests.client.parallel_support import fifo
+from tests.support.parallel_lab import fifo
 
 
 def _config(tmp_path: Path, body: str) -> Path:

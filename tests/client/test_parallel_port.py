@@ -19,7 +19,7 @@ from redirgate.client.parallel.errors import NotAParport, PortUnavailable, Print
 from redirgate.client.parallel.ppdev import Parport
 from redirgate.client.parallel.printer import LPGETSTATUS, PrinterPort
 from redirgate.client.parallel.status import PrinterStatus, StatusBits
-from tests.client.parallel_support import BUSY, OFFLINE, PAPER_OUT, READY, STUCK_PAPER_OUT, EmulatedLp, LpState, fifo
+from tests.support.parallel_lab import BUSY, OFFLINE, PAPER_OUT, READY, STUCK_PAPER_OUT, EmulatedLp, LpState, fifo
 from tests.support.system import require
 
 PPDEV_H = Path("/usr/include/linux/ppdev.h")

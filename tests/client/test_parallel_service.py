@@ -25,7 +25,7 @@ import trio
 
 from redirgate.client.parallel.serve import serve_parallel_listen
 from redirgate.client.parallel.service import PrinterService
-from tests.client.parallel_support import BUSY, OFFLINE, PAPER_OUT, READY, STUCK_PAPER_OUT, LpState, fifo
+from tests.support.parallel_lab import BUSY, OFFLINE, PAPER_OUT, READY, STUCK_PAPER_OUT, LpState, fifo
 
 MIB = 1024 * 1024
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import trio
 
-from tests.client.serial_support import make_service, pty_pair, until, write_master
+from tests.support.serial_lab import make_service, pty_pair, until, write_master
 
 
 class ScriptedStream:

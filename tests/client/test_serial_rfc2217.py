@@ -30,7 +30,7 @@ from redirgate.proto.telnet import (
     Role,
     TelnetConnection,
 )
-from tests.client.serial_support import (
+from tests.support.serial_lab import (
     connect,
     make_service,
     pty_pair,

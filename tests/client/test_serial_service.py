@@ -16,7 +16,7 @@ from pathlib import Path
 import trio
 
 from redirgate.client.serial.settings import LineSettings
-from tests.client.serial_support import (
+from tests.support.serial_lab import (
     connect,
     make_service,
     pty_pair,

@@ -33,7 +33,7 @@ from redirgate.client.virtual.device import ISO_SLEEP_SLACK_S, TransferStatus
 from redirgate.client.virtual.errors import LibusbError
 from redirgate.proto.usbredir import Speed as RedirSpeed
 from redirgate.proto.usbredir import Status
-from tests.client.test_engine_streams import configure, iso_alt, source_for
+from tests.support.engine_lab import configure, iso_alt, source_for
 from tests.support.refguest import T, engine_session
 from tests.support.system import require, require_libusbredirparser
 

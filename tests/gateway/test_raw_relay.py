@@ -25,8 +25,7 @@ from hypothesis import strategies as st
 from redirgate.gateway.raw_relay import _Ring, relay_raw
 from redirgate.transport import RelayStats
 from redirgate.transport.stream import Buffer
-from tests.support.transport_lab import Pki, make_pki
-from tests.transport.test_transport_relay import make_channel, receive_exactly, send_random
+from tests.support.transport_lab import Pki, make_channel, make_pki, receive_exactly, send_random
 
 RING_BYTES = 64 * 1024
 FLOOD_BYTES = 6 * 1024 * 1024

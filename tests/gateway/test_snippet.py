@@ -11,7 +11,7 @@ import pytest
 
 from redirgate.gateway.config import load_config
 from redirgate.gateway.snippet import libvirt_xml, qemu_args
-from tests.gateway.test_config import GOOD, write
+from tests.support.gateway_configs import GOOD, write
 from tests.support.system import require_system
 
 

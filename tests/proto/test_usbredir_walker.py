@@ -26,7 +26,7 @@ from redirgate.proto.usbredir import (
     messages as m,
 )
 from redirgate.proto.usbredir.walker import HostStreamGuard
-from tests.proto.test_usbredir_connection import host_messages
+from tests.support.usbredir_messages import host_messages
 
 
 def _hellos(host_caps: int, guest_caps: int) -> tuple[UsbredirConnection, bytes, bytes]:

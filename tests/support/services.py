@@ -1,5 +1,7 @@
 """Start redirgate commands as real processes for end-to-end tests.
 
+`redirgate(*args)` runs one command to its end and returns what it printed.
+
 `running(argv)` starts `python -m redirgate.cli ...`, waits for the line that
 says where it listens (`... on HOST:PORT`), yields it, and ends the process
 by its PID afterwards, also when the test fails.  Its log goes to a file so
@@ -83,3 +85,10 @@ def stop(process: subprocess.Popen[str], grace_s: float = 10.0) -> None:
             process.wait(grace_s)
     if process.stdout is not None:
         process.stdout.close()
+
+
+def redirgate(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`python -m redirgate.cli *args` to its end, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "redirgate.cli", *args], capture_output=True, text=True, timeout=timeout
+    )

@@ -1,12 +1,16 @@
 """Shared helpers for the transport tests (no tests here).
 
-Builds a real PKI with redirgate.gateway.pki in a temporary directory and
-real TLS connections over loopback TCP between ZeroCopyTLSStreams.
+Builds a real PKI with redirgate.gateway.pki in a temporary directory,
+real TLS connections over loopback TCP between ZeroCopyTLSStreams, and the
+relay tests' channel (a plain hypervisor end, a TLS client end, the two
+relay ends between) with seeded random data whose digest both sides compare.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import random
 import socket
 import ssl
 from pathlib import Path
@@ -16,6 +20,8 @@ import trio
 from redirgate.gateway import pki
 from redirgate.transport import (
     ClientContext,
+    PlainSocketStream,
+    RelayStats,
     ZeroCopyTLSStream,
     client_context,
     server_context,
@@ -68,3 +74,53 @@ async def tls_pair(server_ctx: ssl.SSLContext, client: ClientContext) -> tuple[Z
         nursery.start_soon(c.do_handshake)
         nursery.start_soon(s.do_handshake)
     return c, s
+
+
+async def plain_pair() -> tuple[PlainSocketStream, PlainSocketStream]:
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    client = trio.socket.socket()
+    await client.connect(listener.getsockname())
+    server, _ = await listener.accept()
+    listener.close()
+    return PlainSocketStream(trio.SocketStream(client)), PlainSocketStream(trio.SocketStream(server))
+
+
+class Channel:
+    """hypervisor end (plain) <-> [relay] <-> client end (TLS)."""
+
+    def __init__(
+        self, hv: PlainSocketStream, relay_plain: PlainSocketStream, relay_tls: ZeroCopyTLSStream, cl: ZeroCopyTLSStream
+    ) -> None:
+        self.hv, self.relay_plain, self.relay_tls, self.cl = hv, relay_plain, relay_tls, cl
+        self.stats = RelayStats()
+
+
+async def make_channel(env: Pki) -> Channel:
+    hv, relay_plain = await plain_pair()
+    cl, relay_tls = await tls_pair(env.server_context(), env.client_context())
+    return Channel(hv, relay_plain, relay_tls, cl)
+
+
+async def send_random(stream: trio.abc.SendStream, size: int, seed: int) -> str:
+    rng = random.Random(seed)
+    digest = hashlib.sha256()
+    sent = 0
+    while sent < size:
+        chunk = rng.randbytes(min(size - sent, rng.choice([1, 7, 1000, 16384, 65536, 300000])))
+        digest.update(chunk)
+        await stream.send_all(chunk)
+        sent += len(chunk)
+    return digest.hexdigest()
+
+
+async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> str:
+    digest = hashlib.sha256()
+    got = 0
+    while got < size:
+        chunk = await stream.receive_some(min(65536, size - got))
+        assert chunk, f"EOF after {got} of {size} bytes"
+        digest.update(chunk)
+        got += len(chunk)
+    return digest.hexdigest()

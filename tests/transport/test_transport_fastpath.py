@@ -11,8 +11,7 @@ import trio.lowlevel
 
 from redirgate.transport import DEFAULT_BUFFER_BYTES, PrefixedStream, RelayStats, pump, relay
 from redirgate.transport.stream import nonblocking
-from tests.support.transport_lab import Pki, make_pki
-from tests.transport.test_transport_relay import make_channel, plain_pair, receive_exactly, send_random
+from tests.support.transport_lab import Pki, make_channel, make_pki, plain_pair, receive_exactly, send_random
 
 
 @pytest.fixture(scope="module")

@@ -7,75 +7,20 @@ either end.
 
 from __future__ import annotations
 
-import hashlib
-import random
-
 import pytest
 import trio
 
 from redirgate.transport import (
     DEFAULT_BUFFER_BYTES,
-    PlainSocketStream,
     RelayStats,
-    ZeroCopyTLSStream,
     relay,
 )
-from tests.support.transport_lab import Pki, make_pki, tls_pair
+from tests.support.transport_lab import Pki, make_channel, make_pki, receive_exactly, send_random
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-async def plain_pair() -> tuple[PlainSocketStream, PlainSocketStream]:
-    listener = trio.socket.socket()
-    await listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    client = trio.socket.socket()
-    await client.connect(listener.getsockname())
-    server, _ = await listener.accept()
-    listener.close()
-    return PlainSocketStream(trio.SocketStream(client)), PlainSocketStream(trio.SocketStream(server))
-
-
-class Channel:
-    """hypervisor end (plain) <-> [relay] <-> client end (TLS)."""
-
-    def __init__(
-        self, hv: PlainSocketStream, relay_plain: PlainSocketStream, relay_tls: ZeroCopyTLSStream, cl: ZeroCopyTLSStream
-    ) -> None:
-        self.hv, self.relay_plain, self.relay_tls, self.cl = hv, relay_plain, relay_tls, cl
-        self.stats = RelayStats()
-
-
-async def make_channel(env: Pki) -> Channel:
-    hv, relay_plain = await plain_pair()
-    cl, relay_tls = await tls_pair(env.server_context(), env.client_context())
-    return Channel(hv, relay_plain, relay_tls, cl)
-
-
-async def send_random(stream: trio.abc.SendStream, size: int, seed: int) -> str:
-    rng = random.Random(seed)
-    digest = hashlib.sha256()
-    sent = 0
-    while sent < size:
-        chunk = rng.randbytes(min(size - sent, rng.choice([1, 7, 1000, 16384, 65536, 300000])))
-        digest.update(chunk)
-        await stream.send_all(chunk)
-        sent += len(chunk)
-    return digest.hexdigest()
-
-
-async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> str:
-    digest = hashlib.sha256()
-    got = 0
-    while got < size:
-        chunk = await stream.receive_some(min(65536, size - got))
-        assert chunk, f"EOF after {got} of {size} bytes"
-        digest.update(chunk)
-        got += len(chunk)
-    return digest.hexdigest()
 
 
 @pytest.mark.parametrize("buffer_size", [DEFAULT_BUFFER_BYTES, 4096, 1], ids=["256k", "4k", "1byte"])
