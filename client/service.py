@@ -3,13 +3,17 @@
 `ClientService(config)` builds the emulated-device backend the config asks
 for, the serial/parallel port exports and the `TunnelClient`; `run()` keeps
 the port services and the tunnel going until cancelled, and closes the
-emulated devices (their image files are flushed) on the way out.  The
+emulated devices (their image files are flushed) on the way out.  USB
+hotplug comes from the kernel's uevents (client/usb/hotplug.py): a device
+plugged in is rescanned at once, with a slow rescan as the safety net, or
+every `inventory_interval_s` where netlink is not allowed.  The
 demo and the tests compose the client through it too, so they run exactly
 what a thin client runs.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import trio
@@ -18,8 +22,18 @@ from redirgate.client.config import ClientConfig
 from redirgate.client.exports import PortExports
 from redirgate.client.inventory import DeviceInventory
 from redirgate.client.tunnel import TunnelClient
+from redirgate.client.usb.hotplug import UeventMonitor, UeventUnavailable
+from redirgate.client.usb.uevent import is_usb_device_event
 
-__all__ = ["ClientService"]
+__all__ = ["FOLLOWUP_RESCAN_S", "SAFETY_RESCAN_S", "ClientService"]
+
+log = logging.getLogger(__name__)
+
+#: the inventory's rescan while kernel uevents announce every USB device
+SAFETY_RESCAN_S = 30.0
+#: a second look after a uevent: udev may still be making the new device
+#: node readable (its strings, hence its id, unreadable at the first look)
+FOLLOWUP_RESCAN_S = 1.0
 
 
 class ClientService:
@@ -40,7 +54,49 @@ class ClientService:
             async with trio.open_nursery() as nursery:
                 if self.ports is not None:
                     nursery.start_soon(self.ports.run)
+                await nursery.start(self._hotplug)
                 await self.client.run()
+                nursery.cancel_scope.cancel()
         finally:
             if self.backend is not None:
                 self.backend.close()
+
+    async def _hotplug(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Rescan the inventory when the kernel says a USB device came or
+        went (and an emulated one is plugged or unplugged), with a slow
+        rescan as the safety net; without uevents, rescan on the config's
+        interval as before.  One log line says which."""
+        client = self.client
+        token = trio.lowlevel.current_trio_token()
+
+        def virtual_change() -> None:
+            # any thread may plug an emulated device: hand it to the trio thread
+            token.run_sync_soon(client.request_rescan)
+
+        if self.backend is not None:
+            self.backend.on_change.append(virtual_change)
+        try:
+            try:
+                monitor = UeventMonitor.open()
+            except UeventUnavailable as exc:
+                log.info("hotplug: %s; rescanning USB devices every %g s", exc, client.rescan_interval_s)
+                monitor = None
+            if monitor is None:
+                task_status.started()
+                await trio.sleep_forever()
+                return
+            try:
+                client.rescan_interval_s = max(client.rescan_interval_s, SAFETY_RESCAN_S)
+                log.info(
+                    "hotplug: following the kernel's USB uevents (netlink); a full rescan every %g s as a safety net",
+                    client.rescan_interval_s,
+                )
+                task_status.started()
+                await monitor.run(
+                    lambda event: client.request_rescan(followup_s=FOLLOWUP_RESCAN_S), matches=is_usb_device_event
+                )
+            finally:
+                monitor.close()
+        finally:
+            if self.backend is not None:
+                self.backend.on_change.remove(virtual_change)

@@ -2,8 +2,9 @@
 
 `TunnelClient.run()` dials the gateway, speaks the control protocol
 (`redirgate.proto.tunnel`): hello, the inventory of what the export policy
-allows (rescanned every `inventory_interval_s` and sent as updates on
-hotplug), heartbeats both ways, and `OpenChannel` requests.  Each channel
+allows (rescanned when `request_rescan` says a device came or went - kernel
+uevents, ClientService - and every `rescan_interval_s` besides; sent as
+updates), heartbeats both ways, and `OpenChannel` requests.  Each channel
 dials its own data connection (same certificate, the one-time token), then
 runs the usbredir host engine on it - the same engine as `serve-usb` - or a
 serial or parallel channel handler.  After any loss it reconnects with jittered
@@ -91,6 +92,20 @@ class TunnelClient:
         self.sessions = 0
         self.channels: dict[int, str] = {}
         self._rescan = trio.Event()
+        #: seconds between inventory rescans when nothing asks for one: the
+        #: config's interval (polling), or a slow safety net once kernel
+        #: uevents ask (ClientService sets it)
+        self.rescan_interval_s = config.inventory_interval_s
+        #: when to look once more after a hotplug event (udev may still be
+        #: setting the new device node's permissions at the first look)
+        self._followup_at: float | None = None
+
+    def request_rescan(self, *, followup_s: float | None = None) -> None:
+        """Rescan the inventory now (trio thread only), and again after
+        `followup_s` when given."""
+        self._rescan.set()
+        if followup_s is not None:
+            self._followup_at = trio.current_time() + followup_s
 
     # ------------------------------------------------------------ reconnect loop
     async def run(self) -> None:
@@ -154,8 +169,13 @@ class TunnelClient:
         async def inventory_updates() -> None:
             nonlocal current
             while True:
-                with trio.move_on_after(self.config.inventory_interval_s):
+                deadline = trio.current_time() + self.rescan_interval_s
+                if self._followup_at is not None:
+                    deadline = min(deadline, self._followup_at)
+                with trio.move_on_at(deadline):
                     await self._rescan.wait()
+                if self._followup_at is not None and trio.current_time() >= self._followup_at:
+                    self._followup_at = None
                 self._rescan = trio.Event()
                 new = await self._scan()
                 added, removed = diff(current, new)

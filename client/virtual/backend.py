@@ -104,6 +104,9 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]  # pyusb is un
         self._detached: dict[int, set[int]] = {}
         #: ("detach" | "attach", device name, interface), in call order
         self.driver_calls: list[tuple[str, str, int]] = []
+        #: called (on the plugging thread, no lock held) after each plug and
+        #: unplug: the virtual bus's hotplug events
+        self.on_change: list[Callable[[], None]] = []
         for device in devices:
             self.plug(device)
 
@@ -121,6 +124,7 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]  # pyusb is un
             self._plugged[id(device)] = _DeviceId(device, generation, self._next_address, port)
             self._detached.pop(id(device), None)  # plugged in: its drivers bind again
         log.info("virtual device %s plugged in", device.name)
+        self._changed()
 
     def unplug(self, device: VirtualDevice) -> None:
         """Disconnect ``device``: open handles get NO_DEVICE, blocked reads wake."""
@@ -131,6 +135,11 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]  # pyusb is un
             devid.claims.clear()
         device.detach()
         log.info("virtual device %s unplugged", device.name)
+        self._changed()
+
+    def _changed(self) -> None:
+        for callback in list(self.on_change):
+            callback()
 
     def bind_kernel_driver(self, device: VirtualDevice, interfaces: Iterable[int], *, detachable: bool = True) -> None:
         """A kernel driver holds `interfaces` of `device` from now on."""

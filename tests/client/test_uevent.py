@@ -1,0 +1,180 @@
+"""USB hotplug from kernel uevents: the parser on recorded datagrams, the
+netlink socket on this host's kernel (a synthetic uevent written to sysfs),
+and a client whose inventory follows a device plugged in at once, not on
+the next (now 30 s) rescan."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+import trio
+
+from redirgate.client.service import SAFETY_RESCAN_S
+from redirgate.client.usb.hotplug import UeventMonitor, UeventUnavailable
+from redirgate.client.usb.uevent import Uevent, is_usb_device_event, parse_uevent
+from redirgate.client.virtual import LoopbackDevice
+from redirgate.proto.tunnel import parse_selector as parse_tunnel_selector
+from tests.support.system import require
+from tests.support.tunnel_lab import running_lab
+
+# What a kernel sends for a USB device, its interface and the driver binding
+# (lib/kobject_uevent.c layout; values as Linux 6.1 sends them for a high-speed
+# stick on bus 1 port 2), and what this host's kernel sent for a synthetic add
+# on /dev/null (recorded with a NETLINK_KOBJECT_UEVENT socket).
+USB_ADD = (
+    b"add@/devices/pci0000:00/0000:00:14.0/usb1/1-2\0ACTION=add\0DEVPATH=/devices/pci0000:00/0000:00:14.0/usb1/1-2\0"
+    b"SUBSYSTEM=usb\0MAJOR=189\0MINOR=1\0DEVNAME=bus/usb/001/002\0DEVTYPE=usb_device\0PRODUCT=781/5567/100\0"
+    b"TYPE=0/0/0\0BUSNUM=001\0DEVNUM=002\0SEQNUM=2441\0"
+)
+USB_INTERFACE_ADD = (
+    b"add@/devices/pci0000:00/0000:00:14.0/usb1/1-2/1-2:1.0\0ACTION=add\0"
+    b"DEVPATH=/devices/pci0000:00/0000:00:14.0/usb1/1-2/1-2:1.0\0SUBSYSTEM=usb\0DEVTYPE=usb_interface\0"
+    b"PRODUCT=781/5567/100\0TYPE=0/0/0\0INTERFACE=8/6/80\0MODALIAS=usb:v0781p5567d0100dc00dsc00dp00ic08isc06ip50in00\0"
+    b"SEQNUM=2442\0"
+)
+USB_BIND = (
+    b"bind@/devices/pci0000:00/0000:00:14.0/usb1/1-2\0ACTION=bind\0DEVPATH=/devices/pci0000:00/0000:00:14.0/usb1/1-2\0"
+    b"SUBSYSTEM=usb\0DEVTYPE=usb_device\0DRIVER=usb\0SEQNUM=2450\0"
+)
+USB_REMOVE = (
+    b"remove@/devices/pci0000:00/0000:00:14.0/usb1/1-2\0ACTION=remove\0"
+    b"DEVPATH=/devices/pci0000:00/0000:00:14.0/usb1/1-2\0SUBSYSTEM=usb\0DEVNAME=bus/usb/001/002\0"
+    b"DEVTYPE=usb_device\0PRODUCT=781/5567/100\0TYPE=0/0/0\0BUSNUM=001\0DEVNUM=002\0SEQNUM=2470\0"
+)
+HOST_MEM_NULL = (
+    b"add@/devices/virtual/mem/null\0ACTION=add\0DEVPATH=/devices/virtual/mem/null\0SUBSYSTEM=mem\0SYNTH_UUID=0\0"
+    b"MAJOR=1\0MINOR=3\0DEVNAME=null\0DEVMODE=0666\0SEQNUM=834\0"
+)
+
+
+def test_a_usb_device_add_and_remove() -> None:
+    added = parse_uevent(USB_ADD)
+    assert added is not None and added.action == "add" and added.subsystem == "usb"
+    assert added.devpath == "/devices/pci0000:00/0000:00:14.0/usb1/1-2" and added.seqnum == 2441
+    assert added.env["PRODUCT"] == "781/5567/100" and added.env["BUSNUM"] == "001"
+    assert is_usb_device_event(added)
+    removed = parse_uevent(USB_REMOVE)
+    assert removed is not None and removed.action == "remove" and is_usb_device_event(removed)
+
+
+def test_interfaces_bindings_and_other_subsystems_are_not_the_inventorys_business() -> None:
+    for data in (USB_INTERFACE_ADD, USB_BIND, HOST_MEM_NULL):
+        event = parse_uevent(data)
+        assert event is not None and not is_usb_device_event(event)
+    assert parse_uevent(HOST_MEM_NULL) == Uevent(
+        "add",
+        "/devices/virtual/mem/null",
+        {"ACTION": "add", "DEVPATH": "/devices/virtual/mem/null", "SUBSYSTEM": "mem", "SYNTH_UUID": "0",
+         "MAJOR": "1", "MINOR": "3", "DEVNAME": "null", "DEVMODE": "0666", "SEQNUM": "834"},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"libudev\0\xfe\xed\xca\xfe" + USB_ADD,  # udevd's re-broadcast (group 2)
+        b"add /devices/x\0ACTION=add\0",  # no @
+        b"explode@/devices/x\0ACTION=explode\0",  # no such action
+        b"add@devices/x\0",  # not a path
+        b"add@/devices/x\0NOEQUALS\0",
+        b"add@/devices/x\0ACTION=remove\0",  # header and body disagree
+        b"add@/devices/x\0DEVPATH=/devices/y\0",
+        b"add@/devices/\xff\0",  # not UTF-8
+        USB_ADD[:-30] + b"\xc3",  # cut in a character
+    ],
+)
+def test_what_is_not_a_kernel_uevent_is_none(data: bytes) -> None:
+    assert parse_uevent(data) is None
+
+
+def _netlink() -> None:
+    try:
+        UeventMonitor.open().close()
+    except UeventUnavailable as exc:
+        require("netlink uevents", False, str(exc))
+
+
+def _writable_uevent() -> Path:
+    path = Path("/sys/devices/virtual/mem/null/uevent")
+    require("a writable sysfs uevent file (root)", os.access(path, os.W_OK), "to make the kernel send a uevent")
+    return path
+
+
+async def test_the_netlink_socket_hears_the_kernel() -> None:
+    """A synthetic uevent (the kernel's own, from sysfs) reaches the monitor,
+    tagged with our UUID so other uevents on this host do not count."""
+    _netlink()
+    path = _writable_uevent()
+    tag = str(uuid.uuid4())
+    monitor = UeventMonitor.open()
+    heard: list[Uevent] = []
+    got = trio.Event()
+
+    def on_event(event: Uevent) -> None:
+        heard.append(event)
+        got.set()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: monitor.run(on_event, matches=lambda e: e.env.get("SYNTH_UUID") == tag))
+            await trio.to_thread.run_sync(path.write_text, f"change {tag} REDIRGATE=test\n")
+            await got.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        monitor.close()
+    (event,) = heard
+    assert event.action == "change" and event.devpath == "/devices/virtual/mem/null" and event.subsystem == "mem"
+    assert event.env["SYNTH_ARG_REDIRGATE"] == "test"
+    assert not is_usb_device_event(event)  # the inventory would not have looked
+
+
+async def test_a_plugged_device_reaches_the_gateway_without_waiting_for_a_rescan(tmp_path: Path) -> None:
+    """With uevents the periodic rescan is a 30 s safety net; a device
+    plugged in (here on the emulated bus, which announces it as the kernel
+    would) is in the gateway's inventory at once."""
+    _netlink()
+    async with running_lab(tmp_path, [], virtual=["virtual:keyboard"]) as lab:
+        client = lab.client
+        assert client is not None and client.rescan_interval_s == SAFETY_RESCAN_S == 30
+        backend = client.inventory.virtual_backend
+        backend.plug(LoopbackDevice())
+        selector = parse_tunnel_selector("usb:1209:0003")
+        with trio.fail_after(10):  # far below the 30 s rescan: only the plug event can bring it
+            _, entry = await lab.gateway.registry.wait_for_device("thin-01", selector)
+        assert entry.id == "usb:1209:0003:LOOP0000000001"
+
+
+async def test_a_kernel_uevent_makes_the_client_look_now_and_once_more(tmp_path: Path, monkeypatch) -> None:
+    """The client's own monitor: a matching uevent (here a synthetic one the
+    kernel sends for /dev/null, standing in for a USB device: this host has
+    no USB) rescans the inventory at once, and again FOLLOWUP_RESCAN_S later."""
+    from redirgate.client import service
+
+    _netlink()
+    path = _writable_uevent()
+    tag = str(uuid.uuid4())
+    monkeypatch.setattr(service, "is_usb_device_event", lambda event: event.env.get("SYNTH_UUID") == tag)
+    async with running_lab(tmp_path, [], virtual=["virtual:keyboard"]) as lab:
+        client = lab.client
+        assert client is not None
+        scans: list[float] = []
+        scanned = trio.Event()
+        real_scan = client.inventory.scan
+
+        async def counting_scan():  # type: ignore[no-untyped-def]
+            scans.append(trio.current_time())
+            if len(scans) >= 2:
+                scanned.set()
+            return await real_scan()
+
+        client.inventory.scan = counting_scan  # type: ignore[method-assign]
+        sent = trio.current_time()
+        await trio.to_thread.run_sync(path.write_text, f"change {tag}\n")
+        with trio.fail_after(20):  # below the 30 s safety net
+            await scanned.wait()
+    first, second = scans[:2]
+    assert first >= sent and second >= sent + service.FOLLOWUP_RESCAN_S  # the follow-up, not a second event
