@@ -12,7 +12,7 @@ haproxy's.  Roles:
               JSON line and exits.  Plain TCP, or TLS 1.3 with ``--tls``.
 ``redirgate`` redirgate's relay on trio: accepts on 127.0.0.1 (TLS with
               ``--tls``, else plain), dials the sink in plain TCP, and runs
-              ``redirgate.transport.relay.relay`` between the two.
+              ``redirgate.transport.relay`` between the two.
 
 The source opens each connection with a 16-byte header (``HEADER``): the
 mode and its parameter.  Throughput (``T``, N bytes): the source writes N
@@ -180,10 +180,8 @@ def source(port: int, tls: list[str] | None, nbytes: int, rtt: int, warmup: int)
 def redirgate_relay(sink_port: int, tls: list[str] | None, buffer_bytes: int) -> None:
     import trio
 
-    from redirgate.transport.reactor import RelayReactor
-    from redirgate.transport.relay import relay
-    from redirgate.transport.stream import PlainSocketStream, accept_tls, open_plain_connection
-    from redirgate.transport.tls import server_context
+    from redirgate.gateway.reactor import RelayReactor
+    from redirgate.transport import PlainSocketStream, accept_tls, open_plain_connection, relay, server_context
 
     ctx = server_context(*tls) if tls else None
 
@@ -191,7 +189,7 @@ def redirgate_relay(sink_port: int, tls: list[str] | None, buffer_bytes: int) ->
         try:
             a = await accept_tls(stream, ctx) if ctx else PlainSocketStream(stream)
             b = await open_plain_connection(LOOPBACK, sink_port)
-            await relay(a, b, buffer_size=buffer_bytes, reactor=reactor)
+            await relay(a, b, buffer_size=buffer_bytes, mover=reactor)
         except Exception as exc:  # report and keep serving, like the gateway
             print(f"redirgate relay: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
 

@@ -15,7 +15,7 @@ from typing import Final
 
 import trio
 
-from redirgate.transport.stream import peer_label
+from redirgate.transport import peer_label
 
 __all__ = ["REFUSAL_SEND_TIMEOUT_S", "peer_of", "refuse_busy", "serve_consumers"]
 
@@ -25,10 +25,9 @@ log = logging.getLogger(__name__)
 REFUSAL_SEND_TIMEOUT_S: Final = 2.0
 
 
-def peer_of(stream: trio.abc.Stream) -> str:
-    """ "host:port" of a socket stream's peer, else a label."""
-    sock = getattr(stream, "socket", None)
-    return peer_label(sock) if sock is not None else "unknown peer"
+def peer_of(stream: trio.SocketStream) -> str:
+    """ "host:port" of an accepted consumer's peer."""
+    return peer_label(stream.socket)
 
 
 async def refuse_busy(stream: trio.abc.Stream, name: str, peer: str, reason: str) -> None:

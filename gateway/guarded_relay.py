@@ -17,9 +17,10 @@ streams when either direction ends).
 from __future__ import annotations
 
 from redirgate.gateway.errors import ChannelError
+from redirgate.gateway.reactor import RelayReactor
 from redirgate.proto.usbredir import RemoteProtocolError
 from redirgate.proto.usbredir.walker import HostStreamGuard
-from redirgate.transport import DEFAULT_BUFFER_BYTES, ReceiveIntoStream, RelayReactor, RelayStats, relay
+from redirgate.transport import DEFAULT_BUFFER_BYTES, ReceiveIntoStream, RelayStats, relay
 
 __all__ = ["GuardViolation", "relay_usbredir"]
 
@@ -55,7 +56,7 @@ async def relay_usbredir(
     try:
         return await relay(
             hypervisor, device, buffer_size=buffer_size, stats=stats,
-            inspect_a_to_b=observe_guest, inspect_b_to_a=guard.feed, reactor=reactor,
+            inspect_a_to_b=observe_guest, inspect_b_to_a=guard.feed, mover=reactor,
         )  # fmt: skip
     except RemoteProtocolError as exc:  # from guard.feed: the chunk was not sent
         raise GuardViolation(client, f"malformed usbredir message from the client: {exc}") from exc

@@ -64,8 +64,7 @@ from typing import Final
 
 import trio
 
-from redirgate.transport import ReceiveIntoStream, RelayStats, pump
-from redirgate.transport.stream import NonBlockingStream, nonblocking
+from redirgate.transport import NonBlockingStream, ReceiveIntoStream, RelayStats, nonblocking, pump
 
 __all__ = ["DEFAULT_RAW_BUFFER_BYTES", "DEFAULT_STALL_S", "DISCARD_CHUNK_BYTES", "relay_raw"]
 

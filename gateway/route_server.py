@@ -33,6 +33,7 @@ import trio
 from redirgate.gateway.config import Route
 from redirgate.gateway.guarded_relay import GuardViolation, relay_usbredir
 from redirgate.gateway.raw_relay import relay_raw
+from redirgate.gateway.reactor import RelayReactor
 from redirgate.gateway.registry import Channel, Registry
 from redirgate.proto import tunnel as t
 from redirgate.transport import (
@@ -40,15 +41,14 @@ from redirgate.transport import (
     PlainSocketStream,
     PrefixedStream,
     ReceiveIntoStream,
-    RelayReactor,
     RevocationChecker,
     TlsRefused,
     accept_tls,
+    peer_label,
     relay,
     set_nodelay,
     verify_peer,
 )
-from redirgate.transport.stream import peer_label
 
 __all__ = ["RouteServer"]
 
@@ -278,7 +278,7 @@ class RouteServer:
                     await relay_raw(hv, dev, label=f"route {route.name}: hypervisor {peer}", stats=channel.stats,
                                     on_discard=count_discard)  # fmt: skip
                 else:
-                    await relay(hv, dev, stats=channel.stats, reactor=self.reactor)
+                    await relay(hv, dev, stats=channel.stats, mover=self.reactor)
             st = channel.stats
             if channel.cancel_scope.cancelled_caught:
                 reason = channel.reason or "cancelled"

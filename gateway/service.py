@@ -23,10 +23,11 @@ import trio
 from redirgate.gateway.admin import serve_admin
 from redirgate.gateway.config import GatewayConfig, Route
 from redirgate.gateway.pki import RevocationList
+from redirgate.gateway.reactor import RelayReactor
 from redirgate.gateway.registry import Registry
 from redirgate.gateway.route_server import RouteServer
 from redirgate.gateway.tunnel_server import TunnelServer
-from redirgate.transport import RelayReactor, hypervisor_server_context, server_context
+from redirgate.transport import hypervisor_server_context, server_context
 
 __all__ = ["Gateway", "GatewayAddresses", "serve_gateway"]
 

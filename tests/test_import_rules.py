@@ -12,7 +12,9 @@
 - ``redirgate.host`` (the hypervisor side: vfio, SR-IOV, live attach)
   imports only ``proto`` and ``transport``; it runs on the hypervisor, where
   neither the thin client nor the gateway needs to be;
-- ``redirgate.cli`` is the one place that may use everything.
+- ``redirgate.cli`` is the one place that may use everything;
+- outside ``transport/``, the transport is used through its package
+  (``from redirgate.transport import X``), never through its modules.
 
 Every ``import`` statement counts, including ones inside functions.
 """
@@ -77,6 +79,21 @@ def test_package_imports_only_what_it_may(package: str) -> None:
     folder, forbidden = RULES[package]
     assert list((ROOT / folder).rglob("*.py")), f"no sources under {folder}/"
     assert _violations(folder, forbidden) == []
+
+
+def _submodule_imports(folder: str, package: str) -> list[str]:
+    """Imports of `package`'s modules (not the package itself) from under `folder`."""
+    bad = []
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        for module in _imported_modules(path, _package_of(path, folder)):
+            if module.startswith(f"{package}."):
+                bad.append(f"{path.relative_to(ROOT)}: {module}")
+    return bad
+
+
+@pytest.mark.parametrize("folder", ["client", "gateway", "vmside", "host", "cli"])
+def test_transport_is_imported_from_its_package(folder: str) -> None:
+    assert _submodule_imports(folder, "redirgate.transport") == []
 
 
 def test_the_rule_catches_a_forbidden_import(tmp_path: Path) -> None:

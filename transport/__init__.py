@@ -1,9 +1,15 @@
 """redirgate.transport: byte movers shared by the gateway and the client.
 
-Owns the TLS contexts (:mod:`.tls`), the zero-copy streams (:mod:`.stream`),
-the relay pump (:mod:`.relay`), the certificate identity convention
-(:mod:`.identity`), the transport errors (:mod:`.errors`) and the driver of a
-tunnel control session with the one "peer gone" error (:mod:`.control`).
+Owns the TLS contexts (:mod:`.tls`), the zero-copy streams (TLS:
+:mod:`.stream`, plain TCP: :mod:`.plain`, a prefix before either:
+:mod:`.prefixed`), the Protocols streams are handed over as
+(:mod:`.interfaces`), the relay pump and its hook for another mover
+(:mod:`.relay`), peer naming (:mod:`.sockets`), the certificate identity
+convention (:mod:`.identity`), the transport errors (:mod:`.errors`) and the
+driver of a tunnel control session with the one "peer gone" error
+(:mod:`.control`).
+Import its public names from here, not from the submodules.  The gateway's
+relay reactor thread is not here: it is `redirgate.gateway.reactor`.
 
 It must never hold gateway state or import anything from `redirgate.gateway`
 or `redirgate.client`: both use it
@@ -11,7 +17,7 @@ or `redirgate.client`: both use it
 """
 
 from redirgate.transport.control import ControlSession, PeerGone, PeerSilent, peer_gone
-from redirgate.transport.errors import Refusal, TlsRefused, TransportError
+from redirgate.transport.errors import Refusal, TlsRefused, TransportError, stream_error
 from redirgate.transport.identity import (
     IDENTITY_URI_PREFIX,
     IdentityError,
@@ -20,22 +26,31 @@ from redirgate.transport.identity import (
     identity_uri,
     validate_name,
 )
+from redirgate.transport.interfaces import (
+    Buffer,
+    Handover,
+    Inspector,
+    NonBlockingStream,
+    ReceiveIntoStream,
+    SocketLender,
+    nonblocking,
+)
+from redirgate.transport.plain import PlainSocketStream, open_plain_connection
 from redirgate.transport.prefixed import PrefixedStream
-from redirgate.transport.reactor import RelayReactor
 from redirgate.transport.relay import (
     DEFAULT_BUFFER_BYTES,
     RelayStats,
+    SocketMover,
     pump,
     relay,
 )
+from redirgate.transport.sockets import peer_label, set_nodelay
 from redirgate.transport.stream import (
-    PlainSocketStream,
-    ReceiveIntoStream,
+    FULL_RECORD_BYTES,
     ZeroCopyTLSStream,
     accept_tls,
-    open_plain_connection,
     open_tls_connection,
-    set_nodelay,
+    record_layer,
 )
 from redirgate.transport.tls import (
     ClientContext,
@@ -49,10 +64,15 @@ from redirgate.transport.tls import (
 
 __all__ = [
     "DEFAULT_BUFFER_BYTES",
+    "FULL_RECORD_BYTES",
     "IDENTITY_URI_PREFIX",
+    "Buffer",
     "ClientContext",
     "ControlSession",
+    "Handover",
     "IdentityError",
+    "Inspector",
+    "NonBlockingStream",
     "PeerGone",
     "PeerKind",
     "PeerSilent",
@@ -60,9 +80,10 @@ __all__ = [
     "PrefixedStream",
     "ReceiveIntoStream",
     "Refusal",
-    "RelayReactor",
     "RelayStats",
     "RevocationChecker",
+    "SocketLender",
+    "SocketMover",
     "TlsRefused",
     "TransportError",
     "ZeroCopyTLSStream",
@@ -71,14 +92,18 @@ __all__ = [
     "hypervisor_server_context",
     "identity_from_certificate",
     "identity_uri",
+    "nonblocking",
     "open_plain_connection",
     "open_tls_connection",
     "peer_gone",
+    "peer_label",
     "pump",
+    "record_layer",
     "refusal_from_ssl_error",
     "relay",
     "server_context",
     "set_nodelay",
+    "stream_error",
     "validate_name",
     "verify_peer",
 ]

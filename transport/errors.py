@@ -1,17 +1,25 @@
 """Errors of the transport package: every one names the peer and the reason.
 
-Owns :class:`TransportError` and the TLS refusal vocabulary.  Foreign
-exceptions (``ssl.SSLError``, ``OSError``) are translated into these (or into
-trio's Closed/Broken errors for data-phase failures) at one boundary each:
+Owns :class:`TransportError`, the TLS refusal vocabulary and the one
+data-phase translator.  Foreign exceptions (``ssl.SSLError``, ``OSError``)
+are translated at one boundary each:
 :func:`redirgate.transport.tls.refusal_from_ssl_error` for handshakes,
-the stream classes for data.
+:func:`stream_error` (into trio's Closed/Broken errors) for data, used by
+both stream classes.
 """
 
 from __future__ import annotations
 
 import enum
+import errno
+import ssl
 
-__all__ = ["Refusal", "TlsRefused", "TransportError"]
+import trio
+
+__all__ = ["Refusal", "TlsRefused", "TransportError", "stream_error"]
+
+#: errnos of a socket whose descriptor was closed under the caller
+_CLOSED_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK})
 
 
 class TransportError(Exception):
@@ -53,3 +61,15 @@ class TlsRefused(TransportError):
         super().__init__(peer, reason)
         self.refusal = refusal
         self.detail = detail
+
+
+def stream_error(exc: OSError, peer: str) -> trio.ClosedResourceError | trio.BrokenResourceError:
+    """What a data-phase ``OSError`` / ``ssl.SSLError`` means to a trio stream's user.
+
+    A descriptor closed under the call (EBADF, ENOTSOCK) is ClosedResourceError;
+    anything else, a reset or a TLS failure or a peer that dropped TCP
+    without close_notify, is BrokenResourceError.  Raise it ``from exc``.
+    """
+    if not isinstance(exc, ssl.SSLError) and exc.errno in _CLOSED_ERRNOS:
+        return trio.ClosedResourceError(f"{peer}: stream was closed")
+    return trio.BrokenResourceError(f"{peer}: {exc}")

@@ -9,63 +9,80 @@ close go straight through.  No gateway state here.
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
 
 import trio
 
-from redirgate.transport.stream import Buffer, ReceiveIntoStream, nonblocking
+from redirgate.transport.interfaces import (
+    Buffer,
+    Handover,
+    NonBlockingStream,
+    ReceiveIntoStream,
+    SocketLender,
+    nonblocking,
+)
+from redirgate.transport.sockets import DEFAULT_RECEIVE_BYTES
 
 __all__ = ["PrefixedStream"]
 
 
 class PrefixedStream(trio.abc.Stream):
-    """`prefix` first, then `inner` (both directions otherwise untouched)."""
+    """`prefix` first, then `inner` (both directions otherwise untouched).
+
+    It owns `inner` (closes it in `aclose`).  It offers the fast path
+    (interfaces.NonBlockingStream) and lends a socket (SocketLender) exactly
+    where `inner` does; a lent socket carries the prefix along.
+    """
 
     def __init__(self, inner: ReceiveIntoStream, prefix: bytes | bytearray = b"") -> None:
         self.inner = inner
         self._prefix = memoryview(bytes(prefix))
-        #: the relay's fast path works through us when it works on `inner`
-        self.supports_nonblocking = nonblocking(inner)
+        #: `inner` where it offers the fast path: it then works through us
+        self._fast: NonBlockingStream | None = inner if nonblocking(inner) else None
+        self.supports_nonblocking = self._fast is not None
 
+    def _take_prefix(self, buffer: Buffer) -> int:
+        n = min(len(buffer), len(self._prefix))
+        memoryview(buffer)[:n] = self._prefix[:n]
+        self._prefix = self._prefix[n:]
+        return n
+
+    # -- the fast path: only called where supports_nonblocking says so -----
     def try_receive_into(self, buffer: Buffer) -> int | None:
         if self._prefix:
-            n = min(len(buffer), len(self._prefix))
-            memoryview(buffer)[:n] = self._prefix[:n]
-            self._prefix = self._prefix[n:]
-            return n
-        return self.inner.try_receive_into(buffer)  # type: ignore[attr-defined,no-any-return]
+            return self._take_prefix(buffer)
+        assert self._fast is not None
+        return self._fast.try_receive_into(buffer)
 
     async def wait_receivable(self) -> None:
-        await self.inner.wait_receivable()  # type: ignore[attr-defined]
+        assert self._fast is not None
+        await self._fast.wait_receivable()
 
     def try_send(self, view: memoryview) -> int | None:
-        return self.inner.try_send(view)  # type: ignore[attr-defined,no-any-return]
+        assert self._fast is not None
+        return self._fast.try_send(view)
 
     async def wait_sendable(self) -> None:
-        await self.inner.wait_sendable()  # type: ignore[attr-defined]
+        assert self._fast is not None
+        await self._fast.wait_sendable()
 
-    def __getattr__(self, name: str) -> Any:
-        # `reactor_side` exists only where the inner stream has it
-        if name == "reactor_side" and hasattr(self.inner, "reactor_side"):
-            return self._reactor_side
-        raise AttributeError(name)
+    def lend(self) -> Handover | None:
+        """`inner`'s socket with our prefix before whatever it carries; None where `inner` cannot lend."""
+        lent = self.inner.lend() if isinstance(self.inner, SocketLender) else None
+        if lent is None:
+            return None
+        return dataclasses.replace(lent, prefix=bytes(self._prefix) + lent.prefix)
 
-    def _reactor_side(self) -> Any:
-        side = self.inner.reactor_side()  # type: ignore[attr-defined]
-        side.prefix, self._prefix = bytes(self._prefix) + side.prefix, memoryview(b"")
-        return side
-
+    # -- the trio stream ---------------------------------------------------
     async def receive_into(self, buffer: Buffer) -> int:
         if self._prefix:
-            n = min(len(buffer), len(self._prefix))
-            memoryview(buffer)[:n] = self._prefix[:n]
-            self._prefix = self._prefix[n:]
+            n = self._take_prefix(buffer)
             await trio.lowlevel.checkpoint()
             return n
         return await self.inner.receive_into(buffer)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        buf = bytearray(max_bytes or 65536)
+        buf = bytearray(max_bytes or DEFAULT_RECEIVE_BYTES)
         n = await self.receive_into(buf)
         return bytes(buf[:n])
 
@@ -73,9 +90,8 @@ class PrefixedStream(trio.abc.Stream):
         await self.inner.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:
-        waiter = getattr(self.inner, "wait_send_all_might_not_block", None)
-        if waiter is not None:
-            await waiter()
+        if isinstance(self.inner, trio.abc.SendStream):
+            await self.inner.wait_send_all_might_not_block()
         else:
             await trio.lowlevel.checkpoint()
 

@@ -19,19 +19,30 @@ so the far side of each sees the channel end.  TLS has no half-close, so an
 EOF in one direction ends the whole channel.  Errors that mean "the other
 side went away" (trio Broken/Closed) end the relay normally; anything else
 propagates.
+
+A :class:`SocketMover` (the gateway's relay reactor thread fills it in) can
+move the bytes instead of the two trio tasks, on sockets both streams lend
+it (interfaces.SocketLender); the relay still owns the streams' closing.
+The client never passes one: its relays are the plain trio pumps.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Protocol
 
 import trio
 
-from redirgate.transport.reactor import Inspector, ReactorOutcome, RelayReactor
-from redirgate.transport.stream import NonBlockingStream, ReceiveIntoStream, nonblocking
+from redirgate.transport.interfaces import (
+    Handover,
+    Inspector,
+    NonBlockingStream,
+    ReceiveIntoStream,
+    SocketLender,
+    nonblocking,
+)
 
-__all__ = ["DEFAULT_BUFFER_BYTES", "RelayStats", "pump", "relay"]
+__all__ = ["DEFAULT_BUFFER_BYTES", "RelayStats", "SocketMover", "pump", "relay"]
 
 #: Per direction.  256 KiB covers several TLS records (16 KiB, RFC 8446
 #: 5.1) and a loopback socket's typical read, without letting one channel
@@ -49,6 +60,25 @@ class RelayStats:
     b_to_a: int = 0
     ended_by: str = ""  # "a", "b" (EOF or error on that side's read or write) or ""
     reason: str = ""
+
+
+class SocketMover(Protocol):
+    """Moves a channel's bytes on lent sockets instead of the relay's trio pumps."""
+
+    async def move(
+        self,
+        a: Handover,
+        b: Handover,
+        stats: RelayStats,
+        buffer_size: int,
+        inspect_a_to_b: Inspector | None,
+        inspect_b_to_a: Inspector | None,
+    ) -> None:
+        """Relay a<->b until either ends, counting into `stats` and setting its
+        `ended_by`/`reason` if still empty; re-raise what an inspector raised.
+        Never closes the sockets (the relay closes the streams afterwards);
+        on cancellation, returns them before it raises."""
+        ...
 
 
 #: Chunks moved without waiting before the pump yields anyway, so one busy
@@ -74,7 +104,7 @@ async def pump(
     (trio's Broken/ClosedResourceError).
     """
     if nonblocking(src) and nonblocking(dst):
-        return await _fast_pump(src, dst, buffer_size, stats, forward, inspect)  # type: ignore[arg-type]
+        return await _fast_pump(src, dst, buffer_size, stats, forward, inspect)
     buf = bytearray(buffer_size)
     view = memoryview(buf)
     total = 0
@@ -173,19 +203,29 @@ async def relay(
     stats: RelayStats | None = None,
     inspect_a_to_b: Inspector | None = None,
     inspect_b_to_a: Inspector | None = None,
-    reactor: RelayReactor | None = None,
+    mover: SocketMover | None = None,
 ) -> RelayStats:
     """Relay a<->b until either ends, then close both; return the counters.
 
     An inspector sees each chunk of its direction before it is sent; what it
     raises ends the relay (that chunk is not sent) and is re-raised here
-    after both streams are closed.  With a `reactor`, and streams that can
-    hand their sockets over (`reactor_side()`), the bytes move in the
-    reactor thread; otherwise in two trio tasks.
+    after both streams are closed.  With a `mover`, and streams that both
+    lend their sockets (interfaces.SocketLender), the mover moves the bytes;
+    otherwise two trio tasks do.
     """
     result = stats if stats is not None else RelayStats()
-    if reactor is not None and hasattr(a, "reactor_side") and hasattr(b, "reactor_side"):
-        return await _relay_in_reactor(a, b, result, buffer_size, inspect_a_to_b, inspect_b_to_a, reactor)
+    if mover is not None:
+        lent = None
+        try:
+            lent = _lend_both(a, b)
+            if lent is not None:
+                await mover.move(*lent, result, buffer_size, inspect_a_to_b, inspect_b_to_a)
+        except BaseException:
+            await _close_both(a, b)
+            raise
+        if lent is not None:
+            await _close_both(a, b)
+            return result
     errors: list[Exception] = []
 
     async def direction(
@@ -216,49 +256,14 @@ async def relay(
     return result
 
 
+def _lend_both(a: ReceiveIntoStream, b: ReceiveIntoStream) -> tuple[Handover, Handover] | None:
+    """Both streams' sockets, or None where either cannot lend (nothing is taken then)."""
+    lent_a = a.lend() if isinstance(a, SocketLender) else None
+    lent_b = b.lend() if isinstance(b, SocketLender) else None
+    return None if lent_a is None or lent_b is None else (lent_a, lent_b)
+
+
 async def _close_both(a: ReceiveIntoStream, b: ReceiveIntoStream) -> None:
     for stream in (a, b):
         with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_BUDGET_S):
             await stream.aclose()  # closes even if the budget runs out
-
-
-async def _relay_in_reactor(
-    a: Any,
-    b: Any,
-    result: RelayStats,
-    buffer_size: int,
-    inspect_ab: Inspector | None,
-    inspect_ba: Inspector | None,
-    reactor: RelayReactor,
-) -> RelayStats:
-    token = trio.lowlevel.current_trio_token()
-    finished = trio.Event()
-    outcomes: list[ReactorOutcome] = []
-
-    def done(outcome: ReactorOutcome) -> None:  # in the reactor thread
-        outcomes.append(outcome)
-        try:
-            token.run_sync_soon(finished.set)
-        except trio.RunFinishedError:
-            pass
-
-    try:
-        channel = reactor.new_channel(
-            a.reactor_side(), b.reactor_side(), result, inspect_ab, inspect_ba, done, buffer_size
-        )
-        reactor.add(channel)
-        try:
-            await finished.wait()
-        finally:
-            if not finished.is_set():  # cancelled: take the sockets back first
-                reactor.drop(channel)
-                with trio.CancelScope(shield=True):
-                    await finished.wait()
-    finally:
-        await _close_both(a, b)
-    outcome = outcomes[0]
-    if not result.ended_by:
-        result.ended_by, result.reason = outcome.ended_by, outcome.reason
-    if outcome.error is not None:
-        raise outcome.error
-    return result

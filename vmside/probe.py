@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import trio
 
-from redirgate.vmside.guest import GuestError, UsbredirGuest
 from redirgate.proto.usbredir import Speed, Status
+from redirgate.vmside.guest import GuestError, UsbredirGuest
 
 __all__ = ["ProbeError", "ProbeResult", "probe", "probe_stream"]
 

@@ -40,7 +40,7 @@ from redirgate.client.serial.errors import PortBusy, SerialError
 from redirgate.client.serial.rfc2217 import RECEIVE_BYTES, ComPortServer
 from redirgate.client.serial.service import PortService, Session
 from redirgate.client.serial.settings import LineSettings
-from redirgate.transport.stream import FULL_RECORD_BYTES, NonBlockingStream, PlainSocketStream, nonblocking
+from redirgate.transport import FULL_RECORD_BYTES, NonBlockingStream, PlainSocketStream, nonblocking
 
 __all__ = ["PROTOCOLS", "serve_serial_listen", "serve_serial_stream"]
 

@@ -26,7 +26,7 @@ session can never make them consume bytes they did not move.  TX bytes left
 when a consumer leaves still go to the device; `Session.drain` waits for them.
 
 The direct RX path: a consumer served by `Session.forward_to` (a stream with
-non-blocking moves, see `redirgate.transport.stream`) holds no
+non-blocking moves, see `redirgate.transport.NonBlockingStream`) holds no
 device bytes while it waits for the ring, so while the ring is empty the RX
 pump offers what it reads straight to that stream's `try_send` and only what
 the stream does not take goes into the ring - for the consumer task to send
@@ -53,7 +53,7 @@ from redirgate.client.serial.errors import PortBusy, PortUnavailable, SelectorEr
 from redirgate.client.serial.port import SerialPort
 from redirgate.client.serial.selector import PortSelector
 from redirgate.client.serial.settings import LineSettings
-from redirgate.transport.stream import NonBlockingStream
+from redirgate.transport import NonBlockingStream
 
 __all__ = ["DEFAULT_RING_BYTES", "DEFAULT_TX_BYTES", "PortService", "Session"]
 

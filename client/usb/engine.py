@@ -52,7 +52,7 @@ from redirgate.proto.usbredir import filter as usbfilter
 from redirgate.proto.usbredir import (
     messages as m,
 )
-from redirgate.transport.stream import nonblocking
+from redirgate.transport import nonblocking
 
 __all__ = ["HOST_CAPS", "NO_RESET_IDS", "DeviceSource", "HostEngine"]
 

@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from redirgate.transport.stream import nonblocking
+from redirgate.transport import nonblocking
 
 __all__ = ["Outbox"]
 

@@ -21,7 +21,7 @@ from redirgate.client.listen import peer_of
 from redirgate.client.usb.engine import DeviceSource, HostEngine
 from redirgate.client.usb.errors import USB_CALL_ERRORS
 from redirgate.client.usb.source import SelectorSource, device_name
-from redirgate.transport.stream import PlainSocketStream
+from redirgate.transport import PlainSocketStream
 
 __all__ = ["peer_name", "serve_connect", "serve_listen", "watch_presence"]
 

@@ -23,7 +23,7 @@ from redirgate.gateway.pki.authority import (
 )
 from redirgate.gateway.pki.errors import KeyExists, PkiError, PkiInvalid, PkiMissing
 from redirgate.gateway.pki.revocation import RevocationList, Revoked, read_revoked, revoke
-from redirgate.transport.identity import PeerKind, identity_from_certificate
+from redirgate.transport import PeerKind, identity_from_certificate
 
 __all__ = [
     "CA_VALID_DAYS",

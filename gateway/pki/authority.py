@@ -45,7 +45,7 @@ from redirgate.gateway.pki.files import (
     write_certificate,
     write_private_key,
 )
-from redirgate.transport.identity import IdentityError, PeerKind, identity_uri, validate_name
+from redirgate.transport import IdentityError, PeerKind, identity_uri, validate_name
 
 __all__ = [
     "CA_CERT",

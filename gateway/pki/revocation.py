@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from redirgate.gateway.pki.authority import CertificateAuthority, leaf_paths
 from redirgate.gateway.pki.errors import PkiError, PkiInvalid, PkiMissing
 from redirgate.gateway.pki.files import PUBLIC_MODE, load_certificate, write_file
-from redirgate.transport.identity import IdentityError, PeerKind, validate_name
+from redirgate.transport import IdentityError, PeerKind, validate_name
 
 __all__ = [
     "CRL_FILE",

@@ -20,6 +20,8 @@ class ScriptedStream:
     "would block" on every `block_every`-th call, and after `fail_after` bytes
     raises BrokenResourceError (as a peer that went away)."""
 
+    supports_nonblocking = True  # transport.NonBlockingStream
+
     def __init__(self, take: int, block_every: int = 0, fail_after: int | None = None) -> None:
         self.take, self.block_every, self.fail_after = take, block_every, fail_after
         self.got = bytearray()

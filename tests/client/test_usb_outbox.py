@@ -13,12 +13,14 @@ import trio.lowlevel
 import trio.testing
 
 from redirgate.client.usb.outbox import BATCH_BYTES, COPY_LIMIT, Outbox
-from redirgate.transport.stream import PlainSocketStream
+from redirgate.transport import PlainSocketStream
 
 
 class FakeNonBlockingStream(trio.abc.SendStream):
     """The fast-path protocol (try_send/wait_sendable) over a byte log whose
     room the test controls (None: unlimited)."""
+
+    supports_nonblocking = True  # transport.NonBlockingStream
 
     def __init__(self, room: int | None = None) -> None:
         self.room = room

@@ -23,8 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from redirgate.gateway.raw_relay import _Ring, relay_raw
-from redirgate.transport import RelayStats
-from redirgate.transport.stream import Buffer
+from redirgate.transport import Buffer, RelayStats
 from tests.support.transport_lab import Pki, make_channel, make_pki, receive_exactly, send_random
 
 RING_BYTES = 64 * 1024

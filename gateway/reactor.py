@@ -1,4 +1,4 @@
-"""The relay reactor: one thread with its own epoll that moves the bytes of many channels.
+"""The gateway's relay reactor: one thread with its own epoll that moves the bytes of many channels.
 
 Why a thread: the gateway's hot loop on trio costs two scheduler round trips
 and several Python layers per small message; measured against stunnel4 the
@@ -12,15 +12,19 @@ on the fast path in `_loop`, which takes every message that is read and
 written at once - no Python function call of ours at all.  trio
 keeps everything else - accepting, handshakes, the attach preamble,
 timeouts, cancellation, closing - and waits for a channel's end on an
-event the reactor sets through the trio token.
+event the reactor sets through the trio token.  It is the gateway's only:
+`transport.relay` takes it as its `SocketMover` hook (`relay(...,
+mover=reactor)`), and the client relays with the plain trio pumps.
 
-Ownership: between `add` and the end notification the reactor is the only
-user of both sockets (trio does not touch them: `relay` just waits), and a
-channel's sockets are used by this one thread only, so an SSL object is
-never used from two threads at once.  The reactor never closes a socket:
-when a channel ends (EOF, error, an inspector's exception, or `drop` from
-trio on cancellation) it unregisters both and hands them back; trio closes
-them (TLS close_notify included).
+Ownership: the streams lend their sockets (transport.Handover: the stream
+keeps owning and closing them).  Between `add` and the end notification
+the reactor is the only user of both sockets (trio does not touch them:
+`move` just waits), and a channel's sockets are used by this one thread
+only, so an SSL object is never used from two threads at once.  The
+reactor never closes a socket: when a channel ends (EOF, error, an
+inspector's exception, or `drop` from trio on cancellation) it unregisters
+both and hands them back; `relay` closes the streams (TLS close_notify
+included).
 
 Per direction one preallocated buffer (zero-copy: `recv_into` it, send
 memoryview slices of it); backpressure is structural - a direction reads
@@ -45,35 +49,31 @@ from typing import Any
 
 import trio
 
-from redirgate.transport.stream import FULL_RECORD_BYTES, record_layer
+from redirgate.transport import FULL_RECORD_BYTES, Handover, Inspector, RelayStats, record_layer
 
-__all__ = ["Inspector", "ReactorOutcome", "ReactorSide", "RelayReactor"]
+__all__ = ["ReactorOutcome", "ReactorSide", "RelayReactor"]
 
 log = logging.getLogger(__name__)
-
-#: Sees each chunk of its direction before it is sent; raises to end the
-#: channel (the chunk is not sent), returns True once it needs no more.
-Inspector = Callable[[memoryview], bool | None]
 
 _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
 _ERR = select.EPOLLERR | select.EPOLLHUP
 
 
-@dataclass
 class ReactorSide:
-    """One end of a channel as the reactor drives it."""
+    """One end of a channel as the reactor drives it: a lent socket (transport.Handover)."""
 
-    kind: str  # "tls" (an ssl.SSLSocket) or "plain" (a socket fd)
-    sock: Any  # ssl.SSLSocket for tls, int fd for plain
-    max_send: int = 0  # 0: no cap per write; else at most this many bytes per write
-    prefix: bytes = b""  # bytes already read from this side (delivered first)
+    __slots__ = ("fd", "max_send", "prefix", "ssl_pending", "ssl_read", "ssl_write", "tls")
 
-    def __post_init__(self) -> None:
-        self.tls = self.kind == "tls"
-        self.fd = self.sock.fileno() if self.tls else int(self.sock)
-        if self.tls:
-            self.ssl_read, self.ssl_write = record_layer(self.sock)
-            self.ssl_pending = self.sock.pending
+    def __init__(self, lent: Handover) -> None:
+        self.fd = lent.fd
+        #: 0: no cap per write; else at most this many bytes per write
+        self.max_send = lent.max_send
+        #: bytes already read from this side (delivered first)
+        self.prefix = lent.prefix
+        self.tls = lent.tls is not None
+        if lent.tls is not None:
+            self.ssl_read, self.ssl_write = record_layer(lent.tls)
+            self.ssl_pending = lent.tls.pending
 
 
 @dataclass
@@ -206,14 +206,14 @@ def _send(side: ReactorSide, view: memoryview, d: _Direction) -> int | None:
             d.need_dst = _IN
             return None
     try:
-        return os.write(side.sock, view)
+        return os.write(side.fd, view)
     except BlockingIOError:
         d.need_dst = _OUT
         return None
 
 
 class _Channel:
-    def __init__(self, a: ReactorSide, b: ReactorSide, stats: Any, size: int,
+    def __init__(self, a: ReactorSide, b: ReactorSide, stats: RelayStats, size: int,
                  inspect_ab: Inspector | None,
                  inspect_ba: Inspector | None,
                  done: Callable[[ReactorOutcome], None]) -> None:  # fmt: skip
@@ -313,7 +313,7 @@ class _Channel:
 
 class RelayReactor:
     """The reactor thread (see the module docstring).  Use `async with
-    RelayReactor() as reactor:`; channels go through `relay(..., reactor=)`."""
+    RelayReactor() as reactor:`; channels go through `relay(..., mover=reactor)`."""
 
     def __init__(self, *, buffer_size: int = 256 * 1024) -> None:
         self.buffer_size = buffer_size
@@ -362,11 +362,44 @@ class RelayReactor:
         self._commands.append(("drop", channel))
         self._wake()
 
-    def new_channel(self, a: ReactorSide, b: ReactorSide, stats: Any,
-                    inspect_ab: Inspector | None,
-                    inspect_ba: Inspector | None,
-                    done: Callable[[ReactorOutcome], None], buffer_size: int | None = None) -> _Channel:  # fmt: skip
-        return _Channel(a, b, stats, buffer_size or self.buffer_size, inspect_ab, inspect_ba, done)
+    async def move(
+        self,
+        a: Handover,
+        b: Handover,
+        stats: RelayStats,
+        buffer_size: int,
+        inspect_a_to_b: Inspector | None,
+        inspect_b_to_a: Inspector | None,
+    ) -> None:
+        """transport.relay's SocketMover: move a<->b in the reactor thread until
+        the channel ends; re-raise what an inspector raised.  Cancelled, it
+        takes the sockets back from the thread before it returns."""
+        token = trio.lowlevel.current_trio_token()
+        finished = trio.Event()
+        outcomes: list[ReactorOutcome] = []
+
+        def done(outcome: ReactorOutcome) -> None:  # in the reactor thread
+            outcomes.append(outcome)
+            try:
+                token.run_sync_soon(finished.set)
+            except trio.RunFinishedError:
+                pass
+
+        size = buffer_size or self.buffer_size
+        channel = _Channel(ReactorSide(a), ReactorSide(b), stats, size, inspect_a_to_b, inspect_b_to_a, done)
+        self.add(channel)
+        try:
+            await finished.wait()
+        finally:
+            if not finished.is_set():  # cancelled: take the sockets back first
+                self.drop(channel)
+                with trio.CancelScope(shield=True):
+                    await finished.wait()
+        outcome = outcomes[0]
+        if not stats.ended_by:
+            stats.ended_by, stats.reason = outcome.ended_by, outcome.reason
+        if outcome.error is not None:
+            raise outcome.error
 
     # ------------------------------------------------------------ the thread
     def _run(self) -> None:

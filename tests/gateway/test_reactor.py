@@ -1,0 +1,172 @@
+"""The gateway's relay reactor thread: moves a channel's bytes on sockets the streams lend it (transport.relay's mover)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+
+import pytest
+import trio
+
+from redirgate.gateway.reactor import RelayReactor
+from redirgate.transport import PrefixedStream, RelayStats, relay
+from tests.support.transport_lab import Pki, make_channel, make_pki, send_random
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.mark.parametrize("prefix", [b"", b"held bytes first"], ids=["no-prefix", "prefix"])
+async def test_reactor_relays_everything_both_ways_with_a_slow_reader(env: Pki, prefix: bytes) -> None:
+    ch = await make_channel(env)
+    size = 6 * 1024 * 1024
+    stats = RelayStats()
+    results: dict[str, str] = {}
+
+    async def slow_client() -> None:
+        digest = hashlib.sha256()
+        got = 0
+        while got < size + len(prefix):
+            chunk = await ch.cl.receive_some(8192)
+            assert chunk
+            digest.update(chunk)
+            got += len(chunk)
+            if got < 512 * 1024:
+                await trio.sleep(0.001)
+        results["got"] = digest.hexdigest()
+
+    async with RelayReactor() as reactor:
+        async with trio.open_nursery() as nursery:
+            a = PrefixedStream(ch.relay_plain, prefix)
+            nursery.start_soon(functools.partial(relay, a, ch.relay_tls, stats=stats, mover=reactor))
+            nursery.start_soon(slow_client)
+            await send_random(ch.hv, size, seed=3)
+            with trio.fail_after(30):
+                while "got" not in results:
+                    await trio.sleep(0.01)
+            for i in range(300):
+                await ch.cl.send_all(b"%d;" % i)
+            expect = b"".join(b"%d;" % i for i in range(300))
+            got = b""
+            while len(got) < len(expect):
+                got += await ch.hv.receive_some(65536)
+            assert got == expect
+            await ch.cl.aclose()
+            rest = await ch.hv.receive_some(10)
+            assert rest == b""  # the relay ended and closed the hypervisor side
+            await ch.hv.aclose()
+        assert reactor.channels == 0
+    import random
+
+    digest = hashlib.sha256(prefix)
+    rng = random.Random(3)
+    total = 0
+    while total < size:
+        chunk = rng.randbytes(min(size - total, rng.choice([1, 7, 1000, 16384, 65536, 300000])))
+        digest.update(chunk)
+        total += len(chunk)
+    assert results["got"] == digest.hexdigest()
+    assert stats.a_to_b == size + len(prefix) and stats.b_to_a == len(expect)
+    assert stats.ended_by == "b"
+
+
+async def test_reactor_channel_cancelled_gives_sockets_back_and_closes(env: Pki) -> None:
+    ch = await make_channel(env)
+    async with RelayReactor() as reactor:
+        with trio.move_on_after(0.5):
+            await relay(ch.relay_plain, ch.relay_tls, mover=reactor)
+        assert reactor.channels == 0
+        assert await ch.hv.receive_some(10) == b""  # closed by the relay
+        assert await ch.cl.receive_some(10) == b""
+    await ch.hv.aclose()
+    await ch.cl.aclose()
+
+
+class Refused(Exception):
+    pass
+
+
+async def test_reactor_inspector_verdict_ends_the_channel_before_the_chunk_is_sent(env: Pki) -> None:
+    ch = await make_channel(env)
+    seen: list[bytes] = []
+
+    def inspect(chunk: memoryview) -> None:
+        seen.append(bytes(chunk))
+        if b"BAD" in bytes(chunk):
+            raise Refused("bad bytes")
+
+    async with RelayReactor() as reactor:
+        async with trio.open_nursery() as nursery:
+            raised: list[BaseException] = []
+
+            async def run() -> None:
+                try:
+                    await relay(ch.relay_plain, ch.relay_tls, mover=reactor, inspect_b_to_a=inspect)
+                except Refused as exc:
+                    raised.append(exc)
+
+            nursery.start_soon(run)
+            await ch.cl.send_all(b"good")
+            assert await ch.hv.receive_some(10) == b"good"
+            await ch.cl.send_all(b"BAD")
+            assert await ch.hv.receive_some(10) == b""  # never forwarded; the channel ended
+        assert raised and str(raised[0]) == "bad bytes"
+    await ch.hv.aclose()
+    await ch.cl.aclose()
+
+
+@pytest.mark.parametrize("cap", [0, 5], ids=["uncapped", "capped-records"])
+async def test_reactor_small_messages_both_ways_keep_order_and_counts(env: Pki, cap: int) -> None:
+    """Ping-pong of small messages, the reactor's inline path, with an inspector
+    on each direction: one retires itself after its first chunk (returns True),
+    the other sees every chunk.  With `cap`, TLS records to the client carry at
+    most 5 bytes (as towards QEMU's chardev), so every send is split."""
+    ch = await make_channel(env)
+    ch.relay_tls.max_send_bytes = cap
+    first_only: list[bytes] = []
+    every: list[bytes] = []
+
+    def once(chunk: memoryview) -> bool:
+        first_only.append(bytes(chunk))
+        return True
+
+    def always(chunk: memoryview) -> None:
+        every.append(bytes(chunk))
+
+    stats = RelayStats()
+    chunks: list[int] = []  # sizes the client received, one TLS record each at most
+    async with RelayReactor() as reactor:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(relay, ch.relay_plain, ch.relay_tls, stats=stats, mover=reactor,
+                                                 inspect_a_to_b=once, inspect_b_to_a=always))  # fmt: skip
+            for i in range(500):
+                ping = b"ping %d" % i
+                await ch.hv.send_all(ping)
+                assert await receive_exactly_bytes(ch.cl, len(ping), chunks) == ping
+                pong = b"pong %d!" % i
+                await ch.cl.send_all(pong)
+                assert await receive_exactly_bytes(ch.hv, len(pong)) == pong
+            await ch.hv.aclose()
+            assert await ch.cl.receive_some(10) == b""
+            await ch.cl.aclose()
+        assert reactor.channels == 0
+    pings = sum(len(b"ping %d" % i) for i in range(500))
+    pongs = b"".join(b"pong %d!" % i for i in range(500))
+    assert stats.a_to_b == pings and stats.b_to_a == len(pongs)
+    assert first_only == [b"ping 0"]
+    assert b"".join(every) == pongs
+    assert max(chunks) == (cap or max(len(b"ping %d" % i) for i in range(500)))
+
+
+async def receive_exactly_bytes(stream: trio.abc.ReceiveStream, size: int, chunks: list[int] | None = None) -> bytes:
+    got = b""
+    with trio.fail_after(10):
+        while len(got) < size:
+            chunk = await stream.receive_some(size - len(got))
+            assert chunk, f"EOF after {len(got)} of {size} bytes"
+            got += chunk
+            if chunks is not None:
+                chunks.append(len(chunk))
+    return got
