@@ -99,12 +99,13 @@ def write_client_config(
     usb_ids: Sequence[str] = (),
     extra_export: str = "",
     file_name: str | None = None,
+    gateway_host: str = "127.0.0.1",
 ) -> Path:
     base = directory / "pki"
     cdir = pki.client_dir(base, name)
     lines = [
         "[client]",
-        f'gateway = "127.0.0.1:{gateway_port}"',
+        f'gateway = "{gateway_host}:{gateway_port}"',
         f"server_name = {_q(GATEWAY_NAME)}",
         f"cert = {_q(cdir / 'client-cert.pem')}",
         f"key = {_q(cdir / 'client-key.pem')}",

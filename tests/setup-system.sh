@@ -19,6 +19,7 @@
 #   libvirt-clients libxml2-utils   virt-xml-validate (+ xmllint) and, through libvirt0, the RNG schemas in
 #                                /usr/share/libvirt/schemas: `host xml` output is checked against libvirt's schema
 #   linux-libc-dev               linux/ppdev.h + linux/lp.h: our parallel ioctl numbers are checked against them
+#   udev                         systemd-udevd in the real-USB thin-client VM (libusb learns of new devices from it)
 #   python3-venv                 only when this python3 cannot create a venv (tests/run.sh)
 set -euo pipefail
 
@@ -41,6 +42,7 @@ packages=(
     linux-libc-dev
     libvirt-clients
     libxml2-utils
+    udev
 )
 
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
