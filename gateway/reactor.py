@@ -45,7 +45,6 @@ import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import trio
 
@@ -103,8 +102,9 @@ class _Direction:
         "view",
     )  # fmt: skip
 
-    def __init__(self, src: ReactorSide, dst: ReactorSide, size: int, forward: bool,
+    def __init__(self, channel: _Channel, src: ReactorSide, dst: ReactorSide, size: int, forward: bool,
                  inspect: Inspector | None) -> None:  # fmt: skip
+        self.channel = channel
         self.src, self.dst = src, dst
         self.buf = bytearray(max(size, len(src.prefix)))
         self.view = memoryview(self.buf)
@@ -115,8 +115,8 @@ class _Direction:
         self.forward = forward
         self.side = "a" if forward else "b"  # the side this direction reads
         self.inspect = inspect
-        self.channel: Any = None  # set by _Channel
-        self.opposite: Any = None
+        #: the other direction of the channel (set by _Channel once both exist)
+        self.opposite = self
         #: the epoll event this direction waits for on src / dst (0: none)
         self.need_src = 0
         self.need_dst = 0
@@ -220,9 +220,8 @@ class _Channel:
         self.a, self.b = a, b
         self.stats = stats
         self.done = done
-        self.ab = _Direction(a, b, size, True, inspect_ab)
-        self.ba = _Direction(b, a, size, False, inspect_ba)
-        self.ab.channel = self.ba.channel = self
+        self.ab = _Direction(self, a, b, size, True, inspect_ab)
+        self.ba = _Direction(self, b, a, size, False, inspect_ba)
         self.ab.opposite, self.ba.opposite = self.ba, self.ab
         self.fds = (a.fd, b.fd)
         self.a_fd, self.b_fd = a.fd, b.fd
@@ -262,9 +261,10 @@ class _Channel:
                     d.need_src = _IN
                     return
                 elif src.tls:
-                    n = _recv_tls(src, view, d)
-                    if n is None:
+                    got = _recv_tls(src, view, d)
+                    if got is None:
                         return
+                    n = got
                 else:
                     try:
                         n = os.readv(src.fd, d.iov)
@@ -320,7 +320,7 @@ class RelayReactor:
         self._ep = select.epoll()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._ep.register(self._wake_r, _IN)
-        self._commands: collections.deque[tuple[str, Any]] = collections.deque()
+        self._commands: collections.deque[tuple[str, _Channel]] = collections.deque()
         self._by_fd: dict[int, _Channel] = {}
         #: fd -> the direction that reads it (the fast path's lookup)
         self._reader_of: dict[int, _Direction] = {}
