@@ -118,7 +118,8 @@ def _virtio_9p(paths: HostPaths, tag: str) -> Iterator[str]:
     if not base.is_dir():
         return
     for device in sorted(base.iterdir()):
-        if read_text(device / "mount_tag") == tag:
+        # 9pnet_virtio shows the tag with a trailing NUL and no newline
+        if (read_text(device / "mount_tag") or "").rstrip("\0") == tag:
             address = pci_function_of(device)
             if address is not None:
                 yield address
@@ -245,9 +246,15 @@ def vfio_group_users(paths: HostPaths, group: int) -> list[str]:
     for pid in pids:
         fd_dir = paths.proc / pid / "fd"
         try:
-            links = [os.readlink(fd_dir / fd) for fd in os.listdir(fd_dir)]
-        except OSError:
+            fds = os.listdir(fd_dir)
+        except OSError:  # gone, or not ours to read
             continue
+        links = set()
+        for fd in fds:
+            try:  # an fd may close between listdir and readlink (listdir's own does)
+                links.add(os.readlink(fd_dir / fd))
+            except OSError:
+                continue
         if target in links:
             users.append(f"{pid} ({read_text(paths.proc / pid / 'comm') or '?'})")
     return users

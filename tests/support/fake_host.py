@@ -154,7 +154,7 @@ class FakeHost:
         virtio = self.device_dir(pci) / f"virtio{self._virtio}"
         self._virtio += 1
         virtio.mkdir()
-        (virtio / "mount_tag").write_text(tag + "\n")
+        (virtio / "mount_tag").write_text(tag + "\0")  # as 9pnet_virtio shows it
         self._link(self.sys / "bus" / "virtio" / "devices" / virtio.name, virtio)
 
     def add_net(self, pci: str, name: str, *, up: bool = False, default_route: bool = False) -> None:
@@ -187,6 +187,7 @@ class FakeHost:
         """A process (a VM) with /dev/vfio/GROUP open."""
         fd = self.proc / str(pid) / "fd"
         fd.mkdir(parents=True)
+        (fd / "3").write_text("")  # readlink fails on it, like an fd that closed between listdir and readlink
         (fd / "17").symlink_to(f"/dev/vfio/{group}")
         (self.proc / str(pid) / "comm").write_text(comm + "\n")
 
