@@ -184,17 +184,17 @@ class TunnelClient:
                     log.info("inventory: +%s -%s", [e.id for e in added], list(removed))
                 current = new
 
-        async def open_channel(event: t.OpenChannel) -> None:
+        async def open_channel(control: ControlSession, event: t.OpenChannel) -> None:
             scope = scopes[event.channel_id] = trio.CancelScope()
             control.start_soon(self._channel, event, control.send, scope, scopes)
 
-        async def close_channel(event: t.CloseChannel) -> None:
+        async def close_channel(control: ControlSession, event: t.CloseChannel) -> None:
             scope = scopes.get(event.channel_id)
             if scope is not None:
                 log.info("channel %d closed by the gateway: %s", event.channel_id, event.reason)
                 scope.cancel()
 
-        async def error(event: t.Error) -> None:
+        async def error(control: ControlSession, event: t.Error) -> None:
             raise TunnelClientError(self.peer, f"the gateway reported {event.code}: {event.message}")
 
         await control.serve(

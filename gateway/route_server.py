@@ -37,6 +37,7 @@ from redirgate.gateway.reactor import RelayReactor
 from redirgate.gateway.registry import Channel, Registry
 from redirgate.proto import tunnel as t
 from redirgate.transport import (
+    PeerGone,
     PeerKind,
     PlainSocketStream,
     PrefixedStream,
@@ -239,7 +240,7 @@ class RouteServer:
                     await channel.ready.wait()
                 opened = channel.state == "active"
                 reason = channel.reason or f"no data connection within {self.open_timeout_s:g} s"
-            except (trio.BrokenResourceError, trio.ClosedResourceError, t.LocalProtocolError) as exc:
+            except (PeerGone, t.LocalProtocolError) as exc:
                 reason = f"control connection failed: {exc}"
             finally:
                 if not opened:
@@ -310,5 +311,5 @@ class RouteServer:
         with trio.CancelScope(shield=True), trio.move_on_after(1.0):
             try:
                 await session.send(t.CloseChannel(channel.channel_id, reason[:250]))
-            except (trio.BrokenResourceError, trio.ClosedResourceError, t.LocalProtocolError):
+            except (PeerGone, t.LocalProtocolError):
                 pass

@@ -6,6 +6,10 @@ frame says what the connection is (`OpeningClassifier`): a `client_hello`
 starts a control session (hellos, inventory, heartbeats both ways, channel
 answers), an `attach` hands a data connection to the channel waiting for it.
 
+The control session runs on `redirgate.transport.ControlSession` (read loop,
+heartbeats, shielded sends); this module gives it the gateway's handlers.
+A client that went away is one error, `PeerGone`.
+
 Any refusal - no or wrong certificate, garbage, a stalled handshake, a
 malformed or oversized message, a wrong token - ends that one connection
 with one log line naming the peer and the reason; nothing else is touched.
@@ -20,7 +24,8 @@ from __future__ import annotations
 import logging
 import ssl
 import weakref
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import trio
 
@@ -28,15 +33,20 @@ from redirgate.gateway.errors import ChannelError
 from redirgate.gateway.registry import ClientSession, Registry
 from redirgate.proto import tunnel as t
 from redirgate.transport import (
+    ControlSession,
+    Handler,
+    PeerGone,
     PeerKind,
+    PeerSilent,
     RevocationChecker,
     TlsRefused,
     ZeroCopyTLSStream,
     accept_tls,
+    peer_gone,
     verify_peer,
 )
 
-__all__ = ["TunnelServer"]
+__all__ = ["ClientControl", "TunnelServer"]
 
 log = logging.getLogger(__name__)
 
@@ -88,26 +98,27 @@ class TunnelServer:
             return
         handed_over = False
         try:
-            opening = t.OpeningClassifier()
-            with trio.move_on_after(FIRST_FRAME_TIMEOUT_S) as waited:
-                kind = None
-                while kind is None:
-                    data = await stream.receive_some(_RECEIVE_BYTES)
-                    opening.receive_data(data)
-                    kind = opening.result()
-            if waited.cancelled_caught:
-                log.warning(
-                    "tunnel: %s (%s) sent no first message in %.0f s; closed", identity, peer, FIRST_FRAME_TIMEOUT_S
-                )
-                return
-            if kind is t.Opening.CONTROL:
-                await self._control(stream, identity, peer, opening.buffered())
-            else:
-                handed_over = await self._data(stream, identity, peer, opening.buffered())
+            with peer_gone(peer):
+                opening = t.OpeningClassifier()
+                with trio.move_on_after(FIRST_FRAME_TIMEOUT_S) as waited:
+                    kind = None
+                    while kind is None:
+                        data = await stream.receive_some(_RECEIVE_BYTES)
+                        opening.receive_data(data)
+                        kind = opening.result()
+                if waited.cancelled_caught:
+                    log.warning(
+                        "tunnel: %s (%s) sent no first message in %.0f s; closed", identity, peer, FIRST_FRAME_TIMEOUT_S
+                    )
+                    return
+                if kind is t.Opening.CONTROL:
+                    await self._control(stream, identity, peer, opening.buffered())
+                else:
+                    handed_over = await self._data(stream, identity, peer, opening.buffered())
         except t.RemoteProtocolError as exc:
             log.warning("tunnel: %s (%s) broke the protocol: %s; closed", identity, peer, exc)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log.info("tunnel: connection from %s (%s) lost: %s", identity, peer, exc)
+        except PeerGone as exc:
+            log.info("tunnel: connection from %s (%s) lost: %s", identity, peer, exc.reason)
         finally:
             if not handed_over:
                 with trio.CancelScope(shield=True), trio.move_on_after(1.0):
@@ -146,28 +157,20 @@ class TunnelServer:
 
     # ---------------------------------------------------------- control
     async def _control(self, stream: ZeroCopyTLSStream, identity: str, peer: str, first: bytes) -> None:
-        conn = t.TunnelConnection("gateway")
-        conn.receive_data(first)
-        hello = conn.next_event()
+        control = ClientControl(self, stream, identity, peer, first)
+        hello = await control.receive()  # the classifier saw the whole first frame: no read here
         if isinstance(hello, t.Error):
             log.warning("tunnel: %s (%s) opened with an error: %s %s", identity, peer, hello.code, hello.message)
             return
         assert isinstance(hello, t.ClientHello)  # the state table allows nothing else first
-        send_lock = trio.Lock()
-
-        async def send(message: t.TunnelMessage) -> None:
-            wire = conn.send(message)
-            async with send_lock:
-                await stream.send_all(wire)
-
-        await send(
+        await control.send(
             t.GatewayHello(
                 software=self.software,
                 heartbeat_interval_s=self.heartbeat_interval_s,
                 heartbeat_timeout_s=self.heartbeat_timeout_s,
             )
         )
-        session = ClientSession(identity, peer, send)
+        session = control.client
         old = self.registry.add(session)
         if old is not None:
             log.info("tunnel: %s reconnected from %s; its previous session ends", identity, peer)
@@ -176,75 +179,28 @@ class TunnelServer:
         reason = "replaced by a new connection"
         try:
             with session.scope:
-                reason = await self._run_session(conn, stream, session, send)
+                reason = await control.serve(
+                    ClientControl.HANDLERS,
+                    heartbeat_interval_s=self.heartbeat_interval_s,
+                    heartbeat_timeout_s=self.heartbeat_timeout_s,
+                    before_heartbeat=control.check_revocation,
+                )
+        except PeerSilent as exc:
+            reason = exc.reason
+            log.warning("tunnel: %s (%s): %s; closing", identity, peer, reason)
+        except PeerGone as exc:
+            reason = f"connection lost: {exc.reason}"
         except t.RemoteProtocolError as exc:
             reason = f"protocol error: {exc}"
             log.warning("tunnel: %s (%s) broke the protocol: %s; closed", identity, peer, exc)
             with trio.move_on_after(1.0):
                 try:
-                    await send(t.Error(code=t.ErrorCode.PROTOCOL, message=str(exc)[:500]))
-                except (trio.BrokenResourceError, trio.ClosedResourceError, t.LocalProtocolError):
+                    await control.send(t.Error(code=t.ErrorCode.PROTOCOL, message=str(exc)[:500]), timeout_s=1.0)
+                except (PeerGone, t.LocalProtocolError):
                     pass
         finally:
             self.registry.remove(session, f"client {identity} went offline ({reason})")
             log.info("tunnel: client %s offline: %s", identity, reason)
-
-    async def _run_session(
-        self, conn: t.TunnelConnection, stream: ZeroCopyTLSStream, session: ClientSession, send: Any
-    ) -> str:
-        tracker = t.HeartbeatTracker(self.heartbeat_interval_s, self.heartbeat_timeout_s, trio.current_time())
-        outcome = "connection closed"
-
-        failure: list[t.RemoteProtocolError] = []
-
-        async def heartbeats(scope: trio.CancelScope) -> None:
-            nonlocal outcome
-            try:
-                while True:
-                    await trio.sleep_until(tracker.next_deadline())
-                    now = trio.current_time()
-                    if tracker.expired(now):
-                        outcome = f"no heartbeat for {self.heartbeat_timeout_s:g} s"
-                        log.warning("tunnel: %s (%s): %s; closing", session.identity, session.peer, outcome)
-                        break
-                    if self._revoked(stream):
-                        outcome = "its certificate was revoked"
-                        log.warning(
-                            "tunnel: %s (%s): certificate revoked; closing its session", session.identity, session.peer
-                        )
-                        break
-                    if tracker.due(now):
-                        await send(t.Heartbeat(tracker.on_sent(now)))
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                outcome = f"connection lost: {exc}"
-            scope.cancel()
-
-        # Errors are caught inside the nursery: trio wraps anything that
-        # escapes one in an ExceptionGroup, which the callers do not expect.
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(heartbeats, nursery.cancel_scope)
-            try:
-                while True:
-                    event = conn.next_event()
-                    if event is t.NEED_DATA:
-                        data = await stream.receive_some(_RECEIVE_BYTES)
-                        conn.receive_data(data)
-                        continue
-                    if event is t.CLOSED:
-                        break
-                    tracker.on_received(trio.current_time())
-                    if not await self._on_message(event, session, tracker, send):
-                        outcome = "the client said goodbye"
-                        break
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                outcome = f"connection lost: {exc}"
-            except t.RemoteProtocolError as exc:
-                failure.append(exc)
-            finally:
-                nursery.cancel_scope.cancel()
-        if failure:
-            raise failure[0]
-        return outcome
 
     def _revoked(self, stream: ZeroCopyTLSStream) -> bool:
         """A revocation that arrived while the session was up (the CRL file
@@ -256,41 +212,77 @@ class TunnelServer:
             cert = self._certs[stream] = stream.peer_certificate()
         return cert is not None and self.revocation.is_revoked(cert)
 
-    async def _on_message(self, event: Any, session: ClientSession, tracker: t.HeartbeatTracker, send: Any) -> bool:
-        if isinstance(event, t.Heartbeat):
-            await send(t.HeartbeatAck(event.seq))
-        elif isinstance(event, t.HeartbeatAck):
-            rtt = tracker.on_ack(event.seq, trio.current_time())
-            if rtt is not None:
-                session.rtt_s = rtt
-        elif isinstance(event, t.Inventory):
-            session.inventory = {e.id: e for e in event.devices}
-            log.info("tunnel: %s exports %d device(s): %s", session.identity, len(event.devices),
-                     ", ".join(sorted(session.inventory)) or "none")  # fmt: skip
-            self.registry.changed()
-        elif isinstance(event, t.InventoryUpdate):
-            for device_id in event.removed:
-                session.inventory.pop(device_id, None)
-            for entry in event.added:
-                session.inventory[entry.id] = entry
-            log.info("tunnel: %s inventory: +%s -%s", session.identity,
-                     [e.id for e in event.added], list(event.removed))  # fmt: skip
-            self.registry.changed()
-        elif isinstance(event, t.ChannelOpened):
-            channel = session.channels.get(event.channel_id)
-            if channel is not None:
-                channel.opened()
-        elif isinstance(event, t.ChannelFailed):
-            channel = session.channels.get(event.channel_id)
-            if channel is not None:
-                channel.fail(f"the client could not open {channel.device}: {event.reason}")
-        elif isinstance(event, t.CloseChannel):
-            channel = session.channels.get(event.channel_id)
-            if channel is not None:
-                channel.fail(f"closed by the client: {event.reason}")
-        elif isinstance(event, t.Error):
+
+class ClientControl(ControlSession):
+    """One client's control session at the gateway: the driver, the client as
+    the registry sees it (`client`), and the gateway's handlers (`HANDLERS`,
+    one table for every session)."""
+
+    __slots__ = ("client", "server", "tls")
+
+    def __init__(self, server: TunnelServer, stream: ZeroCopyTLSStream, identity: str, peer: str, first: bytes):
+        super().__init__(stream, "gateway", peer=f"{identity} ({peer})", received=first)
+        self.server = server
+        self.tls = stream
+        self.client = ClientSession(identity, peer, self.send)
+
+    def check_revocation(self) -> None:
+        """Every heartbeat interval: end the session if its certificate was revoked meanwhile."""
+        if self.server._revoked(self.tls):
             log.warning(
-                "tunnel: %s (%s) reported an error: %s %s", session.identity, session.peer, event.code, event.message
+                "tunnel: %s (%s): certificate revoked; closing its session", self.client.identity, self.client.peer
             )
-            return False
-        return True
+            self.finish("its certificate was revoked")
+
+    async def _heartbeat_ack(self, event: t.HeartbeatAck) -> None:  # after the driver timed it
+        assert self.tracker is not None
+        self.client.rtt_s = self.tracker.rtt_s
+
+    async def _inventory(self, event: t.Inventory) -> None:
+        session = self.client
+        session.inventory = {e.id: e for e in event.devices}
+        log.info("tunnel: %s exports %d device(s): %s", session.identity, len(event.devices),
+                 ", ".join(sorted(session.inventory)) or "none")  # fmt: skip
+        self.server.registry.changed()
+
+    async def _inventory_update(self, event: t.InventoryUpdate) -> None:
+        session = self.client
+        for device_id in event.removed:
+            session.inventory.pop(device_id, None)
+        for entry in event.added:
+            session.inventory[entry.id] = entry
+        log.info("tunnel: %s inventory: +%s -%s", session.identity,
+                 [e.id for e in event.added], list(event.removed))  # fmt: skip
+        self.server.registry.changed()
+
+    async def _channel_opened(self, event: t.ChannelOpened) -> None:
+        channel = self.client.channels.get(event.channel_id)
+        if channel is not None:
+            channel.opened()
+
+    async def _channel_failed(self, event: t.ChannelFailed) -> None:
+        channel = self.client.channels.get(event.channel_id)
+        if channel is not None:
+            channel.fail(f"the client could not open {channel.device}: {event.reason}")
+
+    async def _close_channel(self, event: t.CloseChannel) -> None:
+        channel = self.client.channels.get(event.channel_id)
+        if channel is not None:
+            channel.fail(f"closed by the client: {event.reason}")
+
+    async def _error(self, event: t.Error) -> None:
+        session = self.client
+        log.warning(
+            "tunnel: %s (%s) reported an error: %s %s", session.identity, session.peer, event.code, event.message
+        )
+        self.finish("the client said goodbye")
+
+    HANDLERS: ClassVar[Mapping[type[t.TunnelMessage], Handler]] = {
+        t.HeartbeatAck: _heartbeat_ack,
+        t.Inventory: _inventory,
+        t.InventoryUpdate: _inventory_update,
+        t.ChannelOpened: _channel_opened,
+        t.ChannelFailed: _channel_failed,
+        t.CloseChannel: _close_channel,
+        t.Error: _error,
+    }

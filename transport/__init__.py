@@ -16,7 +16,7 @@ or `redirgate.client`: both use it
 (tests/test_import_rules.py walks the imports).
 """
 
-from redirgate.transport.control import ControlSession, PeerGone, PeerSilent, peer_gone
+from redirgate.transport.control import ControlSession, Handler, PeerGone, PeerSilent, peer_gone
 from redirgate.transport.errors import Refusal, TlsRefused, TransportError, stream_error
 from redirgate.transport.identity import (
     IDENTITY_URI_PREFIX,
@@ -69,6 +69,7 @@ __all__ = [
     "Buffer",
     "ClientContext",
     "ControlSession",
+    "Handler",
     "Handover",
     "IdentityError",
     "Inspector",

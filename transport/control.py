@@ -12,7 +12,7 @@
 - `receive()` reads until the connection has the next message (hellos).
 - `serve(handlers, ...)` is the session after the hellos: the read loop
   feeds the connection and dispatches each message by type through the
-  table; heartbeats are answered and sent here (the interval is a sleep of
+  table (`await handlers[type(message)](session, message)`); heartbeats are answered and sent here (the interval is a sleep of
   the sender task, the peer timeout a cancel scope whose deadline moves with
   every message received); extra `tasks` and `start_soon` tasks run in the
   session's nursery.  It returns the reason the session ended cleanly
@@ -33,8 +33,8 @@ stays the caller's: the session never closes it.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
 from typing import Any, Final
 
 import trio
@@ -61,8 +61,10 @@ SEND_TIMEOUT_S: Final = 30.0
 #: stream was closed under us).  Only `peer_gone` and this module read it.
 _STREAM_GONE: Final = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
-#: Handles one received control message; raising ends the session.
-Handler = Callable[[Any], Awaitable[None]]
+#: Handles one received control message: ``await handler(session, message)``;
+#: raising ends the session.  Tables can be built once per class: a
+#: `ControlSession` subclass's methods fit, and cost no memory per session.
+Handler = Callable[[Any, Any], Awaitable[None]]
 
 
 class PeerGone(TransportError):
@@ -81,17 +83,30 @@ def _gone(peer: str, exc: BaseException) -> PeerGone:
     return PeerGone(peer, f"{type(exc).__name__}: {exc}")
 
 
-@contextlib.contextmanager
-def peer_gone(peer: str) -> Iterator[None]:
+def peer_gone(peer: str) -> _PeerGoneBoundary:
     """Map the stream errors that mean "the other end is gone" to `PeerGone`.
 
-    The one boundary for them: a `PeerGone` from inside passes unchanged, so
-    nested boundaries never wrap twice.
+    The one boundary for them (``with peer_gone(peer): ...``): a `PeerGone`
+    from inside passes unchanged, so nested boundaries never wrap twice.
     """
-    try:
-        yield
-    except _STREAM_GONE as exc:
-        raise _gone(peer, exc) from exc
+    return _PeerGoneBoundary(peer)
+
+
+class _PeerGoneBoundary:
+    """`peer_gone`'s context manager: a slotted object rather than a generator,
+    since a gateway keeps one per connection for the connection's life."""
+
+    __slots__ = ("peer",)
+
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, etype: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if isinstance(exc, _STREAM_GONE):
+            raise _gone(self.peer, exc) from exc
 
 
 class ControlSession:
@@ -100,6 +115,9 @@ class ControlSession:
     `received` is what was already read from the stream for this connection
     (the gateway's opening classifier keeps the first frame).
     """
+
+    __slots__ = ("_broken", "_failure", "_nursery", "_outcome", "_send_lock", "conn", "peer", "send_timeout_s",
+                 "stream", "tracker")  # fmt: skip
 
     def __init__(
         self,
@@ -188,7 +206,7 @@ class ControlSession:
             with trio.CancelScope(deadline=now + tracker.timeout_s) as watchdog:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
-                    nursery.start_soon(self._guarded, self._heartbeats, before_heartbeat)
+                    nursery.start_soon(self._heartbeats, before_heartbeat)
                     for task in tasks:
                         nursery.start_soon(self._guarded, task)
                     try:
@@ -232,8 +250,16 @@ class ControlSession:
     async def _read_loop(
         self, handlers: Mapping[type[t.TunnelMessage], Handler], tracker: t.HeartbeatTracker, watchdog: trio.CancelScope
     ) -> None:
+        conn, stream = self.conn, self.stream
         while True:
-            event = await self.receive()
+            event = conn.next_event()
+            if event is t.NEED_DATA:  # receive(), written out: one coroutine frame less per session
+                try:
+                    data = await stream.receive_some(RECEIVE_BYTES)
+                except _STREAM_GONE as exc:
+                    raise _gone(self.peer, exc) from exc
+                conn.receive_data(data)
+                continue
             if event is t.CLOSED:
                 return
             assert isinstance(event, t.TunnelMessage)
@@ -249,18 +275,21 @@ class ControlSession:
                 builtin = False
             handler = handlers.get(type(event))
             if handler is not None:
-                await handler(event)
+                await handler(self, event)
             elif not builtin:
                 raise t.UnexpectedMessageError(f"{event.KIND!r} is not handled here", kind=event.KIND)
 
     async def _heartbeats(self, before_heartbeat: Callable[[], None] | None) -> None:
         tracker = self.tracker
         assert tracker is not None
-        while True:
-            await trio.sleep_until(tracker.last_sent + tracker.interval_s)
-            if before_heartbeat is not None:
-                before_heartbeat()
-                await trio.lowlevel.checkpoint_if_cancelled()  # it may have called finish()
-            now = trio.current_time()
-            if tracker.due(now):
-                await self.send(t.Heartbeat(tracker.on_sent(now)))
+        try:
+            while True:
+                await trio.sleep_until(tracker.last_sent + tracker.interval_s)
+                if before_heartbeat is not None:
+                    before_heartbeat()
+                    await trio.lowlevel.checkpoint_if_cancelled()  # it may have called finish()
+                now = trio.current_time()
+                if tracker.due(now):
+                    await self.send(t.Heartbeat(tracker.on_sent(now)))
+        except Exception as exc:  # re-raised by serve() as it is
+            self._fail(exc)

@@ -584,3 +584,27 @@ async def test_revocation_ends_a_live_session(tmp_path: Path, caplog: pytest.Log
             await live.aclose()
         assert "thin-02" in caplog.text and "certificate revoked; closing its session" in caplog.text
         await assert_undisturbed(lab)
+
+
+async def test_a_silent_client_is_dropped_after_the_heartbeat_timeout(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that says hello and then never answers: the gateway's heartbeats
+    go unanswered, and after the timeout its session (only its) ends."""
+    async with lab_with(tmp_path, heartbeat_interval_s=0.5, heartbeat_timeout_s=3.0) as lab:
+        pki.issue_client(pki_dir(lab), "thin-02")
+        silent = FakeClient(lab, "thin-02")
+        await silent.connect(inventory=[])
+        logs = Logs(caplog)
+        heartbeats = 0
+        try:
+            with trio.fail_after(30):  # a safety net only: the gateway's own timer ends it
+                while (event := await silent.next_event()) is not t.CLOSED:
+                    assert isinstance(event, t.Heartbeat), event
+                    heartbeats += 1
+        finally:
+            await silent.aclose()
+        assert heartbeats >= 1
+        await logs.one_refusal(TUNNEL_LOG, f"thin-02 ({silent.me})", "no sign of life for 3 s; closing")
+        await logs.wait_for(TUNNEL_LOG, "client thin-02 offline", "no sign of life", level=logging.INFO)
+        await assert_undisturbed(lab)

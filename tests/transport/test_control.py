@@ -63,7 +63,7 @@ async def test_dispatch_calls_the_handler_of_each_type_in_order_and_answers_hear
     session, peer = await connected_pair()
     seen: list[t.TunnelMessage] = []
 
-    async def record(message: t.TunnelMessage) -> None:
+    async def record(session: ControlSession, message: t.TunnelMessage) -> None:
         seen.append(message)
 
     entry = t.DeviceEntry(id="serial:a", kind=t.DeviceKind.SERIAL, port_path="/dev/ttyS0")
@@ -88,7 +88,7 @@ async def test_dispatch_calls_the_handler_of_each_type_in_order_and_answers_hear
 async def test_a_handler_error_leaves_serve_as_it_is_and_finish_returns_its_reason() -> None:
     session, peer = await connected_pair()
 
-    async def refuse(message: t.Inventory) -> None:
+    async def refuse(session: ControlSession, message: t.Inventory) -> None:
         raise LookupError("not this one")
 
     await peer.send(t.Inventory(()))
@@ -97,8 +97,8 @@ async def test_a_handler_error_leaves_serve_as_it_is_and_finish_returns_its_reas
 
     session, peer = await connected_pair()
 
-    async def goodbye(message: t.Error) -> None:
-        session.finish("the peer said goodbye")
+    async def goodbye(control: ControlSession, message: t.Error) -> None:
+        control.finish("the peer said goodbye")
 
     await peer.send(t.Error(code=t.ErrorCode.INTERNAL, message="bye"))
     assert await serve(session, {t.Error: goodbye}) == "the peer said goodbye"
@@ -123,7 +123,7 @@ async def test_an_unknown_kind_on_the_wire_is_rejected() -> None:
         await serve(session, {t.Inventory: _ignore})
 
 
-async def _ignore(message: t.TunnelMessage) -> None:
+async def _ignore(session: ControlSession, message: t.TunnelMessage) -> None:
     pass
 
 
