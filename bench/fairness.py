@@ -59,11 +59,11 @@ if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "bench":
 elif str(ROOT) not in sys.path:  # make `bench` importable
     sys.path.insert(0, str(ROOT))
 
-from bench import gateway_lab as gl  # noqa: E402
-from bench.relay_setup import Proc, Processes, machine, process_cpu_s  # noqa: E402
-from bench.report import cell as _cell  # noqa: E402
+from bench import gateway_lab as gl
+from bench.relay_setup import Proc, Processes, machine, process_cpu_s
+from bench.report import cell as _cell
 from bench.report import emit, script_arguments
-from redirgate.vmside.guest import GuestError, UsbredirGuest  # noqa: E402
+from redirgate.vmside.guest import GuestError, UsbredirGuest
 
 HID_GET_REPORT, REPORT_INPUT = 0x01, 0x01  # HID 1.11 7.2.1
 KEYBOARD_ID, LOOPBACK_ID = "usb:1209:0002", "usb:1209:0003"
@@ -199,28 +199,40 @@ def start_everything(workdir: Path) -> Setup:
     try:
         lab = gl.write_lab(
             workdir / "lab",
-            [LabRoute("kbd", KEYBOARD_ID, client="thin-01"), LabRoute("loop", LOOPBACK_ID, client="thin-01"),
-             LabRoute("loop2", LOOPBACK_ID, client="thin-02")],
+            [
+                LabRoute("kbd", KEYBOARD_ID, client="thin-01"),
+                LabRoute("loop", LOOPBACK_ID, client="thin-01"),
+                LabRoute("loop2", LOOPBACK_ID, client="thin-02"),
+            ],
             {"thin-01": ["virtual:keyboard", "virtual:loopback"], "thin-02": ["virtual:loopback"]},
-        )  # fmt: skip
+        )
         gateway = gl.start_gateway(procs, lab)
         clients = {name: gl.start_client(procs, lab, name) for name in ("thin-01", "thin-02")}
         gl.wait_online(lab, {"thin-01": 2, "thin-02": 1}, procs=list(clients.values()))
     except BaseException:
         procs.stop_all()
         raise
-    return Setup(procs, lab, {"gateway": gateway.pid, "thin-01": clients["thin-01"].pid,
-                              "thin-02": clients["thin-02"].pid})  # fmt: skip
+    return Setup(
+        procs, lab, {"gateway": gateway.pid, "thin-01": clients["thin-01"].pid, "thin-02": clients["thin-02"].pid}
+    )
 
 
 def _start_neighbour(setup: Setup, phase: Phase) -> Proc:
     assert phase.route is not None
-    argv = [sys.executable, str(Path(__file__).resolve()), "neighbour", "--port", str(setup.lab.routes[phase.route]),
-            "--direction", phase.direction]  # fmt: skip
+    argv = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "neighbour",
+        "--port",
+        str(setup.lab.routes[phase.route]),
+        "--direction",
+        phase.direction,
+    ]
     log = setup.procs.workdir / "neighbour.log"
     with open(log, "ab") as err:
-        popen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                                 cwd=setup.procs.workdir)  # fmt: skip
+        popen = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, cwd=setup.procs.workdir
+        )
     proc = Proc("neighbour", popen, 0, log)
     setup.procs.started.append(proc)
     line = _read_line(popen, NEIGHBOUR_READY_S)
@@ -302,7 +314,9 @@ def run(quick: bool, *, runs: int | None = None) -> dict[str, Any]:
             setup.procs.stop_all()
     idle = figures["idle"]
     added = {
-        p.key: {q: [b - a for a, b in zip(idle.get(q, []), figures[p.key].get(q, []))] for q in ("p50", "p99")}
+        p.key: {
+            q: [b - a for a, b in zip(idle.get(q, []), figures[p.key].get(q, []), strict=False)] for q in ("p50", "p99")
+        }
         for p in PHASES[1:]
     }
     return {
@@ -339,8 +353,10 @@ def table(result: dict[str, Any]) -> str:
         "",
     ]
     col = 20
-    lines.append(f"{'phase':<32}{'RTT p50 µs':>{col}}{'RTT p99 µs':>{col}}{'added p50 µs':>{col}}"
-                 f"{'added p99 µs':>{col}}{'neighbour MB/s':>{col}}")  # fmt: skip
+    lines.append(
+        f"{'phase':<32}{'RTT p50 µs':>{col}}{'RTT p99 µs':>{col}}{'added p50 µs':>{col}}"
+        f"{'added p99 µs':>{col}}{'neighbour MB/s':>{col}}"
+    )
     for p in result["phases"]:
         f = figs.get(p["key"], {})
         a = added.get(p["key"], {})
@@ -374,10 +390,16 @@ def charts(result: dict[str, Any]) -> list[dict[str, Any]]:
         cells = [figs.get(p["key"], {}).get(key) for p in result["phases"]]
         return {"name": name, "values": [[statistics.median(v), min(v), max(v)] if v else None for v in cells]}
 
-    return [{"id": "hid-rtt", "title": "Keyboard GET_REPORT round trip beside a busy USB neighbour", "unit": "µs",
-             "note": f"{result['plan']['runs']} runs, median with min–max; through gateway run + client run",
-             "categories": [p["label"] for p in result["phases"]],
-             "series": [series("p50", "p50"), series("p99", "p99")]}]  # fmt: skip
+    return [
+        {
+            "id": "hid-rtt",
+            "title": "Keyboard GET_REPORT round trip beside a busy USB neighbour",
+            "unit": "µs",
+            "note": f"{result['plan']['runs']} runs, median with min–max; through gateway run + client run",
+            "categories": [p["label"] for p in result["phases"]],
+            "series": [series("p50", "p50"), series("p99", "p99")],
+        }
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:

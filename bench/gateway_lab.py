@@ -79,15 +79,25 @@ def write_lab(
     directory.mkdir(parents=True, exist_ok=True)
     make_pki(directory, clients=[*clients, *extra_pki_clients])
     tunnel_port, *ports = free_ports(1 + len(routes))
-    fixed = [replace(r, listen=f"{LOOPBACK}:{port}") for r, port in zip(routes, ports)]
-    config = write_gateway_config(directory, fixed, tunnel_listen=f"{LOOPBACK}:{tunnel_port}",
-                                  heartbeat_interval_s=heartbeat_interval_s,
-                                  heartbeat_timeout_s=heartbeat_timeout_s)  # fmt: skip
-    lab = Lab(directory, config, tunnel_port, directory / "gateway.sock",
-              {r.name: int(r.listen.rsplit(":", 1)[1]) for r in fixed})  # fmt: skip
+    fixed = [replace(r, listen=f"{LOOPBACK}:{port}") for r, port in zip(routes, ports, strict=True)]
+    config = write_gateway_config(
+        directory,
+        fixed,
+        tunnel_listen=f"{LOOPBACK}:{tunnel_port}",
+        heartbeat_interval_s=heartbeat_interval_s,
+        heartbeat_timeout_s=heartbeat_timeout_s,
+    )
+    lab = Lab(
+        directory,
+        config,
+        tunnel_port,
+        directory / "gateway.sock",
+        {r.name: int(r.listen.rsplit(":", 1)[1]) for r in fixed},
+    )
     for name, virtual in clients.items():
-        lab.client_configs[name] = write_client_config(directory, tunnel_port, name=name, virtual=list(virtual),
-                                                       extra_export=(exports or {}).get(name, ""))  # fmt: skip
+        lab.client_configs[name] = write_client_config(
+            directory, tunnel_port, name=name, virtual=list(virtual), extra_export=(exports or {}).get(name, "")
+        )
     return lab
 
 
@@ -117,15 +127,15 @@ def start_client(procs: Processes, lab: Lab, identity: str) -> Proc:
     argv = [*CLI, "client", "run", "--config", str(lab.client_configs[identity])]
     log = procs.workdir / f"client-{identity}.log"
     with open(log, "ab") as err:
-        popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                                 cwd=procs.workdir)  # fmt: skip
+        popen = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, cwd=procs.workdir
+        )
     proc = Proc(f"client-{identity}", popen, 0, log)
     procs.started.append(proc)
     return proc
 
 
-def wait_online(lab: Lab, want: dict[str, int], timeout_s: float = READY_TIMEOUT_S,
-                procs: Sequence[Proc] = ()) -> None:  # fmt: skip
+def wait_online(lab: Lab, want: dict[str, int], timeout_s: float = READY_TIMEOUT_S, procs: Sequence[Proc] = ()) -> None:
     """Until every client in `want` is online with at least that many free devices."""
     deadline = time.monotonic() + timeout_s
     while True:

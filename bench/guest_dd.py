@@ -49,9 +49,9 @@ if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "bench":
 elif str(ROOT) not in sys.path:  # make `bench` importable
     sys.path.insert(0, str(ROOT))
 
-from bench import gateway_lab as gl  # noqa: E402
-from bench.relay_setup import LOOPBACK, Processes, free_port, machine, process_cpu_s  # noqa: E402
-from bench.report import cell, emit, script_arguments  # noqa: E402
+from bench import gateway_lab as gl
+from bench.relay_setup import LOOPBACK, Processes, free_port, machine, process_cpu_s
+from bench.report import cell, emit, script_arguments
 from bench.report import ratio as _ratio
 
 STORAGE_ID = "usb:1209:0001"  # client/virtual/storage.py's VID:PID
@@ -105,10 +105,21 @@ def measure(plan: Plan, workdir: Path) -> dict[str, Any]:
     procs = Processes(workdir)
     try:
         port = free_port()
-        serve = procs.start("serve-usb", [*gl.CLI, "client", "serve-usb", "--listen", f"{LOOPBACK}:{port}",
-                                          f"virtual:storage:{images['serve_usb']}"], port)  # fmt: skip
-        lab = gl.write_lab(workdir / "lab", [LabRoute(ROUTE, STORAGE_ID)],
-                           {"thin-01": [f"virtual:storage:{images['gateway']}"]})  # fmt: skip
+        serve = procs.start(
+            "serve-usb",
+            [
+                *gl.CLI,
+                "client",
+                "serve-usb",
+                "--listen",
+                f"{LOOPBACK}:{port}",
+                f"virtual:storage:{images['serve_usb']}",
+            ],
+            port,
+        )
+        lab = gl.write_lab(
+            workdir / "lab", [LabRoute(ROUTE, STORAGE_ID)], {"thin-01": [f"virtual:storage:{images['gateway']}"]}
+        )
         gateway = gl.start_gateway(procs, lab)
         client = gl.start_client(procs, lab, "thin-01")
         gl.wait_online(lab, {"thin-01": 1}, procs=[client])
@@ -128,8 +139,13 @@ def measure(plan: Plan, workdir: Path) -> dict[str, Any]:
     for name, before in cpu0.items():
         after = cpu1[name]
         cpu[name] = None if before is None or after is None else after - before
-    return {"rates": dd.rates, "reported": dd.reported, "script_start_s": dd.script_start_s, "vm_wall_s": dd.wall_s,
-            "cpu_s": cpu}  # fmt: skip
+    return {
+        "rates": dd.rates,
+        "reported": dd.reported,
+        "script_start_s": dd.script_start_s,
+        "vm_wall_s": dd.wall_s,
+        "cpu_s": cpu,
+    }
 
 
 def run(quick: bool, *, runs: int | None = None) -> dict[str, Any]:
@@ -187,23 +203,36 @@ def table(result: dict[str, Any]) -> str:
         "",
     ]
     width, col = 24, 22
-    heads = {"gateway/native": "gateway ÷ QEMU", "serve_usb/native": "serve-usb ÷ QEMU",
-             "gateway/serve_usb": "gateway ÷ serve-usb"}  # fmt: skip
-    lines.append(f"{'guest dd':<{width}}" + "".join(f"{label:>{col}}" for _, label, _ in PATHS)
-                 + "".join(f"{h:>{col}}" for h in heads.values()))  # fmt: skip
+    heads = {
+        "gateway/native": "gateway ÷ QEMU",
+        "serve_usb/native": "serve-usb ÷ QEMU",
+        "gateway/serve_usb": "gateway ÷ serve-usb",
+    }
+    lines.append(
+        f"{'guest dd':<{width}}"
+        + "".join(f"{label:>{col}}" for _, label, _ in PATHS)
+        + "".join(f"{h:>{col}}" for h in heads.values())
+    )
     for op, label in OPS:
         cells = [cell(result["rates"][op].get(role), 1) for role, _, _ in PATHS]
         ratios = [result["ratios"][key][op] for key in heads]
-        lines.append(f"{label:<{width}}" + "".join(f"{c:>{col}}" for c in cells)
-                     + "".join(f"{'—' if r is None else f'{r:.2f}':>{col}}" for r in ratios))  # fmt: skip
+        lines.append(
+            f"{label:<{width}}"
+            + "".join(f"{c:>{col}}" for c in cells)
+            + "".join(f"{'—' if r is None else f'{r:.2f}':>{col}}" for r in ratios)
+        )
     lines.append("  MB/s = 10^6 bytes/s, timed by the guest (busybox ts); higher is better")
     for role, label, port in PATHS:
-        lines.append(f"  {label} (xHCI port {port}): {rep.get(f'{role}.vendor', '?').strip()}, "
-                     f"speed {rep.get(f'{role}.speed', '?')} Mb/s, write cache '{rep.get(f'{role}.cache', '?')}', "
-                     f"default request {rep.get(f'{role}.default_max_kb', '?')} KiB, measured at 120 KiB")  # fmt: skip
+        lines.append(
+            f"  {label} (xHCI port {port}): {rep.get(f'{role}.vendor', '?').strip()}, "
+            f"speed {rep.get(f'{role}.speed', '?')} Mb/s, write cache '{rep.get(f'{role}.cache', '?')}', "
+            f"default request {rep.get(f'{role}.default_max_kb', '?')} KiB, measured at 120 KiB"
+        )
     cpu = result["cpu_s"]
-    lines.append("  CPU s over the whole boot: " + ", ".join(
-        f"{name} {'—' if v is None else f'{v:.2f}'}" for name, v in cpu.items()))  # fmt: skip
+    lines.append(
+        "  CPU s over the whole boot: "
+        + ", ".join(f"{name} {'—' if v is None else f'{v:.2f}'}" for name, v in cpu.items())
+    )
     return "\n".join(lines)
 
 
@@ -220,10 +249,16 @@ def charts(result: dict[str, Any]) -> list[dict[str, Any]]:
             values.append([statistics.median(v), min(v), max(v)] if v else None)
         return {"name": label, "values": values}
 
-    return [{"id": "dd", "title": f"Real guest dd, {plan['transfer_mib']} MiB O_DIRECT", "unit": "MB/s",
-             "note": f"{plan['runs']} runs in one boot, median with min–max; QEMU TCG, qemu-xhci",
-             "categories": [label.replace(", MB/s", "") for _, label in OPS],
-             "series": [series(role, label) for role, label, _ in PATHS]}]  # fmt: skip
+    return [
+        {
+            "id": "dd",
+            "title": f"Real guest dd, {plan['transfer_mib']} MiB O_DIRECT",
+            "unit": "MB/s",
+            "note": f"{plan['runs']} runs in one boot, median with min–max; QEMU TCG, qemu-xhci",
+            "categories": [label.replace(", MB/s", "") for _, label in OPS],
+            "series": [series(role, label) for role, label, _ in PATHS],
+        }
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -198,13 +198,23 @@ def charts(result: dict[str, Any]) -> list[dict[str, Any]]:
 
     note = f"{result['runs']} runs, median with min–max; reference = libusbredirparser through ctypes"
     return [
-        {"id": "bulk", "title": "usbredir parse rate, 16 KiB bulk OUT packets", "unit": "MB/s", "note": note,
-         "categories": ["redirgate", "libusbredirparser"],
-         "series": [{"name": "MB/s", "values": [cell(result["bulk_mb_s"]), cell(result["ref_bulk_mb_s"])]}]},
-        {"id": "control", "title": "usbredir parse rate, 64-byte control requests", "unit": "messages/s",
-         "note": note, "categories": ["redirgate", "libusbredirparser"],
-         "series": [{"name": "msg/s", "values": [cell(result["control_msg_s"]), cell(result["ref_control_msg_s"])]}]},
-    ]  # fmt: skip
+        {
+            "id": "bulk",
+            "title": "usbredir parse rate, 16 KiB bulk OUT packets",
+            "unit": "MB/s",
+            "note": note,
+            "categories": ["redirgate", "libusbredirparser"],
+            "series": [{"name": "MB/s", "values": [cell(result["bulk_mb_s"]), cell(result["ref_bulk_mb_s"])]}],
+        },
+        {
+            "id": "control",
+            "title": "usbredir parse rate, 64-byte control requests",
+            "unit": "messages/s",
+            "note": note,
+            "categories": ["redirgate", "libusbredirparser"],
+            "series": [{"name": "msg/s", "values": [cell(result["control_msg_s"]), cell(result["ref_control_msg_s"])]}],
+        },
+    ]
 
 
 def main() -> None:

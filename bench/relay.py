@@ -70,7 +70,7 @@ if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "bench":
 elif str(ROOT) not in sys.path:  # make `bench` importable
     sys.path.insert(0, str(ROOT))
 
-from bench.relay_setup import (  # noqa: E402
+from bench.relay_setup import (
     RELAY_BUFFER_BYTES,
     RTT_CPU,
     STOP_TIMEOUT_S,
@@ -85,7 +85,7 @@ from bench.relay_setup import (  # noqa: E402
     socat_argv,
     stunnel_config,
 )
-from bench.report import cell as _cell  # noqa: E402
+from bench.report import cell as _cell
 from bench.report import emit, script_arguments
 from bench.report import median as _median
 
@@ -348,7 +348,7 @@ def table(result: dict[str, Any]) -> str:
     width = max(len(c["label"]) for c in cases.values()) + 2
     col = 20
     lines.append(f"{'case':<{width}}" + "".join(f"{h:>{col}}" for _, h, _ in METRICS) + f"{'load gen CPU %':>18}")
-    for key, c in cases.items():
+    for c in cases.values():
         gen = "—"
         if c["sender_cpu_pct"]:
             gen = f"{statistics.median(c['sender_cpu_pct']):.0f} / {statistics.median(c['sink_cpu_pct'] or [0]):.0f}"
@@ -374,7 +374,7 @@ def table(result: dict[str, Any]) -> str:
         f"  round trips: sender, relay and receiver pinned to CPU {result.get('rtt_cpu', '?')} "
         "(no cross-CPU wake-ups; throughput runs are not pinned)"
     )
-    for key, c in cases.items():
+    for c in cases.values():
         for err in dict.fromkeys(c["errors"]):
             lines.append(f"  {c['label']}: {err}")
     return "\n".join(lines)
@@ -386,18 +386,38 @@ def charts(result: dict[str, Any]) -> list[dict[str, Any]]:
     labels = [c["label"] for c in cases.values()]
 
     def series(name: str, metric: str) -> dict[str, Any]:
-        return {"name": name, "values": [[statistics.median(v), min(v), max(v)] if (v := c[metric]) else None
-                                         for c in cases.values()]}  # fmt: skip
+        return {
+            "name": name,
+            "values": [[statistics.median(v), min(v), max(v)] if (v := c[metric]) else None for c in cases.values()],
+        }
 
     sub = f"{result['runs']} runs, median with min–max; loopback, {result['machine']['cpus']} CPUs"
     return [
-        {"id": "throughput", "title": f"Relay throughput, {result['bytes_per_run'] >> 20} MiB stream",
-         "unit": "MB/s", "note": sub, "categories": labels, "series": [series("MB/s", "mb_s")]},
-        {"id": "round-trip", "title": "64-byte round trip through the relay", "unit": "µs", "note": sub,
-         "categories": labels, "series": [series("p50", "rtt_p50_us"), series("p99", "rtt_p99_us")]},
-        {"id": "cpu", "title": "Relay process CPU per GB relayed", "unit": "CPU s/GB", "note": sub,
-         "categories": labels, "series": [series("CPU s/GB", "cpu_s_per_gb")]},
-    ]  # fmt: skip
+        {
+            "id": "throughput",
+            "title": f"Relay throughput, {result['bytes_per_run'] >> 20} MiB stream",
+            "unit": "MB/s",
+            "note": sub,
+            "categories": labels,
+            "series": [series("MB/s", "mb_s")],
+        },
+        {
+            "id": "round-trip",
+            "title": "64-byte round trip through the relay",
+            "unit": "µs",
+            "note": sub,
+            "categories": labels,
+            "series": [series("p50", "rtt_p50_us"), series("p99", "rtt_p99_us")],
+        },
+        {
+            "id": "cpu",
+            "title": "Relay process CPU per GB relayed",
+            "unit": "CPU s/GB",
+            "note": sub,
+            "categories": labels,
+            "series": [series("CPU s/GB", "cpu_s_per_gb")],
+        },
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -184,8 +184,14 @@ def make_pki(directory: Path) -> Pki:
     combined = directory / "haproxy.pem"
     combined.write_bytes((gw / "server-cert.pem").read_bytes() + (gw / "server-key.pem").read_bytes())
     combined.chmod(0o600)
-    return Pki(directory / "ca-cert.pem", gw / "server-cert.pem", gw / "server-key.pem", combined,
-               cl / "client-cert.pem", cl / "client-key.pem")  # fmt: skip
+    return Pki(
+        directory / "ca-cert.pem",
+        gw / "server-cert.pem",
+        gw / "server-key.pem",
+        combined,
+        cl / "client-cert.pem",
+        cl / "client-key.pem",
+    )
 
 
 def _stunnel_file(workdir: Path, name: str, pki: Pki, port: int, connect: int, role: list[str]) -> Path:
@@ -246,8 +252,13 @@ backend qemu
 
 
 def socat_argv(port: int, sink_port: int) -> list[str]:
-    return ["socat", "-b", str(RELAY_BUFFER_BYTES), f"TCP-LISTEN:{port},bind={LOOPBACK},reuseaddr,nodelay",
-            f"TCP:{LOOPBACK}:{sink_port},nodelay"]  # fmt: skip
+    return [
+        "socat",
+        "-b",
+        str(RELAY_BUFFER_BYTES),
+        f"TCP-LISTEN:{port},bind={LOOPBACK},reuseaddr,nodelay",
+        f"TCP:{LOOPBACK}:{sink_port},nodelay",
+    ]
 
 
 def tool_version(argv: list[str]) -> str:

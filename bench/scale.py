@@ -62,10 +62,10 @@ if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "bench":
 elif str(ROOT) not in sys.path:  # make `bench` importable
     sys.path.insert(0, str(ROOT))
 
-from bench import gateway_lab as gl  # noqa: E402
-from bench.relay_setup import LOOPBACK, Proc, Processes, machine, process_cpu_s  # noqa: E402
-from bench.report import cell, emit, script_arguments  # noqa: E402
-from bench.scale_peers import client_name  # noqa: E402
+from bench import gateway_lab as gl
+from bench.relay_setup import LOOPBACK, Proc, Processes, machine, process_cpu_s
+from bench.report import cell, emit, script_arguments
+from bench.scale_peers import client_name
 
 PEERS = Path(__file__).resolve().with_name("scale_peers.py")
 PKI_CACHE = Path(__file__).resolve().parent / "results" / ".scale-pki"
@@ -91,10 +91,25 @@ class Plan:
     settle_s: float = SETTLE_S  # before each VmRSS reading (quick: shorter)
 
 
-QUICK = Plan(sizes=(100, 1000), cycles=2, idle_sizes=(1000,), idle_windows=1, restarts=1,
-             channel_window_s=1.0, channel_windows=2, settle_s=0.5)  # fmt: skip
-FULL = Plan(sizes=(100, 1000, 5000), cycles=3, idle_sizes=(100, 1000, 5000), idle_windows=3, restarts=3,
-            channel_window_s=10.0, channel_windows=3)  # fmt: skip
+QUICK = Plan(
+    sizes=(100, 1000),
+    cycles=2,
+    idle_sizes=(1000,),
+    idle_windows=1,
+    restarts=1,
+    channel_window_s=1.0,
+    channel_windows=2,
+    settle_s=0.5,
+)
+FULL = Plan(
+    sizes=(100, 1000, 5000),
+    cycles=3,
+    idle_sizes=(100, 1000, 5000),
+    idle_windows=3,
+    restarts=3,
+    channel_window_s=10.0,
+    channel_windows=3,
+)
 
 
 # --------------------------------------------------------------- the PKI
@@ -124,8 +139,7 @@ class Peer:
     def __init__(self, procs: Processes, name: str, argv: list[str]) -> None:
         log = procs.workdir / f"{name}.log"
         with open(log, "ab") as err:
-            popen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                                     cwd=procs.workdir)  # fmt: skip
+            popen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, cwd=procs.workdir)
         self.proc = Proc(name, popen, 0, log)
         procs.started.append(self.proc)
 
@@ -209,12 +223,20 @@ class ScaleBench:
         from redirgate.cli.lab import write_gateway_config
 
         tunnel_port, *ports = gl.free_ports(1 + CHANNELS)
-        routes = [LabRoute(f"ch{i:03d}", "serial:bench", client=client_name(i), listen=f"{LOOPBACK}:{port}",
-                           protocol="raw") for i, port in enumerate(ports)]  # fmt: skip
-        config = write_gateway_config(lab_dir, routes, tunnel_listen=f"{LOOPBACK}:{tunnel_port}",
-                                      heartbeat_interval_s=HEARTBEAT_INTERVAL_S)  # fmt: skip
-        self.lab = gl.Lab(lab_dir, config, tunnel_port, lab_dir / "gateway.sock",
-                          {r.name: int(r.listen.rsplit(":", 1)[1]) for r in routes})  # fmt: skip
+        routes = [
+            LabRoute(f"ch{i:03d}", "serial:bench", client=client_name(i), listen=f"{LOOPBACK}:{port}", protocol="raw")
+            for i, port in enumerate(ports)
+        ]
+        config = write_gateway_config(
+            lab_dir, routes, tunnel_listen=f"{LOOPBACK}:{tunnel_port}", heartbeat_interval_s=HEARTBEAT_INTERVAL_S
+        )
+        self.lab = gl.Lab(
+            lab_dir,
+            config,
+            tunnel_port,
+            lab_dir / "gateway.sock",
+            {r.name: int(r.listen.rsplit(":", 1)[1]) for r in routes},
+        )
         self.gateway: Proc | None = None
         self.loadgen: Peer | None = None
         #: the N at which the channel part runs: CHANNEL_SIZE, else the first N with a client per route
@@ -237,9 +259,21 @@ class ScaleBench:
         self.gateway = None
 
     def start_loadgen(self, count: int) -> dict[str, Any]:
-        argv = [sys.executable, str(PEERS), "clients", "--port", str(self.lab.tunnel_port), "--pki",
-                str(self.lab.directory / "pki"), "--count", str(count), "--connect-concurrency",
-                str(CONNECT_CONCURRENCY), "--connect-timeout-s", str(self.connect_timeout(count))]  # fmt: skip
+        argv = [
+            sys.executable,
+            str(PEERS),
+            "clients",
+            "--port",
+            str(self.lab.tunnel_port),
+            "--pki",
+            str(self.lab.directory / "pki"),
+            "--count",
+            str(count),
+            "--connect-concurrency",
+            str(CONNECT_CONCURRENCY),
+            "--connect-timeout-s",
+            str(self.connect_timeout(count)),
+        ]
         self.loadgen = Peer(self.procs, "loadgen", argv)
         return self.loadgen.read(60.0 + count * 0.01)
 
@@ -264,8 +298,10 @@ class ScaleBench:
                 cpu1, gen1 = process_cpu_s(gw.pid), process_cpu_s(self.loadgen.pid)
                 _put(into, "machine_busy_pct_connect", gl.busy_pct(machine0, gl.machine_jiffies()))
                 if answer["online"] < n or online_s is None:
-                    notes.append(f"N={n} cycle {cycle + 1}: {answer['online']} of {n} online in time "
-                                 f"({'; '.join(answer.get('errors', []))})")  # fmt: skip
+                    notes.append(
+                        f"N={n} cycle {cycle + 1}: {answer['online']} of {n} online in time "
+                        f"({'; '.join(answer.get('errors', []))})"
+                    )
                     continue
                 _put(into, "online_s", online_s)
                 _put(into, "handshakes_per_s", n / answer["last_tls_s"] if answer.get("last_tls_s") else None)
@@ -313,8 +349,10 @@ class ScaleBench:
                 back = wait_clients(self.lab, n, 60.0 + n * 0.02, poll_s)
                 after = self.loadgen.ask("mark", 10)
                 if back is None:
-                    notes.append(f"N={n}: not all clients back within {60 + n * 0.02:.0f} s after the restart "
-                                 f"({'; '.join(after.get('errors', []))})")  # fmt: skip
+                    notes.append(
+                        f"N={n}: not all clients back within {60 + n * 0.02:.0f} s after the restart "
+                        f"({'; '.join(after.get('errors', []))})"
+                    )
                     continue
                 _put(into, "restart_s", up_s + back)
                 _put(into, "restart_gateway_up_s", up_s)
@@ -324,8 +362,19 @@ class ScaleBench:
         assert self.loadgen is not None and self.gateway is not None
         ports = self.workdir / "route-ports.txt"
         ports.write_text(" ".join(str(self.lab.routes[f"ch{i:03d}"]) for i in range(CHANNELS)))
-        hv = Peer(self.procs, "hypervisors", [sys.executable, str(PEERS), "hypervisors", "--ports", str(ports),
-                                             "--max-s", str(60 + self.plan.channel_window_s * 4)])  # fmt: skip
+        hv = Peer(
+            self.procs,
+            "hypervisors",
+            [
+                sys.executable,
+                str(PEERS),
+                "hypervisors",
+                "--ports",
+                str(ports),
+                "--max-s",
+                str(60 + self.plan.channel_window_s * 4),
+            ],
+        )
         try:
             hv.read(30)
             t0 = time.monotonic()
@@ -352,7 +401,7 @@ class ScaleBench:
                 cpus1 = [process_cpu_s(p) for p in (gw_pid, gen_pid, hv_pid)]
                 _put(into, "machine_busy_pct", gl.busy_pct(machine0, gl.machine_jiffies()))
                 dt = nxt["t"] - mark["t"]
-                rates = sorted((b - a) / 1e6 / dt for a, b in zip(mark["bytes"], nxt["bytes"]))
+                rates = sorted((b - a) / 1e6 / dt for a, b in zip(mark["bytes"], nxt["bytes"], strict=True))
                 total = sum(rates)
                 _put(into, "aggregate_mb_s", total)
                 _put(into, "channel_min_mb_s", rates[0])
@@ -363,7 +412,7 @@ class ScaleBench:
                 _put(into, "stalled_channels", float(sum(r == 0 for r in rates)))
                 sq = sum(r * r for r in rates)
                 _put(into, "jain_index", total * total / (len(rates) * sq) if sq else None)
-                for key, a, b in zip(("gateway", "loadgen", "hypervisors"), cpus0, cpus1):
+                for key, a, b in zip(("gateway", "loadgen", "hypervisors"), cpus0, cpus1, strict=True):
                     _put(into, f"cpu_{key}_pct", 100 * (b - a) / dt)
                 mark = nxt
         finally:
@@ -384,9 +433,16 @@ def run(quick: bool, *, sizes: tuple[int, ...] | None = None) -> dict[str, Any]:
     """Every size, then the channel part at N = 1000; JSON-ready per-cycle values."""
     plan = QUICK if quick else FULL
     if sizes:
-        plan = Plan(sizes, plan.cycles, tuple(s for s in sizes if s in plan.idle_sizes) or sizes[-1:],
-                    plan.idle_windows, plan.restarts, plan.channel_window_s, plan.channel_windows,
-                    plan.settle_s)  # fmt: skip
+        plan = Plan(
+            sizes,
+            plan.cycles,
+            tuple(s for s in sizes if s in plan.idle_sizes) or sizes[-1:],
+            plan.idle_windows,
+            plan.restarts,
+            plan.channel_window_s,
+            plan.channel_windows,
+            plan.settle_s,
+        )
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:  # inherited by the gateway process; scale_peers raises its own
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -504,8 +560,11 @@ def table(result: dict[str, Any]) -> str:
             + "".join(f"{cell(f.get(key), digits, single=' (1 run)'):>{col}}" for f in sizes.values())
         )
     ch = result["channel_figures"]
-    lines += ["", f"{result['channels']} channels at once, {result['channel_size']} clients online; "
-              f"{plan['channel_windows']} windows of {plan['channel_window_s']:g} s"]  # fmt: skip
+    lines += [
+        "",
+        f"{result['channels']} channels at once, {result['channel_size']} clients online; "
+        f"{plan['channel_windows']} windows of {plan['channel_window_s']:g} s",
+    ]
     for key, label, digits in CHANNEL_ROWS:
         lines.append(f"  {label:<{width - 2}}{cell(ch.get(key), digits, single=' (1 run)'):>{col}}")
     lines += ["", "floors (reported, not asserted)"]
@@ -513,8 +572,10 @@ def table(result: dict[str, Any]) -> str:
         v = f.get("rss_per_client_kib")
         if v:
             med = statistics.median(v)
-            lines.append(f"  gateway memory ≤ {MEMORY_FLOOR_KIB:.0f} KiB per idle client, N = {n}: {med:.1f} KiB, "
-                         f"{'meets' if med <= MEMORY_FLOOR_KIB else 'MISSES'}")  # fmt: skip
+            lines.append(
+                f"  gateway memory ≤ {MEMORY_FLOOR_KIB:.0f} KiB per idle client, N = {n}: {med:.1f} KiB, "
+                f"{'meets' if med <= MEMORY_FLOOR_KIB else 'MISSES'}"
+            )
     for note in result.get("notes", []):
         lines.append(f"  note: {note}")
     for err in result.get("errors", []):
@@ -526,19 +587,39 @@ def charts(result: dict[str, Any]) -> list[dict[str, Any]]:
     sizes: dict[str, Figures] = result["sizes"]
 
     def one(key: str) -> dict[str, Any]:
-        return {"name": key, "values": [[statistics.median(v), min(v), max(v)] if (v := f.get(key)) else None
-                                        for f in sizes.values()]}  # fmt: skip
+        return {
+            "name": key,
+            "values": [[statistics.median(v), min(v), max(v)] if (v := f.get(key)) else None for f in sizes.values()],
+        }
 
     cats = [f"N = {n}" for n in sizes]
     note = f"{result['plan']['cycles']} cycles, median with min–max; one gateway process, loopback"
     return [
-        {"id": "memory", "title": "Gateway RSS per idle client", "unit": "KiB", "note": note, "categories": cats,
-         "series": [one("rss_per_client_kib")]},
-        {"id": "handshakes", "title": "TLS handshakes per second while N clients connect", "unit": "handshakes/s",
-         "note": note, "categories": cats, "series": [one("handshakes_per_s")]},
-        {"id": "restart", "title": "All clients back after a gateway restart", "unit": "s", "note": note,
-         "categories": cats, "series": [one("restart_s")]},
-    ]  # fmt: skip
+        {
+            "id": "memory",
+            "title": "Gateway RSS per idle client",
+            "unit": "KiB",
+            "note": note,
+            "categories": cats,
+            "series": [one("rss_per_client_kib")],
+        },
+        {
+            "id": "handshakes",
+            "title": "TLS handshakes per second while N clients connect",
+            "unit": "handshakes/s",
+            "note": note,
+            "categories": cats,
+            "series": [one("handshakes_per_s")],
+        },
+        {
+            "id": "restart",
+            "title": "All clients back after a gateway restart",
+            "unit": "s",
+            "note": note,
+            "categories": cats,
+            "series": [one("restart_s")],
+        },
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:

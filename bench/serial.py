@@ -73,12 +73,12 @@ if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "bench":
 elif str(ROOT) not in sys.path:  # make `bench` importable
     sys.path.insert(0, str(ROOT))
 
-from bench import gateway_lab as gl  # noqa: E402
-from bench.relay_setup import LOOPBACK, RTT_CPU, Processes, free_port, machine  # noqa: E402
-from bench.report import cell as _cell  # noqa: E402
+from bench import gateway_lab as gl
+from bench.relay_setup import LOOPBACK, RTT_CPU, Processes, free_port, machine
+from bench.report import cell as _cell
 from bench.report import emit, script_arguments
 from bench.report import median as _med
-from bench.serial_device import PATTERN  # noqa: E402
+from bench.serial_device import PATTERN
 
 DEVICE = Path(__file__).resolve().with_name("serial_device.py")
 SETTINGS = "115200,8N1"  # redirgate's spelling; ser2net's is 115200n81
@@ -148,8 +148,9 @@ class Device:
         self.log = workdir / f"device-{name}.log"
         self._pending = b""
         with open(self.log, "ab") as err:
-            self.popen = subprocess.Popen([sys.executable, str(DEVICE)], stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE, stderr=err)  # fmt: skip
+            self.popen = subprocess.Popen(
+                [sys.executable, str(DEVICE)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err
+            )
         try:
             line = self._line(IO_TIMEOUT_S)
             if not line.startswith("PTY "):
@@ -241,8 +242,9 @@ def ser2net_config(workdir: Path, name: str, port: int, pts: str, *, tuned: bool
         else ""
     )
     path = workdir / f"{name}.yaml"
-    path.write_text(f"connection: &{name}\n  accepter: {accepter}\n"
-                    f"  connector: serialdev,{pts},115200n81,local{options}\n")  # fmt: skip
+    path.write_text(
+        f"connection: &{name}\n  accepter: {accepter}\n  connector: serialdev,{pts},115200n81,local{options}\n"
+    )
     return path
 
 
@@ -264,16 +266,25 @@ def start_paths(procs: Processes, workdir: Path, devices: list[Device], errors: 
             paths.append(SerialPath(case, device, port, [proc.pid]))
         elif case.key == "serve_serial":
             port = free_port()
-            argv = [*gl.CLI, "client", "serve-serial", "--listen", f"{LOOPBACK}:{port}", "--settings", SETTINGS,
-                    device.pts]  # fmt: skip
+            argv = [
+                *gl.CLI,
+                "client",
+                "serve-serial",
+                "--listen",
+                f"{LOOPBACK}:{port}",
+                "--settings",
+                SETTINGS,
+                device.pts,
+            ]
             proc = procs.start(case.key, argv, port)
             paths.append(SerialPath(case, device, port, [proc.pid]))
         else:
             from redirgate.cli.lab import LabRoute
 
             export = f'\n[[serial]]\nname = "{EXPORT}"\nport = "{device.pts}"\nsettings = "{SETTINGS}"\n'
-            lab = gl.write_lab(workdir / "lab", [LabRoute(ROUTE, f"serial:{EXPORT}")], {"thin-01": []},
-                               exports={"thin-01": export})  # fmt: skip
+            lab = gl.write_lab(
+                workdir / "lab", [LabRoute(ROUTE, f"serial:{EXPORT}")], {"thin-01": []}, exports={"thin-01": export}
+            )
             gateway = gl.start_gateway(procs, lab)
             client = gl.start_client(procs, lab, "thin-01")
             gl.wait_online(lab, {"thin-01": 1}, procs=[client])
@@ -458,8 +469,9 @@ def run(quick: bool, *, runs: int | None = None) -> dict[str, Any]:
         except (RuntimeError, OSError, BenchError) as exc:
             errors.append(f"setup: {type(exc).__name__}: {exc}")
         finally:
-            ended = [f"{p.name} ended early: {p.log_tail()[-300:]}"
-                     for p in procs.started if p.popen.poll() is not None]  # fmt: skip
+            ended = [
+                f"{p.name} ended early: {p.log_tail()[-300:]}" for p in procs.started if p.popen.poll() is not None
+            ]
             procs.stop_all()
             for device in devices:
                 device.stop()
@@ -505,8 +517,12 @@ def ratios(cases: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None
 # ---------------------------------------------------------------- report
 
 
-SHORT = {"ser2net": "ser2net", "ser2net_tuned": "ser2net tuned", "serve_serial": "serve-serial",
-         "gateway": "client+gateway"}  # fmt: skip
+SHORT = {
+    "ser2net": "ser2net",
+    "ser2net_tuned": "ser2net tuned",
+    "serve_serial": "serve-serial",
+    "gateway": "client+gateway",
+}
 RATIO_HEADS = {"serve_serial": "serve-serial", "gateway": "gateway", "ser2net": "ser2net", "ser2net_tuned": "tuned"}
 
 
@@ -573,14 +589,27 @@ def charts(result: dict[str, Any]) -> list[dict[str, Any]]:
 
     note = f"{result['plan']['runs']} runs, median with min–max; pty device on loopback"
     return [
-        {"id": "round-trip", "title": "Serial one-byte echo round trip", "unit": "µs", "note": note,
-         "categories": labels, "series": [series("p50", "rtt_p50_us"), series("p99", "rtt_p99_us"),
-                                          series("pinned p50", "pin_p50_us")]},
-        {"id": "throughput", "title": f"Serial bulk, {result['plan']['bulk_bytes'] >> 20} MiB", "unit": "MB/s",
-         "note": note, "categories": labels,
-         "series": [series("to device", "to_mb_s"), series("from device", "from_mb_s"),
-                    series("echo, each way", "echo_mb_s")]},
-    ]  # fmt: skip
+        {
+            "id": "round-trip",
+            "title": "Serial one-byte echo round trip",
+            "unit": "µs",
+            "note": note,
+            "categories": labels,
+            "series": [series("p50", "rtt_p50_us"), series("p99", "rtt_p99_us"), series("pinned p50", "pin_p50_us")],
+        },
+        {
+            "id": "throughput",
+            "title": f"Serial bulk, {result['plan']['bulk_bytes'] >> 20} MiB",
+            "unit": "MB/s",
+            "note": note,
+            "categories": labels,
+            "series": [
+                series("to device", "to_mb_s"),
+                series("from device", "from_mb_s"),
+                series("echo, each way", "echo_mb_s"),
+            ],
+        },
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:

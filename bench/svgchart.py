@@ -71,8 +71,9 @@ def bar_chart(chart: dict[str, Any]) -> str:
         out.append(f'<line x1="{tx:.1f}" y1="{plot_top}" x2="{tx:.1f}" y2="{plot_bottom}" stroke="#ddd"/>')
         out.append(f'<text x="{tx:.1f}" y="{plot_bottom + 16}" text-anchor="middle" fill="#555">{_fmt(tick)}</text>')
         tick += step
-    out.append(f'<text x="{LABEL_W + PLOT_W / 2}" y="{plot_bottom + 32}" text-anchor="middle">'
-               f'{escape(chart["unit"])}</text>')  # fmt: skip
+    out.append(
+        f'<text x="{LABEL_W + PLOT_W / 2}" y="{plot_bottom + 32}" text-anchor="middle">{escape(chart["unit"])}</text>'
+    )
     for row, label in enumerate(categories):
         y0 = plot_top + row * row_h + ROW_GAP / 2
         weight = ' font-weight="bold"' if "redirgate" in label else ""
@@ -85,8 +86,10 @@ def bar_chart(chart: dict[str, Any]) -> str:
                 continue
             med, lo, hi = cell
             colour = COLOURS[i % len(COLOURS)]
-            out.append(f'<rect x="{LABEL_W}" y="{yb + 1}" width="{max(0.5, x(med) - LABEL_W):.1f}" '
-                       f'height="{BAR_H - 3}" fill="{colour}"/>')  # fmt: skip
+            out.append(
+                f'<rect x="{LABEL_W}" y="{yb + 1}" width="{max(0.5, x(med) - LABEL_W):.1f}" '
+                f'height="{BAR_H - 3}" fill="{colour}"/>'
+            )
             cy = yb + BAR_H / 2
             out.append(f'<line x1="{x(lo):.1f}" y1="{cy}" x2="{x(hi):.1f}" y2="{cy}" stroke="#222"/>')
             for end in (lo, hi):

@@ -77,15 +77,15 @@ if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "bench":
 elif str(ROOT) not in sys.path:  # make `bench` importable
     sys.path.insert(0, str(ROOT))
 
-from bench import gateway_lab as gl  # noqa: E402
-from bench.relay_setup import LOOPBACK, RTT_CPU, Processes, machine, process_cpu_s  # noqa: E402
-from bench.report import cell as _cell  # noqa: E402
+from bench import gateway_lab as gl
+from bench.relay_setup import LOOPBACK, RTT_CPU, Processes, machine, process_cpu_s
+from bench.report import cell as _cell
 from bench.report import emit, ratio, script_arguments
 from bench.report import median as _med
-from bench.usb_path import _bulk_seconds, _ctrl_latencies, _with_retry  # noqa: E402
-from redirgate.client.virtual import LoopbackMode  # noqa: E402
-from redirgate.proto.usbredir import messages as m  # noqa: E402
-from redirgate.vmside.guest import GuestError, UsbredirGuest  # noqa: E402
+from bench.usb_path import _bulk_seconds, _ctrl_latencies, _with_retry
+from redirgate.client.virtual import LoopbackMode
+from redirgate.proto.usbredir import messages as m
+from redirgate.vmside.guest import GuestError, UsbredirGuest
 
 VENDOR_SET_MODE = 0x01  # client/virtual/loopback.py
 BULK_OUT, BULK_IN, ISO_IN = 0x01, 0x81, 0x82
@@ -191,7 +191,7 @@ async def _socket_figures(vm: UsbredirGuest, plan: Plan, pids: dict[str, int], i
     lat = await _ctrl_latencies(vm, plan.ctrl_count)
     cpu1, vm1 = _cpu_exact(list(pids.values())), time.process_time()
     count = plan.ctrl_count + min(100, plan.ctrl_count)  # _ctrl_latencies warms up with 100 first
-    for (name, _), a, b in zip(pids.items(), cpu0, cpu1):
+    for (name, _), a, b in zip(pids.items(), cpu0, cpu1, strict=True):
         _put(into, f"cpu_{name}_ctrl", (b - a) / count * 1e6)
     _put(into, "cpu_vm_ctrl", (vm1 - vm0) / count * 1e6)
     _put(into, "ctrl_p50", lat[len(lat) // 2] * 1e6)
@@ -214,14 +214,13 @@ async def _socket_figures(vm: UsbredirGuest, plan: Plan, pids: dict[str, int], i
                 n = max(depth, total // (kib * 1024))
                 _put(into, f"bulk_{direction}_{kib}_{depth}", n * kib * 1024 / 1e6 / seconds)
                 if kib == 64 and depth == 4:
-                    for (name, _), a, b in zip(pids.items(), cpu0, cpu1):
+                    for (name, _), a, b in zip(pids.items(), cpu0, cpu1, strict=True):
                         _put(into, f"cpu_{name}_{direction}", (b - a) / n * 1e6)
                     _put(into, f"cpu_vm_{direction}", (vm1 - vm0) / n * 1e6)
     _put(into, "machine_busy_bulk", gl.busy_pct(machine0, gl.machine_jiffies()) or 0.0)
 
 
-async def _iso_figures(vm: UsbredirGuest, case: IsoCase, seconds: float, pids: dict[str, int],
-                       into: Figures) -> None:  # fmt: skip
+async def _iso_figures(vm: UsbredirGuest, case: IsoCase, seconds: float, pids: dict[str, int], into: Figures) -> None:
     """Start an iso IN stream as QEMU would, read it as fast as it comes, count what is missing."""
     alt = await vm.set_alt_setting(1, 1)
     if alt.status != 0:
@@ -270,7 +269,7 @@ async def _iso_figures(vm: UsbredirGuest, case: IsoCase, seconds: float, pids: d
     _put(into, f"{key}_bad_status", float(bad))
     _put(into, f"{key}_mb_s", nbytes / 1e6 / seconds)
     if cpu0:
-        for (name, _), a, b in zip(pids.items(), cpu0, cpu1):
+        for (name, _), a, b in zip(pids.items(), cpu0, cpu1, strict=True):
             _put(into, f"cpu_{name}_{case.key}_pct", 100 * (b - a) / seconds)
 
 
@@ -296,9 +295,12 @@ def start_everything(workdir: Path) -> Setup:
     try:
         serve = {}
         serve_ports = gl.free_ports(2)
-        for port, (speed, spec) in zip(serve_ports, (("high", "virtual:loopback"), ("full", "virtual:loopback@full"))):
-            serve[speed] = procs.start(f"serve-usb-{speed}", [*gl.CLI, "client", "serve-usb", "--listen",
-                                                              f"{LOOPBACK}:{port}", spec], port)  # fmt: skip
+        for port, (speed, spec) in zip(
+            serve_ports, (("high", "virtual:loopback"), ("full", "virtual:loopback@full")), strict=True
+        ):
+            serve[speed] = procs.start(
+                f"serve-usb-{speed}", [*gl.CLI, "client", "serve-usb", "--listen", f"{LOOPBACK}:{port}", spec], port
+            )
             setup.ports[("serve_usb", speed)] = port
         gateway = gl.start_gateway(procs, lab)
         clients = {name: gl.start_client(procs, lab, name) for name in ("thin-hs", "thin-fs")}
@@ -324,15 +326,17 @@ def start_stunnel_pair(setup: Setup, pki: Any, workdir: Path) -> None:
     directory = workdir / "stunnel-usb"
     directory.mkdir()
     serve_port, server_port, client_port = gl.free_ports(3)
-    serve = setup.procs.start("serve-usb-stunnel", [*gl.CLI, "client", "serve-usb", "--listen",
-                                                    f"{LOOPBACK}:{serve_port}", "virtual:loopback"], serve_port)  # fmt: skip
+    serve = setup.procs.start(
+        "serve-usb-stunnel",
+        [*gl.CLI, "client", "serve-usb", "--listen", f"{LOOPBACK}:{serve_port}", "virtual:loopback"],
+        serve_port,
+    )
     server_conf = stunnel_config(pki, server_port, serve_port, directory)
     server = setup.procs.start("stunnel-usb-server", ["stunnel4", str(server_conf)], server_port)
     client_conf = stunnel_client_config(pki, client_port, server_port, directory)
     client = setup.procs.start("stunnel-usb-client", ["stunnel4", str(client_conf)], client_port)
     setup.ports[("stunnel_pair", "high")] = client_port
-    setup.pids["stunnel_pair"] = {"serve-usb": serve.pid, "stunnel-server": server.pid,
-                                  "stunnel-client": client.pid}  # fmt: skip
+    setup.pids["stunnel_pair"] = {"serve-usb": serve.pid, "stunnel-server": server.pid, "stunnel-client": client.pid}
 
 
 def measure_path(setup: Setup, path: str, plan: Plan, into: Figures) -> None:
@@ -385,7 +389,7 @@ def reference_round_trips(bench: Any, count: int, into: dict[str, Figures], erro
             _put(fig, "p99", float(result["p99_us"]))
         pinned = RelayFigures(case.label)
         bench.round_trips(case, count, pinned)
-        for a, b in zip(pinned.rtt_p50_us, pinned.rtt_p99_us):
+        for a, b in zip(pinned.rtt_p50_us, pinned.rtt_p99_us, strict=True):
             _put(fig, "pin_p50", a)
             _put(fig, "pin_p99", b)
         for cpu in pinned.cpu_us_per_rtt:
@@ -414,8 +418,9 @@ def _stunnel_pair_round_trips(bench: Any, count: int, fig: Figures, errors: list
             else:
                 result = bench.source(port, False, extra, timeout_s)
             if "error" in result or result.get("count", 0) < count:
-                errors.append(f"stunnel pair, {'pinned' if pin else 'unpinned'}: "
-                              f"{result.get('error', 'connection ended early')}")  # fmt: skip
+                errors.append(
+                    f"stunnel pair, {'pinned' if pin else 'unpinned'}: {result.get('error', 'connection ended early')}"
+                )
                 continue
             prefix = "pin_" if pin else ""
             _put(fig, f"{prefix}p50", float(result["p50_us"]))
@@ -487,7 +492,8 @@ def run(quick: bool, *, runs: int | None = None) -> dict[str, Any]:
 
 
 def _diffs(a: list[float], b: list[float]) -> list[float]:
-    return [x - y for x, y in zip(a, b)]
+    # the runs both sides completed (a failed run leaves one list shorter)
+    return [x - y for x, y in zip(a, b, strict=False)]
 
 
 def added_rtt(figures: dict[str, Figures], reference: dict[str, Figures]) -> dict[str, dict[str, list[float]]]:
@@ -548,26 +554,41 @@ def table(result: dict[str, Any]) -> str:
     ]
     width = 50
     col = 22
-    lines.append(f"{'measure':<{width}}{PATHS['serve_usb']:>{col}}{PATHS['gateway']:>{col}}"
-                 f"{PATHS['stunnel_pair']:>{col + 4}}{'gw/alone':>10}{'gw/pair':>9}")  # fmt: skip
+    lines.append(
+        f"{'measure':<{width}}{PATHS['serve_usb']:>{col}}{PATHS['gateway']:>{col}}"
+        f"{PATHS['stunnel_pair']:>{col + 4}}{'gw/alone':>10}{'gw/pair':>9}"
+    )
     for key, label, digits in _rows():
-        lines.append(f"{label:<{width}}{_cell(su.get(key), digits):>{col}}{_cell(gw.get(key), digits):>{col}}"
-                     f"{_cell(pair.get(key), digits):>{col + 4}}{_ratio(gw.get(key), su.get(key)):>10}"
-                     f"{_ratio(gw.get(key), pair.get(key)):>9}")  # fmt: skip
+        lines.append(
+            f"{label:<{width}}{_cell(su.get(key), digits):>{col}}{_cell(gw.get(key), digits):>{col}}"
+            f"{_cell(pair.get(key), digits):>{col + 4}}{_ratio(gw.get(key), su.get(key)):>10}"
+            f"{_ratio(gw.get(key), pair.get(key)):>9}"
+        )
     lines.append(
         "  gw/alone = through gateway ÷ serve-usb alone, gw/pair = through gateway ÷ serve-usb behind "
         "the stunnel4 pair (MB/s: higher is better; µs: lower is better)"
     )
     lines.append("")
-    lines.append(f"{'CPU µs per transfer, by process':<{width}}{'control':>{col}}{'64 KiB OUT ×4':>{col}}"
-                 f"{'64 KiB IN ×4':>{col}}")  # fmt: skip
-    for path, role in (("serve_usb", "serve-usb"), ("serve_usb", "vm"), ("gateway", "gateway"), ("gateway", "client"),
-                       ("gateway", "vm"), ("stunnel_pair", "stunnel-client"), ("stunnel_pair", "stunnel-server"),
-                       ("stunnel_pair", "serve-usb"), ("stunnel_pair", "vm")):  # fmt: skip
+    lines.append(
+        f"{'CPU µs per transfer, by process':<{width}}{'control':>{col}}{'64 KiB OUT ×4':>{col}}{'64 KiB IN ×4':>{col}}"
+    )
+    for path, role in (
+        ("serve_usb", "serve-usb"),
+        ("serve_usb", "vm"),
+        ("gateway", "gateway"),
+        ("gateway", "client"),
+        ("gateway", "vm"),
+        ("stunnel_pair", "stunnel-client"),
+        ("stunnel_pair", "stunnel-server"),
+        ("stunnel_pair", "serve-usb"),
+        ("stunnel_pair", "vm"),
+    ):
         name = f"{role} ({PATHS[path]})" if role != "vm" else f"VM side (this process), {PATHS[path]}"
         f = paths.get(path, {})
-        lines.append(f"  {name:<{width - 2}}{_cell(f.get(f'cpu_{role}_ctrl')):>{col}}"
-                     f"{_cell(f.get(f'cpu_{role}_OUT')):>{col}}{_cell(f.get(f'cpu_{role}_IN')):>{col}}")  # fmt: skip
+        lines.append(
+            f"  {name:<{width - 2}}{_cell(f.get(f'cpu_{role}_ctrl')):>{col}}"
+            f"{_cell(f.get(f'cpu_{role}_OUT')):>{col}}{_cell(f.get(f'cpu_{role}_IN')):>{col}}"
+        )
     busy_su, busy_gw = _cell(su.get("machine_busy_bulk")), _cell(gw.get("machine_busy_bulk"))
     lines.append(
         f"  whole machine busy % (both CPUs = 100, everyone's work) during the bulk figures: "
@@ -581,8 +602,10 @@ def table(result: dict[str, Any]) -> str:
     for case in result["iso_cases"]:
         key = f"iso_{case['key']}"
         expected = _med(su.get(f"{key}_expected", []) or gw.get(f"{key}_expected", []))
-        lines.append(f"  {case['label']}, {case['pkts_per_urb']} pkts/urb × {case['no_urbs']} urbs; "
-                     f"{expected or 0:.0f} (micro)frames per window")  # fmt: skip
+        lines.append(
+            f"  {case['label']}, {case['pkts_per_urb']} pkts/urb × {case['no_urbs']} urbs; "
+            f"{expected or 0:.0f} (micro)frames per window"
+        )
         for sub, label, digits in (
             ("received", "packets received", 0),
             ("dropped", "dropped by the host (id gaps)", 0),
@@ -590,11 +613,15 @@ def table(result: dict[str, Any]) -> str:
             ("bad_status", "packets with an error status", 0),
             ("mb_s", "payload MB/s", 2),
         ):
-            lines.append(f"    {label:<{width - 4}}{_cell(su.get(f'{key}_{sub}'), digits):>{col}}"
-                         f"{_cell(gw.get(f'{key}_{sub}'), digits):>{col}}")  # fmt: skip
+            lines.append(
+                f"    {label:<{width - 4}}{_cell(su.get(f'{key}_{sub}'), digits):>{col}}"
+                f"{_cell(gw.get(f'{key}_{sub}'), digits):>{col}}"
+            )
         ck = case["key"]
-        cpu = " / ".join(f"{role} {_cell(f.get(f'cpu_{role}_{ck}_pct'))}%"
-                         for f, role in ((su, "serve-usb"), (gw, "gateway"), (gw, "client")))  # fmt: skip
+        cpu = " / ".join(
+            f"{role} {_cell(f.get(f'cpu_{role}_{ck}_pct'))}%"
+            for f, role in ((su, "serve-usb"), (gw, "gateway"), (gw, "client"))
+        )
         lines.append(f"    CPU during the window: {cpu}")
     lines.append(
         "  the loopback's iso IN returns max-size packets, so the audio-like stream is 1023 B/ms, not 192 B/ms"
@@ -614,18 +641,22 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"  {label:<{width}}{unpinned:>{col}}{pinned:>{col}}")
     for key in REF_CASES:
         f = ref.get(key, {})
-        lines.append(f"    {key} 64 B round trip p50 / p99: "
-                     f"unpinned {_cell(f.get('p50'), 1)} / {_cell(f.get('p99'), 1)}, "
-                     f"pinned {_cell(f.get('pin_p50'), 1)} / {_cell(f.get('pin_p99'), 1)}")  # fmt: skip
+        lines.append(
+            f"    {key} 64 B round trip p50 / p99: "
+            f"unpinned {_cell(f.get('p50'), 1)} / {_cell(f.get('p99'), 1)}, "
+            f"pinned {_cell(f.get('pin_p50'), 1)} / {_cell(f.get('pin_p99'), 1)}"
+        )
     lines.append("")
     lines.append("floors (reported, not asserted)")
     for depth in DEPTHS:
         for direction in ("OUT", "IN"):
             v = _med(gw.get(f"bulk_{direction}_64_{depth}", []))
             verdict = "—" if v is None else ("meets" if v >= BULK_FLOOR_MB_S else "MISSES")
-            lines.append(f"  bulk {direction} 64 KiB × {depth} through client + gateway "
-                         f"≥ {BULK_FLOOR_MB_S:.0f} MB/s: "
-                         f"{'—' if v is None else f'{v:.0f}'} MB/s, {verdict}")  # fmt: skip
+            lines.append(
+                f"  bulk {direction} 64 KiB × {depth} through client + gateway "
+                f"≥ {BULK_FLOOR_MB_S:.0f} MB/s: "
+                f"{'—' if v is None else f'{v:.0f}'} MB/s, {verdict}"
+            )
     for mode in ("unpinned", "pinned"):
         g, s = _med(added[mode]["gateway"]), _med(added[mode]["stunnel_vs_tcp"])
         verdict = "—" if g is None or s is None else ("meets" if g <= s else "MISSES")
@@ -656,21 +687,33 @@ def charts(result: dict[str, Any]) -> list[dict[str, Any]]:
 
     def series(path: str, keys: list[str]) -> dict[str, Any]:
         f = paths.get(path, {})
-        return {"name": PATHS[path], "values": [[statistics.median(v), min(v), max(v)] if (v := f.get(k)) else None
-                                                 for k in keys]}  # fmt: skip
+        return {
+            "name": PATHS[path],
+            "values": [[statistics.median(v), min(v), max(v)] if (v := f.get(k)) else None for k in keys],
+        }
 
     bulk = [k for k, _, _ in _rows() if k.startswith("bulk_")]
     ctrl = ["ctrl_p50", "ctrl_p99", "ctrl_pin_p50", "ctrl_pin_p99"]
     labels = {k: label for k, label, _ in _rows()}
     note = f"{result['plan']['runs']} runs, median with min–max; virtual:loopback on loopback TCP"
     return [
-        {"id": "bulk", "title": "USB bulk through client + gateway vs serve-usb alone", "unit": "MB/s", "note": note,
-         "categories": [labels[k].replace(", MB/s", "") for k in bulk],
-         "series": [series(p, bulk) for p in PATHS]},
-        {"id": "control", "title": "USB control round trip (GET_DESCRIPTOR)", "unit": "µs", "note": note,
-         "categories": [labels[k].replace(", µs", "").strip() for k in ctrl],
-         "series": [series(p, ctrl) for p in PATHS]},
-    ]  # fmt: skip
+        {
+            "id": "bulk",
+            "title": "USB bulk through client + gateway vs serve-usb alone",
+            "unit": "MB/s",
+            "note": note,
+            "categories": [labels[k].replace(", MB/s", "") for k in bulk],
+            "series": [series(p, bulk) for p in PATHS],
+        },
+        {
+            "id": "control",
+            "title": "USB control round trip (GET_DESCRIPTOR)",
+            "unit": "µs",
+            "note": note,
+            "categories": [labels[k].replace(", µs", "").strip() for k in ctrl],
+            "series": [series(p, ctrl) for p in PATHS],
+        },
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -51,10 +51,10 @@ if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "bench":
 elif str(ROOT) not in sys.path:  # make `bench` importable
     sys.path.insert(0, str(ROOT))
 
-from bench.report import cell as _cell  # noqa: E402
-from redirgate.client.virtual import LoopbackMode  # noqa: E402
-from redirgate.vmside.guest import GuestError, UsbredirGuest  # noqa: E402
-from tests.support.services import running  # noqa: E402
+from bench.report import cell as _cell
+from redirgate.client.virtual import LoopbackMode
+from redirgate.vmside.guest import GuestError, UsbredirGuest
+from tests.support.services import running
 
 GET_DESCRIPTOR, DEVICE_DESCRIPTOR = 6, 0x0100
 VENDOR_SET_MODE = 0x01  # client/virtual/loopback.py
@@ -443,20 +443,32 @@ def redirected_disk(role: str, port: int, chardev_port: int) -> GuestDisk:
     """A usb-redir on xHCI `port` whose chardev dials 127.0.0.1:`chardev_port`."""
     from tests.support.controllers import BUS
 
-    return GuestDisk(role, port, (
-        "-chardev", f"socket,id={role}0,host=127.0.0.1,port={chardev_port},reconnect=1",
-        "-device", f"usb-redir,chardev={role}0,bus={BUS['xhci']},port={port}",
-    ))  # fmt: skip
+    return GuestDisk(
+        role,
+        port,
+        (
+            "-chardev",
+            f"socket,id={role}0,host=127.0.0.1,port={chardev_port},reconnect=1",
+            "-device",
+            f"usb-redir,chardev={role}0,bus={BUS['xhci']},port={port}",
+        ),
+    )
 
 
 def native_disk(role: str, port: int, image: Path) -> GuestDisk:
     """QEMU's own usb-storage on `image` (cache=unsafe: like serve-usb, no host fsync)."""
     from tests.support.controllers import BUS
 
-    return GuestDisk(role, port, (
-        "-drive", f"if=none,id={role},file={image},format=raw,cache=unsafe",
-        "-device", f"usb-storage,bus={BUS['xhci']},drive={role},port={port}",
-    ))  # fmt: skip
+    return GuestDisk(
+        role,
+        port,
+        (
+            "-drive",
+            f"if=none,id={role},file={image},format=raw,cache=unsafe",
+            "-device",
+            f"usb-storage,bus={BUS['xhci']},drive={role},port={port}",
+        ),
+    )
 
 
 def write_image(path: Path, image_mib: int) -> None:
@@ -486,10 +498,14 @@ def guest_dd(runs: int, transfer_mib: int, disks: list[GuestDisk]) -> GuestDd:
     from tests.support.qemu import run_guest
 
     roles = " ".join(d.role for d in disks)
-    script = (GUEST_SCRIPT.replace("@RUNS@", str(runs)).replace("@MIB@", str(transfer_mib))
-              .replace("@MAXKB@", str(MAX_KB)).replace("@ROLES@", roles)
-              .replace("@BLOCKS@", " ".join(f"sd{chr(ord('a') + i)}" for i in range(len(disks))))
-              .replace("@PORTS@", " ".join(f"{d.port}={d.role}" for d in disks)))  # fmt: skip
+    script = (
+        GUEST_SCRIPT.replace("@RUNS@", str(runs))
+        .replace("@MIB@", str(transfer_mib))
+        .replace("@MAXKB@", str(MAX_KB))
+        .replace("@ROLES@", roles)
+        .replace("@BLOCKS@", " ".join(f"sd{chr(ord('a') + i)}" for i in range(len(disks))))
+        .replace("@PORTS@", " ".join(f"{d.port}={d.role}" for d in disks))
+    )
     timeout_s = 120.0 + runs * 2 * len(disks) * transfer_mib / 5.0  # boot + a floor of 5 MB/s
     qemu_args = [*CONTROLLERS["xhci"], *(arg for d in disks for arg in d.qemu_args)]
     result = run_guest(script, qemu_args, timeout_s, guest=build_guest())

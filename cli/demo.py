@@ -36,10 +36,11 @@ def add_parser(commands: Any) -> None:
         "--dir", type=Path, default=None, help="keep the PKI and configs here (default: a temporary folder)"
     )
     demo.add_argument(
-        "--vm", action="store_true",
+        "--vm",
+        action="store_true",
         help="also boot a small guest (QEMU TCG, Debian's kernel + busybox) attached to the routes and show "
         "it listing the stick's files (needs qemu-system-x86, linux-image-amd64, busybox-static, kmod, dosfstools, mtools)",
-    )  # fmt: skip
+    )
     demo.set_defaults(run=_run)
 
 
@@ -104,8 +105,12 @@ async def _boot_vm(say: Any, ports: dict[str, int]) -> bool:
     guest_image = await trio.to_thread.run_sync(build_guest)
     args = ["-device", "qemu-xhci,id=xhci"]
     for name, port in ports.items():
-        args += ["-chardev", f"socket,id=rg-{name},host=127.0.0.1,port={port},reconnect=1",
-                 "-device", f"usb-redir,chardev=rg-{name},bus=xhci.0"]  # fmt: skip
+        args += [
+            "-chardev",
+            f"socket,id=rg-{name},host=127.0.0.1,port={port},reconnect=1",
+            "-device",
+            f"usb-redir,chardev=rg-{name},bus=xhci.0",
+        ]
     try:
         with start_guest(VM_SCRIPT, args, guest=guest_image) as guest:
             result = await guest.wait_async(180)
@@ -115,8 +120,10 @@ async def _boot_vm(say: Any, ports: dict[str, int]) -> bool:
     if result.rc != 0:
         say(f"  the guest failed: {result.results.get('fail', result.rc)}")
         return False
-    say(f"  guest sees {result.results.get('stick.manufacturer')} {result.results.get('stick.product')}"
-        f" at {result.results.get('stick.speed')} Mb/s; its files:")  # fmt: skip
+    say(
+        f"  guest sees {result.results.get('stick.manufacturer')} {result.results.get('stick.product')}"
+        f" at {result.results.get('stick.speed')} Mb/s; its files:"
+    )
     for line in result.files.get("listing", b"").decode(errors="replace").splitlines():
         say(f"    {line}")
     say(f"  hello.txt: {result.files.get('hello', b'').decode(errors='replace').strip()}")
@@ -193,8 +200,10 @@ async def run_demo(directory: Path, *, once: bool, vm: bool = False, out: Any = 
                 active = [r for r in snap["routes"] if r["state"] == "active"]
                 up = sum(r["channel"]["bytes_to_device"] for r in active if r["channel"])
                 down = sum(r["channel"]["bytes_to_hypervisor"] for r in active if r["channel"])
-                out.write(f"\r{len(snap['clients'])} client(s), {len(active)} live channel(s), "
-                          f"{up} B to devices, {down} B to VMs   ")  # fmt: skip
+                out.write(
+                    f"\r{len(snap['clients'])} client(s), {len(active)} live channel(s), "
+                    f"{up} B to devices, {down} B to VMs   "
+                )
                 out.flush()
                 await trio.sleep(1)
         nursery.cancel_scope.cancel()

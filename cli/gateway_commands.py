@@ -137,8 +137,10 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(f"  {r['name']}: {r['listen']} -> {r['device']} on {r['client']}: {state}")
         ch = r.get("channel")
         if ch:
-            lines.append(f"    channel {ch['id']} with {ch['hypervisor']}: {ch['bytes_to_device']} B to the device, "
-                         f"{ch['bytes_to_hypervisor']} B to the hypervisor")  # fmt: skip
+            lines.append(
+                f"    channel {ch['id']} with {ch['hypervisor']}: {ch['bytes_to_device']} B to the device, "
+                f"{ch['bytes_to_hypervisor']} B to the hypervisor"
+            )
     return "\n".join(lines)
 
 

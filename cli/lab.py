@@ -74,8 +74,14 @@ def write_gateway_config(
         f"hold_timeout_s = {hold_timeout_s}",
     ]
     for route in routes:
-        lines += ["", "[[route]]", f"name = {_q(route.name)}", f"listen = {_q(route.listen)}",
-                  f"client = {_q(route.client)}", f"device = {_q(route.device)}"]  # fmt: skip
+        lines += [
+            "",
+            "[[route]]",
+            f"name = {_q(route.name)}",
+            f"listen = {_q(route.listen)}",
+            f"client = {_q(route.client)}",
+            f"device = {_q(route.device)}",
+        ]
         if route.protocol:
             lines.append(f"protocol = {_q(route.protocol)}")
         if route.allow is not None:
@@ -83,8 +89,12 @@ def write_gateway_config(
         for key, value in route.extra.items():
             lines.append(f"{key} = {_q(value) if isinstance(value, str) else str(value).lower()}")
         if route.tls:
-            lines += ["[route.tls]", f"cert = {_q(gw / 'server-cert.pem')}", f"key = {_q(gw / 'server-key.pem')}",
-                      f"ca = {_q(base / 'ca-cert.pem')}"]  # fmt: skip
+            lines += [
+                "[route.tls]",
+                f"cert = {_q(gw / 'server-cert.pem')}",
+                f"key = {_q(gw / 'server-key.pem')}",
+                f"ca = {_q(base / 'ca-cert.pem')}",
+            ]
     path = directory / "gateway.toml"
     path.write_text("\n".join(lines) + "\n")
     return path

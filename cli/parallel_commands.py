@@ -29,15 +29,18 @@ def add_client_parsers(client_commands: Any) -> None:
         "works too: status unknown).  Consumer bytes go to the printer; the consumer is always read, "
         "and what the printer cannot take yet (off, offline, out of paper, unplugged) is queued up "
         "to --ring-bytes and written when it is back.",
-    )  # fmt: skip
+    )
     serve.add_argument(
         "--listen", type=parse_hostport, required=True, metavar="HOST:PORT", help="where consumers connect"
     )
     serve.add_argument("port", metavar="PORT")
     serve.add_argument(
-        "--ring-bytes", type=int_in(1, MAX_RING_BYTES), default=DEFAULT_QUEUE_BYTES, metavar="N",
+        "--ring-bytes",
+        type=int_in(1, MAX_RING_BYTES),
+        default=DEFAULT_QUEUE_BYTES,
+        metavar="N",
         help=f"bytes queued for the printer at most (default {DEFAULT_QUEUE_BYTES})",
-    )  # fmt: skip
+    )
     serve.set_defaults(run=_run_serve_parallel)
 
 

@@ -124,8 +124,8 @@ async def _usb_path_check() -> str:
 
     with tempfile.TemporaryDirectory() as tmp:
         image = f"{tmp}/stick.img"
-        with open(image, "wb") as f:
-            f.truncate(8 * 1024 * 1024)
+        async with await trio.open_file(image, "wb") as f:
+            await f.truncate(8 * 1024 * 1024)
         spec = f"virtual:storage:{image}"
         backend = make_backend([spec])
         try:

@@ -41,15 +41,20 @@ def add_client_parsers(client_commands: Any) -> None:
     serve.add_argument("port", metavar="PORT")
     serve.add_argument("--baud", type=int_in(1), default=None, help="baud rate (overrides --settings)")
     serve.add_argument(
-        "--settings", default="115200,8N1", metavar="LINE",
+        "--settings",
+        default="115200,8N1",
+        metavar="LINE",
         help="BAUD[,BITS PARITY STOP][,rtscts][,xonxoff][,dtr=on|off][,rts=on|off], e.g. 9600,8N1,rtscts "
         "(default 115200,8N1)",
-    )  # fmt: skip
+    )
     serve.add_argument("--rfc2217", action="store_true", help="speak telnet + RFC 2217 (pyserial rfc2217://)")
     serve.add_argument(
-        "--ring-bytes", type=int_in(1), default=DEFAULT_RING_BYTES, metavar="N",
+        "--ring-bytes",
+        type=int_in(1),
+        default=DEFAULT_RING_BYTES,
+        metavar="N",
         help=f"bytes kept while nobody is connected (default {DEFAULT_RING_BYTES})",
-    )  # fmt: skip
+    )
     serve.add_argument("--takeover", action="store_true", help="a new consumer takes the port from the current one")
     serve.set_defaults(run=_run_serve_serial)
 

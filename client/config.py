@@ -82,9 +82,15 @@ class ExportPolicy:
                     )
                     break
             verdict = usbfilter.check(
-                self.usb_rules, snap.device_class, snap.device_subclass, snap.device_protocol,
-                classes, snap.vendor_id, snap.product_id, snap.bcd_device,
-            )  # fmt: skip
+                self.usb_rules,
+                snap.device_class,
+                snap.device_subclass,
+                snap.device_protocol,
+                classes,
+                snap.vendor_id,
+                snap.product_id,
+                snap.bcd_device,
+            )
             return verdict.allowed
         return False
 
@@ -201,11 +207,18 @@ def load_client_config(path: str | Path) -> ClientConfig:
     if problems:
         raise ConfigError(problems)
     return ClientConfig(
-        path=path, gateway_host=host, gateway_port=port,
-        server_name=str(client.get("server_name") or host), cert=cert, key=key_path, ca=ca, export=policy,
-        serial=serial, parallel=parallel,
+        path=path,
+        gateway_host=host,
+        gateway_port=port,
+        server_name=str(client.get("server_name") or host),
+        cert=cert,
+        key=key_path,
+        ca=ca,
+        export=policy,
+        serial=serial,
+        parallel=parallel,
         reconnect_max_s=float(client.get("reconnect_max_s", 30.0)),
-    )  # fmt: skip
+    )
 
 
 def _resolve_virtual(spec: str, base: Path) -> str:

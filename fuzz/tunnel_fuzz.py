@@ -26,6 +26,7 @@ Run: python fuzz/tunnel_fuzz.py [libFuzzer options] [corpus dirs]
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 import atheris
 
@@ -232,7 +233,7 @@ def seed_inputs() -> dict[str, bytes]:
     refusal.receive_data(attach)
     refusal.next_event()
 
-    def head(flags: int, sizes: list[int] = []) -> bytes:
+    def head(flags: int, sizes: Sequence[int] = ()) -> bytes:
         return bytes([flags, len(sizes)]) + bytes(s - 1 for s in sizes)
 
     return {

@@ -8,6 +8,7 @@ and closes.  Read-only by design: nothing sent to it changes anything.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -29,8 +30,7 @@ async def serve_admin(
     task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on `path` (a stale socket file is replaced) until cancelled."""
-    if path.is_socket():
-        path.unlink()
+    _remove_stale_socket(path)
     sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
     try:
@@ -54,10 +54,18 @@ async def serve_admin(
             task_status.started(path)
             await trio.serve_listeners(answer, [listener])
     finally:
-        try:
-            path.unlink()
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            _remove_stale_socket(path)
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """Remove the socket file at `path`, if one is there.
+
+    Synchronous on purpose: it also runs in `finally` after a cancellation,
+    where an await would raise instead of running; unlinking a local file
+    does not block."""
+    if path.is_socket():
+        path.unlink()
 
 
 def read_status(path: str | os.PathLike[str], *, timeout_s: float = 5.0) -> dict[str, Any]:

@@ -255,9 +255,18 @@ class _Loader:
 
 
 _GATEWAY_KEYS = {
-    "tunnel_listen", "cert", "key", "ca", "crl", "admin_socket", "public_host",
-    "handshake_timeout_s", "heartbeat_interval_s", "heartbeat_timeout_s", "hold_timeout_s",
-}  # fmt: skip
+    "tunnel_listen",
+    "cert",
+    "key",
+    "ca",
+    "crl",
+    "admin_socket",
+    "public_host",
+    "handshake_timeout_s",
+    "heartbeat_interval_s",
+    "heartbeat_timeout_s",
+    "hold_timeout_s",
+}
 _ROUTE_KEYS = {"name", "listen", "client", "device", "allow", "protocol", "tls", "settings"}
 #: A serial route's line settings, checked for shape here and fully by the
 #: client that applies them: BAUD[,BITS PARITY STOP][,rtscts][,xonxoff][,dtr=on|off][,rts=on|off]
@@ -336,9 +345,17 @@ def load_config(path: str | Path, *, check_files: bool = True) -> GatewayConfig:
         raise ConfigErrors(loader.problems)
     assert tunnel and cert and key and ca and admin and public_host
     return GatewayConfig(
-        path=path, tunnel_listen=tunnel, cert=cert, key=key, ca=ca, crl=crl, admin_socket=admin,
-        public_host=public_host, routes=tuple(routes), **timeouts,
-    )  # fmt: skip
+        path=path,
+        tunnel_listen=tunnel,
+        cert=cert,
+        key=key,
+        ca=ca,
+        crl=crl,
+        admin_socket=admin,
+        public_host=public_host,
+        routes=tuple(routes),
+        **timeouts,
+    )
 
 
 def _load_route(loader: _Loader, table: str, rd: Any) -> Route | None:

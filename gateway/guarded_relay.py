@@ -55,8 +55,13 @@ async def relay_usbredir(
 
     try:
         return await relay(
-            hypervisor, device, buffer_size=buffer_size, stats=stats,
-            inspect_a_to_b=observe_guest, inspect_b_to_a=guard.feed, mover=reactor,
-        )  # fmt: skip
+            hypervisor,
+            device,
+            buffer_size=buffer_size,
+            stats=stats,
+            inspect_a_to_b=observe_guest,
+            inspect_b_to_a=guard.feed,
+            mover=reactor,
+        )
     except RemoteProtocolError as exc:  # from guard.feed: the chunk was not sent
         raise GuardViolation(client, f"malformed usbredir message from the client: {exc}") from exc

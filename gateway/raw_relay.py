@@ -182,8 +182,10 @@ class _Relay:
             log.warning(
                 "%s: the client side took nothing for %.2f s with %d bytes buffered; discarding what the "
                 "hypervisor sends until it catches up (the hypervisor is never stalled)",
-                self.label, self.stall_s, self.ring.size,
-            )  # fmt: skip
+                self.label,
+                self.stall_s,
+                self.ring.size,
+            )
 
     def _consumed(self, n: int) -> None:
         self.ring.consume(n)
@@ -198,8 +200,12 @@ class _Relay:
         assert self.period_started is not None
         log.warning(
             "%s: %s; discarded %d bytes from the hypervisor over %.1f s (%d on this channel)",
-            self.label, why, self.period_bytes, trio.current_time() - self.period_started, self.discarded_bytes,
-        )  # fmt: skip
+            self.label,
+            why,
+            self.period_bytes,
+            trio.current_time() - self.period_started,
+            self.discarded_bytes,
+        )
         self.period_started = None
         self.period_bytes = 0
 
@@ -322,8 +328,12 @@ class _Relay:
                 else:
                     await self._write_slow()
             if self.ring.size:
-                log.warning("%s: the hypervisor left; %d buffered bytes did not reach the client side within %.1f s",
-                            self.label, self.ring.size, self.flush_budget_s)  # fmt: skip
+                log.warning(
+                    "%s: the hypervisor left; %d buffered bytes did not reach the client side within %.1f s",
+                    self.label,
+                    self.ring.size,
+                    self.flush_budget_s,
+                )
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._end("b", f"{type(exc).__name__}: {exc}")
         cancel.cancel()
@@ -398,9 +408,15 @@ async def relay_raw(
     """
     result = stats if stats is not None else RelayStats()
     state = _Relay(
-        hypervisor, device, label=label, stats=result, buffer_bytes=buffer_bytes,
-        on_discard=on_discard, stall_s=stall_s, flush_budget_s=flush_budget_s,
-    )  # fmt: skip
+        hypervisor,
+        device,
+        label=label,
+        stats=result,
+        buffer_bytes=buffer_bytes,
+        on_discard=on_discard,
+        stall_s=stall_s,
+        flush_budget_s=flush_budget_s,
+    )
 
     try:
         async with trio.open_nursery() as nursery:

@@ -78,10 +78,16 @@ class Channel:
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "id": self.channel_id, "route": self.route, "client": self.client, "device": self.device,
-            "hypervisor": self.hypervisor, "state": self.state, "since": self.started_at,
-            "bytes_to_device": self.stats.a_to_b, "bytes_to_hypervisor": self.stats.b_to_a,
-        }  # fmt: skip
+            "id": self.channel_id,
+            "route": self.route,
+            "client": self.client,
+            "device": self.device,
+            "hypervisor": self.hypervisor,
+            "state": self.state,
+            "since": self.started_at,
+            "bytes_to_device": self.stats.a_to_b,
+            "bytes_to_hypervisor": self.stats.b_to_a,
+        }
 
 
 class ClientSession:
@@ -130,13 +136,15 @@ class ClientSession:
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "identity": self.identity, "peer": self.peer, "since": self.connected_at,
+            "identity": self.identity,
+            "peer": self.peer,
+            "since": self.connected_at,
             "rtt_ms": None if self.rtt_s is None else round(self.rtt_s * 1000, 3),
             "devices": [
                 {"id": e.id, "kind": e.kind.value, "description": e.description, "busy": e.busy}
                 for e in self.inventory.values()
             ],
-        }  # fmt: skip
+        }
 
 
 class Registry:

@@ -109,13 +109,21 @@ class RouteServer:
     def snapshot(self) -> dict[str, Any]:
         ch = self.channel
         return {
-            "name": self.route.name, "listen": str(self.route.listen), "client": self.route.client,
-            "device": self.route.device.text, "protocol": self.route.protocol, "tls": self.route.tls is not None,
-            "state": self.state, "waiting_for": self.waiting_for if self.state == "held" else "",
-            "hypervisor": self.hypervisor, "channels_served": self.channels_served, "refusals": self.refusals,
-            "discarded_bytes": self.discarded_bytes, "last_end": self.last_end,
+            "name": self.route.name,
+            "listen": str(self.route.listen),
+            "client": self.route.client,
+            "device": self.route.device.text,
+            "protocol": self.route.protocol,
+            "tls": self.route.tls is not None,
+            "state": self.state,
+            "waiting_for": self.waiting_for if self.state == "held" else "",
+            "hypervisor": self.hypervisor,
+            "channels_served": self.channels_served,
+            "refusals": self.refusals,
+            "discarded_bytes": self.discarded_bytes,
+            "last_end": self.last_end,
             "channel": ch.snapshot() if ch is not None and self.state == "active" else None,
-        }  # fmt: skip
+        }
 
     async def handle(self, tcp: trio.SocketStream) -> None:
         peer = peer_label(tcp.socket)
@@ -142,9 +150,11 @@ class RouteServer:
             if self.tls_context is not None:
                 try:
                     tls = await accept_tls(
-                        tcp, self.tls_context, handshake_timeout_s=self.handshake_timeout_s,
+                        tcp,
+                        self.tls_context,
+                        handshake_timeout_s=self.handshake_timeout_s,
                         max_send_bytes=HYPERVISOR_TLS_RECORD_BYTES,
-                    )  # fmt: skip
+                    )
                     who = verify_peer(
                         tls.getpeercert(), peer=peer, kind=PeerKind.HYPERVISOR, revocation=self.revocation
                     )
@@ -190,16 +200,25 @@ class RouteServer:
                             held_discards[0] += n - room
                             if held_discards[0] >= held_discards[1]:  # the first, then at each doubling
                                 held_discards[1] = held_discards[0] * 2
-                                log.warning("route %s: discarded %d byte(s) from %s so far while no device was attached",
-                                            route.name, held_discards[0], peer)  # fmt: skip
+                                log.warning(
+                                    "route %s: discarded %d byte(s) from %s so far while no device was attached",
+                                    route.name,
+                                    held_discards[0],
+                                    peer,
+                                )
 
                 nursery.start_soon(hold)
                 if self.hold_timeout_s > 0:
                     with trio.move_on_after(self.hold_timeout_s):
                         channel = await self._open_channel(peer)
                     if channel is None:
-                        log.warning("route %s: closing hypervisor %s: no device within hold_timeout_s = %g (%s)",
-                                    route.name, peer, self.hold_timeout_s, self.waiting_for)  # fmt: skip
+                        log.warning(
+                            "route %s: closing hypervisor %s: no device within hold_timeout_s = %g (%s)",
+                            route.name,
+                            peer,
+                            self.hold_timeout_s,
+                            self.waiting_for,
+                        )
                 else:
                     channel = await self._open_channel(peer)
                 nursery.cancel_scope.cancel()
@@ -232,10 +251,13 @@ class RouteServer:
             try:
                 await session.send(
                     t.OpenChannel(
-                        channel.channel_id, entry.id, channel.token,
-                        protocol=t.ChannelProtocol(route.protocol), options=self.options,
+                        channel.channel_id,
+                        entry.id,
+                        channel.token,
+                        protocol=t.ChannelProtocol(route.protocol),
+                        options=self.options,
                     )
-                )  # fmt: skip
+                )
                 with trio.move_on_after(self.open_timeout_s):
                     await channel.ready.wait()
                 opened = channel.state == "active"
@@ -261,8 +283,14 @@ class RouteServer:
         started = time.monotonic()
         hv = PrefixedStream(stream, held)
         dev = PrefixedStream(channel.stream, channel.trailing)
-        log.info("route %s: hypervisor %s <-> %s on client %s (channel %d)", route.name, peer, channel.device,
-                 route.client, channel.channel_id)  # fmt: skip
+        log.info(
+            "route %s: hypervisor %s <-> %s on client %s (channel %d)",
+            route.name,
+            peer,
+            channel.device,
+            route.client,
+            channel.channel_id,
+        )
         reason = ""
         discarded = 0
 
@@ -276,8 +304,13 @@ class RouteServer:
                 if route.protocol == "usbredir":
                     await relay_usbredir(hv, dev, client=route.client, stats=channel.stats, reactor=self.reactor)
                 elif route.protocol == "raw":
-                    await relay_raw(hv, dev, label=f"route {route.name}: hypervisor {peer}", stats=channel.stats,
-                                    on_discard=count_discard)  # fmt: skip
+                    await relay_raw(
+                        hv,
+                        dev,
+                        label=f"route {route.name}: hypervisor {peer}",
+                        stats=channel.stats,
+                        on_discard=count_discard,
+                    )
                 else:
                     await relay(hv, dev, stats=channel.stats, mover=self.reactor)
             st = channel.stats
@@ -291,8 +324,12 @@ class RouteServer:
                 reason = f"{side} ended it ({st.reason})" if side else st.reason
         except GuardViolation as exc:
             reason = exc.reason
-            log.error("route %s: client %s sent a malformed usbredir message; channel ended before it reached QEMU: %s",
-                      route.name, route.client, exc.reason)  # fmt: skip
+            log.error(
+                "route %s: client %s sent a malformed usbredir message; channel ended before it reached QEMU: %s",
+                route.name,
+                route.client,
+                exc.reason,
+            )
         finally:
             channel.state = "ended"
             channel.reason = channel.reason or reason
@@ -300,8 +337,16 @@ class RouteServer:
             await self._close_channel(channel, reason)
         st = channel.stats
         lost = f", {discarded} discarded (the client side did not take them)" if discarded else ""
-        log.info("route %s: channel %d ended after %.1f s: %s; %d byte(s) to the device%s, %d to the hypervisor",
-                 route.name, channel.channel_id, time.monotonic() - started, reason, st.a_to_b, lost, st.b_to_a)  # fmt: skip
+        log.info(
+            "route %s: channel %d ended after %.1f s: %s; %d byte(s) to the device%s, %d to the hypervisor",
+            route.name,
+            channel.channel_id,
+            time.monotonic() - started,
+            reason,
+            st.a_to_b,
+            lost,
+            st.b_to_a,
+        )
 
     async def _close_channel(self, channel: Channel, reason: str) -> None:
         session = self.registry.clients.get(channel.client)

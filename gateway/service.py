@@ -96,11 +96,14 @@ class Gateway:
         if route.tls is not None:
             context = hypervisor_server_context(route.tls.cert, route.tls.key, route.tls.ca)
         return RouteServer(
-            route, self.registry, tls_context=context, revocation=self.revocation,
+            route,
+            self.registry,
+            tls_context=context,
+            revocation=self.revocation,
             handshake_timeout_s=self.config.handshake_timeout_s,
             options={"settings": route.settings} if route.settings else None,
             hold_timeout_s=self.config.hold_timeout_s,
-        )  # fmt: skip
+        )
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -133,8 +136,13 @@ class Gateway:
                     )
                 )
                 addresses.routes[server.name] = _bound(bound)
-                log.info("gateway: route %s on %s:%d -> %s on client %s", server.name, *addresses.routes[server.name],
-                         server.route.device, server.route.client)  # fmt: skip
+                log.info(
+                    "gateway: route %s on %s:%d -> %s on client %s",
+                    server.name,
+                    *addresses.routes[server.name],
+                    server.route.device,
+                    server.route.client,
+                )
             if self.admin:
                 addresses.admin = await nursery.start(serve_admin, config.admin_socket, self.snapshot)
             task_status.started(addresses)

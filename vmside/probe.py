@@ -86,7 +86,7 @@ async def probe_stream(
         status, dev = await guest.control(0x80, GET_DESCRIPTOR, DEVICE << 8, 0, 18)
         if status != Status.SUCCESS or len(dev) < 18:
             raise ProbeError(peer, f"device descriptor read failed (status {Status(status).name.lower()})")
-        (_, _, bcd_usb, dev_class, dev_sub, dev_proto, mps0, vid, pid, bcd_dev, i_man, i_prod, i_serial, n_conf) = (
+        (_, _, bcd_usb, dev_class, _dev_sub, _dev_proto, mps0, vid, pid, bcd_dev, i_man, i_prod, i_serial, n_conf) = (
             struct.unpack("<BBHBBBBHHHBBBB", dev[:18])
         )
         status, head = await guest.control(0x80, GET_DESCRIPTOR, CONFIGURATION << 8, 0, 9)

@@ -186,6 +186,8 @@ def qemu_argv(
     -nographic leaves an LPT at 0x378 on a null backend unless `qemu_args`
     has `-parallel`.  No NIC, no VGA, no monitor (add `-qmp` if needed).
     """
+    # one option and its value per line (the formatter would split each pair)
+    # fmt: off
     argv = [
         QEMU_BINARY,
         "-accel", "tcg",
@@ -202,7 +204,8 @@ def qemu_argv(
         "-kernel", str(guest.kernel),
         "-initrd", str(initrd),
         "-append", f"{DEFAULT_APPEND} {append_extra}".strip(),
-    ]  # fmt: skip
+    ]
+    # fmt: on
     if guest.kernel_format == "pvh-elf" and QBOOT_ROM.is_file():
         argv += ["-bios", str(QBOOT_ROM)]
     return argv + list(qemu_args)

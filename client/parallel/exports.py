@@ -57,7 +57,7 @@ class ParallelExports:
                 kind=DeviceKind.PARALLEL,
                 port_path=service.path[:128],
                 description=service.describe()[:200],
-            )  # fmt: skip
+            )
             for name, service in self.services.items()
         ]
 

@@ -46,7 +46,7 @@ __all__ = [
     "Control",
     "Parport",
     "open_errno_reason",
-]  # fmt: skip
+]
 
 log = logging.getLogger(__name__)
 

@@ -59,9 +59,16 @@ class PrinterPort:
     """An open printer port (use `PrinterPort.open`)."""
 
     def __init__(
-        self, fd: int, path: str, name: str, *, kind: str, pollable: bool, parport: Parport | None = None,
+        self,
+        fd: int,
+        path: str,
+        name: str,
+        *,
+        kind: str,
+        pollable: bool,
+        parport: Parport | None = None,
         retry_interval_s: float = DEFAULT_RETRY_INTERVAL_S,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.fd = fd
         self.path = path
         self.name = name

@@ -39,7 +39,7 @@ async def serve_parallel_stream(stream: trio.abc.Stream, service: PrinterService
                 while data := await stream.receive_some(RECEIVE_BYTES):
                     session.put(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                log.info("%s: %s went away: %s", service.name, peer, exc or type(exc).__name__)
+                log.info("%s: %s went away: %s", service.name, peer, str(exc) or type(exc).__name__)
     except PortBusy as exc:
         await refuse_busy(stream, service.name, peer, exc.reason)
 

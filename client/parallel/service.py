@@ -245,9 +245,13 @@ class PrinterService:
         if total >= 2 * self._logged_discard:
             why = self.problem or "the printer is slower than the sender"
             log.warning(
-                "%s: the %d-byte queue is full (%s): discarded bytes from %s rather than stall the VM "
-                "(%d so far)", self.name, self._queue.capacity, why, peer, total,
-            )  # fmt: skip
+                "%s: the %d-byte queue is full (%s): discarded bytes from %s rather than stall the VM (%d so far)",
+                self.name,
+                self._queue.capacity,
+                why,
+                peer,
+                total,
+            )
             self._logged_discard = max(total, 1)
 
     @contextlib.asynccontextmanager
@@ -267,5 +271,9 @@ class PrinterService:
                 self.session = None
             log.info(
                 "%s: consumer %s left after %d bytes (%d discarded); %d bytes still queued for the printer",
-                self.name, peer, session.received_bytes, session.discarded_bytes, len(self._queue),
-            )  # fmt: skip
+                self.name,
+                peer,
+                session.received_bytes,
+                session.discarded_bytes,
+                len(self._queue),
+            )

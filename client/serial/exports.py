@@ -55,7 +55,7 @@ class SerialExports:
                 description=f"{service.settings.describe()}{'' if service.port_up.is_set() else ' (port absent)'}"[
                     :200
                 ],
-            )  # fmt: skip
+            )
             for name, service in self.services.items()
         ]
 

@@ -33,9 +33,12 @@ log = logging.getLogger(__name__)
 
 _GONE = {errno.EIO, errno.ENXIO, errno.ENODEV, errno.EBADF, errno.ENOENT}
 _PARITY = {
-    "N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD,
-    "M": serial.PARITY_MARK, "S": serial.PARITY_SPACE,
-}  # fmt: skip
+    "N": serial.PARITY_NONE,
+    "E": serial.PARITY_EVEN,
+    "O": serial.PARITY_ODD,
+    "M": serial.PARITY_MARK,
+    "S": serial.PARITY_SPACE,
+}
 _STOP = {1: serial.STOPBITS_ONE, 1.5: serial.STOPBITS_ONE_POINT_FIVE, 2: serial.STOPBITS_TWO}
 _CSIZE = {5: termios.CS5, 6: termios.CS6, 7: termios.CS7, 8: termios.CS8}
 _INT = struct.Struct("i")
@@ -78,9 +81,15 @@ class SerialPort:
         try:
             # port=None: configure first, then open (pyserial 3.5 has no do_not_open).
             device = serial.Serial(
-                None, baudrate=settings.baud, exclusive=True, timeout=0, write_timeout=0,
-                dsrdtr=False, rtscts=False, xonxoff=False,
-            )  # fmt: skip
+                None,
+                baudrate=settings.baud,
+                exclusive=True,
+                timeout=0,
+                write_timeout=0,
+                dsrdtr=False,
+                rtscts=False,
+                xonxoff=False,
+            )
             device.port = path
             device.open()
         except (serial.SerialException, OSError) as exc:

@@ -168,7 +168,7 @@ class ComPortServer:
                 nursery.start_soon(self._port_to_consumer, nursery.cancel_scope)
                 nursery.start_soon(self._notifier)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log.info("%s: connection to %s ended: %s", self.name, self.peer, exc or type(exc).__name__)
+            log.info("%s: connection to %s ended: %s", self.name, self.peer, str(exc) or type(exc).__name__)
 
     async def _send(self, raw: bytes) -> None:
         """Pending negotiation answers, then `raw`, as one write (one writer at a time)."""
@@ -199,7 +199,7 @@ class ComPortServer:
                     break
                 await self._send(b"")
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log.info("%s: %s went away: %s", self.name, self.peer, exc or type(exc).__name__)
+            log.info("%s: %s went away: %s", self.name, self.peer, str(exc) or type(exc).__name__)
         else:
             await self.session.drain(self.drain_extra_s)
         scope.cancel()
@@ -336,8 +336,14 @@ class ComPortServer:
         """Carry out one SET-CONTROL; returns the answer (the state now)."""
         session = self.session
         K = Control
-        if value in (K.FLOW_NONE, K.FLOW_XONXOFF, K.FLOW_HARDWARE, K.INBOUND_FLOW_NONE,
-                     K.INBOUND_FLOW_XONXOFF, K.INBOUND_FLOW_HARDWARE):  # fmt: skip
+        if value in (
+            K.FLOW_NONE,
+            K.FLOW_XONXOFF,
+            K.FLOW_HARDWARE,
+            K.INBOUND_FLOW_NONE,
+            K.INBOUND_FLOW_XONXOFF,
+            K.INBOUND_FLOW_HARDWARE,
+        ):
             hardware = value in (K.FLOW_HARDWARE, K.INBOUND_FLOW_HARDWARE)
             software = value in (K.FLOW_XONXOFF, K.INBOUND_FLOW_XONXOFF)
             self._apply(f"flow control {value.name}", rtscts=hardware, xonxoff=software)
@@ -365,8 +371,13 @@ class ComPortServer:
                     self._warned_no_lines = True
                     log.info("%s: the tty has no modem-control lines: DTR/RTS are acknowledged, not applied", self.name)
         # The answer: the state in force for the group the command belongs to.
-        if value in (K.QUERY_INBOUND_FLOW, K.INBOUND_FLOW_NONE, K.INBOUND_FLOW_XONXOFF,
-                     K.INBOUND_FLOW_HARDWARE, K.INBOUND_FLOW_DTR):  # fmt: skip
+        if value in (
+            K.QUERY_INBOUND_FLOW,
+            K.INBOUND_FLOW_NONE,
+            K.INBOUND_FLOW_XONXOFF,
+            K.INBOUND_FLOW_HARDWARE,
+            K.INBOUND_FLOW_DTR,
+        ):
             return self._flow(session.settings, inbound=True)
         if value in (K.QUERY_BREAK, K.BREAK_ON, K.BREAK_OFF):
             return K.BREAK_ON if session.break_on else K.BREAK_OFF
@@ -398,6 +409,7 @@ class ComPortServer:
                     self._last_counters,
                     counters,
                     (LineState.FRAMING_ERROR, LineState.OVERRUN_ERROR, LineState.PARITY_ERROR, LineState.BREAK_DETECT),
+                    strict=True,
                 ):
                     if new != old:
                         state |= bit
@@ -433,5 +445,5 @@ class ComPortServer:
                 await self._flow_ok.wait()  # FLOWCONTROL-SUSPEND from the client
                 await self._send(self.conn.send_data(data))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log.info("%s: %s stopped reading: %s", self.name, self.peer, exc or type(exc).__name__)
+            log.info("%s: %s stopped reading: %s", self.name, self.peer, str(exc) or type(exc).__name__)
         scope.cancel()

@@ -77,8 +77,13 @@ async def serve_serial_stream(
                     now = session.apply(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)})
                     log.info("%s: %s asked for %s; the port is set to it", service.name, peer, now.describe())
                 except SerialError as exc:
-                    log.error("%s: the route's line settings for %s cannot be applied: %s; the port keeps %s",
-                              service.name, peer, exc, session.settings.describe())  # fmt: skip
+                    log.error(
+                        "%s: the route's line settings for %s cannot be applied: %s; the port keeps %s",
+                        service.name,
+                        peer,
+                        exc,
+                        session.settings.describe(),
+                    )
             if protocol == "raw":
                 await _serve_raw(stream, session, peer)
             else:
@@ -101,7 +106,7 @@ async def _serve_raw(stream: trio.abc.Stream, session: Session, peer: str) -> No
                 while data := await stream.receive_some(RECEIVE_BYTES):
                     await session.write(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log.info("%s: %s went away: %s", name, peer, exc or type(exc).__name__)
+            log.info("%s: %s went away: %s", name, peer, str(exc) or type(exc).__name__)
         else:
             await session.drain(DRAIN_EXTRA_S)
         scope.cancel()
@@ -114,7 +119,7 @@ async def _serve_raw(stream: trio.abc.Stream, session: Session, peer: str) -> No
                 while True:
                     await stream.send_all(await session.receive_some(RECEIVE_BYTES))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log.info("%s: %s stopped reading: %s", name, peer, exc or type(exc).__name__)
+            log.info("%s: %s stopped reading: %s", name, peer, str(exc) or type(exc).__name__)
         scope.cancel()
 
     async with trio.open_nursery() as nursery:

@@ -190,8 +190,11 @@ class Session:
         if len(service._tx):
             log.warning(
                 "%s: %s left; %d of its bytes did not reach the device within %.1f s",
-                service.name, self.peer, len(service._tx), timeout_s,
-            )  # fmt: skip
+                service.name,
+                self.peer,
+                len(service._tx),
+                timeout_s,
+            )
             return False
         return True
 
@@ -364,8 +367,10 @@ class PortService:
         if total >= 2 * self._logged_overflow:
             log.warning(
                 "%s: no consumer and the %d-byte ring is full: dropped the oldest bytes (%d so far)",
-                self.name, self._rx.capacity, total,
-            )  # fmt: skip
+                self.name,
+                self._rx.capacity,
+                total,
+            )
             self._logged_overflow = max(total, 1)
 
     @property
@@ -436,8 +441,11 @@ class PortService:
                     dropped = len(view)
                     log.warning(
                         "%s: device not taking data (%s): discarded %d bytes from %s",
-                        self.name, "port gone" if self.port is None else "TX buffer full", dropped, peer,
-                    )  # fmt: skip
+                        self.name,
+                        "port gone" if self.port is None else "TX buffer full",
+                        dropped,
+                        peer,
+                    )
                     break
                 await self._tx_lot.park()
                 continue

@@ -178,7 +178,9 @@ class DeviceSnapshot:
     def interface_classes(self, alts: dict[int, int]) -> tuple[tuple[int, int, int], ...]:
         info = self.interface_info(alts)
         n = info.interface_count
-        return tuple(zip(info.interface_class[:n], info.interface_subclass[:n], info.interface_protocol[:n]))
+        return tuple(
+            zip(info.interface_class[:n], info.interface_subclass[:n], info.interface_protocol[:n], strict=True)
+        )
 
 
 def _max_streams(extra: bytes, attributes: int) -> int:

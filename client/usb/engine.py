@@ -249,7 +249,7 @@ class HostEngine:
                 await device.call(device.reset_blocking, dict(self.alts))
                 self.reset_done = True
             except USB_CALL_ERRORS as exc:
-                status, gone = status_for(exc)
+                _, gone = status_for(exc)
                 if gone:
                     self.device_lost("gone during the initial reset")
                     return

@@ -58,7 +58,9 @@ class UeventMonitor:
     def open(cls) -> UeventMonitor:
         try:
             sock = socket.socket(
-                socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, NETLINK_KOBJECT_UEVENT
+                socket.AF_NETLINK,
+                socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+                NETLINK_KOBJECT_UEVENT,
             )
         except (OSError, AttributeError) as exc:  # AttributeError: no AF_NETLINK (not Linux)
             raise UeventUnavailable(f"no netlink uevent socket: {exc}") from exc

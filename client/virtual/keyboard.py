@@ -58,7 +58,7 @@ _KEYS: dict[str, tuple[int, bool]] = {}
 for _i, _c in enumerate("abcdefghijklmnopqrstuvwxyz"):
     _KEYS[_c] = (0x04 + _i, False)
     _KEYS[_c.upper()] = (0x04 + _i, True)
-for _i, (_plain, _shifted) in enumerate(zip("1234567890", "!@#$%^&*()")):
+for _i, (_plain, _shifted) in enumerate(zip("1234567890", "!@#$%^&*()", strict=True)):
     _KEYS[_plain] = (0x1E + _i, False)
     _KEYS[_shifted] = (0x1E + _i, True)
 for _usage, _plain, _shifted in (

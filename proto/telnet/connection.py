@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -168,7 +168,7 @@ _NO_VALUE = frozenset({ComPortCommand.FLOWCONTROL_SUSPEND, ComPortCommand.FLOWCO
 _POLLABLE = frozenset({ComPortCommand.NOTIFY_LINESTATE, ComPortCommand.NOTIFY_MODEMSTATE})
 
 
-def check_comport_value(command: ComPortCommand, value: object, error: type[Exception]) -> None:
+def check_comport_value(command: ComPortCommand, value: object, error: Callable[[str], Exception]) -> None:
     """Raise `error(reason)` unless `value` is valid for `command`."""
     if command == ComPortCommand.SIGNATURE:
         if not isinstance(value, bytes) or len(value) > MAX_SIGNATURE_BYTES:

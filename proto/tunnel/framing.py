@@ -27,7 +27,7 @@ from __future__ import annotations
 import struct
 from typing import Any, Final
 
-import msgpack  # type: ignore[import-untyped]  # msgpack ships no type information
+import msgpack
 
 from redirgate.proto.tunnel.errors import DecodeError, FrameTooLargeError, LocalProtocolError, TruncatedError
 

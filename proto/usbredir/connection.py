@@ -47,14 +47,23 @@ from redirgate.proto.usbredir.constants import (
 from redirgate.proto.usbredir.messages import (
     MESSAGE_CLASSES,
     Buffer,
+    BulkPacket,
+    BulkReceivingStatus,
     DataMessage,
     Hello,
+    InterfaceInfo,
+    InterruptReceivingStatus,
     Message,
     Sender,
+    StartBulkReceiving,
+    StartInterruptReceiving,
+    StopBulkReceiving,
+    StopInterruptReceiving,
 )
 
 __all__ = [
     "CLOSED",
+    "DEFAULT_CAPS",
     "NEED_DATA",
     "Event",
     "UsbredirConnection",
@@ -124,6 +133,20 @@ _IN_ONLY_ENDPOINT_AT: dict[int, int] = {
     MsgType.STOP_BULK_RECEIVING: 4,
     MsgType.BULK_RECEIVING_STATUS: 4,
 }
+#: The classes of those types, for messages being sent.
+_IN_ONLY_ENDPOINT_CLASSES = (
+    StartInterruptReceiving,
+    StopInterruptReceiving,
+    InterruptReceivingStatus,
+    StartBulkReceiving,
+    StopBulkReceiving,
+    BulkReceivingStatus,
+)
+assert {cls.TYPE for cls in _IN_ONLY_ENDPOINT_CLASSES} == set(_IN_ONLY_ENDPOINT_AT)
+
+#: A connection's caps unless told otherwise: every capability but bulk
+#: streams, which a host built on pyusb cannot drive (protocol ref §2.2).
+DEFAULT_CAPS: Final = Cap.all_known() & ~Cap.BULK_STREAMS
 
 _INITIAL_BUFFER = 64 * 1024
 
@@ -153,7 +176,7 @@ class UsbredirConnection:
     def __init__(
         self,
         role: Role,
-        caps: Cap | int = Cap.all_known() & ~Cap.BULK_STREAMS,
+        caps: Cap | int = DEFAULT_CAPS,
         version: str = "redirgate",
         *,
         max_message_size: int = MAX_PACKET_SIZE,
@@ -456,7 +479,7 @@ class UsbredirConnection:
         )
         if problem is not None:
             raise errors.LocalProtocolError(problem[1], msg_type=cls.TYPE)
-        if cls.TYPE == MsgType.BULK_PACKET and not self._bulk_32 and message.length > 0xFFFF:
+        if not self._bulk_32 and isinstance(message, BulkPacket) and message.length > 0xFFFF:
             raise errors.LocalProtocolError(
                 "bulk length over 65535 needs 32bits_bulk_length on both sides",
                 msg_type=cls.TYPE,
@@ -550,11 +573,12 @@ def _fields_from_wire(msg_type: int, view: memoryview, start: int, bulk_32: bool
 
 
 def _fields_from_message(message: Message) -> _Fields:
-    msg_type = type(message).TYPE
-    if msg_type == MsgType.INTERFACE_INFO:
+    if isinstance(message, InterfaceInfo):
         return -1, 0, int(message.interface_count)
-    if msg_type in _IN_ONLY_ENDPOINT_AT:
-        return int(message.endpoint), 0, int(getattr(message, "bytes_per_transfer", 0))
+    if isinstance(message, StartBulkReceiving):
+        return int(message.endpoint), 0, int(message.bytes_per_transfer)
+    if isinstance(message, _IN_ONLY_ENDPOINT_CLASSES):
+        return int(message.endpoint), 0, 0
     if isinstance(message, DataMessage):
         return message.endpoint_address, message.transfer_length, 0
     return -1, 0, 0
@@ -571,7 +595,7 @@ def _semantic_problem(
     endpoint, length, extra = fields
     gate = _GATES.get(msg_type)
     if gate is not None and gate not in gate_caps:
-        return errors.CapabilityError, f"needs the {gate.name.lower()} capability"
+        return errors.CapabilityError, f"needs the {str(gate.name).lower()} capability"
     if msg_type == MsgType.INTERFACE_INFO and extra > MAX_INTERFACES:
         return errors.InvalidFieldError, f"interface_count {extra} > {MAX_INTERFACES}"
     if msg_type in _IN_ONLY_ENDPOINT_AT:

@@ -181,7 +181,7 @@ class DeviceInfo:
         for n, iface in enumerate(self.interfaces):
             if len(iface) != 3:
                 raise FilterError(f"interface {n} must be (class, subclass, protocol), got {iface!r}")
-            for part, value in zip(("class", "subclass", "protocol"), iface):
+            for part, value in zip(("class", "subclass", "protocol"), iface, strict=True):
                 _check_uint(f"interface {n} {part}", value, 0xFF)
 
 
@@ -282,7 +282,7 @@ def parse_rules(
 def _parse_rule(index: int, rule_text: bytes, tsep: bytes) -> FilterRule:
     shown = rule_text.decode("utf-8", "backslashreplace")
     tokens = _strtok(rule_text, tsep)
-    values = []
+    values: list[int] = []
     for token in tokens[:5]:
         value = _strtol_int(token)
         if value is None:

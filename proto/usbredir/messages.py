@@ -102,7 +102,7 @@ class Message:
     #: the `_UINTS` fields' values as a tuple, in wire order (set for every
     #: class below the class definitions: one C call where a generator of
     #: getattr calls cost a Python frame per field, on every message sent)
-    _VALUES: ClassVar[Callable[[Any], tuple[Any, ...]]]
+    _VALUES: ClassVar[staticmethod[[Any], tuple[Any, ...]]]
 
     id: int = field(default=0, kw_only=True)
 
@@ -133,7 +133,9 @@ class Message:
         """Build a message from a type-specific header already size-checked."""
         if cls._STRUCT is None:
             return cls(id=msg_id)
-        return cls(*cls._STRUCT.unpack_from(view), id=msg_id)
+        # a subclass's positional fields are the ones its _STRUCT lays out
+        make: Callable[..., Message] = cls
+        return make(*cls._STRUCT.unpack_from(view), id=msg_id)
 
     @property
     def payload(self) -> Buffer:
@@ -157,15 +159,17 @@ class DataMessage(Message):
 
     # Every data packet class has `endpoint` and `length` fields (ints the
     # constructor checked): read directly, these run several times per
-    # transfer.
+    # transfer. DataMessage cannot declare the two itself (a dataclass would
+    # make them its own constructor fields, ahead of each subclass's), hence
+    # the ignores.
     @property
     def transfer_length(self) -> int:
         """The length the type-specific header states for the data."""
-        return self.length  # type: ignore[attr-defined,no-any-return]
+        return self.length  # type: ignore[attr-defined,no-any-return]  # a field of every subclass, see above
 
     @property
     def endpoint_address(self) -> int:
-        return self.endpoint  # type: ignore[attr-defined,no-any-return]
+        return self.endpoint  # type: ignore[attr-defined,no-any-return]  # a field of every subclass, see above
 
 
 #: `Cap.BULK_LENGTH_32BIT` as a plain int: BulkPacket tests it per transfer,
@@ -761,6 +765,8 @@ def _attach_data(cls: type[DataMessage]) -> None:
     ) -> DataMessage:
         return klass(*struct_.unpack_from(view), id=msg_id, data=data)
 
+    # replaces the inherited classmethod once the class exists (its struct is
+    # known only then); mypy does not follow assigning methods to a class
     cls.unpack_from = classmethod(unpack_from)  # type: ignore[method-assign,assignment]
 
 
@@ -815,6 +821,6 @@ MESSAGE_CLASSES: dict[int, type[Message]] = {
     )
 }
 assert len(MESSAGE_CLASSES) == len(MsgType)
-for _cls in MESSAGE_CLASSES.values():
+for _msg_cls in MESSAGE_CLASSES.values():
     # staticmethod: a plain function would be bound to the message
-    _cls._VALUES = staticmethod(_values_getter(tuple(name for name, _ in _cls._UINTS)))  # type: ignore[assignment]
+    _msg_cls._VALUES = staticmethod(_values_getter(tuple(name for name, _ in _msg_cls._UINTS)))

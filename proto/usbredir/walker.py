@@ -47,9 +47,12 @@ _HELLO_LEN = _HEADER_32.size + VERSION_LEN
 
 #: The data packets: the messages of a transfer, walked by `_walk`'s fast path.
 _FAST_TYPES = (
-    MsgType.CONTROL_PACKET, MsgType.BULK_PACKET, MsgType.ISO_PACKET,
-    MsgType.INTERRUPT_PACKET, MsgType.BUFFERED_BULK_PACKET,
-)  # fmt: skip
+    MsgType.CONTROL_PACKET,
+    MsgType.BULK_PACKET,
+    MsgType.ISO_PACKET,
+    MsgType.INTERRUPT_PACKET,
+    MsgType.BUFFERED_BULK_PACKET,
+)
 #: The reference rejects these from the host on an OUT endpoint (wrong direction).
 _IN_ONLY = frozenset({MsgType.ISO_PACKET, MsgType.BUFFERED_BULK_PACKET})
 #: Their stated length has the bulk limit.

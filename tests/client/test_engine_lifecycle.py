@@ -92,7 +92,7 @@ async def test_unplug_with_pending_request_then_replug(loopback) -> None:
 
         # replug: announced again on the same connection, usable again
         backend.plug(device)
-        info, eps, connect = await guest.expect_announcement()
+        info, _eps, connect = await guest.expect_announcement()
         assert info.fields["interface_count"] == 0  # enumerates unconfigured
         assert connect.fields["product_id"] == 0x0003
         await set_configuration_1(guest)
@@ -217,7 +217,7 @@ async def test_filter_reject_from_the_guest(loopback) -> None:
     ids=["unknown-type", "wrong-direction", "data-length"],
 )
 async def test_malformed_input_closes_and_releases(loopback, caplog: pytest.LogCaptureFixture, raw: bytes) -> None:
-    backend, device = loopback
+    backend, _device = loopback
     caplog.set_level(logging.INFO)
     async with engine_session(source_for(backend)) as s:
         guest = s.guest

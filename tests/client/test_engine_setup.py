@@ -32,7 +32,7 @@ CONTROL, ISO, BULK, INTERRUPT, UNUSED = 0, 1, 2, 3, 255
 @pytest.mark.parametrize("transport", ["tcp", "memory"])
 @pytest.mark.parametrize("guest_caps", [0xFF, 0xFF & ~CAP_64BITS_IDS], ids=["64bit-ids", "32bit-ids"])
 async def test_hello_then_announcement_in_order(storage, transport: str, guest_caps: int) -> None:
-    backend, device, _ = storage
+    backend, _device, _ = storage
     async with engine_session(source_for(backend), caps=guest_caps, transport=transport) as s:
         guest = s.guest
         hello = await guest.expect_next(T.HELLO)

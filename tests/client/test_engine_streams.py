@@ -81,7 +81,7 @@ async def test_interrupt_receiving_keyboard(keyboard) -> None:
 
 
 async def test_interrupt_receiving_bad_starts(loopback) -> None:
-    backend, device = loopback
+    backend, _device = loopback
     async with engine_session(source_for(backend)) as s:
         guest = s.guest
         await configure(guest)
@@ -99,7 +99,7 @@ async def test_interrupt_receiving_bad_starts(loopback) -> None:
 
 
 async def test_iso_in_stream(loopback) -> None:
-    backend, device = loopback
+    backend, _device = loopback
     async with engine_session(source_for(backend)) as s:
         guest = s.guest
         await configure(guest)
@@ -262,7 +262,7 @@ async def test_reset_stalls_streams_and_second_reset_is_a_noop(keyboard) -> None
 
 
 async def test_reset_with_iso_stream_then_restart(loopback) -> None:
-    backend, device = loopback
+    backend, _device = loopback
     async with engine_session(source_for(backend)) as s:
         guest = s.guest
         await configure(guest)

@@ -78,9 +78,9 @@ async def test_bulk_only_write_then_read_back(storage) -> None:
         assert await scsi_read(guest, 0x12, 10, 8) == payload
         assert guest.parse_errors == []
     device.disk.flush()
-    with open(image, "rb") as f:
-        f.seek(10 * BLOCK)
-        assert f.read(len(payload)) == payload
+    async with await trio.open_file(image, "rb") as f:
+        await f.seek(10 * BLOCK)
+        assert await f.read(len(payload)) == payload
 
 
 async def test_bulk_above_64k_with_32bit_lengths(storage) -> None:
@@ -93,9 +93,9 @@ async def test_bulk_above_64k_with_32bit_lengths(storage) -> None:
         assert await scsi_read(guest, 2, 100, 256) == payload
         assert guest.parse_errors == []
     device.disk.flush()
-    with open(image, "rb") as f:
-        f.seek(100 * BLOCK)
-        assert f.read(len(payload)) == payload
+    async with await trio.open_file(image, "rb") as f:
+        await f.seek(100 * BLOCK)
+        assert await f.read(len(payload)) == payload
 
 
 async def test_request_to_wrong_endpoint_type_is_inval(loopback) -> None:
@@ -138,7 +138,7 @@ async def test_interrupt_out_and_bulk_loopback(loopback) -> None:
 
 
 async def test_cancel_pending_bulk_in(loopback) -> None:
-    backend, device = loopback
+    backend, _device = loopback
     async with engine_session(source_for(backend)) as s:
         guest = s.guest
         await configure(guest)
@@ -196,7 +196,7 @@ async def test_every_request_gets_exactly_one_reply(storage, loopback) -> None:
             await send(T.INTERRUPT_PACKET, bytes([i]) * 8, endpoint=0x03, status=0, length=8)
             await send(T.GET_CONFIGURATION)
             await send(T.GET_ALT_SETTING, interface=i % 3)
-        for i in range(20):
+        for _ in range(20):
             await send(T.BULK_PACKET, endpoint=0x81, status=0, length=512, stream_id=0)
         blocked = await send(T.BULK_PACKET, endpoint=0x81, status=0, length=512, stream_id=0)
         await send(T.BULK_PACKET, endpoint=0x8F, status=0, length=8, stream_id=0)  # inval
@@ -236,7 +236,7 @@ def _count_thread_transfers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 async def test_emulated_transfers_that_complete_at_once_skip_worker_threads(loopback, monkeypatch) -> None:
-    backend, device = loopback
+    backend, _device = loopback
     calls = _count_thread_transfers(monkeypatch)
     async with engine_session(source_for(backend)) as s:
         guest = s.guest
@@ -269,7 +269,7 @@ async def test_emulated_transfers_that_complete_at_once_skip_worker_threads(loop
 
 async def test_storage_transfers_stay_in_worker_threads(storage, monkeypatch) -> None:
     """The drive's hooks do file I/O: none of its transfers runs on the loop."""
-    backend, device, image = storage
+    backend, _device, _image = storage
     calls = _count_thread_transfers(monkeypatch)
     async with engine_session(source_for(backend)) as s:
         guest = s.guest

@@ -71,7 +71,7 @@ def test_enumeration_and_raw_descriptors_match(backend: VirtualBackend) -> None:
     devs = list(usb.core.find(backend=backend, find_all=True))
     assert [d.idProduct for d in devs] == [1, 2, 3]
     assert len({d.address for d in devs}) == 3 and all(d.bus == 254 for d in devs)
-    for dev, vdev in zip(devs, backend.devices):
+    for dev, vdev in zip(devs, backend.devices, strict=True):
         raw = bytes(usb.control.get_descriptor(dev, 18, usb.util.DESC_TYPE_DEVICE, 0))
         assert raw == vdev.descriptors.device
         assert parse_device_descriptor(raw).idProduct == dev.idProduct

@@ -89,7 +89,7 @@ def drive(image: Path) -> Iterator[tuple[MassStorageDevice, usb.core.Device]]:
 
 
 def test_enumeration_looks_like_a_flash_drive(drive: tuple[MassStorageDevice, usb.core.Device]) -> None:
-    device, dev = drive
+    _device, dev = drive
     assert dev.speed == Speed.HIGH and dev.bcdUSB == 0x0200
     intf = dev.get_active_configuration()[(0, 0)]
     assert (intf.bInterfaceClass, intf.bInterfaceSubClass, intf.bInterfaceProtocol) == (8, 6, 0x50)
@@ -102,7 +102,7 @@ def test_enumeration_looks_like_a_flash_drive(drive: tuple[MassStorageDevice, us
 
 
 def test_inquiry_capacity_write_read_round_trip(drive: tuple[MassStorageDevice, usb.core.Device], image: Path) -> None:
-    device, dev = drive
+    _device, dev = drive
     host = BotHost(dev)
     data, csw = host.command(bytes([0x12, 0, 0, 0, 36, 0]), 36)
     assert csw.status == 0 and csw.residue == 0 and len(data) == 36

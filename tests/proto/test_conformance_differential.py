@@ -207,9 +207,12 @@ def test_same_stream_same_events(role: str, data: st.DataObject) -> None:
     if hello:
         probe.receive_data(hello)
         assert isinstance(probe.next_event(), messages.Hello)
-    parts = [hello] + data.draw(
-        st.lists(frames(role, probe.shared_caps, probe.header_size), min_size=3, max_size=12), label="frames"
-    )
+    parts = [
+        hello,
+        *data.draw(
+            st.lists(frames(role, probe.shared_caps, probe.header_size), min_size=3, max_size=12), label="frames"
+        ),
+    ]
     stream = b"".join(parts)
     _run(role, caps, parts, data.draw(chunks(stream), label="chunks"), stats=True)
 

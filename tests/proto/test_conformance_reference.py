@@ -185,13 +185,13 @@ def test_gated_messages_refused_by_both_senders_without_peer_cap(msg_type: int, 
     the reference sends a gated message.  (A guest always has
     device_disconnect_ack, so that gate is only tested towards a host.)"""
     gate = int(GATES[msg_type])
-    ours, ref = handshake(role, 0xFF, 0xFF & ~gate)
+    ours, _ref = handshake(role, 0xFF, 0xFF & ~gate)
     fields, payload = _GATED_SAMPLES[msg_type]
     with pytest.raises(LocalProtocolError):
         ours.send(build_message(msg_type, 1, fields, payload))
     if msg_type == 24:
         return  # the reference has no send function for it
-    ours2, ref2 = handshake(_other(role), 0xFF & ~gate, 0xFF)
+    _ours2, ref2 = handshake(_other(role), 0xFF & ~gate, 0xFF)
     ref_fields = {"rules": fields["rules"]} if msg_type == 23 else fields
     with pytest.raises(RefSendError):
         ref2.send(msg_type, 1, ref_fields, payload)

@@ -161,7 +161,7 @@ def filter_strings(draw: st.DrawFn) -> tuple[str, str, str]:
         fields = draw(rule_fields())
         tok_runs = [draw(st.text(tsep, min_size=1, max_size=2)) for _ in fields]
         pre = draw(st.text(tsep, max_size=2))
-        rules.append(pre + "".join(f + s for f, s in zip(fields, tok_runs))[: -1 or None])
+        rules.append(pre + "".join(f + s for f, s in zip(fields, tok_runs, strict=True))[: -1 or None])
     pieces = [draw(st.text(rsep, max_size=2))]
     for rule in rules:
         pieces += [rule, draw(st.text(rsep, min_size=1, max_size=3))]

@@ -175,7 +175,7 @@ def test_pyserial_baud_request_bytes() -> None:
 def test_bad_comport_is_skipped_and_codec_continues(
     payload: bytes, error: type[Exception], command: ComPortCommand | None
 ) -> None:
-    server, client = agreed_pair()
+    server, _client = agreed_pair()
     server.receive_data(bytes([IAC, SB, 44]) + payload + bytes([IAC, SE]) + b"ok")
     events = drain(server)
     assert isinstance(events[0], error)

@@ -327,7 +327,7 @@ def test_the_hello_comes_first_and_once():
 
 
 def test_a_peer_hello_twice_is_refused():
-    client, gateway = pair()
+    client, _gateway = pair()
     client.receive_data(frame(msgpack.packb({"kind": "gateway_hello"})))
     with pytest.raises(UnexpectedMessageError, match="second 'gateway_hello'"):
         client.next_event()
@@ -435,7 +435,7 @@ def test_messages_crossing_a_close_are_tolerated():
 
 
 def test_a_channel_never_opened_is_refused_from_the_peer():
-    client, gateway = pair()
+    _client, gateway = pair()
     gateway.receive_data(frame(msgpack.packb({"kind": "channel_opened", "channel_id": 1})))
     with pytest.raises(UnexpectedMessageError, match="never opened"):
         gateway.next_event()

@@ -56,7 +56,7 @@ def feed_chunks(conn: UsbredirConnection, data: bytes, cuts: list[int]) -> list[
     copying payloads (they are only valid until the next receive_data)."""
     events: list[m.Message] = []
     pos = 0
-    for cut in sorted(set(c for c in cuts if 0 < c < len(data))) + [len(data)]:
+    for cut in [*sorted(set(c for c in cuts if 0 < c < len(data))), len(data)]:
         conn.receive_data(data[pos:cut])
         pos = cut
         for ev in drain(conn):
@@ -158,14 +158,14 @@ def test_header_is_12_bytes_until_both_have_64bit_ids():
 
 def test_documented_frames():
     """The byte examples of the protocol reference (section 3.5)."""
-    host, guest = pair()
+    _host, guest = pair()
     assert guest.send(m.SetAltSetting(1, 2, id=0x1122334455667788)) == bytes.fromhex(
         "09000000 02000000 8877665544332211 0102"
     )
     assert guest.send(m.BulkPacket(0x02, 0, 0, 0, id=0x10)) == bytes.fromhex(
         "65000000 0a000000 1000000000000000 02 00 0000 00000000 0000"
     )
-    host32, guest32 = pair(0xFF & ~Cap.IDS_64BIT, 0xFF)
+    _host32, guest32 = pair(0xFF & ~Cap.IDS_64BIT, 0xFF)
     assert guest32.send(m.SetAltSetting(1, 2, id=0x1122334455667788)) == bytes.fromhex(
         "09000000 02000000 88776655 0102"
     )
@@ -241,7 +241,7 @@ def test_capability_gated_messages_need_the_receivers_cap():
 
 
 def test_interface_count_over_32_is_rejected():
-    host, guest = pair()
+    _host, guest = pair()
     body = struct.pack("<I", 33) + bytes(128)
     guest.receive_data(raw(MsgType.INTERFACE_INFO, 132, body=body))
     with pytest.raises(errors.InvalidFieldError):
@@ -278,7 +278,7 @@ def test_second_hello_is_ignored_and_counted():
 
 
 def test_eof_at_boundary_and_mid_message():
-    host, guest = pair()
+    host, _guest = pair()
     host.receive_data(b"")
     assert host.next_event() is CLOSED
     host2, guest2 = pair()

@@ -60,7 +60,7 @@ def _guard_verdict(guest_hello: bytes, stream: bytes, cuts: list[int]) -> tuple[
     guard.observe_guest_bytes(guest_hello[7:])
     pos = 0
     try:
-        for cut in sorted({c for c in cuts if 0 < c < len(stream)}) + [len(stream)]:
+        for cut in [*sorted({c for c in cuts if 0 < c < len(stream)}), len(stream)]:
             guard.feed(stream[pos:cut])
             pos = cut
     except RemoteProtocolError as exc:
@@ -127,7 +127,7 @@ def test_payloads_pass_without_being_buffered():
 
 
 def test_host_bytes_before_the_guest_hello_are_refused_not_guessed():
-    host, host_hello, guest_hello = _hellos(0xFF, 0xFF)
+    host, host_hello, _guest_hello = _hellos(0xFF, 0xFF)
     guard = HostStreamGuard()
     guard.feed(host_hello)  # the hello itself is fine
     with pytest.raises(RemoteProtocolError):

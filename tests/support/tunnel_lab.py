@@ -59,7 +59,7 @@ class Lab:
         """Start a new Gateway on the ports the last one bound (after `stop_gateway`)."""
         assert self.nursery is not None and self.gateway_stopped is not None and self.gateway_stopped.is_set()
         host, port = self.addresses.tunnel
-        routes = [replace(r, listen="%s:%d" % self.addresses.routes[r.name]) for r in self.routes]
+        routes = [replace(r, listen="{}:{}".format(*self.addresses.routes[r.name])) for r in self.routes]
         path = write_gateway_config(self.directory, routes, tunnel_listen=f"{host}:{port}", **self.gateway_options)
         self.gateway, self.addresses, self.gateway_scope, self.gateway_stopped = await start_gateway(
             self.nursery, load_config(path)

@@ -11,6 +11,7 @@ role.  The peer is always the real C library; nothing here fakes replies.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Any
 
 from hypothesis import strategies as st
@@ -324,7 +325,7 @@ def chunks(draw: st.DrawFn, stream: bytes) -> list[bytes]:
         return [stream[i : i + 1] for i in range(size)]
     cuts = sorted(draw(st.sets(st.integers(1, size - 1), max_size=min(20, size - 1))))
     bounds = [0, *cuts, size]
-    return [stream[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [stream[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def feed_ours(conn: UsbredirConnection, pieces: list[bytes]) -> list[Any]:
