@@ -291,9 +291,9 @@ def load_config(path: str | Path, *, check_files: bool = True) -> GatewayConfig:
         line = int(found.group(1)) if found else (text.count("\n") + 1 if "end of document" in str(exc) else None)
         raise ConfigErrors([ConfigProblem(str(path), line, "", f"not valid TOML: {exc}")]) from exc
     loader = _Loader(path, text, check_files=check_files)
-    for key in data:
-        if key not in ("gateway", "route"):
-            loader.problem("", key, "unknown top-level table (expected [gateway] and [[route]])")
+    for table in data:
+        if table not in ("gateway", "route"):
+            loader.problem("", table, "unknown top-level table (expected [gateway] and [[route]])")
     gw = data.get("gateway")
     if not isinstance(gw, dict):
         loader.problem("", "gateway", "missing [gateway] table")
@@ -354,7 +354,10 @@ def load_config(path: str | Path, *, check_files: bool = True) -> GatewayConfig:
         admin_socket=admin,
         public_host=public_host,
         routes=tuple(routes),
-        **timeouts,
+        handshake_timeout_s=timeouts["handshake_timeout_s"],
+        heartbeat_interval_s=timeouts["heartbeat_interval_s"],
+        heartbeat_timeout_s=timeouts["heartbeat_timeout_s"],
+        hold_timeout_s=timeouts["hold_timeout_s"],
     )
 
 

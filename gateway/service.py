@@ -28,6 +28,7 @@ from redirgate.gateway.registry import Registry
 from redirgate.gateway.route_server import RouteServer
 from redirgate.gateway.tunnel_server import TunnelServer
 from redirgate.transport import hypervisor_server_context, server_context
+from redirgate.transport.tls import RevocationChecker
 
 __all__ = ["Gateway", "GatewayAddresses", "serve_gateway"]
 
@@ -73,7 +74,9 @@ class Gateway:
         self.config = config
         self.started_at = time.time()
         self.registry = Registry()
-        revocation = RevocationList(config.crl, config.ca) if config.crl is not None and config.crl.exists() else None
+        revocation: RevocationChecker | None = (
+            RevocationList(config.crl, config.ca) if config.crl is not None and config.crl.exists() else None
+        )
         if config.crl is not None and revocation is None:
             log.warning(
                 "gateway: CRL %s does not exist yet; no certificate is treated as revoked until it does", config.crl

@@ -16,6 +16,7 @@ import logging
 import os
 from collections import deque
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, NoReturn
 
 import trio
@@ -175,10 +176,12 @@ class UsbredirGuest:
         """Whether the host's usbredir hello has arrived."""
         return bool(self.conn.have_peer_hello)
 
-    async def __aexit__(self, *exc: object) -> bool | None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
         assert self._nursery is not None
         self._nursery.cancel_scope.cancel()
-        return await self._nursery_manager.__aexit__(*exc)  # type: ignore[arg-type]
+        return await self._nursery_manager.__aexit__(exc_type, exc, tb)
 
     # ---------------------------------------------------------------- I/O
     async def _read_stream(self) -> None:
@@ -225,7 +228,7 @@ class UsbredirGuest:
                 return
             if event is CLOSED:
                 raise GuestError(self.peer, "the host closed the connection")
-            self._handle(event)  # type: ignore[arg-type]
+            self._handle(event)
 
     async def _reader(self) -> None:
         try:

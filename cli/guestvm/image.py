@@ -293,7 +293,7 @@ def newc_archive(entries: Iterable[tuple[str, int, bytes] | tuple[str, int, byte
     out = bytearray()
     ino = 1
     for item in entries:
-        entry = _Entry(item[0], item[1], item[2], item[3] if len(item) == 4 else (0, 0))  # type: ignore[misc]
+        entry = _Entry(item[0], item[1], item[2], item[3] if len(item) == 4 else (0, 0))
         name = entry.name.encode() + b"\0"
         nlink = 2 if stat.S_ISDIR(entry.mode) else 1
         fields = (ino, entry.mode, 0, 0, nlink, 0, len(entry.data), 0, 0, *entry.rdev, len(name), 0)

@@ -75,8 +75,8 @@ class UsbDevice:
         self._nowait: Callable[..., Any] | None = None
         backend = getattr(dev, "backend", None)
         inline = getattr(backend, "inline_device", None)
-        if inline is not None and inline(dev):
-            self._nowait = backend.call_nowait  # type: ignore[union-attr]
+        if backend is not None and inline is not None and inline(dev):
+            self._nowait = backend.call_nowait
 
     @property
     def inline_transfers(self) -> bool:

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import trio
 
@@ -663,7 +664,8 @@ class HostEngine:
         self._maybe_announce()
 
 
-_HANDLERS = {
+#: What `_reader` calls for each message type (each takes its own class).
+_HANDLERS: dict[type[m.Message], Callable[[HostEngine, Any], Awaitable[None]]] = {
     m.Hello: HostEngine._on_hello,
     m.ControlPacket: HostEngine._on_control,
     m.BulkPacket: HostEngine._on_bulk,

@@ -84,7 +84,7 @@ class _Handle:
         self.closed = False
 
 
-class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]  # pyusb is untyped
+class VirtualBackend(usb.backend.IBackend):
     """A pyusb backend holding a list of plugged-in virtual devices.
 
     ``VirtualBackend(devices=())`` plugs each given device.  ``plug(device)``

@@ -62,7 +62,7 @@ _TEXT_ERRNO: dict[LibusbError, tuple[str, int | None]] = {
 }
 
 
-class VirtualUSBError(usb.core.USBError):  # type: ignore[misc]  # pyusb is untyped
+class VirtualUSBError(usb.core.USBError):
     """A usb.core.USBError from a virtual device; ``device`` names it and
     ``reason`` says why (the strerror stays libusb's own text)."""
 
@@ -76,7 +76,7 @@ class VirtualUSBError(usb.core.USBError):  # type: ignore[misc]  # pyusb is unty
         return f"{super().__str__()} ({self.device}: {self.reason})"
 
 
-class VirtualUSBTimeoutError(VirtualUSBError, usb.core.USBTimeoutError):  # type: ignore[misc]
+class VirtualUSBTimeoutError(VirtualUSBError, usb.core.USBTimeoutError):
     """LIBUSB_ERROR_TIMEOUT: what pyusb's libusb1 backend raises as
     usb.core.USBTimeoutError."""
 

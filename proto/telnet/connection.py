@@ -37,8 +37,8 @@ import enum
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final
 
+from redirgate.proto.sentinels import CLOSED, NEED_DATA, Sentinel
 from redirgate.proto.telnet.constants import (
     DO,
     DONT,
@@ -83,20 +83,6 @@ class Role(enum.Enum):
 
     SERVER = "server"
     CLIENT = "client"
-
-
-class _Sentinel:
-    __slots__ = ("_name",)
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __repr__(self) -> str:
-        return self._name
-
-
-NEED_DATA: Final = _Sentinel("NEED_DATA")
-CLOSED: Final = _Sentinel("CLOSED")
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,7 +323,7 @@ class TelnetConnection:
         else:
             self._buffer += data
 
-    def next_event(self) -> Event | _Sentinel:
+    def next_event(self) -> Event | Sentinel:
         """The next event, `NEED_DATA`, or `CLOSED` once EOF is reached."""
         buf = self._buffer
         pos = 0

@@ -26,8 +26,8 @@ from redirgate.proto.tunnel.base import (
     CLOSED,
     NEED_DATA,
     Role,
+    Sentinel,
     TunnelMessage,
-    _Sentinel,
     decode_message,
     encode_message,
 )
@@ -118,7 +118,7 @@ class AttachConnection:
             raise LocalProtocolError("the preamble is over: these bytes belong to the channel")
         self._decoder.receive_data(data)
 
-    def next_event(self) -> TunnelMessage | _Sentinel:
+    def next_event(self) -> TunnelMessage | Sentinel:
         """The peer's preamble frame, NEED_DATA, or CLOSED."""
         if self._failure is not None:
             raise RemoteProtocolError(f"the preamble already failed: {self._failure.reason}")

@@ -17,8 +17,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from enum import Enum, StrEnum
-from typing import Any, ClassVar, Final, TypeVar
+from typing import Any, ClassVar, TypeVar
 
+from redirgate.proto.sentinels import CLOSED, NEED_DATA, Sentinel
 from redirgate.proto.tunnel.errors import InvalidMessageError, LocalProtocolError
 from redirgate.proto.tunnel.framing import Buffer, decode_body, encode_body, frame
 
@@ -27,6 +28,7 @@ __all__ = [
     "KIND_KEY",
     "NEED_DATA",
     "Role",
+    "Sentinel",
     "TunnelMessage",
     "WireRecord",
     "decode_message",
@@ -37,22 +39,6 @@ __all__ = [
 KIND_KEY = "kind"
 
 R = TypeVar("R", bound="WireRecord")
-
-
-class _Sentinel:
-    __slots__ = ("_name",)
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __repr__(self) -> str:
-        return self._name
-
-
-#: `next_event()`: no complete message is buffered yet.
-NEED_DATA: Final = _Sentinel("NEED_DATA")
-#: `next_event()`: the peer closed the stream at a message boundary (sticky).
-CLOSED: Final = _Sentinel("CLOSED")
 
 
 class Role(StrEnum):

@@ -30,8 +30,8 @@ from redirgate.proto.tunnel.base import (
     CLOSED,
     NEED_DATA,
     Role,
+    Sentinel,
     TunnelMessage,
-    _Sentinel,
     decode_message,
     encode_message,
 )
@@ -53,7 +53,7 @@ DEFAULT_MAX_MESSAGE_SIZE: Final = 1024 * 1024
 #: the gateway's per-client policy should stay well below it.
 DEFAULT_MAX_CHANNELS: Final = 1024
 
-Event = TunnelMessage | _Sentinel
+Event = TunnelMessage | Sentinel
 
 
 class TunnelConnection:

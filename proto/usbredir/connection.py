@@ -35,6 +35,7 @@ from __future__ import annotations
 import struct
 from typing import Final
 
+from redirgate.proto.sentinels import CLOSED, NEED_DATA, Sentinel
 from redirgate.proto.usbredir import errors
 from redirgate.proto.usbredir.constants import (
     MAX_BULK_TRANSFER_SIZE,
@@ -73,22 +74,7 @@ __all__ = [
 ]
 
 
-class _Sentinel:
-    __slots__ = ("_name",)
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __repr__(self) -> str:
-        return self._name
-
-
-#: `next_event()`: no complete message is buffered yet.
-NEED_DATA: Final = _Sentinel("NEED_DATA")
-#: `next_event()`: the peer closed the stream at a message boundary.
-CLOSED: Final = _Sentinel("CLOSED")
-
-Event = Message | _Sentinel
+Event = Message | Sentinel
 
 _HEADER_32 = struct.Struct("<III")
 _HEADER_64 = struct.Struct("<IIQ")
@@ -356,7 +342,7 @@ class UsbredirConnection:
                 self._set_peer_hello(message)
             return message
 
-    def _need_data(self, mid_message: bool) -> _Sentinel:
+    def _need_data(self, mid_message: bool) -> Sentinel:
         if not self._eof:
             return NEED_DATA
         if mid_message or self._to_skip:

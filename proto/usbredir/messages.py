@@ -767,7 +767,7 @@ def _attach_data(cls: type[DataMessage]) -> None:
 
     # replaces the inherited classmethod once the class exists (its struct is
     # known only then); mypy does not follow assigning methods to a class
-    cls.unpack_from = classmethod(unpack_from)  # type: ignore[method-assign,assignment]
+    cls.unpack_from = classmethod(unpack_from)  # type: ignore[method-assign,assignment]  # see above
 
 
 for _cls in (ControlPacket, IsoPacket, InterruptPacket, BufferedBulkPacket):
