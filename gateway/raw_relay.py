@@ -262,7 +262,7 @@ class _Relay:
     async def read_hypervisor(self) -> None:
         try:
             if nonblocking(self.hypervisor):
-                await self._read_fast(self.hypervisor)  # type: ignore[arg-type]
+                await self._read_fast(self.hypervisor)
             else:
                 await self._read_slow()
             reason = "end of stream"
@@ -324,7 +324,7 @@ class _Relay:
         try:
             with self.writer_scope:
                 if nonblocking(self.device):
-                    await self._write_fast(self.device)  # type: ignore[arg-type]
+                    await self._write_fast(self.device)
                 else:
                     await self._write_slow()
             if self.ring.size:

@@ -237,6 +237,7 @@ class _Channel:
         d.need_src = d.need_dst = 0
         src, dst, view = d.src, d.dst, d.view
         moved = 0
+        n: int | None  # bytes read this turn; None from a TLS read that would block
         try:
             if d.end > d.start and not self._flush(d):
                 return  # an earlier chunk is still waiting for room

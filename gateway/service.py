@@ -27,8 +27,7 @@ from redirgate.gateway.reactor import RelayReactor
 from redirgate.gateway.registry import Registry
 from redirgate.gateway.route_server import RouteServer
 from redirgate.gateway.tunnel_server import TunnelServer
-from redirgate.transport import hypervisor_server_context, server_context
-from redirgate.transport.tls import RevocationChecker
+from redirgate.transport import RevocationChecker, hypervisor_server_context, server_context
 
 __all__ = ["Gateway", "GatewayAddresses", "serve_gateway"]
 

@@ -133,7 +133,7 @@ def _nonblocking_view(stream: trio.abc.Stream) -> NonBlockingStream | None:
     standalone consumer; not ours to close), else None (the awaitable
     methods are used)."""
     if nonblocking(stream):
-        return stream  # type: ignore[return-value]
+        return stream
     if isinstance(stream, trio.SocketStream):
         return PlainSocketStream(stream)
     return None

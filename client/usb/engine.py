@@ -53,7 +53,7 @@ from redirgate.proto.usbredir import filter as usbfilter
 from redirgate.proto.usbredir import (
     messages as m,
 )
-from redirgate.transport import nonblocking
+from redirgate.transport import NonBlockingStream, nonblocking
 
 __all__ = ["HOST_CAPS", "NO_RESET_IDS", "DeviceSource", "HostEngine"]
 
@@ -88,8 +88,9 @@ class HostEngine:
         version: str = "redirgate usbredir host",
     ) -> None:
         self.stream = stream
-        #: `_receive` reads into the parser's buffer (checked once: slow isinstance)
-        self._nonblocking_stream = nonblocking(stream)
+        #: `stream` where `_receive` reads into the parser's buffer, else None
+        #: (checked once: slow isinstance)
+        self._fast_stream: NonBlockingStream | None = stream if nonblocking(stream) else None
         #: the last read took less than it could: the socket is empty
         self._drained = False
         self.source = source
@@ -145,23 +146,23 @@ class HostEngine:
     async def _receive(self) -> None:
         """Read what the guest sent into the parser (at least one byte, or EOF)."""
         conn = self.conn
-        stream = self.stream
-        if not self._nonblocking_stream:
-            conn.receive_data(await stream.receive_some(RECEIVE_BYTES))
+        stream = self._fast_stream
+        if stream is None:
+            conn.receive_data(await self.stream.receive_some(RECEIVE_BYTES))
             return
-        try_receive_into = stream.try_receive_into  # type: ignore[attr-defined]
+        try_receive_into = stream.try_receive_into
         waited = False
         if self._drained:
             # the last read emptied the socket: wait first instead of a read
             # that would fail (readiness is level-triggered, nothing is missed)
-            await stream.wait_receivable()  # type: ignore[attr-defined]
+            await stream.wait_receivable()
             waited = True
         while True:
             buffer = conn.get_receive_buffer(RECEIVE_BYTES)
             n = try_receive_into(buffer)
             if n is not None:
                 break
-            await stream.wait_receivable()  # type: ignore[attr-defined]
+            await stream.wait_receivable()
             waited = True
         self._drained = 0 < n < len(buffer)
         conn.commit_received(n)

@@ -77,7 +77,7 @@ class UeventMonitor:
 
     def read_ready(self) -> list[Uevent]:
         """Every uevent the socket holds now (never blocks)."""
-        events = []
+        events: list[Uevent] = []
         while True:
             try:
                 data, address = self.sock.recvfrom(MAX_UEVENT_BYTES * 4)

@@ -202,8 +202,8 @@ class Outbox:
         if not nonblocking(stream):
             await self.drain_to(stream.send_all)
             return
-        self._try_send = stream.try_send  # type: ignore[attr-defined]
-        wait_sendable = stream.wait_sendable  # type: ignore[attr-defined]
+        self._try_send = stream.try_send
+        wait_sendable = stream.wait_sendable
         try:
             while True:
                 if self._error is not None:
