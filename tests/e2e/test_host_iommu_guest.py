@@ -9,7 +9,9 @@ e1000e (refused while the group is held open); one device of the
 pcie-pci-bridge group takes its partner along (a half-bound group is shown
 not viable) and both come back; the groups of the 9p root and of the mounted
 AHCI disk are refused; `sriov --vfs 2` makes two VFs in groups of their own
-and one binds to vfio-pci alone, its PF untouched.  Then live attach: the
+and one binds to vfio-pci alone, its PF untouched; a QEMU in the guest starts
+with what `host xml pci --qemu` printed and takes a second device by `host
+attach --device vfio-pci:`.  Then live attach: the
 guest, running, gets a redirgate route (serve-usb with a stick image on the
 host) by `host attach --qmp`, mounts the stick, loses it on `host detach`,
 and gets it again on a second attach.
@@ -251,3 +253,33 @@ def test_live_attach_of_a_route_mounts_the_stick_detach_and_again(hv: IommuGuest
             rc, out = _host("detach", "--qmp", str(hv.qmp), "--id", "stick")
             assert rc == 0 and out.splitlines() == ["device_del stick: QEMU reports it deleted", "detached stick"], out
             assert hv.shell(STICK_GONE) == "gone\n"
+
+
+def test_qemu_in_the_guest_takes_the_devices_from_xml_qemu_and_attach(hv: IommuGuest) -> None:
+    """The arguments `host xml pci --qemu` prints start a real QEMU with the e1000e passed through, and
+    `host attach --device vfio-pci:` hot plugs the bridge group's e1000 into it: both show up in the
+    nested VM's PCI tree with their real IDs (read through VFIO); unbind is refused while QEMU holds them."""
+    r = hv.python(
+        "import shlex\n"
+        f"nic, e1000 = find({E1000E!r})[0], find({E1000!r})[0]\n"
+        "result['binds'] = [cli('vfio', 'bind', nic)['rc'], cli('vfio', 'bind', e1000)['rc']]\n"
+        "xml = cli('xml', 'pci', nic, '--qemu', '--id', 'nic0')\n"
+        "result['xml'] = xml\n"
+        "args = shlex.split(xml['out'].replace('\\\\\\n', ' '))\n"
+        "vm = start_qemu([*args, '-device', 'pcie-root-port,id=hp1,chassis=9,slot=9'], '/tmp/nested.qmp')\n"
+        "try:\n"
+        "    result['attach'] = cli('attach', '--qmp', '/tmp/nested.qmp', '--device', 'vfio-pci:' + e1000,"
+        " '--bus', 'hp1', '--id', 'pass1')\n"
+        f"    result['ids'] = sorted(pci_ids('/tmp/nested.qmp', {{{E1000E!r}, {E1000!r}}}))\n"
+        "    result['held'] = cli('vfio', 'unbind', nic)\n"
+        "finally:\n"
+        "    vm.terminate(); vm.wait()\n"
+        "result['unbinds'] = [cli('vfio', 'unbind', nic)['rc'], cli('vfio', 'unbind', e1000)['rc']]\n"
+        "result['back'] = [driver(nic), driver(e1000)]\n"
+    )
+    assert r["binds"] == [0, 0] and r["xml"]["rc"] == 0
+    assert "-device vfio-pci,host=" in r["xml"]["out"]
+    assert r["attach"]["rc"] == 0, r["attach"]["err"]
+    assert "8086:10d3" in r["ids"] and "8086:100e" in r["ids"], r["ids"]
+    assert r["held"]["rc"] == 1 and "(qemu-system-x86)" in r["held"]["err"]
+    assert r["unbinds"] == [0, 0] and r["back"] == ["e1000e", "e1000"]
