@@ -112,3 +112,24 @@ def test_a_disk_under_device_mapper_counts_for_its_controller(tmp_path: Path) ->
     (host.sys / "dev" / "block" / "254:0").symlink_to(dm)
     host.set_mounts(("254:0", "/", "ext4", "/dev/mapper/root"))
     assert [u.kind for u in find_uses(host.paths)["0000:00:1f.2"]] == ["host", "in-use"]
+
+
+def test_a_default_route_over_a_bridge_or_a_bond_leads_to_its_nics(tmp_path: Path) -> None:
+    host = FakeHost(tmp_path)
+    for index, name in enumerate(("enp1s0", "enp2s0", "enp3s0")):
+        host.add_pci(f"0000:0{index + 1}:00.0", "8086:10d3", ETHERNET, driver="e1000e", group=index + 1)
+        host.add_net(f"0000:0{index + 1}:00.0", name)
+    host.add_virtual_net("bond0", lower=["enp2s0", "enp3s0"])
+    host.add_virtual_net("bond0.10", lower=["bond0"])
+    host.add_virtual_net("br0", ports=["enp1s0", "bond0.10"], default_route=True)
+    uses = find_uses(host.paths)
+    for address in ("0000:01:00.0", "0000:02:00.0", "0000:03:00.0"):
+        assert [u.reason for u in uses[address] if u.kind == "host"] == ["the default route (via br0)"]
+
+
+def test_a_swap_partition_is_in_use(tmp_path: Path) -> None:
+    host = FakeHost(tmp_path)
+    host.add_pci("0000:00:1f.2", "8086:2922", SATA, driver="ahci", group=1)
+    host.add_disk("0000:00:1f.2", "sda", "8:0", [("sda3", "8:3")])
+    host.add_swap("/dev/sda3")
+    assert [(u.kind, u.reason) for u in find_uses(host.paths)["0000:00:1f.2"]] == [("in-use", "swap on /dev/sda3")]

@@ -167,6 +167,29 @@ class FakeHost:
             with open(self.proc / "net" / "route", "a") as f:
                 f.write(f"{name}\t00000000\t0102000A\t0003\t0\t0\t0\t00000000\n")
 
+    def add_virtual_net(
+        self, name: str, *, lower: Sequence[str] = (), ports: Sequence[str] = (), default_route: bool = False
+    ) -> None:
+        """A bond/VLAN (``lower_X`` links) or a bridge (``brif/X``) over other interfaces; no device of its own."""
+        iface = self.sys / "devices" / "virtual" / "net" / name
+        iface.mkdir(parents=True)
+        (iface / "flags").write_text("0x1003\n")
+        for other in lower:
+            self._link(iface / f"lower_{other}", self.sys / "class" / "net" / other)
+        for other in ports:
+            self._link(iface / "brif" / other, self.sys / "class" / "net" / other / "brport")
+        self._link(self.sys / "class" / "net" / name, iface)
+        if default_route:
+            with open(self.proc / "net" / "route", "a") as f:
+                f.write(f"{name}\t00000000\t0102000A\t0003\t0\t0\t0\t00000000\n")
+
+    def add_swap(self, device: str) -> None:
+        (self.proc / "swaps").write_text(
+            "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n"
+            f"{device}                               partition\t1048572\t\t0\t\t-2\n"
+        )
+        (self.root / "dev" / device.removeprefix("/dev/")).write_text("")
+
     def add_keyboard(
         self, pci: str, name: str = "USB Keyboard", *, console: str = "tty0", keys: str = _KEYBOARD_KEYS
     ) -> None:
