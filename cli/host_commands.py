@@ -70,9 +70,12 @@ def add_parser(commands: Any) -> None:
     group.add_argument("--dev-root", type=Path, default=Path("/dev"), metavar="DIR", help="default /dev")
     group.add_argument("--etc-root", type=Path, default=Path("/etc"), metavar="DIR", help="default /etc (--persist)")
     group.add_argument(
-        "--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        metavar="DIR",
         help=f"what unbind restores (default {DEFAULT_STATE_DIR})",
-    )  # fmt: skip
+    )
 
     iommu = sub.add_parser(
         "iommu", parents=[roots], help="the IOMMU, every group with its devices, what the host depends on"
@@ -83,12 +86,14 @@ def add_parser(commands: Any) -> None:
     vfio = sub.add_parser("vfio", help="give a PCI device's IOMMU group to vfio-pci and back")
     vsub = vfio.add_subparsers(dest="vfio_command", metavar="VFIO_COMMAND", required=True)
     bind = vsub.add_parser(
-        "bind", parents=[roots], help="put ADDR's whole IOMMU group on vfio-pci (driver_override, never new_id)",
+        "bind",
+        parents=[roots],
+        help="put ADDR's whole IOMMU group on vfio-pci (driver_override, never new_id)",
         description="Every endpoint device of ADDR's IOMMU group goes to vfio-pci through driver_override; "
         "bridges keep their driver.  Refused when the group holds a device the host depends on (root "
         "filesystem disk, default route NIC, console keyboard) or one in use.  The previous drivers are "
         "remembered for `vfio unbind`.",
-    )  # fmt: skip
+    )
     bind.add_argument("address", metavar="ADDR", help="PCI address, e.g. 0000:01:00.0")
     bind.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     bind.add_argument("--persist", action="store_true", help="also bind at boot (udev rule + modules-load.d)")
@@ -102,15 +107,20 @@ def add_parser(commands: Any) -> None:
     unbind.set_defaults(run=_guarded(_run_unbind))
 
     sriov = sub.add_parser(
-        "sriov", parents=[roots], help="create SR-IOV virtual functions on a PF",
-        description=SRIOV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+        "sriov",
+        parents=[roots],
+        help="create SR-IOV virtual functions on a PF",
+        description=SRIOV_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sriov.add_argument("address", metavar="ADDR", help="the PF's PCI address")
     sriov.add_argument("--vfs", type=int_in(0), required=True, metavar="N", help="how many VFs (0 removes them)")
     sriov.add_argument(
-        "--autoprobe", choices=("on", "off"), default=None,
+        "--autoprobe",
+        choices=("on", "off"),
+        default=None,
         help="set sriov_drivers_autoprobe first (off: VFs get no host driver); default: leave it",
-    )  # fmt: skip
+    )
     sriov.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     sriov.add_argument("--persist", action="store_true", help="also create them at boot (udev rule)")
     sriov.set_defaults(run=_guarded(_run_sriov))
@@ -130,10 +140,11 @@ def add_parser(commands: Any) -> None:
         p.set_defaults(run=_guarded(_run_xml), kind=kind)
 
     at = sub.add_parser(
-        "attach", help="hot plug a redirgate route or a host device into a running VM",
+        "attach",
+        help="hot plug a redirgate route or a host device into a running VM",
         description="Over QMP: chardev-add + device_add usb-redir for a route, device_add usb-host or vfio-pci "
         "for passthrough.  With --domain: the same through libvirt (virsh attach-device --live).",
-    )  # fmt: skip
+    )
     _vm_arguments(at)
     what = at.add_mutually_exclusive_group(required=True)
     what.add_argument("--route", type=parse_hostport, metavar="HOST:PORT", help="a redirgate route (gateway port)")
@@ -285,11 +296,17 @@ def _run_xml(args: argparse.Namespace) -> int:
         partners = [] if device.iommu_group is None else group_devices(paths, device.iommu_group)
         others = [a for a in partners if a != address and not read_device(paths, a).is_bridge]
         if others:
-            print(f"note: IOMMU group {device.iommu_group} also holds {', '.join(others)}: give them to the same VM"
-                  " or leave them on vfio-pci", file=sys.stderr)  # fmt: skip
+            print(
+                f"note: IOMMU group {device.iommu_group} also holds {', '.join(others)}: give them to the same VM"
+                " or leave them on vfio-pci",
+                file=sys.stderr,
+            )
         if device.driver != "vfio-pci":
-            print(f"note: {address} is on {device.driver or 'no driver'}; libvirt's managed='yes' rebinds it, for"
-                  f" QEMU run `redirgate host vfio bind {address}` first", file=sys.stderr)  # fmt: skip
+            print(
+                f"note: {address} is on {device.driver or 'no driver'}; libvirt's managed='yes' rebinds it, for"
+                f" QEMU run `redirgate host vfio bind {address}` first",
+                file=sys.stderr,
+            )
         text = _shell(pci_qemu(address, name=args.id)) if args.qemu else pci_hostdev_xml(address, name=args.id)
     elif args.kind == "usb":
         selector = parse_usb_selector(args.target)

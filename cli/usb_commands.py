@@ -229,9 +229,16 @@ def _device_row(dev: Any, rules: Any, boot: Mapping[str, str]) -> _DeviceRow:
     except USB_CALL_ERRORS as exc:
         return _DeviceRow(dev.idVendor, dev.idProduct, port_path(dev), reason=f"its descriptors cannot be read: {exc}")
     row = _DeviceRow(
-        snap.vendor_id, snap.product_id, snap.port_path, snap.device_class, snap.speed.name.lower(),
-        snap.manufacturer, snap.product, snap.serial, stable_id(snap),
-    )  # fmt: skip
+        snap.vendor_id,
+        snap.product_id,
+        snap.port_path,
+        snap.device_class,
+        snap.speed.name.lower(),
+        snap.manufacturer,
+        snap.product,
+        snap.serial,
+        stable_id(snap),
+    )
     row.reason = refusal(snap, boot)
     if row.reason is None and rules is not None:
         verdict = usbfilter.check(

@@ -136,9 +136,8 @@ class TunnelClient:
     async def _dial(self) -> ZeroCopyTLSStream:
         """A new mutual-TLS connection to the gateway (control or data alike)."""
         return await open_tls_connection(
-            self.config.gateway_host, self.config.gateway_port, self.context,
-            handshake_timeout_s=self.connect_timeout_s,
-        )  # fmt: skip
+            self.config.gateway_host, self.config.gateway_port, self.context, handshake_timeout_s=self.connect_timeout_s
+        )
 
     async def _session(self) -> None:
         with trio.move_on_after(self.connect_timeout_s) as dialing, peer_gone(self.peer):

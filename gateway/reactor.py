@@ -100,10 +100,11 @@ class _Direction:
         "src",
         "start",
         "view",
-    )  # fmt: skip
+    )
 
-    def __init__(self, channel: _Channel, src: ReactorSide, dst: ReactorSide, size: int, forward: bool,
-                 inspect: Inspector | None) -> None:  # fmt: skip
+    def __init__(
+        self, channel: _Channel, src: ReactorSide, dst: ReactorSide, size: int, forward: bool, inspect: Inspector | None
+    ) -> None:
         self.channel = channel
         self.src, self.dst = src, dst
         self.buf = bytearray(max(size, len(src.prefix)))
@@ -213,10 +214,16 @@ def _send(side: ReactorSide, view: memoryview, d: _Direction) -> int | None:
 
 
 class _Channel:
-    def __init__(self, a: ReactorSide, b: ReactorSide, stats: RelayStats, size: int,
-                 inspect_ab: Inspector | None,
-                 inspect_ba: Inspector | None,
-                 done: Callable[[ReactorOutcome], None]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        a: ReactorSide,
+        b: ReactorSide,
+        stats: RelayStats,
+        size: int,
+        inspect_ab: Inspector | None,
+        inspect_ba: Inspector | None,
+        done: Callable[[ReactorOutcome], None],
+    ) -> None:
         self.a, self.b = a, b
         self.stats = stats
         self.done = done
@@ -498,8 +505,9 @@ class RelayReactor:
             elif what == "drop" and self._by_fd.get(channel.fds[0]) is channel:
                 self._finish(channel, ReactorOutcome("", "cancelled"))
 
-    def _service(self, channel: _Channel, fd: int = -1, mask: int = 0,
-                 fresh_in: _Direction | None = None, fresh: int = 0) -> None:  # fmt: skip
+    def _service(
+        self, channel: _Channel, fd: int = -1, mask: int = 0, fresh_in: _Direction | None = None, fresh: int = 0
+    ) -> None:
         """Step the directions the event on `fd` concerns (all on fd=-1 or an error).
 
         `fresh_in`/`fresh`: the fast path already read `fresh` bytes (maybe

@@ -241,8 +241,12 @@ class ClientControl(ControlSession):
     async def _inventory(self, event: t.Inventory) -> None:
         session = self.client
         session.inventory = {e.id: e for e in event.devices}
-        log.info("tunnel: %s exports %d device(s): %s", session.identity, len(event.devices),
-                 ", ".join(sorted(session.inventory)) or "none")  # fmt: skip
+        log.info(
+            "tunnel: %s exports %d device(s): %s",
+            session.identity,
+            len(event.devices),
+            ", ".join(sorted(session.inventory)) or "none",
+        )
         self.server.registry.changed()
 
     async def _inventory_update(self, event: t.InventoryUpdate) -> None:
@@ -251,8 +255,7 @@ class ClientControl(ControlSession):
             session.inventory.pop(device_id, None)
         for entry in event.added:
             session.inventory[entry.id] = entry
-        log.info("tunnel: %s inventory: +%s -%s", session.identity,
-                 [e.id for e in event.added], list(event.removed))  # fmt: skip
+        log.info("tunnel: %s inventory: +%s -%s", session.identity, [e.id for e in event.added], list(event.removed))
         self.server.registry.changed()
 
     async def _channel_opened(self, event: t.ChannelOpened) -> None:

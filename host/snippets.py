@@ -97,10 +97,13 @@ def pci_qemu(address: str, *, name: str | None = None, root_port: int = 1) -> li
     """``-device vfio-pci`` behind its own pcie-root-port (q35; on ``pc`` drop the port and ``bus=``)."""
     port = f"rg-rp{root_port}"
     ident = f",id={name}" if name else ""
+    # one option and its value per line (the formatter would split each pair)
+    # fmt: off
     return [
         "-device", f"pcie-root-port,id={port},chassis={root_port},slot={root_port}",
         "-device", f"vfio-pci,host={address},bus={port}{ident}",
-    ]  # fmt: skip
+    ]
+    # fmt: on
 
 
 def usb_hostdev_xml(selector: UsbSelector, *, name: str | None = None) -> str:

@@ -116,8 +116,18 @@ class ControlSession:
     (the gateway's opening classifier keeps the first frame).
     """
 
-    __slots__ = ("_broken", "_failure", "_nursery", "_outcome", "_send_lock", "conn", "peer", "send_timeout_s",
-                 "stream", "tracker")  # fmt: skip
+    __slots__ = (
+        "_broken",
+        "_failure",
+        "_nursery",
+        "_outcome",
+        "_send_lock",
+        "conn",
+        "peer",
+        "send_timeout_s",
+        "stream",
+        "tracker",
+    )
 
     def __init__(
         self,

@@ -262,8 +262,10 @@ class HostRootGuest:
     def spawn(self, command: str, log_path: Path) -> int:
         """Start a long-running command in a session of its own (output to `log_path`, in the share);
         returns its guest pid.  End it with :meth:`signal`."""
-        result = self.run(f"setsid sh -c {shlex.quote('exec ' + command)} > {shlex.quote(str(log_path))} 2>&1 "
-                          "< /dev/null &\necho $!\n")  # fmt: skip
+        result = self.run(
+            f"setsid sh -c {shlex.quote('exec ' + command)} > {shlex.quote(str(log_path))} 2>&1 "
+            "< /dev/null &\necho $!\n"
+        )
         return int(result.stdout.split()[-1])
 
     def signal(self, pid: int, sig: str = "TERM") -> None:
@@ -372,12 +374,15 @@ def start_hostroot_guest(
     monitor_path = agent / "hmp.sock"
     if setup:
         (agent / "setup.sh").write_text(_JOB_ENV + "set -e\n" + setup)
+    # one option and its value per line (the formatter would split each pair)
+    # fmt: off
     args = [
         "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
         "-virtfs", f"local,path={share},mount_tag=share,security_model=none,multidevs=remap",
         "-chardev", f"socket,id=hmp0,path={monitor_path},server=on,wait=off",
         "-mon", "chardev=hmp0,mode=readline",
-    ]  # fmt: skip
+    ]
+    # fmt: on
     if network:
         forwards = "".join(f",hostfwd=tcp:127.0.0.1:0-:{port}" for port in hostfwd)
         args += ["-nic", f"user,model=virtio-net-pci{forwards}"]
