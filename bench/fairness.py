@@ -152,7 +152,7 @@ async def _neighbour(port: int, direction: str, kib: int, depth: int) -> dict[st
             while not stop.is_set():
                 if direction == "IN":
                     st, got = await vm.bulk(BULK_IN, size)
-                    n = len(got)  # type: ignore[arg-type]
+                    n = len(got)  # type: ignore[arg-type]  # IN: the payload
                 else:
                     st, got = await vm.bulk(BULK_OUT, data=payload)
                     n = int(got)

@@ -103,7 +103,7 @@ def allocation_churn_per_message(make_wire, count: int) -> float:
 def reference_seconds(runs: int, make_wire, repeat: int) -> list[float] | None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     try:
-        from tests.support.refparser import RefParser  # type: ignore[import-not-found]
+        from tests.support.refparser import RefParser
     except (ImportError, OSError):
         return None
     results = []

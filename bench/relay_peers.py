@@ -137,7 +137,7 @@ def source(port: int, tls: list[str] | None, nbytes: int, rtt: int, warmup: int)
     try:
         if tls:
             sock = _context(False, *tls).wrap_socket(raw, server_hostname=SERVER_NAME)
-            out["tls"] = f"{sock.version()} {sock.cipher()[0]}"  # type: ignore[attr-defined,index]
+            out["tls"] = f"{sock.version()} {sock.cipher()[0]}"  # type: ignore[attr-defined,index]  # an SSLSocket here
         if nbytes:
             sock.sendall(HEADER.pack(MAGIC, b"T", nbytes))
             chunk = memoryview(bytes(range(256)) * (IO_BYTES // 256))

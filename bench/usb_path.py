@@ -237,10 +237,10 @@ async def _bulk_seconds(vm: VmSide, endpoint: int, size: int, total: int, depth:
             left -= 1
             if endpoint & 0x80:
                 status, got = await vm.bulk(endpoint, size)
-                moved = len(got)  # type: ignore[arg-type]
+                moved = len(got)  # type: ignore[arg-type]  # IN: the payload
             else:
                 status, got = await vm.bulk(endpoint, data=payload)
-                moved = int(got)  # type: ignore[arg-type]
+                moved = int(got)  # type: ignore[arg-type]  # OUT: the count written
             if status != 0 or moved != size:
                 raise GuestError("serve-usb", f"bulk {endpoint:#04x}: status {status}, {moved} of {size} bytes")
 

@@ -79,7 +79,7 @@ def _merge_data(events: list[object]) -> list[object]:
     merged: list[object] = []
     for event in events:
         if type(event).__name__ == "Data":
-            data = bytes(event.data)  # type: ignore[attr-defined]
+            data = bytes(event.data)  # type: ignore[attr-defined]  # a Data event (by name above)
             last = merged[-1] if merged else None
             if isinstance(last, tuple) and last[0] == "data":
                 merged[-1] = ("data", last[1] + data)

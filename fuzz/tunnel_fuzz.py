@@ -89,7 +89,7 @@ def parse_input(data: bytes) -> tuple[str, bool, bool, bool, list[int], bytes]:
 
 def check_round_trip(message: object, attach: bool) -> None:
     registry = ATTACH_MESSAGES if attach else CONTROL_MESSAGES
-    wire = encode_message(message, 1 << 20)  # type: ignore[arg-type]
+    wire = encode_message(message, 1 << 20)  # type: ignore[arg-type]  # an event parsed just before
     again = decode_message(wire[4:], registry)
     if again != message or type(again) is not type(message):
         raise Mismatch(f"{message!r} encodes and decodes as {again!r}")
@@ -128,7 +128,7 @@ def run(role: str, attach: bool, small: bool, scripted: bool, stream: bytes, siz
     for piece in [*pieces, b""]:
         if done:
             break
-        if attach and conn.received is not None:  # type: ignore[union-attr]
+        if attach and conn.received is not None:  # type: ignore[union-attr]  # attach: conn is the AttachConnection
             events.append(("raw", piece))
             continue
         conn.receive_data(piece)
@@ -154,7 +154,7 @@ def run(role: str, attach: bool, small: bool, scripted: bool, stream: bytes, siz
             if check:
                 check_round_trip(event, attach)
             if attach:
-                rest, eof = conn.trailing_data()  # type: ignore[union-attr]
+                rest, eof = conn.trailing_data()  # type: ignore[union-attr]  # attach: conn is the AttachConnection
                 events.append(("raw", rest))
                 if eof:
                     done = True

@@ -57,7 +57,7 @@ def snapshot(message: object) -> tuple:
     """A comparable copy of a message that outlives its payload views."""
     fields = tuple(
         (f.name, bytes(v) if isinstance(v, (memoryview, bytearray)) else v)
-        for f in dataclasses.fields(message)  # type: ignore[arg-type]
+        for f in dataclasses.fields(message)  # type: ignore[arg-type]  # every message is a dataclass
         for v in (getattr(message, f.name),)
     )
     return (type(message).__name__, fields)
@@ -80,7 +80,7 @@ class Resender:
         if isinstance(message, messages.Hello):
             return  # sent once, by hello_bytes(); never re-sendable
         try:
-            wire = self.sender.send(message)  # type: ignore[arg-type]
+            wire = self.sender.send(message)  # type: ignore[arg-type]  # a message parsed just before
         except LocalProtocolError as exc:
             raise Mismatch(f"parsed {snap} but the same caps refuse to send it: {exc}") from exc
         self.receiver.receive_data(wire)
