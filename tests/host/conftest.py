@@ -8,11 +8,18 @@ from pathlib import Path
 import pytest
 
 from redirgate.cli import main
-from tests.support.fake_host import MOUSE_KEYS, FakeHost
-
-# PCI class codes (PCI Code and ID Assignment Specification)
-HOST_BRIDGE, ISA_BRIDGE, PCI_BRIDGE = 0x060000, 0x060100, 0x060400
-SATA, NVME, ETHERNET, XHCI, OTHER = 0x010601, 0x010802, 0x020000, 0x0C0330, 0x00FF00
+from tests.support.fake_host import (
+    ETHERNET,
+    HOST_BRIDGE,
+    ISA_BRIDGE,
+    MOUSE_KEYS,
+    NVME,
+    OTHER,
+    PCI_BRIDGE,
+    SATA,
+    XHCI,
+    FakeHost,
+)
 
 
 @pytest.fixture

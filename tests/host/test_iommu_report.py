@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 from redirgate.host.deps import find_uses
-from tests.host.conftest import ETHERNET, NVME, SATA
-from tests.support.fake_host import FakeHost
+from tests.support.fake_host import ETHERNET, NVME, SATA, FakeHost
 
 
 def _groups(out: str) -> dict[int, list[str]]:

@@ -7,8 +7,7 @@ import pytest
 from redirgate.host.errors import Refused, SriovError
 from redirgate.host.sriov import plan_sriov
 from redirgate.host.steps import WriteFile, WriteSysfs
-from tests.host.conftest import NVME
-from tests.support.fake_host import FakeHost, FakeKernel
+from tests.support.fake_host import NVME, FakeHost, FakeKernel
 
 PF = "0000:00:1d.0"
 

@@ -22,7 +22,23 @@ from pathlib import Path
 from redirgate.host.paths import HostPaths
 from redirgate.host.steps import Step, WriteSysfs, run_steps
 
-__all__ = ["MOUSE_KEYS", "FakeHost", "FakeKernel"]
+__all__ = [
+    "ETHERNET",
+    "HOST_BRIDGE",
+    "ISA_BRIDGE",
+    "MOUSE_KEYS",
+    "NVME",
+    "OTHER",
+    "PCI_BRIDGE",
+    "SATA",
+    "XHCI",
+    "FakeHost",
+    "FakeKernel",
+]
+
+# PCI class codes (PCI Code and ID Assignment Specification)
+HOST_BRIDGE, ISA_BRIDGE, PCI_BRIDGE = 0x060000, 0x060100, 0x060400
+SATA, NVME, ETHERNET, XHCI, OTHER = 0x010601, 0x010802, 0x020000, 0x0C0330, 0x00FF00
 
 #: /sys/class/input/inputN/capabilities/key of a real USB keyboard and of a USB mouse (BTN_LEFT..BTN_TASK).
 _KEYBOARD_KEYS = "1000000000007 ff9f207ac14057ff febeffdfffefffff fffffffffffffffe"
