@@ -5,8 +5,6 @@ autojump_clock runs a test on a virtual clock whose jumps do not trip the net.""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 pytest_plugins = ("pytester",)
@@ -45,16 +43,19 @@ def test_a_stuck_test_fails_at_its_marked_safety_net(suite: pytest.Pytester) -> 
         """
         import pytest, trio
 
+        async def wait_here():
+            await trio.sleep_forever()
+
         @pytest.mark.trio_timeout(0.5)
         async def test_stuck():
-            await trio.sleep_forever()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(wait_here)
         """
     )
-    started = time.monotonic()
     result = suite.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
     assert "still running after 0.5 s of wall-clock time" in result.stdout.str()
-    assert time.monotonic() - started < 30  # the net fired; nothing waited for the default 60 s
+    assert "in wait_here" in result.stdout.str()  # where the stuck task waited
 
 
 def test_autojump_clock_skips_our_timers_and_keeps_the_wall_clock_net(suite: pytest.Pytester) -> None:
@@ -62,7 +63,7 @@ def test_autojump_clock_skips_our_timers_and_keeps_the_wall_clock_net(suite: pyt
         """
         import pytest, trio
 
-        @pytest.mark.trio_timeout(5)
+        @pytest.mark.trio_timeout(5)  # a real hour would fail here
         async def test_virtual_hour(autojump_clock):
             start = trio.current_time()
             await trio.sleep(3600)  # a timer of ours: jumped over, not waited on
@@ -74,7 +75,5 @@ def test_autojump_clock_skips_our_timers_and_keeps_the_wall_clock_net(suite: pyt
             await trio.sleep(3600)
         """
     )
-    started = time.monotonic()
     result = suite.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
-    assert time.monotonic() - started < 30

@@ -106,7 +106,6 @@ async def test_refused_settings_keep_the_port_correct(attribute: str, value: obj
     assert any("refused" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.trio_timeout(90)
 async def test_bytes_through_rfc2217_all_values_and_a_megabyte() -> None:
     with pty_pair() as pty:
         async with serving(make_service(pty.path, tx_bytes=8192), "rfc2217") as port:

@@ -82,7 +82,7 @@ report typed "$line"
 """
 
 
-@pytest.mark.trio_timeout(BOOT_TIMEOUT_S + 20)
+@pytest.mark.trio_timeout(2 * BOOT_TIMEOUT_S)
 @pytest.mark.system
 @pytest.mark.parametrize("controller", list(CONTROLLERS))
 async def test_guest_receives_text_typed_by_redirected_keyboard(

@@ -65,9 +65,13 @@ def tcp_socketpair() -> tuple[socket.socket, socket.socket]:
     return client, server
 
 
-async def tls_pair(server_ctx: ssl.SSLContext, client: ClientContext) -> tuple[ZeroCopyTLSStream, ZeroCopyTLSStream]:
-    """Handshaken (client, server) ZeroCopyTLSStreams over loopback TCP."""
-    csock, ssock = tcp_socketpair()
+async def tls_pair(
+    server_ctx: ssl.SSLContext, client: ClientContext, *, unix: bool = False
+) -> tuple[ZeroCopyTLSStream, ZeroCopyTLSStream]:
+    """Handshaken (client, server) ZeroCopyTLSStreams over loopback TCP (or an
+    AF_UNIX socketpair: its buffers fill and drain only by the two ends'
+    calls, with nothing in flight that the kernel moves on later)."""
+    csock, ssock = socket.socketpair() if unix else tcp_socketpair()
     c = ZeroCopyTLSStream(csock, client.ssl_context, server_side=False, server_hostname=client.server_name)
     s = ZeroCopyTLSStream(ssock, server_ctx, server_side=True)
     async with trio.open_nursery() as nursery:

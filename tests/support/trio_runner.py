@@ -23,21 +23,40 @@ import trio
 import trio.testing
 
 #: Wall-clock seconds an async test may run before it is cancelled and fails.
-TRIO_TIMEOUT_S = 60.0
+TRIO_TIMEOUT_S = 120.0
 
 
 class TrioTestTimeout(Exception):
     """An async test ran past its wall-clock safety net."""
 
 
+def _task_stacks(task: trio.lowlevel.Task, depth: int = 0) -> list[str]:
+    """Where `task` and its children wait: one line per await frame."""
+    lines = [f"{'  ' * depth}task {task.name}:"]
+    for frame, lineno in task.iter_await_frames():
+        lines.append(f"{'  ' * depth}  {frame.f_code.co_filename}:{lineno} in {frame.f_code.co_name}")
+    for nursery in task.child_nurseries:
+        for child in nursery.child_tasks:
+            lines.extend(_task_stacks(child, depth + 1))
+    return lines
+
+
 async def _under_safety_net(test: Callable[[], Awaitable[None]], timeout_s: float) -> None:
-    """Run `test`, cancelling it from a timer thread after `timeout_s` wall-clock seconds."""
+    """Run `test`, cancelling it from a timer thread after `timeout_s` wall-clock seconds.
+
+    When the net fires, the message says where every task was waiting."""
     token = trio.lowlevel.current_trio_token()
+    test_task = trio.lowlevel.current_task()
+    stacks: list[str] = []
     with trio.CancelScope() as scope:
 
-        def expire() -> None:
+        def cancel() -> None:  # in the trio thread
+            stacks.extend(_task_stacks(test_task))
+            scope.cancel()
+
+        def expire() -> None:  # in the timer thread
             try:
-                token.run_sync_soon(scope.cancel)
+                token.run_sync_soon(cancel)
             except trio.RunFinishedError:
                 pass
 
@@ -51,7 +70,8 @@ async def _under_safety_net(test: Callable[[], Awaitable[None]], timeout_s: floa
     if scope.cancelled_caught:
         raise TrioTestTimeout(
             f"still running after {timeout_s:g} s of wall-clock time "
-            "(the safety net; @pytest.mark.trio_timeout(seconds) changes it)"
+            "(the safety net; @pytest.mark.trio_timeout(seconds) changes it); the tasks were waiting at:\n"
+            + "\n".join(stacks)
         )
 
 

@@ -6,8 +6,8 @@ Real TLS 1.3 over real loopback TCP, certificates from our own PKI.
 from __future__ import annotations
 
 import select
+import socket
 import ssl
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ import trio
 import trio.testing
 
 from redirgate.transport import PlainSocketStream, ZeroCopyTLSStream
-from tests.support.transport_lab import Pki, make_pki, tls_pair
+from tests.support.transport_lab import Pki, make_pki, plain_pair, tls_pair
 
 
 @pytest.fixture(scope="module")
@@ -24,33 +24,27 @@ def tls_env(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 def _clog(stream: ZeroCopyTLSStream) -> None:
-    """Fill the kernel buffers with valid TLS records until a write would block.
+    """Fill the socket buffers with valid TLS records until a write would block.
 
     Writes through the SSLSocket directly: whole 1 KiB records while poll
     says there is ample room, then 1-byte records until OpenSSL reports
     SSLWantWriteError.  That leaves one 1-byte record inside OpenSSL which
     the stream's next send flushes in place of its first byte: the clogged
-    checks only look at blocking and closing, never at the bytes.
+    checks only look at blocking and closing, never at the bytes.  On an
+    AF_UNIX pair (tls_pair(unix=True)) the buffers stay full until the peer
+    reads; over TCP the kernel may still move queued bytes on a moment later
+    (later still on a loaded machine), and a send meant to block would not.
     """
     sslsock: ssl.SSLSocket = stream._ssl
+    assert sslsock.family == socket.AF_UNIX
     chunk = b"c" * 1024
-    # Loopback keeps moving queued bytes into the peer's receive buffer (and
-    # ACKs free send memory) for a moment, so repeat until a 1-byte record
-    # still cannot be written 50 ms later.
-    for _ in range(100):
-        while select.select([], [sslsock], [], 0)[1]:
-            assert sslsock.send(chunk) == len(chunk)
-        while True:
-            try:
-                sslsock.send(b"c")
-            except ssl.SSLWantWriteError:
-                break
-        time.sleep(0.05)
+    while select.select([], [sslsock], [], 0)[1]:
+        assert sslsock.send(chunk) == len(chunk)
+    while True:
         try:
             sslsock.send(b"c")
         except ssl.SSLWantWriteError:
             return
-    raise AssertionError("could not clog the connection")
 
 
 async def test_tls_stream_two_way(tls_env: Pki) -> None:
@@ -58,7 +52,7 @@ async def test_tls_stream_two_way(tls_env: Pki) -> None:
         return await tls_pair(tls_env.server_context(), tls_env.client_context())
 
     async def clogged() -> tuple[ZeroCopyTLSStream, ZeroCopyTLSStream]:
-        c, s = await maker()
+        c, s = await tls_pair(tls_env.server_context(), tls_env.client_context(), unix=True)
         _clog(c)
         _clog(s)  # check_two_way_stream also uses it flipped
         return c, s
@@ -101,24 +95,13 @@ async def _plain_pair() -> tuple[PlainSocketStream, PlainSocketStream]:
     return PlainSocketStream(trio.SocketStream(a)), PlainSocketStream(trio.SocketStream(b))
 
 
-async def _plain_tcp_pair() -> tuple[PlainSocketStream, PlainSocketStream]:
-    listener = trio.socket.socket()
-    await listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    client = trio.socket.socket()
-    await client.connect(listener.getsockname())
-    server, _ = await listener.accept()
-    listener.close()
-    return PlainSocketStream(trio.SocketStream(client)), PlainSocketStream(trio.SocketStream(server))
-
-
-@pytest.mark.parametrize("maker", [_plain_pair, _plain_tcp_pair], ids=["unix", "tcp"])
+@pytest.mark.parametrize("maker", [_plain_pair, plain_pair], ids=["unix", "tcp"])
 async def test_plain_stream_half_closeable(maker) -> None:  # type: ignore[no-untyped-def]
     await trio.testing.check_half_closeable_stream(maker, None)
 
 
 async def test_plain_receive_into(tmp_path: Path) -> None:
-    a, b = await _plain_tcp_pair()
+    a, b = await plain_pair()
     async with a, b:
         await a.send_all(memoryview(b"hello world")[6:])
         buf = bytearray(16)
