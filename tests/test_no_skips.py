@@ -16,9 +16,26 @@ def _run_skipping_test(tmp_path: Path, require: str) -> subprocess.CompletedProc
     (tests / "conftest.py").write_text((ROOT / "tests" / "conftest.py").read_text())
     (tests / "test_skip.py").write_text("import pytest\n\ndef test_skips():\n    pytest.skip('no widget here')\n")
     env = {**os.environ, "REDIRGATE_REQUIRE_SYSTEM": require, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
-                           "-c", os.devnull, str(tests)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(tmp_path),
+            "-c",
+            os.devnull,
+            str(tests),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_a_skip_fails_when_every_component_is_required(tmp_path: Path) -> None:

@@ -55,9 +55,15 @@ def test_probe_of_a_closed_port_names_the_cause():
 
 def test_devices_lists_emulated_devices_with_the_export_policy():
     out = redirgate(
-        "client", "devices", "--virtual", "virtual:keyboard", "--virtual", "virtual:loopback",
-        "--policy", "0x03,-1,-1,-1,1|-1,-1,-1,-1,0",
-    )  # fmt: skip
+        "client",
+        "devices",
+        "--virtual",
+        "virtual:keyboard",
+        "--virtual",
+        "virtual:loopback",
+        "--policy",
+        "0x03,-1,-1,-1,1|-1,-1,-1,-1,0",
+    )
     assert out.returncode == 0, out.stderr
     usb_table = out.stdout.split("\n\n", 1)[0]  # serial ports follow after a blank line
     rows = {line.split()[1]: line.split() for line in usb_table.splitlines()[1:]}

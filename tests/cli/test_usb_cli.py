@@ -13,9 +13,18 @@ HUB_REASON = "it is a USB hub, and exporting it would take every device behind i
 
 def test_devices_json_gives_one_object_per_device_with_the_reason() -> None:
     out = redirgate(
-        "client", "devices", "--json", "--virtual", "virtual:hub", "--virtual", "virtual:keyboard",
-        "--virtual", "virtual:loopback", "--policy", "0x03,-1,-1,-1,1|0x09,-1,-1,-1,1|-1,-1,-1,-1,0",
-    )  # fmt: skip
+        "client",
+        "devices",
+        "--json",
+        "--virtual",
+        "virtual:hub",
+        "--virtual",
+        "virtual:keyboard",
+        "--virtual",
+        "virtual:loopback",
+        "--policy",
+        "0x03,-1,-1,-1,1|0x09,-1,-1,-1,1|-1,-1,-1,-1,0",
+    )
     assert out.returncode == 0, out.stderr
     rows = {(row["vendor_id"], row["product_id"]): row for row in json.loads(out.stdout)}  # only JSON on stdout
     assert len(rows) == 3

@@ -32,7 +32,10 @@ def _config(tmp_path: Path, body: str) -> Path:
 
 
 def test_parallel_tables_are_parsed(tmp_path: Path) -> None:
-    config = load_client_config(_config(tmp_path, """
+    config = load_client_config(
+        _config(
+            tmp_path,
+            """
 [[parallel]]
 name = "printer"
 port = "/dev/lp0"
@@ -45,7 +48,9 @@ ring_bytes = 65536
 [[serial]]
 name = "printer"
 port = "/dev/ttyUSB0"
-"""))  # fmt: skip
+""",
+        )
+    )
     assert config.parallel == (
         ParallelExport("printer", "/dev/lp0", 4 * 1024 * 1024),
         ParallelExport("label-printer", "/dev/usb/lp1", 65536),
@@ -54,7 +59,9 @@ port = "/dev/ttyUSB0"
 
 
 def test_parallel_mistakes_are_all_reported(tmp_path: Path) -> None:
-    path = _config(tmp_path, """
+    path = _config(
+        tmp_path,
+        """
 [[parallel]]
 port = "/dev/lp0"
 
@@ -80,7 +87,8 @@ port = "/dev/lp3"
 [[parallel]]
 name = "d"
 port = "/dev/lp4"
-""")  # fmt: skip
+""",
+    )
     with pytest.raises(ConfigError) as info:
         load_client_config(path)
     text = "\n".join(info.value.problems)

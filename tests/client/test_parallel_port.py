@@ -60,8 +60,13 @@ def test_ioctl_numbers_match_the_installed_headers() -> None:
     m = re.search(r"#define\s+LPGETSTATUS\s+(0x[0-9a-fA-F]+)", LP_H.read_text())
     assert m and int(m.group(1), 16) == LPGETSTATUS
     lp = LP_H.read_text()
-    for bit, macro in [(StatusBits.ERROR, "LP_PERRORP"), (StatusBits.SELECT, "LP_PSELECD"),
-                       (StatusBits.PAPEROUT, "LP_POUTPA"), (StatusBits.ACK, "LP_PACK"), (StatusBits.BUSY, "LP_PBUSY")]:  # fmt: skip
+    for bit, macro in [
+        (StatusBits.ERROR, "LP_PERRORP"),
+        (StatusBits.SELECT, "LP_PSELECD"),
+        (StatusBits.PAPEROUT, "LP_POUTPA"),
+        (StatusBits.ACK, "LP_PACK"),
+        (StatusBits.BUSY, "LP_PBUSY"),
+    ]:
         m = re.search(rf"#define\s+{macro}\s+(0x[0-9a-fA-F]+)", lp)
         assert m and int(m.group(1), 16) == bit, macro
 

@@ -84,9 +84,14 @@ async def test_pyserial_settings_reach_the_tty() -> None:
 
 @pytest.mark.parametrize(
     ("attribute", "value"),
-    [("bytesize", serial.SEVENBITS), ("bytesize", serial.FIVEBITS), ("parity", serial.PARITY_EVEN),
-     ("parity", serial.PARITY_ODD), ("baudrate", 10_000_000)],
-)  # fmt: skip
+    [
+        ("bytesize", serial.SEVENBITS),
+        ("bytesize", serial.FIVEBITS),
+        ("parity", serial.PARITY_EVEN),
+        ("parity", serial.PARITY_ODD),
+        ("baudrate", 10_000_000),
+    ],
+)
 async def test_refused_settings_keep_the_port_correct(attribute: str, value: object, caplog: Any) -> None:
     with caplog.at_level(logging.WARNING, logger="redirgate.client.serial"):
         with pty_pair() as pty:

@@ -26,9 +26,13 @@ from redirgate.client.serial.settings import LineSettings
 def test_parse(text: str, expected: LineSettings) -> None:
     assert LineSettings.parse(text) == expected
     assert LineSettings.parse(expected.describe().replace(" ", ",")) == LineSettings(
-        baud=expected.baud, data_bits=expected.data_bits, parity=expected.parity,
-        stop_bits=expected.stop_bits, rtscts=expected.rtscts, xonxoff=expected.xonxoff,
-    )  # fmt: skip
+        baud=expected.baud,
+        data_bits=expected.data_bits,
+        parity=expected.parity,
+        stop_bits=expected.stop_bits,
+        rtscts=expected.rtscts,
+        xonxoff=expected.xonxoff,
+    )
 
 
 @pytest.mark.parametrize("text", ["", "fast", "9600,9N1", "9600,8X1", "9600,8N3", "49", "4000001", "9600,dtr=maybe"])

@@ -67,9 +67,18 @@ def test_interfaces_bindings_and_other_subsystems_are_not_the_inventorys_busines
     assert parse_uevent(HOST_MEM_NULL) == Uevent(
         "add",
         "/devices/virtual/mem/null",
-        {"ACTION": "add", "DEVPATH": "/devices/virtual/mem/null", "SUBSYSTEM": "mem", "SYNTH_UUID": "0",
-         "MAJOR": "1", "MINOR": "3", "DEVNAME": "null", "DEVMODE": "0666", "SEQNUM": "834"},
-    )  # fmt: skip
+        {
+            "ACTION": "add",
+            "DEVPATH": "/devices/virtual/mem/null",
+            "SUBSYSTEM": "mem",
+            "SYNTH_UUID": "0",
+            "MAJOR": "1",
+            "MINOR": "3",
+            "DEVNAME": "null",
+            "DEVMODE": "0666",
+            "SEQNUM": "834",
+        },
+    )
 
 
 @pytest.mark.parametrize(

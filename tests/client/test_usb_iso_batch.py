@@ -292,8 +292,12 @@ class _FakeDev:
         return 2
 
 
-def _fake_libusb(monkeypatch: pytest.MonkeyPatch, packets: list[tuple[int, bytes]], transfer_status: int = 0,
-                 seen: dict[str, Any] | None = None) -> None:  # fmt: skip
+def _fake_libusb(
+    monkeypatch: pytest.MonkeyPatch,
+    packets: list[tuple[int, bytes]],
+    transfer_status: int = 0,
+    seen: dict[str, Any] | None = None,
+) -> None:
     """libusb_submit_transfer fills the packets (libusb's layout), the first
     libusb_handle_events runs the transfer's callback."""
     lib = libusb1._lib
@@ -305,8 +309,9 @@ def _fake_libusb(monkeypatch: pytest.MonkeyPatch, packets: list[tuple[int, bytes
         assert len(descs) == len(packets)
         size = descs[0].length
         if seen is not None:
-            seen.update(endpoint=t.endpoint, type=t.type, length=t.length, timeout=t.timeout,
-                        lengths=[d.length for d in descs])  # fmt: skip
+            seen.update(
+                endpoint=t.endpoint, type=t.type, length=t.length, timeout=t.timeout, lengths=[d.length for d in descs]
+            )
         for i, (status, data) in enumerate(packets):
             descs[i].status = status
             descs[i].actual_length = len(data)
@@ -347,8 +352,7 @@ def test_libusb1_transfer_keeps_every_packets_status_and_length(libusb_backend, 
         (Status.SUCCESS, b"\x07"),
     ]
     assert dev.reads == 0
-    assert seen == {"endpoint": ISO_IN, "type": 1, "length": 6 * HS_PACKET, "timeout": 1000,
-                    "lengths": [HS_PACKET] * 6}  # fmt: skip
+    assert seen == {"endpoint": ISO_IN, "type": 1, "length": 6 * HS_PACKET, "timeout": 1000, "lengths": [HS_PACKET] * 6}
 
 
 def test_libusb1_whole_transfer_error_is_raised_as_pyusb_does(libusb_backend, monkeypatch) -> None:

@@ -85,20 +85,26 @@ def test_guest_prints_through_gateway_while_printer_away_then_back(guest_image: 
     config = write_gateway_config(tmp_path, [LabRoute("printer", "parallel:printer")])
     with running_gateway(config, tmp_path / "gateway.log") as gw:
         client_config = write_client_config(
-            tmp_path, gw.tunnel_port,
+            tmp_path,
+            gw.tunnel_port,
             extra_export=f'\n[[parallel]]\nname = "printer"\nport = "{lp}"\nring_bytes = 1048576\n',
-        )  # fmt: skip
+        )
         admin = tmp_path / "gateway.sock"
         client_log = tmp_path / "client.log"
         with running_client(client_config, client_log):
             _wait(
                 lambda: any(d["id"] == "parallel:printer" for c in _status(admin)["clients"] for d in c["devices"]),
-                "the client to export parallel:printer", 30, gw.log,
-            )  # fmt: skip
+                "the client to export parallel:printer",
+                30,
+                gw.log,
+            )
+            # one option and its value per line (the formatter would split each pair)
+            # fmt: off
             qemu_args = [
                 "-chardev", f"socket,id=lp,host=127.0.0.1,port={gw.routes['printer']},reconnect=1",
                 "-parallel", "chardev:lp",
-            ]  # fmt: skip
+            ]
+            # fmt: on
             files = {"/etc/part1.bin": part1, "/etc/part2.bin": part2}
             with start_guest(SCRIPT, qemu_args, guest=guest_image, files=files) as guest:
                 # The VM keeps running although nothing can reach the printer.

@@ -56,10 +56,13 @@ def test_guest_mounts_stick_through_gateway(
         args = usb_redir_args("xhci", gw.routes["stick"])
         if tls:
             creds = pki.hypervisor_dir(tmp_path / "pki", "hv1")
+            # one option and its value per line (the formatter would split each pair)
+            # fmt: off
             args = [*CONTROLLERS["xhci"],
                     "-object", f"tls-creds-x509,id=tls0,endpoint=client,dir={creds}",
                     "-chardev", f"socket,id=redir0,host=127.0.0.1,port={gw.routes['stick']},reconnect=1,tls-creds=tls0",
-                    "-device", "usb-redir,chardev=redir0,bus=xhci.0"]  # fmt: skip
+                    "-device", "usb-redir,chardev=redir0,bus=xhci.0"]
+            # fmt: on
         # QEMU first: the gateway holds its connection until the client is there
         with start_guest(STICK_SCRIPT, args, guest=guest_image) as guest:
             guest.wait_for_console(r"Linux version|@@", 60)

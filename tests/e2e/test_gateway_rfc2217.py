@@ -61,9 +61,10 @@ def test_pyserial_rfc2217_client_sets_the_baud_rate_through_the_gateway(tmp_path
         config = write_gateway_config(tmp_path, [LabRoute("console", "serial:console", protocol="rfc2217")])
         with running_gateway(config, tmp_path / "gateway.log") as gw:
             client_config = write_client_config(
-                tmp_path, gw.tunnel_port,
+                tmp_path,
+                gw.tunnel_port,
                 extra_export=f'\n[[serial]]\nname = "console"\nport = "{path}"\nsettings = "115200,8N1"\n',
-            )  # fmt: skip
+            )
             with running_client(client_config, tmp_path / "client.log"):
 
                 def exported() -> bool:
@@ -86,8 +87,11 @@ def test_pyserial_rfc2217_client_sets_the_baud_rate_through_the_gateway(tmp_path
                 finally:
                     remote.close()
                 # The consumer's settings last for its session only.
-                _until(lambda: _speeds(slave) == (termios.B115200, termios.B115200), 20,
-                       "the configured 115200 baud did not come back")  # fmt: skip
+                _until(
+                    lambda: _speeds(slave) == (termios.B115200, termios.B115200),
+                    20,
+                    "the configured 115200 baud did not come back",
+                )
                 route = {r["name"]: r for r in read_status(tmp_path / "gateway.sock")["routes"]}["console"]
                 assert route["protocol"] == "rfc2217" and route["channels_served"] == 1
                 assert route["discarded_bytes"] == 0

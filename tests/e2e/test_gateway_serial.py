@@ -50,9 +50,10 @@ def test_serial_port_through_gateway_both_ways_with_ring_replay(tmp_path: Path) 
         config = write_gateway_config(tmp_path, [LabRoute("console", "serial:console")])
         with running_gateway(config, tmp_path / "gateway.log") as gw:
             client_config = write_client_config(
-                tmp_path, gw.tunnel_port,
+                tmp_path,
+                gw.tunnel_port,
                 extra_export=f'\n[[serial]]\nname = "console"\nport = "{path}"\nsettings = "115200,8N1"\n',
-            )  # fmt: skip
+            )
             with running_client(client_config, tmp_path / "client.log"):
                 time.sleep(2.0)  # the client opens the port and reports it
                 os.write(master, b"boot messages nobody watched\r\n")
@@ -82,9 +83,10 @@ def test_line_settings_from_the_gateway_route_reach_the_tty(tmp_path: Path) -> N
         config = write_gateway_config(tmp_path, [route])
         with running_gateway(config, tmp_path / "gateway.log") as gw:
             client_config = write_client_config(
-                tmp_path, gw.tunnel_port,
+                tmp_path,
+                gw.tunnel_port,
                 extra_export=f'\n[[serial]]\nname = "console"\nport = "{path}"\nsettings = "115200,8N1"\n',
-            )  # fmt: skip
+            )
             with running_client(client_config, tmp_path / "client.log"):
                 deadline = time.monotonic() + 20
                 while termios.tcgetattr(slave)[4] != termios.B115200:  # the client's own settings first

@@ -126,13 +126,17 @@ def test_guest_serial_through_gateway_and_a_stalled_client_never_stalls_the_vm(
         config = write_gateway_config(tmp_path, [LabRoute("console", "serial:console")], heartbeat_timeout_s=120.0)
         with running_gateway(config, tmp_path / "gateway.log") as gw:
             client_config = write_client_config(
-                tmp_path, gw.tunnel_port,
+                tmp_path,
+                gw.tunnel_port,
                 extra_export=f'\n[[serial]]\nname = "console"\nport = "{path}"\nsettings = "115200,8N1"\n',
-            )  # fmt: skip
+            )
+            # one option and its value per line (the formatter would split each pair)
+            # fmt: off
             qemu_args = [
                 "-chardev", f"socket,id=s1,host=127.0.0.1,port={gw.routes['console']},reconnect=1",
                 "-serial", "chardev:s1",  # the harness's console is the first -serial (ttyS0): this is ttyS1
-            ]  # fmt: skip
+            ]
+            # fmt: on
             stopped: subprocess.Popen[str] | None = None
             with (
                 running_client(client_config, tmp_path / "client.log") as client,
@@ -165,8 +169,10 @@ def test_guest_serial_through_gateway_and_a_stalled_client_never_stalls_the_vm(
                 record_property("flood_s", round(flood_s, 1))
                 record_property("beats_during_stall", beats_during)
                 record_property("discarded_during_stall", during["discarded_bytes"])
-                print(f"stall={stall}: flood of {FLOOD_BYTES} bytes done {flood_s:.1f} s into the stall; "
-                      f"{beats_during} heartbeats meanwhile; gateway discarded {during['discarded_bytes']} bytes")  # fmt: skip
+                print(
+                    f"stall={stall}: flood of {FLOOD_BYTES} bytes done {flood_s:.1f} s into the stall; "
+                    f"{beats_during} heartbeats meanwhile; gateway discarded {during['discarded_bytes']} bytes"
+                )
                 # 0.2 s apart: at least half of the expected beats, whatever the load
                 assert beats_during >= max(3, int((flood_s + 1.0) / 0.2 / 2)), guest.console_text()[-2000:]
                 assert during["state"] == "active"

@@ -46,6 +46,8 @@ BOOT_TIMEOUT_S = 90.0
 # QEMU's usb-storage: vendor 46f4, product 0001 (hw/usb/dev-storage.c).
 QEMU_STORAGE_VID, QEMU_STORAGE_PID = "46f4", "0001"
 
+# one option and its value per line (the formatter would split each pair)
+# fmt: off
 CONTROLLERS: dict[str, tuple[list[str], str]] = {
     # name: (devices up to the usb-storage's bus, expected sysfs speed in Mb/s)
     "xhci": (["-device", "qemu-xhci,id=xhci"], "5000"),
@@ -59,7 +61,8 @@ CONTROLLERS: dict[str, tuple[list[str], str]] = {
         "480",
     ),
     "uhci": (["-device", "piix3-usb-uhci,id=uhci"], "12"),
-}  # fmt: skip
+}
+# fmt: on
 BUS = {"xhci": "xhci.0", "ehci+uhci-companions": "ehci.0", "uhci": "uhci.0"}
 
 STORAGE_SCRIPT = r"""
@@ -88,11 +91,14 @@ def test_usb_storage_roundtrip(
     blob = bytes(range(256)) * 33
     image = make_fat_image(tmp_path / "stick.img", {"hello.txt": hello, "data/blob.bin": blob})
     devices, speed = CONTROLLERS[controller]
+    # one option and its value per line (the formatter would split each pair)
+    # fmt: off
     qemu_args = [
         "-drive", f"if=none,id=stick,file={image},format=raw",
         *devices,
         "-device", f"usb-storage,bus={BUS[controller]},drive=stick",
-    ]  # fmt: skip
+    ]
+    # fmt: on
 
     result = run_guest(STORAGE_SCRIPT, qemu_args, BOOT_TIMEOUT_S, guest=guest_image).check()
 
@@ -125,10 +131,13 @@ async def test_second_serial_port_both_directions(guest_image: GuestImage) -> No
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     listener = listeners[0]
     port = listener.socket.getsockname()[1]
+    # one option and its value per line (the formatter would split each pair)
+    # fmt: off
     qemu_args = [
         "-chardev", f"socket,id=s1,host=127.0.0.1,port={port},server=off",
         "-serial", "chardev:s1",
-    ]  # fmt: skip
+    ]
+    # fmt: on
     async with listener:
         with start_guest(SERIAL_SCRIPT, qemu_args, guest=guest_image) as guest:
 

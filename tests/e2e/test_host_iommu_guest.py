@@ -246,8 +246,17 @@ def test_live_attach_of_a_route_mounts_the_stick_detach_and_again(hv: IommuGuest
     argv = ["client", "serve-usb", "--listen", "127.0.0.1:0", f"virtual:storage:{image}"]
     with running(argv, tmp_path / "serve-usb.log") as service:
         for cycle in range(2):
-            rc, out = _host("attach", "--qmp", str(hv.qmp), "--route", f"127.0.0.1:{service.port}",
-                            "--bus", "xhci.0", "--id", "stick")  # fmt: skip
+            rc, out = _host(
+                "attach",
+                "--qmp",
+                str(hv.qmp),
+                "--route",
+                f"127.0.0.1:{service.port}",
+                "--bus",
+                "xhci.0",
+                "--id",
+                "stick",
+            )
             assert rc == 0, out
             assert hv.shell(MOUNT_STICK) == hello.decode(), f"cycle {cycle}: {service.log()}"
             rc, out = _host("detach", "--qmp", str(hv.qmp), "--id", "stick")

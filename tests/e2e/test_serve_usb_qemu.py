@@ -124,11 +124,14 @@ def test_serve_usb_connect_dials_a_listening_qemu(guest_image: GuestImage, fat_t
     with socket.socket() as probe_socket:
         probe_socket.bind(("127.0.0.1", 0))
         port = probe_socket.getsockname()[1]
+    # one option and its value per line (the formatter would split each pair)
+    # fmt: off
     qemu_args = [
         *CONTROLLERS["xhci"],
         "-chardev", f"socket,id=redir0,host=127.0.0.1,port={port},server=on,wait=off",
         "-device", f"usb-redir,chardev=redir0,bus={BUS['xhci']}",
-    ]  # fmt: skip
+    ]
+    # fmt: on
     script = r"""
 usb=$(wait_for_usb 1209 0001 60) || fail "no redirected stick"
 dev=$(wait_for_block sda 60) || fail "no disk"
@@ -140,10 +143,20 @@ umount /mnt/stick
     with open(log_path, "w") as log_file:
         # started before QEMU: it retries until QEMU's port is there
         process = subprocess.Popen(
-            [sys.executable, "-m", "redirgate.cli", "-v", "client", "serve-usb",
-             "--connect", f"127.0.0.1:{port}", f"virtual:storage:{image}"],
-            stdout=subprocess.DEVNULL, stderr=log_file,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "redirgate.cli",
+                "-v",
+                "client",
+                "serve-usb",
+                "--connect",
+                f"127.0.0.1:{port}",
+                f"virtual:storage:{image}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
     try:
         result = run_guest(script, qemu_args, BOOT_TIMEOUT_S, guest=guest_image)
     finally:

@@ -91,8 +91,15 @@ async def test_lossless_both_ways_while_the_client_reads(env: Pki, path: str) ->
         results[name] = await receive_exactly(stream, size)
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: relay_raw(_wrap(ch.relay_plain, path), _wrap(ch.relay_tls, path), label="test",
-                                             stats=stats, on_discard=discards.append))  # fmt: skip
+        nursery.start_soon(
+            lambda: relay_raw(
+                _wrap(ch.relay_plain, path),
+                _wrap(ch.relay_tls, path),
+                label="test",
+                stats=stats,
+                on_discard=discards.append,
+            )
+        )
         async with trio.open_nursery() as traffic:
             traffic.start_soon(put, "hv sent", ch.hv, 1)
             traffic.start_soon(put, "client sent", ch.cl, 2)
@@ -125,8 +132,16 @@ async def test_a_client_that_does_not_read_never_blocks_the_hypervisor(
             received.extend(chunk)
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: relay_raw(_wrap(ch.relay_plain, path), _wrap(ch.relay_tls, path), label="route t",
-                                             stats=stats, buffer_bytes=RING_BYTES, on_discard=discards.append))  # fmt: skip
+        nursery.start_soon(
+            lambda: relay_raw(
+                _wrap(ch.relay_plain, path),
+                _wrap(ch.relay_tls, path),
+                label="route t",
+                stats=stats,
+                buffer_bytes=RING_BYTES,
+                on_discard=discards.append,
+            )
+        )
         # Nobody reads the client end: the hypervisor's megabytes still go
         # out at once (with the lossless pump this send never returns).
         with trio.fail_after(20):
@@ -163,8 +178,11 @@ async def test_what_is_buffered_when_the_hypervisor_leaves_still_reaches_the_cli
     data = random.Random(3).randbytes(RING_BYTES // 2)
     stats = RelayStats()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: relay_raw(_wrap(ch.relay_plain, path), _wrap(ch.relay_tls, path), label="t",
-                                             stats=stats, buffer_bytes=RING_BYTES))  # fmt: skip
+        nursery.start_soon(
+            lambda: relay_raw(
+                _wrap(ch.relay_plain, path), _wrap(ch.relay_tls, path), label="t", stats=stats, buffer_bytes=RING_BYTES
+            )
+        )
         await ch.hv.send_all(data)
         await ch.hv.aclose()  # gone before the client read anything
         await trio.sleep(0.2)
@@ -182,8 +200,16 @@ async def test_a_stalled_client_delays_the_end_by_the_flush_budget_only(
     ch = await make_channel(env)
     stats = RelayStats()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: relay_raw(_wrap(ch.relay_plain, path), _wrap(ch.relay_tls, path), label="t",
-                                             stats=stats, buffer_bytes=RING_BYTES, flush_budget_s=0.5))  # fmt: skip
+        nursery.start_soon(
+            lambda: relay_raw(
+                _wrap(ch.relay_plain, path),
+                _wrap(ch.relay_tls, path),
+                label="t",
+                stats=stats,
+                buffer_bytes=RING_BYTES,
+                flush_budget_s=0.5,
+            )
+        )
         with trio.fail_after(20):
             await ch.hv.send_all(bytes(FLOOD_BYTES))
         started = trio.current_time()
@@ -201,8 +227,9 @@ async def test_the_client_leaving_ends_the_relay_at_once(env: Pki, path: str) ->
     ch = await make_channel(env)
     stats = RelayStats()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: relay_raw(_wrap(ch.relay_plain, path), _wrap(ch.relay_tls, path), label="t",
-                                             stats=stats))  # fmt: skip
+        nursery.start_soon(
+            lambda: relay_raw(_wrap(ch.relay_plain, path), _wrap(ch.relay_tls, path), label="t", stats=stats)
+        )
         await ch.cl.send_all(b"last words")
         await ch.cl.aclose()
         assert await receive_exactly(ch.hv, 10)

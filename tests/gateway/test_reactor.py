@@ -139,8 +139,17 @@ async def test_reactor_small_messages_both_ways_keep_order_and_counts(env: Pki, 
     chunks: list[int] = []  # sizes the client received, one TLS record each at most
     async with RelayReactor() as reactor:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(functools.partial(relay, ch.relay_plain, ch.relay_tls, stats=stats, mover=reactor,
-                                                 inspect_a_to_b=once, inspect_b_to_a=always))  # fmt: skip
+            nursery.start_soon(
+                functools.partial(
+                    relay,
+                    ch.relay_plain,
+                    ch.relay_tls,
+                    stats=stats,
+                    mover=reactor,
+                    inspect_a_to_b=once,
+                    inspect_b_to_a=always,
+                )
+            )
             for i in range(500):
                 ping = b"ping %d" % i
                 await ch.hv.send_all(ping)

@@ -54,6 +54,9 @@ def test_real_qemu_accepts_the_arguments(tmp_path):
     # -S: parse and build the machine, do not run; quit through the monitor
     out = subprocess.run(
         ["qemu-system-x86_64", "-accel", "tcg", "-S", "-display", "none", "-nodefaults", "-monitor", "stdio", *args],
-        input="quit\n", capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        input="quit\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, f"{shlex.join(args)}\n{out.stderr}"

@@ -165,17 +165,21 @@ def _data_packet_cases() -> list[tuple[str, bytes]]:
         ("bulk, OUT endpoint with data", _patched(bulk, 0, b"\x01")),
         ("iso, valid", iso),
         ("iso, OUT endpoint with data", _patched(iso, 0, b"\x02")),
-        ("iso, OUT endpoint, no data", _patched(iso, 0, b"\x02")[: 16 + 4].replace(
-            struct.pack("<I", 4 + 192), struct.pack("<I", 4), 1)),
+        (
+            "iso, OUT endpoint, no data",
+            _patched(iso, 0, b"\x02")[: 16 + 4].replace(struct.pack("<I", 4 + 192), struct.pack("<I", 4), 1),
+        ),
         ("interrupt, valid", intr),
-        ("interrupt, OUT endpoint, no data", _patched(intr, 0, b"\x03")[: 16 + 4].replace(
-            struct.pack("<I", 4 + 8), struct.pack("<I", 4), 1)),
+        (
+            "interrupt, OUT endpoint, no data",
+            _patched(intr, 0, b"\x03")[: 16 + 4].replace(struct.pack("<I", 4 + 8), struct.pack("<I", 4), 1),
+        ),
         ("interrupt, stated length zero", _patched(intr, 2, u16(0))),
         ("buffered bulk, valid", buffered),
         ("buffered bulk, OUT endpoint", _patched(buffered, 8, b"\x04")),
         ("buffered bulk, stated length off", _patched(buffered, 4, struct.pack("<I", 65))),
         ("length beyond the packet limit", _patched(ctrl, -12, struct.pack("<I", 0x7FFFFFFF))),
-    ]  # fmt: skip
+    ]
 
 
 @pytest.mark.parametrize("guest_caps", [0xFF, 0x00])

@@ -6,6 +6,8 @@ without companions refuses it: "speed mismatch").
 
 from __future__ import annotations
 
+# one option and its value per line (the formatter would split each pair)
+# fmt: off
 CONTROLLERS: dict[str, list[str]] = {
     "xhci": ["-device", "qemu-xhci,id=xhci"],
     "ehci+uhci-companions": [
@@ -15,7 +17,8 @@ CONTROLLERS: dict[str, list[str]] = {
         "-device", "ich9-usb-uhci3,masterbus=ehci.0,firstport=4,addr=1d.2",
     ],
     "uhci": ["-device", "piix3-usb-uhci,id=uhci"],
-}  # fmt: skip
+}
+# fmt: on
 BUS = {"xhci": "xhci.0", "ehci+uhci-companions": "ehci.0", "uhci": "uhci.0"}
 
 #: sysfs `speed` (Mb/s) a device of each speed shows behind each controller
@@ -31,8 +34,11 @@ SYSFS_SPEED = {
 
 def usb_redir_args(controller: str, port: int, chardev_id: str = "redir0") -> list[str]:
     """QEMU arguments: the controller plus a usb-redir that dials 127.0.0.1:port."""
+    # one option and its value per line (the formatter would split each pair)
+    # fmt: off
     return [
         *CONTROLLERS[controller],
         "-chardev", f"socket,id={chardev_id},host=127.0.0.1,port={port},reconnect=1",
         "-device", f"usb-redir,chardev={chardev_id},bus={BUS[controller]}",
-    ]  # fmt: skip
+    ]
+    # fmt: on

@@ -37,8 +37,11 @@ def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[str]:
     with open(log_path, "a") as log_file:
         return subprocess.Popen(
             [sys.executable, "-m", "redirgate.cli", "-vv", *argv],
-            stdout=subprocess.PIPE, stderr=log_file, text=True, env=env,
-        )  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            text=True,
+            env=env,
+        )
 
 
 @contextlib.contextmanager

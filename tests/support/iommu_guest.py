@@ -44,6 +44,8 @@ def _layout(workdir: Path, qmp: Path) -> list[str]:
     with open(nvme, "wb") as f:
         f.truncate(16 << 20)
     disk = make_fat_image(workdir / "disk.img", {"on-the-guest-disk.txt": b"mounted\n"}, size_mib=8)
+    # one option and its value per line (the formatter would split each pair)
+    # fmt: off
     return [
         "-machine", "q35,kernel-irqchip=split",
         "-device", "intel-iommu,intremap=on",
@@ -61,7 +63,8 @@ def _layout(workdir: Path, qmp: Path) -> list[str]:
         "-device", "pcie-root-port,id=rp5,chassis=5,slot=5",
         "-drive", f"file={disk},if=none,id=disk0,format=raw", "-device", "ide-hd,drive=disk0,bus=ide.0",
         "-qmp", f"unix:{qmp},server=on,wait=off",
-    ]  # fmt: skip
+    ]
+    # fmt: on
 
 
 class IommuGuest:

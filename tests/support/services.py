@@ -45,8 +45,11 @@ def running(argv: Sequence[str], log_path: Path, *, ready_timeout_s: float = 30.
     with open(log_path, "w") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "redirgate.cli", "-v", *argv],
-            stdout=subprocess.PIPE, stderr=log_file, text=True, env=env,
-        )  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            text=True,
+            env=env,
+        )
     try:
         host, port, banner = _wait_listening(process, log_path, ready_timeout_s)
         yield Service(process, host, port, log_path, banner)

@@ -117,6 +117,17 @@ async def running_lab(
         client = scope = None
         if start_client_now:
             client, scope = await start_client(nursery, client_config)
-        yield Lab(directory, gateway, addresses, client, scope, client_config, nursery, tuple(routes),
-                  dict(gateway_options), gateway_scope, stopped)  # fmt: skip
+        yield Lab(
+            directory,
+            gateway,
+            addresses,
+            client,
+            scope,
+            client_config,
+            nursery,
+            tuple(routes),
+            dict(gateway_options),
+            gateway_scope,
+            stopped,
+        )
         nursery.cancel_scope.cancel()

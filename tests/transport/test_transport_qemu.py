@@ -38,12 +38,15 @@ def hv_pki(tmp_path: Path) -> Path:
 
 
 def start_qemu(qemu: str, port: int, creds: Path, log: Path) -> subprocess.Popen[bytes]:
+    # one option and its value per line (the formatter would split each pair)
+    # fmt: off
     argv = [
         qemu, "-M", "none", "-display", "none", "-nodefaults", "-S",
         "-object", f"tls-creds-x509,id=tls0,endpoint=client,dir={creds}",
         "-chardev", f"socket,id=mon0,host=127.0.0.1,port={port},tls-creds=tls0",
         "-mon", "chardev=mon0,mode=readline",
-    ]  # fmt: skip
+    ]
+    # fmt: on
     with log.open("wb") as out:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
 
