@@ -392,9 +392,11 @@ class GuestProcess:
         Cancelling it leaves QEMU running; the caller's `with` block (or
         stop()) ends it.
         """
-        deadline = self.started_at + timeout_s
-        while not self._finished() and time.monotonic() < deadline:
-            await trio.sleep(poll_s)
+        # Polled: what ends the wait is QEMU's exit and the @@DONE line in
+        # its console file, neither of which any task here can signal.
+        with trio.move_on_after(max(0.0, self.started_at + timeout_s - time.monotonic())):
+            while not self._finished():  # noqa: ASYNC110  # see above
+                await trio.sleep(poll_s)
         return self._result(timeout_s)
 
     def stop(self) -> None:
