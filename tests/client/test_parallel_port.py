@@ -149,7 +149,7 @@ def test_only_usblp_nodes_get_usb_status(tmp_path: Path, monkeypatch: pytest.Mon
     for major, usb in ((printer.USBLP_MAJOR, True), (printer.LP_MAJOR, False)):
 
         def fake_stat(path: object, *args: object, major: int = major, **kw: object) -> os.stat_result:
-            info = real_stat(path, *args, **kw)  # type: ignore[arg-type]
+            info = real_stat(path, *args, **kw)  # type: ignore[arg-type]  # os.stat's own arguments, passed on
             if str(path) != str(node):
                 return info
             fields = list(info)
@@ -204,7 +204,7 @@ def test_fifo_nobody_reads_is_unavailable_then_opens(tmp_path: Path) -> None:
     with fifo(tmp_path / "lp0", reader=False) as f:
         with pytest.raises(PortUnavailable, match="nobody reads") as info:
             PrinterPort.open(str(f.path), name="printer")
-        assert info.value.__cause__ is not None and info.value.__cause__.errno == errno.ENXIO  # type: ignore[attr-defined]
+        assert info.value.__cause__ is not None and info.value.__cause__.errno == errno.ENXIO  # type: ignore[attr-defined]  # the cause is open()'s OSError
         f.open_reader()
         port = PrinterPort.open(str(f.path), name="printer")
         try:

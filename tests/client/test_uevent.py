@@ -174,13 +174,13 @@ async def test_a_kernel_uevent_makes_the_client_look_now_and_once_more(tmp_path:
         scanned = trio.Event()
         real_scan = client.inventory.scan
 
-        async def counting_scan():  # type: ignore[no-untyped-def]
+        async def counting_scan():  # type: ignore[no-untyped-def]  # wraps the real scan
             scans.append(trio.current_time())
             if len(scans) >= 2:
                 scanned.set()
             return await real_scan()
 
-        client.inventory.scan = counting_scan  # type: ignore[method-assign]
+        client.inventory.scan = counting_scan  # type: ignore[method-assign]  # counts the scans the client starts
         sent = trio.current_time()
         await trio.to_thread.run_sync(path.write_text, f"change {tag}\n")
         with trio.fail_after(20):  # below the 30 s safety net

@@ -342,7 +342,7 @@ def test_libusb1_transfer_keeps_every_packets_status_and_length(libusb_backend, 
     seen: dict[str, Any] = {}
     _fake_libusb(monkeypatch, packets, seen=seen)
     dev = _FakeDev(libusb_backend)
-    got = read_iso_packets(dev, ISO_IN, len(packets), HS_PACKET, 1000)  # type: ignore[arg-type]
+    got = read_iso_packets(dev, ISO_IN, len(packets), HS_PACKET, 1000)  # type: ignore[arg-type]  # a stand-in for the pyusb device
     assert got == [
         (Status.SUCCESS, b"abc"),
         (Status.SUCCESS, b""),
@@ -358,7 +358,7 @@ def test_libusb1_transfer_keeps_every_packets_status_and_length(libusb_backend, 
 def test_libusb1_whole_transfer_error_is_raised_as_pyusb_does(libusb_backend, monkeypatch) -> None:
     _fake_libusb(monkeypatch, [(0, b"")] * 2, transfer_status=libusb1.LIBUSB_TRANSFER_NO_DEVICE)
     with pytest.raises(usb.core.USBError) as info:
-        read_iso_packets(_FakeDev(libusb_backend), ISO_IN, 2, HS_PACKET, 1000)  # type: ignore[arg-type]
+        read_iso_packets(_FakeDev(libusb_backend), ISO_IN, 2, HS_PACKET, 1000)  # type: ignore[arg-type]  # a stand-in for the pyusb device
     assert info.value.errno == 19 and info.value.backend_error_code == libusb1.LIBUSB_TRANSFER_NO_DEVICE
 
 
@@ -369,7 +369,7 @@ def test_libusb1_transfer_left_in_flight_is_kept_not_freed(libusb_backend, monke
     monkeypatch.setattr(libusb1._lib, "libusb_handle_events", lambda ctx: -10)  # LIBUSB_ERROR_INTERRUPTED
     monkeypatch.setattr(iso, "_IN_FLIGHT", [])
     with pytest.raises(usb.core.USBError) as info:
-        read_iso_packets(_FakeDev(libusb_backend), ISO_IN, 2, HS_PACKET, 1000)  # type: ignore[arg-type]
+        read_iso_packets(_FakeDev(libusb_backend), ISO_IN, 2, HS_PACKET, 1000)  # type: ignore[arg-type]  # a stand-in for the pyusb device
     assert info.value.backend_error_code == -10
     (kept,) = iso._IN_FLIGHT
     assert kept.transfer is not None
@@ -380,7 +380,7 @@ def test_libusb1_setup_failure_falls_back_to_one_read_per_packet(libusb_backend,
     monkeypatch.setattr(libusb1._lib, "libusb_alloc_transfer", lambda count: None)  # NULL
     monkeypatch.setattr(iso, "_fallback_logged", False)
     dev = _FakeDev(libusb_backend)
-    got = read_iso_packets(dev, ISO_IN, 3, HS_PACKET, 1000)  # type: ignore[arg-type]
+    got = read_iso_packets(dev, ISO_IN, 3, HS_PACKET, 1000)  # type: ignore[arg-type]  # a stand-in for the pyusb device
     assert got == [(Status.SUCCESS, b"ok")] * 3 and dev.reads == 3
 
 

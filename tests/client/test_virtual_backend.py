@@ -53,7 +53,7 @@ def _find(backend: VirtualBackend, pid: int) -> usb.core.Device:
     return dev
 
 
-def _run(target, *args) -> tuple[threading.Thread, list[object]]:  # type: ignore[no-untyped-def]
+def _run(target, *args) -> tuple[threading.Thread, list[object]]:  # type: ignore[no-untyped-def]  # any target and its arguments
     out: list[object] = []
 
     def body() -> None:
@@ -181,8 +181,8 @@ def test_blocked_interrupt_read_does_not_block_bulk(backend: VirtualBackend) -> 
     loop_dev.write(0x03, b"ping", 1000)
     blocked.join(JOIN_S)
     loop_blocked.join(JOIN_S)
-    assert bytes(result[0]) == bytes([0, 0, 0x1B, 0, 0, 0, 0, 0])  # type: ignore[arg-type]
-    assert bytes(loop_result[0]) == b"ping"  # type: ignore[arg-type]
+    assert bytes(result[0]) == bytes([0, 0, 0x1B, 0, 0, 0, 0, 0])  # type: ignore[arg-type]  # the thread's result: bytes
+    assert bytes(loop_result[0]) == b"ping"  # type: ignore[arg-type]  # the thread's result: bytes
 
 
 def test_many_threads_echo_concurrently(backend: VirtualBackend) -> None:
@@ -219,7 +219,7 @@ def test_many_threads_echo_concurrently(backend: VirtualBackend) -> None:
         t.join(JOIN_S)
     assert all(not t.is_alive() for t, _ in threads)
     assert [r[0] for _, r in threads[:8]] == [20] * 8
-    assert sum(r[0] for _, r in threads[8:]) == n * len(payload)  # type: ignore[misc]
+    assert sum(r[0] for _, r in threads[8:]) == n * len(payload)  # type: ignore[misc]  # the threads' results: ints
     assert vdev.stats().bulk_in_bytes == n * len(payload)
 
 

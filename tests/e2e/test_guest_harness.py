@@ -216,7 +216,7 @@ def test_guest_lifetime_backstop(guest_image: GuestImage) -> None:
 @pytest.mark.system
 @pytest.mark.parametrize("kernel_format", ["pvh-elf", "bzimage"])
 def test_boot_paths(kernel_format: str, guest_image: GuestImage) -> None:
-    image = build_guest(kernel_format=kernel_format)  # type: ignore[arg-type]
+    image = build_guest(kernel_format=kernel_format)  # type: ignore[arg-type]  # a parametrized kernel format
     assert image.kernel_format == kernel_format
     result = run_guest(
         'report kver "$(uname -r)"\nreport lp "$(ls /dev/lp0)"\n',

@@ -160,7 +160,7 @@ umount /mnt/stick
     try:
         result = run_guest(script, qemu_args, BOOT_TIMEOUT_S, guest=guest_image)
     finally:
-        stop(process)  # type: ignore[arg-type]
+        stop(process)  # type: ignore[arg-type]  # started before the try
     assert result.rc == 0, f"{result.results}\n{log_path.read_text()}\n{result.console[-2000:]}"
     assert result.files["hello"] == hello
     assert f"connected to usbredir guest at 127.0.0.1:{port}" in log_path.read_text()

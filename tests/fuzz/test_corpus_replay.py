@@ -29,7 +29,7 @@ TARGETS = sorted(p.name for p in (FUZZ / "corpus").iterdir() if p.is_dir())
 def load_target(name: str) -> Callable[[bytes], None]:
     """fuzz/<name>_fuzz.py's TestOneInput, the module imported without atheris."""
     stand_in = types.ModuleType("atheris")
-    stand_in.instrument_imports = contextlib.nullcontext  # type: ignore[attr-defined]
+    stand_in.instrument_imports = contextlib.nullcontext  # type: ignore[attr-defined]  # a bare module stands in for atheris
     saved = sys.modules.get("atheris")
     sys.modules["atheris"] = stand_in
     try:

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 import pytest
 import trio
 

@@ -178,9 +178,9 @@ def test_out_of_range_rules(rule: FilterRule) -> None:
 
 def test_rule_fields_are_typed() -> None:
     with pytest.raises(TypeError):
-        FilterRule("3", ANY, ANY, ANY, True)  # type: ignore[arg-type]
+        FilterRule("3", ANY, ANY, ANY, True)  # type: ignore[arg-type]  # wrong type on purpose
     with pytest.raises(TypeError):
-        FilterRule(3, ANY, ANY, ANY, 1)  # type: ignore[arg-type]
+        FilterRule(3, ANY, ANY, ANY, 1)  # type: ignore[arg-type]  # wrong type on purpose
 
 
 def test_rules_to_string_needs_separators() -> None:
@@ -250,7 +250,7 @@ CHECKS = [
 
 
 @pytest.mark.parametrize(("rules", "cls", "ifaces", "vid", "pid", "bcd", "flags", "verdict"), CHECKS)
-def test_check(rules, cls, ifaces, vid, pid, bcd, flags, verdict) -> None:  # type: ignore[no-untyped-def]
+def test_check(rules, cls, ifaces, vid, pid, bcd, flags, verdict) -> None:  # type: ignore[no-untyped-def]  # the parametrize table's columns
     assert check(rules, cls, 0, 0, ifaces, vid, pid, bcd, flags) is verdict
     device = DeviceInfo(cls, 0, 0, ifaces, vid, pid, bcd)
     assert check_device(rules, device, flags) is verdict

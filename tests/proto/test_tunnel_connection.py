@@ -468,4 +468,4 @@ def test_misuse_of_the_api():
     from redirgate.proto.tunnel import Attach
 
     with pytest.raises(LocalProtocolError, match="not a control message"):
-        TunnelConnection("client").send(Attach(1, TOKEN))  # type: ignore[arg-type]
+        TunnelConnection("client").send(Attach(1, TOKEN))  # type: ignore[arg-type]  # the wrong kind on purpose

@@ -44,7 +44,7 @@ STICK = DeviceEntry("usb:1209:0001:ABC", "usb", 0x1209, 0x0001, "ABC", "1-2", "s
 
 
 def wire(message: object) -> bytes:
-    body = encode_message(message, LIMIT)  # type: ignore[arg-type]
+    body = encode_message(message, LIMIT)  # type: ignore[arg-type]  # any message, invalid ones too
     assert int.from_bytes(body[:4], "big") == len(body) - 4
     return body[4:]
 
@@ -161,7 +161,7 @@ def test_constructors_normalise():
     assert Inventory([STICK]).devices == (STICK,)
     options = OpenChannel(1, "usb:1209:0001", TOKEN, options={"a": 1}).options
     with pytest.raises(TypeError):
-        options["a"] = 2  # type: ignore[index]
+        options["a"] = 2  # type: ignore[index]  # read-only on purpose: must raise
 
 
 # ----------------------------------------------------------- decoding

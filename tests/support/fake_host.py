@@ -136,7 +136,7 @@ class FakeHost:
 
     def add_vf(self, pf: str, index: int, address: str, ident: str, class_code: int, **kw: object) -> Path:
         """A VF of ``pf``: ``physfn`` and ``virtfnN`` links, the PF's ``sriov_numvfs`` counted up."""
-        base = self.add_pci(address, ident, class_code, **kw)  # type: ignore[arg-type]
+        base = self.add_pci(address, ident, class_code, **kw)  # type: ignore[arg-type]  # add_pci's own keywords, passed on
         pf_dir = self.device_dir(pf)
         self._link(base / "physfn", pf_dir)
         self._link(pf_dir / f"virtfn{index}", base)

@@ -615,7 +615,7 @@ class RefParser:
             length = int(values.pop("length", 0))
             values["length"] = length & 0xFFFF
             values["length_high"] = (length >> 16) & 0xFFFF
-        for fname, ftype in cls._fields_:  # type: ignore[attr-defined]
+        for fname, ftype in cls._fields_:  # type: ignore[attr-defined]  # a ctypes.Structure subclass
             if fname not in values:
                 continue
             value = values.pop(fname)
@@ -698,7 +698,7 @@ class RefParser:
         cls = HEADER_STRUCTS[msg_type]
         header = cls.from_buffer_copy(ctypes.string_at(hdr, ctypes.sizeof(cls)))
         fields: dict[str, Any] = {}
-        for fname, _ in cls._fields_:  # type: ignore[attr-defined]
+        for fname, _ in cls._fields_:  # type: ignore[attr-defined]  # a ctypes.Structure subclass
             value = getattr(header, fname)
             fields[fname] = tuple(value) if isinstance(value, ctypes.Array) else int(value)
         # fields the wire layout in force does not carry read as 0

@@ -72,7 +72,7 @@ def _wait_listening(process: subprocess.Popen[str], log_path: Path, timeout_s: f
             if found:
                 return found["host"].strip("[]"), int(found["port"]), line.strip()
     raise RuntimeError(
-        f"{' '.join(process.args)} did not report a listening address "  # type: ignore[arg-type]
+        f"{' '.join(process.args)} did not report a listening address "  # type: ignore[arg-type]  # args: our list of str
         f"(exit {process.poll()}); its log:\n{log_path.read_text(errors='replace')}"
     )
 

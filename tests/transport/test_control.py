@@ -114,7 +114,7 @@ async def test_a_message_without_a_handler_is_rejected_as_unexpected() -> None:
 
 @pytest.mark.usefixtures("autojump_clock")
 async def test_an_unknown_kind_on_the_wire_is_rejected() -> None:
-    import msgpack  # type: ignore[import-untyped]  # msgpack ships no type hints
+    import msgpack
 
     session, peer = await connected_pair()
     body = msgpack.packb({"kind": "launch_missiles"})

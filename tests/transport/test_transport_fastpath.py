@@ -25,7 +25,7 @@ class Opaque(trio.abc.Stream):
         self.inner = inner
 
     async def receive_into(self, buffer: bytearray) -> int:
-        return await self.inner.receive_into(buffer)  # type: ignore[attr-defined,no-any-return]
+        return await self.inner.receive_into(buffer)  # type: ignore[attr-defined,no-any-return]  # the stream under test has it
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         return await self.inner.receive_some(max_bytes)
@@ -74,7 +74,7 @@ async def test_slow_reader_gets_every_byte_with_a_prefix_first(env: Pki, fast: b
         results["got"] = digest.hexdigest()
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(functools.partial(relay, a, b, buffer_size=DEFAULT_BUFFER_BYTES, stats=stats))  # type: ignore[arg-type]
+        nursery.start_soon(functools.partial(relay, a, b, buffer_size=DEFAULT_BUFFER_BYTES, stats=stats))  # type: ignore[arg-type]  # start_soon does not see through partial
         nursery.start_soon(slow_client)
         sent = await send_random(ch.hv, size, seed=7)
         with trio.fail_after(30):

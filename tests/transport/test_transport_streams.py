@@ -96,7 +96,7 @@ async def _plain_pair() -> tuple[PlainSocketStream, PlainSocketStream]:
 
 
 @pytest.mark.parametrize("maker", [_plain_pair, plain_pair], ids=["unix", "tcp"])
-async def test_plain_stream_half_closeable(maker) -> None:  # type: ignore[no-untyped-def]
+async def test_plain_stream_half_closeable(maker) -> None:  # type: ignore[no-untyped-def]  # maker: a parametrized factory
     await trio.testing.check_half_closeable_stream(maker, None)
 
 
