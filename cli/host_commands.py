@@ -151,6 +151,12 @@ def add_parser(commands: Any) -> None:
     what.add_argument(
         "--device", metavar="KIND:WHAT", help="usb-host:VID:PID, usb-host:BUS/DEV or vfio-pci:ADDR (bind it first)"
     )
+    at.add_argument(
+        "--tls-dir", default=None, metavar="DIR",
+        help="the route's gateway port speaks TLS: QEMU's tls-creds-x509 directory from `redirgate pki "
+        "issue-hypervisor` (with --domain, libvirt reads qemu.conf's chardev_tls_x509_cert_dir instead: give "
+        "the same DIR there)",
+    )  # fmt: skip
     at.add_argument("--id", default=None, metavar="NAME", help="the device id for detach (default from the target)")
     at.add_argument("--bus", default=None, metavar="BUS", help="where to plug it, e.g. xhci.0 or a root port id")
     at.set_defaults(run=_guarded(_run_attach))
@@ -338,7 +344,14 @@ def _shell(argv: list[str]) -> str:
 def _target(args: argparse.Namespace) -> attach_mod.Target:
     if args.route is not None:
         host, port = args.route
-        return attach_mod.Target("route", host=host, port=port)
+        tls_dir = None if args.tls_dir is None else str(Path(args.tls_dir).resolve())
+        if tls_dir is not None and args.qmp is not None and not (Path(tls_dir) / "ca-cert.pem").is_file():
+            raise InvalidArgument(
+                args.tls_dir, "no ca-cert.pem there: give the directory `redirgate pki issue-hypervisor` wrote"
+            )
+        return attach_mod.Target("route", host=host, port=port, tls_dir=tls_dir)
+    if args.tls_dir is not None:
+        raise InvalidArgument("--tls-dir", "only a --route has TLS (a host device is not on the network)")
     kind, _, what = str(args.device).partition(":")
     if kind == "usb-host" and what:
         return attach_mod.Target("usb-host", usb=parse_usb_selector(what))

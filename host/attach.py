@@ -4,13 +4,16 @@ Owns what goes over the wire for each kind of device:
 
 - a redirgate route: ``chardev-add`` (a reconnecting TCP client socket:
   ``reconnect`` in seconds before QEMU 9.2, ``reconnect-ms`` from 9.2 on)
-  then ``device_add usb-redir``; if ``device_add`` fails the chardev is
-  removed again;
+  then ``device_add usb-redir``; for a route whose gateway port speaks TLS,
+  first ``object-add tls-creds-x509`` (endpoint client, verify-peer) on the
+  directory `redirgate pki issue-hypervisor` wrote; what was added is
+  removed again when a later step fails;
 - ``usb-host`` by vendor:product or bus/address, ``vfio-pci`` by address;
 - detach: ``device_del``, wait for QEMU's DEVICE_DELETED (a PCI device
   leaves only when the guest lets go), then ``chardev-remove`` of the
-  route's chardev.  usb-redir's teardown deletes its chardev itself, so
-  "not found" there is success, not an error.
+  route's chardev and ``object-del`` of its TLS credentials.  usb-redir's
+  teardown deletes its chardev itself, so "not found" there is success, not
+  an error.
 
 Each function returns the lines saying what it did; the CLI prints them.
 """
@@ -41,6 +44,7 @@ __all__ = [
     "default_name",
     "detach_qmp",
     "device_xml",
+    "tls_id",
     "virsh_attach",
     "virsh_detach",
 ]
@@ -59,6 +63,8 @@ class Target:
     port: int = 0
     usb: UsbSelector | None = None
     address: str = ""
+    #: a route over TLS: the tls-creds-x509 directory (ca-cert.pem, client-cert.pem, client-key.pem)
+    tls_dir: str | None = None
 
     def __str__(self) -> str:
         if self.kind == "route":
@@ -88,6 +94,10 @@ def chardev_id(name: str) -> str:
     return f"{name}-chardev"
 
 
+def tls_id(name: str) -> str:
+    return f"{name}-tls"
+
+
 async def attach_qmp(qmp: QmpClient, target: Target, name: str, bus: str | None) -> list[str]:
     done: list[str] = []
     device: dict[str, Any] = {"id": name}
@@ -97,13 +107,26 @@ async def attach_qmp(qmp: QmpClient, target: Target, name: str, bus: str | None)
         host, port = target.host, target.port
         reconnect: dict[str, int] = {"reconnect-ms": 1000} if qmp.version[:2] >= (9, 2) else {"reconnect": 1}
         addr = {"type": "inet", "data": {"host": host, "port": str(port)}}
-        backend = {"type": "socket", "data": {"addr": addr, "server": False, **reconnect}}
-        await qmp.execute("chardev-add", {"id": chardev_id(name), "backend": backend})
-        done.append(f"chardev-add {chardev_id(name)}: TCP client to {host}:{port}, reconnecting")
+        data: dict[str, Any] = {"addr": addr, "server": False, **reconnect}
+        if target.tls_dir is not None:
+            creds = {"qom-type": "tls-creds-x509", "id": tls_id(name), "dir": target.tls_dir, "endpoint": "client"}
+            await qmp.execute("object-add", {**creds, "verify-peer": True})
+            done.append(f"object-add tls-creds-x509 {tls_id(name)}: {target.tls_dir}")
+            data["tls-creds"] = tls_id(name)
         try:
-            await qmp.execute("device_add", {"driver": "usb-redir", "chardev": chardev_id(name), **device})
+            await qmp.execute("chardev-add", {"id": chardev_id(name), "backend": {"type": "socket", "data": data}})
+            done.append(
+                f"chardev-add {chardev_id(name)}: {'TLS' if target.tls_dir else 'TCP'} client to {host}:{port},"
+                " reconnecting"
+            )
+            try:
+                await qmp.execute("device_add", {"driver": "usb-redir", "chardev": chardev_id(name), **device})
+            except QmpError:
+                await _remove_chardev(qmp, name)
+                raise
         except QmpError:
-            await _remove_chardev(qmp, name)
+            if target.tls_dir is not None:
+                await _remove(qmp, "object-del", tls_id(name))
             raise
         done.append(f"device_add usb-redir id={name}" + (f" bus={bus}" if bus else ""))
     elif target.usb is not None:
@@ -116,15 +139,20 @@ async def attach_qmp(qmp: QmpClient, target: Target, name: str, bus: str | None)
     return done
 
 
-async def _remove_chardev(qmp: QmpClient, name: str) -> bool:
-    """chardev-remove; False when QEMU has no such chardev (usb-redir's teardown took it)."""
+async def _remove(qmp: QmpClient, command: str, ident: str) -> bool:
+    """chardev-remove / object-del ``ident``; False when QEMU has no such thing."""
     try:
-        await qmp.execute("chardev-remove", {"id": chardev_id(name)})
+        await qmp.execute(command, {"id": ident})
     except QmpCommandError as exc:
         if "not found" in exc.description.lower():
             return False
         raise
     return True
+
+
+async def _remove_chardev(qmp: QmpClient, name: str) -> bool:
+    """chardev-remove; False when QEMU has no such chardev (usb-redir's teardown took it)."""
+    return await _remove(qmp, "chardev-remove", chardev_id(name))
 
 
 async def detach_qmp(qmp: QmpClient, name: str, *, timeout_s: float = DETACH_TIMEOUT_S) -> list[str]:
@@ -141,6 +169,8 @@ async def detach_qmp(qmp: QmpClient, name: str, *, timeout_s: float = DETACH_TIM
     done.append(f"device_del {name}: QEMU reports it deleted")
     if await _remove_chardev(qmp, name):
         done.append(f"chardev-remove {chardev_id(name)}")
+    if await _remove(qmp, "object-del", tls_id(name)):
+        done.append(f"object-del {tls_id(name)}")
     return done
 
 
@@ -163,7 +193,7 @@ def _virsh_base(connect: str | None) -> list[str]:
 def device_xml(target: Target, name: str) -> str:
     """The libvirt element `--domain` attaches (its alias ``ua-NAME`` lets detach find it)."""
     if target.kind == "route":
-        return redirdev_xml(target.host, target.port, name=name)
+        return redirdev_xml(target.host, target.port, name=name, tls=target.tls_dir is not None)
     if target.usb is not None:
         return usb_hostdev_xml(target.usb, name=name)
     return pci_hostdev_xml(target.address, name=name)

@@ -162,11 +162,15 @@ def parallel_qemu(path: str, *, name: str = "rg-parallel0") -> list[str]:
     return ["-chardev", f"parallel,id={name},path={path.replace(',', ',,')}", "-parallel", f"chardev:{name}"]
 
 
-def redirdev_xml(host: str, port: int, *, name: str | None = None, reconnect_s: int = 2) -> str:
-    """A redirgate route as a libvirt ``<redirdev>`` (usb-redir over TCP, reconnecting)."""
+def redirdev_xml(host: str, port: int, *, name: str | None = None, reconnect_s: int = 2, tls: bool = False) -> str:
+    """A redirgate route as a libvirt ``<redirdev>`` (usb-redir over TCP, reconnecting).
+
+    ``tls``: libvirt takes the certificates from qemu.conf's chardev_tls_x509_cert_dir.
+    """
+    secure = " tls='yes'" if tls else ""
     return (
         "<redirdev bus='usb' type='tcp'>\n"
-        f"  <source mode='connect' host={quoteattr(host)} service={quoteattr(str(port))}>\n"
+        f"  <source mode='connect' host={quoteattr(host)} service={quoteattr(str(port))}{secure}>\n"
         f"    <reconnect enabled='yes' timeout='{reconnect_s}'/>\n"
         "  </source>\n"
         "  <protocol type='raw'/>\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 from pathlib import Path
 
@@ -10,7 +11,9 @@ import pytest
 import trio
 
 from redirgate.cli import main
+from redirgate.gateway import pki
 from redirgate.host.qmp import open_qmp
+from redirgate.transport.tls import hypervisor_server_context
 from tests.support.bare_qemu import bare_qemu
 from tests.support.system import require_system
 
@@ -44,10 +47,12 @@ def _chardevs(qmp: Path) -> set[str]:
     return {c["label"] for c in _query(qmp, "query-chardev")}
 
 
-def _accept_hello(listener: socket.socket) -> socket.socket:
-    """The usb-redir chardev dials our listener and its parser says hello first."""
+def _accept_hello(listener: socket.socket, tls: ssl.SSLContext | None = None) -> socket.socket:
+    """The usb-redir chardev dials our listener (over TLS: a gateway's hypervisor port) and says hello first."""
     conn, _ = listener.accept()
     conn.settimeout(_SAFETY_S)
+    if tls is not None:
+        conn = tls.wrap_socket(conn, server_side=True)
     header = b""
     while len(header) < 12:
         chunk = conn.recv(12 - len(header))
@@ -84,6 +89,37 @@ def test_a_route_attaches_detaches_and_attaches_again(tmp_path: Path, capsys) ->
                 while conn.recv(65536):  # the route sees the VM hang up
                     pass
             assert name not in _peripherals(qmp) and f"{name}-chardev" not in _chardevs(qmp)
+
+
+def test_a_tls_route_gets_qemu_s_credentials_and_loses_them_on_detach(tmp_path: Path, capsys) -> None:
+    """QEMU dials a TLS port like a gateway's (transport.tls's hypervisor context, client certificate required)."""
+    pki.init_ca(tmp_path / "pki")
+    gateway = pki.issue_gateway(tmp_path / "pki", "gw.test", ips=["127.0.0.1"])
+    creds = pki.issue_hypervisor(tmp_path / "pki", "hv1").cert.parent
+    tls = hypervisor_server_context(gateway.cert, gateway.key, tmp_path / "pki" / "ca-cert.pem")
+    with socket.socket() as listener, bare_qemu(tmp_path, ["-device", "qemu-xhci,id=xhci"], paused=False) as qmp:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        listener.settimeout(_SAFETY_S)
+        port = listener.getsockname()[1]
+        rc, out, err = _cli(
+            capsys, "attach", "--qmp", str(qmp), "--route", f"127.0.0.1:{port}", "--tls-dir", str(creds), "--id", "gw"
+        )
+        assert rc == 0, err
+        assert out.splitlines()[:2] == [
+            f"object-add tls-creds-x509 gw-tls: {creds}",
+            f"chardev-add gw-chardev: TLS client to 127.0.0.1:{port}, reconnecting",
+        ]
+        with _accept_hello(listener, tls) as conn:
+            assert isinstance(conn, ssl.SSLSocket) and conn.getpeercert()["subject"]  # QEMU showed its certificate
+            objects = {o["name"] for o in _query(qmp, "qom-list", {"path": "/objects"})}
+            assert "gw-tls" in objects
+            rc, out, err = _cli(capsys, "detach", "--qmp", str(qmp), "--id", "gw")
+            assert rc == 0, err
+            assert out.splitlines() == ["device_del gw: QEMU reports it deleted", "object-del gw-tls", "detached gw"]
+        assert "gw-tls" not in {o["name"] for o in _query(qmp, "qom-list", {"path": "/objects"})}
+        rc, _, err = _cli(capsys, "attach", "--qmp", str(qmp), "--route", "127.0.0.1:1", "--tls-dir", str(tmp_path))
+        assert rc == 1 and "no ca-cert.pem there" in err
 
 
 def test_usb_host_by_id_attaches_and_detaches(tmp_path: Path, capsys) -> None:

@@ -58,8 +58,9 @@ def _validate(tmp_path: Path, device: str) -> subprocess.CompletedProcess[str]:
         serial_xml("/dev/serial/by-id/usb-FTDI_FT232R-if00-port0"),
         parallel_xml("/dev/parport0"),
         redirdev_xml("gw.example", 17100, name="rg-redir-17100"),
+        redirdev_xml("gw.example", 17100, tls=True),
     ],
-    ids=["pci", "pci-alias", "usb-id", "usb-bus", "serial", "serial-by-id", "parallel", "redirdev"],
+    ids=["pci", "pci-alias", "usb-id", "usb-bus", "serial", "serial-by-id", "parallel", "redirdev", "redirdev-tls"],
 )
 def test_xml_passes_libvirt_s_schema(tmp_path: Path, element: str) -> None:
     done = _validate(tmp_path, element)
