@@ -152,11 +152,13 @@ def add_parser(commands: Any) -> None:
         "--device", metavar="KIND:WHAT", help="usb-host:VID:PID, usb-host:BUS/DEV or vfio-pci:ADDR (bind it first)"
     )
     at.add_argument(
-        "--tls-dir", default=None, metavar="DIR",
+        "--tls-dir",
+        default=None,
+        metavar="DIR",
         help="the route's gateway port speaks TLS: QEMU's tls-creds-x509 directory from `redirgate pki "
         "issue-hypervisor` (with --domain, libvirt reads qemu.conf's chardev_tls_x509_cert_dir instead: give "
         "the same DIR there)",
-    )  # fmt: skip
+    )
     at.add_argument("--id", default=None, metavar="NAME", help="the device id for detach (default from the target)")
     at.add_argument("--bus", default=None, metavar="BUS", help="where to plug it, e.g. xhci.0 or a root port id")
     at.set_defaults(run=_guarded(_run_attach))
