@@ -16,6 +16,7 @@ import usb.core
 from redirgate.cli.args import parse_hostport
 from redirgate.cli.signals import until_signal
 from redirgate.client.usb.errors import DeviceRefusedError, SelectorError
+from redirgate.client.usb.hotplug import follow_usb_uevents
 from redirgate.client.usb.selector import DeviceSelector, parse_selector
 from redirgate.client.usb.serve import serve_connect, serve_listen, watch_presence
 from redirgate.client.usb.source import SelectorSource
@@ -118,6 +119,8 @@ def _serve_usb(args: argparse.Namespace, selector: DeviceSelector, source: Selec
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
+            # the kernel's uevents keep libusb's device list fresh (client/usb/libusb.py)
+            await nursery.start(follow_usb_uevents, lambda: None)
             nursery.start_soon(watch_presence, source, _say)
             if args.listen:
                 host, port = args.listen

@@ -14,6 +14,7 @@ what a thin client runs.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 import trio
@@ -22,7 +23,7 @@ from redirgate.client.config import ClientConfig
 from redirgate.client.exports import PortExports
 from redirgate.client.inventory import DeviceInventory
 from redirgate.client.tunnel import TunnelClient
-from redirgate.client.usb.hotplug import UeventMonitor, UeventUnavailable
+from redirgate.client.usb.hotplug import follow_usb_uevents
 from redirgate.client.usb.uevent import is_usb_device_event
 
 __all__ = ["FOLLOWUP_RESCAN_S", "SAFETY_RESCAN_S", "ClientService"]
@@ -76,27 +77,20 @@ class ClientService:
         if self.backend is not None:
             self.backend.on_change.append(virtual_change)
         try:
-            try:
-                monitor = UeventMonitor.open()
-            except UeventUnavailable as exc:
-                log.info("hotplug: %s; rescanning USB devices every %g s", exc, client.rescan_interval_s)
-                monitor = None
-            if monitor is None:
+            async with trio.open_nursery() as nursery:
+                on_change = partial(client.request_rescan, followup_s=FOLLOWUP_RESCAN_S)
+                unavailable = await nursery.start(partial(follow_usb_uevents, on_change, matches=is_usb_device_event))
+                if unavailable is not None:
+                    log.info("hotplug: %s; rescanning USB devices every %g s", unavailable, client.rescan_interval_s)
+                else:
+                    client.rescan_interval_s = max(client.rescan_interval_s, SAFETY_RESCAN_S)
+                    log.info(
+                        "hotplug: following the kernel's USB uevents (netlink); a full rescan every %g s as a "
+                        "safety net",
+                        client.rescan_interval_s,
+                    )
                 task_status.started()
                 await trio.sleep_forever()
-                return
-            try:
-                client.rescan_interval_s = max(client.rescan_interval_s, SAFETY_RESCAN_S)
-                log.info(
-                    "hotplug: following the kernel's USB uevents (netlink); a full rescan every %g s as a safety net",
-                    client.rescan_interval_s,
-                )
-                task_status.started()
-                await monitor.run(
-                    lambda event: client.request_rescan(followup_s=FOLLOWUP_RESCAN_S), matches=is_usb_device_event
-                )
-            finally:
-                monitor.close()
         finally:
             if self.backend is not None:
                 self.backend.on_change.remove(virtual_change)

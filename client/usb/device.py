@@ -48,6 +48,7 @@ import usb.util
 from redirgate.client.usb.descriptors import DeviceSnapshot, snapshot
 from redirgate.client.usb.errors import DriverNotDetachedError, is_timeout
 from redirgate.client.usb.iso import IsoPacketResult, read_iso_packets
+from redirgate.client.usb.libusb import is_libusb_backend, libusb_backend
 from redirgate.client.usb.safety import interface_driver
 
 __all__ = ["DEFAULT_WORKER_THREADS", "UsbDevice"]
@@ -278,7 +279,14 @@ class UsbDevice:
     def present_blocking(self) -> bool:
         """Is the device still on the bus?  (pyusb has no hotplug events, and
         an idle device's unplug shows up in no transfer.)"""
-        found = usb.core.find(find_all=True, backend=self.dev.backend) or []
+        backend = self.dev.backend
+        if is_libusb_backend(backend):
+            # the current context: this device's own may never hear of an
+            # unplug (client/usb/libusb.py); bus and address name it there
+            backend = libusb_backend()
+            found = usb.core.find(find_all=True, backend=backend) or []
+            return any((d.bus, d.address) == (self.dev.bus, self.dev.address) for d in found)
+        found = usb.core.find(find_all=True, backend=backend) or []
         return any(other == self.dev for other in found)
 
     def reset_blocking(self, alts: dict[int, int]) -> None:

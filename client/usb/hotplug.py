@@ -13,6 +13,11 @@ or a container may have neither), drives its socket with its own thread or
 an observer API trio would have to wrap, and what we need is one socket and
 a 40-line parser we can test with recorded bytes.
 
+`follow_usb_uevents(on_change)` is what the client runs: on each burst of
+USB device uevents it refreshes libusb's device list first (libusb learns of
+devices from udevd, later than the kernel says, or never where no udevd
+runs: client/usb/libusb.py), then calls `on_change`.
+
 Ownership: the socket belongs to the task running `run()`; `close()` after
 it has returned (or never started).
 """
@@ -25,9 +30,10 @@ from collections.abc import Callable
 
 import trio
 
+from redirgate.client.usb.libusb import refresh_libusb
 from redirgate.client.usb.uevent import MAX_UEVENT_BYTES, Uevent, is_usb_device_event, parse_uevent
 
-__all__ = ["EVENTS_LOST", "NETLINK_KOBJECT_UEVENT", "UeventMonitor", "UeventUnavailable"]
+__all__ = ["EVENTS_LOST", "NETLINK_KOBJECT_UEVENT", "UeventMonitor", "UeventUnavailable", "follow_usb_uevents"]
 
 log = logging.getLogger(__name__)
 
@@ -109,3 +115,28 @@ class UeventMonitor:
 
     def close(self) -> None:
         self.sock.close()
+
+
+async def follow_usb_uevents(
+    on_change: Callable[[], None],
+    *,
+    matches: Callable[[Uevent], bool] = is_usb_device_event,
+    task_status: trio.TaskStatus[str | None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Until cancelled: after each burst of matching uevents, a fresh libusb
+    device list, then `on_change()`.  Reports started(None) when following
+    the kernel's uevents, or started(reason) and returns where it cannot."""
+    try:
+        monitor = UeventMonitor.open()
+    except UeventUnavailable as exc:
+        task_status.started(str(exc))
+        return
+    try:
+        task_status.started(None)
+        while True:
+            await trio.lowlevel.wait_readable(monitor.sock)
+            if any(matches(event) for event in monitor.read_ready()):
+                await trio.to_thread.run_sync(refresh_libusb)
+                on_change()
+    finally:
+        monitor.close()

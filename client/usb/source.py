@@ -24,6 +24,7 @@ import usb.core
 from redirgate.client.usb.descriptors import snapshot
 from redirgate.client.usb.device import UsbDevice
 from redirgate.client.usb.errors import USB_CALL_ERRORS, DeviceRefusedError, UsbAccessError
+from redirgate.client.usb.libusb import libusb_backend
 from redirgate.client.usb.safety import boot_usb_ports, is_hub, refusal
 from redirgate.client.usb.selector import DeviceSelector
 
@@ -33,8 +34,9 @@ log = logging.getLogger(__name__)
 
 
 def find_devices(backend: Any = None) -> list[usb.core.Device]:
-    """All devices libusb (or `backend`) sees; blocking."""
-    return list(usb.core.find(find_all=True, backend=backend) or [])
+    """All devices libusb (the current context, client/usb/libusb.py) or
+    `backend` sees; blocking."""
+    return list(usb.core.find(find_all=True, backend=backend if backend is not None else libusb_backend()) or [])
 
 
 def refusal_of(dev: usb.core.Device, boot: Callable[[], Mapping[str, str]]) -> str | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -14,35 +15,38 @@ import trio
 
 from redirgate.client.service import SAFETY_RESCAN_S
 from redirgate.client.usb.hotplug import UeventMonitor, UeventUnavailable
+from redirgate.client.usb.source import find_devices
 from redirgate.client.usb.uevent import Uevent, is_usb_device_event, parse_uevent
 from redirgate.client.virtual import LoopbackDevice
 from redirgate.proto.tunnel import parse_selector as parse_tunnel_selector
 from tests.support.system import require
 from tests.support.tunnel_lab import running_lab
 
-# What a kernel sends for a USB device, its interface and the driver binding
-# (lib/kobject_uevent.c layout; values as Linux 6.1 sends them for a high-speed
-# stick on bus 1 port 2), and what this host's kernel sent for a synthetic add
-# on /dev/null (recorded with a NETLINK_KOBJECT_UEVENT socket).
+# Recorded with a NETLINK_KOBJECT_UEVENT socket in the thin-client VM (Debian's
+# 6.1 kernel under QEMU TCG) while a configfs loopback gadget on dummy_hcd was
+# plugged (UDC written) and unplugged: the device, its interface, the driver
+# binding; and what this host's kernel sent for a synthetic add on /dev/null.
 USB_ADD = (
-    b"add@/devices/pci0000:00/0000:00:14.0/usb1/1-2\0ACTION=add\0DEVPATH=/devices/pci0000:00/0000:00:14.0/usb1/1-2\0"
-    b"SUBSYSTEM=usb\0MAJOR=189\0MINOR=1\0DEVNAME=bus/usb/001/002\0DEVTYPE=usb_device\0PRODUCT=781/5567/100\0"
-    b"TYPE=0/0/0\0BUSNUM=001\0DEVNUM=002\0SEQNUM=2441\0"
+    b"add@/devices/platform/dummy_hcd.0/usb1/1-1\x00ACTION=add\x00DEVPATH=/devices/platform/dummy_hcd.0/usb1/1-1\x00"
+    b"SUBSYSTEM=usb\x00MAJOR=189\x00MINOR=1\x00DEVNAME=bus/usb/001/002\x00DEVTYPE=usb_device\x00"
+    b"PRODUCT=1209/5e1f/601\x00TYPE=0/0/0\x00BUSNUM=001\x00DEVNUM=002\x00SEQNUM=693\x00"
 )
 USB_INTERFACE_ADD = (
-    b"add@/devices/pci0000:00/0000:00:14.0/usb1/1-2/1-2:1.0\0ACTION=add\0"
-    b"DEVPATH=/devices/pci0000:00/0000:00:14.0/usb1/1-2/1-2:1.0\0SUBSYSTEM=usb\0DEVTYPE=usb_interface\0"
-    b"PRODUCT=781/5567/100\0TYPE=0/0/0\0INTERFACE=8/6/80\0MODALIAS=usb:v0781p5567d0100dc00dsc00dp00ic08isc06ip50in00\0"
-    b"SEQNUM=2442\0"
+    b"add@/devices/platform/dummy_hcd.0/usb1/1-1/1-1:1.0\x00ACTION=add\x00"
+    b"DEVPATH=/devices/platform/dummy_hcd.0/usb1/1-1/1-1:1.0\x00SUBSYSTEM=usb\x00DEVTYPE=usb_interface\x00"
+    b"PRODUCT=1209/5e1f/601\x00TYPE=0/0/0\x00INTERFACE=255/0/0\x00"
+    b"MODALIAS=usb:v1209p5E1Fd0601dc00dsc00dp00icFFisc00ip00in00\x00SEQNUM=694\x00"
 )
 USB_BIND = (
-    b"bind@/devices/pci0000:00/0000:00:14.0/usb1/1-2\0ACTION=bind\0DEVPATH=/devices/pci0000:00/0000:00:14.0/usb1/1-2\0"
-    b"SUBSYSTEM=usb\0DEVTYPE=usb_device\0DRIVER=usb\0SEQNUM=2450\0"
+    b"bind@/devices/platform/dummy_hcd.0/usb1/1-1\x00ACTION=bind\x00DEVPATH=/devices/platform/dummy_hcd.0/usb1/1-1\x00"
+    b"SUBSYSTEM=usb\x00MAJOR=189\x00MINOR=1\x00DEVNAME=bus/usb/001/002\x00DEVTYPE=usb_device\x00DRIVER=usb\x00"
+    b"PRODUCT=1209/5e1f/601\x00TYPE=0/0/0\x00BUSNUM=001\x00DEVNUM=002\x00SEQNUM=695\x00"
 )
 USB_REMOVE = (
-    b"remove@/devices/pci0000:00/0000:00:14.0/usb1/1-2\0ACTION=remove\0"
-    b"DEVPATH=/devices/pci0000:00/0000:00:14.0/usb1/1-2\0SUBSYSTEM=usb\0DEVNAME=bus/usb/001/002\0"
-    b"DEVTYPE=usb_device\0PRODUCT=781/5567/100\0TYPE=0/0/0\0BUSNUM=001\0DEVNUM=002\0SEQNUM=2470\0"
+    b"remove@/devices/platform/dummy_hcd.0/usb1/1-1\x00ACTION=remove\x00"
+    b"DEVPATH=/devices/platform/dummy_hcd.0/usb1/1-1\x00SUBSYSTEM=usb\x00MAJOR=189\x00MINOR=1\x00"
+    b"DEVNAME=bus/usb/001/002\x00DEVTYPE=usb_device\x00PRODUCT=1209/5e1f/601\x00TYPE=0/0/0\x00BUSNUM=001\x00"
+    b"DEVNUM=002\x00SEQNUM=701\x00"
 )
 HOST_MEM_NULL = (
     b"add@/devices/virtual/mem/null\0ACTION=add\0DEVPATH=/devices/virtual/mem/null\0SUBSYSTEM=mem\0SYNTH_UUID=0\0"
@@ -53,8 +57,8 @@ HOST_MEM_NULL = (
 def test_a_usb_device_add_and_remove() -> None:
     added = parse_uevent(USB_ADD)
     assert added is not None and added.action == "add" and added.subsystem == "usb"
-    assert added.devpath == "/devices/pci0000:00/0000:00:14.0/usb1/1-2" and added.seqnum == 2441
-    assert added.env["PRODUCT"] == "781/5567/100" and added.env["BUSNUM"] == "001"
+    assert added.devpath == "/devices/platform/dummy_hcd.0/usb1/1-1" and added.seqnum == 693
+    assert added.env["PRODUCT"] == "1209/5e1f/601" and added.env["BUSNUM"] == "001"
     assert is_usb_device_event(added)
     removed = parse_uevent(USB_REMOVE)
     assert removed is not None and removed.action == "remove" and is_usb_device_event(removed)
@@ -187,3 +191,33 @@ async def test_a_kernel_uevent_makes_the_client_look_now_and_once_more(tmp_path:
             await scanned.wait()
     first, second = scans[:2]
     assert first >= sent and second >= sent + service.FOLLOWUP_RESCAN_S  # the follow-up, not a second event
+
+
+async def test_a_usb_uevent_gives_libusb_a_fresh_device_list_first(monkeypatch) -> None:
+    """libusb learns of devices from udevd (or never, without one): on a USB
+    uevent the client takes a new libusb context before it looks."""
+    from redirgate.client.usb import hotplug, libusb
+
+    _netlink()
+    path = _writable_uevent()
+    tag = str(uuid.uuid4())
+    before = libusb.libusb_backend()
+    seen: list[object] = []
+    done = trio.Event()
+
+    def on_change() -> None:
+        seen.append(libusb.libusb_backend())
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        matches = partial(_tagged, tag)
+        assert await nursery.start(partial(hotplug.follow_usb_uevents, on_change, matches=matches)) is None
+        await trio.to_thread.run_sync(path.write_text, f"change {tag}\n")
+        await done.wait()
+        nursery.cancel_scope.cancel()
+    assert seen[0] is not before and libusb.is_libusb_backend(seen[0])
+    assert find_devices() is not None  # the new context enumerates
+
+
+def _tagged(tag: str, event: Uevent) -> bool:
+    return event.env.get("SYNTH_UUID") == tag

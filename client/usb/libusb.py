@@ -1,0 +1,60 @@
+"""The libusb context the client finds real devices with, and its refresh.
+
+Debian's libusb keeps its device list up to date from udevd's broadcasts,
+not from the kernel: where no udevd runs (a minimal thin client, the test
+harness's thin-client VM) the list is frozen at the first call and a device
+plugged in later is never seen; where udevd runs, the list catches up only
+after udevd has run its rules, later than the kernel's own uevent.  So
+the client keeps one pyusb libusb backend of its own (`libusb_backend()`)
+and `refresh_libusb()` replaces it with a fresh context (a new
+libusb_init, which enumerates sysfs) when a kernel uevent says a USB device
+came or went (client/usb/hotplug.py).  Devices found in an older context
+stay usable: each holds its own backend.
+
+Thread safety: the backend is swapped with one assignment; callers read it
+once per enumeration.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import usb.backend.libusb1
+import usb.core
+
+__all__ = ["is_libusb_backend", "libusb_backend", "refresh_libusb"]
+
+_lock = threading.Lock()
+_current: Any = None
+
+
+def libusb_backend() -> Any:
+    """The current libusb backend; `usb.core.NoBackendError` without libusb."""
+    global _current
+    backend = _current
+    if backend is None:
+        with _lock:
+            if _current is None:
+                _current = usb.backend.libusb1.get_backend()
+            backend = _current
+    if backend is None:
+        raise usb.core.NoBackendError("No backend available")
+    return backend
+
+
+def refresh_libusb() -> None:
+    """Replace the current context with a new one that enumerates afresh."""
+    global _current
+    with _lock:
+        old = _current
+        if old is None:
+            return  # not used yet: the first use enumerates anyway
+        # pyusb keeps one context per process (get_backend caches it); a
+        # second _LibUSB over the same loaded library is a second libusb_init
+        _current = type(old)(usb.backend.libusb1._lib)
+
+
+def is_libusb_backend(backend: Any) -> bool:
+    """Whether a pyusb backend is libusb's (any context), not an emulated bus."""
+    return isinstance(backend, usb.backend.libusb1._LibUSB)
