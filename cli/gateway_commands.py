@@ -123,12 +123,18 @@ def _run_status(args: argparse.Namespace) -> int:
 def format_status(status: dict[str, Any]) -> str:
     lines = [f"gateway up {status['uptime_s']:.0f} s, {status['tunnel_refusals']} tunnel refusal(s)"]
     clients = status["clients"]
-    lines.append(f"clients online: {len(clients)}")
+    more = status.get("clients_more", 0)
+    lines.append(f"clients online: {len(clients) + more}")
     for c in clients:
         rtt = f", rtt {c['rtt_ms']} ms" if c.get("rtt_ms") is not None else ""
         lines.append(f"  {c['identity']} from {c['peer']} for {time.time() - c['since']:.0f} s{rtt}")
         for d in c["devices"]:
             lines.append(f"    {d['id']}{' (busy)' if d['busy'] else ''}  {d['description']}")
+    if more:
+        lines.append(f"  ... and {more} more (the admin socket lists the first {len(clients)})")
+    counters = {k: v for k, v in status.get("counters", {}).items() if v}
+    if counters:
+        lines.append("held back: " + ", ".join(f"{k} {v}" for k, v in sorted(counters.items())))
     lines.append("routes:")
     for r in status["routes"]:
         state = r["state"]

@@ -28,6 +28,8 @@ class LabRoute:
     protocol: str | None = None
     tls: bool = False
     allow: Sequence[str] | None = None
+    #: with tls: the hypervisor certificate names allowed (None: the key is left out)
+    hypervisors: Sequence[str] | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -56,7 +58,9 @@ def write_gateway_config(
     heartbeat_timeout_s: float = 30.0,
     handshake_timeout_s: float = 10.0,
     hold_timeout_s: float = 0.0,
+    **bounds: float,
 ) -> Path:
+    """`bounds`: more [gateway] keys as they are (max_devices_per_client = 4, ...)."""
     base = directory / "pki"
     gw = pki.gateway_dir(base, GATEWAY_NAME)
     lines = [
@@ -72,6 +76,7 @@ def write_gateway_config(
         f"heartbeat_timeout_s = {heartbeat_timeout_s}",
         f"handshake_timeout_s = {handshake_timeout_s}",
         f"hold_timeout_s = {hold_timeout_s}",
+        *(f"{key} = {value}" for key, value in bounds.items()),
     ]
     for route in routes:
         lines += [
@@ -95,6 +100,8 @@ def write_gateway_config(
                 f"key = {_q(gw / 'server-key.pem')}",
                 f"ca = {_q(base / 'ca-cert.pem')}",
             ]
+            if route.hypervisors is not None:
+                lines.append("hypervisors = [" + ", ".join(_q(h) for h in route.hypervisors) + "]")
     path = directory / "gateway.toml"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -4,6 +4,12 @@ A Unix socket (mode 0600, so only the gateway's user and root can read it)
 that answers every connection with one JSON document - clients online with
 their devices, routes and their state, live channels with bytes each way -
 and closes.  Read-only by design: nothing sent to it changes anything.
+
+The answer is bounded and written piece by piece: a long list (`Streamed`,
+the clients) is rendered and sent a few entries at a time with the event
+loop free in between, and at most `STATUS_MAX_ENTRIES` of them are written,
+then `"<name>_more": N` says how many were left out.  So status with 10,000
+clients neither builds megabytes at once nor stalls the other connections.
 """
 
 from __future__ import annotations
@@ -12,15 +18,56 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 
-__all__ = ["read_status", "serve_admin"]
+__all__ = ["STATUS_MAX_ENTRIES", "Streamed", "encode_status", "read_status", "serve_admin"]
 
 log = logging.getLogger(__name__)
+
+#: Entries of one streamed list written at most; the rest is counted in "<name>_more".
+STATUS_MAX_ENTRIES = 1000
+#: Entries rendered between two sends (and two trips through the event loop).
+_ENTRIES_PER_CHUNK = 50
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """A list of the status document rendered entry by entry while it is sent."""
+
+    items: Sequence[Any]
+    render: Callable[[Any], Any]
+
+
+def encode_status(document: dict[str, Any], *, max_entries: int = STATUS_MAX_ENTRIES) -> Iterator[bytes]:
+    """The JSON text of `document` in pieces: a `Streamed` value becomes a
+    list of at most `max_entries` rendered entries (a few per piece) and
+    ``"<key>_more": N`` for the rest."""
+    yield b"{"
+    first = True
+    for key in sorted(document):
+        value = document[key]
+        prefix = b"" if first else b",\n"
+        first = False
+        name = json.dumps(key).encode()
+        if not isinstance(value, Streamed):
+            yield prefix + name + b": " + json.dumps(value, sort_keys=True).encode()
+            continue
+        shown = value.items[:max_entries]
+        parts = [prefix + name + b": ["]
+        for index, item in enumerate(shown):
+            parts.append((b"" if index == 0 else b",\n ") + json.dumps(value.render(item), sort_keys=True).encode())
+            if len(parts) >= _ENTRIES_PER_CHUNK:
+                yield b"".join(parts)
+                parts = []
+        parts.append(b"]")
+        parts.append(b",\n" + json.dumps(f"{key}_more").encode() + b": " + str(len(value.items) - len(shown)).encode())
+        yield b"".join(parts)
+    yield b"}\n"
 
 
 async def serve_admin(
@@ -43,7 +90,8 @@ async def serve_admin(
     async def answer(stream: trio.SocketStream) -> None:
         try:
             with trio.move_on_after(5):
-                await stream.send_all(json.dumps(snapshot(), indent=1, sort_keys=True).encode() + b"\n")
+                for piece in encode_status(snapshot()):
+                    await stream.send_all(piece)  # a checkpoint per piece: the loop stays free
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:

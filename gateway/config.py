@@ -13,6 +13,9 @@ Relative paths are taken from the config file's folder.
     crl = "pki/crl.pem"                # optional; reloaded when it changes
     admin_socket = "gateway.sock"      # `redirgate gateway status` talks here
     public_host = "gw.example.net"     # what hypervisors dial (snippets)
+    # bounds (README "Security model"): max_devices_per_client = 256, max_ports_per_client = 32,
+    # inventory_updates_per_s = 5, inventory_update_burst = 20, usb_hello_timeout_s = 5,
+    # max_handshakes = 256, max_handshakes_per_source = 16, limit_log_interval_s = 60
 
     [[route]]
     name = "stick"
@@ -23,6 +26,7 @@ Relative paths are taken from the config file's folder.
     settings = "115200,8N1"            # serial routes: line settings the client applies
     [route.tls]                        # optional: QEMU must speak TLS to this port
     cert = "..."; key = "..."; ca = "..."
+    hypervisors = ["kvm-01"]           # optional: the hypervisor certificates allowed here
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from redirgate.gateway.limits import ClientLimits, HandshakeLimits
 from redirgate.proto.tunnel.errors import SelectorError
 from redirgate.proto.tunnel.selectors import DeviceSelector, parse_selector
 
@@ -87,6 +92,8 @@ class RouteTls:
     cert: Path
     key: Path
     ca: Path
+    #: the hypervisor certificate names allowed on the route (empty: any from the CA)
+    hypervisors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,10 @@ class GatewayConfig:
     heartbeat_interval_s: float = 10.0
     heartbeat_timeout_s: float = 30.0
     hold_timeout_s: float = 0.0  # 0: hold a hypervisor connection until the device comes
+    #: a plain USB route drops a hypervisor that sent no valid usbredir hello this soon
+    usb_hello_timeout_s: float = 5.0
+    client_limits: ClientLimits = field(default_factory=ClientLimits)
+    handshake_limits: HandshakeLimits = field(default_factory=HandshakeLimits)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def route(self, name: str) -> Route | None:
@@ -266,6 +277,14 @@ _GATEWAY_KEYS = {
     "heartbeat_interval_s",
     "heartbeat_timeout_s",
     "hold_timeout_s",
+    "usb_hello_timeout_s",
+    "max_devices_per_client",
+    "max_ports_per_client",
+    "inventory_updates_per_s",
+    "inventory_update_burst",
+    "max_handshakes",
+    "max_handshakes_per_source",
+    "limit_log_interval_s",
 }
 _ROUTE_KEYS = {"name", "listen", "client", "device", "allow", "protocol", "tls", "settings"}
 #: A serial route's line settings, checked for shape here and fully by the
@@ -273,7 +292,7 @@ _ROUTE_KEYS = {"name", "listen", "client", "device", "allow", "protocol", "tls",
 _SETTINGS = re.compile(
     r"^\d{2,8}(?:[,:][5-8][NEOMSneoms](?:1\.5|1|2))?(?:,(?:rtscts|xonxoff|dtr=(?:on|off)|rts=(?:on|off)))*$"
 )
-_TLS_KEYS = {"cert", "key", "ca"}
+_TLS_KEYS = {"cert", "key", "ca", "hypervisors"}
 _PROTOCOLS = {"usbredir": ("usb", "usb-port"), "raw": ("serial", "parallel"), "rfc2217": ("serial",)}
 
 
@@ -319,6 +338,34 @@ def load_config(path: str | Path, *, check_files: bool = True) -> GatewayConfig:
             ("hold_timeout_s", 0.0, 0.0),
         )
     }
+    bounds = {
+        name: loader.number("gateway", gw, name, default, minimum=minimum)
+        for name, default, minimum in (
+            ("usb_hello_timeout_s", 5.0, 0.1),
+            ("max_devices_per_client", 256, 1),
+            ("max_ports_per_client", 32, 0),
+            ("inventory_updates_per_s", 5.0, 0.1),
+            ("inventory_update_burst", 20, 1),
+            ("max_handshakes", 256, 1),
+            ("max_handshakes_per_source", 16, 1),
+            ("limit_log_interval_s", 60.0, 0.1),
+        )
+    }
+    for name in ("max_devices_per_client", "max_ports_per_client", "inventory_update_burst", "max_handshakes"):
+        if bounds[name] != int(bounds[name]):
+            loader.problem("gateway", name, f"must be a whole number, not {bounds[name]!r}")
+    client_limits = ClientLimits(
+        max_devices=int(bounds["max_devices_per_client"]),
+        max_ports=int(bounds["max_ports_per_client"]),
+        updates_per_s=bounds["inventory_updates_per_s"],
+        update_burst=int(bounds["inventory_update_burst"]),
+        log_interval_s=bounds["limit_log_interval_s"],
+    )
+    handshake_limits = HandshakeLimits(
+        max_handshakes=int(bounds["max_handshakes"]),
+        max_per_source=int(bounds["max_handshakes_per_source"]),
+        log_interval_s=bounds["limit_log_interval_s"],
+    )
     if timeouts["heartbeat_timeout_s"] <= timeouts["heartbeat_interval_s"]:
         loader.problem("gateway", "heartbeat_timeout_s", "must be longer than heartbeat_interval_s")
 
@@ -358,6 +405,9 @@ def load_config(path: str | Path, *, check_files: bool = True) -> GatewayConfig:
         heartbeat_interval_s=timeouts["heartbeat_interval_s"],
         heartbeat_timeout_s=timeouts["heartbeat_timeout_s"],
         hold_timeout_s=timeouts["hold_timeout_s"],
+        usb_hello_timeout_s=bounds["usb_hello_timeout_s"],
+        client_limits=client_limits,
+        handshake_limits=handshake_limits,
     )
 
 
@@ -409,8 +459,12 @@ def _load_route(loader: _Loader, table: str, rd: Any) -> Route | None:
             t_cert = loader.path_value(f"{table}.tls", td, "cert")
             t_key = loader.path_value(f"{table}.tls", td, "key")
             t_ca = loader.path_value(f"{table}.tls", td, "ca")
+            names = td.get("hypervisors", [])
+            if not isinstance(names, list) or not all(isinstance(n, str) and _NAME.match(n) for n in names):
+                loader.problem(f"{table}.tls", "hypervisors", 'must be a list of certificate names, e.g. ["kvm-01"]')
+                names = []
             if t_cert and t_key and t_ca:
-                tls = RouteTls(t_cert, t_key, t_ca)
+                tls = RouteTls(t_cert, t_key, t_ca, tuple(names))
     settings = rd.get("settings")
     if settings is not None:
         if device is not None and device.scheme.value != "serial":

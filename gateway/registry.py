@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
 from redirgate.gateway.errors import ChannelError, ClientGone
-from redirgate.proto.tunnel import DeviceEntry, DeviceSelector, TunnelMessage
+from redirgate.gateway.limits import ClientLimits, Every, TokenBucket
+from redirgate.proto.tunnel import DeviceEntry, DeviceKind, DeviceSelector, TunnelMessage
 from redirgate.transport import ReceiveIntoStream, RelayStats
 
 __all__ = ["TOKEN_BYTES", "Channel", "ClientSession", "Registry"]
@@ -91,14 +92,38 @@ class Channel:
 
 
 class ClientSession:
-    """One client's live control connection, as the rest of the gateway sees it."""
+    """One client's live control connection, as the rest of the gateway sees it.
 
-    def __init__(self, identity: str, peer: str, send: Callable[[TunnelMessage], Awaitable[None]]) -> None:
+    Its inventory is bounded by `limits` (`set_inventory`/`update_inventory`
+    keep at most `max_devices` USB entries and `max_ports` serial + parallel
+    ones; a new id past the bound is refused and counted, a known id is
+    always replaced), and the bucket paces how often its changes wake the
+    routes and reach the log (`tunnel_server.ClientControl`).
+    """
+
+    def __init__(
+        self,
+        identity: str,
+        peer: str,
+        send: Callable[[TunnelMessage], Awaitable[None]],
+        limits: ClientLimits | None = None,
+    ) -> None:
         self.identity = identity
         self.peer = peer
         self.send = send
         self.connected_at = time.time()
+        self.limits = limits or ClientLimits()
         self.inventory: dict[str, DeviceEntry] = {}
+        self._usb_count = 0
+        #: devices refused by the bounds, and inventory updates coalesced by the bucket, over the session
+        self.devices_refused = 0
+        self.updates_coalesced = 0
+        now = trio.current_time()
+        self.bucket = TokenBucket(self.limits.updates_per_s, self.limits.update_burst, now)
+        self.refused_log = Every(self.limits.log_interval_s)
+        self.coalesced_log = Every(self.limits.log_interval_s)
+        #: a flush of coalesced updates is scheduled
+        self.flush_scheduled = False
         self.channels: dict[int, Channel] = {}
         self.closed = False
         self._next_id = 1
@@ -113,6 +138,39 @@ class ClientSession:
         self._next_id += 1
         self.channels[channel.channel_id] = channel
         return channel
+
+    # ----------------------------------------------------------- inventory
+    def set_inventory(self, entries: Iterable[DeviceEntry]) -> int:
+        """Replace the inventory (bounded); returns how many entries were refused."""
+        self.inventory.clear()
+        self._usb_count = 0
+        return self._add(entries)
+
+    def update_inventory(self, added: Iterable[DeviceEntry], removed: Iterable[str]) -> int:
+        """Apply a hotplug update (bounded); returns how many entries were refused."""
+        for device_id in removed:
+            gone = self.inventory.pop(device_id, None)
+            if gone is not None and gone.kind is DeviceKind.USB:
+                self._usb_count -= 1
+        return self._add(added)
+
+    def _add(self, entries: Iterable[DeviceEntry]) -> int:
+        inventory, limits = self.inventory, self.limits
+        refused = 0
+        for entry in entries:
+            old = inventory.get(entry.id)
+            usb = entry.kind is DeviceKind.USB
+            if old is None:
+                if usb and self._usb_count >= limits.max_devices:
+                    refused += 1
+                    continue
+                if not usb and len(inventory) - self._usb_count >= limits.max_ports:
+                    refused += 1
+                    continue
+                self._usb_count += usb
+            inventory[entry.id] = entry
+        self.devices_refused += refused
+        return refused
 
     def forget(self, channel: Channel) -> None:
         self.channels.pop(channel.channel_id, None)
@@ -140,6 +198,8 @@ class ClientSession:
             "peer": self.peer,
             "since": self.connected_at,
             "rtt_ms": None if self.rtt_s is None else round(self.rtt_s * 1000, 3),
+            "devices_refused": self.devices_refused,
+            "inventory_updates_coalesced": self.updates_coalesced,
             "devices": [
                 {"id": e.id, "kind": e.kind.value, "description": e.description, "busy": e.busy}
                 for e in self.inventory.values()

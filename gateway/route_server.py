@@ -3,7 +3,13 @@
 A QEMU chardev socket sends no preamble, so the port is the route.  For each
 connection: the source address must be allowed (else closed at once, with a
 log line); with `[route.tls]` the hypervisor must present a certificate from
-our CA (`pki issue-hypervisor`); one hypervisor at a time per route.  While
+our CA (`pki issue-hypervisor`) whose name is in the route's `hypervisors`
+list when it has one; on a USB route it must then send a valid usbredir
+hello within `usb_hello_timeout_s` (QEMU sends its hello at once).  Only a
+connection that passed all of that takes the route: a stranger's handshake
+or a silent socket never holds a device, and a real hypervisor arriving
+meanwhile is served.  One hypervisor at a time per route: a newcomer on a
+taken route is refused at once.  While
 the client or its device is away the connection is *held*: QEMU's usb-redir
 simply waits, and what it sends meanwhile is kept (bounded) and delivered
 first.  For raw (serial/parallel) routes the gateway never stops reading a
@@ -36,6 +42,8 @@ from redirgate.gateway.raw_relay import relay_raw
 from redirgate.gateway.reactor import RelayReactor
 from redirgate.gateway.registry import Channel, Registry
 from redirgate.proto import tunnel as t
+from redirgate.proto import usbredir
+from redirgate.proto.usbredir.messages import Hello
 from redirgate.transport import (
     PeerGone,
     PeerKind,
@@ -63,6 +71,8 @@ HOLD_BUFFER_BYTES = 64 * 1024
 #: So TLS records towards a hypervisor carry at most this much
 #: (ZeroCopyTLSStream's max_send_bytes, on the trio path and in the reactor).
 HYPERVISOR_TLS_RECORD_BYTES = 4096
+#: A hello is 64 bytes of version and a few capability words: more than this without one is not usbredir.
+HELLO_MAX_BYTES = 4096
 
 
 class RouteServer:
@@ -80,8 +90,11 @@ class RouteServer:
         retry_s: float = 1.0,
         options: dict[str, Any] | None = None,
         hold_timeout_s: float = 0.0,
+        hello_timeout_s: float = 5.0,
     ) -> None:
         self.route = route
+        #: a USB route's hypervisor must have sent its usbredir hello this soon
+        self.hello_timeout_s = hello_timeout_s
         self.registry = registry
         self.tls_context = tls_context
         self.revocation = revocation
@@ -139,40 +152,118 @@ class RouteServer:
             await trio.aclose_forcefully(tcp)
             return
         if self.state != "idle":
-            self.refusals += 1
-            log.warning("route %s: refused hypervisor %s: the route is in use by %s", route.name, peer, self.hypervisor)
+            self._refuse_busy(peer)
             await trio.aclose_forcefully(tcp)
+            return
+        # Authenticate before taking the route: handshakes and hellos of
+        # several newcomers run side by side, the first to pass takes it.
+        set_nodelay(tcp.socket)
+        stream: ReceiveIntoStream
+        if self.tls_context is not None:
+            tls = await self._handshake(tcp, peer)
+            if tls is None:
+                return
+            stream = tls
+        else:
+            stream = PlainSocketStream(tcp)
+        first = b""
+        if route.protocol == "usbredir":
+            hello = await self._read_hello(stream, peer)
+            if hello is None:
+                with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                    await stream.aclose()
+                return
+            first = hello
+        if self.state != "idle":
+            self._refuse_busy(peer)
+            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                await stream.aclose()
             return
         self.state, self.hypervisor = "held", peer
         try:
-            set_nodelay(tcp.socket)
-            stream: ReceiveIntoStream
-            if self.tls_context is not None:
-                try:
-                    tls = await accept_tls(
-                        tcp,
-                        self.tls_context,
-                        handshake_timeout_s=self.handshake_timeout_s,
-                        max_send_bytes=HYPERVISOR_TLS_RECORD_BYTES,
-                    )
-                    who = verify_peer(
-                        tls.getpeercert(), peer=peer, kind=PeerKind.HYPERVISOR, revocation=self.revocation
-                    )
-                except TlsRefused as refused:
-                    self.refusals += 1
-                    log.warning("route %s: refused hypervisor %s: %s", route.name, peer, refused.reason)
-                    return
-                log.info("route %s: hypervisor %s is %r (TLS %s)", route.name, peer, who, tls.version())
-                stream = tls
-            else:
-                stream = PlainSocketStream(tcp)
-            await self._serve(stream, peer)
+            await self._serve(stream, peer, first)
         finally:
             self.state, self.channel = "idle", None
 
-    async def _serve(self, stream: ReceiveIntoStream, peer: str) -> None:
+    def _refuse_busy(self, peer: str) -> None:
+        self.refusals += 1
+        log.warning("route %s: refused hypervisor %s: the route is in use by %s", self.name, peer, self.hypervisor)
+
+    async def _handshake(self, tcp: trio.SocketStream, peer: str) -> ReceiveIntoStream | None:
+        """TLS with the hypervisor, its certificate checked (CA, revocation, the
+        route's `hypervisors`); None (logged, counted, closed) if refused."""
         route = self.route
-        held = bytearray()
+        assert self.tls_context is not None and route.tls is not None
+        try:
+            tls = await accept_tls(
+                tcp,
+                self.tls_context,
+                handshake_timeout_s=self.handshake_timeout_s,
+                max_send_bytes=HYPERVISOR_TLS_RECORD_BYTES,
+            )
+        except TlsRefused as refused:
+            self.refusals += 1
+            log.warning("route %s: refused hypervisor %s: %s", route.name, peer, refused.reason)
+            return None
+        try:
+            who = verify_peer(tls.getpeercert(), peer=peer, kind=PeerKind.HYPERVISOR, revocation=self.revocation)
+        except TlsRefused as refused:
+            self.refusals += 1
+            log.warning("route %s: refused hypervisor %s: %s", route.name, peer, refused.reason)
+            await trio.aclose_forcefully(tls)
+            return None
+        allowed = route.tls.hypervisors
+        if allowed and who not in allowed:
+            self.refusals += 1
+            log.warning(
+                "route %s: refused hypervisor %s: certificate %r is not allowed here (hypervisors = %s)",
+                route.name,
+                peer,
+                who,
+                ", ".join(allowed),
+            )
+            await trio.aclose_forcefully(tls)
+            return None
+        log.info("route %s: hypervisor %s is %r (TLS %s)", route.name, peer, who, tls.version())
+        return tls
+
+    async def _read_hello(self, stream: ReceiveIntoStream, peer: str) -> bytes | None:
+        """The bytes up to and including the hypervisor's usbredir hello, read
+        within `hello_timeout_s`; None (logged, counted) without a valid one."""
+        route = self.route
+        parser = usbredir.UsbredirConnection(usbredir.Role.HOST)
+        received = bytearray()
+        buf = bytearray(HELLO_MAX_BYTES)
+        why = ""
+        with trio.move_on_after(self.hello_timeout_s) as waited:
+            try:
+                while True:
+                    event = parser.next_event()
+                    if isinstance(event, Hello):
+                        return bytes(received)
+                    if event is not usbredir.NEED_DATA:
+                        closed = event is usbredir.CLOSED
+                        why = "it closed before its usbredir hello" if closed else "no usbredir hello first"
+                        break
+                    if len(received) >= HELLO_MAX_BYTES:
+                        why = f"no usbredir hello in its first {HELLO_MAX_BYTES} bytes"
+                        break
+                    n = await stream.receive_into(buf)
+                    received += memoryview(buf)[:n]
+                    parser.receive_data(memoryview(buf)[:n])  # b"" (n == 0): the peer closed
+            except usbredir.RemoteProtocolError as exc:
+                why = f"not usbredir: {exc}"
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                why = f"connection lost before its usbredir hello: {exc}"
+        if waited.cancelled_caught:
+            why = f"no usbredir hello within {self.hello_timeout_s:g} s (usb_hello_timeout_s)"
+        self.refusals += 1
+        log.warning("route %s: dropped hypervisor %s: %s", route.name, peer, why)
+        return None
+
+    async def _serve(self, stream: ReceiveIntoStream, peer: str, first: bytes = b"") -> None:
+        route = self.route
+        held = bytearray(first)
         gone = False
         channel: Channel | None = None
         try:

@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from redirgate.gateway.admin import serve_admin
+from redirgate.gateway.admin import Streamed, serve_admin
 from redirgate.gateway.config import GatewayConfig, Route
 from redirgate.gateway.pki import RevocationList
 from redirgate.gateway.reactor import RelayReactor
@@ -89,6 +89,7 @@ class Gateway:
             handshake_timeout_s=config.handshake_timeout_s,
             heartbeat_interval_s=config.heartbeat_interval_s,
             heartbeat_timeout_s=config.heartbeat_timeout_s,
+            limits=config.client_limits,
         )
         self.routes = [self._route_server(route) for route in config.routes]
         self.admin = admin
@@ -105,13 +106,22 @@ class Gateway:
             handshake_timeout_s=self.config.handshake_timeout_s,
             options={"settings": route.settings} if route.settings else None,
             hold_timeout_s=self.config.hold_timeout_s,
+            hello_timeout_s=self.config.usb_hello_timeout_s,
         )
 
     def snapshot(self) -> dict[str, Any]:
+        """The whole state at once (for tests and the demo; the admin socket streams `status`)."""
+        document = self.status()
+        document["clients"] = [s.snapshot() for s in self.registry.clients.values()]
+        return document
+
+    def status(self) -> dict[str, Any]:
+        """The admin socket's document: the clients are rendered while they are sent, bounded."""
         return {
             "uptime_s": round(time.time() - self.started_at, 1),
             "tunnel_refusals": self.tunnel.refusals,
-            "clients": [s.snapshot() for s in self.registry.clients.values()],
+            "counters": dict(self.tunnel.counters),
+            "clients": Streamed(list(self.registry.clients.values()), lambda session: session.snapshot()),
             "routes": [r.snapshot() for r in self.routes],
         }
 
@@ -146,7 +156,7 @@ class Gateway:
                     server.route.client,
                 )
             if self.admin:
-                addresses.admin = await nursery.start(serve_admin, config.admin_socket, self.snapshot)
+                addresses.admin = await nursery.start(serve_admin, config.admin_socket, self.status)
             task_status.started(addresses)
 
 

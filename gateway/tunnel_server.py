@@ -21,6 +21,7 @@ hypervisor sockets close too.
 
 from __future__ import annotations
 
+import collections
 import logging
 import ssl
 import weakref
@@ -30,6 +31,7 @@ from typing import Any, ClassVar
 import trio
 
 from redirgate.gateway.errors import ChannelError
+from redirgate.gateway.limits import ClientLimits, clip_ids
 from redirgate.gateway.registry import ClientSession, Registry
 from redirgate.proto import tunnel as t
 from redirgate.transport import (
@@ -68,8 +70,12 @@ class TunnelServer:
         heartbeat_interval_s: float = 10.0,
         heartbeat_timeout_s: float = 30.0,
         software: str = "redirgate gateway",
+        limits: ClientLimits | None = None,
     ) -> None:
         self.registry = registry
+        self.limits = limits or ClientLimits()
+        #: what the bounds refused or held back, over the gateway's life (`gateway status` "counters")
+        self.counters: collections.Counter[str] = collections.Counter()
         self.context = context
         self.revocation = revocation
         self.handshake_timeout_s = handshake_timeout_s
@@ -224,7 +230,7 @@ class ClientControl(ControlSession):
         super().__init__(stream, "gateway", peer=f"{identity} ({peer})", received=first)
         self.server = server
         self.tls = stream
-        self.client = ClientSession(identity, peer, self.send)
+        self.client = ClientSession(identity, peer, self.send, server.limits)
 
     def check_revocation(self) -> None:
         """Every heartbeat interval: end the session if its certificate was revoked meanwhile."""
@@ -240,23 +246,71 @@ class ClientControl(ControlSession):
 
     async def _inventory(self, event: t.Inventory) -> None:
         session = self.client
-        session.inventory = {e.id: e for e in event.devices}
+        self._refused(session.set_inventory(event.devices))
+        self._changed(f"exports {len(session.inventory)} device(s): {clip_ids(sorted(session.inventory))}")
+
+    async def _inventory_update(self, event: t.InventoryUpdate) -> None:
+        refused = self.client.update_inventory(event.added, event.removed)
+        self._refused(refused)
+        self._changed(f"inventory: +[{clip_ids(e.id for e in event.added)}] -[{clip_ids(event.removed)}]")
+
+    # The bounds on inventories (`ClientLimits`).  Every change is applied at
+    # once to the session's inventory (bounded, so nothing a client declares
+    # within the bounds is lost); what the token bucket paces is what a change
+    # costs everyone else: waking every waiting route and a log line.  Over
+    # the rate, a change is coalesced: no wake-up, no line, counted; one flush
+    # when the bucket has a token again wakes the routes once for all of them.
+    def _changed(self, what: str) -> None:
+        session, server = self.client, self.server
+        now = trio.current_time()
+        if not session.flush_scheduled and session.bucket.take(now):
+            log.info("tunnel: %s %s", session.identity, what)
+            server.registry.changed()
+            return
+        session.updates_coalesced += 1
+        server.counters["inventory_updates_coalesced"] += 1
+        if session.coalesced_log.due(now):
+            log.warning(
+                "tunnel: %s (%s) sends inventory updates faster than %g/s (inventory_updates_per_s): "
+                "%d more coalesced since the last such line; they are applied, woken and logged together",
+                session.identity,
+                session.peer,
+                session.limits.updates_per_s,
+                session.coalesced_log.take_held(),
+            )
+        if not session.flush_scheduled:
+            session.flush_scheduled = True
+            self.start_soon(self._flush)
+
+    async def _flush(self) -> None:
+        session = self.client
+        await trio.sleep_until(session.bucket.next_token_at(trio.current_time()))
+        session.bucket.take(trio.current_time())
+        session.flush_scheduled = False
         log.info(
-            "tunnel: %s exports %d device(s): %s",
+            "tunnel: %s inventory now %d device(s) (coalesced updates applied)",
             session.identity,
-            len(event.devices),
-            ", ".join(sorted(session.inventory)) or "none",
+            len(session.inventory),
         )
         self.server.registry.changed()
 
-    async def _inventory_update(self, event: t.InventoryUpdate) -> None:
+    def _refused(self, refused: int) -> None:
+        if not refused:
+            return
         session = self.client
-        for device_id in event.removed:
-            session.inventory.pop(device_id, None)
-        for entry in event.added:
-            session.inventory[entry.id] = entry
-        log.info("tunnel: %s inventory: +%s -%s", session.identity, [e.id for e in event.added], list(event.removed))
-        self.server.registry.changed()
+        self.server.counters["devices_refused"] += refused
+        if session.refused_log.due(trio.current_time()):
+            log.warning(
+                "tunnel: %s (%s): %d device(s) refused: a client keeps at most %d USB device(s) "
+                "(max_devices_per_client) and %d serial/parallel port(s) (max_ports_per_client); "
+                "%d refused in all; the session is kept",
+                session.identity,
+                session.peer,
+                refused,
+                session.limits.max_devices,
+                session.limits.max_ports,
+                session.devices_refused,
+            )
 
     async def _channel_opened(self, event: t.ChannelOpened) -> None:
         channel = self.client.channels.get(event.channel_id)

@@ -1,0 +1,118 @@
+"""What one client, stranger or burst may cost the gateway: the bounds and their tools.
+
+Owns the numbers (`ClientLimits`, `HandshakeLimits`, from `[gateway]`) and
+three small tools the servers share:
+
+- `TokenBucket`: `rate` tokens a second up to `burst`; `take(now)` spends one.
+- `Every`: "log this once per interval" with the number of times it was
+  held back in between, so a flood is one line per interval, never one per
+  event.
+- `clip_ids`: a bounded list of ids for a log line (the first few and
+  "+N more"), so no single update writes a 32 KB line.
+
+Pure bookkeeping: no I/O, no trio; callers pass the time (trio's clock).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+__all__ = ["ClientLimits", "Every", "HandshakeLimits", "TokenBucket", "clip_ids"]
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    """Per certified client (`[gateway]` keys in parentheses)."""
+
+    #: USB devices kept in one client's inventory (max_devices_per_client)
+    max_devices: int = 256
+    #: serial + parallel exports kept in one client's inventory (max_ports_per_client)
+    max_ports: int = 32
+    #: inventory messages a second that are applied at once (inventory_updates_per_s)
+    updates_per_s: float = 5.0
+    #: ... and how many may come in one burst (inventory_update_burst)
+    update_burst: int = 20
+    #: a throttled or refused thing is logged at most once per this (limit_log_interval_s)
+    log_interval_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class HandshakeLimits:
+    """Per TLS listener (the tunnel port and each TLS route)."""
+
+    #: TLS handshakes in progress at once on one listener (max_handshakes)
+    max_handshakes: int = 256
+    #: ... from one source address (max_handshakes_per_source)
+    max_per_source: int = 16
+    #: what is refused or failed is summarised once per this (limit_log_interval_s)
+    log_interval_s: float = 60.0
+
+
+class TokenBucket:
+    """`rate` tokens a second, at most `burst` saved up; starts full."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate = rate
+        self.burst = float(max(1, burst))
+        self.tokens = self.burst
+        self.stamp = now
+
+    def _refill(self, now: float) -> None:
+        if now > self.stamp:
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+
+    def take(self, now: float) -> bool:
+        """Spend one token if there is one."""
+        self._refill(now)
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+    def next_token_at(self, now: float) -> float:
+        """When `take` will succeed next."""
+        self._refill(now)
+        if self.tokens >= 1.0 or self.rate <= 0:
+            return now
+        return now + (1.0 - self.tokens) / self.rate
+
+
+class Every:
+    """Once per `interval_s`: `due(now)` says whether to log now, and
+    `held` is how many times it was not due since the last line."""
+
+    __slots__ = ("held", "interval_s", "last")
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.last: float | None = None
+        self.held = 0
+
+    def due(self, now: float) -> bool:
+        if self.last is None or now - self.last >= self.interval_s:
+            self.last = now
+            return True
+        self.held += 1
+        return False
+
+    def take_held(self) -> int:
+        """The count held back so far, reset (for the line being logged)."""
+        held, self.held = self.held, 0
+        return held
+
+
+def clip_ids(ids: Iterable[str], shown: int = 8) -> str:
+    """'a, b, c' or 'a, b, ... (+N more)': a log line's bounded list."""
+    out: list[str] = []
+    more = 0
+    for device_id in ids:
+        if len(out) < shown:
+            out.append(device_id)
+        else:
+            more += 1
+    text = ", ".join(out) or "none"
+    return f"{text} (+{more} more)" if more else text
