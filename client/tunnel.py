@@ -166,17 +166,29 @@ class TunnelClient:
         scopes: dict[int, trio.CancelScope] = {}
 
         async def inventory_updates() -> None:
+            # USB devices are looked at again when asked (hotplug, a channel
+            # opened or closed) and every `rescan_interval_s`; the port
+            # exports' entries (a printer's state, a serial port come or gone)
+            # cost no I/O and are looked at every `inventory_interval_s`
             nonlocal current
+            usb = {key: entry for key, entry in current.items() if key not in self._port_ids()}
+            usb_at = trio.current_time()
             while True:
-                deadline = trio.current_time() + self.rescan_interval_s
+                deadline = min(usb_at + self.rescan_interval_s, trio.current_time() + self.config.inventory_interval_s)
                 if self._followup_at is not None:
                     deadline = min(deadline, self._followup_at)
                 with trio.move_on_at(deadline):
                     await self._rescan.wait()
-                if self._followup_at is not None and trio.current_time() >= self._followup_at:
+                now = trio.current_time()
+                due = self._rescan.is_set() or now >= usb_at + self.rescan_interval_s
+                if self._followup_at is not None and now >= self._followup_at:
                     self._followup_at = None
-                self._rescan = trio.Event()
-                new = await self._scan()
+                    due = True
+                if due:
+                    self._rescan = trio.Event()
+                    usb = await self.inventory.scan()
+                    usb_at = now
+                new = {**usb, **self._port_entries()}
                 added, removed = diff(current, new)
                 if added or removed:
                     await control.send(t.InventoryUpdate(added, removed))
@@ -204,12 +216,19 @@ class TunnelClient:
         )
 
     async def _scan(self) -> dict[str, t.DeviceEntry]:
-        found = await self.inventory.scan()
+        return {**await self.inventory.scan(), **self._port_entries()}
+
+    def _port_entries(self) -> dict[str, t.DeviceEntry]:
+        """The serial and parallel exports' entries now (no I/O)."""
+        found: dict[str, t.DeviceEntry] = {}
         if self.serial is not None:
             for entry in self.serial.entries():
                 busy = entry.id in self.inventory.busy
                 found[entry.id] = dataclasses.replace(entry, busy=True) if busy else entry
         return found
+
+    def _port_ids(self) -> set[str]:
+        return set(self._port_entries())
 
     # ------------------------------------------------------------ channels
     async def _channel(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -221,3 +222,29 @@ async def test_a_usb_uevent_gives_libusb_a_fresh_device_list_first(monkeypatch) 
 
 def _tagged(tag: str, event: Uevent) -> bool:
     return event.env.get("SYNTH_UUID") == tag
+
+
+async def test_a_printers_state_still_reaches_the_gateway_every_second(tmp_path: Path) -> None:
+    """USB rescans wait for uevents (30 s otherwise); the port exports'
+    entries (here a printer port coming) are still sent within a second."""
+    _netlink()
+    port = tmp_path / "lp0"
+    extra = f'\n[[parallel]]\nname = "printer"\nport = "{port}"\n'
+    async with running_lab(tmp_path, [], virtual=["virtual:keyboard"], client_extra_export=extra) as lab:
+        assert lab.client is not None and lab.client.rescan_interval_s == SAFETY_RESCAN_S
+        registry = lab.gateway.registry
+
+        def description() -> str | None:
+            session = registry.clients.get("thin-01")
+            entry = session.inventory.get("parallel:printer") if session is not None else None
+            return entry.description if entry is not None else None
+
+        async def until(predicate: Callable[[str | None], bool]) -> None:
+            while not predicate(description()):
+                await registry._changed.wait()  # set by each inventory update
+
+        with trio.fail_after(10):
+            await until(lambda text: (text or "").startswith("printer absent"))
+        port.write_bytes(b"")  # the "printer" appears: a file, status unknown
+        with trio.fail_after(10):  # far below the 30 s USB rescan
+            await until(lambda text: text == "status unknown")

@@ -105,6 +105,7 @@ async def running_lab(
     routes: Sequence[LabRoute],
     *,
     virtual: Sequence[str] = (),
+    client_extra_export: str = "",
     start_client_now: bool = True,
     hypervisors: Sequence[str] = (),
     **gateway_options: float,
@@ -113,7 +114,9 @@ async def running_lab(
     config = load_config(write_gateway_config(directory, routes, **gateway_options))
     async with trio.open_nursery() as nursery:
         gateway, addresses, gateway_scope, stopped = await start_gateway(nursery, config)
-        client_config = write_client_config(directory, addresses.tunnel[1], virtual=virtual)
+        client_config = write_client_config(
+            directory, addresses.tunnel[1], virtual=virtual, extra_export=client_extra_export
+        )
         client = scope = None
         if start_client_now:
             client, scope = await start_client(nursery, client_config)
