@@ -14,7 +14,7 @@ a consumer; the standalone TCP listener works end to end.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -26,6 +26,11 @@ import trio
 from redirgate.client.parallel.serve import serve_parallel_listen
 from redirgate.client.parallel.service import PrinterService
 from tests.support.parallel_lab import BUSY, OFFLINE, PAPER_OUT, READY, STUCK_PAPER_OUT, LpState, fifo
+from tests.support.waiting import until
+
+#: The service's reopen and status timers (and the sleeps below that let them
+#: fire a few times) run on a virtual clock; the FIFO I/O is real.
+pytestmark = pytest.mark.usefixtures("autojump_clock")
 
 MIB = 1024 * 1024
 
@@ -46,14 +51,6 @@ async def running(service: PrinterService) -> AsyncIterator[PrinterService]:
         await nursery.start(service.run)
         yield service
         nursery.cancel_scope.cancel()
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout_s: float = 10) -> None:
-    with trio.move_on_after(timeout_s):
-        while not predicate():
-            await trio.sleep(0.01)
-        return
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def test_bytes_reach_the_printer_in_order(tmp_path: Path) -> None:
@@ -91,7 +88,7 @@ async def test_absent_printer_keeps_the_data_until_it_appears(tmp_path: Path, ca
             async with service.attach("gateway channel 7") as session:
                 session.put(b"page one\x0c")
                 session.put(b"page two\x0c")
-            await trio.sleep(0.2)
+            await trio.sleep(0.2)  # virtual: four reopen attempts
             assert service.queued_bytes == 18  # kept, not dropped
             printer.open_reader()
             assert await printer.read_exactly(18) == b"page one\x0cpage two\x0c"
@@ -135,7 +132,7 @@ async def test_printer_errors_are_logged_and_the_data_waits(
                 session.put(b"invoice #1\r\n")
                 await until(lambda: service.problem == reason, reason)
                 assert reason in service.describe()
-                await trio.sleep(0.2)  # several retries: still nothing lost or written
+                await trio.sleep(0.2)  # virtual: several retries, still nothing lost or written
                 assert service.queued_bytes == 12 and printer.read_available() == b""
                 state.register = int(READY)
                 assert await printer.read_exactly(12) == b"invoice #1\r\n"
@@ -156,7 +153,7 @@ async def test_printer_stuck_without_an_error_is_named_from_its_lines(
             await until(lambda: service.port is not None, "the port to open")
             async with service.attach("vm1") as session:
                 session.put(b"x" * 10)
-                await trio.sleep(0.3)
+                await trio.sleep(0.3)  # virtual: six status polls
                 assert service.problem is None and service.queued_bytes == 10  # busy is no error
                 state.register = int(STUCK_PAPER_OUT)  # EAGAIN only; the lines say why
                 await until(lambda: service.problem == "printer out of paper", "the stall to be named")
@@ -184,7 +181,7 @@ async def test_full_queue_discards_loudly_and_never_stalls_the_sender(
                 await stream.aclose()
                 printer.open_reader()
                 assert await printer.read_exactly(1024) == payload[:1024]
-                await trio.sleep(0.1)
+                await trio.sleep(0.1)  # virtual: two more write attempts would have come
                 assert printer.read_available() == b""
                 nursery.cancel_scope.cancel()
     discards = [r.getMessage() for r in caplog.records if "queue is full" in r.getMessage()]

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import trio
 
-from tests.support.serial_lab import make_service, pty_pair, until, write_master
+from tests.support.serial_lab import make_service, pty_pair, write_master
+from tests.support.waiting import until
 
 
 class ScriptedStream:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import serial
 import trio
+import trio.testing
 
 from redirgate.client.serial.settings import LineSettings
 from redirgate.proto.telnet import (
@@ -37,9 +38,9 @@ from tests.support.serial_lab import (
     pyserial_rfc2217,
     read_master,
     serving,
-    until,
     write_master,
 )
+from tests.support.waiting import until, until_async
 
 #: pyserial 3.5's rfc2217 client calls Thread.setDaemon()/setName(), deprecated since 3.10.
 pytestmark = pytest.mark.filterwarnings("ignore:set(Daemon|Name)\\(\\) is deprecated:DeprecationWarning")
@@ -141,8 +142,10 @@ async def test_modem_state_is_polled_and_notified(monkeypatch: Any) -> None:
                 assert await remote.get("cts") and await remote.get("dsr")
                 assert not await remote.get("cd") and not await remote.get("ri")
                 lines["value"] = held | termios.TIOCM_CD | termios.TIOCM_RI
-                await trio.sleep(0.5)  # poll interval 0.1 s; pyserial caches 0.3 s
-                assert await remote.get("cd") and await remote.get("ri")
+                # the service polls the lines every 0.1 s and tells pyserial, which
+                # answers from its own cache for 0.3 s: ask until the change shows
+                await until_async(lambda: remote.get("cd"), "pyserial to see CD")
+                assert await remote.get("ri")
                 assert not await remote.get("cts")
 
 
@@ -261,10 +264,11 @@ async def test_comport_queries_masks_signature_and_absurd_values() -> None:
                 )
                 # flow suspend holds device data back until resume
                 await stream.send_all(client.conn.send_comport(C.FLOWCONTROL_SUSPEND, None))
-                await trio.sleep(0.1)
+                await client.ask(C.SET_BAUDRATE, 0)  # answered in order: the suspend is in force
                 await write_master(pty, b"held")
-                with trio.move_on_after(0.3):
-                    await client.pump_until(lambda: bool(client.data))
+                await until(lambda: pty.unread_by_device() == 0, "the service to read the bytes")
+                await trio.testing.wait_all_tasks_blocked()  # and to do all it will do with them
+                await client.ask(C.SET_BAUDRATE, 0)  # held bytes would have come before this answer
                 assert client.data == b""
                 await stream.send_all(client.conn.send_comport(C.FLOWCONTROL_RESUME, None))
                 await client.pump_until(lambda: client.data == b"held")

@@ -23,9 +23,9 @@ from tests.support.serial_lab import (
     read_master,
     receive_exactly,
     serving,
-    until,
     write_master,
 )
+from tests.support.waiting import until
 
 MIB = 1024 * 1024
 
@@ -56,11 +56,12 @@ async def test_megabyte_bursts_both_ways_with_a_slow_side() -> None:
                 to_device = _pattern(3 * MIB // 2, 1)
                 from_device = _pattern(3 * MIB // 2, 2)
                 nursery.start_soon(stream.send_all, to_device)
-                await trio.sleep(0.5)  # nobody reads the device: everything must wait, not drop
-                assert len(service._tx) == service._tx.capacity
+                # nobody reads the device: everything must wait, not drop
+                await until(lambda: len(service._tx) == service._tx.capacity, "the TX buffer to fill")
                 assert await read_master(pty, len(to_device)) == to_device
                 nursery.start_soon(write_master, pty, from_device)
-                await trio.sleep(0.3)  # nobody reads the consumer: the ring fills, the pty waits
+                # nobody reads the consumer: the ring fills, the pty waits
+                await until(lambda: len(service._rx) == service._rx.capacity, "the ring to fill")
                 assert await receive_exactly(stream, len(from_device)) == from_device
                 assert service.rx_overflow_bytes == 0
 
@@ -141,8 +142,8 @@ async def test_vanished_port_is_reopened_when_it_returns(tmp_path: Path) -> None
                 first.close()  # unplugged
                 await until(lambda: service.port is None)
                 link.unlink()
-                await stream.send_all(b"while away")  # waits in the TX buffer
-                await trio.sleep(0.2)
+                await stream.send_all(b"while away")
+                await until(lambda: len(service._tx) == 10, "the bytes in the TX buffer")  # waiting there
                 assert service.port is None and service.opened_count == 1
                 with pty_pair() as second:
                     link.symlink_to(second.path)

@@ -101,6 +101,7 @@ class LpState:
         """For `PrinterService(open_port=...)`: the real open of `path`, lp behaviour on top."""
         port = EmulatedLp.open(path, name=name)
         port.kind = "lp"
+        port.pollable = False  # as PrinterPort.open decides for lp (lp.c has no poll): retried on a timer
         port.state = self
         port.status_known = True
         self.opened.append(port)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
+import sys
 import termios
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -40,6 +42,14 @@ class Pty:
 
     def speed(self) -> int:
         return termios.tcgetattr(self.master)[4]
+
+    def unread_by_device(self) -> int:
+        """Bytes written to the master that the device side has not read yet."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, bytes(4)), sys.byteorder)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         if self.master >= 0:
@@ -116,11 +126,6 @@ async def serving(service: PortService, protocol: str = "raw") -> AsyncIterator[
 
 async def connect(port: int) -> trio.SocketStream:
     return await trio.open_tcp_stream("127.0.0.1", port)
-
-
-async def until(predicate: Callable[[], bool], interval_s: float = 0.01) -> None:
-    while not predicate():
-        await trio.sleep(interval_s)
 
 
 class RemotePort:
