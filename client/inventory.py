@@ -25,6 +25,7 @@ import usb.core
 from redirgate.client.config import ExportPolicy
 from redirgate.client.usb.descriptors import DeviceSnapshot, snapshot
 from redirgate.client.usb.errors import USB_CALL_ERRORS
+from redirgate.client.usb.libusb import refresh_libusb
 from redirgate.client.usb.safety import boot_usb_ports, refusal
 from redirgate.client.usb.source import find_devices
 from redirgate.proto.tunnel.errors import TunnelProtocolError
@@ -128,7 +129,11 @@ class DeviceInventory:
                 found[entry.id] = _Found(entry, snap, backend)
         return found
 
-    async def scan(self) -> dict[str, DeviceEntry]:
+    async def scan(self, *, fresh_libusb: bool = False) -> dict[str, DeviceEntry]:
+        """The inventory now; `fresh_libusb` first takes a new libusb context
+        (client/usb/libusb.py: its list may not have heard of a change)."""
+        if fresh_libusb:
+            await trio.to_thread.run_sync(refresh_libusb)
         found = await trio.to_thread.run_sync(self.scan_blocking)
         return {key: entry_for(item.snapshot, busy=key in self.busy) for key, item in found.items()}
 

@@ -180,13 +180,16 @@ class TunnelClient:
                 with trio.move_on_at(deadline):
                     await self._rescan.wait()
                 now = trio.current_time()
-                due = self._rescan.is_set() or now >= usb_at + self.rescan_interval_s
+                asked = self._rescan.is_set()
+                due = asked or now >= usb_at + self.rescan_interval_s
                 if self._followup_at is not None and now >= self._followup_at:
                     self._followup_at = None
                     due = True
                 if due:
                     self._rescan = trio.Event()
-                    usb = await self.inventory.scan()
+                    # a look nothing asked for is the safety net: also for
+                    # libusb's device list, which no uevent may have refreshed
+                    usb = await self.inventory.scan(fresh_libusb=not asked)
                     usb_at = now
                 new = {**usb, **self._port_entries()}
                 added, removed = diff(current, new)

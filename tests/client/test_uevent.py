@@ -179,11 +179,11 @@ async def test_a_kernel_uevent_makes_the_client_look_now_and_once_more(tmp_path:
         scanned = trio.Event()
         real_scan = client.inventory.scan
 
-        async def counting_scan():  # type: ignore[no-untyped-def]  # wraps the real scan
+        async def counting_scan(**options):  # type: ignore[no-untyped-def]  # wraps the real scan
             scans.append(trio.current_time())
             if len(scans) >= 2:
                 scanned.set()
-            return await real_scan()
+            return await real_scan(**options)
 
         client.inventory.scan = counting_scan  # type: ignore[method-assign]  # counts the scans the client starts
         sent = trio.current_time()
@@ -248,3 +248,19 @@ async def test_a_printers_state_still_reaches_the_gateway_every_second(tmp_path:
         port.write_bytes(b"")  # the "printer" appears: a file, status unknown
         with trio.fail_after(10):  # far below the 30 s USB rescan
             await until(lambda text: text == "status unknown")
+
+
+async def test_the_safety_net_rescan_also_refreshes_libusb(tmp_path: Path, monkeypatch) -> None:
+    """Where uevents never come (a container's own network namespace), the
+    timer's rescan must still see new devices: it takes a new libusb context."""
+    from redirgate.client import inventory
+
+    token = trio.lowlevel.current_trio_token()
+    refreshed = trio.Event()
+    monkeypatch.setattr(inventory, "refresh_libusb", lambda: token.run_sync_soon(refreshed.set))
+    async with running_lab(tmp_path, [], virtual=["virtual:keyboard"]) as lab:
+        assert lab.client is not None
+        assert not refreshed.is_set()  # the first scan, at connect, needs none
+        lab.client.rescan_interval_s = 0.2
+        with trio.fail_after(10):
+            await refreshed.wait()
