@@ -14,6 +14,7 @@ clients neither builds megabytes at once nor stalls the other connections.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import trio
+
+from redirgate.gateway.admission import serve_bounded
 
 __all__ = ["STATUS_MAX_ENTRIES", "Streamed", "encode_status", "read_status", "serve_admin"]
 
@@ -100,7 +103,7 @@ async def serve_admin(
     try:
         async with listener:
             task_status.started(path)
-            await trio.serve_listeners(answer, [listener])
+            await serve_bounded(answer, [listener], what="admin socket", counters=collections.Counter())
     finally:
         with contextlib.suppress(OSError):
             _remove_stale_socket(path)

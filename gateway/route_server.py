@@ -29,6 +29,7 @@ sees the device unplugged and, with `reconnect=`, comes back later.
 
 from __future__ import annotations
 
+import collections
 import logging
 import ssl
 import time
@@ -36,8 +37,10 @@ from typing import Any
 
 import trio
 
+from redirgate.gateway.admission import HandshakeGate
 from redirgate.gateway.config import Route
 from redirgate.gateway.guarded_relay import GuardViolation, relay_usbredir
+from redirgate.gateway.limits import HandshakeLimits
 from redirgate.gateway.raw_relay import relay_raw
 from redirgate.gateway.reactor import RelayReactor
 from redirgate.gateway.registry import Channel, Registry
@@ -91,8 +94,16 @@ class RouteServer:
         options: dict[str, Any] | None = None,
         hold_timeout_s: float = 0.0,
         hello_timeout_s: float = 5.0,
+        handshake_limits: HandshakeLimits | None = None,
+        counters: collections.Counter[str] | None = None,
     ) -> None:
         self.route = route
+        #: TLS handshakes in progress on this route's listener, bounded
+        self.gate = HandshakeGate(
+            handshake_limits or HandshakeLimits(),
+            f"route {route.name}",
+            collections.Counter() if counters is None else counters,
+        )
         #: a USB route's hypervisor must have sent its usbredir hello this soon
         self.hello_timeout_s = hello_timeout_s
         self.registry = registry
@@ -194,16 +205,22 @@ class RouteServer:
         route's `hypervisors`); None (logged, counted, closed) if refused."""
         route = self.route
         assert self.tls_context is not None and route.tls is not None
-        try:
-            tls = await accept_tls(
-                tcp,
-                self.tls_context,
-                handshake_timeout_s=self.handshake_timeout_s,
-                max_send_bytes=HYPERVISOR_TLS_RECORD_BYTES,
-            )
-        except TlsRefused as refused:
+        with self.gate.admit(peer) as admitted:
+            if admitted:  # the slot is held for the handshake only
+                try:
+                    tls = await accept_tls(
+                        tcp,
+                        self.tls_context,
+                        handshake_timeout_s=self.handshake_timeout_s,
+                        max_send_bytes=HYPERVISOR_TLS_RECORD_BYTES,
+                    )
+                except TlsRefused as refused:
+                    self.refusals += 1
+                    log.warning("route %s: refused hypervisor %s: %s", route.name, peer, refused.reason)
+                    return None
+        if not admitted:
             self.refusals += 1
-            log.warning("route %s: refused hypervisor %s: %s", route.name, peer, refused.reason)
+            await trio.aclose_forcefully(tcp)
             return None
         try:
             who = verify_peer(tls.getpeercert(), peer=peer, kind=PeerKind.HYPERVISOR, revocation=self.revocation)

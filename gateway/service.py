@@ -10,7 +10,6 @@ their streams on the way out, so QEMU and the clients see the end.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -21,7 +20,8 @@ from typing import Any
 import trio
 
 from redirgate.gateway.admin import Streamed, serve_admin
-from redirgate.gateway.config import GatewayConfig, Route
+from redirgate.gateway.admission import serve_bounded
+from redirgate.gateway.config import Endpoint, GatewayConfig, Route
 from redirgate.gateway.pki import RevocationList
 from redirgate.gateway.reactor import RelayReactor
 from redirgate.gateway.registry import Registry
@@ -90,6 +90,7 @@ class Gateway:
             heartbeat_interval_s=config.heartbeat_interval_s,
             heartbeat_timeout_s=config.heartbeat_timeout_s,
             limits=config.client_limits,
+            handshake_limits=config.handshake_limits,
         )
         self.routes = [self._route_server(route) for route in config.routes]
         self.admin = admin
@@ -107,6 +108,8 @@ class Gateway:
             options={"settings": route.settings} if route.settings else None,
             hold_timeout_s=self.config.hold_timeout_s,
             hello_timeout_s=self.config.usb_hello_timeout_s,
+            handshake_limits=self.config.handshake_limits,
+            counters=self.tunnel.counters,
         )
 
     def snapshot(self) -> dict[str, Any]:
@@ -125,27 +128,39 @@ class Gateway:
             "routes": [r.snapshot() for r in self.routes],
         }
 
+    async def _serve_tcp(
+        self,
+        handler: Callable[[trio.SocketStream], Awaitable[None]],
+        listen: Endpoint,
+        what: str,
+        *,
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """`trio.serve_tcp`, with the accept loop that survives running out of descriptors."""
+        listeners = await trio.open_tcp_listeners(listen.port, host=listen.host)
+        await serve_bounded(
+            handler,
+            listeners,
+            what=what,
+            counters=self.tunnel.counters,
+            log_interval_s=self.config.handshake_limits.log_interval_s,
+            task_status=task_status,
+        )
+
     async def serve(self, *, task_status: trio.TaskStatus[GatewayAddresses] = trio.TASK_STATUS_IGNORED) -> None:
         config = self.config
         async with RelayReactor() as reactor, trio.open_nursery() as nursery:
             for server in self.routes:
                 server.reactor = reactor
             tunnel = await nursery.start(
-                functools.partial(
-                    trio.serve_tcp,
-                    contained(self.tunnel.handle, "tunnel"),
-                    config.tunnel_listen.port,
-                    host=config.tunnel_listen.host,
-                )
+                self._serve_tcp, contained(self.tunnel.handle, "tunnel"), config.tunnel_listen, "tunnel"
             )
             addresses = GatewayAddresses(_bound(tunnel))
             log.info("gateway: tunnel listener on %s:%d", *addresses.tunnel)
             for server in self.routes:
                 listen = server.route.listen
                 bound = await nursery.start(
-                    functools.partial(
-                        trio.serve_tcp, contained(server.handle, f"route {server.name}"), listen.port, host=listen.host
-                    )
+                    self._serve_tcp, contained(server.handle, f"route {server.name}"), listen, f"route {server.name}"
                 )
                 addresses.routes[server.name] = _bound(bound)
                 log.info(

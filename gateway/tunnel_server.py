@@ -30,8 +30,9 @@ from typing import Any, ClassVar
 
 import trio
 
+from redirgate.gateway.admission import HandshakeGate
 from redirgate.gateway.errors import ChannelError
-from redirgate.gateway.limits import ClientLimits, clip_ids
+from redirgate.gateway.limits import ClientLimits, HandshakeLimits, clip_ids
 from redirgate.gateway.registry import ClientSession, Registry
 from redirgate.proto import tunnel as t
 from redirgate.transport import (
@@ -45,6 +46,7 @@ from redirgate.transport import (
     ZeroCopyTLSStream,
     accept_tls,
     peer_gone,
+    peer_label,
     verify_peer,
 )
 
@@ -71,11 +73,14 @@ class TunnelServer:
         heartbeat_timeout_s: float = 30.0,
         software: str = "redirgate gateway",
         limits: ClientLimits | None = None,
+        handshake_limits: HandshakeLimits | None = None,
+        counters: collections.Counter[str] | None = None,
     ) -> None:
         self.registry = registry
         self.limits = limits or ClientLimits()
         #: what the bounds refused or held back, over the gateway's life (`gateway status` "counters")
-        self.counters: collections.Counter[str] = collections.Counter()
+        self.counters: collections.Counter[str] = collections.Counter() if counters is None else counters
+        self.gate = HandshakeGate(handshake_limits or HandshakeLimits(), "tunnel", self.counters)
         self.context = context
         self.revocation = revocation
         self.handshake_timeout_s = handshake_timeout_s
@@ -88,11 +93,16 @@ class TunnelServer:
 
     async def handle(self, tcp: trio.SocketStream) -> None:
         """One accepted TCP connection on the tunnel port."""
-        try:
-            stream = await accept_tls(tcp, self.context, handshake_timeout_s=self.handshake_timeout_s)
-        except TlsRefused as refused:
-            self.refusals += 1
-            log.warning("tunnel: refused %s: %s", refused.peer, refused.reason)
+        with self.gate.admit(peer_label(tcp.socket)) as admitted:
+            if admitted:  # the slot is held for the handshake only
+                try:
+                    stream = await accept_tls(tcp, self.context, handshake_timeout_s=self.handshake_timeout_s)
+                except TlsRefused as refused:
+                    self.refusals += 1
+                    log.warning("tunnel: refused %s: %s", refused.peer, refused.reason)
+                    return
+        if not admitted:
+            await trio.aclose_forcefully(tcp)
             return
         peer = stream.peer
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -32,8 +33,14 @@ class GatewayProcess:
         return self.log_path.read_text(errors="replace")
 
 
-def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[str]:
+def _spawn(argv: list[str], log_path: Path, *, nofile: int | None = None) -> subprocess.Popen[str]:
+    """`nofile`: the process's RLIMIT_NOFILE (open files), set before it runs."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    def limit() -> None:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
     with open(log_path, "a") as log_file:
         return subprocess.Popen(
             [sys.executable, "-m", "redirgate.cli", "-vv", *argv],
@@ -41,12 +48,15 @@ def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[str]:
             stderr=log_file,
             text=True,
             env=env,
+            preexec_fn=limit if nofile is not None else None,
         )
 
 
 @contextlib.contextmanager
-def running_gateway(config: Path, log_path: Path, *, ready_timeout_s: float = 30.0) -> Iterator[GatewayProcess]:
-    process = _spawn(["gateway", "run", "--config", str(config)], log_path)
+def running_gateway(
+    config: Path, log_path: Path, *, ready_timeout_s: float = 30.0, nofile: int | None = None
+) -> Iterator[GatewayProcess]:
+    process = _spawn(["gateway", "run", "--config", str(config)], log_path, nofile=nofile)
     # A text pipe buffers several lines at once, so no select() here: read
     # lines until `admin`, with a timer that kills a gateway that never gets there.
     watchdog = threading.Timer(ready_timeout_s, process.kill)
