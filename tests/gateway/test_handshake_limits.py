@@ -21,6 +21,7 @@ from redirgate.gateway.admin import read_status
 from redirgate.vmside.probe import probe
 from tests.support.gateway_procs import running_client, running_gateway
 from tests.support.tunnel_lab import running_lab
+from tests.support.waiting import until_async
 
 KBD = LabRoute("kbd", "usb:1209:0002")
 ADMISSION_LOG = "redirgate.gateway.admission"
@@ -38,13 +39,10 @@ async def closed_by_peer(tcp: trio.SocketStream, closed: trio.MemorySendChannel[
     await closed.send(tcp)
 
 
-async def poll(check: Callable[[], object], timeout_s: float = 60.0) -> None:
-    """Until `check()` is true (a condition in another process: nothing to wait on but its files)."""
-    with trio.fail_after(timeout_s):
-        while True:
-            if await trio.to_thread.run_sync(check):
-                return
-            await trio.sleep(0.1)
+async def poll(check: Callable[[], object]) -> None:
+    """Until `check()` is true: state of the gateway process (its files, its admin socket) or of
+    another task, which no trio event announces here; run in a thread as it may block."""
+    await until_async(lambda: trio.to_thread.run_sync(check))
 
 
 async def test_handshakes_are_limited_per_source_and_in_all(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
