@@ -22,10 +22,12 @@ from tests.support.engine_lab import (
     IOERROR,
     STALL,
     SUCCESS,
+    processed,
     set_configuration_1,
     source_for,
 )
 from tests.support.refguest import T, VirtualDeviceSource, engine_session
+from tests.support.waiting import until, until_async
 
 pytestmark = pytest.mark.usefixtures("reference_parser")
 
@@ -48,10 +50,8 @@ def claimable(backend: VirtualBackend) -> bool:
         usb.util.dispose_resources(dev)
 
 
-async def wait_claimable(backend: VirtualBackend, timeout_s: float = 2.0) -> None:
-    with trio.fail_after(timeout_s):
-        while not await trio.to_thread.run_sync(claimable, backend):
-            await trio.sleep(0.02)
+async def wait_claimable(backend: VirtualBackend) -> None:
+    await until_async(lambda: trio.to_thread.run_sync(claimable, backend), "the engine to release the device")
 
 
 async def test_unplug_with_pending_request_then_replug(loopback) -> None:
@@ -64,7 +64,7 @@ async def test_unplug_with_pending_request_then_replug(loopback) -> None:
         assert (await guest.request(T.START_INTERRUPT_RECEIVING, endpoint=0x83)).fields["status"] == SUCCESS
         pending = 0x5150
         await guest.send(T.BULK_PACKET, pending, endpoint=0x81, status=0, length=512, stream_id=0)
-        await trio.sleep(0.1)
+        await processed(guest)  # the read is pending in the device
         backend.unplug(device)
         reply = await guest.expect_next(T.BULK_PACKET)
         assert (reply.id, reply.fields) == (
@@ -72,10 +72,9 @@ async def test_unplug_with_pending_request_then_replug(loopback) -> None:
             {"endpoint": 0x81, "status": IOERROR, "length": 0, "stream_id": 0},
         )
         await guest.expect_next(T.DEVICE_DISCONNECT)
-        # the reference guest acked by itself (cap 3); the host saw it
-        with trio.fail_after(2):
-            while engine.wait_ack:
-                await trio.sleep(0.01)
+        # the reference guest acked by itself (cap 3), before the request below
+        await processed(guest)
+        assert not engine.wait_ack
         # while gone: requests get ioerror, stops are ignored, resets too
         late = await guest.bulk(0x81, 512)
         assert late.fields["status"] == IOERROR and late.fields["length"] == 0
@@ -136,14 +135,11 @@ async def test_filter_rejecting_before_the_device_appears(loopback) -> None:
         await guest.expect_next(T.HELLO)
         # vendor-specific interfaces (0xff) refused, everything else allowed
         await guest.send(T.FILTER_FILTER, rules=[(0xFF, ANY, ANY, ANY, 0), (ANY, ANY, ANY, ANY, 1)])
-        await trio.sleep(0.1)
+        await processed(guest)  # the filter is in force
         backend.plug(device)
-        with trio.fail_after(2):
-            while not engine.rejected:
-                await trio.sleep(0.01)
-        ctrl = await guest.control(0x80, 6, 0x0100, 0, 18)
+        await until(lambda: engine.rejected, "the engine to reject the device")
+        ctrl = await guest.control(0x80, 6, 0x0100, 0, 18)  # anything sent before it came first
         assert ctrl.fields["status"] == IOERROR
-        await trio.sleep(0.2)
         assert guest.of_type(T.DEVICE_CONNECT) == []
         assert guest.of_type(T.DEVICE_DISCONNECT) == []
         assert source.acquired == 1
@@ -165,12 +161,10 @@ async def test_filter_rejecting_the_connected_device(loopback) -> None:
         assert get.fields == {"status": SUCCESS, "configuration": 1}
         await guest.send(T.FILTER_FILTER, rules=[(ANY, 0x1209, 0x0003, ANY, 0), (ANY, ANY, ANY, ANY, 1)])
         await guest.expect_next(T.DEVICE_DISCONNECT)
-        with trio.fail_after(2):
-            while engine.wait_ack:
-                await trio.sleep(0.01)
-        get = await guest.request(T.GET_CONFIGURATION)
-        assert get.fields["status"] == IOERROR
-        await trio.sleep(0.2)
+        get = await guest.request(T.GET_CONFIGURATION)  # after the guest's automatic ack
+        assert get.fields["status"] == IOERROR and not engine.wait_ack
+        await wait_claimable(backend)  # released: the engine's device loop is past its last offer
+        await processed(guest)
         assert len(guest.of_type(T.DEVICE_CONNECT)) == 1  # not offered again
         assert source.acquired == 1
         await wait_claimable(backend)
@@ -190,9 +184,7 @@ async def test_filter_reject_from_the_guest(loopback) -> None:
         # the pending request is answered, the device is dropped quietly
         reply = await guest.expect(T.BULK_PACKET, lambda e: e.id == pending)
         assert reply.fields["status"] in (IOERROR, INVAL)
-        with trio.fail_after(2):
-            while not engine.rejected:
-                await trio.sleep(0.01)
+        await until(lambda: engine.rejected, "the engine to drop the device")
         await guest.send(T.FILTER_REJECT)  # again, while disconnected: ignored
         ctrl = await guest.control(0x80, 6, 0x0100, 0, 18)
         assert ctrl.fields["status"] == IOERROR
@@ -200,7 +192,9 @@ async def test_filter_reject_from_the_guest(loopback) -> None:
         # replugging does not bring it back on this connection
         backend.unplug(device)
         backend.plug(device)
-        await trio.sleep(0.3)
+        # a negative check with no event to wait for: a rejected device is never
+        # looked for again; the source would have looked 10 times (every 20 ms)
+        await trio.sleep(0.2)
         assert len(guest.of_type(T.DEVICE_CONNECT)) == 1
         assert source.acquired == 1
         assert guest.unconsumed() == []

@@ -10,7 +10,6 @@ from __future__ import annotations
 import struct
 
 import pytest
-import trio
 
 from redirgate.client.virtual import (
     LoopbackMode,
@@ -24,9 +23,11 @@ from tests.support.engine_lab import (
     SUCCESS,
     configure,
     iso_alt,
+    processed,
     source_for,
 )
 from tests.support.refguest import RefGuest, T, engine_session
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.usefixtures("reference_parser")
 
@@ -38,12 +39,6 @@ async def packets(guest: RefGuest, msg_type: int, endpoint: int, count: int, tim
     for _ in range(count):
         got.append(await guest.expect(msg_type, lambda e: e.fields["endpoint"] == endpoint, timeout_s=timeout_s))
     return got
-
-
-async def marker(guest: RefGuest) -> None:
-    """A get_configuration round trip: everything sent before it is processed."""
-    reply = await guest.request(T.GET_CONFIGURATION)
-    assert reply.fields["status"] == SUCCESS
 
 
 async def test_interrupt_receiving_keyboard(keyboard) -> None:
@@ -63,7 +58,8 @@ async def test_interrupt_receiving_keyboard(keyboard) -> None:
         # stopped: keys typed now are not sent (the read running when the
         # stop came may take one report; the engine keeps it)
         device.type_text("x")
-        await trio.sleep(0.8)  # longer than one read slice
+        await until(lambda: s.engine.device.limiter.borrowed_tokens == 0, "the stopped stream's last read to end")
+        await processed(guest)
         assert device.pending_reports >= 1
         assert guest.unconsumed() == []
         # started again: ids restart at 0, nothing was lost
@@ -116,7 +112,8 @@ async def test_iso_in_stream(loopback) -> None:
         stop = await guest.request(T.STOP_ISO_STREAM, 0x52, endpoint=0x82)
         assert (stop.id, stop.fields) == (0x52, {"status": SUCCESS, "endpoint": 0x82})
         after = len(guest.events)
-        await trio.sleep(0.3)
+        await until(lambda: s.engine.device.limiter.borrowed_tokens == 0, "the stream's reading thread to end")
+        await processed(guest)
         assert [e for e in guest.events[after:] if e.type == T.ISO_PACKET] == []
         ids = [e.id for e in guest.of_type(T.ISO_PACKET)]
         assert ids == list(range(len(ids)))  # consecutive, no duplicate, nothing dropped
@@ -155,23 +152,22 @@ async def test_iso_out_stream(loopback) -> None:
         assert start.fields == {"status": SUCCESS, "endpoint": 0x02}
         # the stream starts once half of pkts_per_urb x no_urbs (8) is buffered
         seq = 0
-        for _batch in range(3):
-            for _ in range(4):
-                await guest.send(T.ISO_PACKET, seq, bytes([seq]) * 1000, endpoint=0x02, status=0, length=1000)
-                seq += 1
-            await trio.sleep(0.1)
-        await marker(guest)
-        await trio.sleep(0.2)
+        for _ in range(8):
+            await guest.send(T.ISO_PACKET, seq, bytes([seq]) * 1000, endpoint=0x02, status=0, length=1000)
+            seq += 1
+        await until(lambda: device.stats().iso_out_packets >= 8, "the first half to be written")
+        for _ in range(4):
+            await guest.send(T.ISO_PACKET, seq, bytes([seq]) * 1000, endpoint=0x02, status=0, length=1000)
+            seq += 1
+        await processed(guest)
         stats = device.stats()
         # 4 + 4 reached half: written; the third 4 waits for the next half
         assert (stats.iso_out_packets, stats.iso_out_bytes) == (8, 8000)
         for _ in range(4):
             await guest.send(T.ISO_PACKET, seq, bytes(1000), endpoint=0x02, status=0, length=1000)
             seq += 1
-        await marker(guest)
-        with trio.fail_after(2):
-            while device.stats().iso_out_packets < 16:
-                await trio.sleep(0.01)
+        await processed(guest)
+        await until(lambda: device.stats().iso_out_packets >= 16, "the second half to be written")
         assert device.stats().iso_out_bytes == 16000
         # a packet larger than max_packet_size: inval, the packet's id
         await guest.send(
@@ -212,7 +208,8 @@ async def test_bulk_receiving_source_mode(loopback) -> None:
         stop = await guest.request(T.STOP_BULK_RECEIVING, 0x32, stream_id=0, endpoint=0x81)
         assert (stop.id, stop.fields) == (0x32, {"stream_id": 0, "endpoint": 0x81, "status": SUCCESS})
         after = len(guest.events)
-        await trio.sleep(0.3)
+        await until(lambda: s.engine.device.limiter.borrowed_tokens == 0, "the receiving thread to end")
+        await processed(guest)
         assert [e for e in guest.events[after:] if e.type == T.BUFFERED_BULK_PACKET] == []
         assert guest.parse_errors == []
 
@@ -226,7 +223,7 @@ async def test_reset_stalls_streams_and_second_reset_is_a_noop(keyboard) -> None
         # QEMU's two boot resets right after the announcement: no-ops (§4.2)
         await guest.send(T.RESET)
         await guest.send(T.RESET)
-        await marker(guest)
+        await processed(guest)
         assert guest.unconsumed() == []
         await guest.send(T.SET_CONFIGURATION, guest.next_id(), configuration=1)
         for t in (T.INTERFACE_INFO, T.EP_INFO, T.CONFIGURATION_STATUS):
@@ -241,16 +238,16 @@ async def test_reset_stalls_streams_and_second_reset_is_a_noop(keyboard) -> None
         await guest.send(T.RESET, 0x1234)
         stalled = await guest.expect_next(T.INTERRUPT_RECEIVING_STATUS)
         assert (stalled.id, stalled.fields) == (0, {"status": STALL, "endpoint": 0x81})
-        await marker(guest)
+        await processed(guest)
         assert device.protocol == 1  # the device was reset (HID 7.2.6)
         # nothing used the device since: the second reset does nothing
         set_protocol = await guest.control(0x21, 0x0B, 0, 0)
         assert device.protocol == 0
         await guest.send(T.RESET)
-        await marker(guest)
+        await processed(guest)
         assert device.protocol == 1  # the control transfer cleared the flag: reset ran
         await guest.send(T.RESET)
-        await marker(guest)
+        await processed(guest)
         assert guest.unconsumed() == []
         # the guest restarts its stream after a reset, as QEMU does
         start = await guest.request(T.START_INTERRUPT_RECEIVING, endpoint=0x81)
@@ -273,16 +270,14 @@ async def test_reset_with_iso_stream_then_restart(loopback) -> None:
         await guest.send(T.RESET)
         stalled = await guest.expect(T.ISO_STREAM_STATUS, lambda e: e.fields["status"] == STALL)
         assert (stalled.id, stalled.fields) == (0, {"status": STALL, "endpoint": 0x82})
-        await marker(guest)
+        await processed(guest)
         # the alt setting survives a reset (the OS restores it): restart works
         get = await guest.request(T.GET_ALT_SETTING, interface=1)
         assert get.fields == {"status": SUCCESS, "interface": 1, "alt": 1}
         before = len(guest.of_type(T.ISO_PACKET))
         start = await guest.request(T.START_ISO_STREAM, endpoint=0x82, pkts_per_urb=8, no_urbs=2)
         assert start.fields["status"] == SUCCESS
-        with trio.fail_after(3):
-            while len(guest.of_type(T.ISO_PACKET)) < before + 5:
-                await trio.sleep(0.01)
+        await until(lambda: len(guest.of_type(T.ISO_PACKET)) >= before + 5, "5 fresh iso packets")
         fresh = guest.of_type(T.ISO_PACKET)[before:]
         assert [e.id for e in fresh[:5]] == [0, 1, 2, 3, 4]
         assert all(e.fields["status"] == SUCCESS and e.fields["length"] == ISO_PACKET_BYTES for e in fresh)

@@ -29,9 +29,11 @@ from tests.support.engine_lab import (
     STALL,
     SUCCESS,
     configure,
+    processed,
     source_for,
 )
 from tests.support.refguest import REPLY_TYPE, RefGuest, T, cbw, engine_session, parse_csw
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.usefixtures("reference_parser")
 
@@ -144,7 +146,7 @@ async def test_cancel_pending_bulk_in(loopback) -> None:
         await configure(guest)
         pending_id = 0xABC
         await guest.send(T.BULK_PACKET, pending_id, endpoint=0x81, status=0, length=512, stream_id=0)
-        await trio.sleep(0.2)  # the read is blocked in the device: nothing queued
+        await processed(guest)  # the read is blocked in the device: nothing answered
         assert guest.unconsumed() == []
         await guest.send(T.CANCEL_DATA_PACKET, pending_id)
         reply = await guest.expect(T.BULK_PACKET, lambda e: e.id == pending_id)
@@ -157,7 +159,8 @@ async def test_cancel_pending_bulk_in(loopback) -> None:
         # slices stop) and must stay for the next request
         out = await guest.bulk(0x01, data=b"later")
         assert out.fields["status"] == SUCCESS
-        await trio.sleep(0.7)  # longer than one read slice of the engine
+        # the cancelled read's last slice (in a worker thread) has ended
+        await until(lambda: s.engine.device.limiter.borrowed_tokens == 0, "the cancelled read's slice to end")
         back = await guest.bulk(0x81, 512)
         assert back.fields["status"] == SUCCESS and back.data == b"later"
         assert [e.id for e in guest.of_type(T.BULK_PACKET)].count(pending_id) == 1
@@ -200,12 +203,13 @@ async def test_every_request_gets_exactly_one_reply(storage, loopback) -> None:
             await send(T.BULK_PACKET, endpoint=0x81, status=0, length=512, stream_id=0)
         blocked = await send(T.BULK_PACKET, endpoint=0x81, status=0, length=512, stream_id=0)
         await send(T.BULK_PACKET, endpoint=0x8F, status=0, length=8, stream_id=0)  # inval
-        with trio.fail_after(10):
-            while len({e.id for e in guest.events if e.id in sent and e.type == sent[e.id]}) < len(sent) - 1:
-                await trio.sleep(0.01)
+        await until(
+            lambda: len({e.id for e in guest.events if e.id in sent and e.type == sent[e.id]}) == len(sent) - 1,
+            "a reply to every request but the blocked one",
+        )
         await guest.send(T.CANCEL_DATA_PACKET, blocked)
         await guest.expect(T.BULK_PACKET, lambda e: e.id == blocked)
-        await trio.sleep(0.3)
+        await processed(guest)  # a second reply to anything would have come before this one
         replies = collections.Counter(e.id for e in guest.events if e.id in sent and e.type == sent[e.id])
         assert set(replies) == set(sent)
         assert all(count == 1 for count in replies.values()), replies
@@ -258,9 +262,7 @@ async def test_emulated_transfers_that_complete_at_once_skip_worker_threads(loop
         # the device NAKs (SINK mode IN): that read goes to a thread
         pending = guest.next_id()
         await guest.send(T.BULK_PACKET, pending, endpoint=0x81, status=0, length=512, stream_id=0)
-        with trio.fail_after(5):
-            while not calls:
-                await trio.sleep(0.01)
+        await until(lambda: calls, "the read to go to a worker thread")
         await guest.send(T.CANCEL_DATA_PACKET, pending)
         reply = await guest.expect(T.BULK_PACKET, lambda e: e.id == pending)
         assert reply.fields["status"] == CANCELLED
@@ -294,7 +296,7 @@ async def test_out_the_device_takes_in_part_finishes_in_a_thread(transport: str,
             await configure(guest)
             out_id = guest.next_id()
             await guest.send(T.BULK_PACKET, out_id, data, endpoint=0x01, status=0, length=len(data), stream_id=0)
-            await trio.sleep(0.1)
+            await processed(guest)
             assert guest.of_type(T.BULK_PACKET) == []  # still waiting for room
             first = await guest.bulk(0x81, 8192)
             assert first.fields["status"] == SUCCESS and first.data == data[:4096]

@@ -44,6 +44,13 @@ async def configure(guest: RefGuest) -> None:
     await set_configuration_1(guest)
 
 
+async def processed(guest: RefGuest) -> None:
+    """A get_configuration round trip: the engine handles a connection's
+    messages in order, so everything sent before it has been processed, and
+    whatever the engine sent while doing so has arrived before the reply."""
+    await guest.request(T.GET_CONFIGURATION)
+
+
 async def iso_alt(guest: RefGuest) -> None:
     """Alternate setting 1 of interface 1: the loopback's iso endpoints."""
     await guest.send(T.SET_ALT_SETTING, guest.next_id(), interface=1, alt=1)
