@@ -30,6 +30,7 @@ TARGETS = {
     "usbredir": HERE / "usbredir_fuzz.py",
     "tunnel": HERE / "tunnel_fuzz.py",
     "telnet": HERE / "telnet_fuzz.py",
+    "resume": HERE / "resume_fuzz.py",
 }
 CORPUS = HERE / "corpus"
 _EXECS = re.compile(r"stat::number_of_executed_units:\s*(\d+)")

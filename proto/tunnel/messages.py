@@ -9,6 +9,10 @@ the client's identity from its TLS certificate, never from a message.
 
 Attach tokens are random bytes the gateway generates (with `secrets`, outside
 this package); here they are only carried and compared.
+
+The resume messages (`ChannelAck`, `ResumeChannel`, `ResumeAnswer`, issue 16)
+are in `RESUME_MESSAGES`, not yet in `CONTROL_MESSAGES` or the attach set:
+`resume.py` says where each will travel once the layer is wired in.
 """
 
 from __future__ import annotations
@@ -28,8 +32,12 @@ from redirgate.proto.tunnel.selectors import DeviceSelector, parse_selector
 __all__ = [
     "CONTROL_MESSAGES",
     "PROTOCOL_VERSION",
+    "RESUME_CAPABILITY",
+    "RESUME_CREDENTIAL_BYTES",
+    "RESUME_MESSAGES",
     "TOKEN_MAX_BYTES",
     "TOKEN_MIN_BYTES",
+    "ChannelAck",
     "ChannelFailed",
     "ChannelOpened",
     "ChannelProtocol",
@@ -44,6 +52,8 @@ __all__ = [
     "Inventory",
     "InventoryUpdate",
     "OpenChannel",
+    "ResumeAnswer",
+    "ResumeChannel",
 ]
 
 #: (major, minor) of the control protocol this code speaks.  A different
@@ -63,6 +73,11 @@ MAX_SEQ = 2**63 - 1
 #: Heartbeat timing bounds the gateway may announce, in seconds.
 MAX_HEARTBEAT_INTERVAL_S = 3600.0
 MAX_HEARTBEAT_TIMEOUT_S = 86400.0
+#: The capability both hellos name once a side speaks the resume messages;
+#: they are sent only to a peer that advertised it.
+RESUME_CAPABILITY: Final = "resume"
+#: A resume credential is one HMAC-SHA256 digest.
+RESUME_CREDENTIAL_BYTES: Final = 32
 
 _BOTH = frozenset({Role.CLIENT, Role.GATEWAY})
 _CLIENT = frozenset({Role.CLIENT})
@@ -311,4 +326,72 @@ CONTROL_MESSAGES: Final[Mapping[str, type[TunnelMessage]]] = MappingProxyType(
             Error,
         )
     }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelAck(TunnelMessage):
+    """Either side: "of channel `channel_id` I have received `received` bytes
+    from you" (a count from the channel's first byte, never decreasing).  The
+    peer drops what it kept for replay up to there."""
+
+    KIND: ClassVar[str] = "channel_ack"
+    SENDERS: ClassVar[frozenset[Role]] = _BOTH
+
+    channel_id: int
+    received: int
+
+    def __post_init__(self) -> None:
+        _channel_id("ChannelAck", self.channel_id)
+        v.uint("ChannelAck", "received", self.received, v.U64)
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeChannel(TunnelMessage):
+    """The client's first frame on a data connection that resumes a channel
+    (instead of `Attach`): the credential from the gateway's last answer and
+    how many bytes the client has received from the gateway."""
+
+    KIND: ClassVar[str] = "resume_channel"
+    SENDERS: ClassVar[frozenset[Role]] = _CLIENT
+
+    channel_id: int
+    credential: bytes = field(repr=False)
+    received: int = 0
+
+    def __post_init__(self) -> None:
+        owner = "ResumeChannel"
+        _channel_id(owner, self.channel_id)
+        n = RESUME_CREDENTIAL_BYTES
+        object.__setattr__(self, "credential", v.blob(owner, "credential", self.credential, n, n))
+        v.uint(owner, "received", self.received, v.U64)
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeAnswer(TunnelMessage):
+    """The gateway's answer to `ResumeChannel`.  `ok=True`: how many bytes the
+    gateway has received from the client, and the next (single-use)
+    credential; raw bytes follow.  `ok=False`: a reason, no credential; the
+    gateway closes and the channel is gone."""
+
+    KIND: ClassVar[str] = "resume_answer"
+    SENDERS: ClassVar[frozenset[Role]] = _GATEWAY
+
+    ok: bool
+    received: int = 0
+    credential: bytes = field(default=b"", repr=False)
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        owner = "ResumeAnswer"
+        v.boolean(owner, "ok", self.ok)
+        v.uint(owner, "received", self.received, v.U64)
+        n = RESUME_CREDENTIAL_BYTES if self.ok else 0
+        object.__setattr__(self, "credential", v.blob(owner, "credential", self.credential, n, n))
+        object.__setattr__(self, "reason", v.text(owner, "reason", self.reason, MAX_REASON_LEN))
+
+
+#: The resume messages by wire kind (see the module docstring).
+RESUME_MESSAGES: Final[Mapping[str, type[TunnelMessage]]] = MappingProxyType(
+    {cls.KIND: cls for cls in (ChannelAck, ResumeChannel, ResumeAnswer)}
 )

@@ -1,0 +1,344 @@
+"""Resumable channels, sans-IO (issue 16, part 1): byte counts, acks, replay, credentials.
+
+A channel's data connection may break (a NAT timeout, a Wi-Fi roam, a new
+address) while both ends are alive.  This layer lets the two ends carry on
+over a new connection with nothing lost, nothing duplicated, in order:
+
+- Each direction counts its bytes from the channel's first byte (offsets).
+- The sender keeps every byte it sent in a `ReplayBuffer` until the peer
+  acknowledges it.  The buffer is bounded (`DEFAULT_REPLAY_LIMIT`, 4 MiB;
+  configurable) and holds no storage while everything is acknowledged.
+  When it is full the caller stops reading from its source (QEMU's socket,
+  the device) until an ack makes room: `room()` says how much it may send.
+- The receiver counts what it delivered and says so with `ChannelAck` every
+  `ack_every` bytes (`AckPolicy.on_received`) or when the caller decides
+  (`AckPolicy.flush`, e.g. from its heartbeat timer or when its read loop
+  goes idle).  No clock here: the caller's events decide.  Acks travel on
+  the control connection; when it breaks, `acks_lost()` makes the next
+  flush repeat the count, since the sender may be waiting for it.
+- After a break, the client sends `ResumeChannel` (its received count and
+  its credential) on a new data connection; the gateway checks the
+  credential, answers `ResumeAnswer` (its received count and a fresh
+  credential), and each side sends again what the other has not received
+  (`ResumableChannel.resume`).  Whatever was in flight on the old connection
+  is gone with it: the caller must have stopped reading the old connection
+  before it states its count (the gateway closes the old data connection
+  before it answers).
+- `ResumeCredentials` (the gateway's) binds a credential to the client's
+  certificate identity and the channel: an HMAC-SHA256 over both and a
+  generation number, keyed by a per-channel secret the gateway generated
+  (with `secrets`, outside this package).  Each successful resume moves the
+  generation on, so a credential works once; another identity's credential
+  never matches; comparisons are constant-time.
+
+How it is meant to be wired (not yet: client/tunnel.py and the gateway are
+changing under other hands):
+
+- Capability `RESUME_CAPABILITY` in both hellos; without it, today's
+  behaviour.  The first credential travels in the `AttachResult` of the
+  channel's first data connection (a new optional field, sent only to a
+  client that advertised the capability); `ChannelAck` joins
+  `CONTROL_MESSAGES` and travels on the control connection, so the data
+  connection stays raw bytes (no framing cost on the hot path); the state
+  table allows it for open (and recently closed) channels.  `ResumeChannel`
+  and `ResumeAnswer` join the data-connection preamble as the alternative
+  to `Attach` / `AttachResult`, with the same 1 KiB limit.
+- Gateway: one `ResumableChannel` per channel, owned by the task that owns
+  the channel's relay in `gateway/reactor.py`.  The replay buffer sits
+  between the reactor's QEMU-side read and its write to the client: each
+  chunk read from QEMU is `sent()` (recorded) as it is written to the data
+  connection; the reactor's own buffers are transient (bytes are in one
+  of them or in the socket), the replay buffer is the copy that survives
+  the connection.  When `room()` is 0 the reactor stops reading QEMU's
+  socket (QEMU waits), which is the issue's "the VM never notices".  Bytes
+  from the client are `received()` as the reactor writes them to QEMU; the
+  acks it yields go to the control session (transport/control.py) to send.
+  A `ChannelAck` from the client arrives on the control session and is
+  handed to the channel's owner, which calls `acked()`.
+- Client: the same on its side (device results written to the data
+  connection are `sent()`), and on a break it keeps the device claimed,
+  redials, sends `resume_request()`, feeds the answer to `resume_answered()`
+  and writes the returned replay before anything new.
+
+Every error the peer can cause is a `ResumeError` (a `RemoteProtocolError`):
+an ack or a resume count beyond what was sent, or behind what was already
+acknowledged (bytes the sender no longer has).  Our caller's mistakes
+(sending past `room()`) are `LocalProtocolError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections import deque
+from typing import Final
+
+from redirgate.proto.tunnel import validate as v
+from redirgate.proto.tunnel.errors import LocalProtocolError, RemoteProtocolError
+from redirgate.proto.tunnel.framing import Buffer
+from redirgate.proto.tunnel.messages import (
+    RESUME_CREDENTIAL_BYTES,
+    ChannelAck,
+    ResumeAnswer,
+    ResumeChannel,
+)
+
+__all__ = [
+    "DEFAULT_ACK_EVERY",
+    "DEFAULT_REPLAY_LIMIT",
+    "MIN_SECRET_BYTES",
+    "AckPolicy",
+    "ReplayBuffer",
+    "ResumableChannel",
+    "ResumeCredentials",
+    "ResumeError",
+]
+
+#: Bytes a channel keeps per direction for replay, at most (issue 16's default).
+DEFAULT_REPLAY_LIMIT: Final = 4 * 1024 * 1024
+#: A receiver acknowledges at least every this many bytes: a quarter of the
+#: default replay limit, so a sender never waits on acks while it has room.
+DEFAULT_ACK_EVERY: Final = 1024 * 1024
+#: A channel's HMAC key: at least 128 random bits.
+MIN_SECRET_BYTES: Final = 16
+_CREDENTIAL_LABEL: Final = b"redirgate resume credential v1\0"
+
+
+class ResumeError(RemoteProtocolError):
+    """The peer's count or credential cannot be honoured; the channel is lost."""
+
+
+class ReplayBuffer:
+    """What one side sent on one direction of a channel and the peer has not
+    acknowledged yet.  `sent_total` and `acked` are offsets from the
+    channel's first byte; the buffer holds exactly the bytes between them.
+    Storage exists only while `pending() > 0`."""
+
+    def __init__(self, limit: int = DEFAULT_REPLAY_LIMIT) -> None:
+        self.limit = v.uint("ReplayBuffer", "limit", limit, v.U64, low=1)
+        self.sent_total = 0
+        self.acked = 0
+        self._chunks: deque[bytes] | None = None
+        #: bytes of the first chunk already acknowledged
+        self._head_skip = 0
+
+    @property
+    def allocated(self) -> bool:
+        """Whether any storage is held (only while data is unacknowledged)."""
+        return self._chunks is not None
+
+    def pending(self) -> int:
+        """Bytes sent and not acknowledged."""
+        return self.sent_total - self.acked
+
+    def room(self) -> int:
+        """Bytes the caller may still send before an ack must make room."""
+        return self.limit - self.pending()
+
+    def push(self, data: Buffer) -> None:
+        """Record `data` as sent (the caller writes it to the connection)."""
+        size = len(data)
+        if size > self.room():
+            raise LocalProtocolError(f"{size} bytes exceed the replay buffer's room ({self.room()} of {self.limit})")
+        if not size:
+            return
+        if self._chunks is None:
+            self._chunks = deque()
+        self._chunks.append(bytes(data))
+        self.sent_total += size
+
+    def check_offset(self, offset: int, what: str) -> None:
+        """ResumeError unless acked <= offset <= sent_total."""
+        if type(offset) is not int or offset > self.sent_total:
+            raise ResumeError(f"{what} {offset!r} is beyond the {self.sent_total} bytes sent")
+        if offset < self.acked:
+            raise ResumeError(f"{what} {offset} is behind the {self.acked} bytes already acknowledged")
+
+    def ack(self, offset: int) -> None:
+        """The peer has received everything up to `offset`: drop it.
+        An ack may repeat an older one (acks cross resumes on the wire)."""
+        if type(offset) is int and offset <= self.acked:
+            return
+        self.check_offset(offset, "acknowledged offset")
+        drop = offset - self.acked
+        chunks = self._chunks
+        assert chunks is not None  # offset > acked means pending() > 0
+        while drop:
+            head = len(chunks[0]) - self._head_skip
+            if head <= drop:
+                chunks.popleft()
+                self._head_skip = 0
+                drop -= head
+            else:
+                self._head_skip += drop
+                drop = 0
+        self.acked = offset
+        if not chunks:
+            self._chunks = None
+
+    def replay_from(self, offset: int) -> bytes:
+        """Everything sent from `offset` on (the peer received up to there),
+        dropping what comes before it; the bytes to send again.  Unlike an
+        ack, a count behind what the peer already acknowledged is an error:
+        the bytes in between are gone on both sides."""
+        self.check_offset(offset, "the peer's received count")
+        self.ack(offset)
+        if self._chunks is None:
+            return b""
+        data = b"".join(self._chunks)
+        return data[self._head_skip :]
+
+
+class AckPolicy:
+    """A receiver's byte count, and when to tell the sender."""
+
+    def __init__(self, ack_every: int = DEFAULT_ACK_EVERY) -> None:
+        self.ack_every = v.uint("AckPolicy", "ack_every", ack_every, v.U64, low=1)
+        self.received = 0
+        #: the count in the last ack handed out
+        self.acknowledged = 0
+
+    def on_received(self, size: int) -> int | None:
+        """`size` bytes were delivered onwards: the offset to acknowledge now,
+        or None while less than `ack_every` is unacknowledged."""
+        self.received += size
+        if self.received - self.acknowledged >= self.ack_every:
+            return self.flush()
+        return None
+
+    def flush(self) -> int | None:
+        """The offset to acknowledge if anything is unacknowledged (the
+        caller's timer or idle read loop asks), else None."""
+        if self.received == self.acknowledged:
+            return None
+        self.acknowledged = self.received
+        return self.received
+
+    def acks_lost(self) -> None:
+        """The connection that carried our acks broke: any of them may be
+        lost, so the next `flush` repeats the count even if unchanged
+        (else a sender whose buffer is full would wait for ever)."""
+        self.acknowledged = -1
+
+
+class ResumableChannel:
+    """Both directions of one channel at one end: our replay buffer for what
+    we send, our count of what we receive.  The caller moves the bytes."""
+
+    def __init__(
+        self, channel_id: int, *, replay_limit: int = DEFAULT_REPLAY_LIMIT, ack_every: int = DEFAULT_ACK_EVERY
+    ) -> None:
+        self.channel_id = v.uint("ResumableChannel", "channel_id", channel_id, v.U32, low=1)
+        self.outgoing = ReplayBuffer(replay_limit)
+        self.incoming = AckPolicy(ack_every)
+        #: the credential for our next resume (client side)
+        self.credential: bytes | None = None
+
+    def room(self) -> int:
+        return self.outgoing.room()
+
+    def sent(self, data: Buffer) -> None:
+        """We are writing `data` to the data connection."""
+        self.outgoing.push(data)
+
+    def received(self, size: int) -> ChannelAck | None:
+        """We delivered `size` bytes from the peer onwards; an ack to send, or None."""
+        offset = self.incoming.on_received(size)
+        return None if offset is None else ChannelAck(self.channel_id, offset)
+
+    def ack_now(self) -> ChannelAck | None:
+        """An ack for anything unacknowledged (timer, idle), or None."""
+        offset = self.incoming.flush()
+        return None if offset is None else ChannelAck(self.channel_id, offset)
+
+    def acks_lost(self) -> None:
+        """The control connection broke: call `ack_now()` once it is back."""
+        self.incoming.acks_lost()
+
+    def acked(self, message: ChannelAck) -> None:
+        """The peer's `ChannelAck` for this channel arrived."""
+        if message.channel_id != self.channel_id:
+            raise LocalProtocolError(f"ack for channel {message.channel_id} given to channel {self.channel_id}")
+        self.outgoing.ack(message.received)
+
+    def resume(self, peer_received: int) -> bytes:
+        """The new connection is up and the peer received `peer_received`
+        bytes: what to send again, before anything new.  Our own count is
+        what `received` was told: it is final for the old connection."""
+        return self.outgoing.replay_from(peer_received)
+
+    # --- client side
+    def resume_request(self) -> ResumeChannel:
+        """The client's first frame on the new data connection."""
+        if self.credential is None:
+            raise LocalProtocolError(f"channel {self.channel_id} has no resume credential")
+        return ResumeChannel(self.channel_id, self.credential, self.incoming.received)
+
+    def resume_answered(self, answer: ResumeAnswer) -> bytes:
+        """The gateway's answer: the replay to send (ResumeError if refused).
+        The credential is used up either way; the answer's is the next one."""
+        self.credential = None
+        if not answer.ok:
+            raise ResumeError(f"the gateway refused to resume channel {self.channel_id}: {answer.reason}")
+        self.credential = answer.credential
+        return self.resume(answer.received)
+
+    # --- gateway side
+    def answer(
+        self, request: ResumeChannel, credentials: ResumeCredentials, identity: str
+    ) -> tuple[ResumeAnswer, bytes]:
+        """The gateway's answer to a client's `ResumeChannel` and the replay
+        to write after it.  A refusal (wrong identity, channel or credential,
+        or a count we cannot honour) is an `ok=False` answer and no replay;
+        the caller sends it, closes, and ends the channel only if the
+        identity is the channel's own (a stranger cannot end it)."""
+        if request.channel_id != self.channel_id or not credentials.redeem(identity, request.credential):
+            return ResumeAnswer(False, reason="unknown channel or resume credential"), b""
+        try:
+            replay = self.resume(request.received)
+        except ResumeError as exc:
+            return ResumeAnswer(False, reason=exc.reason[:200]), b""
+        return ResumeAnswer(True, self.incoming.received, credentials.current(identity)), replay
+
+
+class ResumeCredentials:
+    """The gateway's credentials for one channel: one valid at a time, bound
+    to the owner's certificate identity, each redeemable once."""
+
+    def __init__(self, channel_id: int, owner: str, secret: bytes) -> None:
+        self.channel_id = v.uint("ResumeCredentials", "channel_id", channel_id, v.U32, low=1)
+        self.owner = v.text("ResumeCredentials", "owner", owner, 1024, empty=False)
+        self._secret = v.blob("ResumeCredentials", "secret", secret, MIN_SECRET_BYTES, 1024)
+        self.generation = 0
+
+    def _mac(self, identity: str, generation: int) -> bytes:
+        name = identity.encode("utf-8", "surrogatepass")
+        message = b"".join(
+            (
+                _CREDENTIAL_LABEL,
+                len(name).to_bytes(4, "big"),
+                name,
+                self.channel_id.to_bytes(4, "big"),
+                generation.to_bytes(8, "big"),
+            )
+        )
+        digest = hmac.new(self._secret, message, hashlib.sha256).digest()
+        assert len(digest) == RESUME_CREDENTIAL_BYTES
+        return digest
+
+    def current(self, identity: str) -> bytes:
+        """The credential the owner holds now (given in the attach result or
+        the last resume answer).  Only the owner gets one."""
+        if identity != self.owner:
+            raise LocalProtocolError(f"channel {self.channel_id} belongs to {self.owner!r}, not {identity!r}")
+        return self._mac(identity, self.generation)
+
+    def redeem(self, identity: str, credential: bytes) -> bool:
+        """Whether `credential`, presented by `identity` (from its TLS
+        certificate, never from a message), is the current one; if so it is
+        used up and a new one becomes current."""
+        expected = self._mac(identity, self.generation)
+        if not (hmac.compare_digest(expected, credential) and identity == self.owner):
+            return False
+        self.generation += 1
+        return True

@@ -1,0 +1,345 @@
+"""The resume layer (proto/tunnel/resume.py) and its messages.
+
+Table tests pin each rule; the hypothesis tests run two real channel ends
+over a simulated data connection that is cut at random points (whatever is
+in flight is lost, acks on the control connection may be lost too) and
+resumed through the real credential exchange: each side's output must be
+the other side's input exactly once, in order, and no replay buffer may
+ever exceed its bound or hold storage with nothing unacknowledged.
+"""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from redirgate.proto.tunnel import (
+    ATTACH_MAX_MESSAGE_SIZE,
+    InvalidMessageError,
+    LocalProtocolError,
+    decode_message,
+    encode_message,
+)
+from redirgate.proto.tunnel.messages import (
+    RESUME_MESSAGES,
+    ChannelAck,
+    ResumeAnswer,
+    ResumeChannel,
+)
+from redirgate.proto.tunnel.resume import (
+    DEFAULT_REPLAY_LIMIT,
+    AckPolicy,
+    ReplayBuffer,
+    ResumableChannel,
+    ResumeCredentials,
+    ResumeError,
+)
+
+SECRET = bytes(range(32))
+OWNER = "thin-client-7"
+CRED = bytes(32)
+
+
+def wire(message: object) -> bytes:
+    return encode_message(message, ATTACH_MAX_MESSAGE_SIZE)[4:]  # type: ignore[arg-type]  # any message
+
+
+# ------------------------------------------------------------------ messages
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        ChannelAck(1, 0),
+        ChannelAck(0xFFFFFFFF, 2**64 - 1),
+        ResumeChannel(3, CRED, 12345),
+        ResumeAnswer(True, 99, CRED),
+        ResumeAnswer(False, reason="x" * 256),
+        ResumeAnswer(False, reason="é" * 256),  # the largest answer fits the attach limit
+    ],
+)
+def test_resume_messages_round_trip_within_the_attach_limit(message):
+    again = decode_message(wire(message), RESUME_MESSAGES)
+    assert again == message and type(again) is type(message)
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "words"),
+    [
+        (ChannelAck, {"channel_id": 0, "received": 0}, "channel_id"),
+        (ChannelAck, {"channel_id": 1, "received": -1}, "received"),
+        (ChannelAck, {"channel_id": 1, "received": 2**64}, "received"),
+        (ChannelAck, {"channel_id": 1, "received": True}, "received"),
+        (ResumeChannel, {"channel_id": 1, "credential": bytes(31)}, "credential"),
+        (ResumeChannel, {"channel_id": 1, "credential": bytes(33)}, "credential"),
+        (ResumeChannel, {"channel_id": 1, "credential": "x" * 32}, "credential"),
+        (ResumeChannel, {"channel_id": 1, "credential": CRED, "received": 2**64}, "received"),
+        (ResumeAnswer, {"ok": True}, "credential"),  # an accepted resume always carries the next credential
+        (ResumeAnswer, {"ok": False, "credential": CRED}, "credential"),  # a refusal never does
+        (ResumeAnswer, {"ok": 1, "credential": CRED}, "ok"),
+        (ResumeAnswer, {"ok": False, "reason": "a\nb"}, "reason"),
+        (ResumeAnswer, {"ok": False, "reason": "x" * 257}, "reason"),
+    ],
+)
+def test_bad_fields_are_refused_by_constructor_and_decoder(cls, kwargs, words):
+    with pytest.raises(LocalProtocolError, match=words):
+        cls(**kwargs)
+    if any(type(x) is int and x >= 2**64 for x in kwargs.values()):
+        return  # msgpack cannot even carry it: the constructor's refusal is the whole rule
+    body = msgpack.packb({"kind": cls.KIND, **kwargs})
+    with pytest.raises(InvalidMessageError, match=words):
+        decode_message(body, RESUME_MESSAGES)
+
+
+def test_unknown_and_missing_fields_are_refused():
+    with pytest.raises(InvalidMessageError, match="unknown field"):
+        decode_message(msgpack.packb({"kind": "channel_ack", "channel_id": 1, "received": 0, "x": 1}), RESUME_MESSAGES)
+    with pytest.raises(InvalidMessageError, match="missing field 'received'"):
+        decode_message(msgpack.packb({"kind": "channel_ack", "channel_id": 1}), RESUME_MESSAGES)
+
+
+def test_credential_is_not_in_repr():
+    assert "credential" not in repr(ResumeChannel(1, b"\x07" * 32)) and "\\x07" not in repr(ResumeAnswer(True, 0, CRED))
+
+
+# ------------------------------------------------------------- replay buffer
+
+
+def test_replay_buffer_holds_exactly_the_unacknowledged_bytes():
+    buf = ReplayBuffer(10)
+    assert not buf.allocated and buf.room() == 10
+    buf.push(b"abcd")
+    buf.push(b"efg")
+    assert buf.allocated and buf.pending() == 7 and buf.room() == 3
+    buf.ack(2)  # inside the first chunk
+    assert buf.pending() == 5 and buf.replay_from(2) == b"cdefg"
+    buf.ack(5)  # across a chunk boundary
+    assert buf.replay_from(5) == b"fg"
+    buf.ack(4)  # an older ack, crossed on the wire: ignored
+    assert buf.acked == 5
+    buf.ack(7)
+    assert buf.pending() == 0 and not buf.allocated and buf.replay_from(7) == b""
+
+
+def test_replay_buffer_refuses_to_exceed_its_bound():
+    buf = ReplayBuffer(4)
+    buf.push(b"abcd")
+    with pytest.raises(LocalProtocolError, match="room"):
+        buf.push(b"e")
+    buf.ack(1)
+    buf.push(b"e")
+    assert buf.replay_from(1) == b"bcde"
+
+
+@pytest.mark.parametrize(
+    ("op", "offset", "words"),
+    [("ack", 5, "beyond"), ("replay_from", 5, "beyond"), ("replay_from", 1, "behind")],
+)
+def test_counts_the_sender_cannot_honour_are_resume_errors(op, offset, words):
+    buf = ReplayBuffer()
+    buf.push(b"abcd")
+    buf.ack(2)
+    with pytest.raises(ResumeError, match=words):
+        getattr(buf, op)(offset)
+
+
+def test_default_replay_limit_is_4_mib():
+    assert ReplayBuffer().limit == DEFAULT_REPLAY_LIMIT == 4 * 1024 * 1024
+
+
+def test_acks_come_every_n_bytes_or_on_flush():
+    policy = AckPolicy(ack_every=10)
+    assert [policy.on_received(n) for n in (4, 5, 1, 3)] == [None, None, 10, None]
+    assert policy.flush() == 13 and policy.flush() is None
+    assert policy.on_received(0) is None
+    policy.acks_lost()  # the control connection broke: the count is said again
+    assert policy.flush() == 13 and policy.flush() is None
+
+
+# --------------------------------------------------------------- credentials
+
+
+def resumed_pair(data: bytes = b"hello") -> tuple[ResumableChannel, ResumableChannel, ResumeCredentials]:
+    client, gateway = ResumableChannel(4), ResumableChannel(4)
+    creds = ResumeCredentials(4, OWNER, SECRET)
+    client.credential = creds.current(OWNER)
+    client.sent(data)
+    return client, gateway, creds
+
+
+def test_a_good_credential_resumes_once_and_the_answer_carries_the_next():
+    client, gateway, creds = resumed_pair()
+    request = client.resume_request()
+    answer, replay = gateway.answer(request, creds, OWNER)
+    assert answer.ok and replay == b"" and answer.credential != request.credential
+    assert client.resume_answered(answer) == b"hello"
+    again, _ = gateway.answer(request, creds, OWNER)  # the same credential replayed
+    assert not again.ok and again.credential == b""
+    second, _ = gateway.answer(client.resume_request(), creds, OWNER)  # the fresh one works
+    assert second.ok
+
+
+@pytest.mark.parametrize(
+    "presenter",
+    [
+        pytest.param(lambda req: (req, "thin-client-8"), id="another identity"),
+        pytest.param(lambda req: (ResumeChannel(5, req.credential), OWNER), id="another channel"),
+        pytest.param(lambda req: (ResumeChannel(4, bytes(32)), OWNER), id="a guessed credential"),
+    ],
+)
+def test_a_credential_is_useless_to_anyone_else(presenter):
+    client, gateway, creds = resumed_pair()
+    request, identity = presenter(client.resume_request())
+    answer, replay = gateway.answer(request, creds, identity)
+    assert not answer.ok and replay == b""
+    assert gateway.answer(client.resume_request(), creds, OWNER)[0].ok  # the owner's is still good
+
+
+def test_another_identity_cannot_present_the_owners_own_mac():
+    # the identity is in the MAC and checked: the owner's credential computed
+    # for a stranger's name is a different value, and the stranger gets none
+    creds = ResumeCredentials(4, OWNER, SECRET)
+    with pytest.raises(LocalProtocolError, match="belongs to"):
+        creds.current("thin-client-8")
+    assert not creds.redeem("thin-client-8", creds.current(OWNER))
+
+
+def test_a_refused_answer_raises_on_the_client_and_uses_the_credential_up():
+    client, _, _ = resumed_pair()
+    with pytest.raises(ResumeError, match=r"refused.*expired"):
+        client.resume_answered(ResumeAnswer(False, reason="expired"))
+    with pytest.raises(LocalProtocolError, match="no resume credential"):
+        client.resume_request()
+
+
+def test_a_count_the_gateway_cannot_honour_is_refused_in_the_answer():
+    client, gateway, creds = resumed_pair()
+    request = ResumeChannel(4, client.credential or b"", received=10)  # the gateway sent nothing
+    answer, replay = gateway.answer(request, creds, OWNER)
+    assert not answer.ok and "beyond" in answer.reason and replay == b""
+
+
+def test_secret_must_be_long_enough():
+    with pytest.raises(LocalProtocolError, match="secret"):
+        ResumeCredentials(4, OWNER, bytes(15))
+
+
+# ------------------------------------------------------- property: the stream
+
+OPS = st.sampled_from(["send", "deliver", "ack", "flush", "cut", "cut_control"])
+
+
+class End:
+    """One side of the simulated channel and its outgoing stream."""
+
+    def __init__(self, channel: ResumableChannel, data: bytes) -> None:
+        self.channel = channel
+        self.data = data
+        self.pos = 0  # how much of data was handed to the channel
+        self.output = bytearray()  # what arrived from the peer, in order
+
+
+def check_bounds(end: End, limit: int) -> None:
+    out = end.channel.outgoing
+    assert 0 <= out.pending() <= limit
+    assert out.allocated == (out.pending() > 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    up=st.binary(max_size=3000),
+    down=st.binary(max_size=3000),
+    limit=st.integers(1, 700),
+    ack_every=st.integers(1, 400),
+    ops=st.lists(st.tuples(OPS, st.booleans(), st.integers(1, 900)), max_size=120),
+)
+def test_every_byte_arrives_once_in_order_across_random_cuts(up, down, limit, ack_every, ops):
+    creds = ResumeCredentials(9, OWNER, SECRET)
+    client = End(ResumableChannel(9, replay_limit=limit, ack_every=ack_every), up)
+    gateway = End(ResumableChannel(9, replay_limit=limit, ack_every=ack_every), down)
+    client.channel.credential = creds.current(OWNER)
+    # in flight: bytes on the data connection (to the key's end), acks on the control connection
+    wires: dict[int, bytearray] = {id(client): bytearray(), id(gateway): bytearray()}
+    acks: dict[int, list[ChannelAck]] = {id(client): [], id(gateway): []}
+
+    def send(src: End, dst: End, n: int) -> None:
+        take = min(n, src.channel.room(), len(src.data) - src.pos)
+        chunk = src.data[src.pos : src.pos + take]
+        src.channel.sent(chunk)
+        wires[id(dst)] += chunk
+        src.pos += take
+
+    def deliver(src: End, dst: End, n: int) -> None:
+        chunk = bytes(wires[id(dst)][:n])
+        del wires[id(dst)][:n]
+        dst.output += chunk
+        ack = dst.channel.received(len(chunk))
+        if ack is not None:
+            acks[id(src)].append(ack)
+
+    def cut() -> None:
+        for w in wires.values():
+            w.clear()
+        answer, replay_down = gateway.channel.answer(client.channel.resume_request(), creds, OWNER)
+        assert answer.ok
+        replay_up = client.channel.resume_answered(answer)
+        wires[id(client)] += replay_down
+        wires[id(gateway)] += replay_up
+
+    for op, upward, n in ops:
+        src, dst = (client, gateway) if upward else (gateway, client)
+        if op == "send":
+            send(src, dst, n)
+        elif op == "deliver":
+            deliver(src, dst, n)
+        elif op == "ack" and acks[id(src)]:
+            src.channel.acked(acks[id(src)].pop(0))
+        elif op == "flush":
+            ack = dst.channel.ack_now()
+            if ack is not None:
+                acks[id(src)].append(ack)
+        elif op == "cut":
+            cut()
+        elif op == "cut_control":  # acks in flight are lost with the control connection
+            acks[id(src)].clear()
+            dst.channel.acks_lost()
+        check_bounds(client, limit)
+        check_bounds(gateway, limit)
+        assert bytes(dst.output) == dst_expected_prefix(src, dst)
+
+    for _ in range(2 * (len(up) + len(down)) + 4):  # drain: the protocol must make progress
+        for src, dst in ((client, gateway), (gateway, client)):
+            send(src, dst, 1 << 20)
+            deliver(src, dst, 1 << 20)
+            ack = dst.channel.ack_now()
+            if ack is not None:
+                acks[id(src)].append(ack)
+            while acks[id(src)]:
+                src.channel.acked(acks[id(src)].pop(0))
+        if client.pos == len(up) and gateway.pos == len(down) and not any(wires.values()):
+            break
+    assert bytes(gateway.output) == up
+    assert bytes(client.output) == down
+    assert client.channel.outgoing.pending() == gateway.channel.outgoing.pending() == 0
+
+
+def dst_expected_prefix(src: End, dst: End) -> bytes:
+    """What `dst` may have received by now: a prefix of src's stream."""
+    return src.data[: len(dst.output)]
+
+
+@given(st.binary(max_size=2000), st.lists(st.integers(0, 2000), max_size=20), st.integers(1, 64))
+def test_random_splits_give_the_same_counts_and_acks_as_whole(data, cuts, ack_every):
+    pieces, prev = [], 0
+    for c in sorted(min(c, len(data)) for c in cuts):
+        pieces.append(data[prev:c])
+        prev = c
+    pieces.append(data[prev:])
+    policy = AckPolicy(ack_every)
+    acked = [a for p in pieces if (a := policy.on_received(len(p))) is not None]
+    assert policy.received == len(data)
+    assert acked == sorted(set(acked))  # acks strictly increase
+    assert all(b - a >= ack_every for a, b in zip([0, *acked], acked, strict=False))
+    assert len(data) - (acked[-1] if acked else 0) < ack_every  # never more than N unacknowledged
