@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from importlib import metadata
@@ -17,12 +18,14 @@ from redirgate.cli import (
     demo,
     gateway_commands,
     host_commands,
+    install_service,
     parallel_commands,
     pki_commands,
     selfcheck,
     serial_commands,
     usb_commands,
 )
+from redirgate.cli.logs import FORMATS, LEVELS, hoist_log_options, setup_logging
 
 __all__ = ["build_parser", "main"]
 
@@ -41,7 +44,21 @@ def build_parser() -> argparse.ArgumentParser:
         "to virtual machines, through a TLS gateway.",
     )
     parser.add_argument("--version", action="version", version=f"redirgate {_version()}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug); also after the subcommand"
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=LEVELS,
+        default=None,
+        help="log level (default: info for the services, gateway run and client run; else warning)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default="auto",
+        help="plain lines, journal (<N> priority prefixes; auto under systemd), or json (one object per line)",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     client_commands = usb_commands.add_client_parsers(commands)
     gateway_commands.add_client_run_parser(client_commands)
@@ -53,16 +70,37 @@ def build_parser() -> argparse.ArgumentParser:
     selfcheck.add_parser(commands)
     pki_commands.add_parser(commands)
     host_commands.add_parser(commands)
+    install_service.add_parser(commands)
     return parser
+
+
+#: (command, subcommand) pairs that run as services: INFO by default (the
+#: standalone serve-* commands say what they serve on stdout/stderr themselves)
+_SERVICES = {("gateway", "run"), ("client", "run")}
+
+
+def _log_level(args: argparse.Namespace) -> int:
+    if args.log_level is not None:
+        return int(getattr(logging, args.log_level.upper()))
+    sub = getattr(args, "gateway_command", None) or getattr(args, "client_command", None)
+    base = logging.INFO if (args.command, sub) in _SERVICES else logging.WARNING
+    return max(logging.DEBUG, base - 10 * args.verbose)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    args = parser.parse_args(hoist_log_options(sys.argv[1:] if argv is None else argv))
+    setup_logging(_log_level(args), args.log_format)
     if args.command is None:
         parser.print_help()
         return 0
-    result: int = args.run(args)
+    try:
+        result: int = args.run(args)
+    except BrokenPipeError:
+        # `redirgate gateway status | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except KeyboardInterrupt:
+        return 130
     return result

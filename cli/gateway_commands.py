@@ -7,7 +7,9 @@ signals are handled here (SIGTERM/SIGINT cancel the service), nowhere else.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import logging
 import shlex
 import sys
 import time
@@ -16,9 +18,27 @@ from typing import Any
 
 import trio
 
+from redirgate.cli.sdnotify import Notifier
 from redirgate.cli.signals import until_signal
 
 __all__ = ["add_client_run_parser", "add_gateway_parser", "format_status"]
+
+log = logging.getLogger("redirgate.cli")
+
+
+GATEWAY_CONFIG = Path("/etc/redirgate/gateway.toml")
+CLIENT_CONFIG = Path("/etc/redirgate/client.toml")
+
+
+def _config_option(parser: argparse.ArgumentParser, default: Path) -> None:
+    parser.add_argument("--config", type=Path, default=default, metavar="FILE", help=f"default: {default}")
+
+
+def _qemu_version(text: str) -> tuple[int, int]:
+    major, _, minor = text.partition(".")
+    if not major.isdigit() or not (minor or "0").isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a QEMU version like 7.2 or 9.2")
+    return int(major), int(minor or 0)
 
 
 def add_gateway_parser(commands: Any) -> None:
@@ -26,39 +46,68 @@ def add_gateway_parser(commands: Any) -> None:
     sub = gateway.add_subparsers(dest="gateway_command", metavar="SUBCOMMAND", required=True)
 
     run = sub.add_parser("run", help="run the gateway until SIGTERM/SIGINT")
-    run.add_argument("--config", required=True, type=Path, metavar="FILE")
+    _config_option(run, GATEWAY_CONFIG)
     run.set_defaults(run=_run_gateway)
 
-    check = sub.add_parser("check", help="validate a gateway config; print every mistake with its line")
-    check.add_argument("--config", required=True, type=Path, metavar="FILE")
+    check = sub.add_parser(
+        "check", help="validate a gateway config and what run needs (ports, certificates, folders); every mistake"
+    )
+    _config_option(check, GATEWAY_CONFIG)
     check.set_defaults(run=_run_check)
 
     status = sub.add_parser("status", help="clients online, routes, live channels (through the admin socket)")
-    where = status.add_mutually_exclusive_group(required=True)
-    where.add_argument("--config", type=Path, metavar="FILE", help="find the admin socket in this config")
+    where = status.add_mutually_exclusive_group()
+    where.add_argument(
+        "--config", type=Path, metavar="FILE", help=f"find the admin socket in this config ({GATEWAY_CONFIG})"
+    )
     where.add_argument("--socket", type=Path, metavar="PATH", help="the admin socket itself")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.set_defaults(run=_run_status)
 
+    disconnect = sub.add_parser(
+        "disconnect", help="end a route's channel (the VM sees an unplug, QEMU reconnects) or a client's session"
+    )
+    where = disconnect.add_mutually_exclusive_group()
+    where.add_argument(
+        "--config", type=Path, metavar="FILE", help=f"find the admin socket in this config ({GATEWAY_CONFIG})"
+    )
+    where.add_argument("--socket", type=Path, metavar="PATH", help="the admin socket itself")
+    disconnect.add_argument("target", metavar="ROUTE|CLIENT")
+    disconnect.set_defaults(run=_run_disconnect)
+
     snippet = sub.add_parser("snippet", help="libvirt XML or QEMU arguments that attach a VM to a route")
-    snippet.add_argument("--config", required=True, type=Path, metavar="FILE")
-    snippet.add_argument("route", metavar="ROUTE")
+    _config_option(snippet, GATEWAY_CONFIG)
+    snippet.add_argument("route", metavar="ROUTE", nargs="?", help="the route (or --all)")
+    snippet.add_argument("--all", action="store_true", help="every route, for one VM (one USB controller)")
     kind = snippet.add_mutually_exclusive_group(required=True)
     kind.add_argument("--libvirt", action="store_true", help="<redirdev>/<serial>/<parallel> XML")
     kind.add_argument("--qemu", action="store_true", help="qemu-system-x86_64 arguments")
     snippet.add_argument(
-        "--qemu-version", default="7.2", metavar="X.Y", help="reconnect= before 9.2, reconnect-ms= after"
+        "--qemu-version",
+        type=_qemu_version,
+        default=None,
+        metavar="X.Y",
+        help="reconnect= before 9.2, reconnect-ms= from 9.2 on (default: this machine's QEMU, else 7.2)",
     )
     snippet.set_defaults(run=_run_snippet)
 
 
 def add_client_run_parser(client_commands: Any) -> None:
     run = client_commands.add_parser("run", help="dial the gateway and export devices until SIGTERM/SIGINT")
-    run.add_argument("--config", required=True, type=Path, metavar="FILE")
+    _config_option(run, CLIENT_CONFIG)
     run.set_defaults(run=_run_client)
+    check = client_commands.add_parser(
+        "check", help="validate a client config and its certificate, key and CA; print every mistake"
+    )
+    _config_option(check, CLIENT_CONFIG)
+    check.set_defaults(run=_run_client_check)
 
 
 # ------------------------------------------------------------------ gateway
+def _error(text: object) -> None:
+    print(f"redirgate: {text}", file=sys.stderr)
+
+
 def _load_gateway_config(path: Path) -> Any:
     from redirgate.gateway.config import ConfigErrors, load_config
 
@@ -66,12 +115,25 @@ def _load_gateway_config(path: Path) -> Any:
         return load_config(path)
     except ConfigErrors as errors:
         for problem in errors.problems:
-            print(f"redirgate: {problem}", file=sys.stderr)
+            _error(problem)
         return None
 
 
+def _prepare_gateway(path: Path) -> Any:
+    """The config with everything `run` needs checked (`preflight`), or None after printing why not."""
+    from redirgate.gateway.preflight import preflight
+
+    config = _load_gateway_config(path)
+    if config is None:
+        return None
+    problems = preflight(config)
+    for problem in problems:
+        _error(problem)
+    return None if problems else config
+
+
 def _run_check(args: argparse.Namespace) -> int:
-    config = _load_gateway_config(args.config)
+    config = _prepare_gateway(args.config)
     if config is None:
         return 1
     print(f"{args.config}: ok: tunnel on {config.tunnel_listen}, {len(config.routes)} route(s)")
@@ -83,12 +145,19 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 def _run_gateway(args: argparse.Namespace) -> int:
+    from redirgate.gateway.errors import GatewayError
+    from redirgate.gateway.pki import PkiError
     from redirgate.gateway.service import Gateway
 
-    config = _load_gateway_config(args.config)
+    config = _prepare_gateway(args.config)
     if config is None:
         return 1
-    gateway = Gateway(config)
+    try:
+        gateway = Gateway(config)
+    except PkiError as exc:  # a file changed between the check and now
+        _error(f"{args.config}: {exc}")
+        return 1
+    notifier = Notifier()
 
     async def serve() -> None:
         async with trio.open_nursery() as nursery:
@@ -96,21 +165,83 @@ def _run_gateway(args: argparse.Namespace) -> int:
             print(f"tunnel {addresses.tunnel[0]}:{addresses.tunnel[1]}", flush=True)
             for name, (host, port) in addresses.routes.items():
                 print(f"route {name} {host}:{port}", flush=True)
+            if addresses.metrics is not None:
+                print(f"metrics {addresses.metrics[0]}:{addresses.metrics[1]}", flush=True)
             print(f"admin {addresses.admin}", flush=True)
+            notifier.ready(_gateway_status(gateway))
+            if notifier.enabled:
+                nursery.start_soon(_keep_status, notifier, lambda: _gateway_status(gateway))
 
-    trio.run(until_signal, serve)
+    async def reload() -> None:
+        new = await trio.to_thread.run_sync(_reload_gateway_config, args.config, gateway.held_endpoints())
+        if new is None:
+            notifier.status("reload refused: the running configuration stays (see the log)")
+            return
+        try:
+            await gateway.reload(new)
+        except (GatewayError, PkiError, OSError) as exc:
+            log.error("reload refused: %s; the running configuration stays", exc)
+            return
+        notifier.status(_gateway_status(gateway))
+
+    try:
+        trio.run(functools.partial(until_signal, serve, reload=reload, notifier=notifier))
+    except GatewayError as exc:
+        _error(f"{args.config}: {exc}")
+        return 1
+    finally:
+        notifier.close()
     return 0
+
+
+def _reload_gateway_config(path: Path, held: Any) -> Any:
+    """The new config for a reload, or None after logging every problem (a worker thread runs it)."""
+    from redirgate.gateway.config import ConfigErrors, load_config
+    from redirgate.gateway.preflight import preflight
+
+    try:
+        config = load_config(path)
+        problems = preflight(config, held=held)
+    except ConfigErrors as errors:
+        problems = errors.problems
+    for problem in problems:
+        log.error("reload refused: %s", problem)
+    if problems:
+        log.error("reload refused: %d problem(s) in %s; the running configuration stays", len(problems), path)
+        return None
+    return config
+
+
+def _gateway_status(gateway: Any) -> str:
+    snap = gateway.snapshot()
+    active = sum(1 for r in snap["routes"] if r["state"] == "active")
+    refusals = snap["tunnel_refusals"] + sum(r["refusals"] for r in snap["routes"])
+    return (
+        f"{len(snap['clients'])} client(s) online, {active} of {len(snap['routes'])} route(s) attached, "
+        f"{refusals} refusal(s)"
+    )
+
+
+async def _keep_status(notifier: Notifier, status: Any, every_s: float = 10.0) -> None:
+    """STATUS= for `systemctl status`, refreshed while the service runs."""
+    while True:
+        await trio.sleep(every_s)
+        notifier.status(status())
+
+
+def _admin_path(args: argparse.Namespace) -> Path | None:
+    if args.socket is not None:
+        return Path(args.socket)
+    config = _load_gateway_config(args.config or GATEWAY_CONFIG)
+    return None if config is None else Path(config.admin_socket)
 
 
 def _run_status(args: argparse.Namespace) -> int:
     from redirgate.gateway.admin import read_status
 
-    path = args.socket
+    path = _admin_path(args)
     if path is None:
-        config = _load_gateway_config(args.config)
-        if config is None:
-            return 1
-        path = config.admin_socket
+        return 1
     try:
         status = read_status(path)
     except OSError as exc:
@@ -120,14 +251,46 @@ def _run_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_disconnect(args: argparse.Namespace) -> int:
+    from redirgate.gateway.admin import request
+
+    path = _admin_path(args)
+    if path is None:
+        return 1
+    try:
+        reply = request(path, {"command": "disconnect", "target": args.target})
+    except OSError as exc:
+        print(f"redirgate: no gateway answers on {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    if not reply.get("ok"):
+        print(f"redirgate: {reply.get('error', 'refused')}", file=sys.stderr)
+        return 1
+    print(reply["done"])
+    return 0
+
+
+def _age(since: float) -> str:
+    seconds = max(0, int(time.time() - since))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
 def format_status(status: dict[str, Any]) -> str:
-    lines = [f"gateway up {status['uptime_s']:.0f} s, {status['tunnel_refusals']} tunnel refusal(s)"]
+    routes = status["routes"]
+    refusals = status["tunnel_refusals"] + sum(r.get("refusals", 0) for r in routes)
+    lines = [
+        f"gateway up {status['uptime_s']:.0f} s, {refusals} refusal(s) ({status['tunnel_refusals']} on the tunnel)"
+        + (f", {status['reloads']} reload(s)" if status.get("reloads") else "")
+    ]
     clients = status["clients"]
     more = status.get("clients_more", 0)
     lines.append(f"clients online: {len(clients) + more}")
     for c in clients:
         rtt = f", rtt {c['rtt_ms']} ms" if c.get("rtt_ms") is not None else ""
-        lines.append(f"  {c['identity']} from {c['peer']} for {time.time() - c['since']:.0f} s{rtt}")
+        lines.append(f"  {c['identity']} from {c['peer']} for {_age(c['since'])}{rtt}")
         for d in c["devices"]:
             lines.append(f"    {d['id']}{' (busy)' if d['busy'] else ''}  {d['description']}")
     if more:
@@ -136,57 +299,171 @@ def format_status(status: dict[str, Any]) -> str:
     if counters:
         lines.append("held back: " + ", ".join(f"{k} {v}" for k, v in sorted(counters.items())))
     lines.append("routes:")
-    for r in status["routes"]:
+    for r in routes:
         state = r["state"]
         if state == "held":
             state += f" ({r['waiting_for']})"
-        lines.append(f"  {r['name']}: {r['listen']} -> {r['device']} on {r['client']}: {state}")
+        refused = f", {r['refusals']} refused" if r.get("refusals") else ""
+        lines.append(f"  {r['name']}: {r['listen']} -> {r['device']} on {r['client']}: {state}{refused}")
         ch = r.get("channel")
         if ch:
             lines.append(
-                f"    channel {ch['id']} with {ch['hypervisor']}: {ch['bytes_to_device']} B to the device, "
-                f"{ch['bytes_to_hypervisor']} B to the hypervisor"
+                f"    channel {ch['id']} with {ch['hypervisor']} for {_age(ch['since'])}: "
+                f"{ch['bytes_to_device']} B to the device, {ch['bytes_to_hypervisor']} B to the hypervisor"
             )
+        for refusal in r.get("recent_refusals", [])[-3:]:
+            lines.append(f"    refused {refusal['peer']} {_age(refusal['time'])} ago: {refusal['reason']}")
     return "\n".join(lines)
 
 
 def _run_snippet(args: argparse.Namespace) -> int:
-    from redirgate.gateway.snippet import libvirt_xml, qemu_args
+    from redirgate.gateway.snippet import libvirt_xml, libvirt_xml_all, local_qemu_version, qemu_args, qemu_args_all
 
+    if args.all == (args.route is not None):
+        _error("gateway snippet: name one ROUTE or give --all")
+        return 2
     config = _load_gateway_config(args.config)
     if config is None:
         return 1
-    route = config.route(args.route)
-    if route is None:
-        names = ", ".join(r.name for r in config.routes) or "none"
-        print(f"redirgate: no route {args.route!r} in {args.config} (routes: {names})", file=sys.stderr)
-        return 2
-    if args.libvirt:
-        print(libvirt_xml(config, route))
+    if args.all:
+        routes = list(config.routes)
+        if not routes:
+            _error(f"{args.config}: no [[route]] to print")
+            return 1
     else:
-        major, _, minor = args.qemu_version.partition(".")
-        version = (int(major), int(minor or 0))
-        print(" ".join(shlex.quote(a) for a in qemu_args(config, route, qemu_version=version)))
+        route = config.route(args.route)
+        if route is None:
+            names = ", ".join(r.name for r in config.routes) or "none"
+            _error(f"no route {args.route!r} in {args.config} (routes: {names})")
+            return 2
+        routes = [route]
+    if args.libvirt:
+        print(libvirt_xml_all(config, routes) if args.all else libvirt_xml(config, routes[0]), end="")
+        return 0
+    version = args.qemu_version or local_qemu_version() or (7, 2)
+    argv = (
+        qemu_args_all(config, routes, qemu_version=version)
+        if args.all
+        else qemu_args(config, routes[0], qemu_version=version)
+    )
+    print(" ".join(shlex.quote(a) for a in argv))
     return 0
 
 
 # ------------------------------------------------------------------ client
-def _run_client(args: argparse.Namespace) -> int:
+def _prepare_client(path: Path) -> Any:
+    """The client config with its TLS files checked, or None after printing every problem."""
     from redirgate.client.config import ConfigError, load_client_config
+    from redirgate.client.preflight import preflight
+
+    try:
+        config = load_client_config(path)
+    except ConfigError as errors:
+        for problem in errors.problems:
+            _error(problem)
+        return None
+    problems = preflight(config)
+    for problem in problems:
+        _error(problem)
+    return None if problems else config
+
+
+def _run_client_check(args: argparse.Namespace) -> int:
+    config = _prepare_client(args.config)
+    if config is None:
+        return 1
+    exports = [
+        *config.export.virtual,
+        *(f"serial:{s.name}" for s in config.serial),
+        *(f"parallel:{p.name}" for p in config.parallel),
+    ]
+    print(f"{args.config}: ok: gateway {config.gateway_host}:{config.gateway_port} as {config.server_name}")
+    if exports:
+        print(f"  exports: {', '.join(exports)}")
+    return 0
+
+
+def _run_client(args: argparse.Namespace) -> int:
     from redirgate.client.service import ClientService
     from redirgate.client.virtual.errors import VirtualSpecError
 
-    try:
-        config = load_client_config(args.config)
-    except ConfigError as errors:
-        for problem in errors.problems:
-            print(f"redirgate: {problem}", file=sys.stderr)
+    config = _prepare_client(args.config)
+    if config is None:
         return 1
     try:
         service = ClientService(config)
     except VirtualSpecError as exc:
-        print(f"redirgate: {args.config}: export.virtual: {exc}", file=sys.stderr)
+        _error(f"{args.config}: export.virtual: {exc}")
         return 1
     print(f"client: dialling {config.gateway_host}:{config.gateway_port}", flush=True)
-    trio.run(until_signal, service.run)
+    notifier = Notifier()
+
+    def status() -> str:
+        client = service.client
+        where = f"{client.config.gateway_host}:{client.config.gateway_port}"
+        if not client.online:
+            return f"connecting to {where}"
+        return f"online to {where}, {len(client.channels)} channel(s)"
+
+    async def serve() -> None:
+        async with trio.open_nursery() as nursery:
+            if config.metrics_listen is not None:
+                from redirgate.client.metrics import client_registry
+                from redirgate.transport import serve_metrics
+
+                host, port = config.metrics_listen
+                try:
+                    listeners = await trio.open_tcp_listeners(port, host=host)
+                except OSError as exc:
+                    raise _StartError(
+                        f"client.metrics_listen: cannot listen on {host}:{port}: {exc.strerror or exc}"
+                    ) from None
+                bound = listeners[0].socket.getsockname()
+                print(f"metrics {bound[0]}:{bound[1]}", flush=True)
+                healthy = lambda: (True, status())  # noqa: E731 - the endpoint asks at each request
+                nursery.start_soon(serve_metrics, listeners, client_registry(service), healthy)
+            nursery.start_soon(service.run)
+            notifier.ready(status())
+            if notifier.enabled:
+                nursery.start_soon(_keep_status, notifier, status, 5.0)
+
+    async def reload() -> None:
+        new = await trio.to_thread.run_sync(_reload_client_config, args.config)
+        if new is None:
+            notifier.status("reload refused: the running configuration stays (see the log)")
+            return
+        try:
+            service.reload(new)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            log.error("reload refused: %s; the running configuration stays", exc)
+
+    try:
+        trio.run(functools.partial(until_signal, serve, reload=reload, notifier=notifier))
+    except _StartError as exc:
+        _error(f"{args.config}: {exc}")
+        return 1
+    finally:
+        notifier.close()
     return 0
+
+
+class _StartError(Exception):
+    """The client could not start something its config asks for (names the key)."""
+
+
+def _reload_client_config(path: Path) -> Any:
+    """The new client config for a reload, or None after logging every problem (a worker thread runs it)."""
+    from redirgate.client.config import ConfigError, load_client_config
+    from redirgate.client.preflight import preflight
+
+    try:
+        config = load_client_config(path)
+        problems = preflight(config)
+    except ConfigError as errors:
+        problems = errors.problems
+    for problem in problems:
+        log.error("reload refused: %s", problem)
+    if problems:
+        log.error("reload refused: %d problem(s) in %s; the running configuration stays", len(problems), path)
+        return None
+    return config

@@ -48,6 +48,11 @@ def add_parser(commands: Any) -> None:
     hypervisor.add_argument("name", metavar="NAME")
     hypervisor.set_defaults(run=_run_hypervisor)
 
+    listing = sub.add_parser("list", help="every certificate issued here, with its expiry date and revocation")
+    listing.add_argument("--dir", required=True, help="the PKI directory")
+    listing.add_argument("--json", action="store_true", help="one JSON document")
+    listing.set_defaults(run=_run_list)
+
     revoke = sub.add_parser("revoke", help="revoke NAME's certificate; the gateway applies it without restart")
     revoke.add_argument("--dir", required=True, help="the PKI directory")
     revoke.add_argument("--hypervisor", action="store_true", help="NAME is a hypervisor, not a client")
@@ -107,3 +112,46 @@ def _run_revoke(args: argparse.Namespace) -> None:
     kind = pki.PeerKind.HYPERVISOR if args.hypervisor else pki.PeerKind.CLIENT
     entry = pki.revoke(args.dir, args.name, kind=kind)
     print(f"revoked {entry.kind.value} {entry.name} (serial {entry.serial:x}); crl.pem rewritten")
+
+
+@_guard
+def _run_list(args: argparse.Namespace) -> None:
+    import datetime as dt
+    import json
+    from pathlib import Path
+
+    if not (Path(args.dir) / "ca-cert.pem").exists():
+        raise pki.PkiMissing(Path(args.dir) / "ca-cert.pem", "no CA here (redirgate pki init --dir DIR)")
+    now = dt.datetime.now(dt.UTC)
+    rows: list[dict[str, Any]] = []
+    for item in pki.list_certificates(args.dir):
+        days = item.days_left(now)
+        state = (
+            "revoked"
+            if item.revoked
+            else "expired"
+            if days < 0
+            else "expiring"
+            if days < pki.EXPIRY_WARNING_DAYS
+            else "ok"
+        )
+        rows.append(
+            {
+                "kind": item.kind,
+                "name": item.name,
+                "serial": f"{item.serial:x}",
+                "not_after": item.not_after.strftime("%Y-%m-%d"),
+                "days_left": int(days),
+                "state": state,
+                "path": str(item.path),
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return
+    print(f"{'KIND':<11}{'NAME':<28}{'EXPIRES':<12}{'DAYS':>6}  {'STATE':<9}SERIAL")
+    for row in rows:
+        print(
+            f"{row['kind']:<11}{row['name'][:27]:<28}{row['not_after']:<12}{row['days_left']:>6}  "
+            f"{row['state']:<9}{row['serial']}"
+        )

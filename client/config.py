@@ -3,6 +3,8 @@
     [client]
     gateway = "gw.example.net:7443"    # the gateway's tunnel port
     server_name = "gw.example.net"     # name in its certificate (default: the host part)
+    reconnect_max_s = 30               # longest wait between reconnect attempts (jittered backoff)
+    metrics_listen = "127.0.0.1:9471"  # optional: Prometheus /metrics and /healthz
     cert = "client-cert.pem"           # our identity is in this certificate
     key = "client-key.pem"
     ca = "ca-cert.pem"
@@ -110,6 +112,8 @@ class ClientConfig:
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
     inventory_interval_s: float = 1.0
+    #: Prometheus /metrics and /healthz as (host, port); None: off
+    metrics_listen: tuple[str, int] | None = None
 
 
 def _locate(text: str, key: str) -> int | None:
@@ -141,7 +145,7 @@ def load_client_config(path: str | Path) -> ClientConfig:
         if key not in ("client", "export", "serial", "parallel"):
             problem(key, "unknown table (expected [client], [export], [[serial]] and [[parallel]])")
     for key in client:
-        if key not in {"gateway", "server_name", "cert", "key", "ca", "reconnect_max_s"}:
+        if key not in {"gateway", "server_name", "cert", "key", "ca", "reconnect_max_s", "metrics_listen"}:
             problem(f"client.{key}", "unknown key")
     for key in export:
         if key not in {"usb_ids", "usb_ports", "usb_rules", "virtual"}:
@@ -170,6 +174,15 @@ def load_client_config(path: str | Path) -> ClientConfig:
         return result
 
     cert, key_path, ca = file("cert"), file("key"), file("ca")
+
+    metrics: tuple[str, int] | None = None
+    if "metrics_listen" in client:
+        text = client["metrics_listen"]
+        m_host, sep, m_port = str(text).rpartition(":")
+        if not isinstance(text, str) or not sep or not m_port.isdigit() or not 0 <= int(m_port) < 65536:
+            problem("client.metrics_listen", f"{text!r} is not HOST:PORT")
+        else:
+            metrics = (m_host.strip("[]") or "127.0.0.1", int(m_port))
 
     def selectors(key: str, want_port: bool) -> tuple[DeviceSelector, ...]:
         values = export.get(key, [])
@@ -218,6 +231,7 @@ def load_client_config(path: str | Path) -> ClientConfig:
         serial=serial,
         parallel=parallel,
         reconnect_max_s=float(client.get("reconnect_max_s", 30.0)),
+        metrics_listen=metrics,
     )
 
 

@@ -22,9 +22,12 @@ import trio
 from redirgate.client.config import ClientConfig
 from redirgate.client.exports import PortExports
 from redirgate.client.inventory import DeviceInventory
+from redirgate.client.parallel.exports import ParallelExports
+from redirgate.client.serial.exports import SerialExports
 from redirgate.client.tunnel import TunnelClient
 from redirgate.client.usb.hotplug import follow_usb_uevents
 from redirgate.client.usb.uevent import is_usb_device_event
+from redirgate.transport import client_context
 
 __all__ = ["FOLLOWUP_RESCAN_S", "SAFETY_RESCAN_S", "ClientService"]
 
@@ -47,14 +50,43 @@ class ClientService:
             from redirgate.client.virtual import make_backend
 
             self.backend = make_backend(list(config.export.virtual))
-        self.ports = PortExports.from_config(config)  # serial and parallel ports, or None
+        # serial and parallel ports (empty sets too: a reload may add some)
+        self.ports = PortExports(SerialExports(config.serial), ParallelExports(config.parallel))
         self.client = TunnelClient(config, DeviceInventory(config.export, self.backend), serial=self.ports)
+
+    def reload(self, config: ClientConfig) -> list[str]:
+        """Apply a new (checked) config; returns what changed.
+
+        The export policy applies at once (a rescan is asked for): devices
+        it no longer allows leave the gateway's inventory.  Serial and
+        parallel ports removed or changed stop and new ones start;
+        unchanged ports keep their open port, ring and consumer.  The
+        certificate, key, CA and gateway address apply from the next
+        connection; emulated devices (`export.virtual`) need a restart.
+        """
+        old, changes = self.config, []
+        if config.export != old.export:
+            self.client.inventory.policy = config.export
+            self.client.request_rescan()
+            changes.append("export policy")
+        if config.export.virtual != old.export.virtual:
+            log.warning("reload: export.virtual changed; emulated devices change on the next restart")
+        assert self.ports.serial is not None and self.ports.parallel is not None
+        changes += self.ports.serial.reload(config.serial)
+        changes += self.ports.parallel.reload(config.parallel)
+        # certificates are read again even when their paths stayed (a renewal)
+        self.client.context = client_context(config.cert, config.key, config.ca, config.server_name)
+        tls = ("gateway_host", "gateway_port", "server_name", "cert", "key", "ca")
+        if any(getattr(config, key) != getattr(old, key) for key in tls):
+            changes.append("gateway connection (from the next connection)")
+        self.client.config = self.config = config
+        log.info("reloaded %s: %s", config.path, "; ".join(changes) or "nothing changed")
+        return changes
 
     async def run(self) -> None:
         try:
             async with trio.open_nursery() as nursery:
-                if self.ports is not None:
-                    nursery.start_soon(self.ports.run)
+                nursery.start_soon(self.ports.run)
                 await nursery.start(self._hotplug)
                 await self.client.run()
                 nursery.cancel_scope.cancel()

@@ -3,7 +3,10 @@
 A Unix socket (mode 0600, so only the gateway's user and root can read it)
 that answers every connection with one JSON document - clients online with
 their devices, routes and their state, live channels with bytes each way -
-and closes.  Read-only by design: nothing sent to it changes anything.
+and closes.  A client sends one JSON line first: `{"command": "status"}`
+(or nothing) for that document, `{"command": "disconnect", "target":
+"ROUTE|CLIENT"}` to end a route's channel or a client's session
+(`gateway disconnect`); the socket's mode is what keeps others out.
 
 The answer is bounded and written piece by piece: a long list (`Streamed`,
 the clients) is rendered and sent a few entries at a time with the event
@@ -28,7 +31,7 @@ import trio
 
 from redirgate.gateway.admission import serve_bounded
 
-__all__ = ["STATUS_MAX_ENTRIES", "Streamed", "encode_status", "read_status", "serve_admin"]
+__all__ = ["STATUS_MAX_ENTRIES", "Streamed", "encode_status", "open_admin", "read_status", "request", "serve_admin"]
 
 log = logging.getLogger(__name__)
 
@@ -73,27 +76,39 @@ def encode_status(document: dict[str, Any], *, max_entries: int = STATUS_MAX_ENT
     yield b"}\n"
 
 
-async def serve_admin(
-    path: Path,
-    snapshot: Callable[[], dict[str, Any]],
-    *,
-    task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Listen on `path` (a stale socket file is replaced) until cancelled."""
+async def open_admin(path: Path) -> trio.SocketListener:
+    """Bind the admin socket at `path` (a stale socket file is replaced); OSError says why not."""
     _remove_stale_socket(path)
     sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
     try:
         await sock.bind(os.fspath(path))
+    except OSError:
+        sock.close()
+        raise
     finally:
         os.umask(old_umask)
     sock.listen(16)
-    listener = trio.SocketListener(sock)
+    return trio.SocketListener(sock)
+
+
+async def serve_admin(
+    path: Path,
+    snapshot: Callable[[], dict[str, Any]],
+    *,
+    listener: trio.SocketListener | None = None,
+    commands: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Answer on `path` (bound here unless `listener` is given) until cancelled; the file goes with it."""
+    if listener is None:
+        listener = await open_admin(path)
 
     async def answer(stream: trio.SocketStream) -> None:
         try:
             with trio.move_on_after(5):
-                for piece in encode_status(snapshot()):
+                reply = await _reply(stream, snapshot, commands)
+                for piece in encode_status(reply):
                     await stream.send_all(piece)  # a checkpoint per piece: the loop stays free
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -119,13 +134,45 @@ def _remove_stale_socket(path: Path) -> None:
         path.unlink()
 
 
-def read_status(path: str | os.PathLike[str], *, timeout_s: float = 5.0) -> dict[str, Any]:
-    """Blocking client of the admin socket (for the CLI); OSError if nobody answers."""
+async def _reply(
+    stream: trio.SocketStream,
+    snapshot: Callable[[], dict[str, Any]],
+    commands: Callable[[dict[str, Any]], dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """Read one request line (none, or `{"command": "status"}`: the status) and answer it."""
+    data = b""
+    while b"\n" not in data and len(data) < _REQUEST_LIMIT:
+        chunk = await stream.receive_some(_REQUEST_LIMIT)
+        if not chunk:
+            break
+        data += chunk
+    line = data.split(b"\n", 1)[0].strip()
+    if not line:
+        return snapshot()
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return {"ok": False, "error": "not a JSON request"}
+    if not isinstance(message, dict) or message.get("command", "status") == "status":
+        return snapshot()
+    if commands is None:
+        return {"ok": False, "error": f"unknown command {message.get('command')!r}"}
+    return commands(message)
+
+
+#: a request is one short JSON line
+_REQUEST_LIMIT = 4096
+
+
+def request(path: str | os.PathLike[str], message: dict[str, Any], *, timeout_s: float = 5.0) -> dict[str, Any]:
+    """Blocking client of the admin socket (for the CLI): one request, one JSON reply; OSError if nobody answers."""
     import socket
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout_s)
         sock.connect(os.fspath(path))
+        sock.sendall(json.dumps(message).encode() + b"\n")
+        sock.shutdown(socket.SHUT_WR)
         chunks = []
         while True:
             chunk = sock.recv(65536)
@@ -134,3 +181,8 @@ def read_status(path: str | os.PathLike[str], *, timeout_s: float = 5.0) -> dict
             chunks.append(chunk)
     data: dict[str, Any] = json.loads(b"".join(chunks))
     return data
+
+
+def read_status(path: str | os.PathLike[str], *, timeout_s: float = 5.0) -> dict[str, Any]:
+    """The gateway's state (see the module docstring)."""
+    return request(path, {"command": "status"}, timeout_s=timeout_s)

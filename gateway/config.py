@@ -16,6 +16,8 @@ Relative paths are taken from the config file's folder.
     # bounds (README "Security model"): max_devices_per_client = 256, max_ports_per_client = 32,
     # inventory_updates_per_s = 5, inventory_update_burst = 20, usb_hello_timeout_s = 5,
     # max_handshakes = 256, max_handshakes_per_source = 16, limit_log_interval_s = 60
+    metrics_listen = "127.0.0.1:9470"  # optional: Prometheus /metrics and /healthz
+    audit_log = "/var/log/redirgate/audit.jsonl"   # optional: one JSON line per attach/detach/refusal/revocation
 
     [[route]]
     name = "stick"
@@ -139,6 +141,10 @@ class GatewayConfig:
     usb_hello_timeout_s: float = 5.0
     client_limits: ClientLimits = field(default_factory=ClientLimits)
     handshake_limits: HandshakeLimits = field(default_factory=HandshakeLimits)
+    #: Prometheus /metrics and /healthz (off when None)
+    metrics_listen: Endpoint | None = None
+    #: one JSON line per attach, detach, refusal and revocation (off when None)
+    audit_log: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def route(self, name: str) -> Route | None:
@@ -146,6 +152,18 @@ class GatewayConfig:
             if route.name == name:
                 return route
         return None
+
+
+#: where the service's config lives (install-service); its admin socket goes to the runtime folder
+SYSTEM_CONFIG_DIR = Path("/etc/redirgate")
+SYSTEM_ADMIN_SOCKET = Path("/run/redirgate/gateway.sock")
+
+
+def default_admin_socket(config_path: Path) -> Path:
+    """Beside the config, except for the system's config: /run/redirgate (the unit's RuntimeDirectory)."""
+    if config_path.parent.absolute() == SYSTEM_CONFIG_DIR:
+        return SYSTEM_ADMIN_SOCKET
+    return config_path.parent / "gateway.sock"
 
 
 def parse_endpoint(text: str, *, default_host: str = "0.0.0.0") -> Endpoint:
@@ -285,6 +303,8 @@ _GATEWAY_KEYS = {
     "max_handshakes",
     "max_handshakes_per_source",
     "limit_log_interval_s",
+    "metrics_listen",
+    "audit_log",
 }
 _ROUTE_KEYS = {"name", "listen", "client", "device", "allow", "protocol", "tls", "settings"}
 #: A serial route's line settings, checked for shape here and fully by the
@@ -326,9 +346,11 @@ def load_config(path: str | Path, *, check_files: bool = True) -> GatewayConfig:
     admin = (
         loader.path_value("gateway", gw, "admin_socket", exists=False)
         if "admin_socket" in gw
-        else path.parent / "gateway.sock"
+        else default_admin_socket(path)
     )
     public_host = loader.string("gateway", gw, "public_host", default="127.0.0.1")
+    metrics = loader.endpoint("gateway", gw, "metrics_listen") if "metrics_listen" in gw else None
+    audit = loader.path_value("gateway", gw, "audit_log", exists=False) if "audit_log" in gw else None
     timeouts = {
         name: loader.number("gateway", gw, name, default, minimum=minimum)
         for name, default, minimum in (
@@ -401,6 +423,8 @@ def load_config(path: str | Path, *, check_files: bool = True) -> GatewayConfig:
         admin_socket=admin,
         public_host=public_host,
         routes=tuple(routes),
+        metrics_listen=metrics,
+        audit_log=audit,
         handshake_timeout_s=timeouts["handshake_timeout_s"],
         heartbeat_interval_s=timeouts["heartbeat_interval_s"],
         heartbeat_timeout_s=timeouts["heartbeat_timeout_s"],
@@ -432,7 +456,9 @@ def _load_route(loader: _Loader, table: str, rd: Any) -> Route | None:
     protocol = rd.get("protocol")
     if protocol is None and device is not None:
         protocol = "usbredir" if device.scheme.value.startswith("usb") else "raw"
-    if protocol not in _PROTOCOLS:
+    if protocol is None:
+        pass  # the device's own problem is reported
+    elif protocol not in _PROTOCOLS:
         loader.problem(table, "protocol", f"{protocol!r}: expected one of {', '.join(_PROTOCOLS)}")
     elif device is not None and device.scheme.value not in _PROTOCOLS[protocol]:
         loader.problem(table, "protocol", f"{protocol} does not fit device {device.text}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ChannelError", "ClientGone", "GatewayError"]
+__all__ = ["ChannelError", "ClientGone", "GatewayError", "ListenError"]
 
 
 class GatewayError(Exception):
@@ -20,3 +20,7 @@ class ChannelError(GatewayError):
 
 class ClientGone(ChannelError):
     """The client's control connection ended while a channel depended on it."""
+
+
+class ListenError(GatewayError):
+    """A listener could not be opened; `peer` names the config key (gateway.tunnel_listen, route NAME)."""

@@ -33,7 +33,8 @@ import collections
 import logging
 import ssl
 import time
-from typing import Any
+from collections import deque
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -61,6 +62,9 @@ from redirgate.transport import (
     set_nodelay,
     verify_peer,
 )
+
+if TYPE_CHECKING:
+    from redirgate.gateway.events import GatewayEvents
 
 __all__ = ["RouteServer"]
 
@@ -125,10 +129,24 @@ class RouteServer:
         self.channels_served = 0
         self.discarded_bytes = 0
         self.last_end = ""
+        #: metrics and audit (set by the Gateway; None in bare tests)
+        self.events: GatewayEvents | None = None
+        #: bytes of channels that ended, each way (the live channel's come on top)
+        self.bytes_to_device = 0
+        self.bytes_to_hypervisor = 0
+        self._device: dict[str, Any] = {}
+        #: recent refusals, newest last (for `gateway status`)
+        self.recent_refusals: deque[dict[str, Any]] = deque(maxlen=5)
 
     @property
     def name(self) -> str:
         return self.route.name
+
+    def bytes_moved(self) -> tuple[int, int]:
+        """(to the device, to the hypervisor) over the route's life, the live channel included."""
+        ch = self.channel
+        live = (ch.stats.a_to_b, ch.stats.b_to_a) if ch is not None and self.state == "active" else (0, 0)
+        return self.bytes_to_device + live[0], self.bytes_to_hypervisor + live[1]
 
     def snapshot(self) -> dict[str, Any]:
         ch = self.channel
@@ -146,6 +164,7 @@ class RouteServer:
             "refusals": self.refusals,
             "discarded_bytes": self.discarded_bytes,
             "last_end": self.last_end,
+            "recent_refusals": list(self.recent_refusals),
             "channel": ch.snapshot() if ch is not None and self.state == "active" else None,
         }
 
@@ -154,12 +173,9 @@ class RouteServer:
         host = peer.rsplit(":", 1)[0].strip("[]")
         route = self.route
         if not route.allows(host):
-            self.refusals += 1
             nets = ", ".join(str(n) for n in route.allow)
             extra = " (the default: only loopback; set allow = [...] on the route)" if route.allow_defaulted else ""
-            log.warning(
-                "route %s: refused hypervisor %s: source address not allowed by %s%s", route.name, peer, nets, extra
-            )
+            self._refused("source_not_allowed", peer, f"source address not allowed by {nets}{extra}")
             await trio.aclose_forcefully(tcp)
             return
         if self.state != "idle":
@@ -197,8 +213,20 @@ class RouteServer:
             self.state, self.channel = "idle", None
 
     def _refuse_busy(self, peer: str) -> None:
+        self._refused("route_busy", peer, f"the route is in use by {self.hypervisor}")
+
+    def _refused(
+        self, reason: str, peer: str, detail: str, *, tls: TlsRefused | None = None, verb: str = "refused"
+    ) -> None:
+        """One refused hypervisor: counted, logged, remembered for status, audited."""
         self.refusals += 1
-        log.warning("route %s: refused hypervisor %s: the route is in use by %s", self.name, peer, self.hypervisor)
+        log.warning("route %s: %s hypervisor %s: %s", self.route.name, verb, peer, detail)
+        self.recent_refusals.append({"time": time.time(), "peer": peer, "reason": detail})
+        if self.events is not None:
+            if tls is not None:
+                self.events.tls_failed(tls.refusal.name.lower(), peer=peer, detail=detail, route=self.route.name)
+            else:
+                self.events.refused(reason, peer=peer, detail=detail, route=self.route.name)
 
     async def _handshake(self, tcp: trio.SocketStream, peer: str) -> ReceiveIntoStream | None:
         """TLS with the hypervisor, its certificate checked (CA, revocation, the
@@ -215,8 +243,7 @@ class RouteServer:
                         max_send_bytes=HYPERVISOR_TLS_RECORD_BYTES,
                     )
                 except TlsRefused as refused:
-                    self.refusals += 1
-                    log.warning("route %s: refused hypervisor %s: %s", route.name, peer, refused.reason)
+                    self._refused("tls", peer, refused.reason, tls=refused)
                     return None
         if not admitted:
             self.refusals += 1
@@ -225,19 +252,15 @@ class RouteServer:
         try:
             who = verify_peer(tls.getpeercert(), peer=peer, kind=PeerKind.HYPERVISOR, revocation=self.revocation)
         except TlsRefused as refused:
-            self.refusals += 1
-            log.warning("route %s: refused hypervisor %s: %s", route.name, peer, refused.reason)
+            self._refused("tls", peer, refused.reason, tls=refused)
             await trio.aclose_forcefully(tls)
             return None
         allowed = route.tls.hypervisors
         if allowed and who not in allowed:
-            self.refusals += 1
-            log.warning(
-                "route %s: refused hypervisor %s: certificate %r is not allowed here (hypervisors = %s)",
-                route.name,
+            self._refused(
+                "hypervisor_not_allowed",
                 peer,
-                who,
-                ", ".join(allowed),
+                f"certificate {who!r} is not allowed here (hypervisors = {', '.join(allowed)})",
             )
             await trio.aclose_forcefully(tls)
             return None
@@ -247,7 +270,6 @@ class RouteServer:
     async def _read_hello(self, stream: ReceiveIntoStream, peer: str) -> bytes | None:
         """The bytes up to and including the hypervisor's usbredir hello, read
         within `hello_timeout_s`; None (logged, counted) without a valid one."""
-        route = self.route
         parser = usbredir.UsbredirConnection(usbredir.Role.HOST)
         received = bytearray()
         buf = bytearray(HELLO_MAX_BYTES)
@@ -274,8 +296,7 @@ class RouteServer:
                 why = f"connection lost before its usbredir hello: {exc}"
         if waited.cancelled_caught:
             why = f"no usbredir hello within {self.hello_timeout_s:g} s (usb_hello_timeout_s)"
-        self.refusals += 1
-        log.warning("route %s: dropped hypervisor %s: %s", route.name, peer, why)
+        self._refused("no_usbredir_hello", peer, why, verb="dropped")
         return None
 
     async def _serve(self, stream: ReceiveIntoStream, peer: str, first: bytes = b"") -> None:
@@ -353,6 +374,7 @@ class RouteServer:
                 logged = why
             self.waiting_for = why
             session, entry = await self.registry.wait_for_device(route.client, route.device)
+            self._device = _describe_device(entry)
             channel = session.new_channel(route=route.name, device=entry.id, hypervisor=peer)
             opened = False
             reason = ""
@@ -391,6 +413,10 @@ class RouteServer:
         started = time.monotonic()
         hv = PrefixedStream(stream, held)
         dev = PrefixedStream(channel.stream, channel.trailing)
+        if self.events is not None:
+            self.events.attached(
+                route=route.name, client=route.client, device=self._device, hypervisor=peer, channel=channel.channel_id
+            )
         log.info(
             "route %s: hypervisor %s <-> %s on client %s (channel %d)",
             route.name,
@@ -432,6 +458,8 @@ class RouteServer:
                 reason = f"{side} ended it ({st.reason})" if side else st.reason
         except GuardViolation as exc:
             reason = exc.reason
+            if self.events is not None:
+                self.events.guard_violation(route.name)
             log.error(
                 "route %s: client %s sent a malformed usbredir message; channel ended before it reached QEMU: %s",
                 route.name,
@@ -442,6 +470,21 @@ class RouteServer:
             channel.state = "ended"
             channel.reason = channel.reason or reason
             self.last_end = reason
+            st = channel.stats
+            self.bytes_to_device += st.a_to_b
+            self.bytes_to_hypervisor += st.b_to_a
+            if self.events is not None:
+                self.events.detached(
+                    route=route.name,
+                    client=route.client,
+                    device=self._device,
+                    hypervisor=peer,
+                    channel=channel.channel_id,
+                    bytes_to_device=st.a_to_b,
+                    bytes_to_hypervisor=st.b_to_a,
+                    duration_s=time.monotonic() - started,
+                    reason=reason,
+                )
             await self._close_channel(channel, reason)
         st = channel.stats
         lost = f", {discarded} discarded (the client side did not take them)" if discarded else ""
@@ -466,3 +509,13 @@ class RouteServer:
                 await session.send(t.CloseChannel(channel.channel_id, reason[:250]))
             except (PeerGone, t.LocalProtocolError):
                 pass
+
+
+def _describe_device(entry: t.DeviceEntry) -> dict[str, Any]:
+    """The device as the audit log names it: id, VID:PID, serial (None fields left out)."""
+    described: dict[str, Any] = {"id": entry.id}
+    if entry.vendor_id is not None and entry.product_id is not None:
+        described["vid_pid"] = f"{entry.vendor_id:04x}:{entry.product_id:04x}"
+    if entry.serial:
+        described["serial"] = entry.serial
+    return described

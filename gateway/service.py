@@ -10,7 +10,10 @@ their streams on the way out, so QEMU and the clients see the end.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,15 +22,17 @@ from typing import Any
 
 import trio
 
-from redirgate.gateway.admin import Streamed, serve_admin
+from redirgate.gateway.admin import Streamed, open_admin, serve_admin
 from redirgate.gateway.admission import serve_bounded
 from redirgate.gateway.config import Endpoint, GatewayConfig, Route
-from redirgate.gateway.pki import RevocationList
+from redirgate.gateway.errors import ListenError
+from redirgate.gateway.events import AuditLog, GatewayCollector, GatewayEvents
+from redirgate.gateway.pki import EXPIRY_WARNING_DAYS, RevocationList, certificate_expiry
 from redirgate.gateway.reactor import RelayReactor
 from redirgate.gateway.registry import Registry
 from redirgate.gateway.route_server import RouteServer
 from redirgate.gateway.tunnel_server import TunnelServer
-from redirgate.transport import RevocationChecker, hypervisor_server_context, server_context
+from redirgate.transport import RevocationChecker, hypervisor_server_context, serve_metrics, server_context
 
 __all__ = ["Gateway", "GatewayAddresses", "serve_gateway"]
 
@@ -39,6 +44,7 @@ class GatewayAddresses:
     tunnel: tuple[str, int]
     routes: dict[str, tuple[str, int]] = field(default_factory=dict)
     admin: Path | None = None
+    metrics: tuple[str, int] | None = None
 
 
 def contained(
@@ -66,43 +72,81 @@ def _bound(listeners: list[trio.SocketListener]) -> tuple[str, int]:
     return host, port
 
 
+async def _open_listeners(endpoint: Endpoint, what: str) -> list[trio.SocketListener]:
+    """TCP listeners for `endpoint`, or ListenError naming `what` and the port."""
+    try:
+        return await trio.open_tcp_listeners(endpoint.port, host=endpoint.host)
+    except OSError as exc:
+        raise ListenError(what, f"cannot listen on {endpoint}: {exc.strerror or exc}") from None
+
+
+async def _close_all(groups: list[list[trio.SocketListener]]) -> None:
+    for listeners in groups:
+        for listener in listeners:
+            await trio.aclose_forcefully(listener)
+
+
+@dataclass
+class _RouteTask:
+    server: RouteServer
+    scope: trio.CancelScope
+    done: trio.Event
+    bound: tuple[str, int]
+
+
 class Gateway:
-    """The gateway's live objects (see `serve_gateway`)."""
+    """The gateway's live objects (see `serve_gateway`).
+
+    Everything here belongs to the one trio loop that runs `serve`;
+    `reload` runs on that loop too (the CLI calls it on SIGHUP).
+    """
 
     def __init__(self, config: GatewayConfig, *, admin: bool = True) -> None:
         self.config = config
         self.started_at = time.time()
         self.registry = Registry()
-        revocation: RevocationChecker | None = (
-            RevocationList(config.crl, config.ca) if config.crl is not None and config.crl.exists() else None
-        )
-        if config.crl is not None and revocation is None:
-            log.warning(
-                "gateway: CRL %s does not exist yet; no certificate is treated as revoked until it does", config.crl
-            )
-            revocation = _LateRevocation(config.crl, config.ca)
-        self.revocation = revocation
+        self.revocation = _revocation(config)
         self.tunnel = TunnelServer(
             self.registry,
             server_context(config.cert, config.key, config.ca),
-            revocation=revocation,
+            revocation=self.revocation,
             handshake_timeout_s=config.handshake_timeout_s,
             heartbeat_interval_s=config.heartbeat_interval_s,
             heartbeat_timeout_s=config.heartbeat_timeout_s,
             limits=config.client_limits,
             handshake_limits=config.handshake_limits,
         )
+        self.events = GatewayEvents(AuditLog(config.audit_log) if config.audit_log is not None else None)
+        self.events.watch(GatewayCollector(self._metrics_state))
+        self.tunnel.events = self.events
+        self.expiry = certificate_expiry(_certificate_files(config))
         self.routes = [self._route_server(route) for route in config.routes]
         self.admin = admin
+        self.addresses: GatewayAddresses | None = None
+        self.reloads = 0
+        self._reactor: RelayReactor | None = None
+        self._nursery: trio.Nursery | None = None
+        self._tasks: dict[str, _RouteTask] = {}
 
     def _route_server(self, route: Route) -> RouteServer:
-        context = None
-        if route.tls is not None:
-            context = hypervisor_server_context(route.tls.cert, route.tls.key, route.tls.ca)
+        server = self._new_route_server(route)
+        server.events = self.events
+        return server
+
+    def _metrics_state(self) -> dict[str, Any]:
+        """What the collector reads at scrape time (on this loop: the endpoint runs here)."""
+        return {
+            "clients": len(self.registry.clients),
+            "channels": sum(1 for r in self.routes if r.state == "active"),
+            "bytes": [(r.name, *r.bytes_moved()) for r in self.routes],
+            "expiry": [(str(path), not_after - time.time()) for path, not_after in self.expiry.items()],
+        }
+
+    def _new_route_server(self, route: Route) -> RouteServer:
         return RouteServer(
             route,
             self.registry,
-            tls_context=context,
+            tls_context=_route_context(route),
             revocation=self.revocation,
             handshake_timeout_s=self.config.handshake_timeout_s,
             options={"settings": route.settings} if route.settings else None,
@@ -124,55 +168,253 @@ class Gateway:
             "uptime_s": round(time.time() - self.started_at, 1),
             "tunnel_refusals": self.tunnel.refusals,
             "counters": dict(self.tunnel.counters),
+            "reloads": self.reloads,
             "clients": Streamed(list(self.registry.clients.values()), lambda session: session.snapshot()),
             "routes": [r.snapshot() for r in self.routes],
         }
 
-    async def _serve_tcp(
-        self,
-        handler: Callable[[trio.SocketStream], Awaitable[None]],
-        listen: Endpoint,
-        what: str,
-        *,
-        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    async def _serve_bounded(
+        self, handler: Callable[[trio.SocketStream], Awaitable[None]], listeners: list[trio.SocketListener], what: str
     ) -> None:
-        """`trio.serve_tcp`, with the accept loop that survives running out of descriptors."""
-        listeners = await trio.open_tcp_listeners(listen.port, host=listen.host)
+        """Serve opened listeners with the accept loop that survives running out of descriptors."""
         await serve_bounded(
             handler,
             listeners,
             what=what,
             counters=self.tunnel.counters,
             log_interval_s=self.config.handshake_limits.log_interval_s,
-            task_status=task_status,
         )
+
+    async def _watch_expiry(self, every_s: float = 86400.0) -> None:
+        """Log, at start and daily, each certificate that expires within EXPIRY_WARNING_DAYS (the metric is live)."""
+        while True:
+            for path, not_after in self.expiry.items():
+                days = (not_after - time.time()) / 86400
+                if days < 0:
+                    log.error("gateway: certificate %s expired %.0f day(s) ago; renew it and reload", path, -days)
+                elif days < EXPIRY_WARNING_DAYS:
+                    log.warning("gateway: certificate %s expires in %.0f day(s); renew it and reload", path, days)
+            await trio.sleep(every_s)
+
+    def _healthy(self) -> tuple[bool, str]:
+        if self._nursery is None:
+            return False, "starting"
+        return True, f"ok: {len(self.registry.clients)} client(s) online, {len(self.routes)} route(s)"
+
+    def command(self, message: dict[str, Any]) -> dict[str, Any]:
+        """An admin socket request other than status (see gateway.admin)."""
+        if message.get("command") != "disconnect" or not isinstance(message.get("target"), str):
+            return {"ok": False, "error": f"unknown command {message.get('command')!r} (status, disconnect)"}
+        return self.disconnect(message["target"])
+
+    def disconnect(self, target: str) -> dict[str, Any]:
+        """End route `target`'s channel, or client `target`'s whole session."""
+        for server in self.routes:
+            if server.name == target:
+                channel = server.channel
+                if channel is None or server.state != "active":
+                    return {"ok": False, "error": f"route {target} has no channel now ({server.state})"}
+                log.info("gateway: admin disconnects route %s (channel %d)", target, channel.channel_id)
+                channel.fail("disconnected by the admin")
+                return {"ok": True, "done": f"route {target}: channel {channel.channel_id} ended"}
+        session = self.registry.clients.get(target)
+        if session is not None:
+            log.info("gateway: admin disconnects client %s (%s)", target, session.peer)
+            session.close("disconnected by the admin")
+            return {"ok": True, "done": f"client {target}: session from {session.peer} ended"}
+        routes = ", ".join(s.name for s in self.routes) or "none"
+        clients = ", ".join(self.registry.clients) or "none"
+        return {
+            "ok": False,
+            "error": f"no route or client online named {target!r} (routes: {routes}; clients: {clients})",
+        }
+
+    def held_endpoints(self) -> set[Endpoint]:
+        """The endpoints this gateway listens on now (a reload's preflight skips them)."""
+        held = {self.config.tunnel_listen}
+        held.update(task.server.route.listen for task in self._tasks.values())
+        if self.config.metrics_listen is not None:
+            held.add(self.config.metrics_listen)
+        if self.addresses is not None:  # port 0 in the config: the port it got
+            held.add(Endpoint(self.config.tunnel_listen.host, self.addresses.tunnel[1]))
+        held.update(Endpoint(task.server.route.listen.host, task.bound[1]) for task in self._tasks.values())
+        return held
 
     async def serve(self, *, task_status: trio.TaskStatus[GatewayAddresses] = trio.TASK_STATUS_IGNORED) -> None:
         config = self.config
-        async with RelayReactor() as reactor, trio.open_nursery() as nursery:
+        # Every listener is opened before anything runs, so a port that
+        # cannot be had ends `serve` with one ListenError naming it.
+        opened: list[list[trio.SocketListener]] = []
+        admin_listener = None
+        try:
+            tunnel = await _open_listeners(config.tunnel_listen, "gateway.tunnel_listen")
+            opened.append(tunnel)
             for server in self.routes:
-                server.reactor = reactor
-            tunnel = await nursery.start(
-                self._serve_tcp, contained(self.tunnel.handle, "tunnel"), config.tunnel_listen, "tunnel"
-            )
+                opened.append(await _open_listeners(server.route.listen, f"route {server.name}"))
+            metrics_listeners = None
+            if config.metrics_listen is not None:
+                metrics_listeners = await _open_listeners(config.metrics_listen, "gateway.metrics_listen")
+                opened.append(metrics_listeners)
+            if self.admin:
+                try:
+                    admin_listener = await open_admin(config.admin_socket)
+                except OSError as exc:
+                    raise ListenError(
+                        "gateway.admin_socket", f"cannot bind {config.admin_socket}: {exc.strerror or exc}"
+                    ) from None
+        except BaseException:
+            await _close_all(opened)
+            raise
+        try:
+            await self._serve_opened(tunnel, opened, metrics_listeners, admin_listener, task_status)
+        finally:
+            self.events.close()
+
+    async def _serve_opened(
+        self,
+        tunnel: list[trio.SocketListener],
+        opened: list[list[trio.SocketListener]],
+        metrics_listeners: list[trio.SocketListener] | None,
+        admin_listener: trio.SocketListener | None,
+        task_status: trio.TaskStatus[GatewayAddresses],
+    ) -> None:
+        config = self.config
+        async with RelayReactor() as reactor, trio.open_nursery() as nursery:
+            self._reactor, self._nursery = reactor, nursery
+            nursery.start_soon(self._serve_bounded, contained(self.tunnel.handle, "tunnel"), tunnel, "tunnel")
             addresses = GatewayAddresses(_bound(tunnel))
             log.info("gateway: tunnel listener on %s:%d", *addresses.tunnel)
-            for server in self.routes:
-                listen = server.route.listen
-                bound = await nursery.start(
-                    self._serve_tcp, contained(server.handle, f"route {server.name}"), listen, f"route {server.name}"
+            for server, listeners in zip(self.routes, opened[1 : 1 + len(self.routes)], strict=True):
+                addresses.routes[server.name] = self._start_route(server, listeners)
+            nursery.start_soon(self._watch_expiry)
+            if metrics_listeners is not None:
+                nursery.start_soon(serve_metrics, metrics_listeners, self.events.registry, self._healthy)
+                addresses.metrics = _bound(metrics_listeners)
+                log.info("gateway: metrics on http://%s:%d/metrics", *addresses.metrics)
+            if admin_listener is not None:
+                addresses.admin = await nursery.start(
+                    functools.partial(
+                        serve_admin, config.admin_socket, self.status, listener=admin_listener, commands=self.command
+                    )
                 )
-                addresses.routes[server.name] = _bound(bound)
-                log.info(
-                    "gateway: route %s on %s:%d -> %s on client %s",
-                    server.name,
-                    *addresses.routes[server.name],
-                    server.route.device,
-                    server.route.client,
-                )
-            if self.admin:
-                addresses.admin = await nursery.start(serve_admin, config.admin_socket, self.status)
+            self.addresses = addresses
             task_status.started(addresses)
+
+    async def reload(self, config: GatewayConfig) -> list[str]:
+        """Apply a new (checked) config without touching what did not change; returns what changed.
+
+        Certificates, CA and CRL are read again (new connections use them;
+        live ones keep theirs).  Routes are matched by name: an unchanged
+        route keeps its listener and its channel; a removed route ends its
+        listener and its sessions; a changed one is ended and started anew.
+        Ports for new listeners are opened before anything is stopped, so a
+        port that cannot be had refuses the whole reload (ListenError) and
+        the running configuration stays.  `tunnel_listen` and `admin_socket`
+        take effect on the next restart.
+        """
+        if self._nursery is None:
+            raise ListenError("gateway", "not serving yet; nothing to reload")
+        old = self.config
+        changes: list[str] = []
+        tunnel_context = server_context(config.cert, config.key, config.ca)
+        revocation = _revocation(config)
+        contexts = {route.name: _route_context(route) for route in config.routes}
+        current = {task.server.name: task for task in self._tasks.values()}
+        wanted = {route.name: route for route in config.routes}
+        ending = [name for name in current if name not in wanted or wanted[name] != current[name].server.route]
+        starting = [name for name in wanted if name not in current or name in ending]
+        # ports we do not hold now are opened first: failing here changes nothing
+        freed = {current[name].server.route.listen for name in ending}
+        opened: dict[str, list[trio.SocketListener]] = {}
+        try:
+            for name in starting:
+                if wanted[name].listen not in freed or wanted[name].listen.port == 0:
+                    opened[name] = await _open_listeners(wanted[name].listen, f"route {name}")
+        except BaseException:
+            await _close_all(list(opened.values()))
+            raise
+        for what in ("tunnel_listen", "admin_socket", "metrics_listen", "audit_log"):
+            if getattr(old, what) != getattr(config, what):
+                log.warning(
+                    "gateway: reload: %s changed to %s; it takes effect on the next restart",
+                    what,
+                    getattr(config, what),
+                )
+                config = dataclasses.replace(config, **{what: getattr(old, what)})
+        self.config = config
+        self.revocation = revocation
+        self.expiry = certificate_expiry(_certificate_files(config))
+        tunnel = self.tunnel
+        tunnel.context, tunnel.revocation = tunnel_context, revocation
+        tunnel.handshake_timeout_s = config.handshake_timeout_s
+        tunnel.heartbeat_interval_s = config.heartbeat_interval_s
+        tunnel.heartbeat_timeout_s = config.heartbeat_timeout_s
+        tunnel.limits = config.client_limits
+        for name in ending:
+            await self._stop_route(name)
+            changes.append(f"route {name} {'removed' if name not in wanted else 'changed'}")
+            log.info(
+                "gateway: reload: route %s %s; its sessions ended", name, "removed" if name not in wanted else "changed"
+            )
+        servers = {server.name: server for server in self.routes}
+        for name in wanted:
+            if name in current and name not in ending:
+                server = servers[name]  # unchanged: fresh certificates and CRL for its next connections
+                server.tls_context, server.revocation = contexts[name], revocation
+                server.handshake_timeout_s = config.handshake_timeout_s
+                server.hold_timeout_s = config.hold_timeout_s
+                server.hello_timeout_s = config.usb_hello_timeout_s
+        self.routes = []
+        for route in config.routes:
+            if route.name in starting:
+                server = self._route_server(route)
+                listeners = opened.get(route.name) or await _open_listeners(route.listen, f"route {route.name}")
+                bound = self._start_route(server, listeners)
+                if self.addresses is not None:
+                    self.addresses.routes[route.name] = bound
+                if route.name not in current:
+                    changes.append(f"route {route.name} added")
+                self.routes.append(server)
+            else:
+                self.routes.append(servers[route.name])
+        if self.addresses is not None:
+            for name in current:
+                if name not in wanted:
+                    self.addresses.routes.pop(name, None)
+        self.reloads += 1
+        log.info("gateway: reloaded %s: %s", config.path, "; ".join(changes) or "no route changed")
+        return changes
+
+    def _start_route(self, server: RouteServer, listeners: list[trio.SocketListener]) -> tuple[str, int]:
+        """Serve one route in its own cancel scope (a reload ends it alone)."""
+        assert self._nursery is not None
+        server.reactor = self._reactor
+        task = _RouteTask(server, trio.CancelScope(), trio.Event(), _bound(listeners))
+        self._tasks[server.name] = task
+
+        async def run() -> None:
+            try:
+                with task.scope:
+                    await self._serve_bounded(
+                        contained(server.handle, f"route {server.name}"), listeners, f"route {server.name}"
+                    )
+            finally:
+                task.done.set()
+
+        self._nursery.start_soon(run)
+        log.info(
+            "gateway: route %s on %s:%d -> %s on client %s",
+            server.name,
+            *task.bound,
+            server.route.device,
+            server.route.client,
+        )
+        return task.bound
+
+    async def _stop_route(self, name: str) -> None:
+        task = self._tasks.pop(name)
+        task.scope.cancel()
+        await task.done.wait()
 
 
 class _LateRevocation:
@@ -186,6 +428,29 @@ class _LateRevocation:
         if self.inner is None and self.crl.exists():
             self.inner = RevocationList(self.crl, self.ca)
         return self.inner is not None and self.inner.is_revoked(cert)
+
+
+def _revocation(config: GatewayConfig) -> RevocationChecker | None:
+    if config.crl is None:
+        return None
+    if config.crl.exists():
+        return RevocationList(config.crl, config.ca)
+    log.warning("gateway: CRL %s does not exist yet; no certificate is treated as revoked until it does", config.crl)
+    return _LateRevocation(config.crl, config.ca)
+
+
+def _certificate_files(config: GatewayConfig) -> list[Path]:
+    files = [config.cert, config.ca]
+    for route in config.routes:
+        if route.tls is not None:
+            files += [route.tls.cert, route.tls.ca]
+    return list(dict.fromkeys(files))
+
+
+def _route_context(route: Route) -> ssl.SSLContext | None:
+    if route.tls is None:
+        return None
+    return hypervisor_server_context(route.tls.cert, route.tls.key, route.tls.ca)
 
 
 async def serve_gateway(

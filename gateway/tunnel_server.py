@@ -26,7 +26,7 @@ import logging
 import ssl
 import weakref
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import trio
 
@@ -49,6 +49,9 @@ from redirgate.transport import (
     peer_label,
     verify_peer,
 )
+
+if TYPE_CHECKING:
+    from redirgate.gateway.events import GatewayEvents
 
 __all__ = ["ClientControl", "TunnelServer"]
 
@@ -88,8 +91,16 @@ class TunnelServer:
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.software = software
         self.refusals = 0
+        #: metrics and audit (set by the Gateway; None in bare tests)
+        self.events: GatewayEvents | None = None
         #: parsed peer certificates of live control sessions (weak: they go with the stream)
         self._certs: weakref.WeakKeyDictionary[ZeroCopyTLSStream, Any] = weakref.WeakKeyDictionary()
+
+    def _tls_refused(self, refused: TlsRefused) -> None:
+        self.refusals += 1
+        log.warning("tunnel: refused %s: %s", refused.peer, refused.reason)
+        if self.events is not None:
+            self.events.tls_failed(refused.refusal.name.lower(), peer=refused.peer, detail=refused.reason)
 
     async def handle(self, tcp: trio.SocketStream) -> None:
         """One accepted TCP connection on the tunnel port."""
@@ -98,8 +109,7 @@ class TunnelServer:
                 try:
                     stream = await accept_tls(tcp, self.context, handshake_timeout_s=self.handshake_timeout_s)
                 except TlsRefused as refused:
-                    self.refusals += 1
-                    log.warning("tunnel: refused %s: %s", refused.peer, refused.reason)
+                    self._tls_refused(refused)
                     return
         if not admitted:
             await trio.aclose_forcefully(tcp)
@@ -108,8 +118,7 @@ class TunnelServer:
         try:
             identity = verify_peer(stream.getpeercert(), peer=peer, kind=PeerKind.CLIENT, revocation=self.revocation)
         except TlsRefused as refused:
-            self.refusals += 1
-            log.warning("tunnel: refused %s: %s", refused.peer, refused.reason)
+            self._tls_refused(refused)
             await trio.aclose_forcefully(stream)
             return
         handed_over = False
@@ -157,6 +166,8 @@ class TunnelServer:
         except ChannelError as exc:
             self.refusals += 1
             log.warning("tunnel: refused data connection from %s (%s): %s", identity, peer, exc.reason)
+            if self.events is not None:
+                self.events.refused("attach", peer=peer, detail=exc.reason, client=identity)
             await stream.send_all(attach.send(t.AttachResult(ok=False, reason=exc.reason[:200])))
             return False
         trailing, _eof = attach.trailing_data()
@@ -248,6 +259,8 @@ class ClientControl(ControlSession):
             log.warning(
                 "tunnel: %s (%s): certificate revoked; closing its session", self.client.identity, self.client.peer
             )
+            if self.server.events is not None:
+                self.server.events.revoked(client=self.client.identity, peer=self.client.peer)
             self.finish("its certificate was revoked")
 
     async def _heartbeat_ack(self, event: t.HeartbeatAck) -> None:  # after the driver timed it

@@ -18,6 +18,7 @@
 #   socat stunnel4 haproxy ser2net    real peers for serial/TLS/proxy tests
 #   libvirt-clients libxml2-utils   virt-xml-validate (+ xmllint) and, through libvirt0, the RNG schemas in
 #                                /usr/share/libvirt/schemas: `host xml` output is checked against libvirt's schema
+#   systemd                      systemd-analyze verify on the shipped units (tests/cli/test_install_service.py)
 #   linux-libc-dev               linux/ppdev.h + linux/lp.h: our parallel ioctl numbers are checked against them
 #   udev                         systemd-udevd in the real-USB thin-client VM (libusb learns of new devices from it)
 #   python3-venv                 only when this python3 cannot create a venv (tests/run.sh)
@@ -43,6 +44,7 @@ packages=(
     libvirt-clients
     libxml2-utils
     udev
+    systemd
 )
 
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then

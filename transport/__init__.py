@@ -35,6 +35,7 @@ from redirgate.transport.interfaces import (
     SocketLender,
     nonblocking,
 )
+from redirgate.transport.metrics_http import serve_metrics
 from redirgate.transport.plain import PlainSocketStream, open_plain_connection
 from redirgate.transport.prefixed import PrefixedStream
 from redirgate.transport.relay import (
@@ -61,6 +62,7 @@ from redirgate.transport.tls import (
     server_context,
     verify_peer,
 )
+from redirgate.transport.tls_files import crl_problems, key_mode_problem, tls_file_problems
 
 __all__ = [
     "DEFAULT_BUFFER_BYTES",
@@ -90,9 +92,11 @@ __all__ = [
     "ZeroCopyTLSStream",
     "accept_tls",
     "client_context",
+    "crl_problems",
     "hypervisor_server_context",
     "identity_from_certificate",
     "identity_uri",
+    "key_mode_problem",
     "nonblocking",
     "open_plain_connection",
     "open_tls_connection",
@@ -102,9 +106,11 @@ __all__ = [
     "record_layer",
     "refusal_from_ssl_error",
     "relay",
+    "serve_metrics",
     "server_context",
     "set_nodelay",
     "stream_error",
+    "tls_file_problems",
     "validate_name",
     "verify_peer",
 ]

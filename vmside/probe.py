@@ -215,7 +215,13 @@ def _explain(exc: GuestError, guests: list[UsbredirGuest]) -> str:
     if not hello and "closed the connection" in exc.reason:
         return (
             f"{exc.reason} before its usbredir hello: the device is busy, served to another VM "
-            "(a serve-usb port or a gateway route serves one VM at a time)"
+            "(a serve-usb port or a gateway route serves one VM at a time), or a gateway route's allow list "
+            "leaves out this host"
+        )
+    if not hello and "reset" in exc.reason.lower():
+        return (
+            f"{exc.reason} before its usbredir hello: a gateway route's allow list leaves out this host, "
+            "or the route is in use by another VM"
         )
     if hello and guests[0].device is None and "closed the connection" in exc.reason:
         return f"{exc.reason} before announcing a device"

@@ -26,6 +26,7 @@ from redirgate.client.export_tables import export_tables, ring_bytes
 from redirgate.client.parallel.errors import ParallelError
 from redirgate.client.parallel.serve import serve_parallel_stream
 from redirgate.client.parallel.service import DEFAULT_QUEUE_BYTES, PrinterService
+from redirgate.client.service_set import ServiceSet
 from redirgate.proto.tunnel import DeviceEntry, DeviceKind, OpenChannel
 
 __all__ = ["PREFIX", "ParallelExport", "ParallelExports", "parse_parallel_tables"]
@@ -48,7 +49,17 @@ class ParallelExports:
     """Printer services by export name; `run()` keeps them all going."""
 
     def __init__(self, exports: Sequence[ParallelExport]) -> None:
-        self.services = {e.name: PrinterService(e.name, e.path, queue_bytes=e.ring_bytes) for e in exports}
+        self.ports: ServiceSet[ParallelExport, PrinterService] = ServiceSet(
+            exports, lambda e: PrinterService(e.name, e.path, queue_bytes=e.ring_bytes), self._keep
+        )
+
+    @property
+    def services(self) -> dict[str, PrinterService]:
+        return self.ports.services
+
+    def reload(self, exports: Sequence[ParallelExport]) -> list[str]:
+        """Ports removed or changed stop, new ones start; the others are not touched."""
+        return [f"{PREFIX}{change}" for change in self.ports.reload(exports)]
 
     def entries(self) -> list[DeviceEntry]:
         return [
@@ -65,9 +76,7 @@ class ParallelExports:
         return device_id.startswith(PREFIX) and device_id.removeprefix(PREFIX) in self.services
 
     async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
-            for service in self.services.values():
-                nursery.start_soon(self._keep, service)
+        await self.ports.run()
 
     async def _keep(self, service: PrinterService) -> None:
         try:

@@ -21,6 +21,7 @@ from redirgate.client.serial.selector import PortSelector
 from redirgate.client.serial.serve import serve_serial_stream
 from redirgate.client.serial.service import PortService
 from redirgate.client.serial.settings import LineSettings
+from redirgate.client.service_set import ServiceSet
 from redirgate.proto.tunnel import DeviceEntry, DeviceKind, OpenChannel
 
 __all__ = ["SerialExport", "SerialExports"]
@@ -37,14 +38,23 @@ class SerialExport:
     takeover: bool = False
 
 
+def _service(e: SerialExport) -> PortService:
+    return PortService(e.name, e.selector, e.settings, ring_bytes=e.ring_bytes, takeover=e.takeover)
+
+
 class SerialExports:
     """Port services by export name; `run()` keeps them all going."""
 
     def __init__(self, exports: Sequence[SerialExport]) -> None:
-        self.services = {
-            e.name: PortService(e.name, e.selector, e.settings, ring_bytes=e.ring_bytes, takeover=e.takeover)
-            for e in exports
-        }
+        self.ports: ServiceSet[SerialExport, PortService] = ServiceSet(exports, _service, self._keep)
+
+    @property
+    def services(self) -> dict[str, PortService]:
+        return self.ports.services
+
+    def reload(self, exports: Sequence[SerialExport]) -> list[str]:
+        """Ports removed or changed stop, new ones start; the others are not touched."""
+        return [f"serial:{change}" for change in self.ports.reload(exports)]
 
     def entries(self) -> list[DeviceEntry]:
         return [
@@ -63,9 +73,7 @@ class SerialExports:
         return device_id.removeprefix("serial:") in self.services
 
     async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
-            for service in self.services.values():
-                nursery.start_soon(self._keep, service)
+        await self.ports.run()
 
     async def _keep(self, service: PortService) -> None:
         from redirgate.client.serial.errors import SerialError

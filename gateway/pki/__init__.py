@@ -22,21 +22,25 @@ from redirgate.gateway.pki.authority import (
     issue_hypervisor,
 )
 from redirgate.gateway.pki.errors import KeyExists, PkiError, PkiInvalid, PkiMissing
+from redirgate.gateway.pki.listing import EXPIRY_WARNING_DAYS, Listed, certificate_expiry, list_certificates
 from redirgate.gateway.pki.revocation import RevocationList, Revoked, read_revoked, revoke
 from redirgate.transport import PeerKind, identity_from_certificate
 
 __all__ = [
     "CA_VALID_DAYS",
+    "EXPIRY_WARNING_DAYS",
     "LEAF_VALID_DAYS",
     "CertificateAuthority",
     "Issued",
     "KeyExists",
+    "Listed",
     "PeerKind",
     "PkiError",
     "PkiInvalid",
     "PkiMissing",
     "RevocationList",
     "Revoked",
+    "certificate_expiry",
     "client_dir",
     "gateway_dir",
     "hypervisor_dir",
@@ -45,6 +49,7 @@ __all__ = [
     "issue_client",
     "issue_gateway",
     "issue_hypervisor",
+    "list_certificates",
     "read_revoked",
     "revoke",
 ]

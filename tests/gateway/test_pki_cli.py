@@ -44,3 +44,25 @@ def test_pki_commands_end_to_end(tmp_path: Path) -> None:
     assert redirgate("pki", "issue-client", "--dir", str(tmp_path / "nothing"), "x").returncode == 1
     bad = redirgate("pki", "issue-client", "--dir", d, "bad name")
     assert bad.returncode == 1 and "invalid name" in bad.stderr
+
+
+def test_pki_list_shows_expiry_and_revocation(tmp_path: Path) -> None:
+    d = str(tmp_path / "pki")
+    for argv in (
+        ("pki", "init", "--dir", d),
+        ("pki", "issue-client", "--dir", d, "thin1", "--days", "10"),
+        ("pki", "issue-client", "--dir", d, "thin2"),
+        ("pki", "revoke", "--dir", d, "thin2"),
+    ):
+        assert redirgate(*argv).returncode == 0
+    out = redirgate("pki", "list", "--dir", d)
+    assert out.returncode == 0, out.stderr
+    rows = {line.split()[1]: line.split() for line in out.stdout.splitlines()[1:] if not line.startswith("ca ")}
+    assert rows["thin1"][0] == "client" and rows["thin1"][4] == "expiring" and int(rows["thin1"][3]) in (9, 10)
+    assert rows["thin2"][4] == "revoked"
+    import json
+
+    listed = json.loads(redirgate("pki", "list", "--dir", d, "--json").stdout)
+    assert {r["kind"] for r in listed} == {"ca", "client"} and all(r["not_after"] for r in listed)
+    missing = redirgate("pki", "list", "--dir", str(tmp_path / "none"))
+    assert missing.returncode == 1 and "no CA here" in missing.stderr and "Traceback" not in missing.stderr

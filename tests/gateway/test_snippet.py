@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from redirgate.gateway.config import load_config
-from redirgate.gateway.snippet import libvirt_xml, qemu_args
+from redirgate.gateway.snippet import libvirt_xml, libvirt_xml_all, qemu_args, qemu_args_all
 from tests.support.gateway_configs import GOOD, write
 from tests.support.system import require_system
 
@@ -60,3 +60,34 @@ def test_real_qemu_accepts_the_arguments(tmp_path):
         timeout=60,
     )
     assert out.returncode == 0, f"{shlex.join(args)}\n{out.stderr}"
+
+
+def test_several_routes_share_one_usb_controller(tmp_path):
+    cfg = config(tmp_path)
+    args = qemu_args_all(cfg, cfg.routes, qemu_version=(10, 2))
+    assert sum(a.startswith("qemu-xhci,") for a in args) == 1
+    assert sum(a.startswith("usb-redir,") for a in args) == len(cfg.routes)
+    assert not any("reconnect=" in a for a in args) and any("reconnect-ms=2000" in a for a in args)
+    xml_text = libvirt_xml_all(cfg, cfg.routes)
+    doc = xml.dom.minidom.parseString(f"<devices>{xml_text}</devices>")
+    assert len(doc.getElementsByTagName("redirdev")) == len(cfg.routes)
+
+
+@pytest.mark.system
+def test_real_qemu_accepts_several_routes_at_once(tmp_path):
+    require_system("qemu-system-x86_64")
+    cfg = config(tmp_path)
+    plain = [r for r in cfg.routes if r.tls is None]
+    assert len(plain) >= 2
+    args = [a.replace("host=gw.example", "host=127.0.0.1") for a in qemu_args_all(cfg, plain)]
+    out = subprocess.run(
+        ["qemu-system-x86_64", "-accel", "tcg", "-S", "-display", "none", "-nodefaults", "-monitor", "stdio", *args],
+        input="quit\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, f"{shlex.join(args)}\n{out.stderr}"
+    # the single-route snippets pasted together are what QEMU refused before
+    twice = [a for route in plain for a in qemu_args(cfg, route)]
+    assert sum(a.startswith("qemu-xhci,") for a in twice) == 2

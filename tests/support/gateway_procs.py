@@ -28,14 +28,17 @@ class GatewayProcess:
     log_path: Path
     tunnel_port: int = 0
     routes: dict[str, int] = field(default_factory=dict)
+    metrics_port: int = 0
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
 
-def _spawn(argv: list[str], log_path: Path, *, nofile: int | None = None) -> subprocess.Popen[str]:
-    """`nofile`: the process's RLIMIT_NOFILE (open files), set before it runs."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def _spawn(
+    argv: list[str], log_path: Path, env: dict[str, str] | None = None, *, nofile: int | None = None
+) -> subprocess.Popen[str]:
+    """`env`: added to this environment; `nofile`: the process's RLIMIT_NOFILE (open files), set before it runs."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
 
     def limit() -> None:
         if nofile is not None:
@@ -43,7 +46,7 @@ def _spawn(argv: list[str], log_path: Path, *, nofile: int | None = None) -> sub
 
     with open(log_path, "a") as log_file:
         return subprocess.Popen(
-            [sys.executable, "-m", "redirgate.cli", "-vv", *argv],
+            [sys.executable, "-m", "redirgate.cli", *argv],
             stdout=subprocess.PIPE,
             stderr=log_file,
             text=True,
@@ -54,9 +57,16 @@ def _spawn(argv: list[str], log_path: Path, *, nofile: int | None = None) -> sub
 
 @contextlib.contextmanager
 def running_gateway(
-    config: Path, log_path: Path, *, ready_timeout_s: float = 30.0, nofile: int | None = None
+    config: Path,
+    log_path: Path,
+    *,
+    ready_timeout_s: float = 30.0,
+    options: tuple[str, ...] = ("-vv",),
+    env: dict[str, str] | None = None,
+    nofile: int | None = None,
 ) -> Iterator[GatewayProcess]:
-    process = _spawn(["gateway", "run", "--config", str(config)], log_path, nofile=nofile)
+    """`options` go after the subcommand (logging options are accepted there too)."""
+    process = _spawn(["gateway", "run", "--config", str(config), *options], log_path, env, nofile=nofile)
     # A text pipe buffers several lines at once, so no select() here: read
     # lines until `admin`, with a timer that kills a gateway that never gets there.
     watchdog = threading.Timer(ready_timeout_s, process.kill)
@@ -73,6 +83,8 @@ def running_gateway(
                 gw.tunnel_port = int(words[1].rsplit(":", 1)[1])
             elif words[0] == "route":
                 gw.routes[words[1]] = int(words[2].rsplit(":", 1)[1])
+            elif words[0] == "metrics":
+                gw.metrics_port = int(words[1].rsplit(":", 1)[1])
             elif words[0] == "admin":
                 ready = True
                 break
@@ -86,7 +98,7 @@ def running_gateway(
 
 @contextlib.contextmanager
 def running_client(config: Path, log_path: Path) -> Iterator[subprocess.Popen[str]]:
-    process = _spawn(["client", "run", "--config", str(config)], log_path)
+    process = _spawn(["-vv", "client", "run", "--config", str(config)], log_path)
     try:
         yield process
     finally:

@@ -1,0 +1,73 @@
+"""Named long-running port services that a reload can add, remove or replace one by one.
+
+`ServiceSet(exports, make, keep)` holds one service per export (`make`
+builds it, `keep` runs it for the client's life).  `run()` keeps them all
+going in one nursery, each in its own cancel scope, so `reload(exports)`
+ends only the services whose export was removed or changed and starts the
+new ones; an unchanged export's service (its open port, its ring, its
+consumer) is not touched.  Serial and parallel exports both use it.  All on
+the client's trio loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+import trio
+
+__all__ = ["ServiceSet"]
+
+E = TypeVar("E")  # an export dataclass with a .name
+S = TypeVar("S")  # its service
+
+
+class ServiceSet(Generic[E, S]):
+    def __init__(self, exports: Sequence[E], make: Callable[[E], S], keep: Callable[[S], Awaitable[None]]) -> None:
+        self._make, self._keep = make, keep
+        self.exports: dict[str, E] = {_name(e): e for e in exports}
+        self.services: dict[str, S] = {name: make(e) for name, e in self.exports.items()}
+        self._scopes: dict[str, trio.CancelScope] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for name in self.services:
+                self._start(name)
+            await trio.sleep_forever()
+
+    def _start(self, name: str) -> None:
+        assert self._nursery is not None
+        scope = self._scopes[name] = trio.CancelScope()
+        service = self.services[name]
+
+        async def keep() -> None:
+            with scope:
+                await self._keep(service)
+
+        self._nursery.start_soon(keep)
+
+    def reload(self, exports: Sequence[E]) -> list[str]:
+        """Apply a new list of exports; returns what changed ("NAME removed|changed|added")."""
+        wanted = {_name(e): e for e in exports}
+        changes: list[str] = []
+        for name in list(self.exports):
+            if name not in wanted or wanted[name] != self.exports[name]:
+                scope = self._scopes.pop(name, None)
+                if scope is not None:
+                    scope.cancel()
+                del self.exports[name], self.services[name]
+                changes.append(f"{name} {'removed' if name not in wanted else 'changed'}")
+        for name, export in wanted.items():
+            if name not in self.exports:
+                self.exports[name], self.services[name] = export, self._make(export)
+                if self._nursery is not None:
+                    self._start(name)
+                if not any(c.startswith(f"{name} ") for c in changes):
+                    changes.append(f"{name} added")
+        return changes
+
+
+def _name(export: Any) -> str:
+    return str(export.name)
