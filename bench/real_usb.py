@@ -1,0 +1,336 @@
+"""A real USB stick through ``redirgate client serve-usb`` beside Debian's ``usbredirect``, on the real-device harness.
+
+The thin-client VM of ``tests/support/thinclient.py`` (QEMU TCG, Debian
+kernel, ``dummy_hcd``) makes a real USB stick: a configfs gadget with
+``usb_f_mass_storage`` on an image in its share.  To its kernel and libusb
+this is a real device.  The same VM side (a second TCG guest with a
+``qemu-xhci``) hot-adds a ``usb-redir`` that dials, through the thin client's
+port forward, one of the servers running inside the thin client:
+
+* serve-usb: ``redirgate client serve-usb --listen 0.0.0.0:PORT VID:PID``
+  (this checkout, its venv, over virtio-9p) with ``REDIRGATE_USB_TRANSFERS=async``:
+  transfers on libusb's asynchronous API (client/usb/aio.py);
+* serve-usb, threads: the same with ``REDIRGATE_USB_TRANSFERS=threads``,
+  every transfer in a worker thread, one per endpoint at a time (the path
+  before; still the emulated devices' one);
+* usbredirect: ``usbredirect --device VID:PID --as 0.0.0.0:PORT`` (Debian's
+  C usbredir host on libusb's asynchronous API).
+
+Interleaved run by run (the order flips every run): start the server, attach
+the VM side, wait for its disk, then O_DIRECT ``dd`` read and write
+(bs=1M, write with fsync) timed by the VM side (``date +%s.%N``), detach,
+stop the server.  The server's CPU in the thin client (``/proc/PID/stat``,
+utime+stime) is read right before and after the two dd's: CPU ms per MiB
+moved.  Medians with min–max over the runs, ratios of medians
+(each serve-usb ÷ usbredirect).  Quick: 2 runs × 16 MiB; full: 5 runs × 64 MiB.
+
+It needs QEMU, Debian's kernel and busybox (the guest image) and
+``usbredirect``: without them the module reports why and measures nothing.
+
+    python bench/real_usb.py [--quick] [--runs N]
+
+Both guests and every server are stopped by PID, also on failure.  Nothing
+is asserted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "bench":
+    sys.path[0] = str(ROOT)  # run as a script: not bench/ itself, where bench/serial.py would shadow pyserial
+elif str(ROOT) not in sys.path:  # make `bench` importable
+    sys.path.insert(0, str(ROOT))
+
+from bench.relay_setup import machine
+from bench.report import cell, emit, script_arguments
+from bench.report import ratio as _ratio
+
+STICK = (0x1209, 0x7101)
+#: the guest port both servers listen on in the thin client (one at a time)
+GUEST_PORT = 7000
+#: role, label; the order within a run flips every run
+SERVERS: tuple[tuple[str, str], ...] = (
+    ("serve_usb", "serve-usb"),
+    ("serve_usb_threads", "serve-usb, threads"),
+    ("usbredirect", "usbredirect"),
+)
+#: what each serve-usb role is compared with
+REFERENCE = "usbredirect"
+OPS = (("read", "read, MB/s"), ("write", "write + fsync, MB/s"), ("cpu", "server CPU ms per MiB"))
+#: the guests' clock ticks (Debian's kernel: CONFIG_HZ_USER 100)
+GUEST_CLK_TCK = 100
+#: Python in a TCG guest on a loaded 2-core host can take minutes to start (safety net only)
+SERVER_READY_TIMEOUT_S = 900.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    runs: int
+    image_mib: int
+    transfer_mib: int
+
+
+QUICK = Plan(runs=2, image_mib=16, transfer_mib=16)
+FULL = Plan(runs=5, image_mib=64, transfer_mib=64)
+
+
+def unavailable() -> str | None:
+    """Why the harness cannot run here, or None."""
+    import tests.support.guest  # noqa: F401  (first: the tests' guest cache, .cache/guest)
+    from redirgate.cli.guestvm.image import guest_unavailable_reason
+    from redirgate.cli.guestvm.qemu import qemu_unavailable_reason
+
+    if shutil.which("usbredirect") is None:
+        return "usbredirect is not installed (Debian package usbredirect)"
+    return qemu_unavailable_reason() or guest_unavailable_reason()
+
+
+def _server_command(role: str) -> str:
+    vid_pid = f"{STICK[0]:04x}:{STICK[1]:04x}"
+    serve = f"{sys.executable} -m redirgate.cli client serve-usb --listen 0.0.0.0:{GUEST_PORT} {vid_pid}"
+    if role == "serve_usb":
+        return f"env REDIRGATE_USB_TRANSFERS=async {serve}"
+    if role == "serve_usb_threads":
+        # the worker-thread path (what every real transfer took before libusb's asynchronous API)
+        return f"env REDIRGATE_USB_TRANSFERS=threads {serve}"
+    return f"usbredirect --device {vid_pid} --as 0.0.0.0:{GUEST_PORT}"
+
+
+def _wait_listening_script(port: int) -> str:
+    """Shell for the thin client: wait until something listens on `port` (IPv4 or IPv6)."""
+    return f"until grep -qi ':{port:04X} 00000000:0000 0A' /proc/net/tcp /proc/net/tcp6; do sleep 0.1; done\n"
+
+
+def _vm_dd_script(flags: str, mib: int) -> str:
+    """The VM side: wait for the stick's disk, say ready, wait for go, time read and write, say done."""
+    from tests.support.thinclient import wait_block_script, wait_usb_script
+
+    now = "date +%s.%N"
+    return (
+        "set -e\n" + wait_usb_script(*STICK) + 'usb="$found"\n' + wait_block_script("usb") + f"touch {flags}/ready\n"
+        f"while [ ! -e {flags}/go ]; do sleep 0.05; done\n"
+        f"t0=$({now}); dd if=$blk of=/dev/null bs=1M count={mib} iflag=direct 2>/dev/null; t1=$({now})\n"
+        'echo "read $t0 $t1"\n'
+        f"t0=$({now}); dd if=/dev/zero of=$blk bs=1M count={mib} oflag=direct conv=fsync 2>/dev/null; t1=$({now})\n"
+        'echo "write $t0 $t1"\n'
+    )
+
+
+def _guest_cpu_s(thin: Any, pid: int) -> float:
+    """utime + stime of a thin-client process, in seconds."""
+    fields = thin.run(f"cat /proc/{pid}/stat").rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / GUEST_CLK_TCK
+
+
+def _one(thin: Any, vm: Any, role: str, plan: Plan, share: Path, run: int) -> dict[str, float]:
+    """One server, one attach: read and write MB/s and CPU ms per MiB."""
+    from tests.support.thinclient import wait_usb_gone_script
+
+    log_path = share / f"{role}-{run}.log"
+    pid = thin.guest.spawn(_server_command(role), log_path)
+    redir = None
+    try:
+        thin.run(_wait_listening_script(GUEST_PORT), SERVER_READY_TIMEOUT_S)
+        flags = vm.guest.share_dir(f"{role}-{run}")
+        redir = vm.attach(thin.guest.host_port(GUEST_PORT))
+        job = vm.guest.start(_vm_dd_script(str(flags), plan.transfer_mib))
+        deadline = time.monotonic() + SERVER_READY_TIMEOUT_S
+        while not (flags / "ready").exists():
+            if job.done() or time.monotonic() > deadline:
+                result = job.wait()
+                raise RuntimeError(
+                    f"{role}: the VM side saw no disk ({result.rc}): {result.stderr[-500:]}\n"
+                    f"{log_path.read_text(errors='replace')[-1500:]}"
+                )
+            time.sleep(0.05)
+        cpu0 = _guest_cpu_s(thin, pid)
+        (flags / "go").touch()
+        out = job.wait().check().stdout
+        cpu1 = _guest_cpu_s(thin, pid)
+    finally:
+        if redir is not None:
+            vm.detach(redir)
+            with contextlib.suppress(Exception):
+                vm.run(wait_usb_gone_script(*STICK), 60)
+        thin.guest.signal(pid, "TERM")
+        try:
+            thin.guest.wait_exit(pid, 60)
+        except Exception:
+            thin.guest.signal(pid, "KILL")
+            thin.guest.wait_exit(pid, 60)
+    times = {}
+    for line in out.splitlines():
+        words = line.split()
+        if len(words) == 3 and words[0] in ("read", "write"):
+            times[words[0]] = (float(words[1]), float(words[2]))
+    mb = plan.transfer_mib * 1024 * 1024 / 1e6
+    return {
+        "read": mb / (times["read"][1] - times["read"][0]),
+        "write": mb / (times["write"][1] - times["write"][0]),
+        "cpu": (cpu1 - cpu0) * 1000 / (2 * plan.transfer_mib),
+    }
+
+
+def measure(plan: Plan, workdir: Path) -> dict[str, Any]:
+    """Boot both guests once; per-run figures of each server, interleaved."""
+    from redirgate.cli.guestvm.qemu import GuestError
+    from tests.support.thinclient import Gadget, mass_storage, start_thinclient, start_vm_side
+
+    share, vm_share = workdir / "thin", workdir / "vm"
+    share.mkdir()
+    vm_share.mkdir()
+    image = share / "stick.img"
+    with image.open("wb") as f:
+        chunk = os.urandom(1 << 20)
+        for _ in range(plan.image_mib):
+            f.write(chunk)
+    figures: dict[str, dict[str, list[float]]] = {op: {role: [] for role, _ in SERVERS} for op, _ in OPS}
+    failures: list[str] = []
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        ftdi = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
+        thin = start_thinclient(share, ftdi_port=ftdi.getsockname()[1], hostfwd=(GUEST_PORT,))
+        stack.callback(thin.guest.stop)
+        vm = start_vm_side(vm_share)
+        stack.callback(vm.guest.stop)
+        boot_s = time.monotonic() - started
+        gadget = Gadget("benchstick", *STICK, "bench stick", [mass_storage(image)], serial="bench-1")
+        thin.plug(gadget)
+        for run in range(plan.runs):
+            order = SERVERS if run % 2 == 0 else SERVERS[::-1]
+            for role, _ in order:
+                try:
+                    one = _one(thin, vm, role, plan, share, run)
+                except (RuntimeError, OSError, GuestError) as exc:  # one failed run: reported, the others kept
+                    failures.append(f"{role} run {run}: {type(exc).__name__}: {str(exc)[:300]}")
+                    continue
+                for op, _ in OPS:
+                    figures[op][role].append(one[op])
+        thin.remove(gadget)
+    return {"figures": figures, "boot_s": boot_s, "failures": failures}
+
+
+def run(quick: bool, *, runs: int | None = None) -> dict[str, Any]:
+    """Measure both servers on one pair of boots; JSON-ready per-run values, or why not."""
+    plan = QUICK if quick else FULL
+    if runs:
+        plan = Plan(runs, plan.image_mib, plan.transfer_mib)
+    started = time.monotonic()
+    result: dict[str, Any] = {
+        "what": "real gadget stick in a thin-client VM: serve-usb vs usbredirect, O_DIRECT dd in the VM side",
+        "plan": vars(plan),
+        "machine": machine(),
+        "loadavg_start": os.getloadavg(),
+    }
+    why = unavailable()
+    if why is not None:
+        result["skipped"] = why
+        return result
+    with tempfile.TemporaryDirectory(prefix="redirgate-bench-realusb-") as tmp:
+        from redirgate.cli.guestvm.qemu import GuestError
+
+        try:
+            result.update(measure(plan, Path(tmp)))
+        except (RuntimeError, OSError, GuestError) as exc:
+            result["failed"] = f"{type(exc).__name__}: {exc}"
+    result["loadavg_end"] = os.getloadavg()
+    result["wall_s"] = time.monotonic() - started
+    if "figures" in result:
+        f = result["figures"]
+        result["ratios"] = {
+            role: {op: _ratio(f[op][role], f[op][REFERENCE]) for op, _ in OPS}
+            for role, _ in SERVERS
+            if role != REFERENCE
+        }
+    return result
+
+
+# ---------------------------------------------------------------- report
+
+
+def table(result: dict[str, Any]) -> str:
+    """The human-readable table of a :func:`run` result."""
+    plan = result["plan"]
+    lines = [f"real_usb: {result['what']}"]
+    if "skipped" in result:
+        return "\n".join([*lines, f"  not measured: {result['skipped']}"])
+    if "failed" in result:
+        return "\n".join([*lines, f"  failed: {result['failed']}"])
+    mach = result["machine"]
+    lines += [
+        f"  {plan['runs']} runs, servers interleaved (order flips each run); {plan['transfer_mib']} MiB per dd "
+        f"(bs=1M, O_DIRECT) on a {plan['image_mib']} MiB gadget image; median [min–max]",
+        f"  QEMU TCG 1 vCPU per guest (thin client: dummy_hcd + usb_f_mass_storage; VM side: qemu-xhci + "
+        f"usb-redir); boots {result['boot_s']:.0f} s; {mach['cpus']} × {mach['cpu']}; load average "
+        f"{result['loadavg_start'][0]:.2f} at start, {result['loadavg_end'][0]:.2f} at end",
+        "",
+    ]
+    width, col = 24, 20
+    compared = [(role, label) for role, label in SERVERS if role != REFERENCE]
+    lines.append(
+        f"{'real stick':<{width}}"
+        + "".join(f"{label:>{col}}" for _, label in SERVERS)
+        + "".join(f"{label + ' ÷ ref':>{col + 6}}" for _, label in compared)
+    )
+    for op, label in OPS:
+        cells = [cell(result["figures"][op].get(role), 1) for role, _ in SERVERS]
+        ratios = [result["ratios"][role][op] for role, _ in compared]
+        lines.append(
+            f"{label:<{width}}"
+            + "".join(f"{c:>{col}}" for c in cells)
+            + "".join(f"{'—' if r is None else f'{r:.2f}':>{col + 6}}" for r in ratios)
+        )
+    for failure in result.get("failures", []):
+        lines.append(f"  failed: {failure}")
+    lines.append(
+        "  MB/s = 10^6 bytes/s timed in the VM side; CPU = the server process's utime+stime in the thin client "
+        "over both dd's, per MiB moved (lower is better)"
+    )
+    return "\n".join(lines)
+
+
+def charts(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """dd MB/s per server (see bench/__main__.py for the shape)."""
+    if "figures" not in result:
+        return []
+    plan = result["plan"]
+
+    def series(role: str, label: str) -> dict[str, Any]:
+        values = []
+        for op, _ in OPS[:2]:
+            v = result["figures"][op][role]
+            values.append([statistics.median(v), min(v), max(v)] if v else None)
+        return {"name": label, "values": values}
+
+    return [
+        {
+            "id": "dd",
+            "title": f"Real gadget stick, {plan['transfer_mib']} MiB O_DIRECT dd",
+            "unit": "MB/s",
+            "note": f"{plan['runs']} runs interleaved, median with min–max; thin-client VM, QEMU TCG",
+            "categories": [label.replace(", MB/s", "") for _, label in OPS[:2]],
+            "series": [series(role, label) for role, label in SERVERS],
+        }
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = script_arguments(__doc__, "2 runs of 16 MiB")
+    args = parser.parse_args(argv)
+    emit(run(args.quick, runs=args.runs), table, args.json)
+
+
+if __name__ == "__main__":
+    main()
