@@ -3,7 +3,9 @@
 `client_registry(service)` is a `CollectorRegistry` whose collector reads
 the `ClientService` when scraped (the endpoint runs on the client's trio
 loop, so no locks): whether the tunnel is up, how many control sessions it
-has had, the channels open now, and the devices and ports exported.
+has had, the channels open now, the ports exported, stream packets dropped
+(client/usb/outbox.py counts them), and a histogram of USB transfer times
+that client/usb/transfers.py feeds only while metrics are on.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -36,9 +38,35 @@ class _ClientCollector(Collector):
         yield GaugeMetricFamily("redirgate_channels_open", "Channels this client serves now", len(client.channels))
         ports = self.service.ports.entries() if self.service.ports is not None else []
         yield GaugeMetricFamily("redirgate_ports_exported", "Serial and parallel ports exported", len(ports))
+        from redirgate.client.usb import outbox
+
+        yield CounterMetricFamily(
+            "redirgate_iso_packets_dropped",
+            "Isochronous packets dropped because the VM side read too slowly (as usbredirhost drops them)",
+            outbox.dropped_totals["iso"],
+        )
+        yield CounterMetricFamily(
+            "redirgate_stream_packets_dropped",
+            "Interrupt and bulk-receiving stream packets dropped because the VM side read too slowly",
+            outbox.dropped_totals["other"],
+        )
+
+
+#: seconds, from a fast control transfer to a slow bulk read
+_TRANSFER_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 def client_registry(service: Any) -> CollectorRegistry:
+    """The registry `/metrics` serves; creating it turns the per-transfer timing on (process-wide)."""
+    from redirgate.client.usb import transfers
+
     registry = CollectorRegistry(auto_describe=True)
     registry.register(_ClientCollector(service))
+    seconds = Histogram(
+        "redirgate_usb_transfer_seconds",
+        "USB data requests (control, bulk, interrupt) from the VM's request to the device's reply",
+        buckets=_TRANSFER_BUCKETS,
+        registry=registry,
+    )
+    transfers.transfer_observer = seconds.observe
     return registry

@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 
 #: usbredirhost.c: stream packets are dropped beyond this many queued messages
 MAX_QUEUED_STREAM_MESSAGES = 800
+
+#: stream packets dropped in this process, iso and other (interrupt, bulk
+#: receiving) apart: the client's metrics read them (a dropped packet is rare,
+#: so counting it always costs nothing on the path that matters)
+dropped_totals: dict[str, int] = {"iso": 0, "other": 0}
 #: the send buffer: messages are copied into it and leave in one send
 BATCH_BYTES = 256 * 1024
 #: a payload above this is sent from its own buffer instead of copied
@@ -120,6 +125,7 @@ class Outbox:
                 drop = True
         if drop:
             self.dropped[endpoint] = self.dropped.get(endpoint, 0) + 1
+            dropped_totals["iso" if iso_ref else "other"] += 1
             if endpoint not in self._warned:
                 self._warned.add(endpoint)
                 log.warning(

@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import array
 import logging
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -48,6 +50,11 @@ if TYPE_CHECKING:
 __all__ = ["CONTROL_TIMEOUT_MS", "SLICE_MS", "EndpointQueues", "Request"]
 
 log = logging.getLogger(__name__)
+
+#: Set by the client's metrics when they are on (client/metrics.py): called
+#: with each data request's seconds from submission to its reply.  None (the
+#: default) costs one test per request and one per reply.
+transfer_observer: Callable[[float], None] | None = None
 
 #: usbredirhost.c CTRL_TIMEOUT
 CONTROL_TIMEOUT_MS = 5000
@@ -84,6 +91,8 @@ class Request:
     finished: bool = False
     #: OUT bytes the device accepted in an attempt that then had to wait
     done: int = 0
+    #: time.perf_counter() at submission, when a transfer_observer is set
+    submitted: float = 0.0
     id: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -121,6 +130,8 @@ class EndpointQueues:
         it without waiting (see the module docstring), else queue it."""
         key = _queue_key(request.msg)
         self.inflight[request.id] = request
+        if transfer_observer is not None:
+            request.submitted = time.perf_counter()
         queue = self._queues.get(key)
         device = self._engine.device
         if device is not None and device.inline_transfers and (queue is None or (not queue and key in self._idle)):
@@ -182,6 +193,8 @@ class EndpointQueues:
         if self.inflight.get(request.id) is request:
             del self.inflight[request.id]
         if reply is not None and not request.cancelled:
+            if transfer_observer is not None and request.submitted:
+                transfer_observer(time.perf_counter() - request.submitted)
             await self._engine.send(reply)
         elif reply is not None and key and reply.endpoint_address & 0x80 and reply.data:
             self._late[key] = self._late.get(key, b"") + bytes(reply.data)

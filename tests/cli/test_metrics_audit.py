@@ -32,6 +32,16 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
+def metrics_port_of(client: subprocess.Popen[str]) -> int:
+    """The port `client run` says it serves metrics on (its stdout: `metrics HOST:PORT`)."""
+    assert client.stdout is not None
+    for _ in range(5):
+        words = client.stdout.readline().split()
+        if words and words[0] == "metrics":
+            return int(words[1].rsplit(":", 1)[1])
+    raise AssertionError("client run did not say where its metrics are")
+
+
 def audit_lines(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
@@ -66,7 +76,11 @@ def test_metrics_and_audit_after_a_probe_through_a_route(tmp_path: Path) -> None
         except urllib.error.HTTPError as exc:
             assert exc.code == 404
         client_config = write_client_config(tmp_path, gw.tunnel_port, virtual=[f"virtual:storage:{image}"])
-        with running_client(client_config, tmp_path / "client.log"):
+        client_config.write_text(
+            client_config.read_text().replace("[client]\n", '[client]\nmetrics_listen = "127.0.0.1:0"\n', 1)
+        )
+        with running_client(client_config, tmp_path / "client.log") as client:
+            client_metrics_port = metrics_port_of(client)
             wait_for(lambda: scrape(gw.metrics_port)[("redirgate_clients_online", ())] == 1, "client online")
             probed = redirgate("probe", f"127.0.0.1:{gw.routes['stick']}", "--timeout", "20")
             assert probed.returncode == 0, probed.stderr + gw.log()
@@ -86,6 +100,11 @@ def test_metrics_and_audit_after_a_probe_through_a_route(tmp_path: Path) -> None
                 "the garbage counted",
             )
             metrics = scrape(gw.metrics_port)
+            on_client = scrape(client_metrics_port)
+    # the client's own: its tunnel, and every USB transfer the probe made, timed
+    assert on_client[("redirgate_tunnel_up", ())] == 1 and on_client[("redirgate_tunnel_sessions_total", ())] == 1
+    assert on_client[("redirgate_usb_transfer_seconds_count", ())] >= 5  # descriptors and strings
+    assert on_client[("redirgate_iso_packets_dropped_total", ())] == 0
     to_device = metrics[("redirgate_channel_bytes_total", (("direction", "to_device"), ("route", "stick")))]
     to_hypervisor = metrics[("redirgate_channel_bytes_total", (("direction", "to_hypervisor"), ("route", "stick")))]
     assert to_device > 0 and to_hypervisor > to_device  # descriptors flow to the VM
