@@ -21,6 +21,8 @@
 #   systemd                      systemd-analyze verify on the shipped units (tests/cli/test_install_service.py)
 #   linux-libc-dev               linux/ppdev.h + linux/lp.h: our parallel ioctl numbers are checked against them
 #   udev                         systemd-udevd in the real-USB thin-client VM (libusb learns of new devices from it)
+#   nftables                     `nft`: drop rules in the network namespaces the fault tests make (tests/support/netns.py)
+#   iproute2                     `ip netns` / `ip link` veth pairs for the same (usually installed already)
 #   python3-venv                 only when this python3 cannot create a venv (tests/run.sh)
 set -euo pipefail
 
@@ -45,6 +47,8 @@ packages=(
     libxml2-utils
     udev
     systemd
+    nftables
+    iproute2
 )
 
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
