@@ -23,6 +23,9 @@
 #   udev                         systemd-udevd in the real-USB thin-client VM (libusb learns of new devices from it)
 #   nftables                     `nft`: drop rules in the network namespaces the fault tests make (tests/support/netns.py)
 #   iproute2                     `ip netns` / `ip link` veth pairs for the same (usually installed already)
+#   pcscd libccid pcsc-tools     the real-USB VM side's smartcard stack (pcsc_scan, scriptor) for the usb-ccid reader
+#   libnss3-tools                certutil: the NSS database of the thin client's emulated smartcard
+#   alsa-utils                   aplay: the real-USB VM side plays a tone to the usb-audio device
 #   python3-venv                 only when this python3 cannot create a venv (tests/run.sh)
 set -euo pipefail
 
@@ -49,6 +52,11 @@ packages=(
     systemd
     nftables
     iproute2
+    pcscd
+    libccid
+    pcsc-tools
+    libnss3-tools
+    alsa-utils
 )
 
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then

@@ -22,15 +22,19 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import re
 import shlex
+import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from redirgate.cli.guestvm.hostroot import HostRootGuest, start_hostroot_guest
 
 __all__ = [
+    "KEY_EVENT_READER",
     "QEMU_IDS",
+    "UDCS",
     "Function",
     "Gadget",
     "ThinClient",
@@ -38,6 +42,7 @@ __all__ = [
     "acm",
     "hid_keyboard",
     "loopback",
+    "make_card_db",
     "mass_storage",
     "printer",
     "start_thinclient",
@@ -51,38 +56,15 @@ __all__ = [
 #: Gadget functions and the thin client's own host-side drivers; no udev in
 #: the guest, so nothing is loaded on demand.
 THINCLIENT_MODULES = (
-    "configfs",
-    "libcomposite",
-    "usb_f_mass_storage",
-    "usb_f_ss_lb",
-    "usb_f_hid",
-    "usb_f_acm",
-    "usb_f_printer",
-    "xhci_pci",
-    "usb_storage",
-    "sd_mod",
-    "cdc_acm",
-    "usblp",
-    "usbhid",
-    "hid_generic",
-    "ftdi_sio",
+    "configfs", "libcomposite", "usb_f_mass_storage", "usb_f_ss_lb", "usb_f_hid", "usb_f_acm", "usb_f_printer",
+    "xhci_pci", "usb_storage", "sd_mod", "cdc_acm", "usblp", "usbhid", "hid_generic", "ftdi_sio",
     "snd_usb_audio",
-)
+)  # fmt: skip
 #: What the VM side needs to use the redirected devices.
 VM_SIDE_MODULES = (
-    "xhci_pci",
-    "usb_storage",
-    "sd_mod",
-    "vfat",
-    "nls_cp437",
-    "nls_ascii",
-    "usbhid",
-    "hid_generic",
-    "evdev",
-    "cdc_acm",
-    "usblp",
-    "snd_usb_audio",
-)
+    "xhci_pci", "usb_storage", "sd_mod", "vfat", "nls_cp437", "nls_ascii", "usbhid", "hid_generic", "evdev",
+    "cdc_acm", "usblp", "snd_usb_audio",
+)  # fmt: skip
 CONFIGFS = "/sys/kernel/config/usb_gadget"
 UDCS = ("dummy_udc.0", "dummy_udc.1")
 
@@ -212,12 +194,9 @@ def mass_storage(image: Path | str, *, removable: bool = True, read_only: bool =
     """usb_f_mass_storage on an image file (the host's usb-storage sees a disk)."""
     return Function(
         "mass_storage",
-        attrs={
-            "lun.0/removable": "1" if removable else "0",
-            "lun.0/ro": "1" if read_only else "0",
-            "lun.0/file": str(image),
-        },
-    )
+        attrs={"lun.0/removable": "1" if removable else "0", "lun.0/ro": "1" if read_only else "0",
+               "lun.0/file": str(image)},
+    )  # fmt: skip
 
 
 def loopback(*, buflen: int = 4096, qlen: int = 32) -> Function:
@@ -265,20 +244,49 @@ def thinclient_qemu_devices(share: Path, ftdi_port: int) -> list[str]:
     when that folder exists.
     """
     p = QEMU_PORTS
-    # one option and its value per line (the formatter would split each pair)
-    # fmt: off
     args = [
         "-device", "qemu-xhci,id=xhci,p2=8,p3=8",
-        "-audiodev", f"wav,id=snd0,path={share / 'audio.wav'}",
+        "-audiodev", f"wav,id=snd0,path={share / 'audio.wav'},out.frequency=48000",
         "-device", f"usb-audio,audiodev=snd0,bus=xhci.0,port={p['usb-audio']},pcap={share / 'audio.pcap'}",
         "-chardev", f"socket,id=ftdi0,host=127.0.0.1,port={ftdi_port},reconnect=1",
         "-device", f"usb-serial,chardev=ftdi0,bus=xhci.0,port={p['usb-serial']}",
         "-device", f"usb-hub,bus=xhci.0,port={p['usb-hub']}",
         "-device", f"usb-kbd,bus=xhci.0,port={p['usb-kbd']}",
         "-device", f"usb-tablet,bus=xhci.0,port={p['usb-tablet']}",
-    ]
-    # fmt: on
+    ]  # fmt: skip
+    nssdb = share / "nssdb"
+    if nssdb.is_dir():
+        args += [
+            "-device", f"usb-ccid,bus=xhci.0,port={p['usb-ccid']}",
+            "-device", f"ccid-card-emulated,backend=certificates,db=sql:{nssdb},"
+                       + ",".join(f"cert{i}={name}" for i, name in enumerate(CARD_CERTS, 1)),
+        ]  # fmt: skip
     return args
+
+
+#: The emulated card's three certificates (nicknames in the NSS database, see make_card_db).
+CARD_CERTS = ("cert1", "cert2", "cert3")
+
+
+def make_card_db(share: Path) -> Path:
+    """An NSS database (``share/nssdb``) with three self-signed certificates for ccid-card-emulated.
+
+    Needs ``certutil`` (Debian libnss3-tools)."""
+    db = share / "nssdb"
+    db.mkdir(exist_ok=True)
+    noise = share / "nssdb.noise"
+    noise.write_bytes(os.urandom(2048))
+    try:
+        subprocess.run(["certutil", "-N", "-d", f"sql:{db}", "--empty-password"], check=True, capture_output=True)
+        for serial, name in enumerate(CARD_CERTS, 1):
+            subprocess.run(
+                ["certutil", "-S", "-d", f"sql:{db}", "-n", name, "-s", f"CN=redirgate lab card {name}", "-x",
+                 "-t", "CT,C,C", "-k", "rsa", "-g", "1024", "-m", str(serial), "-v", "120", "-z", str(noise)],
+                check=True, capture_output=True,
+            )  # fmt: skip
+    finally:
+        noise.unlink()
+    return db
 
 
 class ThinClient:
@@ -298,7 +306,7 @@ class ThinClient:
         """Create (unless told not to) and plug the gadget; returns its sysfs name (e.g. ``3-1``) once enumerated."""
         script = "set -e\n" + (gadget.create_script() if create else "") + gadget.plug_script()
         if wait:
-            script += _wait_usb_script(gadget.vendor_id, gadget.product_id, gadget.serial)
+            script += _wait_usb_script(gadget.vendor_id, gadget.product_id, gadget.serial) + 'echo "$found"\n'
         self.plugged[gadget.name] = gadget
         return self.run(script).strip()
 
@@ -351,11 +359,10 @@ def _find_usb_loop(vid: int, pid: int, serial: str | None) -> str:
 
 
 def _wait_usb_script(vid: int, pid: int, serial: str | None = None) -> str:
-    """Shell: wait until the device is in sysfs with its interfaces, then print its sysfs name."""
+    """Shell: wait until the device is in sysfs with its interfaces; its sysfs name is then in $found."""
     return (
         f'found=""\nwhile :; do {_find_usb_loop(vid, pid, serial)}\n'
         '  [ -n "$found" ] && [ -e "/sys/bus/usb/devices/$found:1.0" ] && break; sleep 0.1; done\n'
-        'echo "$found"\n'
     )
 
 
@@ -364,7 +371,7 @@ def _wait_usb_gone_script(vid: int, pid: int, serial: str | None = None) -> str:
 
 
 def wait_usb_script(vid: int, pid: int, serial: str | None = None) -> str:
-    """Shell for any host-root guest: wait for a USB device and print its sysfs name."""
+    """Shell for any host-root guest: wait for a USB device; its sysfs name is then in $found."""
     return _wait_usb_script(vid, pid, serial)
 
 
@@ -428,12 +435,9 @@ class VmSide:
 def start_vm_side(share: Path, *, mem_mib: int = 512) -> VmSide:
     """Boot the VM side: a host-root guest with an empty qemu-xhci and the class drivers loaded."""
     guest = start_hostroot_guest(
-        ["-device", "qemu-xhci,id=xhci"],
-        network=False,
-        setup=_modprobe_setup(VM_SIDE_MODULES),
-        mem_mib=mem_mib,
+        ["-device", "qemu-xhci,id=xhci"], network=False, setup=_modprobe_setup(VM_SIDE_MODULES), mem_mib=mem_mib,
         share=share,
-    )
+    )  # fmt: skip
     return VmSide(guest)
 
 
@@ -445,3 +449,25 @@ def wait_block_script(usb_var: str = "usb") -> str:
         f'    case "$(readlink -f $b/device)" in */${usb_var}/*) [ "$(cat $b/size)" != 0 ] && blk=/dev/$(basename $b);; esac\n'
         '  done\n  [ -n "$blk" ] && break; sleep 0.1\ndone\n'
     )
+
+
+#: A VM-side reader of key events (system python3, no venv): argv = USB sysfs name, flag folder, count.
+#: Finds the device's evdev node, creates FLAGS/listening once it has it open, prints "code value" for
+#: each EV_KEY event until it saw COUNT of them.
+KEY_EVENT_READER = r"""
+import glob, os, struct, sys, time
+usb, flags, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+while True:
+    nodes = glob.glob(f"/sys/bus/usb/devices/{usb}:1.0/*/input/input*/event*")
+    if nodes:
+        break
+    time.sleep(0.1)
+fd = os.open("/dev/input/" + os.path.basename(nodes[0]), os.O_RDONLY)
+open(flags + "/listening", "w").close()
+seen = 0
+while seen < count:
+    _sec, _usec, etype, code, value = struct.unpack("llHHi", os.read(fd, 24))
+    if etype == 1 and value in (0, 1):  # EV_KEY press/release (2 = autorepeat)
+        seen += 1
+        print(code, value, flush=True)
+"""

@@ -26,8 +26,8 @@ from redirgate.cli.guestvm.hostroot import AgentJob
 from redirgate.cli.lab import LabRoute, make_pki, write_client_config, write_gateway_config
 from tests.support.gateway_procs import GatewayProcess, running_gateway
 from tests.support.guest import guest_unavailable_reason
-from tests.support.system import require
-from tests.support.thinclient import QEMU_IDS, ThinClient, VmSide, start_thinclient, start_vm_side
+from tests.support.system import require, require_system
+from tests.support.thinclient import QEMU_IDS, ThinClient, VmSide, make_card_db, start_thinclient, start_vm_side
 
 #: Safety nets only: every wait below ends on an event (a log line, a file, a device).
 CLIENT_READY_TIMEOUT_S = 300.0
@@ -64,6 +64,7 @@ ROUTES = [
     LabRoute("hubkbd", f"usb-port:{HUB_CHILD_PORT}"),
     LabRoute("ftdi", "serial:ftdi", extra={"settings": "19200,8E1"}),
     LabRoute("audio", f"usb:{_usb(QEMU_IDS['usb-audio'])}"),
+    LabRoute("ccid", f"usb:{_usb(QEMU_IDS['usb-ccid'])}"),
 ]
 
 EXTRA_EXPORT = f"""usb_ports = ["{HUB_CHILD_PORT}"]
@@ -156,22 +157,18 @@ def usb_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UsbLab]:
     vm_share = tmp_path_factory.mktemp("vmside")
     with contextlib.ExitStack() as stack:
         make_pki(share)
+        require_system("certutil")
+        make_card_db(share)  # the thin client's usb-ccid gets an emulated card
         gateway_config = write_gateway_config(share, ROUTES)
         gateway = stack.enter_context(running_gateway(gateway_config, share / "gateway.log"))
         client_config = write_client_config(
             share,
             gateway.tunnel_port,
             gateway_host="10.0.2.2",
-            usb_ids=[
-                _usb(STICK),
-                _usb(LOOP),
-                _usb(KBD),
-                _usb(COMPOSITE),
-                _usb(QEMU_IDS["usb-hub"]),
-                _usb(QEMU_IDS["usb-audio"]),
-            ],
+            usb_ids=[_usb(STICK), _usb(LOOP), _usb(KBD), _usb(COMPOSITE), _usb(QEMU_IDS["usb-hub"]),
+                     _usb(QEMU_IDS["usb-audio"]), _usb(QEMU_IDS["usb-ccid"])],
             extra_export=EXTRA_EXPORT,
-        )
+        )  # fmt: skip
         ftdi_listener = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
         thin = start_thinclient(share, ftdi_port=ftdi_listener.getsockname()[1], hostfwd=(7000, 7001, 7002))
         stack.callback(thin.guest.stop)
