@@ -71,7 +71,7 @@ __all__ = [
 HOSTROOT_MODULES: tuple[str, ...] = ("virtio_pci", "9pnet_virtio", "9p", "virtio_net")
 
 #: Generous backstops for TCG on 2 busy cores; tests wait on the agent's files.
-BOOT_TIMEOUT_S = 180.0
+BOOT_TIMEOUT_S = 300.0
 DEFAULT_JOB_TIMEOUT_S = 300.0
 #: A shared guest may live for a whole test session.
 DEFAULT_LIFETIME_S = 3600.0

@@ -239,9 +239,8 @@ def thinclient_qemu_devices(share: Path, ftdi_port: int) -> list[str]:
 
     usb-audio plays into ``share/audio.wav`` and records its packets in
     ``share/audio.pcap``; the FTDI usb-serial's other end dials the host's
-    127.0.0.1:`ftdi_port` (a listener the caller owns, reconnect=1); the ccid
-    reader holds a card emulated from the certificates in ``share/nssdb``
-    when that folder exists.
+    127.0.0.1:`ftdi_port` (a listener the caller owns, reconnect=1).  The
+    smartcard reader is hot-added after boot (:meth:`ThinClient.add_smartcard`).
     """
     p = QEMU_PORTS
     args = [
@@ -254,13 +253,6 @@ def thinclient_qemu_devices(share: Path, ftdi_port: int) -> list[str]:
         "-device", f"usb-kbd,bus=xhci.0,port={p['usb-kbd']}",
         "-device", f"usb-tablet,bus=xhci.0,port={p['usb-tablet']}",
     ]  # fmt: skip
-    nssdb = share / "nssdb"
-    if nssdb.is_dir():
-        args += [
-            "-device", f"usb-ccid,bus=xhci.0,port={p['usb-ccid']}",
-            "-device", f"ccid-card-emulated,backend=certificates,db=sql:{nssdb},"
-                       + ",".join(f"cert{i}={name}" for i, name in enumerate(CARD_CERTS, 1)),
-        ]  # fmt: skip
     return args
 
 
@@ -325,6 +317,21 @@ class ThinClient:
         self.run(f"for g in {CONFIGFS}/*; do [ -d \"$g\" ] || continue; echo '' > $g/UDC 2>/dev/null || true; done")
         for gadget in list(self.plugged.values()):
             self.remove(gadget)
+
+    def add_smartcard(self) -> None:
+        """Hot-add QEMU's usb-ccid with a ccid-card-emulated card (certificates from :func:`make_card_db`).
+
+        Added after boot through the monitor: given on the command line, ccid-card-emulated
+        stalls the guest before its kernel prints anything (QEMU 7.2, TCG)."""
+        db = make_card_db(self.guest.share)
+        certs = ",".join(f"cert{i}={name}" for i, name in enumerate(CARD_CERTS, 1))
+        for command in (
+            f"device_add usb-ccid,bus=xhci.0,port={QEMU_PORTS['usb-ccid']},id=ccid0",
+            f"device_add ccid-card-emulated,backend=certificates,db=sql:{db},{certs},id=card0",
+        ):
+            reply = self.guest.hmp(command)
+            if reply:
+                raise RuntimeError(f"{command}: {reply}")
 
     def drivers(self, sysfs_name: str) -> dict[str, str]:
         """Interface (e.g. ``3-1:1.0``) -> bound driver name ("" when none) of a USB device."""

@@ -1,180 +1,22 @@
-"""One real-USB lab for the whole session: thin-client VM, VM side, gateway, one `client run`.
-
-Booting the guests costs seconds, but Python in a TCG guest is slow (`client
-run` needs 20-40 s before its tunnel is up), so every test here shares
-them: the gateway (on the host) has a route for every device the tests use,
-the client (in the thin client) exports all of them, and each test plugs
-its gadget, hot-adds a usb-redir to the VM side, does its work, and takes
-both away again.  A test that must stop the client starts it again
-(:meth:`UsbLab.restart_client`).
-"""
+"""One real-USB lab for the whole session (tests/support/usblab.py): thin-client VM, VM side, gateway,
+one `client run`.  Each test plugs its gadget, hot-adds a usb-redir to the VM side, does its work and
+takes both away again; a test that must stop the client starts it again."""
 
 from __future__ import annotations
 
-import contextlib
-import re
-import socket
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from redirgate.cli.guestvm.hostroot import AgentJob
-from redirgate.cli.lab import LabRoute, make_pki, write_client_config, write_gateway_config
-from tests.support.gateway_procs import GatewayProcess, running_gateway
 from tests.support.guest import guest_unavailable_reason
 from tests.support.system import require, require_system
-from tests.support.thinclient import QEMU_IDS, ThinClient, VmSide, make_card_db, start_thinclient, start_vm_side
-
-#: Safety nets only: every wait below ends on an event (a log line, a file, a device).
-CLIENT_READY_TIMEOUT_S = 300.0
-
-STICK = (0x1209, 0x7001)
-LOOP = (0x1209, 0x7002)
-KBD = (0x1209, 0x7003)
-COMPOSITE = (0x1209, 0x7004)
-ACM = (0x1209, 0x7005)
-PRINTER = (0x1209, 0x7006)
-#: The [[serial]] export takes the ACM gadget with this serial number only, so
-#: `serve-serial` can have another one without the client holding it.
-ACM_ROUTED_SERIAL = "acm-routed"
-#: The [[parallel]] export's printer: the second usblp device (the first is serve-parallel's).
-PRINTER_ROUTED_PATH = "/dev/usb/lp1"
-#: The keyboard behind QEMU's usb-hub on the thin client: xHCI's USB 2 root hub is bus 3
-#: (dummy_hcd's two buses come first), the hub is on port 3, the keyboard on its port 1.
-HUB_CHILD_PORT = "3-3.1"
-
-
-def _usb(ids: tuple[int, int]) -> str:
-    return f"{ids[0]:04x}:{ids[1]:04x}"
-
-
-ROUTES = [
-    LabRoute("stick", f"usb:{_usb(STICK)}"),
-    LabRoute("loop", f"usb:{_usb(LOOP)}"),
-    LabRoute("kbd", f"usb:{_usb(KBD)}"),
-    LabRoute("composite", f"usb:{_usb(COMPOSITE)}"),
-    LabRoute("acm", "serial:acm"),
-    LabRoute("acm7e1", "serial:acm", extra={"settings": "9600,7E1"}),
-    LabRoute("printer", "parallel:printer"),
-    LabRoute("hub", f"usb:{_usb(QEMU_IDS['usb-hub'])}"),
-    LabRoute("hubkbd", f"usb-port:{HUB_CHILD_PORT}"),
-    LabRoute("ftdi", "serial:ftdi", extra={"settings": "19200,8E1"}),
-    LabRoute("audio", f"usb:{_usb(QEMU_IDS['usb-audio'])}"),
-    LabRoute("ccid", f"usb:{_usb(QEMU_IDS['usb-ccid'])}"),
-]
-
-EXTRA_EXPORT = f"""usb_ports = ["{HUB_CHILD_PORT}"]
-
-[[serial]]
-name = "acm"
-port = "{_usb(ACM)}:{ACM_ROUTED_SERIAL}"
-settings = "115200,8N1"
-
-[[serial]]
-name = "ftdi"
-port = "{_usb(QEMU_IDS["usb-serial"])}"
-settings = "115200,8N1"
-
-[[parallel]]
-name = "printer"
-port = "{PRINTER_ROUTED_PATH}"
-"""
-
-
-def wait_for_text(path: Path, pattern: str, timeout_s: float, *, start: int = 0) -> re.Match[str]:
-    """Wait until the file (read from byte `start` on) matches `pattern`; a safety-net timeout only."""
-    compiled = re.compile(pattern)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        text = path.read_text(errors="replace")[start:] if path.exists() else ""
-        if match := compiled.search(text):
-            return match
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{path.name} did not show {pattern!r} within {timeout_s} s:\n{text[-4000:]}")
-        time.sleep(0.1)
-
-
-def wait_flag(flag: Path, job: AgentJob, context: str = "", timeout_s: float = 300.0) -> None:
-    """Wait until a guest job creates `flag` in a share; fail at once (with its output) if the job ends first."""
-    deadline = time.monotonic() + timeout_s
-    while not flag.exists():
-        if job.done():
-            result = job.wait()
-            raise AssertionError(f"the guest job ended ({result.rc}) before {flag.name}: {result.stderr}\n{context}")
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"no {flag.name} within {timeout_s} s\n{context}")
-        time.sleep(0.05)
-
-
-@dataclass
-class UsbLab:
-    share: Path
-    thin: ThinClient
-    vm: VmSide
-    gateway: GatewayProcess
-    client_config: Path
-    client_log: Path
-    ftdi_listener: socket.socket
-    client_pid: int | None = None
-    client_starts: int = 0
-
-    def route(self, name: str) -> int:
-        return self.gateway.routes[name]
-
-    def start_client(self) -> None:
-        """Start `client run` in the thin client (a new log each time) and wait until its tunnel is up."""
-        self.client_starts += 1
-        self.client_log = self.share / f"client-{self.client_starts}.log"
-        self.client_pid = self.thin.guest.spawn(
-            f"{sys.executable} -m redirgate.cli -v client run --config {self.client_config}", self.client_log
-        )
-        wait_for_text(self.client_log, r"tunnel to \S+ up", CLIENT_READY_TIMEOUT_S)
-
-    def stop_client(self, sig: str = "TERM") -> None:
-        if self.client_pid is None:
-            return
-        self.thin.guest.signal(self.client_pid, sig)
-        self.thin.guest.wait_exit(self.client_pid)
-        self.client_pid = None
-
-    def client_log_text(self) -> str:
-        return self.client_log.read_text(errors="replace")
-
-    def logs(self) -> str:
-        """The tails of the gateway's and the client's logs, for assertion messages."""
-        return f"--- gateway:\n{self.gateway.log()[-3000:]}\n--- client:\n{self.client_log_text()[-4000:]}"
+from tests.support.usblab import UsbLab, running_usb_lab
 
 
 @pytest.fixture(scope="session")
 def usb_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UsbLab]:
     reason = guest_unavailable_reason()
     require("QEMU test guest", reason is None, reason or "")
-    share = tmp_path_factory.mktemp("thinclient")
-    vm_share = tmp_path_factory.mktemp("vmside")
-    with contextlib.ExitStack() as stack:
-        make_pki(share)
-        require_system("certutil")
-        make_card_db(share)  # the thin client's usb-ccid gets an emulated card
-        gateway_config = write_gateway_config(share, ROUTES)
-        gateway = stack.enter_context(running_gateway(gateway_config, share / "gateway.log"))
-        client_config = write_client_config(
-            share,
-            gateway.tunnel_port,
-            gateway_host="10.0.2.2",
-            usb_ids=[_usb(STICK), _usb(LOOP), _usb(KBD), _usb(COMPOSITE), _usb(QEMU_IDS["usb-hub"]),
-                     _usb(QEMU_IDS["usb-audio"]), _usb(QEMU_IDS["usb-ccid"])],
-            extra_export=EXTRA_EXPORT,
-        )  # fmt: skip
-        ftdi_listener = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
-        thin = start_thinclient(share, ftdi_port=ftdi_listener.getsockname()[1], hostfwd=(7000, 7001, 7002))
-        stack.callback(thin.guest.stop)
-        vm = start_vm_side(vm_share)
-        stack.callback(vm.guest.stop)
-        lab = UsbLab(share, thin, vm, gateway, client_config, share / "client-0.log", ftdi_listener)
-        lab.start_client()
-        stack.callback(lab.stop_client)
+    require_system("certutil")
+    with running_usb_lab(tmp_path_factory.mktemp("thinclient"), tmp_path_factory.mktemp("vmside")) as lab:
         yield lab

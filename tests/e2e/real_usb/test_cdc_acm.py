@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from redirgate.cli.guestvm.hostroot import AgentJob
-from tests.e2e.real_usb.conftest import ACM, ACM_ROUTED_SERIAL, UsbLab, wait_flag, wait_for_text
 from tests.support.thinclient import Gadget, acm
+from tests.support.usblab import ACM, ACM_ROUTED_SERIAL, UsbLab, wait_flag, wait_for_text
 
 ALL_BYTES = bytes(range(256))
 SERVE_SERIAL_PORT = 7001

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.real_usb.conftest import LOOP, UsbLab
 from tests.support.thinclient import Gadget, loopback, wait_usb_script
+from tests.support.usblab import LOOP, UsbLab
 
 #: (bytes written, bytes asked for on IN): equal sizes, then the short-packet cases.
 CASES = [(1, 1), (512, 512), (4096, 4096), (65536, 65536), (1 << 20, 1 << 20), (1000, 1000), (100, 4096)]

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.real_usb.conftest import STICK, UsbLab, wait_flag
 from tests.support.guest import make_fat_image, read_fat_file
 from tests.support.thinclient import Gadget, mass_storage, wait_block_script, wait_usb_gone_script, wait_usb_script
+from tests.support.usblab import STICK, UsbLab, wait_flag
 
 FILES = {"a.bin": os.urandom(1 << 20), "b.txt": b"known bytes on a real gadget\n"}
 
