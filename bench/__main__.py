@@ -58,7 +58,17 @@ from typing import Any
 from bench.svgchart import bar_chart
 
 #: The benchmark modules, in the order they run: bench/<name>.py.
-MODULES: tuple[str, ...] = ("relay", "parse", "usb_gateway", "fairness", "scale", "serial", "guest_dd", "real_usb")
+MODULES: tuple[str, ...] = (
+    "relay",
+    "parse",
+    "usb_gateway",
+    "fairness",
+    "scale",
+    "serial",
+    "guest_dd",
+    "real_usb",
+    "resume",
+)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

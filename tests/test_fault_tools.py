@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import struct
 
 import pytest
 import trio
@@ -63,6 +64,21 @@ async def test_reset_reaches_both_ends_as_a_connection_reset() -> None:
         assert proxy.accepted == 2
         await client.aclose()
         await server.aclose()
+
+
+async def test_a_reset_by_one_end_reaches_the_other_as_a_reset() -> None:
+    (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async with listener, fault_proxy(("127.0.0.1", listener.socket.getsockname()[1])) as proxy:
+        client, server = await connected(proxy.port, listener)
+        await client.send_all(b"ping")
+        assert await receive_exactly(server, 4) == b"ping"
+        server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await server.aclose()  # an RST to the proxy
+        with pytest.raises(trio.BrokenResourceError) as caught:
+            await client.receive_some(16)
+        assert isinstance(caught.value.__cause__, ConnectionResetError)
+        await client.aclose()
+        assert proxy.resets == 0  # passed on by the proxy, not ordered by the test
 
 
 async def test_a_paused_proxy_delivers_nothing_then_everything_in_order() -> None:

@@ -93,8 +93,8 @@ class FaultProxy:
                 async with trio.open_nursery() as pumps:
                     pumps.start_soon(self._pump, link.near, link.far)
                     pumps.start_soon(self._pump, link.far, link.near)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            link.reset = True  # one side broke: pass the break on to the other
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            link.reset = True  # one side broke (a pump's error comes in a group): pass the break on
         finally:
             self._links.discard(link)
             for stream in (link.near, link.far):
