@@ -12,10 +12,12 @@ connected.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+if TYPE_CHECKING:  # imported when a scrape comes: a service without metrics never loads it
+    from prometheus_client import CollectorRegistry
 
 __all__ = ["serve_metrics"]
 
@@ -40,6 +42,8 @@ def answer(request_line: bytes, registry: CollectorRegistry, healthy: Callable[[
         return _response("404 Not Found", b"try /metrics or /healthz\n")
     if method != b"GET":
         return _response("405 Method Not Allowed", b"GET only\n")
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
     if target == b"/healthz":
         ok, reason = healthy()
         return _response(
