@@ -206,6 +206,15 @@ def test_another_identity_cannot_present_the_owners_own_mac():
     assert not creds.redeem("thin-client-8", creds.current(OWNER))
 
 
+def test_the_mac_itself_binds_identity_channel_and_secret():
+    # even a gateway that keyed many channels alike gives each identity and channel its own value
+    base = ResumeCredentials(4, OWNER, SECRET).current(OWNER)
+    assert base != ResumeCredentials(4, "thin-client-8", SECRET).current("thin-client-8")
+    assert base != ResumeCredentials(5, OWNER, SECRET).current(OWNER)
+    assert base != ResumeCredentials(4, OWNER, bytes(32)).current(OWNER)
+    assert base == ResumeCredentials(4, OWNER, SECRET).current(OWNER)
+
+
 def test_a_refused_answer_raises_on_the_client_and_uses_the_credential_up():
     client, _, _ = resumed_pair()
     with pytest.raises(ResumeError, match=r"refused.*expired"):
