@@ -14,6 +14,7 @@ import trio.testing
 
 from redirgate.client.usb.outbox import BATCH_BYTES, COPY_LIMIT, Outbox
 from redirgate.transport import PlainSocketStream
+from tests.support.waiting import until
 
 
 class FakeNonBlockingStream(trio.abc.SendStream):
@@ -215,9 +216,7 @@ async def test_a_real_socket_with_a_slow_reader_gets_every_byte_in_order() -> No
             header, payload = i.to_bytes(4, "little"), bytes([i & 0xFF]) * size
             await outbox.put(header, memoryview(payload))
             expected += header + payload
-        with trio.fail_after(10):
-            while len(got) < len(expected):
-                await trio.sleep(0.01)
+        await until(lambda: len(got) >= len(expected), "the slow reader to get everything")
         outbox.close()
         nursery.cancel_scope.cancel()
     assert bytes(got) == bytes(expected)

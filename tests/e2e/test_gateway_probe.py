@@ -8,8 +8,10 @@ from typing import Any
 import trio
 
 from redirgate.cli.lab import LabRoute
+from redirgate.proto.usbredir import Role, UsbredirConnection
 from redirgate.vmside.probe import probe
 from tests.support.tunnel_lab import running_lab, start_client
+from tests.support.waiting import until
 
 
 def make_image(path: Path) -> str:
@@ -39,19 +41,18 @@ async def test_hypervisor_held_until_client_comes(tmp_path: Path) -> None:
     async with running_lab(tmp_path, routes, virtual=virtual, start_client_now=False) as lab:
         async with trio.open_nursery() as nursery:
             result: list[Any] = []
+            probed = trio.Event()
 
             async def vm() -> None:
-                result.append(await probe("127.0.0.1", lab.route_port("stick"), timeout_s=30))
+                result.append(await probe("127.0.0.1", lab.route_port("stick"), timeout_s=60))
+                probed.set()
 
             nursery.start_soon(vm)
-            await trio.sleep(1.0)
-            state = lab.gateway.snapshot()["routes"][0]
-            assert state["state"] == "held" and "offline" in state["waiting_for"]
+            await until(lambda: lab.gateway.snapshot()["routes"][0]["state"] == "held", "the hypervisor to be held")
+            assert "offline" in lab.gateway.snapshot()["routes"][0]["waiting_for"]
             async with trio.open_nursery() as clients:
                 _, scope = await start_client(clients, lab.client_config)
-                with trio.fail_after(20):
-                    while not result:
-                        await trio.sleep(0.05)
+                await probed.wait()
                 scope.cancel()
         assert result[0].product_id == 0x0001
 
@@ -65,12 +66,11 @@ async def test_held_raw_route_keeps_reading_and_counts_discards(tmp_path: Path, 
         stream = await trio.open_tcp_stream("127.0.0.1", lab.route_port("console"))
         async with stream:
             chunk = b"x" * 16384
-            with trio.fail_after(10):  # the gateway never stops reading a held VM's serial port
-                for _ in range(64):
-                    await stream.send_all(chunk)
-            with trio.fail_after(10):
-                while lab.gateway.snapshot()["routes"][0]["discarded_bytes"] < 64 * 16384 - 64 * 1024:
-                    await trio.sleep(0.05)
+            for _ in range(64):  # the gateway never stops reading a held VM's serial port
+                await stream.send_all(chunk)
+            await until(
+                lambda: lab.gateway.snapshot()["routes"][0]["discarded_bytes"] >= 64 * 16384 - 64 * 1024, "discards"
+            )
         warnings = [r for r in caplog.records if "while no device was attached" in r.getMessage()]
         assert 1 <= len(warnings) <= 12, [r.getMessage() for r in warnings]
 
@@ -84,9 +84,8 @@ async def test_hold_timeout_closes_a_hypervisor_whose_device_never_comes(tmp_pat
     ) as lab:
         stream = await trio.open_tcp_stream("127.0.0.1", lab.route_port("stick"))
         async with stream:
-            with trio.fail_after(10):
-                assert await stream.receive_some(100) == b""  # closed by the gateway
+            # a VM's usb-redir says hello first; the route holds it only after that
+            await stream.send_all(UsbredirConnection(Role.GUEST).hello_bytes())
+            assert await stream.receive_some(100) == b""  # closed by the gateway
         assert "no device within hold_timeout_s = 1" in caplog.text and "offline" in caplog.text
-        with trio.fail_after(5):
-            while lab.gateway.snapshot()["routes"][0]["state"] != "idle":
-                await trio.sleep(0.05)
+        await until(lambda: lab.gateway.snapshot()["routes"][0]["state"] == "idle", "the route to be idle")

@@ -20,19 +20,13 @@ from redirgate.gateway import pki
 from redirgate.vmside.guest import GuestError, UsbredirGuest
 from redirgate.vmside.probe import probe
 from tests.support.tunnel_lab import Lab, running_lab, start_client
+from tests.support.waiting import until
 
 KBD = (0x1209, 0x0002)
 
 
 def online(lab: Lab) -> set[str]:
     return {c["identity"] for c in lab.gateway.snapshot()["clients"]}
-
-
-async def until(condition: object, timeout_s: float = 10.0) -> None:
-    assert callable(condition)
-    with trio.fail_after(timeout_s):
-        while not condition():
-            await trio.sleep(0.02)
 
 
 async def probe_ok(lab: Lab, route: str) -> None:

@@ -19,12 +19,14 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from redirgate.gateway.raw_relay import _Ring, relay_raw
 from redirgate.transport import Buffer, RelayStats
 from tests.support.transport_lab import Pki, make_channel, make_pki, receive_exactly, send_random
+from tests.support.waiting import until
 
 RING_BYTES = 64 * 1024
 FLOOD_BYTES = 6 * 1024 * 1024
@@ -146,14 +148,12 @@ async def test_a_client_that_does_not_read_never_blocks_the_hypervisor(
         # out at once (with the lossless pump this send never returns).
         with trio.fail_after(20):
             await ch.hv.send_all(flood)
-        while not discards:
-            await trio.sleep(0.01)
+        await until(lambda: discards, "the first discard")
         # The other direction is untouched by all this.
         await ch.cl.send_all(upstream)
         assert await receive_exactly(ch.hv, len(upstream)) == _digest(upstream)
         nursery.start_soon(client_reads)
-        while len(received) + sum(discards) < FLOOD_BYTES:
-            await trio.sleep(0.01)
+        await until(lambda: len(received) + sum(discards) >= FLOOD_BYTES, "the flood read or discarded")
         # A client that reads again is paced, not discarded against: all of
         # what follows arrives, however fast the hypervisor sends it.
         discarded = sum(discards)
@@ -185,7 +185,7 @@ async def test_what_is_buffered_when_the_hypervisor_leaves_still_reaches_the_cli
         )
         await ch.hv.send_all(data)
         await ch.hv.aclose()  # gone before the client read anything
-        await trio.sleep(0.2)
+        await trio.testing.wait_all_tasks_blocked()  # the relay has seen the end
         assert await receive_exactly(ch.cl, len(data)) == _digest(data)
         assert await ch.cl.receive_some(10) == b""
     assert (stats.ended_by, stats.reason, stats.a_to_b) == ("a", "end of stream", len(data))

@@ -41,6 +41,7 @@ from redirgate.transport import ClientContext, TlsRefused, ZeroCopyTLSStream, cl
 from redirgate.vmside.guest import UsbredirGuest
 from redirgate.vmside.probe import probe
 from tests.support.tunnel_lab import Lab, running_lab
+from tests.support.waiting import until
 
 TUNNEL_LOG = "redirgate.gateway.tunnel_server"
 ROUTE_LOG = "redirgate.gateway.route_server"
@@ -48,8 +49,8 @@ KBD = LabRoute("kbd", "usb:1209:0002")
 #: a route to a device of the hostile client "thin-02"
 EVIL = LabRoute("evil", "usb:1209:0001", client="thin-02")
 EVIL_DEVICE = t.DeviceEntry(id="usb:1209:0001:X1", kind="usb", vendor_id=0x1209, product_id=1, serial="X1")
-#: how long a refused connection may take to end (the stall test waits longer)
-END_WITHIN_S = 5.0
+#: a safety net for a refused connection's end, not a budget: a loaded machine is slow, not wrong
+END_WITHIN_S = 60.0
 
 
 # --------------------------------------------------------------------- the lab
@@ -71,9 +72,7 @@ def context_for(lab: Lab, name: str, *, base: Path | None = None) -> ClientConte
 
 
 async def route_idle(lab: Lab, name: str) -> None:
-    with trio.fail_after(END_WITHIN_S):
-        while {r["name"]: r for r in lab.gateway.snapshot()["routes"]}[name]["state"] != "idle":
-            await trio.sleep(0.02)
+    await until(lambda: {r["name"]: r for r in lab.gateway.snapshot()["routes"]}[name]["state"] == "idle", "idle")
 
 
 async def assert_undisturbed(lab: Lab, *, also_online: Sequence[str] = ()) -> None:
@@ -104,12 +103,14 @@ class Logs:
 
     async def wait_for(self, logger: str, *words: str, level: int = logging.WARNING) -> str:
         """The first line from `logger` at `level` or above holding every word."""
-        with trio.fail_after(END_WITHIN_S):
-            while True:
-                for line in self.lines(logger, level):
-                    if all(w in line for w in words):
-                        return line
-                await trio.sleep(0.02)
+        found: list[str] = []
+
+        def logged() -> bool:
+            found.extend(line for line in self.lines(logger, level) if all(w in line for w in words))
+            return bool(found)
+
+        await until(logged, f"a log line with {words}")  # logging announces nothing to wait on
+        return found[0]
 
     async def one_refusal(self, logger: str, peer: str, *words: str, level: int = logging.WARNING) -> str:
         """Exactly one line at `level`+ from `logger` during the case, naming `peer` and the reason."""
@@ -299,9 +300,7 @@ async def test_revoked_certificate_is_refused_without_a_restart(
         # accepted before the revocation ...
         before = FakeClient(lab, "thin-02")
         await before.connect(inventory=[])
-        with trio.fail_after(END_WITHIN_S):
-            while "thin-02" not in {c["identity"] for c in lab.gateway.snapshot()["clients"]}:
-                await trio.sleep(0.02)
+        await until(lambda: "thin-02" in {c["identity"] for c in lab.gateway.snapshot()["clients"]}, "online")
         await before.aclose()
         logs = Logs(caplog)
         entry = pki.revoke(pki_dir(lab), "thin-02")
@@ -349,7 +348,7 @@ async def test_stalled_handshake_is_dropped_after_the_timeout(tmp_path: Path, ca
             received, how = await read_to_end(tcp)  # we send nothing at all
             elapsed = trio.current_time() - started
         assert received == b"" and how == "eof", how
-        assert 0.9 <= elapsed < 3.0, elapsed
+        assert elapsed >= 0.9, elapsed  # not before the timeout (its end is read_to_end's to see)
         await logs.one_refusal(TUNNEL_LOG, f"refused {me}", "handshake timed out")
         await assert_undisturbed(lab)
 
@@ -573,13 +572,9 @@ async def test_revocation_ends_a_live_session(tmp_path: Path, caplog: pytest.Log
         live = FakeClient(lab, "thin-02")
         await live.connect(inventory=[])
         try:
-            with trio.fail_after(END_WITHIN_S):
-                while "thin-02" not in {c["identity"] for c in lab.gateway.snapshot()["clients"]}:
-                    await trio.sleep(0.02)
+            await until(lambda: "thin-02" in {c["identity"] for c in lab.gateway.snapshot()["clients"]}, "online")
             pki.revoke(pki_dir(lab), "thin-02")
-            with trio.fail_after(END_WITHIN_S):
-                while "thin-02" in {c["identity"] for c in lab.gateway.snapshot()["clients"]}:
-                    await trio.sleep(0.05)
+            await until(lambda: "thin-02" not in {c["identity"] for c in lab.gateway.snapshot()["clients"]}, "gone")
         finally:
             await live.aclose()
         assert "thin-02" in caplog.text and "certificate revoked; closing its session" in caplog.text

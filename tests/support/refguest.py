@@ -300,6 +300,12 @@ async def engine_session(
     On exit everything is cancelled and the guest's parser destroyed.
     """
     engines: list[HostEngine] = []
+    engine_started = trio.Event()
+
+    def on_session(engine: HostEngine) -> None:
+        engines.append(engine)
+        engine_started.set()
+
     guest: RefGuest | None = None
     try:
         async with trio.open_nursery() as nursery:
@@ -307,7 +313,7 @@ async def engine_session(
             if transport == "tcp":
                 listeners = await nursery.start(
                     lambda task_status: serve_listen(
-                        "127.0.0.1", 0, source, task_status=task_status, on_session=engines.append
+                        "127.0.0.1", 0, source, task_status=task_status, on_session=on_session
                     )
                 )
                 port = listeners[0].socket.getsockname()[1]
@@ -315,9 +321,7 @@ async def engine_session(
                 host, local_port = client.socket.getsockname()[:2]
                 name = f"{host}:{local_port}"
                 stream = client
-                with trio.fail_after(DEFAULT_TIMEOUT_S):
-                    while not engines:
-                        await trio.sleep(0.005)
+                await engine_started.wait()
             elif transport == "memory":
                 stream, host_end = trio.testing.memory_stream_pair()
                 name = "memory-guest"
