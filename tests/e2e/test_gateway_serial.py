@@ -41,6 +41,14 @@ def _read_fd(fd: int, n: int, timeout_s: float = 20.0) -> bytes:
     return bytes(out)
 
 
+def _wait_for_line(log: Path, text: str, timeout_s: float = 60.0) -> None:
+    """Until a process's log says `text` (a safety net, not a budget: a loaded machine starts slowly)."""
+    deadline = time.monotonic() + timeout_s
+    while text not in (log.read_text(errors="replace") if log.exists() else ""):
+        assert time.monotonic() < deadline, f"{log} never said {text!r}"
+        time.sleep(0.05)
+
+
 def test_serial_port_through_gateway_both_ways_with_ring_replay(tmp_path: Path) -> None:
     master, slave = os.openpty()
     tty.setraw(master)
@@ -55,7 +63,7 @@ def test_serial_port_through_gateway_both_ways_with_ring_replay(tmp_path: Path) 
                 extra_export=f'\n[[serial]]\nname = "console"\nport = "{path}"\nsettings = "115200,8N1"\n',
             )
             with running_client(client_config, tmp_path / "client.log"):
-                time.sleep(2.0)  # the client opens the port and reports it
+                _wait_for_line(tmp_path / "client.log", "console: opened")  # before that, bytes are the tty's
                 os.write(master, b"boot messages nobody watched\r\n")
                 time.sleep(0.5)
                 with socket.create_connection(("127.0.0.1", gw.routes["console"]), timeout=20) as vm:
