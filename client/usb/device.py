@@ -12,8 +12,17 @@ exception) since `release()` is shielded and every owner calls it in a
 detached refuses the device (`DriverNotDetachedError`, naming the interface
 and the driver) instead of leaving it half-claimed.
 
-Transfers (`control`, `read`, `write`) are the exception, for emulated
-devices only: a backend that offers ``inline_device(dev)`` /
+A real device's transfers do not go to threads at all (unless
+REDIRGATE_USB_TRANSFERS=threads, see `DEFAULT_TRANSFERS`): where pyusb's
+libusb1 backend is in use,
+`aio` is its context's `LibusbAsync` and `submit` hands a transfer to
+libusb's asynchronous API on the trio loop (client/usb/aio.py); the engine
+runs the context's event pump and `release` first waits for every transfer
+to come back.  Which path a device takes is logged when it is opened
+(``transfers: async`` / ``inline`` / ``threads``).
+
+The worker-thread `control`, `read` and `write` have an exception, for
+emulated devices only: a backend that offers ``inline_device(dev)`` /
 ``call_nowait(fn, ...)`` (client/virtual's does; pyusb's libusb1 backend
 does not) promises its transfers never block except where the device NAKs,
 and reports that case as ``BlockingIOError`` before waiting.  Such a
@@ -37,6 +46,7 @@ from __future__ import annotations
 import array
 import dataclasses
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -45,6 +55,7 @@ import trio
 import usb.core
 import usb.util
 
+from redirgate.client.usb import aio
 from redirgate.client.usb.descriptors import DeviceSnapshot, snapshot
 from redirgate.client.usb.errors import DriverNotDetachedError, is_timeout
 from redirgate.client.usb.iso import IsoPacketResult, read_iso_packets
@@ -55,6 +66,11 @@ __all__ = ["DEFAULT_WORKER_THREADS", "UsbDevice"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+#: How real devices' transfers run unless REDIRGATE_USB_TRANSFERS says otherwise:
+#: "async" (libusb's asynchronous API on the trio loop, client/usb/aio.py) or
+#: "threads" (a worker thread per pyusb call, one transfer per endpoint at a time)
+DEFAULT_TRANSFERS = "async"
 
 #: Worker threads per device: enough for a control request, a bulk transfer
 #: each way and a few endpoint streams to block at the same time.
@@ -78,6 +94,57 @@ class UsbDevice:
         inline = getattr(backend, "inline_device", None)
         if backend is not None and inline is not None and inline(dev):
             self._nowait = backend.call_nowait
+        #: libusb's asynchronous API on the trio loop (client/usb/aio.py), for
+        #: real devices; None: transfers in worker threads (emulated devices,
+        #: another backend, or REDIRGATE_USB_TRANSFERS=threads)
+        self.aio: aio.LibusbAsync | None = None
+        if os.environ.get("REDIRGATE_USB_TRANSFERS", DEFAULT_TRANSFERS) == "async":
+            self.aio = aio.libusb_async_for(dev)
+
+    @property
+    def transfer_path(self) -> str:
+        """How transfers run, for the log: ``async`` (libusb's asynchronous API on the trio loop),
+        ``inline`` (an emulated device on the loop) or ``threads``."""
+        return "async" if self.aio is not None else "inline" if self._nowait is not None else "threads"
+
+    def libusb_handle(self) -> Any:
+        """The libusb device handle pyusb opened (opened now if a reset closed it)."""
+        ctx = self.dev._ctx
+        ctx.managed_open()
+        return ctx.handle.handle
+
+    def submit(
+        self,
+        kind: int,
+        endpoint: int,
+        buffer: Any,
+        length: int,
+        timeout_ms: int,
+        *,
+        iso_packets: int = 0,
+        packet_size: int = 0,
+    ) -> aio.Transfer:
+        """Submit one asynchronous transfer over `buffer` (only with `aio`); wait with ``transfer.done``."""
+        assert self.aio is not None
+        transfer = aio.Transfer(
+            self.aio,
+            self.libusb_handle(),
+            kind,
+            endpoint,
+            buffer,
+            length,
+            timeout_ms,
+            iso_packets=iso_packets,
+            packet_size=packet_size,
+            owner=self,
+        )
+        transfer.submit()
+        return transfer
+
+    async def drain(self) -> None:
+        """Cancel this device's asynchronous transfers and wait until libusb gave them all back."""
+        if self.aio is not None:
+            await aio.drain(self.aio, self)
 
     @property
     def inline_transfers(self) -> bool:
@@ -88,6 +155,7 @@ class UsbDevice:
     async def open(cls, dev: usb.core.Device, *, threads: int = DEFAULT_WORKER_THREADS) -> UsbDevice:
         snap = await trio.to_thread.run_sync(snapshot, dev)
         device = cls(dev, snap, threads=threads)
+        log.info("%s: transfers: %s", device.name, device.transfer_path)
         try:
             await device.call(device._claim_active)
         except BaseException:
@@ -320,6 +388,8 @@ class UsbDevice:
         usb.util.dispose_resources(self.dev)
 
     async def release(self) -> None:
-        """Give the device back to the thin client (shielded: runs on cancel too)."""
+        """Give the device back to the thin client (shielded: runs on cancel too), after its
+        asynchronous transfers have come back from libusb."""
         with trio.CancelScope(shield=True):
+            await self.drain()
             await trio.to_thread.run_sync(self.release_blocking)

@@ -67,6 +67,8 @@ RECEIVE_BYTES = 256 * 1024
 #: how often an announced device is looked for on the bus: an idle device's
 #: unplug fails no transfer (usbredirect learns it from libusb hotplug)
 PRESENCE_INTERVAL_S = 0.5
+#: iso OUT drops are logged at most this often (each line says how many since the last)
+DROP_LOG_INTERVAL_S = 10.0
 
 
 class DeviceSource(Protocol):
@@ -110,6 +112,10 @@ class HostEngine:
         self.streams: dict[int, st.Stream] = {}
         #: IN data a stream read after it was stopped, for its next start
         self.late_stream_data: dict[int, list[bytes]] = {}
+        #: iso OUT endpoint -> packets dropped since the connection started (never reset)
+        self.iso_out_dropped: dict[int, int] = {}
+        self._drops_unlogged = 0
+        self._drops_logged_at = -DROP_LOG_INTERVAL_S
         #: endpoint -> set when the last stream task on it has finished
         self._stream_done: dict[int, trio.Event] = {}
         self.queues: EndpointQueues | None = None
@@ -222,6 +228,9 @@ class HostEngine:
                 async with trio.open_nursery() as device_nursery:
                     self._device_nursery = device_nursery
                     self.queues = EndpointQueues(self, device_nursery)
+                    if device.aio is not None:
+                        # libusb's events on this loop, for this device's transfers
+                        device_nursery.start_soon(device.aio.pump)
                     await self._attach(device)
                     device_nursery.start_soon(self._watch_presence, device)
                     await self._device_done.wait()
@@ -447,6 +456,7 @@ class HostEngine:
         self.reset_done = False
         await self._stop_all_streams(notify=False)
         self._fail_inflight(Status.CANCELLED)
+        await device.drain()  # no transfer of the old configuration stays in flight
         status = Status.SUCCESS
         try:
             await device.call(device.set_configuration_blocking, msg.configuration)
@@ -517,6 +527,7 @@ class HostEngine:
             return
         await self._stop_all_streams(notify=True)
         self._fail_inflight(Status.CANCELLED)
+        await device.drain()  # usbredirhost cancels every transfer before a reset too
         snap = device.snapshot
         if (snap.vendor_id, snap.product_id) not in NO_RESET_IDS:
             try:
@@ -629,7 +640,30 @@ class HostEngine:
         ):
             await self.send(m.IsoStreamStatus(Status.INVAL, msg.endpoint, id=msg.id))
             return
-        stream.queue_out(bytes(msg.data))
+        if not stream.queue_out(bytes(msg.data)):
+            self._count_iso_out_drop(stream.endpoint)
+
+    def _count_iso_out_drop(self, endpoint: int) -> None:
+        """An iso OUT packet the device could not take in time: counted (see
+        `iso_out_dropped`) and logged at most once per `DROP_LOG_INTERVAL_S`."""
+        self.iso_out_dropped[endpoint] = self.iso_out_dropped.get(endpoint, 0) + 1
+        self._drops_unlogged += 1
+        now = trio.current_time()
+        if now - self._drops_logged_at >= DROP_LOG_INTERVAL_S:
+            log.warning(
+                "%s: dropped %d iso OUT packets since the last report (the device falls behind the guest); in all %s",
+                self.peer,
+                self._drops_unlogged,
+                ", ".join(f"{ep:#04x}: {n}" for ep, n in sorted(self.iso_out_dropped.items())),
+            )
+            self._drops_logged_at = now
+            self._drops_unlogged = 0
+
+    def stream_drops(self) -> dict[str, dict[int, int]]:
+        """Packets dropped so far on this connection, per endpoint, for status and metrics:
+        ``iso_out`` (the guest's iso OUT packets the device could not take in time) and
+        ``to_guest`` (stream packets not sent because the guest read too slowly)."""
+        return {"iso_out": dict(self.iso_out_dropped), "to_guest": dict(self.outbox.dropped)}
 
     async def _on_alloc_streams(self, msg: m.AllocBulkStreams) -> None:
         # pyusb has no bulk-stream API; we do not advertise the cap either

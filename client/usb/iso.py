@@ -41,6 +41,7 @@ from typing import Any
 import usb.backend.libusb1 as libusb1
 import usb.core
 
+from redirgate.client.usb.aio import packet_status
 from redirgate.client.usb.errors import USB_CALL_ERRORS
 from redirgate.client.usb.transfers import in_buffer
 from redirgate.proto.usbredir import Speed, Status
@@ -64,28 +65,10 @@ BATCH_SCHEDULE_US = 4000
 #: QEMU's usb-redir asks for at most 32 packets per URB
 MAX_BATCH_PACKETS = 32
 
-# libusb_transfer_status (libusb.h) -> usbredir status, as usbredirhost.c
-# libusb_status_or_error_to_redir_status (NO_DEVICE: usbredirhost also
-# starts its disconnect; here the next transfer fails with NO_DEVICE)
-_PACKET_STATUS = {
-    libusb1.LIBUSB_TRANSFER_COMPLETED: Status.SUCCESS,
-    libusb1.LIBUSB_TRANSFER_ERROR: Status.IOERROR,
-    libusb1.LIBUSB_TRANSFER_TIMED_OUT: Status.TIMEOUT,
-    libusb1.LIBUSB_TRANSFER_CANCELLED: Status.CANCELLED,
-    libusb1.LIBUSB_TRANSFER_STALL: Status.STALL,
-    libusb1.LIBUSB_TRANSFER_NO_DEVICE: Status.IOERROR,
-    libusb1.LIBUSB_TRANSFER_OVERFLOW: Status.BABBLE,
-}
-
 _fallback_logged = False
 #: libusb transfers whose event handling failed before their callback: kept
 #: alive (buffer, callback) since libusb may still complete them
 _IN_FLIGHT: list[_Libusb1IsoIn] = []
-
-
-def packet_status(libusb_status: int) -> Status:
-    """The usbredir status of an iso packet libusb reports with this status."""
-    return _PACKET_STATUS.get(int(libusb_status), Status.IOERROR)
 
 
 def iso_period_us(interval: int, speed: Speed) -> int:

@@ -7,6 +7,15 @@ usbredirhost does when the guest reads too slowly; a dropped packet still
 consumes its id, so the guest sees the gap.  Ids restart at 0 whenever the
 stream (re)starts, including after a stall recovery (protocol reference §4.6).
 
+Iso OUT packets the guest sends faster than the device takes them are
+dropped by `Stream.queue_out` (the reference's half-full hysteresis); the
+engine counts every drop per endpoint and logs them at most once per
+interval (`HostEngine.stream_drops`).  With `ASYNC_STREAMS` a real
+device on libusb's asynchronous API (client/usb/aio.py) runs iso OUT in
+`_IsoOutWriter` (up to the guest's no_urbs transfers of pkts_per_urb packets
+in flight, as usbredirhost does) and interrupt/bulk receiving in
+`_AsyncReceiver`; otherwise, as described next, in worker threads.
+
 pyusb transfers are synchronous, so a stream has one transfer in flight at a
 time.  Interrupt and bulk receiving read one transfer per worker-thread call,
 in slices so a stop takes effect within `SLICE_MS`.  Iso IN reads a batch of
@@ -41,13 +50,18 @@ waits for the old read to end), so a keyboard does not lose a key press.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import trio
+import usb.backend.libusb1 as libusb1
+import usb.core
 
+from redirgate.client.usb import aio
 from redirgate.client.usb.errors import USB_CALL_ERRORS, status_for
 from redirgate.client.usb.iso import IsoPacketResult, iso_batch_packets
 from redirgate.client.usb.transfers import in_buffer
@@ -61,6 +75,11 @@ if TYPE_CHECKING:
 __all__ = ["ISO_TIMEOUT_MS", "Stream", "stream_status"]
 
 log = logging.getLogger(__name__)
+
+#: Streams on libusb's asynchronous API (`_AsyncReceiver`, `_IsoOutWriter`) for
+#: devices whose transfers take it.  Off until proven on a real device (the
+#: harness's HID and usb-audio tests): streams keep the worker-thread path.
+ASYNC_STREAMS = os.environ.get("REDIRGATE_USB_ASYNC_STREAMS", "") == "1"
 
 #: usbredirhost.c ISO_TIMEOUT
 ISO_TIMEOUT_MS = 1000
@@ -133,6 +152,8 @@ async def run_in_stream(engine: HostEngine, stream: Stream) -> None:
         reader.offer(Status.SUCCESS, data)
     if stream.kind == EndpointType.ISO:
         await reader.run_iso()
+    elif device.aio is not None and ASYNC_STREAMS:
+        await _AsyncReceiver(reader).run()
     else:
         await reader.run_receiving()
 
@@ -285,6 +306,9 @@ async def run_iso_out_stream(engine: HostEngine, stream: Stream) -> None:
     assert stream.out_queue is not None and stream.out_ready is not None
     if device is None:
         return
+    if device.aio is not None and ASYNC_STREAMS:
+        await _IsoOutWriter(engine, stream, device).run()
+        return
     dev = device.dev
     reported = False
     while True:
@@ -305,3 +329,179 @@ async def run_iso_out_stream(engine: HostEngine, stream: Stream) -> None:
             if not reported:  # at most one status per failing run
                 reported = True
                 await engine.send(m.IsoStreamStatus(status, stream.endpoint))
+
+
+class _IsoOutWriter:
+    """Iso OUT on libusb's asynchronous API: up to the guest's no_urbs
+    transfers in flight (at least 2), each of up to pkts_per_urb packets,
+    as usbredirhost does; the stream's task submits while the device plays
+    the transfers before, so the device is never left without one while the
+    guest keeps up.  Each packet keeps its own length (packet i at offset
+    i x packet_size of the transfer's buffer, libusb's layout)."""
+
+    def __init__(self, engine: HostEngine, stream: Stream, device: UsbDevice) -> None:
+        self.engine = engine
+        self.stream = stream
+        self.device = device
+        self.inflight: deque[aio.Transfer] = deque()
+        self.reported = False
+
+    def _wake(self) -> None:
+        ready = self.stream.out_ready
+        if ready is not None:
+            ready.set()
+
+    async def run(self) -> None:
+        stream = self.stream
+        queue = stream.out_queue
+        assert queue is not None
+        most = max(2, stream.transfers)
+        try:
+            while True:
+                while self.inflight and self.inflight[0].done.is_set():
+                    if not await self._reaped(self.inflight.popleft()):
+                        return
+                while (
+                    stream.started
+                    and queue
+                    and len(self.inflight) < most
+                    and (len(queue) >= stream.pkts_per_transfer or not self.inflight)
+                ):
+                    if not await self._submit(queue):
+                        return
+                if not queue and not self.inflight:
+                    stream.started = False  # under-run: fill half again, then start
+                stream.out_ready = trio.Event()
+                await stream.out_ready.wait()
+        finally:
+            for transfer in self.inflight:
+                transfer.cancel()  # UsbDevice.release / drain waits for them
+
+    async def _submit(self, queue: deque[bytes]) -> bool:
+        stream = self.stream
+        size = stream.packet_size
+        count = min(stream.pkts_per_transfer, len(queue))
+        buf = bytearray(count * size)
+        lengths = []
+        for i in range(count):
+            data = queue.popleft()
+            buf[i * size : i * size + len(data)] = data
+            lengths.append(len(data))
+        try:
+            transfer = aio.Transfer(
+                self.device.aio,  # type: ignore[arg-type]  # checked by run_iso_out_stream
+                self.device.libusb_handle(),
+                aio.ISO,
+                stream.endpoint,
+                buf,
+                len(buf),
+                ISO_TIMEOUT_MS,
+                iso_packets=count,
+                packet_size=size,
+                owner=self.device,
+            )
+            transfer.set_iso_lengths(lengths)
+            transfer.on_done = self._wake
+            transfer.submit()
+        except USB_CALL_ERRORS as exc:
+            return await self._failed(status_for(exc), str(exc))
+        self.inflight.append(transfer)
+        return True
+
+    async def _reaped(self, transfer: aio.Transfer) -> bool:
+        status = transfer.status
+        if status == libusb1.LIBUSB_TRANSFER_NO_DEVICE:
+            return await self._failed((Status.IOERROR, True), "no device")
+        if status == libusb1.LIBUSB_TRANSFER_COMPLETED:
+            self.reported = False
+            return True
+        return await self._failed((aio.packet_status(status), False), f"libusb status {status}")
+
+    async def _failed(self, outcome: tuple[int, bool], reason: str) -> bool:
+        status, gone = outcome
+        stream = self.stream
+        if gone:
+            self.engine.device_lost(f"iso OUT on {stream.endpoint:#04x}: {reason}")
+            return False
+        if not self.reported:  # at most one status per failing run
+            self.reported = True
+            await self.engine.send(m.IsoStreamStatus(status, stream.endpoint))
+        return True
+
+
+#: a failed libusb transfer's status as the errno `status_for` reads (pyusb's own table turns a stall into EIO)
+_TRANSFER_ERRNO = {
+    libusb1.LIBUSB_TRANSFER_STALL: errno.EPIPE,
+    libusb1.LIBUSB_TRANSFER_TIMED_OUT: errno.ETIMEDOUT,
+    libusb1.LIBUSB_TRANSFER_OVERFLOW: errno.EOVERFLOW,
+}
+
+
+class _AsyncReceiver:
+    """Interrupt or bulk receiving on libusb's asynchronous API: the stream's
+    no_transfers (interrupt: `INTERRUPT_TRANSFERS`) reads in flight at once,
+    each resubmitted as soon as its data is offered, in order, as
+    usbredirhost does.  On a stop the reads are cancelled; what one brought
+    before is kept for the next stream on the endpoint, like the thread
+    path's late read."""
+
+    def __init__(self, reader: _InStream) -> None:
+        self.reader = reader
+        self.inflight: deque[aio.Transfer] = deque()
+        self.kind = aio.INTERRUPT if reader.stream.kind == EndpointType.INTERRUPT else aio.BULK
+
+    def _submit(self) -> None:
+        stream = self.reader.stream
+        device = self.reader.device
+        buf = bytearray(stream.packet_size)
+        self.inflight.append(device.submit(self.kind, stream.endpoint, buf, len(buf), 0))
+
+    async def run(self) -> None:
+        reader = self.reader
+        stream = reader.stream
+        try:
+            while True:
+                try:
+                    while len(self.inflight) < max(1, stream.transfers):
+                        self._submit()
+                except USB_CALL_ERRORS as exc:
+                    if not self.inflight:
+                        if await reader._failed(exc):
+                            continue
+                        return
+                transfer = self.inflight[0]
+                await transfer.done.wait()
+                self.inflight.popleft()
+                status = transfer.status
+                if status == libusb1.LIBUSB_TRANSFER_COMPLETED:
+                    reader.failures = 0
+                    reader.offer(Status.SUCCESS, transfer.data())
+                    continue
+                if status == libusb1.LIBUSB_TRANSFER_NO_DEVICE:
+                    reader.engine.device_lost(f"stream on {stream.endpoint:#04x}: no device")
+                    return
+                # a stall or an error: the reads behind it go too, then as the thread path does
+                await self._cancel_inflight()
+                error = usb.core.USBError(
+                    libusb1._str_transfer_error.get(status, "Transfer failed"),
+                    None,
+                    _TRANSFER_ERRNO.get(status, errno.EIO),
+                )
+                if not await reader._failed(error):
+                    return
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._cancel_inflight()
+
+    async def _cancel_inflight(self) -> None:
+        """Cancel the reads in flight, wait for them (bounded), keep what they brought."""
+        pending = list(self.inflight)
+        self.inflight.clear()
+        for transfer in pending:
+            transfer.cancel()
+        with trio.move_on_after(aio.CANCEL_GRACE_S):
+            for transfer in pending:
+                await transfer.done.wait()
+        late = [bytes(t.data()) for t in pending if t.done.is_set() and t.actual_length]
+        if late:
+            self.reader.engine.late_stream_data.setdefault(self.reader.stream.endpoint, []).extend(late)

@@ -18,7 +18,15 @@ OUT transfer the device took part of continues from there).  The order on
 an endpoint is unchanged: the fast path is taken only while the endpoint's
 task is idle and its queue empty.
 
-IN transfers run in slices of `SLICE_MS`: a slice that times out is retried
+A real device whose libusb offers the asynchronous API (client/usb/aio.py)
+takes neither: `submit` hands each request to libusb at once, on the loop
+thread, in the guest's order, so the guest's consecutive requests on an
+endpoint are in flight together; the endpoint's task answers them in order
+as they complete.  IN transfers then have no timeout (a guest's cancel
+cancels the libusb transfer, and whatever it brought is dropped, as
+usbredirhost does: the guest was told it was cancelled).
+
+On the worker-thread path, IN transfers run in slices of `SLICE_MS`: a slice that times out is retried
 unless the request was cancelled, which is how a cancelled read gives its
 thread back without abandoning it.  A slice already running when its request
 is cancelled may still return data (libusb would have unlinked the URB at
@@ -37,13 +45,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import trio
+import usb.backend.libusb1 as libusb1
 import usb.core
 
+from redirgate.client.usb import aio
+from redirgate.client.usb.aio import control_setup, packet_status
 from redirgate.client.usb.errors import USB_CALL_ERRORS, is_timeout, status_for
 from redirgate.proto.usbredir import Status
 from redirgate.proto.usbredir import messages as m
 
 if TYPE_CHECKING:
+    from redirgate.client.usb.aio import Transfer
     from redirgate.client.usb.device import UsbDevice
     from redirgate.client.usb.engine import HostEngine
 
@@ -93,6 +105,8 @@ class Request:
     done: int = 0
     #: time.perf_counter() at submission, when a transfer_observer is set
     submitted: float = 0.0
+    #: the libusb transfer carrying it (asynchronous path)
+    transfer: Transfer | None = None
     id: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -124,6 +138,9 @@ class EndpointQueues:
         self._late: dict[int, bytes] = {}
         #: endpoints whose task waits for work (the fast path may run there)
         self._idle: set[int] = set()
+        #: asynchronous path: per endpoint, the submitted requests in order
+        #: (a request that could not be submitted carries its reply instead)
+        self._pending: dict[int, deque[tuple[Request, m.DataMessage | None]]] = {}
 
     async def submit(self, request: Request) -> None:
         """Run `request` now if its endpoint is idle and the device completes
@@ -132,8 +149,11 @@ class EndpointQueues:
         self.inflight[request.id] = request
         if transfer_observer is not None:
             request.submitted = time.perf_counter()
-        queue = self._queues.get(key)
         device = self._engine.device
+        if device is not None and device.aio is not None:
+            await self._submit_async(key, request, device)
+            return
+        queue = self._queues.get(key)
         if device is not None and device.inline_transfers and (queue is None or (not queue and key in self._idle)):
             try:
                 reply = self._late_reply(request) if self._late else None
@@ -155,11 +175,14 @@ class EndpointQueues:
         self._wakeups[key].set()
 
     def cancel(self, request_id: int) -> Request | None:
-        """Mark the not-yet-answered request with this id cancelled."""
+        """Mark the not-yet-answered request with this id cancelled (and
+        cancel its libusb transfer, which still calls back)."""
         request = self.inflight.pop(request_id, None)
         if request is None or request.finished:
             return None
         request.cancelled = True
+        if request.transfer is not None:
+            request.transfer.cancel()
         return request
 
     def cancel_all(self) -> list[Request]:
@@ -167,7 +190,79 @@ class EndpointQueues:
         self.inflight.clear()
         for request in pending:
             request.cancelled = True
+            if request.transfer is not None:
+                request.transfer.cancel()
         return pending
+
+    # -- asynchronous path (libusb's asynchronous API, client/usb/aio.py) --
+    # The reader's task submits each request at once, in the guest's order
+    # (libusb and the kernel keep that order per endpoint), so consecutive
+    # requests are in flight together; one task per endpoint answers them
+    # in the same order as they complete.
+
+    async def _submit_async(self, key: int, request: Request, device: UsbDevice) -> None:
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._pending[key] = deque()
+            self._wakeups[key] = trio.Event()
+            self._nursery.start_soon(self._run_pending, key)
+        if not pending and self._late:
+            late = self._late_reply(request)
+            if late is not None:
+                await self._complete(key, request, late)
+                return
+        reply: m.DataMessage | None = None
+        try:
+            request.transfer = _submit(device, request)
+        except USB_CALL_ERRORS as exc:
+            reply = self._failure(request, exc)
+        pending.append((request, reply))
+        self._wakeups[key].set()
+
+    async def _run_pending(self, key: int) -> None:
+        pending = self._pending[key]
+        try:
+            while True:
+                if not pending:
+                    self._wakeups[key] = trio.Event()
+                    await self._wakeups[key].wait()
+                    continue
+                request, reply = pending[0]
+                transfer = request.transfer
+                if transfer is not None:
+                    await transfer.done.wait()
+                    reply = self._async_reply(request, transfer)
+                pending.popleft()
+                await self._complete(key, request, reply)
+        finally:
+            # the device session ends: what is still in flight is cancelled
+            # (UsbDevice.release waits until libusb gave it back)
+            for request, _ in pending:
+                if request.transfer is not None:
+                    request.transfer.cancel()
+
+    def _async_reply(self, request: Request, transfer: Transfer) -> m.DataMessage | None:
+        """The reply to a request whose transfer called back."""
+        msg = request.msg
+        if request.cancelled:
+            # answered already; libusb unlinked the URB, so unlike a thread's
+            # late read nothing is kept: the data belongs to no request
+            return None
+        status = transfer.status
+        if status == libusb1.LIBUSB_TRANSFER_NO_DEVICE:
+            if not request.cancelled:
+                self._engine.device_lost("transfer failed: no device")
+            return reply_for(msg, Status.IOERROR)
+        code = packet_status(status)
+        if code not in (Status.SUCCESS, Status.CANCELLED):
+            log.debug("%s: request %#x on %#04x: %s", self._engine.peer, msg.id, msg.endpoint_address, code.name)
+        if isinstance(msg, m.ControlPacket):
+            if msg.requesttype & 0x80:
+                return reply_for(msg, code, transfer.actual_length, transfer.data(8))
+            return reply_for(msg, code, transfer.actual_length)
+        if msg.endpoint_address & 0x80:
+            return reply_for(msg, code, transfer.actual_length, transfer.data())
+        return reply_for(msg, code, transfer.actual_length)
 
     async def _run_queue(self, key: int) -> None:
         queue = self._queues[key]
@@ -284,6 +379,27 @@ class EndpointQueues:
             return reply_for(msg, Status.SUCCESS, n)
         except USB_CALL_ERRORS as exc:
             return self._failure(request, exc)
+
+
+def _submit(device: UsbDevice, request: Request) -> Transfer:
+    """One request as a libusb transfer over its own buffer: IN data lands
+    in the buffer the reply is sent from, OUT data goes from the request's
+    copy of the guest's payload (no further copy)."""
+    msg = request.msg
+    if isinstance(msg, m.ControlPacket):
+        buf = bytearray(8 + msg.length)
+        control_setup(buf, msg.requesttype, msg.request, msg.value, msg.index, msg.length)
+        if not msg.requesttype & 0x80 and request.data:
+            n = min(len(request.data), msg.length)
+            buf[8 : 8 + n] = memoryview(request.data).cast("B")[:n]
+        return device.submit(aio.CONTROL, 0, buf, len(buf), CONTROL_TIMEOUT_MS)
+    kind = aio.BULK if isinstance(msg, m.BulkPacket) else aio.INTERRUPT
+    endpoint = msg.endpoint_address
+    if endpoint & 0x80:
+        buf = bytearray(msg.transfer_length)
+        return device.submit(kind, endpoint, buf, len(buf), 0)
+    data = request.data if isinstance(request.data, array.array) else out_data(request.data)
+    return device.submit(kind, endpoint, data, len(data), OUT_TIMEOUT_MS)
 
 
 def _queue_key(msg: m.DataMessage) -> int:

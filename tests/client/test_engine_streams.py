@@ -181,6 +181,28 @@ async def test_iso_out_stream(loopback) -> None:
         assert guest.parse_errors == []
 
 
+async def test_iso_out_drops_are_counted_and_logged(loopback, caplog: pytest.LogCaptureFixture) -> None:
+    """A guest ahead of the device: the packets that do not fit are dropped, never silently."""
+    backend, device = loopback
+    async with engine_session(source_for(backend)) as s:
+        guest = s.guest
+        await configure(guest)
+        await iso_alt(guest)
+        start = await guest.request(T.START_ISO_STREAM, endpoint=0x02, pkts_per_urb=2, no_urbs=2)
+        assert start.fields == {"status": SUCCESS, "endpoint": 0x02}
+        sent = 200  # far more than the 4 slots, in one go: the device cannot keep up
+        for seq in range(sent):
+            await guest.send(T.ISO_PACKET, seq, bytes(100), endpoint=0x02, status=0, length=100)
+        await processed(guest)
+        dropped = s.engine.stream_drops()["iso_out"].get(0x02, 0)
+        assert dropped > 0
+        await until(lambda: device.stats().iso_out_packets + dropped >= sent, "the kept packets to be written")
+        # every packet was either written or counted as dropped
+        assert device.stats().iso_out_packets + dropped == sent
+        assert any("dropped" in r.getMessage() and "iso OUT" in r.getMessage() for r in caplog.records)
+        assert guest.parse_errors == []
+
+
 async def test_bulk_receiving_source_mode(loopback) -> None:
     backend, device = loopback
     async with engine_session(source_for(backend)) as s:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Iterator
 
 import pytest
 
+from redirgate.client.usb.device import DEFAULT_TRANSFERS
 from tests.support.guest import make_fat_image, read_fat_file
 from tests.support.thinclient import Gadget, mass_storage, wait_block_script, wait_usb_gone_script, wait_usb_script
 from tests.support.usblab import STICK, UsbLab, wait_flag
@@ -74,6 +76,9 @@ def test_vm_reads_and_writes_the_stick_and_usb_storage_returns(usb_lab: UsbLab, 
         wait_flag(flags / "mounted", job, usb_lab.logs())
         # while the VM holds the stick, usb-storage on the thin client has let go of it (libusb claimed it)
         assert usb_lab.thin.drivers(name) == {interface: "usbfs"}  # the client holds it
+        # the client says which path a real device's transfers take (client/usb/device.py)
+        path = rf"lab stick at \S+: transfers: {DEFAULT_TRANSFERS}\n"
+        assert re.search(path, usb_lab.client_log_text()), usb_lab.logs()
         (flags / "go").touch()
         job.wait().check()
     finally:

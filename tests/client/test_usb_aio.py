@@ -1,0 +1,76 @@
+"""client/usb/aio.py on this machine's libusb (no USB devices needed): who gets
+the asynchronous path, and the event pump's life on the trio loop.
+
+Transfers themselves need a real device: tests/e2e/real_usb runs them (the
+mass-storage test asserts the client logged ``transfers: async``)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import usb.backend.libusb1
+import usb.core
+
+from redirgate.client.usb import aio
+from redirgate.client.usb.device import UsbDevice
+from redirgate.client.virtual import LoopbackDevice, VirtualBackend
+
+
+class _Dev:
+    """What libusb_async_for reads of a pyusb device: its backend."""
+
+    def __init__(self, backend: object) -> None:
+        self.backend = backend
+
+
+@pytest.fixture
+def libusb_backend() -> usb.backend.libusb1._LibUSB:
+    backend = usb.backend.libusb1.get_backend()
+    assert backend is not None, "libusb-1.0 is missing (tests/setup-system.sh installs it)"
+    return backend
+
+
+def test_libusb_gets_one_async_engine_per_context(libusb_backend) -> None:
+    first = aio.libusb_async_for(_Dev(libusb_backend))  # type: ignore[arg-type]  # a stand-in device
+    assert isinstance(first, aio.LibusbAsync)
+    assert aio.libusb_async_for(_Dev(libusb_backend)) is first  # type: ignore[arg-type]
+    other = type(libusb_backend)(usb.backend.libusb1._lib)  # a fresh context, as client/usb/libusb.py refreshes
+    assert aio.libusb_async_for(_Dev(other)) is not first  # type: ignore[arg-type]
+
+
+async def test_emulated_devices_keep_the_thread_path() -> None:
+    backend = VirtualBackend([LoopbackDevice(buffer_bytes=4096)])
+    try:
+        (dev,) = usb.core.find(backend=backend, find_all=True)
+        assert aio.libusb_async_for(dev) is None
+        device = await UsbDevice.open(dev)
+        try:
+            assert device.aio is None
+            assert device.transfer_path == "inline"
+        finally:
+            await device.release()
+    finally:
+        backend.close()
+
+
+async def test_one_pump_at_a_time_and_the_next_takes_over(libusb_backend) -> None:
+    engine = aio.libusb_async_for(_Dev(libusb_backend))  # type: ignore[arg-type]
+    assert engine is not None
+    async with trio.open_nursery() as nursery:
+        first, second = trio.CancelScope(), trio.CancelScope()
+
+        async def pump(scope: trio.CancelScope) -> None:
+            with scope:
+                await engine.pump()
+
+        nursery.start_soon(pump, first)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(pump, second)  # trio allows one waiter per fd: this one waits its turn
+        await trio.testing.wait_all_tasks_blocked()
+        assert engine._pumping
+        first.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert engine._pumping  # the second took over
+        assert engine._fds  # and waits on libusb's fds (its eventfd and timerfd at least)
+        second.cancel()
+    assert not engine._pumping
