@@ -6,16 +6,21 @@
 - `send(message)` encodes under the send lock (so the state table sees the
   messages in wire order) and writes the frame *shielded*: a caller cancelled
   half way waits for the rest of the frame instead of leaving half of it on
-  the stream.  The shielded write has its own deadline (`send_timeout_s`); a
-  write that stalls that long leaves the stream unusable, so it ends the
-  session with `PeerGone`.
+  the stream.  (A frame that fits the socket buffer is written at once
+  through the stream's non-blocking fast path, where nothing can cut it
+  short.)  The shielded write has its own deadline (`send_timeout_s`,
+  by default the default heartbeat timeout; a caller's shorter deadline does
+  not cut it); a write that stalls that long leaves the stream unusable, so
+  it ends the session with `PeerGone`.
 - `receive()` reads until the connection has the next message (hellos).
 - `serve(handlers, ...)` is the session after the hellos: the read loop
   feeds the connection and dispatches each message by type through the
-  table (`await handlers[type(message)](session, message)`); heartbeats are answered and sent here (the interval is a sleep of
-  the sender task, the peer timeout a cancel scope whose deadline moves with
-  every message received); extra `tasks` and `start_soon` tasks run in the
-  session's nursery.  It returns the reason the session ended cleanly
+  table (``await handlers[type(message)](session, message)``); heartbeats
+  are answered and sent here by one timer task that sleeps until the
+  earlier of its two deadlines (our next heartbeat, the peer's timeout:
+  `HeartbeatTracker.next_deadline`), so a received message costs no timer
+  work; extra `tasks` and `start_soon` tasks run in the session's
+  nursery.  It returns the reason the session ended cleanly
   (EOF, or what `finish(reason)` said) and raises otherwise.
 
 Errors: the raw errors a stream raises when its other end is gone (OSError,
@@ -41,6 +46,7 @@ import trio
 
 from redirgate.proto import tunnel as t
 from redirgate.transport.errors import TransportError
+from redirgate.transport.interfaces import nonblocking
 
 __all__ = [
     "RECEIVE_BYTES",
@@ -122,6 +128,7 @@ class ControlSession:
         "_nursery",
         "_outcome",
         "_send_lock",
+        "_try_send",
         "conn",
         "peer",
         "send_timeout_s",
@@ -147,6 +154,8 @@ class ControlSession:
         #: heartbeat timing of the running `serve` (None before it)
         self.tracker: t.HeartbeatTracker | None = None
         self._send_lock = trio.Lock()
+        #: the stream's non-blocking write, when it has one (asked once: a Protocol check is slow)
+        self._try_send = stream.try_send if nonblocking(stream) else None
         self._broken: PeerGone | None = None
         self._nursery: trio.Nursery | None = None
         self._failure: Exception | None = None
@@ -157,10 +166,19 @@ class ControlSession:
         """Write `message` whole, or raise: `LocalProtocolError` (nothing
         written) or `PeerGone`.  Cancellation before the write starts is
         honoured; once it started, the frame is finished first."""
-        async with self._send_lock:
+        async with self._send_lock:  # a checkpoint: the fast path below needs none of its own
             if self._broken is not None:
                 raise PeerGone(self.peer, self._broken.reason)
-            wire = self.conn.send(message)
+            wire: bytes | memoryview = self.conn.send(message)
+            try_send = self._try_send
+            if try_send is not None:  # the whole frame fits the socket buffer: no scope, nothing to cut short
+                try:
+                    sent = try_send(memoryview(wire))
+                except _STREAM_GONE as exc:
+                    raise self._break(_gone(self.peer, exc)) from exc
+                if sent == len(wire):
+                    return
+                wire = memoryview(wire)[sent or 0 :]
             limit = self.send_timeout_s if timeout_s is None else timeout_s
             with trio.CancelScope(shield=True, deadline=trio.current_time() + limit) as write:
                 try:
@@ -213,23 +231,20 @@ class ControlSession:
         tracker = self.tracker = t.HeartbeatTracker(heartbeat_interval_s, heartbeat_timeout_s, now)
         self._outcome = "connection closed"
         try:
-            with trio.CancelScope(deadline=now + tracker.timeout_s) as watchdog:
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    nursery.start_soon(self._heartbeats, before_heartbeat)
-                    for task in tasks:
-                        nursery.start_soon(self._guarded, task)
-                    try:
-                        await self._read_loop(handlers, tracker, watchdog)
-                    except Exception as exc:  # raised below, outside the nursery: never an ExceptionGroup
-                        self._fail(exc)
-                    nursery.cancel_scope.cancel()
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._heartbeats, tracker, before_heartbeat)
+                for task in tasks:
+                    nursery.start_soon(self._guarded, task)
+                try:
+                    await self._read_loop(handlers, tracker)
+                except Exception as exc:  # raised below, outside the nursery: never an ExceptionGroup
+                    self._fail(exc)
+                nursery.cancel_scope.cancel()
         finally:
             self._nursery = None
         if self._failure is not None:
             raise self._failure
-        if watchdog.cancelled_caught:
-            raise PeerSilent(self.peer, f"no sign of life for {tracker.timeout_s:g} s")
         return self._outcome
 
     def start_soon(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
@@ -257,9 +272,7 @@ class ControlSession:
         except Exception as exc:  # re-raised by serve() as it is
             self._fail(exc)
 
-    async def _read_loop(
-        self, handlers: Mapping[type[t.TunnelMessage], Handler], tracker: t.HeartbeatTracker, watchdog: trio.CancelScope
-    ) -> None:
+    async def _read_loop(self, handlers: Mapping[type[t.TunnelMessage], Handler], tracker: t.HeartbeatTracker) -> None:
         conn, stream = self.conn, self.stream
         while True:
             event = conn.next_event()
@@ -274,8 +287,7 @@ class ControlSession:
                 return
             assert isinstance(event, t.TunnelMessage)
             now = trio.current_time()
-            tracker.on_received(now)
-            watchdog.deadline = tracker.last_received + tracker.timeout_s
+            tracker.on_received(now)  # moves the peer timeout: no timer is touched per message
             builtin = True
             if isinstance(event, t.Heartbeat):
                 await self.send(t.HeartbeatAck(event.seq))
@@ -289,17 +301,22 @@ class ControlSession:
             elif not builtin:
                 raise t.UnexpectedMessageError(f"{event.KIND!r} is not handled here", kind=event.KIND)
 
-    async def _heartbeats(self, before_heartbeat: Callable[[], None] | None) -> None:
-        tracker = self.tracker
-        assert tracker is not None
+    async def _heartbeats(self, tracker: t.HeartbeatTracker, before_heartbeat: Callable[[], None] | None) -> None:
+        """Both timers in one task: it sleeps until the earlier of "our next
+        heartbeat is due" and "the peer's timeout ends" (`next_deadline`),
+        then does what is due.  A received message only moves
+        `tracker.last_received`; the task finds the new deadline when it wakes."""
         try:
             while True:
-                await trio.sleep_until(tracker.last_sent + tracker.interval_s)
+                await trio.sleep_until(tracker.next_deadline())
+                now = trio.current_time()
+                if tracker.expired(now):
+                    raise PeerSilent(self.peer, f"no sign of life for {tracker.timeout_s:g} s")
+                if not tracker.due(now):
+                    continue  # woken for a timeout that a message has moved since
                 if before_heartbeat is not None:
                     before_heartbeat()
                     await trio.lowlevel.checkpoint_if_cancelled()  # it may have called finish()
-                now = trio.current_time()
-                if tracker.due(now):
-                    await self.send(t.Heartbeat(tracker.on_sent(now)))
+                await self.send(t.Heartbeat(tracker.on_sent(now)))
         except Exception as exc:  # re-raised by serve() as it is
             self._fail(exc)

@@ -7,6 +7,7 @@ heartbeat schedule and the peer timeout are asserted in exact virtual time.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ import trio.testing
 
 from redirgate.proto import tunnel as t
 from redirgate.transport import ControlSession, PeerGone, PeerSilent, peer_gone
+from tests.support.transport_lab import plain_pair
 
 INTERVAL_S, TIMEOUT_S = 10.0, 30.0
 
@@ -243,6 +245,48 @@ async def test_a_send_cancelled_half_way_still_writes_the_whole_frame(devices: i
         await session.send(t.Heartbeat(1))
     assert after == ["returned"] and cancelled_sender.cancelled_caught
     assert got == [t.Inventory(inventory), t.Heartbeat(0), t.Heartbeat(1)]
+
+
+async def test_on_a_real_socket_a_frame_bigger_than_its_buffers_arrives_whole_when_its_sender_is_cancelled() -> None:
+    """The non-blocking fast path writes what the socket takes; the rest goes
+    out shielded, so cancelling the sender while it waits for room does not
+    leave half a frame in front of the next one."""
+    ours, theirs = await plain_pair()
+    ours.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    theirs.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    session = ControlSession(ours, "client", peer="gw")
+    await session.send(t.ClientHello())
+    inventory = tuple(
+        t.DeviceEntry(id=f"serial:p{i}", kind=t.DeviceKind.SERIAL, port_path=f"/dev/ttyS{i}", description="x" * 100)
+        for i in range(1000)
+    )
+    sender = trio.CancelScope()
+    returned = trio.Event()
+
+    async def send_big() -> None:
+        with sender:
+            await session.send(t.Inventory(inventory))
+            returned.set()
+            await trio.sleep_forever()
+
+    peer = t.TunnelConnection("gateway")
+    events: list[Any] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_big)
+            await trio.testing.wait_all_tasks_blocked()  # the sender waits for room: nobody reads yet
+            assert not returned.is_set()
+            sender.cancel()
+            nursery.start_soon(session.send, t.Heartbeat(0))  # waits behind the cut-short one
+            while len(events) < 3:
+                peer.receive_data(await theirs.receive_some(65536))
+                while (event := peer.next_event()) is not t.NEED_DATA:
+                    events.append(event)
+    finally:
+        await ours.aclose()
+        await theirs.aclose()
+    assert returned.is_set() and sender.cancelled_caught
+    assert events == [t.ClientHello(), t.Inventory(inventory), t.Heartbeat(0)]
 
 
 async def _send_hellos(session: ControlSession, peer: t.TunnelConnection, theirs: trio.abc.Stream) -> None:
