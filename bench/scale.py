@@ -8,7 +8,8 @@ restarted gateway listens where it did) and the load generators of
 * N simulated clients on one trio loop, each with its own ECDSA P-256
   certificate (issued once and cached under bench/results/.scale-pki/),
   its own mutual-TLS 1.3 control connection, hello, a two-entry inventory
-  and heartbeats answered and sent like ``client/tunnel.py``; the first
+  and heartbeats answered and sent by the control-session driver
+  ``client/tunnel.py`` runs on (``redirgate.transport.ControlSession``); the first
   connection of each at most ``CONNECT_CONCURRENCY`` handshakes at a time,
   reconnections after a loss unpaced, with the real client's backoff;
 * 200 hypervisor-side TCP connections, one per route, for the data part.

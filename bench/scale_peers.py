@@ -6,10 +6,11 @@ process per role, so the gateway's CPU and memory are read from its own
 
 ``clients``      N simulated thin clients on one trio loop.  Each has its
                  own certificate and does what ``client/tunnel.py`` does on
-                 the wire: mutual TLS 1.3 to the tunnel port, ClientHello,
-                 a small Inventory (one emulated USB device, one serial
-                 port ``serial:bench``), heartbeats both ways with
-                 ``HeartbeatTracker``, and on ``OpenChannel``:
+                 the wire, on the same control-session driver
+                 (``redirgate.transport.ControlSession``): mutual TLS 1.3 to
+                 the tunnel port, ClientHello, a small Inventory (one
+                 emulated USB device, one serial port ``serial:bench``),
+                 heartbeats both ways, and on ``OpenChannel``:
                  ChannelOpened, a data connection with the attach preamble,
                  then it sinks and counts every byte.  After any loss it
                  reconnects with the real client's jittered exponential
@@ -39,7 +40,6 @@ import random
 import resource
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +49,13 @@ from redirgate.gateway.pki import client_dir
 from redirgate.proto import tunnel as t
 from redirgate.transport import (
     ClientContext,
+    ControlSession,
+    PeerGone,
     TlsRefused,
     ZeroCopyTLSStream,
     client_context,
     open_tls_connection,
+    peer_gone,
 )
 
 LOOPBACK = "127.0.0.1"
@@ -61,8 +64,7 @@ RESET_AFTER_S = 10.0  # client/tunnel.py: a session this long resets the backoff
 CONNECT_TIMEOUT_S = 10.0
 RECEIVE_BYTES = 65536
 SIM_SOFTWARE = "redirgate bench simulated client"
-SESSION_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, TlsRefused,
-                  t.TunnelProtocolError)  # fmt: skip
+SESSION_ERRORS = (PeerGone, trio.TooSlowError, TlsRefused, t.TunnelProtocolError)
 
 
 def raise_nofile() -> tuple[int, int]:
@@ -126,7 +128,7 @@ class SimClient:
             await trio.sleep(delay)
 
     async def _dial(self) -> ZeroCopyTLSStream:
-        with trio.fail_after(CONNECT_TIMEOUT_S):
+        with trio.fail_after(CONNECT_TIMEOUT_S), peer_gone(f"{LOOPBACK}:{self.port}"):
             return await open_tls_connection(LOOPBACK, self.port, self.context, handshake_timeout_s=CONNECT_TIMEOUT_S)
 
     async def _timed_dial(self) -> ZeroCopyTLSStream:
@@ -146,91 +148,47 @@ class SimClient:
         else:
             stream = await self._timed_dial()
         try:
-            await self._control(stream)
+            await self._control(ControlSession(stream, "client", peer=f"{LOOPBACK}:{self.port}"))
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                 await stream.aclose()
 
-    @staticmethod
-    async def _next(conn: t.TunnelConnection, stream: ZeroCopyTLSStream) -> Any:
-        while True:
-            event = conn.next_event()
-            if event is not t.NEED_DATA:
-                return event
-            conn.receive_data(await stream.receive_some(RECEIVE_BYTES))
-
-    async def _control(self, stream: ZeroCopyTLSStream) -> None:
-        conn = t.TunnelConnection("client")
-        lock = trio.Lock()
-
-        async def send(message: t.TunnelMessage) -> None:
-            wire = conn.send(message)
-            async with lock:
-                await stream.send_all(wire)
-
-        await send(t.ClientHello(software=SIM_SOFTWARE))
+    async def _control(self, control: ControlSession) -> None:
+        await control.send(t.ClientHello(software=SIM_SOFTWARE))
         with trio.fail_after(CONNECT_TIMEOUT_S):
-            hello = await self._next(conn, stream)
+            hello = await control.receive()
         if not isinstance(hello, t.GatewayHello):
             raise SimError(f"no gateway hello: {hello!r}")
-        await send(t.Inventory(self.devices))
+        await control.send(t.Inventory(self.devices))
         self.online = True
         self.sessions += 1
         if self.t_online is None:
             self.t_online = time.perf_counter()
-        tracker = t.HeartbeatTracker(hello.heartbeat_interval_s, hello.heartbeat_timeout_s, trio.current_time())
-        lost: list[BaseException] = []
         scopes: dict[int, trio.CancelScope] = {}
 
-        async def guarded(task: Callable[[], Awaitable[None]], scope: trio.CancelScope) -> None:
-            # caught here: trio would wrap an escaping error in an ExceptionGroup
-            try:
-                await task()
-            except (*SESSION_ERRORS, SimError) as exc:
-                lost.append(exc)
-            scope.cancel()
+        async def open_channel(control: ControlSession, event: t.OpenChannel) -> None:
+            scope = scopes[event.channel_id] = trio.CancelScope()
+            control.start_soon(self._channel, event, control, scope, scopes)
 
-        async def heartbeats() -> None:
-            while True:
-                await trio.sleep_until(tracker.next_deadline())
-                now = trio.current_time()
-                if tracker.expired(now):
-                    raise SimError("no sign of life from the gateway")
-                if tracker.due(now):
-                    await send(t.Heartbeat(tracker.on_sent(now)))
+        async def close_channel(control: ControlSession, event: t.CloseChannel) -> None:
+            if (open_scope := scopes.get(event.channel_id)) is not None:
+                open_scope.cancel()
 
-        async with trio.open_nursery() as nursery:
+        async def error(control: ControlSession, event: t.Error) -> None:
+            raise SimError(f"the gateway reported {event.code}: {event.message}")
 
-            async def reader() -> None:
-                while True:
-                    event = await self._next(conn, stream)
-                    if event is t.CLOSED:
-                        return
-                    tracker.on_received(trio.current_time())
-                    if isinstance(event, t.Heartbeat):
-                        await send(t.HeartbeatAck(event.seq))
-                    elif isinstance(event, t.HeartbeatAck):
-                        tracker.on_ack(event.seq, trio.current_time())
-                    elif isinstance(event, t.OpenChannel):
-                        scope = scopes[event.channel_id] = trio.CancelScope()
-                        nursery.start_soon(self._channel, event, send, scope, scopes)
-                    elif isinstance(event, t.CloseChannel):
-                        if (open_scope := scopes.get(event.channel_id)) is not None:
-                            open_scope.cancel()
-                    elif isinstance(event, t.Error):
-                        raise SimError(f"the gateway reported {event.code}: {event.message}")
+        await control.serve(
+            {t.OpenChannel: open_channel, t.CloseChannel: close_channel, t.Error: error},
+            heartbeat_interval_s=hello.heartbeat_interval_s,
+            heartbeat_timeout_s=hello.heartbeat_timeout_s,
+        )
 
-            nursery.start_soon(guarded, heartbeats, nursery.cancel_scope)
-            nursery.start_soon(guarded, reader, nursery.cancel_scope)
-        if lost:
-            raise lost[0]
-
-    async def _channel(self, request: t.OpenChannel, send: Callable[[t.TunnelMessage], Awaitable[None]],
+    async def _channel(self, request: t.OpenChannel, control: ControlSession,
                        scope: trio.CancelScope, scopes: dict[int, trio.CancelScope]) -> None:  # fmt: skip
         cid = request.channel_id
         try:
-            with scope:
-                await send(t.ChannelOpened(cid))
+            with scope, peer_gone(f"{LOOPBACK}:{self.port} channel {cid}"):
+                await control.send(t.ChannelOpened(cid))
                 data = await self._dial()
                 try:
                     attach = t.AttachConnection("client")
@@ -254,8 +212,8 @@ class SimClient:
             scopes.pop(cid, None)
             with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                 try:
-                    await send(t.CloseChannel(cid, "done"))
-                except (trio.BrokenResourceError, trio.ClosedResourceError, t.LocalProtocolError):
+                    await control.send(t.CloseChannel(cid, "done"))
+                except (PeerGone, t.LocalProtocolError):
                     pass
 
 
