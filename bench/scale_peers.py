@@ -91,11 +91,22 @@ class SimClient:
         self.context = context
         self.port = port
         self.devices = (
-            t.DeviceEntry(id=f"usb:1209:0003:SIM{index:05d}", kind=t.DeviceKind.USB, vendor_id=0x1209, product_id=3,
-                          serial=f"SIM{index:05d}", port_path="1-1", description="simulated loopback"),
-            t.DeviceEntry(id="serial:bench", kind=t.DeviceKind.SERIAL, port_path="/dev/ttyBENCH",
-                          description="simulated serial port"),
-        )  # fmt: skip
+            t.DeviceEntry(
+                id=f"usb:1209:0003:SIM{index:05d}",
+                kind=t.DeviceKind.USB,
+                vendor_id=0x1209,
+                product_id=3,
+                serial=f"SIM{index:05d}",
+                port_path="1-1",
+                description="simulated loopback",
+            ),
+            t.DeviceEntry(
+                id="serial:bench",
+                kind=t.DeviceKind.SERIAL,
+                port_path="/dev/ttyBENCH",
+                description="simulated serial port",
+            ),
+        )
         self.online = False
         self.sessions = 0
         self.attempts = 0
@@ -104,6 +115,8 @@ class SimClient:
         self.t_start: float | None = None
         self.t_tls: float | None = None
         self.t_online: float | None = None
+        #: set when t_online is (a `connect` command makes a new one)
+        self.first_online = trio.Event()
         self.last_error = ""
 
     async def run(self, first_limiter: trio.CapacityLimiter | None) -> None:
@@ -164,6 +177,7 @@ class SimClient:
         self.sessions += 1
         if self.t_online is None:
             self.t_online = time.perf_counter()
+            self.first_online.set()
         scopes: dict[int, trio.CancelScope] = {}
 
         async def open_channel(control: ControlSession, event: t.OpenChannel) -> None:
@@ -183,8 +197,13 @@ class SimClient:
             heartbeat_timeout_s=hello.heartbeat_timeout_s,
         )
 
-    async def _channel(self, request: t.OpenChannel, control: ControlSession,
-                       scope: trio.CancelScope, scopes: dict[int, trio.CancelScope]) -> None:  # fmt: skip
+    async def _channel(
+        self,
+        request: t.OpenChannel,
+        control: ControlSession,
+        scope: trio.CancelScope,
+        scopes: dict[int, trio.CancelScope],
+    ) -> None:
         cid = request.channel_id
         try:
             with scope, peer_gone(f"{LOOPBACK}:{self.port} channel {cid}"):
@@ -259,11 +278,14 @@ async def clients_role(args: argparse.Namespace) -> None:
                     k = min(int(words[1]), len(clients))
                     for c in clients[:k]:
                         c.t_start = c.t_tls = c.t_online = None
+                        c.first_online = trio.Event()
                         c.sessions = c.attempts = c.channel_bytes = c.channels = 0
                     limiter = trio.CapacityLimiter(args.connect_concurrency)
                     scope, done = trio.CancelScope(), trio.Event()
 
-                    async def run_all(scope: trio.CancelScope, done: trio.Event, k: int) -> None:
+                    async def run_all(
+                        scope: trio.CancelScope, done: trio.Event, k: int, limiter: trio.CapacityLimiter
+                    ) -> None:
                         try:
                             with scope:
                                 async with trio.open_nursery() as inner:
@@ -272,21 +294,23 @@ async def clients_role(args: argparse.Namespace) -> None:
                         finally:
                             done.set()
 
-                    nursery.start_soon(run_all, scope, done, k)
+                    nursery.start_soon(run_all, scope, done, k, limiter)
                     with trio.move_on_after(args.connect_timeout_s):
-                        while not all(c.t_online is not None for c in clients[:k]):
-                            await trio.sleep(0.01)
+                        for c in clients[:k]:
+                            await c.first_online.wait()
                     tls = sorted(c.t_tls - c.t_start for c in clients[:k] if c.t_tls and c.t_start)
                     t0 = min((c.t_start for c in clients[:k] if c.t_start), default=0.0)
-                    _say({
-                        "asked": k,
-                        "online": sum(c.t_online is not None for c in clients[:k]),
-                        "last_tls_s": max((c.t_tls - t0 for c in clients[:k] if c.t_tls), default=None),
-                        "last_online_s": max((c.t_online - t0 for c in clients[:k] if c.t_online), default=None),
-                        "tls_p50_ms": tls[len(tls) // 2] * 1e3 if tls else None,
-                        "tls_p99_ms": tls[min(len(tls) - 1, len(tls) * 99 // 100)] * 1e3 if tls else None,
-                        "errors": sorted({c.last_error for c in clients[:k] if c.last_error})[:5],
-                    })  # fmt: skip
+                    _say(
+                        {
+                            "asked": k,
+                            "online": sum(c.t_online is not None for c in clients[:k]),
+                            "last_tls_s": max((c.t_tls - t0 for c in clients[:k] if c.t_tls), default=None),
+                            "last_online_s": max((c.t_online - t0 for c in clients[:k] if c.t_online), default=None),
+                            "tls_p50_ms": tls[len(tls) // 2] * 1e3 if tls else None,
+                            "tls_p99_ms": tls[min(len(tls) - 1, len(tls) * 99 // 100)] * 1e3 if tls else None,
+                            "errors": sorted({c.last_error for c in clients[:k] if c.last_error})[:5],
+                        }
+                    )
                 elif words[0] == "mark":
                     k = int(words[1]) if len(words) > 1 else 0
                     _say(
@@ -316,7 +340,7 @@ async def clients_role(args: argparse.Namespace) -> None:
 
 async def hypervisors_role(args: argparse.Namespace) -> None:
     raise_nofile()
-    ports = [int(p) for p in Path(args.ports).read_text().split()]
+    ports = [int(p) for p in (await trio.Path(args.ports).read_text()).split()]
     streams = []
     for port in ports:
         streams.append(await trio.open_tcp_stream(LOOPBACK, port))

@@ -56,15 +56,38 @@ __all__ = [
 #: Gadget functions and the thin client's own host-side drivers; no udev in
 #: the guest, so nothing is loaded on demand.
 THINCLIENT_MODULES = (
-    "configfs", "libcomposite", "usb_f_mass_storage", "usb_f_ss_lb", "usb_f_hid", "usb_f_acm", "usb_f_printer",
-    "xhci_pci", "usb_storage", "sd_mod", "cdc_acm", "usblp", "usbhid", "hid_generic", "ftdi_sio",
+    "configfs",
+    "libcomposite",
+    "usb_f_mass_storage",
+    "usb_f_ss_lb",
+    "usb_f_hid",
+    "usb_f_acm",
+    "usb_f_printer",
+    "xhci_pci",
+    "usb_storage",
+    "sd_mod",
+    "cdc_acm",
+    "usblp",
+    "usbhid",
+    "hid_generic",
+    "ftdi_sio",
     "snd_usb_audio",
-)  # fmt: skip
+)
 #: What the VM side needs to use the redirected devices.
 VM_SIDE_MODULES = (
-    "xhci_pci", "usb_storage", "sd_mod", "vfat", "nls_cp437", "nls_ascii", "usbhid", "hid_generic", "evdev",
-    "cdc_acm", "usblp", "snd_usb_audio",
-)  # fmt: skip
+    "xhci_pci",
+    "usb_storage",
+    "sd_mod",
+    "vfat",
+    "nls_cp437",
+    "nls_ascii",
+    "usbhid",
+    "hid_generic",
+    "evdev",
+    "cdc_acm",
+    "usblp",
+    "snd_usb_audio",
+)
 CONFIGFS = "/sys/kernel/config/usb_gadget"
 UDCS = ("dummy_udc.0", "dummy_udc.1")
 
@@ -194,9 +217,12 @@ def mass_storage(image: Path | str, *, removable: bool = True, read_only: bool =
     """usb_f_mass_storage on an image file (the host's usb-storage sees a disk)."""
     return Function(
         "mass_storage",
-        attrs={"lun.0/removable": "1" if removable else "0", "lun.0/ro": "1" if read_only else "0",
-               "lun.0/file": str(image)},
-    )  # fmt: skip
+        attrs={
+            "lun.0/removable": "1" if removable else "0",
+            "lun.0/ro": "1" if read_only else "0",
+            "lun.0/file": str(image),
+        },
+    )
 
 
 def loopback(*, buflen: int = 4096, qlen: int = 32) -> Function:
@@ -243,6 +269,8 @@ def thinclient_qemu_devices(share: Path, ftdi_port: int) -> list[str]:
     smartcard reader is hot-added after boot (:meth:`ThinClient.add_smartcard`).
     """
     p = QEMU_PORTS
+    # one option and its value per line (the formatter would split each pair)
+    # fmt: off
     args = [
         "-device", "qemu-xhci,id=xhci,p2=8,p3=8",
         "-audiodev", f"wav,id=snd0,path={share / 'audio.wav'},out.frequency=48000",
@@ -252,7 +280,8 @@ def thinclient_qemu_devices(share: Path, ftdi_port: int) -> list[str]:
         "-device", f"usb-hub,bus=xhci.0,port={p['usb-hub']}",
         "-device", f"usb-kbd,bus=xhci.0,port={p['usb-kbd']}",
         "-device", f"usb-tablet,bus=xhci.0,port={p['usb-tablet']}",
-    ]  # fmt: skip
+    ]
+    # fmt: on
     return args
 
 
@@ -272,10 +301,32 @@ def make_card_db(share: Path) -> Path:
         subprocess.run(["certutil", "-N", "-d", f"sql:{db}", "--empty-password"], check=True, capture_output=True)
         for serial, name in enumerate(CARD_CERTS, 1):
             subprocess.run(
-                ["certutil", "-S", "-d", f"sql:{db}", "-n", name, "-s", f"CN=redirgate lab card {name}", "-x",
-                 "-t", "CT,C,C", "-k", "rsa", "-g", "1024", "-m", str(serial), "-v", "120", "-z", str(noise)],
-                check=True, capture_output=True,
-            )  # fmt: skip
+                [
+                    "certutil",
+                    "-S",
+                    "-d",
+                    f"sql:{db}",
+                    "-n",
+                    name,
+                    "-s",
+                    f"CN=redirgate lab card {name}",
+                    "-x",
+                    "-t",
+                    "CT,C,C",
+                    "-k",
+                    "rsa",
+                    "-g",
+                    "1024",
+                    "-m",
+                    str(serial),
+                    "-v",
+                    "120",
+                    "-z",
+                    str(noise),
+                ],
+                check=True,
+                capture_output=True,
+            )
     finally:
         noise.unlink()
     return db
@@ -442,9 +493,12 @@ class VmSide:
 def start_vm_side(share: Path, *, mem_mib: int = 512) -> VmSide:
     """Boot the VM side: a host-root guest with an empty qemu-xhci and the class drivers loaded."""
     guest = start_hostroot_guest(
-        ["-device", "qemu-xhci,id=xhci"], network=False, setup=_modprobe_setup(VM_SIDE_MODULES), mem_mib=mem_mib,
+        ["-device", "qemu-xhci,id=xhci"],
+        network=False,
+        setup=_modprobe_setup(VM_SIDE_MODULES),
+        mem_mib=mem_mib,
         share=share,
-    )  # fmt: skip
+    )
     return VmSide(guest)
 
 

@@ -162,10 +162,17 @@ def running_usb_lab(share: Path, vm_share: Path) -> Iterator[UsbLab]:
             share,
             gateway.tunnel_port,
             gateway_host="10.0.2.2",
-            usb_ids=[_usb(STICK), _usb(LOOP), _usb(KBD), _usb(COMPOSITE), _usb(QEMU_IDS["usb-hub"]),
-                     _usb(QEMU_IDS["usb-audio"]), _usb(QEMU_IDS["usb-ccid"])],
+            usb_ids=[
+                _usb(STICK),
+                _usb(LOOP),
+                _usb(KBD),
+                _usb(COMPOSITE),
+                _usb(QEMU_IDS["usb-hub"]),
+                _usb(QEMU_IDS["usb-audio"]),
+                _usb(QEMU_IDS["usb-ccid"]),
+            ],
             extra_export=EXTRA_EXPORT,
-        )  # fmt: skip
+        )
         ftdi_listener = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
         thin = start_thinclient(share, ftdi_port=ftdi_listener.getsockname()[1], hostfwd=(7000, 7001, 7002))
         stack.callback(thin.guest.stop)

@@ -44,9 +44,13 @@ def composite(usb_lab: UsbLab) -> Iterator[Gadget]:
     image = make_fat_image(folder / "stick.img", {"data.bin": DATA})
     # an Interface Association for the two ACM interfaces: device class 0xEF/2/1
     gadget = Gadget(
-        "composite", *COMPOSITE, "lab composite", [mass_storage(image), acm()], serial="composite-1",
+        "composite",
+        *COMPOSITE,
+        "lab composite",
+        [mass_storage(image), acm()],
+        serial="composite-1",
         device_class=(0xEF, 2, 1),
-    )  # fmt: skip
+    )
     usb_lab.thin.plug(gadget)
     try:
         yield gadget

@@ -20,8 +20,12 @@ EXPECTED = [(30, 1), (30, 0), (48, 1), (48, 0)]
 @pytest.mark.system
 def test_device_behind_a_hub_is_exported_while_the_hub_is_refused(usb_lab: UsbLab) -> None:
     # the client refuses the hub the policy allows, and says why
-    wait_for_text(usb_lab.client_log, r"not exporting 0409:55aa .* at 3-3 although the export policy allows it: "
-                  r"it is a USB hub", 300)  # fmt: skip
+    wait_for_text(
+        usb_lab.client_log,
+        r"not exporting 0409:55aa .* at 3-3 although the export policy allows it: "
+        r"it is a USB hub",
+        300,
+    )
     hub_redir = usb_lab.vm.attach(usb_lab.route("hub"))
     kbd_redir = usb_lab.vm.attach(usb_lab.route("hubkbd"))
     flags = usb_lab.vm.guest.share_dir("hub")
