@@ -8,18 +8,35 @@ in the client's ring and delivered first.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
+import sys
 import termios
 import time
 import tty
+from collections.abc import Callable
 from pathlib import Path
 
 from redirgate.cli.lab import LabRoute, make_pki, write_client_config, write_gateway_config
 from tests.support.gateway_procs import running_client, running_gateway
 
 
-def _read_exactly(sock: socket.socket, n: int, timeout_s: float = 20.0) -> bytes:
+def _wait(predicate: Callable[[], bool], log: Path, limit_s: float = 60.0) -> None:
+    """Until `predicate()`: the state of another process's tty, which no event
+    announces; `limit_s` is a safety net, not a budget."""
+    deadline = time.monotonic() + limit_s
+    while not predicate():
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.01)
+
+
+def _unread(fd: int) -> int:
+    """Bytes in the tty's input queue that its reader has not taken yet."""
+    return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, bytes(4)), sys.byteorder)
+
+
+def _read_exactly(sock: socket.socket, n: int, timeout_s: float = 60.0) -> bytes:
     sock.settimeout(timeout_s)
     out = bytearray()
     while len(out) < n:
@@ -29,7 +46,7 @@ def _read_exactly(sock: socket.socket, n: int, timeout_s: float = 20.0) -> bytes
     return bytes(out)
 
 
-def _read_fd(fd: int, n: int, timeout_s: float = 20.0) -> bytes:
+def _read_fd(fd: int, n: int, timeout_s: float = 60.0) -> bytes:
     import select
 
     out = bytearray()
@@ -65,8 +82,9 @@ def test_serial_port_through_gateway_both_ways_with_ring_replay(tmp_path: Path) 
             with running_client(client_config, tmp_path / "client.log"):
                 _wait_for_line(tmp_path / "client.log", "console: opened")  # before that, bytes are the tty's
                 os.write(master, b"boot messages nobody watched\r\n")
-                time.sleep(0.5)
-                with socket.create_connection(("127.0.0.1", gw.routes["console"]), timeout=20) as vm:
+                # the client has read them (into its ring: no VM is connected yet)
+                _wait(lambda: _unread(slave) == 0, tmp_path / "client.log")
+                with socket.create_connection(("127.0.0.1", gw.routes["console"]), timeout=60) as vm:
                     first = _read_exactly(vm, len(b"boot messages nobody watched\r\n"))
                     assert first == b"boot messages nobody watched\r\n", gw.log()
                     every = bytes(range(256)) * 64
@@ -96,11 +114,9 @@ def test_line_settings_from_the_gateway_route_reach_the_tty(tmp_path: Path) -> N
                 extra_export=f'\n[[serial]]\nname = "console"\nport = "{path}"\nsettings = "115200,8N1"\n',
             )
             with running_client(client_config, tmp_path / "client.log"):
-                deadline = time.monotonic() + 20
-                while termios.tcgetattr(slave)[4] != termios.B115200:  # the client's own settings first
-                    assert time.monotonic() < deadline, (tmp_path / "client.log").read_text()
-                    time.sleep(0.1)
-                with socket.create_connection(("127.0.0.1", gw.routes["console"]), timeout=20) as vm:
+                # the client's own settings first
+                _wait(lambda: termios.tcgetattr(slave)[4] == termios.B115200, tmp_path / "client.log")
+                with socket.create_connection(("127.0.0.1", gw.routes["console"]), timeout=60) as vm:
                     vm.sendall(b"ping\n")
                     assert _read_fd(master, 5) == b"ping\n"
                     attrs = termios.tcgetattr(slave)
