@@ -149,8 +149,15 @@ def _run_gateway(args: argparse.Namespace) -> int:
     from redirgate.gateway.pki import PkiError
     from redirgate.gateway.service import Gateway
 
+    from redirgate.gateway.admin import AdminSocketInUse, check_admin_socket
+
     config = _prepare_gateway(args.config)
     if config is None:
+        return 1
+    try:
+        check_admin_socket(config.admin_socket)
+    except AdminSocketInUse as exc:
+        _error(exc)
         return 1
     try:
         gateway = Gateway(config)

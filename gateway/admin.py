@@ -30,8 +30,19 @@ from typing import Any
 import trio
 
 from redirgate.gateway.admission import serve_bounded
+from redirgate.gateway.errors import GatewayError
 
-__all__ = ["STATUS_MAX_ENTRIES", "Streamed", "encode_status", "open_admin", "read_status", "request", "serve_admin"]
+__all__ = [
+    "STATUS_MAX_ENTRIES",
+    "AdminSocketInUse",
+    "Streamed",
+    "check_admin_socket",
+    "encode_status",
+    "open_admin",
+    "read_status",
+    "request",
+    "serve_admin",
+]
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +88,9 @@ def encode_status(document: dict[str, Any], *, max_entries: int = STATUS_MAX_ENT
 
 
 async def open_admin(path: Path) -> trio.SocketListener:
-    """Bind the admin socket at `path` (a stale socket file is replaced); OSError says why not."""
+    """Bind the admin socket at `path`; OSError says why not.  A stale socket
+    file (nobody answers) is replaced; a live one is not: `AdminSocketInUse`."""
+    check_admin_socket(path)
     _remove_stale_socket(path)
     sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
@@ -122,6 +135,27 @@ async def serve_admin(
     finally:
         with contextlib.suppress(OSError):
             _remove_stale_socket(path)
+
+
+class AdminSocketInUse(GatewayError):
+    """Another gateway answers on the admin socket: this one must not take it over."""
+
+
+def check_admin_socket(path: Path) -> None:
+    """Raise `AdminSocketInUse` if a process accepts connections on the socket at `path`."""
+    import socket
+
+    if not path.is_socket():
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(os.fspath(path))
+        except OSError:
+            return  # refused or gone: a stale file from a gateway that died
+    raise AdminSocketInUse(
+        str(path), "another gateway is running on this admin socket; stop it or set another admin_socket"
+    )
 
 
 def _remove_stale_socket(path: Path) -> None:

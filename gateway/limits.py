@@ -9,16 +9,28 @@ three small tools the servers share:
   event.
 - `clip_ids`: a bounded list of ids for a log line (the first few and
   "+N more"), so no single update writes a 32 KB line.
+- `RefusalLog`: a storm of failed handshakes is a few lines and one summary
+  per interval, not a line per connection.
 
 Pure bookkeeping: no I/O, no trio; callers pass the time (trio's clock).
 """
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["ClientLimits", "Every", "HandshakeLimits", "TokenBucket", "clip_ids"]
+__all__ = [
+    "REFUSAL_LINES_PER_INTERVAL",
+    "ClientLimits",
+    "Every",
+    "HandshakeLimits",
+    "RefusalLog",
+    "TokenBucket",
+    "clip_ids",
+]
 
 
 @dataclass(frozen=True)
@@ -116,3 +128,52 @@ def clip_ids(ids: Iterable[str], shown: int = 8) -> str:
             more += 1
     text = ", ".join(out) or "none"
     return f"{text} (+{more} more)" if more else text
+
+
+#: Refusals per interval that get a line of their own; the rest of a storm is one summary line.
+REFUSAL_LINES_PER_INTERVAL = 10
+
+
+class RefusalLog:
+    """A listener's refusals (failed handshakes, refused certificates): the
+    first `lines_per_interval` of each interval are logged one by one, the
+    rest is counted by category and summed up in one line (`flush`, called on
+    the next refusal after the interval and by the gateway's ticker)."""
+
+    __slots__ = ("_held", "_logged", "_start", "interval_s", "lines_per_interval", "log", "what")
+
+    def __init__(
+        self, log: Any, what: str, interval_s: float, lines_per_interval: int = REFUSAL_LINES_PER_INTERVAL
+    ) -> None:
+        self.log = log
+        self.what = what
+        self.interval_s = interval_s
+        self.lines_per_interval = lines_per_interval
+        self._start: float | None = None
+        self._logged = 0
+        self._held: collections.Counter[str] = collections.Counter()
+
+    def refused(self, now: float, category: str, line: str, *args: object) -> None:
+        """One refusal: `line % args` is its own log line unless the interval's quota is spent."""
+        if self._start is None or now - self._start >= self.interval_s:
+            self.flush()
+            self._start, self._logged = now, 0
+        if self._logged < self.lines_per_interval:
+            self._logged += 1
+            self.log.warning(line, *args)
+        else:
+            self._held[category] += 1
+
+    def flush(self) -> None:
+        """Log the summary of what was held back, if anything."""
+        if not self._held:
+            return
+        total = sum(self._held.values())
+        kinds = ", ".join(f"{category}: {n}" for category, n in self._held.most_common())
+        self.log.warning(
+            "%s: %d more refused connection(s) in this interval, not logged one by one (%s)",
+            self.what,
+            total,
+            kinds,
+        )
+        self._held.clear()

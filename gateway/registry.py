@@ -53,6 +53,8 @@ class Channel:
     trailing: bytes = b""
     ready: trio.Event = field(default_factory=trio.Event)
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    #: a data connection with the right token has it (see `claim`)
+    claimed: bool = False
 
     def opened(self) -> None:
         if self.state == "pending":
@@ -67,6 +69,17 @@ class Channel:
         elif self.state == "active":
             self.reason = self.reason or reason
             self.cancel_scope.cancel()
+
+    def claim(self) -> str:
+        """A data connection with the right token wants this channel: "" if it
+        may have it (then no other may), else why not.  Checked before the
+        gateway answers the attach, so a replayed token is refused, not told ok."""
+        if self.claimed or self.state == "active":
+            return f"the attach token of channel {self.channel_id} was already used"
+        if self.state not in ("pending", "opened"):
+            return f"channel {self.channel_id} ended: {self.reason or 'gone'}"
+        self.claimed = True
+        return ""
 
     def attach(self, stream: ReceiveIntoStream, trailing: bytes) -> bool:
         """The client's data connection arrived; False if nobody waits anymore."""
@@ -124,6 +137,8 @@ class ClientSession:
         self.coalesced_log = Every(self.limits.log_interval_s)
         #: a flush of coalesced updates is scheduled
         self.flush_scheduled = False
+        #: when (trio clock) the client was last heard from (its control session sets it)
+        self.last_heard: Callable[[], float] = lambda: now
         self.channels: dict[int, Channel] = {}
         self.closed = False
         self._next_id = 1

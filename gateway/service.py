@@ -185,6 +185,12 @@ class Gateway:
             log_interval_s=self.config.handshake_limits.log_interval_s,
         )
 
+    async def _summaries(self) -> None:
+        """Once per interval: the summary line of a refusal storm that has ended."""
+        while True:
+            await trio.sleep(self.config.client_limits.log_interval_s)
+            self.tunnel.refusal_log.flush()
+
     async def _watch_expiry(self, every_s: float = 86400.0) -> None:
         """Log, at start and daily, each certificate that expires within EXPIRY_WARNING_DAYS (the metric is live)."""
         while True:
@@ -287,6 +293,7 @@ class Gateway:
             for server, listeners in zip(self.routes, opened[1 : 1 + len(self.routes)], strict=True):
                 addresses.routes[server.name] = self._start_route(server, listeners)
             nursery.start_soon(self._watch_expiry)
+            nursery.start_soon(self._summaries)
             if metrics_listeners is not None:
                 nursery.start_soon(serve_metrics, metrics_listeners, self.events.registry, self._healthy)
                 addresses.metrics = _bound(metrics_listeners)

@@ -32,7 +32,7 @@ import trio
 
 from redirgate.gateway.admission import HandshakeGate
 from redirgate.gateway.errors import ChannelError
-from redirgate.gateway.limits import ClientLimits, HandshakeLimits, clip_ids
+from redirgate.gateway.limits import ClientLimits, Every, HandshakeLimits, RefusalLog, clip_ids
 from redirgate.gateway.registry import ClientSession, Registry
 from redirgate.proto import tunnel as t
 from redirgate.transport import (
@@ -41,6 +41,7 @@ from redirgate.transport import (
     PeerGone,
     PeerKind,
     PeerSilent,
+    Refusal,
     RevocationChecker,
     TlsRefused,
     ZeroCopyTLSStream,
@@ -84,6 +85,10 @@ class TunnelServer:
         #: what the bounds refused or held back, over the gateway's life (`gateway status` "counters")
         self.counters: collections.Counter[str] = collections.Counter() if counters is None else counters
         self.gate = HandshakeGate(handshake_limits or HandshakeLimits(), "tunnel", self.counters)
+        #: failed handshakes and refused certificates: a few lines and a summary per interval
+        self.refusal_log = RefusalLog(log, "tunnel", self.limits.log_interval_s)
+        #: once-per-interval warnings about a duplicate identity, by identity
+        self._duplicates: dict[str, Every] = {}
         self.context = context
         self.revocation = revocation
         self.handshake_timeout_s = handshake_timeout_s
@@ -95,12 +100,6 @@ class TunnelServer:
         self.events: GatewayEvents | None = None
         #: parsed peer certificates of live control sessions (weak: they go with the stream)
         self._certs: weakref.WeakKeyDictionary[ZeroCopyTLSStream, Any] = weakref.WeakKeyDictionary()
-
-    def _tls_refused(self, refused: TlsRefused) -> None:
-        self.refusals += 1
-        log.warning("tunnel: refused %s: %s", refused.peer, refused.reason)
-        if self.events is not None:
-            self.events.tls_failed(refused.refusal.name.lower(), peer=refused.peer, detail=refused.reason)
 
     async def handle(self, tcp: trio.SocketStream) -> None:
         """One accepted TCP connection on the tunnel port."""
@@ -119,6 +118,8 @@ class TunnelServer:
             identity = verify_peer(stream.getpeercert(), peer=peer, kind=PeerKind.CLIENT, revocation=self.revocation)
         except TlsRefused as refused:
             self._tls_refused(refused)
+            if refused.refusal is Refusal.REVOKED:  # told, so the client can say why it is refused
+                await _goodbye(stream, t.Error(code=t.ErrorCode.UNAUTHORIZED, message=refused.reason[:500]))
             await trio.aclose_forcefully(stream)
             return
         handed_over = False
@@ -162,9 +163,13 @@ class TunnelServer:
         try:
             channel = self.registry.channel_for_attach(identity, message.channel_id)
             if not message.token_matches(channel.token):
-                raise ChannelError(identity, f"wrong attach token for channel {message.channel_id}")
+                raise _AttachRefused(identity, f"wrong attach token for channel {message.channel_id}", "wrong_token")
+            why = channel.claim()
+            if why:
+                raise _AttachRefused(identity, why, "replayed" if "already used" in why else "channel_ended")
         except ChannelError as exc:
             self.refusals += 1
+            self.counters[f"attach_refused_{getattr(exc, 'counter', 'no_channel')}"] += 1
             log.warning("tunnel: refused data connection from %s (%s): %s", identity, peer, exc.reason)
             if self.events is not None:
                 self.events.refused("attach", peer=peer, detail=exc.reason, client=identity)
@@ -190,6 +195,10 @@ class TunnelServer:
             log.warning("tunnel: %s (%s) opened with an error: %s %s", identity, peer, hello.code, hello.message)
             return
         assert isinstance(hello, t.ClientHello)  # the state table allows nothing else first
+        old = self.registry.clients.get(identity)
+        if old is not None and not old.closed and self._alive(old):
+            await self._refuse_duplicate(control, old, peer)
+            return
         await control.send(
             t.GatewayHello(
                 software=self.software,
@@ -200,7 +209,13 @@ class TunnelServer:
         session = control.client
         old = self.registry.add(session)
         if old is not None:
-            log.info("tunnel: %s reconnected from %s; its previous session ends", identity, peer)
+            log.info(
+                "tunnel: %s reconnected from %s; its previous session from %s (silent for %.0f s) ends",
+                identity,
+                peer,
+                old.peer,
+                trio.current_time() - old.last_heard(),
+            )
             old.close("replaced by a new connection")
         log.info("tunnel: client %s online from %s (%s)", identity, peer, hello.software or "unknown software")
         reason = "replaced by a new connection"
@@ -229,6 +244,49 @@ class TunnelServer:
             self.registry.remove(session, f"client {identity} went offline ({reason})")
             log.info("tunnel: client %s offline: %s", identity, reason)
 
+    def _tls_refused(self, refused: TlsRefused) -> None:
+        """One failed handshake or refused certificate: counted, logged (a storm: summed up), metered."""
+        self.refusals += 1
+        self.refusal_log.refused(
+            trio.current_time(), refused.refusal.value, "tunnel: refused %s: %s", refused.peer, refused.reason
+        )
+        if self.events is not None:
+            self.events.tls_failed(refused.refusal.name.lower(), peer=refused.peer, detail=refused.reason)
+
+    # One session per identity.  The rule: the live session stays.  A second
+    # connection with the same certificate while the first was heard from
+    # within 1.5 heartbeat intervals (two thin clients with one certificate,
+    # e.g. a cloned image) is refused with an Error naming the other address,
+    # counted, and logged at WARNING once per interval per identity; a
+    # session silent for longer is presumed dead (a client reconnecting after
+    # its connection broke) and is replaced.
+    def _alive(self, session: ClientSession) -> bool:
+        return trio.current_time() - session.last_heard() < 1.5 * self.heartbeat_interval_s
+
+    async def _refuse_duplicate(self, control: ClientControl, old: ClientSession, peer: str) -> None:
+        identity = old.identity
+        self.counters["duplicate_identity_refused"] += 1
+        every = self._duplicates.get(identity)
+        if every is None:
+            if len(self._duplicates) > 10_000:  # bounded: forget the oldest intervals
+                self._duplicates.clear()
+            every = self._duplicates[identity] = Every(self.limits.log_interval_s)
+        if every.due(trio.current_time()):
+            log.warning(
+                "tunnel: client %s connected from %s while its session from %s is alive: two clients with one "
+                "certificate? The live session stays, the new connection is refused (%d more since the last line)",
+                identity,
+                peer,
+                old.peer,
+                every.take_held(),
+            )
+        message = f"client {identity} is already connected from {old.peer}; one connection per certificate"
+        with trio.move_on_after(1.0):
+            try:
+                await control.send(t.Error(code="duplicate_identity", message=message), timeout_s=1.0)
+            except (PeerGone, t.LocalProtocolError):
+                pass
+
     def _revoked(self, stream: ZeroCopyTLSStream) -> bool:
         """A revocation that arrived while the session was up (the CRL file
         is re-read only when it changed; the certificate is parsed once)."""
@@ -238,6 +296,27 @@ class TunnelServer:
         if cert is None:
             cert = self._certs[stream] = stream.peer_certificate()
         return cert is not None and self.revocation.is_revoked(cert)
+
+
+async def _goodbye(stream: ZeroCopyTLSStream, error: t.Error) -> None:
+    """Send `error` as the gateway's first and last control message (bounded in time),
+    and read what the client sent meanwhile so that closing does not reset the
+    connection before the client read it."""
+    with trio.move_on_after(1.0):
+        try:
+            await stream.send_all(t.TunnelConnection("gateway").send(error))
+            while await stream.receive_some(_RECEIVE_BYTES):
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+
+class _AttachRefused(ChannelError):
+    """An attach refused for `counter` (the status counter's suffix)."""
+
+    def __init__(self, peer: str, reason: str, counter: str) -> None:
+        super().__init__(peer, reason)
+        self.counter = counter
 
 
 class ClientControl(ControlSession):
@@ -252,16 +331,30 @@ class ClientControl(ControlSession):
         self.server = server
         self.tls = stream
         self.client = ClientSession(identity, peer, self.send, server.limits)
+        self.client.last_heard = self._last_heard
+
+    def _last_heard(self) -> float:
+        tracker = self.tracker
+        return tracker.last_received if tracker is not None else trio.current_time()
 
     def check_revocation(self) -> None:
-        """Every heartbeat interval: end the session if its certificate was revoked meanwhile."""
+        """Every heartbeat interval: end the session if its certificate was revoked meanwhile
+        (the client is told so first)."""
         if self.server._revoked(self.tls):
             log.warning(
                 "tunnel: %s (%s): certificate revoked; closing its session", self.client.identity, self.client.peer
             )
             if self.server.events is not None:
                 self.server.events.revoked(client=self.client.identity, peer=self.client.peer)
-            self.finish("its certificate was revoked")
+            self.start_soon(self._revoked_goodbye)
+
+    async def _revoked_goodbye(self) -> None:
+        with trio.move_on_after(1.0):
+            try:
+                await self.send(t.Error(code=t.ErrorCode.UNAUTHORIZED, message="certificate revoked"), timeout_s=1.0)
+            except (PeerGone, t.LocalProtocolError):
+                pass
+        self.finish("its certificate was revoked")
 
     async def _heartbeat_ack(self, event: t.HeartbeatAck) -> None:  # after the driver timed it
         assert self.tracker is not None

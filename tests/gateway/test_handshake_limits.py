@@ -18,10 +18,11 @@ import trio
 
 from redirgate.cli.lab import LabRoute, make_pki, write_client_config, write_gateway_config
 from redirgate.gateway.admin import read_status
+from redirgate.gateway.limits import REFUSAL_LINES_PER_INTERVAL
 from redirgate.vmside.probe import probe
 from tests.support.gateway_procs import running_client, running_gateway
 from tests.support.tunnel_lab import running_lab
-from tests.support.waiting import until_async
+from tests.support.waiting import until, until_async
 
 KBD = LabRoute("kbd", "usb:1209:0002")
 ADMISSION_LOG = "redirgate.gateway.admission"
@@ -116,3 +117,30 @@ async def test_out_of_file_descriptors_is_one_line_and_the_gateway_recovers(tmp_
             # one line per listener that ran out (the tunnel, maybe the route the probe dialled meanwhile)
             listeners = [line.split(": cannot accept connections")[0].rsplit(": ", 1)[-1] for line in lines]
             assert "tunnel" in listeners and len(listeners) == len(set(listeners)), lines
+
+
+async def test_a_failed_handshake_storm_is_a_few_lines_and_one_summary(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with running_lab(tmp_path, [KBD], virtual=["virtual:keyboard"], limit_log_interval_s=600) as lab:
+        start = len(caplog.records)
+        storm = 40
+        for _ in range(storm):  # not TLS at all
+            async with await trio.open_tcp_stream("127.0.0.1", lab.tunnel_port) as tcp:
+                await tcp.send_all(b"GET / HTTP/1.1\r\n\r\n")
+                try:
+                    while await tcp.receive_some(1024):
+                        pass
+                except trio.BrokenResourceError:
+                    pass
+        await until(lambda: lab.gateway.tunnel.refusals == storm)
+        lab.gateway.tunnel.refusal_log.flush()  # what the gateway's ticker does at the interval's end
+        lines = [
+            r.getMessage()
+            for r in caplog.records[start:]
+            if r.name == "redirgate.gateway.tunnel_server" and "refused" in r.getMessage()
+        ]
+        assert len(lines) == REFUSAL_LINES_PER_INTERVAL + 1, lines
+        assert f"{storm - REFUSAL_LINES_PER_INTERVAL} more refused connection(s)" in lines[-1], lines[-1]
+        assert "not TLS (garbage)" in lines[-1]

@@ -151,10 +151,11 @@ async def read_to_end(stream: trio.abc.Stream) -> tuple[bytes, str]:
     return bytes(received), "eof"
 
 
-async def refused_tls(lab: Lab, context: ClientContext) -> str:
+async def refused_tls(lab: Lab, context: ClientContext, *, told: str = "") -> str:
     """A TLS attempt the gateway must refuse; our address.  TLS 1.3 clients
     finish their handshake before the server judges their certificate, so the
-    refusal may arrive as a failed handshake or as an alert/close right after."""
+    refusal may arrive as a failed handshake or as an alert/close right after
+    (after an `unauthorized` Error holding `told`, when given: a revoked client is told)."""
     sock = socket.create_connection(("127.0.0.1", lab.tunnel_port))
     me = local_label(sock)
     stream = ZeroCopyTLSStream(sock, context.ssl_context, server_side=False, server_hostname=context.server_name)
@@ -164,7 +165,13 @@ async def refused_tls(lab: Lab, context: ClientContext) -> str:
         except TlsRefused:
             return me
         received, _how = await read_to_end(stream)
-        assert received == b"", received
+        if told:
+            conn = t.TunnelConnection("client")
+            conn.receive_data(received)
+            error = conn.next_event()
+            assert isinstance(error, t.Error) and error.code == "unauthorized" and told in error.message, error
+        else:
+            assert received == b"", received
     finally:
         await stream.aclose()
     return me
@@ -305,7 +312,7 @@ async def test_revoked_certificate_is_refused_without_a_restart(
         logs = Logs(caplog)
         entry = pki.revoke(pki_dir(lab), "thin-02")
         # ... refused by the same running gateway after it
-        me = await refused_tls(lab, context_for(lab, "thin-02"))
+        me = await refused_tls(lab, context_for(lab, "thin-02"), told="certificate revoked")
         await logs.one_refusal(TUNNEL_LOG, f"refused {me}", "certificate revoked", f"{entry.serial:x}")
         await assert_undisturbed(lab)
 

@@ -42,17 +42,42 @@ class HostileClient:
         self.conn = t.TunnelConnection("client")
         self.stream: ZeroCopyTLSStream | None = None
         self._lock = trio.Lock()
+        #: OpenChannel requests and the Error the gateway sent, as `answer_heartbeats` reads them
+        self.opens_in, self.opens = trio.open_memory_channel[t.OpenChannel](100)
+        self.error: t.Error | None = None
 
     async def connect(self, *, inventory: Sequence[t.DeviceEntry] = ()) -> None:
-        sock = socket.create_connection(("127.0.0.1", self.port))
-        self.stream = ZeroCopyTLSStream(
-            sock, self.context.ssl_context, server_side=False, server_hostname=self.context.server_name
-        )
-        await self.stream.do_handshake(10.0)
-        await self.send(t.ClientHello(software="hostile test client"))
-        hello = await self.next_event()
+        hello = await self.hello()
         assert isinstance(hello, t.GatewayHello), hello
         await self.send(t.Inventory(tuple(inventory)))
+
+    async def hello(self) -> t.Event:
+        """Dial, say hello; the gateway's answer (its hello, an Error, or CLOSED)."""
+        self.stream = await self.dial()
+        await self.send(t.ClientHello(software="hostile test client"))
+        return await self.next_event()
+
+    async def dial(self) -> ZeroCopyTLSStream:
+        sock = socket.create_connection(("127.0.0.1", self.port))
+        stream = ZeroCopyTLSStream(
+            sock, self.context.ssl_context, server_side=False, server_hostname=self.context.server_name
+        )
+        try:
+            await stream.do_handshake(10.0)
+        except BaseException:
+            await stream.aclose()
+            raise
+        return stream
+
+    async def attach(self, channel_id: int, token: bytes) -> tuple[ZeroCopyTLSStream, t.AttachResult]:
+        """A data connection for `channel_id`: (the stream, the gateway's answer)."""
+        stream = await self.dial()
+        attach = t.AttachConnection("client")
+        await stream.send_all(attach.send(t.Attach(channel_id, token)))
+        while (result := attach.next_event()) is t.NEED_DATA:
+            attach.receive_data(await stream.receive_some(65536))
+        assert isinstance(result, t.AttachResult), result
+        return stream, result
 
     async def send(self, message: t.TunnelMessage) -> None:
         assert self.stream is not None
@@ -66,13 +91,18 @@ class HostileClient:
         return event
 
     async def answer_heartbeats(self) -> None:
-        """Keep the session alive (run as a task); returns when the gateway closes."""
+        """Keep the session alive (run as a task), keep what the gateway asks or says;
+        returns when the gateway closes."""
         while True:
             event = await self.next_event()
             if event is t.CLOSED:
                 return
             if isinstance(event, t.Heartbeat):
                 await self.send(t.HeartbeatAck(event.seq))
+            elif isinstance(event, t.OpenChannel):
+                await self.opens_in.send(event)
+            elif isinstance(event, t.Error):
+                self.error = event
 
     async def aclose(self) -> None:
         if self.stream is not None:
