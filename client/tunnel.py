@@ -49,7 +49,7 @@ from redirgate.transport import (
     peer_gone,
 )
 
-__all__ = ["ChannelHandler", "TunnelClient", "TunnelClientError", "usb_channel_handler"]
+__all__ = ["ChannelHandler", "TunnelClient", "TunnelClientError", "reconnect_delay", "usb_channel_handler"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,22 @@ SOFTWARE = "redirgate client"
 
 #: (OpenChannel, attached data stream) -> serves the channel until it ends.
 ChannelHandler = Callable[[t.OpenChannel, trio.abc.Stream], Awaitable[None]]
+
+
+def reconnect_delay(
+    failures: int, away_s: float, *, min_s: float, max_s: float, rng: random.Random | None = None
+) -> float:
+    """How long to wait before dialling the gateway again.
+
+    The window is the exponential backoff (`min_s` * 2**failures) or how long
+    the gateway has been away, whichever is longer, at most `max_s`; the delay
+    is drawn from all of it (from `min_s`/2 up), not from its upper half.  So
+    the first redial after a loss is quick, and clients that lost a gateway
+    together for D seconds come back spread over about D seconds instead of
+    in step (a restarted gateway with thousands of clients: issue 15).
+    """
+    window = min(max_s, max(min_s * 2**failures, away_s))
+    return (rng or random).uniform(min(window, min_s / 2), window)
 
 
 class TunnelClientError(Exception):
@@ -111,6 +127,8 @@ class TunnelClient:
     async def run(self) -> None:
         """Stay connected until cancelled."""
         failures = 0
+        #: when the gateway was last there (the end of the last session that was up)
+        lost_at = trio.current_time()
         while True:
             started = trio.current_time()
             try:
@@ -123,11 +141,15 @@ class TunnelClient:
             except t.TunnelProtocolError as exc:
                 reason = f"protocol error: {exc}"
             finally:
+                if self.online:
+                    lost_at = trio.current_time()
                 self.online = False
-            if trio.current_time() - started > 10:
+            now = trio.current_time()
+            if now - started > 10:
                 failures = 0
-            delay = min(self.config.reconnect_max_s, self.config.reconnect_min_s * 2**failures)
-            delay *= random.uniform(0.5, 1.0)
+            delay = reconnect_delay(
+                failures, now - lost_at, min_s=self.config.reconnect_min_s, max_s=self.config.reconnect_max_s
+            )
             failures = min(failures + 1, 16)
             log.warning("tunnel to %s lost: %s; reconnecting in %.1f s", self.peer, reason, delay)
             await trio.sleep(delay)

@@ -1,0 +1,59 @@
+"""Reconnecting: the longer the gateway was away, the wider clients spread their redials.
+
+A real `TunnelClient` dials a loopback port where nothing listens (each
+attempt a real, refused TCP connect) on trio's autojump clock, so fifteen
+simulated minutes of an absent gateway take a moment; the delays it chose
+are read from its log lines.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import socket
+from pathlib import Path
+
+import pytest
+import trio
+
+from redirgate.cli.lab import make_pki, write_client_config
+from redirgate.client.config import load_client_config
+from redirgate.client.service import ClientService
+from redirgate.client.tunnel import reconnect_delay
+
+pytestmark = pytest.mark.usefixtures("autojump_clock")
+
+_DELAY = re.compile(r"reconnecting in ([0-9.]+) s")
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_redials_spread_over_the_whole_window_while_the_gateway_is_away(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="redirgate.client.tunnel")
+    make_pki(tmp_path)
+    config = load_client_config(write_client_config(tmp_path, closed_port()))
+    client = ClientService(config).client
+    random.seed(15)
+    with trio.move_on_after(900):  # simulated: the gateway is away for 15 minutes
+        await client.run()
+    delays = [float(m.group(1)) for r in caplog.records if (m := _DELAY.search(r.getMessage()))]
+    first, late = delays[0], delays[len(delays) // 2 :]
+    assert first <= config.reconnect_min_s  # the first redial after a loss is quick
+    assert len(late) >= 20
+    # long away: drawn from the whole window up to reconnect_max_s, not only its upper half
+    assert min(late) < config.reconnect_max_s / 4 and max(late) > config.reconnect_max_s * 0.75, late
+
+
+def test_the_window_grows_with_how_long_the_gateway_was_away() -> None:
+    rng = random.Random(15)
+    for away in (0.0, 5.0, 20.0, 60.0):
+        draws = [reconnect_delay(0, away, min_s=0.5, max_s=30.0, rng=rng) for _ in range(500)]
+        window = min(30.0, max(0.5, away))
+        assert max(draws) <= window and max(draws) > 0.9 * window and min(draws) < 0.25 * window + 0.25
