@@ -145,11 +145,10 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 def _run_gateway(args: argparse.Namespace) -> int:
+    from redirgate.gateway.admin import AdminSocketInUse, check_admin_socket
     from redirgate.gateway.errors import GatewayError
     from redirgate.gateway.pki import PkiError
     from redirgate.gateway.service import Gateway
-
-    from redirgate.gateway.admin import AdminSocketInUse, check_admin_socket
 
     config = _prepare_gateway(args.config)
     if config is None:
