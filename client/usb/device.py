@@ -12,8 +12,8 @@ exception) since `release()` is shielded and every owner calls it in a
 detached refuses the device (`DriverNotDetachedError`, naming the interface
 and the driver) instead of leaving it half-claimed.
 
-A real device's transfers do not go to threads at all (unless
-REDIRGATE_USB_TRANSFERS=threads, see `DEFAULT_TRANSFERS`): where pyusb's
+With REDIRGATE_USB_TRANSFERS=async (see `DEFAULT_TRANSFERS`) a real
+device's transfers do not go to threads at all: where pyusb's
 libusb1 backend is in use,
 `aio` is its context's `LibusbAsync` and `submit` hands a transfer to
 libusb's asynchronous API on the trio loop (client/usb/aio.py); the engine
@@ -69,8 +69,12 @@ T = TypeVar("T")
 
 #: How real devices' transfers run unless REDIRGATE_USB_TRANSFERS says otherwise:
 #: "async" (libusb's asynchronous API on the trio loop, client/usb/aio.py) or
-#: "threads" (a worker thread per pyusb call, one transfer per endpoint at a time)
-DEFAULT_TRANSFERS = "async"
+#: "threads" (a worker thread per pyusb call, one transfer per endpoint at a time).
+#: Threads stay the default until the async pump is tuned: in its first
+#: bench/real_usb run (one run, host load 14-30) async read 0.2 MB/s at 2338 ms
+#: CPU per MiB against the threads' 0.6 MB/s at 1086 ms (usbredirect: 0.7 at
+#: 923); too noisy to settle, but no evidence yet that async is faster.
+DEFAULT_TRANSFERS = "threads"
 
 #: Worker threads per device: enough for a control request, a bulk transfer
 #: each way and a few endpoint streams to block at the same time.
