@@ -200,7 +200,15 @@ class LibusbAsync:
                 pass  # closed (epoll dropped it) or a new file under the old number
         self._fds = {}
         for fd, events in wanted.items():
-            self._epoll.register(fd, events)
+            try:
+                self._epoll.register(fd, events)
+            except OSError:
+                # EBADF: a worker thread closed this handle's fd between
+                # libusb_get_pollfds and here (seen when a channel closed on
+                # the real-device harness: it ended `client run`).  libusb's
+                # removed-callback marks the set dirty again; sync next time.
+                self._dirty = True
+                continue
             self._fds[fd] = events
 
     def watch(self) -> None:

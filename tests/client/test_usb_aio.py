@@ -74,3 +74,39 @@ async def test_one_pump_at_a_time_and_the_next_takes_over(libusb_backend) -> Non
         assert engine._fds  # and waits on libusb's fds (its eventfd and timerfd at least)
         second.cancel()
     assert not engine._pumping
+
+
+def test_a_pollfd_closed_before_it_is_registered_is_skipped_and_synced_again() -> None:
+    """libusb can list an fd that a worker thread closes before the pump
+    registers it (a channel closing on a real device): that must not end
+    `client run` with EBADF; the set stays dirty and is read again later."""
+    import ctypes
+    import os
+
+    class PollFd(ctypes.Structure):
+        _fields_ = [("fd", ctypes.c_int), ("events", ctypes.c_short)]
+
+    read_end, write_end = os.pipe()
+    os.close(write_end)
+    closed = os.open(os.devnull, os.O_RDONLY)
+    os.close(closed)  # an fd number that no longer names a file
+    entries = [PollFd(read_end, 1), PollFd(closed, 1)]
+    array = (ctypes.POINTER(PollFd) * 3)(ctypes.pointer(entries[0]), ctypes.pointer(entries[1]), None)
+
+    class FakeLib:
+        def libusb_set_pollfd_notifiers(self, *args: object) -> None:
+            pass
+
+        def libusb_get_pollfds(self, ctx: object) -> object:
+            return array
+
+        def libusb_free_pollfds(self, array: object) -> None:
+            pass
+
+    engine = aio.LibusbAsync(FakeLib(), None)
+    try:
+        engine._sync_fds()
+        assert engine._fds == {read_end: 1}
+        assert engine._dirty  # read again on the next turn
+    finally:
+        os.close(read_end)
