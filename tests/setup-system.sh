@@ -26,6 +26,8 @@
 #   pcscd libccid pcsc-tools     the real-USB VM side's smartcard stack (pcsc_scan, scriptor) for the usb-ccid reader
 #   libnss3-tools                certutil: the NSS database of the thin client's emulated smartcard
 #   alsa-utils                   aplay: the real-USB VM side plays a tone to the usb-audio device
+#   redis-server                 a real Redis for the gateway cluster tests (tests/support/redis_server.py; the tests
+#                                start their own on a free loopback port, never the system service)
 #   python3-venv                 only when this python3 cannot create a venv (tests/run.sh)
 set -euo pipefail
 
@@ -57,6 +59,7 @@ packages=(
     pcsc-tools
     libnss3-tools
     alsa-utils
+    redis-server
 )
 
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
