@@ -141,6 +141,9 @@ def _run_check(args: argparse.Namespace) -> int:
         note = " (allow: loopback only, the default)" if route.allow_defaulted else ""
         tls = ", TLS" if route.tls else ""
         print(f"  {route.name}: {route.listen} -> {route.device} on {route.client} [{route.protocol}{tls}]{note}")
+    if config.cluster is not None:
+        cluster = config.cluster
+        print(f"  cluster: node {cluster.node}, advertised as {cluster.advertise}, Redis {cluster.redis}")
     return 0
 
 

@@ -19,6 +19,11 @@ Relative paths are taken from the config file's folder.
     metrics_listen = "127.0.0.1:9470"  # optional: Prometheus /metrics and /healthz
     audit_log = "/var/log/redirgate/audit.jsonl"   # optional: one JSON line per attach/detach/refusal/revocation
 
+    [cluster]                          # optional: several gateways as one (gateway/cluster/config.py)
+    redis = "redis://:PASSWORD@10.0.0.5:6379/0"
+    node = "gw-a"
+    advertise = "gw-a.example.net:7443"
+
     [[route]]
     name = "stick"
     listen = "0.0.0.0:5001"            # the hypervisor-facing port selects the route
@@ -40,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from redirgate.gateway.cluster.config import ClusterConfig, parse_cluster
 from redirgate.gateway.limits import ClientLimits, HandshakeLimits
 from redirgate.proto.tunnel.errors import SelectorError
 from redirgate.proto.tunnel.selectors import DeviceSelector, parse_selector
@@ -145,6 +151,8 @@ class GatewayConfig:
     metrics_listen: Endpoint | None = None
     #: one JSON line per attach, detach, refusal and revocation (off when None)
     audit_log: Path | None = None
+    #: several gateways as one on Redis (None: this gateway runs alone)
+    cluster: ClusterConfig | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def route(self, name: str) -> Route | None:
@@ -331,8 +339,8 @@ def load_config(path: str | Path, *, check_files: bool = True) -> GatewayConfig:
         raise ConfigErrors([ConfigProblem(str(path), line, "", f"not valid TOML: {exc}")]) from exc
     loader = _Loader(path, text, check_files=check_files)
     for table in data:
-        if table not in ("gateway", "route"):
-            loader.problem("", table, "unknown top-level table (expected [gateway] and [[route]])")
+        if table not in ("gateway", "route", "cluster"):
+            loader.problem("", table, "unknown top-level table (expected [gateway], [[route]] and [cluster])")
     gw = data.get("gateway")
     if not isinstance(gw, dict):
         loader.problem("", "gateway", "missing [gateway] table")
@@ -410,6 +418,14 @@ def load_config(path: str | Path, *, check_files: bool = True) -> GatewayConfig:
             loader.problem(f"route[{index}]", "listen", f"{route.listen} is already used by route {listens[where]!r}")
         listens[where] = route.name
         routes.append(route)
+    cluster = None
+    if "cluster" in data:
+        cluster = parse_cluster(
+            data["cluster"],
+            lambda key, reason: loader.problem("cluster", key, reason),
+            loader.base,
+            check_files=loader.check_files,
+        )
     if loader.problems:
         raise ConfigErrors(loader.problems)
     assert tunnel and cert and key and ca and admin and public_host
@@ -425,6 +441,7 @@ def load_config(path: str | Path, *, check_files: bool = True) -> GatewayConfig:
         routes=tuple(routes),
         metrics_listen=metrics,
         audit_log=audit,
+        cluster=cluster,
         handshake_timeout_s=timeouts["handshake_timeout_s"],
         heartbeat_interval_s=timeouts["heartbeat_interval_s"],
         heartbeat_timeout_s=timeouts["heartbeat_timeout_s"],

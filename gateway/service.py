@@ -340,7 +340,7 @@ class Gateway:
         except BaseException:
             await _close_all(list(opened.values()))
             raise
-        for what in ("tunnel_listen", "admin_socket", "metrics_listen", "audit_log"):
+        for what in ("tunnel_listen", "admin_socket", "metrics_listen", "audit_log", "cluster"):
             if getattr(old, what) != getattr(config, what):
                 log.warning(
                     "gateway: reload: %s changed to %s; it takes effect on the next restart",
