@@ -8,6 +8,8 @@ argument parsing, logging setup and signal handling, nothing else.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
 import logging
 import os
 import sys
@@ -91,6 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(hoist_log_options(sys.argv[1:] if argv is None else argv))
     setup_logging(_log_level(args), args.log_format)
+    # A crash in native code (libusb through ctypes, OpenSSL) would otherwise end
+    # a service with no word in its log: Python's own fault handler writes each
+    # thread's stack to stderr (the journal) on SIGSEGV, SIGBUS, SIGABRT, SIGFPE.
+    # (An stderr without a file descriptor, as under a test's capture, keeps the
+    # handler it had.)
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        faulthandler.enable()
     if args.command is None:
         parser.print_help()
         return 0

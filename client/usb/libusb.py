@@ -11,12 +11,25 @@ libusb_init, which enumerates sysfs) when a kernel uevent says a USB device
 came or went (client/usb/hotplug.py).  Devices found in an older context
 stay usable: each holds its own backend.
 
+Retiring a context: pyusb ends a context (libusb_exit) when its backend
+object is finalized, and a device's resource manager drops its backend
+*before* its libusb_device (attribute order in pyusb's _ResourceManager).
+So when the last device of a replaced context went away, libusb_exit ran
+first and libusb_unref_device then touched the freed context: the client
+died in a segfault, its log ending in libusb's "destroy device" (issue 12,
+seen in the real-USB lab after a device was unplugged and another plugged).
+The contexts made here (`_RetiringLibUSB`) therefore never end themselves:
+their finalizer queues the context, and the next refresh (a later call, when
+every object that held one of its devices is gone) calls libusb_exit.
+
 Thread safety: the backend is swapped with one assignment; callers read it
-once per enumeration.
+once per enumeration.  The queue of contexts to end is a deque (appends from
+any thread's finalizer, pops under `_lock`).
 """
 
 from __future__ import annotations
 
+import collections
 import threading
 from typing import Any
 
@@ -27,6 +40,18 @@ __all__ = ["is_libusb_backend", "libusb_backend", "refresh_libusb"]
 
 _lock = threading.Lock()
 _current: Any = None
+#: Contexts whose backend was finalized, waiting for libusb_exit (see the module docstring).
+_to_exit: collections.deque[Any] = collections.deque()
+
+
+class _RetiringLibUSB(usb.backend.libusb1._LibUSB):
+    """A libusb context that is ended at the next refresh, not by its own finalizer."""
+
+    def _finalize_object(self) -> None:
+        ctx = getattr(self, "ctx", None)
+        if ctx:
+            _to_exit.append((self.lib, ctx))
+            self.ctx = None
 
 
 def libusb_backend() -> Any:
@@ -44,15 +69,23 @@ def libusb_backend() -> Any:
 
 
 def refresh_libusb() -> None:
-    """Replace the current context with a new one that enumerates afresh."""
+    """Replace the current context with a new one that enumerates afresh,
+    and end the contexts that were finalized since the last refresh."""
     global _current
     with _lock:
+        _exit_retired()
         old = _current
         if old is None:
             return  # not used yet: the first use enumerates anyway
         # pyusb keeps one context per process (get_backend caches it); a
         # second _LibUSB over the same loaded library is a second libusb_init
-        _current = type(old)(usb.backend.libusb1._lib)
+        _current = _RetiringLibUSB(usb.backend.libusb1._lib)
+
+
+def _exit_retired() -> None:
+    while _to_exit:
+        lib, ctx = _to_exit.popleft()
+        lib.libusb_exit(ctx)
 
 
 def is_libusb_backend(backend: Any) -> bool:

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from redirgate.cli.guestvm.hostroot import AgentJob
+from redirgate.cli.guestvm.hostroot import AgentError, AgentJob
 from redirgate.cli.lab import LabRoute, make_pki, write_client_config, write_gateway_config
 from tests.support.gateway_procs import GatewayProcess, running_gateway
 from tests.support.thinclient import QEMU_IDS, ThinClient, VmSide, start_thinclient, start_vm_side
@@ -143,9 +143,22 @@ class UsbLab:
     def client_log_text(self) -> str:
         return self.client_log.read_text(errors="replace")
 
+    def client_state(self) -> str:
+        """Whether `client run` is still alive in the thin client (for failure messages)."""
+        if self.client_pid is None:
+            return "not started"
+        try:
+            alive = self.thin.guest.run(f"kill -0 {self.client_pid} 2>/dev/null && echo alive || echo gone", 30.0)
+        except AgentError as exc:
+            return f"unknown ({exc})"
+        return f"pid {self.client_pid} {alive.stdout.strip()}"
+
     def logs(self) -> str:
         """The tails of the gateway's and the client's logs, for assertion messages."""
-        return f"--- gateway:\n{self.gateway.log()[-3000:]}\n--- client:\n{self.client_log_text()[-4000:]}"
+        return (
+            f"--- gateway:\n{self.gateway.log()[-3000:]}\n"
+            f"--- client ({self.client_state()}):\n{self.client_log_text()[-4000:]}"
+        )
 
 
 @contextlib.contextmanager
