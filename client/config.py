@@ -1,7 +1,8 @@
 """The client's TOML configuration: where the gateway is, who we are, what we export.
 
     [client]
-    gateway = "gw.example.net:7443"    # the gateway's tunnel port
+    gateway = "gw.example.net:7443"    # the gateway's tunnel port; several gateways of a
+                                       # cluster: ["gw-a:7443", "gw-b:7443"], tried in turn
     server_name = "gw.example.net"     # name in its certificate (default: the host part)
     reconnect_max_s = 30               # longest wait between reconnect attempts (jittered backoff)
     metrics_listen = "127.0.0.1:9471"  # optional: Prometheus /metrics and /healthz
@@ -114,6 +115,8 @@ class ClientConfig:
     inventory_interval_s: float = 1.0
     #: Prometheus /metrics and /healthz as (host, port); None: off
     metrics_listen: tuple[str, int] | None = None
+    #: the other gateways of a cluster listed in `gateway`, tried in turn after the first
+    more_gateways: tuple[tuple[str, int], ...] = ()
 
 
 def _locate(text: str, key: str) -> int | None:
@@ -152,16 +155,18 @@ def load_client_config(path: str | Path) -> ClientConfig:
             problem(f"export.{key}", "unknown key")
 
     gateway = client.get("gateway")
-    host, port = "", 0
-    if not isinstance(gateway, str) or ":" not in gateway:
-        problem("client.gateway", "missing or not HOST:PORT")
-    else:
-        host, _, port_text = gateway.rpartition(":")
-        host = host.strip("[]")
+    listed = gateway if isinstance(gateway, list) and gateway else [gateway]
+    addresses: list[tuple[str, int]] = []
+    for item in listed:
+        if not isinstance(item, str) or ":" not in item:
+            problem("client.gateway", 'missing or not HOST:PORT (or a list of them: ["gw-a:7443", "gw-b:7443"])')
+            continue
+        a_host, _, port_text = item.rpartition(":")
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            problem("client.gateway", f"{gateway!r} has no valid port")
+            problem("client.gateway", f"{item!r} has no valid port")
         else:
-            port = int(port_text)
+            addresses.append((a_host.strip("[]"), int(port_text)))
+    host, port = addresses[0] if addresses else ("", 0)
 
     def file(key: str) -> Path:
         value = client.get(key)
@@ -223,6 +228,7 @@ def load_client_config(path: str | Path) -> ClientConfig:
         path=path,
         gateway_host=host,
         gateway_port=port,
+        more_gateways=tuple(addresses[1:]),
         server_name=str(client.get("server_name") or host),
         cert=cert,
         key=key_path,

@@ -76,7 +76,7 @@ class ClientService:
         changes += self.ports.parallel.reload(config.parallel)
         # certificates are read again even when their paths stayed (a renewal)
         self.client.context = client_context(config.cert, config.key, config.ca, config.server_name)
-        tls = ("gateway_host", "gateway_port", "server_name", "cert", "key", "ca")
+        tls = ("gateway_host", "gateway_port", "more_gateways", "server_name", "cert", "key", "ca")
         if any(getattr(config, key) != getattr(old, key) for key in tls):
             changes.append("gateway connection (from the next connection)")
         self.client.config = self.config = config

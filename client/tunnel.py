@@ -10,6 +10,14 @@ runs the usbredir host engine on it - the same engine as `serve-usb` - or a
 serial or parallel channel handler.  After any loss it reconnects with jittered
 exponential backoff; the gateway brings the routes back by itself.
 
+Several gateways acting as one (a cluster, issue 18): `gateway` may list
+several addresses, and the gateway's hello names the other live nodes; each
+new connection tries the next address in turn, so a client whose node died
+is back on another within a reconnect delay.  An `OpenChannel` whose
+`attach` names another node has its data connection dialled there (same
+certificate and token rules; that node's certificate must carry the
+advertised host name).
+
 The control session is `redirgate.transport.ControlSession`'s (the read
 loop, heartbeats both ways, shielded sends); this module gives it the
 handlers.  A lost gateway is one error, `PeerGone`, whatever the stream said.
@@ -103,6 +111,10 @@ class TunnelClient:
         self.serial = serial
         self.connect_timeout_s = connect_timeout_s
         self.peer = f"{config.gateway_host}:{config.gateway_port}"
+        #: the gateways of a cluster the gateway told us of (its hello), tried after the configured ones
+        self.learned: tuple[str, ...] = ()
+        #: which address the next connection tries (an index into `addresses()`)
+        self._turn = 0
         self.connected = trio.Event()
         self.online = False
         self.sessions = 0
@@ -145,6 +157,7 @@ class TunnelClient:
                     lost_at = trio.current_time()
                 self.online = False
             now = trio.current_time()
+            self._turn += 1  # the next address in turn: this one may be a node that is gone
             if now - started > 10:
                 failures = 0
             delay = reconnect_delay(
@@ -155,15 +168,41 @@ class TunnelClient:
             await trio.sleep(delay)
 
     # ------------------------------------------------------------ one session
-    async def _dial(self) -> ZeroCopyTLSStream:
-        """A new mutual-TLS connection to the gateway (control or data alike)."""
-        return await open_tls_connection(
-            self.config.gateway_host, self.config.gateway_port, self.context, handshake_timeout_s=self.connect_timeout_s
-        )
+    def addresses(self) -> list[tuple[str, int, str]]:
+        """(host, port, name its certificate must carry) of every gateway to try, in turn: the
+        configured ones (checked against `server_name`), then those a cluster told of (against
+        their own host name)."""
+        config = self.config
+        found = [(h, p, config.server_name) for h, p in ((config.gateway_host, config.gateway_port),)]
+        found += [(h, p, config.server_name) for h, p in config.more_gateways]
+        known = {(h, p) for h, p, _ in found}
+        for text in self.learned:
+            host, _, port = text.rpartition(":")
+            host = host.strip("[]")
+            if port.isdigit() and (host, int(port)) not in known:
+                found.append((host, int(port), host))
+        return found
+
+    async def _dial(self, where: tuple[str, int, str] | None = None) -> ZeroCopyTLSStream:
+        """A new mutual-TLS connection to the gateway (control or data alike); `where`: another node."""
+        if where is None:
+            return await open_tls_connection(
+                self.config.gateway_host,
+                self.config.gateway_port,
+                self.context,
+                handshake_timeout_s=self.connect_timeout_s,
+            )
+        host, port, name = where
+        context = self.context if name == self.context.server_name else ClientContext(self.context.ssl_context, name)
+        return await open_tls_connection(host, port, context, handshake_timeout_s=self.connect_timeout_s)
 
     async def _session(self) -> None:
+        candidates = self.addresses()
+        where = candidates[self._turn % len(candidates)]
+        if len(candidates) > 1:
+            self.peer = f"{where[0]}:{where[1]}"
         with trio.move_on_after(self.connect_timeout_s) as dialing, peer_gone(self.peer):
-            stream = await self._dial()
+            stream = await self._dial(where if len(candidates) > 1 else None)
         if dialing.cancelled_caught:
             raise PeerGone(self.peer, f"no connection within {self.connect_timeout_s:g} s")
         try:
@@ -173,12 +212,17 @@ class TunnelClient:
                 await stream.aclose()
 
     async def _run_control(self, control: ControlSession) -> None:
-        await control.send(t.ClientHello(software=SOFTWARE))
+        await control.send(t.ClientHello(software=SOFTWARE, capabilities=frozenset({t.CLUSTER_CAPABILITY})))
         hello = await control.receive()
         if isinstance(hello, t.Error):
             raise TunnelClientError(self.peer, f"the gateway refused us: {hello.code}: {hello.message}")
         if not isinstance(hello, t.GatewayHello):
             raise TunnelClientError(self.peer, "the gateway closed the connection before its hello")
+        if hello.gateways and hello.gateways != self.learned:
+            log.info(
+                "tunnel: the gateway's cluster has %d other node(s): %s", len(hello.gateways), ", ".join(hello.gateways)
+            )
+        self.learned = hello.gateways
         current = await self._scan()
         await control.send(t.Inventory(tuple(current.values())))
         self.online = True
@@ -322,8 +366,12 @@ class TunnelClient:
         return "the hypervisor side ended"
 
     async def _attach(self, request: t.OpenChannel) -> trio.abc.Stream:
+        where = None
+        if request.attach:  # a cluster: the node that holds the hypervisor's socket, checked against its own name
+            host, _, port = request.attach.rpartition(":")
+            where = (host.strip("[]"), int(port), host.strip("[]"))
         with trio.fail_after(self.connect_timeout_s):
-            stream = await self._dial()
+            stream = await self._dial(where)
             try:
                 attach = t.AttachConnection("client")
                 await stream.send_all(attach.send(t.Attach(request.channel_id, request.token)))

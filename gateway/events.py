@@ -30,6 +30,8 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from redirgate.gateway.cluster.metrics import NodeRegistry
+
 __all__ = ["AuditLog", "GatewayEvents"]
 
 log = logging.getLogger(__name__)
@@ -77,8 +79,9 @@ def _open_append(path: Path) -> IO[str]:
 class GatewayEvents:
     """Counters and audit lines for one gateway (see the module docstring)."""
 
-    def __init__(self, audit: AuditLog | None = None) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+    def __init__(self, audit: AuditLog | None = None, *, node: str | None = None) -> None:
+        """`node`: a cluster node's name, added as a label to every metric."""
+        self.registry = CollectorRegistry(auto_describe=True) if node is None else NodeRegistry(node)
         self.audit = audit
         self.refusals = Counter(
             "redirgate_refusals_total", "Connections refused, by reason", ["reason"], registry=self.registry

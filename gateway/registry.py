@@ -30,9 +30,19 @@ from redirgate.gateway.limits import ClientLimits, Every, TokenBucket
 from redirgate.proto.tunnel import DeviceEntry, DeviceKind, DeviceSelector, TunnelMessage
 from redirgate.transport import ReceiveIntoStream, RelayStats
 
-__all__ = ["TOKEN_BYTES", "Channel", "ClientSession", "Registry"]
+__all__ = ["TOKEN_BYTES", "Channel", "ClientSession", "Registry", "describe_device"]
 
 TOKEN_BYTES = 32
+
+
+def describe_device(entry: DeviceEntry) -> dict[str, Any]:
+    """The device as the audit log names it: id, VID:PID, serial (None fields left out)."""
+    described: dict[str, Any] = {"id": entry.id}
+    if entry.vendor_id is not None and entry.product_id is not None:
+        described["vid_pid"] = f"{entry.vendor_id:04x}:{entry.product_id:04x}"
+    if entry.serial:
+        described["serial"] = entry.serial
+    return described
 
 
 @dataclass(eq=False)
@@ -55,13 +65,21 @@ class Channel:
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     #: a data connection with the right token has it (see `claim`)
     claimed: bool = False
+    #: set once the client answered (opened or failed) or the channel ended
+    answered: trio.Event = field(default_factory=trio.Event)
+    #: a cluster: the other node this channel's other half is on (the node
+    #: holding the hypervisor's socket, on the client's node; the client's
+    #: node, on the one holding the socket); "" when both are here
+    remote: str = ""
 
     def opened(self) -> None:
         if self.state == "pending":
             self.state = "opened"
+        self.answered.set()
 
     def fail(self, reason: str) -> None:
         """The channel cannot (or can no longer) be served."""
+        self.answered.set()
         if self.state in ("pending", "opened"):
             self.state = "ended"
             self.reason = reason
@@ -101,6 +119,7 @@ class Channel:
             "since": self.started_at,
             "bytes_to_device": self.stats.a_to_b,
             "bytes_to_hypervisor": self.stats.b_to_a,
+            **({"remote": self.remote} if self.remote else {}),
         }
 
 
@@ -143,13 +162,20 @@ class ClientSession:
         self.closed = False
         self._next_id = 1
         self.rtt_s: float | None = None
+        #: what the client's hello advertised (t.CLUSTER_CAPABILITY: it can attach to another node)
+        self.capabilities: frozenset[str] = frozenset()
         #: the scope of the task that reads the control connection
         self.scope = trio.CancelScope()
 
-    def new_channel(self, *, route: str, device: str, hypervisor: str) -> Channel:
+    def new_channel(
+        self, *, route: str, device: str, hypervisor: str, token: bytes | None = None, remote: str = ""
+    ) -> Channel:
+        """A pending channel with a fresh id; `token` and `remote`: a channel
+        whose data connection goes to another node, which issued the token."""
         if self.closed:
             raise ClientGone(self.identity, "the client went offline")
-        channel = Channel(self._next_id, secrets.token_bytes(TOKEN_BYTES), route, self.identity, device, hypervisor)
+        token = secrets.token_bytes(TOKEN_BYTES) if token is None else token
+        channel = Channel(self._next_id, token, route, self.identity, device, hypervisor, remote=remote)
         self._next_id += 1
         self.channels[channel.channel_id] = channel
         return channel
@@ -223,29 +249,73 @@ class ClientSession:
 
 
 class Registry:
-    """Clients online by identity, and a wake-up for whoever waits on them."""
+    """Clients online by identity, and a wake-up for whoever waits on them.
+
+    In a cluster it also holds the channels this node expects a data
+    connection for while the client's control connection is on another node
+    (`expect_remote`): found at attach by the client's identity and the token
+    this node issued.  `watchers` are told of every change (the identity
+    that came or went, None for an inventory change): the cluster node keeps
+    Redis up to date from them.
+    """
 
     def __init__(self) -> None:
         self.clients: dict[str, ClientSession] = {}
         self._changed = trio.Event()
+        self.remote: dict[str, list[Channel]] = {}
+        self.watchers: list[Callable[[str | None], None]] = []
 
-    def changed(self) -> None:
+    def changed(self, identity: str | None = None) -> None:
         """Something about a client or its inventory changed: wake waiters."""
         self._changed.set()
         self._changed = trio.Event()
+        for watcher in self.watchers:
+            watcher(identity)
+
+    async def wait_changed(self) -> None:
+        """Until the next change."""
+        await self._changed.wait()
 
     def add(self, session: ClientSession) -> ClientSession | None:
         """Register a session; returns the session it replaces, if any."""
         old = self.clients.get(session.identity)
         self.clients[session.identity] = session
-        self.changed()
+        self.changed(session.identity)
         return old
 
     def remove(self, session: ClientSession, reason: str) -> None:
         session.close(reason)
         if self.clients.get(session.identity) is session:
             del self.clients[session.identity]
-        self.changed()
+        self.changed(session.identity)
+
+    def online(self, identity: str) -> bool:
+        """The client's control connection is on this node."""
+        session = self.clients.get(identity)
+        return session is not None and not session.closed
+
+    # ------------------------------------------------------------ cluster
+    def expect_remote(self, *, client: str, route: str, device: str, hypervisor: str, node: str) -> Channel:
+        """A channel whose client is on `node`: its data connection comes here, with the token made here."""
+        channel = Channel(0, secrets.token_bytes(TOKEN_BYTES), route, client, device, hypervisor, remote=node)
+        self.remote.setdefault(client, []).append(channel)
+        return channel
+
+    def forget_remote(self, channel: Channel) -> None:
+        waiting = self.remote.get(channel.client, [])
+        if channel in waiting:
+            waiting.remove(channel)
+        if not waiting:
+            self.remote.pop(channel.client, None)
+
+    def remote_for_attach(self, identity: str, channel_id: int, matches: Callable[[bytes], bool]) -> Channel | None:
+        """The expected remote channel of `identity` whose token this is (compared in constant time)."""
+        for channel in self.remote.get(identity, []):
+            if matches(channel.token):
+                if channel.channel_id == 0:
+                    channel.channel_id = channel_id
+                return channel
+        return None
 
     async def wait_for_device(self, client: str, selector: DeviceSelector) -> tuple[ClientSession, DeviceEntry]:
         """Block until `client` is online and exports a free device for `selector`."""

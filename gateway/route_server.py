@@ -34,6 +34,7 @@ import logging
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -44,7 +45,7 @@ from redirgate.gateway.guarded_relay import GuardViolation, relay_usbredir
 from redirgate.gateway.limits import HandshakeLimits
 from redirgate.gateway.raw_relay import relay_raw
 from redirgate.gateway.reactor import RelayReactor
-from redirgate.gateway.registry import Channel, Registry
+from redirgate.gateway.registry import Channel, Registry, describe_device
 from redirgate.proto import tunnel as t
 from redirgate.proto import usbredir
 from redirgate.proto.usbredir.messages import Hello
@@ -64,6 +65,7 @@ from redirgate.transport import (
 )
 
 if TYPE_CHECKING:
+    from redirgate.gateway.cluster.channels import RemoteChannels
     from redirgate.gateway.events import GatewayEvents
 
 __all__ = ["RouteServer"]
@@ -121,6 +123,8 @@ class RouteServer:
         self.hold_timeout_s = hold_timeout_s
         #: the gateway's relay reactor (None: relay in trio tasks)
         self.reactor: RelayReactor | None = None
+        #: a cluster: channels through the node that holds the client (None: this gateway alone)
+        self.cluster: RemoteChannels | None = None
         self.state = "idle"  # idle | held | active
         self.waiting_for = ""
         self.hypervisor = ""
@@ -368,13 +372,19 @@ class RouteServer:
         route = self.route
         logged = ""
         while True:
+            if self.cluster is not None and not self.registry.online(route.client):
+                remote = await self.cluster.open_for_route(route, peer, self.options, self._note_wait(peer))
+                if remote is not None:
+                    channel, self._device = remote
+                    return channel
+                continue  # the client is here now
             why = self.registry.describe_wait(route.client, route.device)
             if why != "ready" and why != logged:
                 log.info("route %s: holding hypervisor %s: %s", route.name, peer, why)
                 logged = why
             self.waiting_for = why
             session, entry = await self.registry.wait_for_device(route.client, route.device)
-            self._device = _describe_device(entry)
+            self._device = describe_device(entry)
             channel = session.new_channel(route=route.name, device=entry.id, hypervisor=peer)
             opened = False
             reason = ""
@@ -404,6 +414,19 @@ class RouteServer:
             )
             logged = ""
             await trio.sleep(self.retry_s)
+
+    def _note_wait(self, peer: str) -> Callable[[str], None]:
+        """Why a held hypervisor waits, for status, and logged when it changes."""
+        logged = ""
+
+        def note(why: str) -> None:
+            nonlocal logged
+            self.waiting_for = why
+            if why != logged:
+                log.info("route %s: holding hypervisor %s: %s", self.route.name, peer, why)
+                logged = why
+
+        return note
 
     async def _relay(self, stream: ReceiveIntoStream, held: bytes, channel: Channel, peer: str) -> None:
         route = self.route
@@ -509,13 +532,3 @@ class RouteServer:
                 await session.send(t.CloseChannel(channel.channel_id, reason[:250]))
             except (PeerGone, t.LocalProtocolError):
                 pass
-
-
-def _describe_device(entry: t.DeviceEntry) -> dict[str, Any]:
-    """The device as the audit log names it: id, VID:PID, serial (None fields left out)."""
-    described: dict[str, Any] = {"id": entry.id}
-    if entry.vendor_id is not None and entry.product_id is not None:
-        described["vid_pid"] = f"{entry.vendor_id:04x}:{entry.product_id:04x}"
-    if entry.serial:
-        described["serial"] = entry.serial
-    return described

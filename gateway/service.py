@@ -24,6 +24,9 @@ import trio
 
 from redirgate.gateway.admin import Streamed, open_admin, serve_admin
 from redirgate.gateway.admission import serve_bounded
+from redirgate.gateway.cluster.channels import RemoteChannels
+from redirgate.gateway.cluster.metrics import ClusterCollector
+from redirgate.gateway.cluster.node import ClusterNode
 from redirgate.gateway.config import Endpoint, GatewayConfig, Route
 from redirgate.gateway.errors import ListenError
 from redirgate.gateway.events import AuditLog, GatewayCollector, GatewayEvents
@@ -116,8 +119,21 @@ class Gateway:
             limits=config.client_limits,
             handshake_limits=config.handshake_limits,
         )
-        self.events = GatewayEvents(AuditLog(config.audit_log) if config.audit_log is not None else None)
+        self.cluster: ClusterNode | None = None
+        self.remote: RemoteChannels | None = None
+        if config.cluster is not None:
+            self.cluster = ClusterNode(
+                config.cluster, self.registry, cert=config.cert, key=config.key, describe=self._cluster_describe
+            )
+            self.remote = RemoteChannels(self.cluster, self.registry)
+            self.tunnel.peers = self.cluster.peer_addresses
+        self.events = GatewayEvents(
+            AuditLog(config.audit_log) if config.audit_log is not None else None,
+            node=config.cluster.node if config.cluster is not None else None,
+        )
         self.events.watch(GatewayCollector(self._metrics_state))
+        if self.cluster is not None:
+            self.events.watch(ClusterCollector(self.cluster))
         self.tunnel.events = self.events
         self.expiry = certificate_expiry(_certificate_files(config))
         self.routes = [self._route_server(route) for route in config.routes]
@@ -131,7 +147,15 @@ class Gateway:
     def _route_server(self, route: Route) -> RouteServer:
         server = self._new_route_server(route)
         server.events = self.events
+        server.cluster = self.remote
         return server
+
+    def _cluster_describe(self) -> dict[str, Any]:
+        """What this node's key in Redis says besides its address (read at each heartbeat)."""
+        return {
+            "channels": sum(1 for r in self.routes if r.state == "active"),
+            "routes": {r.name: r.state for r in self.routes},
+        }
 
     def _metrics_state(self) -> dict[str, Any]:
         """What the collector reads at scrape time (on this loop: the endpoint runs here)."""
@@ -171,6 +195,7 @@ class Gateway:
             "reloads": self.reloads,
             "clients": Streamed(list(self.registry.clients.values()), lambda session: session.snapshot()),
             "routes": [r.snapshot() for r in self.routes],
+            **({"cluster": self.cluster.snapshot()} if self.cluster is not None else {}),
         }
 
     async def _serve_bounded(
@@ -290,6 +315,10 @@ class Gateway:
             nursery.start_soon(self._serve_bounded, contained(self.tunnel.handle, "tunnel"), tunnel, "tunnel")
             addresses = GatewayAddresses(_bound(tunnel))
             log.info("gateway: tunnel listener on %s:%d", *addresses.tunnel)
+            if self.cluster is not None:
+                if config.cluster is not None and config.cluster.advertise_port == 0:
+                    self.cluster.advertise = f"{config.cluster.advertise_host}:{addresses.tunnel[1]}"
+                await nursery.start(functools.partial(self.cluster.run))
             for server, listeners in zip(self.routes, opened[1 : 1 + len(self.routes)], strict=True):
                 addresses.routes[server.name] = self._start_route(server, listeners)
             nursery.start_soon(self._watch_expiry)

@@ -25,7 +25,7 @@ import collections
 import logging
 import ssl
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import trio
@@ -98,6 +98,8 @@ class TunnelServer:
         self.refusals = 0
         #: metrics and audit (set by the Gateway; None in bare tests)
         self.events: GatewayEvents | None = None
+        #: the other nodes' tunnel addresses, told to clients that can use them (a cluster sets it)
+        self.peers: Callable[[], tuple[str, ...]] = tuple
         #: parsed peer certificates of live control sessions (weak: they go with the stream)
         self._certs: weakref.WeakKeyDictionary[ZeroCopyTLSStream, Any] = weakref.WeakKeyDictionary()
 
@@ -161,8 +163,11 @@ class TunnelServer:
         if not isinstance(message, t.Attach):
             return False  # CLOSED
         try:
-            channel = self.registry.channel_for_attach(identity, message.channel_id)
-            if not message.token_matches(channel.token):
+            # a channel this node expects for a client whose control connection is on
+            # another node of the cluster is found by the token this node issued
+            remote = self.registry.remote_for_attach(identity, message.channel_id, message.token_matches)
+            channel = remote or self.registry.channel_for_attach(identity, message.channel_id)
+            if remote is None and not message.token_matches(channel.token):
                 raise _AttachRefused(identity, f"wrong attach token for channel {message.channel_id}", "wrong_token")
             why = channel.claim()
             if why:
@@ -199,14 +204,17 @@ class TunnelServer:
         if old is not None and not old.closed and self._alive(old):
             await self._refuse_duplicate(control, old, peer)
             return
+        clustered = t.CLUSTER_CAPABILITY in hello.capabilities
         await control.send(
             t.GatewayHello(
                 software=self.software,
                 heartbeat_interval_s=self.heartbeat_interval_s,
                 heartbeat_timeout_s=self.heartbeat_timeout_s,
+                gateways=self.peers() if clustered else (),
             )
         )
         session = control.client
+        session.capabilities = hello.capabilities
         old = self.registry.add(session)
         if old is not None:
             log.info(
@@ -437,11 +445,15 @@ class ClientControl(ControlSession):
         channel = self.client.channels.get(event.channel_id)
         if channel is not None:
             channel.fail(f"the client could not open {channel.device}: {event.reason}")
+            if channel.remote:  # nobody here waits for it
+                self.client.forget(channel)
 
     async def _close_channel(self, event: t.CloseChannel) -> None:
         channel = self.client.channels.get(event.channel_id)
         if channel is not None:
             channel.fail(f"closed by the client: {event.reason}")
+            if channel.remote:
+                self.client.forget(channel)
 
     async def _error(self, event: t.Error) -> None:
         session = self.client

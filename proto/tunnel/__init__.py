@@ -37,6 +37,7 @@ from redirgate.proto.tunnel.errors import (
 from redirgate.proto.tunnel.heartbeat import HeartbeatTracker
 from redirgate.proto.tunnel.inventory import MAX_DEVICES, DeviceEntry, DeviceKind, Inventory, InventoryUpdate
 from redirgate.proto.tunnel.messages import (
+    CLUSTER_CAPABILITY,
     CONTROL_MESSAGES,
     PROTOCOL_VERSION,
     TOKEN_MAX_BYTES,
@@ -61,6 +62,7 @@ __all__ = [
     "ATTACH_MAX_MESSAGE_SIZE",
     "ATTACH_MESSAGES",
     "CLOSED",
+    "CLUSTER_CAPABILITY",
     "CONTROL_MESSAGES",
     "DEFAULT_MAX_CHANNELS",
     "DEFAULT_MAX_MESSAGE_SIZE",

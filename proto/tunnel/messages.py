@@ -30,7 +30,9 @@ from redirgate.proto.tunnel.inventory import DeviceEntry, Inventory, InventoryUp
 from redirgate.proto.tunnel.selectors import DeviceSelector, parse_selector
 
 __all__ = [
+    "CLUSTER_CAPABILITY",
     "CONTROL_MESSAGES",
+    "MAX_GATEWAYS",
     "PROTOCOL_VERSION",
     "RESUME_CAPABILITY",
     "RESUME_CREDENTIAL_BYTES",
@@ -76,6 +78,14 @@ MAX_HEARTBEAT_TIMEOUT_S = 86400.0
 #: The capability both hellos name once a side speaks the resume messages;
 #: they are sent only to a peer that advertised it.
 RESUME_CAPABILITY: Final = "resume"
+#: The capability a client names in its hello when it understands the cluster
+#: fields (`OpenChannel.attach`, `GatewayHello.gateways`); a gateway sends them
+#: only to such a client (issue 18).
+CLUSTER_CAPABILITY: Final = "cluster"
+#: At most this many other gateway addresses in a hello.
+MAX_GATEWAYS: Final = 64
+#: "HOST:PORT" of a gateway: a DNS name or an address, and a port.
+MAX_ADDRESS_LEN: Final = 262
 #: A resume credential is one HMAC-SHA256 digest.
 RESUME_CREDENTIAL_BYTES: Final = 32
 
@@ -153,10 +163,15 @@ class GatewayHello(TunnelMessage):
     capabilities: frozenset[str] = frozenset()
     heartbeat_interval_s: float = 15.0
     heartbeat_timeout_s: float = 45.0
+    #: the tunnel addresses ("HOST:PORT") of the other gateways of a cluster,
+    #: for a client that advertised CLUSTER_CAPABILITY (not on the wire when empty)
+    gateways: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         owner = "GatewayHello"
         _hello_fields(self, owner)
+        items = v.sequence(owner, "gateways", self.gateways, MAX_GATEWAYS)
+        object.__setattr__(self, "gateways", tuple(_address(owner, "gateways", item) for item in items))
         interval = v.number(owner, "heartbeat_interval_s", self.heartbeat_interval_s, 0.0, MAX_HEARTBEAT_INTERVAL_S)
         timeout = v.number(owner, "heartbeat_timeout_s", self.heartbeat_timeout_s, 0.0, MAX_HEARTBEAT_TIMEOUT_S)
         if timeout <= interval:
@@ -165,6 +180,12 @@ class GatewayHello(TunnelMessage):
             )
         object.__setattr__(self, "heartbeat_interval_s", interval)
         object.__setattr__(self, "heartbeat_timeout_s", timeout)
+
+    def to_wire(self) -> dict[str, Any]:
+        wire = TunnelMessage.to_wire(self)
+        if not self.gateways:
+            del wire["gateways"]  # a peer without the cluster capability knows no such field
+        return wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +213,15 @@ class HeartbeatAck(TunnelMessage):
 
     def __post_init__(self) -> None:
         v.uint("HeartbeatAck", "seq", self.seq, MAX_SEQ)
+
+
+def _address(owner: str, name: str, value: Any) -> str:
+    """A gateway's "HOST:PORT" (a name, an IPv4 address or a [bracketed] IPv6 one)."""
+    address = v.text(owner, name, value, MAX_ADDRESS_LEN, empty=False)
+    host, sep, port = address.rpartition(":")
+    if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+        raise LocalProtocolError(f"{owner}.{name}={address[:40]!r}: must be HOST:PORT")
+    return address
 
 
 def _channel_id(owner: str, value: Any) -> None:
@@ -229,9 +259,18 @@ class OpenChannel(TunnelMessage):
     protocol: ChannelProtocol = ChannelProtocol.USBREDIR
     #: protocol options (e.g. baud rate): word keys, str/int/float/bool values
     options: Mapping[str, str | int | float | bool] = field(default_factory=dict)
+    #: "HOST:PORT" of the gateway the data connection goes to, when it is not
+    #: the one holding this control connection (a cluster: the node that holds
+    #: the hypervisor's socket).  Sent only to a client that advertised
+    #: CLUSTER_CAPABILITY; not on the wire when empty.
+    attach: str = ""
 
     def __post_init__(self) -> None:
         owner = "OpenChannel"
+        if self.attach:
+            object.__setattr__(self, "attach", _address(owner, "attach", self.attach))
+        else:
+            v.text(owner, "attach", self.attach, 0)
         _channel_id(owner, self.channel_id)
         try:
             parse_selector(self.device_selector)
@@ -243,6 +282,12 @@ class OpenChannel(TunnelMessage):
         options = v.mapping(owner, "options", self.options, MAX_OPTIONS)
         clean = {v.token_text(owner, "options", k): _option_value(k, val) for k, val in options.items()}
         object.__setattr__(self, "options", MappingProxyType(clean))
+
+    def to_wire(self) -> dict[str, Any]:
+        wire = TunnelMessage.to_wire(self)
+        if not self.attach:
+            del wire["attach"]
+        return wire
 
     @property
     def selector(self) -> DeviceSelector:

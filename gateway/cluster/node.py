@@ -1,0 +1,433 @@
+"""This gateway's part in a cluster: its presence in Redis, and requests between nodes.
+
+What Redis holds (all under `redirgate:`), each key with an expiry that this
+node's heartbeat refreshes every `heartbeat_s`, so nothing outlives a dead
+node by more than `node_timeout_s`:
+
+    redirgate:node:NAME      JSON: advertised tunnel address, pid, start time, live counters, routes
+    redirgate:client:ID      the NAME of the node holding client ID's control connection
+
+and two pub/sub channels:
+
+    redirgate:inbox:NAME     requests to node NAME and the answers to its own requests (JSON)
+    redirgate:changed        "a client came, went or changed its exports" (payload: the node)
+
+A request is `{"type", "id", "from", ...}`; its answer goes to the asker's
+inbox as `{"reply_to": id, ...}`.  Handlers (`handlers[type]`) are given by
+the code that serves them (`cluster.channels`).  Nothing here is a secret:
+the attach tokens that pass through are useless without the client's own
+certificate (README "More than one gateway").
+
+Redis down: `up` is False, `request` and `locate` raise `ClusterDown` at once
+(the routes count and log it); what is attached keeps moving (the relay
+never touches Redis); `run` redials with a backoff and, once back, registers
+this node and every client it holds again and wakes the routes that wait.
+
+Threads: everything runs on the gateway's trio loop; `run` owns the two
+Redis connections (commands, subscription) and the tasks that use them.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from redirgate.gateway.cluster.config import ClusterConfig
+from redirgate.gateway.cluster.redis import (
+    RedisConnection,
+    RedisError,
+    Subscription,
+    open_redis,
+    open_subscription,
+    seconds,
+    tls_context,
+)
+from redirgate.gateway.errors import GatewayError
+from redirgate.gateway.registry import Registry
+from redirgate.transport import ClientContext
+
+__all__ = ["PREFIX", "ClusterDown", "ClusterError", "ClusterNode"]
+
+log = logging.getLogger(__name__)
+
+PREFIX = "redirgate:"
+CHANGED = f"{PREFIX}changed"
+#: Delete a client's key only while it still names this node (it may have moved on).
+_DELETE_IF_OURS = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+#: Longest wait between two tries to reach Redis.
+MAX_BACKOFF_S = 5.0
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def node_key(name: str) -> str:
+    return f"{PREFIX}node:{name}"
+
+
+def client_key(identity: str) -> str:
+    return f"{PREFIX}client:{identity}"
+
+
+def inbox(name: str) -> str:
+    return f"{PREFIX}inbox:{name}"
+
+
+class ClusterError(GatewayError):
+    """Another node did not answer, or answered nonsense; `peer` is that node."""
+
+
+class ClusterDown(ClusterError):
+    """Redis cannot be reached now: nothing that needs another node can be done."""
+
+
+class _Lost(Exception):
+    def __init__(self, error: RedisError) -> None:
+        self.error = error
+
+
+class ClusterNode:
+    """This node (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        registry: Registry,
+        *,
+        cert: Any = None,
+        key: Any = None,
+        describe: Callable[[], dict[str, Any]] = dict,
+    ) -> None:
+        self.config = config
+        self.name = config.node
+        self.registry = registry
+        #: this node's tunnel address as clients dial it (port 0 in the config: set once bound)
+        self.advertise = config.advertise
+        #: what this node's key says about it besides its address (live counters, routes)
+        self.describe = describe
+        self.context: ClientContext | None = (
+            tls_context(config.redis, config.redis_ca, cert, key) if config.redis.tls else None
+        )
+        self.started_at = time.time()
+        #: Redis answers now
+        self.up = False
+        self.down_since: float | None = None
+        #: redis_outages, requests_served, requests_sent, attaches_refused_redis_down, ...
+        self.counters: collections.Counter[str] = collections.Counter()
+        #: the other live nodes as their keys said at the last heartbeat
+        self.peers: dict[str, dict[str, Any]] = {}
+        self.handlers: dict[str, Handler] = {}
+        self._command: RedisConnection | None = None
+        self._replies: dict[str, trio.MemorySendChannel[dict[str, Any]]] = {}
+        self._dirty: set[str] = set()
+        self._publish = False
+        self._flush_wanted = trio.Event()
+        self._changed = trio.Event()
+        registry.watchers.append(self._watch)
+
+    # ------------------------------------------------------------ what others use
+    def peer_addresses(self) -> tuple[str, ...]:
+        """The other live nodes' tunnel addresses (told to clients in the hello)."""
+        return tuple(sorted(str(p["advertise"]) for p in self.peers.values() if p.get("advertise")))
+
+    async def locate(self, identity: str) -> str | None:
+        """The live node (not this one) that holds `identity`'s control connection, or None."""
+        command = self._connection()
+        try:
+            found = await command.command("GET", client_key(identity))
+            if not isinstance(found, bytes):
+                return None
+            name = found.decode(errors="replace")
+            if name == self.name:
+                return None  # a key we have not deleted yet: the client is not here
+            alive = await command.command("EXISTS", node_key(name))
+        except RedisError as exc:
+            raise ClusterDown(self.config.redis.address, exc.reason) from None
+        return name if alive else None
+
+    async def request(self, node: str, message: dict[str, Any], *, timeout_s: float) -> dict[str, Any]:
+        """Send `message` to `node` and return its answer; ClusterDown / ClusterError when there is none."""
+        command = self._connection()
+        rid = secrets.token_hex(8)
+        send, receive = trio.open_memory_channel[dict[str, Any]](1)
+        self._replies[rid] = send
+        try:
+            payload = json.dumps({**message, "id": rid, "from": self.name})
+            try:
+                listeners = await command.command("PUBLISH", inbox(node), payload)
+            except RedisError as exc:
+                raise ClusterDown(self.config.redis.address, exc.reason) from None
+            self.counters["requests_sent"] += 1
+            if listeners == 0:
+                raise ClusterError(node, "the node does not listen on Redis (stopped or cut off)")
+            with trio.move_on_after(timeout_s):
+                try:
+                    return await receive.receive()
+                except trio.EndOfChannel:
+                    raise ClusterDown(self.config.redis.address, "lost while waiting for an answer") from None
+            raise ClusterError(node, f"no answer within {timeout_s:g} s")
+        finally:
+            self._replies.pop(rid, None)
+
+    async def wait_changed(self, timeout_s: float) -> None:
+        """Until a client comes, goes or changes anywhere in the cluster (or Redis is back), at most `timeout_s`."""
+        with trio.move_on_after(timeout_s):
+            async with trio.open_nursery() as nursery:
+
+                async def cluster() -> None:
+                    await self._changed.wait()
+                    nursery.cancel_scope.cancel()
+
+                async def local() -> None:
+                    await self.registry.wait_changed()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(cluster)
+                nursery.start_soon(local)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The cluster as this node sees it (for `gateway status`)."""
+        me = {**self._description(), "name": self.name, "self": True}
+        nodes = [me] + [{**p, "name": name} for name, p in sorted(self.peers.items())]
+        return {
+            "node": self.name,
+            "redis": str(self.config.redis),
+            "redis_up": self.up,
+            "down_since": self.down_since,
+            "counters": dict(self.counters),
+            "nodes": nodes,
+        }
+
+    # ------------------------------------------------------------ the loop
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep this node in the cluster until cancelled (see the module docstring).
+
+        `task_status.started()` comes after the first try, whether Redis
+        answered or not: a gateway serves its own clients without Redis.
+        """
+        started = False
+        delay = 0.25
+        url = self.config.redis
+        while True:
+            try:
+                async with (
+                    open_redis(url, context=self.context) as command,
+                    open_subscription(url, [inbox(self.name), CHANGED], context=self.context) as subscription,
+                ):
+                    await self._refresh(command)
+                    self._command = command
+                    self._joined()
+                    delay = 0.25
+                    if not started:
+                        task_status.started()
+                        started = True
+                    await self._serve(command, subscription)
+            except RedisError as exc:
+                self._left(exc.reason)
+            finally:
+                self._command = None
+                self.up = False
+                for reply in self._replies.values():
+                    reply.close()
+            if not started:
+                task_status.started()
+                started = True
+            await trio.sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF_S)
+
+    def _joined(self) -> None:
+        self.up = True
+        clients = len(self.registry.clients)
+        if self.down_since is not None:
+            log.warning(
+                "cluster: Redis at %s is back after %.1f s; node %s registered again with %d client(s); "
+                "attaches through other nodes work again",
+                self.config.redis.address,
+                time.time() - self.down_since,
+                self.name,
+                clients,
+            )
+        else:
+            log.info(
+                "cluster: node %s joined through Redis at %s as %s (%d other node(s) live)",
+                self.name,
+                self.config.redis.address,
+                self.advertise,
+                len(self.peers),
+            )
+        self.down_since = None
+        self._wake()  # routes that waited for the cluster try again now
+
+    def _left(self, reason: str) -> None:
+        if self.down_since is None:
+            self.down_since = time.time()
+            self.counters["redis_outages"] += 1
+            log.error(
+                "cluster: Redis at %s unreachable: %s; node %s goes on serving what is attached, but attaches "
+                "that need another node are refused until Redis is back (retrying every %g s or less)",
+                self.config.redis.address,
+                reason,
+                self.name,
+                MAX_BACKOFF_S,
+            )
+
+    async def _serve(self, command: RedisConnection, subscription: Subscription) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._guarded, self._heartbeat, command)
+                nursery.start_soon(self._guarded, self._flush, command)
+                nursery.start_soon(self._guarded, self._listen, subscription, nursery)
+        except* _Lost as group:
+            first = group.exceptions[0]
+            assert isinstance(first, _Lost)
+            raise first.error from None
+
+    async def _guarded(self, task: Callable[..., Awaitable[None]], *args: Any) -> None:
+        try:
+            await task(*args)
+        except RedisError as exc:
+            raise _Lost(exc) from None
+
+    def _description(self) -> dict[str, Any]:
+        return {
+            "advertise": self.advertise,
+            "pid": os.getpid(),
+            "started": self.started_at,
+            "seen": time.time(),
+            "clients": len(self.registry.clients),
+            **self.describe(),
+        }
+
+    async def _refresh(self, command: RedisConnection) -> None:
+        """This node's key and its clients' keys, with a fresh expiry; the other nodes as they are."""
+        ttl = seconds(self.config.node_timeout_s)
+        commands: list[tuple[str | int, ...]] = [
+            ("SET", node_key(self.name), json.dumps(self._description()), "EX", ttl)
+        ]
+        commands += [("SET", client_key(identity), self.name, "EX", ttl) for identity in self.registry.clients]
+        for reply in await command.pipeline(commands):
+            if not isinstance(reply, str):
+                raise RedisError(command.peer, f"refreshing this node's keys: {reply!r}")
+        names: list[bytes] = []
+        cursor: bytes | int = b"0"
+        while True:
+            reply = await command.command("SCAN", cursor, "MATCH", f"{PREFIX}node:*", "COUNT", 1000)
+            if not isinstance(reply, list) or len(reply) != 2 or not isinstance(reply[1], list):
+                raise RedisError(command.peer, "SCAN: an answer that is not [cursor, keys]")
+            cursor = reply[0] if isinstance(reply[0], bytes) else b"0"
+            names += [k for k in reply[1] if isinstance(k, bytes)]
+            if cursor == b"0":
+                break
+        peers: dict[str, dict[str, Any]] = {}
+        if names:
+            values = await command.command("MGET", *names)
+            for raw_key, value in zip(names, values if isinstance(values, list) else [], strict=False):
+                name = raw_key.decode(errors="replace")[len(node_key("")) :]
+                if name == self.name or not isinstance(value, bytes):
+                    continue
+                try:
+                    described = json.loads(value)
+                except ValueError:
+                    continue
+                if isinstance(described, dict):
+                    peers[name] = described
+        self.peers = peers
+
+    async def _heartbeat(self, command: RedisConnection) -> None:
+        while True:
+            await trio.sleep(self.config.heartbeat_s)
+            await self._refresh(command)
+
+    def _watch(self, identity: str | None) -> None:
+        """The registry changed (runs inside its `changed`: no I/O here, the flush task does it)."""
+        if identity is not None:
+            self._dirty.add(identity)
+        self._publish = True
+        self._flush_wanted.set()
+
+    async def _flush(self, command: RedisConnection) -> None:
+        """Clients that came or went, and "something changed", to Redis as soon as they happen."""
+        ttl = seconds(self.config.node_timeout_s)
+        while True:
+            await self._flush_wanted.wait()
+            self._flush_wanted = trio.Event()
+            dirty, self._dirty = self._dirty, set()
+            publish, self._publish = self._publish, False
+            commands: list[tuple[str | int, ...]] = []
+            for identity in sorted(dirty):
+                if self.registry.online(identity):
+                    commands.append(("SET", client_key(identity), self.name, "EX", ttl))
+                else:
+                    commands.append(("EVAL", _DELETE_IF_OURS, 1, client_key(identity), self.name))
+            if publish:
+                commands.append(("PUBLISH", CHANGED, self.name))
+            await command.pipeline(commands)
+
+    async def _listen(self, subscription: Subscription, nursery: trio.Nursery) -> None:
+        while True:
+            channel, payload = await subscription.receive()
+            if channel == CHANGED:
+                if payload.decode(errors="replace") != self.name:
+                    self._wake()
+                continue
+            try:
+                message = json.loads(payload)
+                if not isinstance(message, dict):
+                    raise ValueError("not an object")
+            except ValueError as exc:
+                log.warning("cluster: node %s: a message on its inbox that is not JSON (%s); ignored", self.name, exc)
+                continue
+            reply_to = message.get("reply_to")
+            if isinstance(reply_to, str):
+                waiting = self._replies.get(reply_to)
+                if waiting is not None:
+                    try:
+                        waiting.send_nowait(message)
+                    except (trio.WouldBlock, trio.ClosedResourceError):
+                        pass  # a second answer to one request: the first one counts
+                continue
+            nursery.start_soon(self._answer, message)
+
+    async def _answer(self, message: dict[str, Any]) -> None:
+        """Serve one request from another node and send the answer to its inbox."""
+        kind, asker, rid = message.get("type"), message.get("from"), message.get("id")
+        if not isinstance(asker, str) or not isinstance(rid, str):
+            log.warning("cluster: node %s: a request without from/id; ignored", self.name)
+            return
+        handler = self.handlers.get(kind) if isinstance(kind, str) else None
+        if handler is None:
+            answer: dict[str, Any] = {"ok": False, "why": f"node {self.name} does not serve {kind!r} requests"}
+        else:
+            self.counters["requests_served"] += 1
+            try:
+                answer = await handler(message)
+            except (GatewayError, KeyError, TypeError, ValueError) as exc:
+                answer = {"ok": False, "why": f"node {self.name}: {exc}"}
+            except Exception:  # one request's bug must not take the node out of the cluster
+                log.exception("cluster: node %s: internal error serving a %r request from %s", self.name, kind, asker)
+                answer = {"ok": False, "why": f"node {self.name}: internal error"}
+        command = self._command
+        if command is None:
+            return  # Redis went away meanwhile; the asker gives up by its own timeout
+        with trio.move_on_after(self.config.heartbeat_s * 2):
+            try:
+                await command.command("PUBLISH", inbox(asker), json.dumps({**answer, "reply_to": rid}))
+            except RedisError as exc:
+                log.warning("cluster: node %s could not answer node %s: %s", self.name, asker, exc.reason)
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _connection(self) -> RedisConnection:
+        command = self._command
+        if command is None or not self.up:
+            raise ClusterDown(self.config.redis.address, "Redis is unreachable")
+        return command

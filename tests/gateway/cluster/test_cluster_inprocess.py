@@ -1,0 +1,40 @@
+"""Three gateways as one, in one process, on a real redis-server: the attach through another node."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from redirgate.cli.lab import LabRoute, make_pki, write_client_config
+from redirgate.gateway.config import load_config
+from redirgate.vmside.probe import probe
+from tests.support.cluster_lab import cluster_config
+from tests.support.redis_server import RedisServer
+from tests.support.tunnel_lab import start_client, start_gateway
+from tests.support.waiting import until
+
+KBD = (0x1209, 0x0002)
+
+
+async def test_attach_through_a_node_that_is_not_the_clients(tmp_path: Path, redis_server: RedisServer) -> None:
+    make_pki(tmp_path)
+    routes = [LabRoute("kbd", "usb:1209:0002")]
+    async with trio.open_nursery() as nursery:
+        nodes = {}
+        for name in ("a", "b", "c"):
+            config = load_config(cluster_config(tmp_path, routes, name, redis_server.url))
+            nodes[name] = await start_gateway(nursery, config)
+        a, c = nodes["a"][0], nodes["c"][0]
+        client_config = write_client_config(tmp_path, nodes["c"][1].tunnel[1], virtual=["virtual:keyboard"])
+        client, _ = await start_client(nursery, client_config)
+        assert a.cluster is not None and c.cluster is not None
+        await until(lambda: len(a.cluster.peers) == 2 and "thin-01" in c.registry.clients)
+        result = await probe("127.0.0.1", nodes["a"][1].routes["kbd"][1], timeout_s=20)
+        assert (result.vendor_id, result.product_id) == KBD
+        assert a.cluster.counters["remote_attaches"] == 1
+        assert c.cluster.counters["requests_served"] >= 1
+        assert "thin-01" not in a.registry.clients
+        # the client learned the other nodes from the hello
+        assert len(client.learned) == 2
+        nursery.cancel_scope.cancel()
