@@ -60,7 +60,7 @@ def running_gateway(
     config: Path,
     log_path: Path,
     *,
-    ready_timeout_s: float = 30.0,
+    ready_timeout_s: float = 120.0,  # a safety net: a loaded machine takes seconds to import the CLI
     options: tuple[str, ...] = ("-vv",),
     env: dict[str, str] | None = None,
     nofile: int | None = None,
