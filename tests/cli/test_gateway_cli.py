@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from redirgate.cli.lab import LabRoute, make_pki, write_client_config, write_gateway_config
 from tests.support.gateway_procs import running_client, running_gateway
+from tests.support.waiting import wait_until
 
 
 def redirgate(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
@@ -68,13 +68,12 @@ def test_status_shows_client_routes_and_channel_bytes(tmp_path: Path) -> None:
     with running_gateway(config, tmp_path / "gateway.log") as gw:
         client_config = write_client_config(tmp_path, gw.tunnel_port, virtual=[f"virtual:storage:{image}"])
         with running_client(client_config, tmp_path / "client.log"):
-            deadline = time.monotonic() + 30
-            while True:
+
+            def online() -> subprocess.CompletedProcess[str] | None:
                 out = redirgate("gateway", "status", "--config", str(config))
-                if "thin-01 from" in out.stdout and "usb:1209:0001" in out.stdout:
-                    break
-                assert time.monotonic() < deadline, out.stdout + out.stderr + gw.log()
-                time.sleep(0.3)
+                return out if "thin-01 from" in out.stdout and "usb:1209:0001" in out.stdout else None
+
+            out = wait_until(online, "thin-01 and its stick in `gateway status`", detail=gw.log)
             probed = redirgate("probe", f"127.0.0.1:{gw.routes['stick']}", "--timeout", "20")
             assert probed.returncode == 0, probed.stderr + gw.log()
             assert "Virtual Flash Drive" in probed.stdout

@@ -7,7 +7,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,10 +14,11 @@ import pytest
 from redirgate.cli.lab import LabRoute, make_pki, write_client_config, write_gateway_config
 from redirgate.cli.logs import hoist_log_options, setup_logging
 from tests.support.gateway_procs import running_client, running_gateway
+from tests.support.waiting import wait_until
 
 
 def redirgate(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "redirgate.cli", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "redirgate.cli", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_log_options_are_accepted_after_the_subcommand() -> None:
@@ -65,15 +65,15 @@ def test_journal_lines_under_systemd(tmp_path: Path, monkeypatch: pytest.MonkeyP
     ]
 
 
-def _wait_for(log: Path, wanted: dict[str, str], timeout_s: float = 60) -> list[dict[str, object]]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        entries = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
-        messages = [str(e["message"]) for e in entries]
-        if all(any(text in m for m in messages) for text in wanted.values()):
-            return entries
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.2)
+def _wait_for(log: Path, wanted: dict[str, str]) -> list[dict[str, object]]:
+    """The gateway's JSON log entries once they hold every `wanted` text (another process writes them)."""
+
+    def entries() -> list[dict[str, object]] | None:
+        found = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+        messages = [str(e["message"]) for e in found]
+        return found if all(any(text in m for m in messages) for text in wanted.values()) else None
+
+    return wait_until(entries, f"the log holding {sorted(wanted.values())}", detail=log.read_text)
 
 
 def test_info_by_default_shows_connects_attaches_and_refusals_as_json(tmp_path: Path) -> None:
@@ -88,8 +88,8 @@ def test_info_by_default_shows_connects_attaches_and_refusals_as_json(tmp_path: 
         with running_client(client_config, tmp_path / "client.log"):
             wanted = {"connect": "client thin-01 online"}
             _wait_for(log, wanted)
-            assert redirgate("probe", f"127.0.0.1:{gw.routes['stick']}", "--timeout", "20").returncode == 0
-            assert redirgate("probe", f"127.0.0.1:{gw.routes['far']}", "--timeout", "5").returncode == 1
+            assert redirgate("probe", f"127.0.0.1:{gw.routes['stick']}", "--timeout", "120").returncode == 0
+            assert redirgate("probe", f"127.0.0.1:{gw.routes['far']}", "--timeout", "60").returncode == 1
             wanted |= {
                 "attach": "route stick: hypervisor 127.0.0.1:",
                 "detach": "route stick: channel 1 ended",

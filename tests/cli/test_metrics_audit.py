@@ -7,7 +7,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -16,10 +15,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from redirgate.cli.lab import LabRoute, make_pki, write_client_config, write_gateway_config
 from tests.support.gateway_procs import running_client, running_gateway
+from tests.support.waiting import wait_until
 
 
 def redirgate(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "redirgate.cli", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "redirgate.cli", *args], capture_output=True, text=True, timeout=300)
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -44,14 +44,6 @@ def metrics_port_of(client: subprocess.Popen[str]) -> int:
 
 def audit_lines(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def wait_for(check: object, what: str, timeout_s: float = 60) -> None:
-    assert callable(check)
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.2)
 
 
 def test_metrics_and_audit_after_a_probe_through_a_route(tmp_path: Path) -> None:
@@ -81,18 +73,18 @@ def test_metrics_and_audit_after_a_probe_through_a_route(tmp_path: Path) -> None
         )
         with running_client(client_config, tmp_path / "client.log") as client:
             client_metrics_port = metrics_port_of(client)
-            wait_for(lambda: scrape(gw.metrics_port)[("redirgate_clients_online", ())] == 1, "client online")
-            probed = redirgate("probe", f"127.0.0.1:{gw.routes['stick']}", "--timeout", "20")
+            wait_until(lambda: scrape(gw.metrics_port)[("redirgate_clients_online", ())] == 1, "client online")
+            probed = redirgate("probe", f"127.0.0.1:{gw.routes['stick']}", "--timeout", "120")
             assert probed.returncode == 0, probed.stderr + gw.log()
-            assert redirgate("probe", f"127.0.0.1:{gw.routes['far']}", "--timeout", "5").returncode == 1
+            assert redirgate("probe", f"127.0.0.1:{gw.routes['far']}", "--timeout", "60").returncode == 1
             with socket.create_connection(("127.0.0.1", gw.tunnel_port), timeout=30) as garbage:
                 garbage.sendall(b"GET / HTTP/1.0\r\n\r\n" + bytes(600))
                 try:
                     garbage.recv(100)  # the gateway closes it (a reset or an alert)
                 except ConnectionResetError:
                     pass
-            wait_for(lambda: {"attach", "detach", "refusal"} <= {e["event"] for e in audit_lines(audit)}, "audit")
-            wait_for(
+            wait_until(lambda: {"attach", "detach", "refusal"} <= {e["event"] for e in audit_lines(audit)}, "audit")
+            wait_until(
                 lambda: (
                     scrape(gw.metrics_port).get(("redirgate_tls_handshake_failures_total", (("reason", "not_tls"),)))
                     == 1

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from tests.support.services import running
+from tests.support.waiting import wait_until
 
 
 def _read_fifo(fd: int, n: int, timeout_s: float = 20) -> bytes:
@@ -25,7 +26,7 @@ def _read_fifo(fd: int, n: int, timeout_s: float = 20) -> bytes:
                 chunk = os.read(fd, n - len(got))
             except BlockingIOError:
                 continue
-            if not chunk:  # no writer at this moment
+            if not chunk:  # no writer at this moment: a FIFO at EOF is always readable, so poll
                 time.sleep(0.05)
             got += chunk
     return bytes(got)
@@ -42,7 +43,10 @@ def test_serve_parallel_queues_while_the_printer_is_away(tmp_path: Path) -> None
             with socket.create_connection((service.host, service.port), timeout=10) as second:
                 second.settimeout(10)
                 assert b"already in use" in second.recv(200)
-        time.sleep(0.5)
+        # the service tried the printer while nobody read it
+        wait_until(
+            lambda: "nobody reads" in service.log(), "the service finding nobody at the printer", detail=service.log
+        )
         reader = os.open(lp, os.O_RDONLY | os.O_NONBLOCK)
         try:
             assert _read_fifo(reader, len(payload)) == payload

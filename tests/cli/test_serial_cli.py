@@ -3,6 +3,7 @@ as real processes; a pty stands in for the device (the test holds the master).""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 import serial
 
 from tests.support.services import running
+from tests.support.waiting import wait_until
 
 #: pyserial 3.5's rfc2217 client calls Thread.setDaemon()/setName(), deprecated since 3.10.
 pytestmark = pytest.mark.filterwarnings("ignore:set(Daemon|Name)\\(\\) is deprecated:DeprecationWarning")
@@ -34,8 +36,13 @@ def _read_master(master: int, n: int, timeout_s: float = 10) -> bytes:
         try:
             got += os.read(master, n - len(got))
         except BlockingIOError:
-            time.sleep(0.01)
+            time.sleep(0.01)  # a poll interval: the far end of the pty is another process
     return bytes(got)
+
+
+def _unread(fd: int) -> int:
+    """Bytes in the tty's input queue that its reader has not taken yet."""
+    return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, bytes(4)), sys.byteorder)
 
 
 @pytest.fixture
@@ -65,7 +72,17 @@ def test_serve_serial_raw_settings_ring_and_busy(pty_master: tuple[int, str], tm
         assert termios.tcgetattr(master)[4] == termios.B19200
         assert termios.tcgetattr(master)[2] & termios.CSTOPB and termios.tcgetattr(master)[2] & termios.CRTSCTS
         os.write(master, b"0123456789")  # nobody connected: the 8-byte ring keeps the newest
-        time.sleep(0.3)
+        # The service read them into its ring: it said the ring overflowed, and the
+        # tty holds nothing more (one write reaches the reader's queue at once).
+        tty = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)  # the service's side, to see its queue
+        try:
+            wait_until(
+                lambda: "dropped the oldest bytes" in service.log() and _unread(tty) == 0,
+                "the service reading the tty into its ring",
+                detail=service.log,
+            )
+        finally:
+            os.close(tty)
         with socket.create_connection((service.host, service.port), timeout=10) as sock:
             sock.settimeout(10)
             got = b""

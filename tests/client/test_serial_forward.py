@@ -39,7 +39,7 @@ class ScriptedStream:
         return n
 
     async def wait_sendable(self) -> None:
-        await trio.sleep(0.001)
+        await trio.sleep(0.001)  # a consumer that is sometimes full: the forwarder must come back later
 
     def try_receive_into(self, buffer: bytearray | memoryview) -> int | None:
         return None

@@ -36,7 +36,7 @@ from redirgate.proto.usbredir import Status
 from tests.support.engine_lab import configure, iso_alt, source_for
 from tests.support.refguest import T, engine_session
 from tests.support.system import require, require_libusbredirparser
-from tests.support.waiting import until
+from tests.support.waiting import until, wait_until
 
 ISO_IN = 0x82
 HS_PACKET = 3 * 1024  # the loopback's high-speed iso IN: wMaxPacketSize 0x1400
@@ -514,10 +514,7 @@ def _block_until(predicate: Callable[[], bool], what: str, limit_s: float = 60.0
     """Hold the event loop (a plain blocking wait) until `predicate()`; fail
     after `limit_s`, a safety net only (the runner's cannot fire while the
     loop is held)."""
-    deadline = time.monotonic() + limit_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"no {what} within {limit_s} s"
-        time.sleep(0.001)
+    wait_until(predicate, what, net_s=limit_s, poll_s=0.001)
 
 
 async def _wait_packets(guest: Any, count: int) -> list[Any]:

@@ -3,6 +3,9 @@ device served the moment it appears (an emulated device plugged in late)."""
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 import trio
 
 from redirgate.client.usb.selector import parse_selector
@@ -10,9 +13,11 @@ from redirgate.client.usb.serve import serve_listen, watch_presence
 from redirgate.client.usb.source import SelectorSource
 from redirgate.client.virtual import KeyboardDevice, VirtualBackend
 from redirgate.vmside.probe import ProbeResult, probe
+from tests.support.waiting import until
 
 
-async def test_an_absent_device_is_said_then_served_when_it_appears() -> None:
+async def test_an_absent_device_is_said_then_served_when_it_appears(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="redirgate.client.usb.serve")
     backend = VirtualBackend()
     source = SelectorSource(parse_selector("1209:0002"), backend=backend, poll_interval_s=0.01, boot_ports=dict)
     said: list[str] = []
@@ -37,7 +42,10 @@ async def test_an_absent_device_is_said_then_served_when_it_appears() -> None:
 
             async with trio.open_nursery() as probing:
                 probing.start_soon(probe_it)  # a VM waiting before the device is there
-                await trio.sleep(0.1)
+                await until(
+                    lambda: any("usbredir guest connected" in r.getMessage() for r in caplog.records),
+                    "the probe's connection taken, its engine waiting for the device",
+                )
                 backend.plug(KeyboardDevice())
             assert result[0].product == "Virtual Keyboard"
             await changed.wait()

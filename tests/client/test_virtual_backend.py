@@ -168,14 +168,15 @@ def test_blocked_interrupt_read_does_not_block_bulk(backend: VirtualBackend) -> 
     kbd_dev, loop_dev = _find(backend, 2), _find(backend, 3)
     kbd_dev.set_configuration()
     loop_dev.set_configuration()
-    blocked, result = _run(kbd_dev.read, 0x81, 8, 3000)
-    loop_blocked, loop_result = _run(loop_dev.read, 0x83, 64, 3000)  # same device as the bulk below
+    # Two reads that wait forever (timeout 0, as in libusb) until the end of the test.
+    blocked, result = _run(kbd_dev.read, 0x81, 8, 0)
+    loop_blocked, loop_result = _run(loop_dev.read, 0x83, 64, 0)  # same device as the bulk below
+    # Lets both reads reach their wait.  No event says a thread waits inside the
+    # device; one that has not yet makes the loop below prove less, never fail.
     time.sleep(0.05)
-    start = time.monotonic()
-    for i in range(50):
-        loop_dev.write(0x01, bytes([i]) * 100, 1000)
-        assert bytes(loop_dev.read(0x81, 512, 1000)) == bytes([i]) * 100
-    assert time.monotonic() - start < 1.0
+    for i in range(50):  # a bulk transfer queued behind a blocked read would wait forever: its timeout fails it
+        loop_dev.write(0x01, bytes([i]) * 100, 10_000)
+        assert bytes(loop_dev.read(0x81, 512, 10_000)) == bytes([i]) * 100
     assert blocked.is_alive() and loop_blocked.is_alive()
     backend.devices[1].type_text("x")
     loop_dev.write(0x03, b"ping", 1000)
@@ -227,11 +228,14 @@ def test_timeout_is_honoured(backend: VirtualBackend) -> None:
     dev = _find(backend, 2)
     dev.set_configuration()
     start = time.monotonic()
-    with pytest.raises(usb.core.USBTimeoutError) as info:
-        dev.read(0x81, 8, 200)
+    reader, result = _run(dev.read, 0x81, 8, 200)
+    reader.join(JOIN_S)  # a safety net: a read that ignored its timeout would never end
     elapsed = time.monotonic() - start
-    assert 0.19 <= elapsed < 2.0
-    assert info.value.errno == errno.ETIMEDOUT and info.value.backend_error_code == -7
+    assert not reader.is_alive()
+    assert elapsed >= 0.19  # not before its 200 ms (how much later depends on the load)
+    (exc,) = result
+    assert isinstance(exc, usb.core.USBTimeoutError)
+    assert exc.errno == errno.ETIMEDOUT and exc.backend_error_code == -7
 
 
 def test_unplug_wakes_blocked_reads_with_no_device(backend: VirtualBackend) -> None:
@@ -239,6 +243,8 @@ def test_unplug_wakes_blocked_reads_with_no_device(backend: VirtualBackend) -> N
     dev = _find(backend, 2)
     dev.set_configuration()
     t, result = _run(dev.read, 0x81, 8, 0)  # timeout 0: wait forever, as in libusb
+    # Lets the read reach its wait (no event says it did); one that starts after
+    # the unplug gets the same ENODEV, so this only makes the test prove more.
     time.sleep(0.05)
     backend.unplug(kbd)
     t.join(JOIN_S)

@@ -191,7 +191,7 @@ def test_no_wait_is_per_thread(loop: tuple[LoopbackDevice, usb.core.Device]) -> 
 
     def attempt_beside_it() -> None:
         worker.start()
-        time.sleep(0.1)
+        time.sleep(0.1)  # a negative check: a refused read would have ended by now
         assert worker.is_alive()  # waiting for data, not refused
         with pytest.raises(BlockingIOError):
             dev.read(BULK_IN, array.array("B", bytes(512)), 1000)

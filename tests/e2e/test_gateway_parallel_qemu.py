@@ -30,6 +30,7 @@ from redirgate.gateway.admin import read_status
 from tests.support.gateway_procs import running_client, running_gateway
 from tests.support.guest import GuestImage
 from tests.support.qemu import start_guest
+from tests.support.waiting import wait_until
 
 BOOT_TIMEOUT_S = 150.0
 
@@ -46,16 +47,11 @@ def _status(admin: Path) -> dict[str, Any]:
     return read_status(admin)
 
 
-def _wait(predicate: Any, what: str, timeout_s: float, log: Any) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}\n{log()}")
+def _exported(admin: Path) -> bool:
+    try:
+        return any(d["id"] == "parallel:printer" for c in _status(admin)["clients"] for d in c["devices"])
+    except OSError:  # the admin socket is not there yet
+        return False
 
 
 def _read_fifo(fd: int, n: int, timeout_s: float) -> bytes:
@@ -70,7 +66,7 @@ def _read_fifo(fd: int, n: int, timeout_s: float) -> bytes:
         except BlockingIOError:
             continue
         if not chunk:  # no writer this moment (the client reopens every 0.5 s)
-            time.sleep(0.05)
+            time.sleep(0.05)  # a poll interval: a FIFO at EOF stays readable until a writer opens it
         got += chunk
     return bytes(got)
 
@@ -92,12 +88,7 @@ def test_guest_prints_through_gateway_while_printer_away_then_back(guest_image: 
         admin = tmp_path / "gateway.sock"
         client_log = tmp_path / "client.log"
         with running_client(client_config, client_log):
-            _wait(
-                lambda: any(d["id"] == "parallel:printer" for c in _status(admin)["clients"] for d in c["devices"]),
-                "the client to export parallel:printer",
-                30,
-                gw.log,
-            )
+            wait_until(lambda: _exported(admin), "the client exporting parallel:printer", detail=gw.log)
             # one option and its value per line (the formatter would split each pair)
             # fmt: off
             qemu_args = [

@@ -16,7 +16,6 @@ import select
 import termios
 import time
 import tty
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ import serial
 from redirgate.cli.lab import LabRoute, make_pki, write_client_config, write_gateway_config
 from redirgate.gateway.admin import read_status
 from tests.support.gateway_procs import running_client, running_gateway
+from tests.support.waiting import wait_until
 
 #: pyserial 3.5's rfc2217 client calls Thread.setDaemon()/setName(), deprecated since 3.10.
 pytestmark = pytest.mark.filterwarnings("ignore:set(Daemon|Name)\\(\\) is deprecated:DeprecationWarning")
@@ -38,13 +38,6 @@ def _read_fd(fd: int, n: int, timeout_s: float = 20.0) -> bytes:
         assert ready, f"only {len(out)} of {n} bytes reached the device"
         out += os.read(fd, n - len(out))
     return bytes(out)
-
-
-def _until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} within {timeout_s} s"
-        time.sleep(0.05)
 
 
 def _speeds(fd: int) -> tuple[int, int]:
@@ -71,7 +64,7 @@ def test_pyserial_rfc2217_client_sets_the_baud_rate_through_the_gateway(tmp_path
                     clients = read_status(tmp_path / "gateway.sock")["clients"]
                     return any(d["id"] == "serial:console" for c in clients for d in c["devices"])
 
-                _until(exported, 30, "the client did not export serial:console")
+                wait_until(exported, "the client exporting serial:console", detail=gw.log)
                 assert _speeds(slave) == (termios.B115200, termios.B115200)
                 url = f"rfc2217://127.0.0.1:{gw.routes['console']}?timeout=10"
                 remote = serial.serial_for_url(url, baudrate=9600, timeout=10)
@@ -87,10 +80,10 @@ def test_pyserial_rfc2217_client_sets_the_baud_rate_through_the_gateway(tmp_path
                 finally:
                     remote.close()
                 # The consumer's settings last for its session only.
-                _until(
+                wait_until(
                     lambda: _speeds(slave) == (termios.B115200, termios.B115200),
-                    20,
-                    "the configured 115200 baud did not come back",
+                    "the configured 115200 baud coming back",
+                    detail=gw.log,
                 )
                 route = {r["name"]: r for r in read_status(tmp_path / "gateway.sock")["routes"]}["console"]
                 assert route["protocol"] == "rfc2217" and route["channels_served"] == 1

@@ -15,20 +15,11 @@ import sys
 import termios
 import time
 import tty
-from collections.abc import Callable
 from pathlib import Path
 
 from redirgate.cli.lab import LabRoute, make_pki, write_client_config, write_gateway_config
 from tests.support.gateway_procs import running_client, running_gateway
-
-
-def _wait(predicate: Callable[[], bool], log: Path, limit_s: float = 60.0) -> None:
-    """Until `predicate()`: the state of another process's tty, which no event
-    announces; `limit_s` is a safety net, not a budget."""
-    deadline = time.monotonic() + limit_s
-    while not predicate():
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.01)
+from tests.support.waiting import wait_for_text, wait_until
 
 
 def _unread(fd: int) -> int:
@@ -58,14 +49,6 @@ def _read_fd(fd: int, n: int, timeout_s: float = 60.0) -> bytes:
     return bytes(out)
 
 
-def _wait_for_line(log: Path, text: str, timeout_s: float = 60.0) -> None:
-    """Until a process's log says `text` (a safety net, not a budget: a loaded machine starts slowly)."""
-    deadline = time.monotonic() + timeout_s
-    while text not in (log.read_text(errors="replace") if log.exists() else ""):
-        assert time.monotonic() < deadline, f"{log} never said {text!r}"
-        time.sleep(0.05)
-
-
 def test_serial_port_through_gateway_both_ways_with_ring_replay(tmp_path: Path) -> None:
     master, slave = os.openpty()
     tty.setraw(master)
@@ -80,10 +63,14 @@ def test_serial_port_through_gateway_both_ways_with_ring_replay(tmp_path: Path) 
                 extra_export=f'\n[[serial]]\nname = "console"\nport = "{path}"\nsettings = "115200,8N1"\n',
             )
             with running_client(client_config, tmp_path / "client.log"):
-                _wait_for_line(tmp_path / "client.log", "console: opened")  # before that, bytes are the tty's
+                wait_for_text(tmp_path / "client.log", "console: opened")  # before that, bytes are the tty's
                 os.write(master, b"boot messages nobody watched\r\n")
                 # the client has read them (into its ring: no VM is connected yet)
-                _wait(lambda: _unread(slave) == 0, tmp_path / "client.log")
+                wait_until(
+                    lambda: _unread(slave) == 0,
+                    "the client read the tty empty",
+                    detail=(tmp_path / "client.log").read_text,
+                )
                 with socket.create_connection(("127.0.0.1", gw.routes["console"]), timeout=60) as vm:
                     first = _read_exactly(vm, len(b"boot messages nobody watched\r\n"))
                     assert first == b"boot messages nobody watched\r\n", gw.log()
@@ -115,7 +102,11 @@ def test_line_settings_from_the_gateway_route_reach_the_tty(tmp_path: Path) -> N
             )
             with running_client(client_config, tmp_path / "client.log"):
                 # the client's own settings first
-                _wait(lambda: termios.tcgetattr(slave)[4] == termios.B115200, tmp_path / "client.log")
+                wait_until(
+                    lambda: termios.tcgetattr(slave)[4] == termios.B115200,
+                    "the tty at 115200 baud",
+                    detail=(tmp_path / "client.log").read_text,
+                )
                 with socket.create_connection(("127.0.0.1", gw.routes["console"]), timeout=60) as vm:
                     vm.sendall(b"ping\n")
                     assert _read_fd(master, 5) == b"ping\n"

@@ -234,10 +234,8 @@ def test_boot_paths(kernel_format: str, guest_image: GuestImage) -> None:
 
 
 def test_cache_is_reused(guest_image: GuestImage) -> None:
-    started = time.monotonic()
     again = build_guest(memo=False)  # skip the in-process memo, hit the disk cache
-    assert again.cached and again.build_s == 0.0
-    assert time.monotonic() - started < 5.0
+    assert again.cached and again.build_s == 0.0  # nothing was built (how long the look took is the load's business)
     assert (again.key, again.kernel, again.initrd) == (guest_image.key, guest_image.kernel, guest_image.initrd)
     if again.kernel_format == "pvh-elf":
         assert again.kernel.read_bytes()[:4] == b"\x7fELF"

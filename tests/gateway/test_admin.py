@@ -12,16 +12,10 @@ from redirgate.cli.lab import LabRoute
 from redirgate.gateway.admin import read_status, request
 from redirgate.vmside.guest import GuestError, UsbredirGuest
 from tests.support.tunnel_lab import running_lab
+from tests.support.waiting import until
 
 KBD = LabRoute("kbd", "usb:1209:0002")
 FAR = LabRoute("far", "usb:1209:0002", allow=["10.0.0.0/8"])
-
-
-async def until(condition: object, timeout_s: float = 15.0) -> None:
-    assert callable(condition)
-    with trio.fail_after(timeout_s):
-        while not condition():  # noqa: ASYNC110 - polls gateway state the tasks under test change
-            await trio.sleep(0.02)
 
 
 @pytest.mark.trio_timeout(60)
@@ -34,7 +28,7 @@ async def test_status_and_disconnect_through_the_admin_socket(tmp_path: Path) ->
         tcp = await trio.open_tcp_stream("127.0.0.1", lab.route_port("kbd"))
         async with tcp, UsbredirGuest(tcp, peer="vm") as guest:
             await guest.wait_device()
-            await until(lambda: lab.gateway.snapshot()["routes"][1]["refusals"] == 1)
+            await until(lambda: lab.gateway.snapshot()["routes"][1]["refusals"] == 1, "far's refusal counted")
             status = await trio.to_thread.run_sync(read_status, socket_path)
             text = format_status(status)
             assert "1 refusal(s)" in text and "far: " in text and ", 1 refused" in text
@@ -44,7 +38,7 @@ async def test_status_and_disconnect_through_the_admin_socket(tmp_path: Path) ->
             # a route: its channel ends, the VM sees the connection go
             reply = await trio.to_thread.run_sync(request, socket_path, {"command": "disconnect", "target": "kbd"})
             assert reply == {"ok": True, "done": "route kbd: channel 1 ended"}
-            with trio.fail_after(10), pytest.raises(GuestError):
+            with pytest.raises(GuestError):  # the runner's safety net ends a wait that never ends
                 while True:
                     await guest.wait_disconnect(guest.disconnects)
 
@@ -53,7 +47,7 @@ async def test_status_and_disconnect_through_the_admin_socket(tmp_path: Path) ->
         assert client is not None and client.sessions == 1
         reply = await trio.to_thread.run_sync(request, socket_path, {"command": "disconnect", "target": "thin-01"})
         assert reply["ok"] and reply["done"].startswith("client thin-01: session from 127.0.0.1:")
-        await until(lambda: client.sessions == 2 and client.online, 30)
+        await until(lambda: client.sessions == 2 and client.online, "the client dialled back")
 
         for target, error in (
             ("nobody", "no route or client online named 'nobody'"),

@@ -35,7 +35,7 @@ async def test_reactor_relays_everything_both_ways_with_a_slow_reader(env: Pki, 
             digest.update(chunk)
             got += len(chunk)
             if got < 512 * 1024:
-                await trio.sleep(0.001)
+                await trio.sleep(0.001)  # a slow consumer: the relay must wait, not buffer
         results["got"] = digest.hexdigest()
         got_all.set()
 

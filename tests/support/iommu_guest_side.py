@@ -13,7 +13,6 @@ import contextlib
 import io
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +21,7 @@ import trio
 from redirgate.cli import main
 from redirgate.host.qmp import open_qmp
 from tests.support.vfio_check import open_vfio_device
+from tests.support.waiting import wait_until
 
 __all__ = [
     "cli",
@@ -82,10 +82,13 @@ def start_qemu(args: list[str], qmp: str) -> subprocess.Popen[bytes]:
     """A nested q35 QEMU (TCG, its firmware running, nothing to boot) with ``args`` and a QMP socket."""
     argv = ["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-nodefaults", "-display", "none", "-m", "32"]
     proc = subprocess.Popen([*argv, *args, "-qmp", f"unix:{qmp},server=on,wait=off"], stderr=subprocess.PIPE)
-    while not os.path.exists(qmp):
+
+    def listening() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"QEMU exited {proc.returncode}: {proc.stderr.read().decode() if proc.stderr else ''}")
-        time.sleep(0.1)
+        return os.path.exists(qmp)
+
+    wait_until(listening, "the nested QEMU's QMP socket")
     return proc
 
 
@@ -107,6 +110,7 @@ def pci_ids(qmp: str, wanted: set[str], timeout_s: float = 300.0) -> set[str]:
                     seen = {i for bus in await client.execute("query-pci") for i in walk(bus["devices"])}
                     if wanted <= seen:
                         return seen
+                    # a poll interval: the firmware numbers the buses in its own time and QMP has no event for it
                     await trio.sleep(0.5)
             return seen
 

@@ -65,11 +65,11 @@ class Fifo:
             if data:
                 out += data
                 if chunk_pause_s:
-                    await trio.sleep(chunk_pause_s)
+                    await trio.sleep(chunk_pause_s)  # the slow printer the caller asked for
             elif data is None:
                 await trio.lowlevel.wait_readable(self.fd)
             else:  # EOF: no writer right now
-                await trio.sleep(0.02)
+                await trio.sleep(0.02)  # a poll interval: a FIFO at EOF stays readable until a writer opens it
         return bytes(out)
 
     def read_available(self) -> bytes:

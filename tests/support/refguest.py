@@ -393,7 +393,7 @@ class VirtualDeviceSource:
                     else:
                         self.acquired += 1
                         return opened
-            await trio.sleep(self.poll_interval_s)
+            await trio.sleep(self.poll_interval_s)  # a source that looks again, as the real one does
 
 
 # ---------------------------------------------------------------- Bulk-Only Transport

@@ -82,7 +82,7 @@ async def read_master(pty: Pty, n: int) -> bytes:
         except OSError as exc:  # EIO while no slave is open (the service reopens it)
             if exc.errno != errno.EIO:
                 raise
-            await trio.sleep(0.01)
+            await trio.sleep(0.01)  # a poll interval: no fd readiness says when the service reopens the slave
             continue
         got += chunk
     return bytes(got)

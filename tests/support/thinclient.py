@@ -522,7 +522,7 @@ while True:
     nodes = glob.glob(f"/sys/bus/usb/devices/{usb}:1.0/*/input/input*/event*")
     if nodes:
         break
-    time.sleep(0.1)
+    time.sleep(0.1)  # a poll interval: no event says the kernel bound the input device (this runs in the VM)
 fd = os.open("/dev/input/" + os.path.basename(nodes[0]), os.O_RDONLY)
 open(flags + "/listening", "w").close()
 seen = 0

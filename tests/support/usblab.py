@@ -18,13 +18,13 @@ import contextlib
 import re
 import socket
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from redirgate.cli.guestvm.hostroot import AgentError, AgentJob
 from redirgate.cli.lab import LabRoute, make_pki, write_client_config, write_gateway_config
+from tests.support import waiting
 from tests.support.gateway_procs import GatewayProcess, running_gateway
 from tests.support.thinclient import QEMU_IDS, ThinClient, VmSide, start_thinclient, start_vm_side
 
@@ -86,27 +86,21 @@ port = "{PRINTER_ROUTED_PATH}"
 
 def wait_for_text(path: Path, pattern: str, timeout_s: float, *, start: int = 0) -> re.Match[str]:
     """Wait until the file (read from byte `start` on) matches `pattern`; a safety-net timeout only."""
-    compiled = re.compile(pattern)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        text = path.read_text(errors="replace")[start:] if path.exists() else ""
-        if match := compiled.search(text):
-            return match
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{path.name} did not show {pattern!r} within {timeout_s} s:\n{text[-4000:]}")
-        time.sleep(0.1)
+    return waiting.wait_for_text(path, pattern, start=start, net_s=timeout_s)
 
 
 def wait_flag(flag: Path, job: AgentJob, context: str = "", timeout_s: float = 300.0) -> None:
     """Wait until a guest job creates `flag` in a share; fail at once (with its output) if the job ends first."""
-    deadline = time.monotonic() + timeout_s
-    while not flag.exists():
-        if job.done():
+
+    def flagged() -> bool:
+        if flag.exists():
+            return True
+        if job.done() and not flag.exists():
             result = job.wait()
             raise AssertionError(f"the guest job ended ({result.rc}) before {flag.name}: {result.stderr}\n{context}")
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"no {flag.name} within {timeout_s} s\n{context}")
-        time.sleep(0.05)
+        return False
+
+    waiting.wait_until(flagged, f"{flag.name} from the guest job", net_s=timeout_s, detail=lambda: context)
 
 
 @dataclass

@@ -41,7 +41,7 @@ while not os.path.exists(folder + "/quit"):
                 got += os.read(fd, 65536)
             open(words[2], "wb").write(got)
         os.rename(cmd, cmd[:-4] + ".done")
-    time.sleep(0.1)
+    time.sleep(0.1)  # a poll interval: the host writes commands into a 9p share; the guest sees no inotify for those
 """.replace("SET_STATUS", hex(GADGET_SET_PRINTER_STATUS))
 
 
