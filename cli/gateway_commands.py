@@ -322,7 +322,33 @@ def format_status(status: dict[str, Any]) -> str:
             )
         for refusal in r.get("recent_refusals", [])[-3:]:
             lines.append(f"    refused {refusal['peer']} {_age(refusal['time'])} ago: {refusal['reason']}")
+    if status.get("cluster"):
+        lines += _format_cluster(status["cluster"])
     return "\n".join(lines)
+
+
+def _format_cluster(cluster: dict[str, Any]) -> list[str]:
+    """The whole cluster as this node saw it at its last heartbeat."""
+    nodes = cluster.get("nodes", [])
+    if cluster.get("redis_up"):
+        redis = "up"
+    else:
+        since = cluster.get("down_since")
+        redis = f"UNREACHABLE for {_age(since)}" if since else "not reached yet"
+    lines = [f"cluster: node {cluster['node']}, Redis {cluster['redis']} {redis}, {len(nodes)} node(s) live"]
+    for n in nodes:
+        me = " (this node)" if n.get("self") else ""
+        lines.append(
+            f"  {n['name']}{me} at {n.get('advertise', '?')}: {n.get('clients', 0)} client(s), "
+            f"{n.get('channels', 0)} channel(s)"
+        )
+    counters = cluster.get("counters", {})
+    lines.append(
+        f"  attaches here for clients on other nodes: {counters.get('remote_attaches', 0)}; refused while Redis "
+        f"was unreachable: {counters.get('attaches_refused_redis_down', 0)}; Redis outages: "
+        f"{counters.get('redis_outages', 0)}"
+    )
+    return lines
 
 
 def _run_snippet(args: argparse.Namespace) -> int:

@@ -115,6 +115,8 @@ class TunnelClient:
         self.learned: tuple[str, ...] = ()
         #: which address the next connection tries (an index into `addresses()`)
         self._turn = 0
+        #: the address of the control connection's gateway (None: the configured one)
+        self._where: tuple[str, int, str] | None = None
         self.connected = trio.Event()
         self.online = False
         self.sessions = 0
@@ -184,7 +186,9 @@ class TunnelClient:
         return found
 
     async def _dial(self, where: tuple[str, int, str] | None = None) -> ZeroCopyTLSStream:
-        """A new mutual-TLS connection to the gateway (control or data alike); `where`: another node."""
+        """A new mutual-TLS connection to the gateway (control or data alike); `where`: a node of a
+        cluster (None: the gateway of the control connection)."""
+        where = where or self._where
         if where is None:
             return await open_tls_connection(
                 self.config.gateway_host,
@@ -198,11 +202,13 @@ class TunnelClient:
 
     async def _session(self) -> None:
         candidates = self.addresses()
-        where = candidates[self._turn % len(candidates)]
-        if len(candidates) > 1:
+        where = candidates[self._turn % len(candidates)] if len(candidates) > 1 else None
+        if where is not None:
             self.peer = f"{where[0]}:{where[1]}"
+        # the control connection's gateway: data connections go there too unless told otherwise
+        self._where = where
         with trio.move_on_after(self.connect_timeout_s) as dialing, peer_gone(self.peer):
-            stream = await self._dial(where if len(candidates) > 1 else None)
+            stream = await self._dial()
         if dialing.cancelled_caught:
             raise PeerGone(self.peer, f"no connection within {self.connect_timeout_s:g} s")
         try:

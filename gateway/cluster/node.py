@@ -224,6 +224,8 @@ class ClusterNode:
                     await self._refresh(command)
                     self._command = command
                     self._joined()
+                    self._publish = True  # the other nodes' held routes look again: our clients are back
+                    self._flush_wanted.set()
                     delay = 0.25
                     if not started:
                         task_status.started()

@@ -27,10 +27,14 @@ def cluster_config(
     heartbeat_s: float = 0.5,
     node_timeout_s: float = 1.5,
     advertise: str = "127.0.0.1:0",
+    metrics: bool = False,
     **options: float,
 ) -> Path:
+    """`metrics`: /metrics on a port of its own (127.0.0.1:0)."""
     written = write_gateway_config(directory, routes, **options)
     text = written.read_text().replace(str(directory / "gateway.sock"), str(directory / f"{node}.sock"))
+    if metrics:
+        text = text.replace("[gateway]\n", '[gateway]\nmetrics_listen = "127.0.0.1:0"\n', 1)
     text += (
         f'\n[cluster]\nredis = "{redis_url}"\nnode = "{node}"\nadvertise = "{advertise}"\n'
         f"heartbeat_s = {heartbeat_s}\nnode_timeout_s = {node_timeout_s}\n"

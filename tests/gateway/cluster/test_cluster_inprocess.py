@@ -6,6 +6,7 @@ from pathlib import Path
 
 import trio
 
+from redirgate.cli.gateway_commands import format_status
 from redirgate.cli.lab import LabRoute, make_pki, write_client_config
 from redirgate.gateway.config import load_config
 from redirgate.vmside.probe import probe
@@ -37,4 +38,11 @@ async def test_attach_through_a_node_that_is_not_the_clients(tmp_path: Path, red
         assert "thin-01" not in a.registry.clients
         # the client learned the other nodes from the hello
         assert len(client.learned) == 2
+        # `gateway status` on any node shows every node and its clients
+        await until(lambda: a.cluster.peers["c"]["clients"] == 1)
+        text = format_status(a.snapshot())
+        assert "cluster: node a, Redis redis://:***@127.0.0.1:" in text and "3 node(s) live" in text
+        assert "  a (this node) at 127.0.0.1:" in text
+        assert f"  c at 127.0.0.1:{nodes['c'][1].tunnel[1]}: 1 client(s)" in text
+        assert "attaches here for clients on other nodes: 1" in text
         nursery.cancel_scope.cancel()
