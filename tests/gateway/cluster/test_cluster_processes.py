@@ -28,7 +28,7 @@ from redirgate.vmside.guest import UsbredirGuest
 from tests.support.cluster_lab import cluster_config
 from tests.support.gateway_procs import GatewayProcess, kill, running_client, running_gateway
 from tests.support.redis_server import RedisServer
-from tests.support.waiting import until
+from tests.support.waiting import until, wait_for_text
 
 ROUTES = [
     LabRoute("kbd", "usb:1209:0002"),
@@ -43,17 +43,6 @@ class Cluster:
     nodes: dict[str, GatewayProcess]
     client_log: Path
     master: int
-
-
-def _wait_for(log: Path, pattern: str, timeout_s: float = 60.0) -> re.Match[str]:
-    """Until a process's log matches `pattern` (a safety net, not a budget)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = re.search(pattern, log.read_text(errors="replace") if log.exists() else "")
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"{log} never matched {pattern!r}"
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +65,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer)
             )
             client_log = directory / "client.log"
             stack.enter_context(running_client(client_config, client_log))
-            _wait_for(client_log, "cluster has 2 other node")
-            _wait_for(directory / "c.log", "client thin-01 online")
+            wait_for_text(client_log, "cluster has 2 other node")
+            wait_for_text(directory / "c.log", "client thin-01 online")
             yield Cluster(directory, nodes, client_log, master)
     finally:
         os.close(master)
@@ -119,7 +108,7 @@ async def test_usb_channel_relayed_on_the_node_that_holds_the_vm(cluster: Cluste
 def test_serial_route_through_another_node(cluster: Cluster) -> None:
     a = cluster.nodes["a"]
     with socket.create_connection(("127.0.0.1", a.routes["console"]), timeout=60) as vm:
-        _wait_for(a.log_path, r"route console: client thin-01 \(on node c\) attached channel")
+        wait_for_text(a.log_path, r"route console: client thin-01 \(on node c\) attached channel")
         vm.sendall(b"ping from the vm\n")
         got = b""
         while len(got) < 17:
