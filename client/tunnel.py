@@ -23,9 +23,14 @@ loop, heartbeats both ways, shielded sends); this module gives it the
 handlers.  A lost gateway is one error, `PeerGone`, whatever the stream said.
 
 Cancellation: the control session's nursery holds the heartbeat and inventory
-tasks and every channel, so a lost control connection ends its channels too
-(the gateway ends them anyway, and QEMU sees the unplug).  Each channel
-releases its device in the engine's finally.
+tasks, and every channel of a gateway without resumable channels, so a lost
+control connection ends those channels too (the gateway ends them anyway,
+and QEMU sees the unplug).  With a gateway that names `RESUME_CAPABILITY`
+in its hello (issue 16), channels run in `run()`'s own nursery and outlive
+control connections: a broken data connection is redialled and resumed
+(`client/resume.py`), and the next control connection carries the acks and
+the channels' ends.  Each channel releases its device in the engine's
+finally.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import trio
 
 from redirgate.client.config import ClientConfig
 from redirgate.client.inventory import DeviceInventory, diff
+from redirgate.client.resume import ChannelResumer
 from redirgate.client.usb.engine import HostEngine
 from redirgate.client.usb.errors import SelectorError
 from redirgate.client.usb.selector import parse_selector
@@ -129,6 +135,20 @@ class TunnelClient:
         #: when to look once more after a hotplug event (udev may still be
         #: setting the new device node's permissions at the first look)
         self._followup_at: float | None = None
+        #: what our hello advertises (without RESUME_CAPABILITY: channels end with their connections)
+        self.capabilities = frozenset({t.CLUSTER_CAPABILITY, t.RESUME_CAPABILITY})
+        #: channel id -> the cancel scope of its task, over control connections
+        self._scopes: dict[int, trio.CancelScope] = {}
+        #: the control connection up now, when it is a resumable one (channels outlive it)
+        self._control: ControlSession | None = None
+        self._channel_nursery: trio.Nursery | None = None
+        self.resumer = ChannelResumer(
+            self._dial,
+            peer=self.peer,
+            connect_timeout_s=connect_timeout_s,
+            min_s=config.reconnect_min_s,
+            max_s=config.reconnect_max_s,
+        )
 
     def request_rescan(self, *, followup_s: float | None = None) -> None:
         """Rescan the inventory now (trio thread only), and again after
@@ -140,6 +160,11 @@ class TunnelClient:
     # ------------------------------------------------------------ reconnect loop
     async def run(self) -> None:
         """Stay connected until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._channel_nursery = nursery
+            await self._reconnect_loop()
+
+    async def _reconnect_loop(self) -> None:
         failures = 0
         #: when the gateway was last there (the end of the last session that was up)
         lost_at = trio.current_time()
@@ -218,7 +243,7 @@ class TunnelClient:
                 await stream.aclose()
 
     async def _run_control(self, control: ControlSession) -> None:
-        await control.send(t.ClientHello(software=SOFTWARE, capabilities=frozenset({t.CLUSTER_CAPABILITY})))
+        await control.send(t.ClientHello(software=SOFTWARE, capabilities=self.capabilities))
         hello = await control.receive()
         if isinstance(hello, t.Error):
             raise TunnelClientError(self.peer, f"the gateway refused us: {hello.code}: {hello.message}")
@@ -229,13 +254,37 @@ class TunnelClient:
                 "tunnel: the gateway's cluster has %d other node(s): %s", len(hello.gateways), ", ".join(hello.gateways)
             )
         self.learned = hello.gateways
+        resumable = t.RESUME_CAPABILITY in hello.capabilities
+        if resumable:
+            # the channels that outlived the last control connection, before
+            # the inventory: a gateway ends the ones we do not name here
+            for ack in self.resumer.repeat_acks():
+                await control.send(ack)
+        else:
+            for scope in self._scopes.values():  # resumed channels cannot live on with this gateway
+                scope.cancel()
+        try:
+            self._control = control if resumable else None
+            await self._serve_control(control, hello, resumable)
+        finally:
+            self._control = None
+            self.resumer.control_lost()
+
+    async def _send_current(self, message: t.TunnelMessage) -> None:
+        """Send on the control connection up now (a resumable channel's messages)."""
+        control = self._control
+        if control is None:
+            raise PeerGone(self.peer, "no control connection")
+        await control.send(message)
+
+    async def _serve_control(self, control: ControlSession, hello: t.GatewayHello, resumable: bool) -> None:
         current = await self._scan()
         await control.send(t.Inventory(tuple(current.values())))
         self.online = True
         self.sessions += 1
         self.connected.set()
         log.info("tunnel to %s up; exporting %s", self.peer, ", ".join(sorted(current)) or "nothing yet")
-        scopes: dict[int, trio.CancelScope] = {}
+        scopes = self._scopes
 
         async def inventory_updates() -> None:
             # USB devices are looked at again when asked (hotplug, a channel
@@ -272,7 +321,16 @@ class TunnelClient:
 
         async def open_channel(control: ControlSession, event: t.OpenChannel) -> None:
             scope = scopes[event.channel_id] = trio.CancelScope()
-            control.start_soon(self._channel, event, control.send, scope, scopes)
+            if resumable and self._channel_nursery is not None:
+                self._channel_nursery.start_soon(self._channel, event, self._send_current, scope, scopes, True)
+            else:
+                control.start_soon(self._channel, event, control.send, scope, scopes, False)
+
+        async def channel_ack(control: ControlSession, event: t.ChannelAck) -> None:
+            self.resumer.acked(event)
+
+        async def send_acks() -> None:
+            await self.resumer.send_acks(control.send)
 
         async def close_channel(control: ControlSession, event: t.CloseChannel) -> None:
             scope = scopes.get(event.channel_id)
@@ -283,11 +341,20 @@ class TunnelClient:
         async def error(control: ControlSession, event: t.Error) -> None:
             raise TunnelClientError(self.peer, f"the gateway reported {event.code}: {event.message}")
 
+        handlers: dict[type[t.TunnelMessage], Any] = {
+            t.OpenChannel: open_channel,
+            t.CloseChannel: close_channel,
+            t.Error: error,
+        }
+        tasks = [inventory_updates]
+        if resumable:
+            handlers[t.ChannelAck] = channel_ack
+            tasks.append(send_acks)
         await control.serve(
-            {t.OpenChannel: open_channel, t.CloseChannel: close_channel, t.Error: error},
+            handlers,
             heartbeat_interval_s=hello.heartbeat_interval_s,
             heartbeat_timeout_s=hello.heartbeat_timeout_s,
-            tasks=[inventory_updates],
+            tasks=tasks,
         )
 
     async def _scan(self) -> dict[str, t.DeviceEntry]:
@@ -312,12 +379,13 @@ class TunnelClient:
         send: Callable[[t.TunnelMessage], Awaitable[None]],
         scope: trio.CancelScope,
         scopes: dict[int, trio.CancelScope],
+        resumable: bool,
     ) -> None:
         cid = request.channel_id
         reason = "done"
         try:
             with scope, peer_gone(f"{self.peer} channel {cid}"):
-                reason = await self._serve_channel(request, send)
+                reason = await self._serve_channel(request, send, resumable)
         except PeerGone as exc:
             reason = exc.reason
             log.warning("channel %d (%s) failed: %s", cid, request.device_selector, reason)
@@ -326,6 +394,7 @@ class TunnelClient:
             log.warning("channel %d (%s) failed: %s", cid, request.device_selector, reason)
         finally:
             scopes.pop(cid, None)
+            self.resumer.forget(cid)
             self.channels.pop(cid, None)
             self.inventory.busy.discard(request.device_selector)
             self._rescan.set()
@@ -335,7 +404,9 @@ class TunnelClient:
                 except (PeerGone, t.LocalProtocolError):
                     pass
 
-    async def _serve_channel(self, request: t.OpenChannel, send: Callable[[t.TunnelMessage], Awaitable[None]]) -> str:
+    async def _serve_channel(
+        self, request: t.OpenChannel, send: Callable[[t.TunnelMessage], Awaitable[None]], resumable: bool
+    ) -> str:
         cid, device = request.channel_id, request.device_selector
         if request.protocol is t.ChannelProtocol.USBREDIR:
             try:
@@ -362,7 +433,7 @@ class TunnelClient:
         self.channels[cid] = device
         self._rescan.set()
         await send(t.ChannelOpened(cid))
-        stream = await self._attach(request)
+        stream = await self._attach(request, resumable)
         log.info("channel %d: serving %s to the gateway", cid, device)
         try:
             await handler(request, stream)
@@ -371,7 +442,7 @@ class TunnelClient:
                 await stream.aclose()
         return "the hypervisor side ended"
 
-    async def _attach(self, request: t.OpenChannel) -> trio.abc.Stream:
+    async def _attach(self, request: t.OpenChannel, resumable: bool) -> trio.abc.Stream:
         where = None
         if request.attach:  # a cluster: the node that holds the hypervisor's socket, checked against its own name
             host, _, port = request.attach.rpartition(":")
@@ -395,7 +466,10 @@ class TunnelClient:
                 await trio.aclose_forcefully(stream)
                 raise
         # bytes the gateway sent right behind the attach reply come first
-        return PrefixedStream(stream, trailing) if trailing else stream
+        data: trio.abc.Stream = PrefixedStream(stream, trailing) if trailing else stream
+        if resumable and result.credential:
+            return self.resumer.wrap(request.channel_id, data, result.credential)
+        return data
 
 
 def usb_channel_handler(source: SelectorSource) -> ChannelHandler:

@@ -16,6 +16,8 @@ Relative paths are taken from the config file's folder.
     # bounds (README "Security model"): max_devices_per_client = 256, max_ports_per_client = 32,
     # inventory_updates_per_s = 5, inventory_update_burst = 20, usb_hello_timeout_s = 5,
     # max_handshakes = 256, max_handshakes_per_source = 16, limit_log_interval_s = 60
+    resume_grace_s = 60                # a channel whose client connection broke waits this long
+                                       # for the client to resume it (0: unplug at once, as before)
     metrics_listen = "127.0.0.1:9470"  # optional: Prometheus /metrics and /healthz
     audit_log = "/var/log/redirgate/audit.jsonl"   # optional: one JSON line per attach/detach/refusal/revocation
 
@@ -31,6 +33,7 @@ Relative paths are taken from the config file's folder.
     device = "usb:1209:0001"           # usb:VID:PID[:SERIAL] | usb-port:1-2.3
     allow = ["10.0.0.0/8"]             # hypervisor sources; default: loopback only
     settings = "115200,8N1"            # serial routes: line settings the client applies
+    resume_grace_s = 300               # optional: this route's own grace period
     [route.tls]                        # optional: QEMU must speak TLS to this port
     cert = "..."; key = "..."; ca = "..."
     hypervisors = ["kvm-01"]           # optional: the hypervisor certificates allowed here
@@ -117,6 +120,8 @@ class Route:
     allow_defaulted: bool = False
     #: serial routes: line settings the client applies for this route's consumer
     settings: str | None = None
+    #: this route's grace period for resuming a channel (None: the gateway's `resume_grace_s`)
+    resume_grace_s: float | None = None
 
     def allows(self, address: str) -> bool:
         try:
@@ -145,6 +150,8 @@ class GatewayConfig:
     hold_timeout_s: float = 0.0  # 0: hold a hypervisor connection until the device comes
     #: a plain USB route drops a hypervisor that sent no valid usbredir hello this soon
     usb_hello_timeout_s: float = 5.0
+    #: how long a channel whose client connection broke waits to be resumed (0: not resumable)
+    resume_grace_s: float = 60.0
     client_limits: ClientLimits = field(default_factory=ClientLimits)
     handshake_limits: HandshakeLimits = field(default_factory=HandshakeLimits)
     #: Prometheus /metrics and /healthz (off when None)
@@ -304,6 +311,7 @@ _GATEWAY_KEYS = {
     "heartbeat_timeout_s",
     "hold_timeout_s",
     "usb_hello_timeout_s",
+    "resume_grace_s",
     "max_devices_per_client",
     "max_ports_per_client",
     "inventory_updates_per_s",
@@ -314,7 +322,7 @@ _GATEWAY_KEYS = {
     "metrics_listen",
     "audit_log",
 }
-_ROUTE_KEYS = {"name", "listen", "client", "device", "allow", "protocol", "tls", "settings"}
+_ROUTE_KEYS = {"name", "listen", "client", "device", "allow", "protocol", "tls", "settings", "resume_grace_s"}
 #: A serial route's line settings, checked for shape here and fully by the
 #: client that applies them: BAUD[,BITS PARITY STOP][,rtscts][,xonxoff][,dtr=on|off][,rts=on|off]
 _SETTINGS = re.compile(
@@ -366,6 +374,7 @@ def load_config(path: str | Path, *, check_files: bool = True) -> GatewayConfig:
             ("heartbeat_interval_s", 10.0, 0.1),
             ("heartbeat_timeout_s", 30.0, 0.2),
             ("hold_timeout_s", 0.0, 0.0),
+            ("resume_grace_s", 60.0, 0.0),
         )
     }
     bounds = {
@@ -446,6 +455,7 @@ def load_config(path: str | Path, *, check_files: bool = True) -> GatewayConfig:
         heartbeat_interval_s=timeouts["heartbeat_interval_s"],
         heartbeat_timeout_s=timeouts["heartbeat_timeout_s"],
         hold_timeout_s=timeouts["hold_timeout_s"],
+        resume_grace_s=timeouts["resume_grace_s"],
         usb_hello_timeout_s=bounds["usb_hello_timeout_s"],
         client_limits=client_limits,
         handshake_limits=handshake_limits,
@@ -516,7 +526,8 @@ def _load_route(loader: _Loader, table: str, rd: Any) -> Route | None:
             loader.problem(
                 table, "settings", f"{settings!r}: expected BAUD[,8N1][,rtscts][,xonxoff][,dtr=on|off][,rts=on|off]"
             )
+    grace = loader.number(table, rd, "resume_grace_s", -1.0, minimum=0.0) if "resume_grace_s" in rd else None
     if len(loader.problems) != before:
         return None
     assert name and listen and client and device and isinstance(protocol, str)
-    return Route(name, listen, client, device, tuple(allow), protocol, tls, allow_defaulted, settings)
+    return Route(name, listen, client, device, tuple(allow), protocol, tls, allow_defaulted, settings, grace)

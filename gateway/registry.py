@@ -12,7 +12,13 @@ with a fresh id and a random token; the route handler sends `OpenChannel`;
 the control connection marks it opened or failed; the data connection's
 attach hands over the stream (`Channel.attach`).  When the session ends,
 every channel it holds fails (pending) or is cancelled (active), so QEMU's
-socket closes and QEMU sees the device go.
+socket closes and QEMU sees the device go - except an active resumable
+channel (issue 16, `gateway/resume.py`): it outlives the control connection
+(heartbeat loss means suspended, not gone), waits in the registry for the
+client's next session, which adopts it, and ends only when its grace period
+passes without the client resuming it, or when the client's next session
+does not name it (the client restarted).  Channel ids count per client
+identity, over its sessions, so an id never names two channels.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -29,6 +35,9 @@ from redirgate.gateway.errors import ChannelError, ClientGone
 from redirgate.gateway.limits import ClientLimits, Every, TokenBucket
 from redirgate.proto.tunnel import DeviceEntry, DeviceKind, DeviceSelector, TunnelMessage
 from redirgate.transport import ReceiveIntoStream, RelayStats
+
+if TYPE_CHECKING:
+    from redirgate.gateway.resume import ChannelResume
 
 __all__ = ["TOKEN_BYTES", "Channel", "ClientSession", "Registry", "describe_device"]
 
@@ -71,6 +80,15 @@ class Channel:
     #: holding the hypervisor's socket, on the client's node; the client's
     #: node, on the one holding the socket); "" when both are here
     remote: str = ""
+    #: the route's grace period for resuming (0: not resumable)
+    resume_grace_s: float = 0.0
+    #: set once attached to a client that can resume it
+    resume: ChannelResume | None = None
+
+    @property
+    def resumable(self) -> bool:
+        """Active, and its data connection may be resumed: it outlives a control connection."""
+        return self.resume is not None and self.state == "active"
 
     def opened(self) -> None:
         if self.state == "pending":
@@ -120,6 +138,9 @@ class Channel:
             "bytes_to_device": self.stats.a_to_b,
             "bytes_to_hypervisor": self.stats.b_to_a,
             **({"remote": self.remote} if self.remote else {}),
+            "resumable": self.resume is not None,
+            "suspended": self.resume is not None and self.resume.suspended,
+            "resumes": 0 if self.resume is None or self.resume.stream is None else self.resume.stream.resumes,
         }
 
 
@@ -166,6 +187,15 @@ class ClientSession:
         self.capabilities: frozenset[str] = frozenset()
         #: the scope of the task that reads the control connection
         self.scope = trio.CancelScope()
+        #: both hellos named RESUME_CAPABILITY
+        self.resumable = False
+        #: channels adopted from an earlier session that the client has not named yet (by an ack)
+        self.adopted: set[int] = set()
+        #: the session's ack task waits on this (a resumable channel has an ack due)
+        self.acks_wanted = trio.Event()
+
+    def wake_acks(self) -> None:
+        self.acks_wanted.set()
 
     def new_channel(
         self, *, route: str, device: str, hypervisor: str, token: bytes | None = None, remote: str = ""
@@ -264,6 +294,10 @@ class Registry:
         self._changed = trio.Event()
         self.remote: dict[str, list[Channel]] = {}
         self.watchers: list[Callable[[str | None], None]] = []
+        #: resumable channels whose client has no session now, by identity and id
+        self.orphans: dict[str, dict[int, Channel]] = {}
+        #: the next channel id per identity (ids never repeat for a client over its sessions)
+        self._next_ids: dict[str, int] = {}
 
     def changed(self, identity: str | None = None) -> None:
         """Something about a client or its inventory changed: wake waiters."""
@@ -277,13 +311,28 @@ class Registry:
         await self._changed.wait()
 
     def add(self, session: ClientSession) -> ClientSession | None:
-        """Register a session; returns the session it replaces, if any."""
-        old = self.clients.get(session.identity)
-        self.clients[session.identity] = session
-        self.changed(session.identity)
+        """Register a session; returns the session it replaces, if any.  The
+        new session adopts the resumable channels of the old one and those
+        waiting without a session (`adopted` until the client names them)."""
+        identity = session.identity
+        old = self.clients.get(identity)
+        self.clients[identity] = session
+        session._next_id = max(session._next_id, self._next_ids.get(identity, 1))
+        if old is not None:
+            session._next_id = max(session._next_id, old._next_id)
+            self._keep_resumable(old)
+        adopted = self.orphans.pop(identity, {})
+        if adopted:
+            session.channels.update(adopted)
+            session.adopted.update(adopted)
+            for channel in adopted.values():
+                if channel.resume is not None:
+                    channel.resume.adopt()
+        self.changed(identity)
         return old
 
     def remove(self, session: ClientSession, reason: str) -> None:
+        self._keep_resumable(session)
         session.close(reason)
         if self.clients.get(session.identity) is session:
             del self.clients[session.identity]
@@ -316,6 +365,40 @@ class Registry:
                     channel.channel_id = channel_id
                 return channel
         return None
+
+    def _keep_resumable(self, session: ClientSession) -> None:
+        """Move `session`'s live resumable channels out of it (it is ending) to wait for the next one."""
+        identity = session.identity
+        self._next_ids[identity] = max(self._next_ids.get(identity, 1), session._next_id)
+        kept = {cid: ch for cid, ch in session.channels.items() if ch.resumable}
+        for cid, channel in kept.items():
+            del session.channels[cid]
+            if channel.resume is not None:
+                channel.resume.orphan()
+        if kept:
+            self.orphans.setdefault(identity, {}).update(kept)
+
+    def release(self, channel: Channel) -> ClientSession | None:
+        """The channel ended: forget it; the live session to tell, if one holds it."""
+        orphans = self.orphans.get(channel.client)
+        if orphans is not None and orphans.get(channel.channel_id) is channel:
+            del orphans[channel.channel_id]
+            if not orphans:
+                del self.orphans[channel.client]
+        session = self.clients.get(channel.client)
+        if session is None or session.channels.get(channel.channel_id) is not channel:
+            return None
+        session.forget(channel)
+        session.adopted.discard(channel.channel_id)
+        return session
+
+    def channel_for_resume(self, identity: str, channel_id: int) -> Channel | None:
+        """`identity`'s resumable channel `channel_id`, with or without a session."""
+        session = self.clients.get(identity)
+        channel = session.channels.get(channel_id) if session is not None else None
+        if channel is None:
+            channel = self.orphans.get(identity, {}).get(channel_id)
+        return channel if channel is not None and channel.resumable else None
 
     async def wait_for_device(self, client: str, selector: DeviceSelector) -> tuple[ClientSession, DeviceEntry]:
         """Block until `client` is online and exports a free device for `selector`."""

@@ -34,7 +34,7 @@ import logging
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -100,6 +100,7 @@ class RouteServer:
         options: dict[str, Any] | None = None,
         hold_timeout_s: float = 0.0,
         hello_timeout_s: float = 5.0,
+        resume_grace_s: float = 0.0,
         handshake_limits: HandshakeLimits | None = None,
         counters: collections.Counter[str] | None = None,
     ) -> None:
@@ -121,6 +122,8 @@ class RouteServer:
         self.options = options or {}
         #: 0: hold a hypervisor until its device comes; else close it after this long
         self.hold_timeout_s = hold_timeout_s
+        #: the gateway's grace period for resuming a channel (the route's own wins)
+        self.resume_grace_s = resume_grace_s
         #: the gateway's relay reactor (None: relay in trio tasks)
         self.reactor: RelayReactor | None = None
         #: a cluster: channels through the node that holds the client (None: this gateway alone)
@@ -386,6 +389,7 @@ class RouteServer:
             session, entry = await self.registry.wait_for_device(route.client, route.device)
             self._device = describe_device(entry)
             channel = session.new_channel(route=route.name, device=entry.id, hypervisor=peer)
+            channel.resume_grace_s = self.resume_grace_s if route.resume_grace_s is None else route.resume_grace_s
             opened = False
             reason = ""
             try:
@@ -456,20 +460,26 @@ class RouteServer:
             discarded += n
             self.discarded_bytes += n
 
+        async def move() -> None:
+            if route.protocol == "usbredir":
+                await relay_usbredir(hv, dev, client=route.client, stats=channel.stats, reactor=self.reactor)
+            elif route.protocol == "raw":
+                await relay_raw(
+                    hv,
+                    dev,
+                    label=f"route {route.name}: hypervisor {peer}",
+                    stats=channel.stats,
+                    on_discard=count_discard,
+                )
+            else:
+                await relay(hv, dev, stats=channel.stats, mover=self.reactor)
+
         try:
             with channel.cancel_scope:
-                if route.protocol == "usbredir":
-                    await relay_usbredir(hv, dev, client=route.client, stats=channel.stats, reactor=self.reactor)
-                elif route.protocol == "raw":
-                    await relay_raw(
-                        hv,
-                        dev,
-                        label=f"route {route.name}: hypervisor {peer}",
-                        stats=channel.stats,
-                        on_discard=count_discard,
-                    )
+                if channel.resume is None:
+                    await move()
                 else:
-                    await relay(hv, dev, stats=channel.stats, mover=self.reactor)
+                    await _with_watch(move, channel)
             st = channel.stats
             if channel.cancel_scope.cancelled_caught:
                 reason = channel.reason or "cancelled"
@@ -523,12 +533,34 @@ class RouteServer:
         )
 
     async def _close_channel(self, channel: Channel, reason: str) -> None:
-        session = self.registry.clients.get(channel.client)
-        if session is None or channel.channel_id not in session.channels:
+        if channel.resume is not None:
+            channel.resume.end()
+        session = self.registry.release(channel)
+        if session is None:
             return
-        session.forget(channel)
         with trio.CancelScope(shield=True), trio.move_on_after(1.0):
             try:
                 await session.send(t.CloseChannel(channel.channel_id, reason[:250]))
             except (PeerGone, t.LocalProtocolError):
                 pass
+
+
+async def _with_watch(move: Callable[[], Awaitable[None]], channel: Channel) -> None:
+    """`move()` while the channel's resume watch ends it if its client stays
+    away past the grace period; what `move` raises comes out as it is."""
+    assert channel.resume is not None
+    raised: list[BaseException] = []
+
+    async def moving(cancel: trio.CancelScope) -> None:
+        try:
+            await move()
+        except GuardViolation as exc:
+            raised.append(exc)
+        finally:
+            cancel.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(moving, nursery.cancel_scope)
+        nursery.start_soon(channel.resume.watch, channel.fail)
+    if raised:
+        raise raised[0]

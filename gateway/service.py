@@ -175,6 +175,7 @@ class Gateway:
             handshake_timeout_s=self.config.handshake_timeout_s,
             options={"settings": route.settings} if route.settings else None,
             hold_timeout_s=self.config.hold_timeout_s,
+            resume_grace_s=self.config.resume_grace_s,
             hello_timeout_s=self.config.usb_hello_timeout_s,
             handshake_limits=self.config.handshake_limits,
             counters=self.tunnel.counters,
@@ -399,6 +400,7 @@ class Gateway:
                 server.tls_context, server.revocation = contexts[name], revocation
                 server.handshake_timeout_s = config.handshake_timeout_s
                 server.hold_timeout_s = config.hold_timeout_s
+                server.resume_grace_s = config.resume_grace_s
                 server.hello_timeout_s = config.usb_hello_timeout_s
         self.routes = []
         for route in config.routes:

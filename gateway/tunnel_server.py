@@ -4,7 +4,10 @@ Every connection is mutual TLS 1.3; the client's identity comes from its
 certificate (`verify_peer`, with the CRL), never from a message.  The first
 frame says what the connection is (`OpeningClassifier`): a `client_hello`
 starts a control session (hellos, inventory, heartbeats both ways, channel
-answers), an `attach` hands a data connection to the channel waiting for it.
+answers), an `attach` hands a data connection to the channel waiting for it,
+a `resume_channel` (issue 16, `gateway/resume.py`) a new data connection to
+a resumable channel whose old one broke: the credential is redeemed here,
+against the certificate's identity, before the channel hears of it.
 
 The control session runs on `redirgate.transport.ControlSession` (read loop,
 heartbeats, shielded sends); this module gives it the gateway's handlers.
@@ -34,6 +37,7 @@ from redirgate.gateway.admission import HandshakeGate
 from redirgate.gateway.errors import ChannelError
 from redirgate.gateway.limits import ClientLimits, Every, HandshakeLimits, RefusalLog, clip_ids
 from redirgate.gateway.registry import ClientSession, Registry
+from redirgate.gateway.resume import ChannelResume
 from redirgate.proto import tunnel as t
 from redirgate.transport import (
     ControlSession,
@@ -41,6 +45,7 @@ from redirgate.transport import (
     PeerGone,
     PeerKind,
     PeerSilent,
+    PrefixedStream,
     Refusal,
     RevocationChecker,
     TlsRefused,
@@ -59,6 +64,8 @@ __all__ = ["ClientControl", "TunnelServer"]
 log = logging.getLogger(__name__)
 
 _RECEIVE_BYTES = 65536
+#: Unacknowledged bytes of a resumable channel below `ack_every` are acknowledged after this long.
+ACK_IDLE_S = 0.5
 #: A client must finish its first frame this soon after the handshake.
 FIRST_FRAME_TIMEOUT_S = 10.0
 
@@ -95,6 +102,8 @@ class TunnelServer:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.software = software
+        #: what our hello advertises (without RESUME_CAPABILITY: no channel is resumable)
+        self.capabilities = frozenset({t.RESUME_CAPABILITY})
         self.refusals = 0
         #: metrics and audit (set by the Gateway; None in bare tests)
         self.events: GatewayEvents | None = None
@@ -160,6 +169,8 @@ class TunnelServer:
         while message is t.NEED_DATA:
             attach.receive_data(await stream.receive_some(_RECEIVE_BYTES))
             message = attach.next_event()
+        if isinstance(message, t.ResumeChannel):
+            return await self._resume(stream, identity, peer, attach, message)
         if not isinstance(message, t.Attach):
             return False  # CLOSED
         try:
@@ -181,8 +192,18 @@ class TunnelServer:
             await stream.send_all(attach.send(t.AttachResult(ok=False, reason=exc.reason[:200])))
             return False
         trailing, _eof = attach.trailing_data()
-        await stream.send_all(attach.send(t.AttachResult(ok=True)))
-        if not channel.attach(stream, trailing):
+        session = self.registry.clients.get(identity)
+        resume = None
+        if remote is None and session is not None and session.resumable and channel.resume_grace_s > 0:
+            resume = ChannelResume(channel.channel_id, identity, channel.resume_grace_s, wake_acks=session.wake_acks)
+        credential = resume.credentials.current(identity) if resume is not None else b""
+        await stream.send_all(attach.send(t.AttachResult(ok=True, credential=credential)))
+        data: Any = stream
+        if resume is not None:
+            inner = PrefixedStream(stream, trailing) if trailing else stream
+            data, trailing = resume.wrap(inner, peer=f"{identity} channel {channel.channel_id}"), b""
+            channel.resume = resume
+        if not channel.attach(data, trailing):
             log.info(
                 "tunnel: data connection for channel %d of %s arrived after the route gave up",
                 message.channel_id,
@@ -191,6 +212,23 @@ class TunnelServer:
             return False
         log.info("tunnel: %s attached channel %d (%s)", identity, channel.channel_id, channel.device)
         return True
+
+    async def _resume(
+        self, stream: ZeroCopyTLSStream, identity: str, peer: str, attach: t.AttachConnection, request: t.ResumeChannel
+    ) -> bool:
+        """A new data connection for a resumable channel: True once the channel took it."""
+        channel = self.registry.channel_for_resume(identity, request.channel_id)
+        resume = channel.resume if channel is not None else None
+        if resume is None or not resume.credentials.redeem(identity, request.credential):
+            self.refusals += 1
+            self.counters["resume_refused"] += 1
+            why = f"channel {request.channel_id} is not resumable (ended, or a wrong or used credential)"
+            log.warning("tunnel: refused to resume from %s (%s): %s", identity, peer, why)
+            await stream.send_all(attach.send(t.ResumeAnswer(False, reason=why)))
+            return False
+        self.counters["channels_resumed"] += 1
+        log.info("tunnel: %s (%s) resumes channel %d", identity, peer, request.channel_id)
+        return await resume.offer(stream, attach, request)
 
     # ---------------------------------------------------------- control
     async def _control(self, stream: ZeroCopyTLSStream, identity: str, peer: str, first: bytes) -> None:
@@ -208,6 +246,7 @@ class TunnelServer:
         await control.send(
             t.GatewayHello(
                 software=self.software,
+                capabilities=self.capabilities,
                 heartbeat_interval_s=self.heartbeat_interval_s,
                 heartbeat_timeout_s=self.heartbeat_timeout_s,
                 gateways=self.peers() if clustered else (),
@@ -215,6 +254,7 @@ class TunnelServer:
         )
         session = control.client
         session.capabilities = hello.capabilities
+        session.resumable = t.RESUME_CAPABILITY in hello.capabilities & self.capabilities
         old = self.registry.add(session)
         if old is not None:
             log.info(
@@ -234,6 +274,7 @@ class TunnelServer:
                     heartbeat_interval_s=self.heartbeat_interval_s,
                     heartbeat_timeout_s=self.heartbeat_timeout_s,
                     before_heartbeat=control.check_revocation,
+                    tasks=[control.send_acks] if session.resumable else (),
                 )
         except PeerSilent as exc:
             reason = exc.reason
@@ -368,8 +409,37 @@ class ClientControl(ControlSession):
         assert self.tracker is not None
         self.client.rtt_s = self.tracker.rtt_s
 
+    async def send_acks(self) -> None:
+        """The ack task of a resumable session: an ack at once when one is due
+        (`ack_every` bytes), else after ACK_IDLE_S for anything unacknowledged."""
+        session = self.client
+        while True:
+            idle = any(c.resume is not None and c.resume.unacknowledged() for c in session.channels.values())
+            with trio.move_on_after(ACK_IDLE_S if idle else float("inf")):
+                await session.acks_wanted.wait()
+            session.acks_wanted = trio.Event()
+            for channel in list(session.channels.values()):
+                if channel.resume is not None:
+                    ack = channel.resume.take_ack()
+                    if ack is not None:
+                        await self.send(ack)
+
+    async def _channel_ack(self, event: t.ChannelAck) -> None:
+        session = self.client
+        session.adopted.discard(event.channel_id)
+        channel = session.channels.get(event.channel_id)
+        if channel is not None and channel.resume is not None and channel.resume.stream is not None:
+            channel.resume.stream.acked(event)  # ResumeError (a protocol error) for bytes never sent
+
     async def _inventory(self, event: t.Inventory) -> None:
         session = self.client
+        if session.adopted:  # the client came back without them: it restarted, its device state is gone
+            for cid in sorted(session.adopted):
+                channel = session.channels.get(cid)
+                if channel is not None:
+                    log.info("tunnel: %s no longer serves channel %d (it restarted); ending it", session.identity, cid)
+                    channel.fail("the client restarted")
+            session.adopted.clear()
         self._refused(session.set_inventory(event.devices))
         self._changed(f"exports {len(session.inventory)} device(s): {clip_ids(sorted(session.inventory))}")
 
@@ -464,6 +534,7 @@ class ClientControl(ControlSession):
 
     HANDLERS: ClassVar[Mapping[type[t.TunnelMessage], Handler]] = {
         t.HeartbeatAck: _heartbeat_ack,
+        t.ChannelAck: _channel_ack,
         t.Inventory: _inventory,
         t.InventoryUpdate: _inventory_update,
         t.ChannelOpened: _channel_opened,

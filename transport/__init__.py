@@ -7,7 +7,8 @@ Owns the TLS contexts (:mod:`.tls`), the zero-copy streams (TLS:
 (:mod:`.relay`), peer naming (:mod:`.sockets`), the certificate identity
 convention (:mod:`.identity`), the transport errors (:mod:`.errors`) and the
 driver of a tunnel control session with the one "peer gone" error
-(:mod:`.control`).
+(:mod:`.control`), and the data stream of a resumable channel
+(:mod:`.resumable`, issue 16).
 Import its public names from here, not from the submodules.  The gateway's
 relay reactor thread is not here: it is `redirgate.gateway.reactor`.
 
@@ -45,6 +46,7 @@ from redirgate.transport.relay import (
     pump,
     relay,
 )
+from redirgate.transport.resumable import Reconnect, ResumableStream
 from redirgate.transport.sockets import peer_label, set_nodelay
 from redirgate.transport.stream import (
     FULL_RECORD_BYTES,
@@ -82,8 +84,10 @@ __all__ = [
     "PlainSocketStream",
     "PrefixedStream",
     "ReceiveIntoStream",
+    "Reconnect",
     "Refusal",
     "RelayStats",
+    "ResumableStream",
     "RevocationChecker",
     "SocketLender",
     "SocketMover",

@@ -11,6 +11,13 @@ it waits for has arrived, `trailing_data()` hands over any bytes that came
 after it: they are the first raw bytes of the channel, not part of the
 preamble.  The gateway compares tokens with `Attach.token_matches`, in
 constant time.  This module never touches a socket and never logs.
+
+Resumable channels (issue 16): the gateway's `AttachResult` to a client that
+advertised `RESUME_CAPABILITY` carries the channel's first resume
+credential (omitted from the wire when empty, so an older client decodes
+it as before).  A data connection that resumes a channel opens with
+`ResumeChannel` instead of `Attach` and is answered `ResumeAnswer`;
+`resume.py` says what the counts in them mean.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
 
 from redirgate.proto.tunnel import validate as v
 from redirgate.proto.tunnel.base import (
@@ -33,7 +40,14 @@ from redirgate.proto.tunnel.base import (
 )
 from redirgate.proto.tunnel.errors import LocalProtocolError, RemoteProtocolError, UnexpectedMessageError
 from redirgate.proto.tunnel.framing import Buffer, FrameDecoder, check_limit
-from redirgate.proto.tunnel.messages import MAX_REASON_LEN, TOKEN_MAX_BYTES, TOKEN_MIN_BYTES
+from redirgate.proto.tunnel.messages import (
+    MAX_REASON_LEN,
+    RESUME_CREDENTIAL_BYTES,
+    TOKEN_MAX_BYTES,
+    TOKEN_MIN_BYTES,
+    ResumeAnswer,
+    ResumeChannel,
+)
 
 __all__ = ["ATTACH_MAX_MESSAGE_SIZE", "ATTACH_MESSAGES", "Attach", "AttachConnection", "AttachResult"]
 
@@ -71,17 +85,32 @@ class AttachResult(TunnelMessage):
 
     ok: bool
     reason: str = ""
+    #: the channel's first resume credential (only to a client with the capability; else empty)
+    credential: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
         v.boolean("AttachResult", "ok", self.ok)
         object.__setattr__(self, "reason", v.text("AttachResult", "reason", self.reason, MAX_REASON_LEN))
+        n = RESUME_CREDENTIAL_BYTES if self.credential else 0
+        object.__setattr__(self, "credential", v.blob("AttachResult", "credential", self.credential, n, n))
+
+    def to_wire(self) -> dict[str, Any]:
+        wire = TunnelMessage.to_wire(self)
+        if not self.credential:
+            del wire["credential"]  # what a client without resume expects: no unknown field
+        return wire
 
 
 ATTACH_MESSAGES: Final[Mapping[str, type[TunnelMessage]]] = MappingProxyType(
-    {Attach.KIND: Attach, AttachResult.KIND: AttachResult}
+    {cls.KIND: cls for cls in (Attach, AttachResult, ResumeChannel, ResumeAnswer)}
 )
 
-_SENDS: dict[Role, type[TunnelMessage]] = {Role.CLIENT: Attach, Role.GATEWAY: AttachResult}
+#: the preamble frames each role may send, and the answer each opening gets
+_SENDS: dict[Role, tuple[type[TunnelMessage], ...]] = {
+    Role.CLIENT: (Attach, ResumeChannel),
+    Role.GATEWAY: (AttachResult, ResumeAnswer),
+}
+_ANSWER: dict[type[TunnelMessage], type[TunnelMessage]] = {Attach: AttachResult, ResumeChannel: ResumeAnswer}
 
 
 class AttachConnection:
@@ -129,11 +158,13 @@ class AttachConnection:
             if body is None:
                 return CLOSED if self._decoder.eof else NEED_DATA
             message = decode_message(body, ATTACH_MESSAGES)
-            expected = _SENDS[self.role.peer]
-            if not isinstance(message, expected):
+            if type(message) not in _SENDS[self.role.peer]:
                 raise UnexpectedMessageError(f"a {self.role.peer.value} may not send it", kind=message.KIND)
-            if self.role is Role.CLIENT and self.sent is None:
-                raise UnexpectedMessageError("before our attach", kind=message.KIND)
+            if self.role is Role.CLIENT:
+                if self.sent is None:
+                    raise UnexpectedMessageError("before our attach", kind=message.KIND)
+                if type(message) is not _ANSWER[type(self.sent)]:
+                    raise UnexpectedMessageError(f"not the answer to {self.sent.KIND!r}", kind=message.KIND)
         except RemoteProtocolError as exc:
             self._failure = exc
             raise
@@ -142,13 +173,17 @@ class AttachConnection:
 
     def send(self, message: TunnelMessage) -> bytes:
         """The bytes of our one preamble frame."""
-        expected = _SENDS[self.role]
-        if type(message) is not expected:
-            raise LocalProtocolError(f"a {self.role.value} sends only {expected.KIND!r} here")
+        allowed = _SENDS[self.role]
+        if type(message) not in allowed:
+            kinds = " or ".join(repr(cls.KIND) for cls in allowed)
+            raise LocalProtocolError(f"a {self.role.value} sends only {kinds} here")
         if self.sent is not None:
             raise LocalProtocolError("the preamble frame was already sent", kind=message.KIND)
-        if self.role is Role.GATEWAY and self.received is None:
-            raise LocalProtocolError("answer only after the client's attach", kind=message.KIND)
+        if self.role is Role.GATEWAY:
+            if self.received is None:
+                raise LocalProtocolError("answer only after the client's attach", kind=message.KIND)
+            if type(message) is not _ANSWER[type(self.received)]:
+                raise LocalProtocolError(f"not the answer to {self.received.KIND!r}", kind=message.KIND)
         wire = encode_message(message, self._decoder.max_message_size)
         self.sent = message
         return wire

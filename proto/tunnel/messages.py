@@ -11,8 +11,9 @@ Attach tokens are random bytes the gateway generates (with `secrets`, outside
 this package); here they are only carried and compared.
 
 The resume messages (`ChannelAck`, `ResumeChannel`, `ResumeAnswer`, issue 16)
-are in `RESUME_MESSAGES`, not yet in `CONTROL_MESSAGES` or the attach set:
-`resume.py` says where each will travel once the layer is wired in.
+are in `RESUME_MESSAGES`; `ChannelAck` is also a control message (sent only
+when both hellos name `RESUME_CAPABILITY`), the other two are the
+alternative data-connection preamble (`attach.py`).
 """
 
 from __future__ import annotations
@@ -353,27 +354,6 @@ class Error(TunnelMessage):
         object.__setattr__(self, "message", v.text("Error", "message", self.message, MAX_ERROR_MESSAGE_LEN))
 
 
-#: Every control message class by its wire kind.
-CONTROL_MESSAGES: Final[Mapping[str, type[TunnelMessage]]] = MappingProxyType(
-    {
-        cls.KIND: cls
-        for cls in (
-            ClientHello,
-            GatewayHello,
-            Inventory,
-            InventoryUpdate,
-            Heartbeat,
-            HeartbeatAck,
-            OpenChannel,
-            ChannelOpened,
-            ChannelFailed,
-            CloseChannel,
-            Error,
-        )
-    }
-)
-
-
 @dataclass(frozen=True, slots=True)
 class ChannelAck(TunnelMessage):
     """Either side: "of channel `channel_id` I have received `received` bytes
@@ -439,4 +419,26 @@ class ResumeAnswer(TunnelMessage):
 #: The resume messages by wire kind (see the module docstring).
 RESUME_MESSAGES: Final[Mapping[str, type[TunnelMessage]]] = MappingProxyType(
     {cls.KIND: cls for cls in (ChannelAck, ResumeChannel, ResumeAnswer)}
+)
+
+
+#: Every control message class by its wire kind.
+CONTROL_MESSAGES: Final[Mapping[str, type[TunnelMessage]]] = MappingProxyType(
+    {
+        cls.KIND: cls
+        for cls in (
+            ClientHello,
+            GatewayHello,
+            Inventory,
+            InventoryUpdate,
+            Heartbeat,
+            HeartbeatAck,
+            OpenChannel,
+            ChannelOpened,
+            ChannelFailed,
+            CloseChannel,
+            Error,
+            ChannelAck,
+        )
+    }
 )

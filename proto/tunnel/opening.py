@@ -19,7 +19,7 @@ from redirgate.proto.tunnel.base import KIND_KEY
 from redirgate.proto.tunnel.connection import DEFAULT_MAX_MESSAGE_SIZE
 from redirgate.proto.tunnel.errors import InvalidMessageError, TruncatedError
 from redirgate.proto.tunnel.framing import Buffer, FrameDecoder, decode_body
-from redirgate.proto.tunnel.messages import ClientHello, Error
+from redirgate.proto.tunnel.messages import ClientHello, Error, ResumeChannel
 
 __all__ = ["Opening", "OpeningClassifier"]
 
@@ -29,7 +29,12 @@ class Opening(StrEnum):
     DATA = "data"
 
 
-_KINDS = {ClientHello.KIND: Opening.CONTROL, Error.KIND: Opening.CONTROL, Attach.KIND: Opening.DATA}
+_KINDS = {
+    ClientHello.KIND: Opening.CONTROL,
+    Error.KIND: Opening.CONTROL,
+    Attach.KIND: Opening.DATA,
+    ResumeChannel.KIND: Opening.DATA,
+}
 
 
 class OpeningClassifier:
@@ -60,7 +65,9 @@ class OpeningClassifier:
         opening = _KINDS.get(kind) if isinstance(kind, str) else None
         if opening is None:
             shown = kind[:64] if isinstance(kind, str) else kind
-            raise InvalidMessageError(f"first message {shown!r} is neither 'client_hello' nor 'attach'")
+            raise InvalidMessageError(
+                f"first message {shown!r} is neither 'client_hello' nor 'attach' nor 'resume_channel'"
+            )
         self._result = opening
         return opening
 

@@ -19,6 +19,10 @@ One `ControlState` is shared by both directions of a `TunnelConnection`.
   `CloseChannel` (either side) ends it.  Messages about an id that was opened
   and has since ended are allowed: they cross a close on the wire.  Ids never
   opened are refused.
+- With `RESUME_CAPABILITY` in both hellos (issue 16): `ChannelAck` may name
+  any channel id, and `CloseChannel` one never opened on this connection: a
+  resumable channel outlives the control connection that opened it, and its
+  acks and its end travel on the next one.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from enum import StrEnum
 
 from redirgate.proto.tunnel.base import Role, TunnelMessage
 from redirgate.proto.tunnel.messages import (
+    RESUME_CAPABILITY,
+    ChannelAck,
     ChannelFailed,
     ChannelOpened,
     ClientHello,
@@ -80,6 +86,11 @@ class ControlState:
         minor = min(h.protocol_version[1] for h in self.hellos.values())
         return (self.protocol_version[0], minor)
 
+    @property
+    def resumable(self) -> bool:
+        """Both hellos name `RESUME_CAPABILITY` (channels may outlive this connection)."""
+        return len(self.hellos) == 2 and all(RESUME_CAPABILITY in h.capabilities for h in self.hellos.values())
+
     def check(self, sender: Role, message: TunnelMessage, *, local: bool) -> None:
         """Raise Violation unless `sender` may send `message` now.  `local`:
         we are the sender (our hello must carry exactly our version)."""
@@ -113,8 +124,12 @@ class ControlState:
                 raise Violation(f"channel id {message.channel_id} does not increase (last {self.last_channel_id})")
             if len(self.channels) >= self.max_channels:
                 raise Violation(f"more than {self.max_channels} live channels")
+        elif isinstance(message, ChannelAck):
+            if not self.resumable:
+                raise Violation(f"{kind!r} without {RESUME_CAPABILITY!r} in both hellos")
         elif isinstance(message, (ChannelOpened, ChannelFailed, CloseChannel)):
-            if message.channel_id > self.last_channel_id:
+            earlier = isinstance(message, CloseChannel) and self.resumable
+            if message.channel_id > self.last_channel_id and not earlier:
                 raise Violation(f"{kind!r} for channel {message.channel_id}, which was never opened")
             if not isinstance(message, CloseChannel) and self.channels.get(message.channel_id) is ChannelState.OPEN:
                 raise Violation(f"{kind!r} for channel {message.channel_id}, which was already answered")

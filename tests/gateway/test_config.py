@@ -88,3 +88,16 @@ settings = "{settings}"
         with _pytest.raises(ConfigErrors) as caught:
             load_config(bad, check_files=False)
         assert words in str(caught.value) and ":12:" in str(caught.value), str(caught.value)
+
+
+def test_resume_grace_is_global_and_per_route(tmp_path):
+    config = load_config(write(tmp_path, GOOD))
+    assert config.resume_grace_s == 60.0 and all(r.resume_grace_s is None for r in config.routes)
+    text = GOOD.replace('public_host = "gw.example"', 'public_host = "gw.example"\nresume_grace_s = 5')
+    text = text.replace('device = "usb:1209:0001"', 'device = "usb:1209:0001"\nresume_grace_s = 0')
+    config = load_config(write(tmp_path, text))
+    assert config.resume_grace_s == 5.0
+    assert [r.resume_grace_s for r in config.routes] == [0.0, None]
+    with pytest.raises(ConfigErrors) as info:
+        load_config(write(tmp_path, text.replace("resume_grace_s = 0", "resume_grace_s = -1")))
+    assert [p.key for p in info.value.problems] == ["route[0].resume_grace_s"]

@@ -74,6 +74,7 @@ def test_every_kind_is_covered_by_the_strategies():
         "channel_failed",
         "close_channel",
         "error",
+        "channel_ack",
     }
 
 

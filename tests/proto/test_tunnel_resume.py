@@ -17,12 +17,23 @@ from hypothesis import strategies as st
 
 from redirgate.proto.tunnel import (
     ATTACH_MAX_MESSAGE_SIZE,
+    ATTACH_MESSAGES,
+    AttachConnection,
+    AttachResult,
+    ClientHello,
+    CloseChannel,
+    GatewayHello,
     InvalidMessageError,
     LocalProtocolError,
+    Opening,
+    OpeningClassifier,
+    RemoteProtocolError,
+    TunnelConnection,
     decode_message,
     encode_message,
 )
 from redirgate.proto.tunnel.messages import (
+    RESUME_CAPABILITY,
     RESUME_MESSAGES,
     ChannelAck,
     ResumeAnswer,
@@ -352,3 +363,74 @@ def test_random_splits_give_the_same_counts_and_acks_as_whole(data, cuts, ack_ev
     assert acked == sorted(set(acked))  # acks strictly increase
     assert all(b - a >= ack_every for a, b in zip([0, *acked], acked, strict=False))
     assert len(data) - (acked[-1] if acked else 0) < ack_every  # never more than N unacknowledged
+
+
+# ------------------------------------------------------------------ wiring (issue 16)
+
+
+def _hellos(client_caps: frozenset[str], gateway_caps: frozenset[str]) -> tuple[TunnelConnection, TunnelConnection]:
+    client, gateway = TunnelConnection("client"), TunnelConnection("gateway")
+    gateway.receive_data(client.send(ClientHello(capabilities=client_caps)))
+    client.receive_data(gateway.send(GatewayHello(capabilities=gateway_caps)))
+    assert isinstance(gateway.next_event(), ClientHello)
+    assert isinstance(client.next_event(), GatewayHello)
+    return client, gateway
+
+
+RESUME = frozenset({RESUME_CAPABILITY})
+
+
+def test_channel_ack_only_when_both_hellos_name_resume() -> None:
+    for client_caps, gateway_caps in ((RESUME, frozenset()), (frozenset(), RESUME)):
+        client, gateway = _hellos(client_caps, gateway_caps)
+        with pytest.raises(LocalProtocolError):
+            client.send(ChannelAck(1, 10))
+    client, gateway = _hellos(RESUME, RESUME)
+    # any id: the channel may have been opened on an earlier control connection
+    gateway.receive_data(client.send(ChannelAck(7, 10)))
+    assert gateway.next_event() == ChannelAck(7, 10)
+    client.receive_data(gateway.send(ChannelAck(7, 3)))
+    assert client.next_event() == ChannelAck(7, 3)
+
+
+def test_close_channel_of_an_earlier_connection_only_with_resume() -> None:
+    client, gateway = _hellos(RESUME, frozenset())
+    with pytest.raises(LocalProtocolError):
+        gateway.send(CloseChannel(4, "gone"))
+    client, gateway = _hellos(RESUME, RESUME)
+    client.receive_data(gateway.send(CloseChannel(4, "gone")))
+    assert client.next_event() == CloseChannel(4, "gone")
+
+
+def test_attach_result_without_credential_is_what_an_older_client_decodes() -> None:
+    plain = msgpack.unpackb(wire(AttachResult(ok=True)))
+    assert plain == {"kind": "attach_result", "ok": True, "reason": ""}
+    with_credential = AttachResult(ok=True, credential=CRED)
+    assert decode_message(wire(with_credential), ATTACH_MESSAGES) == with_credential
+    with pytest.raises(LocalProtocolError):
+        AttachResult(ok=True, credential=b"short")
+
+
+def test_resume_preamble_on_a_data_connection() -> None:
+    opening = OpeningClassifier()
+    client = AttachConnection("client")
+    request = ResumeChannel(3, CRED, 100)
+    first = client.send(request)
+    opening.receive_data(first)
+    assert opening.result() is Opening.DATA
+    gateway = AttachConnection("gateway")
+    gateway.receive_data(first)
+    assert gateway.next_event() == request
+    with pytest.raises(LocalProtocolError):  # an attach is answered AttachResult, a resume ResumeAnswer
+        gateway.send(AttachResult(ok=True))
+    client.receive_data(gateway.send(ResumeAnswer(True, 5, CRED)) + b"raw")
+    assert client.next_event() == ResumeAnswer(True, 5, CRED)
+    assert client.trailing_data() == (b"raw", False)
+
+
+def test_a_client_that_resumed_refuses_an_attach_result() -> None:
+    client = AttachConnection("client")
+    client.send(ResumeChannel(3, CRED, 0))
+    client.receive_data(encode_message(AttachResult(ok=True), ATTACH_MAX_MESSAGE_SIZE))
+    with pytest.raises(RemoteProtocolError):
+        client.next_event()

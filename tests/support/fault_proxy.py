@@ -6,6 +6,8 @@
         proxy.resume()     # forward again: everything held arrives, in order
         proxy.reset()      # every current connection ends with a TCP RST on both sides
                            # (SO_LINGER 0), the way a NAT or firewall drops it
+        proxy.source = "127.0.0.2"   # new connections reach the target from this address
+                                     # (the client came back from another address)
 
 The proxy keeps listening through all of these, so a peer can redial.
 `pause` holds bytes in the kernel's socket buffers and at most one read
@@ -56,6 +58,8 @@ class FaultProxy:
         self.resets = 0
         #: bytes read and not yet forwarded (while paused)
         self.held = 0
+        #: the local address the proxy dials the target from (None: the kernel's choice)
+        self.source: str | None = None
 
     @property
     def paused(self) -> bool:
@@ -89,7 +93,7 @@ class FaultProxy:
     async def _run_link(self, link: _Link) -> None:
         try:
             with link.scope:
-                link.far = await trio.open_tcp_stream(*self.target)
+                link.far = await trio.open_tcp_stream(*self.target, local_address=self.source)
                 async with trio.open_nursery() as pumps:
                     pumps.start_soon(self._pump, link.near, link.far)
                     pumps.start_soon(self._pump, link.far, link.near)
@@ -129,5 +133,9 @@ async def fault_proxy(target: tuple[str, int], host: str = "127.0.0.1") -> Async
         finally:
             nursery.cancel_scope.cancel()
             proxy.resume()
+    for link in proxy._links:  # accepted as the nursery was cancelled: its task never ran
+        for stream in (link.near, link.far):
+            if stream is not None:
+                stream.socket.close()
     for listener in listeners:
         await listener.aclose()

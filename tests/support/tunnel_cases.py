@@ -14,6 +14,7 @@ from redirgate.proto.tunnel import (
     PROTOCOL_VERSION,
     Attach,
     AttachResult,
+    ChannelAck,
     ChannelFailed,
     ChannelOpened,
     ChannelProtocol,
@@ -116,7 +117,8 @@ channel_faileds = st.builds(ChannelFailed, channel_ids, printable)
 close_channels = st.builds(CloseChannel, channel_ids, printable)
 errors = st.builds(Error, word, printable)
 attaches = st.builds(Attach, channel_ids, tokens)
-attach_results = st.builds(AttachResult, st.booleans(), printable)
+attach_results = st.builds(AttachResult, st.booleans(), printable, st.just(b"") | st.binary(min_size=32, max_size=32))
+channel_acks = st.builds(ChannelAck, channel_ids, st.integers(0, 2**64 - 1))
 
 #: every control message kind
 control_messages = st.one_of(
@@ -131,6 +133,7 @@ control_messages = st.one_of(
     channel_faileds,
     close_channels,
     errors,
+    channel_acks,
 )
 
 

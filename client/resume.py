@@ -1,0 +1,177 @@
+"""The client's side of resumable channels (issue 16): redial a broken data connection, and the acks.
+
+`ChannelResumer` is what `TunnelClient` keeps for its resumable channels,
+across control connections: each channel's `transport.ResumableStream`
+(whose `reconnect` is `resume_connection` here), the acks due to the
+gateway, and the task that sends them on whichever control connection is
+up (every `ack_every` bytes, when a channel's stream asks, or after
+`ACK_IDLE_S` without one while something is unacknowledged).
+
+A data connection that breaks is redialled with jittered backoff until the
+gateway answers: `ResumeAnswer(ok)` and the channel carries on (the
+replay first), a refusal (the grace period passed, the gateway restarted)
+ends the channel.  The device stays claimed meanwhile: the engine's
+transfers keep running, their results wait in the replay buffer.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from redirgate.proto import tunnel as t
+from redirgate.transport import (
+    PeerGone,
+    PrefixedStream,
+    ResumableStream,
+    TlsRefused,
+    ZeroCopyTLSStream,
+)
+
+__all__ = ["ACK_IDLE_S", "RESUME_GIVE_UP_S", "ChannelResumer"]
+
+log = logging.getLogger(__name__)
+
+#: Unacknowledged bytes below `ack_every` are acknowledged after this long.
+ACK_IDLE_S = 0.5
+#: How long a channel tries to resume before it gives up (the gateway's
+#: grace period decides first; this bounds a gateway that is simply gone).
+RESUME_GIVE_UP_S = 600.0
+_RECEIVE_BYTES = 4096
+
+
+class ChannelResumer:
+    """The resumable channels of one `TunnelClient` (trio thread only)."""
+
+    def __init__(
+        self,
+        dial: Callable[[], Awaitable[ZeroCopyTLSStream]],
+        *,
+        peer: str,
+        connect_timeout_s: float,
+        min_s: float,
+        max_s: float,
+    ) -> None:
+        self._dial = dial
+        self.peer = peer
+        self.connect_timeout_s = connect_timeout_s
+        self.min_s, self.max_s = min_s, max_s
+        self.streams: dict[int, ResumableStream] = {}
+        self._due: dict[int, t.ChannelAck] = {}
+        self._wanted = trio.Event()
+
+    def wrap(self, channel_id: int, stream: trio.abc.Stream, credential: bytes) -> ResumableStream:
+        """The channel's data stream, made resumable with the attach result's credential."""
+        channel = t.ResumableChannel(channel_id)
+        channel.credential = credential
+
+        async def reconnect(why: str) -> tuple[trio.abc.Stream, bytes]:
+            return await self.resume_connection(channel, why)
+
+        resumable = ResumableStream(
+            stream, channel, reconnect, peer=f"{self.peer} channel {channel_id}", on_ack=self._ack_due
+        )
+        self.streams[channel_id] = resumable
+        return resumable
+
+    def forget(self, channel_id: int) -> None:
+        self.streams.pop(channel_id, None)
+        self._due.pop(channel_id, None)
+
+    # ------------------------------------------------------------ acks
+    def _ack_due(self, ack: t.ChannelAck) -> None:
+        self._due[ack.channel_id] = ack
+        self._wanted.set()
+
+    def acked(self, message: t.ChannelAck) -> None:
+        """The gateway's ack (ResumeError, a protocol error, if it names bytes we never sent)."""
+        stream = self.streams.get(message.channel_id)
+        if stream is not None:
+            stream.acked(message)
+
+    def control_lost(self) -> None:
+        """Acks sent on the control connection that broke may be lost: repeat them on the next."""
+        for stream in self.streams.values():
+            stream.channel.acks_lost()
+
+    def repeat_acks(self) -> list[t.ChannelAck]:
+        """Every surviving channel's count, for a new control connection (also
+        how the gateway knows which of its channels this client still serves)."""
+        acks = []
+        for stream in self.streams.values():
+            stream.channel.acks_lost()
+            ack = stream.ack_now()
+            if ack is not None:
+                acks.append(ack)
+        self._due.clear()
+        return acks
+
+    async def send_acks(self, send: Callable[[t.TunnelMessage], Awaitable[None]]) -> None:
+        """The control session's ack task: due acks at once, the rest when idle."""
+        while True:
+            idle = any(s.channel.incoming.received != s.channel.incoming.acknowledged for s in self.streams.values())
+            with trio.move_on_after(ACK_IDLE_S if idle else float("inf")):
+                await self._wanted.wait()
+            self._wanted = trio.Event()
+            due, self._due = self._due, {}
+            for stream in list(self.streams.values()):
+                ack = stream.ack_now()
+                if ack is not None:
+                    due[ack.channel_id] = ack
+            for ack in due.values():
+                await send(ack)
+
+    # ------------------------------------------------------------ redial
+    async def resume_connection(self, channel: t.ResumableChannel, why: str) -> tuple[trio.abc.Stream, bytes]:
+        """A new data connection for `channel` and the replay to send on it;
+        BrokenResourceError once the gateway refuses or after RESUME_GIVE_UP_S."""
+        cid = channel.channel_id
+        log.warning("channel %d: data connection to %s lost (%s); resuming", cid, self.peer, why)
+        started = trio.current_time()
+        failures = 0
+        while trio.current_time() - started < RESUME_GIVE_UP_S:
+            try:
+                with trio.fail_after(self.connect_timeout_s):
+                    stream = await self._dial()
+                    try:
+                        return await self._resume_on(stream, channel, started)
+                    except BaseException:
+                        await trio.aclose_forcefully(stream)
+                        raise
+            except t.ResumeError as exc:
+                log.warning("channel %d: the gateway did not resume it: %s", cid, exc.reason)
+                raise trio.BrokenResourceError(f"{self.peer}: channel {cid} not resumed: {exc.reason}") from exc
+            except (TlsRefused, PeerGone, OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+            except (trio.TooSlowError, t.TunnelProtocolError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            failures = min(failures + 1, 16)
+            window = min(self.max_s, self.min_s / 4 * 2**failures)
+            delay = random.uniform(window / 2, window)
+            log.info("channel %d: resume attempt %d failed (%s); again in %.2f s", cid, failures, reason, delay)
+            await trio.sleep(delay)
+        raise trio.BrokenResourceError(f"{self.peer}: channel {cid} not resumed within {RESUME_GIVE_UP_S:g} s")
+
+    async def _resume_on(
+        self, stream: ZeroCopyTLSStream, channel: t.ResumableChannel, started: float
+    ) -> tuple[trio.abc.Stream, bytes]:
+        attach = t.AttachConnection("client")
+        await stream.send_all(attach.send(channel.resume_request()))
+        answer = attach.next_event()
+        while answer is t.NEED_DATA:
+            attach.receive_data(await stream.receive_some(_RECEIVE_BYTES))
+            answer = attach.next_event()
+        if not isinstance(answer, t.ResumeAnswer):
+            raise trio.BrokenResourceError("the gateway closed the data connection before its resume answer")
+        replay = channel.resume_answered(answer)  # ResumeError when refused
+        trailing, _ = attach.trailing_data()
+        log.info(
+            "channel %d: resumed after %.2f s; %d byte(s) sent again",
+            channel.channel_id,
+            trio.current_time() - started,
+            len(replay),
+        )
+        return (PrefixedStream(stream, trailing) if trailing else stream), replay

@@ -1,0 +1,215 @@
+"""Resumable channels under network faults (issue 16): real TLS, real sockets, the fault proxy.
+
+In-process gateway and client (`tests.support.tunnel_lab`); the client dials
+the gateway through `tests.support.fault_proxy`, which pauses or resets
+(RST both ways) every tunnel connection on command.  The VM side is our
+`UsbredirGuest` on a USB route (the emulated loopback device, checked byte
+by byte) or a plain TCP socket on a serial route (a pty stands in for the
+port).  Waits are on events (transfers done, counters moved); the only
+sleeps are the faults' own durations.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+from redirgate.cli.lab import LabRoute, write_client_config
+from redirgate.gateway.route_server import RouteServer
+from redirgate.vmside.guest import UsbredirGuest
+from tests.support.fault_proxy import FaultProxy, fault_proxy
+from tests.support.serial_lab import pty_pair, read_master, receive_exactly, write_master
+from tests.support.tunnel_lab import Lab, running_lab, start_client
+from tests.support.waiting import until
+
+LOOP = "usb:1209:0003"
+BULK_OUT, BULK_IN = 0x01, 0x81
+#: fast heartbeats, so a pause of a few seconds is a heartbeat loss on both sides
+FAST_HEARTBEATS = {"heartbeat_interval_s": 0.5, "heartbeat_timeout_s": 1.5}
+
+
+@asynccontextmanager
+async def proxied_lab(
+    tmp_path: Path, routes: Sequence[LabRoute], *, virtual: Sequence[str] = (), extra: str = "", **options: float
+) -> AsyncIterator[tuple[Lab, FaultProxy]]:
+    """A lab whose client reaches the gateway only through a fault proxy."""
+    async with running_lab(tmp_path, routes, virtual=virtual, start_client_now=False, **options) as lab:
+        async with fault_proxy(("127.0.0.1", lab.tunnel_port)) as proxy:
+            config = write_client_config(tmp_path, proxy.port, virtual=virtual, extra_export=extra)
+            assert lab.nursery is not None
+            lab.client, lab.client_scope = await start_client(lab.nursery, config)
+            yield lab, proxy
+            lab.client_scope.cancel()
+
+
+def route(lab: Lab, name: str) -> RouteServer:
+    return next(r for r in lab.gateway.routes if r.name == name)
+
+
+def gateway_resumes(lab: Lab, name: str) -> int:
+    channel = route(lab, name).channel
+    assert channel is not None and channel.resume is not None and channel.resume.stream is not None
+    return channel.resume.stream.resumes
+
+
+class Loopback:
+    """Bulk OUT then IN of a fresh pattern, again and again, each round checked byte by byte."""
+
+    def __init__(self, vm: UsbredirGuest) -> None:
+        self.vm = vm
+        self.rounds = 0
+        self.stop = False
+
+    async def run(self) -> None:
+        size = 8192
+        while not self.stop:
+            data = os.urandom(size + self.rounds % 512)
+            status, sent = await self.vm.bulk(BULK_OUT, data=data)
+            assert (status, sent) == (0, len(data))
+            got = b""
+            while len(got) < len(data):
+                status, chunk = await self.vm.bulk(BULK_IN, len(data) - len(got))
+                assert status == 0 and isinstance(chunk, bytes)
+                got += chunk
+            assert got == data, f"round {self.rounds}: the loopback returned other bytes"
+            self.rounds += 1
+
+    async def progress(self, rounds: int = 3) -> None:
+        """Wait until `rounds` more rounds went through."""
+        target = self.rounds + rounds
+        await until(lambda: self.rounds >= target, "loopback rounds")
+
+
+@asynccontextmanager
+async def loopback_vm(lab: Lab) -> AsyncIterator[Loopback]:
+    tcp = await trio.open_tcp_stream("127.0.0.1", lab.route_port("loop"))
+    async with tcp, UsbredirGuest(tcp, peer="vm") as vm:
+        await vm.wait_device()
+        status = await vm.set_configuration(1)
+        assert status.status == 0
+        loop = Loopback(vm)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(loop.run)
+            await loop.progress()
+            yield loop
+            loop.stop = True
+        assert vm.disconnects == 0, "the VM saw its device unplugged"
+
+
+async def test_bulk_loopback_survives_ten_resets(tmp_path: Path) -> None:
+    async with proxied_lab(tmp_path, [LabRoute("loop", LOOP)], virtual=["virtual:loopback"]) as (lab, proxy):
+        assert lab.client is not None
+        async with loopback_vm(lab) as loop:
+            for _ in range(10):
+                assert proxy.reset() >= 1  # the data connection at least (the control one may be redialling)
+                await loop.progress()
+            assert gateway_resumes(lab, "loop") == 10
+            assert [s.resumes for s in lab.client.resumer.streams.values()] == [10]
+        assert route(lab, "loop").channels_served == 1  # one channel all along: no unplug, no new attach
+
+
+async def test_bulk_loopback_survives_pauses_past_the_heartbeat_timeout(tmp_path: Path) -> None:
+    routes = [LabRoute("loop", LOOP)]
+    async with proxied_lab(tmp_path, routes, virtual=["virtual:loopback"], **FAST_HEARTBEATS) as (lab, proxy):
+        assert lab.client is not None
+        client = lab.client
+        async with loopback_vm(lab) as loop:
+            for pause_s in (0.3, 2.5):
+                sessions = client.sessions
+                proxy.pause()
+                await trio.sleep(pause_s)  # the fault itself (2.5 s: both sides lose the heartbeat)
+                proxy.resume()
+                await loop.progress()
+            assert client.sessions > sessions  # the long pause ended the control session: suspended, not gone
+        assert route(lab, "loop").channels_served == 1
+
+
+async def test_the_client_comes_back_from_another_address(tmp_path: Path) -> None:
+    async with proxied_lab(tmp_path, [LabRoute("loop", LOOP)], virtual=["virtual:loopback"]) as (lab, proxy):
+        async with loopback_vm(lab) as loop:
+            proxy.source = "127.0.0.2"
+            proxy.reset()
+            await loop.progress()
+            assert gateway_resumes(lab, "loop") == 1
+            clients = lab.gateway.registry.clients
+            await until(lambda: "thin-01" in clients and clients["thin-01"].peer.startswith("127.0.0.2:"))
+        assert route(lab, "loop").channels_served == 1
+
+
+async def test_a_serial_route_loses_and_repeats_nothing_across_a_reset(tmp_path: Path) -> None:
+    with pty_pair() as pty:
+        extra = f'[[serial]]\nname = "console"\nport = "{pty.path}"\nsettings = "115200,8N1"\n'
+        routes = [LabRoute("console", "serial:console")]
+        async with proxied_lab(tmp_path, routes, extra=extra) as (lab, proxy):
+            vm = await trio.open_tcp_stream("127.0.0.1", lab.route_port("console"))
+            async with vm:
+                await vm.send_all(b"hello")
+                assert await read_master(pty, 5) == b"hello"
+                to_device = b"".join(b"%06d\n" % i for i in range(4000))  # 28 000 bytes each way
+                to_vm = b"".join(b"%06d\r" % i for i in range(4000))
+                half = len(to_device) // 2
+                got_device = bytearray()
+                got_vm = bytearray()
+
+                async def device_reader() -> None:
+                    got_device.extend(await read_master(pty, len(to_device)))
+
+                async def vm_reader() -> None:
+                    got_vm.extend(await receive_exactly(vm, len(to_vm)))
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(device_reader)
+                    nursery.start_soon(vm_reader)
+                    await vm.send_all(to_device[:half])
+                    await write_master(pty, to_vm[:half])
+                    proxy.reset()
+                    await vm.send_all(to_device[half:])
+                    await write_master(pty, to_vm[half:])
+                assert bytes(got_device) == to_device  # every byte once, in order
+                assert bytes(got_vm) == to_vm
+                assert gateway_resumes(lab, "console") == 1
+                assert route(lab, "console").discarded_bytes == 0
+
+
+async def test_an_outage_past_the_grace_period_unplugs_cleanly_and_the_device_comes_back(tmp_path: Path) -> None:
+    routes = [LabRoute("loop", LOOP, extra={"resume_grace_s": 1.0})]
+    async with proxied_lab(tmp_path, routes, virtual=["virtual:loopback"], **FAST_HEARTBEATS) as (lab, proxy):
+        tcp = await trio.open_tcp_stream("127.0.0.1", lab.route_port("loop"))
+        async with tcp, UsbredirGuest(tcp, peer="vm") as vm:
+            await vm.wait_device()
+            proxy.pause()
+            proxy.reset()  # broken, and nothing gets through until resume()
+            await until(lambda: vm.closed_reason is not None, "the gateway closes the VM's socket")
+            await until(lambda: "resume_grace_s" in route(lab, "loop").last_end, "the channel's end is recorded")
+            proxy.resume()
+        # the client gives the channel up (the gateway refuses to resume it) and the device is free again
+        tcp = await trio.open_tcp_stream("127.0.0.1", lab.route_port("loop"))
+        async with tcp, UsbredirGuest(tcp, peer="vm again") as vm:
+            await vm.wait_device()
+        assert route(lab, "loop").channels_served == 2
+
+
+async def test_without_the_capability_on_either_side_a_reset_unplugs_as_before(tmp_path: Path) -> None:
+    for old in ("client", "gateway"):
+        (tmp_path / old).mkdir()
+        async with proxied_lab(tmp_path / old, [LabRoute("loop", LOOP)], virtual=["virtual:loopback"]) as (lab, proxy):
+            assert lab.client is not None
+            if old == "client":
+                lab.client.capabilities = frozenset()
+            else:
+                lab.gateway.tunnel.capabilities = frozenset()
+            sessions = lab.client.sessions
+            proxy.reset()  # the next control connection is an old-style one
+            await until(lambda: lab.client is not None and lab.client.sessions > sessions and lab.client.online)
+            tcp = await trio.open_tcp_stream("127.0.0.1", lab.route_port("loop"))
+            async with tcp, UsbredirGuest(tcp, peer="vm") as vm:
+                await vm.wait_device()
+                channel = route(lab, "loop").channel
+                assert channel is not None and channel.resume is None
+                assert lab.client.resumer.streams == {}
+                proxy.reset()
+                await until(lambda: vm.closed_reason is not None, "the channel ends with its connection")
