@@ -124,7 +124,9 @@ async def test_bulk_loopback_survives_pauses_past_the_heartbeat_timeout(tmp_path
                 await trio.sleep(pause_s)  # the fault itself (2.5 s: both sides lose the heartbeat)
                 proxy.resume()
                 await loop.progress()
-            assert client.sessions > sessions  # the long pause ended the control session: suspended, not gone
+            # the long pause ended the control session on both sides: suspended, not gone
+            await until(lambda: client.sessions > sessions and client.online, "a new control session")
+            await loop.progress()
         assert route(lab, "loop").channels_served == 1
 
 
@@ -202,14 +204,14 @@ async def test_without_the_capability_on_either_side_a_reset_unplugs_as_before(t
                 lab.client.capabilities = frozenset()
             else:
                 lab.gateway.tunnel.capabilities = frozenset()
-            sessions = lab.client.sessions
+            client, sessions = lab.client, lab.client.sessions
             proxy.reset()  # the next control connection is an old-style one
-            await until(lambda: lab.client is not None and lab.client.sessions > sessions and lab.client.online)
+            await until(lambda c=client, n=sessions: c.sessions > n and c.online, "an old-style session")
             tcp = await trio.open_tcp_stream("127.0.0.1", lab.route_port("loop"))
             async with tcp, UsbredirGuest(tcp, peer="vm") as vm:
                 await vm.wait_device()
                 channel = route(lab, "loop").channel
                 assert channel is not None and channel.resume is None
-                assert lab.client.resumer.streams == {}
+                assert client.resumer.streams == {}
                 proxy.reset()
                 await until(lambda: vm.closed_reason is not None, "the channel ends with its connection")
