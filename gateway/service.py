@@ -122,9 +122,7 @@ class Gateway:
         self.cluster: ClusterNode | None = None
         self.remote: RemoteChannels | None = None
         if config.cluster is not None:
-            self.cluster = ClusterNode(
-                config.cluster, self.registry, cert=config.cert, key=config.key, describe=self._cluster_describe
-            )
+            self.cluster = ClusterNode(config.cluster, self.registry, describe=self._cluster_describe)
             self.remote = RemoteChannels(self.cluster, self.registry)
             self.tunnel.peers = self.cluster.peer_addresses
         self.events = GatewayEvents(

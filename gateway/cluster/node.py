@@ -101,8 +101,6 @@ class ClusterNode:
         config: ClusterConfig,
         registry: Registry,
         *,
-        cert: Any = None,
-        key: Any = None,
         describe: Callable[[], dict[str, Any]] = dict,
     ) -> None:
         self.config = config
@@ -112,9 +110,7 @@ class ClusterNode:
         self.advertise = config.advertise
         #: what this node's key says about it besides its address (live counters, routes)
         self.describe = describe
-        self.context: ClientContext | None = (
-            tls_context(config.redis, config.redis_ca, cert, key) if config.redis.tls else None
-        )
+        self.context: ClientContext | None = tls_context(config.redis, config.redis_ca) if config.redis.tls else None
         self.started_at = time.time()
         #: Redis answers now
         self.up = False

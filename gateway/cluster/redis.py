@@ -9,9 +9,11 @@ SELECT on connect, one request at a time in order (a trio.Lock), pipelines
 that send many commands in one write.
 
 `RedisUrl.parse("redis://:PASSWORD@HOST:PORT/DB")` reads the address;
-`rediss://` is TLS (the server is checked against `ca`, the system's
-authorities when None; the gateway's own certificate is presented for
-servers with `tls-auth-clients`).
+`rediss://` is TLS (the server's certificate is checked against `ca`, the
+system's authorities when None, and must name the URL's host); the client
+authenticates with the password (AUTH), not with a certificate: the
+gateway's own certificate is a server certificate, which a Redis with
+`tls-auth-clients yes` would refuse.
 
 Every failure is one `RedisError` naming the server and the reason: refused,
 lost, timed out, an error reply, a protocol error.  A connection that failed

@@ -5,7 +5,8 @@
 accept connections" line, yields a `RedisServer`, and stops it by PID
 (SIGTERM, then SIGKILL) on exit, also when the test fails.  `stop()` and
 `start()` take it down and bring it back on the same port (the tests of a
-Redis outage); `password` adds `requirepass`.
+Redis outage); `password` adds `requirepass`; `tls` makes it TLS only
+(`rediss://`; clients authenticate with the password, not a certificate).
 
 redis-server cannot bind port 0 (`--port 0` turns TCP off), so the port is
 one the kernel just handed out to a socket we closed.
@@ -39,12 +40,14 @@ class RedisServer:
     directory: Path
     port: int
     password: str | None = None
+    #: (certificate, key, CA): TLS only (rediss://)
+    tls: tuple[Path, Path, Path] | None = None
     process: subprocess.Popen[str] | None = None
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://{auth}127.0.0.1:{self.port}/0"
 
     @property
     def log_path(self) -> Path:
@@ -56,7 +59,7 @@ class RedisServer:
             "--bind",
             "127.0.0.1",
             "--port",
-            str(self.port),
+            "0" if self.tls else str(self.port),
             "--save",
             "",
             "--appendonly",
@@ -72,6 +75,10 @@ class RedisServer:
         ]
         if self.password:
             argv += ["--requirepass", self.password]
+        if self.tls:
+            cert, key, ca = self.tls
+            argv += ["--tls-port", str(self.port), "--tls-cert-file", str(cert), "--tls-key-file", str(key)]
+            argv += ["--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"]
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.process = process
         watchdog = threading.Timer(ready_timeout_s, process.kill)
@@ -107,10 +114,12 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def running_redis(directory: Path, *, password: str | None = None) -> Iterator[RedisServer]:
+def running_redis(
+    directory: Path, *, password: str | None = None, tls: tuple[Path, Path, Path] | None = None
+) -> Iterator[RedisServer]:
     binary = require_system("redis-server")
     directory.mkdir(parents=True, exist_ok=True)
-    server = RedisServer(binary, directory, free_port(), password)
+    server = RedisServer(binary, directory, free_port(), password, tls)
     try:
         server.start()
         yield server

@@ -20,4 +20,3 @@ def usb_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UsbLab]:
     require_system("certutil")
     with running_usb_lab(tmp_path_factory.mktemp("thinclient"), tmp_path_factory.mktemp("vmside")) as lab:
         yield lab
-

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from redirgate.gateway.cluster.redis import RedisError, RedisUrl, open_redis, open_subscription
+from redirgate.cli.lab import GATEWAY_NAME, make_pki
+from redirgate.gateway import pki
+from redirgate.gateway.cluster.redis import RedisError, RedisUrl, open_redis, open_subscription, tls_context
 from tests.support.redis_server import RedisServer, free_port, running_redis
 
 
@@ -99,3 +101,24 @@ async def test_refused_and_lost_are_redis_errors(tmp_path: Path) -> None:
             with pytest.raises(RedisError, match=r"closed|lost"):
                 await sub.receive()
         await trio.lowlevel.checkpoint()
+
+
+async def test_rediss_checks_the_servers_certificate(tmp_path: Path) -> None:
+    make_pki(tmp_path)
+    base = tmp_path / "pki"
+    gw = pki.gateway_dir(base, GATEWAY_NAME)
+    cert, key, ca = gw / "server-cert.pem", gw / "server-key.pem", base / "ca-cert.pem"
+    with running_redis(tmp_path / "r", password="pw", tls=(cert, key, ca)) as server:
+        url = RedisUrl.parse(server.url)
+        assert url.tls
+        async with open_redis(url, context=tls_context(url, ca)) as redis:
+            assert await redis.command("PING") == "PONG"
+        # the system's authorities do not know our CA: refused, one error naming why
+        with pytest.raises(RedisError, match="TLS refused"):
+            async with open_redis(url, context=tls_context(url, None)):
+                pass
+        # the name checked is the URL's host: a name the certificate does not carry is refused
+        other = RedisUrl("localhost.invalid", url.port, tls=True)
+        with pytest.raises(RedisError, match="TLS refused"):
+            async with open_redis(url, context=tls_context(other, ca)):
+                pass
