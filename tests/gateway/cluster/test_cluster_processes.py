@@ -3,7 +3,9 @@
 The client's control connection is on node c; the VM side (the usbredir
 guest helper, a plain socket for the serial route) connects to node a's route
 ports.  Then Redis is stopped and started again while a channel moves data,
-and last node c is killed: the client must come back on a or b by itself.
+then node c is killed: the client must come back on a or b by itself;
+last node a, which holds a VM's socket, is killed: the VM gets its device
+back through b.
 The tests run in this order on one set of processes (module fixture).
 """
 
@@ -24,7 +26,7 @@ import pytest
 import trio
 
 from redirgate.cli.lab import LabRoute, make_pki, write_client_config
-from redirgate.vmside.guest import UsbredirGuest
+from redirgate.vmside.guest import GuestError, UsbredirGuest
 from tests.support.cluster_lab import cluster_config
 from tests.support.gateway_procs import GatewayProcess, kill, running_client, running_gateway
 from tests.support.redis_server import RedisServer
@@ -35,6 +37,10 @@ ROUTES = [
     LabRoute("loop", "usb:1209:0003"),
     LabRoute("console", "serial:console"),
 ]
+
+
+#: logs are files other processes write: looked at less often than a counter
+LOG_POLL_S = 0.05
 
 
 @dataclass
@@ -148,14 +154,19 @@ async def test_redis_outage_keeps_channels_and_refuses_new_attaches_until_back(
         nursery.start_soon(keep_moving)
         await until(lambda: moved >= 20)
         redis_server.stop()
-        await until(lambda: "cluster: Redis at" in _log(cluster, "a") and "unreachable" in _log(cluster, "a"))
+        await until(
+            lambda: "cluster: Redis at" in _log(cluster, "a") and "unreachable" in _log(cluster, "a"), poll_s=LOG_POLL_S
+        )
         before = moved
         await until(lambda: moved >= before + 50)  # the established channel keeps moving
 
         # a new attach through a now needs c, found through Redis: refused while it is down
         second = await trio.open_tcp_stream("127.0.0.1", a.routes["loop"])
         async with second, UsbredirGuest(second, peer="second vm on a") as waiting:
-            await until(lambda: "Redis is unreachable" in _log(cluster, "a") and "attach refused" in _log(cluster, "a"))
+            await until(
+                lambda: "Redis is unreachable" in _log(cluster, "a") and "attach refused" in _log(cluster, "a"),
+                poll_s=LOG_POLL_S,
+            )
             metrics = await _metrics(a)
             assert 'redirgate_cluster_redis_up{node="a"} 0.0' in metrics
             refused = re.search(
@@ -181,7 +192,7 @@ async def test_node_killed_its_client_comes_back_on_another(cluster: Cluster) ->
     c = cluster.nodes["c"]
     killed = time.monotonic()
     kill(c.process)
-    await until(lambda: any("client thin-01 online" in _log(cluster, n) for n in ("a", "b")))
+    await until(lambda: any("client thin-01 online" in _log(cluster, n) for n in ("a", "b")), poll_s=LOG_POLL_S)
     back_s = time.monotonic() - killed
     where = "a" if "client thin-01 online" in _log(cluster, "a") else "b"
     print(f"client back on node {where} {back_s:.2f} s after node c was killed")
@@ -191,3 +202,20 @@ async def test_node_killed_its_client_comes_back_on_another(cluster: Cluster) ->
         async with tcp, UsbredirGuest(tcp, peer=f"vm on {node}") as guest:
             await guest.wait_device()
             await _descriptor(guest)
+
+
+@pytest.mark.trio_timeout(120)
+async def test_node_holding_the_vm_killed_the_vm_comes_back_through_another(cluster: Cluster) -> None:
+    a, b = cluster.nodes["a"], cluster.nodes["b"]
+    tcp = await trio.open_tcp_stream("127.0.0.1", a.routes["kbd"])
+    async with tcp, UsbredirGuest(tcp, peer="vm on a") as guest:
+        await guest.wait_device()
+        kill(a.process)
+        with pytest.raises(GuestError):  # its socket was on a: the device unplugs
+            while True:
+                await _descriptor(guest)
+    # QEMU reconnects, here through b: the client is on b now, or comes there from a
+    tcp = await trio.open_tcp_stream("127.0.0.1", b.routes["kbd"])
+    async with tcp, UsbredirGuest(tcp, peer="vm on b") as guest:
+        await guest.wait_device()
+        await _descriptor(guest)
