@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 TARGETS = {
     "filter": HERE / "filter_fuzz.py",
     "usbredir": HERE / "usbredir_fuzz.py",
+    "usbredir_host": HERE / "usbredir_host_fuzz.py",
     "tunnel": HERE / "tunnel_fuzz.py",
     "telnet": HERE / "telnet_fuzz.py",
     "resume": HERE / "resume_fuzz.py",
