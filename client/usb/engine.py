@@ -53,6 +53,7 @@ from redirgate.proto.usbredir import filter as usbfilter
 from redirgate.proto.usbredir import (
     messages as m,
 )
+from redirgate.proto.usbredir.host import INTERRUPT_TRANSFERS, NO_RESET_IDS
 from redirgate.transport import NonBlockingStream, nonblocking
 
 __all__ = ["HOST_CAPS", "NO_RESET_IDS", "DeviceSource", "HostEngine"]
@@ -61,8 +62,6 @@ log = logging.getLogger(__name__)
 
 #: Everything but bulk streams, which pyusb cannot drive (protocol ref §2.2).
 HOST_CAPS = Cap.all_known() & ~Cap.BULK_STREAMS
-#: usbredirhost.c: devices that must not be reset (VID, PID)
-NO_RESET_IDS = frozenset({(0x1210, 0x001C), (0x2798, 0x0001)})
 RECEIVE_BYTES = 256 * 1024
 #: how often an announced device is looked for on the bus: an idle device's
 #: unplug fails no transfer (usbredirect learns it from libusb hotplug)
@@ -616,15 +615,22 @@ class HostEngine:
         await self._stop_request(EndpointType.ISO, msg.endpoint, msg.id)
 
     async def _on_start_interrupt(self, msg: m.StartInterruptReceiving) -> None:
-        await self._start_stream(EndpointType.INTERRUPT, msg.endpoint, msg.id, 1, st.INTERRUPT_TRANSFERS, None)
+        await self._start_stream(EndpointType.INTERRUPT, msg.endpoint, msg.id, 1, INTERRUPT_TRANSFERS, None)
 
     async def _on_stop_interrupt(self, msg: m.StopInterruptReceiving) -> None:
         await self._stop_request(EndpointType.INTERRUPT, msg.endpoint, msg.id)
 
+    # A guest may send a request whose answer needs a cap it did not offer
+    # (its parser checks only ours); its parser would refuse the answer, so
+    # usbredirparser sends none and neither do we (send_parts would raise).
     async def _on_start_bulk_receiving(self, msg: m.StartBulkReceiving) -> None:
+        if Cap.BULK_RECEIVING not in self.conn.shared_caps:
+            return
         await self._start_stream(EndpointType.BULK, msg.endpoint, msg.id, 1, msg.no_transfers, msg.bytes_per_transfer)
 
     async def _on_stop_bulk_receiving(self, msg: m.StopBulkReceiving) -> None:
+        if Cap.BULK_RECEIVING not in self.conn.shared_caps:
+            return
         await self._stop_request(EndpointType.BULK, msg.endpoint, msg.id)
 
     async def _on_iso_packet(self, msg: m.IsoPacket) -> None:
@@ -667,9 +673,14 @@ class HostEngine:
 
     async def _on_alloc_streams(self, msg: m.AllocBulkStreams) -> None:
         # pyusb has no bulk-stream API; we do not advertise the cap either
+        # (so without it shared there is no answer, see _on_start_bulk_receiving)
+        if Cap.BULK_STREAMS not in self.conn.shared_caps:
+            return
         await self.send(m.BulkStreamsStatus(msg.endpoints, msg.no_streams, Status.IOERROR, id=msg.id))
 
     async def _on_free_streams(self, msg: m.FreeBulkStreams) -> None:
+        if Cap.BULK_STREAMS not in self.conn.shared_caps:
+            return
         await self.send(m.BulkStreamsStatus(msg.endpoints, 0, Status.IOERROR, id=msg.id))
 
     # ------------------------------------------------------------- filters

@@ -67,6 +67,7 @@ from redirgate.client.usb.iso import IsoPacketResult, iso_batch_packets
 from redirgate.client.usb.transfers import in_buffer
 from redirgate.proto.usbredir import EndpointType, Status
 from redirgate.proto.usbredir import messages as m
+from redirgate.proto.usbredir.host import stream_status
 
 if TYPE_CHECKING:
     from redirgate.client.usb.device import UsbDevice
@@ -88,18 +89,6 @@ SLICE_MS = 500
 MAX_CONSECUTIVE_ERRORS = 20
 #: pause after a failed transfer, times the run of failures (no busy loop)
 ERROR_BACKOFF_S = 0.005
-#: usbredirhost.c: interrupt receiving keeps this many transfers (we keep one
-#: in flight but size the OUT ring like the reference)
-INTERRUPT_TRANSFERS = 5
-
-
-def stream_status(kind: EndpointType, endpoint: int, status: int, msg_id: int = 0) -> m.Message:
-    """The status message of a stream of this kind."""
-    if kind == EndpointType.ISO:
-        return m.IsoStreamStatus(status, endpoint, id=msg_id)
-    if kind == EndpointType.INTERRUPT:
-        return m.InterruptReceivingStatus(status, endpoint, id=msg_id)
-    return m.BulkReceivingStatus(0, endpoint, status, id=msg_id)
 
 
 @dataclass
@@ -439,7 +428,7 @@ _TRANSFER_ERRNO = {
 
 class _AsyncReceiver:
     """Interrupt or bulk receiving on libusb's asynchronous API: the stream's
-    no_transfers (interrupt: `INTERRUPT_TRANSFERS`) reads in flight at once,
+    no_transfers (interrupt: `proto.usbredir.host.INTERRUPT_TRANSFERS`) reads in flight at once,
     each resubmitted as soon as its data is offered, in order, as
     usbredirhost does.  On a stop the reads are cancelled; what one brought
     before is kept for the next stream on the endpoint, like the thread

@@ -53,13 +53,14 @@ from redirgate.client.usb.aio import control_setup, packet_status
 from redirgate.client.usb.errors import USB_CALL_ERRORS, is_timeout, status_for
 from redirgate.proto.usbredir import Status
 from redirgate.proto.usbredir import messages as m
+from redirgate.proto.usbredir.host import reply_for
 
 if TYPE_CHECKING:
     from redirgate.client.usb.aio import Transfer
     from redirgate.client.usb.device import UsbDevice
     from redirgate.client.usb.engine import HostEngine
 
-__all__ = ["CONTROL_TIMEOUT_MS", "SLICE_MS", "EndpointQueues", "Request"]
+__all__ = ["CONTROL_TIMEOUT_MS", "SLICE_MS", "EndpointQueues", "Request", "reply_for"]
 
 log = logging.getLogger(__name__)
 
@@ -111,18 +112,6 @@ class Request:
 
     def __post_init__(self) -> None:
         self.id = self.msg.id
-
-
-def reply_for(msg: m.DataMessage, status: int, length: int = 0, data: m.Buffer = b"") -> m.DataMessage:
-    """The reply to a data request: same fields, new status/length (and data)."""
-    if isinstance(msg, m.ControlPacket):
-        return m.ControlPacket(
-            msg.endpoint, msg.request, msg.requesttype, status, msg.value, msg.index, length, id=msg.id, data=data
-        )
-    if isinstance(msg, m.BulkPacket):
-        return m.BulkPacket(msg.endpoint, status, length, msg.stream_id, id=msg.id, data=data)
-    assert isinstance(msg, m.InterruptPacket)
-    return m.InterruptPacket(msg.endpoint, status, length, id=msg.id, data=data)
 
 
 class EndpointQueues:

@@ -10,9 +10,13 @@ while no device is present (§4.3, §4.6, §4.9 rule 2).
 from __future__ import annotations
 
 import pytest
+import trio
+import trio.testing
 
-from redirgate.client.usb.engine import HOST_CAPS
+from redirgate.client.usb.engine import HOST_CAPS, HostEngine
 from redirgate.client.virtual import VirtualBackend
+from redirgate.proto.usbredir import Cap, Role, UsbredirConnection
+from redirgate.proto.usbredir import messages as m
 from tests.support.engine_lab import (
     INVAL,
     IOERROR,
@@ -196,3 +200,38 @@ async def test_requests_while_no_device() -> None:
         assert last.fields["status"] == IOERROR
         assert guest.unconsumed() == []
         assert guest.parse_errors == []
+
+
+async def test_no_answer_that_needs_a_cap_the_guest_did_not_offer(loopback) -> None:
+    """A guest without bulk_receiving may still send start/stop_bulk_receiving
+    (its parser checks only ours); the answer would need its cap, so none is
+    sent (as usbredirparser) and the connection goes on."""
+    backend, _device = loopback
+    host_end, guest_end = trio.testing.memory_stream_pair()
+    engine = HostEngine(host_end, source_for(backend), peer="capless guest")
+    guest = UsbredirConnection(Role.GUEST, Cap.all_known() & ~Cap.BULK_RECEIVING, "capless guest")
+    seen: list[m.Message] = []
+
+    async def next_message() -> m.Message:
+        while True:
+            event = guest.next_event()
+            if isinstance(event, m.Message):
+                seen.append(event)
+                return event
+            guest.receive_data(await guest_end.receive_some(65536))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.run)
+        await guest_end.send_all(guest.hello_bytes())
+        with trio.fail_after(10):
+            assert isinstance(await next_message(), m.Hello)
+            await guest_end.send_all(
+                guest.send(m.StartBulkReceiving(0, 512, 0x81, 2, id=1))
+                + guest.send(m.StopBulkReceiving(0, 0x81, id=2))
+                + guest.send(m.GetConfiguration(id=3))
+            )
+            while not isinstance(await next_message(), m.ConfigurationStatus):
+                pass
+        nursery.cancel_scope.cancel()
+    assert not any(isinstance(x, m.BulkReceivingStatus) for x in seen)
+    backend.close()
