@@ -33,6 +33,16 @@ most two buffers.  An inspector (the usbredir guard) sees each chunk before
 it is sent, in the reactor thread; what it raises ends the channel and is
 re-raised by `relay` in trio; once it returns True it has seen all it needs
 and is not called again.
+
+A resumable channel's client socket (transport.resumable) comes with its
+sans-IO state (`Handover.resume`): the direction that writes to it records
+each chunk in the replay buffer as it is read (and reads no more than the
+buffer's room: with no room, QEMU's socket is not read until an ack makes
+some), the direction that reads it counts, and an ack due goes to trio
+through the token.  The peer's acks come in as commands.  When the channel
+ends the outcome says whether the ending socket failed (`broken`, rather
+than a clean end) and what was read and not yet written each way, so that
+`relay` can resume the client side and carry on.
 """
 
 from __future__ import annotations
@@ -45,9 +55,11 @@ import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
+from redirgate.proto import tunnel as t
 from redirgate.transport import FULL_RECORD_BYTES, Handover, Inspector, RelayStats, record_layer
 
 __all__ = ["ReactorOutcome", "ReactorSide", "RelayReactor"]
@@ -61,7 +73,7 @@ _ERR = select.EPOLLERR | select.EPOLLHUP
 class ReactorSide:
     """One end of a channel as the reactor drives it: a lent socket (transport.Handover)."""
 
-    __slots__ = ("fd", "max_send", "prefix", "ssl_pending", "ssl_read", "ssl_write", "tls")
+    __slots__ = ("fd", "max_send", "prefix", "resume", "ssl_pending", "ssl_read", "ssl_write", "tls")
 
     def __init__(self, lent: Handover) -> None:
         self.fd = lent.fd
@@ -69,6 +81,8 @@ class ReactorSide:
         self.max_send = lent.max_send
         #: bytes already read from this side (delivered first)
         self.prefix = lent.prefix
+        #: a resumable channel's state (interfaces.ResumeHook), or None
+        self.resume = lent.resume
         self.tls = lent.tls is not None
         if lent.tls is not None:
             self.ssl_read, self.ssl_write = record_layer(lent.tls)
@@ -80,20 +94,28 @@ class ReactorOutcome:
     ended_by: str = ""  # "a" or "b"
     reason: str = ""
     error: BaseException | None = None  # what an inspector raised
+    #: `ended_by`'s socket failed (not a clean end of stream)
+    broken: bool = False
+    #: read from b (a) and not yet written to a (b)
+    unsent_to_a: bytes = b""
+    unsent_to_b: bytes = b""
 
 
 class _Direction:
     __slots__ = (
         "buf",
         "channel",
+        "count",
         "dst",
         "end",
         "forward",
+        "hooked",
         "inspect",
         "iov",
         "need_dst",
         "need_src",
         "opposite",
+        "record",
         "room",
         "short_read",
         "side",
@@ -122,18 +144,44 @@ class _Direction:
         self.need_src = 0
         self.need_dst = 0
         self.short_read = False
+        #: a resumable channel: the replay buffer of what we write to dst, the count of what we read from src
+        self.record: t.ResumableChannel | None = dst.resume.channel if dst.resume is not None else None
+        self.count: t.ResumableChannel | None = src.resume.channel if src.resume is not None else None
+        self.hooked = self.record is not None or self.count is not None
         if src.prefix:
             n = len(src.prefix)
             self.view[:n] = src.prefix
             self.end = n
             if inspect is not None and inspect(self.view[:n]):
                 self.inspect = None
+            if self.hooked:
+                self.hook(self.view[:n])
+        if self.record is not None:
+            self.limit()
+
+    def limit(self) -> None:
+        """Read no more than the replay buffer's room (0: do not read)."""
+        assert self.record is not None
+        room = min(len(self.buf), self.record.room())
+        if room != self.room:
+            self.room = room
+            self.iov = (self.view[:room],)
+
+    def hook(self, chunk: memoryview) -> None:
+        """A resumable channel's bookkeeping for a chunk just read (in the reactor thread)."""
+        if self.count is not None:
+            ack = self.count.received(len(chunk))
+            if ack is not None and self.src.resume is not None:
+                self.channel.call_soon(self.src.resume.ack_due, ack)
+        if self.record is not None:
+            self.record.sent(chunk)
+            self.limit()
 
 
 class _Ended(Exception):
-    def __init__(self, side: str, reason: str, error: BaseException | None = None) -> None:
+    def __init__(self, side: str, reason: str, error: BaseException | None = None, *, broken: bool = False) -> None:
         super().__init__(reason)
-        self.side, self.reason, self.error = side, reason, error
+        self.side, self.reason, self.error, self.broken = side, reason, error, broken
 
 
 #: Events taken per epoll_wait.  CPython allocates the event array on every
@@ -197,20 +245,23 @@ def _tls_train(side: ReactorSide, view: memoryview, n: int, d: _Direction) -> in
 def _send(side: ReactorSide, view: memoryview, d: _Direction) -> int | None:
     if side.max_send and len(view) > side.max_send:
         view = view[: side.max_send]
-    if side.tls:
+    try:
+        if side.tls:
+            try:
+                return side.ssl_write(view)
+            except ssl.SSLWantWriteError:
+                d.need_dst = _OUT
+                return None
+            except ssl.SSLWantReadError:
+                d.need_dst = _IN
+                return None
         try:
-            return side.ssl_write(view)
-        except ssl.SSLWantWriteError:
+            return os.write(side.fd, view)
+        except BlockingIOError:
             d.need_dst = _OUT
             return None
-        except ssl.SSLWantReadError:
-            d.need_dst = _IN
-            return None
-    try:
-        return os.write(side.fd, view)
-    except BlockingIOError:
-        d.need_dst = _OUT
-        return None
+    except (ssl.SSLError, OSError) as exc:  # the writing side's socket failed
+        raise _Ended(d.opposite.side, f"{type(exc).__name__}: {exc}", broken=True) from exc
 
 
 class _Channel:
@@ -233,6 +284,20 @@ class _Channel:
         self.fds = (a.fd, b.fd)
         self.a_fd, self.b_fd = a.fd, b.fd
         self.mask_a = self.mask_b = 0
+        #: runs a function on the trio loop (the trio token's run_sync_soon; set by `move`)
+        self.call_soon: Callable[..., Any] = lambda fn, *args: None
+
+    def take_ack(self, message: t.ChannelAck) -> None:
+        """The peer's ack (checked in trio against what was sent): room in the replay buffer."""
+        for d in (self.ab, self.ba):
+            if d.record is not None:
+                d.record.acked(message)
+                d.limit()
+
+    def unsent(self) -> tuple[bytes, bytes]:
+        """(read from b, not yet written to a; read from a, not yet written to b)."""
+        ba, ab = self.ba, self.ab
+        return bytes(ba.view[ba.start : ba.end]), bytes(ab.view[ab.start : ab.end])
 
     def step(self, d: _Direction, fresh: int = 0) -> None:
         """Move what can move now in direction d; raise _Ended at its end.
@@ -261,6 +326,9 @@ class _Channel:
                         n = _tls_train(src, view, n, d)
                     else:
                         d.short_read = n < d.room
+                elif d.room == 0:
+                    d.need_src = 0  # the replay buffer is full: read again once an ack makes room
+                    return
                 elif d.short_read:
                     # the last read did not fill the buffer: the socket was
                     # drained then, so wait for epoll instead of a read that
@@ -289,6 +357,8 @@ class _Channel:
                             d.inspect = None  # it has seen all it needs
                     except Exception as exc:  # an inspector's verdict ends the channel
                         raise _Ended(d.side, str(exc), exc) from exc
+                if d.hooked:
+                    d.hook(chunk)
                 k = _send(dst, chunk, d) or 0
                 self._count(d, k)
                 moved += n
@@ -296,9 +366,8 @@ class _Channel:
                     d.start, d.end = k, n
                     if d.need_dst or not self._flush(d):
                         return
-        except (ssl.SSLError, OSError) as exc:
-            # whichever socket failed, the channel is over; name the reader side
-            raise _Ended(d.side, f"{type(exc).__name__}: {exc}") from exc
+        except (ssl.SSLError, OSError) as exc:  # the reading side's socket (writes raise _Ended themselves)
+            raise _Ended(d.side, f"{type(exc).__name__}: {exc}", broken=True) from exc
 
     def _flush(self, d: _Direction) -> bool:
         """Write out view[start:end]; True when it all went (the buffer is free again)."""
@@ -328,7 +397,7 @@ class RelayReactor:
         self._ep = select.epoll()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._ep.register(self._wake_r, _IN)
-        self._commands: collections.deque[tuple[str, _Channel]] = collections.deque()
+        self._commands: collections.deque[tuple[str, _Channel, Any]] = collections.deque()
         self._by_fd: dict[int, _Channel] = {}
         #: fd -> the direction that reads it (the fast path's lookup)
         self._reader_of: dict[int, _Direction] = {}
@@ -363,11 +432,16 @@ class RelayReactor:
         if self._stopping or self._thread is None or not self._thread.is_alive():
             channel.done(ReactorOutcome("", "the relay reactor is not running"))
             return
-        self._commands.append(("add", channel))
+        self._commands.append(("add", channel, None))
         self._wake()
 
     def drop(self, channel: _Channel) -> None:
-        self._commands.append(("drop", channel))
+        self._commands.append(("drop", channel, None))
+        self._wake()
+
+    def ack(self, channel: _Channel, message: t.ChannelAck) -> None:
+        """A resumable channel's ack from its peer (trio thread): applied in the reactor thread."""
+        self._commands.append(("ack", channel, message))
         self._wake()
 
     async def move(
@@ -395,6 +469,18 @@ class RelayReactor:
 
         size = buffer_size or self.buffer_size
         channel = _Channel(ReactorSide(a), ReactorSide(b), stats, size, inspect_a_to_b, inspect_b_to_a, done)
+        hooks = [side.resume for side in (a, b) if side.resume is not None]
+        if hooks:
+
+            def call_soon(fn: Callable[..., Any], *args: Any) -> None:  # in the reactor thread
+                try:
+                    token.run_sync_soon(fn, *args)
+                except trio.RunFinishedError:
+                    pass
+
+            channel.call_soon = call_soon
+            for hook in hooks:
+                hook.borrow(lambda message: self.ack(channel, message))
         self.add(channel)
         try:
             await finished.wait()
@@ -403,9 +489,13 @@ class RelayReactor:
                 self.drop(channel)
                 with trio.CancelScope(shield=True):
                     await finished.wait()
+            for hook in hooks:
+                hook.give_back()
+            if outcomes:
+                stats.unsent_to_a, stats.unsent_to_b = outcomes[0].unsent_to_a, outcomes[0].unsent_to_b
         outcome = outcomes[0]
         if not stats.ended_by:
-            stats.ended_by, stats.reason = outcome.ended_by, outcome.reason
+            stats.ended_by, stats.reason, stats.broken = outcome.ended_by, outcome.reason, outcome.broken
         if outcome.error is not None:
             raise outcome.error
 
@@ -467,6 +557,8 @@ class RelayReactor:
                     except Exception as exc:  # an inspector's verdict ends the channel
                         self._finish(channel, ReactorOutcome(d.side, str(exc), exc))
                         continue
+                if d.hooked:
+                    d.hook(chunk)
                 dst = d.dst
                 if dst.max_send:
                     k = 0
@@ -475,8 +567,9 @@ class RelayReactor:
                         k = dst.ssl_write(chunk) if dst.tls else write(dst.fd, chunk)
                     except would_block:
                         k = 0
-                    except failed as exc:
-                        self._finish(channel, ReactorOutcome(d.side, f"{type(exc).__name__}: {exc}"))
+                    except failed as exc:  # the writing side's socket
+                        reason = f"{type(exc).__name__}: {exc}"
+                        self._finish(channel, ReactorOutcome(d.opposite.side, reason, broken=True))
                         continue
                 if d.forward:
                     channel.stats.a_to_b += k
@@ -493,7 +586,7 @@ class RelayReactor:
         except BlockingIOError:
             pass
         while self._commands:
-            what, channel = self._commands.popleft()
+            what, channel, message = self._commands.popleft()
             if what == "add":
                 for fd in channel.fds:
                     self._by_fd[fd] = channel
@@ -504,6 +597,9 @@ class RelayReactor:
                 self._service(channel)
             elif what == "drop" and self._by_fd.get(channel.fds[0]) is channel:
                 self._finish(channel, ReactorOutcome("", "cancelled"))
+            elif what == "ack" and self._by_fd.get(channel.fds[0]) is channel:
+                channel.take_ack(message)
+                self._service(channel)
 
     def _service(
         self, channel: _Channel, fd: int = -1, mask: int = 0, fresh_in: _Direction | None = None, fresh: int = 0
@@ -532,7 +628,7 @@ class RelayReactor:
                 if (ba.need_dst & mask) if on_a else (ba.need_src & mask):
                     channel.step(ba)
         except _Ended as ended:
-            self._finish(channel, ReactorOutcome(ended.side, ended.reason, ended.error))
+            self._finish(channel, ReactorOutcome(ended.side, ended.reason, ended.error, ended.broken))
             return
         mask_a = ab.need_src | ba.need_dst
         if mask_a != channel.mask_a:
@@ -553,4 +649,5 @@ class RelayReactor:
                 except OSError:
                     pass
         self.channels -= 1
+        outcome.unsent_to_a, outcome.unsent_to_b = channel.unsent()
         channel.done(outcome)

@@ -16,12 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeGuard, runtime_checkable
 
+from redirgate.proto import tunnel as t
+
 __all__ = [
     "Buffer",
     "Handover",
     "Inspector",
     "NonBlockingStream",
     "ReceiveIntoStream",
+    "ResumeHook",
     "SocketLender",
     "nonblocking",
 ]
@@ -90,6 +93,29 @@ class Handover:
     max_send: int = 0
     #: bytes already read from this side, to be delivered before the socket's
     prefix: bytes = b""
+    #: a resumable channel's data connection (transport.resumable): the
+    #: borrower records what it writes to this socket and counts what it reads
+    resume: ResumeHook | None = None
+
+
+class ResumeHook(Protocol):
+    """What a `ResumableStream` lends with its socket.
+
+    Between `borrow` and `give_back` the borrower's thread alone uses
+    `channel` (the sans-IO replay buffer and counts): it calls
+    `channel.sent(chunk)` for every chunk it will write to the socket
+    (reading no more than `channel.room()`), `channel.received(n)` for what
+    it read, and hands an ack that returns to `ack_due` on the trio loop.
+    Acks from the peer arrive in trio meanwhile and are passed to
+    `deliver`, which must carry them to the borrower's thread."""
+
+    channel: t.ResumableChannel
+
+    def borrow(self, deliver: Callable[[t.ChannelAck], None]) -> None: ...
+
+    def ack_due(self, ack: t.ChannelAck) -> None: ...
+
+    def give_back(self) -> None: ...
 
 
 @runtime_checkable

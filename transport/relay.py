@@ -24,10 +24,18 @@ A :class:`SocketMover` (the gateway's relay reactor thread fills it in) can
 move the bytes instead of the two trio tasks, on sockets both streams lend
 it (interfaces.SocketLender); the relay still owns the streams' closing.
 The client never passes one: its relays are the plain trio pumps.
+
+A resumable channel's stream (transport.resumable) lends its socket with
+the channel's state; when the mover stops because that socket broke (not
+a clean end), the relay writes what the mover had read from it and not yet
+delivered to the other side, lets the stream resume on a new connection
+(`ResumableStream.recover`), and lends again: the other stream (QEMU's
+socket) never sees the break.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Protocol
 
@@ -41,6 +49,8 @@ from redirgate.transport.interfaces import (
     SocketLender,
     nonblocking,
 )
+from redirgate.transport.prefixed import PrefixedStream
+from redirgate.transport.resumable import ResumableStream
 
 __all__ = ["DEFAULT_BUFFER_BYTES", "RelayStats", "SocketMover", "pump", "relay"]
 
@@ -60,6 +70,11 @@ class RelayStats:
     b_to_a: int = 0
     ended_by: str = ""  # "a", "b" (EOF or error on that side's read or write) or ""
     reason: str = ""
+    #: a mover's end: `ended_by`'s socket failed (an error, not a clean end of stream)
+    broken: bool = False
+    #: a mover's end: bytes it had read from b (a) and not yet written to a (b)
+    unsent_to_a: bytes = b""
+    unsent_to_b: bytes = b""
 
 
 class SocketMover(Protocol):
@@ -217,9 +232,12 @@ async def relay(
     if mover is not None:
         lent = None
         try:
-            lent = _lend_both(a, b)
-            if lent is not None:
-                await mover.move(*lent, result, buffer_size, inspect_a_to_b, inspect_b_to_a)
+            while True:
+                lent = _lend_both(a, b)
+                if lent is None:
+                    break  # the trio pumps take over (a resumed stream that cannot lend)
+                if not await _move(mover, a, b, lent, result, buffer_size, inspect_a_to_b, inspect_b_to_a):
+                    break
         except BaseException:
             await _close_both(a, b)
             raise
@@ -254,6 +272,69 @@ async def relay(
     if errors:
         raise errors[0]
     return result
+
+
+async def _move(
+    mover: SocketMover,
+    a: ReceiveIntoStream,
+    b: ReceiveIntoStream,
+    lent: tuple[Handover, Handover],
+    result: RelayStats,
+    buffer_size: int,
+    inspect_a_to_b: Inspector | None,
+    inspect_b_to_a: Inspector | None,
+) -> bool:
+    """One lend to the mover; True when a resumable side broke and resumed (lend again)."""
+    resumable = {"a": _resumable(a), "b": _resumable(b)}
+    side = "b" if resumable["b"] is not None else "a"
+    stream = resumable[side]
+    with contextlib.ExitStack() as stack:
+        scope = stack.enter_context(stream.lent_scope()) if stream is not None else None
+        await mover.move(*lent, result, buffer_size, inspect_a_to_b, inspect_b_to_a)
+    for s in (a, b):
+        _drop_prefix(s)
+    if stream is None:
+        return False
+    if scope is not None and scope.cancelled_caught:
+        why = "the client came back on a new connection"
+    elif result.ended_by == side and result.broken:
+        why = result.reason
+    else:
+        return False
+    other = a if side == "b" else b
+    unsent = result.unsent_to_a if side == "b" else result.unsent_to_b
+    result.ended_by, result.reason, result.broken = "", "", False
+    result.unsent_to_a = result.unsent_to_b = b""
+    try:
+        if unsent:
+            await other.send_all(unsent)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        result.ended_by, result.reason = ("a" if side == "b" else "b"), f"{type(exc).__name__}: {exc}"
+        return False
+    try:
+        await stream.recover(why)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        result.ended_by, result.reason = side, f"{type(exc).__name__}: {exc}"
+        return False
+    return True
+
+
+def _resumable(stream: object) -> ResumableStream | None:
+    while isinstance(stream, PrefixedStream):
+        stream = stream.inner
+    return stream if isinstance(stream, ResumableStream) else None
+
+
+def _drop_prefix(stream: object) -> None:
+    """After a lend: the prefixes went to the borrower, none is lent again."""
+    while True:
+        if isinstance(stream, PrefixedStream):
+            stream.drop_prefix()
+            stream = stream.inner
+        elif isinstance(stream, ResumableStream):
+            stream = stream.inner
+        else:
+            return
 
 
 def _lend_both(a: ReceiveIntoStream, b: ReceiveIntoStream) -> tuple[Handover, Handover] | None:

@@ -20,6 +20,14 @@ storage only while bytes are unacknowledged.  When the replay buffer is
 full, `send_all` waits for an ack (`acked`): the channel's sender is paced
 by the peer's acks, never by an unbounded buffer.
 
+Lending (the gateway's relay reactor): `lend()` hands the inner stream's
+socket over with a `ResumeHook`: while the reactor thread moves the bytes
+it records and counts in the channel itself, acks from the peer reach it
+through `deliver`, and acks due come back through the trio token.  When the
+reactor stops because this socket broke, `transport.relay` calls
+`recover()` and lends again; `interrupt()` cancels the relay's wait
+(`lent_scope`), which takes the socket back from the reactor first.
+
 Who does what (one trio loop; no threads): at most one receiving and one
 sending task, as on any stream; the first of them to see the break recovers
 under a lock while the other waits for it, so the count we state is final
@@ -31,13 +39,14 @@ If `reconnect` gives up, every later operation raises BrokenResourceError.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 import trio
 
 from redirgate.proto import tunnel as t
-from redirgate.transport.interfaces import Buffer
+from redirgate.transport.interfaces import Buffer, Handover, SocketLender
 
 __all__ = ["Reconnect", "ResumableStream"]
 
@@ -79,11 +88,19 @@ class ResumableStream(trio.abc.Stream):
         self.resumes = 0
         #: set while a recovery is under way (the channel is suspended)
         self.suspended = False
+        #: while lent: carries a peer's ack to the borrower's thread
+        self._deliver: Callable[[t.ChannelAck], None] | None = None
 
     # ------------------------------------------------------------ acks
     def acked(self, message: t.ChannelAck) -> None:
         """The peer's ack arrived (on the control connection): free replay room.
-        ResumeError if it acknowledges what we never sent."""
+        ResumeError if it acknowledges what we never sent (from the borrower, if lent)."""
+        if self._deliver is not None:  # the borrower's thread owns the channel: check here what it cannot
+            outgoing = self.channel.outgoing
+            if message.channel_id != self.channel.channel_id or message.received > outgoing.sent_total:
+                raise t.ResumeError(f"ack {message.received} is beyond the {outgoing.sent_total} bytes sent")
+            self._deliver(message)
+            return
         self.channel.acked(message)
         self._room.set()
 
@@ -95,6 +112,26 @@ class ResumableStream(trio.abc.Stream):
         """Give up on the current connection: the running operations recover."""
         for scope in self._ops:
             scope.cancel()
+
+    # ------------------------------------------------------------ lending (interfaces.ResumeHook)
+    def lend(self) -> Handover | None:
+        """The inner stream's socket with the channel's state (None where it lends none)."""
+        if self._closed or self._failed is not None or not isinstance(self.inner, SocketLender):
+            return None
+        lent = self.inner.lend()
+        if lent is None:
+            return None
+        lent.resume = _Hook(self)
+        return lent
+
+    def lent_scope(self) -> contextlib.AbstractContextManager[trio.CancelScope]:
+        """The scope a borrower's wait runs in: `interrupt()` cancels it."""
+        return self._op()
+
+    async def recover(self, why: str) -> None:
+        """The lent socket broke (the borrower said so): take a new connection.
+        BrokenResourceError when the channel cannot resume."""
+        await self._recover(self._generation, why)
 
     @contextmanager
     def _op(self) -> Iterator[trio.CancelScope]:
@@ -205,3 +242,23 @@ class ResumableStream(trio.abc.Stream):
             finally:
                 self.suspended = False
                 self._room.set()
+
+
+class _Hook:
+    """`interfaces.ResumeHook` for one lend of a `ResumableStream`."""
+
+    def __init__(self, stream: ResumableStream) -> None:
+        self.stream = stream
+        self.channel = stream.channel
+
+    def borrow(self, deliver: Callable[[t.ChannelAck], None]) -> None:
+        self.stream._deliver = deliver
+
+    def ack_due(self, ack: t.ChannelAck) -> None:
+        on_ack = self.stream._on_ack
+        if on_ack is not None:
+            on_ack(ack)
+
+    def give_back(self) -> None:
+        self.stream._deliver = None
+        self.stream._room.set()

@@ -9,8 +9,10 @@ import pytest
 import trio
 
 from redirgate.gateway.reactor import RelayReactor
-from redirgate.transport import PrefixedStream, RelayStats, relay
-from tests.support.transport_lab import Pki, make_channel, make_pki, send_random
+from redirgate.proto import tunnel as t
+from redirgate.transport import PrefixedStream, RelayStats, ResumableStream, relay
+from tests.support.transport_lab import Pki, make_channel, make_pki, receive_exactly, send_random
+from tests.support.waiting import until
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +181,56 @@ async def receive_exactly_bytes(stream: trio.abc.ReceiveStream, size: int, chunk
             if chunks is not None:
                 chunks.append(len(chunk))
     return got
+
+
+async def test_a_resumable_channel_reads_the_hypervisor_only_as_far_as_its_replay_buffer_has_room(env: Pki) -> None:
+    """1 MiB through a 64 KiB replay buffer: the reactor records every chunk
+    it sends to the client and reads no more than the room (a push past it
+    raises and would end the channel); each ack from the client makes room
+    again, and the buffer holds nothing once all is acknowledged."""
+    ch = await make_channel(env)
+    limit, size = 64 * 1024, 1024 * 1024
+    state = t.ResumableChannel(1, replay_limit=limit, ack_every=limit)
+    acks: list[t.ChannelAck] = []
+
+    async def never(why: str) -> tuple[trio.abc.Stream, bytes]:
+        raise trio.BrokenResourceError(why)
+
+    client_side = ResumableStream(ch.relay_tls, state, never, peer="test", on_ack=acks.append)
+    stats = RelayStats()
+    async with RelayReactor() as reactor, trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(relay, ch.relay_plain, client_side, stats=stats, mover=reactor))
+        nursery.start_soon(send_random, ch.hv, size, 5)
+        digest = hashlib.sha256()
+        got = 0
+        while got < size:
+            chunk = await ch.cl.receive_some(limit)
+            digest.update(chunk)
+            got += len(chunk)
+            if state.outgoing.room() == 0 or got == size:
+                client_side.acked(t.ChannelAck(1, got))  # what the client would send on the control connection
+        await until(lambda: not state.outgoing.allocated, "the last ack applied")
+        # the client -> hypervisor direction is counted, and an ack is due every `ack_every` bytes
+        await ch.cl.send_all(bytes(limit))
+        assert await receive_exactly(ch.hv, limit) == hashlib.sha256(bytes(limit)).hexdigest()
+        await until(lambda: bool(acks), "an ack due")
+        assert acks == [t.ChannelAck(1, limit)]
+        await ch.cl.aclose()  # a clean end: the relay ends (no resume) and closes the hypervisor side
+        assert await ch.hv.receive_some(10) == b""
+        await ch.hv.aclose()
+    assert stats.ended_by == "b" and not stats.broken
+    assert digest.hexdigest() == await send_random(_Sink(), size, 5)  # every byte once, in order
+    assert stats.a_to_b == size and state.outgoing.sent_total == size
+
+
+class _Sink(trio.abc.SendStream):
+    """Where send_random's bytes go when only its digest is wanted."""
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()

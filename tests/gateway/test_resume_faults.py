@@ -108,6 +108,8 @@ async def test_bulk_loopback_survives_ten_resets(tmp_path: Path) -> None:
                 assert proxy.reset() >= 1  # the data connection at least (the control one may be redialling)
                 await loop.progress()
             assert gateway_resumes(lab, "loop") == 10
+            reactor = route(lab, "loop").reactor
+            assert reactor is not None and reactor.channels == 1  # the bytes move in the relay reactor thread
             assert [s.resumes for s in lab.client.resumer.streams.values()] == [10]
         assert route(lab, "loop").channels_served == 1  # one channel all along: no unplug, no new attach
 
