@@ -117,6 +117,7 @@ def write_client_config(
     extra_export: str = "",
     file_name: str | None = None,
     gateway_host: str = "127.0.0.1",
+    crl: Path | None = None,
 ) -> Path:
     base = directory / "pki"
     cdir = pki.client_dir(base, name)
@@ -127,6 +128,7 @@ def write_client_config(
         f"cert = {_q(cdir / 'client-cert.pem')}",
         f"key = {_q(cdir / 'client-key.pem')}",
         f"ca = {_q(base / 'ca-cert.pem')}",
+        *([f"crl = {_q(crl)}"] if crl is not None else []),
         "",
         "[export]",
         "virtual = [" + ", ".join(_q(v) for v in virtual) + "]",

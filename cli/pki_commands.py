@@ -48,16 +48,56 @@ def add_parser(commands: Any) -> None:
     hypervisor.add_argument("name", metavar="NAME")
     hypervisor.set_defaults(run=_run_hypervisor)
 
+    request = sub.add_parser(
+        "request",
+        help="on the host that will hold the key: make it and a certificate request (CSR) for `pki sign`; "
+        "no CA needed here",
+    )
+    request.add_argument("--out", required=True, help="folder for the key (mode 0600) and request.csr")
+    request.add_argument("--force", action="store_true", help="replace an existing key and request")
+    kinds = request.add_mutually_exclusive_group(required=True)
+    kinds.add_argument("--gateway", metavar="HOST", help="a gateway's server certificate for DNS name HOST")
+    kinds.add_argument("--client", metavar="NAME", help="thin client NAME's certificate")
+    kinds.add_argument("--hypervisor", metavar="NAME", help="hypervisor NAME's certificate")
+    request.add_argument("--dns", action="append", default=[], metavar="NAME", help="gateway: another DNS name")
+    request.add_argument("--ip", action="append", default=[], metavar="ADDRESS", help="gateway: an IP address SAN")
+    request.set_defaults(run=_run_request)
+
+    sign = sub.add_parser(
+        "sign", help="on the admin machine: sign a request from `pki request` with the CA (the key never travels)"
+    )
+    common(sign, days=pki.LEAF_VALID_DAYS)
+    signed = sign.add_mutually_exclusive_group(required=True)
+    signed.add_argument("--gateway", action="store_true", help="sign it as a gateway's server certificate")
+    signed.add_argument("--client", action="store_true", help="sign it as a thin client's certificate")
+    signed.add_argument("--hypervisor", action="store_true", help="sign it as a hypervisor's certificate")
+    sign.add_argument("csr", metavar="CSR", help="the request.csr file")
+    sign.set_defaults(run=_run_sign)
+
     listing = sub.add_parser("list", help="every certificate issued here, with its expiry date and revocation")
     listing.add_argument("--dir", required=True, help="the PKI directory")
     listing.add_argument("--json", action="store_true", help="one JSON document")
     listing.set_defaults(run=_run_list)
 
-    revoke = sub.add_parser("revoke", help="revoke NAME's certificate; the gateway applies it without restart")
+    revoke = sub.add_parser(
+        "revoke",
+        help="revoke NAME's certificate (a client, hypervisor or gateway) and re-sign crl.pem; "
+        "gateways apply it without restart and hand it to their clients",
+    )
     revoke.add_argument("--dir", required=True, help="the PKI directory")
-    revoke.add_argument("--hypervisor", action="store_true", help="NAME is a hypervisor, not a client")
+    what = revoke.add_mutually_exclusive_group()
+    what.add_argument("--hypervisor", action="store_true", help="NAME is a hypervisor, not a client")
+    what.add_argument("--gateway", action="store_true", help="NAME is a gateway host (clients then refuse it)")
+    revoke.add_argument("--days", type=int, default=pki.CRL_VALID_DAYS, help="the CRL's nextUpdate, in days")
     revoke.add_argument("name", metavar="NAME")
     revoke.set_defaults(run=_run_revoke)
+
+    crl = sub.add_parser(
+        "crl", help="sign crl.pem again with a new nextUpdate (gateways refuse handshakes once it has passed)"
+    )
+    crl.add_argument("--dir", required=True, help="the PKI directory")
+    crl.add_argument("--days", type=int, default=pki.CRL_VALID_DAYS, help="the CRL's nextUpdate, in days")
+    crl.set_defaults(run=_run_crl)
 
 
 def _report(what: str, issued: pki.Issued) -> None:
@@ -108,10 +148,40 @@ def _run_hypervisor(args: argparse.Namespace) -> None:
 
 
 @_guard
+def _run_request(args: argparse.Namespace) -> None:
+    if args.gateway:
+        kind, name = pki.CertKind.GATEWAY, args.gateway
+    elif args.client:
+        kind, name = pki.CertKind.CLIENT, args.client
+    else:
+        kind, name = pki.CertKind.HYPERVISOR, args.hypervisor
+    made = pki.make_request(args.out, kind, name, dns_names=args.dns, ips=args.ip, force=args.force)
+    print(f"{kind.value} key: {made.key} (mode 0600; it stays on this host)")
+    print(f"  request: {made.csr}: send it to the admin machine for `redirgate pki sign --{kind.value}`")
+
+
+@_guard
+def _run_sign(args: argparse.Namespace) -> None:
+    kind = pki.CertKind.GATEWAY if args.gateway else pki.CertKind.CLIENT if args.client else pki.CertKind.HYPERVISOR
+    issued = pki.sign_request(args.dir, args.csr, kind, valid_days=args.days, force=args.force)
+    print(f"{kind.value} certificate: {issued.cert}")
+    print(f"  CA:     {issued.ca}")
+    print(f"  serial: {issued.serial:x}, valid until {issued.not_valid_after:%Y-%m-%d}")
+    print(f"  send back {issued.cert.name}, {issued.ca.name} and crl.pem; the key ({issued.key}) is already there")
+
+
+@_guard
 def _run_revoke(args: argparse.Namespace) -> None:
-    kind = pki.PeerKind.HYPERVISOR if args.hypervisor else pki.PeerKind.CLIENT
-    entry = pki.revoke(args.dir, args.name, kind=kind)
+    kind = pki.CertKind.HYPERVISOR if args.hypervisor else pki.CertKind.GATEWAY if args.gateway else pki.CertKind.CLIENT
+    entry = pki.revoke(args.dir, args.name, kind=kind, valid_days=args.days)
     print(f"revoked {entry.kind.value} {entry.name} (serial {entry.serial:x}); crl.pem rewritten")
+    print("  copy crl.pem to every gateway (they re-read it by themselves and hand it to their clients)")
+
+
+@_guard
+def _run_crl(args: argparse.Namespace) -> None:
+    path = pki.resign_crl(args.dir, valid_days=args.days)
+    print(f"CRL: {path} signed again, valid for {args.days} day(s); copy it to every gateway")
 
 
 @_guard

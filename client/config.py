@@ -9,6 +9,7 @@
     cert = "client-cert.pem"           # our identity is in this certificate
     key = "client-key.pem"
     ca = "ca-cert.pem"
+    crl = "crl.pem"                    # optional: the CA's CRL; a gateway it revokes is refused
 
     [export]                           # nothing is exported unless listed here
     usb_ids = ["0781:5567", "046d:c31c:SERIAL"]
@@ -117,6 +118,8 @@ class ClientConfig:
     metrics_listen: tuple[str, int] | None = None
     #: the other gateways of a cluster listed in `gateway`, tried in turn after the first
     more_gateways: tuple[tuple[str, int], ...] = ()
+    #: the CA's CRL on this machine (optional); the gateway also hands its own
+    crl: Path | None = None
 
 
 def _locate(text: str, key: str) -> int | None:
@@ -148,7 +151,7 @@ def load_client_config(path: str | Path) -> ClientConfig:
         if key not in ("client", "export", "serial", "parallel"):
             problem(key, "unknown table (expected [client], [export], [[serial]] and [[parallel]])")
     for key in client:
-        if key not in {"gateway", "server_name", "cert", "key", "ca", "reconnect_max_s", "metrics_listen"}:
+        if key not in {"gateway", "server_name", "cert", "key", "ca", "crl", "reconnect_max_s", "metrics_listen"}:
             problem(f"client.{key}", "unknown key")
     for key in export:
         if key not in {"usb_ids", "usb_ports", "usb_rules", "virtual"}:
@@ -179,6 +182,7 @@ def load_client_config(path: str | Path) -> ClientConfig:
         return result
 
     cert, key_path, ca = file("cert"), file("key"), file("ca")
+    crl = file("crl") if "crl" in client else None
 
     metrics: tuple[str, int] | None = None
     if "metrics_listen" in client:
@@ -238,6 +242,7 @@ def load_client_config(path: str | Path) -> ClientConfig:
         parallel=parallel,
         reconnect_max_s=float(client.get("reconnect_max_s", 30.0)),
         metrics_listen=metrics,
+        crl=crl,
     )
 
 

@@ -24,7 +24,7 @@ from redirgate.client.exports import PortExports
 from redirgate.client.inventory import DeviceInventory
 from redirgate.client.parallel.exports import ParallelExports
 from redirgate.client.serial.exports import SerialExports
-from redirgate.client.tunnel import TunnelClient
+from redirgate.client.tunnel import TunnelClient, revocation_view
 from redirgate.client.usb.hotplug import follow_usb_uevents
 from redirgate.client.usb.uevent import is_usb_device_event
 from redirgate.transport import client_context
@@ -76,7 +76,8 @@ class ClientService:
         changes += self.ports.parallel.reload(config.parallel)
         # certificates are read again even when their paths stayed (a renewal)
         self.client.context = client_context(config.cert, config.key, config.ca, config.server_name)
-        tls = ("gateway_host", "gateway_port", "more_gateways", "server_name", "cert", "key", "ca")
+        self.client.revocations = revocation_view(config, self.client.revocations)
+        tls = ("gateway_host", "gateway_port", "more_gateways", "server_name", "cert", "key", "ca", "crl")
         if any(getattr(config, key) != getattr(old, key) for key in tls):
             changes.append("gateway connection (from the next connection)")
         self.client.config = self.config = config

@@ -42,6 +42,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
+from cryptography import x509
 
 from redirgate.client.config import ClientConfig
 from redirgate.client.inventory import DeviceInventory, diff
@@ -54,16 +55,27 @@ from redirgate.proto import tunnel as t
 from redirgate.transport import (
     ClientContext,
     ControlSession,
+    CrlError,
+    NewestCrl,
     PeerGone,
     PrefixedStream,
     TlsRefused,
     ZeroCopyTLSStream,
     client_context,
     open_tls_connection,
+    parse_crl,
     peer_gone,
 )
 
-__all__ = ["ChannelHandler", "TunnelClient", "TunnelClientError", "reconnect_delay", "usb_channel_handler"]
+__all__ = [
+    "ChannelHandler",
+    "GatewayRevoked",
+    "TunnelClient",
+    "TunnelClientError",
+    "reconnect_delay",
+    "revocation_view",
+    "usb_channel_handler",
+]
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +109,31 @@ class TunnelClientError(Exception):
         self.reason = reason
 
 
+class GatewayRevoked(TunnelClientError):
+    """The gateway's certificate is on the newest CRL we hold: we refuse it."""
+
+
+def revocation_view(config: ClientConfig, previous: NewestCrl | None = None) -> NewestCrl:
+    """The client's CRL view for `config` (its CA, its local `crl` file), keeping
+    the newest CRL of `previous` when the CA is the same.  Blocking file reads
+    (small files, at start and on reload); CrlError for a bad local CRL."""
+    ca = x509.load_pem_x509_certificate(config.ca.read_bytes())
+    view = NewestCrl(ca, config.crl)
+    if previous is not None and previous.ca == ca and previous.current is not None:
+        view.offer(previous.current, previous.source)
+    return view
+
+
 class TunnelClient:
-    """One thin client's tunnel to its gateway (see the module docstring)."""
+    """One thin client's tunnel to its gateway (see the module docstring).
+
+    Revocation both ways: the gateway checks our certificate; we check
+    the gateway's against the newest CRL we have seen (`revocations`: the
+    config's `crl` file and every CRL the gateway hands us, accepted only
+    when our CA signed it and never older than the one held).  A revoked
+    gateway is refused right after the handshake of every connection, and
+    a CRL that revokes it ends the live session.
+    """
 
     def __init__(
         self,
@@ -112,6 +147,7 @@ class TunnelClient:
         self.config = config
         self.inventory = inventory
         self.context = context or client_context(config.cert, config.key, config.ca, config.server_name)
+        self.revocations = revocation_view(config)
         #: a `client.serial.exports.SerialExports`, a `client.exports.PortExports`
         #: (serial and parallel ports), or None: no ports
         self.serial = serial
@@ -136,7 +172,7 @@ class TunnelClient:
         #: setting the new device node's permissions at the first look)
         self._followup_at: float | None = None
         #: what our hello advertises (without RESUME_CAPABILITY: channels end with their connections)
-        self.capabilities = frozenset({t.CLUSTER_CAPABILITY, t.RESUME_CAPABILITY})
+        self.capabilities = frozenset({t.CLUSTER_CAPABILITY, t.RESUME_CAPABILITY, t.CRL_CAPABILITY})
         #: channel id -> the cancel scope of its task, over control connections
         self._scopes: dict[int, trio.CancelScope] = {}
         #: the control connection up now, when it is a resumable one (channels outlive it)
@@ -170,11 +206,15 @@ class TunnelClient:
         lost_at = trio.current_time()
         while True:
             started = trio.current_time()
+            level = logging.WARNING
             try:
                 await self._session()
                 reason = "the gateway closed the connection"
             except TlsRefused as exc:
                 reason = f"TLS refused: {exc.reason}"
+            except GatewayRevoked as exc:
+                reason = exc.reason
+                level = logging.ERROR
             except (TunnelClientError, PeerGone) as exc:
                 reason = exc.reason
             except t.TunnelProtocolError as exc:
@@ -191,7 +231,7 @@ class TunnelClient:
                 failures, now - lost_at, min_s=self.config.reconnect_min_s, max_s=self.config.reconnect_max_s
             )
             failures = min(failures + 1, 16)
-            log.warning("tunnel to %s lost: %s; reconnecting in %.1f s", self.peer, reason, delay)
+            log.log(level, "tunnel to %s lost: %s; reconnecting in %.1f s", self.peer, reason, delay)
             await trio.sleep(delay)
 
     # ------------------------------------------------------------ one session
@@ -212,18 +252,50 @@ class TunnelClient:
 
     async def _dial(self, where: tuple[str, int, str] | None = None) -> ZeroCopyTLSStream:
         """A new mutual-TLS connection to the gateway (control or data alike); `where`: a node of a
-        cluster (None: the gateway of the control connection)."""
+        cluster (None: the gateway of the control connection).  Refused (GatewayRevoked) if the
+        newest CRL we hold revokes its certificate."""
         where = where or self._where
         if where is None:
-            return await open_tls_connection(
+            stream = await open_tls_connection(
                 self.config.gateway_host,
                 self.config.gateway_port,
                 self.context,
                 handshake_timeout_s=self.connect_timeout_s,
             )
-        host, port, name = where
-        context = self.context if name == self.context.server_name else ClientContext(self.context.ssl_context, name)
-        return await open_tls_connection(host, port, context, handshake_timeout_s=self.connect_timeout_s)
+        else:
+            host, port, name = where
+            context = (
+                self.context if name == self.context.server_name else ClientContext(self.context.ssl_context, name)
+            )
+            stream = await open_tls_connection(host, port, context, handshake_timeout_s=self.connect_timeout_s)
+        try:
+            self._check_gateway(stream)
+        except GatewayRevoked:
+            await trio.aclose_forcefully(stream)
+            raise
+        return stream
+
+    def _check_gateway(self, stream: ZeroCopyTLSStream) -> None:
+        cert = stream.peer_certificate()
+        crl = self.revocations.revoking(cert) if cert is not None else None
+        if cert is not None and crl is not None:
+            raise GatewayRevoked(
+                self.peer,
+                f"refusing the gateway: its certificate {cert.subject.rfc4514_string()} (serial "
+                f"{cert.serial_number:x}) is revoked by CRL #{crl.number} (from {self.revocations.source})",
+            )
+
+    async def _revocations(self, control: ControlSession, event: t.Revocations, stream: ZeroCopyTLSStream) -> None:
+        """The gateway's CRL: kept if our CA signed it and it is newer; a CRL that
+        revokes this very gateway ends the session (GatewayRevoked)."""
+        try:
+            crl = parse_crl(event.crl, self.revocations.ca, source=f"the gateway {self.peer}")
+        except CrlError as exc:
+            log.warning("tunnel to %s: ignoring the CRL it sent: %s", self.peer, exc.reason)
+            return
+        if self.revocations.offer(crl, f"the gateway {self.peer}"):
+            log.info("tunnel to %s: CRL #%d with %d revoked certificate(s)", self.peer, crl.number, len(crl.serials))
+            self._check_gateway(stream)
 
     async def _session(self) -> None:
         candidates = self.addresses()
@@ -237,12 +309,12 @@ class TunnelClient:
         if dialing.cancelled_caught:
             raise PeerGone(self.peer, f"no connection within {self.connect_timeout_s:g} s")
         try:
-            await self._run_control(ControlSession(stream, "client", peer=self.peer))
+            await self._run_control(ControlSession(stream, "client", peer=self.peer), stream)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                 await stream.aclose()
 
-    async def _run_control(self, control: ControlSession) -> None:
+    async def _run_control(self, control: ControlSession, stream: ZeroCopyTLSStream) -> None:
         await control.send(t.ClientHello(software=SOFTWARE, capabilities=self.capabilities))
         hello = await control.receive()
         if isinstance(hello, t.Error):
@@ -341,10 +413,14 @@ class TunnelClient:
         async def error(control: ControlSession, event: t.Error) -> None:
             raise TunnelClientError(self.peer, f"the gateway reported {event.code}: {event.message}")
 
+        async def revocations(control: ControlSession, event: t.Revocations) -> None:
+            await self._revocations(control, event, stream)
+
         handlers: dict[type[t.TunnelMessage], Any] = {
             t.OpenChannel: open_channel,
             t.CloseChannel: close_channel,
             t.Error: error,
+            t.Revocations: revocations,
         }
         tasks = [inventory_updates]
         if resumable:

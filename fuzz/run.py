@@ -32,6 +32,8 @@ TARGETS = {
     "tunnel": HERE / "tunnel_fuzz.py",
     "telnet": HERE / "telnet_fuzz.py",
     "resume": HERE / "resume_fuzz.py",
+    "route_hello": HERE / "route_hello_fuzz.py",
+    "admin": HERE / "admin_fuzz.py",
 }
 CORPUS = HERE / "corpus"
 _EXECS = re.compile(r"stat::number_of_executed_units:\s*(\d+)")

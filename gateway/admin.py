@@ -13,6 +13,10 @@ the clients) is rendered and sent a few entries at a time with the event
 loop free in between, and at most `STATUS_MAX_ENTRIES` of them are written,
 then `"<name>_more": N` says how many were left out.  So status with 10,000
 clients neither builds megabytes at once nor stalls the other connections.
+
+A request is read by `_reply` and parsed by `parse_request`, which is
+sans-IO (bytes in, an `AdminRequest` or `BadAdminRequest` out) so that it
+can be fuzzed (fuzz/admin_fuzz.py).
 """
 
 from __future__ import annotations
@@ -33,14 +37,19 @@ from redirgate.gateway.admission import serve_bounded
 from redirgate.gateway.errors import GatewayError
 
 __all__ = [
+    "REQUEST_LIMIT",
     "STATUS_MAX_ENTRIES",
+    "AdminRequest",
     "AdminSocketInUse",
+    "BadAdminRequest",
     "Streamed",
     "check_admin_socket",
     "encode_status",
     "open_admin",
+    "parse_request",
     "read_status",
     "request",
+    "request_complete",
     "serve_admin",
 ]
 
@@ -110,7 +119,7 @@ async def serve_admin(
     snapshot: Callable[[], dict[str, Any]],
     *,
     listener: trio.SocketListener | None = None,
-    commands: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    commands: Callable[[AdminRequest], dict[str, Any]] | None = None,
     task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Answer on `path` (bound here unless `listener` is given) until cancelled; the file goes with it."""
@@ -168,34 +177,78 @@ def _remove_stale_socket(path: Path) -> None:
         path.unlink()
 
 
-async def _reply(
-    stream: trio.SocketStream,
-    snapshot: Callable[[], dict[str, Any]],
-    commands: Callable[[dict[str, Any]], dict[str, Any]] | None,
-) -> dict[str, Any]:
-    """Read one request line (none, or `{"command": "status"}`: the status) and answer it."""
-    data = b""
-    while b"\n" not in data and len(data) < _REQUEST_LIMIT:
-        chunk = await stream.receive_some(_REQUEST_LIMIT)
-        if not chunk:
-            break
-        data += chunk
-    line = data.split(b"\n", 1)[0].strip()
-    if not line:
-        return snapshot()
-    try:
-        message = json.loads(line)
-    except ValueError:
-        return {"ok": False, "error": "not a JSON request"}
-    if not isinstance(message, dict) or message.get("command", "status") == "status":
-        return snapshot()
-    if commands is None:
-        return {"ok": False, "error": f"unknown command {message.get('command')!r}"}
-    return commands(message)
+@dataclass(frozen=True)
+class AdminRequest:
+    """One request on the admin socket: `status`, or `disconnect` of `target` (a route or client)."""
+
+    command: str
+    target: str = ""
+
+
+class BadAdminRequest(GatewayError):
+    """A request the admin socket does not understand; `reason` is what the answer says."""
 
 
 #: a request is one short JSON line
-_REQUEST_LIMIT = 4096
+REQUEST_LIMIT = 4096
+_COMMANDS = ("status", "disconnect")
+
+
+def request_complete(data: bytes) -> bool:
+    """Whether `data` holds a whole request line (or as much as is ever read)."""
+    return b"\n" in data or len(data) >= REQUEST_LIMIT
+
+
+def parse_request(data: bytes) -> AdminRequest:
+    """The request in the first line of `data` (sans-IO); BadAdminRequest if it is not one.
+
+    Nothing at all, or a JSON value that is not an object, is `status` (what
+    `gateway status` from older versions sends); an object names its
+    `command` ("status" if none) and, for `disconnect`, a string `target`.
+    Only the first REQUEST_LIMIT bytes are looked at.
+    """
+    line = data[:REQUEST_LIMIT].split(b"\n", 1)[0].strip()
+    if not line:
+        return AdminRequest("status")
+    try:
+        message = json.loads(line)
+    except (ValueError, RecursionError):
+        raise BadAdminRequest("admin socket", "not a JSON request") from None
+    if not isinstance(message, dict):
+        return AdminRequest("status")
+    command = message.get("command", "status")
+    if command not in _COMMANDS:
+        shown = repr(command)[:80]
+        raise BadAdminRequest("admin socket", f"unknown command {shown} (status, disconnect)")
+    if command == "status":
+        return AdminRequest("status")
+    target = message.get("target")
+    if not isinstance(target, str) or not target or len(target) > 255:
+        raise BadAdminRequest("admin socket", "disconnect needs a target: a route or client name")
+    return AdminRequest("disconnect", target)
+
+
+async def _reply(
+    stream: trio.SocketStream,
+    snapshot: Callable[[], dict[str, Any]],
+    commands: Callable[[AdminRequest], dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """Read one request line (none, or `{"command": "status"}`: the status) and answer it."""
+    data = b""
+    while not request_complete(data):
+        chunk = await stream.receive_some(REQUEST_LIMIT)
+        if not chunk:
+            break
+        data += chunk
+    try:
+        asked = parse_request(data)
+    except BadAdminRequest as exc:
+        return {"ok": False, "error": exc.reason}
+    if asked.command == "status":
+        return snapshot()
+    if commands is None:
+        return {"ok": False, "error": f"unknown command {asked.command!r}"}
+    return commands(asked)
 
 
 def request(path: str | os.PathLike[str], message: dict[str, Any], *, timeout_s: float = 5.0) -> dict[str, Any]:

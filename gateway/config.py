@@ -10,7 +10,8 @@ Relative paths are taken from the config file's folder.
     cert = "pki/gateway-cert.pem"
     key = "pki/gateway-key.pem"
     ca = "pki/ca-cert.pem"
-    crl = "pki/crl.pem"                # optional; reloaded when it changes
+    crl = "pki/crl.pem"                # required: the CA's CRL, re-read when it changes; "" = no revocation
+    stale_crl = "refuse"               # past the CRL's nextUpdate: refuse new handshakes, or "warn"
     admin_socket = "gateway.sock"      # `redirgate gateway status` talks here
     public_host = "gw.example.net"     # what hypervisors dial (snippets)
     # bounds (README "Security model"): max_devices_per_client = 256, max_ports_per_client = 32,
@@ -140,7 +141,7 @@ class GatewayConfig:
     cert: Path
     key: Path
     ca: Path
-    crl: Path | None
+    crl: Path | None  # None: revocation turned off (crl = "")
     admin_socket: Path
     public_host: str
     routes: tuple[Route, ...]
@@ -160,6 +161,8 @@ class GatewayConfig:
     audit_log: Path | None = None
     #: several gateways as one on Redis (None: this gateway runs alone)
     cluster: ClusterConfig | None = None
+    #: a CRL past its nextUpdate: "refuse" new handshakes (default) or "warn" and accept them
+    stale_crl: str = "refuse"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def route(self, name: str) -> Route | None:
@@ -304,6 +307,7 @@ _GATEWAY_KEYS = {
     "key",
     "ca",
     "crl",
+    "stale_crl",
     "admin_socket",
     "public_host",
     "handshake_timeout_s",
@@ -358,7 +362,10 @@ def load_config(path: str | Path, *, check_files: bool = True) -> GatewayConfig:
     cert = loader.path_value("gateway", gw, "cert")
     key = loader.path_value("gateway", gw, "key")
     ca = loader.path_value("gateway", gw, "ca")
-    crl = loader.path_value("gateway", gw, "crl", required=False, exists=False)
+    crl = _crl(loader, gw)
+    stale_crl = loader.string("gateway", gw, "stale_crl", default="refuse")
+    if stale_crl not in ("refuse", "warn"):
+        loader.problem("gateway", "stale_crl", f'must be "refuse" or "warn", not {stale_crl!r}')
     admin = (
         loader.path_value("gateway", gw, "admin_socket", exists=False)
         if "admin_socket" in gw
@@ -451,6 +458,7 @@ def load_config(path: str | Path, *, check_files: bool = True) -> GatewayConfig:
         metrics_listen=metrics,
         audit_log=audit,
         cluster=cluster,
+        stale_crl=stale_crl or "refuse",
         handshake_timeout_s=timeouts["handshake_timeout_s"],
         heartbeat_interval_s=timeouts["heartbeat_interval_s"],
         heartbeat_timeout_s=timeouts["heartbeat_timeout_s"],
@@ -460,6 +468,21 @@ def load_config(path: str | Path, *, check_files: bool = True) -> GatewayConfig:
         client_limits=client_limits,
         handshake_limits=handshake_limits,
     )
+
+
+def _crl(loader: _Loader, gw: dict[str, Any]) -> Path | None:
+    """The CRL's path; `crl = ""` turns revocation off (said at start).  Leaving
+    the key out is a mistake: revocation is never off by omission."""
+    if "crl" not in gw:
+        loader.problem(
+            "gateway",
+            "crl",
+            'missing: the CA\'s CRL file (crl.pem from `redirgate pki init`), or crl = "" to run without revocation',
+        )
+        return None
+    if gw["crl"] == "":
+        return None
+    return loader.path_value("gateway", gw, "crl")
 
 
 def _load_route(loader: _Loader, table: str, rd: Any) -> Route | None:

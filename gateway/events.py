@@ -206,3 +206,26 @@ class GatewayCollector(Collector):
         for path, seconds in state["expiry"]:
             expiry.add_metric([path], seconds)
         yield expiry
+        bounded = CounterMetricFamily(
+            "redirgate_bounded",
+            "What the gateway's bounds refused or held back, by counter (as in `gateway status`)",
+            labels=["counter"],
+        )
+        for name, count in sorted(state.get("counters", {}).items()):
+            bounded.add_metric([name], count)
+        yield bounded
+        crl = state.get("crl")
+        if crl is not None:
+            yield GaugeMetricFamily(
+                "redirgate_crl_next_update_seconds",
+                "Seconds until the CRL in force passes its nextUpdate",
+                crl["next_update_s"],
+            )
+            yield GaugeMetricFamily(
+                "redirgate_crl_stale", "1 while the CRL in force is past its nextUpdate", crl["stale"]
+            )
+            yield CounterMetricFamily(
+                "redirgate_crl_stale_accepted",
+                'Handshakes accepted against a stale CRL (stale_crl = "warn")',
+                crl["stale_accepted"],
+            )

@@ -56,7 +56,7 @@ def preflight(config: GatewayConfig, *, held: Collection[Endpoint] = ()) -> list
     for role, reason in tls_file_problems(cert=config.cert, key=config.key, ca=config.ca):
         problem("gateway", role, reason)
     if config.crl is not None:
-        for reason in crl_problems(config.crl, config.ca):
+        for reason in crl_problems(config.crl, config.ca, stale_ok=config.stale_crl == "warn"):
             problem("gateway", "crl", reason)
     for index, route in enumerate(config.routes):
         if route.tls is not None:

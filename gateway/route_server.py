@@ -47,8 +47,7 @@ from redirgate.gateway.raw_relay import relay_raw
 from redirgate.gateway.reactor import RelayReactor
 from redirgate.gateway.registry import Channel, Registry, describe_device
 from redirgate.proto import tunnel as t
-from redirgate.proto import usbredir
-from redirgate.proto.usbredir.messages import Hello
+from redirgate.proto.usbredir import HelloGate
 from redirgate.transport import (
     PeerGone,
     PeerKind,
@@ -277,28 +276,18 @@ class RouteServer:
     async def _read_hello(self, stream: ReceiveIntoStream, peer: str) -> bytes | None:
         """The bytes up to and including the hypervisor's usbredir hello, read
         within `hello_timeout_s`; None (logged, counted) without a valid one."""
-        parser = usbredir.UsbredirConnection(usbredir.Role.HOST)
-        received = bytearray()
+        gate = HelloGate(HELLO_MAX_BYTES)
         buf = bytearray(HELLO_MAX_BYTES)
         why = ""
         with trio.move_on_after(self.hello_timeout_s) as waited:
             try:
-                while True:
-                    event = parser.next_event()
-                    if isinstance(event, Hello):
-                        return bytes(received)
-                    if event is not usbredir.NEED_DATA:
-                        closed = event is usbredir.CLOSED
-                        why = "it closed before its usbredir hello" if closed else "no usbredir hello first"
-                        break
-                    if len(received) >= HELLO_MAX_BYTES:
-                        why = f"no usbredir hello in its first {HELLO_MAX_BYTES} bytes"
-                        break
+                verdict = None
+                while verdict is None:
                     n = await stream.receive_into(buf)
-                    received += memoryview(buf)[:n]
-                    parser.receive_data(memoryview(buf)[:n])  # b"" (n == 0): the peer closed
-            except usbredir.RemoteProtocolError as exc:
-                why = f"not usbredir: {exc}"
+                    verdict = gate.receive_data(memoryview(buf)[:n])  # b"" (n == 0): the peer closed
+                if verdict.ok:
+                    return verdict.received
+                why = verdict.reason
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 why = f"connection lost before its usbredir hello: {exc}"
         if waited.cancelled_caught:

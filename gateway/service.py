@@ -22,7 +22,7 @@ from typing import Any
 
 import trio
 
-from redirgate.gateway.admin import Streamed, open_admin, serve_admin
+from redirgate.gateway.admin import AdminRequest, Streamed, open_admin, serve_admin
 from redirgate.gateway.admission import serve_bounded
 from redirgate.gateway.cluster.channels import RemoteChannels
 from redirgate.gateway.cluster.metrics import ClusterCollector
@@ -35,7 +35,7 @@ from redirgate.gateway.reactor import RelayReactor
 from redirgate.gateway.registry import Registry
 from redirgate.gateway.route_server import RouteServer
 from redirgate.gateway.tunnel_server import TunnelServer
-from redirgate.transport import RevocationChecker, hypervisor_server_context, serve_metrics, server_context
+from redirgate.transport import hypervisor_server_context, serve_metrics, server_context
 
 __all__ = ["Gateway", "GatewayAddresses", "serve_gateway"]
 
@@ -162,6 +162,8 @@ class Gateway:
             "channels": sum(1 for r in self.routes if r.state == "active"),
             "bytes": [(r.name, *r.bytes_moved()) for r in self.routes],
             "expiry": [(str(path), not_after - time.time()) for path, not_after in self.expiry.items()],
+            "crl": _crl_state(self.revocation),
+            "counters": dict(self.tunnel.counters),
         }
 
     def _new_route_server(self, route: Route) -> RouteServer:
@@ -231,11 +233,11 @@ class Gateway:
             return False, "starting"
         return True, f"ok: {len(self.registry.clients)} client(s) online, {len(self.routes)} route(s)"
 
-    def command(self, message: dict[str, Any]) -> dict[str, Any]:
+    def command(self, asked: AdminRequest) -> dict[str, Any]:
         """An admin socket request other than status (see gateway.admin)."""
-        if message.get("command") != "disconnect" or not isinstance(message.get("target"), str):
-            return {"ok": False, "error": f"unknown command {message.get('command')!r} (status, disconnect)"}
-        return self.disconnect(message["target"])
+        if asked.command != "disconnect":
+            return {"ok": False, "error": f"unknown command {asked.command!r} (status, disconnect)"}
+        return self.disconnect(asked.target)
 
     def disconnect(self, target: str) -> dict[str, Any]:
         """End route `target`'s channel, or client `target`'s whole session."""
@@ -453,26 +455,24 @@ class Gateway:
         await task.done.wait()
 
 
-class _LateRevocation:
-    """A CRL path that does not exist yet: checked again on every handshake."""
-
-    def __init__(self, crl: Path, ca: Path) -> None:
-        self.crl, self.ca = crl, ca
-        self.inner: RevocationList | None = None
-
-    def is_revoked(self, cert: Any) -> bool:
-        if self.inner is None and self.crl.exists():
-            self.inner = RevocationList(self.crl, self.ca)
-        return self.inner is not None and self.inner.is_revoked(cert)
-
-
-def _revocation(config: GatewayConfig) -> RevocationChecker | None:
+def _revocation(config: GatewayConfig) -> RevocationList | None:
+    """The CRL in force (PkiError if it is missing or unreadable: the gateway does not start), or None
+    when the config turned revocation off."""
     if config.crl is None:
+        log.warning('gateway: revocation is off (crl = ""): a revoked certificate is accepted')
         return None
-    if config.crl.exists():
-        return RevocationList(config.crl, config.ca)
-    log.warning("gateway: CRL %s does not exist yet; no certificate is treated as revoked until it does", config.crl)
-    return _LateRevocation(config.crl, config.ca)
+    return RevocationList(
+        config.crl, config.ca, stale=config.stale_crl, log_interval_s=config.client_limits.log_interval_s
+    )
+
+
+def _crl_state(revocation: RevocationList | None) -> dict[str, float] | None:
+    """What the metrics say about the CRL in force (None: revocation is off)."""
+    if revocation is None:
+        return None
+    crl = revocation.current
+    left = crl.next_update.timestamp() - time.time() if crl.next_update is not None else float("inf")
+    return {"next_update_s": left, "stale": float(crl.stale()), "stale_accepted": revocation.stale_accepted}
 
 
 def _certificate_files(config: GatewayConfig) -> list[Path]:

@@ -36,6 +36,7 @@ import trio
 from redirgate.gateway.admission import HandshakeGate
 from redirgate.gateway.errors import ChannelError
 from redirgate.gateway.limits import ClientLimits, Every, HandshakeLimits, RefusalLog, clip_ids
+from redirgate.gateway.pki import RevocationList
 from redirgate.gateway.registry import ClientSession, Registry
 from redirgate.gateway.resume import ChannelResume
 from redirgate.proto import tunnel as t
@@ -47,7 +48,6 @@ from redirgate.transport import (
     PeerSilent,
     PrefixedStream,
     Refusal,
-    RevocationChecker,
     TlsRefused,
     ZeroCopyTLSStream,
     accept_tls,
@@ -78,7 +78,7 @@ class TunnelServer:
         registry: Registry,
         context: ssl.SSLContext,
         *,
-        revocation: RevocationChecker | None = None,
+        revocation: RevocationList | None = None,
         handshake_timeout_s: float = 10.0,
         heartbeat_interval_s: float = 10.0,
         heartbeat_timeout_s: float = 30.0,
@@ -129,7 +129,7 @@ class TunnelServer:
             identity = verify_peer(stream.getpeercert(), peer=peer, kind=PeerKind.CLIENT, revocation=self.revocation)
         except TlsRefused as refused:
             self._tls_refused(refused)
-            if refused.refusal is Refusal.REVOKED:  # told, so the client can say why it is refused
+            if refused.refusal in (Refusal.REVOKED, Refusal.CRL_STALE):  # told, so the client can say why
                 await _goodbye(stream, t.Error(code=t.ErrorCode.UNAUTHORIZED, message=refused.reason[:500]))
             await trio.aclose_forcefully(stream)
             return
@@ -185,10 +185,11 @@ class TunnelServer:
                 raise _AttachRefused(identity, why, "replayed" if "already used" in why else "channel_ended")
         except ChannelError as exc:
             self.refusals += 1
-            self.counters[f"attach_refused_{getattr(exc, 'counter', 'no_channel')}"] += 1
+            why = getattr(exc, "counter", "no_channel")
+            self.counters[f"attach_refused_{why}"] += 1
             log.warning("tunnel: refused data connection from %s (%s): %s", identity, peer, exc.reason)
             if self.events is not None:
-                self.events.refused("attach", peer=peer, detail=exc.reason, client=identity)
+                self.events.refused(f"attach_{why}", peer=peer, detail=exc.reason, client=identity)
             await stream.send_all(attach.send(t.AttachResult(ok=False, reason=exc.reason[:200])))
             return False
         trailing, _eof = attach.trailing_data()
@@ -252,6 +253,9 @@ class TunnelServer:
                 gateways=self.peers() if clustered else (),
             )
         )
+        if t.CRL_CAPABILITY in hello.capabilities:
+            control.wants_crl = True
+            await control.send_crl()
         session = control.client
         session.capabilities = hello.capabilities
         session.resumable = t.RESUME_CAPABILITY in hello.capabilities & self.capabilities
@@ -315,6 +319,10 @@ class TunnelServer:
     async def _refuse_duplicate(self, control: ClientControl, old: ClientSession, peer: str) -> None:
         identity = old.identity
         self.counters["duplicate_identity_refused"] += 1
+        if self.events is not None:
+            self.events.refused(
+                "duplicate_identity", peer=peer, detail=f"live session from {old.peer}", client=identity
+            )
         every = self._duplicates.get(identity)
         if every is None:
             if len(self._duplicates) > 10_000:  # bounded: forget the oldest intervals
@@ -373,7 +381,7 @@ class ClientControl(ControlSession):
     the registry sees it (`client`), and the gateway's handlers (`HANDLERS`,
     one table for every session)."""
 
-    __slots__ = ("client", "server", "tls")
+    __slots__ = ("client", "crl_sent", "server", "tls", "wants_crl")
 
     def __init__(self, server: TunnelServer, stream: ZeroCopyTLSStream, identity: str, peer: str, first: bytes):
         super().__init__(stream, "gateway", peer=f"{identity} ({peer})", received=first)
@@ -381,21 +389,47 @@ class ClientControl(ControlSession):
         self.tls = stream
         self.client = ClientSession(identity, peer, self.send, server.limits)
         self.client.last_heard = self._last_heard
+        #: the client named CRL_CAPABILITY: it gets the CRL now and whenever it changes
+        self.wants_crl = False
+        #: the number of the CRL it was sent last
+        self.crl_sent: int | None = None
 
     def _last_heard(self) -> float:
         tracker = self.tracker
         return tracker.last_received if tracker is not None else trio.current_time()
 
+    async def send_crl(self) -> None:
+        """Hand the client the CRL in force if it has not had this one (it checks
+        our certificate against it: revocation both ways)."""
+        revocation = self.server.revocation
+        if not self.wants_crl or revocation is None or revocation.current.number == self.crl_sent:
+            return
+        crl = revocation.current
+        self.crl_sent = crl.number
+        if len(crl.der) > t.MAX_CRL_BYTES:
+            log.error(
+                "tunnel: CRL #%d is %d bytes, more than a control message carries (%d); clients do not get it",
+                crl.number,
+                len(crl.der),
+                t.MAX_CRL_BYTES,
+            )
+            return
+        await self.send(t.Revocations(crl.der))
+
     def check_revocation(self) -> None:
         """Every heartbeat interval: end the session if its certificate was revoked meanwhile
-        (the client is told so first)."""
-        if self.server._revoked(self.tls):
+        (the client is told so first); else hand it a CRL that changed."""
+        if self.server._revoked(self.tls):  # re-reads the CRL file if it changed
             log.warning(
                 "tunnel: %s (%s): certificate revoked; closing its session", self.client.identity, self.client.peer
             )
             if self.server.events is not None:
                 self.server.events.revoked(client=self.client.identity, peer=self.client.peer)
             self.start_soon(self._revoked_goodbye)
+            return
+        revocation = self.server.revocation
+        if revocation is not None and self.wants_crl and revocation.current.number != self.crl_sent:
+            self.start_soon(self.send_crl)
 
     async def _revoked_goodbye(self) -> None:
         with trio.move_on_after(1.0):

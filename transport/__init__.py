@@ -7,7 +7,7 @@ Owns the TLS contexts (:mod:`.tls`), the zero-copy streams (TLS:
 (:mod:`.relay`), peer naming (:mod:`.sockets`), the certificate identity
 convention (:mod:`.identity`), the transport errors (:mod:`.errors`) and the
 driver of a tunnel control session with the one "peer gone" error
-(:mod:`.control`), and the data stream of a resumable channel
+(:mod:`.control`), the CRL both ends trust when our CA signed it (:mod:`.crl`), and the data stream of a resumable channel
 (:mod:`.resumable`, issue 16).
 Import its public names from here, not from the submodules.  The gateway's
 relay reactor thread is not here: it is `redirgate.gateway.reactor`.
@@ -18,6 +18,7 @@ or `redirgate.client`: both use it
 """
 
 from redirgate.transport.control import ControlSession, Handler, PeerGone, PeerSilent, peer_gone
+from redirgate.transport.crl import CrlError, NewestCrl, SignedCrl, crl_number, parse_crl, read_crl
 from redirgate.transport.errors import Refusal, TlsRefused, TransportError, stream_error
 from redirgate.transport.identity import (
     IDENTITY_URI_PREFIX,
@@ -73,10 +74,12 @@ __all__ = [
     "Buffer",
     "ClientContext",
     "ControlSession",
+    "CrlError",
     "Handler",
     "Handover",
     "IdentityError",
     "Inspector",
+    "NewestCrl",
     "NonBlockingStream",
     "PeerGone",
     "PeerKind",
@@ -89,6 +92,7 @@ __all__ = [
     "RelayStats",
     "ResumableStream",
     "RevocationChecker",
+    "SignedCrl",
     "SocketLender",
     "SocketMover",
     "TlsRefused",
@@ -96,6 +100,7 @@ __all__ = [
     "ZeroCopyTLSStream",
     "accept_tls",
     "client_context",
+    "crl_number",
     "crl_problems",
     "hypervisor_server_context",
     "identity_from_certificate",
@@ -104,9 +109,11 @@ __all__ = [
     "nonblocking",
     "open_plain_connection",
     "open_tls_connection",
+    "parse_crl",
     "peer_gone",
     "peer_label",
     "pump",
+    "read_crl",
     "record_layer",
     "refusal_from_ssl_error",
     "relay",

@@ -37,6 +37,7 @@ class Refusal(enum.StrEnum):
     NO_CLIENT_CERT = "no client certificate"
     UNKNOWN_CA = "certificate not signed by our CA"
     REVOKED = "certificate revoked"
+    CRL_STALE = "our CRL is stale"
     EXPIRED = "certificate expired"
     NOT_YET_VALID = "certificate not yet valid"
     NO_IDENTITY = "certificate carries no redirgate identity"

@@ -96,9 +96,16 @@ _PEER_ALERT_REVOKED = {"SSLV3_ALERT_CERTIFICATE_REVOKED"}
 
 
 class RevocationChecker(Protocol):
-    """Anything that can say whether a certificate is revoked (e.g. pki.RevocationList)."""
+    """Anything that can say whether a certificate is revoked (e.g. pki.RevocationList).
+
+    `unusable()` is None while the list may be trusted for a new handshake,
+    else why not (a CRL past its nextUpdate under the refuse policy): every
+    new peer is then refused as `Refusal.CRL_STALE`.
+    """
 
     def is_revoked(self, cert: x509.Certificate) -> bool: ...
+
+    def unusable(self) -> str | None: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,7 +211,8 @@ def verify_peer(
     `der` is ``getpeercert(binary_form=True)``.  The chain was already
     verified by OpenSSL; this re-checks validity (so a context that was
     built without verification cannot let an expired certificate through),
-    then revocation, then the identity convention for `kind`.
+    then revocation (a CRL that may not be trusted refuses everyone), then
+    the identity convention for `kind`.
     """
     if not der:
         raise TlsRefused(peer, Refusal.NO_CLIENT_CERT)
@@ -219,8 +227,12 @@ def verify_peer(
         raise TlsRefused(
             peer, Refusal.NOT_YET_VALID, f"not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M:%SZ}"
         )
-    if revocation is not None and revocation.is_revoked(cert):
-        raise TlsRefused(peer, Refusal.REVOKED, f"serial {cert.serial_number:x}")
+    if revocation is not None:
+        stale = revocation.unusable()
+        if stale is not None:
+            raise TlsRefused(peer, Refusal.CRL_STALE, stale)
+        if revocation.is_revoked(cert):
+            raise TlsRefused(peer, Refusal.REVOKED, f"serial {cert.serial_number:x}")
     try:
         return identity_from_certificate(cert, kind, peer=peer)
     except IdentityError as exc:

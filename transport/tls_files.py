@@ -5,7 +5,8 @@ the TLS contexts in :mod:`.tls` will, and returns one `(role, reason)` per
 mistake instead of letting a context constructor raise a bare
 ``ssl.SSLError`` later: a file that is not PEM, a key that does not match
 its certificate, a private key that group or others may read.
-`crl_problems` does the same for a CRL and the CA that must have signed it.
+`crl_problems` does the same for a CRL: missing, unreadable, not signed by
+the CA, or stale (past its nextUpdate).
 The gateway's and the client's `check` commands (and their `run`, before
 they start anything) call these; a reload calls them before it swaps
 contexts.  Pure file reading: no sockets, no state.
@@ -20,6 +21,8 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
+from redirgate.transport.crl import CrlError, parse_crl
 
 __all__ = ["crl_problems", "key_mode_problem", "tls_file_problems"]
 
@@ -105,24 +108,30 @@ def tls_file_problems(*, cert: Path, key: Path, ca: Path) -> list[tuple[str, str
     return problems
 
 
-def crl_problems(crl: Path, ca: Path) -> list[str]:
-    """A CRL that is present but does not parse or is not signed by `ca`."""
+def crl_problems(crl: Path, ca: Path, *, stale_ok: bool = False) -> list[str]:
+    """A CRL that is missing, does not parse or is not signed by `ca`, or
+    (unless `stale_ok`) is past its nextUpdate."""
     data, problem = _read(crl)
     if data is None:
-        return [] if not crl.exists() else [problem or "unreadable"]
-    try:
-        revocations = x509.load_pem_x509_crl(data)
-    except ValueError:
-        return [f"{crl} holds no PEM CRL"]
+        return [f'{problem or "unreadable"} (the CA\'s crl.pem; crl = "" turns revocation off)']
     cas, _ = _certificates(ca)
     if not cas:
+        try:
+            x509.load_pem_x509_crl(data)
+        except ValueError:
+            return [f"{crl} holds no PEM CRL"]
         return []  # the CA's own problem is reported with it
-    authority = cas[0]
-    public = authority.public_key()
     try:
-        signed = revocations.is_signature_valid(public)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        signed = False
-    if revocations.issuer != authority.subject or not signed:
+        signed = parse_crl(data, cas[0], source=str(crl))
+    except CrlError as exc:
+        if "not a CRL" in exc.reason:
+            return [f"{crl} holds no PEM CRL"]
         return [f"{crl} is not signed by the CA {ca}"]
+    if not stale_ok and signed.stale():
+        assert signed.next_update is not None
+        return [
+            f"{crl} is stale: its nextUpdate {signed.next_update:%Y-%m-%d %H:%M}Z has passed, so new handshakes "
+            "would be refused; re-sign it on the CA machine (redirgate pki crl --dir PKI) and copy it here, "
+            'or set stale_crl = "warn"'
+        ]
     return []

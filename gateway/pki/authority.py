@@ -54,6 +54,7 @@ __all__ = [
     "LEAF_VALID_DAYS",
     "CertificateAuthority",
     "Issued",
+    "check_dns_name",
     "client_dir",
     "gateway_dir",
     "hypervisor_dir",
@@ -94,6 +95,13 @@ def _check_name(directory: Path, name: str) -> str:
         return validate_name(name)
     except IdentityError as exc:
         raise PkiInvalid(directory, exc.reason) from exc
+
+
+def check_dns_name(where: Path, dns: str) -> str:
+    """`dns` if it is a valid DNS name, else PkiInvalid naming `where`."""
+    if _DNS_NAME.fullmatch(dns) is None:
+        raise PkiInvalid(where, f"invalid DNS name {dns!r}")
+    return dns
 
 
 def gateway_dir(directory: str | os.PathLike[str], host: str) -> Path:
@@ -272,8 +280,7 @@ def issue_gateway(
     """Server certificate for gateway HOST: CN=HOST, SAN DNS HOST + `dns_names` + `ips`."""
     base = Path(directory)
     for dns in (host, *dns_names):
-        if _DNS_NAME.fullmatch(dns) is None:
-            raise PkiInvalid(base, f"invalid DNS name {dns!r}")
+        check_dns_name(base, dns)
     san: list[x509.GeneralName] = [x509.DNSName(d) for d in dict.fromkeys((host, *dns_names))]
     for ip in ips:
         try:

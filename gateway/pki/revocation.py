@@ -5,22 +5,28 @@ and ``crl.pem`` (the same serials in a CRL signed by the CA, regenerated as
 a whole on every revoke and renamed into place atomically), plus
 :class:`RevocationList`, which the gateway consults after every handshake.
 
+Any certificate of the CA can be revoked: clients, hypervisors and
+gateways (whose clients then refuse them, see :mod:`redirgate.transport.crl`).
+
 Reload behaviour: :meth:`RevocationList.is_revoked` stats crl.pem on every
 call (one syscall) and reloads it when its (inode, mtime_ns, size) changed,
 so a revoke takes effect on the next handshake without restarting anything.
-A CRL that fails to load or whose signature does not verify against the CA
-is refused: at construction that is a :class:`PkiError`; on a later reload
-the previous list stays in force and the failure is logged once per change
-of the file.
+A CRL that is missing, fails to load or whose signature does not verify
+against the CA is refused: at construction that is a :class:`PkiError` (the
+gateway does not start); on a later reload the previous list stays in force
+and the failure is logged once per change of the file.  The CRL's
+nextUpdate is honoured: see :class:`RevocationList` for the stale policy.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import enum
 import json
 import logging
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,18 +34,21 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from redirgate.gateway.pki.authority import CertificateAuthority, leaf_paths
+from redirgate.gateway.pki.authority import CertificateAuthority, gateway_dir, leaf_paths
 from redirgate.gateway.pki.errors import PkiError, PkiInvalid, PkiMissing
 from redirgate.gateway.pki.files import PUBLIC_MODE, load_certificate, write_file
-from redirgate.transport import IdentityError, PeerKind, validate_name
+from redirgate.transport import CrlError, IdentityError, PeerKind, SignedCrl, read_crl, validate_name
 
 __all__ = [
     "CRL_FILE",
     "CRL_VALID_DAYS",
     "REVOKED_FILE",
+    "STALE_POLICIES",
+    "CertKind",
     "RevocationList",
     "Revoked",
     "read_revoked",
+    "resign_crl",
     "revoke",
     "write_crl",
 ]
@@ -48,15 +57,23 @@ log = logging.getLogger(__name__)
 
 CRL_FILE = "crl.pem"
 REVOKED_FILE = "revoked.json"
-#: nextUpdate of the CRL.  The gateway reads the file itself and does not
-#: expire it; the field is for other tools (openssl crl -text, stunnel).
+#: nextUpdate of the CRL: every revoke re-signs it, `pki crl` does so alone.
+#: A gateway refuses new handshakes once it has passed (stale_crl = "refuse").
 CRL_VALID_DAYS = 365
+
+
+class CertKind(enum.StrEnum):
+    """What a revoked certificate was issued for (its folder in the PKI directory)."""
+
+    CLIENT = "client"
+    HYPERVISOR = "hypervisor"
+    GATEWAY = "gateway"
 
 
 @dataclasses.dataclass(frozen=True)
 class Revoked:
     name: str
-    kind: PeerKind
+    kind: CertKind
     serial: int
     revoked_at: dt.datetime
 
@@ -75,7 +92,7 @@ def read_revoked(directory: str | os.PathLike[str]) -> list[Revoked]:
     try:
         raw = json.loads(path.read_text())
         return [
-            Revoked(e["name"], PeerKind(e["kind"]), int(e["serial"], 16), dt.datetime.fromisoformat(e["revoked_at"]))
+            Revoked(e["name"], CertKind(e["kind"]), int(e["serial"], 16), dt.datetime.fromisoformat(e["revoked_at"]))
             for e in raw
         ]
     except FileNotFoundError:
@@ -95,7 +112,12 @@ def _crl_number(path: Path) -> int:
 
 
 def write_crl(
-    ca: CertificateAuthority, entries: Sequence[Revoked], *, reset: bool = False, now: dt.datetime | None = None
+    ca: CertificateAuthority,
+    entries: Sequence[Revoked],
+    *,
+    reset: bool = False,
+    now: dt.datetime | None = None,
+    valid_days: int = CRL_VALID_DAYS,
 ) -> Path:
     """Write revoked.json and a CRL of `entries` signed by `ca` (atomically replaced)."""
     when = now if now is not None else dt.datetime.now(dt.UTC)
@@ -106,7 +128,7 @@ def write_crl(
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca.cert.subject)
         .last_update(when)
-        .next_update(when + dt.timedelta(days=CRL_VALID_DAYS))
+        .next_update(when + dt.timedelta(days=valid_days))
         .add_extension(x509.CRLNumber(number), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
     )
@@ -121,25 +143,33 @@ def write_crl(
     return crl_path
 
 
+def _cert_path(base: Path, kind: CertKind, name: str) -> Path:
+    if kind is CertKind.GATEWAY:
+        return gateway_dir(base, name) / "server-cert.pem"
+    return leaf_paths(base, PeerKind(kind.value), name)[0]
+
+
 def revoke(
     directory: str | os.PathLike[str],
     name: str,
     *,
-    kind: PeerKind = PeerKind.CLIENT,
+    kind: CertKind | PeerKind = CertKind.CLIENT,
     now: dt.datetime | None = None,
+    valid_days: int = CRL_VALID_DAYS,
 ) -> Revoked:
-    """Revoke the current certificate of client (or hypervisor) NAME and rewrite the CRL.
+    """Revoke the current certificate of client, hypervisor or gateway NAME and rewrite the CRL.
 
     Idempotent: revoking an already revoked certificate rewrites the CRL and
     returns the existing entry.
     """
     base = Path(directory)
+    kind = CertKind(kind.value)
     try:
         validate_name(name)
     except IdentityError as exc:
         raise PkiInvalid(base, exc.reason) from exc
     ca = CertificateAuthority.load(base)
-    cert_path, _ = leaf_paths(base, kind, name)
+    cert_path = _cert_path(base, kind, name)
     if not cert_path.exists():
         raise PkiMissing(cert_path, f"no {kind.value} named {name!r} was issued here")
     serial = load_certificate(cert_path).serial_number
@@ -148,33 +178,74 @@ def revoke(
     if existing is None:
         existing = Revoked(name, kind, serial, (now or dt.datetime.now(dt.UTC)).replace(microsecond=0))
         entries.append(existing)
-    write_crl(ca, entries, now=now)
+    write_crl(ca, entries, now=now, valid_days=valid_days)
     log.info("revoked %s %s (serial %x)", kind.value, name, serial)
     return existing
+
+
+def resign_crl(
+    directory: str | os.PathLike[str], *, now: dt.datetime | None = None, valid_days: int = CRL_VALID_DAYS
+) -> Path:
+    """Sign the same revocations again with a new number and nextUpdate (before the old one passes)."""
+    base = Path(directory)
+    return write_crl(CertificateAuthority.load(base), read_revoked(base), now=now, valid_days=valid_days)
+
+
+#: What a gateway does with a CRL past its nextUpdate (`stale_crl` in [gateway]).
+STALE_POLICIES = ("refuse", "warn")
 
 
 class RevocationList:
     """The CA's CRL as the gateway sees it, reloaded when the file changes.
 
-    Satisfies :class:`redirgate.transport.tls.RevocationChecker`.
+    Satisfies :class:`redirgate.transport.tls.RevocationChecker`.  A CRL past
+    its nextUpdate is never used silently: with `stale` = "refuse" (the
+    default) `unusable()` names the problem, so every new handshake is
+    refused until a fresh CRL is installed; with "warn" handshakes go on,
+    each is counted in `stale_accepted` and a warning is logged once per
+    `log_interval_s`.  `current` is the CRL in force (what the gateway hands
+    its clients).
     """
 
-    def __init__(self, crl_path: str | os.PathLike[str], ca_cert: x509.Certificate | str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        crl_path: str | os.PathLike[str],
+        ca_cert: x509.Certificate | str | os.PathLike[str],
+        *,
+        stale: str = "refuse",
+        log_interval_s: float = 60.0,
+    ) -> None:
+        if stale not in STALE_POLICIES:
+            raise ValueError(f"stale must be one of {STALE_POLICIES}, not {stale!r}")
         self.path = Path(crl_path)
         self._ca = ca_cert if isinstance(ca_cert, x509.Certificate) else load_certificate(Path(ca_cert))
         ca_key = self._ca.public_key()
         if not isinstance(ca_key, ec.EllipticCurvePublicKey):
             raise PkiInvalid(self.path, "the CA certificate does not hold an EC key")
-        self._ca_key = ca_key
-        self._serials: frozenset[int] = frozenset()
+        self.stale_policy = stale
+        self.log_interval_s = log_interval_s
+        self.stale_accepted = 0
+        self._stale_logged_at: float | None = None
         self._stamp: tuple[int, int, int] | None = None
         self.reloads = 0
-        self._load(self._stat(), initial=True)
+        self.current: SignedCrl = self._initial()
 
     @classmethod
     def for_directory(cls, directory: str | os.PathLike[str]) -> RevocationList:
         base = Path(directory)
         return cls(base / CRL_FILE, base / "ca-cert.pem")
+
+    def _initial(self) -> SignedCrl:
+        stamp = self._stat()
+        try:
+            crl = read_crl(self.path, self._ca)
+        except CrlError as exc:
+            if stamp is None:
+                raise PkiMissing(self.path, 'CRL missing (crl = "" in [gateway] turns revocation off)') from None
+            raise PkiInvalid(self.path, f"unreadable CRL: {exc.reason}") from None
+        self._stamp = stamp
+        self._loaded(crl)
+        return crl
 
     def _stat(self) -> tuple[int, int, int] | None:
         try:
@@ -183,33 +254,78 @@ class RevocationList:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def _load(self, stamp: tuple[int, int, int] | None, *, initial: bool = False) -> None:
-        try:
-            if stamp is None:
-                raise PkiMissing(self.path, "CRL missing")
-            try:
-                crl = x509.load_pem_x509_crl(self.path.read_bytes())
-            except (OSError, ValueError) as exc:
-                raise PkiInvalid(self.path, f"unreadable CRL: {exc}") from exc
-            if crl.issuer != self._ca.subject or not crl.is_signature_valid(self._ca_key):
-                raise PkiInvalid(self.path, "CRL not signed by our CA")
-        except PkiError as exc:
-            self._stamp = stamp  # do not retry until the file changes again
-            if initial:
-                raise
-            log.error("keeping the previous revocation list: %s", exc)
-            return
-        self._serials = frozenset(r.serial_number for r in crl)
-        self._stamp = stamp
+    def _loaded(self, crl: SignedCrl) -> None:
         self.reloads += 1
-        log.info("loaded %s: %d revoked certificate(s)", self.path, len(self._serials))
+        self._stale_logged_at = None
+        log.info("loaded %s: CRL #%d, %d revoked certificate(s)", self.path, crl.number, len(crl.serials))
 
     def refresh(self) -> None:
-        """Reload crl.pem if it changed since the last look."""
+        """Reload crl.pem if it changed since the last look.
+
+        A new file that fails to load or is not signed by the CA is refused:
+        the previous list stays in force and the failure is logged once per
+        change of the file.  So is a CRL older (by CRL number) than the one
+        in force.
+        """
         stamp = self._stat()
-        if stamp != self._stamp:
-            self._load(stamp)
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp  # do not retry until the file changes again
+        try:
+            if stamp is None:
+                raise CrlError(str(self.path), "CRL missing")
+            crl = read_crl(self.path, self._ca)
+        except CrlError as exc:
+            log.error("keeping the previous revocation list: %s", exc)
+            return
+        if crl.number < self.current.number:
+            log.error(
+                "keeping the previous revocation list: %s is CRL #%d, older than #%d in force",
+                self.path,
+                crl.number,
+                self.current.number,
+            )
+            return
+        self.current = crl
+        self._loaded(crl)
 
     def is_revoked(self, cert: x509.Certificate) -> bool:
         self.refresh()
-        return cert.issuer == self._ca.subject and cert.serial_number in self._serials
+        return self.current.revokes(cert)
+
+    def stale(self) -> bool:
+        return self.current.stale()
+
+    def unusable(self) -> str | None:
+        """None while the CRL may be trusted for a new handshake (see the class docstring)."""
+        self.refresh()
+        crl = self.current
+        if not crl.stale():
+            return None
+        assert crl.next_update is not None
+        when = f"{crl.next_update:%Y-%m-%d %H:%M}Z"
+        now = time.monotonic()
+        due = self._stale_logged_at is None or now - self._stale_logged_at >= self.log_interval_s
+        if self.stale_policy == "warn":
+            self.stale_accepted += 1
+            if due:
+                self._stale_logged_at = now
+                log.warning(
+                    'CRL %s is stale (its nextUpdate %s has passed) and stale_crl = "warn": handshakes are '
+                    "accepted against it (%d so far); a certificate revoked since is not known here. Re-sign it on "
+                    "the CA machine (redirgate pki crl --dir PKI) and copy it here",
+                    self.path,
+                    when,
+                    self.stale_accepted,
+                )
+            return None
+        if due:
+            self._stale_logged_at = now
+            log.error(
+                "CRL %s is stale (its nextUpdate %s has passed): every new handshake is refused until a fresh one "
+                "is installed. Re-sign it on the CA machine (redirgate pki crl --dir PKI) and copy it here, "
+                'or set stale_crl = "warn" in [gateway]',
+                self.path,
+                when,
+            )
+        return f"{self.path} is past its nextUpdate {when}"

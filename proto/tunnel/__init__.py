@@ -39,6 +39,8 @@ from redirgate.proto.tunnel.inventory import MAX_DEVICES, DeviceEntry, DeviceKin
 from redirgate.proto.tunnel.messages import (
     CLUSTER_CAPABILITY,
     CONTROL_MESSAGES,
+    CRL_CAPABILITY,
+    MAX_CRL_BYTES,
     PROTOCOL_VERSION,
     RESUME_CAPABILITY,
     TOKEN_MAX_BYTES,
@@ -57,6 +59,7 @@ from redirgate.proto.tunnel.messages import (
     OpenChannel,
     ResumeAnswer,
     ResumeChannel,
+    Revocations,
 )
 from redirgate.proto.tunnel.opening import Opening, OpeningClassifier
 from redirgate.proto.tunnel.resume import (
@@ -77,10 +80,12 @@ __all__ = [
     "CLOSED",
     "CLUSTER_CAPABILITY",
     "CONTROL_MESSAGES",
+    "CRL_CAPABILITY",
     "DEFAULT_ACK_EVERY",
     "DEFAULT_MAX_CHANNELS",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_REPLAY_LIMIT",
+    "MAX_CRL_BYTES",
     "MAX_DEVICES",
     "NEED_DATA",
     "PROTOCOL_VERSION",
@@ -124,6 +129,7 @@ __all__ = [
     "ResumeChannel",
     "ResumeCredentials",
     "ResumeError",
+    "Revocations",
     "Role",
     "SelectorError",
     "SelectorScheme",

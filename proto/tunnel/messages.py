@@ -33,6 +33,8 @@ from redirgate.proto.tunnel.selectors import DeviceSelector, parse_selector
 __all__ = [
     "CLUSTER_CAPABILITY",
     "CONTROL_MESSAGES",
+    "CRL_CAPABILITY",
+    "MAX_CRL_BYTES",
     "MAX_GATEWAYS",
     "PROTOCOL_VERSION",
     "RESUME_CAPABILITY",
@@ -57,6 +59,7 @@ __all__ = [
     "OpenChannel",
     "ResumeAnswer",
     "ResumeChannel",
+    "Revocations",
 ]
 
 #: (major, minor) of the control protocol this code speaks.  A different
@@ -87,6 +90,11 @@ CLUSTER_CAPABILITY: Final = "cluster"
 MAX_GATEWAYS: Final = 64
 #: "HOST:PORT" of a gateway: a DNS name or an address, and a port.
 MAX_ADDRESS_LEN: Final = 262
+#: The capability a client's hello names when it wants the gateway's CRL
+#: (`Revocations`); the gateway sends it only to such a client.
+CRL_CAPABILITY: Final = "crl"
+#: A CRL in one control message: DER, about 40 bytes per revoked certificate.
+MAX_CRL_BYTES: Final = 512 * 1024
 #: A resume credential is one HMAC-SHA256 digest.
 RESUME_CREDENTIAL_BYTES: Final = 32
 
@@ -355,6 +363,22 @@ class Error(TunnelMessage):
 
 
 @dataclass(frozen=True, slots=True)
+class Revocations(TunnelMessage):
+    """The gateway's current CRL (DER), after its hello and again whenever it
+    changes, to a client whose hello named `CRL_CAPABILITY`.  The channel
+    adds no trust: the client accepts the CRL only if its CA signed it, and
+    only if it is newer than the one it holds."""
+
+    KIND: ClassVar[str] = "revocations"
+    SENDERS: ClassVar[frozenset[Role]] = _GATEWAY
+
+    crl: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "crl", v.blob("Revocations", "crl", self.crl, 1, MAX_CRL_BYTES))
+
+
+@dataclass(frozen=True, slots=True)
 class ChannelAck(TunnelMessage):
     """Either side: "of channel `channel_id` I have received `received` bytes
     from you" (a count from the channel's first byte, never decreasing).  The
@@ -438,6 +462,7 @@ CONTROL_MESSAGES: Final[Mapping[str, type[TunnelMessage]]] = MappingProxyType(
             ChannelFailed,
             CloseChannel,
             Error,
+            Revocations,
             ChannelAck,
         )
     }

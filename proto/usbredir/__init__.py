@@ -2,7 +2,8 @@
 
 The protocol is usbredir revision 0.7 as implemented by usbredir 0.13
 (Debian 12).  `UsbredirConnection` is one end of a connection in either role;
-`messages` holds one class per message type.
+`messages` holds one class per message type; `HelloGate` judges the first
+bytes of a connection (a valid hello, or why not).
 """
 
 from redirgate.proto.usbredir import filter, messages
@@ -24,15 +25,19 @@ from redirgate.proto.usbredir.errors import (
     ProtocolError,
     RemoteProtocolError,
 )
+from redirgate.proto.usbredir.hello_gate import HELLO_GATE_LIMIT, HelloGate, HelloVerdict
 
 __all__ = [
     "CLOSED",
+    "HELLO_GATE_LIMIT",
     "MAX_BULK_TRANSFER_SIZE",
     "MAX_PACKET_SIZE",
     "NEED_DATA",
     "Cap",
     "EndpointType",
     "Event",
+    "HelloGate",
+    "HelloVerdict",
     "LocalProtocolError",
     "MsgType",
     "ProtocolError",

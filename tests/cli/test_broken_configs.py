@@ -10,6 +10,7 @@ the one line must say: the file, the key or port, and the cause.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import re
 import shutil
@@ -117,6 +118,16 @@ def _foreign_crl(lab: Lab) -> Path:
     return lab.gateway
 
 
+def _no_crl_key(lab: Lab) -> Path:
+    lab.gateway.write_text(re.sub(r"^crl = .*\n", "", lab.gateway.read_text(), count=1, flags=re.M))
+    return lab.gateway
+
+
+def _stale_crl(lab: Lab) -> Path:
+    pki.resign_crl(lab.root / "pki", now=dt.datetime.now(dt.UTC) - dt.timedelta(days=3), valid_days=1)
+    return lab.gateway
+
+
 def _two_routes_one_port(lab: Lab) -> Path:
     port = free_port()
     return lab.routes(
@@ -160,6 +171,10 @@ CONFIG_CASES = [
     Case("ca-garbage", lambda lab: _garbage(lab, "ca-cert.pem"), ("gateway.ca", "ca-cert.pem holds no PEM certificate")),
     Case("crl-garbage", lambda lab: _garbage(lab, "crl.pem"), ("gateway.crl", "crl.pem holds no PEM CRL")),
     Case("crl-of-another-ca", _foreign_crl, ("gateway.crl", "not signed by the CA")),
+    Case("crl-path-typo", lambda lab: lab.gw_key("crl", f'"{lab.file("crl.pen")}"'), ("gateway.crl", "crl.pen does not exist")),
+    Case("crl-key-left-out", _no_crl_key, ("gateway.crl", "missing: the CA's CRL file", 'crl = "" to run without')),
+    Case("crl-stale", _stale_crl, ("gateway.crl", "is stale", "pki crl", 'stale_crl = "warn"')),
+    Case("stale-crl-policy-unknown", lambda lab: lab.gw_key("stale_crl", '"ignore"'), ("gateway.stale_crl", "must be")),
     Case("key-readable-by-others", lambda lab: (lab.file(GW_KEY).chmod(0o644), lab.gateway)[1],
          ("gateway.key", "may be read by group or others", "0644")),
     Case("admin-folder-missing", lambda lab: lab.gw_key("admin_socket", f'"{lab.root / "run" / "gw.sock"}"'),
@@ -193,6 +208,10 @@ CONFIG_CASES = [
          ("client.key", "does not match"), client=True),
     Case("client-key-readable", lambda lab: (lab.file("clients/thin-01/client-key.pem").chmod(0o640), lab.client)[1],
          ("client.key", "may be read by group or others"), client=True),
+    Case("client-crl-typo", lambda lab: lab.edit(lab.client, "[export]", f'crl = "{lab.file("crl.pen")}"\n\n[export]'),
+         ("client.crl", "crl.pen does not exist"), client=True),
+    Case("client-crl-of-another-ca", lambda lab: lab.edit(lab.client, "[export]", f'crl = "{_foreign_crl(lab) and lab.file("crl.pem")}"\n\n[export]'),
+         ("client.crl", "not signed by the CA"), client=True),
     Case("client-image-missing", lambda lab: lab.edit(lab.client, "virtual = []", 'virtual = ["virtual:storage:gone.img"]'),
          ("export.virtual", "gone.img", "(?i)no such file"), client=True),
 ]

@@ -29,11 +29,11 @@ def test_broken_config_names_every_mistake_with_its_line(tmp_path):
         load_config(path)
     lines = {(p.key, p.line) for p in info.value.problems}
     assert ("gateway.cert", 3) in lines
-    assert ("route[1].device", 18) in lines
-    assert ("route[1].allow", 19) in lines
-    assert ("route[1].colour", 20) in lines
-    assert ("route[2].name", 23) in lines  # duplicate name
-    assert ("route[2].listen", 24) in lines  # port already used
+    assert ("route[1].device", 19) in lines
+    assert ("route[1].allow", 20) in lines
+    assert ("route[1].colour", 21) in lines
+    assert ("route[2].name", 24) in lines  # duplicate name
+    assert ("route[2].listen", 25) in lines  # port already used
     text_out = str(info.value)
     assert f"{path}:3: gateway.cert: file" in text_out
 
@@ -48,7 +48,7 @@ def test_invalid_toml_gives_the_line(tmp_path):
     mid = write(tmp_path, GOOD.replace('name = "keyboard"', "name = keyboard"))
     with pytest.raises(ConfigErrors) as info:
         load_config(mid)
-    assert info.value.problems[0].line == 15
+    assert info.value.problems[0].line == 16
 
 
 def test_missing_gateway_table(tmp_path):
@@ -68,6 +68,7 @@ tunnel_listen = "127.0.0.1:0"
 cert = "c"
 key = "k"
 ca = "a"
+crl = ""
 
 [[route]]
 name = "console"
@@ -87,7 +88,7 @@ settings = "{settings}"
         bad.write_text(base.format(device=device, settings=settings))
         with _pytest.raises(ConfigErrors) as caught:
             load_config(bad, check_files=False)
-        assert words in str(caught.value) and ":12:" in str(caught.value), str(caught.value)
+        assert words in str(caught.value) and ":13:" in str(caught.value), str(caught.value)
 
 
 def test_resume_grace_is_global_and_per_route(tmp_path):

@@ -75,6 +75,10 @@ async def test_handshakes_are_limited_per_source_and_in_all(tmp_path: Path, capl
             await until_closed(2)
             assert gate.in_progress == 6 and dict(gate.by_source) == {"127.0.0.2": 4, "127.0.0.3": 2}
             assert lab.gateway.snapshot()["counters"]["handshakes_refused"] == 8
+            metered = lab.gateway.events.registry.get_sample_value(
+                "redirgate_bounded_total", {"counter": "handshakes_refused"}
+            )
+            assert metered == 8
             # the gate is full, so the real client's next data connection would be refused too;
             # once two strangers leave, it gets its slot again
             for tcp in others:

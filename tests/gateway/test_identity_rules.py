@@ -79,6 +79,10 @@ async def test_a_replayed_attach_token_is_refused_before_anything_is_answered(
         lines = [line for line in warnings(caplog) if "refused data connection" in line]
         assert len(lines) == 1 and "attach token of channel" in lines[0] and "already used" in lines[0], lines
         assert lab.gateway.snapshot()["counters"]["attach_refused_replayed"] == 1
+        # metered under its real reason, not as a bare "attach"
+        registry = lab.gateway.events.registry
+        assert registry.get_sample_value("redirgate_refusals_total", {"reason": "attach_replayed"}) == 1
+        assert registry.get_sample_value("redirgate_bounded_total", {"counter": "attach_refused_replayed"}) == 1
 
 
 async def test_a_revoked_client_is_told_so_and_logs_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -125,6 +129,10 @@ async def test_two_clients_with_one_certificate_the_live_one_stays(
         lines = [line for line in warnings(caplog) if "two clients with one certificate" in line]
         assert len(lines) == 1 and legit in lines[0], lines  # once per interval, with both addresses
         assert lab.gateway.snapshot()["counters"]["duplicate_identity_refused"] == 3
+        refused = lab.gateway.events.registry.get_sample_value(
+            "redirgate_refusals_total", {"reason": "duplicate_identity"}
+        )
+        assert refused == 3
         assert lab.client is not None and lab.client.online and lab.client.sessions == 1
 
 

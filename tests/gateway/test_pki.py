@@ -175,7 +175,7 @@ def test_revoke_writes_list_and_crl(ca_dir: Path) -> None:
     alice = pki.issue_client(ca_dir, "alice")
     bob = pki.issue_client(ca_dir, "bob")
     entry = pki.revoke(ca_dir, "alice")
-    assert entry.serial == alice.serial and entry.kind is PeerKind.CLIENT
+    assert entry.serial == alice.serial and entry.kind is pki.CertKind.CLIENT
     again = pki.revoke(ca_dir, "alice")  # idempotent
     assert again == entry
     assert [(e.name, e.serial) for e in pki.read_revoked(ca_dir)] == [("alice", alice.serial)]
@@ -235,3 +235,49 @@ def test_expired_certificate_can_be_made_for_tests(ca_dir: Path) -> None:
     issued = pki.issue_client(ca_dir, "old", now=past, valid_days=1)
     out = openssl_verify(ca_dir, issued.cert, "sslclient")
     assert out.returncode != 0 and "expired" in out.stdout + out.stderr
+
+
+def test_gateway_certificates_can_be_revoked(ca_dir: Path) -> None:
+    gw = pki.issue_gateway(ca_dir, "gw.example")
+    entry = pki.revoke(ca_dir, "gw.example", kind=pki.CertKind.GATEWAY)
+    assert entry.serial == gw.serial and entry.kind is pki.CertKind.GATEWAY
+    assert pki.read_revoked(ca_dir) == [entry]
+    refused = openssl_verify(ca_dir, gw.cert, "sslserver", crl=True)
+    assert refused.returncode != 0 and "certificate revoked" in refused.stdout + refused.stderr
+    assert [item.revoked for item in pki.list_certificates(ca_dir) if item.kind == "gateway"] == [True]
+
+
+def test_a_missing_crl_is_refused_at_start(ca_dir: Path) -> None:
+    (ca_dir / "crl.pem").unlink()
+    with pytest.raises(pki.PkiMissing, match="CRL missing"):
+        pki.RevocationList.for_directory(ca_dir)
+
+
+def test_a_stale_crl_refuses_or_warns_by_policy(ca_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    alice = load(pki.issue_client(ca_dir, "alice").cert)
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=10)
+    pki.resign_crl(ca_dir, now=long_ago, valid_days=1)
+    refuse = pki.RevocationList.for_directory(ca_dir)
+    warn = pki.RevocationList(ca_dir / "crl.pem", ca_dir / "ca-cert.pem", stale="warn")
+    with caplog.at_level(logging.WARNING, logger="redirgate.gateway.pki.revocation"):
+        for _ in range(3):
+            reason = refuse.unusable()
+            assert reason is not None and "past its nextUpdate" in reason
+            assert warn.unusable() is None
+    lines = [r for r in caplog.records if "stale" in r.getMessage()]
+    assert [r.levelno for r in lines] == [logging.ERROR, logging.WARNING], lines  # once per interval each
+    assert "every new handshake is refused" in lines[0].getMessage()
+    assert warn.stale_accepted == 3 and not refuse.is_revoked(alice)
+    pki.resign_crl(ca_dir)  # a fresh CRL is picked up at the next look
+    assert refuse.unusable() is None and not refuse.stale()
+
+
+def test_an_older_crl_does_not_replace_a_newer_one(ca_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    alice = load(pki.issue_client(ca_dir, "alice").cert)
+    before = (ca_dir / "crl.pem").read_bytes()
+    pki.revoke(ca_dir, "alice")
+    rl = pki.RevocationList.for_directory(ca_dir)
+    (ca_dir / "crl.pem").write_bytes(before)  # a copy of the CRL from before the revoke
+    with caplog.at_level(logging.ERROR, logger="redirgate.gateway.pki.revocation"):
+        assert rl.is_revoked(alice)
+    assert any("older than" in r.getMessage() for r in caplog.records)

@@ -43,6 +43,7 @@ from redirgate.vmside.probe import probe
 from tests.support.tunnel_lab import Lab, running_lab
 from tests.support.waiting import until
 
+REVOCATION_LOG = "redirgate.gateway.pki.revocation"
 TUNNEL_LOG = "redirgate.gateway.tunnel_server"
 ROUTE_LOG = "redirgate.gateway.route_server"
 KBD = LabRoute("kbd", "usb:1209:0002")
@@ -315,6 +316,49 @@ async def test_revoked_certificate_is_refused_without_a_restart(
         me = await refused_tls(lab, context_for(lab, "thin-02"), told="certificate revoked")
         await logs.one_refusal(TUNNEL_LOG, f"refused {me}", "certificate revoked", f"{entry.serial:x}")
         await assert_undisturbed(lab)
+
+
+def stale_crl(lab: Lab) -> None:
+    """The CA's CRL, signed again (a higher number) but with its nextUpdate passed."""
+    pki.resign_crl(pki_dir(lab), now=dt.datetime.now(dt.UTC) - dt.timedelta(days=3), valid_days=1)
+
+
+def metric(lab: Lab, name: str, **labels: str) -> float | None:
+    return lab.gateway.events.registry.get_sample_value(name, labels)
+
+
+async def test_a_stale_crl_refuses_every_new_handshake_and_live_sessions_go_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with lab_with(tmp_path) as lab:
+        logs = Logs(caplog)
+        stale_crl(lab)
+        # a client the CA never revoked is refused: the gateway cannot know what was revoked since
+        me = await refused_tls(lab, context_for(lab, "thin-01"), told="our CRL is stale")
+        await logs.one_refusal(TUNNEL_LOG, f"refused {me}", "our CRL is stale", "past its nextUpdate")
+        stale = [r.getMessage() for r in caplog.records if r.name == REVOCATION_LOG and "is stale" in r.getMessage()]
+        assert len(stale) == 1 and "every new handshake is refused" in stale[0] and "pki crl" in stale[0], stale
+        assert metric(lab, "redirgate_tls_handshake_failures_total", reason="crl_stale") == 1
+        assert metric(lab, "redirgate_crl_stale") == 1
+        assert lab.client is not None and lab.client.online and lab.client.sessions == 1  # live sessions go on
+        pki.resign_crl(pki_dir(lab))  # a fresh CRL: new handshakes are accepted again
+        stream, _me = await dial_tls(lab.tunnel_port, context_for(lab, "thin-01"))
+        await stream.aclose()
+        assert metric(lab, "redirgate_crl_stale") == 0
+        await assert_undisturbed(lab)
+
+
+async def test_stale_crl_warn_accepts_handshakes_loudly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async with lab_with(tmp_path, stale_crl='"warn"') as lab:  # type: ignore[arg-type]  # a TOML string
+        stale_crl(lab)
+        pki.issue_client(pki_dir(lab), "thin-02")
+        fake = FakeClient(lab, "thin-02")
+        await fake.connect(inventory=[])
+        await fake.aclose()
+        warned = [r for r in caplog.records if r.name == REVOCATION_LOG and 'stale_crl = "warn"' in r.getMessage()]
+        assert len(warned) == 1 and warned[0].levelno == logging.WARNING, warned
+        assert metric(lab, "redirgate_crl_stale_accepted_total") == 1
+        assert metric(lab, "redirgate_tls_handshake_failures_total", reason="crl_stale") is None
 
 
 async def test_expired_certificate(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

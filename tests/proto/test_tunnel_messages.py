@@ -75,6 +75,7 @@ def test_every_kind_is_covered_by_the_strategies():
         "close_channel",
         "error",
         "channel_ack",
+        "revocations",
     }
 
 

@@ -11,6 +11,7 @@ tunnel_listen = "127.0.0.1:7443"
 cert = "gw.pem"
 key = "gw.key"
 ca = "ca.pem"
+crl = "crl.pem"
 public_host = "gw.example"
 
 [[route]]
@@ -29,7 +30,7 @@ allow = ["10.0.0.0/8", "192.168.1.7"]
 
 
 def write(tmp_path: Path, text: str) -> Path:
-    for name in ("gw.pem", "gw.key", "ca.pem"):
+    for name in ("gw.pem", "gw.key", "ca.pem", "crl.pem"):
         (tmp_path / name).write_text("x")
     path = tmp_path / "gateway.toml"
     path.write_text(text)

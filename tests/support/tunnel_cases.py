@@ -28,6 +28,7 @@ from redirgate.proto.tunnel import (
     Inventory,
     InventoryUpdate,
     OpenChannel,
+    Revocations,
 )
 
 U32 = 0xFFFFFFFF
@@ -116,6 +117,7 @@ channel_openeds = st.builds(ChannelOpened, channel_ids)
 channel_faileds = st.builds(ChannelFailed, channel_ids, printable)
 close_channels = st.builds(CloseChannel, channel_ids, printable)
 errors = st.builds(Error, word, printable)
+revocations = st.builds(Revocations, st.binary(min_size=1, max_size=64))
 attaches = st.builds(Attach, channel_ids, tokens)
 attach_results = st.builds(AttachResult, st.booleans(), printable, st.just(b"") | st.binary(min_size=32, max_size=32))
 channel_acks = st.builds(ChannelAck, channel_ids, st.integers(0, 2**64 - 1))
@@ -134,6 +136,7 @@ control_messages = st.one_of(
     close_channels,
     errors,
     channel_acks,
+    revocations,
 )
 
 
