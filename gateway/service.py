@@ -467,9 +467,11 @@ def _revocation(config: GatewayConfig) -> RevocationList | None:
 
 
 def _crl_state(revocation: RevocationList | None) -> dict[str, float] | None:
-    """What the metrics say about the CRL in force (None: revocation is off)."""
+    """What the metrics say about the CRL in force (None: revocation is off); a scrape
+    looks at crl.pem too, so a fresh copy shows at once, before any handshake."""
     if revocation is None:
         return None
+    revocation.refresh()
     crl = revocation.current
     left = crl.next_update.timestamp() - time.time() if crl.next_update is not None else float("inf")
     return {"next_update_s": left, "stale": float(crl.stale()), "stale_accepted": revocation.stale_accepted}
