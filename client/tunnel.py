@@ -337,7 +337,7 @@ class TunnelClient:
                 scope.cancel()
         try:
             self._control = control if resumable else None
-            await self._serve_control(control, hello, resumable)
+            await self._serve_control(control, hello, resumable, stream)
         finally:
             self._control = None
             self.resumer.control_lost()
@@ -349,7 +349,9 @@ class TunnelClient:
             raise PeerGone(self.peer, "no control connection")
         await control.send(message)
 
-    async def _serve_control(self, control: ControlSession, hello: t.GatewayHello, resumable: bool) -> None:
+    async def _serve_control(
+        self, control: ControlSession, hello: t.GatewayHello, resumable: bool, stream: ZeroCopyTLSStream
+    ) -> None:
         current = await self._scan()
         await control.send(t.Inventory(tuple(current.values())))
         self.online = True
