@@ -68,6 +68,7 @@ MODULES: tuple[str, ...] = (
     "guest_dd",
     "real_usb",
     "resume",
+    "cluster",
 )
 RESULTS = Path(__file__).resolve().parent / "results"
 
