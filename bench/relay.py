@@ -13,6 +13,8 @@ redirgate plain             ``relay()`` with PlainSocketStream on both sides
 stunnel4                    server mode, TLS 1.3 only, ``verifyChain``
 haproxy                     ``mode tcp``, ``bind ... ssl verify required``, 1 thread
 redirgate TLS               ``relay()`` with ZeroCopyTLSStream (``accept_tls``)
+redirgate TLS, resumable    the same, the TLS side a resumable channel's stream
+                            (issue 16: replay buffer and counts in the reactor)
 ==========================  ======================================================
 
 Figures, each the median over several runs (full 5, quick 3) with min–max,
@@ -110,12 +112,14 @@ CASES: tuple[Case, ...] = (
     Case("stunnel", "stunnel4 TLS→TCP", True, "stunnel"),
     Case("haproxy", "haproxy TLS→TCP", True, "haproxy"),
     Case("redirgate_tls", "redirgate relay, TLS→TCP", True, "redirgate"),
+    Case("redirgate_tls_resume", "redirgate relay, TLS→TCP, resumable", True, "redirgate-resume"),
 )
 #: The ratio rows: ours, reference, label.
 RATIOS: tuple[tuple[str, str, str], ...] = (
     ("redirgate_tls", "stunnel", "redirgate TLS ÷ stunnel4"),
     ("redirgate_tls", "haproxy", "redirgate TLS ÷ haproxy"),
     ("redirgate_plain", "socat", "redirgate plain ÷ socat"),
+    ("redirgate_tls_resume", "redirgate_tls", "resumable ÷ not resumable"),
 )
 METRICS: tuple[tuple[str, str, int], ...] = (  # key, heading, digits
     ("mb_s", "MB/s", 0),
@@ -159,9 +163,10 @@ class Bench:
         if proc is not None and proc.popen.poll() is None:
             return proc
         sink = self.sink_plain.port
-        if case.relay == "redirgate":
+        if case.relay in ("redirgate", "redirgate-resume"):
             tls = self.pki.server_args() if case.tls else []
-            proc = self.procs.start(name, [*self.py, "redirgate", "--port", str(sink), *tls])
+            extra = ["--resumable"] if case.relay == "redirgate-resume" else []
+            proc = self.procs.start(name, [*self.py, "redirgate", "--port", str(sink), *tls, *extra])
         elif case.relay == "stunnel":
             port = free_port()
             proc = self.procs.start(name, ["stunnel4", str(stunnel_config(self.pki, port, sink, self.workdir))], port)

@@ -38,6 +38,7 @@ import ssl
 import struct
 import sys
 import time
+from typing import Any
 
 HEADER = struct.Struct("!4sc3xQ")  # magic, mode (b"T" or b"R"), count
 MAGIC = b"RGB1"
@@ -177,17 +178,33 @@ def source(port: int, tls: list[str] | None, nbytes: int, rtt: int, warmup: int)
 
 
 # ------------------------------------------------------------- redirgate
-def redirgate_relay(sink_port: int, tls: list[str] | None, buffer_bytes: int) -> None:
+def redirgate_relay(sink_port: int, tls: list[str] | None, buffer_bytes: int, resumable: bool = False) -> None:
     import trio
 
     from redirgate.gateway.reactor import RelayReactor
-    from redirgate.transport import PlainSocketStream, accept_tls, open_plain_connection, relay, server_context
+    from redirgate.proto import tunnel as t
+    from redirgate.transport import (
+        PlainSocketStream,
+        ResumableStream,
+        accept_tls,
+        open_plain_connection,
+        relay,
+        server_context,
+    )
 
     ctx = server_context(*tls) if tls else None
 
+    async def never(why: str) -> tuple[trio.abc.Stream, bytes]:
+        raise trio.BrokenResourceError(why)
+
+    def ack_due(ack: t.ChannelAck) -> None:
+        return None  # the gateway sends it on the control connection; no peer here reads acks
+
     async def handle(stream: trio.SocketStream) -> None:
         try:
-            a = await accept_tls(stream, ctx) if ctx else PlainSocketStream(stream)
+            a: Any = await accept_tls(stream, ctx) if ctx else PlainSocketStream(stream)
+            if resumable:  # the client's side, as the gateway has it for a resumable channel (issue 16)
+                a = ResumableStream(a, t.ResumableChannel(1), never, peer="bench", on_ack=ack_due)
             b = await open_plain_connection(LOOPBACK, sink_port)
             await relay(a, b, buffer_size=buffer_bytes, mover=reactor)
         except Exception as exc:  # report and keep serving, like the gateway
@@ -216,11 +233,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--cpu", type=int, help="source: run on this CPU only")
     parser.add_argument("--buffer-bytes", type=int, default=256 * 1024, help="redirgate: relay buffer per direction")
+    parser.add_argument("--resumable", action="store_true", help="redirgate: the TLS side is a resumable channel's")
     args = parser.parse_args(argv)
     if args.role == "sink":
         sink(args.tls)
     elif args.role == "redirgate":
-        redirgate_relay(args.port, args.tls, args.buffer_bytes)
+        redirgate_relay(args.port, args.tls, args.buffer_bytes, args.resumable)
     else:
         if args.cpu is not None:
             os.sched_setaffinity(0, {args.cpu})
