@@ -24,8 +24,10 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
+
 from redirgate.gateway.config import ConfigProblem, Endpoint, GatewayConfig, _Lines
-from redirgate.transport import crl_problems, tls_file_problems
+from redirgate.transport import CrlError, crl_problems, read_crl, tls_file_problems
 
 __all__ = ["preflight"]
 
@@ -58,6 +60,9 @@ def preflight(config: GatewayConfig, *, held: Collection[Endpoint] = ()) -> list
     if config.crl is not None:
         for reason in crl_problems(config.crl, config.ca, stale_ok=config.stale_crl == "warn"):
             problem("gateway", "crl", reason)
+        revoked = _revoked_here(config.crl, config.ca, config.cert)
+        if revoked:
+            problem("gateway", "cert", revoked)
     for index, route in enumerate(config.routes):
         if route.tls is not None:
             for role, reason in tls_file_problems(cert=route.tls.cert, key=route.tls.key, ca=route.tls.ca):
@@ -102,6 +107,22 @@ def preflight(config: GatewayConfig, *, held: Collection[Endpoint] = ()) -> list
         if bind_reason:
             problem(item.table, item.key, bind_reason)
     return problems
+
+
+def _revoked_here(crl: Path, ca: Path, cert: Path) -> str | None:
+    """The gateway's own certificate on its CRL: its clients would refuse it."""
+    try:
+        authority = x509.load_pem_x509_certificate(ca.read_bytes())
+        ours = x509.load_pem_x509_certificate(cert.read_bytes())
+        revocations = read_crl(crl, authority)
+    except (OSError, ValueError, CrlError):
+        return None  # named by the other checks
+    if not revocations.revokes(ours):
+        return None
+    return (
+        f"{cert} (serial {ours.serial_number:x}) is revoked by {crl}: clients refuse this gateway; "
+        "issue a new certificate (redirgate pki request / pki sign --gateway)"
+    )
 
 
 def _check_admin_socket(path: Path, problem: Callable[[str, str, str], None]) -> None:

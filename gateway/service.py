@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from cryptography import x509
 
 from redirgate.gateway.admin import AdminRequest, Streamed, open_admin, serve_admin
 from redirgate.gateway.admission import serve_bounded
@@ -226,7 +227,35 @@ class Gateway:
                     log.error("gateway: certificate %s expired %.0f day(s) ago; renew it and reload", path, -days)
                 elif days < EXPIRY_WARNING_DAYS:
                     log.warning("gateway: certificate %s expires in %.0f day(s); renew it and reload", path, days)
+            self._check_own_certificate()
+            crl = self.revocation.current if self.revocation is not None else None
+            if crl is not None and crl.next_update is not None:
+                days = (crl.next_update.timestamp() - time.time()) / 86400
+                if 0 <= days < EXPIRY_WARNING_DAYS:
+                    log.warning(
+                        "gateway: CRL %s passes its nextUpdate in %.0f day(s); re-sign it (redirgate pki crl) "
+                        "and copy it here, or new handshakes will be refused",
+                        self.config.crl,
+                        days,
+                    )
             await trio.sleep(every_s)
+
+    def _check_own_certificate(self) -> None:
+        """Log (ERROR) when the CRL in force revokes this gateway's own certificate: its clients refuse it."""
+        if self.revocation is None:
+            return
+        try:
+            cert = x509.load_pem_x509_certificate(self.config.cert.read_bytes())
+        except (OSError, ValueError):
+            return  # `gateway check` names it
+        if self.revocation.is_revoked(cert):
+            log.error(
+                "gateway: this gateway's certificate %s (serial %x) is revoked by %s: its clients refuse it; "
+                "issue a new one (redirgate pki request / pki sign --gateway) and reload",
+                self.config.cert,
+                cert.serial_number,
+                self.config.crl,
+            )
 
     def _healthy(self) -> tuple[bool, str]:
         if self._nursery is None:

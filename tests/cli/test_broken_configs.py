@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from redirgate.cli.lab import LabRoute, make_pki, write_client_config, write_gateway_config
+from redirgate.cli.lab import GATEWAY_NAME, LabRoute, make_pki, write_client_config, write_gateway_config
 from redirgate.gateway import pki
 from tests.support.gateway_procs import running_gateway
 
@@ -174,6 +174,8 @@ CONFIG_CASES = [
     Case("crl-path-typo", lambda lab: lab.gw_key("crl", f'"{lab.file("crl.pen")}"'), ("gateway.crl", "crl.pen does not exist")),
     Case("crl-key-left-out", _no_crl_key, ("gateway.crl", "missing: the CA's CRL file", 'crl = "" to run without')),
     Case("crl-stale", _stale_crl, ("gateway.crl", "is stale", "pki crl", 'stale_crl = "warn"')),
+    Case("gateway-cert-revoked", lambda lab: (pki.revoke(lab.root / "pki", GATEWAY_NAME, kind=pki.CertKind.GATEWAY), lab.gateway)[1],
+         ("gateway.cert", "is revoked by .*crl.pem", "clients refuse this gateway")),
     Case("stale-crl-policy-unknown", lambda lab: lab.gw_key("stale_crl", '"ignore"'), ("gateway.stale_crl", "must be")),
     Case("key-readable-by-others", lambda lab: (lab.file(GW_KEY).chmod(0o644), lab.gateway)[1],
          ("gateway.key", "may be read by group or others", "0644")),
