@@ -5,7 +5,8 @@ node's heartbeat refreshes every `heartbeat_s`, so nothing outlives a dead
 node by more than `node_timeout_s`:
 
     redirgate:node:NAME      JSON: advertised tunnel address, pid, start time, live counters, routes
-    redirgate:client:ID      the NAME of the node holding client ID's control connection
+    redirgate:client:ID      the NAME of the node holding client ID's control connection (set by the node
+                             the client connects to; its heartbeat refreshes it only while it names itself)
 
 and two pub/sub channels:
 
@@ -62,6 +63,13 @@ PREFIX = "redirgate:"
 CHANGED = f"{PREFIX}changed"
 #: Delete a client's key only while it still names this node (it may have moved on).
 _DELETE_IF_OURS = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+#: The heartbeat's refresh of a client's key: only while it names this node or nobody. A client
+#: that reconnected to another node while this one still holds its silent session (until the
+#: heartbeat timeout) is that node's: the newest connection wins, the stale one does not take it back.
+_REFRESH_IF_OURS = (
+    "local v = redis.call('GET', KEYS[1]) "
+    "if v == false or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) return 1 end return 0"
+)
 #: Longest wait between two tries to reach Redis.
 MAX_BACKOFF_S = 5.0
 
@@ -121,6 +129,8 @@ class ClusterNode:
         self.peers: dict[str, dict[str, Any]] = {}
         self.handlers: dict[str, Handler] = {}
         self._command: RedisConnection | None = None
+        #: the refresh script's SHA1 on the connection that loaded it (a new connection loads it again)
+        self._refresh_sha: tuple[RedisConnection, bytes] | None = None
         self._replies: dict[str, trio.MemorySendChannel[dict[str, Any]]] = {}
         self._dirty: set[str] = set()
         self._publish = False
@@ -309,9 +319,15 @@ class ClusterNode:
         commands: list[tuple[str | int, ...]] = [
             ("SET", node_key(self.name), json.dumps(self._description()), "EX", ttl)
         ]
-        commands += [("SET", client_key(identity), self.name, "EX", ttl) for identity in self.registry.clients]
+        if self._refresh_sha is None or self._refresh_sha[0] is not command:
+            sha = await command.command("SCRIPT", "LOAD", _REFRESH_IF_OURS)
+            if not isinstance(sha, bytes):
+                raise RedisError(command.peer, f"SCRIPT LOAD: {sha!r}")
+            self._refresh_sha = (command, sha)
+        sha = self._refresh_sha[1]
+        commands += [("EVALSHA", sha, 1, client_key(identity), self.name, ttl) for identity in self.registry.clients]
         for reply in await command.pipeline(commands):
-            if not isinstance(reply, str):
+            if not isinstance(reply, (str, int)):
                 raise RedisError(command.peer, f"refreshing this node's keys: {reply!r}")
         names: list[bytes] = []
         cursor: bytes | int = b"0"

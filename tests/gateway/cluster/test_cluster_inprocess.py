@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import trio
 
 from redirgate.cli.gateway_commands import format_status
 from redirgate.cli.lab import LabRoute, make_pki, write_client_config
+from redirgate.gateway.cluster.redis import RedisConnection, RedisUrl, open_redis
 from redirgate.gateway.config import load_config
 from redirgate.vmside.probe import probe
 from tests.support.cluster_lab import cluster_config
 from tests.support.redis_server import RedisServer
 from tests.support.tunnel_lab import start_client, start_gateway
-from tests.support.waiting import until
+from tests.support.waiting import until, until_async
 
 KBD = (0x1209, 0x0002)
 
@@ -46,3 +48,29 @@ async def test_attach_through_a_node_that_is_not_the_clients(tmp_path: Path, red
         assert f"  c at 127.0.0.1:{nodes['c'][1].tunnel[1]}: 1 client(s)" in text
         assert "attaches here for clients on other nodes: 1" in text
         nursery.cancel_scope.cancel()
+
+
+async def test_a_stale_session_does_not_take_a_moved_client_back(tmp_path: Path, redis_server: RedisServer) -> None:
+    """The client reconnected to another node while this one still holds its silent session: this
+    node's heartbeat must not point the cluster back at itself."""
+    make_pki(tmp_path)
+    async with trio.open_nursery() as nursery, open_redis(RedisUrl.parse(redis_server.url)) as redis:
+        config = load_config(cluster_config(tmp_path, [], "c", redis_server.url))
+        _, addresses, _, _ = await start_gateway(nursery, config)
+        await start_client(nursery, write_client_config(tmp_path, addresses.tunnel[1]))
+        await until_async(lambda: _get(redis, "redirgate:client:thin-01", b"c"), poll_s=0.05)
+        await redis.command("SET", "redirgate:client:thin-01", "elsewhere", "EX", 30)
+        for _ in range(2):  # two heartbeats of node c (its key's "seen" changes at each)
+            seen = json.loads(await redis.command("GET", "redirgate:node:c"))["seen"]  # type: ignore[arg-type]
+            await until_async(lambda seen=seen: _seen_after(redis, seen), poll_s=0.05)
+        assert await redis.command("GET", "redirgate:client:thin-01") == b"elsewhere"
+        nursery.cancel_scope.cancel()
+
+
+async def _get(redis: RedisConnection, key: str, want: bytes) -> bool:
+    return await redis.command("GET", key) == want
+
+
+async def _seen_after(redis: RedisConnection, seen: float) -> bool:
+    raw = await redis.command("GET", "redirgate:node:c")
+    return isinstance(raw, bytes) and json.loads(raw)["seen"] > seen
