@@ -316,7 +316,7 @@ class ClusterNode:
     async def _refresh(self, command: RedisConnection) -> None:
         """This node's key and its clients' keys, with a fresh expiry; the other nodes as they are."""
         ttl = seconds(self.config.node_timeout_s)
-        commands: list[tuple[str | int, ...]] = [
+        commands: list[tuple[str | bytes | int, ...]] = [
             ("SET", node_key(self.name), json.dumps(self._description()), "EX", ttl)
         ]
         if self._refresh_sha is None or self._refresh_sha[0] is not command:
@@ -374,7 +374,7 @@ class ClusterNode:
             self._flush_wanted = trio.Event()
             dirty, self._dirty = self._dirty, set()
             publish, self._publish = self._publish, False
-            commands: list[tuple[str | int, ...]] = []
+            commands: list[tuple[str | bytes | int, ...]] = []
             for identity in sorted(dirty):
                 if self.registry.online(identity):
                     commands.append(("SET", client_key(identity), self.name, "EX", ttl))
