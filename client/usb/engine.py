@@ -1,19 +1,26 @@
 """The usbredir host engine: serve one connection for one (replugable) device.
 
-`HostEngine.run()` owns a connection from hello to close: it reads protocol
-events from the guest, answers each request exactly once with the status the
-reference host (usbredirhost.c) would give, and reports the device the
-`DeviceSource` hands it — again after every unplug/replug, without a restart.
+The protocol decisions are `HostState`'s (proto/usbredir/host.py, sans-IO):
+which request gets which answer, when, and exactly once; what a reset, a
+configuration change or an unplug does to the transfers and streams in
+flight; when a device is announced.  This engine is its trio adapter: it
+feeds it the guest's parsed messages and what happens to the device, and
+carries out the actions it returns - messages to the Outbox, transfers to
+the per-endpoint queues (transfers.py), streams to their tasks (streams.py),
+blocking operations (clear halt, set configuration, set alt setting, reset)
+in worker threads.
 
 Task layout (one nursery per connection):
-    reader   parses the guest's bytes and dispatches; configuration, alt
-             setting and reset requests are awaited in place (like the
-             reference, which handles them in its read callback)
+    reader   parses the guest's bytes and feeds them to the state; while
+             the state has an operation out, it runs it (in a worker thread)
+             and reads nothing more (like the reference, which handles them
+             in its read callback)
     writer   drains the Outbox to the stream in order
-    device   acquires the device, announces it, waits until it is lost or
-             rejected, releases it; then again
+    device   acquires the device, announces it, waits until it is released,
+             releases it; then again
 and, inside a per-device nursery that is cancelled when the device goes,
 one task per busy endpoint queue (transfers.py) and per stream (streams.py).
+Everything runs on the trio thread; the state is touched only there.
 
 Bytes from the guest are read straight into the parser's buffer where the
 stream can (`try_receive_into`: PlainSocketStream, ZeroCopyTLSStream,
@@ -28,8 +35,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import trio
 
@@ -38,7 +44,7 @@ from redirgate.client.usb.descriptors import EndpointDesc
 from redirgate.client.usb.device import UsbDevice
 from redirgate.client.usb.errors import USB_CALL_ERRORS, status_for
 from redirgate.client.usb.outbox import Outbox
-from redirgate.client.usb.transfers import EndpointQueues, Request, out_data, reply_for
+from redirgate.client.usb.transfers import EndpointQueues, Request, out_data
 from redirgate.proto.usbredir import (
     CLOSED,
     NEED_DATA,
@@ -49,11 +55,28 @@ from redirgate.proto.usbredir import (
     Status,
     UsbredirConnection,
 )
-from redirgate.proto.usbredir import filter as usbfilter
-from redirgate.proto.usbredir import (
-    messages as m,
+from redirgate.proto.usbredir import messages as m
+from redirgate.proto.usbredir.host import NO_RESET_IDS, HostEvent, HostState
+from redirgate.proto.usbredir.host_events import (
+    Action,
+    CancelTransfer,
+    ChangeAltSetting,
+    ChangeConfiguration,
+    ClearHalt,
+    DeviceDescription,
+    DeviceGone,
+    DeviceReady,
+    IsoOut,
+    OperationDone,
+    ReleaseDevice,
+    ResetDevice,
+    Send,
+    StartStream,
+    StopStream,
+    StreamStalled,
+    SubmitTransfer,
+    TransferDone,
 )
-from redirgate.proto.usbredir.host import INTERRUPT_TRANSFERS, NO_RESET_IDS
 from redirgate.transport import NonBlockingStream, nonblocking
 
 __all__ = ["HOST_CAPS", "NO_RESET_IDS", "DeviceSource", "HostEngine"]
@@ -68,6 +91,8 @@ RECEIVE_BYTES = 256 * 1024
 PRESENCE_INTERVAL_S = 0.5
 #: iso OUT drops are logged at most this often (each line says how many since the last)
 DROP_LOG_INTERVAL_S = 10.0
+
+Operation = ClearHalt | ChangeConfiguration | ChangeAltSetting | ResetDevice
 
 
 class DeviceSource(Protocol):
@@ -97,18 +122,15 @@ class HostEngine:
         self.source = source
         self.peer = peer
         self.conn = UsbredirConnection(Role.HOST, caps, version)
+        self.host = HostState(caps)
         self.outbox = Outbox(peer=peer)
         self.device: UsbDevice | None = None
-        self.alts: dict[int, int] = {}
+        #: endpoint address -> (descriptor, interface) at the current settings
         self.endpoints: dict[int, tuple[EndpointDesc, int]] = {}
-        #: True while no device is announced to the guest ("disconnected")
-        self.disconnected = True
-        self.connect_pending = False
-        self.wait_ack = False
-        self.reset_done = False
         self.rejected = False
-        self.guest_rules: tuple[usbfilter.FilterRule, ...] | None = None
+        #: running streams by endpoint, and the state's handles
         self.streams: dict[int, st.Stream] = {}
+        self._stream_handles: dict[int, st.Stream] = {}
         #: IN data a stream read after it was stopped, for its next start
         self.late_stream_data: dict[int, list[bytes]] = {}
         #: iso OUT endpoint -> packets dropped since the connection started (never reset)
@@ -120,8 +142,20 @@ class HostEngine:
         self.queues: EndpointQueues | None = None
         self._device_nursery: trio.Nursery | None = None
         self._device_done = trio.Event()
+        #: the operation the state asked for, for the reader to run
+        self._operation: Operation | None = None
+        self._operation_ready = trio.Event()
         self.close_reason: str | None = None
         self._connection_scope = trio.CancelScope()
+
+    @property
+    def disconnected(self) -> bool:
+        """No device is announced to the guest."""
+        return self.host.disconnected
+
+    @property
+    def wait_ack(self) -> bool:
+        return self.host.wait_ack
 
     # ------------------------------------------------------------ running
     async def run(self) -> None:
@@ -197,11 +231,64 @@ class HostEngine:
                 if event is CLOSED:
                     self.close_reason = "guest closed the connection"
                     return
-                handler = _HANDLERS.get(type(event))
-                if handler is None:
-                    log.debug("%s: ignoring %s", self.peer, type(event).__name__)
-                    continue
-                await handler(self, event)
+                assert isinstance(event, m.Message)
+                if isinstance(event, m.Hello):
+                    log.info("%s: guest %r, caps %#x", self.peer, event.version, int(event.caps))
+                await self.feed(event)
+                if self.host.busy:
+                    await self._run_operations()
+
+    # ------------------------------------------------------- the state
+    async def feed(self, event: HostEvent) -> None:
+        """Hand `event` to the state and carry out what it asks for."""
+        for action in self.host.handle(event):
+            await self._do(action)
+        self._wake_reader()
+
+    def feed_nowait(self, event: HostEvent) -> None:
+        """`feed` where nothing may wait: for events whose actions never
+        block (a device gone, a stream stalled)."""
+        for action in self.host.handle(event):
+            if isinstance(action, Send):
+                self.send_nowait(action.message)
+            elif isinstance(action, SubmitTransfer):
+                raise AssertionError(f"{event!r} asked for a transfer")
+            else:
+                self._do_now(action)
+        self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        if self._operation is not None or not self.host.busy:
+            self._operation_ready.set()
+
+    async def _do(self, action: Action) -> None:
+        if isinstance(action, Send):
+            await self.send(action.message)
+        elif isinstance(action, SubmitTransfer):
+            await self._submit(action)
+        else:
+            self._do_now(action)
+
+    def _do_now(self, action: Action) -> None:
+        if isinstance(action, CancelTransfer):
+            if self.queues is not None:
+                self.queues.cancel(action.transfer)
+        elif isinstance(action, StartStream):
+            self._start_stream(action)
+        elif isinstance(action, StopStream):
+            stream = self._stream_handles.get(action.stream)
+            if stream is not None:
+                self._stop_stream(stream)
+        elif isinstance(action, IsoOut):
+            stream = self._stream_handles.get(action.stream)
+            if stream is not None and not stream.queue_out(bytes(action.data)):
+                self._count_iso_out_drop(stream.endpoint)
+        elif isinstance(action, ReleaseDevice):
+            self._release(action)
+        elif isinstance(action, (ClearHalt, ChangeConfiguration, ChangeAltSetting, ResetDevice)):
+            self._operation = action  # for the reader (`_run_operations`)
+        else:
+            raise AssertionError(f"unknown action {action!r}")
 
     async def send(self, message: m.Message) -> None:
         """Queue a message that must reach the guest (waits if the queue is full)."""
@@ -213,7 +300,7 @@ class HostEngine:
         self.outbox.put_nowait(header, payload)
 
     def offer_stream(self, stream: st.Stream, message: m.Message, iso_ref: int = 0) -> None:
-        if self.streams.get(stream.endpoint) is not stream or self.disconnected:
+        if self.streams.get(stream.endpoint) is not stream or self.host.disconnected:
             return  # stopped (maybe restarted: a new stream owns the endpoint)
         header, payload = self.conn.send_parts(message)
         self.outbox.offer_stream(stream.endpoint, header, payload, iso_ref=iso_ref)
@@ -238,6 +325,7 @@ class HostEngine:
                 self._device_nursery = None
                 self.queues = None
                 self.streams.clear()
+                self._stream_handles.clear()
                 self.late_stream_data.clear()
                 self._stream_done.clear()
                 self.device = None
@@ -250,23 +338,38 @@ class HostEngine:
 
     async def _attach(self, device: UsbDevice) -> None:
         self.device = device
-        self.alts = {}
-        self._rebuild_endpoints()
+        self.endpoints = device.snapshot.endpoints({})
         snap = device.snapshot
+        reset_done = False
         if (snap.vendor_id, snap.product_id) not in NO_RESET_IDS:
             # guests start with a reset; doing it now makes theirs a no-op
             try:
-                await device.call(device.reset_blocking, dict(self.alts))
-                self.reset_done = True
+                await device.call(device.reset_blocking, {})
+                reset_done = True
             except USB_CALL_ERRORS as exc:
                 _, gone = status_for(exc)
                 if gone:
-                    self.device_lost("gone during the initial reset")
+                    log.warning("%s: lost %s: gone during the initial reset", self.peer, device.name)
+                    self._device_done.set()
                     return
                 log.debug("%s: initial reset of %s failed: %s", self.peer, device.name, exc)
         log.info("%s: offering %s", self.peer, device.name)
-        self.connect_pending = True
-        self._maybe_announce()
+        await self.feed(DeviceReady(self._description(device, {}), reset_done))
+
+    @staticmethod
+    def _description(device: UsbDevice, alts: dict[int, int]) -> DeviceDescription:
+        """The device at these alt settings, for the state."""
+        snap = device.snapshot
+        connect = m.DeviceConnect(
+            int(snap.speed),
+            snap.device_class,
+            snap.device_subclass,
+            snap.device_protocol,
+            snap.vendor_id,
+            snap.product_id,
+            snap.bcd_device,
+        )
+        return DeviceDescription(connect, snap.active_config, snap.interface_info(alts), snap.ep_info(alts))
 
     async def _watch_presence(self, device: UsbDevice) -> None:
         while True:
@@ -280,289 +383,96 @@ class HostEngine:
                 self.device_lost("unplugged")
                 return
 
-    def _rebuild_endpoints(self) -> None:
-        assert self.device is not None
-        self.endpoints = self.device.snapshot.endpoints(self.alts)
-
-    def _maybe_announce(self) -> None:
-        """interface_info, ep_info, device_connect - once the guest's hello is
-        in and no disconnect ack is awaited (usbredirhost connect_pending)."""
-        if not self.connect_pending or self.device is None:
-            return
-        if not self.conn.have_peer_hello or self.wait_ack:
-            return
-        if self._filtered_out():
-            return
-        snap = self.device.snapshot
-        self.connect_pending = False
-        self.send_nowait(snap.interface_info(self.alts))
-        self.send_nowait(snap.ep_info(self.alts))
-        self.send_nowait(
-            m.DeviceConnect(
-                int(snap.speed),
-                snap.device_class,
-                snap.device_subclass,
-                snap.device_protocol,
-                snap.vendor_id,
-                snap.product_id,
-                snap.bcd_device,
-            )
-        )
-        self.disconnected = False
-
-    def _filtered_out(self) -> bool:
-        """A device the guest's own filter rejects is not offered to it."""
-        if self.guest_rules is None or self.device is None:
-            return False
-        snap = self.device.snapshot
-        verdict = usbfilter.check(
-            self.guest_rules,
-            snap.device_class,
-            snap.device_subclass,
-            snap.device_protocol,
-            snap.interface_classes(self.alts),
-            snap.vendor_id,
-            snap.product_id,
-            snap.bcd_device,
-            usbfilter.FilterFlag.DEFAULT_ALLOW,
-        )
-        if verdict.allowed:
-            return False
-        log.warning("%s: the guest's filter rejects %s (%s)", self.peer, self.device.name, verdict.name.lower())
-        self._reject_device()
-        return True
-
     def device_lost(self, reason: str) -> None:
-        """The device is gone (unplugged, failed reset): tell the guest once."""
-        if self.device is not None:
-            log.warning("%s: lost %s: %s", self.peer, self.device.name, reason)
-        self._disconnect_guest()
-        self._device_done.set()
+        """The device is gone (unplugged, a stream found it gone): the state
+        tells the guest once and asks for the release."""
+        self.feed_nowait(DeviceGone(reason))
+        if self.host.device is None:
+            self._device_done.set()  # also when it was never announced
 
-    def _disconnect_guest(self) -> None:
-        self.connect_pending = False
-        if self.disconnected:
-            return
-        self.disconnected = True
-        self._fail_inflight(Status.IOERROR)
-        self.streams.clear()
-        self.send_nowait(m.DeviceDisconnect())
-        if Cap.DEVICE_DISCONNECT_ACK in self.conn.shared_caps:
-            self.wait_ack = True
-
-    def _reject_device(self) -> None:
-        self.rejected = True
-        self._disconnect_guest()
-        self._device_done.set()
-
-    def _fail_inflight(self, status: int) -> None:
-        if self.queues is None:
-            return
-        for request in self.queues.cancel_all():
-            self.send_nowait(reply_for(request.msg, status))
-
-    def forget_stream(self, stream: st.Stream) -> None:
-        if self.streams.get(stream.endpoint) is stream:
-            del self.streams[stream.endpoint]
-
-    # ------------------------------------------------------------ dispatch
-    # `_reader` calls the handler of each message type from `_HANDLERS`.
-
-    async def _on_hello(self, msg: m.Hello) -> None:
-        log.info("%s: guest %r, caps %#x", self.peer, msg.version, int(msg.caps))
-        self._maybe_announce()
-
-    # Data requests: one handler per packet type (each transfer passes here,
-    # so no isinstance chain), the checks in usbredirhost's order.
-    async def _on_control(self, msg: m.ControlPacket) -> None:
-        queues = self.queues
-        if self.disconnected or queues is None:
-            await self.send(reply_for(msg, Status.IOERROR))
-            return
-        if msg.requesttype == 0x02 and msg.request == 0x01 and msg.value == 0 and not msg.data:
-            await self._clear_halt(msg)
-            return
-        await queues.submit(self._request(msg))
-
-    async def _on_bulk(self, msg: m.BulkPacket) -> None:
-        queues = self.queues
-        if self.disconnected or queues is None:
-            await self.send(reply_for(msg, Status.IOERROR))
-            return
-        if self._endpoint_type(msg.endpoint) != EndpointType.BULK or msg.stream_id:
-            # the wrong type, or a bulk stream (pyusb has none)
-            await self.send(reply_for(msg, Status.INVAL))
-            return
-        await queues.submit(self._request(msg))
-
-    async def _on_interrupt(self, msg: m.InterruptPacket) -> None:
-        queues = self.queues
-        if self.disconnected or queues is None:
-            await self.send(reply_for(msg, Status.IOERROR))
-            return
-        if self._endpoint_type(msg.endpoint) != EndpointType.INTERRUPT:
-            await self.send(reply_for(msg, Status.INVAL))
-            return
-        ep_desc = self.endpoints[msg.endpoint][0]
-        assert self.device is not None
-        if len(msg.data) > ep_desc.max_packet_size(self.device.snapshot.speed):
-            await self.send(reply_for(msg, Status.INVAL))
-            return
-        await queues.submit(self._request(msg))
-
-    def _endpoint_type(self, address: int) -> EndpointType:
-        """The transfer type of an endpoint of the current settings
-        (`EndpointType.INVALID` if there is none)."""
-        entry = self.endpoints.get(address)
-        return entry[0].transfer_type if entry is not None else EndpointType.INVALID
-
-    def _request(self, msg: m.DataMessage) -> Request:
-        """The request that goes to the device (OUT data copied out of the
-        parser's buffer); a transfer means the device is no longer fresh
-        from a reset."""
-        self.reset_done = False
-        return Request(msg, out_data(msg.data) if msg.data else b"")
-
-    async def _clear_halt(self, msg: m.ControlPacket) -> None:
-        """CLEAR_FEATURE(ENDPOINT_HALT) goes through libusb so the host stack
-        learns the halt is cleared (usbredirhost.c)."""
-        assert self.device is not None
-        status = Status.SUCCESS
-        try:
-            await self.device.call(self.device.dev.clear_halt, msg.index & 0xFF)
-        except USB_CALL_ERRORS as exc:
-            status, gone = status_for(exc)
-            if gone:
-                self.device_lost("clear halt failed")
-        await self.send(reply_for(msg, status))
-
-    async def _on_cancel(self, msg: m.CancelDataPacket) -> None:
-        if self.queues is None:
-            return
-        request = self.queues.cancel(msg.id)
-        if request is not None:
-            await self.send(reply_for(request.msg, Status.CANCELLED))
-
-    async def _on_set_configuration(self, msg: m.SetConfiguration) -> None:
-        device = self.device
-        if self.disconnected or device is None:
-            active = device.snapshot.active_config if device else 0
-            await self.send(m.ConfigurationStatus(Status.IOERROR, active, id=msg.id))
-            return
-        if msg.configuration == device.snapshot.active_config:
-            await self.send(m.ConfigurationStatus(Status.SUCCESS, msg.configuration, id=msg.id))
-            return
-        self.reset_done = False
-        await self._stop_all_streams(notify=False)
-        self._fail_inflight(Status.CANCELLED)
-        await device.drain()  # no transfer of the old configuration stays in flight
-        status = Status.SUCCESS
-        try:
-            await device.call(device.set_configuration_blocking, msg.configuration)
-        except USB_CALL_ERRORS as exc:
-            status, gone = status_for(exc)
-            if gone:
-                self.device_lost("set configuration failed")
-                await self.send(m.ConfigurationStatus(Status.IOERROR, 0, id=msg.id))
-                return
-            status = Status.IOERROR
-        self.alts = {}
-        self._rebuild_endpoints()
-        snap = device.snapshot
-        await self.send(snap.interface_info(self.alts))
-        await self.send(snap.ep_info(self.alts))
-        await self.send(m.ConfigurationStatus(status, snap.active_config, id=msg.id))
-        self._filtered_out()
-
-    async def _on_get_configuration(self, msg: m.GetConfiguration) -> None:
-        device = self.device
-        status = Status.IOERROR if self.disconnected or device is None else Status.SUCCESS
-        await self.send(m.ConfigurationStatus(status, device.snapshot.active_config if device else 0, id=msg.id))
-
-    def _known_interface(self, number: int) -> bool:
-        assert self.device is not None
-        config = self.device.snapshot.configs.get(self.device.snapshot.active_config)
-        return config is not None and number in config.interfaces
-
-    async def _on_set_alt(self, msg: m.SetAltSetting) -> None:
-        device = self.device
-        if self.disconnected or device is None:
-            await self.send(m.AltSettingStatus(Status.IOERROR, msg.interface, 0xFF, id=msg.id))
-            return
-        if not self._known_interface(msg.interface):
-            await self.send(m.AltSettingStatus(Status.INVAL, msg.interface, 0xFF, id=msg.id))
-            return
-        self.reset_done = False
-        for address, (_, number) in list(self.endpoints.items()):
-            if number == msg.interface and address in self.streams:
-                self._stop_stream(self.streams[address])
-        try:
-            await device.call(device.dev.set_interface_altsetting, msg.interface, msg.alt)
-        except USB_CALL_ERRORS as exc:
-            status, gone = status_for(exc)
-            if gone:
-                self.device_lost("set alt setting failed")
-            await self.send(m.AltSettingStatus(status, msg.interface, self.alts.get(msg.interface, 0), id=msg.id))
-            return
-        self.alts[msg.interface] = msg.alt
-        self._rebuild_endpoints()
-        await self.send(device.snapshot.interface_info(self.alts))
-        await self.send(device.snapshot.ep_info(self.alts))
-        await self.send(m.AltSettingStatus(Status.SUCCESS, msg.interface, msg.alt, id=msg.id))
-
-    async def _on_get_alt(self, msg: m.GetAltSetting) -> None:
-        if self.disconnected or self.device is None:
-            await self.send(m.AltSettingStatus(Status.IOERROR, msg.interface, 0xFF, id=msg.id))
-        elif not self._known_interface(msg.interface):
-            await self.send(m.AltSettingStatus(Status.INVAL, msg.interface, 0xFF, id=msg.id))
+    def _release(self, action: ReleaseDevice) -> None:
+        name = self.device.name if self.device is not None else "the device"
+        if action.rejected:
+            log.warning("%s: %s: %s", self.peer, name, action.reason)
+            self.rejected = True
         else:
-            await self.send(
-                m.AltSettingStatus(Status.SUCCESS, msg.interface, self.alts.get(msg.interface, 0), id=msg.id)
-            )
+            log.warning("%s: lost %s: %s", self.peer, name, action.reason)
+        for stream in list(self.streams.values()):
+            self._stop_stream(stream)
+        self._device_done.set()
 
-    async def _on_reset(self, msg: m.Reset) -> None:
-        device = self.device
-        if self.disconnected or device is None or self.reset_done:
+    # ------------------------------------------------------- transfers
+    async def _submit(self, action: SubmitTransfer) -> None:
+        msg = action.message
+        if self.queues is None:
+            await self.feed(TransferDone(action.transfer, Status.IOERROR, gone=True))
             return
-        await self._stop_all_streams(notify=True)
-        self._fail_inflight(Status.CANCELLED)
-        await device.drain()  # usbredirhost cancels every transfer before a reset too
-        snap = device.snapshot
-        if (snap.vendor_id, snap.product_id) not in NO_RESET_IDS:
-            try:
-                await device.call(device.reset_blocking, dict(self.alts))
-            except USB_CALL_ERRORS as exc:
-                log.info("%s: reset of %s failed: %s", self.peer, device.name, exc)
-                self.device_lost("reset failed")
-                return
-        self.reset_done = True
+        # OUT data copied out of the parser's buffer (see transfers.out_data)
+        await self.queues.submit(Request(msg, out_data(msg.data) if msg.data else b"", handle=action.transfer))
+
+    async def transfer_done(self, done: TransferDone) -> None:
+        """A transfer came back (transfers.py), answered or cancelled."""
+        await self.feed(done)
+
+    # ------------------------------------------------------- operations
+    async def _run_operations(self) -> None:
+        """Run what the state asks for while it is busy (reading nothing else)."""
+        while self.host.busy:
+            operation = self._operation
+            if operation is None:
+                # it waits for cancelled transfers to come back
+                self._operation_ready = trio.Event()
+                self._wake_reader()
+                await self._operation_ready.wait()
+                continue
+            self._operation = None
+            status, gone, description = await self._operate(operation)
+            await self.feed(OperationDone(operation.operation, status, description, gone))
+            if self.device is not None:
+                self.endpoints = self.device.snapshot.endpoints(self.host.alts)
+
+    async def _operate(self, operation: Operation) -> tuple[int, bool, DeviceDescription | None]:
+        """Run one blocking operation: (usbredir status, device gone, new description)."""
+        device = self.device
+        if device is None:
+            return Status.IOERROR, True, None
+        alts = dict(self.host.alts)
+        try:
+            if isinstance(operation, ClearHalt):
+                # through libusb, so the host stack learns the halt is cleared (usbredirhost.c)
+                await device.call(device.dev.clear_halt, operation.endpoint)
+            elif isinstance(operation, ChangeConfiguration):
+                await device.drain()  # no transfer of the old configuration stays in flight
+                alts = {}
+                try:
+                    await device.call(device.set_configuration_blocking, operation.configuration)
+                except USB_CALL_ERRORS as exc:
+                    status, gone = status_for(exc)
+                    return Status.IOERROR, gone, None if gone else self._description(device, alts)
+            elif isinstance(operation, ChangeAltSetting):
+                await device.call(device.dev.set_interface_altsetting, operation.interface, operation.alt)
+                alts[operation.interface] = operation.alt
+            else:
+                await device.drain()  # usbredirhost cancels every transfer before a reset too
+                await device.call(device.reset_blocking, alts)
+        except USB_CALL_ERRORS as exc:
+            status, gone = status_for(exc)
+            log.info("%s: %s on %s failed: %s", self.peer, type(operation).__name__, device.name, exc)
+            return status, gone, None
+        described = isinstance(operation, (ChangeConfiguration, ChangeAltSetting))
+        return Status.SUCCESS, False, self._description(device, alts) if described else None
 
     # -------------------------------------------------------------- streams
-    async def _start_stream(
-        self, kind: EndpointType, endpoint: int, request_id: int, pkts: int, transfers: int, size: int | None
-    ) -> None:
-        def status(code: int) -> m.Message:
-            return st.stream_status(kind, endpoint, code, request_id)
-
-        if self.disconnected or self.device is None or self._device_nursery is None:
-            await self.send(status(Status.STALL))
+    def _start_stream(self, action: StartStream) -> None:
+        if self._device_nursery is None:
             return
-        entry = self.endpoints.get(endpoint)
-        if entry is None or entry[0].transfer_type != kind:
-            await self.send(status(Status.STALL))
-            return
-        max_packet = entry[0].max_packet_size(self.device.snapshot.speed)
-        packet = size if size is not None else max_packet
-        if not (1 <= pkts <= 32 and 1 <= transfers <= 16) or max_packet == 0 or packet % max_packet:
-            await self.send(status(Status.STALL))
-            return
-        if endpoint in self.streams:
-            await self.send(status(Status.INVAL))
-            return
+        kind, endpoint = action.kind, action.endpoint
         scope = trio.CancelScope()
-        stream = st.Stream(kind, endpoint, packet, pkts, transfers, scope)
+        stream = st.Stream(
+            kind, endpoint, action.packet_size, action.packets, action.transfers, scope, handle=action.stream
+        )
         self.streams[endpoint] = stream
-        self.reset_done = False
+        self._stream_handles[action.stream] = stream
         if kind == EndpointType.ISO and not endpoint & 0x80:
             stream.out_queue = deque()
             stream.out_ready = trio.Event()
@@ -587,67 +497,23 @@ class HostEngine:
                         await previous.wait()
                 done.set()
 
-        await self.send(status(Status.SUCCESS))
         self._device_nursery.start_soon(run_stream)
 
     def _stop_stream(self, stream: st.Stream) -> None:
         stream.scope.cancel()
         self.forget_stream(stream)
 
-    async def _stop_all_streams(self, *, notify: bool) -> None:
-        for stream in list(self.streams.values()):
-            if notify:
-                await self.send(stream.status_message(Status.STALL))
-            self._stop_stream(stream)
+    def forget_stream(self, stream: st.Stream) -> None:
+        if self.streams.get(stream.endpoint) is stream:
+            del self.streams[stream.endpoint]
+        if self._stream_handles.get(stream.handle) is stream:
+            del self._stream_handles[stream.handle]
 
-    async def _stop_request(self, kind: EndpointType, endpoint: int, request_id: int) -> None:
-        if self.disconnected:
-            return  # the reference sends nothing while disconnected
-        stream = self.streams.get(endpoint)
-        if stream is not None:
-            self._stop_stream(stream)
-        await self.send(st.stream_status(kind, endpoint, Status.SUCCESS, request_id))
-
-    async def _on_start_iso(self, msg: m.StartIsoStream) -> None:
-        await self._start_stream(EndpointType.ISO, msg.endpoint, msg.id, msg.pkts_per_urb, msg.no_urbs, None)
-
-    async def _on_stop_iso(self, msg: m.StopIsoStream) -> None:
-        await self._stop_request(EndpointType.ISO, msg.endpoint, msg.id)
-
-    async def _on_start_interrupt(self, msg: m.StartInterruptReceiving) -> None:
-        await self._start_stream(EndpointType.INTERRUPT, msg.endpoint, msg.id, 1, INTERRUPT_TRANSFERS, None)
-
-    async def _on_stop_interrupt(self, msg: m.StopInterruptReceiving) -> None:
-        await self._stop_request(EndpointType.INTERRUPT, msg.endpoint, msg.id)
-
-    # A guest may send a request whose answer needs a cap it did not offer
-    # (its parser checks only ours); its parser would refuse the answer, so
-    # usbredirparser sends none and neither do we (send_parts would raise).
-    async def _on_start_bulk_receiving(self, msg: m.StartBulkReceiving) -> None:
-        if Cap.BULK_RECEIVING not in self.conn.shared_caps:
-            return
-        await self._start_stream(EndpointType.BULK, msg.endpoint, msg.id, 1, msg.no_transfers, msg.bytes_per_transfer)
-
-    async def _on_stop_bulk_receiving(self, msg: m.StopBulkReceiving) -> None:
-        if Cap.BULK_RECEIVING not in self.conn.shared_caps:
-            return
-        await self._stop_request(EndpointType.BULK, msg.endpoint, msg.id)
-
-    async def _on_iso_packet(self, msg: m.IsoPacket) -> None:
-        stream = self.streams.get(msg.endpoint)
-        if self.disconnected:
-            await self.send(m.IsoStreamStatus(Status.IOERROR, msg.endpoint, id=msg.id))
-            return
-        if (
-            stream is None
-            or stream.kind != EndpointType.ISO
-            or stream.out_queue is None
-            or len(msg.data) > stream.packet_size
-        ):
-            await self.send(m.IsoStreamStatus(Status.INVAL, msg.endpoint, id=msg.id))
-            return
-        if not stream.queue_out(bytes(msg.data)):
-            self._count_iso_out_drop(stream.endpoint)
+    def stream_stalled(self, stream: st.Stream) -> None:
+        """A stream ended on its own (a halt not cleared, errors in a row):
+        the state tells the guest."""
+        self.forget_stream(stream)
+        self.feed_nowait(StreamStalled(stream.handle))
 
     def _count_iso_out_drop(self, endpoint: int) -> None:
         """An iso OUT packet the device could not take in time: counted (see
@@ -670,68 +536,3 @@ class HostEngine:
         ``iso_out`` (the guest's iso OUT packets the device could not take in time) and
         ``to_guest`` (stream packets not sent because the guest read too slowly)."""
         return {"iso_out": dict(self.iso_out_dropped), "to_guest": dict(self.outbox.dropped)}
-
-    async def _on_alloc_streams(self, msg: m.AllocBulkStreams) -> None:
-        # pyusb has no bulk-stream API; we do not advertise the cap either
-        # (so without it shared there is no answer, see _on_start_bulk_receiving)
-        if Cap.BULK_STREAMS not in self.conn.shared_caps:
-            return
-        await self.send(m.BulkStreamsStatus(msg.endpoints, msg.no_streams, Status.IOERROR, id=msg.id))
-
-    async def _on_free_streams(self, msg: m.FreeBulkStreams) -> None:
-        if Cap.BULK_STREAMS not in self.conn.shared_caps:
-            return
-        await self.send(m.BulkStreamsStatus(msg.endpoints, 0, Status.IOERROR, id=msg.id))
-
-    # ------------------------------------------------------------- filters
-    async def _on_filter_reject(self, msg: m.FilterReject) -> None:
-        if self.disconnected:
-            return
-        log.warning("%s: the guest rejected %s", self.peer, self.device.name if self.device else "the device")
-        self.disconnected = True  # the guest already detached it; no disconnect
-        self._fail_inflight(Status.IOERROR)
-        self.rejected = True
-        self._device_done.set()
-
-    async def _on_filter_filter(self, msg: m.FilterFilter) -> None:
-        try:
-            self.guest_rules = usbfilter.parse_rules(msg.filter_string)
-        except usbfilter.FilterError as exc:
-            log.warning("%s: ignoring the guest's filter %r: %s", self.peer, msg.filter_string, exc)
-            return
-        if not self.disconnected:
-            self._filtered_out()
-
-    async def _on_disconnect_ack(self, msg: m.DeviceDisconnectAck) -> None:
-        if not self.wait_ack:
-            log.debug("%s: unexpected device_disconnect_ack", self.peer)
-            return
-        self.wait_ack = False
-        self._maybe_announce()
-
-
-#: What `_reader` calls for each message type (each takes its own class).
-_HANDLERS: dict[type[m.Message], Callable[[HostEngine, Any], Awaitable[None]]] = {
-    m.Hello: HostEngine._on_hello,
-    m.ControlPacket: HostEngine._on_control,
-    m.BulkPacket: HostEngine._on_bulk,
-    m.InterruptPacket: HostEngine._on_interrupt,
-    m.IsoPacket: HostEngine._on_iso_packet,
-    m.CancelDataPacket: HostEngine._on_cancel,
-    m.SetConfiguration: HostEngine._on_set_configuration,
-    m.GetConfiguration: HostEngine._on_get_configuration,
-    m.SetAltSetting: HostEngine._on_set_alt,
-    m.GetAltSetting: HostEngine._on_get_alt,
-    m.Reset: HostEngine._on_reset,
-    m.StartIsoStream: HostEngine._on_start_iso,
-    m.StopIsoStream: HostEngine._on_stop_iso,
-    m.StartInterruptReceiving: HostEngine._on_start_interrupt,
-    m.StopInterruptReceiving: HostEngine._on_stop_interrupt,
-    m.StartBulkReceiving: HostEngine._on_start_bulk_receiving,
-    m.StopBulkReceiving: HostEngine._on_stop_bulk_receiving,
-    m.AllocBulkStreams: HostEngine._on_alloc_streams,
-    m.FreeBulkStreams: HostEngine._on_free_streams,
-    m.FilterReject: HostEngine._on_filter_reject,
-    m.FilterFilter: HostEngine._on_filter_filter,
-    m.DeviceDisconnectAck: HostEngine._on_disconnect_ack,
-}

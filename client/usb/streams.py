@@ -106,13 +106,12 @@ class Stream:
     out_ready: trio.Event | None = None
     started: bool = False
     drop_counter: int = 0
+    #: the host state's name for it (`StartStream.stream`)
+    handle: int = 0
 
     @property
     def capacity(self) -> int:
         return self.pkts_per_transfer * self.transfers
-
-    def status_message(self, status: int, msg_id: int = 0) -> m.Message:
-        return stream_status(self.kind, self.endpoint, status, msg_id)
 
     def queue_out(self, data: bytes) -> bool:
         """Accept an iso OUT packet from the guest; False if it was dropped
@@ -251,8 +250,7 @@ class _InStream:
                 await self.device.call(self.device.dev.clear_halt, stream.endpoint)
             except USB_CALL_ERRORS as clear_exc:
                 log.info("%s: stall on %#04x not cleared: %s", engine.peer, stream.endpoint, clear_exc)
-                await engine.send(stream.status_message(Status.STALL))
-                engine.forget_stream(stream)
+                engine.stream_stalled(stream)
                 return False
             self.counter = 0
             return True
@@ -263,8 +261,7 @@ class _InStream:
             log.warning(
                 "%s: stream on %#04x stopped after %d errors: %s", engine.peer, stream.endpoint, self.failures, exc
             )
-            await engine.send(stream.status_message(Status.STALL))
-            engine.forget_stream(stream)
+            engine.stream_stalled(stream)
             return False
         await trio.sleep(ERROR_BACKOFF_S * self.failures)
         return True

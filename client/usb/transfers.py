@@ -3,9 +3,10 @@
 Requests to one endpoint must reach the device in the order the guest sent
 them (a mass-storage CBW before its data), so each endpoint gets a queue and
 one task that runs its requests one at a time in a worker thread; different
-endpoints run in parallel.  A request gets exactly one reply: its completion,
-or `cancelled` at once when the guest cancels it (a completion that arrives
-later is dropped, as usbredirhost does).
+endpoints run in parallel.  Every request reports exactly once
+(`HostEngine.transfer_done`, a `TransferDone` for the host state), a
+cancelled one too: the state has answered the guest already (`cancelled`, at
+once, as usbredirhost does) and sends nothing more for it.
 
 Transfers go through `UsbDevice`: in a worker thread, or for an emulated
 device that completes them at once, on the event loop (client/usb/device.py).
@@ -53,14 +54,14 @@ from redirgate.client.usb.aio import control_setup, packet_status
 from redirgate.client.usb.errors import USB_CALL_ERRORS, is_timeout, status_for
 from redirgate.proto.usbredir import Status
 from redirgate.proto.usbredir import messages as m
-from redirgate.proto.usbredir.host import reply_for
+from redirgate.proto.usbredir.host_events import TransferDone
 
 if TYPE_CHECKING:
     from redirgate.client.usb.aio import Transfer
     from redirgate.client.usb.device import UsbDevice
     from redirgate.client.usb.engine import HostEngine
 
-__all__ = ["CONTROL_TIMEOUT_MS", "SLICE_MS", "EndpointQueues", "Request", "reply_for"]
+__all__ = ["CONTROL_TIMEOUT_MS", "SLICE_MS", "EndpointQueues", "Request"]
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,8 @@ class Request:
     submitted: float = 0.0
     #: the libusb transfer carrying it (asynchronous path)
     transfer: Transfer | None = None
+    #: the host state's name for it (`SubmitTransfer.transfer`)
+    handle: int = 0
     id: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -129,13 +132,13 @@ class EndpointQueues:
         self._idle: set[int] = set()
         #: asynchronous path: per endpoint, the submitted requests in order
         #: (a request that could not be submitted carries its reply instead)
-        self._pending: dict[int, deque[tuple[Request, m.DataMessage | None]]] = {}
+        self._pending: dict[int, deque[tuple[Request, TransferDone | None]]] = {}
 
     async def submit(self, request: Request) -> None:
         """Run `request` now if its endpoint is idle and the device completes
         it without waiting (see the module docstring), else queue it."""
         key = _queue_key(request.msg)
-        self.inflight[request.id] = request
+        self.inflight[request.handle] = request
         if transfer_observer is not None:
             request.submitted = time.perf_counter()
         device = self._engine.device
@@ -163,25 +166,15 @@ class EndpointQueues:
         queue.append(request)
         self._wakeups[key].set()
 
-    def cancel(self, request_id: int) -> Request | None:
-        """Mark the not-yet-answered request with this id cancelled (and
-        cancel its libusb transfer, which still calls back)."""
-        request = self.inflight.pop(request_id, None)
+    def cancel(self, handle: int) -> None:
+        """Mark the request the state cancelled (and cancel its libusb
+        transfer, which still calls back); it still reports, once."""
+        request = self.inflight.get(handle)
         if request is None or request.finished:
-            return None
+            return
         request.cancelled = True
         if request.transfer is not None:
             request.transfer.cancel()
-        return request
-
-    def cancel_all(self) -> list[Request]:
-        pending = [r for r in self.inflight.values() if not r.finished]
-        self.inflight.clear()
-        for request in pending:
-            request.cancelled = True
-            if request.transfer is not None:
-                request.transfer.cancel()
-        return pending
 
     # -- asynchronous path (libusb's asynchronous API, client/usb/aio.py) --
     # The reader's task submits each request at once, in the guest's order
@@ -200,7 +193,7 @@ class EndpointQueues:
             if late is not None:
                 await self._complete(key, request, late)
                 return
-        reply: m.DataMessage | None = None
+        reply: TransferDone | None = None
         try:
             request.transfer = _submit(device, request)
         except USB_CALL_ERRORS as exc:
@@ -230,7 +223,7 @@ class EndpointQueues:
                 if request.transfer is not None:
                     request.transfer.cancel()
 
-    def _async_reply(self, request: Request, transfer: Transfer) -> m.DataMessage | None:
+    def _async_reply(self, request: Request, transfer: Transfer) -> TransferDone | None:
         """The reply to a request whose transfer called back."""
         msg = request.msg
         if request.cancelled:
@@ -239,19 +232,17 @@ class EndpointQueues:
             return None
         status = transfer.status
         if status == libusb1.LIBUSB_TRANSFER_NO_DEVICE:
-            if not request.cancelled:
-                self._engine.device_lost("transfer failed: no device")
-            return reply_for(msg, Status.IOERROR)
+            return TransferDone(request.handle, Status.IOERROR, gone=True)
         code = packet_status(status)
         if code not in (Status.SUCCESS, Status.CANCELLED):
             log.debug("%s: request %#x on %#04x: %s", self._engine.peer, msg.id, msg.endpoint_address, code.name)
         if isinstance(msg, m.ControlPacket):
             if msg.requesttype & 0x80:
-                return reply_for(msg, code, transfer.actual_length, transfer.data(8))
-            return reply_for(msg, code, transfer.actual_length)
+                return _done(request, code, transfer.actual_length, transfer.data(8))
+            return _done(request, code, transfer.actual_length)
         if msg.endpoint_address & 0x80:
-            return reply_for(msg, code, transfer.actual_length, transfer.data())
-        return reply_for(msg, code, transfer.actual_length)
+            return _done(request, code, transfer.actual_length, transfer.data())
+        return _done(request, code, transfer.actual_length)
 
     async def _run_queue(self, key: int) -> None:
         queue = self._queues[key]
@@ -266,24 +257,28 @@ class EndpointQueues:
                 continue
             request = queue.popleft()
             if request.cancelled:
+                await self._complete(key, request, None)  # never started: it reports all the same
                 continue
             reply = await self._execute(request)
             await self._complete(key, request, reply)
 
-    async def _complete(self, key: int, request: Request, reply: m.DataMessage | None) -> None:
-        """Send the reply of a finished request, unless it was cancelled
-        meanwhile (then IN data it brought is kept for the next request)."""
+    async def _complete(self, key: int, request: Request, reply: TransferDone | None) -> None:
+        """Report a finished request to the state; one that was cancelled
+        meanwhile reports `cancelled` (its guest has its answer), and IN data
+        it brought is kept for the next request."""
         request.finished = True
-        if self.inflight.get(request.id) is request:
-            del self.inflight[request.id]
+        if self.inflight.get(request.handle) is request:
+            del self.inflight[request.handle]
         if reply is not None and not request.cancelled:
             if transfer_observer is not None and request.submitted:
                 transfer_observer(time.perf_counter() - request.submitted)
-            await self._engine.send(reply)
-        elif reply is not None and key and reply.endpoint_address & 0x80 and reply.data:
+            await self._engine.transfer_done(reply)
+            return
+        if reply is not None and key and key & 0x80 and reply.data and not reply.gone:
             self._late[key] = self._late.get(key, b"") + bytes(reply.data)
+        await self._engine.transfer_done(TransferDone(request.handle, Status.CANCELLED))
 
-    def _late_reply(self, request: Request) -> m.DataMessage | None:
+    def _late_reply(self, request: Request) -> TransferDone | None:
         """The reply from data a cancelled IN request left, if there is any."""
         msg = request.msg
         endpoint, length = msg.endpoint_address, msg.transfer_length
@@ -294,22 +289,19 @@ class EndpointQueues:
             return None
         if len(late) > length:
             self._late[endpoint] = late[length:]
-        return reply_for(msg, Status.SUCCESS, min(len(late), length), late[:length])
+        return TransferDone(request.handle, Status.SUCCESS, late[:length], min(len(late), length))
 
-    def _failure(self, request: Request, exc: BaseException) -> m.DataMessage | None:
-        """The reply to a transfer that raised `exc` (None if cancelled)."""
-        engine = self._engine
+    def _failure(self, request: Request, exc: BaseException) -> TransferDone | None:
+        """What a transfer that raised `exc` reports (None if cancelled)."""
         msg = request.msg
         status, gone = status_for(exc)
         if request.cancelled:
             return None
-        if gone:
-            engine.device_lost(f"transfer failed: {exc}")
-        else:
-            log.debug("%s: request %#x on %#04x failed: %s", engine.peer, msg.id, msg.endpoint_address, exc)
-        return reply_for(msg, status)
+        if not gone:
+            log.debug("%s: request %#x on %#04x failed: %s", self._engine.peer, msg.id, msg.endpoint_address, exc)
+        return TransferDone(request.handle, status, gone=gone)
 
-    def _transfer_now(self, device: UsbDevice, request: Request) -> m.DataMessage:
+    def _transfer_now(self, device: UsbDevice, request: Request) -> TransferDone:
         """The transfer on this thread (the device has `inline_transfers`);
         BlockingIOError where the device would make it wait, with a partly
         accepted OUT transfer's count kept in `request.done`."""
@@ -318,26 +310,26 @@ class EndpointQueues:
             if msg.requesttype & 0x80:
                 buf = in_buffer(msg.length)
                 n = device.try_control(msg.requesttype, msg.request, msg.value, msg.index, buf, CONTROL_TIMEOUT_MS)
-                return reply_for(msg, Status.SUCCESS, n, memoryview(buf)[:n])
+                return _done(request, Status.SUCCESS, n, memoryview(buf)[:n])
             n = device.try_control(msg.requesttype, msg.request, msg.value, msg.index, request.data, CONTROL_TIMEOUT_MS)
-            return reply_for(msg, Status.SUCCESS, n)
+            return _done(request, Status.SUCCESS, n)
         endpoint = msg.endpoint_address
         if endpoint & 0x80:
             buf = in_buffer(msg.transfer_length)
             n = device.try_read(endpoint, buf, SLICE_MS)
-            return reply_for(msg, Status.SUCCESS, n, memoryview(buf)[:n])
+            return _done(request, Status.SUCCESS, n, memoryview(buf)[:n])
         try:
             n = device.try_write(endpoint, request.data, OUT_TIMEOUT_MS)
         except BlockingIOError as exc:
             request.done = exc.characters_written
             raise
-        return reply_for(msg, Status.SUCCESS, n)
+        return _done(request, Status.SUCCESS, n)
 
-    async def _execute(self, request: Request) -> m.DataMessage | None:
+    async def _execute(self, request: Request) -> TransferDone | None:
         device = self._engine.device
         msg = request.msg
         if device is None:
-            return reply_for(msg, Status.IOERROR)
+            return _done(request, Status.IOERROR)
         late = self._late_reply(request) if self._late else None
         if late is not None:
             return late
@@ -348,11 +340,11 @@ class EndpointQueues:
                     n = await device.control(
                         msg.requesttype, msg.request, msg.value, msg.index, buf, CONTROL_TIMEOUT_MS
                     )
-                    return reply_for(msg, Status.SUCCESS, n, memoryview(buf)[:n])
+                    return _done(request, Status.SUCCESS, n, memoryview(buf)[:n])
                 n = await device.control(
                     msg.requesttype, msg.request, msg.value, msg.index, request.data, CONTROL_TIMEOUT_MS
                 )
-                return reply_for(msg, Status.SUCCESS, n)
+                return _done(request, Status.SUCCESS, n)
             endpoint = msg.endpoint_address
             if endpoint & 0x80:
                 buf = in_buffer(msg.transfer_length)
@@ -363,11 +355,16 @@ class EndpointQueues:
                     except usb.core.USBError as exc:
                         if not is_timeout(exc) or request.cancelled:
                             raise
-                return reply_for(msg, Status.SUCCESS, n, memoryview(buf)[:n])
+                return _done(request, Status.SUCCESS, n, memoryview(buf)[:n])
             n = await device.write(endpoint, request.data, OUT_TIMEOUT_MS, done=request.done)
-            return reply_for(msg, Status.SUCCESS, n)
+            return _done(request, Status.SUCCESS, n)
         except USB_CALL_ERRORS as exc:
             return self._failure(request, exc)
+
+
+def _done(request: Request, status: int, length: int = 0, data: m.Buffer = b"") -> TransferDone:
+    """What a transfer reports: status, bytes moved and (IN) the data."""
+    return TransferDone(request.handle, status, data, length)
 
 
 def _submit(device: UsbDevice, request: Request) -> Transfer:

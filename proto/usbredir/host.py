@@ -205,27 +205,21 @@ class HostState:
 
     def handle(self, event: HostEvent) -> list[Action]:
         """Take one event; return the actions it calls for, in order."""
-        if isinstance(event, m.Message):
+        # one dict lookup per event: every transfer passes here twice
+        handler = _ADAPTER_HANDLERS.get(type(event))
+        if handler is not None:
+            handler(self, event)
+        elif isinstance(event, m.Message):
             if self.busy:
                 self._deferred.append(_owned(event))
             else:
                 self._on_message(event)
-        elif isinstance(event, TransferDone):
-            self._on_transfer_done(event)
-        elif isinstance(event, StreamPacket):
-            self._on_stream_packet(event)
-        elif isinstance(event, StreamStalled):
-            self._on_stream_stalled(event)
-        elif isinstance(event, OperationDone):
-            self._on_operation_done(event)
-        elif isinstance(event, DeviceReady):
-            self._on_device_ready(event)
-        elif isinstance(event, DeviceGone):
-            self._lose_device(event.reason)
         else:
             raise LocalProtocolError(f"not an event of the host state: {event!r}")
-        self._run_deferred()
-        out, self._out = self._out, []
+        if self._deferred:
+            self._run_deferred()
+        out = self._out
+        self._out = []
         return out
 
     # ---------------------------------------------------------- helpers
@@ -349,30 +343,43 @@ class HostState:
             self._send(reply_for(transfer.msg, status))
             self._out.append(CancelTransfer(handle))
 
-    def _on_data(self, msg: m.DataMessage) -> None:
+    # Data requests: one handler per packet type, the checks in usbredirhost's order.
+    def _on_control(self, msg: m.ControlPacket) -> None:
         if self.disconnected:
-            self._send(reply_for(msg, Status.IOERROR))
+            self._out.append(Send(reply_for(msg, Status.IOERROR)))
             return
-        if isinstance(msg, m.ControlPacket):
-            if self._endpoint_type(msg.endpoint) != EndpointType.CONTROL:
-                self._send(reply_for(msg, Status.INVAL))
-                return
-            if msg.requesttype == 0x02 and msg.request == 0x01 and msg.value == 0 and not msg.data:
-                # CLEAR_FEATURE(ENDPOINT_HALT) through the host stack, so it
-                # learns the halt is cleared (usbredirhost.c)
-                self._start_operation(_OpKind.CLEAR_HALT, msg)
-                return
-        elif isinstance(msg, m.BulkPacket):
-            if self._endpoint_type(msg.endpoint) != EndpointType.BULK or msg.stream_id:
-                self._send(reply_for(msg, Status.INVAL))  # the wrong type, or a bulk stream (not offered)
-                return
+        if self._endpoint_type(msg.endpoint) != EndpointType.CONTROL:
+            self._out.append(Send(reply_for(msg, Status.INVAL)))
+            return
+        if msg.requesttype == 0x02 and msg.request == 0x01 and msg.value == 0 and not msg.data:
+            # CLEAR_FEATURE(ENDPOINT_HALT) through the host stack, so it
+            # learns the halt is cleared (usbredirhost.c)
+            self._start_operation(_OpKind.CLEAR_HALT, msg)
+            return
+        self._submit(msg)
+
+    def _on_bulk(self, msg: m.BulkPacket) -> None:
+        if self.disconnected:
+            self._out.append(Send(reply_for(msg, Status.IOERROR)))
+        elif self._endpoint_type(msg.endpoint) != EndpointType.BULK or msg.stream_id:
+            self._out.append(Send(reply_for(msg, Status.INVAL)))  # the wrong type, or a bulk stream (not offered)
         else:
-            entry = self._endpoints.get(msg.endpoint_address)
-            if entry is None or entry.type != EndpointType.INTERRUPT or len(msg.data) > entry.max_packet_size:
-                self._send(reply_for(msg, Status.INVAL))
-                return
+            self._submit(msg)
+
+    def _on_interrupt(self, msg: m.InterruptPacket) -> None:
+        if self.disconnected:
+            self._out.append(Send(reply_for(msg, Status.IOERROR)))
+            return
+        entry = self._endpoints.get(msg.endpoint)
+        if entry is None or entry.type != EndpointType.INTERRUPT or len(msg.data) > entry.max_packet_size:
+            self._out.append(Send(reply_for(msg, Status.INVAL)))
+            return
+        self._submit(msg)
+
+    def _submit(self, msg: m.DataMessage) -> None:
         self.reset_done = False
-        handle = self._handle()
+        handle = self._next_handle
+        self._next_handle = handle + 1
         self._transfers[handle] = _Transfer(msg)
         self._out.append(SubmitTransfer(handle, msg))
 
@@ -397,11 +404,12 @@ class HostState:
                 self._send(reply_for(msg, Status.IOERROR))
             else:
                 length = len(event.data) if event.length is None else event.length
-                inbound = msg.requesttype & 0x80 if isinstance(msg, m.ControlPacket) else msg.endpoint_address & 0x80
-                self._send(reply_for(msg, event.status, length, event.data if inbound else b""))
+                inbound = msg.requesttype & 0x80 if type(msg) is m.ControlPacket else msg.endpoint_address & 0x80
+                self._out.append(Send(reply_for(msg, event.status, length, event.data if inbound else b"")))
         if event.gone:
             self._lose_device("a transfer found the device gone")
-        self._maybe_issue()
+        if self._operation is not None:
+            self._maybe_issue()
 
     # ---------------------------------------------------------- operations
     def _start_operation(self, kind: _OpKind, msg: m.Message) -> None:
@@ -483,14 +491,8 @@ class HostState:
 
     # ---------------------------------------------------------- guest messages
     def _on_message(self, msg: m.Message) -> None:
-        if isinstance(msg, m.DataMessage):
-            if isinstance(msg, m.IsoPacket):
-                self._on_iso_packet(msg)
-            else:
-                self._on_data(msg)
-            return
         handler = _HANDLERS.get(type(msg))
-        if handler is not None:
+        if handler is not None:  # else one the host role ignores
             handler(self, msg)
 
     def _on_hello(self, msg: m.Hello) -> None:
@@ -685,6 +687,9 @@ class HostState:
                 )
             )
 
+    def _on_device_gone(self, event: DeviceGone) -> None:
+        self._lose_device(event.reason)
+
     def _on_stream_stalled(self, event: StreamStalled) -> None:
         stream = self._stream_handles.pop(event.stream, None)
         if stream is None:
@@ -705,8 +710,21 @@ def _owned(msg: m.Message) -> m.Message:
     return msg
 
 
-#: What `_on_message` calls for each message type that is not a data packet.
+#: What `handle` calls for each adapter event.
+_ADAPTER_HANDLERS: dict[type, Callable[[HostState, Any], None]] = {
+    TransferDone: HostState._on_transfer_done,
+    StreamPacket: HostState._on_stream_packet,
+    StreamStalled: HostState._on_stream_stalled,
+    OperationDone: HostState._on_operation_done,
+    DeviceReady: HostState._on_device_ready,
+    DeviceGone: HostState._on_device_gone,
+}
+#: What `_on_message` calls for each message type the host role handles.
 _HANDLERS: dict[type[m.Message], Callable[[HostState, Any], None]] = {
+    m.ControlPacket: HostState._on_control,
+    m.BulkPacket: HostState._on_bulk,
+    m.InterruptPacket: HostState._on_interrupt,
+    m.IsoPacket: HostState._on_iso_packet,
     m.Hello: HostState._on_hello,
     m.CancelDataPacket: HostState._on_cancel,
     m.SetConfiguration: HostState._on_set_configuration,

@@ -59,7 +59,7 @@ class DeviceDescription:
 
 
 # ---------------------------------------------------------------- events in
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DeviceReady:
     """The adapter opened and claimed a device.  `reset_done`: it reset the
     device already (so the guest's first reset is a no-op, as in usbredirhost)."""
@@ -68,14 +68,14 @@ class DeviceReady:
     reset_done: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DeviceGone:
     """The device is gone (unplugged), or the application lets go of it."""
 
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TransferDone:
     """A submitted transfer came back.  `status` is a usbredir `Status`;
     `data` what an IN transfer read (ignored for OUT); `length` the bytes moved
@@ -88,7 +88,7 @@ class TransferDone:
     gone: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StreamPacket:
     """One packet an IN stream read (an iso packet, one interrupt or bulk
     receiving transfer); the state gives it the stream's next id."""
@@ -98,14 +98,14 @@ class StreamPacket:
     data: m.Buffer = b""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StreamStalled:
     """A stream stopped on a halt the adapter could not clear."""
 
     stream: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OperationDone:
     """A blocking operation finished with this usbredir `Status`.  A changed
     configuration or alt setting comes with the device's new description;
@@ -121,14 +121,14 @@ AdapterEvent = DeviceReady | DeviceGone | TransferDone | StreamPacket | StreamSt
 
 
 # -------------------------------------------------------------- actions out
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Send:
     """A message for the guest, in this order with the others."""
 
     message: m.Message
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SubmitTransfer:
     """Submit the guest's control, bulk or interrupt OUT request `message`
     as transfer `transfer`; answer with exactly one `TransferDone`.  Its data
@@ -138,7 +138,7 @@ class SubmitTransfer:
     message: m.DataMessage
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CancelTransfer:
     """Cancel a submitted transfer (the guest was answered already); its
     `TransferDone` is still expected, and sends nothing."""
@@ -146,7 +146,7 @@ class CancelTransfer:
     transfer: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StartStream:
     """Start reading (IN) or writing (iso OUT) a stream of `transfers`
     transfers of `packets` packets of `packet_size` bytes each."""
@@ -159,14 +159,14 @@ class StartStream:
     transfers: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StopStream:
     """Stop a stream; what it reads afterwards is dropped."""
 
     stream: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class IsoOut:
     """An iso OUT packet for a running stream (copy `data`: it may be a view
     of the parser's buffer)."""
@@ -175,7 +175,7 @@ class IsoOut:
     data: m.Buffer = field(repr=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClearHalt:
     """Clear the halt of `endpoint` through the host stack; answer with
     `OperationDone`."""
@@ -184,7 +184,7 @@ class ClearHalt:
     endpoint: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ChangeConfiguration:
     """Release the interfaces, set `configuration`, claim its interfaces;
     answer with `OperationDone` carrying the new description."""
@@ -193,7 +193,7 @@ class ChangeConfiguration:
     configuration: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ChangeAltSetting:
     """Set alt setting `alt` of `interface`; answer with `OperationDone`
     carrying the new description."""
@@ -203,7 +203,7 @@ class ChangeAltSetting:
     alt: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ResetDevice:
     """Reset the device, keeping its configuration and alt settings; answer
     with `OperationDone` (a failure drops the device)."""
@@ -211,7 +211,7 @@ class ResetDevice:
     operation: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReleaseDevice:
     """Let go of the device (once per `DeviceReady`); transfers still out are
     forgotten.  `rejected`: the guest refused it, do not offer it again."""

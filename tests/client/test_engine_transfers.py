@@ -328,3 +328,34 @@ async def test_a_stall_on_the_fast_path_is_reported_and_cleared(loopback) -> Non
         back = await guest.bulk(0x81, 512)
         assert back.fields["status"] == SUCCESS and back.data == source_pattern(512)
         assert guest.parse_errors == []
+
+
+async def test_reset_with_a_read_in_flight_waits_for_it_to_come_back(loopback, monkeypatch) -> None:
+    """The read is answered `cancelled` at once; the reset runs only once the
+    read's worker thread gave the device back, and a request sent meanwhile
+    is answered after it (HostState holds it)."""
+    backend, _device = loopback
+    busy_at_reset: list[int] = []
+    original = UsbDevice.reset_blocking
+
+    def reset_blocking(self: UsbDevice, alts: dict[int, int]) -> None:
+        busy_at_reset.append(self.limiter.borrowed_tokens)  # this call's own thread: 1
+        original(self, alts)
+
+    monkeypatch.setattr(UsbDevice, "reset_blocking", reset_blocking)
+    async with engine_session(source_for(backend)) as s:
+        guest = s.guest
+        await configure(guest)
+        busy_at_reset.clear()  # the initial reset
+        blocked = guest.next_id()
+        await guest.send(T.BULK_PACKET, blocked, endpoint=0x81, status=0, length=512, stream_id=0)
+        await processed(guest)  # the read waits in the device
+        await guest.send(T.RESET)
+        after = guest.next_id()
+        await guest.send(T.GET_CONFIGURATION, after)
+        cancelled = await guest.expect(T.BULK_PACKET, lambda e: e.id == blocked)
+        assert cancelled.fields["status"] == CANCELLED
+        status = await guest.expect(T.CONFIGURATION_STATUS, lambda e: e.id == after)
+        assert status.fields["status"] == SUCCESS
+        assert busy_at_reset == [1]
+        assert guest.parse_errors == []
