@@ -33,13 +33,9 @@ run_guest) is stopped by PID, also on failure.  Nothing is asserted.
 
 from __future__ import annotations
 
-import os
 import shutil
 import statistics
 import sys
-import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +46,8 @@ elif str(ROOT) not in sys.path:  # make `bench` importable
     sys.path.insert(0, str(ROOT))
 
 from bench import gateway_lab as gl
-from bench.relay_setup import LOOPBACK, Processes, free_port, machine, process_cpu_s
+from bench.guest_runs import Plan, choose_plan, guest_unavailable, run_measurement
+from bench.relay_setup import LOOPBACK, Processes, free_port, process_cpu_s
 from bench.report import cell, emit, script_arguments
 from bench.report import ratio as _ratio
 
@@ -66,24 +63,8 @@ RATIOS: tuple[tuple[str, str], ...] = (("gateway", "native"), ("serve_usb", "nat
 OPS = (("read", "read, MB/s"), ("write", "write + fsync, MB/s"))
 
 
-@dataclass(frozen=True)
-class Plan:
-    runs: int
-    image_mib: int
-    transfer_mib: int
-
-
 QUICK = Plan(runs=3, image_mib=16, transfer_mib=16)
 FULL = Plan(runs=5, image_mib=128, transfer_mib=128)
-
-
-def unavailable() -> str | None:
-    """Why the guest cannot run here, or None."""
-    import tests.support.guest  # noqa: F401  (first: the tests' guest cache, .cache/guest)
-    from redirgate.cli.guestvm.image import guest_unavailable_reason
-    from redirgate.cli.guestvm.qemu import qemu_unavailable_reason
-
-    return qemu_unavailable_reason() or guest_unavailable_reason()
 
 
 def _cpu(pid: int) -> float | None:
@@ -96,7 +77,10 @@ def _cpu(pid: int) -> float | None:
 def measure(plan: Plan, workdir: Path) -> dict[str, Any]:
     """One boot with the three disks: per-run MB/s, what the guest reported, CPU per process."""
     from bench.usb_path import guest_dd, native_disk, redirected_disk, write_image
+    from redirgate.cli.guestvm.image import find_kernel
     from redirgate.cli.lab import LabRoute
+
+    kernel = find_kernel()[0]
 
     images = {role: workdir / f"{role}.img" for role, _, _ in PATHS}
     write_image(images["serve_usb"], plan.image_mib)
@@ -140,6 +124,7 @@ def measure(plan: Plan, workdir: Path) -> dict[str, Any]:
         after = cpu1[name]
         cpu[name] = None if before is None or after is None else after - before
     return {
+        "kernel": kernel,
         "rates": dd.rates,
         "reported": dd.reported,
         "script_start_s": dd.script_start_s,
@@ -150,30 +135,14 @@ def measure(plan: Plan, workdir: Path) -> dict[str, Any]:
 
 def run(quick: bool, *, runs: int | None = None) -> dict[str, Any]:
     """Measure the three disks in one boot; JSON-ready per-run values, or why not."""
-    plan = QUICK if quick else FULL
-    if runs:
-        plan = Plan(runs, plan.image_mib, plan.transfer_mib)
-    started = time.monotonic()
-    result: dict[str, Any] = {
-        "what": "real guest O_DIRECT dd on an emulated stick: client + gateway and serve-usb vs QEMU usb-storage",
-        "plan": vars(plan),
-        "machine": machine(),
-        "loadavg_start": os.getloadavg(),
-    }
-    why = unavailable()
-    if why is not None:
-        result["skipped"] = why
-        return result
-    from redirgate.cli.guestvm.image import find_kernel
-
-    result["kernel"] = find_kernel()[0]
-    with tempfile.TemporaryDirectory(prefix="redirgate-bench-guestdd-") as tmp:
-        try:
-            result.update(measure(plan, Path(tmp)))
-        except (RuntimeError, OSError) as exc:
-            result["failed"] = f"{type(exc).__name__}: {exc}"
-    result["loadavg_end"] = os.getloadavg()
-    result["wall_s"] = time.monotonic() - started
+    result = run_measurement(
+        "real guest O_DIRECT dd on an emulated stick: client + gateway and serve-usb vs QEMU usb-storage",
+        choose_plan(QUICK, FULL, is_quick=quick, runs=runs),
+        unavailable=guest_unavailable,
+        measure=measure,
+        workdir_prefix="redirgate-bench-guestdd-",
+        errors=(RuntimeError, OSError),
+    )
     if "rates" in result:
         result["ratios"] = {
             f"{a}/{b}": {op: _ratio(result["rates"][op].get(a), result["rates"][op].get(b)) for op, _ in OPS}

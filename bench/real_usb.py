@@ -41,9 +41,7 @@ import shutil
 import socket
 import statistics
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +51,7 @@ if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "bench":
 elif str(ROOT) not in sys.path:  # make `bench` importable
     sys.path.insert(0, str(ROOT))
 
-from bench.relay_setup import machine
+from bench.guest_runs import Plan, choose_plan, guest_unavailable, run_measurement
 from bench.report import cell, emit, script_arguments
 from bench.report import ratio as _ratio
 
@@ -75,26 +73,15 @@ GUEST_CLK_TCK = 100
 SERVER_READY_TIMEOUT_S = 900.0
 
 
-@dataclass(frozen=True)
-class Plan:
-    runs: int
-    image_mib: int
-    transfer_mib: int
-
-
 QUICK = Plan(runs=2, image_mib=16, transfer_mib=16)
 FULL = Plan(runs=5, image_mib=64, transfer_mib=64)
 
 
 def unavailable() -> str | None:
     """Why the harness cannot run here, or None."""
-    import tests.support.guest  # noqa: F401  (first: the tests' guest cache, .cache/guest)
-    from redirgate.cli.guestvm.image import guest_unavailable_reason
-    from redirgate.cli.guestvm.qemu import qemu_unavailable_reason
-
     if shutil.which("usbredirect") is None:
         return "usbredirect is not installed (Debian package usbredirect)"
-    return qemu_unavailable_reason() or guest_unavailable_reason()
+    return guest_unavailable()
 
 
 def _server_command(role: str) -> str:
@@ -224,29 +211,16 @@ def measure(plan: Plan, workdir: Path) -> dict[str, Any]:
 
 def run(quick: bool, *, runs: int | None = None) -> dict[str, Any]:
     """Measure both servers on one pair of boots; JSON-ready per-run values, or why not."""
-    plan = QUICK if quick else FULL
-    if runs:
-        plan = Plan(runs, plan.image_mib, plan.transfer_mib)
-    started = time.monotonic()
-    result: dict[str, Any] = {
-        "what": "real gadget stick in a thin-client VM: serve-usb vs usbredirect, O_DIRECT dd in the VM side",
-        "plan": vars(plan),
-        "machine": machine(),
-        "loadavg_start": os.getloadavg(),
-    }
-    why = unavailable()
-    if why is not None:
-        result["skipped"] = why
-        return result
-    with tempfile.TemporaryDirectory(prefix="redirgate-bench-realusb-") as tmp:
-        from redirgate.cli.guestvm.qemu import GuestError
+    from redirgate.cli.guestvm.qemu import GuestError
 
-        try:
-            result.update(measure(plan, Path(tmp)))
-        except (RuntimeError, OSError, GuestError) as exc:
-            result["failed"] = f"{type(exc).__name__}: {exc}"
-    result["loadavg_end"] = os.getloadavg()
-    result["wall_s"] = time.monotonic() - started
+    result = run_measurement(
+        "real gadget stick in a thin-client VM: serve-usb vs usbredirect, O_DIRECT dd in the VM side",
+        choose_plan(QUICK, FULL, is_quick=quick, runs=runs),
+        unavailable=unavailable,
+        measure=measure,
+        workdir_prefix="redirgate-bench-realusb-",
+        errors=(RuntimeError, OSError, GuestError),
+    )
     if "figures" in result:
         f = result["figures"]
         result["ratios"] = {
