@@ -11,7 +11,16 @@ import trio
 from redirgate.gateway.reactor import RelayReactor
 from redirgate.proto import tunnel as t
 from redirgate.transport import PrefixedStream, RelayStats, ResumableStream, relay
-from tests.support.transport_lab import Pki, make_channel, make_pki, receive_exactly, send_random
+from tests.support.transport_lab import (
+    Pki,
+    make_channel,
+    make_pki,
+    random_digest,
+    receive_exactly,
+    send_random,
+    slow_reader,
+    small_messages_back,
+)
 from tests.support.waiting import until
 
 
@@ -29,16 +38,7 @@ async def test_reactor_relays_everything_both_ways_with_a_slow_reader(env: Pki, 
     got_all = trio.Event()
 
     async def slow_client() -> None:
-        digest = hashlib.sha256()
-        got = 0
-        while got < size + len(prefix):
-            chunk = await ch.cl.receive_some(8192)
-            assert chunk
-            digest.update(chunk)
-            got += len(chunk)
-            if got < 512 * 1024:
-                await trio.sleep(0.001)  # a slow consumer: the relay must wait, not buffer
-        results["got"] = digest.hexdigest()
+        results["got"] = await slow_reader(ch.cl, size + len(prefix))
         got_all.set()
 
     async with RelayReactor() as reactor:
@@ -48,28 +48,13 @@ async def test_reactor_relays_everything_both_ways_with_a_slow_reader(env: Pki, 
             nursery.start_soon(slow_client)
             await send_random(ch.hv, size, seed=3)
             await got_all.wait()
-            for i in range(300):
-                await ch.cl.send_all(b"%d;" % i)
-            expect = b"".join(b"%d;" % i for i in range(300))
-            got = b""
-            while len(got) < len(expect):
-                got += await ch.hv.receive_some(65536)
-            assert got == expect
+            expect = await small_messages_back(ch, 300)
             await ch.cl.aclose()
             rest = await ch.hv.receive_some(10)
             assert rest == b""  # the relay ended and closed the hypervisor side
             await ch.hv.aclose()
         assert reactor.channels == 0
-    import random
-
-    digest = hashlib.sha256(prefix)
-    rng = random.Random(3)
-    total = 0
-    while total < size:
-        chunk = rng.randbytes(min(size - total, rng.choice([1, 7, 1000, 16384, 65536, 300000])))
-        digest.update(chunk)
-        total += len(chunk)
-    assert results["got"] == digest.hexdigest()
+    assert results["got"] == random_digest(size, 3, prefix)
     assert stats.a_to_b == size + len(prefix) and stats.b_to_a == len(expect)
     assert stats.ended_by == "b"
 
@@ -173,13 +158,12 @@ async def test_reactor_small_messages_both_ways_keep_order_and_counts(env: Pki, 
 
 async def receive_exactly_bytes(stream: trio.abc.ReceiveStream, size: int, chunks: list[int] | None = None) -> bytes:
     got = b""
-    with trio.fail_after(10):
-        while len(got) < size:
-            chunk = await stream.receive_some(size - len(got))
-            assert chunk, f"EOF after {len(got)} of {size} bytes"
-            got += chunk
-            if chunks is not None:
-                chunks.append(len(chunk))
+    while len(got) < size:
+        chunk = await stream.receive_some(size - len(got))
+        assert chunk, f"EOF after {len(got)} of {size} bytes"
+        got += chunk
+        if chunks is not None:
+            chunks.append(len(chunk))
     return got
 
 

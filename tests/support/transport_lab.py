@@ -13,6 +13,7 @@ import hashlib
 import random
 import socket
 import ssl
+from collections.abc import Iterator
 from pathlib import Path
 
 import trio
@@ -107,16 +108,60 @@ async def make_channel(env: Pki) -> Channel:
     return Channel(hv, relay_plain, relay_tls, cl)
 
 
-async def send_random(stream: trio.abc.SendStream, size: int, seed: int) -> str:
+def _random_chunks(size: int, seed: int) -> Iterator[bytes]:
+    """`size` seeded random bytes in chunks of mixed sizes (1 byte to 300 KB)."""
     rng = random.Random(seed)
+    made = 0
+    while made < size:
+        chunk = rng.randbytes(min(size - made, rng.choice([1, 7, 1000, 16384, 65536, 300000])))
+        made += len(chunk)
+        yield chunk
+
+
+async def send_random(stream: trio.abc.SendStream, size: int, seed: int) -> str:
+    """Send `size` seeded random bytes; their sha256."""
     digest = hashlib.sha256()
-    sent = 0
-    while sent < size:
-        chunk = rng.randbytes(min(size - sent, rng.choice([1, 7, 1000, 16384, 65536, 300000])))
+    for chunk in _random_chunks(size, seed):
         digest.update(chunk)
         await stream.send_all(chunk)
-        sent += len(chunk)
     return digest.hexdigest()
+
+
+def random_digest(size: int, seed: int, prefix: bytes = b"") -> str:
+    """The sha256 of `prefix` and then what send_random(size, seed) sends."""
+    digest = hashlib.sha256(prefix)
+    for chunk in _random_chunks(size, seed):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+async def slow_reader(stream: trio.abc.ReceiveStream, size: int) -> str:
+    """Read `size` bytes, slowly over the first 512 KiB; their sha256."""
+    digest = hashlib.sha256()
+    got = 0
+    while got < size:
+        chunk = await stream.receive_some(8192)
+        assert chunk, f"EOF after {got} of {size} bytes"
+        digest.update(chunk)
+        got += len(chunk)
+        if got < 512 * 1024:
+            await trio.sleep(0.001)  # a slow consumer: the relay must wait, not buffer
+    return digest.hexdigest()
+
+
+async def small_messages_back(channel: Channel, count: int) -> bytes:
+    """`count` small messages from the client end to the hypervisor end, checked to
+    arrive in order; what was sent."""
+    for i in range(count):
+        await channel.cl.send_all(b"%d;" % i)
+    expect = b"".join(b"%d;" % i for i in range(count))
+    got = b""
+    while len(got) < len(expect):
+        chunk = await channel.hv.receive_some(65536)
+        assert chunk, f"EOF after {len(got)} of {len(expect)} bytes"
+        got += chunk
+    assert got == expect
+    return expect
 
 
 async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> str:

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 
 import pytest
 import trio
 import trio.lowlevel
 
 from redirgate.transport import DEFAULT_BUFFER_BYTES, PrefixedStream, RelayStats, nonblocking, pump, relay
-from tests.support.transport_lab import Pki, make_channel, make_pki, plain_pair, receive_exactly, send_random
+from tests.support.transport_lab import (
+    Pki,
+    make_channel,
+    make_pki,
+    plain_pair,
+    random_digest,
+    receive_exactly,
+    send_random,
+    slow_reader,
+    small_messages_back,
+)
 
 
 @pytest.fixture(scope="module")
@@ -63,16 +72,7 @@ async def test_slow_reader_gets_every_byte_with_a_prefix_first(env: Pki, fast: b
     got_all = trio.Event()
 
     async def slow_client() -> None:
-        digest = hashlib.sha256()
-        got = 0
-        while got < size + len(prefix):
-            chunk = await ch.cl.receive_some(8192)
-            assert chunk
-            digest.update(chunk)
-            got += len(chunk)
-            if got < 512 * 1024:
-                await trio.sleep(0.001)  # a slow consumer: the relay must wait, not buffer
-        results["got"] = digest.hexdigest()
+        results["got"] = await slow_reader(ch.cl, size + len(prefix))
         got_all.set()
 
     async with trio.open_nursery() as nursery:
@@ -80,26 +80,10 @@ async def test_slow_reader_gets_every_byte_with_a_prefix_first(env: Pki, fast: b
         nursery.start_soon(slow_client)
         sent = await send_random(ch.hv, size, seed=7)
         await got_all.wait()
-        # and the other way, small messages
-        for i in range(200):
-            await ch.cl.send_all(b"%d;" % i)
-        expect = b"".join(b"%d;" % i for i in range(200))
-        got = b""
-        while len(got) < len(expect):
-            got += await ch.hv.receive_some(65536)
-        assert got == expect
+        await small_messages_back(ch, 200)  # and the other way, small messages
         await ch.cl.aclose()
         await ch.hv.aclose()
-    digest = hashlib.sha256(prefix)
-    import random
-
-    rng = random.Random(7)
-    total = 0
-    while total < size:
-        chunk = rng.randbytes(min(size - total, rng.choice([1, 7, 1000, 16384, 65536, 300000])))
-        digest.update(chunk)
-        total += len(chunk)
-    assert results["got"] == digest.hexdigest()
+    assert results["got"] == random_digest(size, 7, prefix)
     assert sent  # send_random's own digest covers only its bytes
     assert stats.a_to_b == size + len(prefix)
 
