@@ -3,19 +3,18 @@ as real processes; a pty stands in for the device (the test holds the master).""
 
 from __future__ import annotations
 
-import fcntl
 import os
 import socket
 import subprocess
 import sys
 import termios
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import serial
 
+from tests.support.serial_lab import Pty, read_fd_exactly
 from tests.support.services import running
 from tests.support.waiting import wait_until
 
@@ -27,22 +26,6 @@ def redirgate(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[st
     return subprocess.run(
         [sys.executable, "-m", "redirgate.cli", *args], capture_output=True, text=True, timeout=timeout
     )
-
-
-def _read_master(master: int, n: int, timeout_s: float = 10) -> bytes:
-    got = bytearray()
-    deadline = time.monotonic() + timeout_s
-    while len(got) < n and time.monotonic() < deadline:
-        try:
-            got += os.read(master, n - len(got))
-        except BlockingIOError:
-            time.sleep(0.01)  # a poll interval: the far end of the pty is another process
-    return bytes(got)
-
-
-def _unread(fd: int) -> int:
-    """Bytes in the tty's input queue that its reader has not taken yet."""
-    return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, bytes(4)), sys.byteorder)
 
 
 @pytest.fixture
@@ -74,15 +57,11 @@ def test_serve_serial_raw_settings_ring_and_busy(pty_master: tuple[int, str], tm
         os.write(master, b"0123456789")  # nobody connected: the 8-byte ring keeps the newest
         # The service read them into its ring: it said the ring overflowed, and the
         # tty holds nothing more (one write reaches the reader's queue at once).
-        tty = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)  # the service's side, to see its queue
-        try:
-            wait_until(
-                lambda: "dropped the oldest bytes" in service.log() and _unread(tty) == 0,
-                "the service reading the tty into its ring",
-                detail=service.log,
-            )
-        finally:
-            os.close(tty)
+        wait_until(
+            lambda: "dropped the oldest bytes" in service.log() and Pty(master, path).unread_by_device() == 0,
+            "the service reading the tty into its ring",
+            detail=service.log,
+        )
         with socket.create_connection((service.host, service.port), timeout=10) as sock:
             sock.settimeout(10)
             got = b""
@@ -90,7 +69,7 @@ def test_serve_serial_raw_settings_ring_and_busy(pty_master: tuple[int, str], tm
                 got += sock.recv(100)
             assert got == b"23456789"
             sock.sendall(bytes(range(256)))
-            assert _read_master(master, 256) == bytes(range(256))
+            assert read_fd_exactly(master, 256) == bytes(range(256))
             with socket.create_connection((service.host, service.port), timeout=10) as second:
                 second.settimeout(10)
                 assert b"already in use" in second.recv(200)
@@ -105,7 +84,7 @@ def test_serve_serial_rfc2217_with_pyserial(pty_master: tuple[int, str], tmp_pat
         try:
             assert termios.tcgetattr(master)[4] == termios.B115200
             client.write(b"\xff\x00\xff")
-            assert _read_master(master, 3) == b"\xff\x00\xff"
+            assert read_fd_exactly(master, 3) == b"\xff\x00\xff"
             os.write(master, b"pong\xff")
             assert client.read(5) == b"pong\xff"
         finally:

@@ -12,9 +12,7 @@ consumer leaves, the configured settings come back on the tty.
 from __future__ import annotations
 
 import os
-import select
 import termios
-import time
 import tty
 from pathlib import Path
 
@@ -24,20 +22,11 @@ import serial
 from redirgate.cli.lab import LabRoute, make_pki, write_client_config, write_gateway_config
 from redirgate.gateway.admin import read_status
 from tests.support.gateway_procs import running_client, running_gateway
+from tests.support.serial_lab import read_fd_exactly
 from tests.support.waiting import wait_until
 
 #: pyserial 3.5's rfc2217 client calls Thread.setDaemon()/setName(), deprecated since 3.10.
 pytestmark = pytest.mark.filterwarnings("ignore:set(Daemon|Name)\\(\\) is deprecated:DeprecationWarning")
-
-
-def _read_fd(fd: int, n: int, timeout_s: float = 20.0) -> bytes:
-    out = bytearray()
-    deadline = time.monotonic() + timeout_s
-    while len(out) < n:
-        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-        assert ready, f"only {len(out)} of {n} bytes reached the device"
-        out += os.read(fd, n - len(out))
-    return bytes(out)
 
 
 def _speeds(fd: int) -> tuple[int, int]:
@@ -74,7 +63,7 @@ def test_pyserial_rfc2217_client_sets_the_baud_rate_through_the_gateway(tmp_path
                     assert _speeds(slave) == (termios.B57600, termios.B57600), gw.log()[-2000:]
                     every = bytes(range(256)) * 16  # 0xFF is doubled on the wire and undone at each end
                     remote.write(every)
-                    assert _read_fd(master, len(every)) == every
+                    assert read_fd_exactly(master, len(every)) == every
                     os.write(master, every)
                     assert remote.read(len(every)) == every
                 finally:

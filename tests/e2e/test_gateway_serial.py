@@ -8,23 +8,16 @@ in the client's ring and delivered first.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import socket
-import sys
 import termios
-import time
 import tty
 from pathlib import Path
 
 from redirgate.cli.lab import LabRoute, make_pki, write_client_config, write_gateway_config
 from tests.support.gateway_procs import running_client, running_gateway
+from tests.support.serial_lab import read_fd_exactly, tty_unread
 from tests.support.waiting import wait_for_text, wait_until
-
-
-def _unread(fd: int) -> int:
-    """Bytes in the tty's input queue that its reader has not taken yet."""
-    return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, bytes(4)), sys.byteorder)
 
 
 def _read_exactly(sock: socket.socket, n: int, timeout_s: float = 60.0) -> bytes:
@@ -34,18 +27,6 @@ def _read_exactly(sock: socket.socket, n: int, timeout_s: float = 60.0) -> bytes
         chunk = sock.recv(n - len(out))
         assert chunk, f"closed after {len(out)} of {n} bytes"
         out += chunk
-    return bytes(out)
-
-
-def _read_fd(fd: int, n: int, timeout_s: float = 60.0) -> bytes:
-    import select
-
-    out = bytearray()
-    deadline = time.monotonic() + timeout_s
-    while len(out) < n:
-        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-        assert ready, f"only {len(out)} of {n} bytes reached the device"
-        out += os.read(fd, n - len(out))
     return bytes(out)
 
 
@@ -67,7 +48,7 @@ def test_serial_port_through_gateway_both_ways_with_ring_replay(tmp_path: Path) 
                 os.write(master, b"boot messages nobody watched\r\n")
                 # the client has read them (into its ring: no VM is connected yet)
                 wait_until(
-                    lambda: _unread(slave) == 0,
+                    lambda: tty_unread(slave) == 0,
                     "the client read the tty empty",
                     detail=(tmp_path / "client.log").read_text,
                 )
@@ -76,7 +57,7 @@ def test_serial_port_through_gateway_both_ways_with_ring_replay(tmp_path: Path) 
                     assert first == b"boot messages nobody watched\r\n", gw.log()
                     every = bytes(range(256)) * 64
                     vm.sendall(every)
-                    assert _read_fd(master, len(every)) == every
+                    assert read_fd_exactly(master, len(every)) == every
                     os.write(master, every)
                     assert _read_exactly(vm, len(every)) == every
                     attrs = termios.tcgetattr(slave)
@@ -109,7 +90,7 @@ def test_line_settings_from_the_gateway_route_reach_the_tty(tmp_path: Path) -> N
                 )
                 with socket.create_connection(("127.0.0.1", gw.routes["console"]), timeout=60) as vm:
                     vm.sendall(b"ping\n")
-                    assert _read_fd(master, 5) == b"ping\n"
+                    assert read_fd_exactly(master, 5) == b"ping\n"
                     attrs = termios.tcgetattr(slave)
                     assert attrs[4] == termios.B57600 and attrs[5] == termios.B57600, (
                         tmp_path / "client.log"

@@ -8,8 +8,10 @@ import contextlib
 import errno
 import fcntl
 import os
+import select
 import sys
 import termios
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -25,6 +27,22 @@ from redirgate.client.serial.service import PortService
 from redirgate.client.serial.settings import LineSettings
 
 T = TypeVar("T")
+
+
+def tty_unread(fd: int) -> int:
+    """Bytes in a tty's input queue that its reader has not taken yet."""
+    return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, bytes(4)), sys.byteorder)
+
+
+def read_fd_exactly(fd: int, n: int, net_s: float = 60.0) -> bytes:
+    """Block until `n` bytes came on `fd` (a pty master, say); `net_s` is a safety net."""
+    out = bytearray()
+    deadline = time.monotonic() + net_s
+    while len(out) < n:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"only {len(out)} of {n} bytes came within {net_s:g} s (the safety net)"
+        out += os.read(fd, n - len(out))
+    return bytes(out)
 
 
 @dataclass
@@ -47,7 +65,7 @@ class Pty:
         """Bytes written to the master that the device side has not read yet."""
         fd = os.open(self.path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
         try:
-            return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, bytes(4)), sys.byteorder)
+            return tty_unread(fd)
         finally:
             os.close(fd)
 
