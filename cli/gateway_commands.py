@@ -245,31 +245,32 @@ def _admin_path(args: argparse.Namespace) -> Path | None:
     return None if config is None else Path(config.admin_socket)
 
 
-def _run_status(args: argparse.Namespace) -> int:
-    from redirgate.gateway.admin import read_status
+def _ask_gateway(args: argparse.Namespace, message: dict[str, Any]) -> dict[str, Any] | None:
+    """One request on the running gateway's admin socket and its reply; None
+    after saying why not (no config to find the socket in, nobody answers)."""
+    from redirgate.gateway.admin import request
 
     path = _admin_path(args)
     if path is None:
-        return 1
+        return None
     try:
-        status = read_status(path)
+        return request(path, message)
     except OSError as exc:
-        print(f"redirgate: no gateway answers on {path}: {exc.strerror or exc}", file=sys.stderr)
+        _error(f"no gateway answers on {path}: {exc.strerror or exc}")
+        return None
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    status = _ask_gateway(args, {"command": "status"})
+    if status is None:
         return 1
     print(json.dumps(status, indent=1, sort_keys=True) if args.json else format_status(status))
     return 0
 
 
 def _run_disconnect(args: argparse.Namespace) -> int:
-    from redirgate.gateway.admin import request
-
-    path = _admin_path(args)
-    if path is None:
-        return 1
-    try:
-        reply = request(path, {"command": "disconnect", "target": args.target})
-    except OSError as exc:
-        print(f"redirgate: no gateway answers on {path}: {exc.strerror or exc}", file=sys.stderr)
+    reply = _ask_gateway(args, {"command": "disconnect", "target": args.target})
+    if reply is None:
         return 1
     if not reply.get("ok"):
         print(f"redirgate: {reply.get('error', 'refused')}", file=sys.stderr)
