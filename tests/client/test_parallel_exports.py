@@ -116,7 +116,7 @@ def test_entries_name_the_port_and_its_state(tmp_path: Path) -> None:
 
 
 async def test_a_gateway_channel_reaches_the_printer_and_the_inventory_follows(tmp_path: Path) -> None:
-    with trio.fail_after(20), fifo(tmp_path / "lp0") as printer:
+    with fifo(tmp_path / "lp0") as printer:
         exports = ParallelExports([ParallelExport("printer", str(printer.path))])
         ports = PortExports(parallel=exports)
         async with trio.open_nursery() as nursery:

@@ -54,7 +54,7 @@ def _pattern(n: int) -> bytes:
 
 async def test_partial_and_blocked_sends_keep_every_byte_in_order() -> None:
     data = _pattern(200_000)
-    with trio.fail_after(30), pty_pair() as pty:
+    with pty_pair() as pty:
         service = make_service(pty.path, ring_bytes=8192)
         stream = ScriptedStream(take=777, block_every=3)
         async with trio.open_nursery() as nursery:
@@ -70,7 +70,7 @@ async def test_partial_and_blocked_sends_keep_every_byte_in_order() -> None:
 
 
 async def test_a_failing_stream_raises_in_the_consumer_and_leaves_its_bytes_in_the_ring() -> None:
-    with trio.fail_after(30), pty_pair() as pty:
+    with pty_pair() as pty:
         service = make_service(pty.path)
         stream = ScriptedStream(take=1 << 20, fail_after=5)
         async with trio.open_nursery() as nursery:

@@ -109,7 +109,8 @@ def _beats(guest: GuestProcess) -> int:
 
 
 def _route(tmp_path: Path) -> dict[str, object]:
-    routes = {r["name"]: r for r in read_status(tmp_path / "gateway.sock")["routes"]}
+    # the answer is the event; a loaded gateway may take its time (NET_S: a safety net)
+    routes = {r["name"]: r for r in read_status(tmp_path / "gateway.sock", timeout_s=NET_S)["routes"]}
     return routes["console"]  # type: ignore[no-any-return]  # parsed JSON
 
 

@@ -30,7 +30,7 @@ def online(lab: Lab) -> set[str]:
 
 
 async def probe_ok(lab: Lab, route: str) -> None:
-    result = await probe("127.0.0.1", lab.route_port(route), timeout_s=10)
+    result = await probe("127.0.0.1", lab.route_port(route), timeout_s=60)
     assert (result.vendor_id, result.product_id) == KBD
 
 
@@ -79,7 +79,7 @@ async def test_client_killed_while_a_guest_holds_a_channel(tmp_path: Path) -> No
                 await guest.wait_device()
                 lab.client_scope.cancel()  # thin-01 dies with its channel open
                 # the guest side sees its connection end (perhaps after a device_disconnect)
-                with trio.fail_after(5), pytest.raises(GuestError):
+                with pytest.raises(GuestError):  # the runner's safety net ends a wait that never ends
                     while True:
                         await guest.wait_disconnect(guest.disconnects)
                 assert guest.closed_reason is not None and "closed" in guest.closed_reason, guest.closed_reason

@@ -56,8 +56,7 @@ async def probe_tls(lab: Lab, name: str) -> tuple[int, int]:
     """Probe the TLS route as hypervisor `name`: (vendor, product)."""
     stream = await tls_hypervisor(lab, name)
     try:
-        with trio.fail_after(15):
-            result = await probe_stream(stream, peer=name)
+        result = await probe_stream(stream, peer=name)
     finally:
         await stream.aclose()
     return result.vendor_id, result.product_id
@@ -111,12 +110,11 @@ async def test_a_silent_socket_on_a_usb_route_is_dropped_and_the_device_goes_to_
         port = lab.route_port("kbd")
         async with await open_and_silent(port) as silent:
             # the next connection is served while the silent one is still there ...
-            result = await probe("127.0.0.1", port, timeout_s=10)
+            result = await probe("127.0.0.1", port, timeout_s=60)
             assert (result.vendor_id, result.product_id) == KBD
             # ... and the silent one is dropped after usb_hello_timeout_s
-            with trio.fail_after(10):
-                assert await silent.receive_some(1) == b""
+            assert await silent.receive_some(1) == b""  # not never (the runner's safety net)
         lines = route_lines(caplog)
         assert len(lines) == 1 and "no usbredir hello within 1 s" in lines[0], lines
-        result = await probe("127.0.0.1", port, timeout_s=10)
+        result = await probe("127.0.0.1", port, timeout_s=60)
         assert (result.vendor_id, result.product_id) == KBD

@@ -79,7 +79,7 @@ async def route_idle(lab: Lab, name: str) -> None:
 async def assert_undisturbed(lab: Lab, *, also_online: Sequence[str] = ()) -> None:
     """The legitimate client never noticed: same session, still online, its route works."""
     await route_idle(lab, "kbd")  # a hypervisor that just left may not be noticed yet
-    result = await probe("127.0.0.1", lab.route_port("kbd"), timeout_s=10)
+    result = await probe("127.0.0.1", lab.route_port("kbd"), timeout_s=60)
     assert (result.vendor_id, result.product_id) == (0x1209, 0x0002)
     online = {c["identity"] for c in lab.gateway.snapshot()["clients"]}
     assert {"thin-01", *also_online} <= online, online
