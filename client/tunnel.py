@@ -325,7 +325,10 @@ class TunnelClient:
             log.info(
                 "tunnel: the gateway's cluster has %d other node(s): %s", len(hello.gateways), ", ".join(hello.gateways)
             )
-        self.learned = hello.gateways
+        if hello.gateways:
+            # a hello without them (a gateway alone, or a node that has not seen the others yet,
+            # e.g. just after Redis came back) keeps what we knew: they are our way out when it dies
+            self.learned = hello.gateways
         resumable = t.RESUME_CAPABILITY in hello.capabilities
         if resumable:
             # the channels that outlived the last control connection, before

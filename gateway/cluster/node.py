@@ -352,6 +352,13 @@ class ClusterNode:
                     continue
                 if isinstance(described, dict):
                     peers[name] = described
+        # a node whose key is missing now but was seen within node_timeout_s stays: after Redis
+        # restarts empty, the others register again one by one (each at its own backoff)
+        now = time.time()
+        for name, described in self.peers.items():
+            seen = described.get("seen")
+            if name not in peers and isinstance(seen, (int, float)) and now - seen < self.config.node_timeout_s:
+                peers[name] = described
         self.peers = peers
 
     async def _heartbeat(self, command: RedisConnection) -> None:

@@ -13,8 +13,8 @@ from redirgate.gateway.cluster.redis import RedisConnection, RedisUrl, open_redi
 from redirgate.gateway.config import load_config
 from redirgate.vmside.probe import probe
 from tests.support.cluster_lab import cluster_config
-from tests.support.redis_server import RedisServer
-from tests.support.tunnel_lab import start_client, start_gateway
+from tests.support.redis_server import RedisServer, free_port
+from tests.support.tunnel_lab import running_lab, start_client, start_gateway
 from tests.support.waiting import until, until_async
 
 KBD = (0x1209, 0x0002)
@@ -74,3 +74,17 @@ async def _get(redis: RedisConnection, key: str, want: bytes) -> bool:
 async def _seen_after(redis: RedisConnection, seen: float) -> bool:
     raw = await redis.command("GET", "redirgate:node:c")
     return isinstance(raw, bytes) and json.loads(raw)["seen"] > seen
+
+
+async def test_a_hello_without_nodes_keeps_the_ones_the_client_knew(tmp_path: Path) -> None:
+    """A node that has not seen the others yet (Redis just came back) names none: the client keeps
+    what it learned, else it would be left with only its configured, perhaps dead, gateway."""
+    async with running_lab(tmp_path, [], virtual=["virtual:keyboard"]) as lab:
+        client = lab.client
+        assert client is not None and client.learned == ()
+        client.learned = (f"127.0.0.1:{free_port()}",)  # as a cluster's hello would have said
+        await lab.stop_gateway()
+        await until(lambda: not client.online)
+        await lab.start_gateway()  # a gateway alone: its hello names no other node
+        await until(lambda: client.online and client.sessions == 2)
+        assert len(client.addresses()) == 2 and client.learned != ()
