@@ -392,6 +392,12 @@ class Registry:
         session.adopted.discard(channel.channel_id)
         return session
 
+    def wake_acks(self, identity: str) -> None:
+        """A resumable channel of `identity` has an ack due: wake its session's ack task, if it has a session."""
+        session = self.clients.get(identity)
+        if session is not None:
+            session.wake_acks()
+
     def channel_for_resume(self, identity: str, channel_id: int) -> Channel | None:
         """`identity`'s resumable channel `channel_id`, with or without a session."""
         session = self.clients.get(identity)

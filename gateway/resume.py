@@ -103,9 +103,14 @@ class ChannelResume:
         self._orphaned.set()
 
     def adopt(self) -> None:
-        """The client is back with a new control session."""
+        """The client is back with a new control session: it gets our count again
+        (acks sent on the old one may be lost, and the client may be waiting for room)."""
         self._orphaned = trio.Event()
         self._adopted.set()
+        if self.stream is not None:
+            # while the reactor holds the channel this races with its count: at worst one ack more
+            self.stream.channel.acks_lost()
+        self._wake_acks()
 
     async def watch(self, end: Callable[[str], None]) -> None:
         """Run beside the relay: `end` the channel once its client has had no

@@ -25,6 +25,7 @@ hypervisor sockets close too.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import ssl
 import weakref
@@ -196,7 +197,8 @@ class TunnelServer:
         session = self.registry.clients.get(identity)
         resume = None
         if remote is None and session is not None and session.resumable and channel.resume_grace_s > 0:
-            resume = ChannelResume(channel.channel_id, identity, channel.resume_grace_s, wake_acks=session.wake_acks)
+            wake = functools.partial(self.registry.wake_acks, identity)  # whichever session is up then
+            resume = ChannelResume(channel.channel_id, identity, channel.resume_grace_s, wake_acks=wake)
         credential = resume.credentials.current(identity) if resume is not None else b""
         await stream.send_all(attach.send(t.AttachResult(ok=True, credential=credential)))
         data: Any = stream

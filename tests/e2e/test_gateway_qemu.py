@@ -7,11 +7,14 @@ same with QEMU speaking TLS to the gateway (tls-creds-x509 from
 `pki issue-hypervisor`), and the lifecycle: QEMU started before the
 client (held connection), the client killed mid-run (the guest sees the
 stick unplugged, the gateway stays up) and restarted (the stick comes back
-without touching QEMU, thanks to reconnect=).
+without touching QEMU, thanks to reconnect=), and a guest reading the
+stick while the tunnel is reset twice (resumable channels: no unplug).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ import pytest
 from redirgate.cli.lab import LabRoute, make_pki, write_client_config, write_gateway_config
 from redirgate.gateway import pki
 from tests.support.controllers import CONTROLLERS, usb_redir_args
+from tests.support.fault_proxy import fault_proxy
 from tests.support.gateway_procs import kill, running_client, running_gateway
 from tests.support.guest import GuestImage, make_fat_image, read_fat_file
 from tests.support.qemu import start_guest
@@ -119,3 +123,45 @@ def test_client_killed_then_restarted_guest_sees_unplug_and_replug(
     assert result.files["first"] == result.files["second"] == b"hello through the gateway\n"
     assert "client thin-01 offline" in gw_log
     assert "(it restarted); ending it" in gw_log
+
+
+RESUME_SCRIPT = r"""
+usb=$(wait_for_usb 1209 0001 90) || fail "the stick never appeared through the gateway"
+dev=$(wait_for_block sda 60) || fail "no disk for the stick"
+for n in 1 2 3; do
+    log "reading $n"
+    report "md5_$n" "$(dd if="$dev" bs=64k iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)"
+done
+if dmesg | grep -i "usb disconnect"; then fail "the guest logged a USB disconnect"; fi
+report disconnects none
+"""
+
+
+@pytest.mark.system
+@pytest.mark.trio_timeout(600)  # a safety net: a TCG guest's boot and three reads of the stick
+async def test_guest_reads_the_stick_across_two_tunnel_resets_without_a_usb_disconnect(
+    guest_image: GuestImage, tmp_path: Path
+) -> None:
+    """Issue 16: the client dials the gateway through a fault proxy that
+    resets every tunnel connection (RST both ways) twice while the guest
+    reads the whole stick with O_DIRECT; the channel resumes, every read
+    has the image's md5 and the guest's kernel never saw the device go."""
+    make_pki(tmp_path)
+    image = tmp_path / "stick.img"
+    image.write_bytes(os.urandom(8 << 20))
+    expected = hashlib.md5(image.read_bytes()).hexdigest()
+    config = write_gateway_config(tmp_path, [LabRoute("stick", "usb:1209:0001")])
+    with running_gateway(config, tmp_path / "gateway.log") as gw:
+        async with fault_proxy(("127.0.0.1", gw.tunnel_port)) as proxy:
+            client_config = write_client_config(tmp_path, proxy.port, virtual=[f"virtual:storage:{image}"])
+            with start_guest(RESUME_SCRIPT, usb_redir_args("xhci", gw.routes["stick"]), guest=guest_image) as guest:
+                with running_client(client_config, tmp_path / "client.log"):
+                    for n in (1, 2):
+                        await guest.wait_for_console_async(rf"@@LOG reading {n}\b", BOOT_TIMEOUT_S)
+                        assert proxy.reset() >= 1  # mid-read: the data connection carries the dd
+                    await guest.wait_for_console_async(r"@@RESULT (disconnects|fail)=", BOOT_TIMEOUT_S)
+                    result = guest.wait(BOOT_TIMEOUT_S + 60)
+        gw_log = gw.log()
+    assert result.rc == 0, f"{result.results}\n--- gateway:\n{gw_log[-4000:]}\n--- console:\n{result.console[-3000:]}"
+    assert [result.results[f"md5_{n}"] for n in (1, 2, 3)] == [expected] * 3
+    assert gw_log.count("resumes channel") >= 2, gw_log[-4000:]

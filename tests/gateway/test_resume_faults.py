@@ -63,10 +63,12 @@ class Loopback:
         self.vm = vm
         self.rounds = 0
         self.stop = False
+        #: bytes per round each way (a test may raise it)
+        self.size = 8192
 
     async def run(self) -> None:
-        size = 8192
         while not self.stop:
+            size = self.size
             data = os.urandom(size + self.rounds % 512)
             status, sent = await self.vm.bulk(BULK_OUT, data=data)
             assert (status, sent) == (0, len(data))
@@ -112,6 +114,19 @@ async def test_bulk_loopback_survives_ten_resets(tmp_path: Path) -> None:
             assert reactor is not None and reactor.channels == 1  # the bytes move in the relay reactor thread
             assert [s.resumes for s in lab.client.resumer.streams.values()] == [10]
         assert route(lab, "loop").channels_served == 1  # one channel all along: no unplug, no new attach
+
+
+async def test_acks_flow_on_the_next_control_connection(tmp_path: Path) -> None:
+    """After a reset the channel's acks go out on the client's new control
+    connection: 24 MiB each way then pass a 4 MiB replay buffer (without
+    acks both senders would wait for room for ever)."""
+    async with proxied_lab(tmp_path, [LabRoute("loop", LOOP)], virtual=["virtual:loopback"]) as (lab, proxy):
+        async with loopback_vm(lab) as loop:
+            proxy.reset()
+            await loop.progress()
+            loop.size = 256 * 1024
+            await loop.progress(96)
+            assert gateway_resumes(lab, "loop") == 1
 
 
 async def test_bulk_loopback_survives_pauses_past_the_heartbeat_timeout(tmp_path: Path) -> None:
