@@ -173,7 +173,10 @@ class PrinterService:
                 with trio.move_on_after(self.status_interval_s):
                     await self._lot.park()
                 if not len(self._queue):
-                    self._refresh_status(port)  # idle: keep the inventory's description true
+                    # idle: keep the inventory's description true, and say when the
+                    # printer runs out of paper or goes offline before anyone prints
+                    if self._refresh_status(port):
+                        self._set_problem(self.status.problem)
             try:
                 with self._queue.peek() as view:  # released before any await
                     n = port.write_nowait(view)
@@ -203,9 +206,12 @@ class PrinterService:
                     self._set_problem(self.status.problem)
             await port.wait_writable()
 
-    def _refresh_status(self, port: PrinterPort) -> None:
+    def _refresh_status(self, port: PrinterPort) -> bool:
+        """Read the status lines again; whether the port has any."""
         if port.status_known:
             self.status = port.status()
+            return True
+        return False
 
     def _set_problem(self, problem: str | None) -> None:
         """Record the printer's state; one log line per change."""
@@ -216,9 +222,8 @@ class PrinterService:
         who = self.session.peer if self.session is not None else self._last_peer
         if problem is None:
             if old is not None:
-                log.info(
-                    "%s: printer ready again (%s); sending %d queued bytes", self.name, self.status.describe(), queued
-                )
+                sending = f"; sending {queued} queued bytes" if queued else ""
+                log.info("%s: printer ready again (%s)%s", self.name, self.status.describe(), sending)
         elif queued:
             log.warning("%s: %s; holding %d queued bytes from %s until it is back", self.name, problem, queued, who)
         else:

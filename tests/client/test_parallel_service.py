@@ -143,6 +143,27 @@ async def test_printer_errors_are_logged_and_the_data_waits(
     assert caplog.text.count(f"printer: {reason}") == 1  # one line per change, not per retry
 
 
+async def test_an_idle_printer_running_out_of_paper_is_logged_once_and_its_return(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nobody prints: the status lines are still read, and each change is one line (and the inventory's)."""
+    caplog.set_level(logging.INFO, logger="redirgate.client.parallel")
+    state = LpState(READY)
+    with fifo(tmp_path / "lp0") as printer:
+        async with running(_service(printer.path, open_port=state.open_port)) as service:
+            await until(lambda: service.port is not None, "the port to open")
+            state.register = int(PAPER_OUT)
+            await until(lambda: service.problem == "printer out of paper", "the idle printer's paper-out")
+            assert service.describe() == "printer out of paper"
+            await trio.sleep(0.2)  # virtual: several idle status reads, one line
+            state.register = int(READY)
+            await until(lambda: service.problem is None, "the printer to be ready")
+            assert service.describe() == "printer ready"
+    assert caplog.text.count("printer: printer out of paper") == 1
+    assert "printer: printer ready again (printer ready (status 0x" in caplog.text
+    assert "sending 0 queued bytes" not in caplog.text
+
+
 async def test_printer_stuck_without_an_error_is_named_from_its_lines(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

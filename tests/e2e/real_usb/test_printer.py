@@ -2,18 +2,24 @@
 
 Through `client serve-parallel`: the data reaches the gadget, and the status
 the gadget side reports (selected while it holds the printer open, set with
-GADGET_SET_PRINTER_STATUS) is named correctly when the port opens.
+GADGET_SET_PRINTER_STATUS) is named correctly when the port opens.  Through a
+`[[parallel]]` export and the gateway's route: the data reaches the gadget,
+and each status the gadget side sets (paper out, not selected, error, ready)
+is named in the client's log and in `gateway status`.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 from collections.abc import Iterator
 
 import pytest
 
+from redirgate.gateway.admin import read_status
+from tests.support import waiting
 from tests.support.thinclient import UDCS, Gadget, printer
 from tests.support.usblab import PRINTER, UsbLab, wait_flag, wait_for_text
 
@@ -108,3 +114,53 @@ def test_serve_parallel_prints_to_the_gadget(usb_lab: UsbLab, printers: tuple[Ga
     assert (folder / "printed").read_bytes() == data
     assert opened.group(1) == "printer ready (status 0x18)"
     assert "(printer absent)" not in log.read_text()  # the banner comes after the port is open
+
+
+#: What the gadget side sets (f_printer's status byte: 0x08 not error, 0x10 selected, 0x20 paper empty)
+#: and how the client names it.
+STATUSES = [
+    (0x38, "printer out of paper"),
+    (0x08, "printer offline (or switched off)"),
+    (0x10, "printer reports an error (or is switched off)"),
+]
+
+
+def _route_description(usb_lab: UsbLab) -> str | None:
+    """What `gateway status` says about the exported printer, or None before the client lists it."""
+    status = read_status(usb_lab.share / "gateway.sock", timeout_s=120)
+    for client in status["clients"]:
+        for device in client["devices"]:
+            if device["id"] == "parallel:printer":
+                return str(device["description"])
+    return None
+
+
+def _wait_description(usb_lab: UsbLab, wanted: str) -> None:
+    """Wait until gateway status shows `wanted` for the printer (it travels client -> gateway in an inventory update)."""
+    waiting.wait_until(
+        lambda: _route_description(usb_lab) == wanted,
+        f"gateway status naming the printer {wanted!r}",
+        net_s=300,
+        detail=lambda: f"it says {_route_description(usb_lab)!r}\n{usb_lab.logs()}",
+    )
+
+
+@pytest.mark.system
+def test_parallel_route_prints_and_names_each_printer_status(usb_lab: UsbLab, printers: tuple[Gadget, Gadget]) -> None:
+    gadget = GadgetPrinter(usb_lab, "/dev/g_printer1", "printer-b-side")  # /dev/usb/lp1 is the export's
+    folder = usb_lab.thin.guest.share_dir("printer-route")
+    try:
+        _wait_description(usb_lab, "printer ready")
+        for status, name in [*STATUSES, (0x18, "printer ready")]:
+            log_start = len(usb_lab.client_log_text())
+            gadget.command(f"status {status:#x}")
+            _wait_description(usb_lab, name)
+            line = "printer: printer ready again" if status == 0x18 else f"printer: {name}"
+            wait_for_text(usb_lab.client_log, re.escape(line), 300, start=log_start)
+        data = os.urandom(150_000)
+        with socket.create_connection(("127.0.0.1", usb_lab.route("printer"))) as conn:
+            conn.sendall(data)
+            gadget.command(f"read {len(data)} {folder / 'printed'}")
+    finally:
+        gadget.close()
+    assert (folder / "printed").read_bytes() == data
