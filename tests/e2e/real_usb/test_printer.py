@@ -158,7 +158,11 @@ def test_parallel_route_prints_and_names_each_printer_status(usb_lab: UsbLab, pr
             line = "printer: printer ready again" if status == 0x18 else f"printer: {name}"
             wait_for_text(usb_lab.client_log, re.escape(line), 300, start=log_start)
         data = os.urandom(150_000)
+        log_start = len(usb_lab.client_log_text())
         with socket.create_connection(("127.0.0.1", usb_lab.route("printer"))) as conn:
+            # what a parallel route receives before its channel is attached is discarded (counted):
+            # QEMU's parallel port must never stall, so the test waits as a print job would not
+            wait_for_text(usb_lab.client_log, r"printer: consumer gateway channel \d+ attached", 300, start=log_start)
             conn.sendall(data)
             gadget.command(f"read {len(data)} {folder / 'printed'}")
     finally:
