@@ -30,7 +30,8 @@ from redirgate.vmside.guest import GuestError, UsbredirGuest
 from tests.support.cluster_lab import cluster_config
 from tests.support.gateway_procs import GatewayProcess, kill, running_client, running_gateway
 from tests.support.redis_server import RedisServer
-from tests.support.waiting import until, wait_for_text
+from tests.support.services import redirgate
+from tests.support.waiting import until, wait_for_text, wait_until
 
 ROUTES = [
     LabRoute("kbd", "usb:1209:0002"),
@@ -109,6 +110,18 @@ async def test_usb_channel_relayed_on_the_node_that_holds_the_vm(cluster: Cluste
     assert re.search(r"route kbd: client thin-01 \(on node c\) attached channel \d+ here", _log(cluster, "a"))
     assert f"for node a; its data connection goes to 127.0.0.1:{a.tunnel_port}" in _log(cluster, "c")
     assert "client thin-01 online" not in _log(cluster, "a")  # the client's control connection stayed on c
+
+
+def test_gateway_status_on_any_node_shows_the_whole_cluster(cluster: Cluster) -> None:
+    def status() -> str:
+        out = redirgate("gateway", "status", "--config", str(cluster.directory / "b.toml"))
+        assert out.returncode == 0, out.stderr
+        return out.stdout if "3 node(s) live" in out.stdout and "1 client(s)" in out.stdout else ""
+
+    text = wait_until(status, "node b's status lists three nodes and the client on c")
+    assert "cluster: node b, Redis redis://:***@127.0.0.1:" in text and " up, " in text
+    assert f"  c at 127.0.0.1:{cluster.nodes['c'].tunnel_port}: 1 client(s)" in text
+    assert f"  b (this node) at 127.0.0.1:{cluster.nodes['b'].tunnel_port}: 0 client(s)" in text
 
 
 def test_serial_route_through_another_node(cluster: Cluster) -> None:
