@@ -240,10 +240,19 @@ class HostEngine:
 
     # ------------------------------------------------------- the state
     async def feed(self, event: HostEvent) -> None:
-        """Hand `event` to the state and carry out what it asks for."""
+        """Hand `event` to the state and carry out what it asks for (each
+        transfer passes here twice: the actions are dispatched inline)."""
         for action in self.host.handle(event):
-            await self._do(action)
-        self._wake_reader()
+            kind = type(action)
+            if kind is Send:
+                header, payload = self.conn.send_parts(action.message)  # type: ignore[union-attr]  # a Send
+                await self.outbox.put(header, payload)
+            elif kind is SubmitTransfer:
+                await self._submit(action)  # type: ignore[arg-type]  # a SubmitTransfer
+            else:
+                self._do_now(action)
+        if self._operation is not None or not self.host.busy:
+            self._operation_ready.set()  # the reader may be waiting (`_run_operations`)
 
     def feed_nowait(self, event: HostEvent) -> None:
         """`feed` where nothing may wait: for events whose actions never
@@ -260,14 +269,6 @@ class HostEngine:
     def _wake_reader(self) -> None:
         if self._operation is not None or not self.host.busy:
             self._operation_ready.set()
-
-    async def _do(self, action: Action) -> None:
-        if isinstance(action, Send):
-            await self.send(action.message)
-        elif isinstance(action, SubmitTransfer):
-            await self._submit(action)
-        else:
-            self._do_now(action)
 
     def _do_now(self, action: Action) -> None:
         if isinstance(action, CancelTransfer):
@@ -409,10 +410,6 @@ class HostEngine:
             return
         # OUT data copied out of the parser's buffer (see transfers.out_data)
         await self.queues.submit(Request(msg, out_data(msg.data) if msg.data else b"", handle=action.transfer))
-
-    async def transfer_done(self, done: TransferDone) -> None:
-        """A transfer came back (transfers.py), answered or cancelled."""
-        await self.feed(done)
 
     # ------------------------------------------------------- operations
     async def _run_operations(self) -> None:

@@ -4,7 +4,7 @@ Requests to one endpoint must reach the device in the order the guest sent
 them (a mass-storage CBW before its data), so each endpoint gets a queue and
 one task that runs its requests one at a time in a worker thread; different
 endpoints run in parallel.  Every request reports exactly once
-(`HostEngine.transfer_done`, a `TransferDone` for the host state), a
+(a `TransferDone` for the host state, `HostEngine.feed`), a
 cancelled one too: the state has answered the guest already (`cancelled`, at
 once, as usbredirhost does) and sends nothing more for it.
 
@@ -272,11 +272,11 @@ class EndpointQueues:
         if reply is not None and not request.cancelled:
             if transfer_observer is not None and request.submitted:
                 transfer_observer(time.perf_counter() - request.submitted)
-            await self._engine.transfer_done(reply)
+            await self._engine.feed(reply)
             return
         if reply is not None and key and key & 0x80 and reply.data and not reply.gone:
             self._late[key] = self._late.get(key, b"") + bytes(reply.data)
-        await self._engine.transfer_done(TransferDone(request.handle, Status.CANCELLED))
+        await self._engine.feed(TransferDone(request.handle, Status.CANCELLED))
 
     def _late_reply(self, request: Request) -> TransferDone | None:
         """The reply from data a cancelled IN request left, if there is any."""

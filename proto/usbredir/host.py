@@ -205,17 +205,20 @@ class HostState:
 
     def handle(self, event: HostEvent) -> list[Action]:
         """Take one event; return the actions it calls for, in order."""
-        # one dict lookup per event: every transfer passes here twice
-        handler = _ADAPTER_HANDLERS.get(type(event))
+        # a dict lookup or two per event: every transfer passes here twice
+        kind = type(event)
+        handler = _HANDLERS.get(kind)
         if handler is not None:
-            handler(self, event)
-        elif isinstance(event, m.Message):
             if self.busy:
-                self._deferred.append(_owned(event))
+                self._deferred.append(_owned(event))  # type: ignore[arg-type]  # a message
             else:
-                self._on_message(event)
+                handler(self, event)
         else:
-            raise LocalProtocolError(f"not an event of the host state: {event!r}")
+            handler = _ADAPTER_HANDLERS.get(kind)
+            if handler is not None:
+                handler(self, event)
+            elif not isinstance(event, m.Message):  # else one the host role ignores
+                raise LocalProtocolError(f"not an event of the host state: {event!r}")
         if self._deferred:
             self._run_deferred()
         out = self._out
@@ -720,7 +723,7 @@ _ADAPTER_HANDLERS: dict[type, Callable[[HostState, Any], None]] = {
     DeviceGone: HostState._on_device_gone,
 }
 #: What `_on_message` calls for each message type the host role handles.
-_HANDLERS: dict[type[m.Message], Callable[[HostState, Any], None]] = {
+_HANDLERS: dict[type, Callable[[HostState, Any], None]] = {
     m.ControlPacket: HostState._on_control,
     m.BulkPacket: HostState._on_bulk,
     m.InterruptPacket: HostState._on_interrupt,
