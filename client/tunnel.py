@@ -204,8 +204,13 @@ class TunnelClient:
         failures = 0
         #: when the gateway was last there (the end of the last session that was up)
         lost_at = trio.current_time()
+        #: other gateways of a cluster still to try at once, without the backoff (after a loss,
+        #: the first redial is jittered like any; a dead node then refuses at once, and waiting
+        #: longer and longer before the next live one would only stretch the failover)
+        untried = 0
         while True:
             started = trio.current_time()
+            was_up = False
             level = logging.WARNING
             try:
                 await self._session()
@@ -222,9 +227,18 @@ class TunnelClient:
             finally:
                 if self.online:
                     lost_at = trio.current_time()
+                    was_up = True
                 self.online = False
             now = trio.current_time()
             self._turn += 1  # the next address in turn: this one may be a node that is gone
+            candidates = self.addresses()
+            if was_up:
+                untried = len(candidates) - 1
+            elif untried > 0:
+                untried -= 1
+                where = candidates[self._turn % len(candidates)]
+                log.log(level, "tunnel to %s lost: %s; trying %s:%d at once", self.peer, reason, where[0], where[1])
+                continue
             if now - started > 10:
                 failures = 0
             delay = reconnect_delay(

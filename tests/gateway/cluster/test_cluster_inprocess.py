@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from pathlib import Path
 
+import pytest
 import trio
 
 from redirgate.cli.gateway_commands import format_status
-from redirgate.cli.lab import LabRoute, make_pki, write_client_config
+from redirgate.cli.lab import LabRoute, make_pki, write_client_config, write_gateway_config
 from redirgate.gateway.cluster.redis import RedisConnection, RedisUrl, open_redis
 from redirgate.gateway.config import load_config
 from redirgate.vmside.probe import probe
@@ -88,3 +91,24 @@ async def test_a_hello_without_nodes_keeps_the_ones_the_client_knew(tmp_path: Pa
         await lab.start_gateway()  # a gateway alone: its hello names no other node
         await until(lambda: client.online and client.sessions == 2)
         assert len(client.addresses()) == 2 and client.learned != ()
+
+
+async def test_after_a_loss_a_dead_gateway_is_skipped_at_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`gateway` lists three; the client's gateway stops: the first redial is jittered as always,
+    the dead one in between refuses at once, and the next live one is tried right away."""
+    caplog.set_level(logging.INFO, "redirgate.client.tunnel")
+    make_pki(tmp_path)
+    (tmp_path / "two").mkdir()
+    shutil.copytree(tmp_path / "pki", tmp_path / "two" / "pki")
+    async with trio.open_nursery() as nursery:
+        one = await start_gateway(nursery, load_config(write_gateway_config(tmp_path, [])))
+        two = await start_gateway(nursery, load_config(write_gateway_config(tmp_path / "two", [])))
+        dead = free_port()
+        path = write_client_config(tmp_path, one[1].tunnel[1])
+        listed = f'["127.0.0.1:{one[1].tunnel[1]}", "127.0.0.1:{dead}", "127.0.0.1:{two[1].tunnel[1]}"]'
+        path.write_text(path.read_text().replace(f'"127.0.0.1:{one[1].tunnel[1]}"', listed))
+        await start_client(nursery, path)
+        one[2].cancel()
+        await until(lambda: "thin-01" in two[0].registry.clients)
+        assert any(f"trying 127.0.0.1:{two[1].tunnel[1]} at once" in r.getMessage() for r in caplog.records)
+        nursery.cancel_scope.cancel()
