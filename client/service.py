@@ -72,8 +72,11 @@ class ClientService:
         if config.export.virtual != old.export.virtual:
             log.warning("reload: export.virtual changed; emulated devices change on the next restart")
         assert self.ports.serial is not None and self.ports.parallel is not None
-        changes += self.ports.serial.reload(config.serial)
-        changes += self.ports.parallel.reload(config.parallel)
+        port_changes = self.ports.serial.reload(config.serial) + self.ports.parallel.reload(config.parallel)
+        changes += port_changes
+        # a VM's channel to a port that is no longer exported (or is now another port) ends with it
+        stopped = {change.rsplit(" ", 1)[0] for change in port_changes if not change.endswith(" added")}
+        self.client.end_channels(stopped, "its export was removed or changed by a reload of the client's config")
         # certificates are read again even when their paths stayed (a renewal)
         self.client.context = client_context(config.cert, config.key, config.ca, config.server_name)
         self.client.revocations = revocation_view(config, self.client.revocations)

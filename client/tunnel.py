@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import trio
@@ -175,6 +175,8 @@ class TunnelClient:
         self.capabilities = frozenset({t.CLUSTER_CAPABILITY, t.RESUME_CAPABILITY, t.CRL_CAPABILITY})
         #: channel id -> the cancel scope of its task, over control connections
         self._scopes: dict[int, trio.CancelScope] = {}
+        #: channel id -> why the client itself ends it (`end_channels`), told to the gateway
+        self._ending: dict[int, str] = {}
         #: the control connection up now, when it is a resumable one (channels outlive it)
         self._control: ControlSession | None = None
         self._channel_nursery: trio.Nursery | None = None
@@ -192,6 +194,19 @@ class TunnelClient:
         self._rescan.set()
         if followup_s is not None:
             self._followup_at = trio.current_time() + followup_s
+
+    def end_channels(self, devices: Collection[str], reason: str) -> list[int]:
+        """End the channels that serve any of `devices` (trio thread only); the
+        gateway is told `reason`.  Returns their ids."""
+        ended = []
+        for cid, device in list(self.channels.items()):
+            scope = self._scopes.get(cid)
+            if device in devices and scope is not None:
+                log.info("channel %d: ending it (%s): %s", cid, device, reason)
+                self._ending[cid] = reason
+                scope.cancel()
+                ended.append(cid)
+        return ended
 
     # ------------------------------------------------------------ reconnect loop
     async def run(self) -> None:
@@ -488,6 +503,7 @@ class TunnelClient:
             reason = f"{type(exc).__name__}: {exc}"
             log.warning("channel %d (%s) failed: %s", cid, request.device_selector, reason)
         finally:
+            reason = self._ending.pop(cid, reason)
             scopes.pop(cid, None)
             self.resumer.forget(cid)
             self.channels.pop(cid, None)

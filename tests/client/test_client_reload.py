@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -9,9 +10,11 @@ import pytest
 import trio
 import trio.testing
 
-from redirgate.cli.lab import make_pki, write_client_config
+from redirgate.cli.lab import LabRoute, make_pki, write_client_config
 from redirgate.client.config import load_client_config
 from redirgate.client.service import ClientService
+from tests.support.tunnel_lab import running_lab
+from tests.support.waiting import until
 
 
 def printers(tmp_path: Path, *specs: tuple[str, int]) -> str:
@@ -56,3 +59,25 @@ async def test_reload_changes_only_the_ports_that_changed(tmp_path: Path) -> Non
         # what did not change, did not move
         assert service.reload(load_client_config(second)) == []
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio_timeout(120)
+async def test_reload_ends_the_channel_of_a_port_it_removes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A VM printing to a port the admin takes out of the config loses the channel, and the gateway hears why."""
+    caplog.set_level(logging.INFO, logger="redirgate")
+    export = printers(tmp_path, ("printer", 65536), ("other", 65536))
+    async with running_lab(
+        tmp_path, [LabRoute("printer", "parallel:printer")], client_extra_export=export, start_client_now=False
+    ) as lab:
+        assert lab.nursery is not None
+        service = ClientService(load_client_config(lab.client_config))
+        lab.nursery.start_soon(service.run)
+        await service.client.connected.wait()
+        with trio.socket.socket() as hypervisor:
+            await hypervisor.connect(("127.0.0.1", lab.route_port("printer")))
+            await until(lambda: "serving parallel:printer to the gateway" in caplog.text, "the printer's channel")
+            second = write_client_config(tmp_path, lab.tunnel_port, extra_export=printers(tmp_path, ("other", 65536)))
+            assert "parallel:printer removed" in service.reload(load_client_config(second))
+            await until(lambda: not service.client.channels, "the channel to end")
+            # the gateway names the client's reason where the route's channel ends
+            await until(lambda: "closed by the client: its export was removed" in caplog.text, "the gateway's line")
