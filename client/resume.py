@@ -75,6 +75,7 @@ class ChannelResumer:
             stream, channel, reconnect, peer=f"{self.peer} channel {channel_id}", on_ack=self._ack_due
         )
         self.streams[channel_id] = resumable
+        self._wanted.set()  # the ack task looks again: a channel to flush when idle
         return resumable
 
     def forget(self, channel_id: int) -> None:
@@ -112,8 +113,8 @@ class ChannelResumer:
     async def send_acks(self, send: Callable[[t.TunnelMessage], Awaitable[None]]) -> None:
         """The control session's ack task: due acks at once, the rest when idle."""
         while True:
-            idle = any(s.channel.incoming.received != s.channel.incoming.acknowledged for s in self.streams.values())
-            with trio.move_on_after(ACK_IDLE_S if idle else float("inf")):
+            # every ACK_IDLE_S while there are channels: bytes below `ack_every` wake nobody
+            with trio.move_on_after(ACK_IDLE_S if self.streams else float("inf")):
                 await self._wanted.wait()
             self._wanted = trio.Event()
             due, self._due = self._due, {}

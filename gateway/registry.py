@@ -193,8 +193,12 @@ class ClientSession:
         self.adopted: set[int] = set()
         #: the session's ack task waits on this (a resumable channel has an ack due)
         self.acks_wanted = trio.Event()
+        #: starts the ack task if it is not running (the control session sets it): only
+        #: a session with resumable channels has one, an idle client costs no task
+        self.start_acks: Callable[[], None] = lambda: None
 
     def wake_acks(self) -> None:
+        self.start_acks()
         self.acks_wanted.set()
 
     def new_channel(

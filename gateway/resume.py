@@ -87,12 +87,6 @@ class ChannelResume:
             return ack
         return self.stream.ack_now() or ack
 
-    def unacknowledged(self) -> bool:
-        if self.stream is None:
-            return False
-        incoming = self.stream.channel.incoming
-        return incoming.received != incoming.acknowledged
-
     @property
     def suspended(self) -> bool:
         return self.stream is not None and self.stream.suspended

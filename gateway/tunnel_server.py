@@ -199,6 +199,7 @@ class TunnelServer:
         if remote is None and session is not None and session.resumable and channel.resume_grace_s > 0:
             wake = functools.partial(self.registry.wake_acks, identity)  # whichever session is up then
             resume = ChannelResume(channel.channel_id, identity, channel.resume_grace_s, wake_acks=wake)
+            session.wake_acks()  # the ack task starts (or looks again): its idle acks free the client's replay
         credential = resume.credentials.current(identity) if resume is not None else b""
         await stream.send_all(attach.send(t.AttachResult(ok=True, credential=credential)))
         data: Any = stream
@@ -261,6 +262,7 @@ class TunnelServer:
         session = control.client
         session.capabilities = hello.capabilities
         session.resumable = t.RESUME_CAPABILITY in hello.capabilities & self.capabilities
+        session.start_acks = control.start_acks  # before `add`: adopted channels start it
         old = self.registry.add(session)
         if old is not None:
             log.info(
@@ -280,7 +282,7 @@ class TunnelServer:
                     heartbeat_interval_s=self.heartbeat_interval_s,
                     heartbeat_timeout_s=self.heartbeat_timeout_s,
                     before_heartbeat=control.check_revocation,
-                    tasks=[control.send_acks] if session.resumable else (),
+                    tasks=[control.send_acks] if control.acking else (),
                 )
         except PeerSilent as exc:
             reason = exc.reason
@@ -383,7 +385,7 @@ class ClientControl(ControlSession):
     the registry sees it (`client`), and the gateway's handlers (`HANDLERS`,
     one table for every session)."""
 
-    __slots__ = ("client", "crl_sent", "server", "tls", "wants_crl")
+    __slots__ = ("acking", "client", "crl_sent", "server", "tls", "wants_crl")
 
     def __init__(self, server: TunnelServer, stream: ZeroCopyTLSStream, identity: str, peer: str, first: bytes):
         super().__init__(stream, "gateway", peer=f"{identity} ({peer})", received=first)
@@ -391,6 +393,8 @@ class ClientControl(ControlSession):
         self.tls = stream
         self.client = ClientSession(identity, peer, self.send, server.limits)
         self.client.last_heard = self._last_heard
+        #: the ack task runs (or is in `serve`'s tasks)
+        self.acking = False
         #: the client named CRL_CAPABILITY: it gets the CRL now and whenever it changes
         self.wants_crl = False
         #: the number of the CRL it was sent last
@@ -445,13 +449,23 @@ class ClientControl(ControlSession):
         assert self.tracker is not None
         self.client.rtt_s = self.tracker.rtt_s
 
+    def start_acks(self) -> None:
+        """Start the ack task once (a session with resumable channels): in
+        `serve`'s tasks if it has not started yet, else now."""
+        if self.acking:
+            return
+        self.acking = True
+        if self._nursery is not None:
+            self.start_soon(self.send_acks)
+
     async def send_acks(self) -> None:
         """The ack task of a resumable session: an ack at once when one is due
         (`ack_every` bytes), else after ACK_IDLE_S for anything unacknowledged."""
         session = self.client
         while True:
-            idle = any(c.resume is not None and c.resume.unacknowledged() for c in session.channels.values())
-            with trio.move_on_after(ACK_IDLE_S if idle else float("inf")):
+            # every ACK_IDLE_S while it has resumable channels: bytes below `ack_every` wake nobody
+            live = any(c.resume is not None for c in session.channels.values())
+            with trio.move_on_after(ACK_IDLE_S if live else float("inf")):
                 await session.acks_wanted.wait()
             session.acks_wanted = trio.Event()
             for channel in list(session.channels.values()):

@@ -119,7 +119,8 @@ async def test_bulk_loopback_survives_ten_resets(tmp_path: Path) -> None:
 async def test_acks_flow_on_the_next_control_connection(tmp_path: Path) -> None:
     """After a reset the channel's acks go out on the client's new control
     connection: 24 MiB each way then pass a 4 MiB replay buffer (without
-    acks both senders would wait for room for ever)."""
+    acks both senders would wait for room for ever); once the channel is
+    quiet, the acks sent when idle leave both replay buffers empty."""
     async with proxied_lab(tmp_path, [LabRoute("loop", LOOP)], virtual=["virtual:loopback"]) as (lab, proxy):
         async with loopback_vm(lab) as loop:
             proxy.reset()
@@ -127,6 +128,14 @@ async def test_acks_flow_on_the_next_control_connection(tmp_path: Path) -> None:
             loop.size = 256 * 1024
             await loop.progress(96)
             assert gateway_resumes(lab, "loop") == 1
+            # quiet: the idle acks empty both replay buffers, which then hold no storage
+            loop.stop = True
+            assert lab.client is not None
+            client_side = lab.client.resumer.streams[1].channel.outgoing
+            channel = route(lab, "loop").channel
+            assert channel is not None and channel.resume is not None and channel.resume.stream is not None
+            gateway_side = channel.resume.stream.channel.outgoing
+            await until(lambda: not client_side.allocated and not gateway_side.allocated, "idle acks")
 
 
 async def test_bulk_loopback_survives_pauses_past_the_heartbeat_timeout(tmp_path: Path) -> None:
