@@ -26,6 +26,7 @@ from pathlib import Path
 
 from redirgate.host.paths import HostPaths
 from redirgate.host.pci import read_text
+from redirgate.proto.mountinfo import Mount, parse_mountinfo
 
 __all__ = ["Use", "find_uses", "pci_function_of", "vfio_group_users"]
 
@@ -57,30 +58,8 @@ def pci_function_of(path: Path) -> str | None:
     return None
 
 
-@dataclasses.dataclass(frozen=True)
-class _Mount:
-    major_minor: str
-    mount_point: str
-    fstype: str
-    source: str
-
-
-def _unescape(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def _mounts(paths: HostPaths) -> list[_Mount]:
-    text = read_text(paths.proc / "self" / "mountinfo") or ""
-    mounts = []
-    for line in text.splitlines():
-        fields = line.split()
-        if "-" not in fields:
-            continue
-        sep = fields.index("-")
-        if len(fields) < sep + 3 or len(fields) < 5:
-            continue
-        mounts.append(_Mount(fields[2], _unescape(fields[4]), fields[sep + 1], _unescape(fields[sep + 2])))
-    return mounts
+def _mounts(paths: HostPaths) -> list[Mount]:
+    return parse_mountinfo(read_text(paths.proc / "self" / "mountinfo") or "")
 
 
 def _block_functions(paths: HostPaths, sys_block: Path, seen: set[str] | None = None) -> set[str]:
@@ -101,7 +80,7 @@ def _block_functions(paths: HostPaths, sys_block: Path, seen: set[str] | None = 
     return found
 
 
-def _mount_functions(paths: HostPaths, mount: _Mount) -> set[str]:
+def _mount_functions(paths: HostPaths, mount: Mount) -> set[str]:
     if mount.fstype == "9p":
         return set(_virtio_9p(paths, mount.source))
     major, _, _minor = mount.major_minor.partition(":")

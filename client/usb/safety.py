@@ -24,6 +24,7 @@ is opened (client/usb/device.py), since only trying tells.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -32,6 +33,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from redirgate.client.usb.descriptors import DeviceSnapshot
+from redirgate.proto.mountinfo import Mount, parse_mountinfo
 
 __all__ = ["BOOT_MOUNTS", "HUB_CLASS", "boot_usb_ports", "interface_driver", "is_hub", "refusal"]
 
@@ -72,28 +74,21 @@ def refusal(snap: DeviceSnapshot, boot: Mapping[str, str]) -> str | None:
 # ------------------------------------------------------------ boot devices
 
 
-def _mounts(proc_root: Path) -> list[tuple[str, str, str, str]]:
-    """(major:minor, mount point, fs type, super options) per mountinfo line.
-    btrfs (and others) report an anonymous 0:N there: the mount source's
-    device number is taken instead when the source is a block device."""
+def _mounts(proc_root: Path) -> list[Mount]:
+    """The mount table; btrfs (and others) report an anonymous 0:N as the
+    device number: the mount source's is taken instead when the source is
+    a block device."""
     try:
         text = (proc_root / "self" / "mountinfo").read_text()
     except OSError as exc:
         log.debug("cannot read mountinfo: %s", exc)
         return []
-    rows = []
-    for line in text.splitlines():
-        fields = line.split()
-        if "-" not in fields[6:]:
-            continue
-        sep = fields.index("-", 6)
-        if len(fields) < sep + 4:
-            continue
-        devno, source = fields[2], _unescape(fields[sep + 2])
-        if devno.startswith("0:") and source.startswith("/dev/"):
-            devno = _block_devno(source) or devno
-        rows.append((devno, _unescape(fields[4]), fields[sep + 1], fields[sep + 3]))
-    return rows
+    mounts = []
+    for mount in parse_mountinfo(text):
+        if mount.major_minor.startswith("0:") and mount.source.startswith("/dev/"):
+            mount = dataclasses.replace(mount, major_minor=_block_devno(mount.source) or mount.major_minor)
+        mounts.append(mount)
+    return mounts
 
 
 def _block_devno(path: str) -> str | None:
@@ -106,19 +101,14 @@ def _block_devno(path: str) -> str | None:
     return f"{os.major(info.st_rdev)}:{os.minor(info.st_rdev)}"
 
 
-def _unescape(text: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as \\ooo."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), text)
-
-
-def _mount_of(path: str, mounts: list[tuple[str, str, str, str]]) -> tuple[str, str, str, str] | None:
+def _mount_of(path: str, mounts: list[Mount]) -> Mount | None:
     """The mount holding `path`: the last-mounted one with the longest prefix."""
     best = None
-    for row in mounts:
-        point = row[1]
+    for mount in mounts:
+        point = mount.mount_point
         if path == point or path.startswith(point.rstrip("/") + "/"):
-            if best is None or len(point) >= len(best[1]):
-                best = row
+            if best is None or len(point) >= len(best.mount_point):
+                best = mount
     return best
 
 
@@ -134,7 +124,7 @@ def _usb_ports_of_sysfs_path(path: str) -> list[str]:
     return ports
 
 
-def _block_usb_ports(devno: str, sys_root: Path, mounts: list[tuple[str, str, str, str]], depth: int) -> list[str]:
+def _block_usb_ports(devno: str, sys_root: Path, mounts: list[Mount], depth: int) -> list[str]:
     """USB port paths behind block device MAJ:MIN (slaves and loops followed)."""
     if depth > _MAX_DEPTH:
         return []
@@ -160,14 +150,14 @@ def _block_usb_ports(devno: str, sys_root: Path, mounts: list[tuple[str, str, st
     return found
 
 
-def _path_usb_ports(path: str, sys_root: Path, mounts: list[tuple[str, str, str, str]], depth: int) -> list[str]:
+def _path_usb_ports(path: str, sys_root: Path, mounts: list[Mount], depth: int) -> list[str]:
     """USB port paths behind the filesystem that holds `path`."""
     if depth > _MAX_DEPTH:
         return []
-    row = _mount_of(path, mounts)
-    if row is None:
+    mount = _mount_of(path, mounts)
+    if mount is None:
         return []
-    devno, _, fstype, options = row
+    devno, fstype, options = mount.major_minor, mount.fstype, mount.super_options
     found = []
     if not devno.startswith("0:"):
         found += _block_usb_ports(devno, sys_root, mounts, depth + 1)
@@ -203,8 +193,8 @@ def boot_usb_ports(
     mounts = _mounts(proc_root)
     found: dict[str, str] = {}
     for point in mount_points:
-        row = _mount_of(point, mounts)
-        if row is None or row[1] != point:
+        mount = _mount_of(point, mounts)
+        if mount is None or mount.mount_point != point:
             continue  # not a mount of its own (e.g. /boot inside /)
         for port in _path_usb_ports(point, sys_root, mounts, 0):
             found.setdefault(port, point)
