@@ -317,9 +317,13 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(f"  {r['name']}: {r['listen']} -> {r['device']} on {r['client']}: {state}{refused}")
         ch = r.get("channel")
         if ch:
+            resume = ""
+            if ch.get("resumable"):
+                resume = "; SUSPENDED, waiting for the client to resume it" if ch.get("suspended") else "; resumable"
+                resume += f" (resumed {ch['resumes']} time(s))" if ch.get("resumes") else ""
             lines.append(
                 f"    channel {ch['id']} with {ch['hypervisor']} for {_age(ch['since'])}: "
-                f"{ch['bytes_to_device']} B to the device, {ch['bytes_to_hypervisor']} B to the hypervisor"
+                f"{ch['bytes_to_device']} B to the device, {ch['bytes_to_hypervisor']} B to the hypervisor{resume}"
             )
         for refusal in r.get("recent_refusals", [])[-3:]:
             lines.append(f"    refused {refusal['peer']} {_age(refusal['time'])} ago: {refusal['reason']}")

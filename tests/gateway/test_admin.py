@@ -34,6 +34,7 @@ async def test_status_and_disconnect_through_the_admin_socket(tmp_path: Path) ->
             assert "1 refusal(s)" in text and "far: " in text and ", 1 refused" in text
             assert "refused 127.0.0.1:" in text and "not allowed by 10.0.0.0/8" in text
             assert "channel 1 with 127.0.0.1:" in text and " for 0 s: " in text
+            assert "B to the hypervisor; resumable" in text  # the lab's client and gateway both speak resume
 
             # a route: its channel ends, the VM sees the connection go
             reply = await trio.to_thread.run_sync(request, socket_path, {"command": "disconnect", "target": "kbd"})

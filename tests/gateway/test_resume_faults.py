@@ -18,6 +18,7 @@ from pathlib import Path
 
 import trio
 
+from redirgate.cli.gateway_commands import format_status
 from redirgate.cli.lab import LabRoute, write_client_config
 from redirgate.gateway.route_server import RouteServer
 from redirgate.vmside.guest import UsbredirGuest
@@ -159,9 +160,16 @@ async def test_bulk_loopback_survives_pauses_past_the_heartbeat_timeout(tmp_path
 async def test_the_client_comes_back_from_another_address(tmp_path: Path) -> None:
     async with proxied_lab(tmp_path, [LabRoute("loop", LOOP)], virtual=["virtual:loopback"]) as (lab, proxy):
         async with loopback_vm(lab) as loop:
+            proxy.pause()
+            proxy.reset()  # the old address is gone; the new one not there yet
+            channel = route(lab, "loop").channel
+            assert channel is not None and channel.resume is not None
+            await until(lambda: channel.resume is not None and channel.resume.suspended, "the channel suspended")
+            assert "SUSPENDED, waiting for the client to resume it" in format_status(lab.gateway.snapshot())
             proxy.source = "127.0.0.2"
-            proxy.reset()
+            proxy.resume()
             await loop.progress()
+            assert "resumable (resumed 1 time(s))" in format_status(lab.gateway.snapshot())
             assert gateway_resumes(lab, "loop") == 1
             clients = lab.gateway.registry.clients
             await until(lambda: "thin-01" in clients and clients["thin-01"].peer.startswith("127.0.0.2:"))
