@@ -144,6 +144,10 @@ class Channel:
         }
 
 
+def _no_ack_task() -> None:
+    """`ClientSession.start_acks` until a control session sets its own (one function for all: no memory per client)."""
+
+
 class ClientSession:
     """One client's live control connection, as the rest of the gateway sees it.
 
@@ -195,7 +199,7 @@ class ClientSession:
         self.acks_wanted = trio.Event()
         #: starts the ack task if it is not running (the control session sets it): only
         #: a session with resumable channels has one, an idle client costs no task
-        self.start_acks: Callable[[], None] = lambda: None
+        self.start_acks: Callable[[], None] = _no_ack_task
 
     def wake_acks(self) -> None:
         self.start_acks()
