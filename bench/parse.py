@@ -7,6 +7,11 @@ Prints, for our `UsbredirConnection` in the host role:
 each as the median of several runs with the spread, and, when Debian's
 libusbredirparser is installed, the same stream parsed by the reference
 through ctypes for scale (ctypes callbacks make that figure a floor for C).
+Also the CPU of one control round trip through the whole host path in one
+process (`engine_control_cpu_us`): a `HostEngine` (parser, host state,
+outbox) over a trio memory stream, an emulated loopback device, a guest
+`UsbredirConnection` sending GET_DESCRIPTOR requests one at a time; what
+the host state and its adapter cost per transfer shows here first.
 
     python bench/parse.py [--runs 5] [--megabytes 256]
 
@@ -23,6 +28,9 @@ import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
+
+import trio
+import trio.testing
 
 from redirgate.proto.usbredir import NEED_DATA, Cap, Role, UsbredirConnection
 from redirgate.proto.usbredir import messages as m
@@ -122,11 +130,65 @@ def reference_seconds(runs: int, make_wire, repeat: int) -> list[float] | None:
     return results
 
 
+def engine_control_cpu_us(count: int, rounds: int = 1) -> float:
+    """Process CPU (µs) per GET_DESCRIPTOR round trip through an in-process
+    `HostEngine` on an emulated loopback device, one request at a time (the
+    guest's side, trio's scheduling and the memory stream included): the
+    lowest of `rounds` rounds of `count` round trips, the round least
+    disturbed by whatever else runs on the machine."""
+    from redirgate.client.usb.engine import HostEngine
+    from redirgate.client.usb.selector import parse_selector
+    from redirgate.client.usb.source import SelectorSource
+    from redirgate.client.virtual import LoopbackDevice, VirtualBackend
+
+    backend = VirtualBackend([LoopbackDevice()])
+    result: list[float] = []
+
+    async def session() -> None:
+        host_end, guest_end = trio.testing.memory_stream_pair()
+        source = SelectorSource(parse_selector("virtual:any"), backend=backend, poll_interval_s=0.02)
+        engine = HostEngine(host_end, source, peer="bench guest")
+        guest = UsbredirConnection(Role.GUEST, Cap.all_known(), "bench guest")
+
+        async def next_message() -> m.Message:
+            while True:
+                event = guest.next_event()
+                if isinstance(event, m.Message):
+                    return event
+                guest.receive_data(await guest_end.receive_some(65536))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(engine.run)
+            await guest_end.send_all(guest.hello_bytes())
+            with trio.fail_after(30):
+                while not isinstance(await next_message(), m.DeviceConnect):
+                    pass
+                for warm in (True,) + (False,) * rounds:
+                    start = time.process_time()
+                    for i in range(count // 10 if warm else count):
+                        await guest_end.send_all(guest.send(m.ControlPacket(0x80, 6, 0x80, 0, 0x0100, 0, 18, id=i)))
+                        while not isinstance(reply := await next_message(), m.ControlPacket):
+                            pass
+                        if reply.status != 0 or reply.id != i:
+                            raise RuntimeError(f"control request {i} answered {reply!r}")
+                    if not warm:
+                        result.append((time.process_time() - start) / count * 1e6)
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(session)
+    finally:
+        backend.close()
+    return min(result)
+
+
 def spread(values: list[float]) -> str:
     return f"min {min(values):.1f} / max {max(values):.1f}"
 
 
-def measure(runs: int, megabytes: int, ctrl_count: int = 100_000, churn_ctrl_count: int = 20_000) -> dict[str, Any]:
+def measure(
+    runs: int, megabytes: int, ctrl_count: int = 100_000, churn_ctrl_count: int = 20_000, engine_count: int = 2_000
+) -> dict[str, Any]:
     """Every figure of this benchmark, per run (JSON-ready)."""
     size = 16 * 1024
     bulk_count = megabytes * 1024 * 1024 // size
@@ -143,6 +205,7 @@ def measure(runs: int, megabytes: int, ctrl_count: int = 100_000, churn_ctrl_cou
     churn_ctrl = allocation_churn_per_message(lambda g: control_stream(g, churn_ctrl_count), churn_ctrl_count)
     ref_bulk = reference_seconds(runs, make_bulk, 1)
     ref_ctrl = reference_seconds(runs, make_ctrl, 1)
+    engine_us = [engine_control_cpu_us(engine_count, rounds=5) for _ in range(runs)]
     return {
         "what": "usbredir parser, host role: 16 KiB bulk OUT stream and 64-byte control requests",
         "python": sys.version.split()[0],
@@ -155,14 +218,17 @@ def measure(runs: int, megabytes: int, ctrl_count: int = 100_000, churn_ctrl_cou
         "ref_control_msg_s": [ctrl_count / s for s in ref_ctrl] if ref_ctrl else None,
         "alloc_bytes_per_bulk_msg": churn_bulk,
         "alloc_bytes_per_control_msg": churn_ctrl,
+        "engine_round_trips": engine_count,
+        "engine_control_cpu_us": engine_us,
     }
 
 
 def run(quick: bool) -> dict[str, Any]:
-    """For ``python -m bench``: this script's defaults (5 runs of 64 MiB and 100 000 control
-    messages), or quick: 3 runs of 16 MiB and 25 000 (5 000 for the allocation count)."""
+    """For ``python -m bench``: this script's defaults (5 runs of 64 MiB, 100 000 control
+    messages, the engine's best of 5 rounds of 2 000 round trips), or quick: 3 runs of 16 MiB,
+    25 000 (5 000 for the allocation count) and 5 rounds of 600."""
     if quick:
-        return measure(3, 16, ctrl_count=25_000, churn_ctrl_count=5_000)
+        return measure(3, 16, ctrl_count=25_000, churn_ctrl_count=5_000, engine_count=600)
     return measure(5, 64)
 
 
@@ -187,6 +253,13 @@ def table(result: dict[str, Any]) -> str:
     lines.append(f"  spread: bulk {spread(bulk_mb)} MB/s; control {spread(ctrl_rate)} msg/s")
     lines.append(f"{'bytes allocated per bulk message (transient)':<44}{result['alloc_bytes_per_bulk_msg']:>16.0f}")
     lines.append(f"{'bytes allocated per control message':<44}{result['alloc_bytes_per_control_msg']:>16.0f}")
+    engine_us = result.get("engine_control_cpu_us")
+    if engine_us:
+        lines.append(
+            f"{'HostEngine control round trip, CPU us':<44}{statistics.median(engine_us):>16.1f}"
+            f"  ({spread(engine_us)}; best of 5 rounds of {result['engine_round_trips']} GET_DESCRIPTOR"
+            " in one process, emulated loopback, guest side included)"
+        )
     return "\n".join(lines)
 
 

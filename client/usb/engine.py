@@ -212,6 +212,9 @@ class HostEngine:
 
     async def _reader(self) -> None:
         conn = self.conn
+        # the state's fast path for data requests (HostState.submit_request),
+        # else `feed`: no action list per transfer
+        submit_request = self.host.submit_request
         while True:
             try:
                 await self._receive()
@@ -231,7 +234,10 @@ class HostEngine:
                 if event is CLOSED:
                     self.close_reason = "guest closed the connection"
                     return
-                assert isinstance(event, m.Message)
+                handle = submit_request(event)
+                if handle:
+                    await self._submit(handle, event)  # type: ignore[arg-type]  # a data request
+                    continue
                 if isinstance(event, m.Hello):
                     log.info("%s: guest %r, caps %#x", self.peer, event.version, int(event.caps))
                 await self.feed(event)
@@ -240,15 +246,17 @@ class HostEngine:
 
     # ------------------------------------------------------- the state
     async def feed(self, event: HostEvent) -> None:
-        """Hand `event` to the state and carry out what it asks for (each
-        transfer passes here twice: the actions are dispatched inline)."""
+        """Hand `event` to the state and carry out what it asks for, inline.
+        A transfer's request and completion usually skip it: the state's
+        fast paths (`_reader`, `transfer_done`) hand back just the handle or
+        the reply."""
         for action in self.host.handle(event):
             kind = type(action)
             if kind is Send:
                 header, payload = self.conn.send_parts(action.message)  # type: ignore[union-attr]  # a Send
                 await self.outbox.put(header, payload)
             elif kind is SubmitTransfer:
-                await self._submit(action)  # type: ignore[arg-type]  # a SubmitTransfer
+                await self._submit(action.transfer, action.message)  # type: ignore[union-attr,arg-type]  # a SubmitTransfer
             else:
                 self._do_now(action)
         if self._operation is not None or not self.host.busy:
@@ -403,13 +411,23 @@ class HostEngine:
         self._device_done.set()
 
     # ------------------------------------------------------- transfers
-    async def _submit(self, action: SubmitTransfer) -> None:
-        msg = action.message
+    async def _submit(self, handle: int, msg: m.DataMessage) -> None:
+        """Submit the state's transfer `handle` for the guest's request `msg`."""
         if self.queues is None:
-            await self.feed(TransferDone(action.transfer, Status.IOERROR, gone=True))
+            await self.feed(TransferDone(handle, Status.IOERROR, gone=True))
             return
         # OUT data copied out of the parser's buffer (see transfers.out_data)
-        await self.queues.submit(Request(msg, out_data(msg.data) if msg.data else b"", handle=action.transfer))
+        await self.queues.submit(Request(msg, out_data(msg.data) if msg.data else b"", handle=handle))
+
+    async def transfer_done(self, done: TransferDone) -> None:
+        """A transfer came back: its reply straight to the Outbox when that
+        is all the state does with it (`HostState.transfer_reply`), else `feed`."""
+        reply = self.host.transfer_reply(done)
+        if reply is None:
+            await self.feed(done)
+            return
+        header, payload = self.conn.send_parts(reply)
+        await self.outbox.put(header, payload)
 
     # ------------------------------------------------------- operations
     async def _run_operations(self) -> None:

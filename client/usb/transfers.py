@@ -4,7 +4,7 @@ Requests to one endpoint must reach the device in the order the guest sent
 them (a mass-storage CBW before its data), so each endpoint gets a queue and
 one task that runs its requests one at a time in a worker thread; different
 endpoints run in parallel.  Every request reports exactly once
-(a `TransferDone` for the host state, `HostEngine.feed`), a
+(a `TransferDone` for the host state, `HostEngine.transfer_done`), a
 cancelled one too: the state has answered the guest already (`cancelled`, at
 once, as usbredirhost does) and sends nothing more for it.
 
@@ -272,7 +272,7 @@ class EndpointQueues:
         if reply is not None and not request.cancelled:
             if transfer_observer is not None and request.submitted:
                 transfer_observer(time.perf_counter() - request.submitted)
-            await self._engine.feed(reply)
+            await self._engine.transfer_done(reply)
             return
         if reply is not None and key and key & 0x80 and reply.data and not reply.gone:
             self._late[key] = self._late.get(key, b"") + bytes(reply.data)

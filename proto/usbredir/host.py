@@ -85,6 +85,8 @@ NO_RESET_IDS = frozenset({(0x1210, 0x001C), (0x2798, 0x0001)})
 INTERRUPT_TRANSFERS = 5
 _MAX_PACKETS = 32
 _MAX_TRANSFERS = 16
+#: a data check's verdict: CLEAR_FEATURE(ENDPOINT_HALT), run as an operation (no usbredir status)
+_CLEAR_HALT = -1
 
 #: What `HostState.handle` takes: a message the guest sent, or news from the adapter.
 HostEvent = m.Message | AdapterEvent
@@ -225,6 +227,40 @@ class HostState:
         self._out = []
         return out
 
+    # Fast paths: what `handle` does for the two events of every transfer in
+    # the common case, without the action objects and lists (an adapter
+    # calls them first and `handle` when they decline; the property tests
+    # check both ways give the same actions).
+    def submit_request(self, msg: m.Message) -> int:
+        """`handle(msg)` when its only action is `SubmitTransfer(handle, msg)`:
+        that transfer's handle.  0 (nothing done) for anything else: a message
+        that is no data request, or one refused, held or turned into an
+        operation; give it to `handle`."""
+        check = _DATA_CHECKS.get(type(msg))
+        if check is None or self._operation is not None or check(self, msg) is not None:
+            return 0
+        self.reset_done = False
+        handle = self._next_handle
+        self._next_handle = handle + 1
+        self._transfers[handle] = _Transfer(msg)  # type: ignore[arg-type]  # a data request (its check is)
+        return handle
+
+    def transfer_reply(self, event: TransferDone) -> m.DataMessage | None:
+        """`handle(event)` when its only action is sending the transfer's
+        reply: that reply.  None (nothing done) when more follows or nothing
+        is sent (the device is gone, the guest was answered already, an
+        operation waits); give it to `handle`."""
+        if event.gone or self._operation is not None:
+            return None
+        transfer = self._transfers.get(event.transfer)
+        if transfer is None or transfer.answered:
+            return None
+        del self._transfers[event.transfer]
+        msg = transfer.msg
+        length = len(event.data) if event.length is None else event.length
+        inbound = msg.requesttype & 0x80 if type(msg) is m.ControlPacket else msg.endpoint_address & 0x80
+        return reply_for(msg, event.status, length, event.data if inbound else b"")
+
     # ---------------------------------------------------------- helpers
     def _handle(self) -> int:
         handle = self._next_handle
@@ -248,10 +284,6 @@ class HostState:
         self._endpoints = table
         interfaces = description.interfaces
         self._interfaces = frozenset(interfaces.interface[: interfaces.interface_count])
-
-    def _endpoint_type(self, address: int) -> int:
-        entry = self._endpoints.get(address)
-        return entry.type if entry is not None else EndpointType.INVALID
 
     def _announce_tables(self) -> None:
         assert self.device is not None
@@ -346,38 +378,44 @@ class HostState:
             self._send(reply_for(transfer.msg, status))
             self._out.append(CancelTransfer(handle))
 
-    # Data requests: one handler per packet type, the checks in usbredirhost's order.
-    def _on_control(self, msg: m.ControlPacket) -> None:
+    # Data requests: one check per packet type, in usbredirhost's order;
+    # None: submit it (`_on_data`, and `submit_request` without the actions).
+    def _check_control(self, msg: m.ControlPacket) -> int | None:
         if self.disconnected:
-            self._out.append(Send(reply_for(msg, Status.IOERROR)))
-            return
-        if self._endpoint_type(msg.endpoint) != EndpointType.CONTROL:
-            self._out.append(Send(reply_for(msg, Status.INVAL)))
-            return
+            return Status.IOERROR
+        entry = self._endpoints.get(msg.endpoint)
+        if entry is None or entry.type != EndpointType.CONTROL:
+            return Status.INVAL
         if msg.requesttype == 0x02 and msg.request == 0x01 and msg.value == 0 and not msg.data:
             # CLEAR_FEATURE(ENDPOINT_HALT) through the host stack, so it
             # learns the halt is cleared (usbredirhost.c)
-            self._start_operation(_OpKind.CLEAR_HALT, msg)
-            return
-        self._submit(msg)
+            return _CLEAR_HALT
+        return None
 
-    def _on_bulk(self, msg: m.BulkPacket) -> None:
+    def _check_bulk(self, msg: m.BulkPacket) -> int | None:
         if self.disconnected:
-            self._out.append(Send(reply_for(msg, Status.IOERROR)))
-        elif self._endpoint_type(msg.endpoint) != EndpointType.BULK or msg.stream_id:
-            self._out.append(Send(reply_for(msg, Status.INVAL)))  # the wrong type, or a bulk stream (not offered)
-        else:
-            self._submit(msg)
+            return Status.IOERROR
+        entry = self._endpoints.get(msg.endpoint)
+        if entry is None or entry.type != EndpointType.BULK or msg.stream_id:
+            return Status.INVAL  # the wrong type, or a bulk stream (not offered)
+        return None
 
-    def _on_interrupt(self, msg: m.InterruptPacket) -> None:
+    def _check_interrupt(self, msg: m.InterruptPacket) -> int | None:
         if self.disconnected:
-            self._out.append(Send(reply_for(msg, Status.IOERROR)))
-            return
+            return Status.IOERROR
         entry = self._endpoints.get(msg.endpoint)
         if entry is None or entry.type != EndpointType.INTERRUPT or len(msg.data) > entry.max_packet_size:
-            self._out.append(Send(reply_for(msg, Status.INVAL)))
-            return
-        self._submit(msg)
+            return Status.INVAL
+        return None
+
+    def _on_data(self, msg: m.DataMessage) -> None:
+        verdict = _DATA_CHECKS[type(msg)](self, msg)
+        if verdict is None:
+            self._submit(msg)
+        elif verdict == _CLEAR_HALT:
+            self._start_operation(_OpKind.CLEAR_HALT, msg)
+        else:
+            self._out.append(Send(reply_for(msg, verdict)))
 
     def _submit(self, msg: m.DataMessage) -> None:
         self.reset_done = False
@@ -713,6 +751,12 @@ def _owned(msg: m.Message) -> m.Message:
     return msg
 
 
+#: The checks of the data requests the host submits as transfers.
+_DATA_CHECKS: dict[type, Callable[[HostState, Any], int | None]] = {
+    m.ControlPacket: HostState._check_control,
+    m.BulkPacket: HostState._check_bulk,
+    m.InterruptPacket: HostState._check_interrupt,
+}
 #: What `handle` calls for each adapter event.
 _ADAPTER_HANDLERS: dict[type, Callable[[HostState, Any], None]] = {
     TransferDone: HostState._on_transfer_done,
@@ -724,9 +768,9 @@ _ADAPTER_HANDLERS: dict[type, Callable[[HostState, Any], None]] = {
 }
 #: What `_on_message` calls for each message type the host role handles.
 _HANDLERS: dict[type, Callable[[HostState, Any], None]] = {
-    m.ControlPacket: HostState._on_control,
-    m.BulkPacket: HostState._on_bulk,
-    m.InterruptPacket: HostState._on_interrupt,
+    m.ControlPacket: HostState._on_data,
+    m.BulkPacket: HostState._on_data,
+    m.InterruptPacket: HostState._on_data,
     m.IsoPacket: HostState._on_iso_packet,
     m.Hello: HostState._on_hello,
     m.CancelDataPacket: HostState._on_cancel,

@@ -508,7 +508,32 @@ def _break_cancel(state: HostState, msg: m.CancelDataPacket) -> None:
             return
 
 
+def _fast_submit_keeps_reset_done(mp: pytest.MonkeyPatch) -> None:
+    submit_request = HostState.submit_request
+
+    def broken(self: HostState, msg: m.Message) -> int:
+        reset_done = self.reset_done
+        handle = submit_request(self, msg)
+        self.reset_done = reset_done  # forgets that a transfer ran since the reset
+        return handle
+
+    mp.setattr(HostState, "submit_request", broken)
+
+
+def _fast_reply_for_answered(mp: pytest.MonkeyPatch) -> None:
+    def broken(self: HostState, event: TransferDone) -> m.DataMessage | None:
+        transfer = self._transfers.get(event.transfer)
+        if event.gone or self._operation is not None or transfer is None:
+            return None
+        del self._transfers[event.transfer]  # replies also when the guest was answered already
+        return host_module.reply_for(transfer.msg, event.status, len(event.data))
+
+    mp.setattr(HostState, "transfer_reply", broken)
+
+
 MUTATIONS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
+    "fast-submit-keeps-reset-done": _fast_submit_keeps_reset_done,
+    "fast-reply-for-answered": _fast_reply_for_answered,
     "cancel-answers-twice": lambda mp: mp.setitem(host_module._HANDLERS, m.CancelDataPacket, _break_cancel),
     "unplug-forgets-transfers": lambda mp: mp.setattr(HostState, "_answer_transfers", lambda self, *a: None),
     "no-wait-for-cancelled": lambda mp: mp.setattr(HostState, "_cancelled_out", lambda self: False),

@@ -10,6 +10,11 @@
   asked for, and completes them when told, with any status.
 
 Every step checks the state's promises (see proto/usbredir/host.py) and
+The model feeds the state as the engine does (`HostState.submit_request`
+and `transfer_reply` first, `handle` when they decline) and feeds a twin
+state the same events through `handle` alone: both must ask for the same
+actions, so the fast paths change nothing.
+
 `finish()` checks the one that needs an end: once every transfer and
 operation came back, every request the guest sent that must be answered was
 answered exactly once.  `run_script(data)` drives a model from bytes (each
@@ -24,7 +29,7 @@ from dataclasses import dataclass, field
 
 from redirgate.proto.usbredir import NEED_DATA, Cap, EndpointType, LocalProtocolError, Role, Status, UsbredirConnection
 from redirgate.proto.usbredir import messages as m
-from redirgate.proto.usbredir.host import NO_RESET_IDS, HostState
+from redirgate.proto.usbredir.host import NO_RESET_IDS, HostEvent, HostState
 from redirgate.proto.usbredir.host_events import (
     Action,
     CancelTransfer,
@@ -134,6 +139,8 @@ class HostModel:
 
     def __init__(self, guest_caps: Cap = Cap.all_known()) -> None:
         self.state = HostState(HOST_CAPS)
+        #: fed the same events through `handle` only (see `_feed`)
+        self.twin = HostState(HOST_CAPS)
         self.guest = UsbredirConnection(Role.GUEST, guest_caps, "model guest")
         self.wire = UsbredirConnection(Role.HOST, HOST_CAPS, "model host")
         self.wire.receive_data(self.guest.hello_bytes())
@@ -165,7 +172,7 @@ class HostModel:
             self.hello_delivered = True
             event = self.wire.next_event()
             assert isinstance(event, m.Hello)
-            self._apply(self.state.handle(event))
+            self._apply(self._feed(event))
 
     def send(self, message: m.Message, *, fresh_id: bool = True) -> int | None:
         """The guest sends `message` (with a new id unless told otherwise);
@@ -196,7 +203,7 @@ class HostModel:
             # sends before it reads this crosses it on the wire
             self.attached = False
             self.crossing = True
-        self._apply(self.state.handle(event))
+        self._apply(self._feed(event))
         if self.wire.next_event() is not NEED_DATA:
             raise ModelError("one message sent, more parsed")
         return message.id
@@ -215,18 +222,18 @@ class HostModel:
         if self.device is not None or self.state.rejected:
             return False
         self.device = _Device(ids)
-        self._apply(self.state.handle(DeviceReady(describe(1, {}, ids), reset_done)))
+        self._apply(self._feed(DeviceReady(describe(1, {}, ids), reset_done)))
         return True
 
     def unplug(self, reason: str = "unplugged") -> None:
-        self._apply(self.state.handle(DeviceGone(reason)))
+        self._apply(self._feed(DeviceGone(reason)))
 
     def complete(self, transfer: int, status: int = Status.SUCCESS, data: bytes = b"", *, gone: bool = False) -> None:
         msg, _ = self.transfers.pop(transfer)
         inbound = msg.requesttype & 0x80 if isinstance(msg, m.ControlPacket) else msg.endpoint_address & 0x80
         if inbound:
             data = data[: msg.transfer_length]
-        self._apply(self.state.handle(TransferDone(transfer, status, data if inbound else b"", None, gone)))
+        self._apply(self._feed(TransferDone(transfer, status, data if inbound else b"", None, gone)))
 
     def finish_operation(self, status: int = Status.SUCCESS, *, gone: bool = False) -> None:
         operation = self.operation
@@ -242,16 +249,35 @@ class HostModel:
         if self.device is not None and isinstance(operation, (ChangeConfiguration, ChangeAltSetting)):
             description = describe(self.device.configuration, self.device.alts, self.device.ids)
         handle = operation.operation  # type: ignore[union-attr]  # every operation action has one
-        self._apply(self.state.handle(OperationDone(handle, status, description, gone)))
+        self._apply(self._feed(OperationDone(handle, status, description, gone)))
 
     def stream_packet(self, handle: int, status: int = Status.SUCCESS, data: bytes = b"x") -> None:
-        self._apply(self.state.handle(StreamPacket(handle, status, data)))
+        self._apply(self._feed(StreamPacket(handle, status, data)))
 
     def stream_stalled(self, handle: int) -> None:
         self.streams.pop(handle, None)
-        self._apply(self.state.handle(StreamStalled(handle)))
+        self._apply(self._feed(StreamStalled(handle)))
 
     # ------------------------------------------------------------ checks
+    def _feed(self, event: HostEvent) -> list[Action]:
+        """The state's actions for `event`, taken as the engine takes them,
+        checked against the twin's."""
+        actions: list[Action]
+        if isinstance(event, TransferDone):
+            reply = self.state.transfer_reply(event)
+            actions = [Send(reply)] if reply is not None else self.state.handle(event)
+        else:
+            handle = self.state.submit_request(event) if isinstance(event, m.Message) else 0
+            if handle:
+                assert isinstance(event, m.DataMessage)
+                actions = [SubmitTransfer(handle, event)]
+            else:
+                actions = self.state.handle(event)
+        expected = self.twin.handle(event)
+        if actions != expected:
+            raise ModelError(f"{event!r}: the fast path asked for {actions!r}, handle() for {expected!r}")
+        return actions
+
     def _apply(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Send):
