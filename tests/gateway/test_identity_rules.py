@@ -101,17 +101,25 @@ async def test_a_revoked_client_is_told_so_and_logs_it(tmp_path: Path, caplog: p
         config = write_client_config(lab.directory, lab.tunnel_port, name="thin-02")
         service = ClientService(load_client_config(config))
         assert lab.nursery is not None
-        with trio.CancelScope() as scope:
-            lab.nursery.start_soon(service.run)
+        scope, stopped = trio.CancelScope(), trio.Event()
 
-            def client_said_revoked() -> bool:
-                return any(
-                    r.name == "redirgate.client.tunnel" and "certificate revoked" in r.getMessage()
-                    for r in caplog.records
-                )
+        async def run_client() -> None:
+            try:
+                with scope:
+                    await service.run()
+            finally:
+                stopped.set()
 
-            await until(client_said_revoked, "the client logs that its certificate was revoked")
-            scope.cancel()
+        lab.nursery.start_soon(run_client)
+
+        def client_said_revoked() -> bool:
+            return any(
+                r.name == "redirgate.client.tunnel" and "certificate revoked" in r.getMessage() for r in caplog.records
+            )
+
+        await until(client_said_revoked, "the client logs that its certificate was revoked")
+        scope.cancel()  # the revoked client stops here, not with the lab (its redials raced the teardown)
+        await stopped.wait()
         assert lab.client is not None and lab.client.online and lab.client.sessions == 1
 
 
