@@ -34,6 +34,12 @@ construction and checked by the property tests:
   ack.  A device is announced (interface_info, ep_info, device_connect)
   only after the guest's hello, and only if the guest's filter allows it.
 
+The state is one class in three modules: this one (events in and out,
+device life, transfers, the guest's hello, filter and cancels),
+`host_streams` (iso, interrupt and bulk receiving streams) and
+`host_settings` (configuration, alt setting, reset and the blocking
+operations); `HostState` inherits the other two parts' handlers.
+
 Adapter contract: every `SubmitTransfer` gets one `TransferDone` (a cancelled
 one too) until the device is released - completions for a released device's
 transfers, and for stopped streams, are ignored; every operation gets one
@@ -47,7 +53,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 from redirgate.proto.usbredir import filter as usbfilter
@@ -58,60 +63,28 @@ from redirgate.proto.usbredir.host_events import (
     Action,
     AdapterEvent,
     CancelTransfer,
-    ChangeAltSetting,
-    ChangeConfiguration,
-    ClearHalt,
     DeviceDescription,
     DeviceGone,
     DeviceReady,
-    IsoOut,
     OperationDone,
     ReleaseDevice,
-    ResetDevice,
     Send,
-    StartStream,
-    StopStream,
     StreamPacket,
     StreamStalled,
     SubmitTransfer,
     TransferDone,
+    reply_for,
 )
+from redirgate.proto.usbredir.host_settings import NO_RESET_IDS, Operation, OpKind, SettingsPart
+from redirgate.proto.usbredir.host_streams import INTERRUPT_TRANSFERS, Endpoint, StreamEntry, StreamsPart, stream_status
 
 __all__ = ["INTERRUPT_TRANSFERS", "NO_RESET_IDS", "HostEvent", "HostState", "reply_for", "stream_status"]
 
-#: usbredirhost.c: devices that must not be reset (VID, PID)
-NO_RESET_IDS = frozenset({(0x1210, 0x001C), (0x2798, 0x0001)})
-#: usbredirhost.c: interrupt receiving keeps this many transfers in flight
-INTERRUPT_TRANSFERS = 5
-_MAX_PACKETS = 32
-_MAX_TRANSFERS = 16
 #: a data check's verdict: CLEAR_FEATURE(ENDPOINT_HALT), run as an operation (no usbredir status)
 _CLEAR_HALT = -1
 
 #: What `HostState.handle` takes: a message the guest sent, or news from the adapter.
 HostEvent = m.Message | AdapterEvent
-
-
-def reply_for(msg: m.DataMessage, status: int, length: int = 0, data: m.Buffer = b"") -> m.DataMessage:
-    """The reply to a data request: same fields, new status/length (and data)."""
-    if isinstance(msg, m.ControlPacket):
-        return m.ControlPacket(
-            msg.endpoint, msg.request, msg.requesttype, status, msg.value, msg.index, length, id=msg.id, data=data
-        )
-    if isinstance(msg, m.BulkPacket):
-        return m.BulkPacket(msg.endpoint, status, length, msg.stream_id, id=msg.id, data=data)
-    if isinstance(msg, m.InterruptPacket):
-        return m.InterruptPacket(msg.endpoint, status, length, id=msg.id, data=data)
-    raise LocalProtocolError(f"{type(msg).__name__} is not a request the host answers")
-
-
-def stream_status(kind: EndpointType, endpoint: int, status: int, msg_id: int = 0) -> m.Message:
-    """The status message of a stream of this kind."""
-    if kind == EndpointType.ISO:
-        return m.IsoStreamStatus(status, endpoint, id=msg_id)
-    if kind == EndpointType.INTERRUPT:
-        return m.InterruptReceivingStatus(status, endpoint, id=msg_id)
-    return m.BulkReceivingStatus(0, endpoint, status, id=msg_id)
 
 
 @dataclass(slots=True)
@@ -121,40 +94,7 @@ class _Transfer:
     answered: bool = False
 
 
-@dataclass(slots=True)
-class _Stream:
-    handle: int
-    kind: EndpointType
-    endpoint: int
-    packet_size: int
-    #: the id of the next packet sent to the guest
-    next_id: int = 0
-
-
-class _OpKind(Enum):
-    CLEAR_HALT = "clear halt"
-    CONFIGURATION = "set configuration"
-    ALT_SETTING = "set alt setting"
-    RESET = "reset"
-
-
-@dataclass(slots=True)
-class _Operation:
-    handle: int
-    kind: _OpKind
-    msg: m.Message
-    #: issued to the adapter (else: waiting for cancelled transfers to come back)
-    issued: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class _Endpoint:
-    type: int
-    interface: int
-    max_packet_size: int
-
-
-class HostState:
+class HostState(StreamsPart, SettingsPart):
     """The host side of one usbredir connection (see the module docstring).
 
     `caps` are the capabilities our hello offers.  One device at a time: a
@@ -180,14 +120,14 @@ class HostState:
         self.guest_rules: tuple[usbfilter.FilterRule, ...] | None = None
         #: interface -> alt setting chosen by the guest (0 when not named)
         self.alts: dict[int, int] = {}
-        self._endpoints: dict[int, _Endpoint] = {}
+        self._endpoints: dict[int, Endpoint] = {}
         self._interfaces: frozenset[int] = frozenset()
         #: transfer handle -> transfer, until its TransferDone or the release
         self._transfers: dict[int, _Transfer] = {}
         #: endpoint -> stream, and handle -> stream
-        self._streams: dict[int, _Stream] = {}
-        self._stream_handles: dict[int, _Stream] = {}
-        self._operation: _Operation | None = None
+        self._streams: dict[int, StreamEntry] = {}
+        self._stream_handles: dict[int, StreamEntry] = {}
+        self._operation: Operation | None = None
         #: guest messages that arrived while an operation was out
         self._deferred: list[m.Message] = []
         self._next_handle = 1
@@ -278,9 +218,9 @@ class HostState:
         """Take the device's tables (after it came, or a configuration or alt change)."""
         self.device = description
         info = description.endpoints
-        table: dict[int, _Endpoint] = {}
+        table: dict[int, Endpoint] = {}
         for slot in range(32):
-            table[slot_endpoint(slot)] = _Endpoint(info.type[slot], info.interface[slot], info.max_packet_size[slot])
+            table[slot_endpoint(slot)] = Endpoint(info.type[slot], info.interface[slot], info.max_packet_size[slot])
         self._endpoints = table
         interfaces = description.interfaces
         self._interfaces = frozenset(interfaces.interface[: interfaces.interface_count])
@@ -413,7 +353,7 @@ class HostState:
         if verdict is None:
             self._submit(msg)
         elif verdict == _CLEAR_HALT:
-            self._start_operation(_OpKind.CLEAR_HALT, msg)
+            self._start_operation(OpKind.CLEAR_HALT, msg)
         else:
             self._out.append(Send(reply_for(msg, verdict)))
 
@@ -452,84 +392,6 @@ class HostState:
         if self._operation is not None:
             self._maybe_issue()
 
-    # ---------------------------------------------------------- operations
-    def _start_operation(self, kind: _OpKind, msg: m.Message) -> None:
-        self._operation = _Operation(self._handle(), kind, msg)
-        self._maybe_issue()
-
-    def _maybe_issue(self) -> None:
-        """Issue the waiting operation once no cancelled transfer is out."""
-        operation = self._operation
-        if operation is None or operation.issued:
-            return
-        if operation.kind is not _OpKind.CLEAR_HALT and self._cancelled_out():
-            return
-        operation.issued = True
-        msg = operation.msg
-        if isinstance(msg, m.ControlPacket):
-            self._out.append(ClearHalt(operation.handle, msg.index & 0xFF))
-        elif isinstance(msg, m.SetConfiguration):
-            self._out.append(ChangeConfiguration(operation.handle, msg.configuration))
-        elif isinstance(msg, m.SetAltSetting):
-            self._out.append(ChangeAltSetting(operation.handle, msg.interface, msg.alt))
-        else:
-            self._out.append(ResetDevice(operation.handle))
-
-    def _cancelled_out(self) -> bool:
-        """A transfer the guest was answered for is still on the device."""
-        return any(t.answered for t in self._transfers.values())
-
-    def _answer_operation(self, operation: _Operation, status: int) -> None:
-        """The guest's reply to an operation that failed (or whose device went)."""
-        msg = operation.msg
-        if isinstance(msg, m.ControlPacket):
-            self._send(reply_for(msg, status))
-        elif isinstance(msg, m.SetConfiguration):
-            active = self.device.configuration if self.device is not None else 0
-            self._send(m.ConfigurationStatus(status, active, id=msg.id))
-        elif isinstance(msg, m.SetAltSetting):
-            alt = self.alts.get(msg.interface, 0) if self.device is not None else 0xFF
-            self._send(m.AltSettingStatus(status, msg.interface, alt, id=msg.id))
-
-    def _on_operation_done(self, event: OperationDone) -> None:
-        operation = self._operation
-        if operation is None or operation.handle != event.operation or not operation.issued:
-            return  # its device was released (and the guest answered then)
-        self._operation = None
-        msg = operation.msg
-        if event.gone:
-            self._operation = operation  # answered by the release, once
-            self._lose_device(f"{operation.kind.value} found the device gone")
-            return
-        if operation.kind is _OpKind.CLEAR_HALT:
-            self._answer_operation(operation, event.status)
-        elif operation.kind is _OpKind.RESET:
-            if event.status != Status.SUCCESS:
-                self._lose_device("reset failed")
-                return
-            self.reset_done = True
-        elif operation.kind is _OpKind.CONFIGURATION:
-            assert isinstance(msg, m.SetConfiguration)
-            if event.description is None:
-                raise LocalProtocolError("a configuration change must come with the new description")
-            self.alts = {}
-            self._describe(event.description)
-            self._announce_tables()
-            status = Status.SUCCESS if event.status == Status.SUCCESS else Status.IOERROR
-            self._send(m.ConfigurationStatus(status, event.description.configuration, id=msg.id))
-            self._filtered_out()
-        else:
-            assert isinstance(msg, m.SetAltSetting)
-            if event.status != Status.SUCCESS:
-                self._answer_operation(operation, event.status)
-                return
-            if event.description is None:
-                raise LocalProtocolError("an alt setting change must come with the new description")
-            self.alts[msg.interface] = msg.alt
-            self._describe(event.description)
-            self._announce_tables()
-            self._send(m.AltSettingStatus(Status.SUCCESS, msg.interface, msg.alt, id=msg.id))
-
     # ---------------------------------------------------------- guest messages
     def _on_message(self, msg: m.Message) -> None:
         handler = _HANDLERS.get(type(msg))
@@ -542,62 +404,6 @@ class HostState:
         self.have_peer_hello = True
         self.shared_caps = self.caps & msg.caps
         self._maybe_announce()
-
-    def _on_set_configuration(self, msg: m.SetConfiguration) -> None:
-        device = self.device
-        if self.disconnected or device is None:
-            self._send(m.ConfigurationStatus(Status.IOERROR, device.configuration if device else 0, id=msg.id))
-            return
-        if msg.configuration == device.configuration:
-            self._send(m.ConfigurationStatus(Status.SUCCESS, msg.configuration, id=msg.id))
-            return
-        self.reset_done = False
-        for stream in list(self._streams.values()):
-            self._stop_stream(stream)
-        self._answer_transfers(Status.CANCELLED)
-        self._start_operation(_OpKind.CONFIGURATION, msg)
-
-    def _on_get_configuration(self, msg: m.GetConfiguration) -> None:
-        device = self.device
-        status = Status.IOERROR if self.disconnected or device is None else Status.SUCCESS
-        self._send(m.ConfigurationStatus(status, device.configuration if device else 0, id=msg.id))
-
-    def _on_set_alt(self, msg: m.SetAltSetting) -> None:
-        if self.disconnected:
-            self._send(m.AltSettingStatus(Status.IOERROR, msg.interface, 0xFF, id=msg.id))
-            return
-        if msg.interface not in self._interfaces:
-            self._send(m.AltSettingStatus(Status.INVAL, msg.interface, 0xFF, id=msg.id))
-            return
-        self.reset_done = False
-        mine = frozenset(a for a, e in self._endpoints.items() if e.interface == msg.interface and a & 0x0F)
-        for stream in list(self._streams.values()):
-            if stream.endpoint in mine:
-                self._stop_stream(stream)
-        self._answer_transfers(Status.CANCELLED, mine)
-        self._start_operation(_OpKind.ALT_SETTING, msg)
-
-    def _on_get_alt(self, msg: m.GetAltSetting) -> None:
-        if self.disconnected:
-            self._send(m.AltSettingStatus(Status.IOERROR, msg.interface, 0xFF, id=msg.id))
-        elif msg.interface not in self._interfaces:
-            self._send(m.AltSettingStatus(Status.INVAL, msg.interface, 0xFF, id=msg.id))
-        else:
-            self._send(m.AltSettingStatus(Status.SUCCESS, msg.interface, self.alts.get(msg.interface, 0), id=msg.id))
-
-    def _on_reset(self, msg: m.Reset) -> None:
-        if self.disconnected or self.device is None or self.reset_done:
-            return
-        for stream in list(self._streams.values()):
-            # the guest learns its streams are gone and restarts them
-            self._send(stream_status(stream.kind, stream.endpoint, Status.STALL))
-            self._stop_stream(stream)
-        self._answer_transfers(Status.CANCELLED)
-        connect = self.device.connect
-        if (connect.vendor_id, connect.product_id) in NO_RESET_IDS:
-            self.reset_done = True
-            return
-        self._start_operation(_OpKind.RESET, msg)
 
     def _on_filter_reject(self, msg: m.FilterReject) -> None:
         if self.disconnected:
@@ -631,112 +437,9 @@ class HostState:
         if Cap.BULK_STREAMS in self.shared_caps:
             self._send(m.BulkStreamsStatus(msg.endpoints, 0, Status.IOERROR, id=msg.id))
 
-    # ---------------------------------------------------------- streams
-    def _start_stream(
-        self, kind: EndpointType, endpoint: int, msg_id: int, packets: int, transfers: int, size: int | None
-    ) -> None:
-        """usbredirhost's checks, in its order, each failure a stream status
-        (of the requested kind, not the endpoint's as the reference does)."""
-        entry = self._endpoints.get(endpoint)
-        if self.disconnected or entry is None or entry.type != kind:
-            self._send(stream_status(kind, endpoint, Status.STALL, msg_id))
-            return
-        max_packet = entry.max_packet_size
-        packet = size if size is not None else max_packet
-        if (
-            not (1 <= packets <= _MAX_PACKETS and 1 <= transfers <= _MAX_TRANSFERS)
-            or not max_packet
-            or packet % max_packet
-        ):
-            self._send(stream_status(kind, endpoint, Status.STALL, msg_id))
-            return
-        if endpoint in self._streams:
-            self._send(stream_status(kind, endpoint, Status.INVAL, msg_id))
-            return
-        self.reset_done = False
-        stream = _Stream(self._handle(), kind, endpoint, packet)
-        self._streams[endpoint] = stream
-        self._stream_handles[stream.handle] = stream
-        self._send(stream_status(kind, endpoint, Status.SUCCESS, msg_id))
-        self._out.append(StartStream(stream.handle, kind, endpoint, packet, packets, transfers))
-
-    def _stop_stream(self, stream: _Stream) -> None:
-        del self._streams[stream.endpoint]
-        del self._stream_handles[stream.handle]
-        self._out.append(StopStream(stream.handle))
-
-    def _stop_request(self, kind: EndpointType, endpoint: int, msg_id: int) -> None:
-        if self.disconnected:
-            return  # usbredirhost sends nothing while disconnected
-        stream = self._streams.get(endpoint)
-        if stream is not None:
-            self._stop_stream(stream)
-        self._send(stream_status(kind, endpoint, Status.SUCCESS, msg_id))
-
-    def _on_start_iso(self, msg: m.StartIsoStream) -> None:
-        self._start_stream(EndpointType.ISO, msg.endpoint, msg.id, msg.pkts_per_urb, msg.no_urbs, None)
-
-    def _on_stop_iso(self, msg: m.StopIsoStream) -> None:
-        self._stop_request(EndpointType.ISO, msg.endpoint, msg.id)
-
-    def _on_start_interrupt(self, msg: m.StartInterruptReceiving) -> None:
-        self._start_stream(EndpointType.INTERRUPT, msg.endpoint, msg.id, 1, INTERRUPT_TRANSFERS, None)
-
-    def _on_stop_interrupt(self, msg: m.StopInterruptReceiving) -> None:
-        self._stop_request(EndpointType.INTERRUPT, msg.endpoint, msg.id)
-
-    def _on_start_bulk_receiving(self, msg: m.StartBulkReceiving) -> None:
-        if Cap.BULK_RECEIVING not in self.shared_caps:
-            return  # no answer can be sent (see _on_alloc_streams)
-        self._start_stream(EndpointType.BULK, msg.endpoint, msg.id, 1, msg.no_transfers, msg.bytes_per_transfer)
-
-    def _on_stop_bulk_receiving(self, msg: m.StopBulkReceiving) -> None:
-        if Cap.BULK_RECEIVING not in self.shared_caps:
-            return
-        self._stop_request(EndpointType.BULK, msg.endpoint, msg.id)
-
-    def _on_iso_packet(self, msg: m.IsoPacket) -> None:
-        if self.disconnected:
-            self._send(m.IsoStreamStatus(Status.IOERROR, msg.endpoint, id=msg.id))
-            return
-        stream = self._streams.get(msg.endpoint)
-        if (
-            stream is None
-            or stream.kind != EndpointType.ISO
-            or msg.endpoint & 0x80
-            or len(msg.data) > stream.packet_size
-        ):
-            self._send(m.IsoStreamStatus(Status.INVAL, msg.endpoint, id=msg.id))
-            return
-        self._out.append(IsoOut(stream.handle, msg.data))
-
-    def _on_stream_packet(self, event: StreamPacket) -> None:
-        stream = self._stream_handles.get(event.stream)
-        if stream is None or stream.endpoint & 0x80 == 0:
-            return  # stopped meanwhile (or an OUT stream, which reads nothing)
-        msg_id = stream.next_id
-        stream.next_id += 1
-        data = event.data if event.status == Status.SUCCESS else b""
-        if stream.kind == EndpointType.ISO:
-            self._send(m.IsoPacket(stream.endpoint, event.status, len(data), id=msg_id, data=data))
-        elif stream.kind == EndpointType.INTERRUPT:
-            self._send(m.InterruptPacket(stream.endpoint, event.status, len(data), id=msg_id, data=data))
-        else:
-            self._send(
-                m.BufferedBulkPacket(
-                    stream_id=0, length=len(data), endpoint=stream.endpoint, status=event.status, id=msg_id, data=data
-                )
-            )
-
+    # ---------------------------------------------------------- device gone
     def _on_device_gone(self, event: DeviceGone) -> None:
         self._lose_device(event.reason)
-
-    def _on_stream_stalled(self, event: StreamStalled) -> None:
-        stream = self._stream_handles.pop(event.stream, None)
-        if stream is None:
-            return
-        del self._streams[stream.endpoint]
-        self._send(stream_status(stream.kind, stream.endpoint, Status.STALL))
 
 
 def _endpoint_key(msg: m.DataMessage) -> int:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from redirgate.proto.usbredir import messages as m
 from redirgate.proto.usbredir.constants import EndpointType
+from redirgate.proto.usbredir.errors import LocalProtocolError
 
 __all__ = [
     "Action",
@@ -43,6 +44,7 @@ __all__ = [
     "StreamStalled",
     "SubmitTransfer",
     "TransferDone",
+    "reply_for",
 ]
 
 
@@ -56,6 +58,19 @@ class DeviceDescription:
     configuration: int
     interfaces: m.InterfaceInfo
     endpoints: m.EpInfo
+
+
+def reply_for(msg: m.DataMessage, status: int, length: int = 0, data: m.Buffer = b"") -> m.DataMessage:
+    """The reply to a data request: same fields, new status/length (and data)."""
+    if isinstance(msg, m.ControlPacket):
+        return m.ControlPacket(
+            msg.endpoint, msg.request, msg.requesttype, status, msg.value, msg.index, length, id=msg.id, data=data
+        )
+    if isinstance(msg, m.BulkPacket):
+        return m.BulkPacket(msg.endpoint, status, length, msg.stream_id, id=msg.id, data=data)
+    if isinstance(msg, m.InterruptPacket):
+        return m.InterruptPacket(msg.endpoint, status, length, id=msg.id, data=data)
+    raise LocalProtocolError(f"{type(msg).__name__} is not a request the host answers")
 
 
 # ---------------------------------------------------------------- events in
