@@ -1,10 +1,14 @@
 """QEMU's usb-audio (a UAC1 speaker: isochronous OUT, one 192-byte packet per 1 ms frame) through
 `client run` + `gateway run`: a tone played in the VM arrives at the device.
 
-Functional only (how much of it arrives is the client-speed issue's): the
-thin client's QEMU records every packet the device takes (`pcap=`) and
-writes what it plays to a WAV file (`-audiodev wav`); the test counts the
-iso OUT packets, checks the tone is in the WAV and reports the gaps.
+Functional only (how much of it arrives is the client-speed issue's, 13):
+the thin client's QEMU records every packet the device takes (`pcap=`); the
+test finds the VM's tone in the payloads the device took (left channel, the
+tone's amplitude: not noise, not silence) and records how many of the
+expected packets arrived.  Not the WAV file QEMU plays into (`-audiodev
+wav`): QEMU writes it through a stdio buffer flushed only when full or at
+exit, so a short tone is not in it yet while the lab runs (seen: 3 packets
+arrived, the WAV still empty).
 """
 
 from __future__ import annotations
@@ -34,54 +38,38 @@ VM_SCRIPT = (
 )
 
 
-def _iso_out_packets(pcap: bytes, start: int) -> tuple[int, int]:
-    """iso OUT completions to endpoint 1 in a usbmon-format pcap (QEMU's pcap=), from byte `start` of it,
-    and how many of the submissions carried sound (a byte not zero)."""
-    pos, count, with_sound = max(start, 24), 0, 0
+def _iso_out_to_the_device(pcap: bytes, start: int) -> tuple[int, list[int]]:
+    """In a usbmon-format pcap (QEMU's pcap=), from byte `start`: how many iso OUT transfers to endpoint 1
+    completed, and the left-channel samples (S16LE stereo) of every one submitted with data."""
+    pos, completed, left = max(start, 24), 0, []
     while pos + 16 + 64 <= len(pcap):
         incl_len = struct.unpack_from("<I", pcap, pos + 8)[0]
         kind, xfer_type, epnum = pcap[pos + 16 + 8], pcap[pos + 16 + 9], pcap[pos + 16 + 10]
-        if xfer_type == 0 and epnum == 0x01 and kind == ord("C"):
-            count += 1
-        if xfer_type == 0 and epnum == 0x01 and kind == ord("S") and any(pcap[pos + 16 + 64 : pos + 16 + incl_len]):
-            with_sound += 1
+        if xfer_type == 0 and epnum == 0x01:
+            if kind == ord("C"):
+                completed += 1
+            elif kind == ord("S"):
+                payload = pcap[pos + 16 + 64 : pos + 16 + incl_len]
+                left += [v for (v, _right) in struct.iter_unpack("<hh", payload[: len(payload) // 4 * 4])]
         pos += 16 + incl_len
-    return count, with_sound
-
-
-def _tone_stats(samples: bytes) -> tuple[int, int, int]:
-    """(frames with sound, the loudest sample, silent gaps of 1 ms or more between the first and last sound)."""
-    left = [v for (v, _right) in struct.iter_unpack("<hh", samples[: len(samples) // 4 * 4])]
-    loud = [i for i, v in enumerate(left) if v != 0]
-    if not loud:
-        return 0, 0, 0
-    gaps, run = 0, 0
-    for v in left[loud[0] : loud[-1] + 1]:
-        run = run + 1 if v == 0 else 0
-        if run == RATE // 1000:
-            gaps += 1
-    return len(loud), max(abs(v) for v in left), gaps
+    return completed, left
 
 
 @pytest.mark.system
 def test_tone_played_in_the_vm_reaches_the_device(usb_lab: UsbLab, record_property: pytest.RecordProperty) -> None:
-    wav, pcap = usb_lab.share / "audio.wav", usb_lab.share / "audio.pcap"
-    wav_start, pcap_start = wav.stat().st_size, pcap.stat().st_size
+    pcap = usb_lab.share / "audio.pcap"
+    pcap_start = pcap.stat().st_size
     redir = usb_lab.vm.attach(usb_lab.route("audio"))
     try:
         usb_lab.vm.run(VM_SCRIPT.format(rate=RATE, seconds=TONE_S, amplitude=AMPLITUDE))
     finally:
         usb_lab.vm.detach(redir)
     # QEMU's pcap writer buffers: the detach (an unplug, more packets) pushes the tone's out
-    packets, with_sound = _iso_out_packets(pcap.read_bytes(), pcap_start)
-    loud, peak, gaps = _tone_stats(wav.read_bytes()[max(wav_start, 44) :])
-    record_property("iso_out_packets", packets)
+    completed, left = _iso_out_to_the_device(pcap.read_bytes(), pcap_start)
+    loud = sum(1 for v in left if v)
+    record_property("iso_out_completed", completed)
     record_property("iso_out_expected", TONE_S * 1000)
-    record_property("wav_gaps", gaps)
-    record_property("iso_out_with_sound", with_sound)
-    assert packets > 0, usb_lab.logs()
-    assert loud > 0, (
-        f"the tone never reached the device's speaker: {packets} iso OUT packets, {with_sound} carried sound"
-        f"\n{usb_lab.logs()}"
-    )
-    assert 1000 <= peak <= AMPLITUDE + 2, peak  # the VM's tone (at the device's volume), not noise
+    record_property("samples_with_sound", loud)
+    assert completed > 0 and loud > 0, f"no sound reached the device: {completed} iso OUT packets\n{usb_lab.logs()}"
+    peak = max(abs(v) for v in left)
+    assert 1000 <= peak <= AMPLITUDE, peak  # the VM's tone, not noise
