@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from redirgate.proto.usbredir import filter as usbfilter
@@ -87,13 +86,6 @@ _CLEAR_HALT = -1
 HostEvent = m.Message | AdapterEvent
 
 
-@dataclass(slots=True)
-class _Transfer:
-    msg: m.DataMessage
-    #: the guest has its reply (from a cancel, a reset, an unplug...)
-    answered: bool = False
-
-
 class HostState(StreamsPart, SettingsPart):
     """The host side of one usbredir connection (see the module docstring).
 
@@ -123,7 +115,10 @@ class HostState(StreamsPart, SettingsPart):
         self._endpoints: dict[int, Endpoint] = {}
         self._interfaces: frozenset[int] = frozenset()
         #: transfer handle -> transfer, until its TransferDone or the release
-        self._transfers: dict[int, _Transfer] = {}
+        self._transfers: dict[int, m.DataMessage] = {}
+        #: those of `_transfers` whose guest has its reply already (from a
+        #: cancel, a reset, an unplug...); a set, so a transfer is one dict entry
+        self._answered: set[int] = set()
         #: endpoint -> stream, and handle -> stream
         self._streams: dict[int, StreamEntry] = {}
         self._stream_handles: dict[int, StreamEntry] = {}
@@ -182,7 +177,7 @@ class HostState(StreamsPart, SettingsPart):
         self.reset_done = False
         handle = self._next_handle
         self._next_handle = handle + 1
-        self._transfers[handle] = _Transfer(msg)  # type: ignore[arg-type]  # a data request (its check is)
+        self._transfers[handle] = msg  # type: ignore[assignment]  # a data request (its check is)
         return handle
 
     def transfer_reply(self, event: TransferDone) -> m.DataMessage | None:
@@ -192,11 +187,10 @@ class HostState(StreamsPart, SettingsPart):
         operation waits); give it to `handle`."""
         if event.gone or self._operation is not None:
             return None
-        transfer = self._transfers.get(event.transfer)
-        if transfer is None or transfer.answered:
+        msg = self._transfers.get(event.transfer)
+        if msg is None or event.transfer in self._answered:
             return None
         del self._transfers[event.transfer]
-        msg = transfer.msg
         length = len(event.data) if event.length is None else event.length
         inbound = msg.requesttype & 0x80 if type(msg) is m.ControlPacket else msg.endpoint_address & 0x80
         return reply_for(msg, event.status, length, event.data if inbound else b"")
@@ -298,6 +292,7 @@ class HostState(StreamsPart, SettingsPart):
             self._operation = None
             self._answer_operation(operation, Status.IOERROR)
         self._transfers.clear()  # the adapter forgets them with the device
+        self._answered.clear()
         self.device = None
         self._endpoints = {}
         self._interfaces = frozenset()
@@ -309,13 +304,14 @@ class HostState(StreamsPart, SettingsPart):
     def _answer_transfers(self, status: Status, endpoints: frozenset[int] | None = None) -> None:
         """Answer every unanswered transfer (of `endpoints`, else all) with
         `status` and cancel it on the device."""
-        for handle, transfer in self._transfers.items():
-            if transfer.answered:
+        answered = self._answered
+        for handle, msg in self._transfers.items():
+            if handle in answered:
                 continue
-            if endpoints is not None and _endpoint_key(transfer.msg) not in endpoints:
+            if endpoints is not None and _endpoint_key(msg) not in endpoints:
                 continue
-            transfer.answered = True
-            self._send(reply_for(transfer.msg, status))
+            answered.add(handle)
+            self._send(reply_for(msg, status))
             self._out.append(CancelTransfer(handle))
 
     # Data requests: one check per packet type, in usbredirhost's order;
@@ -361,26 +357,26 @@ class HostState(StreamsPart, SettingsPart):
         self.reset_done = False
         handle = self._next_handle
         self._next_handle = handle + 1
-        self._transfers[handle] = _Transfer(msg)
+        self._transfers[handle] = msg
         self._out.append(SubmitTransfer(handle, msg))
 
     def _on_cancel(self, msg: m.CancelDataPacket) -> None:
         # the oldest unanswered transfer with that id (a guest reuses an id
         # only once it was cancelled); none: answered already, or no transfer
         for handle, transfer in self._transfers.items():
-            if not transfer.answered and transfer.msg.id == msg.id:
-                transfer.answered = True
-                self._send(reply_for(transfer.msg, Status.CANCELLED))
+            if transfer.id == msg.id and handle not in self._answered:
+                self._answered.add(handle)
+                self._send(reply_for(transfer, Status.CANCELLED))
                 self._out.append(CancelTransfer(handle))
                 return
 
     def _on_transfer_done(self, event: TransferDone) -> None:
-        transfer = self._transfers.pop(event.transfer, None)
-        if transfer is None:
+        msg = self._transfers.pop(event.transfer, None)
+        if msg is None:
             return  # its device was released
-        if not transfer.answered:
-            transfer.answered = True
-            msg = transfer.msg
+        if event.transfer in self._answered:
+            self._answered.discard(event.transfer)
+        else:
             if event.gone:
                 self._send(reply_for(msg, Status.IOERROR))
             else:

@@ -29,9 +29,6 @@ from redirgate.proto.usbredir.host_events import (
 )
 from redirgate.proto.usbredir.host_streams import Endpoint, StreamEntry, stream_status
 
-if TYPE_CHECKING:
-    from redirgate.proto.usbredir.host import _Transfer
-
 __all__ = ["NO_RESET_IDS", "OpKind", "Operation", "SettingsPart"]
 
 #: usbredirhost.c: devices that must not be reset (VID, PID)
@@ -69,7 +66,8 @@ class SettingsPart:
     alts: dict[int, int]
     _endpoints: dict[int, Endpoint]
     _interfaces: frozenset[int]
-    _transfers: dict[int, _Transfer]
+    _transfers: dict[int, m.DataMessage]
+    _answered: set[int]
     _streams: dict[int, StreamEntry]
     _operation: Operation | None
     _out: list[Action]
@@ -116,7 +114,7 @@ class SettingsPart:
 
     def _cancelled_out(self) -> bool:
         """A transfer the guest was answered for is still on the device."""
-        return any(t.answered for t in self._transfers.values())
+        return bool(self._answered)
 
     def _answer_operation(self, operation: Operation, status: int) -> None:
         """The guest's reply to an operation that failed (or whose device went)."""

@@ -502,8 +502,8 @@ def test_scenario_unplug_with_everything_in_flight() -> None:
 
 def _break_cancel(state: HostState, msg: m.CancelDataPacket) -> None:
     for handle, transfer in state._transfers.items():
-        if transfer.msg.id == msg.id:  # forgets to mark it answered
-            state._send(host_module.reply_for(transfer.msg, Status.CANCELLED))
+        if transfer.id == msg.id:  # forgets to mark it answered
+            state._send(host_module.reply_for(transfer, Status.CANCELLED))
             state._out.append(CancelTransfer(handle))
             return
 
@@ -526,7 +526,7 @@ def _fast_reply_for_answered(mp: pytest.MonkeyPatch) -> None:
         if event.gone or self._operation is not None or transfer is None:
             return None
         del self._transfers[event.transfer]  # replies also when the guest was answered already
-        return host_module.reply_for(transfer.msg, event.status, len(event.data))
+        return host_module.reply_for(transfer, event.status, len(event.data))
 
     mp.setattr(HostState, "transfer_reply", broken)
 
