@@ -68,6 +68,7 @@ from redirgate.client.usb.transfers import in_buffer
 from redirgate.proto.usbredir import EndpointType, Status
 from redirgate.proto.usbredir import messages as m
 from redirgate.proto.usbredir.host import stream_status
+from redirgate.proto.usbredir.host_events import StreamRestarted
 
 if TYPE_CHECKING:
     from redirgate.client.usb.device import UsbDevice
@@ -147,8 +148,8 @@ async def run_in_stream(engine: HostEngine, stream: Stream) -> None:
 
 
 class _InStream:
-    """The state of one IN stream's task: the next packet id and the run of
-    failed transfers."""
+    """The state of one IN stream's task: the run of failed transfers (the
+    packet ids are the host state's, `HostState.stream_message`)."""
 
     def __init__(self, engine: HostEngine, stream: Stream, device: UsbDevice) -> None:
         self.engine = engine
@@ -156,14 +157,15 @@ class _InStream:
         self.device = device
         self.iso = stream.kind == EndpointType.ISO
         self.iso_ref = stream.capacity * stream.packet_size if self.iso else 0
-        self.counter = 0
         self.failures = 0
 
     def offer(self, status: int, data: m.Buffer) -> None:
-        """One packet to the guest, with the next id (a dropped one uses it up too)."""
+        """One packet to the guest, with the stream's next id from the host
+        state (a dropped one uses it up too)."""
         stream = self.stream
-        self.engine.offer_stream(stream, _packet(stream, self.counter, status, len(data), data), self.iso_ref)
-        self.counter += 1
+        message = self.engine.host.stream_message(stream.handle, status, data)
+        if message is not None:  # else stopped meanwhile
+            self.engine.offer_stream(stream, message, self.iso_ref)
 
     def current(self) -> bool:
         """Whether the stream still owns its endpoint (not stopped meanwhile)."""
@@ -252,7 +254,7 @@ class _InStream:
                 log.info("%s: stall on %#04x not cleared: %s", engine.peer, stream.endpoint, clear_exc)
                 engine.stream_stalled(stream)
                 return False
-            self.counter = 0
+            self.engine.feed_nowait(StreamRestarted(stream.handle))  # its ids start again
             return True
         self.offer(status, b"")
         self.failures += 1
@@ -276,14 +278,6 @@ def _iso_batch(engine: HostEngine, stream: Stream) -> int:
     if entry is None or engine.device is None:
         return 1
     return iso_batch_packets(entry[0].interval, engine.device.snapshot.speed, stream.capacity)
-
-
-def _packet(stream: Stream, counter: int, status: int, length: int, data: m.Buffer) -> m.Message:
-    if stream.kind == EndpointType.ISO:
-        return m.IsoPacket(stream.endpoint, status, length, id=counter, data=data)
-    if stream.kind == EndpointType.INTERRUPT:
-        return m.InterruptPacket(stream.endpoint, status, length, id=counter, data=data)
-    return m.BufferedBulkPacket(0, length, stream.endpoint, status, id=counter, data=data)
 
 
 async def run_iso_out_stream(engine: HostEngine, stream: Stream) -> None:

@@ -41,6 +41,7 @@ __all__ = [
     "StartStream",
     "StopStream",
     "StreamPacket",
+    "StreamRestarted",
     "StreamStalled",
     "SubmitTransfer",
     "TransferDone",
@@ -114,6 +115,14 @@ class StreamPacket:
 
 
 @dataclass(slots=True)
+class StreamRestarted:
+    """The adapter cleared a halt on an IN stream and goes on reading: its
+    packet ids start again at 0, as usbredirhost's re-allocated stream does."""
+
+    stream: int
+
+
+@dataclass(slots=True)
 class StreamStalled:
     """A stream stopped on a halt the adapter could not clear."""
 
@@ -132,7 +141,7 @@ class OperationDone:
     gone: bool = False
 
 
-AdapterEvent = DeviceReady | DeviceGone | TransferDone | StreamPacket | StreamStalled | OperationDone
+AdapterEvent = DeviceReady | DeviceGone | TransferDone | StreamPacket | StreamRestarted | StreamStalled | OperationDone
 
 
 # -------------------------------------------------------------- actions out

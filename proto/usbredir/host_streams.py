@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING
 
 from redirgate.proto.usbredir import messages as m
 from redirgate.proto.usbredir.constants import Cap, EndpointType, Status
-from redirgate.proto.usbredir.host_events import Action, IsoOut, StartStream, StopStream, StreamPacket, StreamStalled
+from redirgate.proto.usbredir.host_events import (
+    Action,
+    IsoOut,
+    StartStream,
+    StopStream,
+    StreamPacket,
+    StreamRestarted,
+    StreamStalled,
+)
 
 __all__ = ["INTERRUPT_TRANSFERS", "Endpoint", "StreamEntry", "StreamsPart", "stream_status"]
 
@@ -151,23 +159,36 @@ class StreamsPart:
             return
         self._out.append(IsoOut(stream.handle, msg.data))
 
-    def _on_stream_packet(self, event: StreamPacket) -> None:
-        stream = self._stream_handles.get(event.stream)
+    def stream_message(self, handle: int, status: int, data: m.Buffer = b"") -> m.Message | None:
+        """What `handle(StreamPacket(handle, status, data))` sends, without
+        the event and action objects (an adapter's path for every packet):
+        the packet with the stream's next id, or None when the stream was
+        stopped meanwhile (or is an OUT stream, which reads nothing)."""
+        stream = self._stream_handles.get(handle)
         if stream is None or stream.endpoint & 0x80 == 0:
-            return  # stopped meanwhile (or an OUT stream, which reads nothing)
+            return None
         msg_id = stream.next_id
-        stream.next_id += 1
-        data = event.data if event.status == Status.SUCCESS else b""
-        if stream.kind == EndpointType.ISO:
-            self._send(m.IsoPacket(stream.endpoint, event.status, len(data), id=msg_id, data=data))
-        elif stream.kind == EndpointType.INTERRUPT:
-            self._send(m.InterruptPacket(stream.endpoint, event.status, len(data), id=msg_id, data=data))
-        else:
-            self._send(
-                m.BufferedBulkPacket(
-                    stream_id=0, length=len(data), endpoint=stream.endpoint, status=event.status, id=msg_id, data=data
-                )
-            )
+        stream.next_id = msg_id + 1
+        if status:  # not Status.SUCCESS (0): no data
+            data = b""
+        kind = stream.kind
+        if kind is EndpointType.ISO:
+            return m.IsoPacket(stream.endpoint, status, len(data), id=msg_id, data=data)
+        if kind is EndpointType.INTERRUPT:
+            return m.InterruptPacket(stream.endpoint, status, len(data), id=msg_id, data=data)
+        return m.BufferedBulkPacket(
+            stream_id=0, length=len(data), endpoint=stream.endpoint, status=status, id=msg_id, data=data
+        )
+
+    def _on_stream_packet(self, event: StreamPacket) -> None:
+        message = self.stream_message(event.stream, event.status, event.data)
+        if message is not None:
+            self._send(message)
+
+    def _on_stream_restarted(self, event: StreamRestarted) -> None:
+        stream = self._stream_handles.get(event.stream)
+        if stream is not None:
+            stream.next_id = 0
 
     def _on_stream_stalled(self, event: StreamStalled) -> None:
         stream = self._stream_handles.pop(event.stream, None)

@@ -37,6 +37,7 @@ from redirgate.proto.usbredir.host_events import (
     StartStream,
     StopStream,
     StreamPacket,
+    StreamRestarted,
     StreamStalled,
     SubmitTransfer,
     TransferDone,
@@ -333,6 +334,12 @@ def test_streams_start_deliver_numbered_packets_and_stop(
     assert ids == [0, 1, 2]
     failed = only(state.handle(StreamPacket(begin.stream, Status.BABBLE, b"junk")))
     assert (failed.id, failed.status, bytes(failed.data)) == (3, Status.BABBLE, b"")  # type: ignore[attr-defined]
+    # a halt the adapter cleared: the ids start again, as usbredirhost's re-allocated stream's
+    assert state.handle(StreamRestarted(begin.stream)) == []
+    assert [only(state.handle(StreamPacket(begin.stream, Status.SUCCESS, b"c"))).id for _ in range(2)] == [0, 1]
+    # the adapter's path for every packet gives the same, without the objects
+    fast = state.stream_message(begin.stream, Status.SUCCESS, b"d")
+    assert fast is not None and (fast.id, bytes(fast.data)) == (2, b"d")  # type: ignore[attr-defined]
     stop = {
         EndpointType.ISO: m.StopIsoStream(endpoint, id=9),
         EndpointType.INTERRUPT: m.StopInterruptReceiving(endpoint, id=9),

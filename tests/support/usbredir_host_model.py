@@ -9,12 +9,12 @@
 - the adapter: it keeps the transfers, streams and the operation the state
   asked for, and completes them when told, with any status.
 
-Every step checks the state's promises (see proto/usbredir/host.py) and
-The model feeds the state as the engine does (`HostState.submit_request`
-and `transfer_reply` first, `handle` when they decline) and feeds a twin
-state the same events through `handle` alone: both must ask for the same
-actions, so the fast paths change nothing.
+The model feeds the state as the engine does (`HostState.submit_request`,
+`transfer_reply` and `stream_message` first, `handle` when they decline)
+and feeds a twin state the same events through `handle` alone: both must
+ask for the same actions, so the fast paths change nothing.
 
+Every step checks the state's promises (see proto/usbredir/host.py) and
 `finish()` checks the one that needs an end: once every transfer and
 operation came back, every request the guest sent that must be answered was
 answered exactly once.  `run_script(data)` drives a model from bytes (each
@@ -47,6 +47,7 @@ from redirgate.proto.usbredir.host_events import (
     StartStream,
     StopStream,
     StreamPacket,
+    StreamRestarted,
     StreamStalled,
     SubmitTransfer,
     TransferDone,
@@ -254,6 +255,9 @@ class HostModel:
     def stream_packet(self, handle: int, status: int = Status.SUCCESS, data: bytes = b"x") -> None:
         self._apply(self._feed(StreamPacket(handle, status, data)))
 
+    def stream_restarted(self, handle: int) -> None:
+        self._apply(self._feed(StreamRestarted(handle)))
+
     def stream_stalled(self, handle: int) -> None:
         self.streams.pop(handle, None)
         self._apply(self._feed(StreamStalled(handle)))
@@ -266,6 +270,9 @@ class HostModel:
         if isinstance(event, TransferDone):
             reply = self.state.transfer_reply(event)
             actions = [Send(reply)] if reply is not None else self.state.handle(event)
+        elif isinstance(event, StreamPacket):
+            packet = self.state.stream_message(event.stream, event.status, event.data)
+            actions = [Send(packet)] if packet is not None else []
         else:
             handle = self.state.submit_request(event) if isinstance(event, m.Message) else 0
             if handle:
@@ -481,8 +488,11 @@ def _step(model: HostModel, source: _Bytes) -> None:
     elif step in (17, 29):
         handle = _pick(source, list(model.streams))
         if handle is not None:
-            if source.take(6) == 0:
+            choice = source.take(12)
+            if choice == 0:
                 model.stream_stalled(handle)
+            elif choice == 1:
+                model.stream_restarted(handle)
             else:
                 model.stream_packet(handle, _STATUSES[source.take(len(_STATUSES))], bytes(source.take(64)))
     elif step == 18:
