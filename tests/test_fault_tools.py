@@ -101,9 +101,9 @@ async def test_a_paused_proxy_delivers_nothing_then_everything_in_order() -> Non
 
 
 async def until_dropped(pair: NetnsPair, count: int) -> None:
-    """Poll the nft counter (a subprocess each time, so not at `until`'s pace)."""
-    while pair.dropped() < count:  # noqa: ASYNC110 -- a kernel counter: no event announces it
-        await trio.sleep(0.05)
+    """Poll the nft counter (a kernel counter: no event announces it; a subprocess each read, so not at
+    `until`'s default pace)."""
+    await until(lambda: pair.dropped() >= count, f"{count} packets dropped by nft", poll_s=0.05)
 
 
 @pytest.mark.trio_timeout(120)

@@ -20,13 +20,14 @@ building this.  Also meant for ``bench/``: nothing here asserts.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import os
 import re
 import shlex
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from redirgate.cli.guestvm.hostroot import HostRootGuest, start_hostroot_guest
@@ -352,6 +353,15 @@ class ThinClient:
             script += _wait_usb_script(gadget.vendor_id, gadget.product_id, gadget.serial) + 'echo "$found"\n'
         self.plugged[gadget.name] = gadget
         return self.run(script).strip()
+
+    @contextlib.contextmanager
+    def plugged_in(self, gadget: Gadget) -> Iterator[str]:
+        """The gadget created and plugged for a `with` block (its sysfs name), removed after it, also on failure."""
+        name = self.plug(gadget)
+        try:
+            yield name
+        finally:
+            self.remove(gadget)
 
     def unplug(self, gadget: Gadget, *, wait: bool = True) -> None:
         """Clear the UDC (the host sees the device leave); waits until sysfs forgot it."""

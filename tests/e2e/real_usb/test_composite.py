@@ -51,11 +51,8 @@ def composite(usb_lab: UsbLab) -> Iterator[Gadget]:
         serial="composite-1",
         device_class=(0xEF, 2, 1),
     )
-    usb_lab.thin.plug(gadget)
-    try:
+    with usb_lab.thin.plugged_in(gadget):
         yield gadget
-    finally:
-        usb_lab.thin.remove(gadget)
 
 
 @pytest.mark.system

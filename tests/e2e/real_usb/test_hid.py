@@ -19,11 +19,8 @@ EXPECTED = [(30, 1), (30, 0), (48, 1), (48, 0)]
 @pytest.fixture
 def keyboard(usb_lab: UsbLab) -> Iterator[Gadget]:
     gadget = Gadget("kbd", *KBD, "lab keyboard", [hid_keyboard()], serial="kbd-1")
-    usb_lab.thin.plug(gadget)
-    try:
+    with usb_lab.thin.plugged_in(gadget):
         yield gadget
-    finally:
-        usb_lab.thin.remove(gadget)
 
 
 @pytest.mark.system

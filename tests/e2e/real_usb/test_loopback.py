@@ -44,11 +44,8 @@ for size, ask in {cases}:
 def loop_gadget(usb_lab: UsbLab) -> Iterator[Gadget]:
     # 512-byte requests: every OUT packet (full or short) completes one and comes back as one IN transfer.
     gadget = Gadget("loop", *LOOP, "lab loopback", [loopback(buflen=512)], serial="loop-1")
-    usb_lab.thin.plug(gadget)
-    try:
+    with usb_lab.thin.plugged_in(gadget):
         yield gadget
-    finally:
-        usb_lab.thin.remove(gadget)
 
 
 @pytest.mark.system

@@ -28,11 +28,8 @@ def stick(usb_lab: UsbLab) -> Iterator[tuple[Gadget, str]]:
     folder = usb_lab.thin.guest.share_dir("stick")
     image = make_fat_image(folder / "stick.img", FILES)
     gadget = Gadget("stick", *STICK, "lab stick", [mass_storage(image)], serial="stick-1")
-    name = usb_lab.thin.plug(gadget)
-    try:
+    with usb_lab.thin.plugged_in(gadget) as name:
         yield gadget, name
-    finally:
-        usb_lab.thin.remove(gadget)
 
 
 def _vm_mount_script(flag_dir: str, mnt: str) -> str:

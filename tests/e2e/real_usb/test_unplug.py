@@ -54,11 +54,8 @@ def stick(usb_lab: UsbLab) -> Iterator[Gadget]:
     folder = usb_lab.thin.guest.share_dir("unplug")
     image = make_fat_image(folder / "stick.img", {"data.bin": DATA})
     gadget = Gadget("stick", *STICK, "lab stick", [mass_storage(image)], serial="stick-unplug")
-    usb_lab.thin.plug(gadget)
-    try:
+    with usb_lab.thin.plugged_in(gadget):
         yield gadget
-    finally:
-        usb_lab.thin.remove(gadget)
 
 
 @pytest.mark.system
