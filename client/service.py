@@ -73,9 +73,9 @@ class ClientService:
             log.warning("reload: export.virtual changed; emulated devices change on the next restart")
         assert self.ports.serial is not None and self.ports.parallel is not None
         port_changes = self.ports.serial.reload(config.serial) + self.ports.parallel.reload(config.parallel)
-        changes += port_changes
+        changes += [str(change) for change in port_changes]
         # a VM's channel to a port that is no longer exported (or is now another port) ends with it
-        stopped = {change.rsplit(" ", 1)[0] for change in port_changes if not change.endswith(" added")}
+        stopped = {change.name for change in port_changes if change.stopped}
         self.client.end_channels(stopped, "its export was removed or changed by a reload of the client's config")
         # certificates are read again even when their paths stayed (a renewal)
         self.client.context = client_context(config.cert, config.key, config.ca, config.server_name)

@@ -12,14 +12,31 @@ the client's trio loop.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
 
 import trio
 
-__all__ = ["ServiceSet"]
+__all__ = ["PortChange", "ServiceSet"]
 
 E = TypeVar("E")  # an export dataclass with a .name
 S = TypeVar("S")  # its service
+
+
+@dataclass(frozen=True)
+class PortChange:
+    """What a reload did to one export (`name`, or the device id its caller prefixes)."""
+
+    name: str
+    verb: Literal["removed", "changed", "added"]
+
+    @property
+    def stopped(self) -> bool:
+        """Its old service stopped (removed, or changed and started anew)."""
+        return self.verb != "added"
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.verb}"
 
 
 class ServiceSet(Generic[E, S]):
@@ -48,24 +65,25 @@ class ServiceSet(Generic[E, S]):
 
         self._nursery.start_soon(keep)
 
-    def reload(self, exports: Sequence[E]) -> list[str]:
-        """Apply a new list of exports; returns what changed ("NAME removed|changed|added")."""
+    def reload(self, exports: Sequence[E]) -> list[PortChange]:
+        """Apply a new list of exports; returns what changed."""
         wanted = {_name(e): e for e in exports}
-        changes: list[str] = []
+        changes: list[PortChange] = []
         for name in list(self.exports):
             if name not in wanted or wanted[name] != self.exports[name]:
                 scope = self._scopes.pop(name, None)
                 if scope is not None:
                     scope.cancel()
                 del self.exports[name], self.services[name]
-                changes.append(f"{name} {'removed' if name not in wanted else 'changed'}")
+                changes.append(PortChange(name, "removed" if name not in wanted else "changed"))
+        stopped = {change.name for change in changes}
         for name, export in wanted.items():
             if name not in self.exports:
                 self.exports[name], self.services[name] = export, self._make(export)
                 if self._nursery is not None:
                     self._start(name)
-                if not any(c.startswith(f"{name} ") for c in changes):
-                    changes.append(f"{name} added")
+                if name not in stopped:
+                    changes.append(PortChange(name, "added"))
         return changes
 
 

@@ -26,7 +26,7 @@ from redirgate.client.export_tables import export_tables, ring_bytes
 from redirgate.client.parallel.errors import ParallelError
 from redirgate.client.parallel.serve import serve_parallel_stream
 from redirgate.client.parallel.service import DEFAULT_QUEUE_BYTES, PrinterService
-from redirgate.client.service_set import ServiceSet
+from redirgate.client.service_set import PortChange, ServiceSet
 from redirgate.proto.tunnel import DeviceEntry, DeviceKind, OpenChannel
 
 __all__ = ["PREFIX", "ParallelExport", "ParallelExports", "parse_parallel_tables"]
@@ -57,9 +57,9 @@ class ParallelExports:
     def services(self) -> dict[str, PrinterService]:
         return self.ports.services
 
-    def reload(self, exports: Sequence[ParallelExport]) -> list[str]:
+    def reload(self, exports: Sequence[ParallelExport]) -> list[PortChange]:
         """Ports removed or changed stop, new ones start; the others are not touched."""
-        return [f"{PREFIX}{change}" for change in self.ports.reload(exports)]
+        return [PortChange(f"{PREFIX}{change.name}", change.verb) for change in self.ports.reload(exports)]
 
     def entries(self) -> list[DeviceEntry]:
         return [

@@ -21,7 +21,7 @@ from redirgate.client.serial.selector import PortSelector
 from redirgate.client.serial.serve import serve_serial_stream
 from redirgate.client.serial.service import PortService
 from redirgate.client.serial.settings import LineSettings
-from redirgate.client.service_set import ServiceSet
+from redirgate.client.service_set import PortChange, ServiceSet
 from redirgate.proto.tunnel import DeviceEntry, DeviceKind, OpenChannel
 
 __all__ = ["SerialExport", "SerialExports"]
@@ -52,9 +52,9 @@ class SerialExports:
     def services(self) -> dict[str, PortService]:
         return self.ports.services
 
-    def reload(self, exports: Sequence[SerialExport]) -> list[str]:
+    def reload(self, exports: Sequence[SerialExport]) -> list[PortChange]:
         """Ports removed or changed stop, new ones start; the others are not touched."""
-        return [f"serial:{change}" for change in self.ports.reload(exports)]
+        return [PortChange(f"serial:{change.name}", change.verb) for change in self.ports.reload(exports)]
 
     def entries(self) -> list[DeviceEntry]:
         return [
