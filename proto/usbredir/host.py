@@ -34,11 +34,12 @@ construction and checked by the property tests:
   ack.  A device is announced (interface_info, ep_info, device_connect)
   only after the guest's hello, and only if the guest's filter allows it.
 
-The state is one class in three modules: this one (events in and out,
+The state is one class in four modules: this one (events in and out,
 device life, transfers, the guest's hello, filter and cancels),
-`host_streams` (iso, interrupt and bulk receiving streams) and
+`host_streams` (iso, interrupt and bulk receiving streams),
 `host_settings` (configuration, alt setting, reset and the blocking
-operations); `HostState` inherits the other two parts' handlers.
+operations) and `host_bulk_streams` (USB 3 bulk streams: alloc, free, the
+streams each endpoint has); `HostState` inherits the other parts' handlers.
 
 Adapter contract: every `SubmitTransfer` gets one `TransferDone` (a cancelled
 one too) until the device is released - completions for a released device's
@@ -56,8 +57,10 @@ from typing import Any
 
 from redirgate.proto.usbredir import filter as usbfilter
 from redirgate.proto.usbredir import messages as m
+from redirgate.proto.usbredir.connection import verified_caps
 from redirgate.proto.usbredir.constants import Cap, EndpointType, Status, slot_endpoint
 from redirgate.proto.usbredir.errors import LocalProtocolError
+from redirgate.proto.usbredir.host_bulk_streams import BulkStreamsPart
 from redirgate.proto.usbredir.host_events import (
     Action,
     AdapterEvent,
@@ -87,7 +90,7 @@ _CLEAR_HALT = -1
 HostEvent = m.Message | AdapterEvent
 
 
-class HostState(StreamsPart, SettingsPart):
+class HostState(StreamsPart, SettingsPart, BulkStreamsPart):
     """The host side of one usbredir connection (see the module docstring).
 
     `caps` are the capabilities our hello offers.  One device at a time: a
@@ -123,6 +126,8 @@ class HostState(StreamsPart, SettingsPart):
         #: endpoint -> stream, and handle -> stream
         self._streams: dict[int, StreamEntry] = {}
         self._stream_handles: dict[int, StreamEntry] = {}
+        #: bulk endpoint -> USB 3 bulk streams allocated on it (host_bulk_streams)
+        self._bulk_streams: dict[int, int] = {}
         self._operation: Operation | None = None
         #: guest messages that arrived while an operation was out
         self._deferred: list[m.Message] = []
@@ -294,6 +299,7 @@ class HostState(StreamsPart, SettingsPart):
             self._answer_operation(operation, Status.IOERROR)
         self._transfers.clear()  # the adapter forgets them with the device
         self._answered.clear()
+        self._bulk_streams.clear()
         self.device = None
         self._endpoints = {}
         self._interfaces = frozenset()
@@ -333,8 +339,10 @@ class HostState(StreamsPart, SettingsPart):
         if self.disconnected:
             return Status.IOERROR
         entry = self._endpoints.get(msg.endpoint)
-        if entry is None or entry.type != EndpointType.BULK or msg.stream_id:
-            return Status.INVAL  # the wrong type, or a bulk stream (not offered)
+        if entry is None or entry.type != EndpointType.BULK:
+            return Status.INVAL
+        if msg.stream_id and msg.stream_id > self._bulk_streams.get(msg.endpoint, 0):
+            return Status.INVAL  # a stream the endpoint does not have (none without the cap)
         return None
 
     def _check_interrupt(self, msg: m.InterruptPacket) -> int | None:
@@ -399,7 +407,8 @@ class HostState(StreamsPart, SettingsPart):
         if self.have_peer_hello:
             return
         self.have_peer_hello = True
-        self.shared_caps = self.caps & msg.caps
+        # as the connection keeps them (bulk streams need ep_info_max_packet_size)
+        self.shared_caps = self.caps & verified_caps(msg.caps)
         self._maybe_announce()
 
     def _on_filter_reject(self, msg: m.FilterReject) -> None:
@@ -421,18 +430,6 @@ class HostState(StreamsPart, SettingsPart):
             return  # usbredirhost logs it and goes on
         self.wait_ack = False
         self._maybe_announce()
-
-    # A guest may send a request whose answer needs a cap it did not offer
-    # (its parser checks only ours); the guest's parser would refuse the
-    # answer, so usbredirparser does not send it, and neither do we.
-    def _on_alloc_streams(self, msg: m.AllocBulkStreams) -> None:
-        # refused: pyusb has no bulk streams (`caps` should not offer them)
-        if Cap.BULK_STREAMS in self.shared_caps:
-            self._send(m.BulkStreamsStatus(msg.endpoints, msg.no_streams, Status.IOERROR, id=msg.id))
-
-    def _on_free_streams(self, msg: m.FreeBulkStreams) -> None:
-        if Cap.BULK_STREAMS in self.shared_caps:
-            self._send(m.BulkStreamsStatus(msg.endpoints, 0, Status.IOERROR, id=msg.id))
 
     # ---------------------------------------------------------- device gone
     def _on_device_gone(self, event: DeviceGone) -> None:

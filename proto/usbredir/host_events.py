@@ -9,7 +9,7 @@ stream read (`StreamPacket`), a stream that stalled for good
 Actions out: messages for the guest (`Send`), transfers to submit and to
 cancel, streams to start and stop, iso OUT packets for a stream, blocking
 operations for a worker thread (`ClearHalt`, `ChangeConfiguration`,
-`ChangeAltSetting`, `ResetDevice`), and the device to let go of
+`ChangeAltSetting`, `ResetDevice`, `AllocStreams`, `FreeStreams`), and the device to let go of
 (`ReleaseDevice`).  Transfers, streams and operations are named by handles
 the state hands out (increasing ints, never reused), not by the guest's ids:
 a guest may reuse an id once it was cancelled.
@@ -26,6 +26,7 @@ from redirgate.proto.usbredir.errors import LocalProtocolError
 __all__ = [
     "Action",
     "AdapterEvent",
+    "AllocStreams",
     "CancelTransfer",
     "ChangeAltSetting",
     "ChangeConfiguration",
@@ -33,6 +34,7 @@ __all__ = [
     "DeviceDescription",
     "DeviceGone",
     "DeviceReady",
+    "FreeStreams",
     "IsoOut",
     "OperationDone",
     "ReleaseDevice",
@@ -236,6 +238,26 @@ class ResetDevice:
 
 
 @dataclass(slots=True)
+class AllocStreams:
+    """Allocate `streams` bulk streams (ids 1..`streams`) on each of
+    `endpoints` (libusb_alloc_streams); answer with `OperationDone`, whose
+    status is not SUCCESS when fewer were allocated (usbredirhost: ioerror)."""
+
+    operation: int
+    endpoints: tuple[int, ...]
+    streams: int
+
+
+@dataclass(slots=True)
+class FreeStreams:
+    """Free the bulk streams of `endpoints` (libusb_free_streams); answer
+    with `OperationDone`."""
+
+    operation: int
+    endpoints: tuple[int, ...]
+
+
+@dataclass(slots=True)
 class ReleaseDevice:
     """Let go of the device (once per `DeviceReady`); transfers still out are
     forgotten.  `rejected`: the guest refused it, do not offer it again."""
@@ -255,5 +277,7 @@ Action = (
     | ChangeConfiguration
     | ChangeAltSetting
     | ResetDevice
+    | AllocStreams
+    | FreeStreams
     | ReleaseDevice
 )

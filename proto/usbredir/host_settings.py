@@ -42,6 +42,8 @@ class OpKind(Enum):
     CONFIGURATION = "set configuration"
     ALT_SETTING = "set alt setting"
     RESET = "reset"
+    ALLOC_STREAMS = "alloc bulk streams"
+    FREE_STREAMS = "free bulk streams"
 
 
 @dataclass(slots=True)
@@ -73,6 +75,12 @@ class SettingsPart:
     _out: list[Action]
 
     if TYPE_CHECKING:
+
+        def _streams_action(self, operation: Operation) -> Action: ...
+
+        def _streams_done(self, msg: m.Message, status: int) -> None: ...
+
+        def _forget_bulk_streams(self, endpoints: frozenset[int] | None = None) -> None: ...
 
         def _handle(self) -> int: ...
 
@@ -109,8 +117,10 @@ class SettingsPart:
             self._out.append(ChangeConfiguration(operation.handle, msg.configuration))
         elif isinstance(msg, m.SetAltSetting):
             self._out.append(ChangeAltSetting(operation.handle, msg.interface, msg.alt))
-        else:
+        elif isinstance(msg, m.Reset):
             self._out.append(ResetDevice(operation.handle))
+        else:
+            self._out.append(self._streams_action(operation))
 
     def _cancelled_out(self) -> bool:
         """A transfer the guest was answered for is still on the device."""
@@ -127,6 +137,10 @@ class SettingsPart:
         elif isinstance(msg, m.SetAltSetting):
             alt = self.alts.get(msg.interface, 0) if self.device is not None else 0xFF
             self._send(m.AltSettingStatus(status, msg.interface, alt, id=msg.id))
+        elif isinstance(msg, m.AllocBulkStreams):
+            self._send(m.BulkStreamsStatus(msg.endpoints, msg.no_streams, status, id=msg.id))
+        elif isinstance(msg, m.FreeBulkStreams):
+            self._send(m.BulkStreamsStatus(msg.endpoints, 0, status, id=msg.id))
 
     def _on_operation_done(self, event: OperationDone) -> None:
         operation = self._operation
@@ -140,6 +154,8 @@ class SettingsPart:
             return
         if operation.kind is OpKind.CLEAR_HALT:
             self._answer_operation(operation, event.status)
+        elif operation.kind in (OpKind.ALLOC_STREAMS, OpKind.FREE_STREAMS):
+            self._streams_done(msg, event.status)
         elif operation.kind is OpKind.RESET:
             if event.status != Status.SUCCESS:
                 self._lose_device("reset failed")
@@ -179,6 +195,7 @@ class SettingsPart:
         for stream in list(self._streams.values()):
             self._stop_stream(stream)
         self._answer_transfers(Status.CANCELLED)
+        self._forget_bulk_streams()  # released interfaces free their endpoints' streams
         self._start_operation(OpKind.CONFIGURATION, msg)
 
     def _on_get_configuration(self, msg: m.GetConfiguration) -> None:
@@ -199,6 +216,7 @@ class SettingsPart:
             if stream.endpoint in mine:
                 self._stop_stream(stream)
         self._answer_transfers(Status.CANCELLED, mine)
+        self._forget_bulk_streams(mine)
         self._start_operation(OpKind.ALT_SETTING, msg)
 
     def _on_get_alt(self, msg: m.GetAltSetting) -> None:
@@ -221,4 +239,5 @@ class SettingsPart:
         if (connect.vendor_id, connect.product_id) in NO_RESET_IDS:
             self.reset_done = True
             return
+        self._forget_bulk_streams()  # a reset frees every stream (the guest allocates them again)
         self._start_operation(OpKind.RESET, msg)

@@ -136,7 +136,7 @@ class StreamsPart:
 
     def _on_start_bulk_receiving(self, msg: m.StartBulkReceiving) -> None:
         if Cap.BULK_RECEIVING not in self.shared_caps:
-            return  # no answer can be sent (see _on_alloc_streams)
+            return  # no answer can be sent (see BulkStreamsPart._on_alloc_streams)
         self._start_stream(EndpointType.BULK, msg.endpoint, msg.id, 1, msg.no_transfers, msg.bytes_per_transfer)
 
     def _on_stop_bulk_receiving(self, msg: m.StopBulkReceiving) -> None:

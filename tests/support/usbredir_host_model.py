@@ -32,6 +32,7 @@ from redirgate.proto.usbredir import messages as m
 from redirgate.proto.usbredir.host import NO_RESET_IDS, HostEvent, HostState
 from redirgate.proto.usbredir.host_events import (
     Action,
+    AllocStreams,
     CancelTransfer,
     ChangeAltSetting,
     ChangeConfiguration,
@@ -39,6 +40,7 @@ from redirgate.proto.usbredir.host_events import (
     DeviceDescription,
     DeviceGone,
     DeviceReady,
+    FreeStreams,
     IsoOut,
     OperationDone,
     ReleaseDevice,
@@ -55,7 +57,8 @@ from redirgate.proto.usbredir.host_events import (
 
 __all__ = ["HOST_CAPS", "STICK", "HostModel", "ModelError", "describe", "run_script"]
 
-HOST_CAPS = Cap.all_known() & ~Cap.BULK_STREAMS
+#: what the client's engine offers
+HOST_CAPS = Cap.all_known()
 
 #: endpoint address -> (type, interface, alt it exists in (None: every alt), max packet size)
 _ENDPOINTS = {
@@ -159,6 +162,8 @@ class HostModel:
         self.transfers: dict[int, tuple[m.DataMessage, bool]] = {}
         self.streams: dict[int, StartStream] = {}
         self.operation: Action | None = None
+        #: bulk endpoint -> streams the device has (what the adapter's allocs and frees left)
+        self.bulk_streams: dict[int, int] = {}
         self.device: _Device | None = None
         self.released: list[ReleaseDevice] = []
         #: what the guest was told: a device is attached; an ack is owed
@@ -242,7 +247,13 @@ class HostModel:
         self.operation = None
         description = None
         if self.device is not None and status == Status.SUCCESS and not gone:
-            if isinstance(operation, ChangeConfiguration):
+            if isinstance(operation, AllocStreams):
+                for endpoint in operation.endpoints:
+                    self.bulk_streams[endpoint] = operation.streams
+            elif isinstance(operation, FreeStreams):
+                for endpoint in operation.endpoints:
+                    self.bulk_streams.pop(endpoint, None)
+            elif isinstance(operation, ChangeConfiguration):
                 self.device.configuration = operation.configuration
                 self.device.alts = {}
             elif isinstance(operation, ChangeAltSetting):
@@ -294,14 +305,27 @@ class HostModel:
                     raise ModelError(f"transfer {action.transfer} submitted twice, or without a device")
                 if bytes(action.message.data) != self.payloads.get(action.message.id):
                     raise ModelError(f"transfer {action.transfer} carries other data than the guest sent")
+                msg = action.message
+                if isinstance(msg, m.BulkPacket) and msg.stream_id > self.bulk_streams.get(msg.endpoint, 0):
+                    raise ModelError(f"transfer {action.transfer} on stream {msg.stream_id}, which the device lacks")
                 self.transfers[action.transfer] = (action.message, False)
             elif isinstance(action, CancelTransfer):
                 if action.transfer not in self.transfers:
                     raise ModelError(f"cancel of transfer {action.transfer}, which is not out")
                 self.transfers[action.transfer] = (self.transfers[action.transfer][0], True)
-            elif isinstance(action, (ClearHalt, ChangeConfiguration, ChangeAltSetting, ResetDevice)):
+            elif isinstance(
+                action, (ClearHalt, ChangeConfiguration, ChangeAltSetting, ResetDevice, AllocStreams, FreeStreams)
+            ):
                 if self.operation is not None or self.device is None:
                     raise ModelError(f"{action} while {self.operation} is out, or without a device")
+                if isinstance(action, FreeStreams) and not all(self.bulk_streams.get(e) for e in action.endpoints):
+                    raise ModelError(f"{action} frees streams the device does not have")
+                if isinstance(action, (ResetDevice, ChangeConfiguration)):
+                    self.bulk_streams.clear()  # the kernel frees them with the interfaces
+                elif isinstance(action, ChangeAltSetting):
+                    for endpoint, (_, number, _, _) in _ENDPOINTS.items():
+                        if number == action.interface:
+                            self.bulk_streams.pop(endpoint, None)
                 if not isinstance(action, ClearHalt) and any(c for _, c in self.transfers.values()):
                     raise ModelError(f"{action} issued while cancelled transfers are still out")
                 if isinstance(action, ResetDevice) and self.device.ids in NO_RESET_IDS:
@@ -323,6 +347,7 @@ class HostModel:
                     raise ModelError("release without a device")
                 self.released.append(action)
                 self.device = None
+                self.bulk_streams.clear()
                 self.transfers.clear()
                 self.streams.clear()
                 self.operation = None
@@ -408,7 +433,7 @@ def run_script(data: bytes) -> HostModel:
     """Drive a model by `data` (byte 0: the guest's caps; then one step per
     byte or two) and check every promise, the final ones included."""
     source = _Bytes(data)
-    model = HostModel(Cap(source.take(256)) & ~Cap.BULK_STREAMS)
+    model = HostModel(Cap(source.take(256)))
     while source:
         _step(model, source)
     model.finish()
@@ -443,7 +468,7 @@ def _step(model: HostModel, source: _Bytes) -> None:
     elif step == 4:
         length = source.take(600)
         data = b"" if ep & 0x80 else bytes(length)
-        model.send(m.BulkPacket(ep, 0, length, source.take(3) // 2, data=data))
+        model.send(m.BulkPacket(ep, 0, length, source.take(8) // 3, data=data))
     elif step == 5:
         length = source.take(12)
         model.send(m.InterruptPacket(ep & 0x7F, 0, length, data=bytes(length)))
@@ -507,9 +532,11 @@ def _step(model: HostModel, source: _Bytes) -> None:
         if model.ack_owed:  # a spurious ack may cross a disconnect: only a correct guest's here
             model.send(m.DeviceDisconnectAck())
     elif step == 22:
+        # the bulk pair (slots 2 and 17), its IN endpoint, or the control endpoint and slot 1
+        mask = (0x20004, 0x20000, 0x3)[source.take(3)]
         if source.take(2):
-            model.send(m.AllocBulkStreams(0x3, 4))
+            model.send(m.AllocBulkStreams(mask, source.take(4)))
         else:
-            model.send(m.FreeBulkStreams(0x3))
+            model.send(m.FreeBulkStreams(mask))
     else:
         model.deliver_hello()
