@@ -41,6 +41,7 @@ import trio
 import usb.backend.libusb1 as libusb1
 import usb.core
 
+from redirgate.client.usb import bulk_streams
 from redirgate.proto.usbredir import Status
 
 __all__ = [
@@ -329,6 +330,7 @@ class Transfer:
         iso_packets: int = 0,
         packet_size: int = 0,
         owner: object = None,
+        stream_id: int = 0,
     ) -> None:
         self.aio = aio
         self.owner = owner
@@ -358,6 +360,8 @@ class Transfer:
         t.num_iso_packets = iso_packets
         if iso_packets:
             lib.libusb_set_iso_packet_lengths(self.ptr, packet_size)
+        if stream_id:  # a USB 3 bulk stream (client/usb/bulk_streams.py)
+            bulk_streams.mark_stream(self.ptr, stream_id)
 
     def set_iso_lengths(self, lengths: list[int]) -> None:
         """Each iso packet's own length (packet i sits at offset i * packet_size of the buffer)."""

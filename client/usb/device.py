@@ -127,6 +127,7 @@ class UsbDevice:
         *,
         iso_packets: int = 0,
         packet_size: int = 0,
+        stream_id: int = 0,
     ) -> aio.Transfer:
         """Submit one asynchronous transfer over `buffer` (only with `aio`); wait with ``transfer.done``."""
         assert self.aio is not None
@@ -141,6 +142,7 @@ class UsbDevice:
             iso_packets=iso_packets,
             packet_size=packet_size,
             owner=self,
+            stream_id=stream_id,
         )
         transfer.submit()
         return transfer

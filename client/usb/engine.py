@@ -7,8 +7,8 @@ flight; when a device is announced.  This engine is its trio adapter: it
 feeds it the guest's parsed messages and what happens to the device, and
 carries out the actions it returns - messages to the Outbox, transfers to
 the per-endpoint queues (transfers.py), streams to their tasks (streams.py),
-blocking operations (clear halt, set configuration, set alt setting, reset)
-in worker threads.
+blocking operations (clear halt, set configuration, set alt setting, reset,
+USB 3 bulk stream alloc/free through bulk_streams.py) in worker threads.
 
 Task layout (one nursery per connection):
     reader   parses the guest's bytes and feeds them to the state; while
@@ -39,6 +39,7 @@ from typing import Protocol
 
 import trio
 
+from redirgate.client.usb import bulk_streams
 from redirgate.client.usb import streams as st
 from redirgate.client.usb.descriptors import EndpointDesc
 from redirgate.client.usb.device import UsbDevice
@@ -59,6 +60,7 @@ from redirgate.proto.usbredir import messages as m
 from redirgate.proto.usbredir.host import NO_RESET_IDS, HostEvent, HostState
 from redirgate.proto.usbredir.host_events import (
     Action,
+    AllocStreams,
     CancelTransfer,
     ChangeAltSetting,
     ChangeConfiguration,
@@ -66,6 +68,7 @@ from redirgate.proto.usbredir.host_events import (
     DeviceDescription,
     DeviceGone,
     DeviceReady,
+    FreeStreams,
     IsoOut,
     OperationDone,
     ReleaseDevice,
@@ -83,8 +86,9 @@ __all__ = ["HOST_CAPS", "NO_RESET_IDS", "DeviceSource", "HostEngine"]
 
 log = logging.getLogger(__name__)
 
-#: Everything but bulk streams, which pyusb cannot drive (protocol ref §2.2).
-HOST_CAPS = Cap.all_known() & ~Cap.BULK_STREAMS
+#: Every capability, bulk streams included (driven through libusb, bulk_streams.py),
+#: as usbredirhost offers them on a libusb that has streams.
+HOST_CAPS = Cap.all_known()
 RECEIVE_BYTES = 256 * 1024
 #: how often an announced device is looked for on the bus: an idle device's
 #: unplug fails no transfer (usbredirect learns it from libusb hotplug)
@@ -92,7 +96,8 @@ PRESENCE_INTERVAL_S = 0.5
 #: iso OUT drops are logged at most this often (each line says how many since the last)
 DROP_LOG_INTERVAL_S = 10.0
 
-Operation = ClearHalt | ChangeConfiguration | ChangeAltSetting | ResetDevice
+Operation = ClearHalt | ChangeConfiguration | ChangeAltSetting | ResetDevice | AllocStreams | FreeStreams
+_OPERATIONS = (ClearHalt, ChangeConfiguration, ChangeAltSetting, ResetDevice, AllocStreams, FreeStreams)
 
 
 class DeviceSource(Protocol):
@@ -294,7 +299,7 @@ class HostEngine:
                 self._count_iso_out_drop(stream.endpoint)
         elif isinstance(action, ReleaseDevice):
             self._release(action)
-        elif isinstance(action, (ClearHalt, ChangeConfiguration, ChangeAltSetting, ResetDevice)):
+        elif isinstance(action, _OPERATIONS):
             self._operation = action  # for the reader (`_run_operations`)
         else:
             raise AssertionError(f"unknown action {action!r}")
@@ -378,7 +383,8 @@ class HostEngine:
             snap.product_id,
             snap.bcd_device,
         )
-        return DeviceDescription(connect, snap.active_config, snap.interface_info(alts), snap.ep_info(alts))
+        endpoints = bulk_streams.ep_info(device, snap.ep_info(alts))
+        return DeviceDescription(connect, snap.active_config, snap.interface_info(alts), endpoints)
 
     async def _watch_presence(self, device: UsbDevice) -> None:
         while True:
@@ -467,6 +473,8 @@ class HostEngine:
             elif isinstance(operation, ChangeAltSetting):
                 await device.call(device.dev.set_interface_altsetting, operation.interface, operation.alt)
                 alts[operation.interface] = operation.alt
+            elif isinstance(operation, (AllocStreams, FreeStreams)):
+                return await self._bulk_streams(device, operation), False, None
             else:
                 await device.drain()  # usbredirhost cancels every transfer before a reset too
                 await device.call(device.reset_blocking, alts)
@@ -476,6 +484,32 @@ class HostEngine:
             return status, gone, None
         described = isinstance(operation, (ChangeConfiguration, ChangeAltSetting))
         return Status.SUCCESS, False, self._description(device, alts) if described else None
+
+    async def _bulk_streams(self, device: UsbDevice, operation: AllocStreams | FreeStreams) -> Status:
+        """Allocate or free USB 3 bulk streams (usbredirhost_alloc/free_bulk_streams): the
+        guest's status.  Errors other than a gone device raise (`_operate` maps them)."""
+        endpoints = ", ".join(f"{ep:#04x}" for ep in operation.endpoints)
+        if isinstance(operation, FreeStreams):
+            await device.call(bulk_streams.free_blocking, device, operation.endpoints)
+            log.info("%s: freed the bulk streams of %s on %s", self.peer, endpoints, device.name)
+            return Status.SUCCESS
+        if not bulk_streams.usable(device):
+            # its ep_info showed no streams; a guest that asks anyway is refused
+            log.info("%s: %s cannot drive bulk streams here", self.peer, device.name)
+            return Status.INVAL
+        granted = await device.call(bulk_streams.alloc_blocking, device, operation.streams, operation.endpoints)
+        if granted < operation.streams:
+            log.warning(
+                "%s: asked for %d bulk streams on %s of %s, got %d",
+                self.peer,
+                operation.streams,
+                endpoints,
+                device.name,
+                granted,
+            )
+            return Status.IOERROR  # as usbredirhost
+        log.info("%s: allocated %d bulk streams on %s of %s", self.peer, granted, endpoints, device.name)
+        return Status.SUCCESS
 
     # -------------------------------------------------------------- streams
     def _start_stream(self, action: StartStream) -> None:

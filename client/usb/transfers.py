@@ -380,12 +380,14 @@ def _submit(device: UsbDevice, request: Request) -> Transfer:
             buf[8 : 8 + n] = memoryview(request.data).cast("B")[:n]
         return device.submit(aio.CONTROL, 0, buf, len(buf), CONTROL_TIMEOUT_MS)
     kind = aio.BULK if isinstance(msg, m.BulkPacket) else aio.INTERRUPT
+    # a USB 3 bulk stream's id (client/usb/bulk_streams.py); 0: the plain pipe
+    stream_id = msg.stream_id if isinstance(msg, m.BulkPacket) else 0
     endpoint = msg.endpoint_address
     if endpoint & 0x80:
         buf = bytearray(msg.transfer_length)
-        return device.submit(kind, endpoint, buf, len(buf), 0)
+        return device.submit(kind, endpoint, buf, len(buf), 0, stream_id=stream_id)
     data = request.data if isinstance(request.data, array.array) else out_data(request.data)
-    return device.submit(kind, endpoint, data, len(data), OUT_TIMEOUT_MS)
+    return device.submit(kind, endpoint, data, len(data), OUT_TIMEOUT_MS, stream_id=stream_id)
 
 
 def _queue_key(msg: m.DataMessage) -> int:

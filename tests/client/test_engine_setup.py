@@ -41,7 +41,7 @@ async def test_hello_then_announcement_in_order(storage, transport: str, guest_c
         guest = s.guest
         hello = await guest.expect_next(T.HELLO)
         assert hello.fields["version"] == "redirgate usbredir host"
-        assert guest.parser.peer_caps == int(HOST_CAPS) == 0xFE
+        assert guest.parser.peer_caps == int(HOST_CAPS) == 0xFF
         info, eps, connect = await guest.expect_announcement()
         # unconfigured after plug-in: no interfaces, only the control slots
         assert info.fields["interface_count"] == 0
