@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 
 #: Unacknowledged bytes below `ack_every` are acknowledged after this long.
 ACK_IDLE_S = 0.5
+#: Counts of channels relayed by a node that does not hold our control connection are
+#: repeated this often (their acks pass between nodes, where one may be lost).
+REPEAT_S = 2.0
+#: A gateway to dial: (host, port, the name its certificate must carry).
+Where = tuple[str, int, str]
 #: How long a channel tries to resume before it gives up (the gateway's
 #: grace period decides first; this bounds a gateway that is simply gone).
 RESUME_GIVE_UP_S = 600.0
@@ -48,7 +53,7 @@ class ChannelResumer:
 
     def __init__(
         self,
-        dial: Callable[[], Awaitable[ZeroCopyTLSStream]],
+        dial: Callable[[Where | None], Awaitable[ZeroCopyTLSStream]],
         *,
         peer: str,
         connect_timeout_s: float,
@@ -60,16 +65,23 @@ class ChannelResumer:
         self.connect_timeout_s = connect_timeout_s
         self.min_s, self.max_s = min_s, max_s
         self.streams: dict[int, ResumableStream] = {}
+        #: the gateway each channel's data connection goes to (it is resumed there, whichever
+        #: node of a cluster holds the control connection by then)
+        self.where: dict[int, Where | None] = {}
         self._due: dict[int, t.ChannelAck] = {}
         self._wanted = trio.Event()
 
-    def wrap(self, channel_id: int, stream: trio.abc.Stream, credential: bytes) -> ResumableStream:
-        """The channel's data stream, made resumable with the attach result's credential."""
+    def wrap(
+        self, channel_id: int, stream: trio.abc.Stream, credential: bytes, where: Where | None = None
+    ) -> ResumableStream:
+        """The channel's data stream, made resumable with the attach result's credential;
+        `where`: the gateway it is attached to (None: the configured one)."""
         channel = t.ResumableChannel(channel_id)
         channel.credential = credential
+        self.where[channel_id] = where
 
         async def reconnect(why: str) -> tuple[trio.abc.Stream, bytes]:
-            return await self.resume_connection(channel, why)
+            return await self.resume_connection(channel, why, where)
 
         resumable = ResumableStream(
             stream, channel, reconnect, peer=f"{self.peer} channel {channel_id}", on_ack=self._ack_due
@@ -80,6 +92,7 @@ class ChannelResumer:
 
     def forget(self, channel_id: int) -> None:
         self.streams.pop(channel_id, None)
+        self.where.pop(channel_id, None)
         self._due.pop(channel_id, None)
 
     # ------------------------------------------------------------ acks
@@ -110,15 +123,25 @@ class ChannelResumer:
         self._due.clear()
         return acks
 
-    async def send_acks(self, send: Callable[[t.TunnelMessage], Awaitable[None]]) -> None:
-        """The control session's ack task: due acks at once, the rest when idle."""
+    async def send_acks(self, send: Callable[[t.TunnelMessage], Awaitable[None]], control: Where | None = None) -> None:
+        """The control session's ack task: due acks at once, the rest when idle.  `control`: the
+        gateway of the control connection; channels attached to another node have their
+        counts repeated every REPEAT_S (an ack between nodes may be lost; that node also
+        takes them as a sign of life)."""
+        repeat_at = trio.current_time() + REPEAT_S
         while True:
             # every ACK_IDLE_S while there are channels: bytes below `ack_every` wake nobody
             with trio.move_on_after(ACK_IDLE_S if self.streams else float("inf")):
                 await self._wanted.wait()
             self._wanted = trio.Event()
             due, self._due = self._due, {}
-            for stream in list(self.streams.values()):
+            now = trio.current_time()
+            repeat = now >= repeat_at
+            if repeat:
+                repeat_at = now + REPEAT_S
+            for cid, stream in list(self.streams.items()):
+                if repeat and self.where.get(cid) not in (None, control):
+                    stream.channel.acks_lost()
                 ack = stream.ack_now()
                 if ack is not None:
                     due[ack.channel_id] = ack
@@ -126,17 +149,21 @@ class ChannelResumer:
                 await send(ack)
 
     # ------------------------------------------------------------ redial
-    async def resume_connection(self, channel: t.ResumableChannel, why: str) -> tuple[trio.abc.Stream, bytes]:
-        """A new data connection for `channel` and the replay to send on it;
-        BrokenResourceError once the gateway refuses or after RESUME_GIVE_UP_S."""
+    async def resume_connection(
+        self, channel: t.ResumableChannel, why: str, where: Where | None = None
+    ) -> tuple[trio.abc.Stream, bytes]:
+        """A new data connection for `channel` (to `where`, the gateway it was attached to)
+        and the replay to send on it; BrokenResourceError once the gateway refuses or after
+        RESUME_GIVE_UP_S."""
         cid = channel.channel_id
-        log.warning("channel %d: data connection to %s lost (%s); resuming", cid, self.peer, why)
+        peer = self.peer if where is None else f"{where[0]}:{where[1]}"
+        log.warning("channel %d: data connection to %s lost (%s); resuming", cid, peer, why)
         started = trio.current_time()
         failures = 0
         while trio.current_time() - started < RESUME_GIVE_UP_S:
             try:
                 with trio.fail_after(self.connect_timeout_s):
-                    stream = await self._dial()
+                    stream = await self._dial(where)
                     try:
                         return await self._resume_on(stream, channel, started)
                     except BaseException:
@@ -147,6 +174,11 @@ class ChannelResumer:
                 raise trio.BrokenResourceError(f"{self.peer}: channel {cid} not resumed: {exc.reason}") from exc
             except (TlsRefused, PeerGone, OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+                if _refused(exc):
+                    # nothing listens there: the gateway process that relayed the channel is gone
+                    # (a node of a cluster died, a gateway restarted), and the channel with it
+                    log.warning("channel %d: %s refuses connections: its gateway is gone; ending it", cid, peer)
+                    raise trio.BrokenResourceError(f"{peer}: channel {cid} not resumed: {reason}") from exc
             except (trio.TooSlowError, t.TunnelProtocolError) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
             failures = min(failures + 1, 16)
@@ -176,3 +208,20 @@ class ChannelResumer:
             len(replay),
         )
         return (PrefixedStream(stream, trailing) if trailing else stream), replay
+
+
+def _refused(exc: BaseException) -> bool:
+    """A connection refused (nothing listens), however trio wrapped it (a cause, a group)."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        error = todo.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, ConnectionRefusedError):
+            return True
+        if isinstance(error, BaseExceptionGroup):
+            todo += error.exceptions
+        todo += [e for e in (error.__cause__, error.__context__) if e is not None]
+    return False

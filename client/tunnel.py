@@ -426,6 +426,10 @@ class TunnelClient:
                 current = new
 
         async def open_channel(control: ControlSession, event: t.OpenChannel) -> None:
+            if event.channel_id in scopes:  # a channel opened through a node of a cluster we left still runs
+                why = f"channel id {event.channel_id} is in use by a channel another gateway node opened"
+                await control.send(t.ChannelFailed(event.channel_id, why))
+                return
             scope = scopes[event.channel_id] = trio.CancelScope()
             if resumable and self._channel_nursery is not None:
                 self._channel_nursery.start_soon(self._channel, event, self._send_current, scope, scopes, True)
@@ -436,7 +440,7 @@ class TunnelClient:
             self.resumer.acked(event)
 
         async def send_acks() -> None:
-            await self.resumer.send_acks(control.send)
+            await self.resumer.send_acks(control.send, self._where)
 
         async def close_channel(control: ControlSession, event: t.CloseChannel) -> None:
             scope = scopes.get(event.channel_id)
@@ -554,7 +558,9 @@ class TunnelClient:
         return "the hypervisor side ended"
 
     async def _attach(self, request: t.OpenChannel, resumable: bool) -> trio.abc.Stream:
-        where = None
+        # the gateway of the control connection now: resumed there even once the control
+        # connection went to another node of a cluster
+        where = self._where
         if request.attach:  # a cluster: the node that holds the hypervisor's socket, checked against its own name
             host, _, port = request.attach.rpartition(":")
             where = (host.strip("[]"), int(port), host.strip("[]"))
@@ -579,7 +585,7 @@ class TunnelClient:
         # bytes the gateway sent right behind the attach reply come first
         data: trio.abc.Stream = PrefixedStream(stream, trailing) if trailing else stream
         if resumable and result.credential:
-            return self.resumer.wrap(request.channel_id, data, result.credential)
+            return self.resumer.wrap(request.channel_id, data, result.credential, where)
         return data
 
 

@@ -84,6 +84,9 @@ class Channel:
     resume_grace_s: float = 0.0
     #: set once attached to a client that can resume it
     resume: ChannelResume | None = None
+    #: a channel for a client on another node (`remote`): that node says the
+    #: client's session can resume it (its answer sets `answered` here)
+    client_resumes: bool = False
 
     @property
     def resumable(self) -> bool:
@@ -205,6 +208,11 @@ class ClientSession:
         self.start_acks()
         self.acks_wanted.set()
 
+    def skip_ids(self, channel_id: int) -> None:
+        """The client still serves channel `channel_id`, opened through another
+        node of a cluster: ids from here on start above it (never two channels with one id)."""
+        self._next_id = max(self._next_id, channel_id + 1)
+
     def new_channel(
         self, *, route: str, device: str, hypervisor: str, token: bytes | None = None, remote: str = ""
     ) -> Channel:
@@ -306,6 +314,9 @@ class Registry:
         self.orphans: dict[str, dict[int, Channel]] = {}
         #: the next channel id per identity (ids never repeat for a client over its sessions)
         self._next_ids: dict[str, int] = {}
+        #: resumable channels relayed here whose client's control connection is on
+        #: another node (or was: they outlive it), by (identity, channel id)
+        self.remote_resumable: dict[tuple[str, int], Channel] = {}
 
     def changed(self, identity: str | None = None) -> None:
         """Something about a client or its inventory changed: wake waiters."""
@@ -388,6 +399,8 @@ class Registry:
 
     def release(self, channel: Channel) -> ClientSession | None:
         """The channel ended: forget it; the live session to tell, if one holds it."""
+        if self.remote_resumable.get((channel.client, channel.channel_id)) is channel:
+            del self.remote_resumable[(channel.client, channel.channel_id)]
         orphans = self.orphans.get(channel.client)
         if orphans is not None and orphans.get(channel.channel_id) is channel:
             del orphans[channel.channel_id]
@@ -412,6 +425,8 @@ class Registry:
         channel = session.channels.get(channel_id) if session is not None else None
         if channel is None:
             channel = self.orphans.get(identity, {}).get(channel_id)
+        if channel is None:
+            channel = self.remote_resumable.get((identity, channel_id))
         return channel if channel is not None and channel.resumable else None
 
     async def wait_for_device(self, client: str, selector: DeviceSelector) -> tuple[ClientSession, DeviceEntry]:

@@ -88,6 +88,11 @@ class ChannelResume:
         return self.stream.ack_now() or ack
 
     @property
+    def orphaned(self) -> bool:
+        """The client's control session ended here and no other took the channel up yet."""
+        return self._orphaned.is_set()
+
+    @property
     def suspended(self) -> bool:
         return self.stream is not None and self.stream.suspended
 
@@ -98,9 +103,11 @@ class ChannelResume:
 
     def adopt(self) -> None:
         """The client is back with a new control session: it gets our count again
-        (acks sent on the old one may be lost, and the client may be waiting for room)."""
-        self._orphaned = trio.Event()
-        self._adopted.set()
+        (acks sent on the old one may be lost, and the client may be waiting for room).
+        Also when the client's acks come through another node of a cluster: it is not away."""
+        if self._orphaned.is_set():  # else `watch` waits on this very event: keep it
+            self._orphaned = trio.Event()
+            self._adopted.set()
         if self.stream is not None:
             # while the reactor holds the channel this races with its count: at worst one ack more
             self.stream.channel.acks_lost()

@@ -363,9 +363,12 @@ class RouteServer:
     async def _open_channel(self, peer: str) -> Channel:
         route = self.route
         logged = ""
+        grace_s = self.resume_grace_s if route.resume_grace_s is None else route.resume_grace_s
         while True:
             if self.cluster is not None and not self.registry.online(route.client):
-                remote = await self.cluster.open_for_route(route, peer, self.options, self._note_wait(peer))
+                remote = await self.cluster.open_for_route(
+                    route, peer, self.options, self._note_wait(peer), grace_s=grace_s
+                )
                 if remote is not None:
                     channel, self._device = remote
                     return channel
@@ -378,7 +381,7 @@ class RouteServer:
             session, entry = await self.registry.wait_for_device(route.client, route.device)
             self._device = describe_device(entry)
             channel = session.new_channel(route=route.name, device=entry.id, hypervisor=peer)
-            channel.resume_grace_s = self.resume_grace_s if route.resume_grace_s is None else route.resume_grace_s
+            channel.resume_grace_s = grace_s
             opened = False
             reason = ""
             try:

@@ -126,6 +126,7 @@ class Gateway:
             self.cluster = ClusterNode(config.cluster, self.registry, describe=self._cluster_describe)
             self.remote = RemoteChannels(self.cluster, self.registry)
             self.tunnel.peers = self.cluster.peer_addresses
+            self.tunnel.remote_acks = self.remote.acks
         self.events = GatewayEvents(
             AuditLog(config.audit_log) if config.audit_log is not None else None,
             node=config.cluster.node if config.cluster is not None else None,
@@ -349,6 +350,8 @@ class Gateway:
                 if config.cluster is not None and config.cluster.advertise_port == 0:
                     self.cluster.advertise = f"{config.cluster.advertise_host}:{addresses.tunnel[1]}"
                 await nursery.start(functools.partial(self.cluster.run))
+                if self.remote is not None:
+                    nursery.start_soon(self.remote.acks.run)
             for server, listeners in zip(self.routes, opened[1 : 1 + len(self.routes)], strict=True):
                 addresses.routes[server.name] = self._start_route(server, listeners)
             nursery.start_soon(self._watch_expiry)

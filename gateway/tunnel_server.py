@@ -58,6 +58,7 @@ from redirgate.transport import (
 )
 
 if TYPE_CHECKING:
+    from redirgate.gateway.cluster.acks import RemoteAcks
     from redirgate.gateway.events import GatewayEvents
 
 __all__ = ["ClientControl", "TunnelServer"]
@@ -110,6 +111,8 @@ class TunnelServer:
         self.events: GatewayEvents | None = None
         #: the other nodes' tunnel addresses, told to clients that can use them (a cluster sets it)
         self.peers: Callable[[], tuple[str, ...]] = tuple
+        #: a cluster: the acks of channels whose halves are on two nodes
+        self.remote_acks: RemoteAcks | None = None
         #: parsed peer certificates of live control sessions (weak: they go with the stream)
         self._certs: weakref.WeakKeyDictionary[ZeroCopyTLSStream, Any] = weakref.WeakKeyDictionary()
 
@@ -196,7 +199,16 @@ class TunnelServer:
         trailing, _eof = attach.trailing_data()
         session = self.registry.clients.get(identity)
         resume = None
-        if remote is None and session is not None and session.resumable and channel.resume_grace_s > 0:
+        if remote is not None:
+            # the client's node says whether its session can resume: wait for its answer
+            # (the client dials here once it told its node, so the answer is near)
+            with trio.move_on_after(FIRST_FRAME_TIMEOUT_S):
+                await remote.answered.wait()
+            if remote.client_resumes and remote.resume_grace_s > 0 and self.remote_acks is not None:
+                resume = ChannelResume(
+                    channel.channel_id, identity, channel.resume_grace_s, wake_acks=self.remote_acks.wake
+                )
+        elif session is not None and session.resumable and channel.resume_grace_s > 0:
             wake = functools.partial(self.registry.wake_acks, identity)  # whichever session is up then
             resume = ChannelResume(channel.channel_id, identity, channel.resume_grace_s, wake_acks=wake)
             session.wake_acks()  # the ack task starts (or looks again): its idle acks free the client's replay
@@ -207,7 +219,12 @@ class TunnelServer:
             inner = PrefixedStream(stream, trailing) if trailing else stream
             data, trailing = resume.wrap(inner, peer=f"{identity} channel {channel.channel_id}"), b""
             channel.resume = resume
+        if remote is not None and resume is not None:
+            self.registry.remote_resumable[(identity, channel.channel_id)] = channel
+            if self.remote_acks is not None:
+                self.remote_acks.wake()
         if not channel.attach(data, trailing):
+            self.registry.remote_resumable.pop((identity, channel.channel_id), None)
             log.info(
                 "tunnel: data connection for channel %d of %s arrived after the route gave up",
                 message.channel_id,
@@ -480,6 +497,14 @@ class ClientControl(ControlSession):
         channel = session.channels.get(event.channel_id)
         if channel is not None and channel.resume is not None and channel.resume.stream is not None:
             channel.resume.stream.acked(event)  # ResumeError (a protocol error) for bytes never sent
+            return
+        if channel is None:
+            # a channel opened through another node of a cluster, which the client still serves
+            # (its node died, it came here): the ids this session gives start above it
+            session.skip_ids(event.channel_id)
+        remote_acks = self.server.remote_acks
+        if remote_acks is not None and (channel is None or channel.remote):
+            remote_acks.from_client(session.identity, event)  # relayed here or on another node
 
     async def _inventory(self, event: t.Inventory) -> None:
         session = self.client

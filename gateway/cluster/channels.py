@@ -15,6 +15,12 @@ connection is on node C.  A (`open_for_route`):
    checked like every tunnel connection) and the token it issued, single use;
 5. A relays QEMU <-> X's data connection: one process, one hop.
 
+The channel is resumable as on one node when X's session on C can resume
+(C's answer says so; A waits for it before it answers X's attach): A issues
+the credential and X resumes a broken data connection against A, whichever
+node holds X's control connection by then (C died, X is on B or on A now).
+Its acks travel through Redis (`cluster.acks`).
+
 The token passes through Redis, but alone it attaches nothing: A takes it
 only on a data connection whose certificate is X's, once, within the open
 timeout.  When the relay ends A closes the data connection; X's channel ends
@@ -29,6 +35,7 @@ from typing import Any
 
 import trio
 
+from redirgate.gateway.cluster.acks import RemoteAcks
 from redirgate.gateway.cluster.node import ClusterDown, ClusterError, ClusterNode
 from redirgate.gateway.config import Route
 from redirgate.gateway.registry import Channel, Registry, describe_device
@@ -51,24 +58,28 @@ class RemoteChannels:
         self.node = node
         self.registry = registry
         self.open_timeout_s = open_timeout_s
+        self.acks = RemoteAcks(node, registry)
         node.handlers["open"] = self.serve_open
 
     # ------------------------------------------------------------ node A: the hypervisor's side
     async def open_for_route(
-        self, route: Route, peer: str, options: dict[str, Any], note: Callable[[str], None]
+        self, route: Route, peer: str, options: dict[str, Any], note: Callable[[str], None], *, grace_s: float = 0.0
     ) -> tuple[Channel, dict[str, Any]] | None:
         """Until a channel for `route` is attached here through the client's node: the channel and
         the device; None as soon as the client's control connection is on this node instead.
-        `note(why)` says why it waits (for the route's log and status)."""
+        `note(why)` says why it waits (for the route's log and status); `grace_s`: the route's
+        `resume_grace_s` (0: not resumable)."""
         while not self.registry.online(route.client):
-            result = await self.open_once(route, peer, options)
+            result = await self.open_once(route, peer, options, grace_s=grace_s)
             if not isinstance(result, str):
                 return result
             note(result)
             await self.node.wait_changed(RECHECK_S)
         return None
 
-    async def open_once(self, route: Route, peer: str, options: dict[str, Any]) -> tuple[Channel, dict[str, Any]] | str:
+    async def open_once(
+        self, route: Route, peer: str, options: dict[str, Any], *, grace_s: float = 0.0
+    ) -> tuple[Channel, dict[str, Any]] | str:
         """One try: the attached channel and its device, or why not."""
         node = self.node
         try:
@@ -80,6 +91,7 @@ class RemoteChannels:
         channel = self.registry.expect_remote(
             client=route.client, route=route.name, device=route.device.text, hypervisor=peer, node=where
         )
+        channel.resume_grace_s = grace_s
         attached = False
         try:
             try:
@@ -110,6 +122,8 @@ class RemoteChannels:
             channel.device = str(device.get("id", route.device.text))
             if channel.channel_id == 0 and isinstance(answer.get("channel_id"), int):
                 channel.channel_id = answer["channel_id"]
+            channel.client_resumes = answer.get("resumable") is True
+            channel.opened()  # the data connection's attach waits for this answer
             with trio.move_on_after(self.open_timeout_s):
                 await channel.ready.wait()
             if channel.state != "active":
@@ -190,4 +204,9 @@ class RemoteChannels:
             asker,
             message["attach"],
         )
-        return {"ok": True, "channel_id": channel.channel_id, "device": describe_device(entry)}
+        return {
+            "ok": True,
+            "channel_id": channel.channel_id,
+            "device": describe_device(entry),
+            "resumable": session.resumable,
+        }

@@ -12,6 +12,8 @@ and two pub/sub channels:
 
     redirgate:inbox:NAME     requests to node NAME and the answers to its own requests (JSON)
     redirgate:changed        "a client came, went or changed its exports" (payload: the node)
+    redirgate:acks           resumable channels' acks between a client's node and the node that
+                             relays the channel (`cluster.acks`; JSON)
 
 A request is `{"type", "id", "from", ...}`; its answer goes to the asker's
 inbox as `{"reply_to": id, ...}`.  Handlers (`handlers[type]`) are given by
@@ -61,6 +63,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "redirgate:"
 CHANGED = f"{PREFIX}changed"
+ACKS = f"{PREFIX}acks"
 #: Delete a client's key only while it still names this node (it may have moved on).
 _DELETE_IF_OURS = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 #: The heartbeat's refresh of a client's key: only while it names this node or nobody. A client
@@ -128,6 +131,8 @@ class ClusterNode:
         #: the other live nodes as their keys said at the last heartbeat
         self.peers: dict[str, dict[str, Any]] = {}
         self.handlers: dict[str, Handler] = {}
+        #: a message on ACKS from another node (no I/O in it: `cluster.acks` queues and wakes its task)
+        self.on_ack: Callable[[dict[str, Any]], None] | None = None
         self._command: RedisConnection | None = None
         #: the refresh script's SHA1 on the connection that loaded it (a new connection loads it again)
         self._refresh_sha: tuple[RedisConnection, bytes] | None = None
@@ -182,6 +187,15 @@ class ClusterNode:
         finally:
             self._replies.pop(rid, None)
 
+    async def publish(self, channel: str, messages: list[dict[str, Any]]) -> None:
+        """Publish each of `messages` (JSON, with "from": this node) on `channel`, in one
+        write; ClusterDown when Redis is away."""
+        command = self._connection()
+        try:
+            await command.pipeline([("PUBLISH", channel, json.dumps({**m, "from": self.name})) for m in messages])
+        except RedisError as exc:
+            raise ClusterDown(self.config.redis.address, exc.reason) from None
+
     async def wait_changed(self, timeout_s: float) -> None:
         """Until a client comes, goes or changes anywhere in the cluster (or Redis is back), at most `timeout_s`."""
         with trio.move_on_after(timeout_s):
@@ -225,7 +239,7 @@ class ClusterNode:
             try:
                 async with (
                     open_redis(url, context=self.context) as command,
-                    open_subscription(url, [inbox(self.name), CHANGED], context=self.context) as subscription,
+                    open_subscription(url, [inbox(self.name), CHANGED, ACKS], context=self.context) as subscription,
                 ):
                     await self._refresh(command)
                     self._command = command
@@ -404,6 +418,10 @@ class ClusterNode:
                     raise ValueError("not an object")
             except ValueError as exc:
                 log.warning("cluster: node %s: a message on its inbox that is not JSON (%s); ignored", self.name, exc)
+                continue
+            if channel == ACKS:
+                if self.on_ack is not None and message.get("from") != self.name:
+                    self.on_ack(message)
                 continue
             reply_to = message.get("reply_to")
             if isinstance(reply_to, str):

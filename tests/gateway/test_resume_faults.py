@@ -11,7 +11,6 @@ sleeps are the faults' own durations.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,12 +22,12 @@ from redirgate.cli.lab import LabRoute, write_client_config
 from redirgate.gateway.route_server import RouteServer
 from redirgate.vmside.guest import UsbredirGuest
 from tests.support.fault_proxy import FaultProxy, fault_proxy
+from tests.support.loopback import Loopback
 from tests.support.serial_lab import pty_pair, read_master, receive_exactly, write_master
 from tests.support.tunnel_lab import Lab, running_lab, start_client
 from tests.support.waiting import until
 
 LOOP = "usb:1209:0003"
-BULK_OUT, BULK_IN = 0x01, 0x81
 #: fast heartbeats, so a pause of a few seconds is a heartbeat loss on both sides
 FAST_HEARTBEATS = {"heartbeat_interval_s": 0.5, "heartbeat_timeout_s": 1.5}
 
@@ -55,36 +54,6 @@ def gateway_resumes(lab: Lab, name: str) -> int:
     channel = route(lab, name).channel
     assert channel is not None and channel.resume is not None and channel.resume.stream is not None
     return channel.resume.stream.resumes
-
-
-class Loopback:
-    """Bulk OUT then IN of a fresh pattern, again and again, each round checked byte by byte."""
-
-    def __init__(self, vm: UsbredirGuest) -> None:
-        self.vm = vm
-        self.rounds = 0
-        self.stop = False
-        #: bytes per round each way (a test may raise it)
-        self.size = 8192
-
-    async def run(self) -> None:
-        while not self.stop:
-            size = self.size
-            data = os.urandom(size + self.rounds % 512)
-            status, sent = await self.vm.bulk(BULK_OUT, data=data)
-            assert (status, sent) == (0, len(data))
-            got = b""
-            while len(got) < len(data):
-                status, chunk = await self.vm.bulk(BULK_IN, len(data) - len(got))
-                assert status == 0 and isinstance(chunk, bytes)
-                got += chunk
-            assert got == data, f"round {self.rounds}: the loopback returned other bytes"
-            self.rounds += 1
-
-    async def progress(self, rounds: int = 3) -> None:
-        """Wait until `rounds` more rounds went through."""
-        target = self.rounds + rounds
-        await until(lambda: self.rounds >= target, "loopback rounds")
 
 
 @asynccontextmanager
