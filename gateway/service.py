@@ -26,6 +26,7 @@ from cryptography import x509
 from redirgate.gateway.admin import AdminRequest, Streamed, open_admin, serve_admin
 from redirgate.gateway.admission import serve_bounded
 from redirgate.gateway.cluster.channels import RemoteChannels
+from redirgate.gateway.cluster.identity import ClusterIdentity
 from redirgate.gateway.cluster.metrics import ClusterCollector
 from redirgate.gateway.cluster.node import ClusterNode
 from redirgate.gateway.config import Endpoint, GatewayConfig, Route
@@ -127,6 +128,7 @@ class Gateway:
             self.remote = RemoteChannels(self.cluster, self.registry)
             self.tunnel.peers = self.cluster.peer_addresses
             self.tunnel.remote_acks = self.remote.acks
+            self.tunnel.cluster_identity = ClusterIdentity(self.cluster, self.registry, self.tunnel)
         self.events = GatewayEvents(
             AuditLog(config.audit_log) if config.audit_log is not None else None,
             node=config.cluster.node if config.cluster is not None else None,
@@ -352,6 +354,8 @@ class Gateway:
                 await nursery.start(functools.partial(self.cluster.run))
                 if self.remote is not None:
                     nursery.start_soon(self.remote.acks.run)
+                if self.tunnel.cluster_identity is not None:
+                    nursery.start_soon(self.tunnel.cluster_identity.run)
             for server, listeners in zip(self.routes, opened[1 : 1 + len(self.routes)], strict=True):
                 addresses.routes[server.name] = self._start_route(server, listeners)
             nursery.start_soon(self._watch_expiry)

@@ -59,6 +59,7 @@ from redirgate.transport import (
 
 if TYPE_CHECKING:
     from redirgate.gateway.cluster.acks import RemoteAcks
+    from redirgate.gateway.cluster.identity import ClusterIdentity
     from redirgate.gateway.events import GatewayEvents
 
 __all__ = ["ClientControl", "TunnelServer"]
@@ -113,6 +114,8 @@ class TunnelServer:
         self.peers: Callable[[], tuple[str, ...]] = tuple
         #: a cluster: the acks of channels whose halves are on two nodes
         self.remote_acks: RemoteAcks | None = None
+        #: a cluster: one live session per identity across the nodes
+        self.cluster_identity: ClusterIdentity | None = None
         #: parsed peer certificates of live control sessions (weak: they go with the stream)
         self._certs: weakref.WeakKeyDictionary[ZeroCopyTLSStream, Any] = weakref.WeakKeyDictionary()
 
@@ -260,9 +263,15 @@ class TunnelServer:
             return
         assert isinstance(hello, t.ClientHello)  # the state table allows nothing else first
         old = self.registry.clients.get(identity)
-        if old is not None and not old.closed and self._alive(old):
-            await self._refuse_duplicate(control, old, peer)
+        if old is not None and not old.closed and self.alive(old):
+            await self._refuse_duplicate(control, identity, peer, old.peer)
             return
+        if self.cluster_identity is not None:  # the same rule across the nodes of a cluster
+            elsewhere = await self.cluster_identity.live_elsewhere(identity)
+            if elsewhere is not None:
+                node, other = elsewhere
+                await self._refuse_duplicate(control, identity, peer, other, node)
+                return
         clustered = t.CLUSTER_CAPABILITY in hello.capabilities
         await control.send(
             t.GatewayHello(
@@ -334,15 +343,26 @@ class TunnelServer:
     # counted, and logged at WARNING once per interval per identity; a
     # session silent for longer is presumed dead (a client reconnecting after
     # its connection broke) and is replaced.
-    def _alive(self, session: ClientSession) -> bool:
+    #
+    # In a cluster the same rule holds across nodes (`cluster.identity`): a
+    # node asks the node that holds the identity whether that session is
+    # alive before it answers a hello, and a node that finds one of its
+    # clients registered on another node too (both accepted while Redis was
+    # away, or at the same instant) keeps the older live session and closes
+    # the newer one, or closes its own if it is the silent one.
+    def alive(self, session: ClientSession) -> bool:
+        """Heard from within 1.5 heartbeat intervals (the rule above)."""
         return trio.current_time() - session.last_heard() < 1.5 * self.heartbeat_interval_s
 
-    async def _refuse_duplicate(self, control: ClientControl, old: ClientSession, peer: str) -> None:
-        identity = old.identity
+    def duplicate(self, identity: str, peer: str, live_peer: str, *, node: str = "", live_node: str = "") -> str:
+        """Count and log (once per interval per identity) a second session of `identity` from `peer`
+        while the one from `live_peer` lives; the message its client is told."""
         self.counters["duplicate_identity_refused"] += 1
+        here = f" on node {node}" if node else ""
+        there = f" on node {live_node}" if live_node else ""
         if self.events is not None:
             self.events.refused(
-                "duplicate_identity", peer=peer, detail=f"live session from {old.peer}", client=identity
+                "duplicate_identity", peer=peer, detail=f"live session from {live_peer}{there}", client=identity
             )
         every = self._duplicates.get(identity)
         if every is None:
@@ -351,14 +371,22 @@ class TunnelServer:
             every = self._duplicates[identity] = Every(self.limits.log_interval_s)
         if every.due(trio.current_time()):
             log.warning(
-                "tunnel: client %s connected from %s while its session from %s is alive: two clients with one "
+                "tunnel: client %s connected from %s%s while its session from %s%s is alive: two clients with one "
                 "certificate? The live session stays, the new connection is refused (%d more since the last line)",
                 identity,
                 peer,
-                old.peer,
+                here,
+                live_peer,
+                there,
                 every.take_held(),
             )
-        message = f"client {identity} is already connected from {old.peer}; one connection per certificate"
+        return f"client {identity} is already connected from {live_peer}{there}; one connection per certificate"
+
+    async def _refuse_duplicate(
+        self, control: ClientControl, identity: str, peer: str, live_peer: str, live_node: str = ""
+    ) -> None:
+        node = self.cluster_identity.node.name if self.cluster_identity is not None else ""
+        message = self.duplicate(identity, peer, live_peer, node=node, live_node=live_node)
         with trio.move_on_after(1.0):
             try:
                 await control.send(t.Error(code="duplicate_identity", message=message), timeout_s=1.0)

@@ -133,6 +133,8 @@ class ClusterNode:
         self.handlers: dict[str, Handler] = {}
         #: a message on ACKS from another node (no I/O in it: `cluster.acks` queues and wakes its task)
         self.on_ack: Callable[[dict[str, Any]], None] | None = None
+        #: clients of ours whose key names another node (the heartbeat found them; `cluster.identity`)
+        self.on_elsewhere: Callable[[list[str]], None] | None = None
         self._command: RedisConnection | None = None
         #: the refresh script's SHA1 on the connection that loaded it (a new connection loads it again)
         self._refresh_sha: tuple[RedisConnection, bytes] | None = None
@@ -339,10 +341,15 @@ class ClusterNode:
                 raise RedisError(command.peer, f"SCRIPT LOAD: {sha!r}")
             self._refresh_sha = (command, sha)
         sha = self._refresh_sha[1]
-        commands += [("EVALSHA", sha, 1, client_key(identity), self.name, ttl) for identity in self.registry.clients]
-        for reply in await command.pipeline(commands):
+        identities = list(self.registry.clients)
+        commands += [("EVALSHA", sha, 1, client_key(identity), self.name, ttl) for identity in identities]
+        replies = await command.pipeline(commands)
+        for reply in replies:
             if not isinstance(reply, (str, int)):
                 raise RedisError(command.peer, f"refreshing this node's keys: {reply!r}")
+        elsewhere = [identity for identity, reply in zip(identities, replies[1:], strict=True) if reply == 0]
+        if elsewhere and self.on_elsewhere is not None:
+            self.on_elsewhere(elsewhere)
         names: list[bytes] = []
         cursor: bytes | int = b"0"
         while True:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from prometheus_client import generate_latest
 
 from redirgate.cli.gateway_commands import format_status
 from redirgate.cli.lab import LabRoute, make_pki, write_client_config, write_gateway_config
@@ -111,4 +112,50 @@ async def test_after_a_loss_a_dead_gateway_is_skipped_at_once(tmp_path: Path, ca
         one[2].cancel()
         await until(lambda: "thin-01" in two[0].registry.clients)
         assert any(f"trying 127.0.0.1:{two[1].tunnel[1]} at once" in r.getMessage() for r in caplog.records)
+        nursery.cancel_scope.cancel()
+
+
+def _duplicate_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if "two clients with one certificate" in r.getMessage()]
+
+
+async def test_one_identity_on_two_nodes_the_live_session_stays(
+    tmp_path: Path, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The single gateway's rule across nodes: a clone (the same certificate) dialling node b while
+    the client is alive on node c is refused, counted and logged once per interval with both
+    addresses and both nodes; two sessions accepted while Redis was away are found when it is back,
+    and the older live one stays."""
+    caplog.set_level(logging.INFO, "redirgate.gateway")
+    make_pki(tmp_path)
+    async with trio.open_nursery() as nursery, open_redis(RedisUrl.parse(redis_server.url)) as redis:
+        nodes = {}
+        for name in ("b", "c"):
+            config = load_config(cluster_config(tmp_path, [], name, redis_server.url))
+            nodes[name] = await start_gateway(nursery, config)
+        b, c = nodes["b"][0], nodes["c"][0]
+        first, _ = await start_client(nursery, write_client_config(tmp_path, nodes["c"][1].tunnel[1]))
+        await until_async(lambda: _get(redis, "redirgate:client:thin-01", b"c"), poll_s=0.05)
+        live_peer = c.registry.clients["thin-01"].peer
+
+        clone_config = write_client_config(tmp_path, nodes["b"][1].tunnel[1], file_name="clone.toml")
+        clone_config.write_text(clone_config.read_text().replace("[client]\n", "[client]\nreconnect_max_s = 1\n"))
+        clone, clone_scope = await start_client(nursery, clone_config, wait=False)
+        await until(lambda: b.tunnel.counters["duplicate_identity_refused"] >= 2)
+        lines = _duplicate_lines(caplog)
+        assert len(lines) == 1 and lines[0].levelno == logging.WARNING  # once per interval
+        text = lines[0].getMessage()
+        assert "on node b while its session from" in text and f"{live_peer} on node c is alive" in text
+        assert "thin-01" not in b.registry.clients and first.online and clone.sessions == 0  # never let in
+        assert b'redirgate_refusals_total{node="b",reason="duplicate_identity"}' in generate_latest(b.events.registry)
+
+        # both let in while Redis is away (no node can ask another); once it is back, the older stays
+        redis_server.stop()
+        await until(lambda: "thin-01" in b.registry.clients and clone.online)
+        refused = b.tunnel.counters["duplicate_identity_refused"]
+        redis_server.start()
+        await until(lambda: b.tunnel.counters["duplicate_identity_refused"] > refused)
+        await until(lambda: "thin-01" not in b.registry.clients or b.registry.clients["thin-01"].closed)
+        assert c.registry.online("thin-01") and c.registry.clients["thin-01"].peer == live_peer and first.online
+        clone_scope.cancel()
         nursery.cancel_scope.cancel()

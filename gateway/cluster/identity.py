@@ -1,0 +1,166 @@
+"""One live session per client identity across the nodes of a cluster (the single gateway's rule).
+
+The rule (`tunnel_server`, README "Security model"): the live session
+stays; a second connection with the same certificate while the first was
+heard from within 1.5 heartbeat intervals is refused, counted
+(`duplicate_identity_refused`) and logged at WARNING with both addresses
+once per interval; a session silent for longer is presumed dead and
+replaced.  Across nodes:
+
+- At a hello (`live_elsewhere`): the node finds in Redis which node holds
+  the identity and asks it (a `presence` request); a live session there
+  means the newcomer is refused, its log line naming both addresses and
+  both nodes.  No answer (that node is dead, Redis is away) means no
+  duplicate: a client coming back after its node died is never kept out.
+- Afterwards (`conflicts`): two connections accepted at once, or while
+  Redis was away, are found by the node whose heartbeat cannot refresh its
+  client's key because it names another node.  That node asks the other:
+  if its own session is the silent one it ends it (replaced); if both are
+  alive the older session stays and the newer one's node closes it, after
+  telling its client why (`duplicate_identity`, the same error a refused
+  hello gets).
+
+Owner: the gateway's trio loop; `run` is the task that settles conflicts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from redirgate.gateway.cluster.node import ClusterError, ClusterNode
+from redirgate.gateway.registry import Registry
+from redirgate.proto import tunnel as t
+from redirgate.transport import PeerGone
+
+if TYPE_CHECKING:
+    from redirgate.gateway.tunnel_server import TunnelServer
+
+__all__ = ["ClusterIdentity"]
+
+log = logging.getLogger(__name__)
+
+
+class ClusterIdentity:
+    """See the module docstring."""
+
+    def __init__(self, node: ClusterNode, registry: Registry, tunnel: TunnelServer) -> None:
+        self.node = node
+        self.registry = registry
+        self.tunnel = tunnel
+        self._conflicts: set[str] = set()
+        self._wanted = trio.Event()
+        node.handlers["presence"] = self._presence
+        node.handlers["duplicate"] = self._duplicate
+        node.on_elsewhere = self.conflicts
+
+    @property
+    def timeout_s(self) -> float:
+        """How long a node's answer may take (a node too slow to answer does not keep a client out)."""
+        return self.node.config.heartbeat_s
+
+    async def live_elsewhere(self, identity: str) -> tuple[str, str] | None:
+        """(node, address) of a live session of `identity` on another node, or None."""
+        try:
+            where = await self.node.locate(identity)
+            if where is None:
+                return None
+            answer = await self.node.request(where, {"type": "presence", "client": identity}, timeout_s=self.timeout_s)
+        except ClusterError:  # ClusterDown too: without Redis a node serves as if alone
+            return None
+        if answer.get("alive") is True:
+            return where, str(answer.get("peer", "?"))
+        return None
+
+    def conflicts(self, identities: list[str]) -> None:
+        """Our clients whose key in Redis names another node (the heartbeat found them; no I/O here)."""
+        self._conflicts.update(identities)
+        self._wanted.set()
+
+    async def run(self) -> None:
+        """Settle the conflicts the heartbeat finds, until cancelled."""
+        while True:
+            await self._wanted.wait()
+            self._wanted = trio.Event()
+            found, self._conflicts = self._conflicts, set()
+            for identity in sorted(found):
+                await self._settle(identity)
+
+    async def _settle(self, identity: str) -> None:
+        ours = self.registry.clients.get(identity)
+        if ours is None or ours.closed:
+            return
+        try:
+            where = await self.node.locate(identity)
+            if where is None:
+                return  # the other node is gone: our heartbeat takes the key back once it expires
+            answer = await self.node.request(where, {"type": "presence", "client": identity}, timeout_s=self.timeout_s)
+        except ClusterError:
+            return
+        if answer.get("online") is not True:
+            return
+        theirs_peer = str(answer.get("peer", "?"))
+        if not self.tunnel.alive(ours):
+            log.info(
+                "cluster: client %s reconnected from %s on node %s; its silent session from %s here ends",
+                identity,
+                theirs_peer,
+                where,
+                ours.peer,
+            )
+            self.registry.remove(ours, f"replaced by a connection on node {where}")
+            return
+        if answer.get("alive") is not True:
+            return  # theirs is the silent one: its node replaces it when it looks
+        since = answer.get("since")
+        if isinstance(since, (int, float)) and ours.connected_at > since:
+            await self._close(identity, theirs_peer, where)  # ours is the newer one
+            return
+        try:
+            await self.node.request(
+                where,
+                {"type": "duplicate", "client": identity, "since": since, "peer": ours.peer},
+                timeout_s=self.timeout_s,
+            )
+        except ClusterError as exc:
+            log.info("cluster: node %s did not settle client %s's second session: %s", where, identity, exc.reason)
+
+    async def _close(self, identity: str, live_peer: str, live_node: str) -> None:
+        """Close our session of `identity`: the one from `live_peer` on `live_node` is older and alive."""
+        ours = self.registry.clients.get(identity)
+        if ours is None or ours.closed:
+            return
+        message = self.tunnel.duplicate(identity, ours.peer, live_peer, node=self.node.name, live_node=live_node)
+        with trio.move_on_after(1.0):
+            try:
+                await ours.send(t.Error(code="duplicate_identity", message=message))
+            except (PeerGone, t.LocalProtocolError):
+                pass
+        self.registry.remove(ours, f"a second session: the one from {live_peer} on node {live_node} stays")
+
+    # ------------------------------------------------------------ requests from other nodes
+    async def _presence(self, message: dict[str, Any]) -> dict[str, Any]:
+        session = self.registry.clients.get(str(message["client"]))
+        if session is None or session.closed:
+            return {"ok": True, "online": False}
+        return {
+            "ok": True,
+            "online": True,
+            "alive": self.tunnel.alive(session),
+            "peer": session.peer,
+            "since": session.connected_at,
+            "silent_s": round(trio.current_time() - session.last_heard(), 3),
+            "now": time.time(),
+        }
+
+    async def _duplicate(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Another node holds an older live session of this identity: close ours if it is the one asked about."""
+        identity = str(message["client"])
+        ours = self.registry.clients.get(identity)
+        if ours is None or ours.closed or ours.connected_at != message.get("since"):
+            return {"ok": True, "closed": False}
+        await self._close(identity, str(message.get("peer", "?")), str(message["from"]))
+        return {"ok": True, "closed": True}
