@@ -31,7 +31,7 @@ from redirgate.transport import (
     ZeroCopyTLSStream,
 )
 
-__all__ = ["ACK_IDLE_S", "RESUME_GIVE_UP_S", "ChannelResumer"]
+__all__ = ["ACK_IDLE_S", "HINT_JITTER", "RESUME_GIVE_UP_S", "ChannelResumer"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ ACK_IDLE_S = 0.5
 REPEAT_S = 2.0
 #: A gateway to dial: (host, port, the name its certificate must carry).
 Where = tuple[str, int, str]
+#: A busy gateway's retry hint is honoured with up to this fraction added (never less than the hint).
+HINT_JITTER = 0.1
 #: How long a channel tries to resume before it gives up (the gateway's
 #: grace period decides first; this bounds a gateway that is simply gone).
 RESUME_GIVE_UP_S = 600.0
@@ -161,6 +163,7 @@ class ChannelResumer:
         started = trio.current_time()
         failures = 0
         while trio.current_time() - started < RESUME_GIVE_UP_S:
+            hint: float | None = None
             try:
                 with trio.fail_after(self.connect_timeout_s):
                     stream = await self._dial(where)
@@ -179,11 +182,14 @@ class ChannelResumer:
                     # (a node of a cluster died, a gateway restarted), and the channel with it
                     log.warning("channel %d: %s refuses connections: its gateway is gone; ending it", cid, peer)
                     raise trio.BrokenResourceError(f"{peer}: channel {cid} not resumed: {reason}") from exc
+                hint = getattr(exc, "retry_after_s", None)
             except (trio.TooSlowError, t.TunnelProtocolError) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
             failures = min(failures + 1, 16)
             window = min(self.max_s, self.min_s / 4 * 2**failures)
             delay = random.uniform(window / 2, window)
+            if hint is not None:  # a busy gateway said when: that, not our guess
+                delay = min(self.max_s, hint * random.uniform(1.0, 1.0 + HINT_JITTER))
             log.info("channel %d: resume attempt %d failed (%s); again in %.2f s", cid, failures, reason, delay)
             await trio.sleep(delay)
         raise trio.BrokenResourceError(f"{self.peer}: channel {cid} not resumed within {RESUME_GIVE_UP_S:g} s")

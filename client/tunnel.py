@@ -46,7 +46,7 @@ from cryptography import x509
 
 from redirgate.client.config import ClientConfig
 from redirgate.client.inventory import DeviceInventory, diff
-from redirgate.client.resume import ChannelResumer
+from redirgate.client.resume import HINT_JITTER, ChannelResumer
 from redirgate.client.usb.engine import HostEngine
 from redirgate.client.usb.errors import SelectorError
 from redirgate.client.usb.selector import parse_selector
@@ -87,7 +87,13 @@ ChannelHandler = Callable[[t.OpenChannel, trio.abc.Stream], Awaitable[None]]
 
 
 def reconnect_delay(
-    failures: int, away_s: float, *, min_s: float, max_s: float, rng: random.Random | None = None
+    failures: int,
+    away_s: float,
+    *,
+    min_s: float,
+    max_s: float,
+    rng: random.Random | None = None,
+    retry_after_s: float | None = None,
 ) -> float:
     """How long to wait before dialling the gateway again.
 
@@ -97,9 +103,16 @@ def reconnect_delay(
     the first redial after a loss is quick, and clients that lost a gateway
     together for D seconds come back spread over about D seconds instead of
     in step (a restarted gateway with thousands of clients: issue 15).
+
+    A gateway that turned the dial away because it was busy says when to come
+    back (`retry_after_s`, its busy line): that is honoured instead, plus up
+    to HINT_JITTER of it, at most `max_s` (the hint is not authenticated).
     """
+    uniform = (rng or random).uniform
+    if retry_after_s is not None:
+        return min(max_s, retry_after_s * uniform(1.0, 1.0 + HINT_JITTER))
     window = min(max_s, max(min_s * 2**failures, away_s))
-    return (rng or random).uniform(min(window, min_s / 2), window)
+    return uniform(min(window, min_s / 2), window)
 
 
 class TunnelClientError(Exception):
@@ -227,11 +240,15 @@ class TunnelClient:
             started = trio.current_time()
             was_up = False
             level = logging.WARNING
+            hint: float | None = None
             try:
                 await self._session()
                 reason = "the gateway closed the connection"
             except TlsRefused as exc:
                 reason = f"TLS refused: {exc.reason}"
+                hint = exc.retry_after_s
+                if hint is not None:  # the gateway sheds load and said when to come back: expected, no failure
+                    level = logging.INFO
             except GatewayRevoked as exc:
                 reason = exc.reason
                 level = logging.ERROR
@@ -257,9 +274,14 @@ class TunnelClient:
             if now - started > 10:
                 failures = 0
             delay = reconnect_delay(
-                failures, now - lost_at, min_s=self.config.reconnect_min_s, max_s=self.config.reconnect_max_s
+                failures,
+                now - lost_at,
+                min_s=self.config.reconnect_min_s,
+                max_s=self.config.reconnect_max_s,
+                retry_after_s=hint,
             )
-            failures = min(failures + 1, 16)
+            if hint is None:
+                failures = min(failures + 1, 16)
             log.log(level, "tunnel to %s lost: %s; reconnecting in %.1f s", self.peer, reason, delay)
             await trio.sleep(delay)
 
@@ -303,6 +325,18 @@ class TunnelClient:
             await trio.aclose_forcefully(stream)
             raise
         return stream
+
+    async def _dial_waiting_out_busy(self, where: tuple[str, int, str] | None) -> ZeroCopyTLSStream:
+        """`_dial` for a data connection: a gateway that is busy (it sheds handshakes) is dialled
+        again after its hint, until the caller's deadline."""
+        while True:
+            try:
+                return await self._dial(where)
+            except TlsRefused as exc:
+                if exc.retry_after_s is None:
+                    raise
+                log.info("tunnel to %s: data connection: %s; dialling again then", self.peer, exc.reason)
+                await trio.sleep(exc.retry_after_s)
 
     def _check_gateway(self, stream: ZeroCopyTLSStream) -> None:
         cert = stream.peer_certificate()
@@ -565,7 +599,7 @@ class TunnelClient:
             host, _, port = request.attach.rpartition(":")
             where = (host.strip("[]"), int(port), host.strip("[]"))
         with trio.fail_after(self.connect_timeout_s):
-            stream = await self._dial(where)
+            stream = await self._dial_waiting_out_busy(where)
             try:
                 attach = t.AttachConnection("client")
                 await stream.send_all(attach.send(t.Attach(request.channel_id, request.token)))

@@ -28,9 +28,9 @@ from typing import Any
 
 import trio
 
-from redirgate.gateway.limits import Every, HandshakeLimits
+from redirgate.gateway.limits import PACER_STALLED, Every, HandshakeLimits, HandshakePacer
 
-__all__ = ["ACCEPT_CAPACITY_ERRNOS", "HandshakeGate", "serve_bounded"]
+__all__ = ["ACCEPT_CAPACITY_ERRNOS", "HandshakeGate", "Ticket", "serve_bounded"]
 
 log = logging.getLogger(__name__)
 
@@ -94,55 +94,149 @@ async def _run(handler: Callable[[trio.SocketStream], Awaitable[None]], stream: 
         await trio.aclose_forcefully(stream)
 
 
-class HandshakeGate:
-    """TLS handshakes in progress on one listener, bounded (module docstring)."""
+class Ticket:
+    """One connection's answer from `HandshakeGate.admit`: true if it may
+    handshake; else `retry_after_s` is the hint to give it (None: no hint)."""
 
-    def __init__(self, limits: HandshakeLimits, what: str, counters: collections.Counter[str]) -> None:
+    __slots__ = ("abandoned", "admitted", "done", "retry_after_s", "stalled", "started")
+
+    def __init__(self, admitted: bool, started: float, retry_after_s: float | None = None) -> None:
+        self.admitted = admitted
+        self.started = started
+        self.retry_after_s = retry_after_s
+        #: the peer left the handshake unfinished (timed out, or closed in the middle): say so with `abandon`
+        self.abandoned = False
+        self.done = False
+        #: older than the pacer's horizon while still in progress: not counted against its limit
+        self.stalled = False
+
+    def __bool__(self) -> bool:
+        return self.admitted
+
+    def abandon(self) -> None:
+        self.abandoned = True
+
+
+class HandshakeGate:
+    """TLS handshakes in progress on one listener, bounded (module docstring).
+
+    With `pace` (the tunnel port, whose clients understand the busy line) and
+    `limits.pacing_s` > 0, a `HandshakePacer` also bounds the handshakes
+    started in the last PACER_STALLED x pacing_s to what the gateway is
+    measured to finish in about `pacing_s`, and every connection turned away
+    gets a retry hint: a slot in the queue the pacer serves at that rate.
+    """
+
+    def __init__(
+        self, limits: HandshakeLimits, what: str, counters: collections.Counter[str], *, pace: bool = False
+    ) -> None:
         self.limits = limits
         self.what = what
         self.counters = counters
         self.in_progress = 0
         self.by_source: collections.Counter[str] = collections.Counter()
+        self.pacer = HandshakePacer(limits.pacing_s, limits.max_handshakes) if pace and limits.pacing_s > 0 else None
+        #: admitted tickets, oldest first, until they finish or stall (the pacer's young ones)
+        self._young: collections.deque[Ticket] = collections.deque()
+        self.stalled = 0
         self._every = Every(limits.log_interval_s)
         self._refused_since = 0
+        self._latest = ""
+        self._longest_hint = 0.0
+
+    def _young_count(self, now: float) -> int:
+        horizon = now - PACER_STALLED * self.limits.pacing_s
+        young = self._young
+        while young and (young[0].done or young[0].started < horizon):
+            ticket = young.popleft()
+            if not ticket.done:
+                ticket.stalled = True
+                self.stalled += 1
+        return self.in_progress - self.stalled
 
     @contextmanager
-    def admit(self, peer: str) -> Iterator[bool]:
-        """``with gate.admit(peer) as admitted:`` hold a slot for the handshake
-        if `admitted`; else the caller closes the connection at once."""
+    def admit(self, peer: str) -> Iterator[Ticket]:
+        """``with gate.admit(peer) as ticket:`` hold a slot for the handshake
+        if `ticket`; else the caller closes the connection at once (first
+        writing the busy line if `ticket.retry_after_s` is not None)."""
         host = peer.rsplit(":", 1)[0].strip("[]")
-        limits = self.limits
-        if self.in_progress >= limits.max_handshakes or self.by_source[host] >= limits.max_per_source:
-            self._refused(peer, host)
-            yield False
+        limits, pacer = self.limits, self.pacer
+        now = trio.current_time()
+        if pacer is not None and pacer.full(self._young_count(now)):
+            hint: float | None = pacer.retry_after(now)
+        elif self.in_progress >= limits.max_handshakes or self.by_source[host] >= limits.max_per_source:
+            hint = limits.pacing_s if pacer is not None else None  # not a paced refusal: no queue slot
+        else:
+            hint = -1.0
+        if hint != -1.0:
+            self._refused(peer, hint)
+            yield Ticket(False, now, hint)
             return
+        ticket = Ticket(True, now)
+        if pacer is not None:
+            self._young.append(ticket)
         self.in_progress += 1
         self.by_source[host] += 1
         try:
-            yield True
+            yield ticket
         finally:
+            ticket.done = True
             self.in_progress -= 1
             self.by_source[host] -= 1
             if not self.by_source[host]:
                 del self.by_source[host]
+            if ticket.stalled:
+                self.stalled -= 1
+            if ticket.abandoned:
+                self.counters["handshakes_abandoned"] += 1
+            elif pacer is not None:
+                end = trio.current_time()
+                pacer.finished(end, end - ticket.started)
 
-    def _refused(self, peer: str, host: str) -> None:
+    def _refused(self, peer: str, hint: float | None) -> None:
         self.counters["handshakes_refused"] += 1
+        if hint is not None:
+            self.counters["handshakes_told_to_retry"] += 1
+            self._longest_hint = max(self._longest_hint, hint)
         self._refused_since += 1
+        self._latest = peer
         if self._every.due(trio.current_time()):
-            log.warning(
-                "%s: %d connection(s) closed at once since the last such line (the latest from %s): too many TLS "
-                "handshakes at once (%d in all, %d from %s; max_handshakes = %d, max_handshakes_per_source = %d)",
-                self.what,
-                self._refused_since,
-                peer,
-                self.in_progress,
-                self.by_source[host],
-                host,
-                self.limits.max_handshakes,
-                self.limits.max_per_source,
-            )
-            self._refused_since = 0
+            self._summary()
+
+    def flush(self) -> None:
+        """The summary line of what was turned away, if an interval passed since the last one
+        (the gateway's ticker calls this once per interval, so the end of a storm is told too)."""
+        if self._refused_since and self._every.due(trio.current_time()):
+            self._summary()
+
+    def _summary(self) -> None:
+        host = self._latest.rsplit(":", 1)[0].strip("[]")
+        pacer = self.pacer
+        paced = (
+            f"; paced: at most {int(pacer.limit)} young handshakes, finishing {pacer.rate or 0:.0f}/s; "
+            f"told to retry after up to {self._longest_hint:.1f} s"
+            if pacer is not None
+            else ""
+        )
+        log.warning(
+            "%s: %d connection(s) turned away at once since the last such line (the latest from %s): too many TLS "
+            "handshakes at once (%d in all, %d from %s; max_handshakes = %d, max_handshakes_per_source = %d%s)",
+            self.what,
+            self._refused_since,
+            self._latest,
+            self.in_progress,
+            self.by_source[host],
+            host,
+            self.limits.max_handshakes,
+            self.limits.max_per_source,
+            paced,
+        )
+        self._refused_since = 0
+        self._longest_hint = 0.0
 
     def snapshot(self) -> dict[str, Any]:
-        return {"in_progress": self.in_progress, "sources": len(self.by_source)}
+        out: dict[str, Any] = {"in_progress": self.in_progress, "sources": len(self.by_source)}
+        if self.pacer is not None:
+            out["paced_limit"] = int(self.pacer.limit)
+            out["completed_per_s"] = round(self.pacer.rate, 1) if self.pacer.rate is not None else None
+        return out

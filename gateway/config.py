@@ -16,7 +16,8 @@ Relative paths are taken from the config file's folder.
     public_host = "gw.example.net"     # what hypervisors dial (snippets)
     # bounds (README "Security model"): max_devices_per_client = 256, max_ports_per_client = 32,
     # inventory_updates_per_s = 5, inventory_update_burst = 20, usb_hello_timeout_s = 5,
-    # max_handshakes = 256, max_handshakes_per_source = 16, limit_log_interval_s = 60
+    # max_handshakes = 256, max_handshakes_per_source = 16, limit_log_interval_s = 60,
+    # handshake_pacing_s = 1 (0: no pacing, no retry hints)
     resume_grace_s = 60                # a channel whose client connection broke waits this long
                                        # for the client to resume it (0: unplug at once, as before)
     metrics_listen = "127.0.0.1:9470"  # optional: Prometheus /metrics and /healthz
@@ -323,6 +324,7 @@ _GATEWAY_KEYS = {
     "max_handshakes",
     "max_handshakes_per_source",
     "limit_log_interval_s",
+    "handshake_pacing_s",
     "metrics_listen",
     "audit_log",
 }
@@ -395,6 +397,8 @@ def load_config(path: str | Path, *, check_files: bool = True) -> GatewayConfig:
             ("max_handshakes", 256, 1),
             ("max_handshakes_per_source", 16, 1),
             ("limit_log_interval_s", 60.0, 0.1),
+            # an admitted handshake should take well under its deadline
+            ("handshake_pacing_s", min(1.0, timeouts["handshake_timeout_s"] / 4), 0.0),
         )
     }
     for name in ("max_devices_per_client", "max_ports_per_client", "inventory_update_burst", "max_handshakes"):
@@ -411,7 +415,10 @@ def load_config(path: str | Path, *, check_files: bool = True) -> GatewayConfig:
         max_handshakes=int(bounds["max_handshakes"]),
         max_per_source=int(bounds["max_handshakes_per_source"]),
         log_interval_s=bounds["limit_log_interval_s"],
+        pacing_s=bounds["handshake_pacing_s"],
     )
+    if bounds["handshake_pacing_s"] >= timeouts["handshake_timeout_s"]:
+        loader.problem("gateway", "handshake_pacing_s", "must be shorter than handshake_timeout_s (or 0: no pacing)")
     if timeouts["heartbeat_timeout_s"] <= timeouts["heartbeat_interval_s"]:
         loader.problem("gateway", "heartbeat_timeout_s", "must be longer than heartbeat_interval_s")
 

@@ -11,6 +11,9 @@ three small tools the servers share:
   "+N more"), so no single update writes a 32 KB line.
 - `RefusalLog`: a storm of failed handshakes is a few lines and one summary
   per interval, not a line per connection.
+- `HandshakePacer`: how many handshakes to run at once so that each one
+  finishes within about `pacing_s` at the rate they are measured to finish,
+  and when a connection turned away should come back.
 
 Pure bookkeeping: no I/O, no trio; callers pass the time (trio's clock).
 """
@@ -27,6 +30,7 @@ __all__ = [
     "ClientLimits",
     "Every",
     "HandshakeLimits",
+    "HandshakePacer",
     "RefusalLog",
     "TokenBucket",
     "clip_ids",
@@ -59,6 +63,105 @@ class HandshakeLimits:
     max_per_source: int = 16
     #: what is refused or failed is summarised once per this (limit_log_interval_s)
     log_interval_s: float = 60.0
+    #: pace handshakes so each finishes within about this long, and tell the
+    #: connections turned away when to come back (handshake_pacing_s; 0: off,
+    #: only the two fixed limits above, excess closed without a hint)
+    pacing_s: float = 1.0
+
+
+#: The pacer's concurrency: where it starts, its floor, and how often it is adjusted.
+PACER_START = 64
+PACER_FLOOR = 4
+PACER_WINDOW_S = 0.5
+#: a handshake older than this many `pacing_s` no longer counts against the paced
+#: limit (a stranger that never speaks keeps only its slot under max_handshakes)
+PACER_STALLED = 3.0
+#: the longest retry hint handed out, s
+MAX_RETRY_AFTER_S = 60.0
+
+
+class HandshakePacer:
+    """Handshakes at the rate they can be finished (issue 15, reconnecting at scale).
+
+    `limit` is how many young handshakes may run at once.  Each window
+    (PACER_WINDOW_S, at least a few completions) it is scaled by
+    ``pacing_s / mean handshake time``: down at once when handshakes took
+    longer than `pacing_s`, up (at most doubled) when they were quicker and
+    the limit was reached in the window; so an admitted handshake finishes in
+    about `pacing_s` whether the gateway has a core to itself or shares it.
+    A handshake that runs longer than PACER_STALLED x `pacing_s` stops
+    counting against `limit` (see `stalled`).
+
+    A connection turned away gets a slot in a virtual queue served at the
+    completion rate (`limit` / the mean handshake time, by Little's law):
+    `retry_after(now)` books the next slot and says how far ahead it is, so the clients of a restarted gateway come back one
+    after the other at the rate it finishes them, instead of all at once.
+    Times are the caller's clock (trio's); no I/O.
+    """
+
+    __slots__ = (
+        "_completed",
+        "_latency",
+        "_mean_s",
+        "_next_slot",
+        "_reached",
+        "_window_start",
+        "limit",
+        "max_limit",
+        "pacing_s",
+        "rate",
+    )
+
+    def __init__(self, pacing_s: float, max_limit: int) -> None:
+        self.pacing_s = pacing_s
+        self.max_limit = max_limit
+        self.limit = float(min(PACER_START, max_limit))
+        #: handshakes finished per second, measured while the limit was reached (None: not yet)
+        self.rate: float | None = None
+        self._window_start: float | None = None
+        self._completed = 0
+        self._latency = 0.0
+        self._reached = False
+        self._next_slot = 0.0
+        #: a handshake's time, moving average over the last few dozen (None: none finished yet)
+        self._mean_s: float | None = None
+
+    def full(self, young: int) -> bool:
+        """Whether `young` handshakes in progress (the stalled ones left out) are as many as may run."""
+        if young >= self.limit:
+            self._reached = True
+            return True
+        return False
+
+    def finished(self, now: float, took_s: float) -> None:
+        """A handshake finished (succeeded or failed; not one the peer abandoned) after `took_s`."""
+        if self._window_start is None:
+            self._window_start = now
+        self._completed += 1
+        self._latency += took_s
+        self._mean_s = took_s if self._mean_s is None else self._mean_s + 0.05 * (took_s - self._mean_s)
+        elapsed = now - self._window_start
+        if elapsed < PACER_WINDOW_S or self._completed < PACER_FLOOR:
+            return
+        mean = self._latency / self._completed
+        if self._reached:
+            rate = self._completed / elapsed
+            self.rate = rate if self.rate is None else 0.5 * self.rate + 0.5 * rate
+        scale = self.pacing_s / max(mean, 1e-6)
+        if scale < 1.0:
+            self.limit = max(float(PACER_FLOOR), self.limit * max(0.5, scale))
+        elif self._reached and scale > 1.25:
+            self.limit = min(float(self.max_limit), self.limit * min(2.0, scale))
+        self._window_start, self._completed, self._latency, self._reached = now, 0, 0.0, False
+
+    def retry_after(self, now: float) -> float:
+        """Book the next slot of the virtual queue for a connection turned away: seconds until it."""
+        # Little's law: `limit` handshakes at a time, each for about _mean_s
+        rate = self.limit / max(self._mean_s if self._mean_s is not None else self.pacing_s, 1e-3)
+        slot = max(self._next_slot, now) + 1.0 / max(rate, 1e-3)
+        hint = min(MAX_RETRY_AFTER_S, slot - now)
+        self._next_slot = now + hint
+        return max(0.05, hint)
 
 
 class TokenBucket:

@@ -196,6 +196,7 @@ class Gateway:
         return {
             "uptime_s": round(time.time() - self.started_at, 1),
             "tunnel_refusals": self.tunnel.refusals,
+            "tunnel_handshakes": self.tunnel.gate.snapshot(),
             "counters": dict(self.tunnel.counters),
             "reloads": self.reloads,
             "clients": Streamed(list(self.registry.clients.values()), lambda session: session.snapshot()),
@@ -216,10 +217,14 @@ class Gateway:
         )
 
     async def _summaries(self) -> None:
-        """Once per interval: the summary line of a refusal storm that has ended."""
+        """Once per interval: the summary line of a refusal storm that has ended, and of the
+        connections turned away before their handshake (tunnel and routes)."""
         while True:
             await trio.sleep(self.config.client_limits.log_interval_s)
             self.tunnel.refusal_log.flush()
+            self.tunnel.gate.flush()
+            for server in self.routes:
+                server.gate.flush()
 
     async def _watch_expiry(self, every_s: float = 86400.0) -> None:
         """Log, at start and daily, each certificate that expires within EXPIRY_WARNING_DAYS (the metric is live)."""

@@ -71,6 +71,8 @@ _RECEIVE_BYTES = 65536
 ACK_IDLE_S = 0.5
 #: A client must finish its first frame this soon after the handshake.
 FIRST_FRAME_TIMEOUT_S = 10.0
+#: Sending the busy line to a connection turned away takes at most this long (a few bytes: no wait, really).
+BUSY_SEND_S = 0.5
 
 
 class TunnelServer:
@@ -94,7 +96,7 @@ class TunnelServer:
         self.limits = limits or ClientLimits()
         #: what the bounds refused or held back, over the gateway's life (`gateway status` "counters")
         self.counters: collections.Counter[str] = collections.Counter() if counters is None else counters
-        self.gate = HandshakeGate(handshake_limits or HandshakeLimits(), "tunnel", self.counters)
+        self.gate = HandshakeGate(handshake_limits or HandshakeLimits(), "tunnel", self.counters, pace=True)
         #: failed handshakes and refused certificates: a few lines and a summary per interval
         self.refusal_log = RefusalLog(log, "tunnel", self.limits.log_interval_s)
         #: once-per-interval warnings about a duplicate identity, by identity
@@ -121,14 +123,18 @@ class TunnelServer:
 
     async def handle(self, tcp: trio.SocketStream) -> None:
         """One accepted TCP connection on the tunnel port."""
-        with self.gate.admit(peer_label(tcp.socket)) as admitted:
-            if admitted:  # the slot is held for the handshake only
+        with self.gate.admit(peer_label(tcp.socket)) as ticket:
+            if ticket:  # the slot is held for the handshake only
                 try:
                     stream = await accept_tls(tcp, self.context, handshake_timeout_s=self.handshake_timeout_s)
                 except TlsRefused as refused:
+                    if refused.refusal in (Refusal.HANDSHAKE_TIMEOUT, Refusal.CLOSED):
+                        ticket.abandon()  # started, never finished: counted as handshakes_abandoned
                     self._tls_refused(refused)
                     return
-        if not admitted:
+        if not ticket:
+            if ticket.retry_after_s is not None:
+                await _busy(tcp, ticket.retry_after_s)
             await trio.aclose_forcefully(tcp)
             return
         peer = stream.peer
@@ -402,6 +408,18 @@ class TunnelServer:
         if cert is None:
             cert = self._certs[stream] = stream.peer_certificate()
         return cert is not None and self.revocation.is_revoked(cert)
+
+
+async def _busy(tcp: trio.SocketStream, retry_after_s: float) -> None:
+    """Turn a connection away before its handshake: the busy line with the hint
+    (`proto.tunnel.busy`); the caller closes it at once.  What the client sent
+    stays unread, so the close is a reset, but Linux keeps the line readable
+    before it (the client peeks at it first)."""
+    with trio.move_on_after(BUSY_SEND_S):
+        try:
+            await tcp.send_all(t.busy_line(retry_after_s))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
 
 
 async def _goodbye(stream: ZeroCopyTLSStream, error: t.Error) -> None:

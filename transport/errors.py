@@ -46,6 +46,7 @@ class Refusal(enum.StrEnum):
     NOT_TLS = "not TLS (garbage)"
     PROTOCOL_VERSION = "TLS version or cipher not accepted"
     CLOSED = "connection closed during handshake"
+    BUSY = "the gateway is busy"
     REFUSED_BY_PEER = "refused by the peer"
     FAILED = "TLS handshake failed"
 
@@ -54,14 +55,17 @@ class TlsRefused(TransportError):
     """A TLS handshake or the post-handshake check refused `peer`.
 
     `refusal` is the category, `detail` what OpenSSL or the check said;
-    `reason` (and str()) read "<refusal> (<detail>)".
+    `reason` (and str()) read "<refusal> (<detail>)".  `retry_after_s`:
+    the gateway's hint when it refused early because it was busy
+    (`Refusal.BUSY`, see `redirgate.proto.tunnel.busy`), else None.
     """
 
-    def __init__(self, peer: str, refusal: Refusal, detail: str = "") -> None:
+    def __init__(self, peer: str, refusal: Refusal, detail: str = "", *, retry_after_s: float | None = None) -> None:
         reason = f"{refusal.value} ({detail})" if detail else refusal.value
         super().__init__(peer, reason)
         self.refusal = refusal
         self.detail = detail
+        self.retry_after_s = retry_after_s
 
 
 def stream_error(exc: OSError, peer: str) -> trio.ClosedResourceError | trio.BrokenResourceError:

@@ -56,6 +56,7 @@ from typing import Final, TypeVar
 import trio
 from cryptography import x509
 
+from redirgate.proto.tunnel.busy import BUSY_MAX_BYTES, looks_like_tls, parse_busy
 from redirgate.transport.errors import Refusal, TlsRefused, stream_error
 from redirgate.transport.interfaces import Buffer, Handover
 from redirgate.transport.sockets import Busy, check_receive_size, peer_label, set_nodelay
@@ -240,6 +241,36 @@ class ZeroCopyTLSStream(trio.abc.Stream):
         self._ssl.do_handshake()
         return True
 
+    def _busy_hint(self) -> tuple[bool, float | None]:
+        """The client side: (whether the server's first bytes are here, the hint
+        of its busy line if they are one: `redirgate.proto.tunnel.busy`).  Read
+        with MSG_PEEK, so OpenSSL still gets every byte of a real ServerHello."""
+        try:  # the plain socket's recv under the SSLSocket: OpenSSL has not seen these bytes
+            first = socket.socket.recv(self._ssl, BUSY_MAX_BYTES, socket.MSG_PEEK)
+        except BlockingIOError:
+            return False, None
+        except OSError:
+            return True, None  # reset, ...: OpenSSL will say
+        return True, None if looks_like_tls(first) else parse_busy(first)
+
+    async def _handshake(self) -> None:
+        """`_complete(_handshake_step)`; a client first looks whether the
+        server's first bytes are a busy line instead of TLS (before OpenSSL
+        reads them: they may be here before our ClientHello left)."""
+        if self._ssl.server_side:
+            await self._complete(self._handshake_step)
+            return
+        looked = False
+        while True:
+            if not looked:
+                looked, hint = self._busy_hint()
+                if hint is not None:
+                    self._state, self._cause = _BROKEN, OSError("the gateway is busy")
+                    raise TlsRefused(self.peer, Refusal.BUSY, f"retry after {hint:g} s", retry_after_s=hint)
+            if self._attempt(self._handshake_step) is not None:
+                return
+            await self._wait(self._want)
+
     async def do_handshake(self, timeout_s: float | None = DEFAULT_HANDSHAKE_TIMEOUT_S) -> None:
         """Run the TLS handshake; TlsRefused on failure or after `timeout_s`."""
         if self._state is _CLOSED:
@@ -248,7 +279,7 @@ class ZeroCopyTLSStream(trio.abc.Stream):
             with trio.move_on_after(timeout_s if timeout_s is not None else float("inf")) as scope:
                 await trio.lowlevel.checkpoint()
                 try:
-                    await self._complete(self._handshake_step)
+                    await self._handshake()
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as failed:
                     cause = failed.__cause__
                     assert isinstance(cause, OSError)  # _attempt raises from what OpenSSL raised

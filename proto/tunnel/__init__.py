@@ -16,6 +16,7 @@ from redirgate.proto.tunnel.attach import (
     AttachResult,
 )
 from redirgate.proto.tunnel.base import CLOSED, NEED_DATA, Role, TunnelMessage, decode_message, encode_message
+from redirgate.proto.tunnel.busy import BUSY_MAX_BYTES, busy_line, looks_like_tls, parse_busy
 from redirgate.proto.tunnel.connection import (
     DEFAULT_MAX_CHANNELS,
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -77,6 +78,7 @@ from redirgate.proto.tunnel.state import ChannelState
 __all__ = [
     "ATTACH_MAX_MESSAGE_SIZE",
     "ATTACH_MESSAGES",
+    "BUSY_MAX_BYTES",
     "CLOSED",
     "CLUSTER_CAPABILITY",
     "CONTROL_MESSAGES",
@@ -139,7 +141,10 @@ __all__ = [
     "TunnelProtocolError",
     "UnexpectedMessageError",
     "VersionMismatchError",
+    "busy_line",
     "decode_message",
     "encode_message",
+    "looks_like_tls",
+    "parse_busy",
     "parse_selector",
 ]

@@ -3,11 +3,13 @@
 A real `TunnelClient` dials a loopback port where nothing listens (each
 attempt a real, refused TCP connect) on trio's autojump clock, so fifteen
 simulated minutes of an absent gateway take a moment; the delays it chose
-are read from its log lines.
+are read from its log lines.  And a gateway that is busy says when to come
+back: the client waits that, not its own guess.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import re
@@ -21,8 +23,7 @@ from redirgate.cli.lab import make_pki, write_client_config
 from redirgate.client.config import load_client_config
 from redirgate.client.service import ClientService
 from redirgate.client.tunnel import reconnect_delay
-
-pytestmark = pytest.mark.usefixtures("autojump_clock")
+from redirgate.proto import tunnel as t
 
 _DELAY = re.compile(r"reconnecting in ([0-9.]+) s")
 
@@ -33,6 +34,7 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.usefixtures("autojump_clock")
 async def test_redials_spread_over_the_whole_window_while_the_gateway_is_away(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -57,3 +59,40 @@ def test_the_window_grows_with_how_long_the_gateway_was_away() -> None:
         draws = [reconnect_delay(0, away, min_s=0.5, max_s=30.0, rng=rng) for _ in range(500)]
         window = min(30.0, max(0.5, away))
         assert max(draws) <= window and max(draws) > 0.9 * window and min(draws) < 0.25 * window + 0.25
+
+
+_HINTED = re.compile(r"retry after ([0-9.]+) s\); reconnecting in ([0-9.]+) s")
+
+
+async def test_a_busy_gateways_hint_is_honoured_and_it_grows_with_the_wait(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real client against a gateway that turns every dial away with a busy line (the real
+    gateway's bytes, `proto.tunnel.busy`) whose hint doubles: each redial waits the hint (its log
+    says so), not its own backoff.  Real time: the hints are short."""
+    caplog.set_level(logging.INFO, logger="redirgate.client.tunnel")
+    make_pki(tmp_path)
+    hints = [0.05 * 2**i for i in range(5)]
+    told = trio.Event()
+
+    async def busy_gateway(tcp: trio.SocketStream) -> None:
+        async with tcp:
+            served = len(handed)
+            handed.append(hints[min(served, len(hints) - 1)])
+            await tcp.send_all(t.busy_line(handed[-1]))
+            if len(handed) > len(hints):
+                told.set()
+
+    handed: list[float] = []
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, busy_gateway, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        client = ClientService(load_client_config(write_client_config(tmp_path, port))).client
+        nursery.start_soon(client.run)
+        with trio.fail_after(60):  # a safety net only
+            await told.wait()
+        nursery.cancel_scope.cancel()
+    seen = [(float(m.group(1)), float(m.group(2))) for r in caplog.records if (m := _HINTED.search(r.getMessage()))]
+    assert [hint for hint, _ in seen[: len(hints)]] == hints, seen
+    for hint, delay in seen:
+        assert hint <= delay <= hint * 1.1 + 0.05, seen  # the hint, plus at most its jitter (0.05: the log's rounding)

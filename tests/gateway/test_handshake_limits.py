@@ -99,6 +99,7 @@ async def test_out_of_file_descriptors_is_one_line_and_the_gateway_recovers(tmp_
         handshake_timeout_s=120,
         max_handshakes=100000,
         max_handshakes_per_source=100000,
+        handshake_pacing_s=0,  # no pacing: nothing but the descriptors stops the strangers
         limit_log_interval_s=600,
     )
     strangers = 300

@@ -1,0 +1,136 @@
+"""A storm of handshakes past the admission limit: paced, told when to come back, nothing abandoned.
+
+An in-process gateway (`running_lab`) with max_handshakes = 4, and a storm
+of real mutual-TLS 1.3 dials (the lab's client certificate) on real
+sockets: all connect before any speaks TLS, so the gateway meets them at
+once.  Each dialler does what the real client does with a
+refusal: waits `reconnect_delay(...)` (the client's own function, which
+honours the gateway's hint) and dials again.  Nothing here measures time.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+from pathlib import Path
+
+import pytest
+import trio
+
+from redirgate.cli.lab import GATEWAY_NAME
+from redirgate.client.tunnel import reconnect_delay
+from redirgate.gateway import pki
+from redirgate.transport import ClientContext, TlsRefused, ZeroCopyTLSStream, client_context
+from tests.support.tunnel_lab import Lab, running_lab
+from tests.support.waiting import until
+
+STORM = 48
+LIMIT = 4
+ADMISSION_LOG = "redirgate.gateway.admission"
+_SUMMARY = re.compile(r"(\d+) connection\(s\) turned away at once since the last such line")
+
+
+class Storm:
+    """What the diallers saw: the hints, in the order they came, and anything that is not a hint."""
+
+    def __init__(self) -> None:
+        self.hints: list[float] = []
+        self.other: list[TlsRefused] = []
+        self.streams: list[ZeroCopyTLSStream] = []
+
+
+async def storm(lab: Lab) -> Storm:
+    """STORM diallers: all connect TCP first, so the gateway meets them at once (it admits LIMIT, waiting
+    for their ClientHello, and turns the rest away), then each speaks TLS and, when turned away, dials
+    again after the client's `reconnect_delay`."""
+    base = lab.directory / "pki"
+    ident = pki.client_dir(base, "thin-01")
+    context = client_context(ident / "client-cert.pem", ident / "client-key.pem", base / "ca-cert.pem", GATEWAY_NAME)
+    seen = Storm()
+    first = [await trio.open_tcp_stream("127.0.0.1", lab.tunnel_port) for _ in range(STORM)]
+    await until(lambda: lab.gateway.tunnel.counters["handshakes_refused"] >= STORM - LIMIT, "the storm's refusals")
+
+    async def dialler(tcp: trio.SocketStream) -> None:
+        sock = socket.socket(fileno=tcp.socket.detach())
+        stream = ZeroCopyTLSStream(sock, context.ssl_context, server_side=False, server_hostname=GATEWAY_NAME)
+        while True:
+            try:
+                await stream.do_handshake(120)
+            except TlsRefused as exc:
+                await trio.aclose_forcefully(stream)
+                if exc.retry_after_s is None:
+                    seen.other.append(exc)  # a refusal without a hint (or an abandoned handshake): the test fails
+                    return
+                seen.hints.append(exc.retry_after_s)
+                await trio.sleep(reconnect_delay(0, 0.0, min_s=0.5, max_s=30.0, retry_after_s=exc.retry_after_s))
+                stream = await open_tls_connection_lazily(lab.tunnel_port, context)
+                continue
+            seen.streams.append(stream)
+            return
+
+    with trio.fail_after(300):  # a safety net only
+        async with trio.open_nursery() as nursery:
+            for tcp in first:
+                nursery.start_soon(dialler, tcp)
+    return seen
+
+
+async def open_tls_connection_lazily(port: int, context: ClientContext) -> ZeroCopyTLSStream:
+    """A TCP connection wrapped for TLS, the handshake not started (the caller runs it)."""
+    tcp = await trio.open_tcp_stream("127.0.0.1", port)
+    sock = socket.socket(fileno=tcp.socket.detach())
+    return ZeroCopyTLSStream(sock, context.ssl_context, server_side=False, server_hostname=context.server_name)
+
+
+async def test_a_storm_past_the_limit_all_connect_told_when_to_come_back_none_abandoned(tmp_path: Path) -> None:
+    options = {"max_handshakes": LIMIT, "handshake_timeout_s": 120, "handshake_pacing_s": 0.2}
+    async with running_lab(tmp_path, [], start_client_now=False, **options) as lab:  # type: ignore[arg-type]
+        seen = await storm(lab)
+        try:
+            assert not seen.other, [str(e) for e in seen.other]
+            assert len(seen.streams) == STORM  # every dialler connected in the end
+            counters = lab.gateway.snapshot()["counters"]
+            # turned away before any handshake, each with a hint: nothing started was left unfinished
+            assert counters.get("handshakes_abandoned", 0) == 0, counters
+            assert counters["handshakes_told_to_retry"] == len(seen.hints) >= STORM - LIMIT, counters
+            # the hints are slots in one queue: the later ones wait longer
+            assert max(seen.hints) > 2 * min(seen.hints), seen.hints
+        finally:
+            for stream in seen.streams:
+                await stream.aclose()
+
+
+async def test_what_was_turned_away_is_one_line_per_interval_that_counts_it_all(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    interval = 0.5
+    options = {
+        "max_handshakes": LIMIT,
+        "handshake_timeout_s": 120,
+        "handshake_pacing_s": 0.2,
+        "limit_log_interval_s": interval,
+    }
+    async with running_lab(tmp_path, [], start_client_now=False, **options) as lab:  # type: ignore[arg-type]
+        started = trio.current_time()
+        seen = await storm(lab)
+        try:
+            refused = lab.gateway.snapshot()["counters"]["handshakes_refused"]
+            assert refused == len(seen.hints) > 0
+
+            def counted() -> list[int]:
+                return [
+                    int(m.group(1))
+                    for r in caplog.records
+                    if r.name == ADMISSION_LOG and (m := _SUMMARY.search(r.getMessage()))
+                ]
+
+            # the storm's end is told too: the gateway's ticker writes what the last line did not count
+            await until(lambda: sum(counted()) == refused, "the summary lines to count every refusal")
+            lines = counted()
+            elapsed = trio.current_time() - started
+            assert len(lines) <= elapsed / interval + 2, (lines, elapsed)  # at most one per interval (and the first)
+        finally:
+            for stream in seen.streams:
+                await stream.aclose()
