@@ -37,6 +37,20 @@ gateway (quick 2 cycles, full 3; median [min–max]):
 
     python bench/scale.py [--quick] [--sizes 100 1000]
 
+The herd (issue 15), on its own: ``python bench/scale.py --herd 10000
+[--rounds R]``.  N clients in HERD_PROCS load-generator processes (on the
+same two cores as the gateway: they compete with it, so the figures are the
+machine's, not the gateway's alone) connect to a fresh gateway; then the
+gateway is SIGKILLed and started again on the same port, once with
+``handshake_pacing_s = 0`` (pacing off: the fixed handshake limits only, as
+before issue 15's pacing) and once with the default (paced, busy lines with
+retry hints), interleaved.  Reported per arm: time from the kill until every
+client is back (its own view: its hello answered), p50/p99 of the time back
+per client, handshakes abandoned on both sides (the gateway's
+``handshakes_abandoned``: started, then timed out or closed by the peer; the
+clients': dials that timed out mid-way), connections turned away and hints,
+attempts per client and the gateway's CPU; and paced ÷ off.
+
 Every process started here is stopped by PID in a ``finally``; every wait
 has a bound.  Nothing is asserted: what cannot be measured (a size beyond
 the file-descriptor limit, a run that timed out) is reported with the reason.
@@ -623,10 +637,254 @@ def charts(result: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+# ------------------------------------- the herd: a restart with thousands of clients, pacing off and on
+#: simulated-client processes of the herd run: they share the 2 cores with the gateway
+HERD_PROCS = 2
+#: (label, [gateway] handshake_pacing_s: 0 = off, today's behaviour before issue 15's pacing; None = the default)
+HERD_ARMS: tuple[tuple[str, float | None], ...] = (("pacing off", 0.0), ("paced, retry hints", None))
+HERD_FLOOR_S = 15.0
+HERD_SETTLE_S = 2.0
+
+
+class Herd:
+    """N simulated clients in HERD_PROCS processes against one gateway; `restart` SIGKILLs the
+    gateway, starts it again on the same port and times every client's return."""
+
+    def __init__(self, workdir: Path, pki_base: Path, n: int, pacing_s: float | None, procs: int) -> None:
+        from redirgate.cli.lab import write_gateway_config
+
+        self.n = n
+        self.procs = Processes(workdir)
+        lab_dir = workdir / "lab"
+        lab_dir.mkdir()
+        (lab_dir / "pki").symlink_to(pki_base)
+        (tunnel_port,) = gl.free_ports(1)
+
+        def config(pacing_s: float | None) -> Path:
+            extra = {} if pacing_s is None else {"handshake_pacing_s": pacing_s}
+            return write_gateway_config(
+                lab_dir,
+                [],
+                tunnel_listen=f"{LOOPBACK}:{tunnel_port}",
+                heartbeat_interval_s=HEARTBEAT_INTERVAL_S,
+                **extra,
+            )
+
+        # the first connections of all N go to a paced gateway in every arm (they are not measured: only
+        # the restart is, and it runs with the arm's setting)
+        self.lab = gl.Lab(lab_dir, config(None), tunnel_port, lab_dir / "gateway.sock", {})
+        self.config, self.pacing_s = config, pacing_s
+        self.gateway = gl.start_gateway(self.procs, self.lab)
+        share = [n // procs + (i < n % procs) for i in range(procs)]
+        #: the first connections of all N, on a machine shared with others: generous
+        self.connect_timeout_s = 120.0 + n * 0.1
+        self.peers: list[Peer] = []
+        first = 0
+        for i, count in enumerate(share):
+            argv = [
+                sys.executable,
+                str(PEERS),
+                "clients",
+                "--port",
+                str(tunnel_port),
+                "--pki",
+                str(lab_dir / "pki"),
+                "--first",
+                str(first),
+                "--count",
+                str(count),
+                "--connect-concurrency",
+                str(CONNECT_CONCURRENCY // procs),
+                "--connect-timeout-s",
+                str(self.connect_timeout_s),
+            ]
+            self.peers.append(Peer(self.procs, f"loadgen{i}", argv))
+            first += count
+        self.counts = share
+        for peer in self.peers:
+            peer.read(60.0 + n * 0.01)
+
+    def all(self, line: str, timeout_s: float) -> list[dict[str, Any]]:
+        """`line` to every load generator at once, then their answers."""
+        for peer in self.peers:
+            self.tell(peer, line)
+        return [peer.read(timeout_s) for peer in self.peers]
+
+    @staticmethod
+    def tell(peer: Peer, line: str) -> None:
+        stdin = peer.proc.popen.stdin
+        assert stdin is not None
+        stdin.write(line.encode() + b"\n")
+        stdin.flush()
+
+    def connect_all(self) -> int:
+        for peer, count in zip(self.peers, self.counts, strict=True):
+            self.tell(peer, f"connect {count}")
+        timeout = self.connect_timeout_s + 30
+        return sum(peer.read(timeout)["online"] for peer in self.peers)
+
+    def restart(self, into: Figures, notes: list[str], label: str) -> None:
+        """SIGKILL the gateway, start it again, until every client is back (the clients' own view)."""
+        self.config(self.pacing_s)  # the arm's setting, read by the gateway started below
+        marks = self.all("restart-mark", 30)
+        marked = sum(m["marked"] for m in marks)
+        t0 = time.monotonic()
+        self.gateway.popen.kill()  # SIGKILL to this PID: nothing closed gracefully
+        self.gateway.popen.wait(10)
+        self.procs.started.remove(self.gateway)
+        self.gateway = gl.start_gateway(self.procs, self.lab)
+        up_s = time.monotonic() - t0
+        cpu0 = process_cpu_s(self.gateway.pid)
+        limit_s = 120.0 + self.n * 0.03
+        while True:
+            time.sleep(1.0)
+            answers = self.all("back", 60)
+            back = sorted(b for a in answers for b in a["back"])
+            if len(back) >= marked or time.monotonic() - t0 > limit_s:
+                break
+        cpu_s = process_cpu_s(self.gateway.pid) - cpu0
+        st = gl.status(self.lab) or {}
+        counters = st.get("counters", {})
+        if len(back) < marked:
+            errors = sorted({e for a in answers for e in a.get("errors", [])})[:3]
+            notes.append(f"{label}: only {len(back)} of {marked} back within {limit_s:.0f} s ({'; '.join(errors)})")
+            return
+        _put(into, "herd_all_back_s", back[-1])
+        _put(into, "herd_p50_s", back[len(back) // 2])
+        _put(into, "herd_p99_s", back[min(len(back) - 1, len(back) * 99 // 100)])
+        _put(into, "herd_gateway_up_s", up_s)
+        _put(into, "herd_listed", len(st.get("clients", [])) + int(st.get("clients_more", 0)))
+        _put(into, "herd_abandoned_gateway", counters.get("handshakes_abandoned", 0))
+        _put(into, "herd_abandoned_clients", sum(a["abandoned"] for a in answers))
+        _put(into, "herd_hints", sum(a["hints"] for a in answers))
+        _put(into, "herd_refused_gateway", counters.get("handshakes_refused", 0))
+        _put(into, "herd_attempts_per_client", sum(a["attempts"] for a in answers) / marked)
+        _put(into, "herd_gateway_cpu_s", cpu_s)
+
+    def close(self) -> None:
+        try:
+            self.all("quit", 5)
+        except (RuntimeError, OSError, ValueError):
+            pass
+        self.procs.stop_all()
+
+
+def run_herd(n: int, rounds: int, procs: int = HERD_PROCS) -> dict[str, Any]:
+    """For each round and arm (interleaved): a fresh gateway, N clients connected, then one SIGKILL +
+    restart timed; the figures per arm."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    started, load0 = time.monotonic(), os.getloadavg()
+    pki_base, pki_s, issued = ensure_pki(n)
+    notes = [f"PKI cache {PKI_CACHE}: {issued} certificate(s) issued now ({pki_s:.1f} s)"]
+    arms: dict[str, Figures] = {label: {} for label, _ in HERD_ARMS}
+    errors: list[str] = []
+    for _ in range(rounds):
+        for label, pacing in HERD_ARMS:
+            with tempfile.TemporaryDirectory(prefix="redirgate-bench-herd-") as tmp:
+                herd = None
+                try:
+                    herd = Herd(Path(tmp), pki_base, n, pacing, procs)
+                    online = herd.connect_all()
+                    if online < n:
+                        notes.append(f"{label}: only {online} of {n} online before the restart")
+                        continue
+                    time.sleep(HERD_SETTLE_S)
+                    herd.restart(arms[label], notes, label)
+                except (RuntimeError, OSError, KeyError) as exc:
+                    errors.append(f"{label}: {type(exc).__name__}: {exc}")
+                finally:
+                    if herd is not None:
+                        herd.close()
+    return {
+        "what": f"{n} simulated clients, gateway SIGKILL + restart, handshake pacing off vs on",
+        "n": n,
+        "rounds": rounds,
+        "procs": procs,
+        "arms": arms,
+        "machine": machine(),
+        "loadavg_start": load0,
+        "loadavg_end": os.getloadavg(),
+        "wall_s": time.monotonic() - started,
+        "notes": notes,
+        "errors": errors,
+    }
+
+
+HERD_ROWS: tuple[tuple[str, str, int], ...] = (
+    ("herd_all_back_s", "all N back after SIGKILL + restart, s (from the kill)", 1),
+    ("herd_p50_s", "  time back per client p50, s", 1),
+    ("herd_p99_s", "  time back per client p99, s", 1),
+    ("herd_gateway_up_s", "  of which the new gateway starting, s", 1),
+    ("herd_listed", "  clients the gateway's status lists then", 0),
+    ("herd_abandoned_gateway", "handshakes abandoned, gateway (started, not finished)", 0),
+    ("herd_abandoned_clients", "handshakes abandoned, clients (dial timed out mid-way)", 0),
+    ("herd_refused_gateway", "connections turned away before any handshake", 0),
+    ("herd_hints", "  of which with a retry hint (clients' count)", 0),
+    ("herd_attempts_per_client", "connection attempts per client to get back", 2),
+    ("herd_gateway_cpu_s", "gateway CPU s from its start to all back", 1),
+)
+
+
+def herd_table(result: dict[str, Any]) -> str:
+    mach, arms = result["machine"], result["arms"]
+    labels = list(arms)
+    lines = [
+        f"scale herd: {result['what']}",
+        f"  {result['rounds']} round(s), arms interleaved, each on a fresh gateway; clients in {result['procs']} "
+        f"processes on the same {mach['cpus']} cores as the gateway (they compete with it for CPU: the figures are "
+        f"this whole machine's, not the gateway's alone); {mach['cpu']}, Python {mach['python']}, {mach['openssl']}; "
+        f"load average {result['loadavg_start'][0]:.2f} at start, {result['loadavg_end'][0]:.2f} at end",
+        "",
+    ]
+    width, col = 56, 22
+    lines.append(f"{'measure':<{width}}" + "".join(f"{label:>{col}}" for label in labels) + f"{'on ÷ off':>{col}}")
+    for key, label, digits in HERD_ROWS:
+        values = [arms[a].get(key) for a in labels]
+        ratio = ""
+        if all(values) and len(values) == 2:
+            off, on = statistics.median(values[0]), statistics.median(values[1])
+            ratio = f"{on / off:.2f}" if off else ""
+        lines.append(
+            f"{label:<{width}}" + "".join(f"{cell(v, digits, single=''):>{col}}" for v in values) + f"{ratio:>{col}}"
+        )
+    paced = arms[labels[-1]].get("herd_all_back_s")
+    if paced:
+        med = statistics.median(paced)
+        lines += [
+            "",
+            f"floor: all {result['n']} back within {HERD_FLOOR_S:g} s of the kill, none abandoned: {med:.1f} s, "
+            + (
+                "meets"
+                if med <= HERD_FLOOR_S
+                and not any(
+                    arms[labels[-1]].get(k, [0])[-1] for k in ("herd_abandoned_gateway", "herd_abandoned_clients")
+                )
+                else "MISSES"
+            ),
+        ]
+    for note in result["notes"]:
+        lines.append(f"  note: {note}")
+    for err in result["errors"]:
+        lines.append(f"  error: {err}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = script_arguments(__doc__, "N = 100 and 1000, short windows (under ~40 s)", runs=False)
     parser.add_argument("--sizes", type=int, nargs="+", help="override the client counts")
+    parser.add_argument(
+        "--herd",
+        type=int,
+        metavar="N",
+        help="instead: N clients (e.g. 10000), a gateway SIGKILL + restart with handshake pacing off and on",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="--herd: rounds of both arms, interleaved")
     args = parser.parse_args(argv)
+    if args.herd:
+        emit(run_herd(args.herd, args.rounds), herd_table, args.json)
+        return
     emit(run(args.quick, sizes=tuple(args.sizes) if args.sizes else None), table, args.json)
 
 

@@ -13,16 +13,25 @@ process per role, so the gateway's CPU and memory are read from its own
                  heartbeats both ways, and on ``OpenChannel``:
                  ChannelOpened, a data connection with the attach preamble,
                  then it sinks and counts every byte.  After any loss it
-                 reconnects with the real client's jittered exponential
-                 backoff (0.5 s doubling to 30 s, × U(0.5, 1); reset after a
-                 session that lasted 10 s).  Driven by lines on stdin,
+                 reconnects as the real client does (client/tunnel.py
+                 `reconnect_delay`: the window is the backoff, 0.5 s
+                 doubling to 30 s, or how long the gateway was away,
+                 whichever is longer, drawn from all of it; reset after a
+                 session that lasted 10 s), and a busy gateway's retry hint
+                 is honoured instead.  It counts the hints and the dials it
+                 gave up in the middle (abandoned handshakes).  Driven by lines on stdin,
                  answered with one JSON line each on stdout:
                  ``connect K`` (start clients 0..K-1; the first handshakes
                  at most ``--connect-concurrency`` at a time; answers once
                  all are online or after ``--connect-timeout-s``),
                  ``mark [K]`` (clients online, sessions and connection
                  attempts so far, and the
-                 byte counters of clients 0..K-1), ``disconnect``.
+                 byte counters of clients 0..K-1), ``restart-mark`` (right
+                 before the gateway is killed: the clients online now are
+                 the ones to come back), ``back`` (since then: each
+                 returned client's seconds, attempts, hints, abandoned
+                 dials), ``disconnect``.  ``--first`` offsets the client
+                 names, so several processes share one N.
 ``hypervisors``  plain TCP connections to the given ports (the "QEMU"
                  side of 200 routes).  Prints READY once connected; on
                  ``go`` every connection writes 64 KiB blocks flat out; on
@@ -36,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import resource
 import sys
 import time
@@ -45,12 +53,14 @@ from typing import Any
 
 import trio
 
+from redirgate.client.tunnel import reconnect_delay
 from redirgate.gateway.pki import client_dir
 from redirgate.proto import tunnel as t
 from redirgate.transport import (
     ClientContext,
     ControlSession,
     PeerGone,
+    Refusal,
     TlsRefused,
     ZeroCopyTLSStream,
     client_context,
@@ -118,26 +128,46 @@ class SimClient:
         #: set when t_online is (a `connect` command makes a new one)
         self.first_online = trio.Event()
         self.last_error = ""
+        #: the gateway's busy lines (retry hints) received, and dials given up in the middle of
+        #: the TCP connect or TLS handshake (CONNECT_TIMEOUT_S): "abandoned" on the client side
+        self.hints = 0
+        self.abandoned = 0
+        #: perf_counter() of the first session up after the last `restart-mark` (None: not back yet)
+        self.t_back: float | None = None
+        self.marked = False
 
     async def run(self, first_limiter: trio.CapacityLimiter | None) -> None:
+        """The real client's reconnect policy (client/tunnel.py `reconnect_delay`): the window grows
+        with how long the gateway was away, and a busy gateway's hint is honoured."""
         failures = 0
         limiter = first_limiter
+        lost_at = trio.current_time()
         while True:
             started = trio.current_time()
+            hint = None
             try:
                 await self._session(limiter)
                 self.last_error = "the gateway closed the connection"
+            except TlsRefused as exc:
+                self.last_error = f"TlsRefused: {exc}"
+                hint = exc.retry_after_s
             except SESSION_ERRORS as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
             except SimError as exc:
                 self.last_error = str(exc)
             finally:
+                if self.online:
+                    lost_at = trio.current_time()
                 self.online = False
             limiter = None  # only the first connection of a `connect` is paced
-            if trio.current_time() - started > RESET_AFTER_S:
+            now = trio.current_time()
+            if now - started > RESET_AFTER_S:
                 failures = 0
-            delay = min(RECONNECT_MAX_S, RECONNECT_MIN_S * 2**failures) * random.uniform(0.5, 1.0)
-            failures = min(failures + 1, 16)
+            delay = reconnect_delay(
+                failures, now - lost_at, min_s=RECONNECT_MIN_S, max_s=RECONNECT_MAX_S, retry_after_s=hint
+            )
+            if hint is None:
+                failures = min(failures + 1, 16)
             await trio.sleep(delay)
 
     async def _dial(self) -> ZeroCopyTLSStream:
@@ -149,7 +179,17 @@ class SimClient:
         if self.t_start is None:
             self.t_start = time.perf_counter()
         self.attempts += 1
-        stream = await self._dial()
+        try:
+            stream = await self._dial()
+        except trio.TooSlowError:
+            self.abandoned += 1
+            raise
+        except TlsRefused as exc:
+            if exc.refusal is Refusal.HANDSHAKE_TIMEOUT:
+                self.abandoned += 1
+            elif exc.retry_after_s is not None:
+                self.hints += 1
+            raise
         if self.t_tls is None:
             self.t_tls = time.perf_counter()
         return stream
@@ -175,6 +215,8 @@ class SimClient:
         await control.send(t.Inventory(self.devices))
         self.online = True
         self.sessions += 1
+        if self.marked and self.t_back is None:
+            self.t_back = time.perf_counter()
         if self.t_online is None:
             self.t_online = time.perf_counter()
             self.first_online.set()
@@ -253,15 +295,25 @@ def _say(obj: dict[str, Any]) -> None:
     print(json.dumps(obj), flush=True)
 
 
+def _totals(clients: list[SimClient]) -> dict[str, int]:
+    return {
+        "attempts": sum(c.attempts for c in clients),
+        "hints": sum(c.hints for c in clients),
+        "abandoned": sum(c.abandoned for c in clients),
+    }
+
+
 async def clients_role(args: argparse.Namespace) -> None:
     base = Path(args.pki)
     ca = base / "ca-cert.pem"
     started = time.perf_counter()
     contexts = []
-    for i in range(args.count):
+    for i in range(args.first, args.first + args.count):
         d = client_dir(base, client_name(i))
         contexts.append(client_context(d / "client-cert.pem", d / "client-key.pem", ca, args.server_name))
-    clients = [SimClient(i, ctx, args.port) for i, ctx in enumerate(contexts)]
+    clients = [SimClient(args.first + i, ctx, args.port) for i, ctx in enumerate(contexts)]
+    marked_at = time.perf_counter()
+    base_totals: dict[str, int] = {}
     soft, hard = raise_nofile()
     _say({"ready": True, "contexts_s": time.perf_counter() - started, "nofile": [soft, hard]})
     scope: trio.CancelScope | None = None
@@ -324,6 +376,23 @@ async def clients_role(args: argparse.Namespace) -> None:
                             "errors": sorted({c.last_error for c in clients if c.last_error and not c.online})[:5],
                         }
                     )
+                elif words[0] == "restart-mark":  # right before the gateway is killed
+                    marked_at = time.perf_counter()
+                    base_totals = _totals(clients)
+                    for c in clients:
+                        c.t_back, c.marked = None, c.online
+                    _say({"t": marked_at, "marked": sum(c.marked for c in clients)})
+                elif words[0] == "back":  # since `restart-mark`: who is back, how long each took
+                    now_totals = _totals(clients)
+                    back = sorted(c.t_back - marked_at for c in clients if c.marked and c.t_back is not None)
+                    _say(
+                        {
+                            "marked": sum(c.marked for c in clients),
+                            "back": back,
+                            **{key: now_totals[key] - base_totals.get(key, 0) for key in now_totals},
+                            "errors": sorted({c.last_error for c in clients if c.last_error and not c.online})[:5],
+                        }
+                    )
                 elif words[0] == "disconnect":
                     if scope is not None:
                         scope.cancel()
@@ -382,6 +451,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0, help="clients: the gateway's tunnel port")
     parser.add_argument("--pki", help="clients: the PKI folder with clients/sim-NNNNN")
     parser.add_argument("--count", type=int, default=0, help="clients: how many contexts to load")
+    parser.add_argument("--first", type=int, default=0, help="clients: the index of the first (several processes)")
     parser.add_argument("--server-name", default="gateway.local")
     parser.add_argument("--connect-concurrency", type=int, default=64)
     parser.add_argument("--connect-timeout-s", type=float, default=120.0)

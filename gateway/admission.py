@@ -11,7 +11,12 @@ all and per source address: `admit(peer)` says whether a new connection may
 start its handshake; one that may not is closed at once by the caller,
 counted (`handshakes_refused`) and summed up in one line per interval.
 Each handshake keeps its deadline (`handshake_timeout_s`), so a slot is
-never held longer than that.
+never held longer than that.  On the tunnel port the gate also paces
+(`HandshakePacer`, issue 15): it admits handshakes at the rate they are
+measured to finish, and a connection turned away is told when to come back
+(the busy line, `redirgate.proto.tunnel.busy`, written by the caller), so a
+restarted gateway's thousands of clients neither time out handshakes it
+started nor come back all at once.
 
 Threads: none; everything runs on the gateway's trio loop.
 """
@@ -28,7 +33,7 @@ from typing import Any
 
 import trio
 
-from redirgate.gateway.limits import PACER_STALLED, Every, HandshakeLimits, HandshakePacer
+from redirgate.gateway.limits import Every, HandshakeLimits, HandshakePacer
 
 __all__ = ["ACCEPT_CAPACITY_ERRNOS", "HandshakeGate", "Ticket", "serve_bounded"]
 
@@ -122,7 +127,7 @@ class HandshakeGate:
 
     With `pace` (the tunnel port, whose clients understand the busy line) and
     `limits.pacing_s` > 0, a `HandshakePacer` also bounds the handshakes
-    started in the last PACER_STALLED x pacing_s to what the gateway is
+    started in the last few pacing_s (`stall_after_s`) to what the gateway is
     measured to finish in about `pacing_s`, and every connection turned away
     gets a retry hint: a slot in the queue the pacer serves at that rate.
     """
@@ -144,8 +149,8 @@ class HandshakeGate:
         self._latest = ""
         self._longest_hint = 0.0
 
-    def _young_count(self, now: float) -> int:
-        horizon = now - PACER_STALLED * self.limits.pacing_s
+    def _young_count(self, pacer: HandshakePacer, now: float) -> int:
+        horizon = now - pacer.stall_after_s()
         young = self._young
         while young and (young[0].done or young[0].started < horizon):
             ticket = young.popleft()
@@ -162,7 +167,7 @@ class HandshakeGate:
         host = peer.rsplit(":", 1)[0].strip("[]")
         limits, pacer = self.limits, self.pacer
         now = trio.current_time()
-        if pacer is not None and pacer.full(self._young_count(now)):
+        if pacer is not None and pacer.full(self._young_count(pacer, now)):
             hint: float | None = pacer.retry_after(now)
         elif self.in_progress >= limits.max_handshakes or self.by_source[host] >= limits.max_per_source:
             hint = limits.pacing_s if pacer is not None else None  # not a paced refusal: no queue slot

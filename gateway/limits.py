@@ -78,6 +78,8 @@ PACER_WINDOW_S = 0.5
 PACER_STALLED = 3.0
 #: the longest retry hint handed out, s
 MAX_RETRY_AFTER_S = 60.0
+#: the share of the measured completion rate the retry hints' queue is served at
+HINT_RATE_SHARE = 0.9
 
 
 class HandshakePacer:
@@ -89,11 +91,13 @@ class HandshakePacer:
     longer than `pacing_s`, up (at most doubled) when they were quicker and
     the limit was reached in the window; so an admitted handshake finishes in
     about `pacing_s` whether the gateway has a core to itself or shares it.
-    A handshake that runs longer than PACER_STALLED x `pacing_s` stops
-    counting against `limit` (see `stalled`).
+    A handshake that runs longer than PACER_STALLED x `pacing_s` (or x the
+    mean handshake time, if longer) stops counting against `limit` (see
+    `stall_after_s`).
 
     A connection turned away gets a slot in a virtual queue served at the
-    completion rate (`limit` / the mean handshake time, by Little's law):
+    completion rate (measured while the limit was reached; before that,
+    `limit` / the mean handshake time, by Little's law):
     `retry_after(now)` books the next slot and says how far ahead it is, so the clients of a restarted gateway come back one
     after the other at the rate it finishes them, instead of all at once.
     Times are the caller's clock (trio's); no I/O.
@@ -126,6 +130,12 @@ class HandshakePacer:
         #: a handshake's time, moving average over the last few dozen (None: none finished yet)
         self._mean_s: float | None = None
 
+    def stall_after_s(self) -> float:
+        """How old a handshake in progress must be to stop counting against `limit`: PACER_STALLED x
+        `pacing_s`, or x the mean handshake time when that is longer (a starved gateway's handshakes are
+        slow, not stalled: counting them out would only admit more and slow them all further)."""
+        return PACER_STALLED * max(self.pacing_s, self._mean_s or 0.0)
+
     def full(self, young: int) -> bool:
         """Whether `young` handshakes in progress (the stalled ones left out) are as many as may run."""
         if young >= self.limit:
@@ -139,7 +149,7 @@ class HandshakePacer:
             self._window_start = now
         self._completed += 1
         self._latency += took_s
-        self._mean_s = took_s if self._mean_s is None else self._mean_s + 0.05 * (took_s - self._mean_s)
+        self._mean_s = took_s if self._mean_s is None else self._mean_s + 0.2 * (took_s - self._mean_s)
         elapsed = now - self._window_start
         if elapsed < PACER_WINDOW_S or self._completed < PACER_FLOOR:
             return
@@ -156,9 +166,11 @@ class HandshakePacer:
 
     def retry_after(self, now: float) -> float:
         """Book the next slot of the virtual queue for a connection turned away: seconds until it."""
-        # Little's law: `limit` handshakes at a time, each for about _mean_s
-        rate = self.limit / max(self._mean_s if self._mean_s is not None else self.pacing_s, 1e-3)
-        slot = max(self._next_slot, now) + 1.0 / max(rate, 1e-3)
+        rate = self.rate
+        if rate is None:  # not measured yet; Little's law: `limit` handshakes at a time, each for about _mean_s
+            rate = self.limit / max(self._mean_s if self._mean_s is not None else self.pacing_s, 1e-3)
+        # a little behind the rate: a client back before there is room is only turned away again
+        slot = max(self._next_slot, now) + 1.0 / max(HINT_RATE_SHARE * rate, 1e-3)
         hint = min(MAX_RETRY_AFTER_S, slot - now)
         self._next_slot = now + hint
         return max(0.05, hint)

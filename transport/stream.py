@@ -38,7 +38,9 @@ peer's close_notify.  TLS 1.3 has no half-close, so this is a two-way
 ``trio.abc.Stream`` only.
 
 Errors: handshake failures become :class:`TlsRefused` (via
-``refusal_from_ssl_error``); data-phase ``ssl.SSLError``/``OSError`` go
+``refusal_from_ssl_error``; a client whose server answered with the
+gateway's busy line instead of TLS gets ``Refusal.BUSY`` and its
+``retry_after_s``: the first bytes are peeked at before OpenSSL reads them); data-phase ``ssl.SSLError``/``OSError`` go
 through :func:`redirgate.transport.errors.stream_error` (``__cause__``
 keeps the original) and the stream is broken from then on.  A peer that
 drops the TCP connection without close_notify is a BrokenResourceError,
