@@ -21,6 +21,7 @@ import trio
 from redirgate.cli.lab import GATEWAY_NAME
 from redirgate.client.tunnel import reconnect_delay
 from redirgate.gateway import pki
+from redirgate.gateway.limits import HandshakePacer
 from redirgate.transport import ClientContext, TlsRefused, ZeroCopyTLSStream, client_context
 from tests.support.tunnel_lab import Lab, running_lab
 from tests.support.waiting import until
@@ -134,3 +135,28 @@ async def test_what_was_turned_away_is_one_line_per_interval_that_counts_it_all(
         finally:
             for stream in seen.streams:
                 await stream.aclose()
+
+
+def test_the_pacers_limit_follows_the_handshake_time_and_its_hints_queue_up() -> None:
+    """The bookkeeping alone, on a made-up clock: handshakes slower than pacing_s shrink the limit,
+    quicker ones grow it (only while it is reached) up to max_handshakes; each hint is a later slot."""
+    pacer = HandshakePacer(1.0, 256)
+    start, now = pacer.limit, 0.0
+    for _ in range(40):  # a starved gateway: 4 s a handshake
+        now += 0.1
+        assert pacer.full(int(pacer.limit))
+        pacer.finished(now, 4.0)
+    assert pacer.limit < start / 4
+    assert pacer.stall_after_s() > 4.0  # its slow handshakes are not taken for stalled ones
+    slow = pacer.limit
+    for _ in range(100):  # quick handshakes, but nobody waiting: the limit stays
+        now += 0.1
+        pacer.finished(now, 0.01)
+    assert pacer.limit == slow
+    for _ in range(200):  # quick handshakes and the limit reached: it grows, up to max_handshakes
+        now += 0.05
+        pacer.full(int(pacer.limit))
+        pacer.finished(now, 0.01)
+    assert pacer.limit == 256
+    hints = [pacer.retry_after(now) for _ in range(50)]
+    assert hints == sorted(hints) and hints[-1] > hints[0]
