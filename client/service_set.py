@@ -11,13 +11,20 @@ the client's trio loop.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
 import trio
 
-__all__ = ["PortChange", "ServiceSet"]
+__all__ = ["RESTART_FIRST_S", "RESTART_MAX_S", "PortChange", "ServiceSet"]
+
+log = logging.getLogger(__name__)
+
+#: Pause before a service that failed unexpectedly is started again; it doubles up to RESTART_MAX_S.
+RESTART_FIRST_S = 1.0
+RESTART_MAX_S = 30.0
 
 E = TypeVar("E")  # an export dataclass with a .name
 S = TypeVar("S")  # its service
@@ -61,9 +68,34 @@ class ServiceSet(Generic[E, S]):
 
         async def keep() -> None:
             with scope:
-                await self._keep(service)
+                await self._keep_despite_bugs(name, service)
 
         self._nursery.start_soon(keep)
+
+    async def _keep_despite_bugs(self, name: str, service: S) -> None:
+        """Run one service; an unexpected exception (a bug) restarts it, the other ports keep going.
+
+        The services handle every failure they expect (a port that is absent,
+        busy or hung up) themselves; what reaches here is a defect, so it is
+        logged with its traceback, and the service is made anew after a pause
+        that doubles up to RESTART_MAX_S, instead of ending the whole client.
+        """
+        pause = RESTART_FIRST_S
+        while True:
+            try:
+                await self._keep(service)
+                return
+            except Exception:
+                log.exception(
+                    "port %s: its service failed unexpectedly (a bug, please report it); restarting it in %.0f s",
+                    name,
+                    pause,
+                )
+            await trio.sleep(pause)
+            pause = min(pause * 2, RESTART_MAX_S)
+            if name not in self.exports:
+                return
+            service = self.services[name] = self._make(self.exports[name])
 
     def reload(self, exports: Sequence[E]) -> list[PortChange]:
         """Apply a new list of exports; returns what changed."""

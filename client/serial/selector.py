@@ -11,6 +11,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from serial.tools import list_ports as _list_ports
 
@@ -53,7 +54,7 @@ class PortSelector:
             return str(link.resolve())
         matches = [
             p.device
-            for p in _list_ports.comports()
+            for p in _comports(str(self))
             if p.vid == self.vid and p.pid == self.pid and (self.serial is None or p.serial_number == self.serial)
         ]
         if not matches:
@@ -61,6 +62,28 @@ class PortSelector:
         if len(matches) > 1:
             raise SelectorError(str(self), f"ambiguous, matches {', '.join(sorted(matches))}; add :SERIAL")
         return matches[0]
+
+
+#: How often the port list is read again when a device went away while it was read.
+_LIST_ATTEMPTS = 3
+
+
+def _comports(what: str) -> list[Any]:
+    """serial.tools.list_ports.comports(), tolerating a USB device unplugged while it is read.
+
+    pyserial reads each tty's sysfs files one by one; when the device goes
+    between two reads it gets None where a number was (TypeError from int()),
+    or an OSError.  Seen on the real-USB harness under load: a ttyACM's
+    gadget was removed while the client resolved another port's selector,
+    and the exception ended the client.  The list is read again; if it keeps
+    changing, the caller's SelectorError makes the port wait and retry.
+    """
+    for _ in range(_LIST_ATTEMPTS):
+        try:
+            return list(_list_ports.comports())
+        except (TypeError, ValueError, OSError) as exc:
+            failure = exc
+    raise SelectorError(what, f"the serial port list changed while it was read ({failure!r}); trying again later")
 
 
 def parse_port_selector(text: str) -> PortSelector:
@@ -87,7 +110,7 @@ def list_ports() -> list[dict[str, object]]:
         for link in BY_ID_DIR.iterdir():
             by_id[str(link.resolve())] = link.name
     rows = []
-    for info in sorted(_list_ports.comports(), key=lambda p: p.device):
+    for info in sorted(_comports("the port list"), key=lambda p: p.device):
         rows.append(
             {
                 "device": info.device,

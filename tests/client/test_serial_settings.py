@@ -57,3 +57,33 @@ def test_port_selectors(tmp_path: Path) -> None:
     assert PortSelector(path=str(link)).resolve() == str(link)
     with pytest.raises(SelectorError, match="no USB-serial adapter"):
         PortSelector(vid=0xDEAD, pid=0xBEEF).resolve()
+
+
+def test_a_device_leaving_while_the_port_list_is_read_is_a_selector_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyserial's comports() raised TypeError when a USB tty vanished mid-read, and that ended the client."""
+    from serial.tools import list_ports
+
+    def vanishing() -> list[object]:
+        raise TypeError("int() can't convert non-string with explicit base")
+
+    monkeypatch.setattr(list_ports, "comports", vanishing)
+    with pytest.raises(SelectorError, match="changed while it was read"):
+        PortSelector(vid=0x1209, pid=0x7005).resolve()
+
+
+def test_the_port_list_is_read_again_after_a_device_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    from serial.tools import list_ports
+    from serial.tools.list_ports_common import ListPortInfo
+
+    port = ListPortInfo("/dev/ttyACM7", skip_link_detection=True)
+    port.vid, port.pid = 0x1209, 0x7005
+    answers: list[object] = [OSError(2, "No such file or directory"), [port]]
+
+    def flaky() -> object:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(list_ports, "comports", flaky)
+    assert PortSelector(vid=0x1209, pid=0x7005).resolve() == "/dev/ttyACM7"
