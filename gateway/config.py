@@ -149,6 +149,9 @@ class GatewayConfig:
     handshake_timeout_s: float = 10.0
     heartbeat_interval_s: float = 10.0
     heartbeat_timeout_s: float = 30.0
+    #: the gateway's own heartbeat goes to a client that spoke within the interval only every Nth
+    #: interval (to time the round trip); 1: every interval
+    heartbeat_rtt_every: int = 6
     hold_timeout_s: float = 0.0  # 0: hold a hypervisor connection until the device comes
     #: a plain USB route drops a hypervisor that sent no valid usbredir hello this soon
     usb_hello_timeout_s: float = 5.0
@@ -314,6 +317,7 @@ _GATEWAY_KEYS = {
     "handshake_timeout_s",
     "heartbeat_interval_s",
     "heartbeat_timeout_s",
+    "heartbeat_rtt_every",
     "hold_timeout_s",
     "usb_hello_timeout_s",
     "resume_grace_s",
@@ -399,9 +403,16 @@ def load_config(path: str | Path, *, check_files: bool = True) -> GatewayConfig:
             ("limit_log_interval_s", 60.0, 0.1),
             # an admitted handshake should take well under its deadline
             ("handshake_pacing_s", min(1.0, timeouts["handshake_timeout_s"] / 4), 0.0),
+            ("heartbeat_rtt_every", 6, 1),
         )
     }
-    for name in ("max_devices_per_client", "max_ports_per_client", "inventory_update_burst", "max_handshakes"):
+    for name in (
+        "max_devices_per_client",
+        "max_ports_per_client",
+        "inventory_update_burst",
+        "max_handshakes",
+        "heartbeat_rtt_every",
+    ):
         if bounds[name] != int(bounds[name]):
             loader.problem("gateway", name, f"must be a whole number, not {bounds[name]!r}")
     client_limits = ClientLimits(
@@ -469,6 +480,7 @@ def load_config(path: str | Path, *, check_files: bool = True) -> GatewayConfig:
         handshake_timeout_s=timeouts["handshake_timeout_s"],
         heartbeat_interval_s=timeouts["heartbeat_interval_s"],
         heartbeat_timeout_s=timeouts["heartbeat_timeout_s"],
+        heartbeat_rtt_every=int(bounds["heartbeat_rtt_every"]),
         hold_timeout_s=timeouts["hold_timeout_s"],
         resume_grace_s=timeouts["resume_grace_s"],
         usb_hello_timeout_s=bounds["usb_hello_timeout_s"],

@@ -118,6 +118,7 @@ class Gateway:
             handshake_timeout_s=config.handshake_timeout_s,
             heartbeat_interval_s=config.heartbeat_interval_s,
             heartbeat_timeout_s=config.heartbeat_timeout_s,
+            heartbeat_rtt_every=config.heartbeat_rtt_every,
             limits=config.client_limits,
             handshake_limits=config.handshake_limits,
         )
@@ -427,6 +428,7 @@ class Gateway:
         tunnel.handshake_timeout_s = config.handshake_timeout_s
         tunnel.heartbeat_interval_s = config.heartbeat_interval_s
         tunnel.heartbeat_timeout_s = config.heartbeat_timeout_s
+        tunnel.heartbeat_rtt_every = config.heartbeat_rtt_every
         tunnel.limits = config.client_limits
         for name in ending:
             await self._stop_route(name)

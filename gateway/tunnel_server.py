@@ -87,6 +87,7 @@ class TunnelServer:
         handshake_timeout_s: float = 10.0,
         heartbeat_interval_s: float = 10.0,
         heartbeat_timeout_s: float = 30.0,
+        heartbeat_rtt_every: int = 6,
         software: str = "redirgate gateway",
         limits: ClientLimits | None = None,
         handshake_limits: HandshakeLimits | None = None,
@@ -106,6 +107,9 @@ class TunnelServer:
         self.handshake_timeout_s = handshake_timeout_s
         self.heartbeat_interval_s = heartbeat_interval_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
+        #: our own heartbeat to a client that spoke within the interval only every Nth interval
+        #: (its heartbeats and our answers keep both sides alive; ours times the round trip)
+        self.heartbeat_rtt_every = heartbeat_rtt_every
         self.software = software
         #: what our hello advertises (without RESUME_CAPABILITY: no channel is resumable)
         self.capabilities = frozenset({t.RESUME_CAPABILITY})
@@ -314,6 +318,7 @@ class TunnelServer:
                     heartbeat_interval_s=self.heartbeat_interval_s,
                     heartbeat_timeout_s=self.heartbeat_timeout_s,
                     before_heartbeat=control.check_revocation,
+                    rtt_every=self._rtt_every,
                     tasks=[control.send_acks] if control.acking else (),
                 )
         except PeerSilent as exc:
@@ -332,6 +337,9 @@ class TunnelServer:
         finally:
             self.registry.remove(session, f"client {identity} went offline ({reason})")
             log.info("tunnel: client %s offline: %s", identity, reason)
+
+    def _rtt_every(self) -> int:
+        return self.heartbeat_rtt_every
 
     def _tls_refused(self, refused: TlsRefused) -> None:
         """One failed handshake or refused certificate: counted, logged (a storm: summed up), metered."""

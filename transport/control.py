@@ -19,7 +19,12 @@
   are answered and sent here by one timer task that sleeps until the
   earlier of its two deadlines (our next heartbeat, the peer's timeout:
   `HeartbeatTracker.next_deadline`), so a received message costs no timer
-  work; extra `tasks` and `start_soon` tasks run in the session's
+  work.  `rtt_every` (the gateway's, whose peers heartbeat anyway): our
+  heartbeat goes out only after a whole interval without a word from the
+  peer, and at least every `rtt_every()`-th interval to time the round
+  trip; the peer's own heartbeats and our answers keep both sides alive,
+  so an idle session costs one message each way per interval instead of
+  two.  Extra `tasks` and `start_soon` tasks run in the session's
   nursery.  It returns the reason the session ended cleanly
   (EOF, or what `finish(reason)` said) and raises otherwise.
 
@@ -217,12 +222,15 @@ class ControlSession:
         heartbeat_timeout_s: float,
         tasks: Sequence[Callable[[], Awaitable[None]]] = (),
         before_heartbeat: Callable[[], None] | None = None,
+        rtt_every: Callable[[], int] | None = None,
     ) -> str:
         """Read, dispatch and heartbeat until the session ends (module docstring).
 
         `Heartbeat` and `HeartbeatAck` are answered and timed here first; a
         handler for them, if given, runs afterwards.  `before_heartbeat` runs
-        every interval before our heartbeat goes out (it may `finish`).
+        every interval (it may `finish`), whether our heartbeat goes out or
+        not.  `rtt_every`: see the module docstring (None, or a value of 1:
+        a heartbeat every interval); asked at each interval, so it may change.
         """
         if self._broken is not None:
             raise PeerGone(self.peer, self._broken.reason)
@@ -233,7 +241,7 @@ class ControlSession:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._heartbeats, tracker, before_heartbeat)
+                nursery.start_soon(self._heartbeats, tracker, before_heartbeat, rtt_every)
                 for task in tasks:
                     nursery.start_soon(self._guarded, task)
                 try:
@@ -301,11 +309,17 @@ class ControlSession:
             elif not builtin:
                 raise t.UnexpectedMessageError(f"{event.KIND!r} is not handled here", kind=event.KIND)
 
-    async def _heartbeats(self, tracker: t.HeartbeatTracker, before_heartbeat: Callable[[], None] | None) -> None:
+    async def _heartbeats(
+        self,
+        tracker: t.HeartbeatTracker,
+        before_heartbeat: Callable[[], None] | None,
+        rtt_every: Callable[[], int] | None,
+    ) -> None:
         """Both timers in one task: it sleeps until the earlier of "our next
         heartbeat is due" and "the peer's timeout ends" (`next_deadline`),
         then does what is due.  A received message only moves
         `tracker.last_received`; the task finds the new deadline when it wakes."""
+        skipped = 0
         try:
             while True:
                 await trio.sleep_until(tracker.next_deadline())
@@ -317,6 +331,11 @@ class ControlSession:
                 if before_heartbeat is not None:
                     before_heartbeat()
                     await trio.lowlevel.checkpoint_if_cancelled()  # it may have called finish()
+                if rtt_every is not None and skipped + 1 < rtt_every() and tracker.heard_since_sent():
+                    skipped += 1
+                    tracker.skip(now)
+                    continue
+                skipped = 0
                 await self.send(t.Heartbeat(tracker.on_sent(now)))
         except Exception as exc:  # re-raised by serve() as it is
             self._fail(exc)

@@ -19,6 +19,7 @@ from redirgate.gateway.pki.authority import (
     hypervisor_dir,
     init_ca,
     issue_client,
+    issue_clients,
     issue_gateway,
     issue_hypervisor,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "identity_from_certificate",
     "init_ca",
     "issue_client",
+    "issue_clients",
     "issue_gateway",
     "issue_hypervisor",
     "list_certificates",

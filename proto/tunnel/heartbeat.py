@@ -57,6 +57,16 @@ class HeartbeatTracker:
         self._sent_at = {seq: self.last_sent}  # only the newest is timed
         return seq
 
+    def heard_since_sent(self) -> bool:
+        """Something came from the peer after our last heartbeat (or skip): it is alive."""
+        return self.last_received > self.last_sent
+
+    def skip(self, now: float) -> None:
+        """We chose not to send the heartbeat due now (the peer spoke meanwhile,
+        so it knows we are alive by our answers): the next one is due an
+        interval later, and no seq is used."""
+        self.last_sent = max(self.last_sent, now)
+
     def on_ack(self, seq: int, now: float) -> float | None:
         """A `HeartbeatAck(seq)` arrived: counts as received; returns the
         round-trip time if it answers our newest heartbeat."""

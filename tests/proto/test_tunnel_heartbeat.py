@@ -79,3 +79,14 @@ def test_the_deadline_is_exactly_when_something_turns_due(interval, extra, steps
             # nothing is due before the deadline, something is at it
             assert not t.due(now) and not t.expired(now)
         assert t.due(deadline) or t.expired(deadline)
+
+
+def test_skip_moves_the_next_heartbeat_and_uses_no_seq() -> None:
+    tracker = HeartbeatTracker(10.0, 30.0, 0.0)
+    assert not tracker.heard_since_sent()
+    tracker.on_received(4.0)
+    assert tracker.heard_since_sent() and tracker.due(10.0)
+    tracker.skip(10.0)
+    assert not tracker.heard_since_sent() and not tracker.due(19.9) and tracker.due(20.0)
+    assert tracker.on_sent(20.0) == 0  # the skipped one used no seq
+    assert tracker.next_deadline() == min(30.0, 4.0 + 30.0)

@@ -196,6 +196,49 @@ async def test_before_heartbeat_runs_every_interval_and_may_end_the_session_sile
     assert heartbeats == [0]  # none after finish()
 
 
+@pytest.mark.usefixtures("autojump_clock")
+async def test_with_rtt_every_our_heartbeat_goes_only_to_a_silent_peer_and_every_nth_interval() -> None:
+    """The gateway's quiet heartbeats: a peer that heartbeats every interval gets ours only every
+    6th interval (the round trip is timed then); once it falls silent, ours go out every interval
+    again until its timeout."""
+    session, peer = await connected_pair()
+    start = trio.current_time()
+    ours: list[float] = []
+    acks: list[int] = []
+    ticks: list[float] = []
+
+    async def client() -> None:
+        async def heartbeat() -> None:
+            for seq in range(12):  # then silent
+                await trio.sleep_until(start + 5 + seq * INTERVAL_S)
+                await peer.send(t.Heartbeat(seq))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(heartbeat)
+            while True:
+                event = await peer.next()
+                if isinstance(event, t.Heartbeat):
+                    ours.append(trio.current_time() - start)
+                    if trio.current_time() - start < 118:  # then silent: no answers either
+                        await peer.send(t.HeartbeatAck(event.seq))
+                elif isinstance(event, t.HeartbeatAck):
+                    acks.append(event.seq)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client)
+        with pytest.raises(PeerSilent):
+            await serve(
+                session, before_heartbeat=lambda: ticks.append(trio.current_time() - start), rtt_every=lambda: 6
+            )
+        nursery.cancel_scope.cancel()
+    assert acks == list(range(12))  # every heartbeat of the peer answered
+    # the peer spoke in every interval up to its last heartbeat at 115: ours at 60 and 120 only (the
+    # round trip), then every interval while it is silent, until its timeout at 115 + 30 (145 s)
+    assert ours == [60.0, 120.0, 130.0, 140.0]
+    assert ticks == [10.0 * i for i in range(1, 15)]  # the revocation check still runs every interval
+    assert session.tracker is not None and session.tracker.rtt_s == 0.0
+
+
 # ============================================================ shielded send
 @pytest.mark.parametrize("devices", [30, 1000])
 async def test_a_send_cancelled_half_way_still_writes_the_whole_frame(devices: int) -> None:
