@@ -10,7 +10,9 @@ import argparse
 import functools
 import json
 import logging
+import os
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -45,9 +47,23 @@ def add_gateway_parser(commands: Any) -> None:
     gateway = commands.add_parser("gateway", help="DMZ side: tunnel listener, routes, relay")
     sub = gateway.add_subparsers(dest="gateway_command", metavar="SUBCOMMAND", required=True)
 
-    run = sub.add_parser("run", help="run the gateway until SIGTERM/SIGINT")
+    run = sub.add_parser("run", help="run the gateway until SIGTERM/SIGINT (SIGHUP reloads, SIGUSR2 restarts)")
     _config_option(run, GATEWAY_CONFIG)
     run.set_defaults(run=_run_gateway)
+
+    restart = sub.add_parser(
+        "restart",
+        help="restart the running gateway into a new process (a new redirgate version) without unplugging any VM",
+    )
+    where = restart.add_mutually_exclusive_group()
+    where.add_argument(
+        "--config", type=Path, metavar="FILE", help=f"find the admin socket in this config ({GATEWAY_CONFIG})"
+    )
+    where.add_argument("--socket", type=Path, metavar="PATH", help="the admin socket itself")
+    restart.add_argument(
+        "--timeout", type=float, default=120.0, metavar="SECONDS", help="how long to wait for the new process"
+    )
+    restart.set_defaults(run=_run_restart)
 
     check = sub.add_parser(
         "check", help="validate a gateway config and what run needs (ports, certificates, folders); every mistake"
@@ -119,14 +135,19 @@ def _load_gateway_config(path: Path) -> Any:
         return None
 
 
-def _prepare_gateway(path: Path) -> Any:
-    """The config with everything `run` needs checked (`preflight`), or None after printing why not."""
+def _prepare_gateway(path: Path, *, successor: bool = False) -> Any:
+    """The config with everything `run` needs checked (`preflight`), or None after printing why not.
+    `successor`: a restart's new process, whose ports the running one holds and hands over."""
     from redirgate.gateway.preflight import preflight
 
     config = _load_gateway_config(path)
     if config is None:
         return None
-    problems = preflight(config)
+    held = set()
+    if successor:
+        held = {config.tunnel_listen, *(route.listen for route in config.routes)}
+        held.update([config.metrics_listen] if config.metrics_listen is not None else [])
+    problems = preflight(config, held=held)
     for problem in problems:
         _error(problem)
     return None if problems else config
@@ -150,14 +171,20 @@ def _run_check(args: argparse.Namespace) -> int:
 def _run_gateway(args: argparse.Namespace) -> int:
     from redirgate.gateway.admin import AdminSocketInUse, check_admin_socket
     from redirgate.gateway.errors import GatewayError
+    from redirgate.gateway.handover import HANDOVER_ENV, HandoverFailed, Inheritance
     from redirgate.gateway.pki import PkiError
     from redirgate.gateway.service import Gateway
 
-    config = _prepare_gateway(args.config)
+    handover_fd = os.environ.pop(HANDOVER_ENV, "")  # a restart's new process: the old one hands over
+    if handover_fd and not handover_fd.isdigit():
+        _error(f"{HANDOVER_ENV}={handover_fd!r} is not a descriptor number")
+        return 1
+    config = _prepare_gateway(args.config, successor=bool(handover_fd))
     if config is None:
         return 1
     try:
-        check_admin_socket(config.admin_socket)
+        if not handover_fd:
+            check_admin_socket(config.admin_socket)
     except AdminSocketInUse as exc:
         _error(exc)
         return 1
@@ -169,8 +196,12 @@ def _run_gateway(args: argparse.Namespace) -> int:
     notifier = Notifier()
 
     async def serve() -> None:
+        inherited = await Inheritance.receive(int(handover_fd)) if handover_fd else None
         async with trio.open_nursery() as nursery:
-            addresses = await nursery.start(gateway.serve)
+            addresses = await nursery.start(gateway.serve, inherited)
+            if inherited is not None:
+                notifier.send(MAINPID=os.getpid())  # before the old main process exits
+                await inherited.confirm()
             print(f"tunnel {addresses.tunnel[0]}:{addresses.tunnel[1]}", flush=True)
             for name, (host, port) in addresses.routes.items():
                 print(f"route {name} {host}:{port}", flush=True)
@@ -193,14 +224,65 @@ def _run_gateway(args: argparse.Namespace) -> int:
             return
         notifier.status(_gateway_status(gateway))
 
+    async def restart() -> None:
+        try:
+            await gateway.restart()
+        except HandoverFailed:
+            notifier.status("restart called off: this process goes on serving (see the log)")
+            return
+        # the new process owns every socket now: this one's teardown must not touch
+        # them (close QEMU's, remove the admin socket's file), so it ends here
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(0)
+
     try:
-        trio.run(functools.partial(until_signal, serve, reload=reload, notifier=notifier))
+        trio.run(functools.partial(until_signal, serve, reload=reload, notifier=notifier, restart=restart))
+    except HandoverFailed as exc:
+        _error(f"cannot take over from the running gateway: {exc.reason}")
+        return 1
     except GatewayError as exc:
         _error(f"{args.config}: {exc}")
         return 1
     finally:
         notifier.close()
     return 0
+
+
+def _run_restart(args: argparse.Namespace) -> int:
+    """SIGUSR2 to the gateway that answers on the admin socket, then wait until
+    another process answers there (restarted) or the running one says why not."""
+    from redirgate.gateway.admin import request
+
+    before = _ask_gateway(args, {"command": "status"})
+    if before is None:
+        return 1
+    pid = before.get("pid")
+    if not isinstance(pid, int):
+        _error("the running gateway does not say its pid (too old for `gateway restart`; restart it by hand)")
+        return 1
+    try:
+        os.kill(pid, signal.SIGUSR2)
+    except OSError as exc:
+        _error(f"cannot signal the gateway (pid {pid}): {exc.strerror or exc}; run this as its user or root")
+        return 1
+    path = _admin_path(args)
+    assert path is not None  # it answered above
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            now = request(path, {"command": "status"})
+        except OSError:
+            continue  # between the two processes
+        if now.get("pid") != pid:
+            print(f"gateway restarted: pid {pid} -> {now.get('pid')}; channels handed over, no VM unplugged")
+            return 0
+        if now.get("restart_failures", 0) > before.get("restart_failures", 0):
+            _error(f"restart called off, pid {pid} goes on serving: {now['restart_failed']}")
+            return 1
+    _error(f"no new gateway process answered within {args.timeout:g} s; pid {pid} still serves (see its log)")
+    return 1
 
 
 def _reload_gateway_config(path: Path, held: Any) -> Any:

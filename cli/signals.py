@@ -1,4 +1,4 @@
-"""SIGTERM/SIGINT/SIGHUP handling for the long-running commands: the only place signals are caught.
+"""SIGTERM/SIGINT/SIGHUP/SIGUSR2 handling for the long-running commands: the only place signals are caught.
 
 `until_signal(fn, *args)` runs `fn(*args)` and cancels it on the first
 SIGTERM or SIGINT, so services unwind through their own shutdown paths
@@ -39,11 +39,14 @@ async def until_signal(
     *args: Any,
     reload: Callable[[], Awaitable[None]] | None = None,
     notifier: Notifier | None = None,
+    restart: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Run `fn(*args)` until it returns or SIGTERM/SIGINT arrives.
 
     With `reload`, SIGHUP (what `systemctl reload` sends) calls it instead
-    of ending the process; with a `notifier`, systemd hears RELOADING then
+    of ending the process; with `restart`, SIGUSR2 (nginx's signal for the
+    same job) calls it (the gateway hands over to a new process and this one
+    exits, or it goes on when the restart is called off); with a `notifier`, systemd hears RELOADING then
     READY around it, STOPPING on the way out, and WATCHDOG pings while the
     loop runs (READY itself is the command's to send, once it serves).
     An error `fn` raises comes out as itself, not inside the nursery's
@@ -51,6 +54,7 @@ async def until_signal(
     line each.
     """
     wanted = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGHUP] if reload is not None else [])
+    wanted += [signal.SIGUSR2] if restart is not None else []
     with trio.open_signal_receiver(*wanted) as signals:
         try:
             async with trio.open_nursery() as nursery:
@@ -64,6 +68,10 @@ async def until_signal(
                             await reload()
                             if notifier is not None:
                                 notifier.ready()
+                            continue
+                        if signum == signal.SIGUSR2 and restart is not None:
+                            log.info("SIGUSR2: restarting into a new process")
+                            await restart()
                             continue
                         log.info("stopping (%s)", signal.Signals(signum).name)
                         if notifier is not None:

@@ -35,7 +35,7 @@ import trio
 
 from redirgate.gateway.limits import Every, HandshakeLimits, HandshakePacer
 
-__all__ = ["ACCEPT_CAPACITY_ERRNOS", "HandshakeGate", "Ticket", "serve_bounded"]
+__all__ = ["ACCEPT_CAPACITY_ERRNOS", "AcceptPause", "HandshakeGate", "Ticket", "serve_bounded"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,42 @@ ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, er
 ACCEPT_RETRY_S = 0.1
 
 
+class AcceptPause:
+    """Stops and restarts the accept loops that share it, without closing a
+    listener or touching a connection already accepted: a gateway restart
+    (issue 16 step 3) leaves new connections in the kernel's backlog for its
+    successor.  An accept waiting now is cancelled (trio's accept loses no
+    connection when cancelled)."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self._resumed = trio.Event()
+        self._waiting: set[trio.CancelScope] = set()
+
+    def pause(self) -> None:
+        self.paused = True
+        self._resumed = trio.Event()
+        for scope in self._waiting:
+            scope.cancel()
+
+    def resume(self) -> None:
+        self.paused = False
+        self._resumed.set()
+
+    async def accept(self, listener: trio.SocketListener) -> trio.SocketStream:
+        """The next connection, once accepting is not paused."""
+        while True:
+            while self.paused:
+                await self._resumed.wait()
+            scope = trio.CancelScope()
+            self._waiting.add(scope)
+            try:
+                with scope:
+                    return await listener.accept()
+            finally:
+                self._waiting.discard(scope)
+
+
 async def serve_bounded(
     handler: Callable[[trio.SocketStream], Awaitable[None]],
     listeners: list[trio.SocketListener],
@@ -52,13 +88,15 @@ async def serve_bounded(
     what: str,
     counters: collections.Counter[str],
     log_interval_s: float = 60.0,
+    pause: AcceptPause | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Accept on `listeners` and run `handler` for each connection until cancelled."""
+    """Accept on `listeners` and run `handler` for each connection until cancelled
+    (`pause` stops and restarts accepting)."""
     every = Every(log_interval_s)
     async with trio.open_nursery() as nursery:
         for listener in listeners:
-            nursery.start_soon(_accept_loop, listener, handler, nursery, what, counters, every)
+            nursery.start_soon(_accept_loop, listener, handler, nursery, what, counters, every, pause)
         task_status.started(listeners)
 
 
@@ -69,11 +107,12 @@ async def _accept_loop(
     what: str,
     counters: collections.Counter[str],
     every: Every,
+    pause: AcceptPause | None,
 ) -> None:
     async with listener:
         while True:
             try:
-                stream = await listener.accept()
+                stream = await (listener.accept() if pause is None else pause.accept(listener))
             except OSError as exc:
                 if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
                     raise

@@ -37,13 +37,16 @@ async def relay_usbredir(
     stats: RelayStats | None = None,
     buffer_size: int = DEFAULT_BUFFER_BYTES,
     reactor: RelayReactor | None = None,
+    guard: HostStreamGuard | None = None,
 ) -> RelayStats:
     """Relay hypervisor (a) <-> client data connection (b) with the guard on b -> a.
 
     Returns the counters when either side ends; raises GuardViolation (after
     closing both streams) when the client sent a malformed message.
+    `guard`: one the caller keeps (a restart hands its position over), or
+    one taken over from the process before the restart.
     """
-    guard = HostStreamGuard()
+    guard = HostStreamGuard() if guard is None else guard
 
     def observe_guest(chunk: memoryview) -> bool:
         """Until QEMU's hello has passed; True once the guard needs no more."""
@@ -59,7 +62,7 @@ async def relay_usbredir(
             device,
             buffer_size=buffer_size,
             stats=stats,
-            inspect_a_to_b=observe_guest,
+            inspect_a_to_b=None if guard.guest_hello_seen else observe_guest,
             inspect_b_to_a=guard.feed,
             mover=reactor,
         )

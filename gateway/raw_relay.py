@@ -66,7 +66,7 @@ import trio
 
 from redirgate.transport import NonBlockingStream, ReceiveIntoStream, RelayStats, nonblocking, pump
 
-__all__ = ["DEFAULT_RAW_BUFFER_BYTES", "DEFAULT_STALL_S", "DISCARD_CHUNK_BYTES", "relay_raw"]
+__all__ = ["DEFAULT_RAW_BUFFER_BYTES", "DEFAULT_STALL_S", "DISCARD_CHUNK_BYTES", "RawFreezer", "relay_raw"]
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,55 @@ class _Ring:
             self.head = 0  # the whole buffer is one free run again
 
 
+class RawFreezer:
+    """Stops a running `relay_raw` where nothing is in flight, for a gateway restart (issue 16 step 3).
+
+    `offset`: where the hypervisor -> client direction stands in the
+    channel's byte count when the relay starts (the resumable stream's
+    `sent_total`: 0 for a new channel, more for one taken over).  `freeze()`
+    stops reading the hypervisor (at a point where every byte read is in the
+    ring) and waits until nothing is being written to it; `thaw()` lets the
+    relay go on (the restart failed).  While frozen the hypervisor is not
+    read: a restart is the one moment a raw route's never-stall rule yields.
+    Owner: the trio loop (the route's relay and the handover code)."""
+
+    def __init__(self, offset: int = 0) -> None:
+        self.offset = offset
+        self.relay: _Relay | None = None
+
+    async def freeze(self) -> None:
+        relay = self.relay
+        if relay is None:
+            return
+        relay.frozen = True
+        relay.thawed = trio.Event()
+        if relay.reader_scope is not None:
+            relay.reader_scope.cancel()
+        while not relay.reader_parked or relay.delivering:
+            await relay.settled.park()
+
+    def thaw(self) -> None:
+        relay = self.relay
+        if relay is not None:
+            relay.frozen = False
+            relay.thawed.set()
+
+    def unsent(self, recorded: int) -> bytes:
+        """Frozen: the bytes read from the hypervisor that the client side has
+        not taken yet, given that the channel recorded `recorded` bytes in all."""
+        relay = self.relay
+        if relay is None:
+            return b""
+        ring = relay.ring
+        held = bytes(ring.filled_view())
+        if ring.size > len(held):  # wrapped
+            held += bytes(ring.view[: ring.size - len(held)])
+        missing = relay.committed - recorded
+        if not 0 <= missing <= len(held):
+            raise ValueError(f"the ring holds {len(held)} bytes, {missing} of them said to be unrecorded")
+        return held[len(held) - missing :]
+
+
 class _Relay:
     """State shared by the three tasks of one `relay_raw` call."""
 
@@ -165,6 +214,16 @@ class _Relay:
         self.period_bytes = 0
         self.period_started: float | None = None
         self.writer_scope = trio.CancelScope()
+        # a gateway restart (RawFreezer): the reader stops, the c -> h pump finishes its write
+        self.frozen = False
+        self.thawed = trio.Event()
+        self.reader_scope: trio.CancelScope | None = None
+        self.reader_parked = False
+        self.delivering = False
+        self.settled = trio.lowlevel.ParkingLot()
+        #: bytes committed to the ring over the channel's life (RawFreezer.offset first)
+        self.committed = 0
+        self.freezable = False
 
     # -- bookkeeping --------------------------------------------------------
 
@@ -245,6 +304,7 @@ class _Relay:
                 break
             free[:k] = self.scratch[kept : kept + k]
             self.ring.commit(k)
+            self.committed += k
             kept += k
         if kept:
             self.filled.unpark_all()
@@ -255,16 +315,28 @@ class _Relay:
             self._discarded(n)
         else:
             self.ring.commit(n)
+            self.committed += n
             self.filled.unpark_all()
 
     # -- hypervisor -> ring ---------------------------------------------------
 
     async def read_hypervisor(self) -> None:
         try:
-            if nonblocking(self.hypervisor):
-                await self._read_fast(self.hypervisor)
-            else:
-                await self._read_slow()
+            while True:
+                if self.frozen:
+                    self.reader_parked = True
+                    self.settled.unpark_all()
+                    await self.thawed.wait()
+                    self.reader_parked = False
+                with trio.CancelScope() as self.reader_scope:
+                    if self.frozen:
+                        continue
+                    if nonblocking(self.hypervisor):
+                        await self._read_fast(self.hypervisor)
+                    else:
+                        await self._read_slow()
+                    break
+                self.reader_scope = None
             reason = "end of stream"
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
@@ -376,8 +448,31 @@ class _Relay:
     # -- client -> hypervisor ---------------------------------------------------
 
     async def client_to_hypervisor(self, buffer_bytes: int, cancel: trio.CancelScope) -> None:
+        """The plain pump; with a freezer, one that says while it writes (a freeze waits for the write to end)."""
+        if not self.freezable:
+            try:
+                await pump(self.device, self.hypervisor, buffer_size=buffer_bytes, stats=self.stats, forward=False)
+                reason = "end of stream"
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            self._end("b", reason)
+            cancel.cancel()
+            return
+        buf = bytearray(buffer_bytes)
+        view = memoryview(buf)
+        receive_into, send_all = self.device.receive_into, self.hypervisor.send_all
         try:
-            await pump(self.device, self.hypervisor, buffer_size=buffer_bytes, stats=self.stats, forward=False)
+            while True:
+                n = await receive_into(buf)
+                if n == 0:
+                    break
+                self.delivering = True
+                try:
+                    await send_all(view[:n])
+                finally:
+                    self.delivering = False
+                    self.settled.unpark_all()
+                self.stats.b_to_a += n
             reason = "end of stream"
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
@@ -395,6 +490,7 @@ async def relay_raw(
     on_discard: Callable[[int], None] | None = None,
     stall_s: float = DEFAULT_STALL_S,
     flush_budget_s: float = DEFAULT_FLUSH_BUDGET_S,
+    freezer: RawFreezer | None = None,
 ) -> RelayStats:
     """Relay hypervisor (a) <-> client data connection (b) without ever stalling a.
 
@@ -417,6 +513,10 @@ async def relay_raw(
         stall_s=stall_s,
         flush_budget_s=flush_budget_s,
     )
+    if freezer is not None:
+        state.committed = freezer.offset
+        state.freezable = True
+        freezer.relay = state
 
     try:
         async with trio.open_nursery() as nursery:

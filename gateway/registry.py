@@ -397,6 +397,24 @@ class Registry:
         if kept:
             self.orphans.setdefault(identity, {}).update(kept)
 
+    def take_over(self, channels: Iterable[Channel], next_ids: dict[str, int]) -> None:
+        """Channels handed over by the process before a restart: they wait as
+        orphans for their client's next session (or their grace period to end)."""
+        for identity, next_id in next_ids.items():
+            self._next_ids[identity] = max(self._next_ids.get(identity, 1), next_id)
+        for channel in channels:
+            self.orphans.setdefault(channel.client, {})[channel.channel_id] = channel
+            self._next_ids[channel.client] = max(self._next_ids.get(channel.client, 1), channel.channel_id + 1)
+            if channel.resume is not None:
+                channel.resume.orphan()
+
+    def next_ids(self) -> dict[str, int]:
+        """The next channel id of every client this gateway has seen (a restart hands them over)."""
+        ids = dict(self._next_ids)
+        for identity, session in self.clients.items():
+            ids[identity] = max(ids.get(identity, 1), session._next_id)
+        return ids
+
     def release(self, channel: Channel) -> ClientSession | None:
         """The channel ended: forget it; the live session to tell, if one holds it."""
         if self.remote_resumable.get((channel.client, channel.channel_id)) is channel:

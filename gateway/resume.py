@@ -66,15 +66,36 @@ class ChannelResume:
         self._offer: _Offer | None = None
         self._offered = trio.Event()
         self._ended = False
+        #: the relay waits here for the client's new connection (a restart's freeze waits for this)
+        self.waiting = False
+        self.waiting_changed = trio.lowlevel.ParkingLot()
         #: set while the client has no control session (heartbeat loss, a broken connection)
         self._orphaned = trio.Event()
         self._adopted = trio.Event()
 
-    def wrap(self, inner: trio.abc.Stream, *, peer: str) -> ResumableStream:
-        self.stream = ResumableStream(
-            inner, t.ResumableChannel(self.channel_id), self._reconnect, peer=peer, on_ack=self._ack_due
-        )
+    def wrap(self, inner: trio.abc.Stream, *, peer: str, channel: t.ResumableChannel | None = None) -> ResumableStream:
+        """The channel's data stream; `channel`: the state a predecessor handed over (restart)."""
+        state = t.ResumableChannel(self.channel_id) if channel is None else channel
+        self.stream = ResumableStream(inner, state, self._reconnect, peer=peer, on_ack=self._ack_due)
         return self.stream
+
+    @classmethod
+    def restored(cls, handed: t.HandedChannel, *, wake_acks: Callable[[], None]) -> ChannelResume:
+        """A channel's resume side taken over from the process before a restart:
+        its credential in force, its counts and replay; the client's connection
+        to the old process is gone, so the first use of the stream waits for
+        the client's `ResumeChannel` here."""
+        resume = cls(handed.channel_id, handed.client, handed.grace_s, wake_acks=wake_acks)
+        resume.credentials = t.ResumeCredentials.restored(
+            handed.channel_id, handed.client, handed.secret, handed.generation
+        )
+        stream = resume.wrap(_Gone(), peer=f"{handed.client} channel {handed.channel_id}", channel=handed.channel())
+        stream.resumes = handed.resumes
+        return resume
+
+    def export(self) -> tuple[bytes, int]:
+        """(secret, generation) of the credential in force, for a successor."""
+        return self.credentials.export()
 
     def _ack_due(self, ack: t.ChannelAck) -> None:
         self.pending_ack = ack
@@ -163,8 +184,13 @@ class ChannelResume:
         started = trio.current_time()
         deadline = started + self.grace_s
         while True:
-            with trio.move_on_at(deadline):
-                await self._offered.wait()
+            self.waiting = True
+            self.waiting_changed.unpark_all()
+            try:
+                with trio.move_on_at(deadline):
+                    await self._offered.wait()
+            finally:
+                self.waiting = False
             offer = self._offer
             if offer is None:
                 raise trio.BrokenResourceError(
@@ -201,3 +227,25 @@ class ChannelResume:
             )
             stream: trio.abc.Stream = PrefixedStream(offer.stream, trailing) if trailing else offer.stream
             return stream, replay
+
+
+class _Gone(trio.abc.Stream):
+    """The data connection of a channel taken over at a restart: it went with the old process."""
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        raise trio.BrokenResourceError("the connection went with the gateway's previous process")
+
+    async def receive_into(self, buffer: object) -> int:
+        await trio.lowlevel.checkpoint()
+        raise trio.BrokenResourceError("the connection went with the gateway's previous process")
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+        raise trio.BrokenResourceError("the connection went with the gateway's previous process")
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()

@@ -35,6 +35,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -43,11 +44,12 @@ from redirgate.gateway.admission import HandshakeGate
 from redirgate.gateway.config import Route
 from redirgate.gateway.guarded_relay import GuardViolation, relay_usbredir
 from redirgate.gateway.limits import HandshakeLimits
-from redirgate.gateway.raw_relay import relay_raw
+from redirgate.gateway.raw_relay import RawFreezer, relay_raw
 from redirgate.gateway.reactor import RelayReactor
 from redirgate.gateway.registry import Channel, Registry, describe_device
 from redirgate.proto import tunnel as t
 from redirgate.proto.usbredir import HelloGate
+from redirgate.proto.usbredir.walker import HostStreamGuard
 from redirgate.transport import (
     PeerGone,
     PeerKind,
@@ -67,7 +69,7 @@ if TYPE_CHECKING:
     from redirgate.gateway.cluster.channels import RemoteChannels
     from redirgate.gateway.events import GatewayEvents
 
-__all__ = ["RouteServer"]
+__all__ = ["LiveRelay", "RouteServer"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,18 @@ HOLD_BUFFER_BYTES = 64 * 1024
 HYPERVISOR_TLS_RECORD_BYTES = 4096
 #: A hello is 64 bytes of version and a few capability words: more than this without one is not usbredir.
 HELLO_MAX_BYTES = 4096
+
+
+@dataclass(eq=False)
+class LiveRelay:
+    """What a restart needs of a channel's running relay (gateway/handover.py):
+    the hypervisor's stream, and the relay's state a successor takes over."""
+
+    hypervisor: PrefixedStream
+    #: the usbredir guard of a USB channel
+    guard: HostStreamGuard | None = None
+    #: stops a raw channel's relay where nothing is in flight
+    freezer: RawFreezer | None = None
 
 
 class RouteServer:
@@ -143,6 +157,8 @@ class RouteServer:
         self._device: dict[str, Any] = {}
         #: recent refusals, newest last (for `gateway status`)
         self.recent_refusals: deque[dict[str, Any]] = deque(maxlen=5)
+        #: the active channel's relay (None while idle or held)
+        self.live: LiveRelay | None = None
 
     @property
     def name(self) -> str:
@@ -216,7 +232,7 @@ class RouteServer:
         try:
             await self._serve(stream, peer, first)
         finally:
-            self.state, self.channel = "idle", None
+            self.state, self.channel, self.live = "idle", None, None
 
     def _refuse_busy(self, peer: str) -> None:
         self._refused("route_busy", peer, f"the route is in use by {self.hypervisor}")
@@ -424,7 +440,27 @@ class RouteServer:
 
         return note
 
-    async def _relay(self, stream: ReceiveIntoStream, held: bytes, channel: Channel, peer: str) -> None:
+    async def serve_handed(
+        self, stream: ReceiveIntoStream, channel: Channel, to_client: bytes, guard: HostStreamGuard | None
+    ) -> None:
+        """Carry on a channel taken over from the process before a restart
+        (gateway/handover.py): QEMU's socket, still open, and the channel
+        whose client resumes against this process."""
+        self.state, self.hypervisor = "held", channel.hypervisor
+        try:
+            await self._relay(stream, to_client, channel, channel.hypervisor, handed_guard=guard)
+        finally:
+            self.state, self.channel, self.live = "idle", None, None
+
+    async def _relay(
+        self,
+        stream: ReceiveIntoStream,
+        held: bytes,
+        channel: Channel,
+        peer: str,
+        *,
+        handed_guard: HostStreamGuard | None = None,
+    ) -> None:
         route = self.route
         assert channel.stream is not None
         self.channel, self.state = channel, "active"
@@ -432,6 +468,12 @@ class RouteServer:
         started = time.monotonic()
         hv = PrefixedStream(stream, held)
         dev = PrefixedStream(channel.stream, channel.trailing)
+        resumable = channel.resume.stream if channel.resume is not None else None
+        live = self.live = LiveRelay(hv)
+        if route.protocol == "usbredir":
+            live.guard = handed_guard or HostStreamGuard()
+        elif route.protocol == "raw" and resumable is not None:
+            live.freezer = RawFreezer(resumable.channel.outgoing.sent_total)
         if self.events is not None:
             self.events.attached(
                 route=route.name, client=route.client, device=self._device, hypervisor=peer, channel=channel.channel_id
@@ -454,7 +496,19 @@ class RouteServer:
 
         async def move() -> None:
             if route.protocol == "usbredir":
-                await relay_usbredir(hv, dev, client=route.client, stats=channel.stats, reactor=self.reactor)
+                if handed_guard is not None and resumable is not None:
+                    # taken over at a restart: the client's connection comes first, then
+                    # the reactor moves the bytes (QEMU's usb-redir waits meanwhile)
+                    try:
+                        await resumable.recover("the gateway restarted")
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        channel.stats.ended_by, channel.stats.reason = "b", str(exc)
+                        for s in (hv, dev):
+                            await trio.aclose_forcefully(s)
+                        return
+                await relay_usbredir(
+                    hv, dev, client=route.client, stats=channel.stats, reactor=self.reactor, guard=live.guard
+                )
             elif route.protocol == "raw":
                 await relay_raw(
                     hv,
@@ -462,6 +516,7 @@ class RouteServer:
                     label=f"route {route.name}: hypervisor {peer}",
                     stats=channel.stats,
                     on_discard=count_discard,
+                    freezer=live.freezer,
                 )
             else:
                 await relay(hv, dev, stats=channel.stats, mover=self.reactor)

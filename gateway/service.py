@@ -13,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import trio
 from cryptography import x509
 
 from redirgate.gateway.admin import AdminRequest, Streamed, open_admin, serve_admin
-from redirgate.gateway.admission import serve_bounded
+from redirgate.gateway.admission import AcceptPause, serve_bounded
 from redirgate.gateway.cluster.channels import RemoteChannels
 from redirgate.gateway.cluster.identity import ClusterIdentity
 from redirgate.gateway.cluster.metrics import ClusterCollector
@@ -32,6 +33,7 @@ from redirgate.gateway.cluster.node import ClusterNode
 from redirgate.gateway.config import Endpoint, GatewayConfig, Route
 from redirgate.gateway.errors import ListenError
 from redirgate.gateway.events import AuditLog, GatewayCollector, GatewayEvents
+from redirgate.gateway.handover import HandoverFailed, Inheritance, guard_of, hand_over
 from redirgate.gateway.pki import EXPIRY_WARNING_DAYS, RevocationList, certificate_expiry
 from redirgate.gateway.reactor import RelayReactor
 from redirgate.gateway.registry import Registry
@@ -97,6 +99,7 @@ class _RouteTask:
     scope: trio.CancelScope
     done: trio.Event
     bound: tuple[str, int]
+    listeners: list[trio.SocketListener] = field(default_factory=list)
 
 
 class Gateway:
@@ -146,6 +149,13 @@ class Gateway:
         self._reactor: RelayReactor | None = None
         self._nursery: trio.Nursery | None = None
         self._tasks: dict[str, _RouteTask] = {}
+        #: stops and restarts the tunnel's and the routes' accept loops (a restart hands them over)
+        self._pause = AcceptPause()
+        #: listening sockets other than the routes', by name (a restart hands them over)
+        self._listening: list[tuple[str, trio.SocketListener]] = []
+        #: why the last restart was called off ("" if none was), and how many were
+        self.restart_failed = ""
+        self.restart_failures = 0
 
     def _route_server(self, route: Route) -> RouteServer:
         server = self._new_route_server(route)
@@ -195,6 +205,12 @@ class Gateway:
     def status(self) -> dict[str, Any]:
         """The admin socket's document: the clients are rendered while they are sent, bounded."""
         return {
+            "pid": os.getpid(),
+            **(
+                {"restart_failed": self.restart_failed, "restart_failures": self.restart_failures}
+                if self.restart_failures
+                else {}
+            ),
             "uptime_s": round(time.time() - self.started_at, 1),
             "tunnel_refusals": self.tunnel.refusals,
             "tunnel_handshakes": self.tunnel.gate.snapshot(),
@@ -215,7 +231,34 @@ class Gateway:
             what=what,
             counters=self.tunnel.counters,
             log_interval_s=self.config.handshake_limits.log_interval_s,
+            pause=self._pause,
         )
+
+    def pause_accepting(self) -> None:
+        """The tunnel and route listeners stop accepting (new connections wait in the backlog)."""
+        self._pause.pause()
+
+    def resume_accepting(self) -> None:
+        self._pause.resume()
+
+    def listeners(self) -> list[tuple[str, trio.SocketListener]]:
+        """Every listening socket by the name a successor knows it by."""
+        named = list(self._listening)
+        for task in self._tasks.values():
+            named += [(f"route:{task.server.name}", listener) for listener in task.listeners]
+        return named
+
+    async def restart(self) -> int:
+        """Hand everything to a new process (gateway/handover.py): its pid once it
+        serves (the caller exits at once), or HandoverFailed (logged; this one goes on)."""
+        try:
+            pid = await hand_over(self)
+        except HandoverFailed as exc:
+            self.restart_failed = exc.reason
+            self.restart_failures += 1
+            log.error("gateway: restart called off, this process (pid %d) goes on serving: %s", os.getpid(), exc.reason)
+            raise
+        return pid
 
     async def _summaries(self) -> None:
         """Once per interval: the summary line of a refusal storm that has ended, and of the
@@ -310,33 +353,52 @@ class Gateway:
         held.update(Endpoint(task.server.route.listen.host, task.bound[1]) for task in self._tasks.values())
         return held
 
-    async def serve(self, *, task_status: trio.TaskStatus[GatewayAddresses] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self,
+        inherited: Inheritance | None = None,
+        *,
+        task_status: trio.TaskStatus[GatewayAddresses] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until cancelled; `inherited`: what the process before a restart handed over
+        (its listeners are used instead of opening new ones, its channels go on)."""
         config = self.config
         # Every listener is opened before anything runs, so a port that
         # cannot be had ends `serve` with one ListenError naming it.
         opened: list[list[trio.SocketListener]] = []
         admin_listener = None
+
+        async def listen(name: str, endpoint: Endpoint, what: str) -> list[trio.SocketListener]:
+            taken = inherited.take_listeners(name) if inherited is not None else None
+            return taken if taken else await _open_listeners(endpoint, what)
+
         try:
-            tunnel = await _open_listeners(config.tunnel_listen, "gateway.tunnel_listen")
+            tunnel = await listen("tunnel", config.tunnel_listen, "gateway.tunnel_listen")
             opened.append(tunnel)
             for server in self.routes:
-                opened.append(await _open_listeners(server.route.listen, f"route {server.name}"))
+                opened.append(await listen(f"route:{server.name}", server.route.listen, f"route {server.name}"))
             metrics_listeners = None
             if config.metrics_listen is not None:
-                metrics_listeners = await _open_listeners(config.metrics_listen, "gateway.metrics_listen")
+                metrics_listeners = await listen("metrics", config.metrics_listen, "gateway.metrics_listen")
                 opened.append(metrics_listeners)
             if self.admin:
+                taken = inherited.take_listeners("admin") if inherited is not None else None
                 try:
-                    admin_listener = await open_admin(config.admin_socket)
+                    admin_listener = taken[0] if taken else await open_admin(config.admin_socket)
                 except OSError as exc:
                     raise ListenError(
                         "gateway.admin_socket", f"cannot bind {config.admin_socket}: {exc.strerror or exc}"
                     ) from None
+            if inherited is not None:
+                await inherited.close_unused()
         except BaseException:
             await _close_all(opened)
             raise
+        self._listening = [("tunnel", listener) for listener in tunnel]
+        self._listening += [("metrics", listener) for listener in metrics_listeners or []]
+        if admin_listener is not None:
+            self._listening.append(("admin", admin_listener))
         try:
-            await self._serve_opened(tunnel, opened, metrics_listeners, admin_listener, task_status)
+            await self._serve_opened(tunnel, opened, metrics_listeners, admin_listener, task_status, inherited)
         finally:
             self.events.close()
 
@@ -347,8 +409,17 @@ class Gateway:
         metrics_listeners: list[trio.SocketListener] | None,
         admin_listener: trio.SocketListener | None,
         task_status: trio.TaskStatus[GatewayAddresses],
+        inherited: Inheritance | None,
     ) -> None:
         config = self.config
+        handed: dict[str, list[Callable[[], Awaitable[None]]]] = {}
+        if inherited is not None:
+            taken = []
+            for server, channel, stream, state in inherited.channels(self):
+                taken.append(channel)
+                run = functools.partial(server.serve_handed, stream, channel, state.to_client, guard_of(state))
+                handed.setdefault(server.name, []).append(run)
+            self.registry.take_over(taken, inherited.state.next_ids)
         async with RelayReactor() as reactor, trio.open_nursery() as nursery:
             self._reactor, self._nursery = reactor, nursery
             nursery.start_soon(self._serve_bounded, contained(self.tunnel.handle, "tunnel"), tunnel, "tunnel")
@@ -363,7 +434,7 @@ class Gateway:
                 if self.tunnel.cluster_identity is not None:
                     nursery.start_soon(self.tunnel.cluster_identity.run)
             for server, listeners in zip(self.routes, opened[1 : 1 + len(self.routes)], strict=True):
-                addresses.routes[server.name] = self._start_route(server, listeners)
+                addresses.routes[server.name] = self._start_route(server, listeners, handed.get(server.name, ()))
             nursery.start_soon(self._watch_expiry)
             nursery.start_soon(self._summaries)
             if metrics_listeners is not None:
@@ -466,19 +537,28 @@ class Gateway:
         log.info("gateway: reloaded %s: %s", config.path, "; ".join(changes) or "no route changed")
         return changes
 
-    def _start_route(self, server: RouteServer, listeners: list[trio.SocketListener]) -> tuple[str, int]:
-        """Serve one route in its own cancel scope (a reload ends it alone)."""
+    def _start_route(
+        self,
+        server: RouteServer,
+        listeners: list[trio.SocketListener],
+        handed: Sequence[Callable[[], Awaitable[None]]] = (),
+    ) -> tuple[str, int]:
+        """Serve one route in its own cancel scope (a reload ends it alone); `handed`:
+        its channel taken over at a restart, run beside the listener."""
         assert self._nursery is not None
         server.reactor = self._reactor
-        task = _RouteTask(server, trio.CancelScope(), trio.Event(), _bound(listeners))
+        task = _RouteTask(server, trio.CancelScope(), trio.Event(), _bound(listeners), listeners)
         self._tasks[server.name] = task
 
         async def run() -> None:
             try:
                 with task.scope:
-                    await self._serve_bounded(
-                        contained(server.handle, f"route {server.name}"), listeners, f"route {server.name}"
-                    )
+                    async with trio.open_nursery() as nursery:
+                        for carry_on in handed:
+                            nursery.start_soon(_contained_task, carry_on, f"route {server.name}")
+                        await self._serve_bounded(
+                            contained(server.handle, f"route {server.name}"), listeners, f"route {server.name}"
+                        )
             finally:
                 task.done.set()
 
@@ -496,6 +576,16 @@ class Gateway:
         task = self._tasks.pop(name)
         task.scope.cancel()
         await task.done.wait()
+
+
+async def _contained_task(run: Callable[[], Awaitable[None]], what: str) -> None:
+    """A channel taken over at a restart: a bug ends it alone (as `contained` does for a connection)."""
+    try:
+        await run()
+    except Exception:
+        log.exception(
+            "%s: internal error on a channel taken over at a restart; it was closed, the gateway goes on", what
+        )
 
 
 def _revocation(config: GatewayConfig) -> RevocationList | None:

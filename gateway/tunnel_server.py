@@ -124,6 +124,18 @@ class TunnelServer:
         self.cluster_identity: ClusterIdentity | None = None
         #: parsed peer certificates of live control sessions (weak: they go with the stream)
         self._certs: weakref.WeakKeyDictionary[ZeroCopyTLSStream, Any] = weakref.WeakKeyDictionary()
+        #: every client connection past its handshake (weak: they go with the stream), for `cut_all`
+        self._live: weakref.WeakSet[ZeroCopyTLSStream] = weakref.WeakSet()
+        #: a restart is handing this gateway's channels to its successor: no session or resume starts here
+        self.handing_over = False
+
+    def cut_all(self) -> int:
+        """Break every client connection at once, without close_notify (a
+        restart: the clients resume against the successor); returns how many."""
+        live = list(self._live)
+        for stream in live:
+            stream.cut()
+        return len(live)
 
     async def handle(self, tcp: trio.SocketStream) -> None:
         """One accepted TCP connection on the tunnel port."""
@@ -141,6 +153,7 @@ class TunnelServer:
                 await _busy(tcp, ticket.retry_after_s)
             await trio.aclose_forcefully(tcp)
             return
+        self._live.add(stream)
         peer = stream.peer
         try:
             identity = verify_peer(stream.getpeercert(), peer=peer, kind=PeerKind.CLIENT, revocation=self.revocation)
@@ -251,6 +264,15 @@ class TunnelServer:
         self, stream: ZeroCopyTLSStream, identity: str, peer: str, attach: t.AttachConnection, request: t.ResumeChannel
     ) -> bool:
         """A new data connection for a resumable channel: True once the channel took it."""
+        if self.handing_over:  # unanswered, the credential unspent: the client redials the successor
+            log.info(
+                "tunnel: %s (%s) resumes channel %d during a restart; it will reach the new process",
+                identity,
+                peer,
+                request.channel_id,
+            )
+            stream.cut()
+            return False
         channel = self.registry.channel_for_resume(identity, request.channel_id)
         resume = channel.resume if channel is not None else None
         if resume is None or not resume.credentials.redeem(identity, request.credential):
@@ -272,6 +294,10 @@ class TunnelServer:
             log.warning("tunnel: %s (%s) opened with an error: %s %s", identity, peer, hello.code, hello.message)
             return
         assert isinstance(hello, t.ClientHello)  # the state table allows nothing else first
+        if self.handing_over:
+            log.info("tunnel: %s (%s) connected during a restart; it will reach the new process", identity, peer)
+            stream.cut()
+            return
         old = self.registry.clients.get(identity)
         if old is not None and not old.closed and self.alive(old):
             await self._refuse_duplicate(control, identity, peer, old.peer)

@@ -48,7 +48,7 @@ from redirgate.transport.relay import (
     relay,
 )
 from redirgate.transport.resumable import Reconnect, ResumableStream
-from redirgate.transport.sockets import peer_label, set_nodelay
+from redirgate.transport.sockets import cut_fd, peer_label, set_nodelay
 from redirgate.transport.stream import (
     FULL_RECORD_BYTES,
     ZeroCopyTLSStream,
@@ -102,6 +102,7 @@ __all__ = [
     "client_context",
     "crl_number",
     "crl_problems",
+    "cut_fd",
     "hypervisor_server_context",
     "identity_from_certificate",
     "identity_uri",

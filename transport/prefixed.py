@@ -73,6 +73,10 @@ class PrefixedStream(trio.abc.Stream):
             return None
         return dataclasses.replace(lent, prefix=bytes(self._prefix) + lent.prefix)
 
+    def pending_prefix(self) -> bytes:
+        """The prefix bytes not handed out yet (a gateway restart passes them on)."""
+        return bytes(self._prefix)
+
     def drop_prefix(self) -> None:
         """A borrower of the lent socket delivered the prefix (it is not lent again)."""
         self._prefix = memoryview(b"")

@@ -6,11 +6,12 @@ Owns :func:`peer_label` (how every log line and error names a peer),
 
 from __future__ import annotations
 
+import os
 import socket
 
 import trio
 
-__all__ = ["DEFAULT_RECEIVE_BYTES", "Busy", "peer_label", "set_nodelay"]
+__all__ = ["DEFAULT_RECEIVE_BYTES", "Busy", "cut_fd", "peer_label", "set_nodelay"]
 
 #: what `receive_some()` without a size asks for
 DEFAULT_RECEIVE_BYTES = 65536
@@ -44,6 +45,18 @@ def peer_label(sock: socket.socket | trio.socket.SocketType) -> str:
         host = address[0]
         return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
     return "unix" if sock.family == socket.AF_UNIX else str(address)
+
+
+def cut_fd(fd: int) -> None:
+    """shutdown(SHUT_RDWR) on the connected socket `fd` (it stays open, the
+    connection is over both ways; ENOTCONN, already over, is fine)."""
+    dup = socket.socket(fileno=os.dup(fd))
+    try:
+        dup.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        dup.close()
 
 
 def set_nodelay(sock: socket.socket | trio.socket.SocketType) -> None:

@@ -61,7 +61,7 @@ from cryptography import x509
 from redirgate.proto.tunnel.busy import BUSY_MAX_BYTES, looks_like_tls, parse_busy
 from redirgate.transport.errors import Refusal, TlsRefused, stream_error
 from redirgate.transport.interfaces import Buffer, Handover
-from redirgate.transport.sockets import Busy, check_receive_size, peer_label, set_nodelay
+from redirgate.transport.sockets import Busy, check_receive_size, cut_fd, peer_label, set_nodelay
 from redirgate.transport.tls import ClientContext, refusal_from_ssl_error
 
 __all__ = [
@@ -397,6 +397,17 @@ class ZeroCopyTLSStream(trio.abc.Stream):
 
     async def wait_sendable(self) -> None:
         await self._wait(self._send_want)
+
+    def cut(self) -> None:
+        """Break the TCP connection under the TLS session at once, with no
+        close_notify (the peer sees a broken connection, not an end); nothing
+        else changes here: reads and writes then fail as on any broken
+        connection, and `aclose` still closes.  A gateway restart cuts its
+        clients' connections so that they resume against its successor."""
+        fd = self._ssl.fileno()
+        if fd == -1:
+            return
+        cut_fd(fd)
 
     def lend(self) -> Handover:
         """The SSL socket for the gateway's relay reactor (interfaces.Handover)."""

@@ -35,6 +35,13 @@ from redirgate.proto.tunnel.errors import (
     UnexpectedMessageError,
     VersionMismatchError,
 )
+from redirgate.proto.tunnel.handover import (
+    HANDOVER_VERSION,
+    HandedChannel,
+    HandedListener,
+    HandoverError,
+    HandoverState,
+)
 from redirgate.proto.tunnel.heartbeat import HeartbeatTracker
 from redirgate.proto.tunnel.inventory import MAX_DEVICES, DeviceEntry, DeviceKind, Inventory, InventoryUpdate
 from redirgate.proto.tunnel.messages import (
@@ -87,6 +94,7 @@ __all__ = [
     "DEFAULT_MAX_CHANNELS",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_REPLAY_LIMIT",
+    "HANDOVER_VERSION",
     "MAX_CRL_BYTES",
     "MAX_DEVICES",
     "NEED_DATA",
@@ -114,6 +122,10 @@ __all__ = [
     "Event",
     "FrameTooLargeError",
     "GatewayHello",
+    "HandedChannel",
+    "HandedListener",
+    "HandoverError",
+    "HandoverState",
     "Heartbeat",
     "HeartbeatAck",
     "HeartbeatTracker",

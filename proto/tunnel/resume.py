@@ -176,6 +176,24 @@ class ReplayBuffer:
         if not chunks:
             self._chunks = None
 
+    def unacknowledged(self) -> bytes:
+        """The bytes held now (sent, not acknowledged), oldest first: a gateway
+        restart hands them to its successor (`proto.tunnel.handover`)."""
+        if self._chunks is None:
+            return b""
+        return b"".join(self._chunks)[self._head_skip :]
+
+    def restore(self, sent_total: int, acked: int, held: bytes) -> None:
+        """Take over a predecessor's buffer: `held` is what it had sent up to
+        `sent_total` past `acked` (LocalProtocolError if the counts disagree)."""
+        if not 0 <= acked <= sent_total or sent_total - acked != len(held) or len(held) > self.limit:
+            raise LocalProtocolError(
+                f"a replay buffer of {len(held)} bytes does not fit sent {sent_total} / acked {acked}"
+                f" (limit {self.limit})"
+            )
+        self.sent_total, self.acked, self._head_skip = sent_total, acked, 0
+        self._chunks = deque([bytes(held)]) if held else None
+
     def replay_from(self, offset: int) -> bytes:
         """Everything sent from `offset` on (the peer received up to there),
         dropping what comes before it; the bytes to send again.  Unlike an
@@ -267,6 +285,38 @@ class ResumableChannel:
         what `received` was told: it is final for the old connection."""
         return self.outgoing.replay_from(peer_received)
 
+    def export(self) -> dict[str, object]:
+        """The channel's counts and replay as plain data (a gateway restart: `handover`)."""
+        out, inc = self.outgoing, self.incoming
+        return {
+            "channel_id": self.channel_id,
+            "replay_limit": out.limit,
+            "ack_every": inc.ack_every,
+            "sent_total": out.sent_total,
+            "acked": out.acked,
+            "replay": out.unacknowledged(),
+            "received": inc.received,
+        }
+
+    @classmethod
+    def restored(cls, state: dict[str, object]) -> ResumableChannel:
+        """The channel `export` described, in a new process (LocalProtocolError if it is not one)."""
+        owner = "ResumableChannel state"
+        channel = cls(
+            v.uint(owner, "channel_id", state.get("channel_id"), v.U32, low=1),
+            replay_limit=v.uint(owner, "replay_limit", state.get("replay_limit"), v.U64, low=1),
+            ack_every=v.uint(owner, "ack_every", state.get("ack_every"), v.U64, low=1),
+        )
+        channel.outgoing.restore(
+            v.uint(owner, "sent_total", state.get("sent_total"), v.U64),
+            v.uint(owner, "acked", state.get("acked"), v.U64),
+            v.blob(owner, "replay", state.get("replay"), 0, channel.outgoing.limit),
+        )
+        channel.incoming.received = v.uint(owner, "received", state.get("received"), v.U64)
+        # what we told the peer may not have reached it: the next ack repeats the count
+        channel.incoming.acks_lost()
+        return channel
+
     # --- client side
     def resume_request(self) -> ResumeChannel:
         """The client's first frame on the new data connection."""
@@ -325,6 +375,16 @@ class ResumeCredentials:
         digest = hmac.new(self._secret, message, hashlib.sha256).digest()
         assert len(digest) == RESUME_CREDENTIAL_BYTES
         return digest
+
+    def export(self) -> tuple[bytes, int]:
+        """(the channel's secret, the generation in force): a gateway restart hands them over."""
+        return self._secret, self.generation
+
+    @classmethod
+    def restored(cls, channel_id: int, owner: str, secret: bytes, generation: int) -> ResumeCredentials:
+        credentials = cls(channel_id, owner, secret)
+        credentials.generation = v.uint("ResumeCredentials", "generation", generation, v.U64)
+        return credentials
 
     def current(self, identity: str) -> bytes:
         """The credential the owner holds now (given in the attach result or

@@ -113,6 +113,44 @@ class HostStreamGuard:
         self._bulk_32 = False
         self.messages = 0
 
+    #: the walk's position, as `export` names it (the rest follows from the hellos)
+    _POSITION = ("offset", "msg_start", "need_header", "thsize", "msg_type", "length", "body_left", "filter_last")
+
+    def export(self) -> dict[str, object]:
+        """Where the walk is, as plain data: a gateway restart hands a live
+        channel's guard to its successor (`restored`), mid-message or not."""
+        return {
+            "guest_hello": bytes(self._guest_hello.buf),
+            "host_hello": bytes(self._host_hello.buf),
+            "pending": bytes(self._pending),
+            "messages": self.messages,
+            **{name: getattr(self, "_" + name) for name in self._POSITION},
+        }
+
+    @classmethod
+    def restored(cls, state: dict[str, object], *, max_message_size: int | None = None) -> HostStreamGuard:
+        """The guard `export` described: both hellos are walked again (their
+        checks with them), then the position is taken over.  ValueError if
+        `state` is not an export."""
+        guard = cls(max_message_size=max_message_size)
+        guest, host, pending = state.get("guest_hello"), state.get("host_hello"), state.get("pending")
+        if not (isinstance(guest, bytes) and isinstance(host, bytes) and isinstance(pending, bytes)):
+            raise ValueError("a guard's state needs its hellos and pending header as bytes")
+        try:
+            guard.observe_guest_bytes(guest)
+            if host:
+                guard._host_hello.feed(memoryview(host))
+                guard._update_layout()
+        except errors.RemoteProtocolError as exc:
+            raise ValueError(f"a guard's state holds a hello that does not pass: {exc}") from exc
+        for name in ("messages", *cls._POSITION):
+            value = state.get(name)
+            if type(value) is not int:
+                raise ValueError(f"a guard's state needs an integer {name}, not {value!r}")
+            setattr(guard, "_" + name if name != "messages" else name, value)
+        guard._pending = bytearray(pending)
+        return guard
+
     @property
     def ready(self) -> bool:
         """Both hellos seen: the layout in force is known."""

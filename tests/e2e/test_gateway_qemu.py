@@ -23,7 +23,14 @@ from redirgate.cli.lab import LabRoute, make_pki, write_client_config, write_gat
 from redirgate.gateway import pki
 from tests.support.controllers import CONTROLLERS, usb_redir_args
 from tests.support.fault_proxy import fault_proxy
-from tests.support.gateway_procs import kill, running_client, running_gateway
+from tests.support.gateway_procs import (
+    kill,
+    pid_alive,
+    restart_by_usr2,
+    running_client,
+    running_gateway,
+    stop_successors,
+)
 from tests.support.guest import GuestImage, make_fat_image, read_fat_file
 from tests.support.qemu import start_guest
 
@@ -128,40 +135,69 @@ def test_client_killed_then_restarted_guest_sees_unplug_and_replug(
 RESUME_SCRIPT = r"""
 usb=$(wait_for_usb 1209 0001 90) || fail "the stick never appeared through the gateway"
 dev=$(wait_for_block sda 60) || fail "no disk for the stick"
-for n in 1 2 3; do
+for n in 1 2; do
     log "reading $n"
     report "md5_$n" "$(dd if="$dev" bs=64k iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)"
 done
+# from read 3 on, reads go on back to back for RESTART_WINDOW_S: the gateway restarts meanwhile
+n=3
+end=$(( $(cut -d. -f1 /proc/uptime) + RESTART_WINDOW_S ))
+while [ "$(cut -d. -f1 /proc/uptime)" -lt "$end" ]; do
+    log "reading $n"
+    report "md5_$n" "$(dd if="$dev" bs=64k iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)"
+    n=$((n + 1))
+done
+report reads "$((n - 1))"
 if dmesg | grep -i "usb disconnect"; then fail "the guest logged a USB disconnect"; fi
 report disconnects none
 """
 
 
+#: seconds of back-to-back reads during which the gateway restarts (its new process starts in a few)
+RESTART_WINDOW_S = 40
+
+
 @pytest.mark.system
-@pytest.mark.trio_timeout(600)  # a safety net: a TCG guest's boot and three reads of the stick
-async def test_guest_reads_the_stick_across_two_tunnel_resets_without_a_usb_disconnect(
+@pytest.mark.trio_timeout(600)  # a safety net: a TCG guest's boot and the reads of the stick
+async def test_guest_reads_the_stick_across_tunnel_resets_and_a_gateway_restart_without_a_usb_disconnect(
     guest_image: GuestImage, tmp_path: Path
 ) -> None:
     """Issue 16: the client dials the gateway through a fault proxy that
     resets every tunnel connection (RST both ways) twice while the guest
-    reads the whole stick with O_DIRECT; the channel resumes, every read
-    has the image's md5 and the guest's kernel never saw the device go."""
+    reads the whole stick with O_DIRECT, then the gateway is restarted by
+    SIGUSR2 while the guest goes on reading: a new process takes QEMU's
+    socket and the channel over, the old one exits.  The channel resumes
+    each time, every read has the image's md5 and the guest's kernel never
+    saw the device go."""
     make_pki(tmp_path)
     image = tmp_path / "stick.img"
     image.write_bytes(os.urandom(8 << 20))
     expected = hashlib.md5(image.read_bytes()).hexdigest()
     config = write_gateway_config(tmp_path, [LabRoute("stick", "usb:1209:0001")])
+    successors: list[int] = []
+    script = RESUME_SCRIPT.replace("RESTART_WINDOW_S", str(RESTART_WINDOW_S))
     with running_gateway(config, tmp_path / "gateway.log") as gw:
-        async with fault_proxy(("127.0.0.1", gw.tunnel_port)) as proxy:
-            client_config = write_client_config(tmp_path, proxy.port, virtual=[f"virtual:storage:{image}"])
-            with start_guest(RESUME_SCRIPT, usb_redir_args("xhci", gw.routes["stick"]), guest=guest_image) as guest:
-                with running_client(client_config, tmp_path / "client.log"):
-                    for n in (1, 2):
-                        await guest.wait_for_console_async(rf"@@LOG reading {n}\b", BOOT_TIMEOUT_S)
-                        assert proxy.reset() >= 1  # mid-read: the data connection carries the dd
-                    await guest.wait_for_console_async(r"@@RESULT (disconnects|fail)=", BOOT_TIMEOUT_S)
-                    result = guest.wait(BOOT_TIMEOUT_S + 60)
+        try:
+            async with fault_proxy(("127.0.0.1", gw.tunnel_port)) as proxy:
+                client_config = write_client_config(tmp_path, proxy.port, virtual=[f"virtual:storage:{image}"])
+                with start_guest(script, usb_redir_args("xhci", gw.routes["stick"]), guest=guest_image) as guest:
+                    with running_client(client_config, tmp_path / "client.log"):
+                        for n in (1, 2):
+                            await guest.wait_for_console_async(rf"@@LOG reading {n}\b", BOOT_TIMEOUT_S)
+                            assert proxy.reset() >= 1  # mid-read: the data connection carries the dd
+                        await guest.wait_for_console_async(r"@@LOG reading 3\b", BOOT_TIMEOUT_S)
+                        old = gw.process.pid
+                        new = await restart_by_usr2(gw, tmp_path / "gateway.sock", successors)
+                        restarted_during_reads = "@@RESULT reads=" not in guest.console_text()
+                        await guest.wait_for_console_async(r"@@RESULT (disconnects|fail)=", BOOT_TIMEOUT_S)
+                        result = guest.wait(BOOT_TIMEOUT_S + 60)
+        finally:
+            stop_successors(gw, tmp_path / "gateway.sock", successors)
         gw_log = gw.log()
     assert result.rc == 0, f"{result.results}\n--- gateway:\n{gw_log[-4000:]}\n--- console:\n{result.console[-3000:]}"
-    assert [result.results[f"md5_{n}"] for n in (1, 2, 3)] == [expected] * 3
-    assert gw_log.count("resumes channel") >= 2, gw_log[-4000:]
+    reads = int(result.results["reads"])
+    assert [result.results[f"md5_{n}"] for n in range(1, reads + 1)] == [expected] * reads
+    assert gw_log.count("resumes channel") >= 3, gw_log[-4000:]
+    assert new != old and not pid_alive(old), "the old gateway process did not exit"
+    assert restarted_during_reads, "the guest's reads ended before the restart: raise RESTART_WINDOW_S"
+    assert "1 channel(s) handed over" in gw_log, gw_log[-4000:]

@@ -12,12 +12,15 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.support.services import stop
 
@@ -94,6 +97,70 @@ def running_gateway(
         yield gw
     finally:
         stop(process)
+
+
+def gateway_status(admin: Path) -> dict[str, Any]:
+    """The running gateway's status document through its admin socket (OSError if nobody answers)."""
+    from redirgate.gateway.admin import request
+
+    return request(admin, {"command": "status"})
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, reaped by nobody yet, has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def stop_pid(pid: int, grace_s: float = 10.0) -> None:
+    """SIGTERM by PID a process that is not our child (a restarted gateway), then SIGKILL if it lingers."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+        deadline = time.monotonic() + grace_s
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not pid_alive(pid):
+            return
+
+
+async def restart_by_usr2(gw: GatewayProcess, admin: Path, successors: list[int]) -> int:
+    """SIGUSR2 to the gateway; the new process's pid (also appended to
+    `successors`, for `stop_pid`) once it answers on the admin socket and the
+    old one exited."""
+    import trio
+
+    from tests.support.waiting import until_async
+
+    old = gw.process.pid
+    gw.process.send_signal(signal.SIGUSR2)
+    new = 0
+
+    async def answered() -> bool:
+        nonlocal new
+        try:
+            new = (await trio.to_thread.run_sync(gateway_status, admin))["pid"]
+        except OSError:
+            return False
+        return new != old
+
+    await until_async(answered, "a new gateway process", poll_s=0.1)
+    successors.append(new)
+    await trio.to_thread.run_sync(gw.process.wait, 60)  # the old one exits
+    return new
+
+
+def stop_successors(gw: GatewayProcess, admin: Path, successors: list[int]) -> None:
+    """Stop every gateway process a restart started (also one a failed test did not hear of)."""
+    with contextlib.suppress(OSError, KeyError):
+        pid = gateway_status(admin)["pid"]
+        if pid != gw.process.pid and pid not in successors:
+            successors.append(pid)
+    for pid in successors:
+        stop_pid(pid)
 
 
 @contextlib.contextmanager
