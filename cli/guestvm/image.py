@@ -717,6 +717,14 @@ def read_fat_file(image: Path, name: str) -> bytes:
         return out.read_bytes()
 
 
+def write_fat_file(image: Path, name: str, data: bytes) -> None:
+    """Put `data` into FAT image `image` as `name` (in a top-level or existing directory), in place."""
+    with tempfile.TemporaryDirectory(prefix="redirgate-fat-") as tmp:
+        src = Path(tmp) / "in"
+        src.write_bytes(data)
+        _mtools(["mcopy", "-o", "-i", str(image), str(src), f"::/{name.strip('/')}"])
+
+
 def list_fat_files(image: Path, directory: str = "/") -> list[str]:
     """Names (with the directory prefix) of the entries in `directory` of the image."""
     proc = _mtools(["mdir", "-b", "-i", str(image), f"::/{directory.strip('/')}"])

@@ -10,10 +10,13 @@ does: the type ``LIBUSB_TRANSFER_TYPE_BULK_STREAM`` and
 ``libusb_transfer_set_stream_id``, which pyusb does not declare).
 
 Streams need libusb's asynchronous path: a synchronous pyusb transfer
-cannot name a stream.  Where a device has none (an emulated device, or
-``REDIRGATE_USB_TRANSFERS=threads``), `ep_info` hides the endpoints'
-streams from the guest, so it never allocates any (usbredirhost built
-against a libusb without streams does the same by not reading them).
+cannot name a stream.  So a real device with streams takes that path even
+while worker threads are the default (`wants_async`: unless
+``REDIRGATE_USB_TRANSFERS`` names a path).  Where a device has no
+asynchronous path (an emulated device, or ``REDIRGATE_USB_TRANSFERS=threads``),
+`ep_info` hides the endpoints' streams from the guest, so it never
+allocates any (usbredirhost built against a libusb without streams does the
+same by not reading them).
 
 Threads: `alloc_blocking` and `free_blocking` run in a worker thread;
 `mark_stream` on the loop thread, before the transfer is submitted.
@@ -31,9 +34,10 @@ import usb.backend.libusb1 as libusb1
 from redirgate.proto.usbredir import messages as m
 
 if TYPE_CHECKING:
+    from redirgate.client.usb.descriptors import DeviceSnapshot
     from redirgate.client.usb.device import UsbDevice
 
-__all__ = ["BULK_STREAM", "alloc_blocking", "ep_info", "free_blocking", "mark_stream", "usable"]
+__all__ = ["BULK_STREAM", "alloc_blocking", "ep_info", "free_blocking", "mark_stream", "usable", "wants_async"]
 
 #: libusb_transfer_type LIBUSB_TRANSFER_TYPE_BULK_STREAM (libusb.h, since 1.0.19)
 BULK_STREAM = 4
@@ -65,6 +69,21 @@ def _lib() -> Any | None:
         lib.libusb_transfer_set_stream_id.restype = None
         _declared.add(id(lib))
     return lib
+
+
+def wants_async(snap: DeviceSnapshot, chosen: str | None) -> bool:
+    """Whether a device must take libusb's asynchronous path for its streams:
+    it has bulk streams and no transfer path was chosen (`chosen`: the
+    ``REDIRGATE_USB_TRANSFERS`` setting, None when unset)."""
+    if chosen is not None:
+        return False
+    return any(
+        endpoint.max_streams
+        for config in snap.configs.values()
+        for alts in config.interfaces.values()
+        for alt in alts
+        for endpoint in alt.endpoints
+    )
 
 
 def usable(device: UsbDevice) -> bool:

@@ -55,7 +55,7 @@ import trio
 import usb.core
 import usb.util
 
-from redirgate.client.usb import aio
+from redirgate.client.usb import aio, bulk_streams
 from redirgate.client.usb.descriptors import DeviceSnapshot, snapshot
 from redirgate.client.usb.errors import DriverNotDetachedError, is_timeout
 from redirgate.client.usb.iso import IsoPacketResult, read_iso_packets
@@ -102,7 +102,8 @@ class UsbDevice:
         #: real devices; None: transfers in worker threads (emulated devices,
         #: another backend, or REDIRGATE_USB_TRANSFERS=threads)
         self.aio: aio.LibusbAsync | None = None
-        if os.environ.get("REDIRGATE_USB_TRANSFERS", DEFAULT_TRANSFERS) == "async":
+        chosen = os.environ.get("REDIRGATE_USB_TRANSFERS")
+        if (chosen or DEFAULT_TRANSFERS) == "async" or bulk_streams.wants_async(snap, chosen):
             self.aio = aio.libusb_async_for(dev)
 
     @property

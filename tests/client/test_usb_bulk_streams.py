@@ -13,8 +13,9 @@ import pytest
 import usb.backend.libusb1
 
 from redirgate.client.usb import bulk_streams
+from redirgate.client.usb.descriptors import AltSettingDesc, ConfigDesc, DeviceSnapshot, EndpointDesc
 from redirgate.client.usb.engine import HOST_CAPS
-from redirgate.proto.usbredir import Cap
+from redirgate.proto.usbredir import Cap, Speed
 from tests.support.engine_lab import INVAL, SUCCESS, configure, source_for
 from tests.support.refguest import T, engine_session
 
@@ -24,6 +25,21 @@ BULK_PAIR = (1 << 2) | (1 << 17)
 
 def test_the_engine_offers_bulk_streams() -> None:
     assert Cap.BULK_STREAMS in HOST_CAPS and HOST_CAPS == Cap.all_known()
+
+
+def _uas_like(max_streams: int) -> DeviceSnapshot:
+    """A super-speed device whose bulk pair has `max_streams` streams (QEMU's usb-uas has 16)."""
+    endpoints = (EndpointDesc(0x81, 2, 1024, 0, max_streams), EndpointDesc(0x02, 2, 1024, 0, max_streams))
+    alt = AltSettingDesc(0, 0, 8, 6, 0x62, endpoints)
+    return DeviceSnapshot(
+        0x46F4, 3, 0, 0, 0, 0x100, 0x300, Speed.SUPER, 4, 2, "4-6", {1: ConfigDesc(1, {0: (alt,)})}, 1
+    )
+
+
+def test_a_device_with_streams_takes_the_async_path_unless_one_is_chosen() -> None:
+    assert bulk_streams.wants_async(_uas_like(16), None)
+    assert not bulk_streams.wants_async(_uas_like(16), "threads")  # REDIRGATE_USB_TRANSFERS names the path
+    assert not bulk_streams.wants_async(_uas_like(0), None)
 
 
 def test_a_transfer_is_marked_as_a_stream_transfer_on_this_libusb() -> None:

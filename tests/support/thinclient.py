@@ -9,7 +9,7 @@ the UDC and unplugged by clearing it; its QEMU also gives it a ``qemu-xhci``
 with QEMU's own USB devices (:func:`thinclient_qemu_devices`: usb-audio
 writing what it plays to a WAV file, an FTDI usb-serial wired to a host
 socket, a usb-ccid reader with an emulated card, a usb-hub with a keyboard
-behind it, a tablet).  To the thin client's kernel and libusb all of these
+behind it, a tablet, a usb-uas disk at super speed).  To the thin client's kernel and libusb all of these
 are real devices on real host controller drivers.  The **VM side** is a
 second host-root guest with a ``qemu-xhci`` where usb-redir devices are
 hot-added and removed through the monitor (:class:`VmSide`).
@@ -31,6 +31,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from redirgate.cli.guestvm.hostroot import HostRootGuest, start_hostroot_guest
+from redirgate.cli.guestvm.image import make_fat_image
 
 __all__ = [
     "KEY_EVENT_READER",
@@ -73,6 +74,7 @@ THINCLIENT_MODULES = (
     "hid_generic",
     "ftdi_sio",
     "snd_usb_audio",
+    "uas",
 )
 #: What the VM side needs to use the redirected devices.
 VM_SIDE_MODULES = (
@@ -88,8 +90,11 @@ VM_SIDE_MODULES = (
     "cdc_acm",
     "usblp",
     "snd_usb_audio",
+    "uas",
 )
 CONFIGFS = "/sys/kernel/config/usb_gadget"
+#: The size of the disk behind the thin client's usb-uas (small: TCG moves it slowly).
+UAS_IMAGE_MIB = 8
 UDCS = ("dummy_udc.0", "dummy_udc.1")
 
 #: (vendor, product) of QEMU 7.2's emulated USB devices (hw/usb/dev-*.c).
@@ -100,9 +105,11 @@ QEMU_IDS: Mapping[str, tuple[int, int]] = {
     "usb-hub": (0x0409, 0x55AA),
     "usb-kbd": (0x0627, 0x0001),
     "usb-tablet": (0x0627, 0x0001),
+    "usb-uas": (0x46F4, 0x0003),
 }
 
-#: Where each QEMU device sits on the thin client's xHCI (its USB 2 root hub ports).
+#: Where each QEMU device sits on the thin client's xHCI (its USB 2 root hub ports; usb-uas
+#: attaches at super speed, so its port 6 is on the USB 3 root hub).
 QEMU_PORTS: Mapping[str, str] = {
     "usb-audio": "1",
     "usb-serial": "2",
@@ -110,6 +117,7 @@ QEMU_PORTS: Mapping[str, str] = {
     "usb-kbd": "3.1",
     "usb-tablet": "4",
     "usb-ccid": "5",
+    "usb-uas": "6",
 }
 
 
@@ -268,7 +276,11 @@ def thinclient_qemu_devices(share: Path, ftdi_port: int) -> list[str]:
     ``share/audio.pcap``; the FTDI usb-serial's other end dials the host's
     127.0.0.1:`ftdi_port` (a listener the caller owns, reconnect=1).  The
     smartcard reader is hot-added after boot (:meth:`ThinClient.add_smartcard`).
+    usb-uas (USB Attached SCSI, bulk streams at super speed) serves
+    ``share/uas.img``, an empty FAT disk of `UAS_IMAGE_MIB` made here (a user
+    copies files onto it with mtools before the thin client's drive is used).
     """
+    uas_image = make_fat_image(share / "uas.img", {}, size_mib=UAS_IMAGE_MIB, label="UAS")
     p = QEMU_PORTS
     # one option and its value per line (the formatter would split each pair)
     # fmt: off
@@ -281,6 +293,9 @@ def thinclient_qemu_devices(share: Path, ftdi_port: int) -> list[str]:
         "-device", f"usb-hub,bus=xhci.0,port={p['usb-hub']}",
         "-device", f"usb-kbd,bus=xhci.0,port={p['usb-kbd']}",
         "-device", f"usb-tablet,bus=xhci.0,port={p['usb-tablet']}",
+        "-drive", f"if=none,id=uasdisk,format=raw,file={uas_image}",
+        "-device", f"usb-uas,id=uas,bus=xhci.0,port={p['usb-uas']}",
+        "-device", "scsi-hd,bus=uas.0,scsi-id=0,lun=0,drive=uasdisk",
     ]
     # fmt: on
     return args

@@ -18,7 +18,7 @@ import contextlib
 import re
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,18 +89,23 @@ def wait_for_text(path: Path, pattern: str, timeout_s: float, *, start: int = 0)
     return waiting.wait_for_text(path, pattern, start=start, net_s=timeout_s)
 
 
-def wait_flag(flag: Path, job: AgentJob, context: str = "", timeout_s: float = 300.0) -> None:
-    """Wait until a guest job creates `flag` in a share; fail at once (with its output) if the job ends first."""
+def wait_flag(flag: Path, job: AgentJob, context: str | Callable[[], str] = "", timeout_s: float = 300.0) -> None:
+    """Wait until a guest job creates `flag` in a share; fail at once (with its output) if the job ends first.
+
+    `context` (or what it returns, read when the wait fails) goes into the failure message."""
 
     def flagged() -> bool:
         if flag.exists():
             return True
         if job.done() and not flag.exists():
             result = job.wait()
-            raise AssertionError(f"the guest job ended ({result.rc}) before {flag.name}: {result.stderr}\n{context}")
+            raise AssertionError(f"the guest job ended ({result.rc}) before {flag.name}: {result.stderr}\n{detail()}")
         return False
 
-    waiting.wait_until(flagged, f"{flag.name} from the guest job", net_s=timeout_s, detail=lambda: context)
+    def detail() -> str:
+        return context() if callable(context) else context
+
+    waiting.wait_until(flagged, f"{flag.name} from the guest job", net_s=timeout_s, detail=detail)
 
 
 @dataclass

@@ -1,0 +1,109 @@
+"""A USB Attached SCSI disk with bulk streams (QEMU's usb-uas at super speed on the thin client's xHCI).
+
+`client serve-usb` in the thin client exports it (taking it from the thin
+client's own `uas` driver, which gets it back after); the VM side (qemu-xhci
++ usb-redir, super speed) binds its `uas` driver, which allocates USB 3 bulk
+streams through usbredir's bulk_streams capability (the client logs what
+libusb allocated), mounts the disk, reads a file whose md5 the test knows
+and writes one whose bytes must land in the image.  Without the capability
+the VM's uas driver cannot use its streams and the disk never appears.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from redirgate.cli.guestvm.hostroot import AgentError
+from redirgate.cli.guestvm.image import read_fat_file, write_fat_file
+from tests.support.thinclient import QEMU_IDS, wait_block_script, wait_usb_script
+from tests.support.usblab import UsbLab, wait_flag, wait_for_text
+
+UAS = QEMU_IDS["usb-uas"]
+#: the thin client's guest port `serve-usb` listens on (forwarded from the host, tests/support/usblab.py)
+SERVE_USB_PORT = 7000
+#: small: TCG moves every byte through two emulated xHCIs
+KNOWN = os.urandom(256 * 1024)
+FROM_VM = os.urandom(100_000)
+
+
+def _vm_script(flags: str, mnt: str) -> str:
+    """The VM side: wait for the disk, note its speed and driver, mount it, md5 the known file, write one."""
+    return (
+        "set -e\n"
+        + wait_usb_script(*UAS)
+        + 'usb="$found"\n'
+        + f"cat /sys/bus/usb/devices/$usb/speed > {flags}/speed\n"
+        + wait_block_script("usb")
+        + f'basename "$(readlink /sys/bus/usb/devices/$usb:1.0/driver)" > {flags}/driver\n'
+        f"mkdir -p {mnt} && mount -t vfat $blk {mnt}\n"
+        f"md5sum {mnt}/known.bin > {flags}/md5\n"
+        f"cp {flags}/from-vm.bin {mnt}/from-vm.bin && sync && umount {mnt}\n"
+        f"touch {flags}/done\n"
+    )
+
+
+def _failure_context(usb_lab: UsbLab, log: Path) -> str:
+    """serve-usb's log and the VM side's kernel log, for a failure message."""
+    try:
+        kernel = usb_lab.vm.run("dmesg | tail -40", 60.0)
+    except AgentError as exc:
+        kernel = f"(no dmesg: {exc})"
+    return f"--- serve-usb:\n{log.read_text(errors='replace')[-4000:]}\n--- VM side dmesg:\n{kernel}"
+
+
+def _uas_sysfs_name(usb_lab: UsbLab) -> str:
+    return usb_lab.thin.run(wait_usb_script(*UAS) + 'echo "$found"\n').strip()
+
+
+@pytest.mark.system
+def test_vm_uas_driver_uses_bulk_streams_through_serve_usb(usb_lab: UsbLab) -> None:
+    thin = usb_lab.thin
+    name = _uas_sysfs_name(usb_lab)
+    interface = f"{name}:1.0"
+    assert thin.run(f"cat /sys/bus/usb/devices/{name}/speed").strip() == "5000"  # super speed
+    assert thin.drivers(name) == {interface: "uas"}  # the thin client's own driver first
+    image = thin.guest.share / "uas.img"
+    write_fat_file(image, "known.bin", KNOWN)
+    flags = usb_lab.vm.guest.share_dir("uas")
+    (flags / "from-vm.bin").write_bytes(FROM_VM)
+    log = thin.guest.share_dir("uas") / "serve-usb.log"
+    pid = thin.guest.spawn(
+        f"{sys.executable} -m redirgate.cli -v client serve-usb --listen 0.0.0.0:{SERVE_USB_PORT} "
+        f"{UAS[0]:04x}:{UAS[1]:04x}",
+        log,
+    )
+    try:
+        wait_for_text(log, r"serving \S+ on", 300.0)
+        redir = usb_lab.vm.attach(thin.guest.host_port(SERVE_USB_PORT))
+        try:
+            job = usb_lab.vm.guest.start(_vm_script(str(flags), "/tmp/uas"))
+            wait_flag(flags / "done", job, lambda: _failure_context(usb_lab, log))
+            job.wait().check()
+            # while the VM held it, the thin client's uas let go of it (libusb claimed it)
+            assert thin.drivers(name) == {interface: "usbfs"}
+        finally:
+            usb_lab.vm.detach(redir)
+    finally:
+        thin.guest.signal(pid, "TERM")
+        thin.guest.wait_exit(pid)
+    text = log.read_text(errors="replace")
+    assert "transfers: async" in text  # streams need libusb's asynchronous path, threads are the default
+    assert (flags / "speed").read_text().strip() == "5000", text  # the VM side sees it at super speed
+    assert (flags / "driver").read_text().strip() == "uas", text  # uas, not usb-storage
+    # the VM's uas allocated its streams, and libusb allocated them on the real device
+    allocated = re.search(r"allocated (\d+) bulk streams on (0x[0-9a-f]{2}(?:, 0x[0-9a-f]{2})*) of", text)
+    assert allocated and int(allocated.group(1)) >= 2 and len(allocated.group(2).split(", ")) == 3, text
+    md5 = (flags / "md5").read_text().split()[0]
+    assert md5 == hashlib.md5(KNOWN).hexdigest()
+    # the thin client's uas has its disk back, and the VM's file is in the image
+    thin.run(
+        f'until [ "$(basename "$(readlink /sys/bus/usb/devices/{interface}/driver 2>/dev/null)")" = uas ]; '
+        "do sleep 0.1; done"
+    )
+    assert read_fat_file(image, "from-vm.bin") == FROM_VM
