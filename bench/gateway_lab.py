@@ -111,10 +111,11 @@ def status(lab: Lab) -> dict[str, Any] | None:
         return None
 
 
-def start_gateway(procs: Processes, lab: Lab, name: str = "gateway") -> Proc:
-    """`redirgate gateway run`; returns once its admin socket answers."""
-    proc = procs.start(name, [*CLI, "gateway", "run", "--config", str(lab.gateway_config)], lab.tunnel_port)
-    deadline = time.monotonic() + READY_TIMEOUT_S
+def start_gateway(procs: Processes, lab: Lab, name: str = "gateway", *, timeout_s: float = READY_TIMEOUT_S) -> Proc:
+    """`redirgate gateway run`; returns once its admin socket answers (within `timeout_s` of the start)."""
+    deadline = time.monotonic() + timeout_s
+    argv = [*CLI, "gateway", "run", "--config", str(lab.gateway_config)]
+    proc = procs.start(name, argv, lab.tunnel_port, timeout_s=timeout_s)
     while status(lab) is None:
         if proc.popen.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"{name} never answered on {lab.admin}: {proc.log_tail()}")

@@ -99,8 +99,8 @@ class Processes:
         self.workdir = workdir
         self.started: list[Proc] = []
 
-    def start(self, name: str, argv: list[str], port: int | None = None) -> Proc:
-        """Start `argv`; wait until it listens on `port`, or for its "LISTEN port" line."""
+    def start(self, name: str, argv: list[str], port: int | None = None, *, timeout_s: float = START_TIMEOUT_S) -> Proc:
+        """Start `argv`; wait (up to `timeout_s`) until it listens on `port`, or for its "LISTEN port" line."""
         log = self.workdir / f"{name}.log"
         with open(log, "ab") as err:  # the child keeps its own copy of the descriptor
             popen = subprocess.Popen(
@@ -112,7 +112,7 @@ class Processes:
             )
         proc = Proc(name, popen, port or 0, log)
         self.started.append(proc)
-        deadline = time.monotonic() + START_TIMEOUT_S
+        deadline = time.monotonic() + timeout_s
         if port is None:
             line = self._read_line(popen, deadline)
             if not line.startswith("LISTEN "):

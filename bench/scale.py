@@ -728,6 +728,7 @@ class Herd:
         self.config(self.pacing_s)  # the arm's setting, read by the gateway started below
         marks = self.all("restart-mark", 30)
         marked = sum(m["marked"] for m in marks)
+        gen0, machine0 = sum(process_cpu_s(p.pid) for p in self.peers), gl.machine_jiffies()
         t0 = time.monotonic()
         self.gateway.popen.kill()  # SIGKILL to this PID: nothing closed gracefully
         self.gateway.popen.wait(10)
@@ -743,6 +744,7 @@ class Herd:
             if len(back) >= marked or time.monotonic() - t0 > limit_s:
                 break
         cpu_s = process_cpu_s(self.gateway.pid) - cpu0
+        gen_s, busy = sum(process_cpu_s(p.pid) for p in self.peers) - gen0, gl.busy_pct(machine0, gl.machine_jiffies())
         st = gl.status(self.lab) or {}
         counters = st.get("counters", {})
         if len(back) < marked:
@@ -760,6 +762,8 @@ class Herd:
         _put(into, "herd_refused_gateway", counters.get("handshakes_refused", 0))
         _put(into, "herd_attempts_per_client", sum(a["attempts"] for a in answers) / marked)
         _put(into, "herd_gateway_cpu_s", cpu_s)
+        _put(into, "herd_loadgen_cpu_s", gen_s)
+        _put(into, "herd_machine_busy_pct", busy)
 
     def close(self) -> None:
         try:
@@ -824,6 +828,8 @@ HERD_ROWS: tuple[tuple[str, str, int], ...] = (
     ("herd_hints", "  of which with a retry hint (clients' count)", 0),
     ("herd_attempts_per_client", "connection attempts per client to get back", 2),
     ("herd_gateway_cpu_s", "gateway CPU s from its start to all back", 1),
+    ("herd_loadgen_cpu_s", "simulated clients' CPU s from the kill to all back", 1),
+    ("herd_machine_busy_pct", "whole machine busy % meanwhile (both CPUs = 100)", 0),
 )
 
 

@@ -4,7 +4,10 @@
 gateway's manners: when accept() fails for want of file descriptors or
 memory (EMFILE, ENFILE, ENOMEM, ENOBUFS) it logs one line per interval
 (how many times since the last), never a traceback, retries every 0.1 s and
-so recovers by itself as soon as descriptors are free again.
+so recovers by itself as soon as descriptors are free again.  After each
+accept it also takes what else waits in the backlog (up to ACCEPT_BURST),
+so a burst of connections is answered at once, not one per pass of the
+scheduler while each dial's deadline runs.
 
 `HandshakeGate` bounds the TLS handshakes in progress on one listener, in
 all and per source address: `admit(peer)` says whether a new connection may
@@ -27,6 +30,7 @@ import collections
 import errno
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -43,6 +47,8 @@ log = logging.getLogger(__name__)
 ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 #: how long the accept loop waits after one of them
 ACCEPT_RETRY_S = 0.1
+#: connections taken from the backlog at once, besides the one trio's accept() returned
+ACCEPT_BURST = 256
 
 
 class AcceptPause:
@@ -109,26 +115,62 @@ async def _accept_loop(
     every: Every,
     pause: AcceptPause | None,
 ) -> None:
+    # the same listening socket as a plain one (a dup of its descriptor, non-blocking like it), to take
+    # what waits in the backlog at once: trio's accept() takes one per pass of the scheduler
+    burst = socket.socket(fileno=os.dup(listener.socket.fileno()))
     async with listener:
-        while True:
-            try:
-                stream = await (listener.accept() if pause is None else pause.accept(listener))
-            except OSError as exc:
-                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
-                    raise
-                counters["accept_failed_out_of_resources"] += 1
-                if every.due(trio.current_time()):
-                    log.error(
-                        "%s: cannot accept connections: %s (%s); retrying every %g s (%d more since the last line)",
-                        what,
-                        errno.errorcode.get(exc.errno or 0, str(exc.errno)),
-                        os.strerror(exc.errno or 0),
-                        ACCEPT_RETRY_S,
-                        every.take_held(),
-                    )
-                await trio.sleep(ACCEPT_RETRY_S)
-                continue
-            nursery.start_soon(_run, handler, stream)
+        try:
+            await _accept_forever(listener, burst, handler, nursery, what, counters, every, pause)
+        finally:
+            burst.close()
+
+
+async def _accept_forever(
+    listener: trio.SocketListener,
+    burst: socket.socket,
+    handler: Callable[[trio.SocketStream], Awaitable[None]],
+    nursery: trio.Nursery,
+    what: str,
+    counters: collections.Counter[str],
+    every: Every,
+    pause: AcceptPause | None,
+) -> None:
+    while True:
+        try:
+            stream = await (listener.accept() if pause is None else pause.accept(listener))
+        except OSError as exc:
+            if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                raise
+            counters["accept_failed_out_of_resources"] += 1
+            if every.due(trio.current_time()):
+                log.error(
+                    "%s: cannot accept connections: %s (%s); retrying every %g s (%d more since the last line)",
+                    what,
+                    errno.errorcode.get(exc.errno or 0, str(exc.errno)),
+                    os.strerror(exc.errno or 0),
+                    ACCEPT_RETRY_S,
+                    every.take_held(),
+                )
+            await trio.sleep(ACCEPT_RETRY_S)
+            continue
+        nursery.start_soon(_run, handler, stream)
+        if pause is None or not pause.paused:  # a paused gateway leaves the backlog to its successor
+            for more in _backlog(burst):
+                nursery.start_soon(_run, handler, more)
+
+
+def _backlog(burst: socket.socket) -> list[trio.SocketStream]:
+    """Up to ACCEPT_BURST connections waiting in the backlog now, without waiting.  A restarted
+    gateway's thousands of clients are all there at once: each is answered (a handshake, or the busy
+    line) one scheduler pass later, instead of one per pass while its dial's deadline runs."""
+    taken = []
+    for _ in range(ACCEPT_BURST):
+        try:
+            conn, _ = burst.accept()
+        except OSError:  # none left (EAGAIN), or out of descriptors: the awaited accept() says so next
+            break
+        taken.append(trio.SocketStream(trio.socket.from_stdlib_socket(conn)))
+    return taken
 
 
 async def _run(handler: Callable[[trio.SocketStream], Awaitable[None]], stream: trio.SocketStream) -> None:
