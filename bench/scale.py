@@ -661,7 +661,11 @@ class Herd:
         (tunnel_port,) = gl.free_ports(1)
 
         def config(pacing_s: float | None) -> Path:
-            extra = {} if pacing_s is None else {"handshake_pacing_s": pacing_s}
+            # every simulated client dials from 127.0.0.1: the per-source cap (16) would be the whole
+            # gateway's; thin clients have an address each, so it is max_handshakes here
+            extra: dict[str, float] = {"max_handshakes_per_source": 256}
+            if pacing_s is not None:
+                extra["handshake_pacing_s"] = pacing_s
             return write_gateway_config(
                 lab_dir,
                 [],
@@ -838,7 +842,9 @@ def herd_table(result: dict[str, Any]) -> str:
     labels = list(arms)
     lines = [
         f"scale herd: {result['what']}",
-        f"  {result['rounds']} round(s), arms interleaved, each on a fresh gateway; clients in {result['procs']} "
+        f"  {result['rounds']} round(s), arms interleaved, each on a fresh gateway (max_handshakes_per_source = 256: "
+        "all clients dial from 127.0.0.1); the first connections go to a paced gateway in both arms, the restart "
+        f"runs with the arm's setting; clients in {result['procs']} "
         f"processes on the same {mach['cpus']} cores as the gateway (they compete with it for CPU: the figures are "
         f"this whole machine's, not the gateway's alone); {mach['cpu']}, Python {mach['python']}, {mach['openssl']}; "
         f"load average {result['loadavg_start'][0]:.2f} at start, {result['loadavg_end'][0]:.2f} at end",

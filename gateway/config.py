@@ -17,7 +17,7 @@ Relative paths are taken from the config file's folder.
     # bounds (README "Security model"): max_devices_per_client = 256, max_ports_per_client = 32,
     # inventory_updates_per_s = 5, inventory_update_burst = 20, usb_hello_timeout_s = 5,
     # max_handshakes = 256, max_handshakes_per_source = 16, limit_log_interval_s = 60,
-    # handshake_pacing_s = 1 (0: no pacing, no retry hints)
+    # handshake_pacing_s = 2.5 (0: no pacing, no retry hints)
     resume_grace_s = 60                # a channel whose client connection broke waits this long
                                        # for the client to resume it (0: unplug at once, as before)
     metrics_listen = "127.0.0.1:9470"  # optional: Prometheus /metrics and /healthz
@@ -402,7 +402,7 @@ def load_config(path: str | Path, *, check_files: bool = True) -> GatewayConfig:
             ("max_handshakes_per_source", 16, 1),
             ("limit_log_interval_s", 60.0, 0.1),
             # an admitted handshake should take well under its deadline
-            ("handshake_pacing_s", min(1.0, timeouts["handshake_timeout_s"] / 4), 0.0),
+            ("handshake_pacing_s", min(2.5, timeouts["handshake_timeout_s"] / 4), 0.0),
             ("heartbeat_rtt_every", 6, 1),
         )
     }

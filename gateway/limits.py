@@ -66,12 +66,12 @@ class HandshakeLimits:
     #: pace handshakes so each finishes within about this long, and tell the
     #: connections turned away when to come back (handshake_pacing_s; 0: off,
     #: only the two fixed limits above, excess closed without a hint)
-    pacing_s: float = 1.0
+    pacing_s: float = 2.5
 
 
 #: The pacer's concurrency: where it starts, its floor, and how often it is adjusted.
 PACER_START = 64
-PACER_FLOOR = 4
+PACER_FLOOR = 16
 PACER_WINDOW_S = 0.5
 #: a handshake older than this many `pacing_s` no longer counts against the paced
 #: limit (a stranger that never speaks keeps only its slot under max_handshakes)
@@ -158,8 +158,8 @@ class HandshakePacer:
             rate = self._completed / elapsed
             self.rate = rate if self.rate is None else 0.5 * self.rate + 0.5 * rate
         scale = self.pacing_s / max(mean, 1e-6)
-        if scale < 1.0:
-            self.limit = max(float(PACER_FLOOR), self.limit * max(0.5, scale))
+        if scale < 1.0:  # never below PACER_FLOOR: a gateway starved by others still finishes a few at a time
+            self.limit = max(float(min(PACER_FLOOR, self.max_limit)), self.limit * max(0.5, scale))
         elif self._reached and scale > 1.25:
             self.limit = min(float(self.max_limit), self.limit * min(2.0, scale))
         self._window_start, self._completed, self._latency, self._reached = now, 0, 0.0, False
