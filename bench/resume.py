@@ -20,6 +20,13 @@ connection failed instead (the gateway closed it: the guest would lose the
 device); with resume it should be 0.  Issue 16's floor: data flows again
 <= 1 s (p50) after the network returns.
 
+Then the gateway is **restarted** a few times by SIGUSR2 (issue 16 step
+3: a new process takes the sockets and channels over) while the VM asks
+for the descriptor back to back: measured are the time from the signal to
+the new process serving (most of it the new process starting up, while the
+old one still serves) and the longest gap between two answers the VM saw
+meanwhile (the handover itself: the cut, the clients' redial and resume).
+
     python bench/resume.py [--quick] [--runs N]
 
 Every process started here is stopped by PID in a ``finally``; nothing is
@@ -29,6 +36,10 @@ so this module imports ``tests.support``.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -102,13 +113,55 @@ async def _one_round(vm: UsbredirGuest, proxy: FaultProxy, outage: bool) -> floa
     return trio.current_time() - back
 
 
+async def _restart_round(vm: UsbredirGuest, lab: gl.Lab, successors: list[int]) -> tuple[float, float] | None:
+    """(seconds from SIGUSR2 to the new process serving, the longest gap between two
+    answers the VM saw meanwhile); None: the VM's connection failed."""
+    old = (await trio.to_thread.run_sync(gl.status, lab) or {}).get("pid")
+    if not isinstance(old, int):
+        raise RuntimeError("the gateway does not say its pid")
+    answers: list[float] = []
+    failed = False
+    serving = 0.0
+
+    async def ask(cancel: trio.CancelScope) -> None:
+        nonlocal failed
+        try:
+            while True:
+                await _descriptor_ok(vm)
+                answers.append(trio.current_time())
+        except (GuestError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            failed = True
+            cancel.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ask, nursery.cancel_scope)
+        signalled = trio.current_time()
+        os.kill(old, signal.SIGUSR2)
+        while True:
+            now = await trio.to_thread.run_sync(gl.status, lab)
+            if now is not None and now.get("pid") not in (None, old):
+                serving = trio.current_time()
+                successors.append(now["pid"])
+                break
+            await trio.sleep(0.02)
+        while not answers or answers[-1] < serving:  # noqa: ASYNC110 -- the VM's answers, from another task
+            await trio.sleep(0.005)
+        nursery.cancel_scope.cancel()
+    if failed:
+        return None
+    times = [signalled, *(t for t in answers if t >= signalled)]
+    return serving - signalled, max(b - a for a, b in itertools.pairwise(times))
+
+
 async def _measure(workdir: Path, rounds: int) -> dict[str, Any]:
     from redirgate.cli.lab import LabRoute, write_client_config
 
     procs = Processes(workdir)
     lab = gl.write_lab(workdir / "lab", [LabRoute("loop", LOOPBACK_ID, client="thin")], {"thin": ["virtual:loopback"]})
     back: dict[str, list[float]] = {"reset": [], "outage": []}
-    unplugs = {"reset": 0, "outage": 0}
+    unplugs = {"reset": 0, "outage": 0, "restart": 0}
+    restarts: dict[str, list[float]] = {"serving": [], "gap": []}
+    successors: list[int] = []
     try:
         async with fault_proxy((LOOPBACK, lab.tunnel_port)) as proxy:
             # the client dials the proxy instead of the gateway
@@ -131,9 +184,28 @@ async def _measure(workdir: Path, rounds: int) -> dict[str, Any]:
             while pending:
                 await _working_session(lab.routes["loop"], rounds_on)
             resets = proxy.resets
+            restarting = max(2, rounds // 4)
+
+            async def restarts_on(vm: UsbredirGuest) -> None:
+                nonlocal restarting
+                while restarting:
+                    restarting -= 1
+                    with trio.fail_after(ROUND_TIMEOUT_S * 3):
+                        measured = await _restart_round(vm, lab, successors)
+                    if measured is None:
+                        unplugs["restart"] += 1
+                        return
+                    restarts["serving"].append(measured[0])
+                    restarts["gap"].append(measured[1])
+
+            while restarting:
+                await _working_session(lab.routes["loop"], restarts_on)
     finally:
         procs.stop_all()
-    return {"back_s": back, "unplugs": unplugs, "resets": resets, "outage_s": OUTAGE_S}
+        for pid in successors:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+    return {"back_s": back, "unplugs": unplugs, "resets": resets, "outage_s": OUTAGE_S, "restarts": restarts}
 
 
 def run(quick: bool, *, runs: int | None = None) -> dict[str, Any]:
@@ -163,6 +235,13 @@ def table(result: dict[str, Any]) -> str:
             continue
         cells = [statistics.median(values), _pct(values, 0.99), max(values)]
         lines.append(f"{label:42}" + "".join(f"{v * 1e3:9.0f}" for v in cells) + f"{unplugs:>9}")
+    restarts = result.get("restarts", {"serving": [], "gap": []})
+    for key, label in (("serving", "SIGUSR2 -> the new process serves"), ("gap", "longest gap the VM saw meanwhile")):
+        values = restarts[key]
+        if values:
+            cells = [statistics.median(values), _pct(values, 0.99), max(values)]
+            unplugs = result["unplugs"].get("restart", 0) if key == "gap" else ""
+            lines.append(f"{label:42}" + "".join(f"{v * 1e3:9.0f}" for v in cells) + f"{unplugs:>9}")
     lines.append(
         "(issue 16's floor: no unplug within the grace period, data again <= 1 s p50 after the network returns)"
     )
