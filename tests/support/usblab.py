@@ -89,14 +89,25 @@ def wait_for_text(path: Path, pattern: str, timeout_s: float, *, start: int = 0)
     return waiting.wait_for_text(path, pattern, start=start, net_s=timeout_s)
 
 
-def wait_flag(flag: Path, job: AgentJob, context: str | Callable[[], str] = "", timeout_s: float = 300.0) -> None:
-    """Wait until a guest job creates `flag` in a share; fail at once (with its output) if the job ends first.
+def wait_flag(
+    flag: Path,
+    job: AgentJob,
+    context: str | Callable[[], str] = "",
+    timeout_s: float = 300.0,
+    *,
+    give_up: Callable[[], str | None] | None = None,
+) -> None:
+    """Wait until a guest job creates `flag` in a share; fail at once (with its output) if the job ends first,
+    or when `give_up` returns a reason (something that says the flag will never come).
 
     `context` (or what it returns, read when the wait fails) goes into the failure message."""
 
     def flagged() -> bool:
         if flag.exists():
             return True
+        reason = give_up() if give_up is not None else None
+        if reason:
+            raise AssertionError(f"no {flag.name} will come: {reason}\n{detail()}")
         if job.done() and not flag.exists():
             result = job.wait()
             raise AssertionError(f"the guest job ended ({result.rc}) before {flag.name}: {result.stderr}\n{detail()}")
