@@ -62,6 +62,7 @@ import json
 import os
 import resource
 import selectors
+import signal
 import statistics
 import subprocess
 import sys
@@ -883,6 +884,154 @@ def herd_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------- idle: N idle clients, what their heartbeats cost (issue 18's floor)
+IDLE_PROCS = 3
+IDLE_FLOOR_PCT = 25.0
+#: (label, [gateway] heartbeat_rtt_every): 1 = the gateway's own heartbeat every interval, as before
+IDLE_ARMS: tuple[tuple[str, int], ...] = (("own heartbeat every interval (before)", 1), ("quiet, RTT every 6th", 6))
+IDLE_WINDOW_INTERVALS = 2
+
+
+def _raise_nofile(n: int) -> str:
+    """RLIMIT_NOFILE for N connections in the gateway (inherited): up to the hard limit, and the hard
+    limit itself where we may (root); a note saying what it is."""
+    want = n + FD_MARGIN + 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(want, soft), max(want, hard)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return f"RLIMIT_NOFILE {soft}/{hard} (soft/hard), inherited by the gateway and the load generators"
+
+
+def _set_rtt_every(herd: Herd, every: int) -> None:
+    """Rewrite the gateway's config with `heartbeat_rtt_every` and reload it (SIGHUP); until it took it."""
+    from redirgate.cli.lab import write_gateway_config
+
+    before = (gl.status(herd.lab) or {}).get("reloads", 0)
+    write_gateway_config(
+        herd.lab.directory,
+        [],
+        tunnel_listen=f"{LOOPBACK}:{herd.lab.tunnel_port}",
+        heartbeat_interval_s=HEARTBEAT_INTERVAL_S,
+        heartbeat_rtt_every=every,
+    )
+    os.kill(herd.gateway.pid, signal.SIGHUP)
+    t0 = time.monotonic()
+    while (gl.status(herd.lab) or {}).get("reloads", 0) <= before:
+        if time.monotonic() - t0 > 60:
+            raise RuntimeError(f"the gateway did not reload heartbeat_rtt_every = {every} within 60 s")
+        time.sleep(0.5)
+
+
+def run_idle(n: int, windows: int, procs: int = IDLE_PROCS) -> dict[str, Any]:
+    """N idle clients on one gateway; its CPU over windows of IDLE_WINDOW_INTERVALS heartbeat
+    intervals, with the gateway's own heartbeats every interval and quiet, interleaved (a reload
+    between windows: the same sessions, the same process)."""
+    started, load0 = time.monotonic(), os.getloadavg()
+    notes = [_raise_nofile(n)]
+    pki_base, pki_s, issued = ensure_pki(n)
+    notes.append(f"PKI cache {PKI_CACHE}: {issued} certificate(s) issued now ({pki_s:.1f} s)")
+    arms: dict[str, Figures] = {label: {} for label, _ in IDLE_ARMS}
+    errors: list[str] = []
+    online = 0
+    window_s = IDLE_WINDOW_INTERVALS * HEARTBEAT_INTERVAL_S
+    with tempfile.TemporaryDirectory(prefix="redirgate-bench-idle-") as tmp:
+        herd = None
+        try:
+            herd = Herd(Path(tmp), pki_base, n, None, procs)
+            t0 = time.monotonic()
+            online = herd.connect_all()
+            notes.append(f"{online} of {n} online {time.monotonic() - t0:.0f} s after the first dial")
+            notes.append(f"gateway RLIMIT_NOFILE {nofile_of(herd.gateway.pid)}")
+            rss = gl.rss_kib(herd.gateway.pid)
+            if rss is not None:
+                notes.append(f"gateway RSS with {online} clients online: {rss / 1024:.0f} MiB")
+            time.sleep(window_s)  # the connections' own work is over
+            loadgens = [p.pid for p in herd.peers]
+            for _ in range(windows):
+                for label, every in IDLE_ARMS:
+                    _set_rtt_every(herd, every)
+                    time.sleep(HEARTBEAT_INTERVAL_S)  # one whole interval in this mode first
+                    gw0 = process_cpu_s(herd.gateway.pid)
+                    gen0, w0 = sum(process_cpu_s(p) for p in loadgens), time.monotonic()
+                    time.sleep(window_s)
+                    dt = time.monotonic() - w0
+                    pct = 100 * (process_cpu_s(herd.gateway.pid) - gw0) / dt
+                    _put(arms[label], "idle_gateway_pct", pct)
+                    _put(arms[label], "idle_gateway_pct_per_1000", pct * 1000 / max(online, 1))
+                    _put(arms[label], "idle_loadgen_pct", 100 * (sum(process_cpu_s(p) for p in loadgens) - gen0) / dt)
+            st = gl.status(herd.lab) or {}
+            listed = len(st.get("clients", [])) + int(st.get("clients_more", 0))
+            notes.append(f"the gateway's status lists {listed} clients after the windows")
+        except (RuntimeError, OSError, KeyError) as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            if herd is not None:
+                herd.close()
+    return {
+        "what": f"{n} idle simulated clients on one gateway, heartbeat_interval_s = {HEARTBEAT_INTERVAL_S:g}",
+        "n": n,
+        "online": online,
+        "windows": windows,
+        "window_s": window_s,
+        "procs": procs,
+        "arms": arms,
+        "machine": machine(),
+        "loadavg_start": load0,
+        "loadavg_end": os.getloadavg(),
+        "wall_s": time.monotonic() - started,
+        "notes": notes,
+        "errors": errors,
+    }
+
+
+IDLE_ROWS: tuple[tuple[str, str, int], ...] = (
+    ("idle_gateway_pct", "gateway CPU, % of one core", 1),
+    ("idle_gateway_pct_per_1000", "  per 1,000 clients", 2),
+    ("idle_loadgen_pct", "simulated clients' processes CPU, %", 1),
+)
+
+
+def idle_table(result: dict[str, Any]) -> str:
+    mach, arms = result["machine"], result["arms"]
+    labels = list(arms)
+    lines = [
+        f"scale idle: {result['what']}",
+        f"  {result['windows']} window(s) of {result['window_s']:g} s per arm, arms interleaved by a reload of "
+        f"heartbeat_rtt_every (same process, same sessions); clients in {result['procs']} processes on the same "
+        f"{mach['cpus']} cores; {mach['cpu']}, Python {mach['python']}, {mach['openssl']}; load average "
+        f"{result['loadavg_start'][0]:.2f} at start, {result['loadavg_end'][0]:.2f} at end",
+        "",
+    ]
+    width, col = 44, 40
+    lines.append(f"{'measure':<{width}}" + "".join(f"{label:>{col}}" for label in labels) + f"{'now ÷ before':>14}")
+    for key, label, digits in IDLE_ROWS:
+        values = [arms[a].get(key) for a in labels]
+        ratio = ""
+        if all(values):
+            before, now = statistics.median(values[0]), statistics.median(values[-1])
+            ratio = f"{now / before:.2f}" if before else ""
+        lines.append(
+            f"{label:<{width}}" + "".join(f"{cell(v, digits, single=''):>{col}}" for v in values) + f"{ratio:>14}"
+        )
+    now = arms[labels[-1]].get("idle_gateway_pct")
+    if now:
+        med = statistics.median(now)
+        lines += [
+            "",
+            f"floor: {result['n']} idle clients' heartbeats cost ≤ {IDLE_FLOOR_PCT:g} % of one core: {med:.1f} % "
+            f"({result['online']} online), "
+            + ("meets" if med <= IDLE_FLOOR_PCT and result["online"] >= result["n"] else "MISSES"),
+        ]
+    for note in result["notes"]:
+        lines.append(f"  note: {note}")
+    for err in result["errors"]:
+        lines.append(f"  error: {err}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = script_arguments(__doc__, "N = 100 and 1000, short windows (under ~40 s)", runs=False)
     parser.add_argument("--sizes", type=int, nargs="+", help="override the client counts")
@@ -893,7 +1042,17 @@ def main(argv: list[str] | None = None) -> None:
         help="instead: N clients (e.g. 10000), a gateway SIGKILL + restart with handshake pacing off and on",
     )
     parser.add_argument("--rounds", type=int, default=1, help="--herd: rounds of both arms, interleaved")
+    parser.add_argument(
+        "--idle",
+        type=int,
+        metavar="N",
+        help="instead: N idle clients (e.g. 20000), the gateway's heartbeat CPU, own heartbeats every interval vs quiet",
+    )
+    parser.add_argument("--windows", type=int, default=2, help="--idle: windows per arm, interleaved")
     args = parser.parse_args(argv)
+    if args.idle:
+        emit(run_idle(args.idle, args.windows), idle_table, args.json)
+        return
     if args.herd:
         emit(run_herd(args.herd, args.rounds), herd_table, args.json)
         return

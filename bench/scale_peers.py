@@ -96,10 +96,12 @@ class SimError(Exception):
 class SimClient:
     """One simulated thin client (see the module docstring)."""
 
-    def __init__(self, index: int, context: ClientContext, port: int) -> None:
+    def __init__(self, index: int, context: ClientContext, port: int, more_ports: tuple[int, ...] = ()) -> None:
         self.index = index
         self.context = context
-        self.port = port
+        #: the gateways to try in turn (a cluster's nodes: the real client's `gateway` list)
+        self.ports = (port, *more_ports)
+        self._turn = 0
         self.devices = (
             t.DeviceEntry(
                 id=f"usb:1209:0003:SIM{index:05d}",
@@ -136,15 +138,23 @@ class SimClient:
         self.t_back: float | None = None
         self.marked = False
 
+    @property
+    def port(self) -> int:
+        return self.ports[self._turn % len(self.ports)]
+
     async def run(self, first_limiter: trio.CapacityLimiter | None) -> None:
         """The real client's reconnect policy (client/tunnel.py `reconnect_delay`): the window grows
-        with how long the gateway was away, and a busy gateway's hint is honoured."""
+        with how long the gateway was away, and a busy gateway's hint is honoured.  With several
+        ports, as the real client with several gateways: each new connection tries the next, and
+        after a loss the others are tried at once (each once) when the next one refuses."""
         failures = 0
         limiter = first_limiter
         lost_at = trio.current_time()
+        untried = 0
         while True:
             started = trio.current_time()
             hint = None
+            was_up = False
             try:
                 await self._session(limiter)
                 self.last_error = "the gateway closed the connection"
@@ -158,8 +168,16 @@ class SimClient:
             finally:
                 if self.online:
                     lost_at = trio.current_time()
+                    was_up = True
                 self.online = False
             limiter = None  # only the first connection of a `connect` is paced
+            if len(self.ports) > 1 and self.sessions:  # the first connection keeps to the first port
+                self._turn += 1
+                if was_up:
+                    untried = len(self.ports) - 1
+                elif untried > 0:
+                    untried -= 1
+                    continue  # the next gateway at once
             now = trio.current_time()
             if now - started > RESET_AFTER_S:
                 failures = 0
@@ -311,7 +329,8 @@ async def clients_role(args: argparse.Namespace) -> None:
     for i in range(args.first, args.first + args.count):
         d = client_dir(base, client_name(i))
         contexts.append(client_context(d / "client-cert.pem", d / "client-key.pem", ca, args.server_name))
-    clients = [SimClient(args.first + i, ctx, args.port) for i, ctx in enumerate(contexts)]
+    more = tuple(args.more_ports or ())
+    clients = [SimClient(args.first + i, ctx, args.port, more) for i, ctx in enumerate(contexts)]
     marked_at = time.perf_counter()
     base_totals: dict[str, int] = {}
     soft, hard = raise_nofile()
@@ -376,11 +395,12 @@ async def clients_role(args: argparse.Namespace) -> None:
                             "errors": sorted({c.last_error for c in clients if c.last_error and not c.online})[:5],
                         }
                     )
-                elif words[0] == "restart-mark":  # right before the gateway is killed
+                elif words[0] == "restart-mark":  # right before the gateway (the one on PORT, if given) is killed
                     marked_at = time.perf_counter()
                     base_totals = _totals(clients)
+                    on = int(words[1]) if len(words) > 1 else None
                     for c in clients:
-                        c.t_back, c.marked = None, c.online
+                        c.t_back, c.marked = None, c.online and (on is None or c.port == on)
                     _say({"t": marked_at, "marked": sum(c.marked for c in clients)})
                 elif words[0] == "back":  # since `restart-mark`: who is back, how long each took
                     now_totals = _totals(clients)
@@ -451,6 +471,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0, help="clients: the gateway's tunnel port")
     parser.add_argument("--pki", help="clients: the PKI folder with clients/sim-NNNNN")
     parser.add_argument("--count", type=int, default=0, help="clients: how many contexts to load")
+    parser.add_argument(
+        "--more-ports", type=int, nargs="*", help="clients: more gateways (a cluster's nodes), tried in turn"
+    )
     parser.add_argument("--first", type=int, default=0, help="clients: the index of the first (several processes)")
     parser.add_argument("--server-name", default="gateway.local")
     parser.add_argument("--connect-concurrency", type=int, default=64)
