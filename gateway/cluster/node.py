@@ -139,6 +139,8 @@ class ClusterNode:
         #: the refresh script's SHA1 on the connection that loaded it (a new connection loads it again)
         self._refresh_sha: tuple[RedisConnection, bytes] | None = None
         self._replies: dict[str, trio.MemorySendChannel[dict[str, Any]]] = {}
+        #: nodes that had no listener on their inbox, and when (trio clock)
+        self._deaf: dict[str, float] = {}
         self._dirty: set[str] = set()
         self._publish = False
         self._flush_wanted = trio.Event()
@@ -165,9 +167,36 @@ class ClusterNode:
             raise ClusterDown(self.config.redis.address, exc.reason) from None
         return name if alive else None
 
+    async def holders(self, identities: list[str]) -> dict[str, str]:
+        """The node each identity's key names, for those whose node is live (its key is there):
+        two round trips for all of them.  ClusterDown when Redis is away."""
+        command = self._connection()
+        try:
+            found = await command.command("MGET", *(client_key(i) for i in identities))
+        except RedisError as exc:
+            raise ClusterDown(self.config.redis.address, exc.reason) from None
+        named = {
+            identity: value.decode(errors="replace")
+            for identity, value in zip(identities, found if isinstance(found, list) else [], strict=False)
+            if isinstance(value, bytes)
+        }
+        # a node is live while its key is there (it may have joined since our last heartbeat, or left)
+        nodes = sorted(set(named.values()))
+        try:
+            alive = await command.pipeline([("EXISTS", node_key(name)) for name in nodes])
+        except RedisError as exc:
+            raise ClusterDown(self.config.redis.address, exc.reason) from None
+        live = {name for name, exists in zip(nodes, alive, strict=True) if exists == 1}
+        return {identity: name for identity, name in named.items() if name in live}
+
     async def request(self, node: str, message: dict[str, Any], *, timeout_s: float) -> dict[str, Any]:
         """Send `message` to `node` and return its answer; ClusterDown / ClusterError when there is none."""
         command = self._connection()
+        deaf_at = self._deaf.get(node)
+        if deaf_at is not None and trio.current_time() - deaf_at < self.config.heartbeat_s:
+            # it did not listen a moment ago (dead, its key not expired yet): a thousand clients
+            # failing over from it must not each pay a round trip to learn that again
+            raise ClusterError(node, "the node does not listen on Redis (stopped or cut off)")
         rid = secrets.token_hex(8)
         send, receive = trio.open_memory_channel[dict[str, Any]](1)
         self._replies[rid] = send
@@ -179,7 +208,9 @@ class ClusterNode:
                 raise ClusterDown(self.config.redis.address, exc.reason) from None
             self.counters["requests_sent"] += 1
             if listeners == 0:
+                self._deaf[node] = trio.current_time()
                 raise ClusterError(node, "the node does not listen on Redis (stopped or cut off)")
+            self._deaf.pop(node, None)
             with trio.move_on_after(timeout_s):
                 try:
                     return await receive.receive()
