@@ -248,10 +248,13 @@ class HandshakeGate:
         host = peer.rsplit(":", 1)[0].strip("[]")
         limits, pacer = self.limits, self.pacer
         now = trio.current_time()
-        if pacer is not None and pacer.full(self._young_count(pacer, now)):
-            hint: float | None = pacer.retry_after(now)
-        elif self.in_progress >= limits.max_handshakes or self.by_source[host] >= limits.max_per_source:
-            hint = limits.pacing_s if pacer is not None else None  # not a paced refusal: no queue slot
+        young = self._young_count(pacer, now) if pacer is not None else 0
+        if (pacer is not None and pacer.full(young)) or (
+            self.in_progress >= limits.max_handshakes or self.by_source[host] >= limits.max_per_source
+        ):
+            # a slot in the pacer's queue either way: many thin clients behind one NAT address come back
+            # spread out, not together after the same wait
+            hint: float | None = pacer.retry_after(now, young) if pacer is not None else None
         else:
             hint = -1.0
         if hint != -1.0:

@@ -97,7 +97,7 @@ class HandshakePacer:
 
     A connection turned away gets a slot in a virtual queue served at the
     completion rate (measured while the limit was reached; before that,
-    `limit` / the mean handshake time, by Little's law):
+    the handshakes running / the mean handshake time, by Little's law):
     `retry_after(now)` books the next slot and says how far ahead it is, so the clients of a restarted gateway come back one
     after the other at the rate it finishes them, instead of all at once.
     Times are the caller's clock (trio's); no I/O.
@@ -164,11 +164,12 @@ class HandshakePacer:
             self.limit = min(float(self.max_limit), self.limit * min(2.0, scale))
         self._window_start, self._completed, self._latency, self._reached = now, 0, 0.0, False
 
-    def retry_after(self, now: float) -> float:
-        """Book the next slot of the virtual queue for a connection turned away: seconds until it."""
+    def retry_after(self, now: float, running: int) -> float:
+        """Book the next slot of the virtual queue for a connection turned away (`running`: the
+        handshakes in progress now, the stalled ones left out): seconds until it."""
         rate = self.rate
-        if rate is None:  # not measured yet; Little's law: `limit` handshakes at a time, each for about _mean_s
-            rate = self.limit / max(self._mean_s if self._mean_s is not None else self.pacing_s, 1e-3)
+        if rate is None:  # not measured yet; Little's law: `running` handshakes at a time, each for about _mean_s
+            rate = max(1, running) / max(self._mean_s if self._mean_s is not None else self.pacing_s, 1e-3)
         # a little behind the rate: a client back before there is room is only turned away again
         slot = max(self._next_slot, now) + 1.0 / max(HINT_RATE_SHARE * rate, 1e-3)
         hint = min(MAX_RETRY_AFTER_S, slot - now)

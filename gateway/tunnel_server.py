@@ -71,8 +71,10 @@ _RECEIVE_BYTES = 65536
 ACK_IDLE_S = 0.5
 #: A client must finish its first frame this soon after the handshake.
 FIRST_FRAME_TIMEOUT_S = 10.0
-#: Sending the busy line to a connection turned away takes at most this long (a few bytes: no wait, really).
-BUSY_SEND_S = 0.5
+#: A connection turned away waits this long at most for its ClientHello, then for the busy line to go.
+BUSY_WAIT_S = 2.0
+#: ... and at most this many wait for their ClientHello at once.
+BUSY_WAITING = 256
 
 
 class TunnelServer:
@@ -114,6 +116,8 @@ class TunnelServer:
         #: what our hello advertises (without RESUME_CAPABILITY: no channel is resumable)
         self.capabilities = frozenset({t.RESUME_CAPABILITY})
         self.refusals = 0
+        #: connections turned away that wait for their ClientHello before the busy line (`_busy`)
+        self._busy_waiting = 0
         #: metrics and audit (set by the Gateway; None in bare tests)
         self.events: GatewayEvents | None = None
         #: the other nodes' tunnel addresses, told to clients that can use them (a cluster sets it)
@@ -150,7 +154,7 @@ class TunnelServer:
                     return
         if not ticket:
             if ticket.retry_after_s is not None:
-                await _busy(tcp, ticket.retry_after_s)
+                await self._busy(tcp, ticket.retry_after_s)
             await trio.aclose_forcefully(tcp)
             return
         self._live.add(stream)
@@ -190,6 +194,30 @@ class TunnelServer:
             if not handed_over:
                 with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                     await stream.aclose()
+
+    async def _busy(self, tcp: trio.SocketStream, retry_after_s: float) -> None:
+        """Turn a connection away before its handshake: the busy line with the hint
+        (`proto.tunnel.busy`); the caller closes it then.  The line goes out once the
+        client's ClientHello is here (read and dropped), so the client is waiting for our
+        answer and peeks at it before its OpenSSL reads: a line that came earlier could be
+        read as a bad TLS record.  At most BUSY_WAITING connections wait for that at once
+        (strangers that never speak cost a descriptor for BUSY_WAIT_S each); the others
+        get the line at once."""
+        if self._busy_waiting < BUSY_WAITING:
+            self._busy_waiting += 1
+            try:
+                with trio.move_on_after(BUSY_WAIT_S):
+                    if not await tcp.receive_some(_RECEIVE_BYTES):
+                        return  # gone already
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            finally:
+                self._busy_waiting -= 1
+        with trio.move_on_after(BUSY_WAIT_S):
+            try:
+                await tcp.send_all(t.busy_line(retry_after_s))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
 
     # ------------------------------------------------------------- data
     async def _data(self, stream: ZeroCopyTLSStream, identity: str, peer: str, first: bytes) -> bool:
@@ -442,18 +470,6 @@ class TunnelServer:
         if cert is None:
             cert = self._certs[stream] = stream.peer_certificate()
         return cert is not None and self.revocation.is_revoked(cert)
-
-
-async def _busy(tcp: trio.SocketStream, retry_after_s: float) -> None:
-    """Turn a connection away before its handshake: the busy line with the hint
-    (`proto.tunnel.busy`); the caller closes it at once.  What the client sent
-    stays unread, so the close is a reset, but Linux keeps the line readable
-    before it (the client peeks at it first)."""
-    with trio.move_on_after(BUSY_SEND_S):
-        try:
-            await tcp.send_all(t.busy_line(retry_after_s))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
 
 
 async def _goodbye(stream: ZeroCopyTLSStream, error: t.Error) -> None:

@@ -158,5 +158,5 @@ def test_the_pacers_limit_follows_the_handshake_time_and_its_hints_queue_up() ->
         pacer.full(int(pacer.limit))
         pacer.finished(now, 0.01)
     assert pacer.limit == 256
-    hints = [pacer.retry_after(now) for _ in range(50)]
+    hints = [pacer.retry_after(now, 256) for _ in range(50)]
     assert hints == sorted(hints) and hints[-1] > hints[0]
