@@ -151,22 +151,29 @@ async def _fast_pump(
 ) -> int:
     """`pump` on non-blocking moves: a chunk that can go at once costs two
     system calls and no scheduler round trip; waiting happens only when a
-    socket really has nothing to give or no room to take."""
+    socket really has nothing to give or no room to take (or, after a short
+    read, probably has nothing)."""
     buf = bytearray(buffer_size)
     view = memoryview(buf)
     total = 0
     try_receive_into, wait_receivable = src.try_receive_into, src.wait_receivable
     try_send, wait_sendable = dst.try_send, dst.wait_sendable
     unyielded = 0
+    drained = False
     await trio.lowlevel.checkpoint()
     while True:
-        n = try_receive_into(buf)
+        n = None if drained else try_receive_into(buf)
         if n is None:
             await wait_receivable()
             unyielded = 0
+            drained = False
             continue
         if n == 0:
             return total
+        # a short read (the source had no more, or a TLS record short of a
+        # train of full ones) is followed by the wait, not by a read that
+        # would only say "nothing yet"; if more came, the wait returns at once
+        drained = n < buffer_size
         if inspect is not None and inspect(view[:n]):
             inspect = None
         sent = 0

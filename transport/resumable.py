@@ -20,6 +20,15 @@ storage only while bytes are unacknowledged.  When the replay buffer is
 full, `send_all` waits for an ack (`acked`): the channel's sender is paced
 by the peer's acks, never by an unbounded buffer.
 
+The fast path (interfaces.NonBlockingStream) is offered where the inner
+stream offers it, with the same counting and recording: `try_send` records
+what it offers before offering it (OpenSSL may send part of a write it
+answers "would block" to), `try_receive_into` counts what it delivered.  A non-blocking move never recovers (it cannot wait): one that
+finds the connection gone answers "would block", and the `wait_*` the
+caller makes next recovers before it returns, so the serial handler and
+the raw relay, which drive the port's or the hypervisor's socket and this
+stream from one task, see one slow move here too.
+
 Lending (the gateway's relay reactor): `lend()` hands the inner stream's
 socket over with a `ResumeHook`: while the reactor thread moves the bytes
 it records and counts in the channel itself, acks from the peer reach it
@@ -46,7 +55,7 @@ from contextlib import contextmanager
 import trio
 
 from redirgate.proto import tunnel as t
-from redirgate.transport.interfaces import Buffer, Handover, SocketLender
+from redirgate.transport.interfaces import Buffer, Handover, SocketLender, nonblocking
 
 __all__ = ["Reconnect", "ResumableStream"]
 
@@ -59,9 +68,6 @@ _GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 class ResumableStream(trio.abc.Stream):
     """See the module docstring.  `inner` has a `receive_into` (a ZeroCopyTLSStream or a PrefixedStream of one)."""
-
-    #: the non-blocking fast path is the inner stream's only; callers use the awaiting one here
-    supports_nonblocking = False
 
     def __init__(
         self,
@@ -90,6 +96,17 @@ class ResumableStream(trio.abc.Stream):
         self.suspended = False
         #: while lent: carries a peer's ack to the borrower's thread
         self._deliver: Callable[[t.ChannelAck], None] | None = None
+        #: the fast path: the generation whose connection a non-blocking move
+        #: (or `interrupt`) found gone, and why; the next wait recovers
+        self._lost_generation = -1
+        self._lost_why = ""
+        #: whether the fast path was offered (a replacement connection must offer it too)
+        self._fast = nonblocking(inner)
+        #: fast-path waits running on the inner stream (`interrupt` wakes them)
+        self._fast_waits = 0
+        #: the fast path: bytes recorded and not yet reported sent, and on which connection (see `try_send`)
+        self._ahead = 0
+        self._ahead_generation = 0
 
     # ------------------------------------------------------------ acks
     def acked(self, message: t.ChannelAck) -> None:
@@ -109,9 +126,14 @@ class ResumableStream(trio.abc.Stream):
         return self.channel.ack_now()
 
     def interrupt(self) -> None:
-        """Give up on the current connection: the running operations recover."""
+        """Give up on the current connection: the running operations recover,
+        and so does the next non-blocking move (a fast-path task may be
+        waiting on something else than this stream right now)."""
+        self._lost(self._generation, "interrupted")
         for scope in self._ops:
             scope.cancel()
+        if self._fast_waits:
+            _wake_waiters(self.inner)
 
     # ------------------------------------------------------------ lending (interfaces.ResumeHook)
     def lend(self) -> Handover | None:
@@ -142,6 +164,111 @@ class ResumableStream(trio.abc.Stream):
                 yield scope
         finally:
             self._ops.discard(scope)
+
+    # ------------------------------------------------------------ the fast path
+    # interfaces.NonBlockingStream, where the inner stream offers it: the
+    # moves never wait and never recover; a move that finds the connection
+    # gone says "would block" and the wait after it recovers (so the caller
+    # sees one slow move, as on the awaiting path).  Counting and recording
+    # are the awaiting path's: what the inner stream delivered is counted,
+    # what it accepted is recorded for the replay.
+    @property
+    def supports_nonblocking(self) -> bool:
+        return self._fast
+
+    def _lost(self, generation: int, why: str) -> None:
+        if self._lost_generation != generation:
+            self._lost_generation, self._lost_why = generation, why
+
+    def try_receive_into(self, buffer: Buffer) -> int | None:
+        self._check()
+        generation = self._generation
+        if self._lost_generation == generation:
+            return None
+        try:
+            n = self.inner.try_receive_into(buffer)  # type: ignore[attr-defined]
+        except _GONE as exc:
+            if self._closed:
+                raise
+            self._lost(generation, f"{type(exc).__name__}: {exc}")
+            return None
+        if n:
+            ack = self.channel.received(n)
+            if ack is not None and self._on_ack is not None:
+                self._on_ack(ack)
+        return n  # type: ignore[no-any-return]
+
+    def try_send(self, view: memoryview) -> int | None:
+        """Record, then offer to the inner stream, as `send_all` does.
+
+        OpenSSL may put records of a write on the wire and still answer
+        "would block" (it reports them with the retry), so bytes are
+        recorded before they are offered: `_ahead` counts those recorded
+        and not yet reported sent, which are the head of the caller's next
+        view (a would-block send is retried with the same bytes first, as
+        OpenSSL needs).  After a break the replay carries them, so the next
+        call reports them sent without writing them again."""
+        self._check()
+        generation = self._generation
+        if self._lost_generation == generation:
+            return None
+        ahead = self._ahead
+        if ahead and self._ahead_generation != generation:
+            k = min(ahead, len(view))  # went out with the replay
+            self._ahead = ahead - k
+            return k
+        room = self.channel.room()
+        if ahead < len(view) and room:
+            new = view[ahead : ahead + room]
+            self.channel.sent(new)  # from here on the replay carries it, whatever happens below
+            ahead += len(new)
+        self._ahead, self._ahead_generation = ahead, generation
+        if not ahead:
+            return None  # the replay buffer is full: wait_sendable waits for an ack
+        try:
+            k = self.inner.try_send(view[:ahead])  # type: ignore[attr-defined]
+        except _GONE as exc:
+            if self._closed:
+                raise
+            self._lost(generation, f"{type(exc).__name__}: {exc}")
+            return None
+        if k:
+            self._ahead = ahead - k
+        return k  # type: ignore[no-any-return]
+
+    async def wait_receivable(self) -> None:
+        await self._fast_wait(self.inner.wait_receivable)  # type: ignore[attr-defined]
+
+    async def wait_sendable(self) -> None:
+        self._check()
+        if self._lost_generation != self._generation and self.channel.room() == 0 and not self._ahead:
+            self._room = trio.Event()
+            await self._room.wait()
+            return
+        await self._fast_wait(self.inner.wait_sendable)  # type: ignore[attr-defined]
+
+    async def _fast_wait(self, wait: Callable[[], Awaitable[None]]) -> None:
+        """`wait` on the current connection; when that one is gone (a move
+        found it so, it breaks now, or `interrupt`), recover instead.
+
+        No cancel scope per wait (unlike `_op`: a scope's bookkeeping was a
+        fifth of a typed byte's cost): `interrupt` wakes these waits by
+        telling trio the socket is closing, which it is (the recovery they
+        start closes it)."""
+        self._check()
+        generation = self._generation
+        if self._lost_generation != generation:
+            self._fast_waits += 1
+            try:
+                await wait()
+                return
+            except _GONE as exc:
+                if self._closed:
+                    raise
+                self._lost(generation, f"{type(exc).__name__}: {exc}")
+            finally:
+                self._fast_waits -= 1
+        await self._recover(generation, self._lost_why)
 
     # ------------------------------------------------------------ the stream
     async def receive_into(self, buffer: Buffer) -> int:
@@ -229,6 +356,12 @@ class ResumableStream(trio.abc.Stream):
                     except trio.BrokenResourceError as exc:
                         self._failed = exc
                         raise
+                    if self._fast and not nonblocking(inner):
+                        await trio.aclose_forcefully(inner)
+                        self._failed = trio.BrokenResourceError(
+                            f"{self.peer}: the new connection has no non-blocking moves, which this channel uses"
+                        )
+                        raise self._failed
                     self.inner = inner
                     self._generation += 1
                     try:
@@ -242,6 +375,21 @@ class ResumableStream(trio.abc.Stream):
             finally:
                 self.suspended = False
                 self._room.set()
+
+
+def _wake_waiters(stream: trio.abc.Stream) -> None:
+    """Wake the tasks waiting on `stream`'s socket (ClosedResourceError in
+    them), which is given up on and closed next.  The socket's descriptor is
+    the one a `SocketLender` would lend; a stream already broken or closed
+    has nobody left waiting (its failure or `aclose` woke them)."""
+    if not isinstance(stream, SocketLender):
+        return
+    try:
+        lent = stream.lend()
+    except _GONE:
+        return
+    if lent is not None:
+        trio.lowlevel.notify_closing(lent.fd)
 
 
 class _Hook:

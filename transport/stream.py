@@ -20,7 +20,7 @@ matters: decrypted bytes can sit inside OpenSSL (``pending()``) while the
 socket itself has nothing to read, and waiting for readability then would
 hang.  Either direction may need the other (a read can have to write, a
 write can have to read); trio allows one waiter per fd and direction, so
-waits go through one lock per direction.  Operations that did not wait end
+waits go through one gate (a lock) per direction.  Operations that did not wait end
 with a cancel-shielded checkpoint, as trio's own sockets do, so every call
 is a checkpoint.
 
@@ -117,6 +117,28 @@ def record_layer(sslsock: ssl.SSLSocket) -> tuple[Callable[[int, Buffer], int], 
     return (lambda n, buf: sslsock.recv_into(buf, n)), sslsock.send
 
 
+class _Gate:
+    """One waiter per direction on the socket (trio allows one), the others
+    queue behind it.  A flag while nobody queues: a trio.Lock's bookkeeping
+    on every wait was a measurable share of a small message's cost."""
+
+    __slots__ = ("_queue", "held")
+
+    def __init__(self) -> None:
+        self.held = False
+        self._queue = trio.lowlevel.ParkingLot()
+
+    async def queue(self) -> None:
+        """Until the gate is free (then the caller sets `held`, with no checkpoint between)."""
+        while self.held:
+            await self._queue.park()
+
+    def release(self) -> None:
+        self.held = False
+        if self._queue:
+            self._queue.unpark_all()  # they try again: a cancelled one must not strand the rest
+
+
 class ZeroCopyTLSStream(trio.abc.Stream):
     """A TLS stream over a non-blocking ssl.SSLSocket with zero-copy receive_into/send_all.
 
@@ -165,8 +187,8 @@ class ZeroCopyTLSStream(trio.abc.Stream):
         self._ssl_write: Callable[[Buffer], int] = sslsock.send
         self._send_busy = Busy("another task is sending on this stream")
         self._recv_busy = Busy("another task is receiving on this stream")
-        self._read_wait = trio.Lock()
-        self._write_wait = trio.Lock()
+        self._read_wait = _Gate()
+        self._write_wait = _Gate()
         self._state = _NEW
         #: why the stream is broken (the __cause__ of later errors)
         self._cause: BaseException | None = None
@@ -198,19 +220,18 @@ class ZeroCopyTLSStream(trio.abc.Stream):
         """The one wait: park until the socket is readable (WANT_READ) or
         writable (WANT_WRITE); ClosedResourceError if the stream was closed."""
         if want == WANT_READ:
-            lock, waiter = self._read_wait, trio.lowlevel.wait_readable
+            gate, waiter = self._read_wait, trio.lowlevel.wait_readable
         else:
-            lock, waiter = self._write_wait, trio.lowlevel.wait_writable
-        try:
-            lock.acquire_nowait()
-        except trio.WouldBlock:
-            await lock.acquire()
+            gate, waiter = self._write_wait, trio.lowlevel.wait_writable
+        if gate.held:
+            await gate.queue()
+        gate.held = True
         try:
             if self._state is _CLOSED:
                 raise trio.ClosedResourceError(f"{self.peer}: stream was closed")
             await waiter(self._ssl)
         finally:
-            lock.release()
+            gate.release()
         if self._state is _CLOSED:
             raise trio.ClosedResourceError(f"{self.peer}: stream was closed")
 

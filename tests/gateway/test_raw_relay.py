@@ -273,3 +273,90 @@ def test_ring_is_a_fifo_of_contiguous_runs(capacity: int, ops: list[tuple[bool, 
 def test_ring_refuses_zero_capacity() -> None:
     with pytest.raises(ValueError):
         _Ring(0)
+
+
+# -- the direct path (fast streams only) ----------------------------------------
+
+
+class _TaskSteps(trio.abc.Instrument):
+    """Counts the scheduler steps of tasks by the end of their name."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, int] = {}
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        name = task.name.rsplit(".", 1)[-1]
+        self.steps[name] = self.steps.get(name, 0) + 1
+
+
+async def test_a_typed_byte_reaches_the_client_without_waking_the_writer(env: Pki) -> None:
+    """While the writer waits holding nothing, the reader sends what it read
+    itself: one scheduler pass per byte through the gateway, not two."""
+    ch = await make_channel(env)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: relay_raw(ch.relay_plain, ch.relay_tls, label="t"))
+        await ch.hv.send_all(b"warm")
+        assert await receive_exactly(ch.cl, 4) == _digest(b"warm")
+        steps = _TaskSteps()
+        for key in b"typed":
+            await trio.testing.wait_all_tasks_blocked()
+            trio.lowlevel.add_instrument(steps)
+            try:
+                await ch.hv.send_all(bytes([key]))
+                assert await ch.cl.receive_some(10) == bytes([key])
+            finally:
+                trio.lowlevel.remove_instrument(steps)
+        assert steps.steps.get("read_hypervisor", 0) >= 5
+        assert steps.steps.get("write_device", 0) == 0, steps.steps
+        await ch.hv.aclose()
+    await ch.cl.aclose()
+
+
+class _FailingSends:
+    """The client side's fast path, whose sends fail once `broken` is set."""
+
+    supports_nonblocking = True
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.broken = False
+
+    def try_receive_into(self, buffer: Buffer) -> int | None:
+        return self.inner.try_receive_into(buffer)  # type: ignore[no-any-return]
+
+    async def wait_receivable(self) -> None:
+        await self.inner.wait_receivable()
+
+    def try_send(self, view: memoryview) -> int | None:
+        if self.broken:
+            raise trio.BrokenResourceError("the client side broke")
+        return self.inner.try_send(view)  # type: ignore[no-any-return]
+
+    async def wait_sendable(self) -> None:
+        await self.inner.wait_sendable()
+
+    async def receive_into(self, buffer: Buffer) -> int:
+        return int(await self.inner.receive_into(buffer))
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_failed_direct_send_ends_the_relay_as_the_client_sides_failure(env: Pki) -> None:
+    ch = await make_channel(env)
+    client_side = _FailingSends(ch.relay_tls)
+    stats = RelayStats()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: relay_raw(ch.relay_plain, client_side, label="t", stats=stats))
+        await ch.hv.send_all(b"ok")
+        assert await receive_exactly(ch.cl, 2) == _digest(b"ok")
+        await trio.testing.wait_all_tasks_blocked()
+        client_side.broken = True
+        await ch.hv.send_all(b"x")  # the reader's direct send fails: the writer raises it
+    assert (stats.ended_by, stats.a_to_b) == ("b", 2)
+    assert "the client side broke" in stats.reason
+    for s in (ch.hv, ch.cl):
+        await s.aclose()

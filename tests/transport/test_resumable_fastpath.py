@@ -1,0 +1,170 @@
+"""A resumable channel's stream on the non-blocking fast path: every byte once, in order, across breaks.
+
+Two `ResumableStream`s (one per end of a channel) over real TLS
+connections on loopback, each moved by `transport.relay` from a plain
+socket pair, as the gateway's raw relay and the client's serial handler
+move them: the fast path (`try_send` / `try_receive_into` and the waits)
+is what runs.  A connection is broken by shutting its TCP socket down under
+both TLS ends (no close_notify: a break, not an end); each end's
+`reconnect` hands over the next TLS pair and the replay the other end's
+count asks for.  Acks go straight to the other end with a small replay
+buffer, so senders also wait for room.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import trio
+
+from redirgate.proto import tunnel as t
+from redirgate.transport import PlainSocketStream, ResumableStream, ZeroCopyTLSStream, nonblocking, relay
+from tests.support.transport_lab import (
+    Pki,
+    make_pki,
+    plain_pair,
+    random_digest,
+    receive_exactly,
+    send_random,
+    tls_pair,
+)
+from tests.support.waiting import until
+
+SIZE = 3_000_000
+#: small enough that each direction fills it many times (acks free it), and
+#: that a replay fits the kernel's buffers (both ends write theirs before reading)
+REPLAY_LIMIT = 64 * 1024
+ACK_EVERY = 16 * 1024
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def _socket_of(stream: ZeroCopyTLSStream) -> socket.socket:
+    """A second handle on the TCP socket under `stream` (close it after use)."""
+    return socket.socket(fileno=os.dup(stream.lend().fd))
+
+
+def sever(stream: ZeroCopyTLSStream) -> None:
+    """Shut the TCP connection under `stream` down both ways (as a dead link
+    would look to both TLS ends: no close_notify, reads end, writes fail)."""
+    with _socket_of(stream) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def small_send_buffer(stream: ZeroCopyTLSStream) -> None:
+    """A small kernel send buffer: OpenSSL then puts part of a big write on
+    the wire and says "would block" for the rest (what the replay must record exactly)."""
+    with _socket_of(stream) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
+
+class Link:
+    """Both ends of one resumable channel and the TLS connections it goes through."""
+
+    def __init__(self, pairs: list[tuple[ZeroCopyTLSStream, ZeroCopyTLSStream]]) -> None:
+        self.pairs = pairs
+        self.round = 0
+        self.counts: list[dict[str, int]] = [{} for _ in pairs]
+        self.told: list[trio.Event] = [trio.Event() for _ in pairs]
+        self.reconnects = {"a": 0, "b": 0}
+        self.a = self._end("a", 0)
+        self.b = self._end("b", 1)
+        self.a._on_ack = self.b.acked  # type: ignore[assignment]  # acks straight to the other end
+        self.b._on_ack = self.a.acked  # type: ignore[assignment]
+
+    def _end(self, side: str, index: int) -> ResumableStream:
+        channel = t.ResumableChannel(1, replay_limit=REPLAY_LIMIT, ack_every=ACK_EVERY)
+
+        async def reconnect(why: str) -> tuple[trio.abc.Stream, bytes]:
+            self.reconnects[side] += 1
+            stream = self.a if side == "a" else self.b
+            n = stream.generation_round
+            stream.generation_round += 1
+            self.counts[n][side] = channel.incoming.received
+            if len(self.counts[n]) == 2:
+                self.told[n].set()
+            await self.told[n].wait()
+            other = self.counts[n]["b" if side == "a" else "a"]
+            return self.pairs[n][index], channel.resume(other)
+
+        first = self.pairs[0][index]
+        resumable = ResumableStream(first, channel, reconnect, peer=f"end {side}")
+        resumable.generation_round = 1  # type: ignore[attr-defined]  # which pair its next reconnect takes
+        return resumable
+
+    def current(self) -> tuple[ZeroCopyTLSStream, ZeroCopyTLSStream]:
+        return self.a.inner, self.b.inner  # type: ignore[return-value]
+
+
+async def open_link(env: Pki, connections: int) -> Link:
+    pairs = [await tls_pair(env.server_context(), env.client_context()) for _ in range(connections)]
+    for pair in pairs:
+        small_send_buffer(pair[0])
+    return Link(pairs)
+
+
+async def test_every_byte_once_in_order_across_breaks_on_the_fast_path(env: Pki) -> None:
+    breaks = 3
+    link = await open_link(env, breaks + 1)
+    assert nonblocking(link.a) and nonblocking(link.b)
+    a_outer, a_inner = await plain_pair()
+    b_outer, b_inner = await plain_pair()
+    results: dict[str, str] = {}
+
+    async def put(name: str, stream: PlainSocketStream, seed: int) -> None:
+        results[name] = await send_random(stream, SIZE, seed)
+
+    async def get(name: str, stream: PlainSocketStream) -> None:
+        results[name] = await receive_exactly(stream, SIZE)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: relay(a_inner, link.a))
+        nursery.start_soon(lambda: relay(b_inner, link.b))
+        async with trio.open_nursery() as traffic:
+            traffic.start_soon(put, "a sent", a_outer, 1)
+            traffic.start_soon(put, "b sent", b_outer, 2)
+            traffic.start_soon(get, "b got", b_outer)
+            traffic.start_soon(get, "a got", a_outer)
+            for n in range(breaks):
+                moved = link.b.channel.incoming.received + link.a.channel.incoming.received
+                await until(lambda m=moved: link.b.channel.incoming.received + link.a.channel.incoming.received > m)
+                await until(lambda n=n: link.a.resumes == link.b.resumes == n)
+                sever(link.current()[0])
+        await a_outer.aclose()
+        nursery.cancel_scope.cancel()
+    assert results["a sent"] == results["b got"] == random_digest(SIZE, 1)
+    assert results["b sent"] == results["a got"] == random_digest(SIZE, 2)
+    assert link.a.resumes == link.b.resumes == breaks
+    for s in (b_outer, link.a, link.b):
+        await s.aclose()
+
+
+async def test_interrupt_wakes_a_fast_path_wait_and_the_channel_goes_on(env: Pki) -> None:
+    """The gateway interrupts a channel whose client came back on a new
+    connection while the old one still looks alive: the end's waiting
+    relay (parked on the old socket, no scope of ours around it) recovers."""
+    link = await open_link(env, 2)
+    a_outer, a_inner = await plain_pair()
+    b_outer, b_inner = await plain_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: relay(a_inner, link.a))
+        nursery.start_soon(lambda: relay(b_inner, link.b))
+        await a_outer.send_all(b"before")
+        assert await b_outer.receive_some(6) == b"before"
+        await trio.testing.wait_all_tasks_blocked()  # both relays wait on the old connection
+        link.b.interrupt()
+        link.a.interrupt()
+        await until(lambda: link.a.resumes == link.b.resumes == 1, "both ends resumed")
+        await a_outer.send_all(b"after")
+        assert await b_outer.receive_some(5) == b"after"
+        await b_outer.send_all(b"back")
+        assert await a_outer.receive_some(4) == b"back"
+        assert link.reconnects == {"a": 1, "b": 1}
+        nursery.cancel_scope.cancel()
+    for s in (a_outer, b_outer, link.a, link.b):
+        await s.aclose()
