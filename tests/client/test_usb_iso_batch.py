@@ -425,16 +425,22 @@ async def test_reading_thread_delivers_batches_in_order_until_told_to_stop() -> 
     async with opened_usb_device(device) as usb_device:
         batches: list[list[Any]] = []
         loop_thread = threading.get_ident()
+        at_stop = 0
 
         def deliver(packets: list[Any]) -> bool:
+            nonlocal at_stop
             assert threading.get_ident() == loop_thread  # on the event loop
             batches.append(packets)
+            at_stop = len(device.transfers)
             return len(batches) < 5
 
         await usb_device.stream_iso_in(ISO_IN, 4, FS_PACKET, 1000, deliver)
         assert len(batches) == 5  # none after the one it said stop on
         assert device.transfers[:5] == [4] * 5
-        assert len(device.transfers) <= 6  # at most one read already running
+        # The thread does not wait for the loop, so on a starved loop it may
+        # be several batches ahead when `deliver` says stop; from then on at
+        # most the one read it had already begun.
+        assert len(device.transfers) <= at_stop + 1
         assert [d for batch in batches for _, d in batch] == [iso_pattern(i, FS_PACKET) for i in range(20)]
         assert usb_device.limiter.borrowed_tokens == 0
 
@@ -477,16 +483,20 @@ async def test_reading_thread_stops_on_cancel_within_a_batch_and_raises_what_del
         assert scope.cancelled_caught
         assert delivered >= 3 and usb_device.limiter.borrowed_tokens == 0
         reads = len(device.transfers)
-        assert reads - at_cancel <= 2  # at most what was running when the cancel came
+        assert reads - at_cancel <= 1  # at most the read running when the cancel came
         await _no_more_transfers(device)  # nothing reads after the call returned
         assert device.transfers == [32] * reads
+        at_failure = 0
 
         def broken(packets: list[Any]) -> bool:
+            nonlocal at_failure
+            at_failure = len(device.transfers)  # the thread may be batches ahead of a starved loop
             raise KeyError("a bug")
 
         with pytest.raises(KeyError):
             await usb_device.stream_iso_in(ISO_IN, 32, HS_PACKET, 1000, broken)
-        assert len(device.transfers) in (reads + 1, reads + 2)  # stopped after the batch it failed on
+        assert at_failure > reads
+        assert len(device.transfers) <= at_failure + 1  # stopped after the read running when it failed
         assert usb_device.limiter.borrowed_tokens == 0
 
 
