@@ -114,6 +114,12 @@ CASES: tuple[Case, ...] = (
     Case("redirgate_tls", "redirgate relay, TLS→TCP", True, "redirgate"),
     Case("redirgate_tls_resume", "redirgate relay, TLS→TCP, resumable", True, "redirgate-resume"),
 )
+#: The A/B pair measured back to back in every run (its order alternating run by run):
+#: what resumability (issue 16) costs the relay.
+A_B: tuple[str, str] = ("redirgate_tls", "redirgate_tls_resume")
+#: Issue 16's floors for that cost: throughput within 5 %, round trip p50 within 5 µs.
+RESUME_MB_S_FLOOR = 0.95
+RESUME_RTT_ADDED_US = 5.0
 #: The ratio rows: ours, reference, label.
 RATIOS: tuple[tuple[str, str, str], ...] = (
     ("redirgate_tls", "stunnel", "redirgate TLS ÷ stunnel4"),
@@ -285,6 +291,7 @@ def run(
     nbytes = (mib or (128 if quick else 2048)) << 20
     rtt_count = round_trips or (2000 if quick else 5000)
     figures = {c.key: Figures(c.label) for c in CASES}
+    paired: dict[str, list[float]] = {}
     started = time.monotonic()
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="redirgate-bench-relay-") as tmp:
@@ -296,14 +303,26 @@ def run(
             for c in CASES:
                 if (why := available(c)) is not None:
                     figures[c.key].errors.append(why)
+            keys = {c.key for c in cases}
+            ab = A_B if set(A_B) <= keys else None
+            # the A/B pair runs back to back (its order alternating), as one slot of the rotation
+            slots = [c for c in cases if ab is None or c.key != ab[1]]
+            by_key = {c.key: c for c in cases}
             for i in range(runs):
-                order = cases[i % len(cases) :] + cases[: i % len(cases)]
-                for case in order:
-                    try:
-                        bench.throughput(case, nbytes, figures[case.key])
-                        bench.round_trips(case, rtt_count, figures[case.key])
-                    except (RuntimeError, OSError) as exc:
-                        figures[case.key].errors.append(f"run {i + 1}: {exc}")
+                order = slots[i % len(slots) :] + slots[: i % len(slots)]
+                for slot in order:
+                    group = [slot]
+                    if ab is not None and slot.key == ab[0]:
+                        group = [by_key[k] for k in (ab if i % 2 == 0 else ab[::-1])]
+                    before = {c.key: _lengths(figures[c.key]) for c in group}
+                    for case in group:
+                        try:
+                            bench.throughput(case, nbytes, figures[case.key])
+                            bench.round_trips(case, rtt_count, figures[case.key])
+                        except (RuntimeError, OSError) as exc:
+                            figures[case.key].errors.append(f"run {i + 1}: {exc}")
+                    if len(group) == 2:
+                        _pair(paired, figures[ab[1]], figures[ab[0]], before[ab[1]], before[ab[0]])
         finally:
             procs.stop_all()
     return {
@@ -319,7 +338,25 @@ def run(
         "wall_s": time.monotonic() - started,
         "cases": {key: vars(fig) for key, fig in figures.items()},
         "ratios": ratios(figures),
+        "resume_cost": paired,
     }
+
+
+def _lengths(fig: Figures) -> dict[str, int]:
+    return {metric: len(getattr(fig, metric)) for metric, _, _ in METRICS}
+
+
+def _pair(
+    paired: dict[str, list[float]], b: Figures, a: Figures, before_b: dict[str, int], before_a: dict[str, int]
+) -> None:
+    """The A/B pair of one run: B ÷ A of each figure both measured in this run, and
+    B − A of the round trip p50 (µs), into `paired` (metric -> one value per run)."""
+    for metric, _, _ in METRICS:
+        vb, va = getattr(b, metric), getattr(a, metric)
+        if len(vb) > before_b[metric] and len(va) > before_a[metric] and va[-1]:
+            paired.setdefault(metric, []).append(vb[-1] / va[-1])
+            if metric == "rtt_p50_us":
+                paired.setdefault("rtt_p50_added_us", []).append(vb[-1] - va[-1])
 
 
 def ratios(figures: dict[str, Figures]) -> dict[str, dict[str, float | None]]:
@@ -366,6 +403,7 @@ def table(result: dict[str, Any]) -> str:
             f"{label:<{width}}" + "".join(f"{'—' if row[k] is None else f'{row[k]:.2f}':>{col}}" for k, _, _ in METRICS)
         )
     lines.append("  MB/s: higher is better; µs and CPU s/GB: lower is better")
+    lines += resume_cost_lines(result.get("resume_cost", {}), width, col)
     tls = {c["tls"] for c in cases.values() if c["tls"]}
     if tls:
         lines.append(f"  negotiated: {', '.join(sorted(tls))}; mutual authentication (client certificate) everywhere")
@@ -383,6 +421,34 @@ def table(result: dict[str, Any]) -> str:
         for err in dict.fromkeys(c["errors"]):
             lines.append(f"  {c['label']}: {err}")
     return "\n".join(lines)
+
+
+def resume_cost_lines(paired: dict[str, list[float]], width: int, col: int) -> list[str]:
+    """Resumable ÷ not resumable, pair by pair (each run measures both back to back):
+    median [min–max] over runs, so the spread shows next to the ratio; and issue 16's floors."""
+    if not paired:
+        return []
+    lines = [
+        "",
+        f"{'resumable ÷ not resumable, per run':<{width}}"
+        + "".join(f"{_cell(paired.get(k), 2):>{col}}" for k, _, _ in METRICS),
+    ]
+    mb_s, added = paired.get("mb_s"), paired.get("rtt_p50_added_us")
+    verdicts = []
+    if mb_s:
+        ok = statistics.median(mb_s) >= RESUME_MB_S_FLOOR
+        verdicts.append(f"throughput {_cell(mb_s, 3)} of not resumable, {'meets' if ok else 'MISSES'} ≥ 0.95")
+    if added:
+        ok = statistics.median(added) <= RESUME_RTT_ADDED_US
+        verdicts.append(f"round trip p50 {_cell(added, 1)} µs added, {'meets' if ok else 'MISSES'} ≤ 5 µs")
+    lines.append("  the pair runs back to back in each run (order alternating); median [min–max] of the per-run ratios")
+    if verdicts:
+        lines.append("  issue 16 floor (reported, not asserted): " + "; ".join(verdicts))
+    lines.append(
+        "  the throughput stream goes client → VM: the resumable side counts and acknowledges it; the replay"
+        " buffer's copy is on the VM → client direction (bench usb_gateway's bulk IN/OUT carry both)"
+    )
+    return lines
 
 
 def charts(result: dict[str, Any]) -> list[dict[str, Any]]:

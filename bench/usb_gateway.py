@@ -101,7 +101,17 @@ PATHS: dict[str, str] = {
     "serve_usb": "serve-usb alone",
     "gateway": "client + gateway",
     "stunnel_pair": "serve-usb + stunnel4 pair",
+    "gateway_noresume": "client + gateway, not resumable",
 }
+#: The A/B pair measured back to back in every run (its order alternating run by run):
+#: what resumable channels (issue 16) cost.  The second path's route has
+#: `resume_grace_s = 0` (its own client, the same device): neither side keeps a replay.
+A_B: tuple[str, str] = ("gateway_noresume", "gateway")
+RESUME_COST_KEYS: tuple[str, ...] = (
+    "ctrl_p50",
+    "ctrl_pin_p50",
+    *(f"bulk_{d}_{kib}_{depth}" for d in ("OUT", "IN") for kib in SIZES_KIB for depth in DEPTHS),
+)
 
 
 @dataclass(frozen=True)
@@ -288,8 +298,12 @@ def start_everything(workdir: Path) -> Setup:
     procs = Processes(workdir)
     lab = gl.write_lab(
         workdir / "lab",
-        [LabRoute("loop", LOOPBACK_ID, client="thin-hs"), LabRoute("loopfs", LOOPBACK_ID, client="thin-fs")],
-        {"thin-hs": ["virtual:loopback"], "thin-fs": ["virtual:loopback@full"]},
+        [
+            LabRoute("loop", LOOPBACK_ID, client="thin-hs"),
+            LabRoute("loopfs", LOOPBACK_ID, client="thin-fs"),
+            LabRoute("loopnr", LOOPBACK_ID, client="thin-nr", extra={"resume_grace_s": 0}),
+        ],
+        {"thin-hs": ["virtual:loopback"], "thin-fs": ["virtual:loopback@full"], "thin-nr": ["virtual:loopback"]},
     )
     setup = Setup(procs, lab, {}, {})
     try:
@@ -303,10 +317,12 @@ def start_everything(workdir: Path) -> Setup:
             )
             setup.ports[("serve_usb", speed)] = port
         gateway = gl.start_gateway(procs, lab)
-        clients = {name: gl.start_client(procs, lab, name) for name in ("thin-hs", "thin-fs")}
-        gl.wait_online(lab, {"thin-hs": 1, "thin-fs": 1}, procs=list(clients.values()))
+        clients = {name: gl.start_client(procs, lab, name) for name in ("thin-hs", "thin-fs", "thin-nr")}
+        gl.wait_online(lab, {"thin-hs": 1, "thin-fs": 1, "thin-nr": 1}, procs=list(clients.values()))
         setup.ports[("gateway", "high")] = lab.routes["loop"]
         setup.ports[("gateway", "full")] = lab.routes["loopfs"]
+        setup.ports[("gateway_noresume", "high")] = lab.routes["loopnr"]
+        setup.pids["gateway_noresume"] = {"gateway": gateway.pid, "client": clients["thin-nr"].pid}
         setup.pids["serve_usb"] = {"serve-usb": serve["high"].pid}
         setup.pids["serve_usb_full"] = {"serve-usb": serve["full"].pid}
         setup.pids["gateway"] = {"gateway": gateway.pid, "client": clients["thin-hs"].pid}
@@ -341,7 +357,8 @@ def start_stunnel_pair(setup: Setup, pki: Any, workdir: Path) -> None:
 
 def measure_path(setup: Setup, path: str, plan: Plan, into: Figures) -> None:
     """One run of every figure of one path (three VM connections; the stunnel4 pair
-    path has no full-speed device, so it carries the control and bulk figures only)."""
+    path has no full-speed device, so it carries the control and bulk figures only,
+    and so does the not-resumable gateway path: the A/B pair compares those)."""
     pids = setup.pids[path]
 
     async def sockets(vm: UsbredirGuest) -> None:
@@ -350,7 +367,9 @@ def measure_path(setup: Setup, path: str, plan: Plan, into: Figures) -> None:
     trio.run(_connect, setup.ports[(path, "high")], sockets)
     if path == "gateway":
         gl.wait_route_idle(setup.lab, "loop")
-    if path == "stunnel_pair":
+    if path == "gateway_noresume":
+        gl.wait_route_idle(setup.lab, "loopnr")
+    if path in ("stunnel_pair", "gateway_noresume"):
         return
     for case in ISO_CASES:
         speed = "high" if case.key == "webcam" else "full"
@@ -440,6 +459,7 @@ def run(quick: bool, *, runs: int | None = None) -> dict[str, Any]:
         plan = Plan(runs, plan.ctrl_count, plan.bulk_bytes, plan.iso_seconds, plan.rtt_count, plan.small_bulk_bytes)
     figures: dict[str, Figures] = {p: {} for p in PATHS}
     reference: dict[str, Figures] = {}
+    resume_cost: Figures = {}
     errors: list[str] = []
     started = time.monotonic()
     load0 = os.getloadavg()
@@ -456,14 +476,22 @@ def run(quick: bool, *, runs: int | None = None) -> dict[str, Any]:
                 start_stunnel_pair(setup, relay_bench.pki, workdir)
             else:
                 errors.append("stunnel4 is not installed (tests/setup-system.sh installs it): no reference")
-            order = [p for p in PATHS if p in setup.pids]
+            # the A/B pair runs back to back (its order alternating), as one slot of the rotation
+            order = [p for p in PATHS if p in setup.pids and p != A_B[1]]
             for i in range(plan.runs):
                 turn = i % len(order)
-                for path in order[turn:] + order[:turn]:
-                    try:
-                        measure_path(setup, path, plan, figures[path])
-                    except Exception as exc:  # report, keep the other figures
-                        errors.append(f"run {i + 1}, {PATHS[path]}: {type(exc).__name__}: {exc}")
+                for slot in order[turn:] + order[:turn]:
+                    group = [slot]
+                    if slot == A_B[0]:
+                        group = list(A_B if i % 2 == 0 else A_B[::-1])
+                    before = {p: {k: len(figures[p].get(k, [])) for k in RESUME_COST_KEYS} for p in group}
+                    for path in group:
+                        try:
+                            measure_path(setup, path, plan, figures[path])
+                        except Exception as exc:  # report, keep the other figures
+                            errors.append(f"run {i + 1}, {PATHS[path]}: {type(exc).__name__}: {exc}")
+                    if len(group) == 2:
+                        _pair(resume_cost, figures[A_B[1]], figures[A_B[0]], before[A_B[1]], before[A_B[0]])
                 if relay_bench is not None:
                     try:
                         reference_round_trips(relay_bench, plan.rtt_count, reference, errors)
@@ -487,8 +515,20 @@ def run(quick: bool, *, runs: int | None = None) -> dict[str, Any]:
         "paths": figures,
         "reference": reference,
         "added": added_rtt(figures, reference),
+        "resume_cost": resume_cost,
         "errors": errors,
     }
+
+
+def _pair(into: Figures, b: Figures, a: Figures, before_b: dict[str, int], before_a: dict[str, int]) -> None:
+    """One run of the A/B pair: B ÷ A of each figure both measured in this run
+    (key -> one ratio per run), and B − A of the control p50s, µs ("<key>_added")."""
+    for key in RESUME_COST_KEYS:
+        vb, va = b.get(key, []), a.get(key, [])
+        if len(vb) > before_b[key] and len(va) > before_a[key] and va[-1]:
+            _put(into, key, vb[-1] / va[-1])
+            if key.startswith("ctrl_"):
+                _put(into, f"{key}_added", vb[-1] - va[-1])
 
 
 def _diffs(a: list[float], b: list[float]) -> list[float]:
@@ -568,6 +608,7 @@ def table(result: dict[str, Any]) -> str:
         "  gw/alone = through gateway ÷ serve-usb alone, gw/pair = through gateway ÷ serve-usb behind "
         "the stunnel4 pair (MB/s: higher is better; µs: lower is better)"
     )
+    lines += _resume_cost_lines(result, width, col)
     lines.append("")
     lines.append(
         f"{'CPU µs per transfer, by process':<{width}}{'control':>{col}}{'64 KiB OUT ×4':>{col}}{'64 KiB IN ×4':>{col}}"
@@ -578,6 +619,8 @@ def table(result: dict[str, Any]) -> str:
         ("gateway", "gateway"),
         ("gateway", "client"),
         ("gateway", "vm"),
+        ("gateway_noresume", "gateway"),
+        ("gateway_noresume", "client"),
         ("stunnel_pair", "stunnel-client"),
         ("stunnel_pair", "stunnel-server"),
         ("stunnel_pair", "serve-usb"),
@@ -679,6 +722,45 @@ def table(result: dict[str, Any]) -> str:
     for err in dict.fromkeys(result.get("errors", [])):
         lines.append(f"  error: {err}")
     return "\n".join(lines)
+
+
+def _resume_cost_lines(result: dict[str, Any], width: int, col: int) -> list[str]:
+    """Resumable ÷ not resumable, run by run (the pair back to back), with issue 16's floors."""
+    cost: Figures = result.get("resume_cost", {})
+    if not cost:
+        return []
+    paths: dict[str, Figures] = result["paths"]
+    nr, gw = paths.get("gateway_noresume", {}), paths.get("gateway", {})
+    labels = {k: label for k, label, _ in _rows()}
+    lines = [
+        "",
+        f"{'resumable channels (issue 16): cost':<{width}}{'not resumable':>{col}}{'resumable':>{col}}"
+        f"{'ratio per run':>{col}}{'added µs':>{col - 4}}",
+    ]
+    for key in RESUME_COST_KEYS:
+        digits = 0 if key.startswith("bulk") else 1
+        added = _cell(cost.get(f"{key}_added"), 1) if key.startswith("ctrl_") else ""
+        lines.append(
+            f"{labels[key]:<{width}}{_cell(nr.get(key), digits):>{col}}{_cell(gw.get(key), digits):>{col}}"
+            f"{_cell(cost.get(key), 2):>{col}}{added:>{col - 4}}"
+        )
+    bulk = [statistics.median(v) for k in RESUME_COST_KEYS if k.startswith("bulk") and (v := cost.get(k))]
+    ctrl = _med(cost.get("ctrl_p50_added", []))
+    verdicts = []
+    if bulk:
+        worst = min(bulk)
+        verdicts.append(
+            f"bulk ≥ 0.95 of not resumable: worst median {worst:.3f}, {'meets' if worst >= 0.95 else 'MISSES'}"
+        )
+    if ctrl is not None:
+        verdicts.append(f"control p50 ≤ 5 µs added: {ctrl:.1f} µs, {'meets' if ctrl <= 5.0 else 'MISSES'}")
+    lines.append(
+        "  both gateway paths in every run, back to back (order alternating), each its own client; "
+        "ratio per run = resumable ÷ not resumable, median [min–max] over runs"
+    )
+    if verdicts:
+        lines.append("  issue 16 floors (reported, not asserted): " + "; ".join(verdicts))
+    return lines
 
 
 def charts(result: dict[str, Any]) -> list[dict[str, Any]]:

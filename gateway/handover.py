@@ -276,7 +276,7 @@ async def _bring_to_rest(item: _Resting) -> None:
     comes from it) and, on a raw route, its reader is frozen with no write to QEMU under way."""
     live, resume = item.server.live, item.channel.resume
     assert live is not None and resume is not None and resume.stream is not None
-    resume.stream.interrupt()
+    resume.stream.interrupt("the gateway is restarting (USR2): the channel goes to the new process")
     while True:
         if live.freezer is not None:
             await live.freezer.freeze()

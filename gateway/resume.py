@@ -168,7 +168,7 @@ class ChannelResume:
             self._offer.taken.set()  # a newer connection replaces one not taken yet
         offer = self._offer = _Offer(stream, attach, request)
         self._offered.set()
-        self.stream.interrupt()  # the old connection may still look alive here: give up on it
+        self.stream.interrupt("the client came back on a new connection")  # the old one may still look alive
         await offer.taken.wait()
         return offer.used
 

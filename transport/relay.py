@@ -303,7 +303,7 @@ async def _move(
     if stream is None:
         return False
     if scope is not None and scope.cancelled_caught:
-        why = "the client came back on a new connection"
+        why = stream.interrupted_why
     elif result.ended_by == side and result.broken:
         why = result.reason
     else:

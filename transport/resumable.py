@@ -107,6 +107,8 @@ class ResumableStream(trio.abc.Stream):
         #: the fast path: bytes recorded and not yet reported sent, and on which connection (see `try_send`)
         self._ahead = 0
         self._ahead_generation = 0
+        #: why the last `interrupt()` gave up on the connection (for the log)
+        self.interrupted_why = "interrupted"
 
     # ------------------------------------------------------------ acks
     def acked(self, message: t.ChannelAck) -> None:
@@ -125,11 +127,13 @@ class ResumableStream(trio.abc.Stream):
         """An ack for what we received and have not acknowledged (idle, timer)."""
         return self.channel.ack_now()
 
-    def interrupt(self) -> None:
+    def interrupt(self, why: str = "interrupted") -> None:
         """Give up on the current connection: the running operations recover,
         and so does the next non-blocking move (a fast-path task may be
-        waiting on something else than this stream right now)."""
-        self._lost(self._generation, "interrupted")
+        waiting on something else than this stream right now); their log
+        line says `why` (a new connection, a gateway restart)."""
+        self.interrupted_why = why
+        self._lost(self._generation, why)
         for scope in self._ops:
             scope.cancel()
         if self._fast_waits:
@@ -275,7 +279,7 @@ class ResumableStream(trio.abc.Stream):
         while True:
             self._check()
             generation, inner = self._generation, self.inner
-            why = "interrupted"
+            why = self.interrupted_why
             n = -1
             try:
                 with self._op():
@@ -317,7 +321,7 @@ class ResumableStream(trio.abc.Stream):
                     with self._op() as scope:
                         await self.inner.send_all(chunk)
                     if scope.cancelled_caught:
-                        why = "interrupted"
+                        why = self.interrupted_why
                 except _GONE as exc:
                     if self._closed:
                         raise

@@ -99,6 +99,11 @@ DEFAULT_REPLAY_LIMIT: Final = 4 * 1024 * 1024
 #: A receiver acknowledges at least every this many bytes: a quarter of the
 #: default replay limit, so a sender never waits on acks while it has room.
 DEFAULT_ACK_EVERY: Final = 1024 * 1024
+#: Chunks up to this size are appended to the last (small) chunk, until it holds `_COALESCE` bytes.
+#: Measured (a push and an ack every 1 MiB): 64-byte pushes cost half of a copy each; 64 KiB and
+#: larger cost least as objects of their own (a ring or one growing bytearray was 1.3-3× slower there).
+_SMALL_CHUNK: Final = 2048
+_COALESCE: Final = 64 * 1024
 #: A channel's HMAC key: at least 128 random bits.
 MIN_SECRET_BYTES: Final = 16
 _CREDENTIAL_LABEL: Final = b"redirgate resume credential v1\0"
@@ -112,13 +117,14 @@ class ReplayBuffer:
     """What one side sent on one direction of a channel and the peer has not
     acknowledged yet.  `sent_total` and `acked` are offsets from the
     channel's first byte; the buffer holds exactly the bytes between them.
-    Storage exists only while `pending() > 0`."""
+    Storage exists only while `pending() > 0`: the ack that acknowledges
+    everything releases it."""
 
     def __init__(self, limit: int = DEFAULT_REPLAY_LIMIT) -> None:
         self.limit = v.uint("ReplayBuffer", "limit", limit, v.U64, low=1)
         self.sent_total = 0
         self.acked = 0
-        self._chunks: deque[bytes] | None = None
+        self._chunks: deque[bytes | bytearray] | None = None
         #: bytes of the first chunk already acknowledged
         self._head_skip = 0
 
@@ -142,9 +148,15 @@ class ReplayBuffer:
             raise LocalProtocolError(f"{size} bytes exceed the replay buffer's room ({self.room()} of {self.limit})")
         if not size:
             return
-        if self._chunks is None:
-            self._chunks = deque()
-        self._chunks.append(bytes(data))
+        chunks = self._chunks
+        if chunks is None:
+            chunks = self._chunks = deque()
+        if size > _SMALL_CHUNK:
+            chunks.append(bytes(data))  # one object per big chunk: malloc hands back warm memory
+        elif chunks and type(tail := chunks[-1]) is bytearray and len(tail) < _COALESCE:
+            tail += data  # small ones share a chunk: no object, no allocation each
+        else:
+            chunks.append(bytearray(data))
         self.sent_total += size
 
     def check_offset(self, offset: int, what: str) -> None:

@@ -113,6 +113,8 @@ async def test_a_usr2_restart_hands_live_usb_and_serial_channels_to_a_new_proces
             assert (usb_after["id"], serial_after["id"]) == (usb_before["id"], serial_before["id"])  # never ended
             assert usb_after["resumes"] >= 1 and serial_after["resumes"] >= 1
             assert "handed over" in gw.log()
+            log = gw.log()  # the old process says why its channels let go of their client connections
+            assert "the gateway is restarting" in log and "came back on a new connection" not in log
 
 
 async def test_a_restart_whose_new_process_cannot_start_leaves_the_old_one_serving(tmp_path: Path) -> None:

@@ -10,6 +10,8 @@ ever exceed its bound or hold storage with nothing unacknowledged.
 
 from __future__ import annotations
 
+import tracemalloc
+
 import msgpack
 import pytest
 from hypothesis import given, settings
@@ -132,6 +134,57 @@ def test_replay_buffer_holds_exactly_the_unacknowledged_bytes():
     assert buf.acked == 5
     buf.ack(7)
     assert buf.pending() == 0 and not buf.allocated and buf.replay_from(7) == b""
+
+
+def test_a_channel_with_everything_acknowledged_holds_no_replay_memory():
+    """Issue 16's floor: a channel's replay buffer exists only while data is
+    unacknowledged.  Measured as memory the channel keeps (tracemalloc), not as
+    an attribute: a buffer kept (or cleared but not released) after the last
+    ack fails this."""
+    chunk = memoryview(bytearray(64 * 1024))  # as the relay passes them: a view of a reused buffer
+    channel = ResumableChannel(1)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for _ in range(16):  # 1 MiB sent, acknowledged in two steps
+            channel.sent(chunk)
+        held = tracemalloc.get_traced_memory()[0] - base
+        channel.acked(ChannelAck(1, 512 * 1024))
+        channel.acked(ChannelAck(1, 1024 * 1024))
+        left = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert held >= 1024 * 1024  # the replay was really held while unacknowledged
+    assert left < 4096, f"{left} bytes kept after everything was acknowledged"
+    assert not channel.outgoing.allocated and channel.outgoing.unacknowledged() == b""
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.booleans(), st.one_of(st.integers(1, 3000), st.integers(1, 40_000)), st.integers(0, 100)),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_the_replay_buffer_holds_what_a_plain_model_holds(ops):
+    """Pushes of any size (small ones share a chunk, big ones do not) and partial acks
+    (inside and across chunks): the buffer holds exactly the model's unacknowledged
+    bytes, and storage only while some are."""
+    limit = 100_000
+    buf = ReplayBuffer(limit)
+    model = bytearray()  # every byte sent, offset = index
+    for is_push, size, percent in ops:
+        if is_push:
+            size = min(size, buf.room())
+            chunk = bytes((len(model) + i) % 251 for i in range(size))
+            buf.push(memoryview(bytearray(chunk)))
+            model += chunk
+        else:
+            buf.ack(buf.acked + buf.pending() * percent // 100)
+        assert buf.unacknowledged() == bytes(model[buf.acked :])
+        assert buf.allocated == (buf.pending() > 0)
+    assert buf.replay_from(buf.acked) == bytes(model[buf.acked :])
 
 
 def test_replay_buffer_refuses_to_exceed_its_bound():
