@@ -21,7 +21,10 @@ the VM side, wait for its disk, then O_DIRECT ``dd`` read and write
 (bs=1M, write with fsync) timed by the VM side (``date +%s.%N``), detach,
 stop the server.  The server's CPU in the thin client (``/proc/PID/stat``,
 utime+stime) is read right before and after the two dd's: CPU ms per MiB
-moved.  Medians with min–max over the runs, ratios of medians
+moved.  Then, same server, real isochronous OUT (bench/real_usb_iso.py):
+the thin client's QEMU usb-audio, a tone played by the VM side through a
+relay on this host that counts the iso packets sent; the share the device
+took (QEMU's pcap).  Medians with min–max over the runs, ratios of medians
 (each serve-usb ÷ usbredirect).  Quick: 2 runs × 16 MiB; full: 5 runs × 64 MiB.
 
 It needs QEMU, Debian's kernel and busybox (the guest image) and
@@ -52,6 +55,7 @@ elif str(ROOT) not in sys.path:  # make `bench` importable
     sys.path.insert(0, str(ROOT))
 
 from bench.guest_runs import Plan, choose_plan, guest_unavailable, run_measurement
+from bench.real_usb_iso import TONE_S, iso_one
 from bench.report import cell, emit, script_arguments
 from bench.report import ratio as _ratio
 
@@ -66,7 +70,16 @@ SERVERS: tuple[tuple[str, str], ...] = (
 )
 #: what each serve-usb role is compared with
 REFERENCE = "usbredirect"
-OPS = (("read", "read, MB/s"), ("write", "write + fsync, MB/s"), ("cpu", "server CPU ms per MiB"))
+OPS = (
+    ("read", "read, MB/s"),
+    ("write", "write + fsync, MB/s"),
+    ("cpu", "server CPU ms per MiB"),
+    ("iso_share", "iso OUT taken/sent, %"),
+    ("iso_sent", "iso OUT sent by the VM"),
+    ("iso_cpu", "CPU ms per 1k iso pkts"),
+)
+#: the usb-audio of the thin client's QEMU (tests/support/thinclient.py QEMU_IDS)
+AUDIO = (0x46F4, 0x0002)
 #: the guests' clock ticks (Debian's kernel: CONFIG_HZ_USER 100)
 GUEST_CLK_TCK = 100
 #: Python in a TCG guest on a loaded 2-core host can take minutes to start (safety net only)
@@ -84,8 +97,8 @@ def unavailable() -> str | None:
     return guest_unavailable()
 
 
-def _server_command(role: str) -> str:
-    vid_pid = f"{STICK[0]:04x}:{STICK[1]:04x}"
+def _server_command(role: str, device: tuple[int, int] = STICK) -> str:
+    vid_pid = f"{device[0]:04x}:{device[1]:04x}"
     serve = f"{sys.executable} -m redirgate.cli client serve-usb --listen 0.0.0.0:{GUEST_PORT} {vid_pid}"
     if role == "serve_usb":
         return f"env REDIRGATE_USB_TRANSFERS=async {serve}"
@@ -121,6 +134,16 @@ def _guest_cpu_s(thin: Any, pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / GUEST_CLK_TCK
 
 
+def _stop(thin: Any, pid: int) -> None:
+    """Stop a server in the thin client (TERM, then KILL)."""
+    thin.guest.signal(pid, "TERM")
+    try:
+        thin.guest.wait_exit(pid, 60)
+    except Exception:
+        thin.guest.signal(pid, "KILL")
+        thin.guest.wait_exit(pid, 60)
+
+
 def _one(thin: Any, vm: Any, role: str, plan: Plan, share: Path, run: int) -> dict[str, float]:
     """One server, one attach: read and write MB/s and CPU ms per MiB."""
     from tests.support.thinclient import wait_usb_gone_script
@@ -151,12 +174,7 @@ def _one(thin: Any, vm: Any, role: str, plan: Plan, share: Path, run: int) -> di
             vm.detach(redir)
             with contextlib.suppress(Exception):
                 vm.run(wait_usb_gone_script(*STICK), 60)
-        thin.guest.signal(pid, "TERM")
-        try:
-            thin.guest.wait_exit(pid, 60)
-        except Exception:
-            thin.guest.signal(pid, "KILL")
-            thin.guest.wait_exit(pid, 60)
+        _stop(thin, pid)
     times = {}
     for line in out.splitlines():
         words = line.split()
@@ -200,6 +218,11 @@ def measure(plan: Plan, workdir: Path) -> dict[str, Any]:
             for role, _ in order:
                 try:
                     one = _one(thin, vm, role, plan, share, run)
+                    one.update(
+                        iso_one(
+                            thin, vm, _server_command(role, AUDIO), share, share / f"{role}-iso-{run}.log", GUEST_PORT
+                        )
+                    )
                 except (RuntimeError, OSError, GuestError) as exc:  # one failed run: reported, the others kept
                     failures.append(f"{role} run {run}: {type(exc).__name__}: {str(exc)[:300]}")
                     continue
@@ -270,7 +293,12 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"  failed: {failure}")
     lines.append(
         "  MB/s = 10^6 bytes/s timed in the VM side; CPU = the server process's utime+stime in the thin client "
-        "over both dd's, per MiB moved (lower is better)"
+        "over both dd's, per MiB moved (lower is better)",
+    )
+    lines.append(
+        f"  iso OUT: QEMU's usb-audio in the thin client, a {TONE_S} s tone played by the VM side (1 packet per ms): "
+        "the share of the packets the VM side sent (counted by a relay on this host) that the device took "
+        "(QEMU's pcap); CPU per 1,000 packets sent"
     )
     return "\n".join(lines)
 

@@ -45,6 +45,13 @@ class _ClientCollector(Collector):
             "Isochronous packets dropped because the VM side read too slowly (as usbredirhost drops them)",
             outbox.dropped_totals["iso"],
         )
+        from redirgate.client.usb import streams
+
+        yield CounterMetricFamily(
+            "redirgate_iso_out_packets_dropped",
+            "Isochronous OUT packets from the VM side dropped because the device fell behind (as usbredirhost drops them)",
+            streams.dropped_totals["iso_out"],
+        )
         yield CounterMetricFamily(
             "redirgate_stream_packets_dropped",
             "Interrupt and bulk-receiving stream packets dropped because the VM side read too slowly",

@@ -14,7 +14,8 @@ is cancelled) waits on libusb's file descriptors (``libusb_get_pollfds``,
 registered level-triggered in a private epoll, whose own fd trio waits on)
 and calls ``libusb_handle_events_timeout_completed`` with a zero timeout
 when one is ready.  Completion callbacks run inside that call, on the loop
-thread, and set the transfer's trio event directly.  A blocking pyusb call
+thread; the transfers they give back are finished (their trio event set,
+their ``on_done`` called) right after libusb returns, still on the loop.  A blocking pyusb call
 in a worker thread (claim, set configuration, a descriptor read, the iso IN
 reader) may handle libusb's events itself and so run a callback on its
 thread: then the completion is handed to the loop with
@@ -34,6 +35,7 @@ import select
 import struct
 import threading
 import weakref
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -167,6 +169,8 @@ class LibusbAsync:
         self._token: trio.lowlevel.TrioToken | None = None
         #: completions handled by the last `handle_events`
         self.completions = 0
+        #: transfers libusb called back on the loop thread, to finish once it returns
+        self._finished: deque[Transfer] = deque()
 
     def bind(self) -> None:
         """Remember the loop thread and token (the first call from trio)."""
@@ -220,10 +224,15 @@ class LibusbAsync:
             self._sync_fds()
 
     def handle_events(self) -> None:
-        """Let libusb reap what is ready, without waiting; callbacks run here."""
+        """Let libusb reap what is ready, without waiting; then finish what it gave back (here, on
+        the loop thread, outside libusb's callback: an error in a transfer's ``on_done`` is raised
+        to the caller instead of being printed and lost by ctypes)."""
         self.completions = 0
         tv = _Timeval(0, 0)
         self.lib.libusb_handle_events_timeout_completed(self.ctx, ctypes.byref(tv), None)
+        finished = self._finished
+        while finished:
+            finished.popleft().finish()
 
     async def pump(self) -> None:
         """Handle libusb's events whenever its fds are ready, until cancelled.
@@ -255,7 +264,7 @@ class LibusbAsync:
     def deliver(self, transfer: Transfer) -> None:
         """A transfer called back (on whatever thread libusb handled events)."""
         if threading.get_ident() == self._loop_thread or self._token is None:
-            transfer.finish()
+            self._finished.append(transfer)  # finished when libusb returns (`handle_events`)
         else:
             try:
                 self._token.run_sync_soon(transfer.finish)

@@ -12,8 +12,8 @@ exception) since `release()` is shielded and every owner calls it in a
 detached refuses the device (`DriverNotDetachedError`, naming the interface
 and the driver) instead of leaving it half-claimed.
 
-With REDIRGATE_USB_TRANSFERS=async (see `DEFAULT_TRANSFERS`) a real
-device's transfers do not go to threads at all: where pyusb's
+By default (`DEFAULT_TRANSFERS`; REDIRGATE_USB_TRANSFERS=threads turns it
+off) a real device's transfers do not go to threads at all: where pyusb's
 libusb1 backend is in use,
 `aio` is its context's `LibusbAsync` and `submit` hands a transfer to
 libusb's asynchronous API on the trio loop (client/usb/aio.py); the engine
@@ -70,11 +70,17 @@ T = TypeVar("T")
 #: How real devices' transfers run unless REDIRGATE_USB_TRANSFERS says otherwise:
 #: "async" (libusb's asynchronous API on the trio loop, client/usb/aio.py) or
 #: "threads" (a worker thread per pyusb call, one transfer per endpoint at a time).
-#: Threads stay the default until the async pump is tuned: in its first
-#: bench/real_usb run (one run, host load 14-30) async read 0.2 MB/s at 2338 ms
-#: CPU per MiB against the threads' 0.6 MB/s at 1086 ms (usbredirect: 0.7 at
-#: 923); too noisy to settle, but no evidence yet that async is faster.
-DEFAULT_TRANSFERS = "threads"
+#: Async is the default since its replies leave from the completion (transfers.py
+#: `_answer_done`) and iso OUT goes to libusb as it is parsed (iso_out.py).  On the
+#: real-device harness (16 MiB O_DIRECT dd of the gadget stick, host load 13-16, two
+#: runs each, interleaved) read / write MB/s and server CPU ms per MiB: async
+#: 1.13 / 0.73 / 619 and 1.11 / 0.73 / 669; threads 0.77 / 0.52 / 988 and
+#: 0.37 / 0.80 / 1123; usbredirect 1.03 / 0.66 / 1004 and 0.46 / 0.80 / 1311.
+#: Iso OUT (QEMU's usb-audio, a 4 s tone) through threads: 42 of 4,000 packets
+#: reached the device; async about as many of those the VM side sent as usbredirect.
+#: (Its first run, before those two changes: async read 0.2 MB/s at 2338 ms per MiB
+#: against the threads' 0.6 at 1086.)
+DEFAULT_TRANSFERS = "async"
 
 #: Worker threads per device: enough for a control request, a bulk transfer
 #: each way and a few endpoint streams to block at the same time.

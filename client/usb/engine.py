@@ -44,6 +44,7 @@ from redirgate.client.usb import streams as st
 from redirgate.client.usb.descriptors import EndpointDesc
 from redirgate.client.usb.device import UsbDevice
 from redirgate.client.usb.errors import USB_CALL_ERRORS, status_for
+from redirgate.client.usb.iso_out import IsoOutWriter
 from redirgate.client.usb.outbox import Outbox
 from redirgate.client.usb.transfers import EndpointQueues, Request, out_data
 from redirgate.proto.usbredir import (
@@ -220,6 +221,9 @@ class HostEngine:
         # the state's fast path for data requests (HostState.submit_request),
         # else `feed`: no action list per transfer
         submit_request = self.host.submit_request
+        iso_out_stream = self.host.iso_out_stream
+        stream_handles = self._stream_handles
+        iso_packet = m.IsoPacket
         while True:
             try:
                 await self._receive()
@@ -239,6 +243,14 @@ class HostEngine:
                 if event is CLOSED:
                     self.close_reason = "guest closed the connection"
                     return
+                if type(event) is iso_packet:
+                    # iso OUT, a packet per (micro)frame: straight to its stream (`HostState.iso_out_stream`)
+                    handle = iso_out_stream(event)
+                    if handle:
+                        stream = stream_handles.get(handle)
+                        if stream is not None and not stream.queue_out(event.data):
+                            self._count_iso_out_drop(stream.endpoint)
+                        continue
                 handle = submit_request(event)
                 if handle:
                     await self._submit(handle, event)  # type: ignore[arg-type]  # a data request
@@ -295,7 +307,7 @@ class HostEngine:
                 self._stop_stream(stream)
         elif isinstance(action, IsoOut):
             stream = self._stream_handles.get(action.stream)
-            if stream is not None and not stream.queue_out(bytes(action.data)):
+            if stream is not None and not stream.queue_out(action.data):
                 self._count_iso_out_drop(stream.endpoint)
         elif isinstance(action, ReleaseDevice):
             self._release(action)
@@ -525,6 +537,9 @@ class HostEngine:
         if kind == EndpointType.ISO and not endpoint & 0x80:
             stream.out_queue = deque()
             stream.out_ready = trio.Event()
+            if self.device is not None and self.device.aio is not None and st.ASYNC_STREAMS:
+                # packets go to libusb as they are parsed (client/usb/iso_out.py), from the first one on
+                stream.writer = IsoOutWriter(self, stream, self.device)
             runner = st.run_iso_out_stream
         else:
             runner = st.run_in_stream
@@ -545,6 +560,8 @@ class HostEngine:
                     with trio.CancelScope(shield=True):
                         await previous.wait()
                 done.set()
+                if stream.out_queue is not None:
+                    self._iso_out_summary(stream)
 
         self._device_nursery.start_soon(run_stream)
 
@@ -568,17 +585,37 @@ class HostEngine:
         """An iso OUT packet the device could not take in time: counted (see
         `iso_out_dropped`) and logged at most once per `DROP_LOG_INTERVAL_S`."""
         self.iso_out_dropped[endpoint] = self.iso_out_dropped.get(endpoint, 0) + 1
+        st.dropped_totals["iso_out"] += 1
         self._drops_unlogged += 1
         now = trio.current_time()
         if now - self._drops_logged_at >= DROP_LOG_INTERVAL_S:
-            log.warning(
-                "%s: dropped %d iso OUT packets since the last report (the device falls behind the guest); in all %s",
-                self.peer,
-                self._drops_unlogged,
-                ", ".join(f"{ep:#04x}: {n}" for ep, n in sorted(self.iso_out_dropped.items())),
-            )
+            self._log_drops()
             self._drops_logged_at = now
-            self._drops_unlogged = 0
+
+    def _log_drops(self) -> None:
+        log.warning(
+            "%s: dropped %d iso OUT packets since the last report (the device falls behind the guest); in all %s",
+            self.peer,
+            self._drops_unlogged,
+            ", ".join(f"{ep:#04x}: {n}" for ep, n in sorted(self.iso_out_dropped.items())),
+        )
+        self._drops_unlogged = 0
+
+    def _iso_out_summary(self, stream: st.Stream) -> None:
+        """When an iso OUT stream ends: the drops not logged yet (none stays silent, even the last
+        interval's), and one line on what the guest sent and what became of it."""
+        if self._drops_unlogged:
+            self._log_drops()
+        log.info(
+            "%s: iso OUT stream on %#04x ended: %d packets from the guest, %d taken by the device, %d failed, "
+            "%d dropped (the device behind)",
+            self.peer,
+            stream.endpoint,
+            stream.received,
+            stream.written,
+            stream.failed,
+            stream.dropped,
+        )
 
     def stream_drops(self) -> dict[str, dict[int, int]]:
         """Packets dropped so far on this connection, per endpoint, for status and metrics:

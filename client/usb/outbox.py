@@ -102,6 +102,11 @@ class Outbox:
             await self._room.wait()
         self._append(header, payload)
 
+    @property
+    def has_room(self) -> bool:
+        """Whether `put` would queue at once (the byte bound is not passed)."""
+        return self._bytes <= self._max_bytes or self._closed
+
     def put_nowait(self, header: bytes, payload: Payload = b"") -> None:
         """Queue a message that must not be lost, past the byte bound (for the
         few protocol messages sent from synchronous code)."""

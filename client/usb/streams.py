@@ -8,13 +8,16 @@ consumes its id, so the guest sees the gap.  Ids restart at 0 whenever the
 stream (re)starts, including after a stall recovery (protocol reference §4.6).
 
 Iso OUT packets the guest sends faster than the device takes them are
-dropped by `Stream.queue_out` (the reference's half-full hysteresis); the
-engine counts every drop per endpoint and logs them at most once per
-interval (`HostEngine.stream_drops`).  With `ASYNC_STREAMS` a real
-device on libusb's asynchronous API (client/usb/aio.py) runs iso OUT in
-`_IsoOutWriter` (up to the guest's no_urbs transfers of pkts_per_urb packets
-in flight, as usbredirhost does) and interrupt/bulk receiving in
-`_AsyncReceiver`; otherwise, as described next, in worker threads.
+dropped (the reference's half-full hysteresis); the engine counts every drop
+per endpoint, logs them at most once per interval and whatever is left when
+the stream ends, with one line on what the guest sent and what became of it
+(`HostEngine.stream_drops`, the client's metrics).  A real device on
+libusb's asynchronous API (client/usb/aio.py; `ASYNC_STREAMS`, on unless
+REDIRGATE_USB_ASYNC_STREAMS=0) runs iso OUT in client/usb/iso_out.py (each
+packet copied into its libusb transfer as it is parsed, up to the guest's
+no_urbs transfers of pkts_per_urb packets, as usbredirhost does) and
+interrupt/bulk receiving in `_AsyncReceiver`; otherwise, as described next,
+in worker threads (iso OUT one packet per transfer, `Stream.queue_out`).
 
 pyusb transfers are synchronous, so a stream has one transfer in flight at a
 time.  Interrupt and bulk receiving read one transfer per worker-thread call,
@@ -64,6 +67,7 @@ import usb.core
 from redirgate.client.usb import aio
 from redirgate.client.usb.errors import USB_CALL_ERRORS, status_for
 from redirgate.client.usb.iso import IsoPacketResult, iso_batch_packets
+from redirgate.client.usb.iso_out import ISO_TIMEOUT_MS, IsoOutWriter
 from redirgate.client.usb.transfers import in_buffer
 from redirgate.proto.usbredir import EndpointType, Status
 from redirgate.proto.usbredir import messages as m
@@ -78,14 +82,13 @@ __all__ = ["ISO_TIMEOUT_MS", "Stream", "stream_status"]
 
 log = logging.getLogger(__name__)
 
-#: Streams on libusb's asynchronous API (`_AsyncReceiver`, `_IsoOutWriter`) for
-#: devices whose transfers take it.  Off until proven on a real device (the
-#: harness's HID and usb-audio tests): streams keep the worker-thread path.
-ASYNC_STREAMS = os.environ.get("REDIRGATE_USB_ASYNC_STREAMS", "") == "1"
+#: Streams on libusb's asynchronous API (`_AsyncReceiver`, client/usb/iso_out.py) for
+#: devices whose transfers take it (REDIRGATE_USB_ASYNC_STREAMS=0: the worker-thread path).
+ASYNC_STREAMS = os.environ.get("REDIRGATE_USB_ASYNC_STREAMS", "1") == "1"
 
-#: usbredirhost.c ISO_TIMEOUT
-ISO_TIMEOUT_MS = 1000
 SLICE_MS = 500
+#: iso OUT packets dropped in this process (the device behind the guest): the client's metrics read it
+dropped_totals: dict[str, int] = {"iso_out": 0}
 #: a stream that fails this many times in a row is stopped with a stall status
 MAX_CONSECUTIVE_ERRORS = 20
 #: pause after a failed transfer, times the run of failures (no busy loop)
@@ -109,22 +112,34 @@ class Stream:
     drop_counter: int = 0
     #: the host state's name for it (`StartStream.stream`)
     handle: int = 0
+    #: iso OUT: packets the guest sent, the device took, the device failed, and dropped (the device behind)
+    received: int = 0
+    written: int = 0
+    failed: int = 0
+    dropped: int = 0
+    #: iso OUT on libusb's asynchronous API: takes each packet as it is parsed (client/usb/iso_out.py)
+    writer: IsoOutWriter | None = None
 
     @property
     def capacity(self) -> int:
         return self.pkts_per_transfer * self.transfers
 
-    def queue_out(self, data: bytes) -> bool:
-        """Accept an iso OUT packet from the guest; False if it was dropped
-        (the guest is ahead of the device: fall back to half full)."""
+    def queue_out(self, data: m.Buffer) -> bool:
+        """Accept an iso OUT packet from the guest (a view into the parser's buffer, copied here);
+        False if it was dropped (the guest is ahead of the device: fall back to half full)."""
+        if self.writer is not None:
+            return self.writer.put(data)
         assert self.out_queue is not None and self.out_ready is not None
+        self.received += 1
         if self.drop_counter:
             self.drop_counter -= 1
+            self.dropped += 1
             return False
         if len(self.out_queue) >= self.capacity:
             self.drop_counter = self.capacity // 2
+            self.dropped += 1
             return False
-        self.out_queue.append(data)
+        self.out_queue.append(bytes(data))
         if self.started or len(self.out_queue) >= max(1, self.capacity // 2):
             self.started = True
             self.out_ready.set()
@@ -286,9 +301,12 @@ async def run_iso_out_stream(engine: HostEngine, stream: Stream) -> None:
     assert stream.out_queue is not None and stream.out_ready is not None
     if device is None:
         return
-    if device.aio is not None and ASYNC_STREAMS:
-        await _IsoOutWriter(engine, stream, device).run()
-        return
+    if stream.writer is not None:
+        # the engine hands each packet to the writer as it is parsed; this task only marks the stream's life
+        try:
+            await trio.sleep_forever()
+        finally:
+            stream.writer.close()
     dev = device.dev
     reported = False
     while True:
@@ -300,8 +318,10 @@ async def run_iso_out_stream(engine: HostEngine, stream: Stream) -> None:
         data = stream.out_queue.popleft()
         try:
             await device.call(dev.write, stream.endpoint, data, ISO_TIMEOUT_MS)
+            stream.written += 1
             reported = False
         except USB_CALL_ERRORS as exc:
+            stream.failed += 1
             status, gone = status_for(exc)
             if gone:
                 engine.device_lost(f"iso OUT on {stream.endpoint:#04x}: {exc}")
@@ -309,104 +329,6 @@ async def run_iso_out_stream(engine: HostEngine, stream: Stream) -> None:
             if not reported:  # at most one status per failing run
                 reported = True
                 await engine.send(m.IsoStreamStatus(status, stream.endpoint))
-
-
-class _IsoOutWriter:
-    """Iso OUT on libusb's asynchronous API: up to the guest's no_urbs
-    transfers in flight (at least 2), each of up to pkts_per_urb packets,
-    as usbredirhost does; the stream's task submits while the device plays
-    the transfers before, so the device is never left without one while the
-    guest keeps up.  Each packet keeps its own length (packet i at offset
-    i x packet_size of the transfer's buffer, libusb's layout)."""
-
-    def __init__(self, engine: HostEngine, stream: Stream, device: UsbDevice) -> None:
-        self.engine = engine
-        self.stream = stream
-        self.device = device
-        self.inflight: deque[aio.Transfer] = deque()
-        self.reported = False
-
-    def _wake(self) -> None:
-        ready = self.stream.out_ready
-        if ready is not None:
-            ready.set()
-
-    async def run(self) -> None:
-        stream = self.stream
-        queue = stream.out_queue
-        assert queue is not None
-        most = max(2, stream.transfers)
-        try:
-            while True:
-                while self.inflight and self.inflight[0].done.is_set():
-                    if not await self._reaped(self.inflight.popleft()):
-                        return
-                while (
-                    stream.started
-                    and queue
-                    and len(self.inflight) < most
-                    and (len(queue) >= stream.pkts_per_transfer or not self.inflight)
-                ):
-                    if not await self._submit(queue):
-                        return
-                if not queue and not self.inflight:
-                    stream.started = False  # under-run: fill half again, then start
-                stream.out_ready = trio.Event()
-                await stream.out_ready.wait()
-        finally:
-            for transfer in self.inflight:
-                transfer.cancel()  # UsbDevice.release / drain waits for them
-
-    async def _submit(self, queue: deque[bytes]) -> bool:
-        stream = self.stream
-        size = stream.packet_size
-        count = min(stream.pkts_per_transfer, len(queue))
-        buf = bytearray(count * size)
-        lengths = []
-        for i in range(count):
-            data = queue.popleft()
-            buf[i * size : i * size + len(data)] = data
-            lengths.append(len(data))
-        try:
-            transfer = aio.Transfer(
-                self.device.aio,  # type: ignore[arg-type]  # checked by run_iso_out_stream
-                self.device.libusb_handle(),
-                aio.ISO,
-                stream.endpoint,
-                buf,
-                len(buf),
-                ISO_TIMEOUT_MS,
-                iso_packets=count,
-                packet_size=size,
-                owner=self.device,
-            )
-            transfer.set_iso_lengths(lengths)
-            transfer.on_done = self._wake
-            transfer.submit()
-        except USB_CALL_ERRORS as exc:
-            return await self._failed(status_for(exc), str(exc))
-        self.inflight.append(transfer)
-        return True
-
-    async def _reaped(self, transfer: aio.Transfer) -> bool:
-        status = transfer.status
-        if status == libusb1.LIBUSB_TRANSFER_NO_DEVICE:
-            return await self._failed((Status.IOERROR, True), "no device")
-        if status == libusb1.LIBUSB_TRANSFER_COMPLETED:
-            self.reported = False
-            return True
-        return await self._failed((aio.packet_status(status), False), f"libusb status {status}")
-
-    async def _failed(self, outcome: tuple[int, bool], reason: str) -> bool:
-        status, gone = outcome
-        stream = self.stream
-        if gone:
-            self.engine.device_lost(f"iso OUT on {stream.endpoint:#04x}: {reason}")
-            return False
-        if not self.reported:  # at most one status per failing run
-            self.reported = True
-            await self.engine.send(m.IsoStreamStatus(status, stream.endpoint))
-        return True
 
 
 #: a failed libusb transfer's status as the errno `status_for` reads (pyusb's own table turns a stall into EIO)

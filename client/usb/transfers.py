@@ -133,6 +133,8 @@ class EndpointQueues:
         #: asynchronous path: per endpoint, the submitted requests in order
         #: (a request that could not be submitted carries its reply instead)
         self._pending: dict[int, deque[tuple[Request, TransferDone | None]]] = {}
+        #: endpoints whose task is answering a request now (replies leave in order)
+        self._answering: set[int] = set()
 
     async def submit(self, request: Request) -> None:
         """Run `request` now if its endpoint is idle and the device completes
@@ -195,27 +197,71 @@ class EndpointQueues:
                 return
         reply: TransferDone | None = None
         try:
-            request.transfer = _submit(device, request)
+            request.transfer = transfer = _submit(device, request)
         except USB_CALL_ERRORS as exc:
             reply = self._failure(request, exc)
+        else:
+            transfer.on_done = lambda: self._answer_done(key)
         pending.append((request, reply))
-        self._wakeups[key].set()
+        if reply is not None:
+            self._answer_done(key)  # not submitted: its reply is known now
+
+    def _answer_done(self, key: int) -> None:
+        """A transfer on `key` came back (loop thread, right after libusb's event handling):
+        answer the finished requests at the head of the endpoint's queue now, in order, while the
+        state only needs each reply sent (`HostState.transfer_reply`) and the Outbox has room - no
+        wake-up of the endpoint's task, one scheduler pass less per transfer.  Anything else
+        (a cancelled request, a device gone, an operation waiting, a full Outbox) stops here and
+        is the task's."""
+        if key in self._answering:
+            return  # the task is answering an earlier one: it looks again when done
+        pending = self._pending.get(key)
+        engine = self._engine
+        outbox = engine.outbox
+        while pending:
+            if not outbox.has_room:
+                self._wakeups[key].set()  # the task waits for room
+                return
+            request, reply = pending[0]
+            transfer = request.transfer
+            if transfer is not None:
+                if not transfer.done.is_set():
+                    return
+                reply = self._async_reply(request, transfer)
+            message = None if reply is None or request.cancelled else engine.host.transfer_reply(reply)
+            if message is None:  # more than a reply to send (the state declined, nothing done)
+                self._wakeups[key].set()
+                return
+            pending.popleft()
+            request.finished = True
+            if self.inflight.get(request.handle) is request:
+                del self.inflight[request.handle]
+            if transfer_observer is not None and request.submitted:
+                transfer_observer(time.perf_counter() - request.submitted)
+            header, payload = engine.conn.send_parts(message)
+            outbox.put_nowait(header, payload)
 
     async def _run_pending(self, key: int) -> None:
+        """Answer what `_answer_done` leaves: it wakes this task when the finished request at the
+        head of the queue needs more than its reply sent (or the Outbox is full)."""
         pending = self._pending[key]
         try:
             while True:
-                if not pending:
+                head = pending[0][0] if pending else None
+                if head is None or (head.transfer is not None and not head.transfer.done.is_set()):
                     self._wakeups[key] = trio.Event()
                     await self._wakeups[key].wait()
                     continue
-                request, reply = pending[0]
-                transfer = request.transfer
-                if transfer is not None:
-                    await transfer.done.wait()
-                    reply = self._async_reply(request, transfer)
-                pending.popleft()
-                await self._complete(key, request, reply)
+                request, reply = pending.popleft()
+                if request.transfer is not None:
+                    reply = self._async_reply(request, request.transfer)
+                # while this one is being answered, no later one may overtake it (`_answer_done`)
+                self._answering.add(key)
+                try:
+                    await self._complete(key, request, reply)
+                finally:
+                    self._answering.discard(key)
+                self._answer_done(key)  # what came back meanwhile
         finally:
             # the device session ends: what is still in flight is cancelled
             # (UsbDevice.release waits until libusb gave it back)

@@ -74,6 +74,7 @@ class StreamsPart:
     #: endpoint -> stream, and handle -> stream
     _streams: dict[int, StreamEntry]
     _stream_handles: dict[int, StreamEntry]
+    _operation: object | None
 
     if TYPE_CHECKING:
 
@@ -158,6 +159,23 @@ class StreamsPart:
             self._send(m.IsoStreamStatus(Status.INVAL, msg.endpoint, id=msg.id))
             return
         self._out.append(IsoOut(stream.handle, msg.data))
+
+    def iso_out_stream(self, msg: m.IsoPacket) -> int:
+        """`handle(msg)` for an iso OUT packet when its only action is
+        `IsoOut(stream, msg.data)`: that stream's handle, without the action
+        list (an adapter's path for every packet, a thousand a second).  0
+        (nothing done) for anything else: give it to `handle`."""
+        if self.disconnected or self._operation is not None:
+            return 0
+        stream = self._streams.get(msg.endpoint)
+        if (
+            stream is None
+            or stream.kind is not EndpointType.ISO
+            or msg.endpoint & 0x80
+            or len(msg.data) > stream.packet_size
+        ):
+            return 0
+        return stream.handle
 
     def stream_message(self, handle: int, status: int, data: m.Buffer = b"") -> m.Message | None:
         """What `handle(StreamPacket(handle, status, data))` sends, without

@@ -97,6 +97,7 @@ def test_metrics_and_audit_after_a_probe_through_a_route(tmp_path: Path) -> None
     assert on_client[("redirgate_tunnel_up", ())] == 1 and on_client[("redirgate_tunnel_sessions_total", ())] == 1
     assert on_client[("redirgate_usb_transfer_seconds_count", ())] >= 5  # descriptors and strings
     assert on_client[("redirgate_iso_packets_dropped_total", ())] == 0
+    assert on_client[("redirgate_iso_out_packets_dropped_total", ())] == 0
     to_device = metrics[("redirgate_channel_bytes_total", (("direction", "to_device"), ("route", "stick")))]
     to_hypervisor = metrics[("redirgate_channel_bytes_total", (("direction", "to_hypervisor"), ("route", "stick")))]
     assert to_device > 0 and to_hypervisor > to_device  # descriptors flow to the VM

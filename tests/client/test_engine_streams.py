@@ -7,10 +7,13 @@ over loopback TCP.
 
 from __future__ import annotations
 
+import logging
+import re
 import struct
 
 import pytest
 
+from redirgate.client.usb import streams
 from redirgate.client.virtual import (
     LoopbackMode,
     iso_pattern,
@@ -183,7 +186,9 @@ async def test_iso_out_stream(loopback) -> None:
 
 async def test_iso_out_drops_are_counted_and_logged(loopback, caplog: pytest.LogCaptureFixture) -> None:
     """A guest ahead of the device: the packets that do not fit are dropped, never silently."""
+    caplog.set_level(logging.INFO, logger="redirgate.client.usb.engine")
     backend, device = loopback
+    metric_before = streams.dropped_totals["iso_out"]
     async with engine_session(source_for(backend)) as s:
         guest = s.guest
         await configure(guest)
@@ -200,6 +205,14 @@ async def test_iso_out_drops_are_counted_and_logged(loopback, caplog: pytest.Log
         # every packet was either written or counted as dropped
         assert device.stats().iso_out_packets + dropped == sent
         assert any("dropped" in r.getMessage() and "iso OUT" in r.getMessage() for r in caplog.records)
+        assert streams.dropped_totals["iso_out"] - metric_before == dropped  # redirgate_iso_out_packets_dropped
+        stop = await guest.request(T.STOP_ISO_STREAM, endpoint=0x02)
+        assert stop.fields == {"status": SUCCESS, "endpoint": 0x02}
+        # the stream's end reports every drop, also those after the last interval's line
+        summary = f"iso OUT stream on 0x02 ended: {sent} packets from the guest, {sent - dropped} taken by the device"
+        await until(lambda: any(summary in r.getMessage() for r in caplog.records), "the stream's summary")
+        logged = [int(m.group(1)) for r in caplog.records if (m := re.search(r"dropped (\d+) iso OUT", r.getMessage()))]
+        assert sum(logged) == dropped
         assert guest.parse_errors == []
 
 

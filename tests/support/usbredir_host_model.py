@@ -284,6 +284,8 @@ class HostModel:
         elif isinstance(event, StreamPacket):
             packet = self.state.stream_message(event.stream, event.status, event.data)
             actions = [Send(packet)] if packet is not None else []
+        elif isinstance(event, m.IsoPacket) and (stream := self.state.iso_out_stream(event)):
+            actions = [IsoOut(stream, event.data)]
         else:
             handle = self.state.submit_request(event) if isinstance(event, m.Message) else 0
             if handle:
