@@ -801,6 +801,7 @@ def run_herd(n: int, rounds: int, procs: int = HERD_PROCS) -> dict[str, Any]:
                         continue
                     time.sleep(HERD_SETTLE_S)
                     herd.restart(arms[label], notes, label)
+                    print(f"herd {label}: {json.dumps(arms[label])}", file=sys.stderr, flush=True)  # progress
                 except (RuntimeError, OSError, KeyError) as exc:
                     errors.append(f"{label}: {type(exc).__name__}: {exc}")
                 finally:

@@ -517,6 +517,32 @@ def _detach(socket_stream: trio.SocketStream) -> socket.socket:
     return socket.socket(fileno=fd)
 
 
+def _wrapped(
+    sock: socket.socket,
+    context: ssl.SSLContext,
+    peer: str,
+    *,
+    server_side: bool,
+    server_hostname: str | None = None,
+    max_send_bytes: int = 0,
+) -> ZeroCopyTLSStream:
+    """A ZeroCopyTLSStream on `sock`; a peer that is already gone (reset before the handshake: ssl's
+    "Closed before TLS handshake with data in recv buffer", ENOTCONN) is TlsRefused(CLOSED), the
+    socket closed: a dial abandoned while it waited in the backlog is a refusal, not an internal error."""
+    try:
+        return ZeroCopyTLSStream(
+            sock,
+            context,
+            server_side=server_side,
+            server_hostname=server_hostname,
+            peer=peer,
+            max_send_bytes=max_send_bytes,
+        )
+    except (ssl.SSLError, OSError) as exc:
+        sock.close()
+        raise TlsRefused(peer, Refusal.CLOSED, str(exc) or type(exc).__name__) from exc
+
+
 async def open_tls_connection(
     host: str,
     port: int,
@@ -527,9 +553,7 @@ async def open_tls_connection(
     """Connect and handshake as a TLS client; TlsRefused if the handshake fails."""
     tcp = await trio.open_tcp_stream(host, port)
     peer = peer_label(tcp.socket)
-    stream = ZeroCopyTLSStream(
-        _detach(tcp), client.ssl_context, server_side=False, server_hostname=client.server_name, peer=peer
-    )
+    stream = _wrapped(_detach(tcp), client.ssl_context, peer, server_side=False, server_hostname=client.server_name)
     try:
         await stream.do_handshake(handshake_timeout_s)
     except BaseException:
@@ -552,9 +576,7 @@ async def accept_tls(
     `max_send_bytes` caps the plaintext per TLS record (0: no cap).
     """
     peer = peer_label(socket_stream.socket)
-    stream = ZeroCopyTLSStream(
-        _detach(socket_stream), context, server_side=True, peer=peer, max_send_bytes=max_send_bytes
-    )
+    stream = _wrapped(_detach(socket_stream), context, peer, server_side=True, max_send_bytes=max_send_bytes)
     try:
         await stream.do_handshake(handshake_timeout_s)
     except BaseException:

@@ -12,6 +12,7 @@ import datetime as dt
 import functools
 import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -182,6 +183,20 @@ async def test_garbage_bytes(env: Pki, garbage: bytes) -> None:
             outcome = await server.next_outcome(before)
         assert isinstance(outcome, TlsRefused) and outcome.refusal is Refusal.NOT_TLS, outcome
         assert "not TLS (garbage)" in str(outcome)
+
+
+async def test_a_peer_gone_before_the_server_took_it_is_a_refusal(env: Pki) -> None:
+    """A client that sent its bytes and reset the connection while it waited in the backlog (a dial
+    abandoned at a loaded gateway): ssl's wrap_socket fails before any handshake, and that is a
+    `closed` refusal, not an internal error with a traceback."""
+    async with running_server(env) as server:
+        before = len(server.outcomes)
+        sock = socket.create_connection(("127.0.0.1", server.port))  # no await: the server cannot accept yet
+        sock.sendall(b"\x16\x03\x01 a ClientHello that never finishes")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # a reset, with the bytes still unread on the server's side
+        outcome = await server.next_outcome(before)
+        assert isinstance(outcome, TlsRefused) and outcome.refusal is Refusal.CLOSED, outcome
 
 
 async def test_stalled_handshake_times_out(env: Pki) -> None:
