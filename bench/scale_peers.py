@@ -225,7 +225,8 @@ class SimClient:
                 await stream.aclose()
 
     async def _control(self, control: ControlSession) -> None:
-        await control.send(t.ClientHello(software=SIM_SOFTWARE))
+        # resume-capable, like the real client: the gateway's idle-client memory includes what that costs
+        await control.send(t.ClientHello(software=SIM_SOFTWARE, capabilities=frozenset({t.RESUME_CAPABILITY})))
         with trio.fail_after(CONNECT_TIMEOUT_S):
             hello = await control.receive()
         if not isinstance(hello, t.GatewayHello):
@@ -248,11 +249,14 @@ class SimClient:
             if (open_scope := scopes.get(event.channel_id)) is not None:
                 open_scope.cancel()
 
+        async def ignore(control: ControlSession, event: t.ChannelAck) -> None:
+            pass  # the sims send nothing on their channels: no replay to free
+
         async def error(control: ControlSession, event: t.Error) -> None:
             raise SimError(f"the gateway reported {event.code}: {event.message}")
 
         await control.serve(
-            {t.OpenChannel: open_channel, t.CloseChannel: close_channel, t.Error: error},
+            {t.OpenChannel: open_channel, t.CloseChannel: close_channel, t.Error: error, t.ChannelAck: ignore},
             heartbeat_interval_s=hello.heartbeat_interval_s,
             heartbeat_timeout_s=hello.heartbeat_timeout_s,
         )
@@ -280,8 +284,14 @@ class SimClient:
                     self.channels += 1
                     self.channel_bytes += len(trailing)
                     buf = bytearray(RECEIVE_BYTES)
+                    # a resumable channel (a credential): acknowledge, or the gateway's replay fills and it stops
+                    resumable, received, acked = bool(result.credential), len(trailing), 0
                     while n := await data.receive_into(buf):
                         self.channel_bytes += n
+                        received += n
+                        if resumable and received - acked >= t.DEFAULT_ACK_EVERY:
+                            await control.send(t.ChannelAck(cid, received))
+                            acked = received
                 finally:
                     with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                         await data.aclose()
