@@ -9,7 +9,8 @@ close_notify, a stalled connection that the other side gave up on) it gets
 a new one from its side's `reconnect` - the client redials and sends
 `ResumeChannel`, the gateway waits (within the grace period) for the
 client's new connection and answers - writes what the peer has not
-received again, and carries on.  The code above it sees one slow read or
+received again (reading what the peer replays meanwhile: `_replay`), and
+carries on.  The code above it sees one slow read or
 write, never the break.  A clean end (close_notify: the peer ended the
 channel) is an end, as on any stream.
 
@@ -109,6 +110,8 @@ class ResumableStream(trio.abc.Stream):
         self._ahead_generation = 0
         #: why the last `interrupt()` gave up on the connection (for the log)
         self.interrupted_why = "interrupted"
+        #: bytes the peer sent while we wrote our replay, counted and not yet delivered (see `_replay`)
+        self._stash = bytearray()
 
     # ------------------------------------------------------------ acks
     def acked(self, message: t.ChannelAck) -> None:
@@ -143,6 +146,8 @@ class ResumableStream(trio.abc.Stream):
     def lend(self) -> Handover | None:
         """The inner stream's socket with the channel's state (None where it lends none)."""
         if self._closed or self._failed is not None or not isinstance(self.inner, SocketLender):
+            return None
+        if self._stash:  # counted already: a borrower would count them again (the trio pumps deliver them)
             return None
         lent = self.inner.lend()
         if lent is None:
@@ -189,6 +194,8 @@ class ResumableStream(trio.abc.Stream):
         generation = self._generation
         if self._lost_generation == generation:
             return None
+        if self._stash:
+            return self._unstash(buffer)
         try:
             n = self.inner.try_receive_into(buffer)  # type: ignore[attr-defined]
         except _GONE as exc:
@@ -241,6 +248,9 @@ class ResumableStream(trio.abc.Stream):
         return k  # type: ignore[no-any-return]
 
     async def wait_receivable(self) -> None:
+        if self._stash:
+            await trio.lowlevel.checkpoint()
+            return
         await self._fast_wait(self.inner.wait_receivable)  # type: ignore[attr-defined]
 
     async def wait_sendable(self) -> None:
@@ -278,6 +288,9 @@ class ResumableStream(trio.abc.Stream):
     async def receive_into(self, buffer: Buffer) -> int:
         while True:
             self._check()
+            if self._stash:
+                await trio.lowlevel.checkpoint()
+                return self._unstash(buffer)
             generation, inner = self._generation, self.inner
             why = self.interrupted_why
             n = -1
@@ -370,7 +383,7 @@ class ResumableStream(trio.abc.Stream):
                     self._generation += 1
                     try:
                         if replay:
-                            await inner.send_all(replay)
+                            await self._replay(inner, replay)
                     except _GONE as exc:
                         why = f"{type(exc).__name__}: {exc} (while replaying)"
                         continue
@@ -379,6 +392,55 @@ class ResumableStream(trio.abc.Stream):
             finally:
                 self.suspended = False
                 self._room.set()
+
+    async def _replay(self, inner: trio.abc.Stream, replay: bytes) -> None:
+        """Write `replay` to the new connection while reading what the peer sends meanwhile.
+
+        The peer writes its own replay at the same moment: two ends that
+        each wrote theirs before reading again would both wait forever once
+        both replays are bigger than the socket and TLS buffers (issue 16).
+        What arrives is counted (it is ours now: a later resume does not ask
+        for it again) and kept in `_stash` until the channel code reads it.
+        The stash holds at most a replay limit (both ends use the same one),
+        which is as much as the peer's replay can be: past that we stop
+        reading, and the peer is reading ours."""
+        failed: list[BaseException] = []
+
+        async def read(scope: trio.CancelScope) -> None:
+            buf = bytearray(65536)
+            try:
+                while len(self._stash) < self.channel.outgoing.limit:
+                    n = await inner.receive_into(buf)  # type: ignore[attr-defined]
+                    if not n:
+                        break  # a clean end: the channel code sees it once it has read the stash
+                    self._stash += memoryview(buf)[:n]
+                    ack = self.channel.received(n)
+                    if ack is not None and self._on_ack is not None:
+                        self._on_ack(ack)
+            except _GONE as exc:
+                failed.append(exc)
+                scope.cancel()
+                return
+            await trio.sleep_forever()  # until the replay is written
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read, nursery.cancel_scope)
+            try:
+                await inner.send_all(replay)
+            except _GONE as exc:
+                failed.append(exc)
+            nursery.cancel_scope.cancel()
+        if failed:
+            raise failed[0]
+
+    def _unstash(self, buffer: Buffer) -> int:
+        """Deliver from `_stash` (counted when it arrived)."""
+        stash = self._stash
+        with memoryview(buffer) as view:
+            n = min(len(view), len(stash))
+            view[:n] = stash[:n]
+        del stash[:n]
+        return n
 
 
 def _wake_waiters(stream: trio.abc.Stream) -> None:
