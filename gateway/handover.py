@@ -75,6 +75,9 @@ __all__ = ["HANDOVER_ENV", "HandoverFailed", "Inheritance", "hand_over", "succes
 
 log = logging.getLogger(__name__)
 
+#: What a handed-over channel's log line says about its connection ending.
+RESTART_REASON = "the gateway is restarting (USR2): the channel goes to the new process"
+
 #: The environment variable that names the successor's end of the socket pair.
 HANDOVER_ENV = "REDIRGATE_HANDOVER_FD"
 #: The successor imports redirgate and checks its config: seconds on a loaded machine.
@@ -260,6 +263,10 @@ async def _settle(gateway: Gateway) -> tuple[list[_Resting], int]:
             resting.append(_Resting(server, channel))
         elif server.state == "active":
             others += 1
+    for item in resting:  # before the cut, so each channel's log line names the restart, not the break it sees
+        stream = item.channel.resume.stream if item.channel.resume is not None else None
+        if stream is not None:
+            stream.interrupt(RESTART_REASON)
     cut = gateway.tunnel.cut_all()
     log.info("gateway: restart: %d client connection(s) cut; %d channel(s) to hand over", cut, len(resting))
     with trio.move_on_after(SETTLE_TIMEOUT_S):
@@ -276,7 +283,6 @@ async def _bring_to_rest(item: _Resting) -> None:
     comes from it) and, on a raw route, its reader is frozen with no write to QEMU under way."""
     live, resume = item.server.live, item.channel.resume
     assert live is not None and resume is not None and resume.stream is not None
-    resume.stream.interrupt("the gateway is restarting (USR2): the channel goes to the new process")
     while True:
         if live.freezer is not None:
             await live.freezer.freeze()
