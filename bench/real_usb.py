@@ -282,7 +282,8 @@ def table(result: dict[str, Any]) -> str:
         + "".join(f"{label + ' ÷ ref':>{col + 6}}" for _, label in compared)
     )
     for op, label in OPS:
-        cells = [cell(result["figures"][op].get(role), 1) for role, _ in SERVERS]
+        digits = 0 if op in ("cpu", "iso_sent", "iso_cpu") else 1  # wide figures: no decimals, columns stay apart
+        cells = [cell(result["figures"][op].get(role), digits) for role, _ in SERVERS]
         ratios = [result["ratios"][role][op] for role, _ in compared]
         lines.append(
             f"{label:<{width}}"
