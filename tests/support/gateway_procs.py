@@ -143,7 +143,9 @@ async def restart_by_usr2(gw: GatewayProcess, admin: Path, successors: list[int]
         nonlocal new
         try:
             new = (await trio.to_thread.run_sync(gateway_status, admin))["pid"]
-        except OSError:
+        except (OSError, ValueError):
+            # the admin socket changes hands: an answer the old process was writing when it
+            # left ends short (seen once: JSONDecodeError at char 1356 of a status)
             return False
         return new != old
 
