@@ -172,18 +172,26 @@ async def _exit_code(process: trio.Process) -> str:
     return f"exit code {process.returncode}" if process.returncode is not None else "still running; stopped"
 
 
-async def _hand_over(gateway: Gateway, sock: trio.socket.SocketType, process: trio.Process) -> int:
-    pid = process.pid
-    message: dict[str, Any] | None = None
-    with trio.move_on_after(READY_TIMEOUT_S):
+async def _child_says(
+    sock: trio.socket.SocketType, process: trio.Process, timeout_s: float, when: str
+) -> dict[str, Any] | None:
+    """The new process's next message; None if none came in `timeout_s`; HandoverFailed if it ended `when`."""
+    with trio.move_on_after(timeout_s):
         try:
             message, _ = await _receive(sock)
         except (HandoverFailed, OSError):
             raise HandoverFailed(
                 "restart",
-                f"the new process (pid {pid}) ended before taking over ({await _exit_code(process)}); "
+                f"the new process (pid {process.pid}) ended {when} ({await _exit_code(process)}); "
                 "its own log lines say why",
             ) from None
+        return message
+    return None
+
+
+async def _hand_over(gateway: Gateway, sock: trio.socket.SocketType, process: trio.Process) -> int:
+    pid = process.pid
+    message = await _child_says(sock, process, READY_TIMEOUT_S, "before taking over")
     if message is None or message.get("kind") != "ready":
         raise HandoverFailed("restart", f"the new process (pid {pid}) did not get ready in {READY_TIMEOUT_S:g} s")
     log.info("gateway: restart: the new process (pid %d) is ready; handing over", pid)
@@ -203,24 +211,16 @@ async def _hand_over(gateway: Gateway, sock: trio.socket.SocketType, process: tr
             ) from None
         finally:
             os.close(memfd)
-        with trio.move_on_after(SERVING_TIMEOUT_S):
-            try:
-                message, _ = await _receive(sock)
-            except (HandoverFailed, OSError):
-                raise HandoverFailed(
-                    "restart",
-                    f"the new process (pid {pid}) ended while taking over ({await _exit_code(process)}); "
-                    "its own log lines say why",
-                ) from None
-            if message.get("kind") == "serving":
-                log.info(
-                    "gateway: restart: pid %d serves now, with %d channel(s) handed over%s; this process (pid %d) exits",
-                    pid,
-                    len(state.channels),
-                    f" ({left} other channel(s) end here: not resumable, or TLS to the hypervisor)" if left else "",
-                    os.getpid(),
-                )
-                return pid
+        message = await _child_says(sock, process, SERVING_TIMEOUT_S, "while taking over")
+        if message is not None and message.get("kind") == "serving":
+            log.info(
+                "gateway: restart: pid %d serves now, with %d channel(s) handed over%s; this process (pid %d) exits",
+                pid,
+                len(state.channels),
+                f" ({left} other channel(s) end here: not resumable, or TLS to the hypervisor)" if left else "",
+                os.getpid(),
+            )
+            return pid
         raise HandoverFailed("restart", f"the new process (pid {pid}) did not say it serves in {SERVING_TIMEOUT_S:g} s")
     except BaseException:
         for resting in frozen:
