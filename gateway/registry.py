@@ -198,6 +198,10 @@ class ClientSession:
         self.resumable = False
         #: channels adopted from an earlier session that the client has not named yet (by an ack)
         self.adopted: set[int] = set()
+        #: the channels the client named by an ack before its first inventory (the ones it still
+        #: serves), and whether that inventory came (`tunnel_server`; a cluster tells the other nodes)
+        self.named: set[int] = set()
+        self.inventoried = False
         #: the session's ack task waits on this (a resumable channel has an ack due)
         self.acks_wanted = trio.Event()
         #: starts the ack task if it is not running (the control session sets it): only

@@ -590,6 +590,8 @@ class ClientControl(ControlSession):
     async def _channel_ack(self, event: t.ChannelAck) -> None:
         session = self.client
         session.adopted.discard(event.channel_id)
+        if not session.inventoried:
+            session.named.add(event.channel_id)
         channel = session.channels.get(event.channel_id)
         if channel is not None and channel.resume is not None and channel.resume.stream is not None:
             channel.resume.stream.acked(event)  # ResumeError (a protocol error) for bytes never sent
@@ -604,6 +606,11 @@ class ClientControl(ControlSession):
 
     async def _inventory(self, event: t.Inventory) -> None:
         session = self.client
+        remote_acks = self.server.remote_acks
+        if not session.inventoried:
+            session.inventoried = True
+            if remote_acks is not None:  # before the inventory counts: no attach for this session precedes it
+                await remote_acks.client_serves(session.identity, session.named)
         if session.adopted:  # the client came back without them: it restarted, its device state is gone
             for cid in sorted(session.adopted):
                 channel = session.channels.get(cid)

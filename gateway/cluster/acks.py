@@ -21,7 +21,12 @@ itself).  So each node relays them over one Redis pub/sub channel
   client's session sends them on it.
 
 No node needs to know where the other half is: one broadcast, every node
-keeps what is its own.  An ack lost on the way (Redis away, the client
+keeps what is its own.  The same channel carries one more message: a
+client's new session names, before its first inventory, the channels it
+still serves; the node holding it publishes that list (`to: relays`,
+`client_serves`) and every node ends that client's resumable channels not
+on it (the client restarted: its device state is gone), as a single
+gateway does, instead of holding them for their grace period.  An ack lost on the way (Redis away, the client
 between two nodes) is repeated: the client repeats its counts on each new
 control connection and every `REPEAT_S` for channels attached elsewhere;
 A repeats its counts every `REPEAT_S` and at once when the client's acks
@@ -117,8 +122,46 @@ class RemoteAcks:
         except t.ResumeError as exc:
             log.warning("cluster: client %s acked channel %d wrongly: %s; ignored", identity, ack.channel_id, exc)
 
+    async def client_serves(self, identity: str, named: set[int]) -> None:
+        """A new session of `identity` here named `named` (its acks before its first inventory):
+        the resumable channels relayed anywhere in the cluster for it that it did not name were
+        its instance's before a restart, whose device state is gone.  They end now, on this node
+        and (one message on `ACKS`) on the others, rather than when their grace period runs out.
+
+        Awaited before the session's inventory counts: an attach for the new session needs that
+        inventory, so its answer reaches every node after this message (one Redis, one order)
+        and a channel opened for the new session is never taken for an old one.  Redis away:
+        the other nodes' channels end with their grace period, as before."""
+        self._end_unnamed(identity, named, "here")
+        # "channel" 1 and "received" 0: a node from before this message reads it as an ack to nobody (ignored)
+        message = {"to": "relays", "client": identity, "serves": sorted(named), "channel": 1, "received": 0}
+        try:
+            await self.node.publish(ACKS, [message])
+        except ClusterDown:
+            log.info("cluster: Redis is away; other nodes end client %s's old channels after their grace", identity)
+
+    def _end_unnamed(self, identity: str, named: set[int], where: str) -> None:
+        for owner, channel in self._channels():
+            if owner == identity and channel.channel_id not in named:
+                log.info(
+                    "cluster: client %s restarted (its new session %s does not name channel %d); ending it",
+                    identity,
+                    where,
+                    channel.channel_id,
+                )
+                self.counters["ended_for_restart"] += 1
+                channel.fail("the client restarted")
+
     def _received(self, message: dict[str, Any]) -> None:
         """A message on `node.ACKS` from another node (no I/O here)."""
+        if message.get("to") == "relays":
+            try:
+                identity, named = str(message["client"]), {int(c) for c in message["serves"]}
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("cluster: a restart message from another node that makes no sense (%s); ignored", exc)
+                return
+            self._end_unnamed(identity, named, f"on node {message.get('from', '?')}")
+            return
         try:
             identity, to, via = str(message["client"]), message["to"], str(message["from"])
             ack = t.ChannelAck(int(message["channel"]), int(message["received"]))

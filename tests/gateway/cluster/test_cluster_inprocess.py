@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -15,8 +16,10 @@ from redirgate.cli.gateway_commands import format_status
 from redirgate.cli.lab import LabRoute, make_pki, write_client_config, write_gateway_config
 from redirgate.gateway.cluster.redis import RedisConnection, RedisUrl, open_redis
 from redirgate.gateway.config import load_config
+from redirgate.vmside.guest import UsbredirGuest
 from redirgate.vmside.probe import probe
 from tests.support.cluster_lab import cluster_config
+from tests.support.gateway_procs import kill, running_client
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.tunnel_lab import running_lab, start_client, start_gateway
 from tests.support.waiting import until, until_async
@@ -68,6 +71,45 @@ async def test_a_stale_session_does_not_take_a_moved_client_back(tmp_path: Path,
             seen = json.loads(await redis.command("GET", "redirgate:node:c"))["seen"]  # type: ignore[arg-type]
             await until_async(lambda seen=seen: _seen_after(redis, seen), poll_s=0.05)
         assert await redis.command("GET", "redirgate:client:thin-01") == b"elsewhere"
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("lands_on", ["c", "a"])
+async def test_a_restarted_client_ends_its_old_channels_on_every_node(
+    tmp_path: Path, redis_server: RedisServer, lands_on: str
+) -> None:
+    """The client (a process, on node c) serves a channel relayed on node a, and is killed: its
+    device state is gone, so once it is back the channel ends when its new session names no
+    channel (landing on c: a message through Redis; on a itself: at once), not after the grace
+    period (300 s here: the test's timeout ends first)."""
+    make_pki(tmp_path)
+    routes = [LabRoute("kbd", "usb:1209:0002")]
+    async with trio.open_nursery() as nursery:
+        nodes = {}
+        for name in ("a", "c"):
+            config = load_config(cluster_config(tmp_path, routes, name, redis_server.url, resume_grace_s=300))
+            nodes[name] = await start_gateway(nursery, config)
+        a, c = nodes["a"][0], nodes["c"][0]
+        assert a.cluster is not None and a.remote is not None
+        with contextlib.ExitStack() as stack:
+            first = write_client_config(tmp_path, nodes["c"][1].tunnel[1], virtual=["virtual:keyboard"])
+            process = stack.enter_context(running_client(first, tmp_path / "first.log"))
+            await until(lambda: len(a.cluster.peers) == 1 and c.registry.online("thin-01"))
+            tcp = await trio.open_tcp_stream("127.0.0.1", nodes["a"][1].routes["kbd"][1])
+            async with tcp, UsbredirGuest(tcp, peer="vm on a") as vm:
+                device = await vm.wait_device()
+                assert (device.connect.vendor_id, device.connect.product_id) == KBD
+                assert len(a.registry.remote_resumable) == 1  # relayed on a, the client's session on c
+
+                kill(process)  # SIGKILL: nothing closed cleanly, like a crash or a power cut
+                await until(lambda: not c.registry.online("thin-01"))
+                assert len(a.registry.remote_resumable) == 1  # suspended: waiting for a resume
+                again = write_client_config(
+                    tmp_path, nodes[lands_on][1].tunnel[1], virtual=["virtual:keyboard"], file_name="again.toml"
+                )
+                stack.enter_context(running_client(again, tmp_path / "again.log"))
+                await until(lambda: not a.registry.remote_resumable)
+                assert a.remote.acks.counters["ended_for_restart"] == 1
         nursery.cancel_scope.cancel()
 
 
