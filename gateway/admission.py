@@ -221,6 +221,8 @@ class HandshakeGate:
         self.counters = counters
         self.in_progress = 0
         self.by_source: collections.Counter[str] = collections.Counter()
+        #: whether this listener's peers read the busy line (the tunnel port): `reconfigure` keeps it
+        self.pace = pace
         self.pacer = HandshakePacer(limits.pacing_s, limits.max_handshakes) if pace and limits.pacing_s > 0 else None
         #: admitted tickets, oldest first, until they finish or stall (the pacer's young ones)
         self._young: collections.deque[Ticket] = collections.deque()
@@ -229,6 +231,20 @@ class HandshakeGate:
         self._refused_since = 0
         self._latest = ""
         self._longest_hint = 0.0
+
+    def reconfigure(self, limits: HandshakeLimits) -> None:
+        """New limits (a config reload): the next connection is admitted under them.  Handshakes in
+        progress keep their slots; a pacer whose `pacing_s` and ceiling did not change keeps its
+        measurements; turning pacing on or off starts or drops it."""
+        if limits == self.limits:
+            return
+        old, self.limits = self.limits, limits
+        self._every.interval_s = limits.log_interval_s
+        if not (self.pace and limits.pacing_s > 0):
+            self.pacer = None
+            self._young.clear()  # nothing counts them out without a pacer; they end by their deadline
+        elif self.pacer is None or (old.pacing_s, old.max_handshakes) != (limits.pacing_s, limits.max_handshakes):
+            self.pacer = HandshakePacer(limits.pacing_s, limits.max_handshakes)
 
     def _young_count(self, pacer: HandshakePacer, now: float) -> int:
         horizon = now - pacer.stall_after_s()

@@ -501,6 +501,9 @@ class Gateway:
         tunnel.heartbeat_timeout_s = config.heartbeat_timeout_s
         tunnel.heartbeat_rtt_every = config.heartbeat_rtt_every
         tunnel.limits = config.client_limits
+        tunnel.gate.reconfigure(config.handshake_limits)
+        if old.handshake_limits != config.handshake_limits:
+            log.info("gateway: reload: handshake limits now %s (for the next connections)", config.handshake_limits)
         for name in ending:
             await self._stop_route(name)
             changes.append(f"route {name} {'removed' if name not in wanted else 'changed'}")
@@ -516,6 +519,7 @@ class Gateway:
                 server.hold_timeout_s = config.hold_timeout_s
                 server.resume_grace_s = config.resume_grace_s
                 server.hello_timeout_s = config.usb_hello_timeout_s
+                server.gate.reconfigure(config.handshake_limits)
         self.routes = []
         for route in config.routes:
             if route.name in starting:

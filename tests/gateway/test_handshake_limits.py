@@ -18,6 +18,7 @@ import trio
 
 from redirgate.cli.lab import LabRoute, make_pki, write_client_config, write_gateway_config
 from redirgate.gateway.admin import read_status
+from redirgate.gateway.config import load_config
 from redirgate.gateway.limits import REFUSAL_LINES_PER_INTERVAL
 from redirgate.vmside.probe import probe
 from tests.support.gateway_procs import running_client, running_gateway
@@ -149,3 +150,29 @@ async def test_a_failed_handshake_storm_is_a_few_lines_and_one_summary(
         assert len(lines) == REFUSAL_LINES_PER_INTERVAL + 1, lines
         assert f"{storm - REFUSAL_LINES_PER_INTERVAL} more refused connection(s)" in lines[-1], lines[-1]
         assert "not TLS (garbage)" in lines[-1]
+
+
+async def test_a_reload_applies_new_handshake_limits(tmp_path: Path) -> None:
+    """SIGHUP's reload: the next connections are admitted under the new `[gateway]` handshake limits
+    (the tunnel port and every route), and pacing can be turned off and on again."""
+    options = {"max_handshakes": 20, "max_handshakes_per_source": 16, "handshake_timeout_s": 120}
+    async with running_lab(tmp_path, [KBD], virtual=["virtual:keyboard"], **options) as lab:  # type: ignore[arg-type]
+        gate = lab.gateway.tunnel.gate
+        assert gate.pacer is not None
+        tighter = {**options, "max_handshakes_per_source": 2, "handshake_pacing_s": 0}
+        await lab.gateway.reload(load_config(write_gateway_config(tmp_path, [KBD], **tighter)))
+        assert gate.pacer is None and gate.limits.max_per_source == 2
+        assert lab.gateway.routes[0].gate.limits == gate.limits
+        send_closed, closed = trio.open_memory_channel[trio.SocketStream](100)
+        async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
+            for _ in range(5):  # one source: 2 may handshake now (16 before the reload), 3 are closed at once
+                tcp = await trio.open_tcp_stream("127.0.0.1", lab.tunnel_port, local_address="127.0.0.2")
+                await stack.enter_async_context(tcp)
+                nursery.start_soon(closed_by_peer, tcp, send_closed)
+            with trio.fail_after(60):  # a safety net far below handshake_timeout_s
+                for _ in range(3):
+                    await closed.receive()
+            assert gate.in_progress == 2 and lab.gateway.snapshot()["counters"]["handshakes_refused"] == 3
+            nursery.cancel_scope.cancel()
+        await lab.gateway.reload(load_config(write_gateway_config(tmp_path, [KBD], **options)))
+        assert gate.pacer is not None and gate.limits.max_per_source == 16
