@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 
+from redirgate.client.usb import engine as engine_module
 from redirgate.client.usb.device import UsbDevice
 from redirgate.client.virtual import (
     LoopbackDevice,
@@ -359,3 +360,38 @@ async def test_reset_with_a_read_in_flight_waits_for_it_to_come_back(loopback, m
         assert status.fields["status"] == SUCCESS
         assert busy_at_reset == [1]
         assert guest.parse_errors == []
+
+
+async def test_requests_answered_at_once_leave_turns_to_other_tasks(loopback, monkeypatch) -> None:
+    """One read that carries several requests the device answers at once (eight 64 KiB bulk IN
+    reads of a SOURCE-mode loopback, about 0.25 ms each) is not handled in one step of the loop:
+    past `STEP_BUDGET_NS` the reader lets the other tasks run, so another device's request on the
+    same client waits for one request, not for the whole read.  Budget 0 here: a turn after
+    each request (with the rule off, no other task ran until all eight were answered)."""
+    monkeypatch.setattr(engine_module, "STEP_BUDGET_NS", 0)
+    backend, device = loopback
+    async with engine_session(source_for(backend)) as s:
+        guest = s.guest
+        await configure(guest)
+        assert (await guest.control(0x40, 0x01, int(LoopbackMode.SOURCE), 0, 0)).fields["status"] == SUCCESS
+        ids = [guest.next_id() for _ in range(8)]
+        seen: list[int] = []  # the device's bulk IN bytes each time another task gets a turn
+        done = trio.Event()
+
+        async def other_task() -> None:
+            while not done.is_set():
+                seen.append(device.stats().bulk_in_bytes)
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other_task)
+            for msg_id in ids:  # one write: the engine reads all eight at once
+                fields = {"endpoint": 0x81, "status": 0, "length": 65536, "stream_id": 0}
+                guest.parser.send(T.BULK_PACKET, msg_id, fields, b"")
+            await guest.flush()
+            for msg_id in ids:
+                reply = await guest.expect(T.BULK_PACKET, lambda e, i=msg_id: e.id == i)
+                assert reply.fields["length"] == 65536
+            done.set()
+        between = {n for n in seen if 0 < n < 8 * 65536}
+        assert len(between) >= 6, f"other tasks ran only at {sorted(between)} bytes"
