@@ -15,6 +15,7 @@ in each class's `__post_init__`.
 from __future__ import annotations
 
 import dataclasses
+import types
 from collections.abc import Mapping
 from enum import Enum, StrEnum
 from typing import Any, ClassVar, TypeVar
@@ -66,13 +67,25 @@ def _to_wire(value: Any) -> Any:
     return value
 
 
+#: a record type's fields by name, and their names in order (`dataclasses.fields` builds its tuple anew on each call)
+_FIELDS: dict[type, tuple[Mapping[str, dataclasses.Field[Any]], tuple[str, ...]]] = {}
+
+
+def _fields_of(cls: type) -> tuple[Mapping[str, dataclasses.Field[Any]], tuple[str, ...]]:
+    known = _FIELDS.get(cls)
+    if known is None:
+        by_name = {f.name: f for f in dataclasses.fields(cls)}
+        known = _FIELDS[cls] = (types.MappingProxyType(by_name), tuple(by_name))
+    return known
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class WireRecord:
     """A frozen record that is one msgpack map on the wire."""
 
     def to_wire(self) -> dict[str, Any]:
         """The map of plain values this record is on the wire."""
-        return {f.name: _to_wire(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {name: _to_wire(getattr(self, name)) for name in _fields_of(type(self))[1]}
 
     @classmethod
     def _field_from_wire(cls, name: str, value: Any) -> Any:
@@ -89,7 +102,7 @@ class WireRecord:
         receive path as InvalidMessageError) on any unknown, missing or bad field."""
         if not isinstance(data, Mapping):
             raise LocalProtocolError(f"{cls.__name__}: expected a map, got {type(data).__name__}")
-        known = {f.name: f for f in dataclasses.fields(cls)}
+        known = _fields_of(cls)[0]
         for key in data:
             if key not in known and key not in cls._NOT_FIELDS:
                 shown = repr(key[:40])
