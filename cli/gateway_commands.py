@@ -389,6 +389,17 @@ def _age(since: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
+def _drops(entry: dict[str, Any]) -> str:
+    """'; DROPPED 12 iso OUT packet(s) ...' for a client, route or channel whose client dropped packets, else ''."""
+    iso_out, to_guest = entry.get("iso_out_dropped", 0), entry.get("to_guest_dropped", 0)
+    said = []
+    if iso_out:
+        said.append(f"{iso_out} iso OUT packet(s) (the device behind the VM)")
+    if to_guest:
+        said.append(f"{to_guest} stream packet(s) to the VM (the VM reading too slowly)")
+    return f"; DROPPED {' and '.join(said)}" if said else ""
+
+
 def format_status(status: dict[str, Any]) -> str:
     routes = status["routes"]
     refusals = status["tunnel_refusals"] + sum(r.get("refusals", 0) for r in routes)
@@ -401,7 +412,7 @@ def format_status(status: dict[str, Any]) -> str:
     lines.append(f"clients online: {len(clients) + more}")
     for c in clients:
         rtt = f", rtt {c['rtt_ms']} ms" if c.get("rtt_ms") is not None else ""
-        lines.append(f"  {c['identity']} from {c['peer']} for {_age(c['since'])}{rtt}")
+        lines.append(f"  {c['identity']} from {c['peer']} for {_age(c['since'])}{rtt}{_drops(c)}")
         for d in c["devices"]:
             lines.append(f"    {d['id']}{' (busy)' if d['busy'] else ''}  {d['description']}")
     if more:
@@ -415,7 +426,7 @@ def format_status(status: dict[str, Any]) -> str:
         if state == "held":
             state += f" ({r['waiting_for']})"
         refused = f", {r['refusals']} refused" if r.get("refusals") else ""
-        lines.append(f"  {r['name']}: {r['listen']} -> {r['device']} on {r['client']}: {state}{refused}")
+        lines.append(f"  {r['name']}: {r['listen']} -> {r['device']} on {r['client']}: {state}{refused}{_drops(r)}")
         ch = r.get("channel")
         if ch:
             resume = ""
@@ -425,6 +436,7 @@ def format_status(status: dict[str, Any]) -> str:
             lines.append(
                 f"    channel {ch['id']} with {ch['hypervisor']} for {_age(ch['since'])}: "
                 f"{ch['bytes_to_device']} B to the device, {ch['bytes_to_hypervisor']} B to the hypervisor{resume}"
+                f"{_drops(ch)}"
             )
         for refusal in r.get("recent_refusals", [])[-3:]:
             lines.append(f"    refused {refusal['peer']} {_age(refusal['time'])} ago: {refusal['reason']}")

@@ -81,6 +81,8 @@ log = logging.getLogger(__name__)
 
 _RECEIVE_BYTES = 65536
 SOFTWARE = "redirgate client"
+#: how often the channels' drop counts are looked at and, when they changed, told to the gateway
+DROP_REPORT_INTERVAL_S = 2.0
 
 #: (OpenChannel, attached data stream) -> serves the channel until it ends.
 ChannelHandler = Callable[[t.OpenChannel, trio.abc.Stream], Awaitable[None]]
@@ -185,7 +187,16 @@ class TunnelClient:
         #: setting the new device node's permissions at the first look)
         self._followup_at: float | None = None
         #: what our hello advertises (without RESUME_CAPABILITY: channels end with their connections)
-        self.capabilities = frozenset({t.CLUSTER_CAPABILITY, t.RESUME_CAPABILITY, t.CRL_CAPABILITY})
+        self.capabilities = frozenset(
+            {t.CLUSTER_CAPABILITY, t.RESUME_CAPABILITY, t.CRL_CAPABILITY, t.STREAM_DROPS_CAPABILITY}
+        )
+        #: the usbredir engines of the live USB channels, by channel id (their drop counts)
+        self.engines: dict[int, HostEngine] = {}
+        #: the drop counts last told to the gateway, by channel id
+        self._drops_told: dict[int, tuple[int, int]] = {}
+        #: the control connection up now takes `StreamDrops` (both hellos name the capability)
+        self._drops_wanted = False
+        self.drop_report_interval_s = DROP_REPORT_INTERVAL_S
         #: channel id -> the cancel scope of its task, over control connections
         self._scopes: dict[int, trio.CancelScope] = {}
         #: channel id -> why the client itself ends it (`end_channels`), told to the gateway
@@ -403,9 +414,11 @@ class TunnelClient:
                 scope.cancel()
         try:
             self._control = control if resumable else None
+            self._drops_wanted = t.STREAM_DROPS_CAPABILITY in hello.capabilities & self.capabilities
             await self._serve_control(control, hello, resumable, stream)
         finally:
             self._control = None
+            self._drops_wanted = False
             self.resumer.control_lost()
 
     async def _send_current(self, message: t.TunnelMessage) -> None:
@@ -476,6 +489,12 @@ class TunnelClient:
         async def send_acks() -> None:
             await self.resumer.send_acks(control.send, self._where)
 
+        async def report_drops() -> None:
+            while True:
+                await trio.sleep(self.drop_report_interval_s)
+                for cid in list(self.engines):
+                    await self._tell_drops(cid, control.send)
+
         async def close_channel(control: ControlSession, event: t.CloseChannel) -> None:
             scope = scopes.get(event.channel_id)
             if scope is not None:
@@ -495,6 +514,8 @@ class TunnelClient:
             t.Revocations: revocations,
         }
         tasks = [inventory_updates]
+        if self._drops_wanted:
+            tasks.append(report_drops)
         if resumable:
             handlers[t.ChannelAck] = channel_ack
             tasks.append(send_acks)
@@ -504,6 +525,16 @@ class TunnelClient:
             heartbeat_timeout_s=hello.heartbeat_timeout_s,
             tasks=tasks,
         )
+
+    async def _tell_drops(self, cid: int, send: Callable[[t.TunnelMessage], Awaitable[None]]) -> None:
+        """Tell the gateway channel `cid`'s drop counts if they changed since it was last told."""
+        engine = self.engines.get(cid)
+        if engine is None or not self._drops_wanted:
+            return
+        counts = engine.drop_counts()
+        if counts != self._drops_told.get(cid, (0, 0)):
+            await send(t.StreamDrops(cid, *counts))
+            self._drops_told[cid] = counts
 
     async def _scan(self) -> dict[str, t.DeviceEntry]:
         return {**await self.inventory.scan(), **self._port_entries()}
@@ -549,9 +580,12 @@ class TunnelClient:
             self._rescan.set()
             with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                 try:
+                    await self._tell_drops(cid, send)  # the last ones too: never silent
                     await send(t.CloseChannel(cid, reason[:250]))
                 except (PeerGone, t.LocalProtocolError):
                     pass
+            self.engines.pop(cid, None)
+            self._drops_told.pop(cid, None)
 
     async def _serve_channel(
         self, request: t.OpenChannel, send: Callable[[t.TunnelMessage], Awaitable[None]], resumable: bool
@@ -569,7 +603,7 @@ class TunnelClient:
                 why = "; ".join(f"refusing {name}: {reason}" for name, reason in refused.items())
                 await send(t.ChannelFailed(cid, (why or f"{device} is not present or not exported")[:250]))
                 return "device refused" if refused else "device not present"
-            handler: ChannelHandler = usb_channel_handler(source)
+            handler: ChannelHandler = usb_channel_handler(source, self.engines)
         elif self.serial is not None and self.serial.knows(device):
             handler = self.serial.serve
         elif self.serial is not None:
@@ -623,11 +657,14 @@ class TunnelClient:
         return data
 
 
-def usb_channel_handler(source: SelectorSource) -> ChannelHandler:
-    """A channel handler that runs the usbredir host engine for `source`."""
+def usb_channel_handler(source: SelectorSource, engines: dict[int, HostEngine] | None = None) -> ChannelHandler:
+    """A channel handler that runs the usbredir host engine for `source`; the engine goes into
+    `engines` under its channel id (the caller takes it out when the channel ended)."""
 
     async def serve(request: t.OpenChannel, stream: trio.abc.Stream) -> None:
         engine = HostEngine(stream, source, peer=f"gateway channel {request.channel_id}")
+        if engines is not None:
+            engines[request.channel_id] = engine
         await engine.run()
 
     return serve

@@ -198,6 +198,17 @@ class GatewayCollector(Collector):
             moved.add_metric([name, "to_hypervisor"], to_hypervisor)
         yield routes
         yield moved
+        dropped = CounterMetricFamily(
+            "redirgate_channel_packets_dropped",
+            "Stream packets the route's client dropped (as usbredirhost drops them; its StreamDrops reports): "
+            "iso_out = the VM's iso OUT packets the device could not take in time, to_guest = packets from the "
+            "device the VM read too slowly for",
+            labels=["route", "client", "kind"],
+        )
+        for name, client, iso_out, to_guest in state.get("dropped", []):
+            dropped.add_metric([name, client, "iso_out"], iso_out)
+            dropped.add_metric([name, client, "to_guest"], to_guest)
+        yield dropped
         expiry = GaugeMetricFamily(
             "redirgate_certificate_expiry_seconds",
             "Seconds until a certificate the gateway uses expires",

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 __all__ = ["TOKEN_BYTES", "Channel", "ClientSession", "Registry", "describe_device"]
 
 TOKEN_BYTES = 32
+#: ended channels a session remembers for the client's last drop counts
+ENDED_KEPT = 16
 
 
 def describe_device(entry: DeviceEntry) -> dict[str, Any]:
@@ -87,11 +89,24 @@ class Channel:
     #: a channel for a client on another node (`remote`): that node says the
     #: client's session can resume it (its answer sets `answered` here)
     client_resumes: bool = False
+    #: the client's drop counts since the channel started (`StreamDrops`): iso OUT, to the guest
+    drops: tuple[int, int] = (0, 0)
+    #: told every increase of `drops` (the route server counts them over the route's life)
+    on_drops: Callable[[int, int], None] | None = None
 
     @property
     def resumable(self) -> bool:
         """Active, and its data connection may be resumed: it outlives a control connection."""
         return self.resume is not None and self.state == "active"
+
+    def dropped(self, counts: tuple[int, int]) -> tuple[int, int]:
+        """The client's counts (`StreamDrops`, totals): the increase, also told to `on_drops`.
+        A repeated or late report changes nothing."""
+        iso_out, to_guest = (max(0, new - old) for new, old in zip(counts, self.drops, strict=True))
+        self.drops = (self.drops[0] + iso_out, self.drops[1] + to_guest)
+        if (iso_out or to_guest) and self.on_drops is not None:
+            self.on_drops(iso_out, to_guest)
+        return iso_out, to_guest
 
     def opened(self) -> None:
         if self.state == "pending":
@@ -144,6 +159,8 @@ class Channel:
             "resumable": self.resume is not None,
             "suspended": self.resume is not None and self.resume.suspended,
             "resumes": 0 if self.resume is None or self.resume.stream is None else self.resume.stream.resumes,
+            "iso_out_dropped": self.drops[0],
+            "to_guest_dropped": self.drops[1],
         }
 
 
@@ -202,6 +219,11 @@ class ClientSession:
         #: serves), and whether that inventory came (`tunnel_server`; a cluster tells the other nodes)
         self.named: set[int] = set()
         self.inventoried = False
+        #: the last channels that ended, for the client's final drop counts (sent as its side ends)
+        #: (made at the first end: no memory for a client that never had a channel)
+        self.ended: dict[int, Channel] | None = None
+        #: packets the client's channels dropped over this session (`StreamDrops`): iso OUT, to the guest
+        self.drops = (0, 0)
         #: the session's ack task waits on this (a resumable channel has an ack due)
         self.acks_wanted = trio.Event()
         #: starts the ack task if it is not running (the control session sets it): only
@@ -265,6 +287,20 @@ class ClientSession:
 
     def forget(self, channel: Channel) -> None:
         self.channels.pop(channel.channel_id, None)
+        if self.ended is None:
+            self.ended = {}
+        self.ended[channel.channel_id] = channel
+        if len(self.ended) > ENDED_KEPT:
+            del self.ended[next(iter(self.ended))]  # the oldest
+
+    def stream_drops(self, channel_id: int, counts: tuple[int, int]) -> None:
+        """The client's `StreamDrops` for one of its channels (live or just ended); others are ignored
+        (a channel another node of a cluster opened, or one ended long ago)."""
+        channel = self.channels.get(channel_id) or (self.ended or {}).get(channel_id)
+        if channel is None:
+            return
+        iso_out, to_guest = channel.dropped(counts)
+        self.drops = (self.drops[0] + iso_out, self.drops[1] + to_guest)
 
     def find(self, selector: DeviceSelector) -> DeviceEntry | None:
         """The inventory entry a route's selector picks (busy or not)."""
@@ -291,6 +327,8 @@ class ClientSession:
             "rtt_ms": None if self.rtt_s is None else round(self.rtt_s * 1000, 3),
             "devices_refused": self.devices_refused,
             "inventory_updates_coalesced": self.updates_coalesced,
+            "iso_out_dropped": self.drops[0],
+            "to_guest_dropped": self.drops[1],
             "devices": [
                 {"id": e.id, "kind": e.kind.value, "description": e.description, "busy": e.busy}
                 for e in self.inventory.values()

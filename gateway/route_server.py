@@ -43,7 +43,7 @@ import trio
 from redirgate.gateway.admission import HandshakeGate
 from redirgate.gateway.config import Route
 from redirgate.gateway.guarded_relay import GuardViolation, relay_usbredir
-from redirgate.gateway.limits import HandshakeLimits
+from redirgate.gateway.limits import Every, HandshakeLimits
 from redirgate.gateway.raw_relay import RawFreezer, relay_raw
 from redirgate.gateway.reactor import RelayReactor
 from redirgate.gateway.registry import Channel, Registry, describe_device
@@ -83,6 +83,8 @@ HOLD_BUFFER_BYTES = 64 * 1024
 HYPERVISOR_TLS_RECORD_BYTES = 4096
 #: A hello is 64 bytes of version and a few capability words: more than this without one is not usbredir.
 HELLO_MAX_BYTES = 4096
+#: a route logs the iso OUT packets its client dropped at most this often
+DROP_LOG_INTERVAL_S = 10.0
 
 
 @dataclass(eq=False)
@@ -154,6 +156,11 @@ class RouteServer:
         #: bytes of channels that ended, each way (the live channel's come on top)
         self.bytes_to_device = 0
         self.bytes_to_hypervisor = 0
+        #: packets the client dropped on the route's channels (its `StreamDrops`): iso OUT, to the guest
+        self.dropped = [0, 0]
+        #: iso OUT drops are logged at most once per interval (status and metrics have every one)
+        self._drop_log = Every(DROP_LOG_INTERVAL_S)
+        self._drops_unlogged = 0
         self._device: dict[str, Any] = {}
         #: recent refusals, newest last (for `gateway status`)
         self.recent_refusals: deque[dict[str, Any]] = deque(maxlen=5)
@@ -170,6 +177,21 @@ class RouteServer:
         live = (ch.stats.a_to_b, ch.stats.b_to_a) if ch is not None and self.state == "active" else (0, 0)
         return self.bytes_to_device + live[0], self.bytes_to_hypervisor + live[1]
 
+    def _dropped(self, iso_out: int, to_guest: int) -> None:
+        """The client says its channel dropped more packets (told also after the channel ended)."""
+        self.dropped[0] += iso_out
+        self.dropped[1] += to_guest
+        self._drops_unlogged += iso_out
+        if self._drops_unlogged and self._drop_log.due(time.monotonic()):
+            log.warning(
+                "route %s: client %s dropped %d more iso OUT packet(s) (the device fell behind the VM); %d in all",
+                self.route.name,
+                self.route.client,
+                self._drops_unlogged,
+                self.dropped[0],
+            )
+            self._drops_unlogged = 0
+
     def snapshot(self) -> dict[str, Any]:
         ch = self.channel
         return {
@@ -185,6 +207,8 @@ class RouteServer:
             "channels_served": self.channels_served,
             "refusals": self.refusals,
             "discarded_bytes": self.discarded_bytes,
+            "iso_out_dropped": self.dropped[0],
+            "to_guest_dropped": self.dropped[1],
             "last_end": self.last_end,
             "recent_refusals": list(self.recent_refusals),
             "channel": ch.snapshot() if ch is not None and self.state == "active" else None,
@@ -465,6 +489,7 @@ class RouteServer:
         assert channel.stream is not None
         self.channel, self.state = channel, "active"
         self.channels_served += 1
+        channel.on_drops = self._dropped
         started = time.monotonic()
         hv = PrefixedStream(stream, held)
         dev = PrefixedStream(channel.stream, channel.trailing)

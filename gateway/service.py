@@ -176,6 +176,7 @@ class Gateway:
             "clients": len(self.registry.clients),
             "channels": sum(1 for r in self.routes if r.state == "active"),
             "bytes": [(r.name, *r.bytes_moved()) for r in self.routes],
+            "dropped": [(r.name, r.route.client, *r.dropped) for r in self.routes],
             "expiry": [(str(path), not_after - time.time()) for path, not_after in self.expiry.items()],
             "crl": _crl_state(self.revocation),
             "counters": dict(self.tunnel.counters),

@@ -114,7 +114,7 @@ class TunnelServer:
         self.heartbeat_rtt_every = heartbeat_rtt_every
         self.software = software
         #: what our hello advertises (without RESUME_CAPABILITY: no channel is resumable)
-        self.capabilities = frozenset({t.RESUME_CAPABILITY})
+        self.capabilities = frozenset({t.RESUME_CAPABILITY, t.STREAM_DROPS_CAPABILITY})
         self.refusals = 0
         #: connections turned away that wait for their ClientHello before the busy line (`_busy`)
         self._busy_waiting = 0
@@ -703,6 +703,9 @@ class ClientControl(ControlSession):
             if channel.remote:
                 self.client.forget(channel)
 
+    async def _stream_drops(self, event: t.StreamDrops) -> None:
+        self.client.stream_drops(event.channel_id, event.counts)
+
     async def _error(self, event: t.Error) -> None:
         session = self.client
         log.warning(
@@ -718,5 +721,6 @@ class ClientControl(ControlSession):
         t.ChannelOpened: _channel_opened,
         t.ChannelFailed: _channel_failed,
         t.CloseChannel: _close_channel,
+        t.StreamDrops: _stream_drops,
         t.Error: _error,
     }

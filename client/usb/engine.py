@@ -629,6 +629,11 @@ class HostEngine:
             stream.dropped,
         )
 
+    def drop_counts(self) -> tuple[int, int]:
+        """(iso OUT, to the guest) packets dropped so far on this connection, all endpoints
+        (what the client tells the gateway: `StreamDrops`)."""
+        return sum(self.iso_out_dropped.values()), sum(self.outbox.dropped.values())
+
     def stream_drops(self) -> dict[str, dict[int, int]]:
         """Packets dropped so far on this connection, per endpoint, for status and metrics:
         ``iso_out`` (the guest's iso OUT packets the device could not take in time) and

@@ -23,6 +23,7 @@ from redirgate.proto.tunnel.connection import (
     Event,
     TunnelConnection,
 )
+from redirgate.proto.tunnel.drops import STREAM_DROPS_CAPABILITY, StreamDrops
 from redirgate.proto.tunnel.errors import (
     DecodeError,
     FrameTooLargeError,
@@ -100,6 +101,7 @@ __all__ = [
     "NEED_DATA",
     "PROTOCOL_VERSION",
     "RESUME_CAPABILITY",
+    "STREAM_DROPS_CAPABILITY",
     "TOKEN_MAX_BYTES",
     "TOKEN_MIN_BYTES",
     "AckPolicy",
@@ -147,6 +149,7 @@ __all__ = [
     "Role",
     "SelectorError",
     "SelectorScheme",
+    "StreamDrops",
     "TruncatedError",
     "TunnelConnection",
     "TunnelMessage",

@@ -3,7 +3,7 @@
 One frozen dataclass per message kind; `KIND` is the `"kind"` string on the
 wire, `SENDERS` the roles that may send it.  Constructors validate every
 field (LocalProtocolError), so a message that exists can be encoded; the
-inventory messages live in `inventory.py`.  `CONTROL_MESSAGES` maps kinds to
+inventory messages live in `inventory.py`, `StreamDrops` in `drops.py`.  `CONTROL_MESSAGES` maps kinds to
 classes for the decoder.  The hello carries no identity: the gateway takes
 the client's identity from its TLS certificate, never from a message.
 
@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Final
 
 from redirgate.proto.tunnel import validate as v
 from redirgate.proto.tunnel.base import Role, TunnelMessage
+from redirgate.proto.tunnel.drops import StreamDrops
 from redirgate.proto.tunnel.errors import LocalProtocolError, SelectorError
 from redirgate.proto.tunnel.inventory import DeviceEntry, Inventory, InventoryUpdate
 from redirgate.proto.tunnel.selectors import DeviceSelector, parse_selector
@@ -464,6 +465,7 @@ CONTROL_MESSAGES: Final[Mapping[str, type[TunnelMessage]]] = MappingProxyType(
             Error,
             Revocations,
             ChannelAck,
+            StreamDrops,
         )
     }
 )

@@ -23,6 +23,9 @@ One `ControlState` is shared by both directions of a `TunnelConnection`.
   any channel id, and `CloseChannel` one never opened on this connection: a
   resumable channel outlives the control connection that opened it, and its
   acks and its end travel on the next one.
+- With `STREAM_DROPS_CAPABILITY` in both hellos: the client's `StreamDrops`
+  names a channel opened on this connection (any id when resumable, like
+  `ChannelAck`), and a live channel's counts never decrease.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from redirgate.proto.tunnel.base import Role, TunnelMessage
+from redirgate.proto.tunnel.drops import STREAM_DROPS_CAPABILITY, StreamDrops
 from redirgate.proto.tunnel.messages import (
     RESUME_CAPABILITY,
     ChannelAck,
@@ -78,6 +82,8 @@ class ControlState:
         self.last_channel_id = 0
         self.channels: dict[int, ChannelState] = {}
         self.last_heartbeat: dict[Role, int] = {}
+        #: the last `StreamDrops` counts of each live channel (gone with the channel)
+        self.drops: dict[int, tuple[int, int]] = {}
 
     @property
     def negotiated_version(self) -> tuple[int, int] | None:
@@ -90,6 +96,10 @@ class ControlState:
     def resumable(self) -> bool:
         """Both hellos name `RESUME_CAPABILITY` (channels may outlive this connection)."""
         return len(self.hellos) == 2 and all(RESUME_CAPABILITY in h.capabilities for h in self.hellos.values())
+
+    def shared(self, capability: str) -> bool:
+        """Both hellos name `capability`."""
+        return len(self.hellos) == 2 and all(capability in h.capabilities for h in self.hellos.values())
 
     def check(self, sender: Role, message: TunnelMessage, *, local: bool) -> None:
         """Raise Violation unless `sender` may send `message` now.  `local`:
@@ -127,12 +137,24 @@ class ControlState:
         elif isinstance(message, ChannelAck):
             if not self.resumable:
                 raise Violation(f"{kind!r} without {RESUME_CAPABILITY!r} in both hellos")
+        elif isinstance(message, StreamDrops):
+            self._check_drops(message)
         elif isinstance(message, (ChannelOpened, ChannelFailed, CloseChannel)):
             earlier = isinstance(message, CloseChannel) and self.resumable
             if message.channel_id > self.last_channel_id and not earlier:
                 raise Violation(f"{kind!r} for channel {message.channel_id}, which was never opened")
             if not isinstance(message, CloseChannel) and self.channels.get(message.channel_id) is ChannelState.OPEN:
                 raise Violation(f"{kind!r} for channel {message.channel_id}, which was already answered")
+
+    def _check_drops(self, message: StreamDrops) -> None:
+        if not self.shared(STREAM_DROPS_CAPABILITY):
+            raise Violation(f"{message.KIND!r} without {STREAM_DROPS_CAPABILITY!r} in both hellos")
+        cid = message.channel_id
+        if cid > self.last_channel_id and not self.resumable:
+            raise Violation(f"{message.KIND!r} for channel {cid}, which was never opened")
+        last = self.drops.get(cid)
+        if last is not None and any(now < before for now, before in zip(message.counts, last, strict=True)):
+            raise Violation(f"{message.KIND!r} for channel {cid}: counts {message.counts} below the last {last}")
 
     def _check_version(self, hello: ClientHello | GatewayHello, local: bool) -> None:
         theirs = hello.protocol_version
@@ -161,5 +183,9 @@ class ControlState:
         elif isinstance(message, ChannelOpened):
             if message.channel_id in self.channels:
                 self.channels[message.channel_id] = ChannelState.OPEN
+        elif isinstance(message, StreamDrops):
+            if message.channel_id in self.channels:
+                self.drops[message.channel_id] = message.counts
         elif isinstance(message, (ChannelFailed, CloseChannel)):
             self.channels.pop(message.channel_id, None)
+            self.drops.pop(message.channel_id, None)

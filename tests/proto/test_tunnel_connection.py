@@ -34,6 +34,7 @@ from redirgate.proto.tunnel import (
     LocalProtocolError,
     OpenChannel,
     RemoteProtocolError,
+    StreamDrops,
     TruncatedError,
     TunnelConnection,
     TunnelProtocolError,
@@ -469,3 +470,70 @@ def test_misuse_of_the_api():
 
     with pytest.raises(LocalProtocolError, match="not a control message"):
         TunnelConnection("client").send(Attach(1, TOKEN))  # type: ignore[arg-type]  # the wrong kind on purpose
+
+
+# ------------------------------------------------------------- stream drops
+
+
+def drops_pair(client_caps=("stream_drops",), gateway_caps=("stream_drops",)):
+    """A client and a gateway after their hellos, channel 1 opened (and answered), 2 opened."""
+    client, gateway = TunnelConnection("client"), TunnelConnection("gateway")
+    gateway.receive_data(client.send(ClientHello(capabilities=set(client_caps))))
+    client.receive_data(gateway.send(GatewayHello(capabilities=set(gateway_caps))))
+    drain(gateway), drain(client)
+    deliver(gateway, client, OpenChannel(1, STICK.id, TOKEN), OpenChannel(2, STICK.id, TOKEN))
+    deliver(client, gateway, ChannelOpened(1))
+    return client, gateway
+
+
+#: (client caps, gateway caps, messages the client sends in order, the violation of the last one or None)
+DROPS_CASES = [
+    # both name it: any channel opened here, counts that stay or grow
+    (("stream_drops",), ("stream_drops",), [StreamDrops(1, 3, 0), StreamDrops(1, 3, 0), StreamDrops(1, 9, 2)], None),
+    (("stream_drops",), ("stream_drops",), [StreamDrops(2, 1, 1)], None),  # pending: opened, not answered yet
+    # an old peer: never sent to it, never accepted from one that did not ask
+    (("stream_drops",), (), [StreamDrops(1, 1, 0)], "without 'stream_drops' in both hellos"),
+    ((), ("stream_drops",), [StreamDrops(1, 1, 0)], "without 'stream_drops' in both hellos"),
+    (("stream_drops",), ("stream_drops",), [StreamDrops(3, 1, 0)], "channel 3, which was never opened"),
+    # totals, never deltas: a live channel's counts do not go down
+    (("stream_drops",), ("stream_drops",), [StreamDrops(1, 5, 1), StreamDrops(1, 4, 1)], "below the last"),
+    (("stream_drops",), ("stream_drops",), [StreamDrops(1, 5, 1), StreamDrops(1, 5, 0)], "below the last"),
+    # resumable: a channel of an earlier control connection may be named, as with acks
+    (("stream_drops", "resume"), ("stream_drops", "resume"), [StreamDrops(77, 1, 0)], None),
+    # the gateway never sends it
+    (("stream_drops",), ("stream_drops",), ["gateway", StreamDrops(1, 1, 0)], "a gateway may not send"),
+]
+
+
+@pytest.mark.parametrize("client_caps, gateway_caps, messages, violation", DROPS_CASES)
+def test_stream_drops_rules(client_caps, gateway_caps, messages, violation):
+    client, gateway = drops_pair(client_caps, gateway_caps)
+    sender, receiver = client, gateway
+    if messages[0] == "gateway":
+        sender, receiver, messages = gateway, client, messages[1:]
+    *fine, last = messages
+    if fine:
+        assert deliver(sender, receiver, *fine) == fine
+    if violation is None:
+        assert deliver(sender, receiver, last) == [last]
+        return
+    with pytest.raises(LocalProtocolError, match=violation):
+        sender.send(last)
+    # the same message arriving from a peer that broke the rule
+    from redirgate.proto.tunnel import encode_message
+
+    receiver.receive_data(encode_message(last, 1 << 20))
+    with pytest.raises(UnexpectedMessageError, match=violation):
+        receiver.next_event()
+
+
+def test_stream_drops_after_a_close_start_again():
+    client, gateway = drops_pair()
+    deliver(client, gateway, StreamDrops(1, 5, 5))
+    # the channel ended; a report crossing the close is still fine, and its counts are not checked again
+    deliver(gateway, client, CloseChannel(1, "vm stopped"))
+    assert deliver(client, gateway, StreamDrops(1, 6, 5), StreamDrops(1, 0, 0)) == [
+        StreamDrops(1, 6, 5),
+        StreamDrops(1, 0, 0),
+    ]
+    assert not client._state.drops and not gateway._state.drops  # nothing kept for ended channels

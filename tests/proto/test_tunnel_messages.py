@@ -32,6 +32,7 @@ from redirgate.proto.tunnel import (
     OpenChannel,
     SelectorError,
     SelectorScheme,
+    StreamDrops,
     decode_message,
     encode_message,
     parse_selector,
@@ -76,6 +77,7 @@ def test_every_kind_is_covered_by_the_strategies():
         "error",
         "channel_ack",
         "revocations",
+        "stream_drops",
     }
 
 
@@ -146,6 +148,10 @@ BAD_CONSTRUCTIONS = [
     (lambda: InventoryUpdate([STICK], [STICK.id]), "both added and removed"),
     (lambda: InventoryUpdate(removed=["nonsense"]), "removed"),
     (lambda: InventoryUpdate(removed=[STICK.id, STICK.id]), "twice"),
+    (lambda: StreamDrops(0), "channel_id"),
+    (lambda: StreamDrops(1, iso_out=-1), "iso_out"),
+    (lambda: StreamDrops(1, to_guest=2**64), "to_guest"),
+    (lambda: StreamDrops(1, iso_out=True), "iso_out"),
 ]
 
 

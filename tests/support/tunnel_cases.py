@@ -29,6 +29,7 @@ from redirgate.proto.tunnel import (
     InventoryUpdate,
     OpenChannel,
     Revocations,
+    StreamDrops,
 )
 
 U32 = 0xFFFFFFFF
@@ -121,6 +122,7 @@ revocations = st.builds(Revocations, st.binary(min_size=1, max_size=64))
 attaches = st.builds(Attach, channel_ids, tokens)
 attach_results = st.builds(AttachResult, st.booleans(), printable, st.just(b"") | st.binary(min_size=32, max_size=32))
 channel_acks = st.builds(ChannelAck, channel_ids, st.integers(0, 2**64 - 1))
+stream_drops = st.builds(StreamDrops, channel_ids, st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1))
 
 #: every control message kind
 control_messages = st.one_of(
@@ -137,6 +139,7 @@ control_messages = st.one_of(
     errors,
     channel_acks,
     revocations,
+    stream_drops,
 )
 
 
