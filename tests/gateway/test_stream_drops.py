@@ -18,6 +18,8 @@ from prometheus_client import generate_latest
 
 from redirgate.cli.gateway_commands import format_status
 from redirgate.cli.lab import LabRoute
+from redirgate.client import tunnel as client_tunnel
+from redirgate.gateway.admin import request
 from redirgate.proto import tunnel as t
 from tests.support.engine_lab import SUCCESS, processed
 from tests.support.refguest import RefGuest, T
@@ -78,24 +80,30 @@ async def _flood_iso_out(lab: Lab, *, told: bool = True) -> int:
 
 
 @pytest.mark.trio_timeout(120)
-async def test_iso_out_drops_reach_gateway_status_and_metrics(tmp_path: Path) -> None:
+async def test_iso_out_drops_reach_gateway_status_and_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # no report while the first channel lives: its counts come with the channel's end
+    monkeypatch.setattr(client_tunnel, "DROP_REPORT_INTERVAL_S", 3600.0)
     async with running_lab(tmp_path, [LOOP], virtual=["virtual:loopback"]) as lab:
-        assert lab.client is not None
-        # no report while the channel lives: the counts come with the channel's end
-        lab.client.drop_report_interval_s = 3600
+        assert lab.client is not None and lab.client.drop_report_interval_s == 3600.0
         first = await _flood_iso_out(lab, told=False)
         await until(lambda: _route(lab)["iso_out_dropped"] == first, "the last drops, told as the channel ended")
-        # reported while the channel lives, and kept over the route's life
-        lab.client.drop_report_interval_s = 0.05
+        # reported while the channel lives (a new control session: its report task takes the short
+        # interval), and kept over the route's life; the client's count is its session's
+        client = lab.client
+        client.drop_report_interval_s = 0.05
+        socket_path = lab.addresses.admin
+        assert socket_path is not None
+        reply = await trio.to_thread.run_sync(request, socket_path, {"command": "disconnect", "target": "thin-01"})
+        assert reply["ok"], reply
+        await until(lambda: client.sessions == 2 and client.online, "the client dialled back")
         second = await _flood_iso_out(lab)
         await until(lambda: _route(lab)["state"] == "idle", "the second channel to end")
         route = _route(lab)
         assert route["iso_out_dropped"] == first + second and route["to_guest_dropped"] == 0
-        (client,) = lab.gateway.snapshot()["clients"]
-        assert client["iso_out_dropped"] == first + second
+        await until(lambda: lab.gateway.snapshot()["clients"][0]["iso_out_dropped"] == second, "the session's count")
         text = format_status(lab.gateway.snapshot())
         assert f"-> usb:1209:0003 on thin-01: idle; DROPPED {first + second} iso OUT packet(s)" in text
-        assert "thin-01 from 127.0.0.1:" in text and f"DROPPED {first + second} iso OUT packet(s)" in text
+        assert "thin-01 from 127.0.0.1:" in text and f"DROPPED {second} iso OUT packet(s)" in text
         metrics = generate_latest(lab.gateway.events.registry).decode()
         line = 'redirgate_channel_packets_dropped_total{client="thin-01",kind="iso_out",route="loop"} '
         assert f"{line}{float(first + second)}" in metrics
