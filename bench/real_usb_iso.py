@@ -4,8 +4,8 @@ The thin client's QEMU gives it a ``usb-audio`` (a UAC1 speaker, one
 192-byte isochronous OUT packet per 1 ms frame) that records every packet it
 takes (``pcap=``).  Per server and run: the server exports it, the VM side
 attaches a ``usb-redir`` through `CountingRelay` (on this host, between the
-VM side and the thin client's port forward: it counts the iso packets the VM
-side sends) and plays a tone of `TONE_S` seconds with ``aplay``.  The figure
+VM side and the thin client's port forward, the gateway's route or the
+stunnel server: it counts the iso packets the VM side sends) and plays a tone of `TONE_S` seconds with ``aplay``.  The figure
 is the share of the packets the VM side sent that the device took: the VM
 side is a TCG guest too, and on a loaded host it sends fewer than the tone's
 packets (its ``aplay`` may even stop with EIO), which says nothing about the
@@ -30,12 +30,16 @@ TONE_S = 4
 
 
 class CountingRelay:
-    """A TCP relay on 127.0.0.1 to `target_port` that counts the usbredir iso packets the guest sends."""
+    """A TCP relay on 127.0.0.1 to `target_port` that counts the usbredir iso packets the guest sends.
 
-    def __init__(self, target_port: int) -> None:
+    `guest_dials` (the VM side's usb-redir connects to the relay): the guest is the accepted side;
+    otherwise the usbredir host dials the relay (on `listen_port`) and the guest is the side dialled."""
+
+    def __init__(self, target_port: int, *, listen_port: int = 0, guest_dials: bool = True) -> None:
         self.target_port = target_port
+        self.guest_dials = guest_dials
         self.iso_packets = 0
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = socket.create_server(("127.0.0.1", listen_port))
         self.port = self._listener.getsockname()[1]
         self._sockets: list[socket.socket] = [self._listener]
         self._threads = [threading.Thread(target=self._run, daemon=True)]
@@ -43,10 +47,11 @@ class CountingRelay:
 
     def _run(self) -> None:
         try:
-            guest, _ = self._listener.accept()
-            host = socket.create_connection(("127.0.0.1", self.target_port))
+            accepted, _ = self._listener.accept()
+            dialled = socket.create_connection(("127.0.0.1", self.target_port))
         except OSError:
             return  # closed before the VM side dialled
+        guest, host = (accepted, dialled) if self.guest_dials else (dialled, accepted)
         self._sockets += [guest, host]
         back = threading.Thread(target=self._pump, args=(host, guest, None), daemon=True)
         self._threads.append(back)
@@ -77,28 +82,19 @@ class CountingRelay:
             thread.join(10)
 
 
-def iso_one(thin: Any, vm: Any, server: str, share: Path, log_path: Path, guest_port: int) -> dict[str, float]:
-    """One server exporting the usb-audio, one tone: packets sent, taken, share taken, CPU."""
-    from bench.real_usb import _guest_cpu_s, _stop, _wait_listening_script
+def iso_one(thin: Any, vm: Any, tunnels: Any, role: str, share: Path, log_path: Path) -> dict[str, float]:
+    """`role` exporting the usb-audio, one tone: packets sent, taken, share taken, thin-client CPU."""
+    from bench.real_usb_serve import guest_cpu_s, served
+    from tests.support.thinclient import QEMU_IDS
     from tests.support.usbaudio import iso_out_to_the_device, tone_script
 
     pcap = share / "audio.pcap"
     start = pcap.stat().st_size
-    pid = thin.guest.spawn(server, log_path)
-    redir = relay = None
-    try:
-        thin.run(_wait_listening_script(guest_port), 900)
-        relay = CountingRelay(thin.guest.host_port(guest_port))
-        redir = vm.attach(relay.port)
-        cpu0 = _guest_cpu_s(thin, pid)
+    with served(thin, vm, tunnels, role, QEMU_IDS["usb-audio"], log_path, count_iso=True) as attached:
+        cpu0 = guest_cpu_s(thin, attached.pids)
         vm.guest.run(tone_script(TONE_S), 600, check=False)  # an EIO from aplay (a starved VM side) is data too
-        cpu1 = _guest_cpu_s(thin, pid)
-    finally:
-        if redir is not None:
-            vm.detach(redir)
-        if relay is not None:
-            relay.close()
-        _stop(thin, pid)
+        cpu1 = guest_cpu_s(thin, attached.pids)
+        relay = attached.relay
     # QEMU's pcap writer buffers: the detach (the device goes back to the thin client) pushes the tone's out
     taken, _ = iso_out_to_the_device(pcap.read_bytes(), start)
     sent = relay.iso_packets

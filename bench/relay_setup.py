@@ -194,7 +194,17 @@ def make_pki(directory: Path) -> Pki:
     )
 
 
-def _stunnel_file(workdir: Path, name: str, pki: Pki, port: int, connect: int, role: list[str]) -> Path:
+def _stunnel_file(
+    workdir: Path,
+    name: str,
+    pki: Pki,
+    port: int,
+    connect: int,
+    role: list[str],
+    *,
+    accept_host: str = LOOPBACK,
+    connect_host: str = LOOPBACK,
+) -> Path:
     """One stunnel4 service `name`: `accept` on `port`, `connect` to `connect`, TLS 1.3 with
     the chain checked and TCP_NODELAY both ways; `role` says which end of the TLS it is."""
     path = workdir / f"{name}.conf"
@@ -204,8 +214,8 @@ def _stunnel_file(workdir: Path, name: str, pki: Pki, port: int, connect: int, r
         f"output = {workdir / (name + '.log')}",
         "debug = warning",
         "[tunnel]",
-        f"accept = {LOOPBACK}:{port}",
-        f"connect = {LOOPBACK}:{connect}",
+        f"accept = {accept_host}:{port}",
+        f"connect = {connect_host}:{connect}",
         *role,
         f"CAfile = {pki.ca}",
         "verifyChain = yes",
@@ -223,11 +233,16 @@ def stunnel_config(pki: Pki, port: int, sink_port: int, workdir: Path) -> Path:
     return _stunnel_file(workdir, "stunnel", pki, port, sink_port, role)
 
 
-def stunnel_client_config(pki: Pki, port: int, server_port: int, workdir: Path) -> Path:
+def stunnel_client_config(
+    pki: Pki, port: int, server_port: int, workdir: Path, *, accept_host: str = LOOPBACK, connect_host: str = LOOPBACK
+) -> Path:
     """stunnel4 in client mode: plain on `port`, mutual TLS 1.3 to the stunnel on `server_port`
-    (with :func:`stunnel_config` behind it, the two make a TLS tunnel between two plain ends)."""
+    (with :func:`stunnel_config` behind it, the two make a TLS tunnel between two plain ends);
+    `connect_host`: where that server is (10.0.2.2 from a guest on QEMU's user network)."""
     role = ["client = yes", f"cert = {pki.client_cert}", f"key = {pki.client_key}", f"checkHost = {SERVER_NAME}"]
-    return _stunnel_file(workdir, "stunnel-client", pki, port, server_port, role)
+    return _stunnel_file(
+        workdir, "stunnel-client", pki, port, server_port, role, accept_host=accept_host, connect_host=connect_host
+    )
 
 
 def haproxy_config(pki: Pki, port: int, sink_port: int, workdir: Path) -> Path:

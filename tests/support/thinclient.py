@@ -494,10 +494,12 @@ class VmSide:
     def run(self, script: str, timeout_s: float = 300.0) -> str:
         return self.guest.run(script, timeout_s).stdout
 
-    def attach(self, port: int) -> str:
-        """Hot-add a usb-redir dialling 127.0.0.1:`port` (reconnect=1); returns its device id."""
+    def attach(self, port: int, *, listen: bool = False) -> str:
+        """Hot-add a usb-redir dialling 127.0.0.1:`port` (reconnect=1), or with `listen` one whose
+        chardev listens there for the usbredir host to dial in; returns its device id."""
         n = next(self._ids)
-        reply = self.guest.hmp(f"chardev-add socket,id=redirchr{n},host=127.0.0.1,port={port},reconnect=1")
+        mode = "server=on,wait=off" if listen else "reconnect=1"
+        reply = self.guest.hmp(f"chardev-add socket,id=redirchr{n},host=127.0.0.1,port={port},{mode}")
         if reply:
             raise RuntimeError(f"chardev-add failed: {reply}")
         reply = self.guest.hmp(f"device_add usb-redir,chardev=redirchr{n},bus=xhci.0,id=redir{n}")
