@@ -115,10 +115,12 @@ class _Direction:
         "need_dst",
         "need_src",
         "opposite",
+        "out",
         "record",
         "room",
         "short_read",
         "side",
+        "size",
         "src",
         "start",
         "view",
@@ -129,10 +131,17 @@ class _Direction:
     ) -> None:
         self.channel = channel
         self.src, self.dst = src, dst
-        self.buf = bytearray(max(size, len(src.prefix)))
-        self.view = memoryview(self.buf)
-        self.room = len(self.buf)
+        self.size = size
+        #: a resumable channel: the replay buffer of what we write to dst, the count of what we read from src
+        self.record: t.ResumableChannel | None = dst.resume.channel if dst.resume is not None else None
+        self.count: t.ResumableChannel | None = src.resume.channel if src.resume is not None else None
+        self.hooked = self.record is not None or self.count is not None
+        #: where the next read goes: our own buffer, or (recording) a window of the replay ring itself
+        self.view = memoryview(bytearray(size)) if self.record is None else memoryview(bytearray())
+        self.room = len(self.view)
         self.iov = (self.view,)
+        #: what is being written out: out[start:end] is read and not yet written
+        self.out = self.view
         self.start = 0
         self.end = 0
         self.forward = forward
@@ -144,37 +153,41 @@ class _Direction:
         self.need_src = 0
         self.need_dst = 0
         self.short_read = False
-        #: a resumable channel: the replay buffer of what we write to dst, the count of what we read from src
-        self.record: t.ResumableChannel | None = dst.resume.channel if dst.resume is not None else None
-        self.count: t.ResumableChannel | None = src.resume.channel if src.resume is not None else None
-        self.hooked = self.record is not None or self.count is not None
         if src.prefix:
-            n = len(src.prefix)
-            self.view[:n] = src.prefix
-            self.end = n
-            if inspect is not None and inspect(self.view[:n]):
+            prefix = memoryview(src.prefix)
+            n = len(prefix)
+            self.out, self.end = prefix, n  # written out before the first read
+            if inspect is not None and inspect(prefix):
                 self.inspect = None
-            if self.hooked:
-                self.hook(self.view[:n])
+            if self.count is not None:
+                self.counted(n)
+            if self.record is not None:
+                self.record.sent(prefix)  # copied in: the prefix is not in the ring
         if self.record is not None:
             self.limit()
 
     def limit(self) -> None:
-        """Read no more than the replay buffer's room (0: do not read)."""
+        """Recording: the next read goes into the replay ring, no more than its room
+        (an empty window: do not read until an ack makes room)."""
         assert self.record is not None
-        room = min(len(self.buf), self.record.room())
-        if room != self.room:
-            self.room = room
-            self.iov = (self.view[:room],)
+        self.view = view = self.record.outgoing.window(self.size)
+        self.room = len(view)
+        self.iov = (view,)
+
+    def counted(self, n: int) -> None:
+        assert self.count is not None
+        ack = self.count.received(n)
+        if ack is not None and self.src.resume is not None:
+            self.channel.call_soon(self.src.resume.ack_due, ack)
 
     def hook(self, chunk: memoryview) -> None:
-        """A resumable channel's bookkeeping for a chunk just read (in the reactor thread)."""
+        """A resumable channel's bookkeeping for a chunk just read into `view`
+        (in the reactor thread): counted, and when recording it is in the
+        replay ring already (committed, no copy), the next read goes after it."""
         if self.count is not None:
-            ack = self.count.received(len(chunk))
-            if ack is not None and self.src.resume is not None:
-                self.channel.call_soon(self.src.resume.ack_due, ack)
+            self.counted(len(chunk))
         if self.record is not None:
-            self.record.sent(chunk)
+            self.record.outgoing.commit(len(chunk))
             self.limit()
 
 
@@ -297,7 +310,7 @@ class _Channel:
     def unsent(self) -> tuple[bytes, bytes]:
         """(read from b, not yet written to a; read from a, not yet written to b)."""
         ba, ab = self.ba, self.ab
-        return bytes(ba.view[ba.start : ba.end]), bytes(ab.view[ab.start : ab.end])
+        return bytes(ba.out[ba.start : ba.end]), bytes(ab.out[ab.start : ab.end])
 
     def step(self, d: _Direction, fresh: int = 0) -> None:
         """Move what can move now in direction d; raise _Ended at its end.
@@ -307,7 +320,7 @@ class _Channel:
         stored in between, the common case of the loop below.
         """
         d.need_src = d.need_dst = 0
-        src, dst, view = d.src, d.dst, d.view
+        src, dst = d.src, d.dst
         moved = 0
         n: int | None  # bytes read this turn; None from a TLS read that would block
         try:
@@ -320,6 +333,7 @@ class _Channel:
                     # (level-triggered; OpenSSL holds nothing unread)
                     d.need_src = _IN
                     return
+                view = d.view  # a recording direction's moves on after each chunk (hook)
                 if fresh:
                     n, fresh = fresh, 0
                     if src.tls:
@@ -363,7 +377,7 @@ class _Channel:
                 self._count(d, k)
                 moved += n
                 if k < n:
-                    d.start, d.end = k, n
+                    d.out, d.start, d.end = chunk, k, n
                     if d.need_dst or not self._flush(d):
                         return
         except (ssl.SSLError, OSError) as exc:  # the reading side's socket (writes raise _Ended themselves)
@@ -372,7 +386,7 @@ class _Channel:
     def _flush(self, d: _Direction) -> bool:
         """Write out view[start:end]; True when it all went (the buffer is free again)."""
         while d.end > d.start:
-            k = _send(d.dst, d.view[d.start : d.end], d)
+            k = _send(d.dst, d.out[d.start : d.end], d)
             if k is None:
                 return False
             d.start += k
@@ -576,7 +590,7 @@ class RelayReactor:
                 else:
                     channel.stats.b_to_a += k
                 if k < n:  # the rest waits for room: the general path takes it
-                    d.start, d.end = k, n
+                    d.out, d.start, d.end = chunk, k, n
                     service(channel)
 
     def _drain_wake(self) -> None:

@@ -187,6 +187,111 @@ def test_the_replay_buffer_holds_what_a_plain_model_holds(ops):
     assert buf.replay_from(buf.acked) == bytes(model[buf.acked :])
 
 
+_PATTERN = bytes(range(251)) * 300
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 2), st.integers(1, 70_000), st.integers(0, 100)),
+        min_size=1,
+        max_size=80,
+    )
+)
+def test_bytes_read_into_the_window_are_held_as_pushed_ones(ops):
+    """The relay reactor's way in (`window`, a read into it, `commit`) beside
+    `push` and partial acks, across the ring's wrap and growth: the buffer holds
+    exactly the model's unacknowledged bytes, and storage only while some are."""
+    limit = 100_000
+    buf = ReplayBuffer(limit)
+    model = bytearray()
+    open_window = False  # a window handed out and not committed to: it keeps the ring
+    for kind, size, percent in ops:
+        data = _PATTERN[len(model) % 251 :][:size]  # byte k of the channel is k % 251
+        if kind == 0:
+            window = buf.window(size)
+            n = len(window) * percent // 100 if len(window) else 0
+            window[:n] = data[:n]
+            buf.commit(n)
+            assert len(window) <= min(size, buf.room() + n)
+            model += data[:n]
+            open_window = n == 0 and len(window) > 0
+        elif kind == 1:
+            data = data[: buf.room()]
+            buf.push(data)
+            model += data
+            open_window = open_window and not data
+        else:
+            buf.ack(buf.acked + buf.pending() * percent // 100)
+            open_window = open_window and buf.allocated  # kept with the ring, or gone with it
+        assert buf.unacknowledged() == bytes(model[buf.acked :])
+        # storage while bytes are held, or while a reader holds a window to read into (the reactor's read buffer)
+        assert buf.allocated == (buf.pending() > 0 or open_window)
+        assert buf.capacity <= limit
+    assert buf.replay_from(buf.acked) == bytes(model[buf.acked :])
+
+
+def test_a_window_is_refused_once_stale():
+    buf = ReplayBuffer(1 << 20)
+    window = buf.window(100)
+    buf.push(b"x")  # the tail moved
+    with pytest.raises(LocalProtocolError, match="window"):
+        buf.commit(1)
+    window = buf.window(100)
+    window[:2] = b"ab"
+    buf.commit(2)
+    buf.ack(3)  # everything acknowledged: the ring is gone
+    with pytest.raises(LocalProtocolError, match="window"):
+        buf.commit(1)
+    assert not buf.allocated and buf.window(10).nbytes == 10
+
+
+def test_a_reader_keeps_the_ring_a_steady_flow_needs_and_drops_one_it_outgrew():
+    """Acknowledged to the last byte: a ring read into (the reactor's window) is kept
+    while the round's flow needed an eighth of it or it is no bigger than the
+    reader's own read buffer, else dropped (a burst is over)."""
+    buf = ReplayBuffer(1 << 22)
+    capacities = []
+    for _ in range(3):  # a steady flow: 1 MiB rounds, each acknowledged to the last byte
+        sent = 0
+        while sent < 1 << 20:
+            window = buf.window(256 * 1024)
+            buf.commit(len(window))
+            sent += len(window)
+        buf.window(256 * 1024)  # the reader's next read goes there
+        buf.ack(buf.sent_total)
+        assert buf.allocated  # kept
+        capacities.append(buf.capacity)
+    assert capacities == [capacities[0]] * 3 and capacities[0] <= 2 << 20  # no regrowth in later rounds
+    window = buf.window(256 * 1024)
+    window[:64] = bytes(64)
+    buf.commit(64)  # the burst is over: a small message
+    buf.window(256 * 1024)
+    buf.ack(buf.sent_total)
+    assert not buf.allocated  # the ring it outgrew is dropped
+    window = buf.window(256 * 1024)  # a new one, the reader's read buffer
+    window[:64] = bytes(64)
+    buf.commit(64)
+    buf.window(256 * 1024)
+    buf.ack(buf.sent_total)
+    assert buf.capacity == 256 * 1024  # kept: no bigger than what the reader reads into anyway
+    buf.push(b"x")
+    buf.ack(buf.sent_total)  # no reader's window: dropped whatever the round
+    assert not buf.allocated
+
+
+def test_a_full_window_fills_the_ring_then_waits_for_acks():
+    buf = ReplayBuffer(8192)
+    got = 0
+    while window := buf.window(3000):
+        got += len(window)
+        buf.commit(len(window))
+    assert got == 8192 and buf.room() == 0 and buf.capacity == 8192
+    buf.ack(5000)
+    window = buf.window(10_000)  # from the wrap point up to the oldest byte held
+    assert len(window) == 5000
+
+
 def test_replay_buffer_refuses_to_exceed_its_bound():
     buf = ReplayBuffer(4)
     buf.push(b"abcd")
