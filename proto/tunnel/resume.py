@@ -146,16 +146,15 @@ class ReplayBuffer:
         self._tail = 0
         #: the ring `window()` last handed out (a commit into another one is refused)
         self._window: bytearray | None = None
-        #: the most bytes held at once since everything was last acknowledged
-        self._peak = 0
         #: the ring a reader's `window(want)` needs for itself (its read buffer), kept while it reads
         self._reader_ring = 0
 
     @property
     def allocated(self) -> bool:
-        """Whether any storage is held: only while data is unacknowledged, or
-        while a reader holds a `window` into a ring the last round needed."""
-        return self._ring is not None
+        """Whether storage is held for replay: only while data is unacknowledged.
+        (A reader that reads into the ring keeps one no bigger than what it
+        reads into while nothing is held: its read buffer, not replay.)"""
+        return self._ring is not None and (self.sent_total > self.acked or len(self._ring) > self._reader_ring)
 
     @property
     def capacity(self) -> int:
@@ -208,15 +207,13 @@ class ReplayBuffer:
                 ring[: size - first] = view[first:]
         self._tail = (tail + size) % cap
         self.sent_total += size
-        self._peak = max(self._peak, self.sent_total - self.acked)
 
     def window(self, want: int) -> memoryview:
         """Where the next bytes to send may be read into: contiguous free space of
         the ring, at most `want` and `room()` bytes (empty when there is no room).
         `commit(n)` then records its first n bytes as sent.  The window stays
         valid until the next `push`, `window` or an ack that acknowledges everything."""
-        if not self._reader_ring:
-            self._reader_ring = _ring_size(want)
+        self._reader_ring = max(self._reader_ring, _ring_size(want))
         size = min(want, self.room())
         if size <= 0:
             self._window = None
@@ -249,7 +246,6 @@ class ReplayBuffer:
         self._tail = (self._tail + size) % len(ring)
         self.sent_total += size
         self._window = None
-        self._peak = max(self._peak, self.sent_total - self.acked)
 
     def check_offset(self, offset: int, what: str) -> None:
         """ResumeError unless acked <= offset <= sent_total."""
@@ -270,13 +266,10 @@ class ReplayBuffer:
         self.acked = offset
         if offset == self.sent_total:
             # Everything acknowledged: the storage goes, unless a reader reads into
-            # it (the reactor's window: then it is that reader's read buffer) and
-            # it is no bigger than that buffer or this round needed an eighth of
-            # it: a steady flow acknowledged to the last byte now and then would
-            # otherwise grow a ring from nothing each time (copying it twice per
-            # ack, measured); a burst that is over gives its big ring back.
-            peak, self._peak = self._peak, 0
-            if self._window is None or len(ring) > max(8 * peak, self._reader_ring):
+            # it (the reactor's window) and it is no bigger than what that reader
+            # reads into anyway (its read buffer, which a channel that does not
+            # resume holds too): no new ring for each message of a quiet channel.
+            if self._window is None or len(ring) > self._reader_ring:
                 self._ring = self._window = None
                 self._head = self._tail = 0
 
