@@ -64,6 +64,7 @@ ROUTES = [
     LabRoute("ftdi", "serial:ftdi", extra={"settings": "19200,8E1"}),
     LabRoute("audio", f"usb:{_usb(QEMU_IDS['usb-audio'])}"),
     LabRoute("ccid", f"usb:{_usb(QEMU_IDS['usb-ccid'])}"),
+    LabRoute("uas", f"usb:{_usb(QEMU_IDS['usb-uas'])}"),
 ]
 
 EXTRA_EXPORT = f"""usb_ports = ["{HUB_CHILD_PORT}"]
@@ -193,6 +194,7 @@ def running_usb_lab(share: Path, vm_share: Path) -> Iterator[UsbLab]:
                 _usb(QEMU_IDS["usb-hub"]),
                 _usb(QEMU_IDS["usb-audio"]),
                 _usb(QEMU_IDS["usb-ccid"]),
+                _usb(QEMU_IDS["usb-uas"]),
             ],
             extra_export=EXTRA_EXPORT,
         )
