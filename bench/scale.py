@@ -955,11 +955,16 @@ def run_idle(n: int, windows: int, procs: int = IDLE_PROCS) -> dict[str, Any]:
                 for label, every in IDLE_ARMS:
                     _set_rtt_every(herd, every)
                     time.sleep(HEARTBEAT_INTERVAL_S)  # one whole interval in this mode first
+                    beats0 = sum(m["heartbeats"] for m in herd.all("mark", 30))
                     gw0 = process_cpu_s(herd.gateway.pid)
                     gen0, w0 = sum(process_cpu_s(p) for p in loadgens), time.monotonic()
                     time.sleep(window_s)
                     dt = time.monotonic() - w0
                     pct = 100 * (process_cpu_s(herd.gateway.pid) - gw0) / dt
+                    beats = sum(m["heartbeats"] for m in herd.all("mark", 30)) - beats0
+                    # the clients kept up (1.0: each sent one heartbeat per interval), so the gateway had
+                    # the whole load to answer: the figure is its CPU, not the load generators' limit
+                    _put(arms[label], "idle_beats_per_interval", beats * HEARTBEAT_INTERVAL_S / dt / max(online, 1))
                     _put(arms[label], "idle_gateway_pct", pct)
                     _put(arms[label], "idle_gateway_pct_per_1000", pct * 1000 / max(online, 1))
                     _put(arms[label], "idle_loadgen_pct", 100 * (sum(process_cpu_s(p) for p in loadgens) - gen0) / dt)
@@ -992,6 +997,7 @@ IDLE_ROWS: tuple[tuple[str, str, int], ...] = (
     ("idle_gateway_pct", "gateway CPU, % of one core", 1),
     ("idle_gateway_pct_per_1000", "  per 1,000 clients", 2),
     ("idle_loadgen_pct", "simulated clients' processes CPU, %", 1),
+    ("idle_beats_per_interval", "client heartbeats per client per interval", 2),
 )
 
 

@@ -24,8 +24,8 @@ process per role, so the gateway's CPU and memory are read from its own
                  ``connect K`` (start clients 0..K-1; the first handshakes
                  at most ``--connect-concurrency`` at a time; answers once
                  all are online or after ``--connect-timeout-s``),
-                 ``mark [K]`` (clients online, sessions and connection
-                 attempts so far, and the
+                 ``mark [K]`` (clients online, sessions, connection
+                 attempts and heartbeats sent so far, and the
                  byte counters of clients 0..K-1), ``restart-mark`` (right
                  before the gateway is killed: the clients online now are
                  the ones to come back), ``back`` (since then: each
@@ -61,6 +61,7 @@ from redirgate.transport import (
     ControlSession,
     PeerGone,
     Refusal,
+    TimerWheel,
     TlsRefused,
     ZeroCopyTLSStream,
     client_context,
@@ -96,9 +97,18 @@ class SimError(Exception):
 class SimClient:
     """One simulated thin client (see the module docstring)."""
 
-    def __init__(self, index: int, context: ClientContext, port: int, more_ports: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self,
+        index: int,
+        context: ClientContext,
+        port: int,
+        more_ports: tuple[int, ...] = (),
+        timers: TimerWheel | None = None,
+    ) -> None:
         self.index = index
         self.context = context
+        #: the process's one heartbeat task for all its clients (None: a task per session, as the real client)
+        self.timers = timers
         #: the gateways to try in turn (a cluster's nodes: the real client's `gateway` list)
         self.ports = (port, *more_ports)
         self._turn = 0
@@ -124,6 +134,9 @@ class SimClient:
         self.attempts = 0
         self.channel_bytes = 0
         self.channels = 0
+        #: heartbeats sent by the sessions that ended, and the live session (None between sessions)
+        self.heartbeats_ended = 0
+        self.control: ControlSession | None = None
         self.t_start: float | None = None
         self.t_tls: float | None = None
         self.t_online: float | None = None
@@ -218,11 +231,24 @@ class SimClient:
                 stream = await self._timed_dial()
         else:
             stream = await self._timed_dial()
+        control = self.control = ControlSession(stream, "client", peer=f"{LOOPBACK}:{self.port}")
         try:
-            await self._control(ControlSession(stream, "client", peer=f"{LOOPBACK}:{self.port}"))
+            await self._control(control)
         finally:
+            self.control = None
+            self.heartbeats_ended += self.heartbeats_of(control)
             with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                 await stream.aclose()
+
+    @property
+    def heartbeats(self) -> int:
+        """Heartbeats sent so far, over all sessions."""
+        live = self.control
+        return self.heartbeats_ended + (self.heartbeats_of(live) if live is not None else 0)
+
+    @staticmethod
+    def heartbeats_of(control: ControlSession) -> int:
+        return control.tracker.next_seq if control.tracker is not None else 0
 
     async def _control(self, control: ControlSession) -> None:
         # resume-capable, like the real client: the gateway's idle-client memory includes what that costs
@@ -259,6 +285,7 @@ class SimClient:
             {t.OpenChannel: open_channel, t.CloseChannel: close_channel, t.Error: error, t.ChannelAck: ignore},
             heartbeat_interval_s=hello.heartbeat_interval_s,
             heartbeat_timeout_s=hello.heartbeat_timeout_s,
+            timers=self.timers,
         )
 
     async def _channel(
@@ -340,7 +367,10 @@ async def clients_role(args: argparse.Namespace) -> None:
         d = client_dir(base, client_name(i))
         contexts.append(client_context(d / "client-cert.pem", d / "client-key.pem", ca, args.server_name))
     more = tuple(args.more_ports or ())
-    clients = [SimClient(args.first + i, ctx, args.port, more) for i, ctx in enumerate(contexts)]
+    # one timer task for all of this process's clients (the gateway's way): the load generators' own
+    # CPU stays well below the gateway's, so they are not what an idle measurement measures
+    timers = TimerWheel(resolution_s=0.1)
+    clients = [SimClient(args.first + i, ctx, args.port, more, timers) for i, ctx in enumerate(contexts)]
     marked_at = time.perf_counter()
     base_totals: dict[str, int] = {}
     soft, hard = raise_nofile()
@@ -349,6 +379,7 @@ async def clients_role(args: argparse.Namespace) -> None:
     done = trio.Event()
     done.set()
     async with trio.open_nursery() as nursery:
+        await nursery.start(timers.run)
         stdin = trio.lowlevel.FdStream(os.dup(0))
         async with stdin:
             async for line in _lines(stdin):
@@ -401,6 +432,7 @@ async def clients_role(args: argparse.Namespace) -> None:
                             "sessions": sum(c.sessions for c in clients),
                             "attempts": sum(c.attempts for c in clients),
                             "channels": sum(c.channels for c in clients),
+                            "heartbeats": sum(c.heartbeats for c in clients),
                             "bytes": [c.channel_bytes for c in clients[:k]],
                             "errors": sorted({c.last_error for c in clients if c.last_error and not c.online})[:5],
                         }

@@ -423,6 +423,7 @@ class Gateway:
             self.registry.take_over(taken, inherited.state.next_ids)
         async with RelayReactor() as reactor, trio.open_nursery() as nursery:
             self._reactor, self._nursery = reactor, nursery
+            await nursery.start(self.tunnel.run_timers)  # before the first session: they need it running
             nursery.start_soon(self._serve_bounded, contained(self.tunnel.handle, "tunnel"), tunnel, "tunnel")
             addresses = GatewayAddresses(_bound(tunnel))
             log.info("gateway: tunnel listener on %s:%d", *addresses.tunnel)

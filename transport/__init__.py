@@ -7,7 +7,8 @@ Owns the TLS contexts (:mod:`.tls`), the zero-copy streams (TLS:
 (:mod:`.relay`), peer naming (:mod:`.sockets`), the certificate identity
 convention (:mod:`.identity`), the transport errors (:mod:`.errors`) and the
 driver of a tunnel control session with the one "peer gone" error
-(:mod:`.control`), the CRL both ends trust when our CA signed it (:mod:`.crl`), and the data stream of a resumable channel
+(:mod:`.control`), the one task that runs many sessions' heartbeat timers
+(:mod:`.timers`), the CRL both ends trust when our CA signed it (:mod:`.crl`), and the data stream of a resumable channel
 (:mod:`.resumable`, issue 16).
 Import its public names from here, not from the submodules.  The gateway's
 relay reactor thread is not here: it is `redirgate.gateway.reactor`.
@@ -56,6 +57,7 @@ from redirgate.transport.stream import (
     open_tls_connection,
     record_layer,
 )
+from redirgate.transport.timers import Timer, TimerWheel
 from redirgate.transport.tls import (
     ClientContext,
     RevocationChecker,
@@ -95,6 +97,8 @@ __all__ = [
     "SignedCrl",
     "SocketLender",
     "SocketMover",
+    "Timer",
+    "TimerWheel",
     "TlsRefused",
     "TransportError",
     "ZeroCopyTLSStream",

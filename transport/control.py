@@ -3,7 +3,7 @@
 `ControlSession` runs one end of a control connection (the sans-IO
 `redirgate.proto.tunnel.TunnelConnection`) over a byte stream:
 
-- `send(message)` encodes under the send lock (so the state table sees the
+- `send(message)` encodes under the send gate (so the state table sees the
   messages in wire order) and writes the frame *shielded*: a caller cancelled
   half way waits for the rest of the frame instead of leaving half of it on
   the stream.  (A frame that fits the socket buffer is written at once
@@ -15,9 +15,13 @@
 - `receive()` reads until the connection has the next message (hellos).
 - `serve(handlers, ...)` is the session after the hellos: the read loop
   feeds the connection and dispatches each message by type through the
-  table (``await handlers[type(message)](session, message)``); heartbeats
-  are answered and sent here by one timer task that sleeps until the
-  earlier of its two deadlines (our next heartbeat, the peer's timeout:
+  table (``await handlers[type(message)](session, message)``); a heartbeat
+  is answered from the read loop, written at once where the frame fits the
+  socket buffer (no task switch).  Our heartbeats and the peer's timeout
+  are one timer on a `TimerWheel` (`transport.timers`): the session's own,
+  run by a task in its nursery, or one that many sessions share (`timers`:
+  the gateway's, one task for every client); the timer fires at the earlier
+  of its two deadlines (our next heartbeat, the peer's timeout:
   `HeartbeatTracker.next_deadline`), so a received message costs no timer
   work.  `rtt_every` (the gateway's, whose peers heartbeat anyway): our
   heartbeat goes out only after a whole interval without a word from the
@@ -52,6 +56,7 @@ import trio
 from redirgate.proto import tunnel as t
 from redirgate.transport.errors import TransportError
 from redirgate.transport.interfaces import nonblocking
+from redirgate.transport.timers import TimerWheel
 
 __all__ = [
     "RECEIVE_BYTES",
@@ -132,7 +137,8 @@ class ControlSession:
         "_failure",
         "_nursery",
         "_outcome",
-        "_send_lock",
+        "_send_waiters",
+        "_sending",
         "_try_send",
         "conn",
         "peer",
@@ -158,7 +164,9 @@ class ControlSession:
         self.send_timeout_s = send_timeout_s
         #: heartbeat timing of the running `serve` (None before it)
         self.tracker: t.HeartbeatTracker | None = None
-        self._send_lock = trio.Lock()
+        #: the send gate: a frame is being written (by `send`, or the rest of one `_send_nowait` began)
+        self._sending = False
+        self._send_waiters = trio.lowlevel.ParkingLot()
         #: the stream's non-blocking write, when it has one (asked once: a Protocol check is slow)
         self._try_send = stream.try_send if nonblocking(stream) else None
         self._broken: PeerGone | None = None
@@ -171,7 +179,11 @@ class ControlSession:
         """Write `message` whole, or raise: `LocalProtocolError` (nothing
         written) or `PeerGone`.  Cancellation before the write starts is
         honoured; once it started, the frame is finished first."""
-        async with self._send_lock:  # a checkpoint: the fast path below needs none of its own
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while self._sending:  # one frame at a time, in the order the state table saw them
+            await self._send_waiters.park()
+        self._sending = True
+        try:
             if self._broken is not None:
                 raise PeerGone(self.peer, self._broken.reason)
             wire: bytes | memoryview = self.conn.send(message)
@@ -181,17 +193,54 @@ class ControlSession:
                     sent = try_send(memoryview(wire))
                 except _STREAM_GONE as exc:
                     raise self._break(_gone(self.peer, exc)) from exc
-                if sent == len(wire):
-                    return
-                wire = memoryview(wire)[sent or 0 :]
-            limit = self.send_timeout_s if timeout_s is None else timeout_s
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + limit) as write:
-                try:
-                    await self.stream.send_all(wire)
-                except _STREAM_GONE as exc:
-                    raise self._break(_gone(self.peer, exc)) from exc
-            if write.cancelled_caught:
-                raise self._break(PeerGone(self.peer, f"a {message.KIND!r} write stalled for {limit:g} s"))
+                wire = memoryview(wire)[sent or 0 :] if sent != len(wire) else b""
+            if wire:
+                await self._write_rest(wire, message.KIND, self.send_timeout_s if timeout_s is None else timeout_s)
+        finally:
+            self._release_send()
+        if not wire:  # written without waiting: still a schedule point, as trio's own sends are
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def _write_rest(self, wire: bytes | memoryview, kind: str, limit: float) -> None:
+        """The rest of a frame, shielded, within `limit` seconds (the caller holds the gate)."""
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + limit) as write:
+            try:
+                await self.stream.send_all(wire)
+            except _STREAM_GONE as exc:
+                raise self._break(_gone(self.peer, exc)) from exc
+        if write.cancelled_caught:
+            raise self._break(PeerGone(self.peer, f"a {kind!r} write stalled for {limit:g} s"))
+
+    def _release_send(self) -> None:
+        self._sending = False
+        if self._send_waiters:
+            self._send_waiters.unpark()  # it looks again: a waiter cancelled meanwhile has left the lot
+
+    def _send_nowait(self, message: t.TunnelMessage) -> bool:
+        """`send` without waiting, from the read loop or a timer (only while `serve` runs): True
+        once `message` is the stream's, False if it must wait for the gate (call `send`).  Where
+        the socket takes part of the frame only, a task of the session writes the rest under the
+        gate.  Raises as `send` does (`LocalProtocolError`: nothing written; `PeerGone`)."""
+        try_send = self._try_send
+        if try_send is None or self._sending:
+            return False
+        if self._broken is not None:
+            raise PeerGone(self.peer, self._broken.reason)
+        wire = self.conn.send(message)
+        try:
+            sent = try_send(memoryview(wire))
+        except _STREAM_GONE as exc:
+            raise self._break(_gone(self.peer, exc)) from exc
+        if sent != len(wire):
+            self._sending = True
+            self.start_soon(self._finish_frame, memoryview(wire)[sent or 0 :], message.KIND)
+        return True
+
+    async def _finish_frame(self, rest: memoryview, kind: str) -> None:
+        try:
+            await self._write_rest(rest, kind, self.send_timeout_s)
+        finally:
+            self._release_send()
 
     def _break(self, gone: PeerGone) -> PeerGone:
         """The stream can carry no more frames: later sends fail, `serve` ends."""
@@ -223,6 +272,7 @@ class ControlSession:
         tasks: Sequence[Callable[[], Awaitable[None]]] = (),
         before_heartbeat: Callable[[], None] | None = None,
         rtt_every: Callable[[], int] | None = None,
+        timers: TimerWheel | None = None,
     ) -> str:
         """Read, dispatch and heartbeat until the session ends (module docstring).
 
@@ -231,17 +281,25 @@ class ControlSession:
         every interval (it may `finish`), whether our heartbeat goes out or
         not.  `rtt_every`: see the module docstring (None, or a value of 1:
         a heartbeat every interval); asked at each interval, so it may change.
+        `timers`: a running `TimerWheel` shared with other sessions (None: one
+        of the session's own).
         """
         if self._broken is not None:
             raise PeerGone(self.peer, self._broken.reason)
+        if timers is not None and not timers.running:
+            raise RuntimeError("ControlSession.serve: the shared TimerWheel is not running")
         self._failure = None
         now = trio.current_time()
         tracker = self.tracker = t.HeartbeatTracker(heartbeat_interval_s, heartbeat_timeout_s, now)
+        timer = _HeartbeatTimer(self, tracker, before_heartbeat, rtt_every)
         self._outcome = "connection closed"
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._heartbeats, tracker, before_heartbeat, rtt_every)
+                if timers is None:
+                    timers = TimerWheel()
+                    nursery.start_soon(timers.run)
+                timers.add(timer, tracker.next_deadline())
                 for task in tasks:
                     nursery.start_soon(self._guarded, task)
                 try:
@@ -250,6 +308,7 @@ class ControlSession:
                     self._fail(exc)
                 nursery.cancel_scope.cancel()
         finally:
+            timer.close()  # its next firing leaves the wheel
             self._nursery = None
         if self._failure is not None:
             raise self._failure
@@ -280,6 +339,11 @@ class ControlSession:
         except Exception as exc:  # re-raised by serve() as it is
             self._fail(exc)
 
+    def _ending(self) -> bool:
+        """`finish` or a failure has ended `serve` (or it is not running)."""
+        nursery = self._nursery
+        return nursery is None or nursery.cancel_scope.cancel_called
+
     async def _read_loop(self, handlers: Mapping[type[t.TunnelMessage], Handler], tracker: t.HeartbeatTracker) -> None:
         conn, stream = self.conn, self.stream
         while True:
@@ -298,7 +362,9 @@ class ControlSession:
             tracker.on_received(now)  # moves the peer timeout: no timer is touched per message
             builtin = True
             if isinstance(event, t.Heartbeat):
-                await self.send(t.HeartbeatAck(event.seq))
+                ack = t.HeartbeatAck(event.seq)
+                if not self._send_nowait(ack):  # written at once where it fits: no task switch
+                    await self.send(ack)
             elif isinstance(event, t.HeartbeatAck):
                 tracker.on_ack(event.seq, now)
             else:
@@ -309,33 +375,76 @@ class ControlSession:
             elif not builtin:
                 raise t.UnexpectedMessageError(f"{event.KIND!r} is not handled here", kind=event.KIND)
 
-    async def _heartbeats(
+    async def _send_later(self, timer: _HeartbeatTimer, message: t.TunnelMessage) -> None:
+        """A heartbeat that had to wait for the gate (another frame is being written)."""
+        try:
+            await self.send(message)
+        finally:
+            timer.sending = False
+
+
+class _HeartbeatTimer:
+    """A session's heartbeats and its peer's timeout, as one `TimerWheel` timer.
+
+    `fire` runs on the wheel's task: it ends the session with `PeerSilent`
+    once the peer has been silent for the timeout; when our heartbeat is due
+    it runs `before_heartbeat` (which may end the session), then sends ours,
+    or skips it (`rtt_every`: the peer spoke since our last one, and it is not
+    the interval that times the round trip).  Nothing here waits: the
+    heartbeat is written at once where it fits the socket buffer, else by a
+    task of the session (`_send_later`; while that one waits, the next is
+    skipped).  Errors end the session (`_fail`), never the wheel.
+    """
+
+    __slots__ = ("before", "rtt_every", "sending", "session", "skipped", "tracker")
+
+    def __init__(
         self,
+        session: ControlSession,
         tracker: t.HeartbeatTracker,
-        before_heartbeat: Callable[[], None] | None,
+        before: Callable[[], None] | None,
         rtt_every: Callable[[], int] | None,
     ) -> None:
-        """Both timers in one task: it sleeps until the earlier of "our next
-        heartbeat is due" and "the peer's timeout ends" (`next_deadline`),
-        then does what is due.  A received message only moves
-        `tracker.last_received`; the task finds the new deadline when it wakes."""
-        skipped = 0
+        #: None once the session's `serve` ended: the next `fire` leaves the wheel
+        self.session: ControlSession | None = session
+        self.tracker = tracker
+        self.before = before
+        self.rtt_every = rtt_every
+        #: our heartbeats skipped in a row (`rtt_every`)
+        self.skipped = 0
+        #: a heartbeat is waiting in `_send_later`
+        self.sending = False
+
+    def close(self) -> None:
+        """The session is over: nothing of it stays referenced from the wheel's heap."""
+        self.session = self.before = self.rtt_every = None
+
+    def fire(self, now: float) -> float | None:
+        session = self.session
+        if session is None or session._ending():
+            return None
+        tracker = self.tracker
         try:
-            while True:
-                await trio.sleep_until(tracker.next_deadline())
-                now = trio.current_time()
-                if tracker.expired(now):
-                    raise PeerSilent(self.peer, f"no sign of life for {tracker.timeout_s:g} s")
-                if not tracker.due(now):
-                    continue  # woken for a timeout that a message has moved since
-                if before_heartbeat is not None:
-                    before_heartbeat()
-                    await trio.lowlevel.checkpoint_if_cancelled()  # it may have called finish()
-                if rtt_every is not None and skipped + 1 < rtt_every() and tracker.heard_since_sent():
-                    skipped += 1
+            if tracker.expired(now):
+                raise PeerSilent(session.peer, f"no sign of life for {tracker.timeout_s:g} s")
+            if tracker.due(now):
+                if self.before is not None:
+                    self.before()
+                    if session._ending():  # it called finish(): no heartbeat after that
+                        return None
+                rtt_every = self.rtt_every
+                if self.sending:  # the last one still waits to be written
                     tracker.skip(now)
-                    continue
-                skipped = 0
-                await self.send(t.Heartbeat(tracker.on_sent(now)))
+                elif rtt_every is not None and self.skipped + 1 < rtt_every() and tracker.heard_since_sent():
+                    self.skipped += 1
+                    tracker.skip(now)
+                else:
+                    self.skipped = 0
+                    heartbeat = t.Heartbeat(tracker.on_sent(now))
+                    if not session._send_nowait(heartbeat):
+                        self.sending = True
+                        session.start_soon(session._send_later, self, heartbeat)
         except Exception as exc:  # re-raised by serve() as it is
-            self._fail(exc)
+            session._fail(exc)
+            return None
+        return tracker.next_deadline()
