@@ -170,7 +170,7 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 def _run_gateway(args: argparse.Namespace) -> int:
-    from redirgate.gateway.admin import AdminSocketInUse, check_admin_socket
+    from redirgate.gateway.admin import AdminSocketInUse, answer_timeout_s, check_admin_socket
     from redirgate.gateway.errors import GatewayError
     from redirgate.gateway.handover import HANDOVER_ENV, HandoverFailed, Inheritance
     from redirgate.gateway.pki import PkiError
@@ -231,6 +231,10 @@ def _run_gateway(args: argparse.Namespace) -> int:
         except HandoverFailed:
             notifier.status("restart called off: this process goes on serving (see the log)")
             return
+        # the admin socket is the new process's now: the answers this one is writing
+        # are finished first (a status cut short is torn JSON to its reader)
+        with trio.move_on_after(answer_timeout_s() + 1):
+            await gateway.admin_answers.finish()
         # the new process owns every socket now: this one's teardown must not touch
         # them (close QEMU's, remove the admin socket's file), so it ends here
         logging.shutdown()

@@ -33,16 +33,19 @@ from typing import Any
 
 import trio
 
-from redirgate.gateway.admission import serve_bounded
+from redirgate.gateway.admission import AcceptPause, serve_bounded
 from redirgate.gateway.errors import GatewayError
 
 __all__ = [
+    "ANSWER_TIMEOUT_S",
     "REQUEST_LIMIT",
     "STATUS_MAX_ENTRIES",
+    "AdminAnswers",
     "AdminRequest",
     "AdminSocketInUse",
     "BadAdminRequest",
     "Streamed",
+    "answer_timeout_s",
     "check_admin_socket",
     "encode_status",
     "open_admin",
@@ -114,21 +117,76 @@ async def open_admin(path: Path) -> trio.SocketListener:
     return trio.SocketListener(sock)
 
 
+class AdminAnswers:
+    """The admin answers a process is writing, so that one that leaves (a
+    gateway restart hands the admin socket to its successor) stops taking new
+    ones and finishes these first: `redirgate gateway status` during a restart
+    reads a whole answer, from the old process or the new one, never half of
+    one (trio thread only)."""
+
+    def __init__(self) -> None:
+        self.pause = AcceptPause()
+        self.running = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def one(self) -> Iterator[None]:
+        self.running += 1
+        self._idle = trio.Event() if self.running == 1 else self._idle
+        try:
+            yield
+        finally:
+            self.running -= 1
+            if not self.running:
+                self._idle.set()
+
+    async def finish(self) -> None:
+        """Take no new connection (they wait in the backlog for whoever accepts next) and
+        return once every answer under way was written; each ends within `answer_timeout_s()`."""
+        self.pause.pause()
+        await self._idle.wait()
+
+
+#: An admin connection is answered (or given up) within this long of its accept
+#: (`REDIRGATE_ADMIN_TIMEOUT_S` sets another: tests that hold an answer open).
+ANSWER_TIMEOUT_S = 5.0
+
+
+def answer_timeout_s() -> float:
+    """ANSWER_TIMEOUT_S, or what `REDIRGATE_ADMIN_TIMEOUT_S` says (a positive number)."""
+    try:
+        value = float(os.environ.get("REDIRGATE_ADMIN_TIMEOUT_S", ""))
+    except ValueError:
+        return ANSWER_TIMEOUT_S
+    return value if value > 0 else ANSWER_TIMEOUT_S
+
+
 async def serve_admin(
     path: Path,
     snapshot: Callable[[], dict[str, Any]],
     *,
     listener: trio.SocketListener | None = None,
     commands: Callable[[AdminRequest], dict[str, Any]] | None = None,
+    answers: AdminAnswers | None = None,
     task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Answer on `path` (bound here unless `listener` is given) until cancelled; the file goes with it."""
+    """Answer on `path` (bound here unless `listener` is given) until cancelled; the file goes with it.
+    `answers`: what a leaving process waits for (`AdminAnswers.finish`)."""
     if listener is None:
         listener = await open_admin(path)
+    if answers is None:
+        answers = AdminAnswers()
+    tracked = answers
+    budget_s = answer_timeout_s()
 
     async def answer(stream: trio.SocketStream) -> None:
+        with tracked.one():
+            await _answer(stream)
+
+    async def _answer(stream: trio.SocketStream) -> None:
         try:
-            with trio.move_on_after(5):
+            with trio.move_on_after(budget_s):
                 reply = await _reply(stream, snapshot, commands)
                 for piece in encode_status(reply):
                     await stream.send_all(piece)  # a checkpoint per piece: the loop stays free
@@ -140,7 +198,9 @@ async def serve_admin(
     try:
         async with listener:
             task_status.started(path)
-            await serve_bounded(answer, [listener], what="admin socket", counters=collections.Counter())
+            await serve_bounded(
+                answer, [listener], what="admin socket", counters=collections.Counter(), pause=tracked.pause
+            )
     finally:
         with contextlib.suppress(OSError):
             _remove_stale_socket(path)

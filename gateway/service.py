@@ -24,7 +24,7 @@ from typing import Any
 import trio
 from cryptography import x509
 
-from redirgate.gateway.admin import AdminRequest, Streamed, open_admin, serve_admin
+from redirgate.gateway.admin import AdminAnswers, AdminRequest, Streamed, open_admin, serve_admin
 from redirgate.gateway.admission import AcceptPause, serve_bounded
 from redirgate.gateway.cluster.channels import RemoteChannels
 from redirgate.gateway.cluster.identity import ClusterIdentity
@@ -151,6 +151,8 @@ class Gateway:
         self._tasks: dict[str, _RouteTask] = {}
         #: stops and restarts the tunnel's and the routes' accept loops (a restart hands them over)
         self._pause = AcceptPause()
+        #: the admin answers under way: a process that hands over finishes them before it exits
+        self.admin_answers = AdminAnswers()
         #: listening sockets other than the routes', by name (a restart hands them over)
         self._listening: list[tuple[str, trio.SocketListener]] = []
         #: why the last restart was called off ("" if none was), and how many were
@@ -446,7 +448,12 @@ class Gateway:
             if admin_listener is not None:
                 addresses.admin = await nursery.start(
                     functools.partial(
-                        serve_admin, config.admin_socket, self.status, listener=admin_listener, commands=self.command
+                        serve_admin,
+                        config.admin_socket,
+                        self.status,
+                        listener=admin_listener,
+                        commands=self.command,
+                        answers=self.admin_answers,
                     )
                 )
             self.addresses = addresses

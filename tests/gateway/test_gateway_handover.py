@@ -12,6 +12,8 @@ Waits are on events (status through the admin socket, bytes arriving).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,7 +35,7 @@ from tests.support.gateway_procs import (
 )
 from tests.support.loopback import Loopback
 from tests.support.serial_lab import Pty, pty_pair, read_master, receive_exactly, write_master
-from tests.support.waiting import until
+from tests.support.waiting import until, until_async
 
 LOOP = "usb:1209:0003"  # the emulated loopback device
 ROUTES = [LabRoute("loop", LOOP), LabRoute("console", "serial:console")]
@@ -139,3 +141,69 @@ async def test_a_restart_whose_new_process_cannot_start_leaves_the_old_one_servi
         lines = [line for line in gw.log().splitlines() if "restart called off" in line]
         assert len(lines) == 1 and "exit code" in lines[0], lines
         assert successors == []  # no new process serves
+
+
+async def test_an_admin_answer_under_way_when_the_restart_completes_is_finished_before_the_old_process_exits(
+    tmp_path: Path,
+) -> None:
+    """`gateway status` during a restart reads a whole answer: the old process stops taking
+    admin connections once the new one serves (they wait in the backlog for it) and
+    finishes the answers it is writing before it exits.  Here an answer is held open by
+    its reader (the request line not yet complete) across the moment the new process
+    serves; the old process must still answer it, from its own pid, in full.  The new
+    process is held stopped (SIGSTOP) until the held connection is surely the old one's."""
+    import json
+    import socket
+
+    make_pki(tmp_path)
+    config = write_gateway_config(tmp_path, [LabRoute("loop", LOOP)])
+    admin = tmp_path / "gateway.sock"
+    successors: list[int] = []
+    # the held answer outlives the admin socket's 5 s budget on a loaded machine: a longer one
+    env = {"REDIRGATE_ADMIN_TIMEOUT_S": "300"}
+    with running_gateway(config, tmp_path / "gateway.log", env=env) as gw:
+        try:
+            old = gw.process.pid
+            gw.process.send_signal(signal.SIGUSR2)
+            await until(lambda: bool(children_of(old)), "the new process started")
+            new = children_of(old)[0]
+            successors.append(new)
+            os.kill(new, signal.SIGSTOP)  # it accepts nothing meanwhile: only the old process answers
+            held = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            with held:
+                held.connect(str(admin))
+                held.sendall(b'{"command": "status"}')  # no newline yet: the answer waits for it
+                assert (await status(admin))["pid"] == old  # the held one was accepted first, by the old process
+                os.kill(new, signal.SIGCONT)
+
+                async def serving() -> bool:
+                    return (await status(admin))["pid"] == new
+
+                await until_async(serving, "the new process serving", poll_s=0.1)
+                held.sendall(b"\n")
+                held.shutdown(socket.SHUT_WR)
+                held.settimeout(60)
+                answer = b""
+                while chunk := await trio.to_thread.run_sync(held.recv, 65536):
+                    answer += chunk
+            assert json.loads(answer)["pid"] == old  # whole, and from the process that took the request
+            await trio.to_thread.run_sync(gw.process.wait, 60)  # then it leaves
+        finally:
+            for pid in successors:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+            stop_successors(gw, admin, successors)
+
+
+def children_of(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    if int(stat.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
