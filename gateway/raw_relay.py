@@ -49,9 +49,27 @@ discarded bytes land) are allocated once per channel; reads go straight into
 the ring's free space, sends straight out of its filled space (only
 memoryview slices are made per chunk; the one copy is on the awaiting path,
 when a read into the scratch buffer returns just as a discard period ends);
-each task takes the non-blocking fast path when its stream offers it.  Raw
-channels run in these trio tasks, not in a relay reactor: a plain pump's
-structural backpressure is exactly what must not reach a VM here.
+each task takes the non-blocking fast path when its stream offers it.  The
+reactor's structural backpressure is exactly what must not reach a VM
+here, hence the hand-back on congestion (below).
+
+The reactor (`mover`, the gateway's `RelayReactor`): while the client side
+takes every byte at once, neither the ring nor the discard rule has
+anything to do, and the channel's two sockets are lent to the reactor
+thread (`RelayReactor.move_raw`), which moves a typed byte with one epoll
+wake-up and no trio scheduler pass (issue 13: the trio hop cost about two
+thirds of the gateway's CPU per round trip).  The reactor gives the
+channel back the moment a write to the client side would block or the
+replay buffer is full ("congested"), or the client's connection breaks, a
+freeze or `interrupt()` cancels the lend, or an end: what it read and did
+not write goes into the ring (already recorded for the replay:
+`ResumableStream.recorded_ahead`) or to the client -> hypervisor task, and
+these three trio tasks run as described above.  When the writer finds the
+ring empty again with nothing else in flight (no discard period, no write
+to the hypervisor, not frozen, replay room), it stops the other two where
+they wait holding nothing and the sockets are lent again.  Ownership: the
+trio tasks and the reactor take turns, never both at once (`relay_raw`'s
+loop: tasks, lend, tasks, ...).
 
 It never parses what it moves and holds no gateway state (the caller keeps
 the counters).  It is for raw channels only: an RFC 2217 consumer is a
@@ -75,7 +93,18 @@ from typing import Final
 
 import trio
 
-from redirgate.transport import NonBlockingStream, ReceiveIntoStream, RelayStats, nonblocking, pump
+from redirgate.gateway.reactor import RelayReactor
+from redirgate.transport import (
+    Handover,
+    NonBlockingStream,
+    PrefixedStream,
+    ReceiveIntoStream,
+    RelayStats,
+    ResumableStream,
+    SocketLender,
+    nonblocking,
+    pump,
+)
 
 __all__ = ["DEFAULT_RAW_BUFFER_BYTES", "DEFAULT_STALL_S", "DISCARD_CHUNK_BYTES", "RawFreezer", "relay_raw"]
 
@@ -165,6 +194,8 @@ class RawFreezer:
         relay.thawed = trio.Event()
         if relay.reader_scope is not None:
             relay.reader_scope.cancel()
+        if relay.lend_scope is not None:
+            relay.lend_scope.cancel()  # the reactor gives the sockets back; the trio tasks park
         while not relay.reader_parked or relay.delivering:
             await relay.settled.park()
 
@@ -204,6 +235,7 @@ class _Relay:
         on_discard: Callable[[int], None] | None,
         stall_s: float,
         flush_budget_s: float,
+        mover: RelayReactor | None = None,
     ) -> None:
         self.hypervisor = hypervisor
         self.device = device
@@ -240,6 +272,18 @@ class _Relay:
         self.direct: NonBlockingStream | None = None
         #: what the reader's direct send raised, for the writer to raise
         self.direct_error: trio.BrokenResourceError | trio.ClosedResourceError | None = None
+        #: the relay reactor that moves the bytes while the client side takes them at once
+        #: (see "The reactor"); None: trio tasks only
+        self.mover = mover
+        self.resumable = _resumable(device)
+        #: the current lend's scope (a freeze cancels it)
+        self.lend_scope: trio.CancelScope | None = None
+        #: the trio tasks stopped to lend the sockets to the reactor again
+        self.calm = False
+        #: read from the client side by the reactor and not yet written to the hypervisor
+        self.unsent_to_hypervisor = b""
+        #: the client -> hypervisor task's wait for bytes (a lend cancels it)
+        self.c2h_wait: trio.CancelScope | None = None
 
     # -- bookkeeping --------------------------------------------------------
 
@@ -353,6 +397,8 @@ class _Relay:
                         await self._read_slow()
                     break
                 self.reader_scope = None
+                if self.calm:
+                    return  # the reactor takes over (the writer cancelled this read)
             reason = "end of stream"
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
@@ -452,7 +498,18 @@ class _Relay:
                 )
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._end("b", f"{type(exc).__name__}: {exc}")
-        cancel.cancel()
+        if not self.calm:
+            cancel.cancel()
+
+    def _stop_for_lend(self) -> None:
+        """The writer holds nothing and may lend: stop the other two tasks where
+        they wait holding nothing (not a cancel of the nursery: the client ->
+        hypervisor task may be writing; it stops after the write)."""
+        self.calm = True
+        if self.reader_scope is not None:
+            self.reader_scope.cancel()
+        if self.c2h_wait is not None:
+            self.c2h_wait.cancel()
 
     async def _until_filled(self) -> bool:
         """Wait for bytes to send; False when the hypervisor is done and all of them went."""
@@ -473,6 +530,9 @@ class _Relay:
                 try:
                     while not self.ring.size and self.direct_error is None:
                         if self.hypervisor_done:
+                            return
+                        if self.mover is not None and self._may_lend():
+                            self._stop_for_lend()
                             return
                         await self.filled.park()
                 finally:
@@ -498,11 +558,77 @@ class _Relay:
             await send_all(view)  # the reader only ever writes outside this run
             self._consumed(len(view))
 
+    # -- the reactor -------------------------------------------------------------
+
+    def _lend_both(self) -> tuple[Handover, Handover] | None:
+        """Both streams' sockets, or None while either cannot lend (nothing is taken)."""
+        try:
+            a = self.hypervisor.lend() if isinstance(self.hypervisor, SocketLender) else None
+            b = self.device.lend() if isinstance(self.device, SocketLender) else None
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return None
+        return None if a is None or b is None else (a, b)
+
+    def _may_lend(self) -> bool:
+        """Whether the trio tasks may stop for a lend now: nothing held, nothing
+        to discard, not frozen, and both sockets lendable with replay room."""
+        if self.frozen or not self.accepting or self.period_started is not None or self.delivering:
+            return False
+        r = self.resumable
+        if r is not None and (r.suspended or not r.channel.room()):
+            return False
+        return self._lend_both() is not None
+
+    async def lend(self) -> bool:
+        """One lend of both sockets to the reactor; True when the channel ended in it.
+
+        Whatever else ends the lend (the client side took nothing at once, its
+        connection broke, a freeze or `interrupt()` cancelled it, the
+        hypervisor ended) leaves what the reactor read and did not write
+        with the trio tasks: a -> b in the ring (recorded already), b -> a
+        for the client -> hypervisor task to write first."""
+        assert self.mover is not None and not self.ring.size
+        lent = self._lend_both()
+        if lent is None:
+            return False
+        stats = self.stats
+        before = stats.a_to_b
+        outcome = None
+        r = self.resumable
+        with r.lent_scope() if r is not None else trio.CancelScope() as self.lend_scope:
+            outcome = await self.mover.move_raw(*lent, stats, self.ring.capacity)
+        self.lend_scope = None
+        for stream in (self.hypervisor, self.device):
+            if isinstance(stream, PrefixedStream):
+                stream.drop_prefix()  # the reactor delivered them
+        to_b, to_a = stats.unsent_to_b, stats.unsent_to_a
+        stats.unsent_to_a = stats.unsent_to_b = b""
+        self.committed += stats.a_to_b - before + len(to_b)
+        if to_b:
+            self.ring.view[: len(to_b)] = to_b
+            self.ring.commit(len(to_b))
+            if r is not None:
+                r.recorded_ahead(len(to_b))
+        if to_a:
+            self.unsent_to_hypervisor, self.delivering = to_a, True
+        if stats.ended_by == "b" and not stats.broken:
+            if to_a:  # the client side ended the channel: what it sent still reaches the hypervisor
+                with trio.move_on_after(self.flush_budget_s):
+                    await self.hypervisor.send_all(to_a)
+                    stats.b_to_a += len(to_a)
+            return True
+        if outcome is not None and not outcome.congested and not outcome.ended_by:
+            self.mover = None  # the reactor is not running: trio tasks from now on
+        # everything else is the trio tasks' to find again (an end, a break to recover from)
+        stats.ended_by, stats.reason, stats.broken = "", "", False
+        return False
+
     # -- client -> hypervisor ---------------------------------------------------
 
     async def client_to_hypervisor(self, buffer_bytes: int, cancel: trio.CancelScope) -> None:
-        """The plain pump; with a freezer, one that says while it writes (a freeze waits for the write to end)."""
-        if not self.freezable:
+        """The plain pump; with a freezer or a reactor, one that says while it writes (a freeze,
+        and a lend to the reactor, wait for the write to end)."""
+        if not self.freezable and self.mover is None:
             try:
                 await pump(self.device, self.hypervisor, buffer_size=buffer_bytes, stats=self.stats, forward=False)
                 reason = "end of stream"
@@ -515,8 +641,23 @@ class _Relay:
         view = memoryview(buf)
         receive_into, send_all = self.device.receive_into, self.hypervisor.send_all
         try:
+            if self.delivering:  # what the reactor read from the client side and did not write
+                try:
+                    await send_all(self.unsent_to_hypervisor)
+                    self.stats.b_to_a += len(self.unsent_to_hypervisor)
+                    self.unsent_to_hypervisor = b""
+                finally:
+                    self.delivering = False
+                    self.settled.unpark_all()
             while True:
-                n = await receive_into(buf)
+                if self.calm:
+                    return  # the reactor takes over
+                n = -1
+                with trio.CancelScope() as self.c2h_wait:
+                    n = await receive_into(buf)
+                self.c2h_wait = None
+                if n < 0:
+                    return  # stopped for a lend while it waited: nothing was read
                 if n == 0:
                     break
                 self.delivering = True
@@ -525,6 +666,8 @@ class _Relay:
                 finally:
                     self.delivering = False
                     self.settled.unpark_all()
+                    if self.mover is not None:
+                        self.filled.unpark_all()  # the writer may lend now
                 self.stats.b_to_a += n
             reason = "end of stream"
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -544,6 +687,7 @@ async def relay_raw(
     stall_s: float = DEFAULT_STALL_S,
     flush_budget_s: float = DEFAULT_FLUSH_BUDGET_S,
     freezer: RawFreezer | None = None,
+    mover: RelayReactor | None = None,
 ) -> RelayStats:
     """Relay hypervisor (a) <-> client data connection (b) without ever stalling a.
 
@@ -565,6 +709,7 @@ async def relay_raw(
         on_discard=on_discard,
         stall_s=stall_s,
         flush_budget_s=flush_budget_s,
+        mover=mover,
     )
     if freezer is not None:
         state.committed = freezer.offset
@@ -572,11 +717,23 @@ async def relay_raw(
         freezer.relay = state
 
     try:
-        async with trio.open_nursery() as nursery:
-            # The reader does not end the relay: the writer flushes first.
-            nursery.start_soon(state.read_hypervisor)
-            nursery.start_soon(state.write_device, nursery.cancel_scope)
-            nursery.start_soon(state.client_to_hypervisor, buffer_bytes, nursery.cancel_scope)
+        while True:
+            state.calm = False
+            state.writer_scope = trio.CancelScope()
+            async with trio.open_nursery() as nursery:
+                # The reader does not end the relay: the writer flushes first.
+                nursery.start_soon(state.read_hypervisor)
+                nursery.start_soon(state.write_device, nursery.cancel_scope)
+                nursery.start_soon(state.client_to_hypervisor, buffer_bytes, nursery.cancel_scope)
+            if not state.calm or state.stats.ended_by == "b":
+                break  # the channel ended
+            if state.hypervisor_done:
+                state.hypervisor_done = False  # it ended as the tasks stopped: a last run reads its end and flushes
+                continue
+            if state.ring.size or not state._may_lend():
+                continue  # bytes came in as the tasks stopped (or a freeze): the tasks again
+            if await state.lend():
+                break
     finally:
         if state.period_started is not None:
             state._summary("the channel ended while discarding")
@@ -584,3 +741,9 @@ async def relay_raw(
             with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_BUDGET_S):
                 await stream.aclose()
     return result
+
+
+def _resumable(stream: object) -> ResumableStream | None:
+    while isinstance(stream, PrefixedStream):
+        stream = stream.inner
+    return stream if isinstance(stream, ResumableStream) else None

@@ -48,6 +48,7 @@ than a clean end) and what was read and not yet written each way, so that
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import select
@@ -60,7 +61,7 @@ from typing import Any
 import trio
 
 from redirgate.proto import tunnel as t
-from redirgate.transport import FULL_RECORD_BYTES, Handover, Inspector, RelayStats, record_layer
+from redirgate.transport import FULL_RECORD_BYTES, Handover, Inspector, RelayStats, ResumeHook, record_layer
 
 __all__ = ["ReactorOutcome", "ReactorSide", "RelayReactor"]
 
@@ -99,6 +100,8 @@ class ReactorOutcome:
     #: read from b (a) and not yet written to a (b)
     unsent_to_a: bytes = b""
     unsent_to_b: bytes = b""
+    #: a raw channel given back because b stopped taking a's bytes (see `RelayReactor.move_raw`)
+    congested: bool = False
 
 
 class _Direction:
@@ -296,6 +299,8 @@ class _Channel:
         self.ab.opposite, self.ba.opposite = self.ba, self.ab
         self.fds = (a.fd, b.fd)
         self.a_fd, self.b_fd = a.fd, b.fd
+        #: a raw channel (`move_raw`): given back as soon as a -> b cannot go on at once
+        self.yields = False
         self.mask_a = self.mask_b = 0
         #: runs a function on the trio loop (the trio token's run_sync_soon; set by `move`)
         self.call_soon: Callable[..., Any] = lambda fn, *args: None
@@ -453,9 +458,13 @@ class RelayReactor:
         self._commands.append(("drop", channel, None))
         self._wake()
 
-    def ack(self, channel: _Channel, message: t.ChannelAck) -> None:
-        """A resumable channel's ack from its peer (trio thread): applied in the reactor thread."""
-        self._commands.append(("ack", channel, message))
+    def _deliver(self, channel: _Channel, hook: ResumeHook, message: t.ChannelAck) -> None:
+        self.ack(channel, message, hook)
+
+    def ack(self, channel: _Channel, message: t.ChannelAck, hook: ResumeHook) -> None:
+        """A resumable channel's ack from its peer (trio thread): applied in the reactor thread,
+        or handed back to `hook` on the trio loop when the channel is no longer here."""
+        self._commands.append(("ack", channel, (message, hook)))
         self._wake()
 
     async def move(
@@ -470,6 +479,35 @@ class RelayReactor:
         """transport.relay's SocketMover: move a<->b in the reactor thread until
         the channel ends; re-raise what an inspector raised.  Cancelled, it
         takes the sockets back from the thread before it returns."""
+        outcome = await self._lend(a, b, stats, buffer_size, inspect_a_to_b, inspect_b_to_a, yields=False)
+        if outcome.error is not None:
+            raise outcome.error
+
+    async def move_raw(self, a: Handover, b: Handover, stats: RelayStats, buffer_size: int) -> ReactorOutcome:
+        """A raw (serial/parallel) channel, hypervisor a, client side b: move
+        a<->b in the reactor thread while b takes a's bytes at once.
+
+        The raw relay's never-stall rule (gateway/raw_relay.py: a ring, then
+        discarding, counted) is not the reactor's: the moment a write to b
+        would block, or the replay buffer has no room for more of a's bytes,
+        the reactor gives the channel back with ``congested`` set, and with
+        what it read and did not write each way (`unsent_to_b` is recorded
+        in the replay buffer already).  Also returns when either side ends or
+        fails, or on a reactor that is not running (an empty `ended_by`,
+        not congested); cancelled, it takes the sockets back first."""
+        return await self._lend(a, b, stats, buffer_size, None, None, yields=True)
+
+    async def _lend(
+        self,
+        a: Handover,
+        b: Handover,
+        stats: RelayStats,
+        buffer_size: int,
+        inspect_a_to_b: Inspector | None,
+        inspect_b_to_a: Inspector | None,
+        *,
+        yields: bool,
+    ) -> ReactorOutcome:
         token = trio.lowlevel.current_trio_token()
         finished = trio.Event()
         outcomes: list[ReactorOutcome] = []
@@ -483,6 +521,7 @@ class RelayReactor:
 
         size = buffer_size or self.buffer_size
         channel = _Channel(ReactorSide(a), ReactorSide(b), stats, size, inspect_a_to_b, inspect_b_to_a, done)
+        channel.yields = yields
         hooks = [side.resume for side in (a, b) if side.resume is not None]
         if hooks:
 
@@ -494,7 +533,7 @@ class RelayReactor:
 
             channel.call_soon = call_soon
             for hook in hooks:
-                hook.borrow(lambda message: self.ack(channel, message))
+                hook.borrow(functools.partial(self._deliver, channel, hook))
         self.add(channel)
         try:
             await finished.wait()
@@ -510,8 +549,7 @@ class RelayReactor:
         outcome = outcomes[0]
         if not stats.ended_by:
             stats.ended_by, stats.reason, stats.broken = outcome.ended_by, outcome.reason, outcome.broken
-        if outcome.error is not None:
-            raise outcome.error
+        return outcome
 
     # ------------------------------------------------------------ the thread
     def _run(self) -> None:
@@ -611,9 +649,13 @@ class RelayReactor:
                 self._service(channel)
             elif what == "drop" and self._by_fd.get(channel.fds[0]) is channel:
                 self._finish(channel, ReactorOutcome("", "cancelled"))
-            elif what == "ack" and self._by_fd.get(channel.fds[0]) is channel:
-                channel.take_ack(message)
-                self._service(channel)
+            elif what == "ack":
+                ack, hook = message
+                if self._by_fd.get(channel.fds[0]) is channel:
+                    channel.take_ack(ack)
+                    self._service(channel)
+                else:  # it ended meanwhile: lost, the replay buffer would keep that room for ever
+                    channel.call_soon(hook.returned_ack, ack)
 
     def _service(
         self, channel: _Channel, fd: int = -1, mask: int = 0, fresh_in: _Direction | None = None, fresh: int = 0
@@ -643,6 +685,11 @@ class RelayReactor:
                     channel.step(ba)
         except _Ended as ended:
             self._finish(channel, ReactorOutcome(ended.side, ended.reason, ended.error, ended.broken))
+            return
+        if channel.yields and (ab.need_dst or ab.room == 0):
+            # b does not take a's bytes at once (or the replay buffer is full):
+            # the raw relay's ring and its never-stall rule take over in trio
+            self._finish(channel, ReactorOutcome("", "congested", congested=True))
             return
         mask_a = ab.need_src | ba.need_dst
         if mask_a != channel.mask_a:

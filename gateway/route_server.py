@@ -542,6 +542,7 @@ class RouteServer:
                     stats=channel.stats,
                     on_discard=count_discard,
                     freezer=live.freezer,
+                    mover=self.reactor,
                 )
             else:
                 await relay(hv, dev, stats=channel.stats, mover=self.reactor)

@@ -35,6 +35,7 @@ from redirgate.transport.interfaces import (
     Inspector,
     NonBlockingStream,
     ReceiveIntoStream,
+    ResumeHook,
     SocketLender,
     nonblocking,
 )
@@ -93,6 +94,7 @@ __all__ = [
     "Refusal",
     "RelayStats",
     "ResumableStream",
+    "ResumeHook",
     "RevocationChecker",
     "SignedCrl",
     "SocketLender",

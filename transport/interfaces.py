@@ -116,13 +116,17 @@ class ResumeHook(Protocol):
     (reading no more than `channel.room()`), `channel.received(n)` for what
     it read, and hands an ack that returns to `ack_due` on the trio loop.
     Acks from the peer arrive in trio meanwhile and are passed to
-    `deliver`, which must carry them to the borrower's thread."""
+    `deliver`, which must carry them to the borrower's thread; one that
+    reaches the borrower after it gave the socket back (it no longer uses
+    `channel`) comes back to `returned_ack` on the trio loop."""
 
     channel: t.ResumableChannel
 
     def borrow(self, deliver: Callable[[t.ChannelAck], None]) -> None: ...
 
     def ack_due(self, ack: t.ChannelAck) -> None: ...
+
+    def returned_ack(self, ack: t.ChannelAck) -> None: ...
 
     def give_back(self) -> None: ...
 

@@ -149,11 +149,21 @@ class ResumableStream(trio.abc.Stream):
             return None
         if self._stash:  # counted already: a borrower would count them again (the trio pumps deliver them)
             return None
+        if self._lost_generation == self._generation or self._ahead:
+            return None  # the next wait recovers first / the trio side still owes a retried write
         lent = self.inner.lend()
         if lent is None:
             return None
         lent.resume = _Hook(self)
         return lent
+
+    def recorded_ahead(self, n: int) -> None:
+        """A borrower gave the socket back with `n` bytes it recorded (`channel.sent`)
+        and did not get written: they are the head of the next `try_send`'s
+        view, which offers them without recording them again (as after a
+        would-block `try_send`; a write OpenSSL answered "would block" to is
+        retried with the same bytes first)."""
+        self._ahead, self._ahead_generation = n, self._generation
 
     def lent_scope(self) -> contextlib.AbstractContextManager[trio.CancelScope]:
         """The scope a borrower's wait runs in: `interrupt()` cancels it."""
@@ -464,14 +474,25 @@ class _Hook:
     def __init__(self, stream: ResumableStream) -> None:
         self.stream = stream
         self.channel = stream.channel
+        self.deliver: Callable[[t.ChannelAck], None] | None = None
 
     def borrow(self, deliver: Callable[[t.ChannelAck], None]) -> None:
-        self.stream._deliver = deliver
+        self.stream._deliver = self.deliver = deliver
 
     def ack_due(self, ack: t.ChannelAck) -> None:
         on_ack = self.stream._on_ack
         if on_ack is not None:
             on_ack(ack)
+
+    def returned_ack(self, ack: t.ChannelAck) -> None:
+        """An ack the borrower got after it was done with the channel (on the
+        trio loop).  Lost, the replay buffer would keep that room for ever."""
+        stream = self.stream
+        if stream._deliver is not None and stream._deliver is not self.deliver:
+            stream.acked(ack)  # lent again meanwhile: the new borrower takes it
+            return
+        self.channel.acked(ack)  # checked when it came; this borrower is done with the channel
+        stream._room.set()
 
     def give_back(self) -> None:
         self.stream._deliver = None

@@ -12,9 +12,11 @@ received + discarded = sent.  Both the fast (non-blocking) and the plain
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import random
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -24,8 +26,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from redirgate.gateway.raw_relay import _Ring, relay_raw
-from redirgate.transport import Buffer, RelayStats
-from tests.support.transport_lab import Pki, make_channel, make_pki, receive_exactly, send_random
+from redirgate.gateway.reactor import ReactorOutcome, RelayReactor
+from redirgate.transport import Buffer, RelayStats, relay
+from tests.support.resumable_link import open_link, sever
+from tests.support.transport_lab import (
+    Pki,
+    make_channel,
+    make_pki,
+    plain_pair,
+    receive_exactly,
+    send_random,
+)
 from tests.support.waiting import until
 
 RING_BYTES = 64 * 1024
@@ -56,10 +67,20 @@ class _Awaiting:
 
 
 def _wrap(stream: Any, path: str) -> Any:
-    return stream if path == "fast" else _Awaiting(stream)
+    return _Awaiting(stream) if path == "awaiting" else stream
 
 
-PATHS = pytest.mark.parametrize("path", ["fast", "awaiting"])
+#: "reactor": the fast path's streams, lent to the gateway's relay reactor while the client side keeps up
+PATHS = pytest.mark.parametrize("path", ["fast", "awaiting", "reactor"])
+
+
+@contextlib.asynccontextmanager
+async def _mover(path: str) -> AsyncIterator[RelayReactor | None]:
+    if path != "reactor":
+        yield None
+        return
+    async with RelayReactor() as reactor:
+        yield reactor
 
 
 def check_gapped(sent: bytes, received: bytes) -> int:
@@ -92,7 +113,7 @@ async def test_lossless_both_ways_while_the_client_reads(env: Pki, path: str) ->
     async def get(name: str, stream: Any) -> None:
         results[name] = await receive_exactly(stream, size)
 
-    async with trio.open_nursery() as nursery:
+    async with _mover(path) as mover, trio.open_nursery() as nursery:
         nursery.start_soon(
             lambda: relay_raw(
                 _wrap(ch.relay_plain, path),
@@ -100,6 +121,7 @@ async def test_lossless_both_ways_while_the_client_reads(env: Pki, path: str) ->
                 label="test",
                 stats=stats,
                 on_discard=discards.append,
+                mover=mover,
             )
         )
         async with trio.open_nursery() as traffic:
@@ -133,7 +155,7 @@ async def test_a_client_that_does_not_read_never_blocks_the_hypervisor(
         while chunk := await ch.cl.receive_some(65536):
             received.extend(chunk)
 
-    async with trio.open_nursery() as nursery:
+    async with _mover(path) as mover, trio.open_nursery() as nursery:
         nursery.start_soon(
             lambda: relay_raw(
                 _wrap(ch.relay_plain, path),
@@ -142,6 +164,7 @@ async def test_a_client_that_does_not_read_never_blocks_the_hypervisor(
                 stats=stats,
                 buffer_bytes=RING_BYTES,
                 on_discard=discards.append,
+                mover=mover,
             )
         )
         # Nobody reads the client end: the hypervisor's megabytes still go
@@ -176,10 +199,15 @@ async def test_what_is_buffered_when_the_hypervisor_leaves_still_reaches_the_cli
     ch = await make_channel(env)
     data = random.Random(3).randbytes(RING_BYTES // 2)
     stats = RelayStats()
-    async with trio.open_nursery() as nursery:
+    async with _mover(path) as mover, trio.open_nursery() as nursery:
         nursery.start_soon(
             lambda: relay_raw(
-                _wrap(ch.relay_plain, path), _wrap(ch.relay_tls, path), label="t", stats=stats, buffer_bytes=RING_BYTES
+                _wrap(ch.relay_plain, path),
+                _wrap(ch.relay_tls, path),
+                label="t",
+                stats=stats,
+                buffer_bytes=RING_BYTES,
+                mover=mover,
             )
         )
         await ch.hv.send_all(data)
@@ -198,7 +226,7 @@ async def test_a_stalled_client_delays_the_end_by_the_flush_budget_only(
     caplog.set_level(logging.WARNING, logger="redirgate.gateway.raw_relay")
     ch = await make_channel(env)
     stats = RelayStats()
-    async with trio.open_nursery() as nursery:
+    async with _mover(path) as mover, trio.open_nursery() as nursery:
         nursery.start_soon(
             lambda: relay_raw(
                 _wrap(ch.relay_plain, path),
@@ -207,6 +235,7 @@ async def test_a_stalled_client_delays_the_end_by_the_flush_budget_only(
                 stats=stats,
                 buffer_bytes=RING_BYTES,
                 flush_budget_s=0.5,
+                mover=mover,
             )
         )
         await ch.hv.send_all(bytes(FLOOD_BYTES))
@@ -224,9 +253,11 @@ async def test_a_stalled_client_delays_the_end_by_the_flush_budget_only(
 async def test_the_client_leaving_ends_the_relay_at_once(env: Pki, path: str) -> None:
     ch = await make_channel(env)
     stats = RelayStats()
-    async with trio.open_nursery() as nursery:
+    async with _mover(path) as mover, trio.open_nursery() as nursery:
         nursery.start_soon(
-            lambda: relay_raw(_wrap(ch.relay_plain, path), _wrap(ch.relay_tls, path), label="t", stats=stats)
+            lambda: relay_raw(
+                _wrap(ch.relay_plain, path), _wrap(ch.relay_tls, path), label="t", stats=stats, mover=mover
+            )
         )
         await ch.cl.send_all(b"last words")
         await ch.cl.aclose()
@@ -359,4 +390,129 @@ async def test_a_failed_direct_send_ends_the_relay_as_the_client_sides_failure(e
     assert (stats.ended_by, stats.a_to_b) == ("b", 2)
     assert "the client side broke" in stats.reason
     for s in (ch.hv, ch.cl):
+        await s.aclose()
+
+
+class _Lends:
+    """Counts the reactor's lends of a raw channel and how each ended."""
+
+    def __init__(self, reactor: RelayReactor) -> None:
+        self.outcomes: list[ReactorOutcome] = []
+        self.started = 0
+        move_raw = reactor.move_raw
+
+        async def counting(*args: Any) -> ReactorOutcome:
+            self.started += 1
+            outcome = await move_raw(*args)
+            self.outcomes.append(outcome)
+            return outcome
+
+        reactor.move_raw = counting  # type: ignore[method-assign]
+
+    @property
+    def congested(self) -> int:
+        return sum(o.congested for o in self.outcomes)
+
+
+async def _typed_without_trio_steps(ch: Any, keys: bytes) -> None:
+    """Each key hypervisor -> client and back, with no step of the relay's trio tasks."""
+    steps = _TaskSteps()
+    for key in keys:
+        await trio.testing.wait_all_tasks_blocked()
+        trio.lowlevel.add_instrument(steps)
+        try:
+            await ch.hv.send_all(bytes([key]))
+            assert await ch.cl.receive_some(10) == bytes([key])
+            await ch.cl.send_all(bytes([key]))
+            assert await ch.hv.receive_some(10) == bytes([key])
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+    relay_steps = {
+        k: v for k, v in steps.steps.items() if k in ("read_hypervisor", "write_device", "client_to_hypervisor")
+    }
+    assert relay_steps == {}, relay_steps
+
+
+async def test_the_reactor_moves_typed_bytes_and_takes_the_channel_again_after_a_congestion(env: Pki) -> None:
+    """While the client side takes every byte at once the reactor thread moves
+    them (no trio task of the relay runs); a client that stops reading makes it
+    hand the channel to the trio tasks (the ring, then discarding: the
+    hypervisor is never stalled), and once the client caught up it is lent again."""
+    ch = await make_channel(env)
+    stats = RelayStats()
+    discards: list[int] = []
+    async with RelayReactor() as reactor, trio.open_nursery() as nursery:
+        lends = _Lends(reactor)
+        nursery.start_soon(
+            lambda: relay_raw(
+                ch.relay_plain,
+                ch.relay_tls,
+                label="t",
+                stats=stats,
+                buffer_bytes=RING_BYTES,
+                on_discard=discards.append,
+                mover=reactor,
+            )
+        )
+        await until(lambda: reactor.channels == 1, "the first lend")
+        await _typed_without_trio_steps(ch, b"typed")
+        assert (lends.started, lends.outcomes) == (1, [])
+        await ch.hv.send_all(random.Random(5).randbytes(FLOOD_BYTES))  # nobody reads the client end
+        await until(lambda: discards, "the first discard")
+        assert lends.congested >= 1
+        received = 0
+        while received < FLOOD_BYTES - sum(discards):
+            received += len(await ch.cl.receive_some(65536))
+        await until(lambda: reactor.channels == 1, "a lend after the client caught up")
+        await _typed_without_trio_steps(ch, b"again")
+        await ch.hv.aclose()
+        assert await ch.cl.receive_some(10) == b""
+    assert stats.a_to_b == 5 + FLOOD_BYTES - sum(discards) + 5 == received + 10
+    assert (stats.b_to_a, stats.ended_by) == (10, "a")
+    await ch.cl.aclose()
+
+
+async def test_every_byte_once_in_order_across_breaks_and_congestions_through_the_reactor(env: Pki) -> None:
+    """A resumable channel (the default) whose gateway end is the raw relay
+    with the reactor, in bursts: each burst starts lent, congests (small
+    send buffers, a small replay buffer), and every other one breaks the
+    connection while the reactor or the trio tasks hold bytes.  The reactor
+    records what it writes and hands the trio tasks what it read and did
+    not write; nothing is lost or repeated either way."""
+    rounds, breaks = 8, (1, 3, 6)
+    link = await open_link(env, len(breaks) + 1)
+    hv, hv_relay = await plain_pair()
+    cl, cl_relay = await plain_pair()
+    rng = random.Random(11)
+    bursts = [(rng.randrange(100_000, 400_000), rng.randrange(1, 60_000)) for _ in range(rounds)]
+    down = rng.randbytes(sum(b[0] for b in bursts))
+    up = rng.randbytes(sum(b[1] for b in bursts))
+    got = {"cl": bytearray(), "hv": bytearray()}
+
+    async def collect(name: str, stream: Any) -> None:
+        while chunk := await stream.receive_some(65536):
+            got[name].extend(chunk)
+
+    async with RelayReactor() as reactor, trio.open_nursery() as nursery:
+        lends = _Lends(reactor)
+        # a generous stall: this test is about order and loss, not discarding
+        nursery.start_soon(lambda: relay_raw(hv_relay, link.a, label="t", stall_s=60.0, mover=reactor))
+        nursery.start_soon(lambda: relay(cl_relay, link.b))
+        nursery.start_soon(collect, "cl", cl)
+        nursery.start_soon(collect, "hv", hv)
+        sent_down = sent_up = 0
+        for i, (n_down, n_up) in enumerate(bursts):
+            await until(lambda: reactor.channels == 1, f"burst {i} starts lent")
+            await hv.send_all(down[sent_down : sent_down + n_down])
+            await cl.send_all(up[sent_up : sent_up + n_up])
+            sent_down, sent_up = sent_down + n_down, sent_up + n_up
+            if i in breaks:
+                sever(link.current()[0])
+            want = (sent_down, sent_up)
+            await until(lambda w=want: (len(got["cl"]), len(got["hv"])) == w, f"burst {i} arrived")
+        nursery.cancel_scope.cancel()
+    assert got["cl"] == down and got["hv"] == up
+    assert link.a.resumes == link.b.resumes == len(breaks)
+    assert lends.congested >= rounds // 2, lends.outcomes
+    for s in (hv, cl, link.a, link.b):
         await s.aclose()

@@ -13,16 +13,14 @@ buffer, so senders also wait for room.
 
 from __future__ import annotations
 
-import os
 import random
-import socket
 
 import pytest
 import trio
 import trio.testing
 
-from redirgate.proto import tunnel as t
-from redirgate.transport import PlainSocketStream, ResumableStream, ZeroCopyTLSStream, nonblocking, relay
+from redirgate.transport import PlainSocketStream, ResumableStream, nonblocking, relay
+from tests.support.resumable_link import open_link, sever, small_send_buffer
 from tests.support.transport_lab import (
     Pki,
     make_pki,
@@ -30,86 +28,15 @@ from tests.support.transport_lab import (
     random_digest,
     receive_exactly,
     send_random,
-    tls_pair,
 )
 from tests.support.waiting import until
 
 SIZE = 3_000_000
-#: small enough that each direction fills it many times (acks free it)
-REPLAY_LIMIT = 64 * 1024
-ACK_EVERY = 16 * 1024
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-def _socket_of(stream: ZeroCopyTLSStream) -> socket.socket:
-    """A second handle on the TCP socket under `stream` (close it after use)."""
-    return socket.socket(fileno=os.dup(stream.lend().fd))
-
-
-def sever(stream: ZeroCopyTLSStream) -> None:
-    """Shut the TCP connection under `stream` down both ways (as a dead link
-    would look to both TLS ends: no close_notify, reads end, writes fail)."""
-    with _socket_of(stream) as sock:
-        sock.shutdown(socket.SHUT_RDWR)
-
-
-def small_send_buffer(stream: ZeroCopyTLSStream) -> None:
-    """A small kernel send buffer: OpenSSL then puts part of a big write on
-    the wire and says "would block" for the rest (what the replay must record exactly)."""
-    with _socket_of(stream) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-
-
-class Link:
-    """Both ends of one resumable channel and the TLS connections it goes through."""
-
-    def __init__(
-        self, pairs: list[tuple[ZeroCopyTLSStream, ZeroCopyTLSStream]], replay_limit: int = REPLAY_LIMIT
-    ) -> None:
-        self.pairs = pairs
-        self.replay_limit = replay_limit
-        self.round = 0
-        self.counts: list[dict[str, int]] = [{} for _ in pairs]
-        self.told: list[trio.Event] = [trio.Event() for _ in pairs]
-        self.reconnects = {"a": 0, "b": 0}
-        self.a = self._end("a", 0)
-        self.b = self._end("b", 1)
-        self.a._on_ack = self.b.acked  # type: ignore[assignment]  # acks straight to the other end
-        self.b._on_ack = self.a.acked  # type: ignore[assignment]
-
-    def _end(self, side: str, index: int) -> ResumableStream:
-        channel = t.ResumableChannel(1, replay_limit=self.replay_limit, ack_every=ACK_EVERY)
-
-        async def reconnect(why: str) -> tuple[trio.abc.Stream, bytes]:
-            self.reconnects[side] += 1
-            stream = self.a if side == "a" else self.b
-            n = stream.generation_round
-            stream.generation_round += 1
-            self.counts[n][side] = channel.incoming.received
-            if len(self.counts[n]) == 2:
-                self.told[n].set()
-            await self.told[n].wait()
-            other = self.counts[n]["b" if side == "a" else "a"]
-            return self.pairs[n][index], channel.resume(other)
-
-        first = self.pairs[0][index]
-        resumable = ResumableStream(first, channel, reconnect, peer=f"end {side}")
-        resumable.generation_round = 1  # type: ignore[attr-defined]  # which pair its next reconnect takes
-        return resumable
-
-    def current(self) -> tuple[ZeroCopyTLSStream, ZeroCopyTLSStream]:
-        return self.a.inner, self.b.inner  # type: ignore[return-value]
-
-
-async def open_link(env: Pki, connections: int, replay_limit: int = REPLAY_LIMIT) -> Link:
-    pairs = [await tls_pair(env.server_context(), env.client_context()) for _ in range(connections)]
-    for pair in pairs:
-        small_send_buffer(pair[0])
-    return Link(pairs, replay_limit)
 
 
 async def test_every_byte_once_in_order_across_breaks_on_the_fast_path(env: Pki) -> None:
