@@ -14,6 +14,7 @@ import logging
 import os
 import shlex
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 
 import trio
 
-from redirgate.cli.sdnotify import Notifier
+from redirgate.cli.sdnotify import Notifier, listen_fds
 from redirgate.cli.signals import until_signal
 
 __all__ = ["add_client_run_parser", "add_gateway_parser", "format_status"]
@@ -183,8 +184,9 @@ def _run_gateway(args: argparse.Namespace) -> int:
     config = _prepare_gateway(args.config, successor=bool(handover_fd))
     if config is None:
         return 1
+    stored = _from_fd_store(listen_fds())  # systemd's fd store: what the process before this one stored
     try:
-        if not handover_fd:
+        if not handover_fd and "admin" not in stored:
             check_admin_socket(config.admin_socket)
     except AdminSocketInUse as exc:
         _error(exc)
@@ -196,11 +198,17 @@ def _run_gateway(args: argparse.Namespace) -> int:
         return 1
     notifier = Notifier()
 
+    in_store = {_fd_name(name) for name in stored}  # what the fd store holds now, by FDNAME
+
     async def serve() -> None:
         inherited = await Inheritance.receive(int(handover_fd)) if handover_fd else None
+        if inherited is None and stored:
+            inherited = Inheritance.from_listeners(stored)
+            log.info("gateway: %d listener(s) back from systemd's file-descriptor store", len(stored))
         async with trio.open_nursery() as nursery:
             addresses = await nursery.start(gateway.serve, inherited)
-            if inherited is not None:
+            _store_listeners(notifier, gateway, in_store)
+            if inherited is not None and inherited.sock is not None:
                 notifier.send(MAINPID=os.getpid())  # before the old main process exits
                 await inherited.confirm()
             print(f"tunnel {addresses.tunnel[0]}:{addresses.tunnel[1]}", flush=True)
@@ -223,6 +231,7 @@ def _run_gateway(args: argparse.Namespace) -> int:
         except (GatewayError, PkiError, OSError) as exc:
             log.error("reload refused: %s; the running configuration stays", exc)
             return
+        _store_listeners(notifier, gateway, in_store)  # routes added, moved or gone
         notifier.status(_gateway_status(gateway))
 
     async def restart() -> None:
@@ -253,6 +262,53 @@ def _run_gateway(args: argparse.Namespace) -> int:
     finally:
         notifier.close()
     return 0
+
+
+def _fd_name(listener: str) -> str:
+    """A listener's name in systemd's fd store (FDNAME may not hold ':'): route:NAME is route.NAME."""
+    return "route." + listener[6:] if listener.startswith("route:") else listener
+
+
+def _from_fd_store(fds: list[tuple[str, int]]) -> dict[str, list[socket.socket]]:
+    """The listening sockets systemd gave back, by listener name (others are closed)."""
+    named: dict[str, list[socket.socket]] = {}
+    for fd_name, fd in fds:
+        sock = socket.socket(fileno=fd)
+        try:
+            listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        except OSError:
+            listening = 0
+        if not listening:
+            log.warning("gateway: descriptor %d (%s) from systemd is not a listening socket; closed", fd, fd_name)
+            sock.close()
+            continue
+        name = "route:" + fd_name[6:] if fd_name.startswith("route.") else fd_name
+        named.setdefault(name, []).append(sock)
+    return named
+
+
+def _store_listeners(notifier: Notifier, gateway: Any, in_store: set[str]) -> None:
+    """Keep every listening socket in systemd's file-descriptor store (units with
+    `FileDescriptorStoreMax=`, which say so in `$FDSTORE`), so that the next process
+    after a stop, a `systemctl restart` or a crash gets them back: connections made
+    meanwhile wait in the backlog instead of being refused.  `in_store`: the names
+    stored so far, updated (a listener gone since is dropped from the store)."""
+    if not notifier.enabled or not os.environ.get("FDSTORE", "").isdigit() or int(os.environ["FDSTORE"]) <= 0:
+        return
+    groups: dict[str, list[int]] = {}
+    for name, listener in gateway.listeners():
+        groups.setdefault(_fd_name(name), []).append(listener.socket.fileno())
+    for name in in_store - groups.keys():
+        notifier.remove_stored(name)
+    stored = set()
+    for name, fds in groups.items():
+        notifier.remove_stored(name)  # a listener the config moved: its old socket goes
+        if notifier.store_fds(name, fds):
+            stored.add(name)
+    in_store.clear()
+    in_store.update(stored)
+    gateway.admin_stored = "admin" in stored  # its file must outlive this process
+    log.info("gateway: %d listener(s) kept in systemd's file-descriptor store", len(stored))
 
 
 #: the gateway's youngest-generation threshold (CPython's default is 700 allocations)

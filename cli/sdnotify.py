@@ -7,6 +7,13 @@ The whole protocol is one datagram per message to the Unix socket named by
 `STATUS=` free text for `systemctl status`, and `WATCHDOG=1` at least every
 `$WATCHDOG_USEC`/2 when the unit sets `WatchdogSec=`.
 
+File-descriptor store (`FileDescriptorStoreMax=` in the unit): `FDSTORE=1`
+with `FDNAME=` and the descriptors as SCM_RIGHTS keeps them in the manager
+across a stop and start (or a crash and `Restart=`); the next process gets
+them back as `$LISTEN_FDS` descriptors from 3 on, named in
+`$LISTEN_FDNAMES` (colon-separated), for `$LISTEN_PID` (`listen_fds`).
+`FDSTOREREMOVE=1` with `FDNAME=` drops them again.
+
 Outside systemd (`$NOTIFY_SOCKET` unset) every call does nothing.  A send
 that fails is logged at debug and dropped: the service never stops over
 its supervisor's socket.  Sending is a non-blocking `sendto` on a datagram
@@ -15,13 +22,17 @@ socket, so the trio loop calls it directly.
 
 from __future__ import annotations
 
+import array
 import logging
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping, Sequence
 
-__all__ = ["Notifier"]
+__all__ = ["LISTEN_FDS_START", "Notifier", "listen_fds"]
+
+#: systemd passes stored and socket-activated descriptors from this number on (SD_LISTEN_FDS_START).
+LISTEN_FDS_START = 3
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +63,8 @@ class Notifier:
         """How often to send WATCHDOG=1 (half the unit's WatchdogSec), or None."""
         return None if self.watchdog_usec is None else self.watchdog_usec / 2e6
 
-    def send(self, **fields: object) -> bool:
-        """One datagram of `KEY=VALUE` lines; True when it went out."""
+    def send(self, fds: Sequence[int] = (), /, **fields: object) -> bool:
+        """One datagram of `KEY=VALUE` lines (with `fds` as SCM_RIGHTS); True when it went out."""
         if self.address is None:
             return False
         payload = "".join(f"{key}={value}\n" for key, value in fields.items()).encode()
@@ -61,7 +72,11 @@ class Notifier:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
                 self._sock.setblocking(False)
-            self._sock.sendto(payload, self.address)
+            if fds:
+                rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                self._sock.sendmsg([payload], rights, 0, self.address)
+            else:
+                self._sock.sendto(payload, self.address)
         except OSError as exc:
             log.debug("notify socket %r: %s", self.address, exc)
             return False
@@ -82,7 +97,37 @@ class Notifier:
     def watchdog(self) -> bool:
         return self.send(WATCHDOG=1)
 
+    def store_fds(self, name: str, fds: Sequence[int]) -> bool:
+        """Keep `fds` in the manager's file-descriptor store under `name` (no ':', at most 255
+        characters).  Storing one it holds already keeps one copy (systemd compares them)."""
+        return self.send(fds, FDSTORE=1, FDNAME=name)
+
+    def remove_stored(self, name: str) -> bool:
+        """Drop what the store holds under `name`."""
+        return self.send(FDSTOREREMOVE=1, FDNAME=name)
+
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+def listen_fds(environ: MutableMapping[str, str] | None = None) -> list[tuple[str, int]]:
+    """The descriptors systemd passed this process (its fd store, or socket activation),
+    by name ("unknown" where none was given), and the `LISTEN_*` variables removed (a
+    process started from here must not take them for its own).  Each is made
+    close-on-exec.  Empty when there are none, or they were meant for another pid."""
+    env = os.environ if environ is None else environ
+    pid, count, names = (env.pop(key, "") for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"))
+    if not count.isdigit() or not pid.isdigit() or int(pid) != os.getpid():
+        return []
+    named = names.split(":") if names else []
+    fds = []
+    for index in range(int(count)):
+        fd = LISTEN_FDS_START + index
+        try:
+            os.set_inheritable(fd, False)
+        except OSError:
+            continue  # not open after all
+        fds.append((named[index] if index < len(named) and named[index] else "unknown", fd))
+    return fds

@@ -145,7 +145,14 @@ class AdminAnswers:
         """Take no new connection (they wait in the backlog for whoever accepts next) and
         return once every answer under way was written; each ends within `answer_timeout_s()`."""
         self.pause.pause()
-        await self._idle.wait()
+        while True:
+            # a connection accepted just before the pause has its answer task started but
+            # not yet running (counted only once it runs): a few scheduler passes run it
+            for _ in range(3):
+                await trio.lowlevel.checkpoint()
+            if not self.running:
+                return
+            await self._idle.wait()
 
 
 #: An admin connection is answered (or given up) within this long of its accept
@@ -169,9 +176,11 @@ async def serve_admin(
     listener: trio.SocketListener | None = None,
     commands: Callable[[AdminRequest], dict[str, Any]] | None = None,
     answers: AdminAnswers | None = None,
+    keep_path: Callable[[], bool] | None = None,
     task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Answer on `path` (bound here unless `listener` is given) until cancelled; the file goes with it.
+    """Answer on `path` (bound here unless `listener` is given) until cancelled; the file goes with it
+    unless `keep_path()` says the listening socket lives on (systemd's fd store holds it).
     `answers`: what a leaving process waits for (`AdminAnswers.finish`)."""
     if listener is None:
         listener = await open_admin(path)
@@ -202,8 +211,9 @@ async def serve_admin(
                 answer, [listener], what="admin socket", counters=collections.Counter(), pause=tracked.pause
             )
     finally:
-        with contextlib.suppress(OSError):
-            _remove_stale_socket(path)
+        if keep_path is None or not keep_path():
+            with contextlib.suppress(OSError):
+                _remove_stale_socket(path)
 
 
 class AdminSocketInUse(GatewayError):

@@ -343,12 +343,27 @@ def _document(gateway: Gateway, resting: list[_Resting]) -> tuple[t.HandoverStat
 # --------------------------------------------------------- the successor
 @dataclass
 class Inheritance:
-    """What the successor got: listeners by name, channels with their hypervisor sockets."""
+    """What the successor got: listeners by name, channels with their hypervisor sockets.
+    (Or, `from_listeners`, what systemd's file-descriptor store gave back: listeners only.)"""
 
-    sock: trio.socket.SocketType
+    sock: trio.socket.SocketType | None
     state: t.HandoverState
     listeners: dict[str, list[trio.SocketListener]] = field(default_factory=dict)
     sockets: dict[int, trio.socket.SocketType] = field(default_factory=dict)
+    #: names of listeners this config did not take (closed by `close_unused`)
+    closed: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_listeners(cls, named: dict[str, list[socket.socket]]) -> Inheritance:
+        """Listening sockets by listener name (systemd's fd store after a stop and start):
+        taken like a predecessor's, with no channel (the channels' state died with it)."""
+        inheritance = cls(None, t.HandoverState(os.getpid()))
+        for name, socks in named.items():
+            for sock in socks:
+                inheritance.listeners.setdefault(name, []).append(
+                    trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+                )
+        return inheritance
 
     @classmethod
     async def receive(cls, fd: int) -> Inheritance:
@@ -398,6 +413,7 @@ class Inheritance:
         """Listeners no route of this config wants any more."""
         for name, listeners in self.listeners.items():
             log.info("gateway: the listener %s is not in this config; closed", name)
+            self.closed.append(name)
             for listener in listeners:
                 await trio.aclose_forcefully(listener)
         self.listeners.clear()
@@ -438,6 +454,8 @@ class Inheritance:
 
     async def confirm(self) -> None:
         """Tell the predecessor we serve: it exits."""
+        if self.sock is None:
+            return
         try:
             await _send(self.sock, {"kind": "serving", "pid": os.getpid()})
         except OSError as exc:

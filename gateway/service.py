@@ -87,6 +87,12 @@ async def _open_listeners(endpoint: Endpoint, what: str) -> list[trio.SocketList
         raise ListenError(what, f"cannot listen on {endpoint}: {exc.strerror or exc}") from None
 
 
+def _listens_on(listeners: list[trio.SocketListener], endpoint: Endpoint) -> bool:
+    """Whether inherited `listeners` are on the config's `endpoint`'s port (any, where it says 0).
+    Ports only: a host name and the address it resolves to are the same listener."""
+    return not endpoint.port or all(listener.socket.getsockname()[1] == endpoint.port for listener in listeners)
+
+
 async def _close_all(groups: list[list[trio.SocketListener]]) -> None:
     for listeners in groups:
         for listener in listeners:
@@ -153,6 +159,8 @@ class Gateway:
         self._pause = AcceptPause()
         #: the admin answers under way: a process that hands over finishes them before it exits
         self.admin_answers = AdminAnswers()
+        #: the admin socket's listener is kept by systemd's fd store: its file stays when this process ends
+        self.admin_stored = False
         #: listening sockets other than the routes', by name (a restart hands them over)
         self._listening: list[tuple[str, trio.SocketListener]] = []
         #: why the last restart was called off ("" if none was), and how many were
@@ -372,6 +380,10 @@ class Gateway:
 
         async def listen(name: str, endpoint: Endpoint, what: str) -> list[trio.SocketListener]:
             taken = inherited.take_listeners(name) if inherited is not None else None
+            if taken and not _listens_on(taken, endpoint):  # the config moved it since (systemd's store)
+                log.info("gateway: the inherited listener %s is not on %s any more; closed", name, endpoint)
+                await _close_all([taken])
+                taken = None
             return taken if taken else await _open_listeners(endpoint, what)
 
         try:
@@ -385,6 +397,9 @@ class Gateway:
                 opened.append(metrics_listeners)
             if self.admin:
                 taken = inherited.take_listeners("admin") if inherited is not None else None
+                if taken and taken[0].socket.getsockname() != os.fspath(config.admin_socket):
+                    await _close_all([taken])
+                    taken = None
                 try:
                     admin_listener = taken[0] if taken else await open_admin(config.admin_socket)
                 except OSError as exc:
@@ -454,6 +469,7 @@ class Gateway:
                         listener=admin_listener,
                         commands=self.command,
                         answers=self.admin_answers,
+                        keep_path=lambda: self.admin_stored,
                     )
                 )
             self.addresses = addresses

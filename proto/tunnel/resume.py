@@ -113,6 +113,9 @@ class ResumeError(RemoteProtocolError):
     """The peer's count or credential cannot be honoured; the channel is lost."""
 
 
+_NO_VIEW: Final = memoryview(b"")
+
+
 def _ring_size(size: int) -> int:
     """The smallest ring (a power of two, at least _MIN_RING) that holds `size` bytes."""
     cap = _MIN_RING
@@ -148,6 +151,9 @@ class ReplayBuffer:
         self._window: bytearray | None = None
         #: the ring a reader's `window(want)` needs for itself (its read buffer), kept while it reads
         self._reader_ring = 0
+        self._want = 0
+        #: a view of the ring (windows are slices of it)
+        self._view = _NO_VIEW
 
     @property
     def allocated(self) -> bool:
@@ -179,6 +185,7 @@ class ReplayBuffer:
         if ring is not None and pending:
             new[:pending] = self._held(ring)
         self._ring, self._head, self._tail = new, 0, pending
+        self._view = memoryview(new)
         return new
 
     def _held(self, ring: bytearray) -> bytes | bytearray:
@@ -213,15 +220,19 @@ class ReplayBuffer:
         the ring, at most `want` and `room()` bytes (empty when there is no room).
         `commit(n)` then records its first n bytes as sent.  The window stays
         valid until the next `push`, `window` or an ack that acknowledges everything."""
-        self._reader_ring = max(self._reader_ring, _ring_size(want))
-        size = min(want, self.room())
+        if want > self._want:  # the reader's read buffer: what it asks for at most
+            self._want = want
+            self._reader_ring = max(self._reader_ring, _ring_size(want))
+        pending = self.sent_total - self.acked
+        size = self.limit - pending
+        if want < size:
+            size = want
         if size <= 0:
             self._window = None
             return memoryview(bytearray())
         ring = self._ring
         if ring is None:
             ring = self._reserve(size)
-        pending = self.pending()
         if not pending:
             self._head = self._tail = 0  # nothing held: the whole ring is free
         cap, tail = len(ring), self._tail
@@ -229,19 +240,19 @@ class ReplayBuffer:
             free = self._head - tail
         else:
             free = cap - tail  # up to the ring's end; the rest comes after the wrap
-        if free < size // 2 and cap < self.limit:  # a ring too small for this flow: double it
+        if cap - pending < size // 2 and cap < self.limit:  # a ring too small for this flow: double it
             ring = self._reserve(cap - pending + 1)
             cap, tail = len(ring), self._tail
             free = cap - tail
         self._window = ring
-        return memoryview(ring)[tail : tail + min(size, free)]
+        return self._view[tail : tail + (size if size < free else free)]
 
     def commit(self, size: int) -> None:
         """The first `size` bytes of the last `window()` hold bytes being sent."""
         if not size:
             return
         ring = self._window
-        if ring is None or ring is not self._ring or size > self.room():
+        if ring is None or ring is not self._ring or size > self.limit - self.sent_total + self.acked:
             raise LocalProtocolError(f"commit of {size} bytes without a window for them")
         self._tail = (self._tail + size) % len(ring)
         self.sent_total += size
@@ -271,6 +282,7 @@ class ReplayBuffer:
             # resume holds too): no new ring for each message of a quiet channel.
             if self._window is None or len(ring) > self._reader_ring:
                 self._ring = self._window = None
+                self._view = _NO_VIEW
                 self._head = self._tail = 0
 
     def unacknowledged(self) -> bytes:
@@ -289,6 +301,7 @@ class ReplayBuffer:
                 f" (limit {self.limit})"
             )
         self._ring = self._window = None
+        self._view = _NO_VIEW
         self._head = self._tail = 0
         self.sent_total = self.acked = acked
         self.push(held)
