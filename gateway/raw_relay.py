@@ -596,7 +596,8 @@ class _Relay:
         outcome = None
         r = self.resumable
         with r.lent_scope() if r is not None else trio.CancelScope() as self.lend_scope:
-            outcome = await self.mover.move_raw(*lent, stats, self.ring.capacity)
+            # reads of at most a quarter of the ring: what a congestion hands back leaves it room
+            outcome = await self.mover.move_raw(*lent, stats, max(1, self.ring.capacity // 4))
         self.lend_scope = None
         for stream in (self.hypervisor, self.device):
             if isinstance(stream, PrefixedStream):
