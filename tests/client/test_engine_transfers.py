@@ -393,5 +393,7 @@ async def test_requests_answered_at_once_leave_turns_to_other_tasks(loopback, mo
                 reply = await guest.expect(T.BULK_PACKET, lambda e, i=msg_id: e.id == i)
                 assert reply.fields["length"] == 65536
             done.set()
+        # trio runs the ready tasks of a batch in random order: the other task may see two requests
+        # answered between two of its turns, never more (the reader yields after each one)
         between = {n for n in seen if 0 < n < 8 * 65536}
-        assert len(between) >= 6, f"other tasks ran only at {sorted(between)} bytes"
+        assert len(between) >= 3, f"other tasks ran only at {sorted(between)} bytes"
