@@ -60,6 +60,7 @@ from redirgate.transport import (
     ClientContext,
     ControlSession,
     PeerGone,
+    QuietReader,
     Refusal,
     TimerWheel,
     TlsRefused,
@@ -104,11 +105,14 @@ class SimClient:
         port: int,
         more_ports: tuple[int, ...] = (),
         timers: TimerWheel | None = None,
+        quiet: QuietReader | None = None,
     ) -> None:
         self.index = index
         self.context = context
         #: the process's one heartbeat task for all its clients (None: a task per session, as the real client)
         self.timers = timers
+        #: the process's one reader of quiet sessions (None: each session reads alone)
+        self.quiet = quiet
         #: the gateways to try in turn (a cluster's nodes: the real client's `gateway` list)
         self.ports = (port, *more_ports)
         self._turn = 0
@@ -286,6 +290,7 @@ class SimClient:
             heartbeat_interval_s=hello.heartbeat_interval_s,
             heartbeat_timeout_s=hello.heartbeat_timeout_s,
             timers=self.timers,
+            quiet=self.quiet,
         )
 
     async def _channel(
@@ -367,10 +372,10 @@ async def clients_role(args: argparse.Namespace) -> None:
         d = client_dir(base, client_name(i))
         contexts.append(client_context(d / "client-cert.pem", d / "client-key.pem", ca, args.server_name))
     more = tuple(args.more_ports or ())
-    # one timer task for all of this process's clients (the gateway's way): the load generators' own
+    # one timer task and one reader for all of this process's clients (the gateway's way): the load generators' own
     # CPU stays well below the gateway's, so they are not what an idle measurement measures
-    timers = TimerWheel(resolution_s=0.1)
-    clients = [SimClient(args.first + i, ctx, args.port, more, timers) for i, ctx in enumerate(contexts)]
+    timers, quiet = TimerWheel(resolution_s=0.1), QuietReader()
+    clients = [SimClient(args.first + i, ctx, args.port, more, timers, quiet) for i, ctx in enumerate(contexts)]
     marked_at = time.perf_counter()
     base_totals: dict[str, int] = {}
     soft, hard = raise_nofile()
@@ -380,6 +385,7 @@ async def clients_role(args: argparse.Namespace) -> None:
     done.set()
     async with trio.open_nursery() as nursery:
         await nursery.start(timers.run)
+        await nursery.start(quiet.run)
         stdin = trio.lowlevel.FdStream(os.dup(0))
         async with stdin:
             async for line in _lines(stdin):

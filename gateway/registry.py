@@ -168,6 +168,10 @@ def _no_ack_task() -> None:
     """`ClientSession.start_acks` until a control session sets its own (one function for all: no memory per client)."""
 
 
+def _no_rtt() -> float | None:
+    return None
+
+
 class ClientSession:
     """One client's live control connection, as the rest of the gateway sees it.
 
@@ -206,7 +210,8 @@ class ClientSession:
         self.channels: dict[int, Channel] = {}
         self.closed = False
         self._next_id = 1
-        self.rtt_s: float | None = None
+        #: the round trip of the gateway's latest answered heartbeat, seconds (its control session sets it)
+        self.rtt_s: Callable[[], float | None] = _no_rtt
         #: what the client's hello advertised (t.CLUSTER_CAPABILITY: it can attach to another node)
         self.capabilities: frozenset[str] = frozenset()
         #: the scope of the task that reads the control connection
@@ -324,7 +329,7 @@ class ClientSession:
             "identity": self.identity,
             "peer": self.peer,
             "since": self.connected_at,
-            "rtt_ms": None if self.rtt_s is None else round(self.rtt_s * 1000, 3),
+            "rtt_ms": None if (rtt := self.rtt_s()) is None else round(rtt * 1000, 3),
             "devices_refused": self.devices_refused,
             "inventory_updates_coalesced": self.updates_coalesced,
             "iso_out_dropped": self.drops[0],

@@ -49,6 +49,7 @@ from redirgate.transport import (
     PeerKind,
     PeerSilent,
     PrefixedStream,
+    QuietReader,
     Refusal,
     SignedCrl,
     TimerWheel,
@@ -118,6 +119,8 @@ class TunnelServer:
         self.handshake_timeout_s = handshake_timeout_s
         #: every control session's heartbeats and timeout: one task (`run_timers`) for all of them
         self.timers = TimerWheel()
+        #: the sessions waiting for their client: one task reads them all and answers heartbeats
+        self.quiet = QuietReader()
         self.heartbeat_interval_s = heartbeat_interval_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
         #: our own heartbeat to a client that spoke within the interval only every Nth interval
@@ -145,8 +148,12 @@ class TunnelServer:
         self.handing_over = False
 
     async def run_timers(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The task of the sessions' heartbeat timers (the service starts it before the listener)."""
-        await self.timers.run(task_status=task_status)
+        """The tasks every session shares: its heartbeat timers, the reader of quiet sessions
+        (the service starts them before the listener)."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.timers.run)
+            await nursery.start(self.quiet.run)
+            task_status.started()
 
     @property
     def heartbeat_interval_s(self) -> float:
@@ -399,6 +406,7 @@ class TunnelServer:
                     rtt_every=self._rtt_every,
                     tasks=[control.send_acks] if control.acking else (),
                     timers=self.timers,
+                    quiet=self.quiet,
                 )
         except PeerSilent as exc:
             reason = exc.reason
@@ -540,6 +548,7 @@ class ClientControl(ControlSession):
         self.tls = stream
         self.client = ClientSession(identity, peer, self.send, server.limits)
         self.client.last_heard = self._last_heard
+        self.client.rtt_s = self._rtt_s
         #: the ack task runs (or is in `serve`'s tasks)
         self.acking = False
         #: the client named CRL_CAPABILITY: it gets the CRL now and whenever it changes
@@ -548,6 +557,11 @@ class ClientControl(ControlSession):
         self.crl_sent: int | None = None
         #: the CRL its certificate was last checked against (`TunnelServer._revoked`)
         self.crl_checked: SignedCrl | None = None
+
+    def _rtt_s(self) -> float | None:
+        """Read when asked (no handler per acknowledged heartbeat: the quiet reader times it alone)."""
+        tracker = self.tracker
+        return tracker.rtt_s if tracker is not None else None
 
     def _last_heard(self) -> float:
         tracker = self.tracker
@@ -593,10 +607,6 @@ class ClientControl(ControlSession):
             except (PeerGone, t.LocalProtocolError):
                 pass
         self.finish("its certificate was revoked")
-
-    async def _heartbeat_ack(self, event: t.HeartbeatAck) -> None:  # after the driver timed it
-        assert self.tracker is not None
-        self.client.rtt_s = self.tracker.rtt_s
 
     def start_acks(self) -> None:
         """Start the ack task once (a session with resumable channels): in
@@ -750,7 +760,6 @@ class ClientControl(ControlSession):
         self.finish("the client said goodbye")
 
     HANDLERS: ClassVar[Mapping[type[t.TunnelMessage], Handler]] = {
-        t.HeartbeatAck: _heartbeat_ack,
         t.ChannelAck: _channel_ack,
         t.Inventory: _inventory,
         t.InventoryUpdate: _inventory_update,

@@ -8,7 +8,7 @@ Owns the TLS contexts (:mod:`.tls`), the zero-copy streams (TLS:
 convention (:mod:`.identity`), the transport errors (:mod:`.errors`) and the
 driver of a tunnel control session with the one "peer gone" error
 (:mod:`.control`), the one task that runs many sessions' heartbeat timers
-(:mod:`.timers`), the CRL both ends trust when our CA signed it (:mod:`.crl`), and the data stream of a resumable channel
+(:mod:`.timers`) and the one that reads them while they are quiet (:mod:`.quiet`), the CRL both ends trust when our CA signed it (:mod:`.crl`), and the data stream of a resumable channel
 (:mod:`.resumable`, issue 16).
 Import its public names from here, not from the submodules.  The gateway's
 relay reactor thread is not here: it is `redirgate.gateway.reactor`.
@@ -42,6 +42,7 @@ from redirgate.transport.interfaces import (
 from redirgate.transport.metrics_http import serve_metrics
 from redirgate.transport.plain import PlainSocketStream, open_plain_connection
 from redirgate.transport.prefixed import PrefixedStream
+from redirgate.transport.quiet import QuietReader
 from redirgate.transport.relay import (
     DEFAULT_BUFFER_BYTES,
     RelayStats,
@@ -89,6 +90,7 @@ __all__ = [
     "PeerSilent",
     "PlainSocketStream",
     "PrefixedStream",
+    "QuietReader",
     "ReceiveIntoStream",
     "Reconnect",
     "Refusal",

@@ -47,6 +47,7 @@ stays the caller's: the session never closes it.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final
@@ -56,6 +57,7 @@ import trio
 from redirgate.proto import tunnel as t
 from redirgate.transport.errors import TransportError
 from redirgate.transport.interfaces import nonblocking
+from redirgate.transport.quiet import QuietReader
 from redirgate.transport.timers import TimerWheel
 
 __all__ = [
@@ -135,8 +137,10 @@ class ControlSession:
     __slots__ = (
         "_broken",
         "_failure",
+        "_held",
         "_nursery",
         "_outcome",
+        "_quiet_acks",
         "_send_waiters",
         "_sending",
         "_try_send",
@@ -173,6 +177,10 @@ class ControlSession:
         self._nursery: trio.Nursery | None = None
         self._failure: Exception | None = None
         self._outcome = ""
+        #: what the quiet reader left for the read loop: the next message, or the error to raise
+        self._held: t.TunnelMessage | Exception | None = None
+        #: the quiet reader may take a HeartbeatAck (no handler wants it)
+        self._quiet_acks = False
 
     # ------------------------------------------------------------- send
     async def send(self, message: t.TunnelMessage, *, timeout_s: float | None = None) -> None:
@@ -273,6 +281,7 @@ class ControlSession:
         before_heartbeat: Callable[[], None] | None = None,
         rtt_every: Callable[[], int] | None = None,
         timers: TimerWheel | None = None,
+        quiet: QuietReader | None = None,
     ) -> str:
         """Read, dispatch and heartbeat until the session ends (module docstring).
 
@@ -282,7 +291,8 @@ class ControlSession:
         not.  `rtt_every`: see the module docstring (None, or a value of 1:
         a heartbeat every interval); asked at each interval, so it may change.
         `timers`: a running `TimerWheel` shared with other sessions (None: one
-        of the session's own).
+        of the session's own).  `quiet`: a `QuietReader` that reads the session
+        while it waits for its peer, where the stream allows (module docstring).
         """
         if self._broken is not None:
             raise PeerGone(self.peer, self._broken.reason)
@@ -303,7 +313,7 @@ class ControlSession:
                 for task in tasks:
                     nursery.start_soon(self._guarded, task)
                 try:
-                    await self._read_loop(handlers, tracker)
+                    await self._read_loop(handlers, tracker, quiet)
                 except Exception as exc:  # raised below, outside the nursery: never an ExceptionGroup
                     self._fail(exc)
                 nursery.cancel_scope.cancel()
@@ -344,16 +354,45 @@ class ControlSession:
         nursery = self._nursery
         return nursery is None or nursery.cancel_scope.cancel_called
 
-    async def _read_loop(self, handlers: Mapping[type[t.TunnelMessage], Handler], tracker: t.HeartbeatTracker) -> None:
+    async def _read_loop(
+        self, handlers: Mapping[type[t.TunnelMessage], Handler], tracker: t.HeartbeatTracker, quiet: QuietReader | None
+    ) -> None:
         conn, stream = self.conn, self.stream
+        fast = stream if nonblocking(stream) else None
+        view = _receive_view() if fast is not None else None
+        # the quiet reader may answer heartbeats only where nothing else would handle them
+        quiet_fd = getattr(stream, "quiet_fd", None) if quiet is not None and t.Heartbeat not in handlers else None
+        self._quiet_acks = t.HeartbeatAck not in handlers
+        waited = True
         while True:
-            event = conn.next_event()
-            if event is t.NEED_DATA:  # receive(), written out: one coroutine frame less per session
+            held = self._held
+            if held is not None:
+                self._held = None
+                if isinstance(held, Exception):
+                    raise held
+                event: t.Event = held
+            else:
+                event = conn.next_event()
+            if event is t.NEED_DATA:
                 try:
-                    data = await stream.receive_some(RECEIVE_BYTES)
+                    if fast is None or view is None:  # receive(), written out: one coroutine frame less
+                        conn.receive_data(await stream.receive_some(RECEIVE_BYTES))
+                        continue
+                    n = fast.try_receive_into(view)
+                    if n is None:
+                        fd = quiet_fd() if quiet_fd is not None else None
+                        if fd is not None and quiet is not None and quiet.running:
+                            await quiet.park(fd, self._quiet_readable)
+                        else:
+                            await fast.wait_receivable()
+                        waited = True
+                        continue
                 except _STREAM_GONE as exc:
                     raise _gone(self.peer, exc) from exc
-                conn.receive_data(data)
+                conn.receive_data(view[:n] if n else b"")  # out of the shared buffer before any checkpoint
+                if not waited:  # a schedule point per read that did not wait, as receive_some has
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                waited = False
                 continue
             if event is t.CLOSED:
                 return
@@ -375,12 +414,68 @@ class ControlSession:
             elif not builtin:
                 raise t.UnexpectedMessageError(f"{event.KIND!r} is not handled here", kind=event.KIND)
 
+    def _quiet_readable(self) -> bool:
+        """The session's socket is readable while it is parked on a `QuietReader` (that reader's
+        task calls this): read what came, answer the peer's heartbeats and time its answers to
+        ours (where no handler wants those) here; True to stay
+        parked, False to let the read loop take over (another message, which it finds in
+        `_held`; the end of the stream; an error, which its own read meets again)."""
+        fast = self.stream
+        assert nonblocking(fast)
+        view = _receive_view()
+        try:
+            n = fast.try_receive_into(view)
+        except _STREAM_GONE:
+            return False  # the stream stays broken: the read loop's own read raises it
+        if n is None:  # nothing after all: stay, where a readable socket is still what it waits for
+            quiet_fd = getattr(fast, "quiet_fd", None)
+            return quiet_fd is not None and quiet_fd() is not None
+        if n == 0:
+            return False  # the read loop reads the end itself
+        conn, tracker = self.conn, self.tracker
+        conn.receive_data(view[:n])
+        while True:
+            try:
+                event = conn.next_event()
+            except t.RemoteProtocolError as exc:
+                self._held = exc
+                return False
+            if event is t.NEED_DATA:
+                return True
+            if event is t.CLOSED:
+                return False  # it stays CLOSED: the read loop finds it
+            assert isinstance(event, t.TunnelMessage)
+            if tracker is not None and type(event) is t.HeartbeatAck and self._quiet_acks:
+                tracker.on_ack(event.seq, trio.current_time())
+                continue
+            if type(event) is not t.Heartbeat or self._sending or tracker is None:
+                self._held = event
+                return False
+            tracker.on_received(trio.current_time())
+            try:
+                self._send_nowait(t.HeartbeatAck(event.seq))
+            except Exception as exc:  # raised by the read loop as send() would have
+                self._held = exc
+                return False
+
     async def _send_later(self, timer: _HeartbeatTimer, message: t.TunnelMessage) -> None:
         """A heartbeat that had to wait for the gate (another frame is being written)."""
         try:
             await self.send(message)
         finally:
             timer.sending = False
+
+
+_local = threading.local()
+
+
+def _receive_view() -> memoryview:
+    """This thread's receive buffer: every session's read is copied out of it at once
+    (`receive_data`), so one buffer serves all the sessions of a trio loop."""
+    view: memoryview | None = getattr(_local, "view", None)
+    if view is None:
+        view = _local.view = memoryview(bytearray(RECEIVE_BYTES))
+    return view
 
 
 class _HeartbeatTimer:

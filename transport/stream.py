@@ -399,6 +399,14 @@ class ZeroCopyTLSStream(trio.abc.Stream):
             n = self._read_more(buffer, n, trains_only=True)
         return n
 
+    def quiet_fd(self) -> int | None:
+        """The descriptor whose readability means `try_receive_into` can go on, where that is
+        so now (a `transport.QuietReader` may watch it): None while OpenSSL holds decrypted
+        bytes or needs the socket writable first (then `wait_receivable`)."""
+        if self._state is not _OPEN or self._recv_want != WANT_READ or self._ssl.pending():
+            return None
+        return self._ssl.fileno()
+
     async def wait_receivable(self) -> None:
         if self._ssl.pending():
             await trio.lowlevel.checkpoint()

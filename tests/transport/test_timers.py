@@ -159,10 +159,12 @@ class TrickleStream(trio.abc.Stream):
     def __init__(self, take: int) -> None:
         self.take = take
         self.written = bytearray()
-        self._send, self._receive = trio.open_memory_channel[bytes](100)
+        self._incoming = bytearray()
+        self._fed = trio.Event()
 
     def feed(self, data: bytes) -> None:
-        self._send.send_nowait(data)
+        self._incoming += data
+        self._fed.set()
 
     def try_send(self, view: memoryview) -> int | None:
         n = min(self.take, len(view))
@@ -177,15 +179,27 @@ class TrickleStream(trio.abc.Stream):
         await trio.lowlevel.checkpoint()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        return await self._receive.receive()
+        await self.wait_receivable()
+        data = bytes(self._incoming)
+        self._incoming.clear()
+        return data
 
-    def try_receive_into(self, buffer: Buffer) -> int | None:  # pragma: no cover - not used by the session
-        return None
+    def try_receive_into(self, buffer: Buffer) -> int | None:
+        if not self._incoming:
+            self._fed = trio.Event()
+            return None
+        n = min(len(buffer), len(self._incoming))
+        buffer[:n] = self._incoming[:n]
+        del self._incoming[:n]
+        return n
 
-    async def wait_receivable(self) -> None:  # pragma: no cover
-        await trio.lowlevel.checkpoint()
+    async def wait_receivable(self) -> None:
+        if not self._incoming:
+            await self._fed.wait()
+        else:
+            await trio.lowlevel.checkpoint()
 
-    async def wait_sendable(self) -> None:  # pragma: no cover
+    async def wait_sendable(self) -> None:  # pragma: no cover - the socket always takes a few bytes
         await trio.lowlevel.checkpoint()
 
     async def aclose(self) -> None:
