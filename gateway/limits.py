@@ -78,6 +78,8 @@ PACER_WINDOW_S = 0.5
 PACER_STALLED = 3.0
 #: the longest retry hint handed out, s
 MAX_RETRY_AFTER_S = 60.0
+#: a handshake's time the hints assume before the first one finished, s
+UNMEASURED_HANDSHAKE_S = 0.1
 #: the share of the measured completion rate the retry hints' queue is served at
 HINT_RATE_SHARE = 0.9
 
@@ -169,7 +171,12 @@ class HandshakePacer:
         handshakes in progress now, the stalled ones left out): seconds until it."""
         rate = self.rate
         if rate is None:  # not measured yet; Little's law: `running` handshakes at a time, each for about _mean_s
-            rate = max(1, running) / max(self._mean_s if self._mean_s is not None else self.pacing_s, 1e-3)
+            # before the first handshake finished, a guess on the quick side: a restarted gateway's whole herd
+            # is turned away in its first second, and with `pacing_s` as the guess (64 / 2.5 s: 25 a second)
+            # 10,000 clients were booked over minutes (capped at 60 s) for a gateway that finishes hundreds a
+            # second; too early costs a client one more busy line, booked then at the measured time
+            mean = self._mean_s if self._mean_s is not None else UNMEASURED_HANDSHAKE_S
+            rate = max(1, running) / max(mean, 1e-3)
         # a little behind the rate: a client back before there is room is only turned away again
         slot = max(self._next_slot, now) + 1.0 / max(HINT_RATE_SHARE * rate, 1e-3)
         hint = min(MAX_RETRY_AFTER_S, slot - now)
