@@ -7,6 +7,7 @@ over loopback TCP.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import struct
@@ -106,10 +107,11 @@ async def test_iso_in_stream(loopback) -> None:
         start = await guest.request(T.START_ISO_STREAM, 0x51, endpoint=0x82, pkts_per_urb=8, no_urbs=4)
         assert (start.id, start.fields) == (0x51, {"status": SUCCESS, "endpoint": 0x82})
         got = await packets(guest, T.ISO_PACKET, 0x82, 40)
-        assert [e.id for e in got] == list(range(40))
+        assert got[0].id == 0 and _increasing([e.id for e in got])
         assert all(e.fields == {"endpoint": 0x82, "status": SUCCESS, "length": ISO_PACKET_BYTES} for e in got)
         first = struct.unpack_from("<I", got[0].data)[0]
-        assert [e.data for e in got] == [iso_pattern(first + i, ISO_PACKET_BYTES) for i in range(40)]
+        # the device's packet counter and the ids advance together (a packet dropped for a slow reader keeps its id)
+        assert [e.data for e in got] == [iso_pattern(first + e.id, ISO_PACKET_BYTES) for e in got]
         dup = await guest.request(T.START_ISO_STREAM, endpoint=0x82, pkts_per_urb=8, no_urbs=4)
         assert dup.fields == {"status": INVAL, "endpoint": 0x82}
         stop = await guest.request(T.STOP_ISO_STREAM, 0x52, endpoint=0x82)
@@ -119,8 +121,16 @@ async def test_iso_in_stream(loopback) -> None:
         await processed(guest)
         assert [e for e in guest.events[after:] if e.type == T.ISO_PACKET] == []
         ids = [e.id for e in guest.of_type(T.ISO_PACKET)]
-        assert ids == list(range(len(ids)))  # consecutive, no duplicate, nothing dropped
+        assert ids[0] == 0 and _increasing(ids)  # in order, no duplicate
+        # on a loaded machine this process's guest can read too slowly and the engine drops iso
+        # packets as the reference does (a hysteresis on queued bytes): every one missing is counted
+        missing = ids[-1] + 1 - len(ids)
+        assert missing <= s.engine.outbox.dropped.get(0x82, 0), f"{missing} iso packet(s) lost uncounted"
         assert guest.parse_errors == []
+
+
+def _increasing(ids: list[int]) -> bool:
+    return all(a < b for a, b in itertools.pairwise(ids))
 
 
 async def test_iso_start_validation(loopback) -> None:
