@@ -18,7 +18,7 @@ import trio.testing
 
 from redirgate.proto import tunnel as t
 from redirgate.transport import Buffer, ControlSession, PeerSilent, TimerWheel
-from tests.transport.test_control import INTERVAL_S, TIMEOUT_S, Peer, connected_pair
+from tests.support.control_peer import INTERVAL_S, TIMEOUT_S, Peer, connected_pair
 
 
 async def _heartbeats_until_silent(
