@@ -18,26 +18,24 @@ import trio
 
 from redirgate.proto import tunnel as t
 from redirgate.transport import ControlSession, QuietReader, TimerWheel, ZeroCopyTLSStream
+from tests.support.control_peer import INTERVAL_S, TIMEOUT_S
+from tests.support.control_peer import Peer as Client
 from tests.support.transport_lab import make_pki, plain_pair, tls_pair
 from tests.support.waiting import until
 
-INTERVAL_S, TIMEOUT_S = 10.0, 30.0
 
-
-class Client:
-    """The session's peer on the other end of the TLS connection."""
-
-    def __init__(self, stream: ZeroCopyTLSStream) -> None:
-        self.stream = stream
-        self.conn = t.TunnelConnection("client")
-
-    async def send(self, message: t.TunnelMessage) -> None:
-        await self.stream.send_all(self.conn.send(message))
-
-    async def next(self) -> Any:
-        while (event := self.conn.next_event()) is t.NEED_DATA:
-            self.conn.receive_data(await self.stream.receive_some(65536))
-        return event
+async def _after_hellos(tmp_path: Path) -> tuple[ControlSession, Client, ZeroCopyTLSStream]:
+    """A gateway-role session and its client over real TLS, after both hellos; the third is the
+    session's stream (the caller closes both streams)."""
+    pki = make_pki(tmp_path)
+    client_stream, gateway_stream = await tls_pair(pki.server_context(), pki.client_context())
+    client = Client(client_stream, "client")
+    session = ControlSession(gateway_stream, "gateway", peer="thin-under-test")
+    await client.send(t.ClientHello())
+    assert isinstance(await session.receive(), t.ClientHello)
+    await session.send(t.GatewayHello(heartbeat_interval_s=INTERVAL_S, heartbeat_timeout_s=TIMEOUT_S))
+    assert isinstance(await client.next(), t.GatewayHello)
+    return session, client, gateway_stream
 
 
 @asynccontextmanager
@@ -47,14 +45,7 @@ async def parked_session(
     """A gateway-role session serving on a running QuietReader (and TimerWheel) after the
     hellos; yields (session, client, reader, outcome): `outcome` gets what serve returned
     or raised once it ended."""
-    pki = make_pki(tmp_path)
-    client_stream, gateway_stream = await tls_pair(pki.server_context(), pki.client_context())
-    client = Client(client_stream)
-    session = ControlSession(gateway_stream, "gateway", peer="thin-under-test")
-    await client.send(t.ClientHello())
-    assert isinstance(await session.receive(), t.ClientHello)
-    await session.send(t.GatewayHello(heartbeat_interval_s=INTERVAL_S, heartbeat_timeout_s=TIMEOUT_S))
-    assert isinstance(await client.next(), t.GatewayHello)
+    session, client, gateway_stream = await _after_hellos(tmp_path)
     reader, timers = QuietReader(), TimerWheel()
     outcome: list[Any] = []
 
@@ -81,7 +72,7 @@ async def parked_session(
             yield session, client, reader, outcome
             nursery.cancel_scope.cancel()
     finally:
-        await client_stream.aclose()
+        await client.stream.aclose()
         await gateway_stream.aclose()
 
 
@@ -142,14 +133,7 @@ async def test_finish_while_parked_unparks_the_session(tmp_path: Path) -> None:
 
 
 async def test_sessions_go_on_reading_by_themselves_when_the_reader_stops(tmp_path: Path) -> None:
-    pki = make_pki(tmp_path)
-    client_stream, gateway_stream = await tls_pair(pki.server_context(), pki.client_context())
-    client = Client(client_stream)
-    session = ControlSession(gateway_stream, "gateway", peer="thin-under-test")
-    await client.send(t.ClientHello())
-    assert isinstance(await session.receive(), t.ClientHello)
-    await session.send(t.GatewayHello(heartbeat_interval_s=INTERVAL_S, heartbeat_timeout_s=TIMEOUT_S))
-    assert isinstance(await client.next(), t.GatewayHello)
+    session, client, gateway_stream = await _after_hellos(tmp_path)
     reader = QuietReader()
     try:
         async with trio.open_nursery() as nursery:
@@ -171,7 +155,7 @@ async def test_sessions_go_on_reading_by_themselves_when_the_reader_stops(tmp_pa
             assert reader.handled == 0
             nursery.cancel_scope.cancel()
     finally:
-        await client_stream.aclose()
+        await client.stream.aclose()
         await gateway_stream.aclose()
 
 
@@ -188,7 +172,7 @@ async def test_many_sessions_on_one_reader(tmp_path: Path, sessions: int) -> Non
             await nursery.start(reader.run)
             clients = []
             for client_stream, gateway_stream in pairs:
-                client = Client(client_stream)
+                client = Client(client_stream, "client")
                 session = ControlSession(gateway_stream, "gateway", peer="many")
                 await client.send(t.ClientHello())
                 assert isinstance(await session.receive(), t.ClientHello)
@@ -233,7 +217,7 @@ async def test_sessions_reading_floods_at_once_each_get_only_their_own_messages(
     async def one(name: str, nursery: trio.Nursery) -> tuple[ControlSession, Client]:
         ours, theirs = await plain_pair()  # no TLS: each read returns all that came, many messages
         streams.extend((ours, theirs))
-        client = Client(theirs)  # type: ignore[arg-type]
+        client = Client(theirs, "client")  # type: ignore[arg-type]
         session = ControlSession(ours, "gateway", peer=name)
         await client.send(t.ClientHello())
         assert isinstance(await session.receive(), t.ClientHello)
