@@ -9,6 +9,9 @@
 # REDIRGATE_REQUIRE_SYSTEM=1 (the default here) turns a missing system
 # component into a test failure instead of a skip.  FUZZ_SECONDS sets how
 # long each fuzz target runs (default 60; 0 skips fuzzing).
+# REDIRGATE_CPU_HOGS=N runs pytest beside N CPU-bound processes (CI uses one
+# per core): the suite must stay green on a loaded machine, so CI proves it
+# on every run instead of on a quiet one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +30,29 @@ bash tests/lint.sh || lint=1
 
 export REDIRGATE_REQUIRE_SYSTEM="${REDIRGATE_REQUIRE_SYSTEM:-1}"
 export PYTHONSAFEPATH=1
-.venv/bin/python -m pytest "$@"
+hogs=()
+stop_hogs() {
+    if [ "${#hogs[@]}" -gt 0 ]; then
+        kill "${hogs[@]}" 2>/dev/null || true
+        wait "${hogs[@]}" 2>/dev/null || true
+        hogs=()
+    fi
+}
+trap stop_hogs EXIT
+trap 'stop_hogs; exit 143' TERM INT
+for _ in $(seq 1 "${REDIRGATE_CPU_HOGS:-0}"); do
+    python3 -c 'while True: pass' &
+    hogs+=("$!")
+done
+if [ "${#hogs[@]}" -gt 0 ]; then
+    echo "tests/run.sh: pytest runs beside ${#hogs[@]} CPU-bound processes (REDIRGATE_CPU_HOGS)"
+fi
+status=0
+.venv/bin/python -m pytest "$@" || status=$?
+stop_hogs
+if [ "$status" != 0 ]; then
+    exit "$status"
+fi
 
 if [ "${FUZZ_SECONDS:-60}" != "0" ]; then
     .venv/bin/python fuzz/run.py --seconds "${FUZZ_SECONDS:-60}"
