@@ -181,10 +181,10 @@ def source(port: int, tls: list[str] | None, nbytes: int, rtt: int, warmup: int)
 def redirgate_relay(sink_port: int, tls: list[str] | None, buffer_bytes: int, resumable: bool = False) -> None:
     import trio
 
-    from redirgate.gateway.reactor import RelayReactor
     from redirgate.proto import tunnel as t
     from redirgate.transport import (
         PlainSocketStream,
+        RelayReactor,
         ResumableStream,
         accept_tls,
         open_plain_connection,

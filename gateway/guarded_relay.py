@@ -17,10 +17,9 @@ streams when either direction ends).
 from __future__ import annotations
 
 from redirgate.gateway.errors import ChannelError
-from redirgate.gateway.reactor import RelayReactor
 from redirgate.proto.usbredir import RemoteProtocolError
 from redirgate.proto.usbredir.walker import HostStreamGuard
-from redirgate.transport import DEFAULT_BUFFER_BYTES, ReceiveIntoStream, RelayStats, relay
+from redirgate.transport import DEFAULT_BUFFER_BYTES, ReceiveIntoStream, RelayReactor, RelayStats, relay
 
 __all__ = ["GuardViolation", "relay_usbredir"]
 

@@ -93,12 +93,12 @@ from typing import Final
 
 import trio
 
-from redirgate.gateway.reactor import RelayReactor
 from redirgate.transport import (
     Handover,
     NonBlockingStream,
     PrefixedStream,
     ReceiveIntoStream,
+    RelayReactor,
     RelayStats,
     ResumableStream,
     SocketLender,

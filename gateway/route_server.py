@@ -45,7 +45,6 @@ from redirgate.gateway.config import Route
 from redirgate.gateway.guarded_relay import GuardViolation, relay_usbredir
 from redirgate.gateway.limits import Every, HandshakeLimits
 from redirgate.gateway.raw_relay import RawFreezer, relay_raw
-from redirgate.gateway.reactor import RelayReactor
 from redirgate.gateway.registry import Channel, Registry, describe_device
 from redirgate.proto import tunnel as t
 from redirgate.proto.usbredir import HelloGate
@@ -56,6 +55,7 @@ from redirgate.transport import (
     PlainSocketStream,
     PrefixedStream,
     ReceiveIntoStream,
+    RelayReactor,
     RevocationChecker,
     TlsRefused,
     accept_tls,

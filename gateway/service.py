@@ -35,11 +35,10 @@ from redirgate.gateway.errors import ListenError
 from redirgate.gateway.events import AuditLog, GatewayCollector, GatewayEvents
 from redirgate.gateway.handover import HandoverFailed, Inheritance, guard_of, hand_over
 from redirgate.gateway.pki import EXPIRY_WARNING_DAYS, RevocationList, certificate_expiry
-from redirgate.gateway.reactor import RelayReactor
 from redirgate.gateway.registry import Registry
 from redirgate.gateway.route_server import RouteServer
 from redirgate.gateway.tunnel_server import TunnelServer
-from redirgate.transport import hypervisor_server_context, serve_metrics, server_context
+from redirgate.transport import RelayReactor, hypervisor_server_context, serve_metrics, server_context
 
 __all__ = ["Gateway", "GatewayAddresses", "serve_gateway"]
 

@@ -9,9 +9,10 @@ convention (:mod:`.identity`), the transport errors (:mod:`.errors`) and the
 driver of a tunnel control session with the one "peer gone" error
 (:mod:`.control`), the one task that runs many sessions' heartbeat timers
 (:mod:`.timers`) and the one that reads them while they are quiet (:mod:`.quiet`), the CRL both ends trust when our CA signed it (:mod:`.crl`), and the data stream of a resumable channel
-(:mod:`.resumable`, issue 16).
-Import its public names from here, not from the submodules.  The gateway's
-relay reactor thread is not here: it is `redirgate.gateway.reactor`.
+(:mod:`.resumable`, issue 16), and the relay reactor thread that moves
+channels' bytes on lent sockets outside trio (:mod:`.reactor`; the gateway
+runs one per process).
+Import its public names from here, not from the submodules.
 
 It must never hold gateway state or import anything from `redirgate.gateway`
 or `redirgate.client`: both use it
@@ -43,6 +44,7 @@ from redirgate.transport.metrics_http import serve_metrics
 from redirgate.transport.plain import PlainSocketStream, open_plain_connection
 from redirgate.transport.prefixed import PrefixedStream
 from redirgate.transport.quiet import QuietReader
+from redirgate.transport.reactor import ReactorOutcome, ReactorSide, RelayReactor
 from redirgate.transport.relay import (
     DEFAULT_BUFFER_BYTES,
     RelayStats,
@@ -91,9 +93,12 @@ __all__ = [
     "PlainSocketStream",
     "PrefixedStream",
     "QuietReader",
+    "ReactorOutcome",
+    "ReactorSide",
     "ReceiveIntoStream",
     "Reconnect",
     "Refusal",
+    "RelayReactor",
     "RelayStats",
     "ResumableStream",
     "ResumeHook",

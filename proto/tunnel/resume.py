@@ -44,7 +44,7 @@ changing under other hands):
   and `ResumeAnswer` join the data-connection preamble as the alternative
   to `Attach` / `AttachResult`, with the same 1 KiB limit.
 - Gateway: one `ResumableChannel` per channel, owned by the task that owns
-  the channel's relay in `gateway/reactor.py`.  The replay buffer sits
+  the channel's relay in `transport/reactor.py`.  The replay buffer sits
   between the reactor's QEMU-side read and its write to the client: each
   chunk read from QEMU is `sent()` (recorded) as it is written to the data
   connection; the reactor's own buffers are transient (bytes are in one

@@ -26,8 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from redirgate.gateway.raw_relay import _Ring, relay_raw
-from redirgate.gateway.reactor import ReactorOutcome, RelayReactor
-from redirgate.transport import Buffer, RelayStats, relay
+from redirgate.transport import Buffer, ReactorOutcome, RelayReactor, RelayStats, relay
 from tests.support.resumable_link import open_link, sever
 from tests.support.transport_lab import (
     Pki,

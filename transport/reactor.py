@@ -1,4 +1,4 @@
-"""The gateway's relay reactor: one thread with its own epoll that moves the bytes of many channels.
+"""The relay reactor: one thread with its own epoll that moves the bytes of many channels.
 
 Why a thread: the gateway's hot loop on trio costs two scheduler round trips
 and several Python layers per small message; measured against stunnel4 the
@@ -12,9 +12,10 @@ on the fast path in `_loop`, which takes every message that is read and
 written at once - no Python function call of ours at all.  trio
 keeps everything else - accepting, handshakes, the attach preamble,
 timeouts, cancellation, closing - and waits for a channel's end on an
-event the reactor sets through the trio token.  It is the gateway's only:
-`transport.relay` takes it as its `SocketMover` hook (`relay(...,
-mover=reactor)`), and the client relays with the plain trio pumps.
+event the reactor sets through the trio token.  Who starts one: the
+gateway runs one for the whole process (`transport.relay` takes it as its
+`SocketMover` hook, `relay(..., mover=reactor)`, and its raw relay lends
+serial/parallel channels with `move_raw`).
 
 Ownership: the streams lend their sockets (transport.Handover: the stream
 keeps owning and closing them).  Between `add` and the end notification
@@ -61,7 +62,9 @@ from typing import Any
 import trio
 
 from redirgate.proto import tunnel as t
-from redirgate.transport import FULL_RECORD_BYTES, Handover, Inspector, RelayStats, ResumeHook, record_layer
+from redirgate.transport.interfaces import Handover, Inspector, ResumeHook
+from redirgate.transport.relay import RelayStats
+from redirgate.transport.stream import FULL_RECORD_BYTES, record_layer
 
 __all__ = ["ReactorOutcome", "ReactorSide", "RelayReactor"]
 

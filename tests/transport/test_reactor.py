@@ -1,4 +1,4 @@
-"""The gateway's relay reactor thread: moves a channel's bytes on sockets the streams lend it (transport.relay's mover)."""
+"""The relay reactor thread (transport.reactor): moves a channel's bytes on sockets the streams lend it (transport.relay's mover)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import hashlib
 import pytest
 import trio
 
-from redirgate.gateway.reactor import RelayReactor
 from redirgate.proto import tunnel as t
-from redirgate.transport import PrefixedStream, RelayStats, ResumableStream, relay
+from redirgate.transport import PrefixedStream, RelayReactor, RelayStats, ResumableStream, relay
 from tests.support.transport_lab import (
     Pki,
     make_channel,
