@@ -10,6 +10,8 @@ An older client (no `stream_drops` in its hello) sends nothing and the gateway s
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -42,11 +44,9 @@ def _route(lab: Lab) -> dict:
     return next(r for r in lab.gateway.snapshot()["routes"] if r["name"] == "loop")
 
 
-async def _flood_iso_out(lab: Lab, *, told: bool = True) -> int:
-    """A guest on the route floods an iso OUT stream; the packets the client's engine dropped
-    (`told`: once the gateway's channel shows them)."""
-    client = lab.client
-    assert client is not None
+@asynccontextmanager
+async def _guest_on_route(lab: Lab) -> AsyncIterator[RefGuest]:
+    """A reference guest on the route, past the client's hello and device announcement."""
     tcp = await trio.open_tcp_stream("127.0.0.1", lab.route_port("loop"))
     guest = RefGuest(tcp)
     try:
@@ -54,28 +54,35 @@ async def _flood_iso_out(lab: Lab, *, told: bool = True) -> int:
             nursery.start_soon(guest.run)
             await guest.expect_next(T.HELLO)
             await guest.expect_announcement()
-            # configuration 1 (the device may have it from an earlier channel: then only a status comes)
-            configured = await guest.request(T.SET_CONFIGURATION, configuration=1)
-            assert configured.fields["status"] == SUCCESS
-            # interface 1, alt 1: the loopback's iso endpoints (interface and endpoint infos come first)
-            alt = await guest.request(T.SET_ALT_SETTING, interface=1, alt=1)
-            assert alt.fields == {"status": SUCCESS, "interface": 1, "alt": 1}
-            start = await guest.request(T.START_ISO_STREAM, endpoint=0x02, pkts_per_urb=2, no_urbs=2)
-            assert start.fields == {"status": SUCCESS, "endpoint": 0x02}
-            for seq in range(SENT):
-                await guest.send(T.ISO_PACKET, seq, bytes(100), endpoint=0x02, status=0, length=100)
-            await processed(guest)
-            (engine,) = client.engines.values()
-            dropped = engine.drop_counts()[0]
-            assert dropped > 0
-            if told:  # while the channel is live
-                await until(
-                    lambda: (_route(lab)["channel"] or {}).get("iso_out_dropped") == dropped, "the channel's drops"
-                )
+            yield guest
             nursery.cancel_scope.cancel()
     finally:
         await tcp.aclose()
         guest.close()
+
+
+async def _flood_iso_out(lab: Lab, *, told: bool = True) -> int:
+    """A guest on the route floods an iso OUT stream; the packets the client's engine dropped
+    (`told`: once the gateway's channel shows them)."""
+    client = lab.client
+    assert client is not None
+    async with _guest_on_route(lab) as guest:
+        # configuration 1 (the device may have it from an earlier channel: then only a status comes)
+        configured = await guest.request(T.SET_CONFIGURATION, configuration=1)
+        assert configured.fields["status"] == SUCCESS
+        # interface 1, alt 1: the loopback's iso endpoints (interface and endpoint infos come first)
+        alt = await guest.request(T.SET_ALT_SETTING, interface=1, alt=1)
+        assert alt.fields == {"status": SUCCESS, "interface": 1, "alt": 1}
+        start = await guest.request(T.START_ISO_STREAM, endpoint=0x02, pkts_per_urb=2, no_urbs=2)
+        assert start.fields == {"status": SUCCESS, "endpoint": 0x02}
+        for seq in range(SENT):
+            await guest.send(T.ISO_PACKET, seq, bytes(100), endpoint=0x02, status=0, length=100)
+        await processed(guest)
+        (engine,) = client.engines.values()
+        dropped = engine.drop_counts()[0]
+        assert dropped > 0
+        if told:  # while the channel is live
+            await until(lambda: (_route(lab)["channel"] or {}).get("iso_out_dropped") == dropped, "the channel's drops")
     return dropped
 
 
@@ -125,16 +132,7 @@ async def test_an_older_gateway_is_told_nothing(tmp_path: Path) -> None:
         await until(lambda: not client.engines, "the client's channel to end")
         # a second channel on the same control connection: its ChannelOpened follows whatever the
         # first channel's end sent, so a refused StreamDrops would have ended this session by then
-        tcp = await trio.open_tcp_stream("127.0.0.1", lab.route_port("loop"))
-        guest = RefGuest(tcp)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(guest.run)
-                await guest.expect_next(T.HELLO)
-                await guest.expect_announcement()
-                nursery.cancel_scope.cancel()
-        finally:
-            await tcp.aclose()
-            guest.close()
+        async with _guest_on_route(lab):
+            pass
         assert client.sessions == 1 and client.online
         assert _route(lab)["iso_out_dropped"] == 0
