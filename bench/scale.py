@@ -755,6 +755,9 @@ class Herd:
         if len(back) < marked:
             errors = sorted({e for a in answers for e in a.get("errors", [])})[:3]
             notes.append(f"{label}: only {len(back)} of {marked} back within {limit_s:.0f} s ({'; '.join(errors)})")
+            notes.append(f"{label}: back per second from the kill: {timeline(back)}")
+            _put(into, "herd_machine_busy_pct", busy)
+            _put(into, "herd_gateway_cpu_ms_per_client", 1e3 * cpu_s / max(1, len(back)))
             return
         _put(into, "herd_all_back_s", back[-1])
         _put(into, "herd_p50_s", back[len(back) // 2])
@@ -769,6 +772,13 @@ class Herd:
         _put(into, "herd_gateway_cpu_s", cpu_s)
         _put(into, "herd_loadgen_cpu_s", gen_s)
         _put(into, "herd_machine_busy_pct", busy)
+        _put(into, "herd_gateway_cpu_ms_per_client", 1e3 * cpu_s / marked)
+        _put(into, "herd_loadgen_cpu_ms_per_client", 1e3 * gen_s / marked)
+        hints = sorted(h for a in answers for h in a.get("hint_values", []))
+        if hints:
+            _put(into, "herd_hint_p50_s", hints[len(hints) // 2])
+            _put(into, "herd_hint_max_s", hints[-1])
+        notes.append(f"{label}: back per second from the kill: {timeline(back)}")
 
     def close(self) -> None:
         try:
@@ -778,7 +788,18 @@ class Herd:
         self.procs.stop_all()
 
 
-def run_herd(n: int, rounds: int, procs: int = HERD_PROCS) -> dict[str, Any]:
+def timeline(back: list[float], buckets: int = 30) -> str:
+    """How many came back in each of up to `buckets` equal spans from the kill, compact."""
+    if not back:
+        return "none"
+    span = max(1.0, back[-1] / buckets)
+    counts = [0] * (int(back[-1] / span) + 1)
+    for b in back:
+        counts[int(b / span)] += 1
+    return f"per {span:.1f} s: " + " ".join(str(c) for c in counts)
+
+
+def run_herd(n: int, rounds: int, procs: int = HERD_PROCS, arms: str = "both") -> dict[str, Any]:
     """For each round and arm (interleaved): a fresh gateway, N clients connected, then one SIGKILL +
     restart timed; the figures per arm."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -787,10 +808,11 @@ def run_herd(n: int, rounds: int, procs: int = HERD_PROCS) -> dict[str, Any]:
     started, load0 = time.monotonic(), os.getloadavg()
     pki_base, pki_s, issued = ensure_pki(n)
     notes = [f"PKI cache {PKI_CACHE}: {issued} certificate(s) issued now ({pki_s:.1f} s)"]
-    arms: dict[str, Figures] = {label: {} for label, _ in HERD_ARMS}
+    chosen = [(label, pacing) for label, pacing in HERD_ARMS if arms == "both" or (arms == "off") == (pacing == 0.0)]
+    figures: dict[str, Figures] = {label: {} for label, _ in chosen}
     errors: list[str] = []
     for _ in range(rounds):
-        for label, pacing in HERD_ARMS:
+        for label, pacing in chosen:
             with tempfile.TemporaryDirectory(prefix="redirgate-bench-herd-") as tmp:
                 herd = None
                 try:
@@ -800,8 +822,8 @@ def run_herd(n: int, rounds: int, procs: int = HERD_PROCS) -> dict[str, Any]:
                         notes.append(f"{label}: only {online} of {n} online before the restart")
                         continue
                     time.sleep(HERD_SETTLE_S)
-                    herd.restart(arms[label], notes, label)
-                    print(f"herd {label}: {json.dumps(arms[label])}", file=sys.stderr, flush=True)  # progress
+                    herd.restart(figures[label], notes, label)
+                    print(f"herd {label}: {json.dumps(figures[label])}", file=sys.stderr, flush=True)  # progress
                 except (RuntimeError, OSError, KeyError) as exc:
                     errors.append(f"{label}: {type(exc).__name__}: {exc}")
                 finally:
@@ -812,7 +834,7 @@ def run_herd(n: int, rounds: int, procs: int = HERD_PROCS) -> dict[str, Any]:
         "n": n,
         "rounds": rounds,
         "procs": procs,
-        "arms": arms,
+        "arms": figures,
         "machine": machine(),
         "loadavg_start": load0,
         "loadavg_end": os.getloadavg(),
@@ -836,6 +858,10 @@ HERD_ROWS: tuple[tuple[str, str, int], ...] = (
     ("herd_gateway_cpu_s", "gateway CPU s from its start to all back", 1),
     ("herd_loadgen_cpu_s", "simulated clients' CPU s from the kill to all back", 1),
     ("herd_machine_busy_pct", "whole machine busy % meanwhile (both CPUs = 100)", 0),
+    ("herd_gateway_cpu_ms_per_client", "gateway CPU ms per returning client", 2),
+    ("herd_loadgen_cpu_ms_per_client", "simulated clients' CPU ms per returning client", 2),
+    ("herd_hint_p50_s", "retry hints p50, s", 2),
+    ("herd_hint_max_s", "retry hints max, s", 1),
 )
 
 
@@ -1050,6 +1076,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--rounds", type=int, default=1, help="--herd: rounds of both arms, interleaved")
     parser.add_argument(
+        "--arms", choices=["both", "off", "paced"], default="both", help="--herd: pacing off, paced or both (default)"
+    )
+    parser.add_argument(
         "--idle",
         type=int,
         metavar="N",
@@ -1061,7 +1090,7 @@ def main(argv: list[str] | None = None) -> None:
         emit(run_idle(args.idle, args.windows), idle_table, args.json)
         return
     if args.herd:
-        emit(run_herd(args.herd, args.rounds), herd_table, args.json)
+        emit(run_herd(args.herd, args.rounds, arms=args.arms), herd_table, args.json)
         return
     emit(run(args.quick, sizes=tuple(args.sizes) if args.sizes else None), table, args.json)
 

@@ -57,6 +57,7 @@ from redirgate.client.tunnel import reconnect_delay
 from redirgate.gateway.pki import client_dir
 from redirgate.proto import tunnel as t
 from redirgate.transport import (
+    BusyTickets,
     ClientContext,
     ControlSession,
     PeerGone,
@@ -151,6 +152,10 @@ class SimClient:
         #: the TCP connect or TLS handshake (CONNECT_TIMEOUT_S): "abandoned" on the client side
         self.hints = 0
         self.abandoned = 0
+        #: the retry hints received since the last `restart-mark`, s
+        self.hint_values: list[float] = []
+        #: a busy gateway's ticket (our place in its queue), sent back on the next dial, as the real client does
+        self.tickets = BusyTickets()
         #: perf_counter() of the first session up after the last `restart-mark` (None: not back yet)
         self.t_back: float | None = None
         self.marked = False
@@ -207,7 +212,9 @@ class SimClient:
 
     async def _dial(self) -> ZeroCopyTLSStream:
         with trio.fail_after(CONNECT_TIMEOUT_S), peer_gone(f"{LOOPBACK}:{self.port}"):
-            return await open_tls_connection(LOOPBACK, self.port, self.context, handshake_timeout_s=CONNECT_TIMEOUT_S)
+            return await open_tls_connection(
+                LOOPBACK, self.port, self.context, handshake_timeout_s=CONNECT_TIMEOUT_S, tickets=self.tickets
+            )
 
     async def _timed_dial(self) -> ZeroCopyTLSStream:
         """`_dial`, noting when the first one of this `connect` began and ended."""
@@ -224,6 +231,7 @@ class SimClient:
                 self.abandoned += 1
             elif exc.retry_after_s is not None:
                 self.hints += 1
+                self.hint_values.append(exc.retry_after_s)
             raise
         if self.t_tls is None:
             self.t_tls = time.perf_counter()
@@ -449,6 +457,7 @@ async def clients_role(args: argparse.Namespace) -> None:
                     on = int(words[1]) if len(words) > 1 else None
                     for c in clients:
                         c.t_back, c.marked = None, c.online and (on is None or c.port == on)
+                        c.hint_values = []
                     _say({"t": marked_at, "marked": sum(c.marked for c in clients)})
                 elif words[0] == "back":  # since `restart-mark`: who is back, how long each took
                     now_totals = _totals(clients)
@@ -458,6 +467,7 @@ async def clients_role(args: argparse.Namespace) -> None:
                             "marked": sum(c.marked for c in clients),
                             "back": back,
                             **{key: now_totals[key] - base_totals.get(key, 0) for key in now_totals},
+                            "hint_values": [round(h, 2) for c in clients if c.marked for h in c.hint_values],
                             "errors": sorted({c.last_error for c in clients if c.last_error and not c.online})[:5],
                         }
                     )

@@ -53,6 +53,7 @@ from redirgate.client.usb.selector import parse_selector
 from redirgate.client.usb.source import SelectorSource
 from redirgate.proto import tunnel as t
 from redirgate.transport import (
+    BusyTickets,
     ClientContext,
     ControlSession,
     CrlError,
@@ -170,6 +171,8 @@ class TunnelClient:
         self.peer = f"{config.gateway_host}:{config.gateway_port}"
         #: the gateways of a cluster the gateway told us of (its hello), tried after the configured ones
         self.learned: tuple[str, ...] = ()
+        #: a busy gateway's place in its queue for us, per address: sent back on the next dial there
+        self.busy_tickets = BusyTickets()
         #: which address the next connection tries (an index into `addresses()`)
         self._turn = 0
         #: the address of the control connection's gateway (None: the configured one)
@@ -323,13 +326,16 @@ class TunnelClient:
                 self.config.gateway_port,
                 self.context,
                 handshake_timeout_s=self.connect_timeout_s,
+                tickets=self.busy_tickets,
             )
         else:
             host, port, name = where
             context = (
                 self.context if name == self.context.server_name else ClientContext(self.context.ssl_context, name)
             )
-            stream = await open_tls_connection(host, port, context, handshake_timeout_s=self.connect_timeout_s)
+            stream = await open_tls_connection(
+                host, port, context, handshake_timeout_s=self.connect_timeout_s, tickets=self.busy_tickets
+            )
         try:
             self._check_gateway(stream)
         except GatewayRevoked:

@@ -37,9 +37,10 @@ from typing import Any
 
 import trio
 
-from redirgate.gateway.limits import Every, HandshakeLimits, HandshakePacer
+from redirgate.gateway.limits import DUE_OVERDRAFT, Every, HandshakeLimits, HandshakePacer
+from redirgate.proto import tunnel as t
 
-__all__ = ["ACCEPT_CAPACITY_ERRNOS", "AcceptPause", "HandshakeGate", "Ticket", "serve_bounded"]
+__all__ = ["ACCEPT_CAPACITY_ERRNOS", "AcceptPause", "HandshakeGate", "Ticket", "serve_bounded", "take_ticket_line"]
 
 log = logging.getLogger(__name__)
 
@@ -180,16 +181,42 @@ async def _run(handler: Callable[[trio.SocketStream], Awaitable[None]], stream: 
         await trio.aclose_forcefully(stream)
 
 
+async def take_ticket_line(sock: trio.socket.SocketType) -> tuple[bytes | None, bool]:
+    """A client's place in the queue, if its first bytes are a ticket line (`proto.tunnel.busy`):
+    (the ticket, whether the peer is still there).  The line is taken from the socket, and nothing
+    after it: the ClientHello stays for OpenSSL (read with MSG_PEEK first).  The caller bounds the
+    wait."""
+    taken = b""
+    while True:
+        try:
+            data = await sock.recv(t.TICKET_LINE_MAX_BYTES - len(taken), socket.MSG_PEEK)
+        except OSError:
+            return None, False
+        if not data:
+            return None, False
+        ticket, used = t.parse_ticket_line(taken + data)
+        if used == 0:  # not a ticket line (a ClientHello, or garbage that OpenSSL will name)
+            return None, True
+        if used > 0:
+            await sock.recv(used - len(taken))
+            return ticket, True
+        taken += await sock.recv(len(data))  # the start of one: take it, wait for the rest
+
+
 class Ticket:
     """One connection's answer from `HandshakeGate.admit`: true if it may
-    handshake; else `retry_after_s` is the hint to give it (None: no hint)."""
+    handshake; else `retry_after_s` is the hint to give it (None: no hint)
+    and `queue_ticket` its place in the pacer's queue (None: none)."""
 
-    __slots__ = ("abandoned", "admitted", "done", "retry_after_s", "stalled", "started")
+    __slots__ = ("abandoned", "admitted", "done", "queue_ticket", "retry_after_s", "stalled", "started")
 
-    def __init__(self, admitted: bool, started: float, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, admitted: bool, started: float, retry_after_s: float | None = None, queue_ticket: bytes | None = None
+    ) -> None:
         self.admitted = admitted
         self.started = started
         self.retry_after_s = retry_after_s
+        self.queue_ticket = queue_ticket
         #: the peer left the handshake unfinished (timed out, or closed in the middle): say so with `abandon`
         self.abandoned = False
         self.done = False
@@ -256,27 +283,50 @@ class HandshakeGate:
                 self.stalled += 1
         return self.in_progress - self.stalled
 
+    def _host(self, peer: str) -> str:
+        return peer.rsplit(":", 1)[0].strip("[]")
+
+    def _over_fixed_limits(self, host: str) -> bool:
+        limits = self.limits
+        return self.in_progress >= limits.max_handshakes or self.by_source[host] >= limits.max_per_source
+
+    def turns_away(self, peer: str) -> bool:
+        """Whether a connection from `peer` would be turned away now if it held no ticket (the caller
+        then reads its ticket line first: `take_ticket_line`)."""
+        pacer = self.pacer
+        if self._over_fixed_limits(self._host(peer)):
+            return True
+        return pacer is not None and self._young_count(pacer, trio.current_time()) >= pacer.limit
+
     @contextmanager
-    def admit(self, peer: str) -> Iterator[Ticket]:
+    def admit(self, peer: str, queue_ticket: bytes | None = None) -> Iterator[Ticket]:
         """``with gate.admit(peer) as ticket:`` hold a slot for the handshake
         if `ticket`; else the caller closes the connection at once (first
-        writing the busy line if `ticket.retry_after_s` is not None)."""
-        host = peer.rsplit(":", 1)[0].strip("[]")
-        limits, pacer = self.limits, self.pacer
+        writing the busy line if `ticket.retry_after_s` is not None, with
+        `ticket.queue_ticket`).  `queue_ticket`: the place in the pacer's
+        queue the client brought back; if the queue has reached it, it is
+        admitted beyond the paced limit (up to DUE_OVERDRAFT times it),
+        else it keeps that place."""
+        host = self._host(peer)
+        pacer = self.pacer
         now = trio.current_time()
         young = self._young_count(pacer, now) if pacer is not None else 0
-        if (pacer is not None and pacer.full(young)) or (
-            self.in_progress >= limits.max_handshakes or self.by_source[host] >= limits.max_per_source
-        ):
-            # a slot in the pacer's queue either way: many thin clients behind one NAT address come back
-            # spread out, not together after the same wait
-            hint: float | None = pacer.retry_after(now, young) if pacer is not None else None
-        else:
-            hint = -1.0
-        if hint != -1.0:
-            self._refused(peer, hint)
-            yield Ticket(False, now, hint)
-            return
+        fixed = self._over_fixed_limits(host)
+        if fixed or (pacer is not None and pacer.full(young)):
+            if (
+                not fixed
+                and pacer is not None
+                and young < DUE_OVERDRAFT * pacer.limit
+                and pacer.due(now, queue_ticket, young)
+            ):
+                self.counters["handshakes_admitted_at_place"] += 1
+            else:
+                # a place in the pacer's queue either way: many thin clients behind one NAT address come back
+                # spread out, not together after the same wait
+                hint, place = pacer.book(now, young, queue_ticket) if pacer is not None else (None, None)
+                self._refused(peer, hint)
+                yield Ticket(False, now, hint, place)
+                return
         ticket = Ticket(True, now)
         if pacer is not None:
             self._young.append(ticket)

@@ -21,6 +21,8 @@ Pure bookkeeping: no I/O, no trio; callers pass the time (trio's clock).
 from __future__ import annotations
 
 import collections
+import hashlib
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -82,6 +84,13 @@ MAX_RETRY_AFTER_S = 60.0
 UNMEASURED_HANDSHAKE_S = 0.1
 #: the share of the measured completion rate the retry hints' queue is served at
 HINT_RATE_SHARE = 0.9
+#: the longest hint, in units of `pacing_s`: a client told to come back far ahead at a rate measured in a
+#: bad second (a restarted gateway turning thousands away) would leave the gateway idle later; told this
+#: much at most, it comes back with its ticket, keeps its place and is told the rest at the rate then
+HINT_HORIZON_PACINGS = 4.0
+#: a client back at its place in the queue (its ticket is due) is admitted beyond the paced limit, up to
+#: this many times it (never beyond max_handshakes): the queue already paces who comes back
+DUE_OVERDRAFT = 2.0
 
 
 class HandshakePacer:
@@ -97,19 +106,31 @@ class HandshakePacer:
     mean handshake time, if longer) stops counting against `limit` (see
     `stall_after_s`).
 
-    A connection turned away gets a slot in a virtual queue served at the
-    completion rate (measured while the limit was reached; before that,
-    the handshakes running / the mean handshake time, by Little's law):
-    `retry_after(now)` books the next slot and says how far ahead it is, so the clients of a restarted gateway come back one
-    after the other at the rate it finishes them, instead of all at once.
+    A connection turned away gets a place in a queue whose head moves at the
+    completion rate (measured while the limit was reached, raised toward
+    `limit` / the mean handshake time by a window that did not reach it;
+    before the first window, the handshakes running / a quick guess, by
+    Little's law): `book(now, running)` hands out the next place (a
+    `ticket`, signed, so it can only come from this pacer) and says how far
+    ahead of the head it is, at most `horizon_s()`.  A client sends its
+    ticket back on its next dial: `due(now, ticket)` says whether the head
+    has reached its place (admit it even if the limit is reached: the queue
+    paced it already), and `book(now, running, ticket)` prices the same
+    place again at today's rate, so a client told too early is not put at
+    the end, and one told to wait at a rate that was too low is told a
+    shorter wait when it comes back.  So the clients of a restarted gateway
+    come back one after the other at the rate it finishes them.
     Times are the caller's clock (trio's); no I/O.
     """
 
     __slots__ = (
+        "_booked",
         "_completed",
+        "_head",
+        "_head_at",
+        "_key",
         "_latency",
         "_mean_s",
-        "_next_slot",
         "_reached",
         "_window_start",
         "limit",
@@ -128,9 +149,14 @@ class HandshakePacer:
         self._completed = 0
         self._latency = 0.0
         self._reached = False
-        self._next_slot = 0.0
         #: a handshake's time, moving average over the last few dozen (None: none finished yet)
         self._mean_s: float | None = None
+        #: the queue: the last place handed out, the head (places up to it are due) and when it was moved
+        self._booked = 0
+        self._head = 0.0
+        self._head_at: float | None = None
+        #: signs the tickets (a new pacer, e.g. a restarted gateway, knows none of the old ones)
+        self._key = secrets.token_bytes(16)
 
     def stall_after_s(self) -> float:
         """How old a handshake in progress must be to stop counting against `limit`: PACER_STALLED x
@@ -159,6 +185,12 @@ class HandshakePacer:
         if self._reached:
             rate = self._completed / elapsed
             self.rate = rate if self.rate is None else 0.5 * self.rate + 0.5 * rate
+        elif self.rate is not None and self.limit / max(mean, 1e-6) > self.rate:
+            # the limit was not reached: nobody waited for a slot, so the completions counted are what came,
+            # not what the gateway can finish.  The queue's head moves faster, toward what `limit` handshakes
+            # of `mean` each finish (Little's law; at most doubled a window), so the clients that hold
+            # tickets are told shorter waits; too fast, and the next window reaches the limit and measures.
+            self.rate = min(2.0 * self.rate, 0.5 * self.rate + 0.5 * self.limit / max(mean, 1e-6))
         scale = self.pacing_s / max(mean, 1e-6)
         if scale < 1.0:  # never below PACER_FLOOR: a gateway starved by others still finishes a few at a time
             self.limit = max(float(min(PACER_FLOOR, self.max_limit)), self.limit * max(0.5, scale))
@@ -166,22 +198,77 @@ class HandshakePacer:
             self.limit = min(float(self.max_limit), self.limit * min(2.0, scale))
         self._window_start, self._completed, self._latency, self._reached = now, 0, 0.0, False
 
-    def retry_after(self, now: float, running: int) -> float:
-        """Book the next slot of the virtual queue for a connection turned away (`running`: the
-        handshakes in progress now, the stalled ones left out): seconds until it."""
+    def _queue_rate(self, running: int) -> float:
+        """Places a second the queue's head moves: a little behind the completion rate (a client back before
+        there is room is only turned away again)."""
         rate = self.rate
         if rate is None:  # not measured yet; Little's law: `running` handshakes at a time, each for about _mean_s
             # before the first handshake finished, a guess on the quick side: a restarted gateway's whole herd
             # is turned away in its first second, and with `pacing_s` as the guess (64 / 2.5 s: 25 a second)
-            # 10,000 clients were booked over minutes (capped at 60 s) for a gateway that finishes hundreds a
-            # second; too early costs a client one more busy line, booked then at the measured time
+            # 10,000 clients were booked over minutes for a gateway that finishes hundreds a second; too early
+            # costs a client one more busy line, and it keeps its place
             mean = self._mean_s if self._mean_s is not None else UNMEASURED_HANDSHAKE_S
             rate = max(1, running) / max(mean, 1e-3)
-        # a little behind the rate: a client back before there is room is only turned away again
-        slot = max(self._next_slot, now) + 1.0 / max(HINT_RATE_SHARE * rate, 1e-3)
-        hint = min(MAX_RETRY_AFTER_S, slot - now)
-        self._next_slot = now + hint
-        return max(0.05, hint)
+        return max(HINT_RATE_SHARE * rate, 1e-3)
+
+    def _advance(self, now: float, qrate: float) -> None:
+        if self._head_at is not None and now > self._head_at:
+            self._head = min(float(self._booked), self._head + (now - self._head_at) * qrate)
+        self._head_at = now
+
+    def horizon_s(self) -> float:
+        """The longest wait a hint tells: HINT_HORIZON_PACINGS x `pacing_s` (at least 1 s), at most
+        MAX_RETRY_AFTER_S.  Past it a client comes back with its ticket and is told the rest then."""
+        return min(MAX_RETRY_AFTER_S, max(1.0, HINT_HORIZON_PACINGS * self.pacing_s))
+
+    def ticket(self, place: int) -> bytes:
+        """The ticket for `place` (opaque to the client: the place and a signature, hex)."""
+        body = place.to_bytes(6, "big")
+        return (body + hashlib.blake2b(body, key=self._key, digest_size=8).digest()).hex().encode()
+
+    def place(self, ticket: bytes | None) -> int | None:
+        """The place `ticket` holds, if this pacer handed it out (else None)."""
+        if ticket is None or len(ticket) != 28:
+            return None
+        try:
+            raw = bytes.fromhex(ticket.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            return None
+        body, mac = raw[:6], raw[6:]
+        if not secrets.compare_digest(mac, hashlib.blake2b(body, key=self._key, digest_size=8).digest()):
+            return None
+        place = int.from_bytes(body, "big")
+        return place if 0 < place <= self._booked else None
+
+    def due(self, now: float, ticket: bytes | None, running: int) -> bool:
+        """Whether the queue's head has reached the place `ticket` holds (False without a valid one)."""
+        place = self.place(ticket)
+        if place is None:
+            return False
+        self._advance(now, self._queue_rate(running))
+        return place <= self._head + 1.0
+
+    def book(self, now: float, running: int, ticket: bytes | None = None) -> tuple[float, bytes]:
+        """A connection turned away (`running`: the handshakes in progress now, the stalled ones left
+        out): (seconds until its place in the queue, the ticket for it).  With a valid `ticket` the client
+        keeps its place; without, it gets the next one at the end."""
+        qrate = self._queue_rate(running)
+        self._advance(now, qrate)
+        place = self.place(ticket)
+        ahead = None if place is None else place - self._head
+        if place is None:
+            self._booked = max(self._booked, int(self._head)) + 1
+            place = self._booked
+            hint = (place - self._head) / qrate
+        elif ahead is not None and ahead <= 1.0:  # due and still turned away (past the overdraft): half a limit on
+            hint = self.limit / qrate / 2
+        else:
+            hint = (place - self._head) / qrate
+        return max(0.05, min(self.horizon_s(), hint)), self.ticket(place)
+
+    def retry_after(self, now: float, running: int) -> float:
+        """`book` without a ticket: seconds until the next place at the end of the queue."""
+        return self.book(now, running)[0]
 
 
 class TokenBucket:

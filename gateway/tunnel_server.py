@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import trio
 
-from redirgate.gateway.admission import HandshakeGate
+from redirgate.gateway.admission import HandshakeGate, take_ticket_line
 from redirgate.gateway.errors import ChannelError
 from redirgate.gateway.limits import ClientLimits, Every, HandshakeLimits, RefusalLog, clip_ids
 from redirgate.gateway.pki import RevocationList
@@ -130,8 +130,9 @@ class TunnelServer:
         #: what our hello advertises (without RESUME_CAPABILITY: no channel is resumable)
         self.capabilities = frozenset({t.RESUME_CAPABILITY, t.STREAM_DROPS_CAPABILITY})
         self.refusals = 0
-        #: connections turned away that wait for their ClientHello before the busy line (`_busy`)
-        self._busy_waiting = 0
+        #: connections to be turned away that wait for their first bytes: a ticket line (`_queue_ticket`), or the
+        #: ClientHello before the busy line (`_busy`)
+        self.busy_waiting = 0
         #: metrics and audit (set by the Gateway; None in bare tests)
         self.events: GatewayEvents | None = None
         #: the other nodes' tunnel addresses, told to clients that can use them (a cluster sets it)
@@ -174,10 +175,30 @@ class TunnelServer:
 
     async def handle(self, tcp: trio.SocketStream) -> None:
         """One accepted TCP connection on the tunnel port."""
-        with self.gate.admit(peer_label(tcp.socket)) as ticket:
+        peer = peer_label(tcp.socket)
+        # a client may first send back its place in the pacer's queue (`proto.tunnel.busy`): read before
+        # the admission when it would be turned away without one, else within the handshake's slot
+        looked, place, silent = False, None, False
+        if self.gate.pacer is not None and self.gate.turns_away(peer):
+            looked, place, here = await self._queue_ticket(tcp)
+            if not here:
+                await trio.aclose_forcefully(tcp)
+                return
+            silent = not looked  # not a byte within BUSY_WAIT_S (or too many waiting): no more waiting for it
+        with self.gate.admit(peer, place) as ticket:
             if ticket:  # the slot is held for the handshake only
                 try:
-                    stream = await accept_tls(tcp, self.context, handshake_timeout_s=self.handshake_timeout_s)
+                    deadline = trio.current_time() + self.handshake_timeout_s  # for the ticket line and the handshake
+                    if not looked and self.gate.pacer is not None:
+                        with trio.fail_at(deadline):
+                            await take_ticket_line(tcp.socket)
+                    left = max(0.0, deadline - trio.current_time())
+                    stream = await accept_tls(tcp, self.context, handshake_timeout_s=left)
+                except trio.TooSlowError:
+                    ticket.abandon()
+                    self._tls_refused(TlsRefused(peer, Refusal.HANDSHAKE_TIMEOUT, "no ClientHello"))
+                    await trio.aclose_forcefully(tcp)
+                    return
                 except TlsRefused as refused:
                     if refused.refusal in (Refusal.HANDSHAKE_TIMEOUT, Refusal.CLOSED):
                         ticket.abandon()  # started, never finished: counted as handshakes_abandoned
@@ -185,7 +206,7 @@ class TunnelServer:
                     return
         if not ticket:
             if ticket.retry_after_s is not None:
-                await self._busy(tcp, ticket.retry_after_s)
+                await self._busy(tcp, ticket.retry_after_s, ticket.queue_ticket, wait=not silent)
             await trio.aclose_forcefully(tcp)
             return
         self._live.add(stream)
@@ -226,16 +247,35 @@ class TunnelServer:
                 with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                     await stream.aclose()
 
-    async def _busy(self, tcp: trio.SocketStream, retry_after_s: float) -> None:
-        """Turn a connection away before its handshake: the busy line with the hint
-        (`proto.tunnel.busy`); the caller closes it then.  The line goes out once the
-        client's ClientHello is here (read and dropped), so the client is waiting for our
-        answer and peeks at it before its OpenSSL reads: a line that came earlier could be
-        read as a bad TLS record.  At most BUSY_WAITING connections wait for that at once
-        (strangers that never speak cost a descriptor for BUSY_WAIT_S each); the others
-        get the line at once."""
-        if self._busy_waiting < BUSY_WAITING:
-            self._busy_waiting += 1
+    async def _queue_ticket(self, tcp: trio.SocketStream) -> tuple[bool, bytes | None, bool]:
+        """The ticket line a connection that would be turned away may start with: (whether its first
+        bytes were looked at, the ticket if any, whether it is still there).  Waits at most BUSY_WAIT_S,
+        and at most BUSY_WAITING connections wait at once (with the busy line's); the others are
+        not looked at (no ticket: a new place at the end)."""
+        if self.busy_waiting >= BUSY_WAITING:
+            return False, None, True
+        self.busy_waiting += 1
+        try:
+            with trio.move_on_after(BUSY_WAIT_S):
+                place, here = await take_ticket_line(tcp.socket)
+                return True, place, here
+            return False, None, True  # silent so far: a stranger, or a client slow to speak (the busy line at once)
+        finally:
+            self.busy_waiting -= 1
+
+    async def _busy(
+        self, tcp: trio.SocketStream, retry_after_s: float, place: bytes | None = None, *, wait: bool = True
+    ) -> None:
+        """Turn a connection away before its handshake: the busy line with the hint and the
+        client's place in the queue (`proto.tunnel.busy`); the caller closes it then.  The
+        line goes out once the client's ClientHello is here (read and dropped), so the client
+        is waiting for our answer and peeks at it before its OpenSSL reads: a line that came
+        earlier could be read as a bad TLS record.  At most BUSY_WAITING connections wait for
+        that at once (strangers that never speak cost a descriptor for BUSY_WAIT_S each); the
+        others get the line at once, and so does one that was silent for BUSY_WAIT_S already
+        (not `wait`)."""
+        if wait and self.busy_waiting < BUSY_WAITING:
+            self.busy_waiting += 1
             try:
                 with trio.move_on_after(BUSY_WAIT_S):
                     if not await tcp.receive_some(_RECEIVE_BYTES):
@@ -243,10 +283,10 @@ class TunnelServer:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
             finally:
-                self._busy_waiting -= 1
+                self.busy_waiting -= 1
         with trio.move_on_after(BUSY_WAIT_S):
             try:
-                await tcp.send_all(t.busy_line(retry_after_s))
+                await tcp.send_all(t.busy_line(retry_after_s, place))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 

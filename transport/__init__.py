@@ -56,6 +56,7 @@ from redirgate.transport.resumable import Reconnect, ResumableStream
 from redirgate.transport.sockets import cut_fd, peer_label, set_nodelay
 from redirgate.transport.stream import (
     FULL_RECORD_BYTES,
+    BusyTickets,
     ZeroCopyTLSStream,
     accept_tls,
     open_tls_connection,
@@ -78,6 +79,7 @@ __all__ = [
     "FULL_RECORD_BYTES",
     "IDENTITY_URI_PREFIX",
     "Buffer",
+    "BusyTickets",
     "ClientContext",
     "ControlSession",
     "CrlError",

@@ -57,15 +57,25 @@ class TlsRefused(TransportError):
     `refusal` is the category, `detail` what OpenSSL or the check said;
     `reason` (and str()) read "<refusal> (<detail>)".  `retry_after_s`:
     the gateway's hint when it refused early because it was busy
-    (`Refusal.BUSY`, see `redirgate.proto.tunnel.busy`), else None.
+    (`Refusal.BUSY`, see `redirgate.proto.tunnel.busy`), else None; `ticket`:
+    the place in its queue it handed out with the hint (None: none).
     """
 
-    def __init__(self, peer: str, refusal: Refusal, detail: str = "", *, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self,
+        peer: str,
+        refusal: Refusal,
+        detail: str = "",
+        *,
+        retry_after_s: float | None = None,
+        ticket: bytes | None = None,
+    ) -> None:
         reason = f"{refusal.value} ({detail})" if detail else refusal.value
         super().__init__(peer, reason)
         self.refusal = refusal
         self.detail = detail
         self.retry_after_s = retry_after_s
+        self.ticket = ticket
 
 
 def stream_error(exc: OSError, peer: str) -> trio.ClosedResourceError | trio.BrokenResourceError:

@@ -58,7 +58,14 @@ from typing import Final, TypeVar
 import trio
 from cryptography import x509
 
-from redirgate.proto.tunnel.busy import BUSY_MAX_BYTES, looks_like_tls, parse_busy
+from redirgate.proto.tunnel.busy import (
+    BUSY_MAX_BYTES,
+    TICKET_LINE_MAX_BYTES,
+    looks_like_tls,
+    parse_busy,
+    parse_busy_ticket,
+    ticket_line,
+)
 from redirgate.transport.errors import Refusal, TlsRefused, stream_error
 from redirgate.transport.interfaces import Buffer, Handover
 from redirgate.transport.sockets import Busy, check_receive_size, cut_fd, peer_label, set_nodelay
@@ -68,6 +75,7 @@ __all__ = [
     "DEFAULT_CLOSE_TIMEOUT_S",
     "DEFAULT_HANDSHAKE_TIMEOUT_S",
     "FULL_RECORD_BYTES",
+    "BusyTickets",
     "ZeroCopyTLSStream",
     "accept_tls",
     "open_tls_connection",
@@ -264,17 +272,20 @@ class ZeroCopyTLSStream(trio.abc.Stream):
         self._ssl.do_handshake()
         return True
 
-    def _busy_hint(self) -> tuple[bool, float | None]:
+    def _busy_hint(self) -> tuple[bool, float | None, bytes | None]:
         """The client side: (whether the server's first bytes are here, the hint
-        of its busy line if they are one: `redirgate.proto.tunnel.busy`).  Read
-        with MSG_PEEK, so OpenSSL still gets every byte of a real ServerHello."""
+        of its busy line if they are one, and the ticket on the line after it:
+        `redirgate.proto.tunnel.busy`).  Read with MSG_PEEK, so OpenSSL still
+        gets every byte of a real ServerHello."""
         try:  # the plain socket's recv under the SSLSocket: OpenSSL has not seen these bytes
-            first = socket.socket.recv(self._ssl, BUSY_MAX_BYTES, socket.MSG_PEEK)
+            first = socket.socket.recv(self._ssl, BUSY_MAX_BYTES + TICKET_LINE_MAX_BYTES, socket.MSG_PEEK)
         except BlockingIOError:
-            return False, None
+            return False, None, None
         except OSError:
-            return True, None  # reset, ...: OpenSSL will say
-        return True, None if looks_like_tls(first) else parse_busy(first)
+            return True, None, None  # reset, ...: OpenSSL will say
+        if looks_like_tls(first):
+            return True, None, None
+        return True, parse_busy(first), parse_busy_ticket(first)
 
     async def _handshake(self) -> None:
         """`_complete(_handshake_step)`; a client first looks whether the
@@ -286,10 +297,12 @@ class ZeroCopyTLSStream(trio.abc.Stream):
         looked = False
         while True:
             if not looked:
-                looked, hint = self._busy_hint()
+                looked, hint, ticket = self._busy_hint()
                 if hint is not None:
                     self._state, self._cause = _BROKEN, OSError("the gateway is busy")
-                    raise TlsRefused(self.peer, Refusal.BUSY, f"retry after {hint:g} s", retry_after_s=hint)
+                    raise TlsRefused(
+                        self.peer, Refusal.BUSY, f"retry after {hint:g} s", retry_after_s=hint, ticket=ticket
+                    )
             if self._attempt(self._handshake_step) is not None:
                 return
             await self._wait(self._want)
@@ -551,21 +564,53 @@ def _wrapped(
         raise TlsRefused(peer, Refusal.CLOSED, str(exc) or type(exc).__name__) from exc
 
 
+class BusyTickets:
+    """A client's places in busy gateways' queues (`redirgate.proto.tunnel.busy`), by gateway address:
+    `open_tls_connection` keeps the ticket a busy refusal handed out and sends it back as the first
+    bytes of the next dial to that address (once: a dial that is not turned away again ends it)."""
+
+    __slots__ = ("_held",)
+
+    def __init__(self) -> None:
+        self._held: dict[tuple[str, int], bytes] = {}
+
+    def take(self, host: str, port: int) -> bytes | None:
+        return self._held.pop((host, port), None)
+
+    def keep(self, host: str, port: int, ticket: bytes | None) -> None:
+        if ticket is not None:
+            self._held[(host, port)] = ticket
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+
 async def open_tls_connection(
     host: str,
     port: int,
     client: ClientContext,
     *,
     handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
+    tickets: BusyTickets | None = None,
 ) -> ZeroCopyTLSStream:
-    """Connect and handshake as a TLS client; TlsRefused if the handshake fails."""
+    """Connect and handshake as a TLS client; TlsRefused if the handshake fails.  With `tickets`, a
+    busy gateway's ticket for this address goes first, and the one a busy refusal hands out is kept."""
     tcp = await trio.open_tcp_stream(host, port)
+    ticket = tickets.take(host, port) if tickets is not None else None
+    if ticket is not None:
+        try:
+            await tcp.send_all(ticket_line(ticket))
+        except BaseException:
+            await trio.aclose_forcefully(tcp)
+            raise
     peer = peer_label(tcp.socket)
     stream = _wrapped(_detach(tcp), client.ssl_context, peer, server_side=False, server_hostname=client.server_name)
     try:
         await stream.do_handshake(handshake_timeout_s)
-    except BaseException:
+    except BaseException as exc:
         await trio.aclose_forcefully(stream)
+        if tickets is not None and isinstance(exc, TlsRefused):
+            tickets.keep(host, port, exc.ticket)
         raise
     return stream
 

@@ -16,7 +16,16 @@ from redirgate.proto.tunnel.attach import (
     AttachResult,
 )
 from redirgate.proto.tunnel.base import CLOSED, NEED_DATA, Role, TunnelMessage, decode_message, encode_message
-from redirgate.proto.tunnel.busy import BUSY_MAX_BYTES, busy_line, looks_like_tls, parse_busy
+from redirgate.proto.tunnel.busy import (
+    BUSY_MAX_BYTES,
+    TICKET_LINE_MAX_BYTES,
+    busy_line,
+    looks_like_tls,
+    parse_busy,
+    parse_busy_ticket,
+    parse_ticket_line,
+    ticket_line,
+)
 from redirgate.proto.tunnel.connection import (
     DEFAULT_MAX_CHANNELS,
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -102,6 +111,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "RESUME_CAPABILITY",
     "STREAM_DROPS_CAPABILITY",
+    "TICKET_LINE_MAX_BYTES",
     "TOKEN_MAX_BYTES",
     "TOKEN_MIN_BYTES",
     "AckPolicy",
@@ -161,5 +171,8 @@ __all__ = [
     "encode_message",
     "looks_like_tls",
     "parse_busy",
+    "parse_busy_ticket",
     "parse_selector",
+    "parse_ticket_line",
+    "ticket_line",
 ]

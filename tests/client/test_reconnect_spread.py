@@ -96,3 +96,43 @@ async def test_a_busy_gateways_hint_is_honoured_and_it_grows_with_the_wait(
     assert [hint for hint, _ in seen[: len(hints)]] == hints, seen
     for hint, delay in seen:
         assert hint <= delay <= hint * 1.1 + 0.05, seen  # the hint, plus at most its jitter (0.05: the log's rounding)
+
+
+async def test_a_busy_gateways_ticket_goes_back_first_on_the_next_dial_there(tmp_path: Path) -> None:
+    """A gateway that turns the client away hands it a place in its queue (the ticket on the busy
+    line's second line); the client's next dial to it starts with that ticket line, before its TLS
+    ClientHello, so the gateway can admit it at its place; the dial after that (not turned away
+    with a ticket) starts with TLS again."""
+    make_pki(tmp_path)
+    ticket = b"0123456789abcdef0123456789ab"
+    firsts: list[bytes] = []
+    done = trio.Event()
+
+    async def busy_gateway(tcp: trio.SocketStream) -> None:
+        async with tcp:
+            first = b""
+            while len(first) <= len(t.ticket_line(ticket)):  # the first bytes: a ticket line, or its ClientHello
+                more = await tcp.receive_some(4096)
+                if not more:
+                    break
+                first += more
+            firsts.append(first)
+            if len(firsts) == 1:
+                await tcp.send_all(t.busy_line(0.05, ticket))
+            elif len(firsts) == 2:
+                await tcp.send_all(t.busy_line(0.05))  # busy again, no ticket this time
+            else:
+                done.set()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, busy_gateway, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        client = ClientService(load_client_config(write_client_config(tmp_path, port))).client
+        nursery.start_soon(client.run)
+        with trio.fail_after(60):  # a safety net only
+            await done.wait()
+        nursery.cancel_scope.cancel()
+    assert firsts[0][0] == 0x16  # a TLS handshake record: no ticket yet
+    assert firsts[1].startswith(t.ticket_line(ticket)), firsts[1][:60]
+    assert firsts[1][len(t.ticket_line(ticket))] == 0x16  # then its ClientHello
+    assert firsts[2][0] == 0x16  # the ticket is sent once

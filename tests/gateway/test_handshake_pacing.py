@@ -22,7 +22,14 @@ from redirgate.cli.lab import GATEWAY_NAME
 from redirgate.client.tunnel import reconnect_delay
 from redirgate.gateway import pki
 from redirgate.gateway.limits import HandshakePacer
-from redirgate.transport import ClientContext, TlsRefused, ZeroCopyTLSStream, client_context
+from redirgate.transport import (
+    BusyTickets,
+    ClientContext,
+    TlsRefused,
+    ZeroCopyTLSStream,
+    client_context,
+    open_tls_connection,
+)
 from tests.support.tunnel_lab import Lab, running_lab
 from tests.support.waiting import until
 
@@ -43,14 +50,19 @@ class Storm:
 
 async def storm(lab: Lab) -> Storm:
     """STORM diallers: all connect TCP first, so the gateway meets them at once (it admits LIMIT, waiting
-    for their ClientHello, and turns the rest away), then each speaks TLS and, when turned away, dials
+    for their ClientHello, and will turn the rest away once their first bytes say whether they bring a
+    place in its queue), then each speaks TLS and, when turned away, dials
     again after the client's `reconnect_delay`."""
     base = lab.directory / "pki"
     ident = pki.client_dir(base, "thin-01")
     context = client_context(ident / "client-cert.pem", ident / "client-key.pem", base / "ca-cert.pem", GATEWAY_NAME)
     seen = Storm()
     first = [await trio.open_tcp_stream("127.0.0.1", lab.tunnel_port) for _ in range(STORM)]
-    await until(lambda: lab.gateway.tunnel.counters["handshakes_refused"] >= STORM - LIMIT, "the storm's refusals")
+    tunnel = lab.gateway.tunnel
+    # LIMIT admitted, the rest waiting for their first bytes (a ticket line, or the ClientHello) to be turned away
+    await until(
+        lambda: tunnel.gate.in_progress == LIMIT and tunnel.busy_waiting == STORM - LIMIT, "the storm met at once"
+    )
 
     async def dialler(tcp: trio.SocketStream) -> None:
         sock = socket.socket(fileno=tcp.socket.detach())
@@ -170,3 +182,78 @@ def test_a_herd_turned_away_before_any_handshake_finished_is_not_booked_over_min
     assert pacer.full(64)
     hints = [pacer.retry_after(0.0, 64) for _ in range(10_000)]
     assert hints[-1] < 30.0, hints[-1]
+
+
+async def test_a_client_back_with_its_ticket_is_admitted_at_its_place_past_the_paced_limit(tmp_path: Path) -> None:
+    """The paced limit (PACER_START young handshakes) held by silent connections: a client turned away
+    gets a place in the queue (a ticket on the busy line); back with it once the queue reached its
+    place, it is admitted though the limit is still reached, while a dial without a ticket (a new place
+    at the end) is turned away, and one with a forged ticket too.  A client admitted while there is room
+    may still send its ticket first: the gateway takes the line and OpenSSL the rest."""
+    options = {"max_handshakes": 200, "max_handshakes_per_source": 200, "handshake_timeout_s": 120}
+    async with running_lab(tmp_path, [], start_client_now=False, **options) as lab:  # type: ignore[arg-type]
+        tunnel = lab.gateway.tunnel
+        pacer = tunnel.gate.pacer
+        assert pacer is not None
+        base = lab.directory / "pki"
+        ident = pki.client_dir(base, "thin-01")
+        context = client_context(
+            ident / "client-cert.pem", ident / "client-key.pem", base / "ca-cert.pem", GATEWAY_NAME
+        )
+        silent = [await trio.open_tcp_stream("127.0.0.1", lab.tunnel_port) for _ in range(int(pacer.limit))]
+        streams: list[ZeroCopyTLSStream] = []
+        try:
+            await until(lambda: tunnel.gate.in_progress == len(silent), "the paced limit held by silent connections")
+            mine, other = BusyTickets(), BusyTickets()
+            with pytest.raises(TlsRefused) as turned:
+                await open_tls_connection("127.0.0.1", lab.tunnel_port, context, tickets=mine)
+            assert turned.value.retry_after_s is not None and len(mine) == 1  # a place, and its ticket
+            with pytest.raises(TlsRefused):  # no ticket: a new place at the end
+                await open_tls_connection("127.0.0.1", lab.tunnel_port, context, tickets=other)
+            forged = BusyTickets()
+            forged.keep("127.0.0.1", lab.tunnel_port, b"0" * 28)
+            with pytest.raises(TlsRefused):  # a ticket this gateway did not sign holds no place
+                await open_tls_connection("127.0.0.1", lab.tunnel_port, context, tickets=forged)
+            # the first place is at the head of the queue: back with its ticket, it is admitted at once
+            streams.append(await open_tls_connection("127.0.0.1", lab.tunnel_port, context, tickets=mine))
+            assert tunnel.counters["handshakes_admitted_at_place"] == 1
+            assert tunnel.counters.get("handshakes_abandoned", 0) == 0
+            assert tunnel.gate.in_progress >= len(silent)  # the silent ones still hold the paced limit
+        finally:
+            for tcp in silent:
+                await tcp.aclose()
+        # room again: a client that still holds a ticket sends it first, and is admitted as any other
+        await until(lambda: tunnel.gate.in_progress == 0, "the silent connections gone")
+        assert len(other) == 1
+        streams.append(await open_tls_connection("127.0.0.1", lab.tunnel_port, context, tickets=other))
+        assert len(other) == 0
+        for stream in streams:
+            await stream.aclose()
+
+
+def test_a_place_booked_at_a_low_rate_is_priced_again_at_todays_rate_and_never_told_past_the_horizon() -> None:
+    """The bookkeeping alone, on a made-up clock: a restarted gateway measures a low rate while it turns
+    its herd away, and books thousands then.  No hint tells more than the horizon (before: 60 s, the
+    gateway idle long before the clients came back); a client back with its ticket once the rate rose
+    keeps its place (not put at the end, behind those booked since) and is told a shorter wait."""
+    pacer = HandshakePacer(2.5, 256)
+    now = 0.0
+    for _ in range(40):  # the herd's first second: 20 handshakes a second finish while the limit is reached
+        now += 0.05
+        assert pacer.full(int(pacer.limit))
+        pacer.finished(now, 2.0)
+    slow = pacer.rate
+    assert slow is not None and slow < 25
+    booked = [pacer.book(now, int(pacer.limit)) for _ in range(5_000)]
+    assert max(hint for hint, _ in booked) <= pacer.horizon_s() < 60.0
+    _, late_ticket = booked[2_000]
+    for _ in range(1_500):  # then hundreds a second, for 7.5 s
+        now += 0.005
+        pacer.full(int(pacer.limit))
+        pacer.finished(now, 0.3)
+    assert pacer.rate is not None and pacer.rate > 5 * slow
+    again, same = pacer.book(now, int(pacer.limit), late_ticket)
+    assert same == late_ticket  # its place kept
+    newcomer, _ = pacer.book(now, int(pacer.limit))
+    assert again < newcomer  # a newcomer queues behind it
+    assert again < pacer.horizon_s()  # told the rest at today's rate: sooner than the horizon it was told
