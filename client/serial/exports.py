@@ -6,6 +6,11 @@ no consumer is attached, for the whole life of the client - not only while
 a channel is up - so what a console prints while nobody watches is kept.
 A gateway channel for `serial:NAME` is served by `serve_serial_stream` on
 the attached data connection, raw or RFC 2217 as the route says.
+
+`run()` also starts the client's relay reactor thread (one per client
+process with serial exports, `transport.RelayReactor`) and stops it when
+it ends: raw channels lend it their port's fd and data connection while
+plain bytes flow (`client/serial/raw.py`); it owns nothing else.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from redirgate.client.serial.service import PortService
 from redirgate.client.serial.settings import LineSettings
 from redirgate.client.service_set import PortChange, ServiceSet
 from redirgate.proto.tunnel import DeviceEntry, DeviceKind, OpenChannel
+from redirgate.transport import RelayReactor
 
 __all__ = ["SerialExport", "SerialExports"]
 
@@ -47,6 +53,8 @@ class SerialExports:
 
     def __init__(self, exports: Sequence[SerialExport]) -> None:
         self.ports: ServiceSet[SerialExport, PortService] = ServiceSet(exports, _service, self._keep)
+        #: the relay reactor while `run()` runs (raw channels are served by trio tasks alone without it)
+        self.mover: RelayReactor | None = None
 
     @property
     def services(self) -> dict[str, PortService]:
@@ -73,7 +81,12 @@ class SerialExports:
         return device_id.removeprefix("serial:") in self.services
 
     async def run(self) -> None:
-        await self.ports.run()
+        async with RelayReactor() as reactor:
+            self.mover = reactor
+            try:
+                await self.ports.run()
+            finally:
+                self.mover = None
 
     async def _keep(self, service: PortService) -> None:
         from redirgate.client.serial.errors import SerialError
@@ -95,4 +108,6 @@ class SerialExports:
                 log.error(
                     "%s: the route's settings %r are not valid: %s; the port keeps its own", service.name, text, exc
                 )
-        await serve_serial_stream(stream, service, peer=peer, protocol=request.protocol.value, settings=settings)
+        await serve_serial_stream(
+            stream, service, peer=peer, protocol=request.protocol.value, settings=settings, mover=self.mover
+        )

@@ -86,6 +86,12 @@ class SerialPort:
                 exclusive=True,
                 timeout=0,
                 write_timeout=0,
+                # VMIN=1, VTIME=0 on every reconfigure: a non-blocking read
+                # with nothing there says EAGAIN, so 0 bytes read means the
+                # tty hung up (pyserial's default VMIN=0 reads 0 when empty,
+                # which the relay reactor, reading without a wait first,
+                # would take for the end of the port)
+                inter_byte_timeout=0,
                 dsrdtr=False,
                 rtscts=False,
                 xonxoff=False,

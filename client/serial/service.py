@@ -37,6 +37,23 @@ ring is empty and the consumer holds nothing; back-pressure is unchanged
 (what the stream does not take fills the ring, and a full ring pauses
 reading); an error of the stream is not the pump's: it is handed to the
 consumer task, which raises it as if its own send had failed.
+
+Lending the port to the relay reactor (the raw path of a gateway channel,
+`client/serial/raw.py`): who owns the fd.  The trio loop owns it - the RX
+and TX pumps read and write it - except between `begin_lend` and
+`end_lend`, when the reactor thread alone reads and writes it and the pumps
+park (the RX pump's wait is cancelled and it re-checks before it reads, so
+it never takes a byte the reactor should have).  A lend starts only with
+both rings empty, so nothing queued is overtaken; `end_lend` puts what the
+reactor read and did not write back where the pumps take it (device bytes
+in the RX ring, consumer bytes in the TX ring): no byte already accepted
+is dropped.  Anything that is not plain data - line settings, modem lines,
+BREAK, purge - first asks for the port back (`interrupt_lend`, which
+cancels the lend: the raw path takes the sockets back from the reactor
+and runs its trio tasks until it may lend again); the ioctl itself runs at
+once, which the kernel's tty layer serialises against the reactor's
+reads and writes (the fd stays open: closing it waits for the lend to
+end, see `run`).
 """
 
 from __future__ import annotations
@@ -53,7 +70,7 @@ from redirgate.client.serial.errors import PortBusy, PortUnavailable, SelectorEr
 from redirgate.client.serial.port import SerialPort
 from redirgate.client.serial.selector import PortSelector
 from redirgate.client.serial.settings import LineSettings
-from redirgate.transport import NonBlockingStream
+from redirgate.transport import Handover, NonBlockingStream, RelayStats
 
 __all__ = ["DEFAULT_RING_BYTES", "DEFAULT_TX_BYTES", "PortService", "Session"]
 
@@ -83,6 +100,9 @@ class Session:
         self.dtr: bool | None = None
         self.rts: bool | None = None
         self.break_on = False
+        #: called (trio thread) when the service may have settled: the RX ring
+        #: emptied while its consumer waits, the TX ring drained, the port reopened
+        self.on_settle: Callable[[], None] | None = None
 
     async def receive_some(self, max_bytes: int = 65536) -> bytes:
         """Device bytes (the ring's backlog first); waits while there are none."""
@@ -111,6 +131,7 @@ class Session:
             new = self.settings.replace(**changes)
         except SettingError as exc:
             raise SettingError(self.service.name, exc.setting, exc.value, exc.reason.split(": ", 1)[-1]) from exc
+        self.service.interrupt_lend()
         port = self.service.port
         if port is not None:
             try:
@@ -125,23 +146,27 @@ class Session:
     def set_dtr(self, on: bool) -> None:
         """Raise or drop DTR (SettingError if the tty has no such line)."""
         self.dtr = on
+        self.service.interrupt_lend()
         port = self.service.port
         if port is not None:
             port.set_dtr(on)
 
     def set_rts(self, on: bool) -> None:
         self.rts = on
+        self.service.interrupt_lend()
         port = self.service.port
         if port is not None:
             port.set_rts(on)
 
     def set_break(self, on: bool) -> None:
         self.break_on = on
+        self.service.interrupt_lend()
         port = self.service.port
         if port is not None:
             port.set_break(on)
 
     async def send_break(self, duration_s: float) -> None:
+        self.service.interrupt_lend()
         port = self.service.port
         if port is not None:
             await port.send_break(duration_s)
@@ -149,10 +174,12 @@ class Session:
     def purge(self, rx: bool, tx: bool) -> None:
         """Drop buffered device bytes (rx) and/or not yet written consumer bytes (tx)."""
         service = self.service
+        service.interrupt_lend()
         if rx:
             service._rx.clear()
         if tx:
             service._tx.clear()
+            service._purged_tx = True  # what a lend hands back for the device was queued before this
         service._wake()
         port = service.port
         if port is not None:
@@ -236,6 +263,18 @@ class PortService:
         self._direct_error: Exception | None = None
         self.opened_count = 0
         self._logged_overflow = 0
+        #: the fd is lent to the relay reactor (see the module docstring)
+        self.lent = False
+        #: the lend's cancel scope (interrupt_lend cancels it), and its end
+        self.lend_scope: trio.CancelScope | None = None
+        self._lend_over = trio.Event()
+        self._purged_tx = False
+        #: the RX pump's wait for the fd (a lend cancels it)
+        self._rx_wait: trio.CancelScope | None = None
+        #: lends so far; the current lend's counts (the reactor thread adds to them)
+        self.lends = 0
+        self.lend_stats: RelayStats | None = None
+        self._lent_out = self._lent_in = 0
         #: Set while the port is open; cleared when it vanishes.
         self.port_up = trio.Event()
 
@@ -269,6 +308,7 @@ class PortService:
                 log.info("%s: opened %s (%s)", self.name, port.path, port.settings.describe() if port.settings else "")
                 self.port_up.set()
                 self._notify_state(True)
+                self._settle()
                 if not started:
                     task_status.started()
                     started = True
@@ -277,6 +317,7 @@ class PortService:
                         nursery.start_soon(self._pump_rx, port, nursery.cancel_scope)
                         nursery.start_soon(self._pump_tx, port, nursery.cancel_scope)
                 finally:
+                    await self._lend_returned()
                     self.port = None
                     self.port_up = trio.Event()
                     port.close()
@@ -286,8 +327,90 @@ class PortService:
                 await trio.sleep(self.reopen_interval_s)
         finally:
             if self.port is not None:
+                await self._lend_returned()
                 self.port.close()
                 self.port = None
+
+    # -- lending the fd to the relay reactor ----------------------------------
+
+    def lendable(self) -> bool:
+        """Whether the raw path may lend the fd now: open, not lent, nothing
+        queued either way, no consumer error pending."""
+        port = self.port
+        return (
+            port is not None
+            and not port.closed
+            and not self.lent
+            and not len(self._rx)
+            and not len(self._tx)
+            and self._direct_error is None
+        )
+
+    @property
+    def lent_bytes_out(self) -> int:
+        """Device bytes the relay reactor moved to consumers (all lends, the current one too)."""
+        stats = self.lend_stats
+        return self._lent_out + (stats.a_to_b if stats is not None else 0)
+
+    @property
+    def lent_bytes_in(self) -> int:
+        """Consumer bytes the relay reactor moved to the device."""
+        stats = self.lend_stats
+        return self._lent_in + (stats.b_to_a if stats is not None else 0)
+
+    @property
+    def lend_read_bytes(self) -> int:
+        """The most the reactor may read per read in a lend: what `end_lend` hands back then fits either ring."""
+        return max(1, min(self._rx.capacity, self._tx.capacity) // 4)
+
+    def begin_lend(self, stats: RelayStats) -> Handover:
+        """The fd for the reactor (call only when `lendable`), which counts into
+        `stats` (a = the port); the pumps park until `end_lend`."""
+        port = self.port
+        assert port is not None and self.lendable()
+        self.lend_stats = stats
+        self.lent = True
+        self.lends += 1
+        self._lend_over = trio.Event()
+        self._purged_tx = False
+        if self._rx_wait is not None:
+            self._rx_wait.cancel()  # the RX pump must not read what is the reactor's now
+        return Handover(None, port.fd)
+
+    def end_lend(self, to_consumer: bytes, to_device: bytes) -> None:
+        """The reactor gave the fd back with what it read and did not write:
+        `to_consumer` (device bytes) heads the RX ring, `to_device` (consumer
+        bytes, unless a TX purge came meanwhile) the TX ring; the pumps go on."""
+        self.lent = False
+        self.lend_scope = None
+        stats, self.lend_stats = self.lend_stats, None
+        if stats is not None:
+            self._lent_out += stats.a_to_b
+            self._lent_in += stats.b_to_a
+        if to_consumer:
+            self._rx.write(to_consumer)  # fits: the ring was empty and a read is at most a quarter of it
+        if to_device and not self._purged_tx:
+            self._tx.write(to_device)
+        self._lend_over.set()
+        self._wake()
+
+    def interrupt_lend(self) -> None:
+        """Ask for the fd back (trio thread): the lend's wait is cancelled and
+        the raw path takes the sockets back from the reactor."""
+        if self.lend_scope is not None:
+            self.lend_scope.cancel()
+
+    async def _lend_returned(self) -> None:
+        """Before the fd is closed: a lend gives it back first (shielded: it is quick)."""
+        if self.lent:
+            self.interrupt_lend()
+            with trio.CancelScope(shield=True):
+                await self._lend_over.wait()
+
+    def _settle(self) -> None:
+        session = self.session
+        if session is not None and session.on_settle is not None:
+            session.on_settle()
 
     def _restore_lines(self, port: SerialPort) -> None:
         session = self.session
@@ -308,9 +431,13 @@ class PortService:
     async def _pump_rx(self, port: SerialPort, scope: trio.CancelScope) -> None:
         try:
             while True:
-                while self.session is not None and self._rx.free == 0:
+                while self.lent or (self.session is not None and self._rx.free == 0):
                     await self._rx_lot.park()
-                await port.wait_readable()
+                with trio.CancelScope() as self._rx_wait:
+                    await port.wait_readable()
+                self._rx_wait = None
+                if self.lent:
+                    continue  # lent meanwhile: the reactor reads it now
                 # Size the read after waiting: a consumer may have attached meanwhile.
                 size = self._rx.free if self.session is not None else self._rx.capacity
                 data = port.read_nowait(min(size, 65536)) if size else b""
@@ -331,12 +458,14 @@ class PortService:
     async def _pump_tx(self, port: SerialPort, scope: trio.CancelScope) -> None:
         try:
             while True:
-                while not len(self._tx):
+                while self.lent or not len(self._tx):
                     await self._tx_lot.park()
                 n = port.write_nowait(self._tx.peek())
                 if n:
                     self._tx.consume(n)  # no await since the peek: nothing moved under us
                     self._tx_lot.unpark_all()
+                    if not len(self._tx):
+                        self._settle()
                 else:
                     await port.wait_writable()
         except PortUnavailable as exc:
@@ -400,6 +529,7 @@ class PortService:
                     raise self._direct_error  # the bytes it could not take stay in the ring
                 if not len(ring):
                     self._direct = stream
+                    self._settle()
                     try:
                         await self._rx_lot.park()
                     finally:

@@ -11,39 +11,24 @@ sleeps are the faults' own durations.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
 
 from redirgate.cli.gateway_commands import format_status
-from redirgate.cli.lab import LabRoute, write_client_config
+from redirgate.cli.lab import LabRoute
 from redirgate.gateway.route_server import RouteServer
 from redirgate.vmside.guest import UsbredirGuest
-from tests.support.fault_proxy import FaultProxy, fault_proxy
 from tests.support.loopback import Loopback
 from tests.support.serial_lab import pty_pair, read_master, receive_exactly, write_master
-from tests.support.tunnel_lab import Lab, running_lab, start_client
+from tests.support.tunnel_lab import Lab, proxied_lab
 from tests.support.waiting import until
 
 LOOP = "usb:1209:0003"
 #: fast heartbeats, so a pause of a few seconds is a heartbeat loss on both sides
 FAST_HEARTBEATS = {"heartbeat_interval_s": 0.5, "heartbeat_timeout_s": 1.5}
-
-
-@asynccontextmanager
-async def proxied_lab(
-    tmp_path: Path, routes: Sequence[LabRoute], *, virtual: Sequence[str] = (), extra: str = "", **options: float
-) -> AsyncIterator[tuple[Lab, FaultProxy]]:
-    """A lab whose client reaches the gateway only through a fault proxy."""
-    async with running_lab(tmp_path, routes, virtual=virtual, start_client_now=False, **options) as lab:
-        async with fault_proxy(("127.0.0.1", lab.tunnel_port)) as proxy:
-            config = write_client_config(tmp_path, proxy.port, virtual=virtual, extra_export=extra)
-            assert lab.nursery is not None
-            lab.client, lab.client_scope = await start_client(lab.nursery, config)
-            yield lab, proxy
-            lab.client_scope.cancel()
 
 
 def route(lab: Lab, name: str) -> RouteServer:

@@ -26,6 +26,7 @@ from redirgate.client.service import ClientService
 from redirgate.client.tunnel import TunnelClient
 from redirgate.gateway.config import GatewayConfig, load_config
 from redirgate.gateway.service import Gateway, GatewayAddresses
+from tests.support.fault_proxy import FaultProxy, fault_proxy
 
 
 @dataclass
@@ -137,3 +138,17 @@ async def running_lab(
             stopped,
         )
         nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def proxied_lab(
+    tmp_path: Path, routes: Sequence[LabRoute], *, virtual: Sequence[str] = (), extra: str = "", **options: float
+) -> AsyncIterator[tuple[Lab, FaultProxy]]:
+    """A lab whose client reaches the gateway only through a fault proxy."""
+    async with running_lab(tmp_path, routes, virtual=virtual, start_client_now=False, **options) as lab:
+        async with fault_proxy(("127.0.0.1", lab.tunnel_port)) as proxy:
+            config = write_client_config(tmp_path, proxy.port, virtual=virtual, extra_export=extra)
+            assert lab.nursery is not None
+            lab.client, lab.client_scope = await start_client(lab.nursery, config)
+            yield lab, proxy
+            lab.client_scope.cancel()
