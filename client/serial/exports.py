@@ -8,8 +8,8 @@ A gateway channel for `serial:NAME` is served by `serve_serial_stream` on
 the attached data connection, raw or RFC 2217 as the route says.
 
 `run()` also starts the client's relay reactor thread (one per client
-process with serial exports, `transport.RelayReactor`) and stops it when
-it ends: raw channels lend it their port's fd and data connection while
+process, `transport.RelayReactor`: ports may come with a reload) and stops
+it when it ends: raw channels lend it their port's fd and data connection while
 plain bytes flow (`client/serial/raw.py`); it owns nothing else.
 """
 
