@@ -257,3 +257,22 @@ def test_a_place_booked_at_a_low_rate_is_priced_again_at_todays_rate_and_never_t
     newcomer, _ = pacer.book(now, int(pacer.limit))
     assert again < newcomer  # a newcomer queues behind it
     assert again < pacer.horizon_s()  # told the rest at today's rate: sooner than the horizon it was told
+
+
+async def test_a_ticket_line_is_taken_before_the_handshake_with_pacing_off_too(tmp_path: Path) -> None:
+    """A client may hold a ticket from before a reload turned pacing off (or from another gateway
+    process): its first bytes are the ticket line, then TLS; the gateway takes the line and the
+    handshake goes on."""
+    options = {"handshake_pacing_s": 0}
+    async with running_lab(tmp_path, [], start_client_now=False, **options) as lab:  # type: ignore[arg-type]
+        assert lab.gateway.tunnel.gate.pacer is None
+        base = lab.directory / "pki"
+        ident = pki.client_dir(base, "thin-01")
+        context = client_context(
+            ident / "client-cert.pem", ident / "client-key.pem", base / "ca-cert.pem", GATEWAY_NAME
+        )
+        held = BusyTickets()
+        held.keep("127.0.0.1", lab.tunnel_port, b"0123456789abcdef0123456789ab")
+        stream = await open_tls_connection("127.0.0.1", lab.tunnel_port, context, tickets=held)
+        assert len(held) == 0
+        await stream.aclose()
