@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 CONTROL, ISO, BULK, INTERRUPT = 0, 1, 2, 3
 #: how long a cancelled transfer may take to call back before it is given up on (leaked)
 CANCEL_GRACE_S = 2.0
+#: plain libusb transfer structs kept for reuse per context (`Transfer`)
+SPARE_STRUCTS = 64
 
 
 # libusb_transfer_status (libusb.h) -> usbredir status, as usbredirhost.c
@@ -171,6 +173,8 @@ class LibusbAsync:
         self.completions = 0
         #: transfers libusb called back on the loop thread, to finish once it returns
         self._finished: deque[Transfer] = deque()
+        #: plain transfer structs done with, for the next `Transfer` (loop thread)
+        self.spare_structs: list[Any] = []
 
     def bind(self) -> None:
         """Remember the loop thread and token (the first call from trio)."""
@@ -306,18 +310,29 @@ def _on_complete(transfer_p: Any) -> None:
 
 
 class Transfer:
-    """One libusb transfer over a caller's buffer; `done` is set on the loop thread when libusb calls back.
+    """One libusb transfer over a caller's buffer; `finished` (and `done`, made when first asked
+    for) are set on the loop thread when libusb calls back.
 
     `buffer` must expose a writable buffer (bytearray, array) and stays
     referenced here until the callback: for IN, the reply's payload is read
-    from it; for OUT it is the request's own copy of the guest's data."""
+    from it; for OUT it is the request's own copy of the guest's data.
+
+    Per-transfer costs are kept off the path (a thin client's CPU is the
+    bottleneck on a real device, issue 13): the trio Event exists only if
+    someone waits on it (`done`), the plain (not iso, not stream) libusb
+    structs are reused (`LibusbAsync` keeps up to `SPARE_STRUCTS` of them),
+    and a transfer made with ``keep=True`` (an iso OUT stream's) is
+    submitted again and again over its buffer until `close`."""
 
     __slots__ = (
         "_buf_ref",
         "_c_buffer",
+        "_event",
+        "_keep",
+        "_pooled",
         "actual_length",
         "aio",
-        "done",
+        "finished",
         "iso_results",
         "on_done",
         "owner",
@@ -340,23 +355,31 @@ class Transfer:
         packet_size: int = 0,
         owner: object = None,
         stream_id: int = 0,
+        keep: bool = False,
     ) -> None:
         self.aio = aio
         self.owner = owner
-        self.done = trio.Event()
+        self._event: trio.Event | None = None
+        self.finished = False
         self.status = -1
         self.actual_length = 0
         #: iso: (libusb status, actual length) per packet, copied in the callback
         self.iso_results: list[tuple[int, int]] = []
-        #: called on the loop thread once `done` is set (e.g. to wake a stream's task)
+        #: called on the loop thread once `finished` is set (e.g. to wake a stream's task)
         self.on_done: Callable[[], None] | None = None
         self.submitted = False
+        self._keep = keep
         self._buf_ref = buffer
         self._c_buffer = (ctypes.c_char * max(len(buffer), 1)).from_buffer(buffer) if len(buffer) else None
-        lib = aio.lib
-        self.ptr = lib.libusb_alloc_transfer(iso_packets)
-        if not self.ptr:
-            raise MemoryError(f"libusb_alloc_transfer({iso_packets}) failed")
+        #: a plain struct: back to the spares when done (a stream id or iso packets stay with their struct)
+        self._pooled = not iso_packets and not stream_id
+        spare = aio.spare_structs
+        if self._pooled and spare:
+            self.ptr = spare.pop()
+        else:
+            self.ptr = aio.lib.libusb_alloc_transfer(iso_packets)
+            if not self.ptr:
+                raise MemoryError(f"libusb_alloc_transfer({iso_packets}) failed")
         t = self.ptr.contents
         t.dev_handle = handle
         t.flags = 0
@@ -368,9 +391,25 @@ class Transfer:
         t.buffer = ctypes.addressof(self._c_buffer) if self._c_buffer is not None else None
         t.num_iso_packets = iso_packets
         if iso_packets:
-            lib.libusb_set_iso_packet_lengths(self.ptr, packet_size)
+            aio.lib.libusb_set_iso_packet_lengths(self.ptr, packet_size)
         if stream_id:  # a USB 3 bulk stream (client/usb/bulk_streams.py)
             bulk_streams.mark_stream(self.ptr, stream_id)
+
+    @property
+    def done(self) -> trio.Event:
+        """A trio Event set when libusb has called back (made on first use: most transfers are
+        answered from `on_done` and never waited on)."""
+        event = self._event
+        if event is None:
+            event = self._event = trio.Event()
+            if self.finished:
+                event.set()
+        return event
+
+    @property
+    def buffer(self) -> Any:
+        """The caller's buffer the transfer reads into or writes from."""
+        return self._buf_ref
 
     def set_iso_lengths(self, lengths: list[int]) -> None:
         """Each iso packet's own length (packet i sits at offset i * packet_size of the buffer)."""
@@ -379,34 +418,57 @@ class Transfer:
             descriptor.length = length
 
     def submit(self) -> None:
-        """Hand it to libusb (loop thread); usb.core.USBError as pyusb raises it when libusb refuses."""
-        self.aio.bind()
-        self.aio.watch()
+        """Hand it to libusb (loop thread); usb.core.USBError as pyusb raises it when libusb refuses.
+        A kept transfer may be submitted again once it has finished."""
+        aio = self.aio
+        if aio._token is None:
+            aio.bind()
+        if aio._dirty:
+            aio._sync_fds()  # a device opened or reopened since (see `LibusbAsync.watch`)
+        self.finished = False
+        self._event = None
         address = ctypes.addressof(self.ptr.contents)
         _SUBMITTED[address] = self
-        rc = self.aio.lib.libusb_submit_transfer(self.ptr)
+        rc = aio.lib.libusb_submit_transfer(self.ptr)
         if rc < 0:
             del _SUBMITTED[address]
-            self._free()
+            if not self._keep:
+                self._free()
             libusb1._check(rc)
         self.submitted = True
 
     def cancel(self) -> None:
         """Ask libusb to cancel it (it still calls back, with CANCELLED or what arrived first)."""
-        if self.submitted and not self.done.is_set():
+        if self.submitted and not self.finished:
             self.aio.lib.libusb_cancel_transfer(self.ptr)
 
     def finish(self) -> None:
-        """On the loop thread after the callback: free the libusb struct, wake the waiter."""
-        self._free()
-        self.done.set()
+        """On the loop thread after the callback: free (or keep) the libusb struct, wake the waiter."""
+        if not self._keep:
+            self._free()
+        self.finished = True
+        self.submitted = False
+        if self._event is not None:
+            self._event.set()
         if self.on_done is not None:
             self.on_done()
 
+    def close(self) -> None:
+        """A kept transfer is not needed any more: its struct is freed now, or when libusb gives it
+        back if it is in flight."""
+        self._keep = False
+        if not self.submitted:
+            self._free()
+
     def _free(self) -> None:
-        if self.ptr is not None:
-            self.aio.lib.libusb_free_transfer(self.ptr)
+        ptr = self.ptr
+        if ptr is not None:
             self.ptr = None
+            spare = self.aio.spare_structs
+            if self._pooled and len(spare) < SPARE_STRUCTS:
+                spare.append(ptr)
+            else:
+                self.aio.lib.libusb_free_transfer(ptr)
 
     def data(self, offset: int = 0) -> memoryview:
         """What an IN transfer brought: a view of its buffer (no copy)."""
@@ -424,6 +486,6 @@ async def drain(aio: LibusbAsync, owner: object) -> None:
     for transfer in mine:
         transfer.cancel()
     with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_GRACE_S):
-        while any(not t.done.is_set() for t in mine):
+        while any(not t.finished for t in mine):
             aio.handle_events()
             await trio.sleep(0.002)

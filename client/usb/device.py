@@ -98,6 +98,9 @@ class UsbDevice:
         self._claimed: set[int] = set()
         self._detached: set[int] = set()
         self._released = False
+        #: called once, on the loop thread, when `release` has given the device back (the source that
+        #: opened it counts the devices it has out: client/usb/source.py)
+        self.on_release: Callable[[], None] | None = None
         #: the backend's no-wait runner when transfers may be tried inline
         self._nowait: Callable[..., Any] | None = None
         backend = getattr(dev, "backend", None)
@@ -404,5 +407,10 @@ class UsbDevice:
         """Give the device back to the thin client (shielded: runs on cancel too), after its
         asynchronous transfers have come back from libusb."""
         with trio.CancelScope(shield=True):
-            await self.drain()
-            await trio.to_thread.run_sync(self.release_blocking)
+            try:
+                await self.drain()
+                await trio.to_thread.run_sync(self.release_blocking)
+            finally:
+                released, self.on_release = self.on_release, None
+                if released is not None:
+                    released()

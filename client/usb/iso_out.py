@@ -17,6 +17,8 @@ same, with nothing between the parser and libusb's buffer:
 * the stream starts once half its transfers are filled (the reference's
   pre-fill), and starts over the same way after an under-run (nothing in
   flight, nothing full);
+* the stream's transfers (buffer, libusb struct) are made once, as it
+  first needs them, and reused for its life, as usbredirhost's are;
 * completions come back through the transfer's ``on_done`` (on the loop
   thread, from the pump or `put`): each packet's status is counted, a
   failure is reported to the guest once per failing run
@@ -36,6 +38,7 @@ calls ``on_done`` there).
 from __future__ import annotations
 
 import logging
+from collections import deque
 from typing import TYPE_CHECKING
 
 import usb.backend.libusb1 as libusb1
@@ -61,7 +64,13 @@ _NO_DEVICE = libusb1.LIBUSB_TRANSFER_NO_DEVICE
 
 
 class IsoOutWriter:
-    """One iso OUT stream's transfers (see the module docstring)."""
+    """One iso OUT stream's transfers (see the module docstring).
+
+    Its `slots` libusb transfers, each over its own buffer, are made as the
+    stream first needs them and reused for the stream's life (filled,
+    submitted, given back, filled again), as usbredirhost allocates its
+    stream's transfers once: no buffer, libusb struct or ctypes view is made
+    per batch of packets."""
 
     def __init__(self, engine: HostEngine, stream: Stream, device: UsbDevice) -> None:
         assert device.aio is not None
@@ -73,11 +82,15 @@ class IsoOutWriter:
         self.per_transfer = max(1, stream.pkts_per_transfer)
         #: transfers the stream may have in flight or filled at once (at least 2)
         self.slots = max(2, stream.transfers)
-        #: the transfer being filled: its buffer and its packets' lengths
-        self._buf = bytearray(self.per_transfer * self.size)
+        #: every transfer made so far (at most `slots`), and those neither filling, full nor in flight
+        self._made: list[aio.Transfer] = []
+        self._idle: list[aio.Transfer] = []
+        #: the transfer being filled, its buffer and its packets' lengths
+        self._filling: aio.Transfer | None = None
+        self._buf = bytearray()
         self._lengths: list[int] = []
         #: full transfers waiting for the stream to start (or for a free slot)
-        self._full: list[tuple[bytearray, list[int]]] = []
+        self._full: deque[tuple[aio.Transfer, list[int]]] = deque()
         self.inflight: set[aio.Transfer] = set()
         self.started = False
         self.drop_counter = 0
@@ -94,30 +107,38 @@ class IsoOutWriter:
             self.drop_counter -= 1
             stream.dropped += 1
             return False
-        lengths = self._lengths
-        if not lengths and len(self.inflight) + len(self._full) >= self.slots:
-            # no transfer to fill: take back what the device finished meanwhile
-            self.aio.handle_events()
-            if len(self.inflight) + len(self._full) >= self.slots:
-                self.drop_counter = (self.slots * self.per_transfer) // 2
+        if self._filling is None:
+            if not self._idle and len(self._made) >= self.slots:
+                # no transfer to fill: take back what the device finished meanwhile
+                self.aio.handle_events()
+                if not self._idle:
+                    self.drop_counter = (self.slots * self.per_transfer) // 2
+                    stream.dropped += 1
+                    return False
+            if not self._take():
                 stream.dropped += 1
                 return False
+        lengths = self._lengths
         n = len(data)
         start = len(lengths) * self.size
         self._buf[start : start + n] = data
         lengths.append(n)
         if len(lengths) == self.per_transfer:
-            self._full.append((self._buf, lengths))
-            self._buf = bytearray(self.per_transfer * self.size)
+            assert self._filling is not None
+            self._full.append((self._filling, lengths))
+            self._filling = None
             self._lengths = []
             if self.started or len(self._full) >= self.slots // 2:
                 self.started = True
                 self._submit_full()
         return True
 
-    def _submit_full(self) -> None:
-        while self._full and not self.closed:
-            buf, lengths = self._full.pop(0)
+    def _take(self) -> bool:
+        """Start filling an idle transfer, made now if the stream has fewer than `slots`."""
+        if self._idle:
+            transfer = self._idle.pop()
+        else:
+            buf = bytearray(self.per_transfer * self.size)
             try:
                 transfer = aio.Transfer(
                     self.aio,
@@ -127,16 +148,31 @@ class IsoOutWriter:
                     buf,
                     len(buf),
                     ISO_TIMEOUT_MS,
-                    iso_packets=len(lengths),
+                    iso_packets=self.per_transfer,
                     packet_size=self.size,
                     owner=self.device,
+                    keep=True,
                 )
+            except USB_CALL_ERRORS as exc:
+                status, gone = status_for(exc)
+                self._failed(status, gone, str(exc))
+                return False
+            transfer.on_done = lambda t=transfer: self._done(t)
+            self._made.append(transfer)
+        self._filling = transfer
+        self._buf = transfer.buffer
+        return True
+
+    def _submit_full(self) -> None:
+        while self._full and not self.closed:
+            transfer, lengths = self._full.popleft()
+            try:
                 transfer.set_iso_lengths(lengths)
-                transfer.on_done = lambda t=transfer: self._done(t)
                 transfer.submit()
             except USB_CALL_ERRORS as exc:
                 status, gone = status_for(exc)
                 self.stream.failed += len(lengths)
+                self._idle.append(transfer)
                 self._failed(status, gone, str(exc))
                 continue
             self.inflight.add(transfer)
@@ -146,6 +182,7 @@ class IsoOutWriter:
         """libusb gave `transfer` back (loop thread)."""
         self.inflight.discard(transfer)
         if self.closed:
+            transfer.close()
             return
         stream = self.stream
         status = transfer.status
@@ -160,7 +197,9 @@ class IsoOutWriter:
             stream.failed += len(transfer.iso_results)
             self._failed(aio.packet_status(status), status == _NO_DEVICE, f"libusb status {status}")
             if self.closed:
+                transfer.close()
                 return
+        self._idle.append(transfer)
         if self._full:
             self._submit_full()
         elif not self.inflight:
@@ -180,9 +219,15 @@ class IsoOutWriter:
 
     # ------------------------------------------------------------------ stop
     def close(self) -> None:
-        """The stream stops: cancel what is in flight (the device's drain waits for libusb's answers)."""
+        """The stream stops: cancel what is in flight (the device's drain waits for libusb's answers);
+        every transfer's struct is freed now, or as libusb gives it back."""
         self.closed = True
         for transfer in list(self.inflight):
             transfer.cancel()
+        for transfer in self._made:
+            transfer.close()  # in flight: freed when it comes back
+        self._made.clear()
+        self._idle.clear()
         self._full.clear()
+        self._filling = None
         self._lengths = []

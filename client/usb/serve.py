@@ -6,7 +6,8 @@ offers the device again to the next connection after a VM disconnects.
 `serve_connect` dials a QEMU chardev that listens (`server=on`), retrying
 while it is not there, like `usbredirect --to`.  `watch_presence` says, one
 line per change, whether the device is plugged in (or refused, and why), so
-a device that is not there is never a silent wait.
+a device that is not there is never a silent wait; it does not look while a
+session holds the device (that session's engine watches it then).
 """
 
 from __future__ import annotations
@@ -101,6 +102,10 @@ async def watch_presence(source: SelectorSource, report: Callable[[str], None], 
     `interval_s`; a device's strings are read only when it first shows up."""
     last_key: object = None
     while True:
+        # while a session holds the device, its engine watches it (and says when it goes): looking
+        # here as well opened the device a second time every interval, which cost a thin client
+        # CPU and woke the session's libusb event handling (a new and a closed pollfd)
+        await source.until_unheld()
         try:
             dev, key, refused = await trio.to_thread.run_sync(source.look)
         except USB_CALL_ERRORS as exc:

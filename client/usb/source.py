@@ -85,6 +85,10 @@ class SelectorSource:
         #: open for a reason of ours (a driver that would not let go): not
         #: tried again until they are replugged (a new address)
         self._open_refused: dict[tuple[int, int, int], str] = {}
+        #: devices `acquire` handed out and not released yet (loop thread)
+        self.held = 0
+        self._unheld = trio.Event()
+        self._unheld.set()
 
     def describe(self) -> str:
         return str(self.selector)
@@ -137,6 +141,23 @@ class SelectorSource:
         """Whether a matching (and allowed) device is there now."""
         return await trio.to_thread.run_sync(self._find) is not None
 
+    def _hold(self, device: UsbDevice) -> None:
+        self.held += 1
+        if self.held == 1:
+            self._unheld = trio.Event()
+
+        def released() -> None:
+            self.held -= 1
+            if not self.held:
+                self._unheld.set()
+
+        device.on_release = released
+
+    async def until_unheld(self) -> None:
+        """Return once no device `acquire` handed out is still held (at once if none is)."""
+        while self.held:
+            await self._unheld.wait()
+
     async def acquire(self) -> UsbDevice:
         waiting_logged = False
         logged: set[str] = set()  # each refusal or open failure once
@@ -149,7 +170,7 @@ class SelectorSource:
                     log.warning("%s", line)
             if dev is not None:
                 try:
-                    return await UsbDevice.open(dev)
+                    device = await UsbDevice.open(dev)
                 except DeviceRefusedError as exc:
                     self._open_refused[key] = exc.reason
                     continue  # logged by the next look, which skips it
@@ -158,6 +179,9 @@ class SelectorSource:
                     if line not in logged:
                         logged.add(line)
                         log.warning("%s", line)
+                else:
+                    self._hold(device)
+                    return device
             elif not waiting_logged:
                 log.info("waiting for a USB device matching %s", self.selector)
                 waiting_logged = True

@@ -404,6 +404,6 @@ class _AsyncReceiver:
         with trio.move_on_after(aio.CANCEL_GRACE_S):
             for transfer in pending:
                 await transfer.done.wait()
-        late = [bytes(t.data()) for t in pending if t.done.is_set() and t.actual_length]
+        late = [bytes(t.data()) for t in pending if t.finished and t.actual_length]
         if late:
             self.reader.engine.late_stream_data.setdefault(self.reader.stream.endpoint, []).extend(late)

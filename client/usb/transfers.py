@@ -23,9 +23,10 @@ A real device whose libusb offers the asynchronous API (client/usb/aio.py)
 takes neither: `submit` hands each request to libusb at once, on the loop
 thread, in the guest's order, so the guest's consecutive requests on an
 endpoint are in flight together; the endpoint's task answers them in order
-as they complete.  IN transfers then have no timeout (a guest's cancel
-cancels the libusb transfer, and whatever it brought is dropped, as
-usbredirhost does: the guest was told it was cancelled).
+as they complete.  Bulk and interrupt transfers then have no timeout, IN or
+OUT, as usbredirhost gives them none (a guest's cancel cancels the libusb
+transfer, and whatever it brought is dropped, as usbredirhost does: the
+guest was told it was cancelled).
 
 On the worker-thread path, IN transfers run in slices of `SLICE_MS`: a slice that times out is retried
 unless the request was cancelled, which is how a cancelled read gives its
@@ -74,7 +75,7 @@ transfer_observer: Callable[[float], None] | None = None
 CONTROL_TIMEOUT_MS = 5000
 #: IN transfers wait in slices this long, so cancellation takes effect
 SLICE_MS = 500
-#: OUT transfers: one attempt; the reference waits forever, we report a timeout
+#: OUT transfers in a worker thread: one attempt; the reference waits forever, we report a timeout
 OUT_TIMEOUT_MS = 30_000
 
 
@@ -225,7 +226,7 @@ class EndpointQueues:
             request, reply = pending[0]
             transfer = request.transfer
             if transfer is not None:
-                if not transfer.done.is_set():
+                if not transfer.finished:
                     return
                 reply = self._async_reply(request, transfer)
             message = None if reply is None or request.cancelled else engine.host.transfer_reply(reply)
@@ -248,7 +249,7 @@ class EndpointQueues:
         try:
             while True:
                 head = pending[0][0] if pending else None
-                if head is None or (head.transfer is not None and not head.transfer.done.is_set()):
+                if head is None or (head.transfer is not None and not head.transfer.finished):
                     self._wakeups[key] = trio.Event()
                     await self._wakeups[key].wait()
                     continue
@@ -433,7 +434,9 @@ def _submit(device: UsbDevice, request: Request) -> Transfer:
         buf = bytearray(msg.transfer_length)
         return device.submit(kind, endpoint, buf, len(buf), 0, stream_id=stream_id)
     data = request.data if isinstance(request.data, array.array) else out_data(request.data)
-    return device.submit(kind, endpoint, data, len(data), OUT_TIMEOUT_MS, stream_id=stream_id)
+    # no timeout, as usbredirhost gives bulk and interrupt transfers (the guest cancels what it
+    # stops waiting for); a timeout also cost libusb two timerfd_settime calls per transfer
+    return device.submit(kind, endpoint, data, len(data), 0, stream_id=stream_id)
 
 
 def _queue_key(msg: m.DataMessage) -> int:

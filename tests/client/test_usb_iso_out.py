@@ -29,7 +29,12 @@ class _Transfer:
     """What IsoOutWriter uses of aio.Transfer."""
 
     def __init__(self, aio: _Aio, handle: Any, kind: int, endpoint: int, buffer: Any, length: int, *_: Any, **kw: Any):
-        self.aio, self.buffer, self.packets = aio, bytes(buffer), kw["iso_packets"]
+        self.aio, self.buffer, self.packets = aio, buffer, kw["iso_packets"]
+        assert kw["keep"]  # submitted again and again
+        aio.made.append(self)
+        #: the buffer as it was submitted last
+        self.sent = b""
+        self.closed = False
         self.lengths: list[int] = []
         self.on_done: Any = None
         self.status = -1
@@ -39,11 +44,16 @@ class _Transfer:
         self.lengths = list(lengths)
 
     def submit(self) -> None:
+        assert self not in self.aio.inflight and not self.closed
+        self.sent = bytes(self.buffer)
         self.aio.submitted.append(self)
         self.aio.inflight.append(self)
 
     def cancel(self) -> None:
         self.aio.cancelled.append(self)
+
+    def close(self) -> None:
+        self.closed = True
 
     def complete(self, status: int = libusb1.LIBUSB_TRANSFER_COMPLETED) -> None:
         self.aio.inflight.remove(self)
@@ -56,6 +66,7 @@ class _Aio:
     """libusb's side: `handle_events` completes whatever the device finished (`device_keeps_up`)."""
 
     def __init__(self) -> None:
+        self.made: list[_Transfer] = []
         self.submitted: list[_Transfer] = []
         self.inflight: list[_Transfer] = []
         self.cancelled: list[_Transfer] = []
@@ -109,7 +120,7 @@ def test_packets_land_at_packet_size_strides_and_the_stream_starts_half_full(wri
     assert len(aio.submitted) == 6  # half full: started, all six at once
     first = aio.submitted[0]
     assert first.lengths == [SIZE - i % 3 for i in range(10)]
-    assert first.buffer[SIZE : 2 * SIZE - 1] == b"\x01" * (SIZE - 1)  # packet 1 at offset packet_size
+    assert first.sent[SIZE : 2 * SIZE - 1] == b"\x01" * (SIZE - 1)  # packet 1 at offset packet_size
     for _ in range(60, 70):
         writer.put(bytes(SIZE))
     assert len(aio.submitted) == 7  # started: each full transfer goes at once
@@ -126,6 +137,22 @@ def test_a_burst_parsed_in_one_go_is_not_dropped_while_the_device_keeps_up(write
     # the rest waits in full transfers for the restart (reaping everything at once is an under-run)
     assert writer.stream.written >= 900
     assert aio.polls > 0
+    # the stream's transfers (buffer and libusb struct) are made once and reused, never one per batch
+    assert len(aio.made) <= writer.slots
+    assert len(aio.submitted) >= 90
+
+
+def test_a_stopped_stream_frees_its_transfers_now_or_as_they_come_back(writer) -> None:
+    aio = _aio(writer)
+    for _ in range(75):  # 6 in flight, a partial one filling
+        writer.put(bytes(SIZE))
+    inflight = list(aio.inflight)
+    writer.close()
+    assert {id(t) for t in aio.cancelled} == {id(t) for t in inflight}
+    assert all(t.closed for t in aio.made)  # in flight ones: aio.Transfer frees them when they finish
+    for transfer in inflight:
+        transfer.complete(libusb1.LIBUSB_TRANSFER_CANCELLED)
+    assert writer.stream.written == 0 and not aio.inflight
 
 
 def test_a_device_behind_drops_counted_and_falls_back_to_half(writer) -> None:
