@@ -68,28 +68,34 @@ main(args)
 
 
 def _command(
-    python: str | None, device: tuple[int, int], strace: Path | None = None, profile: Path | None = None
+    python: str | None,
+    device: tuple[int, int],
+    strace: Path | None = None,
+    profile: Path | None = None,
+    port: int = GUEST_PORT,
 ) -> str:
     if python is None:
-        return f"usbredirect --device {vid_pid(device)} --as 0.0.0.0:{GUEST_PORT}"
-    args = f"client serve-usb --listen 0.0.0.0:{GUEST_PORT} {vid_pid(device)}"
+        return f"usbredirect --device {vid_pid(device)} --as 0.0.0.0:{port}"
+    args = f"client serve-usb --listen 0.0.0.0:{port} {vid_pid(device)}"
+    if Path(python).is_dir():  # a folder of package links (a snapshot of a commit): this venv's python
+        python = f"env PYTHONPATH={python} {sys.executable}"
     serve = f"{python} -m redirgate.cli {args}"
     if strace is not None:
         serve = f"strace -f -tt -T -o {strace} {serve}"
     if profile is not None:
-        script = profile.with_suffix(".py")
+        script = profile.with_name("prof_serve.py")
         script.write_text(PROFILE)
         serve = f"{python} {script} {profile} {args}"
     return f"env REDIRGATE_USB_TRANSFERS=async {serve}"
 
 
 @contextlib.contextmanager
-def _served(thin: Any, vm: Any, command: str, log_path: Path) -> Iterator[int]:
+def _served(thin: Any, vm: Any, command: str, log_path: Path, port: int = GUEST_PORT) -> Iterator[int]:
     with contextlib.ExitStack() as stack:
         pid = thin.guest.spawn(command, log_path)
         stack.callback(stop_guest_process, thin, pid)
-        thin.run(wait_listening_script(GUEST_PORT), SERVER_READY_TIMEOUT_S)
-        redir = vm.attach(thin.guest.host_port(GUEST_PORT))
+        thin.run(wait_listening_script(port), SERVER_READY_TIMEOUT_S)
+        redir = vm.attach(thin.guest.host_port(port))
         stack.callback(vm.detach, redir)
         yield pid
 
@@ -123,6 +129,69 @@ def _loop(thin: Any, vm: Any, command: str, log_path: Path, rounds: tuple[int, i
     return figures
 
 
+#: the second Loopback gadget of the paired mode (on the other UDC)
+LOOP2 = (LOOP[0], LOOP[1] + 1)
+PAIRED_SCRIPT = r"""
+import statistics, sys, time
+import usb.core, usb.util
+
+def open_loop(pid):
+    dev = usb.core.find(idVendor=0x{vid:04x}, idProduct=pid)
+    intf = dev.get_active_configuration()[(0, 0)]
+    usb.util.claim_interface(dev, intf)
+    out = usb.util.find_descriptor(intf, custom_match=lambda e: usb.util.endpoint_direction(e.bEndpointAddress) == usb.util.ENDPOINT_OUT)
+    inp = usb.util.find_descriptor(intf, custom_match=lambda e: usb.util.endpoint_direction(e.bEndpointAddress) == usb.util.ENDPOINT_IN)
+    return out, inp
+
+loops = [open_loop(0x{pid_a:04x}), open_loop(0x{pid_b:04x})]
+for size, rounds in {sizes}:
+    data = bytes(range(256)) * (size // 256)
+    times = [[], []]
+    for i in range({warmup} + rounds):
+        for which in ((0, 1) if i % 2 == 0 else (1, 0)):
+            out, inp = loops[which]
+            t0 = time.perf_counter()
+            out.write(data, timeout=120000)
+            got = inp.read(size, timeout=120000)
+            t1 = time.perf_counter()
+            if bytes(got) != data:
+                sys.exit(f"{{size}} B came back changed ({{len(got)}} B)")
+            if i >= {warmup}:
+                times[which].append(t1 - t0)
+    print("pair", size, statistics.median(times[0]) * 1000, statistics.median(times[1]) * 1000, flush=True)
+"""
+
+
+def _paired(
+    thin: Any, vm: Any, a: tuple[str, str | None], b: tuple[str, str | None], share: Path, rnd: int, sizes: Any
+) -> dict[str, float]:
+    """`a` serves the first Loopback gadget and `b` the second at once; the VM side alternates round
+    trips between them (A B, B A, ...), so both see the same moment's load.  Figures: a ÷ b per size."""
+    from tests.support.thinclient import wait_usb_gone_script, wait_usb_script
+
+    script = vm.guest.share_dir("loop") / "paired.py"
+    pid_a, pid_b = (LOOP, LOOP2) if rnd % 2 == 0 else (LOOP2, LOOP)  # the gadgets (and UDCs) swap each round
+    script.write_text(PAIRED_SCRIPT.format(vid=LOOP[0], pid_a=pid_a[1], pid_b=pid_b[1], sizes=sizes, warmup=WARMUP))
+    with contextlib.ExitStack() as stack:
+        for (label, python), device, port in ((a, pid_a, GUEST_PORT), (b, pid_b, GUEST_PORT + 1)):
+            command = _command(python, device, port=port)
+            stack.enter_context(_served(thin, vm, command, share / f"pair-{label}-{rnd}.log", port))
+            vm.run(wait_usb_script(*device), 600)
+        result = vm.guest.run(f"{sys.executable} {script}", 900, check=False)
+    for device in (LOOP, LOOP2):
+        vm.run(wait_usb_gone_script(*device), 120)
+    if result.rc != 0:
+        raise RuntimeError(f"the paired loop failed ({result.rc}): {result.stderr[-500:]}")
+    figures = {}
+    for line in result.stdout.splitlines():
+        words = line.split()
+        if len(words) == 4 and words[0] == "pair":
+            key = "lb4k" if words[1] == "4096" else "lb64k"
+            figures[f"{key} {a[0]}"], figures[f"{key} {b[0]}"] = float(words[2]), float(words[3])
+            figures[f"{key} {a[0]}÷{b[0]}"] = float(words[2]) / float(words[3])
+    return figures
+
+
 def _dd(thin: Any, vm: Any, command: str, log_path: Path, mib: int, flags: Path) -> dict[str, float]:
     from tests.support.thinclient import wait_usb_gone_script
 
@@ -152,13 +221,25 @@ def _dd(thin: Any, vm: Any, command: str, log_path: Path, mib: int, flags: Path)
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--build", action="append", default=[], help="LABEL=PYTHON (a venv's python)")
+    parser.add_argument(
+        "--build",
+        action="append",
+        default=[],
+        help="LABEL=PYTHON (a venv's python) or LABEL=FOLDER (redirgate's packages as the wheel lays them out, "
+        "e.g. links to a snapshot of a commit: run with this venv's python and PYTHONPATH=FOLDER)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--lb-rounds", default="40,15", help="timed 4 KiB and 64 KiB round trips per attach")
     parser.add_argument("--dd", type=int, default=0, help="MiB per dd (0: no dd)")
     parser.add_argument("--strace", default=None, help="LABEL: one more attach of that build under strace")
     parser.add_argument("--profile", default=None, help="LABEL: one more attach of that build under cProfile")
     parser.add_argument("--no-usbredirect", action="store_true")
+    parser.add_argument(
+        "--paired",
+        action="store_true",
+        help="two Loopback gadgets: each round, every pair of builds serves one each at once, round trips "
+        "alternating between them",
+    )
     args = parser.parse_args(argv)
     builds: list[tuple[str, str | None]] = [tuple(b.split("=", 1)) for b in args.build]
     if not args.no_usbredirect:
@@ -177,11 +258,16 @@ def main(argv: list[str] | None = None) -> None:
         vm_share.mkdir()
         with contextlib.ExitStack() as stack:
             ftdi = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
-            thin = start_thinclient(share, ftdi_port=ftdi.getsockname()[1], hostfwd=(GUEST_PORT,))
+            thin = start_thinclient(share, ftdi_port=ftdi.getsockname()[1], hostfwd=(GUEST_PORT, GUEST_PORT + 1))
             stack.callback(thin.guest.stop)
             vm = start_vm_side(vm_share)
             stack.callback(vm.guest.stop)
             gadgets = [loop_gadget()]
+            if args.paired:
+                from tests.support.thinclient import UDCS, Gadget, loopback
+
+                second = Gadget("benchloop2", *LOOP2, "bench loopback 2", [loopback()], serial="loop-2", udc=UDCS[0])
+                gadgets.append(second)
             if args.dd:
                 image = share / "stick.img"
                 with image.open("wb") as f:
@@ -193,7 +279,23 @@ def main(argv: list[str] | None = None) -> None:
                 thin.plug(gadget)
                 stack.callback(thin.remove, gadget)
             print(f"guests up; load {os.getloadavg()[0]:.1f}", flush=True)
-            for rnd in range(args.rounds):
+            pairs = [(builds[i], builds[j]) for i in range(len(builds)) for j in range(i + 1, len(builds))]
+            for rnd in range(args.rounds if args.paired else 0):
+                for a, b in pairs:
+                    load = os.getloadavg()[0]
+                    try:
+                        sizes = ((SIZES[0][0], lb_rounds[0]), (SIZES[1][0], lb_rounds[1]))
+                        one = _paired(thin, vm, a, b, share, rnd, sizes)
+                    except Exception as exc:  # a failed pair: reported, the others kept
+                        print(f"round {rnd} {a[0]}+{b[0]}: {type(exc).__name__}: {str(exc)[:400]}", flush=True)
+                        continue
+                    for key, value in one.items():
+                        figures.setdefault(f"{a[0]}+{b[0]}", {}).setdefault(key, []).append(value)
+                    print(
+                        f"round {rnd} paired (load {load:.1f}): " + ", ".join(f"{k} {v:.2f}" for k, v in one.items()),
+                        flush=True,
+                    )
+            for rnd in range(0 if args.paired else args.rounds):
                 order = builds if rnd % 2 == 0 else builds[::-1]
                 for label, python in order:
                     load = os.getloadavg()[0]
@@ -227,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
     print("\nmedians (ratio ÷ usbredirect of medians):")
-    for label, _ in builds:
+    for label in figures:
         line = []
         for key, values in figures[label].items():
             med = statistics.median(values)

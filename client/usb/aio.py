@@ -97,7 +97,9 @@ class _Timeval(ctypes.Structure):
 #: address of a submitted libusb_transfer -> its Transfer (loop thread and
 #: libusb callbacks, which hold the GIL; dict operations are atomic)
 _SUBMITTED: dict[int, Transfer] = {}
+#: libusb_handle_events_timeout_completed's zero timeout (libusb only reads it)
 _ZERO_TV = _Timeval(0, 0)
+_ZERO_TV_REF = ctypes.byref(_ZERO_TV)
 
 
 def _prototypes(lib: Any) -> None:
@@ -232,8 +234,7 @@ class LibusbAsync:
         the loop thread, outside libusb's callback: an error in a transfer's ``on_done`` is raised
         to the caller instead of being printed and lost by ctypes)."""
         self.completions = 0
-        tv = _Timeval(0, 0)
-        self.lib.libusb_handle_events_timeout_completed(self.ctx, ctypes.byref(tv), None)
+        self.lib.libusb_handle_events_timeout_completed(self.ctx, _ZERO_TV_REF, None)
         finished = self._finished
         while finished:
             finished.popleft().finish()
@@ -255,9 +256,11 @@ class LibusbAsync:
                 await trio.lowlevel.wait_readable(self._epoll.fileno())
                 self.handle_events()
                 if not self.completions:
-                    # woken without a completion: libusb's event lock is held by a
-                    # worker thread (a blocking call), or an fd changed; no busy loop
-                    self._sync_fds()
+                    # woken without a completion: someone else reaped it first (an iso OUT stream
+                    # asks libusb when all its transfers are busy), libusb's event lock is held by a
+                    # worker thread (a blocking call), or an fd changed (then `_dirty` says so: the
+                    # fds are read again above, not on every such wake, which cost a thin client
+                    # about ten system calls each time); no busy loop
                     if self._epoll.poll(0):
                         await trio.sleep(0.001)
         finally:

@@ -110,3 +110,59 @@ def test_a_pollfd_closed_before_it_is_registered_is_skipped_and_synced_again() -
         assert engine._dirty  # read again on the next turn
     finally:
         os.close(read_end)
+
+
+async def test_a_wake_without_completion_reads_libusbs_fds_again_only_when_they_changed() -> None:
+    """The pump wakes when libusb's fds are ready; when another caller reaped the completion first
+    (an iso OUT stream asks libusb itself), it handles nothing.  It then waits again without reading
+    libusb's pollfds afresh (about ten system calls); only a change libusb announced makes it read
+    them (`_dirty`, set by libusb's pollfd notifiers)."""
+    import ctypes
+    import os
+
+    class PollFd(ctypes.Structure):
+        _fields_ = [("fd", ctypes.c_int), ("events", ctypes.c_short)]
+
+    read_end, write_end = os.pipe()
+    entry = PollFd(read_end, 1)
+    array = (ctypes.POINTER(PollFd) * 2)(ctypes.pointer(entry), None)
+
+    class FakeLib:
+        pollfd_reads = 0
+        handled = 0
+
+        def libusb_set_pollfd_notifiers(self, *args: object) -> None:
+            pass
+
+        def libusb_get_pollfds(self, ctx: object) -> object:
+            self.pollfd_reads += 1
+            return array
+
+        def libusb_free_pollfds(self, array: object) -> None:
+            pass
+
+        def libusb_handle_events_timeout_completed(self, *args: object) -> int:
+            os.read(read_end, 1)  # ready, but no transfer of ours completes
+            self.handled += 1
+            return 0
+
+    lib = FakeLib()
+    engine = aio.LibusbAsync(lib, None)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(engine.pump)
+            await trio.testing.wait_all_tasks_blocked()
+            assert lib.pollfd_reads == 1
+            for n in range(1, 4):
+                os.write(write_end, b"x")
+                await trio.testing.wait_all_tasks_blocked()
+                assert lib.handled == n
+            assert lib.pollfd_reads == 1  # not on every empty wake
+            engine._dirty = True  # libusb said an fd came or went
+            os.write(write_end, b"x")
+            await trio.testing.wait_all_tasks_blocked()
+            assert (lib.handled, lib.pollfd_reads) == (4, 2)
+            nursery.cancel_scope.cancel()
+    finally:
+        os.close(read_end)
+        os.close(write_end)
