@@ -100,6 +100,28 @@ def _served(thin: Any, vm: Any, command: str, log_path: Path, port: int = GUEST_
         yield pid
 
 
+#: the thin client's TCP counters worth a look per round trip (`--nstat`)
+NSTAT = (
+    "TcpInSegs",
+    "TcpOutSegs",
+    "TcpExtDelayedACKs",
+    "TcpExtDelayedACKLocked",
+    "TcpExtTCPHPAcks",
+    "TcpExtTCPPureAcks",
+    "TcpRetransSegs",
+)
+nstat = False
+
+
+def _nstat(thin: Any) -> dict[str, int]:
+    counters = {}
+    for line in thin.run("nstat -asz").splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] in NSTAT:
+            counters[words[0]] = int(words[1])
+    return counters
+
+
 def _loop(thin: Any, vm: Any, command: str, log_path: Path, rounds: tuple[int, int]) -> dict[str, float]:
     from tests.support.thinclient import wait_usb_gone_script, wait_usb_script
 
@@ -111,7 +133,9 @@ def _loop(thin: Any, vm: Any, command: str, log_path: Path, rounds: tuple[int, i
         cpu0, t0 = guest_cpu_s(thin, [pid]), time.monotonic()
         vm.run("sleep 5")
         cpu1, t1 = guest_cpu_s(thin, [pid]), time.monotonic()
+        before = _nstat(thin) if nstat else {}
         result = vm.guest.run(f"{sys.executable} {script}", 900, check=False)
+        after = _nstat(thin) if nstat else {}
         cpu2, t2 = guest_cpu_s(thin, [pid]), time.monotonic()
     vm.run(wait_usb_gone_script(*LOOP), 120)
     if result.rc != 0:
@@ -126,6 +150,8 @@ def _loop(thin: Any, vm: Any, command: str, log_path: Path, rounds: tuple[int, i
     # (the loop's own CPU: what the server spent meanwhile beyond its idle rate)
     idle_rate = (cpu1 - cpu0) / (t1 - t0)
     figures["cpu_ms_rt"] = ((cpu2 - cpu1) - idle_rate * (t2 - t1)) * 1000 / (sum(rounds) + 2 * WARMUP)
+    for name in after:  # per round trip, both sizes
+        figures[name.replace("TcpExt", "")] = (after[name] - before.get(name, 0)) / (sum(rounds) + 2 * WARMUP)
     return figures
 
 
@@ -234,6 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--strace", default=None, help="LABEL: one more attach of that build under strace")
     parser.add_argument("--profile", default=None, help="LABEL: one more attach of that build under cProfile")
     parser.add_argument("--no-usbredirect", action="store_true")
+    parser.add_argument("--nstat", action="store_true", help="the thin client's TCP counters per round trip")
     parser.add_argument(
         "--paired",
         action="store_true",
@@ -244,6 +271,8 @@ def main(argv: list[str] | None = None) -> None:
     builds: list[tuple[str, str | None]] = [tuple(b.split("=", 1)) for b in args.build]
     if not args.no_usbredirect:
         builds.append((USBREDIRECT, None))
+    global nstat
+    nstat = args.nstat
     lb_rounds = tuple(int(x) for x in args.lb_rounds.split(","))
     assert len(lb_rounds) == 2
 
