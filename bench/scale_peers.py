@@ -13,12 +13,13 @@ process per role, so the gateway's CPU and memory are read from its own
                  heartbeats both ways, and on ``OpenChannel``:
                  ChannelOpened, a data connection with the attach preamble,
                  then it sinks and counts every byte.  After any loss it
-                 reconnects as the real client does (client/tunnel.py
-                 `reconnect_delay`: the window is the backoff, 0.5 s
+                 reconnects as the real client does (`client/redial.py`,
+                 the same policy object: the window is the backoff, 0.5 s
                  doubling to 30 s, or how long the gateway was away,
                  whichever is longer, drawn from all of it; reset after a
-                 session that lasted 10 s), and a busy gateway's retry hint
-                 is honoured instead.  It counts the hints and the dials it
+                 session that lasted 10 s; a busy gateway's retry hint is
+                 honoured instead; with several ports, after a loss the
+                 others in random order, each at once after a failure).  It counts the hints and the dials it
                  gave up in the middle (abandoned handshakes).  Driven by lines on stdin,
                  answered with one JSON line each on stdout:
                  ``connect K`` (start clients 0..K-1; the first handshakes
@@ -43,6 +44,7 @@ Never listens or dials anywhere but 127.0.0.1; never asserts.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import resource
@@ -53,7 +55,7 @@ from typing import Any
 
 import trio
 
-from redirgate.client.tunnel import reconnect_delay
+from redirgate.client.redial import Redial
 from redirgate.gateway.pki import client_dir
 from redirgate.proto import tunnel as t
 from redirgate.transport import (
@@ -73,7 +75,6 @@ from redirgate.transport import (
 
 LOOPBACK = "127.0.0.1"
 RECONNECT_MIN_S, RECONNECT_MAX_S = 0.5, 30.0  # client/config.py defaults
-RESET_AFTER_S = 10.0  # client/tunnel.py: a session this long resets the backoff
 CONNECT_TIMEOUT_S = 10.0
 RECEIVE_BYTES = 65536
 SIM_SOFTWARE = "redirgate bench simulated client"
@@ -116,7 +117,7 @@ class SimClient:
         self.quiet = quiet
         #: the gateways to try in turn (a cluster's nodes: the real client's `gateway` list)
         self.ports = (port, *more_ports)
-        self._turn = 0
+        self._port = port
         self.devices = (
             t.DeviceEntry(
                 id=f"usb:1209:0003:SIM{index:05d}",
@@ -158,25 +159,27 @@ class SimClient:
         self.tickets = BusyTickets()
         #: perf_counter() of the first session up after the last `restart-mark` (None: not back yet)
         self.t_back: float | None = None
+        #: ... and when that session's TLS handshake had finished (the rest is its hello's wait)
+        self.t_back_tls: float | None = None
+        self.t_last_tls = 0.0
         self.marked = False
 
     @property
     def port(self) -> int:
-        return self.ports[self._turn % len(self.ports)]
+        """The gateway the session up now (or the next dial) is on."""
+        return self._port
 
     async def run(self, first_limiter: trio.CapacityLimiter | None) -> None:
-        """The real client's reconnect policy (client/tunnel.py `reconnect_delay`): the window grows
-        with how long the gateway was away, and a busy gateway's hint is honoured.  With several
-        ports, as the real client with several gateways: each new connection tries the next, and
-        after a loss the others are tried at once (each once) when the next one refuses."""
-        failures = 0
+        """The real client's reconnect policy (`client/redial.py`, the same object): one gateway's
+        jittered backoff whose window grows with how long it was away, a busy gateway's hint honoured
+        at that gateway; with several ports (a cluster's nodes), after a loss the others in random
+        order, each at once after the one before failed."""
+        redial: Redial[int] = Redial(min_s=RECONNECT_MIN_S, max_s=RECONNECT_MAX_S, now=trio.current_time())
+        self._port = redial.first(self.ports)
         limiter = first_limiter
-        lost_at = trio.current_time()
-        untried = 0
         while True:
             started = trio.current_time()
             hint = None
-            was_up = False
             try:
                 await self._session(limiter)
                 self.last_error = "the gateway closed the connection"
@@ -188,27 +191,14 @@ class SimClient:
             except SimError as exc:
                 self.last_error = str(exc)
             finally:
-                if self.online:
-                    lost_at = trio.current_time()
-                    was_up = True
+                was_up = self.online
                 self.online = False
             limiter = None  # only the first connection of a `connect` is paced
-            if len(self.ports) > 1 and self.sessions:  # the first connection keeps to the first port
-                self._turn += 1
-                if was_up:
-                    untried = len(self.ports) - 1
-                elif untried > 0:
-                    untried -= 1
-                    continue  # the next gateway at once
             now = trio.current_time()
-            if now - started > RESET_AFTER_S:
-                failures = 0
-            delay = reconnect_delay(
-                failures, now - lost_at, min_s=RECONNECT_MIN_S, max_s=RECONNECT_MAX_S, retry_after_s=hint
-            )
-            if hint is None:
-                failures = min(failures + 1, 16)
-            await trio.sleep(delay)
+            step = redial.after(self.ports, self._port, now=now, lasted_s=now - started, was_up=was_up, hint=hint)
+            self._port = step.address
+            if step.delay_s > 0:
+                await trio.sleep(step.delay_s)
 
     async def _dial(self) -> ZeroCopyTLSStream:
         with trio.fail_after(CONNECT_TIMEOUT_S), peer_gone(f"{LOOPBACK}:{self.port}"):
@@ -233,8 +223,9 @@ class SimClient:
                 self.hints += 1
                 self.hint_values.append(exc.retry_after_s)
             raise
+        self.t_last_tls = time.perf_counter()
         if self.t_tls is None:
-            self.t_tls = time.perf_counter()
+            self.t_tls = self.t_last_tls
         return stream
 
     async def _session(self, limiter: trio.CapacityLimiter | None) -> None:
@@ -274,6 +265,7 @@ class SimClient:
         self.sessions += 1
         if self.marked and self.t_back is None:
             self.t_back = time.perf_counter()
+            self.t_back_tls = self.t_last_tls
         if self.t_online is None:
             self.t_online = time.perf_counter()
             self.first_online.set()
@@ -466,6 +458,15 @@ async def clients_role(args: argparse.Namespace) -> None:
                         {
                             "marked": sum(c.marked for c in clients),
                             "back": back,
+                            "back_tls": sorted(
+                                c.t_back_tls - marked_at
+                                for c in clients
+                                if c.marked and c.t_back is not None and c.t_back_tls is not None
+                            ),
+                            # where the returned clients are now: gateway port -> how many
+                            "landed": dict(
+                                collections.Counter(str(c.port) for c in clients if c.marked and c.t_back is not None)
+                            ),
                             **{key: now_totals[key] - base_totals.get(key, 0) for key in now_totals},
                             "hint_values": [round(h, 2) for c in clients if c.marked for h in c.hint_values],
                             "errors": sorted({c.last_error for c in clients if c.last_error and not c.online})[:5],

@@ -1,8 +1,8 @@
 """The client's TOML configuration: where the gateway is, who we are, what we export.
 
     [client]
-    gateway = "gw.example.net:7443"    # the gateway's tunnel port; several gateways of a
-                                       # cluster: ["gw-a:7443", "gw-b:7443"], tried in turn
+    gateway = "gw.example.net:7443"    # the gateway's tunnel port; several gateways of a cluster:
+                                       # ["gw-a:7443", "gw-b:7443"] (the first first; client/redial.py)
     server_name = "gw.example.net"     # name in its certificate (default: the host part)
     reconnect_max_s = 30               # longest wait between reconnect attempts (jittered backoff)
     metrics_listen = "127.0.0.1:9471"  # optional: Prometheus /metrics and /healthz
@@ -116,7 +116,7 @@ class ClientConfig:
     inventory_interval_s: float = 1.0
     #: Prometheus /metrics and /healthz as (host, port); None: off
     metrics_listen: tuple[str, int] | None = None
-    #: the other gateways of a cluster listed in `gateway`, tried in turn after the first
+    #: the other gateways of a cluster listed in `gateway` (after losing one: `client/redial.py`)
     more_gateways: tuple[tuple[str, int], ...] = ()
     #: the CA's CRL on this machine (optional); the gateway also hands its own
     crl: Path | None = None

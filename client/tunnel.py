@@ -11,9 +11,11 @@ serial or parallel channel handler.  After any loss it reconnects with jittered
 exponential backoff; the gateway brings the routes back by itself.
 
 Several gateways acting as one (a cluster, issue 18): `gateway` may list
-several addresses, and the gateway's hello names the other live nodes; each
-new connection tries the next address in turn, so a client whose node died
-is back on another within a reconnect delay.  An `OpenChannel` whose
+several addresses, and the gateway's hello names the other live nodes; after
+losing its node the client dials the others in random order, each at once
+after the one before failed, and honours a busy node's retry hint at that
+node (`client/redial.py`), so a dead node's clients spread over the live ones
+and are back within their first reconnect delay and the live nodes' pacing.  An `OpenChannel` whose
 `attach` names another node has its data connection dialled there (same
 certificate and token rules; that node's certificate must carry the
 advertised host name).
@@ -37,7 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
@@ -46,7 +47,8 @@ from cryptography import x509
 
 from redirgate.client.config import ClientConfig
 from redirgate.client.inventory import DeviceInventory, diff
-from redirgate.client.resume import HINT_JITTER, ChannelResumer
+from redirgate.client.redial import Redial, reconnect_delay
+from redirgate.client.resume import ChannelResumer
 from redirgate.client.usb.engine import HostEngine
 from redirgate.client.usb.errors import SelectorError
 from redirgate.client.usb.selector import parse_selector
@@ -87,35 +89,6 @@ DROP_REPORT_INTERVAL_S = 2.0
 
 #: (OpenChannel, attached data stream) -> serves the channel until it ends.
 ChannelHandler = Callable[[t.OpenChannel, trio.abc.Stream], Awaitable[None]]
-
-
-def reconnect_delay(
-    failures: int,
-    away_s: float,
-    *,
-    min_s: float,
-    max_s: float,
-    rng: random.Random | None = None,
-    retry_after_s: float | None = None,
-) -> float:
-    """How long to wait before dialling the gateway again.
-
-    The window is the exponential backoff (`min_s` * 2**failures) or how long
-    the gateway has been away, whichever is longer, at most `max_s`; the delay
-    is drawn from all of it (from `min_s`/2 up), not from its upper half.  So
-    the first redial after a loss is quick, and clients that lost a gateway
-    together for D seconds come back spread over about D seconds instead of
-    in step (a restarted gateway with thousands of clients: issue 15).
-
-    A gateway that turned the dial away because it was busy says when to come
-    back (`retry_after_s`, its busy line): that is honoured instead, plus up
-    to HINT_JITTER of it, at most `max_s` (the hint is not authenticated).
-    """
-    uniform = (rng or random).uniform
-    if retry_after_s is not None:
-        return min(max_s, retry_after_s * uniform(1.0, 1.0 + HINT_JITTER))
-    window = min(max_s, max(min_s * 2**failures, away_s))
-    return uniform(min(window, min_s / 2), window)
 
 
 class TunnelClientError(Exception):
@@ -173,8 +146,8 @@ class TunnelClient:
         self.learned: tuple[str, ...] = ()
         #: a busy gateway's place in its queue for us, per address: sent back on the next dial there
         self.busy_tickets = BusyTickets()
-        #: which address the next connection tries (an index into `addresses()`)
-        self._turn = 0
+        #: the address the next connection tries (one of `addresses()`; `client/redial.py` chooses)
+        self._next: tuple[str, int, str] = self.addresses()[0]
         #: the address of the control connection's gateway (None: the configured one)
         self._where: tuple[str, int, str] | None = None
         self.connected = trio.Event()
@@ -243,15 +216,13 @@ class TunnelClient:
             await self._reconnect_loop()
 
     async def _reconnect_loop(self) -> None:
-        failures = 0
-        #: when the gateway was last there (the end of the last session that was up)
-        lost_at = trio.current_time()
-        #: other gateways of a cluster still to try at once, without the backoff (after a loss,
-        #: the first redial is jittered like any; a dead node then refuses at once, and waiting
-        #: longer and longer before the next live one would only stretch the failover)
-        untried = 0
+        redial: Redial[tuple[str, int, str]] = Redial(
+            min_s=self.config.reconnect_min_s, max_s=self.config.reconnect_max_s, now=trio.current_time()
+        )
+        self._next = redial.first(self.addresses())
         while True:
             started = trio.current_time()
+            tried = self._next
             was_up = False
             level = logging.WARNING
             hint: float | None = None
@@ -271,33 +242,20 @@ class TunnelClient:
             except t.TunnelProtocolError as exc:
                 reason = f"protocol error: {exc}"
             finally:
-                if self.online:
-                    lost_at = trio.current_time()
-                    was_up = True
+                was_up = self.online
                 self.online = False
             now = trio.current_time()
-            self._turn += 1  # the next address in turn: this one may be a node that is gone
-            candidates = self.addresses()
-            if was_up:
-                untried = len(candidates) - 1
-            elif untried > 0:
-                untried -= 1
-                where = candidates[self._turn % len(candidates)]
-                log.log(level, "tunnel to %s lost: %s; trying %s:%d at once", self.peer, reason, where[0], where[1])
+            step = redial.after(self.addresses(), tried, now=now, lasted_s=now - started, was_up=was_up, hint=hint)
+            self._next = step.address
+            host, port, _ = step.address
+            if step.why == "next":
+                log.log(level, "tunnel to %s lost: %s; trying %s:%d at once", self.peer, reason, host, port)
                 continue
-            if now - started > 10:
-                failures = 0
-            delay = reconnect_delay(
-                failures,
-                now - lost_at,
-                min_s=self.config.reconnect_min_s,
-                max_s=self.config.reconnect_max_s,
-                retry_after_s=hint,
+            elsewhere = "" if (host, port) == tried[:2] else f" to {host}:{port}"
+            log.log(
+                level, "tunnel to %s lost: %s; reconnecting%s in %.1f s", self.peer, reason, elsewhere, step.delay_s
             )
-            if hint is None:
-                failures = min(failures + 1, 16)
-            log.log(level, "tunnel to %s lost: %s; reconnecting in %.1f s", self.peer, reason, delay)
-            await trio.sleep(delay)
+            await trio.sleep(step.delay_s)
 
     # ------------------------------------------------------------ one session
     def addresses(self) -> list[tuple[str, int, str]]:
@@ -378,8 +336,7 @@ class TunnelClient:
             self._check_gateway(stream)
 
     async def _session(self) -> None:
-        candidates = self.addresses()
-        where = candidates[self._turn % len(candidates)] if len(candidates) > 1 else None
+        where = self._next if len(self.addresses()) > 1 else None
         if where is not None:
             self.peer = f"{where[0]}:{where[1]}"
         # the control connection's gateway: data connections go there too unless told otherwise
