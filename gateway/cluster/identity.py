@@ -16,18 +16,22 @@ replaced.  Across nodes:
   (`run`): a thousand clients failing over from a dead node cost a few
   round trips, not a thousand in a row on the node's one connection.
 - Afterwards (`conflicts`): two connections accepted at once, or while
-  Redis was away, are found by the node whose heartbeat cannot refresh its
-  client's key because it names another node.  That node asks the other:
-  if its own session is the silent one it ends it (replaced); if both are
-  alive the older session stays and the newer one's node closes it, after
-  telling its client why (`duplicate_identity`, the same error a refused
-  hello gets).
+  Redis was away, are found by a node that writes its new clients to Redis
+  and then finds one of them held by another live node too (of two nodes
+  that write then look, the later one sees the other).  That node asks the
+  other: if its own session is the silent one it ends it (replaced); if the
+  other's is silent it asks that node to look (`settle`), which then ends
+  it; if both are alive the older session stays and the newer one's node
+  closes it, after telling its client why (`duplicate_identity`, the same
+  error a refused hello gets).  Conflicts are settled in a task of their
+  own: a thousand clients failing over never wait behind them.
 
 Owner: the gateway's trio loop; `run` is the task that settles conflicts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -60,6 +64,8 @@ class ClusterIdentity:
         self._lookups: dict[str, tuple[trio.Event, list[str | None]]] = {}
         node.handlers["presence"] = self._presence
         node.handlers["duplicate"] = self._duplicate
+        node.handlers["settle"] = self._settle_request
+        self._settle_wanted = trio.Event()
         node.on_elsewhere = self.conflicts
 
     @property
@@ -89,19 +95,26 @@ class ClusterIdentity:
         return None
 
     def conflicts(self, identities: list[str]) -> None:
-        """Our clients whose key in Redis names another node (the heartbeat found them; no I/O here)."""
+        """Our clients that another live node holds too (found after writing them; no I/O here)."""
         self._conflicts.update(identities)
-        self._wanted.set()
+        self._settle_wanted.set()
 
     async def run(self) -> None:
-        """Look up the identities of the hellos waiting (one MGET for all of them), and settle
-        the conflicts the heartbeat finds, until cancelled."""
+        """Look up the identities of the hellos waiting (one round trip for all of them), and
+        settle the conflicts found, in a task of its own, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._settle_all)
+            while True:
+                await self._wanted.wait()
+                self._wanted = trio.Event()
+                lookups, self._lookups = self._lookups, {}
+                if lookups:
+                    await self._look_up(lookups)
+
+    async def _settle_all(self) -> None:
         while True:
-            await self._wanted.wait()
-            self._wanted = trio.Event()
-            lookups, self._lookups = self._lookups, {}
-            if lookups:
-                await self._look_up(lookups)
+            await self._settle_wanted.wait()
+            self._settle_wanted = trio.Event()
             found, self._conflicts = self._conflicts, set()
             for identity in sorted(found):
                 await self._settle(identity)
@@ -142,7 +155,10 @@ class ClusterIdentity:
             self.registry.remove(ours, f"replaced by a connection on node {where}")
             return
         if answer.get("alive") is not True:
-            return  # theirs is the silent one: its node replaces it when it looks
+            # theirs is the silent one (the client moved here): its node ends it once it looks
+            with contextlib.suppress(ClusterError):
+                await self.node.request(where, {"type": "settle", "client": identity}, timeout_s=self.timeout_s)
+            return
         since = answer.get("since")
         if isinstance(since, (int, float)) and ours.connected_at > since:
             await self._close(identity, theirs_peer, where)  # ours is the newer one
@@ -183,6 +199,11 @@ class ClusterIdentity:
             "silent_s": round(trio.current_time() - session.last_heard(), 3),
             "now": time.time(),
         }
+
+    async def _settle_request(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Another node holds a live session of a client whose session here it found silent: look."""
+        self.conflicts([str(message["client"])])
+        return {"ok": True}
 
     async def _duplicate(self, message: dict[str, Any]) -> dict[str, Any]:
         """Another node holds an older live session of this identity: close ours if it is the one asked about."""

@@ -5,8 +5,18 @@ node's heartbeat refreshes every `heartbeat_s`, so nothing outlives a dead
 node by more than `node_timeout_s`:
 
     redirgate:node:NAME      JSON: advertised tunnel address, pid, start time, live counters, routes
-    redirgate:client:ID      the NAME of the node holding client ID's control connection (set by the node
-                             the client connects to; its heartbeat refreshes it only while it names itself)
+    redirgate:clients:NAME   a hash: client ID -> when its session on node NAME began (wall clock), for
+                             every client whose control connection NAME holds
+
+Presence costs per node, not per client: the heartbeat is two commands
+whatever the number of clients (the node key, and the hash's expiry), and
+a client's entry is written only when it comes or goes (with the hash's
+expiry, in one MULTI/EXEC, so no entry is ever left without one).  A
+reader (`holders`, `locate`) counts a client as on node NAME only while
+NAME is live - its key is there and it listens on its inbox (a node that
+died or lost Redis does not, at once; a whole machine lost only by its
+key's expiry) - and, when two live nodes name it (it moved while the old
+node still holds its silent session), the newest session.
 
 and two pub/sub channels:
 
@@ -64,15 +74,6 @@ log = logging.getLogger(__name__)
 PREFIX = "redirgate:"
 CHANGED = f"{PREFIX}changed"
 ACKS = f"{PREFIX}acks"
-#: Delete a client's key only while it still names this node (it may have moved on).
-_DELETE_IF_OURS = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-#: The heartbeat's refresh of a client's key: only while it names this node or nobody. A client
-#: that reconnected to another node while this one still holds its silent session (until the
-#: heartbeat timeout) is that node's: the newest connection wins, the stale one does not take it back.
-_REFRESH_IF_OURS = (
-    "local v = redis.call('GET', KEYS[1]) "
-    "if v == false or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) return 1 end return 0"
-)
 #: Longest wait between two tries to reach Redis.
 MAX_BACKOFF_S = 5.0
 
@@ -83,8 +84,9 @@ def node_key(name: str) -> str:
     return f"{PREFIX}node:{name}"
 
 
-def client_key(identity: str) -> str:
-    return f"{PREFIX}client:{identity}"
+def clients_key(name: str) -> str:
+    """Node `name`'s hash of the clients it holds (client ID -> when the session began)."""
+    return f"{PREFIX}clients:{name}"
 
 
 def inbox(name: str) -> str:
@@ -133,11 +135,15 @@ class ClusterNode:
         self.handlers: dict[str, Handler] = {}
         #: a message on ACKS from another node (no I/O in it: `cluster.acks` queues and wakes its task)
         self.on_ack: Callable[[dict[str, Any]], None] | None = None
-        #: clients of ours whose key names another node (the heartbeat found them; `cluster.identity`)
+        #: clients of ours that another live node holds too (found after writing them; `cluster.identity`)
         self.on_elsewhere: Callable[[list[str]], None] | None = None
         self._command: RedisConnection | None = None
-        #: the refresh script's SHA1 on the connection that loaded it (a new connection loads it again)
-        self._refresh_sha: tuple[RedisConnection, bytes] | None = None
+        #: what our hash in Redis holds (identity -> session start), as far as we wrote it
+        self._written: dict[str, float] = {}
+        #: write our whole hash again (joined or rejoined Redis, or found it gone)
+        self._rewrite = True
+        #: other nodes heard of (their "changed" messages) since the heartbeat last listed the live ones
+        self._announced: set[str] = set()
         self._replies: dict[str, trio.MemorySendChannel[dict[str, Any]]] = {}
         #: nodes that had no listener on their inbox, and when (trio clock)
         self._deaf: dict[str, float] = {}
@@ -154,40 +160,42 @@ class ClusterNode:
 
     async def locate(self, identity: str) -> str | None:
         """The live node (not this one) that holds `identity`'s control connection, or None."""
-        command = self._connection()
-        try:
-            found = await command.command("GET", client_key(identity))
-            if not isinstance(found, bytes):
-                return None
-            name = found.decode(errors="replace")
-            if name == self.name:
-                return None  # a key we have not deleted yet: the client is not here
-            alive = await command.command("EXISTS", node_key(name))
-        except RedisError as exc:
-            raise ClusterDown(self.config.redis.address, exc.reason) from None
-        return name if alive else None
+        return (await self.holders([identity])).get(identity)
 
     async def holders(self, identities: list[str]) -> dict[str, str]:
-        """The node each identity's key names, for those whose node is live (its key is there):
-        two round trips for all of them.  ClusterDown when Redis is away."""
+        """The live node other than this one that holds each identity (the newest session when
+        several do), for those that one holds: one round trip for all of them.  ClusterDown when
+        Redis is away."""
         command = self._connection()
         try:
-            found = await command.command("MGET", *(client_key(i) for i in identities))
+            return await self._holders(command, identities)
         except RedisError as exc:
             raise ClusterDown(self.config.redis.address, exc.reason) from None
-        named = {
-            identity: value.decode(errors="replace")
-            for identity, value in zip(identities, found if isinstance(found, list) else [], strict=False)
-            if isinstance(value, bytes)
+
+    async def _holders(self, command: RedisConnection, identities: list[str]) -> dict[str, str]:
+        nodes = sorted((set(self.peers) | self._announced) - {self.name})
+        if not nodes or not identities:
+            return {}
+        commands: list[tuple[str | bytes | int, ...]] = [
+            ("PUBSUB", "NUMSUB", *(inbox(name) for name in nodes)),
+            *(("EXISTS", node_key(name)) for name in nodes),
+            *(("HMGET", clients_key(name), *identities) for name in nodes),
+        ]
+        replies = await command.pipeline(commands)
+        numsub = replies[0] if isinstance(replies[0], list) else []
+        listening = {
+            name for name, count in zip(nodes, numsub[1::2], strict=False) if isinstance(count, int) and count > 0
         }
-        # a node is live while its key is there (it may have joined since our last heartbeat, or left)
-        nodes = sorted(set(named.values()))
-        try:
-            alive = await command.pipeline([("EXISTS", node_key(name)) for name in nodes])
-        except RedisError as exc:
-            raise ClusterDown(self.config.redis.address, exc.reason) from None
-        live = {name for name, exists in zip(nodes, alive, strict=True) if exists == 1}
-        return {identity: name for identity, name in named.items() if name in live}
+        newest: dict[str, tuple[float, str]] = {}
+        for i, name in enumerate(nodes):
+            values = replies[1 + len(nodes) + i]
+            if replies[1 + i] != 1 or name not in listening or not isinstance(values, list):
+                continue  # gone (its key expired), or not listening: dead, or cut off from Redis
+            for identity, value in zip(identities, values, strict=False):
+                since = _since(value)
+                if since is not None and (identity not in newest or since > newest[identity][0]):
+                    newest[identity] = (since, name)
+        return {identity: name for identity, (_, name) in newest.items()}
 
     async def request(self, node: str, message: dict[str, Any], *, timeout_s: float) -> dict[str, Any]:
         """Send `message` to `node` and return its answer; ClusterDown / ClusterError when there is none."""
@@ -274,6 +282,7 @@ class ClusterNode:
                     open_redis(url, context=self.context) as command,
                     open_subscription(url, [inbox(self.name), CHANGED, ACKS], context=self.context) as subscription,
                 ):
+                    self._rewrite = True  # a new connection: Redis may have restarted empty
                     await self._refresh(command)
                     self._command = command
                     self._joined()
@@ -361,26 +370,24 @@ class ClusterNode:
         }
 
     async def _refresh(self, command: RedisConnection) -> None:
-        """This node's key and its clients' keys, with a fresh expiry; the other nodes as they are."""
+        """This node's key and its clients' hash, with a fresh expiry (two commands, whatever the
+        number of clients); the other nodes as they are."""
         ttl = seconds(self.config.node_timeout_s)
-        commands: list[tuple[str | bytes | int, ...]] = [
-            ("SET", node_key(self.name), json.dumps(self._description()), "EX", ttl)
-        ]
-        if self._refresh_sha is None or self._refresh_sha[0] is not command:
-            sha = await command.command("SCRIPT", "LOAD", _REFRESH_IF_OURS)
-            if not isinstance(sha, bytes):
-                raise RedisError(command.peer, f"SCRIPT LOAD: {sha!r}")
-            self._refresh_sha = (command, sha)
-        sha = self._refresh_sha[1]
-        identities = list(self.registry.clients)
-        commands += [("EVALSHA", sha, 1, client_key(identity), self.name, ttl) for identity in identities]
-        replies = await command.pipeline(commands)
+        replies = await command.pipeline(
+            [
+                ("SET", node_key(self.name), json.dumps(self._description()), "EX", ttl),
+                ("EXPIRE", clients_key(self.name), ttl),
+            ]
+        )
         for reply in replies:
             if not isinstance(reply, (str, int)):
                 raise RedisError(command.peer, f"refreshing this node's keys: {reply!r}")
-        elsewhere = [identity for identity, reply in zip(identities, replies[1:], strict=True) if reply == 0]
-        if elsewhere and self.on_elsewhere is not None:
-            self.on_elsewhere(elsewhere)
+        if replies[1] == 0 and self._written and not self._rewrite:
+            # our hash is gone while we hold clients (we were stalled past its expiry, or Redis lost
+            # it): write it again, and look again for the same clients on other nodes
+            log.warning("cluster: node %s found its clients gone from Redis; registering them again", self.name)
+            self._rewrite = True
+            self._flush_wanted.set()
         names: list[bytes] = []
         cursor: bytes | int = b"0"
         while True:
@@ -404,6 +411,7 @@ class ClusterNode:
                     continue
                 if isinstance(described, dict):
                     peers[name] = described
+        self._announced.clear()
         # a node whose key is missing now but was seen within node_timeout_s stays: after Redis
         # restarts empty, the others register again one by one (each at its own backoff)
         now = time.time()
@@ -426,28 +434,60 @@ class ClusterNode:
         self._flush_wanted.set()
 
     async def _flush(self, command: RedisConnection) -> None:
-        """Clients that came or went, and "something changed", to Redis as soon as they happen."""
+        """Clients that came or went, and "something changed", to Redis as soon as they happen;
+        then the clients just written that another live node holds too go to `on_elsewhere`."""
         ttl = seconds(self.config.node_timeout_s)
         while True:
             await self._flush_wanted.wait()
             self._flush_wanted = trio.Event()
             dirty, self._dirty = self._dirty, set()
             publish, self._publish = self._publish, False
-            commands: list[tuple[str | bytes | int, ...]] = []
-            for identity in sorted(dirty):
-                if self.registry.online(identity):
-                    commands.append(("SET", client_key(identity), self.name, "EX", ttl))
-                else:
-                    commands.append(("EVAL", _DELETE_IF_OURS, 1, client_key(identity), self.name))
+            rewrite, self._rewrite = self._rewrite, False
+            now = {i: s.connected_at for i, s in self.registry.clients.items() if self.registry.online(i)}
+            if rewrite:
+                written, gone = now, []
+            else:
+                written = {i: now[i] for i in dirty if i in now and self._written.get(i) != now[i]}
+                gone = [i for i in dirty if i not in now and i in self._written]
+            commands: list[tuple[str | bytes | int | float, ...]] = []
+            if rewrite or written or gone:
+                key = clients_key(self.name)
+                commands.append(("MULTI",))
+                if rewrite:
+                    commands.append(("DEL", key))
+                if written:
+                    commands.append(("HSET", key, *(x for i, since in sorted(written.items()) for x in (i, since))))
+                if gone:
+                    commands.append(("HDEL", key, *sorted(gone)))
+                commands += [("EXPIRE", key, ttl), ("EXEC",)]
             if publish:
                 commands.append(("PUBLISH", CHANGED, self.name))
-            await command.pipeline(commands)
+            replies = await command.pipeline(commands)
+            if commands and commands[0] == ("MULTI",):
+                done = replies[len(commands) - (2 if publish else 1)]
+                if not isinstance(done, list):
+                    self._rewrite = True  # the transaction did not run: write everything at the next flush
+                    raise RedisError(command.peer, f"writing this node's clients: {done!r}")
+            if rewrite:
+                self._written = dict(written)
+            else:
+                self._written.update(written)
+                for identity in gone:
+                    self._written.pop(identity, None)
+            if written and self.on_elsewhere is not None:
+                # two sessions of one client let in at once on two nodes, or while Redis was away: of two
+                # nodes that write then look, the later one sees the other's entry
+                elsewhere = await self._holders(command, sorted(written))
+                if elsewhere:
+                    self.on_elsewhere(sorted(elsewhere))
 
     async def _listen(self, subscription: Subscription, nursery: trio.Nursery) -> None:
         while True:
             channel, payload = await subscription.receive()
             if channel == CHANGED:
-                if payload.decode(errors="replace") != self.name:
+                sender = payload.decode(errors="replace")
+                if sender != self.name:
+                    self._announced.add(sender)  # a node that joined since our last heartbeat is looked in too
                     self._wake()
                 continue
             try:
@@ -508,3 +548,13 @@ class ClusterNode:
         if command is None or not self.up:
             raise ClusterDown(self.config.redis.address, "Redis is unreachable")
         return command
+
+
+def _since(value: object) -> float | None:
+    """A hash entry's session start, None when absent or not a number."""
+    if not isinstance(value, bytes):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None

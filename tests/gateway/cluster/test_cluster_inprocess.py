@@ -14,8 +14,9 @@ from prometheus_client import generate_latest
 
 from redirgate.cli.gateway_commands import format_status
 from redirgate.cli.lab import LabRoute, make_pki, write_client_config, write_gateway_config
-from redirgate.gateway.cluster.redis import RedisConnection, RedisUrl, open_redis
+from redirgate.gateway.cluster.redis import RedisConnection, RedisUrl, open_redis, open_subscription
 from redirgate.gateway.config import load_config
+from redirgate.gateway.service import Gateway
 from redirgate.vmside.guest import UsbredirGuest
 from redirgate.vmside.probe import probe
 from tests.support.cluster_lab import cluster_config
@@ -57,21 +58,96 @@ async def test_attach_through_a_node_that_is_not_the_clients(tmp_path: Path, red
         nursery.cancel_scope.cancel()
 
 
-async def test_a_stale_session_does_not_take_a_moved_client_back(tmp_path: Path, redis_server: RedisServer) -> None:
-    """The client reconnected to another node while this one still holds its silent session: this
-    node's heartbeat must not point the cluster back at itself."""
+async def test_a_client_is_on_the_live_node_with_its_newest_session(tmp_path: Path, redis_server: RedisServer) -> None:
+    """What another node reads: a client named by two live nodes' hashes is on the one with the newest
+    session (it moved while the old node still holds its silent session); a node counts only while its
+    key lives and it listens on its inbox (a dead node stops listening at once)."""
     make_pki(tmp_path)
     async with trio.open_nursery() as nursery, open_redis(RedisUrl.parse(redis_server.url)) as redis:
+        nodes = {}
+        for name in ("a", "c"):
+            nodes[name] = await start_gateway(
+                nursery, load_config(cluster_config(tmp_path, [], name, redis_server.url))
+            )
+        a, c = nodes["a"][0], nodes["c"][0]
+        assert a.cluster is not None
+        await start_client(nursery, write_client_config(tmp_path, nodes["c"][1].tunnel[1]))
+        await until_async(lambda: _held(redis, "c"), poll_s=0.05)
+        assert await a.cluster.locate("thin-01") == "c"
+        since = c.registry.clients["thin-01"].connected_at
+        # node "x": a live key, a newer session of thin-01 in its hash, and a listener on its inbox
+        await redis.command("SET", "redirgate:node:x", json.dumps({"advertise": "127.0.0.1:1"}), "EX", 60)
+        await redis.command("HSET", "redirgate:clients:x", "thin-01", since + 1)
+        async with open_subscription(RedisUrl.parse(redis_server.url), ["redirgate:inbox:x"]):
+            await redis.command("PUBLISH", "redirgate:changed", "x")  # as a node that joined says
+            await until_async(lambda: _located(a, "thin-01", "x"), poll_s=0.05)
+            await redis.command("HSET", "redirgate:clients:x", "thin-01", since - 1)  # older than c's
+            assert await a.cluster.locate("thin-01") == "c"
+            await redis.command("HSET", "redirgate:clients:x", "thin-01", since + 1)
+            assert await a.cluster.locate("thin-01") == "x"
+            await redis.command("DEL", "redirgate:node:x")  # its heartbeat stopped: its key expired
+            assert await a.cluster.locate("thin-01") == "c"
+            await redis.command("SET", "redirgate:node:x", json.dumps({"advertise": "127.0.0.1:1"}), "EX", 60)
+            assert await a.cluster.locate("thin-01") == "x"
+        # x stopped listening (its process died: Redis drops its subscription at once); its key still lives
+        assert await a.cluster.locate("thin-01") == "c"
+        nursery.cancel_scope.cancel()
+
+
+async def test_idle_clients_cost_no_redis_command_of_their_own(tmp_path: Path, redis_server: RedisServer) -> None:
+    """Presence costs per node, not per client: with five idle clients a node's heartbeats are its own
+    key and its hash's expiry (and the look at the other nodes), never a command per client; and all it
+    wrote has an expiry (nothing outlives it in Redis)."""
+    names = [f"thin-0{i}" for i in range(1, 6)]
+    make_pki(tmp_path, clients=names)
+    async with trio.open_nursery() as nursery, open_redis(RedisUrl.parse(redis_server.url)) as redis:
+        await redis.command("FLUSHDB")
         config = load_config(cluster_config(tmp_path, [], "c", redis_server.url))
         _, addresses, _, _ = await start_gateway(nursery, config)
-        await start_client(nursery, write_client_config(tmp_path, addresses.tunnel[1]))
-        await until_async(lambda: _get(redis, "redirgate:client:thin-01", b"c"), poll_s=0.05)
-        await redis.command("SET", "redirgate:client:thin-01", "elsewhere", "EX", 30)
-        for _ in range(2):  # two heartbeats of node c (its key's "seen" changes at each)
+        for name in names:
+            await start_client(nursery, write_client_config(tmp_path, addresses.tunnel[1], name=name, file_name=name))
+        await until_async(lambda: _hlen(redis, "redirgate:clients:c", len(names)), poll_s=0.05)
+        await redis.command("CONFIG", "RESETSTAT")
+        heartbeats = 3
+        for _ in range(heartbeats):  # the node key's "seen" changes at each heartbeat
             seen = json.loads(await redis.command("GET", "redirgate:node:c"))["seen"]  # type: ignore[arg-type]
             await until_async(lambda seen=seen: _seen_after(redis, seen), poll_s=0.05)
-        assert await redis.command("GET", "redirgate:client:thin-01") == b"elsewhere"
+        calls = await _command_calls(redis)
+        calls = {name: n for name, n in calls.items() if name.split("|")[0] not in ("get", "info", "config")}
+        # per heartbeat, and "something changed" (a client's first inventory rescan may still come)
+        per_heartbeat = {"set", "expire", "scan", "mget", "publish"}
+        assert not {name: n for name, n in calls.items() if name not in per_heartbeat}, calls
+        assert calls["set"] <= heartbeats + 1 and calls["expire"] <= heartbeats + 1, calls
+        keys = await redis.command("KEYS", "redirgate:*")
+        assert isinstance(keys, list) and len(keys) == 2, keys  # the node key and its hash
+        for key in keys:
+            assert isinstance(key, bytes) and await redis.command("TTL", key) > 0, key
         nursery.cancel_scope.cancel()
+
+
+async def _held(redis: RedisConnection, node: str) -> bool:
+    return await redis.command("HGET", f"redirgate:clients:{node}", "thin-01") is not None
+
+
+async def _hlen(redis: RedisConnection, key: str, want: int) -> bool:
+    return await redis.command("HLEN", key) == want
+
+
+async def _located(gateway: Gateway, identity: str, want: str) -> bool:
+    assert gateway.cluster is not None
+    return await gateway.cluster.locate(identity) == want
+
+
+async def _command_calls(redis: RedisConnection) -> dict[str, int]:
+    """Calls per command since the last CONFIG RESETSTAT (INFO commandstats)."""
+    info = await redis.command("INFO", "commandstats")
+    assert isinstance(info, bytes)
+    calls = {}
+    for line in info.decode().splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, fields = line[len("cmdstat_") :].partition(":")
+            calls[name] = int(dict(f.split("=") for f in fields.split(","))["calls"])
+    return calls
 
 
 @pytest.mark.parametrize("lands_on", ["c", "a"])
@@ -111,10 +187,6 @@ async def test_a_restarted_client_ends_its_old_channels_on_every_node(
                 await until(lambda: not a.registry.remote_resumable)
                 assert a.remote.acks.counters["ended_for_restart"] == 1
         nursery.cancel_scope.cancel()
-
-
-async def _get(redis: RedisConnection, key: str, want: bytes) -> bool:
-    return await redis.command("GET", key) == want
 
 
 async def _seen_after(redis: RedisConnection, seen: float) -> bool:
@@ -180,7 +252,7 @@ async def test_one_identity_on_two_nodes_the_live_session_stays(
             nodes[name] = await start_gateway(nursery, config)
         b, c = nodes["b"][0], nodes["c"][0]
         first, _ = await start_client(nursery, write_client_config(tmp_path, nodes["c"][1].tunnel[1]))
-        await until_async(lambda: _get(redis, "redirgate:client:thin-01", b"c"), poll_s=0.05)
+        await until_async(lambda: _held(redis, "c"), poll_s=0.05)
         live_peer = c.registry.clients["thin-01"].peer
 
         clone_config = write_client_config(tmp_path, nodes["b"][1].tunnel[1], file_name="clone.toml")
