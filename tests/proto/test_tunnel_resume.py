@@ -225,6 +225,22 @@ def test_bytes_read_into_the_window_are_held_as_pushed_ones(ops):
     assert buf.replay_from(buf.acked) == bytes(model[buf.acked :])
 
 
+def test_a_burst_after_a_full_ack_starts_at_the_last_burst_s_size():
+    """A flow that drains between bursts gets one ring per burst, of the size
+    the last one grew to, not a doubling chain with a copy at every step; the
+    storage still goes with each full ack."""
+    buf = ReplayBuffer(1 << 20)
+    for _ in range(16):
+        buf.push(bytes(65536))
+    assert buf.capacity == 1 << 20
+    buf.ack(buf.sent_total)
+    assert not buf.allocated and buf.capacity == 0
+    buf.push(b"x" * 100)
+    assert buf.capacity == 1 << 20 and buf.unacknowledged() == b"x" * 100
+    buf.ack(buf.sent_total)
+    assert buf.capacity == 0
+
+
 def test_a_window_is_refused_once_stale():
     buf = ReplayBuffer(1 << 20)
     window = buf.window(100)
