@@ -5,7 +5,11 @@ for changes to the client's USB path.  One pair of guests (the thin-client
 VM and the VM side of bench/real_usb.py) is booted once; each round attaches,
 in turn (the order flips every round), every named build of ``client
 serve-usb`` (a venv's python: ``--build main=/work/main/.venv/bin/python``,
-the thin client runs it over virtio-9p) and Debian's ``usbredirect``, and
+the thin client runs it over virtio-9p; or ``LABEL=FOLDER``, redirgate's
+packages laid out as the wheel installs them, e.g. links into a ``git
+archive`` of a commit, somewhere the thin client sees: not /tmp, its own
+tmpfs, where a missing FOLDER silently falls back to this checkout) and
+Debian's ``usbredirect``, and
 measures the median 4 KiB and 64 KiB bulk OUT+IN round trips of the Loopback
 gadget (bench/real_usb_loop.py) and, with ``--dd``, O_DIRECT dd read and
 write of the gadget stick with the thin client's CPU per MiB (bench/real_usb.py).
@@ -128,6 +132,8 @@ def _loop(thin: Any, vm: Any, command: str, log_path: Path, rounds: tuple[int, i
     script = vm.guest.share_dir("loop") / "loop.py"
     sizes = ((SIZES[0][0], rounds[0]), (SIZES[1][0], rounds[1]))
     script.write_text(VM_SCRIPT.format(vid=LOOP[0], pid=LOOP[1], sizes=sizes, warmup=WARMUP))
+    trace = log_path.with_suffix(".trace")
+    command = command.replace("env REDIRGATE_USB", f"env REDIRGATE_TRACE={trace} REDIRGATE_USB")
     with _served(thin, vm, command, log_path) as pid:
         vm.run(wait_usb_script(*LOOP), 600)
         cpu0, t0 = guest_cpu_s(thin, [pid]), time.monotonic()
@@ -150,6 +156,8 @@ def _loop(thin: Any, vm: Any, command: str, log_path: Path, rounds: tuple[int, i
     # (the loop's own CPU: what the server spent meanwhile beyond its idle rate)
     idle_rate = (cpu1 - cpu0) / (t1 - t0)
     figures["cpu_ms_rt"] = ((cpu2 - cpu1) - idle_rate * (t2 - t1)) * 1000 / (sum(rounds) + 2 * WARMUP)
+    if trace.exists():  # a build with the (uncommitted) per-request trace: where a round trip's time goes
+        _print_trace(trace)
     for name in after:  # per round trip, both sizes
         figures[name.replace("TcpExt", "")] = (after[name] - before.get(name, 0)) / (sum(rounds) + 2 * WARMUP)
     return figures
@@ -218,6 +226,26 @@ def _paired(
     return figures
 
 
+def _print_trace(trace: Path) -> None:
+    """Medians in ms per request kind: read -> submitted, submitted -> libusb done, done -> reply sent,
+    and reply sent -> the next request read (outside this process)."""
+    rows = [line.split() for line in trace.read_text().splitlines() if line.strip()]
+    parts: dict[str, list[list[float]]] = {}
+    for i, (ep, length, rx, sub, done, sent) in enumerate(rows):
+        nxt = float(rows[i + 1][2]) if i + 1 < len(rows) else None
+        kind = f"{ep}/{length}"
+        cols = [float(sub) - float(rx), float(done) - float(sub), float(sent) - float(done)]
+        cols.append(nxt - float(sent) if nxt is not None else float("nan"))
+        parts.setdefault(kind, []).append([c * 1000 for c in cols])
+    for kind, values in parts.items():
+        meds = [statistics.median(v[j] for v in values if v[j] == v[j]) for j in range(4)]
+        print(
+            f"  trace {kind} x{len(values)}: read->submit {meds[0]:.2f}, device {meds[1]:.2f}, "
+            f"done->sent {meds[2]:.2f}, sent->next read {meds[3]:.2f} ms",
+            flush=True,
+        )
+
+
 def _dd(thin: Any, vm: Any, command: str, log_path: Path, mib: int, flags: Path) -> dict[str, float]:
     from tests.support.thinclient import wait_usb_gone_script
 
@@ -269,6 +297,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     builds: list[tuple[str, str | None]] = [tuple(b.split("=", 1)) for b in args.build]
+    for label, where in builds:
+        if where is not None and Path(where).resolve().is_relative_to("/tmp"):
+            parser.error(f"--build {label}: {where} is under /tmp, which the thin client does not see")
     if not args.no_usbredirect:
         builds.append((USBREDIRECT, None))
     global nstat
