@@ -426,8 +426,7 @@ class Transfer:
         aio = self.aio
         if aio._token is None:
             aio.bind()
-        if aio._dirty:
-            aio._sync_fds()  # a device opened or reopened since (see `LibusbAsync.watch`)
+        aio.watch()
         self.finished = False
         self._event = None
         address = ctypes.addressof(self.ptr.contents)
