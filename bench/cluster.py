@@ -20,9 +20,14 @@ gateway node c; the VM side is our ``UsbredirGuest`` on a route port.
   nodes) in two processes, all on one node; SIGKILL that node, then each
   client's time from the kill to its hello answered by another node (its
   own clock); p50, p99 and max per kill, the killed node started again
-  before the next one.
+  before the next one; with the survivors' and load generators' CPU until
+  all were back (work against waiting), where the clients landed, and
+  when their TLS handshakes were done (the rest is the hello's wait).
+* **idle** (``--idle N``, alone): N simulated idle clients on node c
+  (heartbeat_s = 2): Redis commands a second (all three nodes), node c's
+  and redis-server's CPU, over three 10 s windows: what presence costs.
 
-    python bench/cluster.py [--quick] [--runs N]
+    python bench/cluster.py [--quick] [--runs N] [--many N] [--idle N]
 
 Every process started here is stopped by PID in a ``finally``; nothing is
 asserted.  The Redis server and the cluster configs are the test suite's
