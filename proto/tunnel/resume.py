@@ -154,9 +154,12 @@ class ReplayBuffer:
         self._want = 0
         #: a view of the ring (windows are slices of it)
         self._view = _NO_VIEW
-        #: the size the last ring had grown to when an ack released it: the next
-        #: burst starts there instead of doubling up from the first write's size
+        #: the ring size the last burst needed (its most bytes held at once) when
+        #: an ack released its ring: the next burst starts there instead of
+        #: doubling up from the first write's size
         self._last_capacity = 0
+        #: the most bytes held at once since the ring was allocated
+        self._peak = 0
 
     @property
     def allocated(self) -> bool:
@@ -194,7 +197,7 @@ class ReplayBuffer:
             # cycles in 3 s of 64 KiB bulk IN (×4 in flight), 8 MiB allocated and
             # about 4 MiB copied per cycle; the client's CPU per transfer was
             # 1.2-1.3x a channel that does not resume.  One ring of last time's
-            # size per burst instead (the storage still goes with the full ack),
+            # peak per burst instead (the storage still goes with the full ack),
             # and a ring that must grow grows to that size at once.
             want = self._last_capacity
         new = bytearray(min(want, self.limit))
@@ -230,6 +233,8 @@ class ReplayBuffer:
                 ring[: size - first] = view[first:]
         self._tail = (tail + size) % cap
         self.sent_total += size
+        if self.sent_total - self.acked > self._peak:
+            self._peak = self.sent_total - self.acked
 
     def window(self, want: int) -> memoryview:
         """Where the next bytes to send may be read into: contiguous free space of
@@ -272,6 +277,8 @@ class ReplayBuffer:
             raise LocalProtocolError(f"commit of {size} bytes without a window for them")
         self._tail = (self._tail + size) % len(ring)
         self.sent_total += size
+        if self.sent_total - self.acked > self._peak:
+            self._peak = self.sent_total - self.acked
         self._window = None
 
     def check_offset(self, offset: int, what: str) -> None:
@@ -297,7 +304,9 @@ class ReplayBuffer:
             # reads into anyway (its read buffer, which a channel that does not
             # resume holds too): no new ring for each message of a quiet channel.
             if self._window is None or len(ring) > self._reader_ring:
-                self._last_capacity = len(ring)
+                # what this burst held at most: a channel back to small messages
+                # after a bulk burst gets small rings again from its next burst on
+                self._last_capacity, self._peak = _ring_size(self._peak), 0
                 self._ring = self._window = None
                 self._view = _NO_VIEW
                 self._head = self._tail = 0

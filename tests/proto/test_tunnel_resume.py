@@ -227,8 +227,9 @@ def test_bytes_read_into_the_window_are_held_as_pushed_ones(ops):
 
 def test_a_burst_after_a_full_ack_starts_at_the_last_burst_s_size():
     """A flow that drains between bursts gets one ring per burst, of the size
-    the last one grew to, not a doubling chain with a copy at every step; the
-    storage still goes with each full ack."""
+    the last burst needed, not a doubling chain with a copy at every step; the
+    storage still goes with each full ack, and a channel back to small
+    messages gets small rings again."""
     buf = ReplayBuffer(1 << 20)
     for _ in range(16):
         buf.push(bytes(65536))
@@ -239,6 +240,9 @@ def test_a_burst_after_a_full_ack_starts_at_the_last_burst_s_size():
     assert buf.capacity == 1 << 20 and buf.unacknowledged() == b"x" * 100
     buf.ack(buf.sent_total)
     assert buf.capacity == 0
+    # back to small messages: that burst held 100 bytes at most, so the next ring is small
+    buf.push(b"y" * 100)
+    assert buf.capacity == 4096 and buf.unacknowledged() == b"y" * 100
 
 
 def test_a_window_is_refused_once_stale():
