@@ -84,10 +84,14 @@ MAX_RETRY_AFTER_S = 60.0
 UNMEASURED_HANDSHAKE_S = 0.1
 #: the share of the measured completion rate the retry hints' queue is served at
 HINT_RATE_SHARE = 0.9
-#: the longest hint, in units of `pacing_s`: a client told to come back far ahead at a rate measured in a
-#: bad second (a restarted gateway turning thousands away) would leave the gateway idle later; told this
-#: much at most, it comes back with its ticket, keeps its place and is told the rest at the rate then
-HINT_HORIZON_PACINGS = 4.0
+#: the longest hint, in units of `pacing_s` (at most MAX_RETRY_AFTER_S): past it a client comes back with
+#: its ticket, keeps its place and is told the rest at the rate then.  Not shorter: every client past the
+#: horizon comes back once per horizon to be turned away again, and at 4 x pacing_s (10 s) 10,000 of them
+#: crowded the gateway's loop with busy lines (20,000 a minute) until its handshakes slowed, the paced limit
+#: fell to its floor and it finished 3-22 a second (and dials timed out in its accept queue)
+HINT_HORIZON_PACINGS = 24.0
+#: spreads the hints past the horizon (see `HandshakePacer.book`)
+_GOLDEN = 0.6180339887498949
 #: a client back at its place in the queue (its ticket is due) is admitted beyond the paced limit, up to
 #: this many times it (never beyond max_handshakes): the queue already paces who comes back
 DUE_OVERDRAFT = 2.0
@@ -264,7 +268,13 @@ class HandshakePacer:
             hint = self.limit / qrate / 2
         else:
             hint = (place - self._head) / qrate
-        return max(0.05, min(self.horizon_s(), hint)), self.ticket(place)
+        horizon = self.horizon_s()
+        if hint > horizon:
+            # past the horizon: spread over its second half by place (the golden ratio's fractions), so the far
+            # end of a herd does not come back all at once to be told the rest (10,000 told 10 s each came back
+            # together every 10 s: a storm of busy lines, and dials that timed out in the accept queue)
+            hint = horizon * (0.5 + 0.5 * ((place * _GOLDEN) % 1.0))
+        return max(0.05, hint), self.ticket(place)
 
     def retry_after(self, now: float, running: int) -> float:
         """`book` without a ticket: seconds until the next place at the end of the queue."""

@@ -21,7 +21,7 @@ import trio
 from redirgate.cli.lab import GATEWAY_NAME
 from redirgate.client.tunnel import reconnect_delay
 from redirgate.gateway import pki
-from redirgate.gateway.limits import HandshakePacer
+from redirgate.gateway.limits import MAX_RETRY_AFTER_S, HandshakePacer
 from redirgate.transport import (
     BusyTickets,
     ClientContext,
@@ -231,12 +231,14 @@ async def test_a_client_back_with_its_ticket_is_admitted_at_its_place_past_the_p
             await stream.aclose()
 
 
-def test_a_place_booked_at_a_low_rate_is_priced_again_at_todays_rate_and_never_told_past_the_horizon() -> None:
+def test_a_place_booked_at_a_low_rate_is_priced_again_at_todays_rate_and_the_far_end_is_spread() -> None:
     """The bookkeeping alone, on a made-up clock: a restarted gateway measures a low rate while it turns
-    its herd away, and books thousands then.  No hint tells more than the horizon (before: 60 s, the
-    gateway idle long before the clients came back); a client back with its ticket once the rate rose
-    keeps its place (not put at the end, behind those booked since) and is told a shorter wait."""
-    pacer = HandshakePacer(2.5, 256)
+    its herd away, and books thousands then.  No hint tells more than the horizon, and those past it
+    are spread over its second half (before: all told exactly the 60 s cap, so all came back together
+    to a gateway idle since); a client back with its ticket once the rate rose keeps its place (not
+    put at the end, behind those booked since) and is told a shorter wait."""
+    pacer = HandshakePacer(0.5, 256)
+    assert pacer.horizon_s() < MAX_RETRY_AFTER_S
     now = 0.0
     for _ in range(40):  # the herd's first second: 20 handshakes a second finish while the limit is reached
         now += 0.05
@@ -245,18 +247,21 @@ def test_a_place_booked_at_a_low_rate_is_priced_again_at_todays_rate_and_never_t
     slow = pacer.rate
     assert slow is not None and slow < 25
     booked = [pacer.book(now, int(pacer.limit)) for _ in range(5_000)]
-    assert max(hint for hint, _ in booked) <= pacer.horizon_s() < 60.0
+    assert max(hint for hint, _ in booked) <= pacer.horizon_s()
+    # the far end is spread over the horizon's second half, not told all the same wait (a storm then)
+    far = [hint for hint, _ in booked[-1_000:]]
+    assert min(far) >= pacer.horizon_s() / 2 and max(far) - min(far) > pacer.horizon_s() / 3, (min(far), max(far))
     _, late_ticket = booked[2_000]
-    for _ in range(1_500):  # then hundreds a second, for 7.5 s
+    for _ in range(4_000):  # then over a hundred a second, for 20 s
         now += 0.005
         pacer.full(int(pacer.limit))
         pacer.finished(now, 0.3)
-    assert pacer.rate is not None and pacer.rate > 5 * slow
+    assert pacer.rate is not None and pacer.rate > 4 * slow
     again, same = pacer.book(now, int(pacer.limit), late_ticket)
     assert same == late_ticket  # its place kept
-    newcomer, _ = pacer.book(now, int(pacer.limit))
-    assert again < newcomer  # a newcomer queues behind it
-    assert again < pacer.horizon_s()  # told the rest at today's rate: sooner than the horizon it was told
+    _, newcomer = pacer.book(now, int(pacer.limit))
+    assert pacer.place(same) < pacer.place(newcomer)  # a newcomer queues behind it
+    assert again < pacer.horizon_s() / 2  # told the rest at today's rate: sooner than anyone past the horizon
 
 
 async def test_a_ticket_line_is_taken_before_the_handshake_with_pacing_off_too(tmp_path: Path) -> None:
