@@ -768,6 +768,7 @@ class Herd:
         _put(into, "herd_abandoned_clients", sum(a["abandoned"] for a in answers))
         _put(into, "herd_hints", sum(a["hints"] for a in answers))
         _put(into, "herd_refused_gateway", counters.get("handshakes_refused", 0))
+        _put(into, "herd_admitted_at_place", counters.get("handshakes_admitted_at_place", 0))
         _put(into, "herd_attempts_per_client", sum(a["attempts"] for a in answers) / marked)
         _put(into, "herd_gateway_cpu_s", cpu_s)
         _put(into, "herd_loadgen_cpu_s", gen_s)
@@ -854,6 +855,7 @@ HERD_ROWS: tuple[tuple[str, str, int], ...] = (
     ("herd_abandoned_clients", "handshakes abandoned, clients (dial timed out mid-way)", 0),
     ("herd_refused_gateway", "connections turned away before any handshake", 0),
     ("herd_hints", "  of which with a retry hint (clients' count)", 0),
+    ("herd_admitted_at_place", "admitted at their place in the queue (ticket due)", 0),
     ("herd_attempts_per_client", "connection attempts per client to get back", 2),
     ("herd_gateway_cpu_s", "gateway CPU s from its start to all back", 1),
     ("herd_loadgen_cpu_s", "simulated clients' CPU s from the kill to all back", 1),
