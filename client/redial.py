@@ -11,7 +11,8 @@ while another one is there (issue 18's floor: a node's clients back on
 another node within 5 s, p99, 1,000 clients):
 
 - After a session that was up ends, the client makes a *round*: the other
-  addresses in random order, the lost one last.  The first dial of the
+  configured addresses in random order, then the other nodes the hellos
+  named (in random order), the lost one last.  The first dial of the
   round waits the usual first jittered delay (within `min_s`); each dial
   that fails without a hint (refused: a dead node; timed out; closed) goes
   on to the next of the round at once.  Random, not "the next in the
@@ -110,10 +111,19 @@ class Redial(Generic[K]):
         return addresses[0]
 
     def after(
-        self, addresses: Sequence[K], tried: K, *, now: float, lasted_s: float, was_up: bool, hint: float | None
+        self,
+        addresses: Sequence[K],
+        tried: K,
+        *,
+        now: float,
+        lasted_s: float,
+        was_up: bool,
+        hint: float | None,
+        configured: int | None = None,
     ) -> Next[K]:
         """The dial to `tried` ended after `lasted_s` (`was_up`: its session was online; `hint`: a busy
-        gateway's retry-after): where and when to dial next."""
+        gateway's retry-after): where and when to dial next.  `configured`: how many of `addresses`
+        (the first) the configuration lists; the rest (nodes a hello named) come after them in a round."""
         if was_up:
             self.lost_at = now
         if lasted_s > RESET_AFTER_S:
@@ -128,9 +138,12 @@ class Redial(Generic[K]):
             )
             return Next(tried if tried in addresses else addresses[0], delay, "hint")
         if was_up:
-            others = [a for a in addresses if a != tried]
-            (self.rng or random).shuffle(others)
-            self._round = [*others, tried] if tried in addresses else others
+            split = len(addresses) if configured is None else configured
+            listed = [a for a in addresses[:split] if a != tried]
+            learned = [a for a in addresses[split:] if a != tried]
+            (self.rng or random).shuffle(listed)
+            (self.rng or random).shuffle(learned)
+            self._round = [*listed, *learned, tried] if tried in addresses else [*listed, *learned]
             return Next(self._round.pop(0), self._backoff(0.0), "failover")
         self._round = [a for a in self._round if a in addresses and a != tried]
         if self._round:

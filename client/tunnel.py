@@ -245,7 +245,15 @@ class TunnelClient:
                 was_up = self.online
                 self.online = False
             now = trio.current_time()
-            step = redial.after(self.addresses(), tried, now=now, lasted_s=now - started, was_up=was_up, hint=hint)
+            step = redial.after(
+                self.addresses(),
+                tried,
+                now=now,
+                lasted_s=now - started,
+                was_up=was_up,
+                hint=hint,
+                configured=1 + len(self.config.more_gateways),
+            )
             self._next = step.address
             host, port, _ = step.address
             if step.why == "next":

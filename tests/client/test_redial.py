@@ -101,3 +101,16 @@ def test_a_long_session_resets_the_backoff() -> None:
     assert policy.failures > 1
     lost(policy, "a")
     assert policy.failures == 1  # reset by the long session, then the failover's first redial
+
+
+def test_the_configured_addresses_come_before_the_nodes_a_hello_named() -> None:
+    """The configured list is the site's choice (names its certificates carry); the nodes a hello named
+    are the way out when those are gone, tried after them."""
+    addresses = ("c", "b", "learned-1", "learned-2")
+    for seed in range(50):
+        policy = redial(seed)
+        first = policy.after(addresses, "c", now=100.0, lasted_s=100.0, was_up=True, hint=None, configured=2)
+        order = [first.address]
+        for _ in range(3):
+            order.append(policy.after(addresses, order[-1], now=100.5, lasted_s=0.001, was_up=False, hint=None).address)
+        assert order[0] == "b" and set(order[1:3]) == {"learned-1", "learned-2"} and order[3] == "c", order
