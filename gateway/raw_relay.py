@@ -100,10 +100,10 @@ from redirgate.transport import (
     ReceiveIntoStream,
     RelayReactor,
     RelayStats,
-    ResumableStream,
     SocketLender,
     nonblocking,
     pump,
+    resumable_under,
 )
 
 __all__ = ["DEFAULT_RAW_BUFFER_BYTES", "DEFAULT_STALL_S", "DISCARD_CHUNK_BYTES", "RawFreezer", "relay_raw"]
@@ -275,7 +275,7 @@ class _Relay:
         #: the relay reactor that moves the bytes while the client side takes them at once
         #: (see "The reactor"); None: trio tasks only
         self.mover = mover
-        self.resumable = _resumable(device)
+        self.resumable = resumable_under(device)
         #: the current lend's scope (a freeze cancels it)
         self.lend_scope: trio.CancelScope | None = None
         #: the trio tasks stopped to lend the sockets to the reactor again
@@ -742,9 +742,3 @@ async def relay_raw(
             with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_BUDGET_S):
                 await stream.aclose()
     return result
-
-
-def _resumable(stream: object) -> ResumableStream | None:
-    while isinstance(stream, PrefixedStream):
-        stream = stream.inner
-    return stream if isinstance(stream, ResumableStream) else None

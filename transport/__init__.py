@@ -49,8 +49,10 @@ from redirgate.transport.relay import (
     DEFAULT_BUFFER_BYTES,
     RelayStats,
     SocketMover,
+    drop_prefixes,
     pump,
     relay,
+    resumable_under,
 )
 from redirgate.transport.resumable import Reconnect, ResumableStream
 from redirgate.transport.sockets import cut_fd, peer_label, set_nodelay
@@ -118,6 +120,7 @@ __all__ = [
     "crl_number",
     "crl_problems",
     "cut_fd",
+    "drop_prefixes",
     "hypervisor_server_context",
     "identity_from_certificate",
     "identity_uri",
@@ -133,6 +136,7 @@ __all__ = [
     "record_layer",
     "refusal_from_ssl_error",
     "relay",
+    "resumable_under",
     "serve_metrics",
     "server_context",
     "set_nodelay",

@@ -292,14 +292,14 @@ async def _move(
     inspect_b_to_a: Inspector | None,
 ) -> bool:
     """One lend to the mover; True when a resumable side broke and resumed (lend again)."""
-    resumable = {"a": _resumable(a), "b": _resumable(b)}
+    resumable = {"a": resumable_under(a), "b": resumable_under(b)}
     side = "b" if resumable["b"] is not None else "a"
     stream = resumable[side]
     with contextlib.ExitStack() as stack:
         scope = stack.enter_context(stream.lent_scope()) if stream is not None else None
         await mover.move(*lent, result, buffer_size, inspect_a_to_b, inspect_b_to_a)
     for s in (a, b):
-        _drop_prefix(s)
+        drop_prefixes(s)
     if stream is None:
         return False
     if scope is not None and scope.cancelled_caught:
@@ -326,14 +326,15 @@ async def _move(
     return True
 
 
-def _resumable(stream: object) -> ResumableStream | None:
+def resumable_under(stream: object) -> ResumableStream | None:
+    """The resumable stream under `stream`'s prefixes, or None (not resumable)."""
     while isinstance(stream, PrefixedStream):
         stream = stream.inner
     return stream if isinstance(stream, ResumableStream) else None
 
 
-def _drop_prefix(stream: object) -> None:
-    """After a lend: the prefixes went to the borrower, none is lent again."""
+def drop_prefixes(stream: object) -> None:
+    """After a lend: the prefixes went to the borrower (a reactor), none is lent again."""
     while True:
         if isinstance(stream, PrefixedStream):
             stream.drop_prefix()

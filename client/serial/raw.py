@@ -57,12 +57,12 @@ from redirgate.transport import (
     FULL_RECORD_BYTES,
     NonBlockingStream,
     PlainSocketStream,
-    PrefixedStream,
     RelayReactor,
     RelayStats,
-    ResumableStream,
     SocketLender,
+    drop_prefixes,
     nonblocking,
+    resumable_under,
 )
 
 __all__ = ["DRAIN_EXTRA_S", "RawPath"]
@@ -83,7 +83,7 @@ class RawPath:
         self.peer = peer
         self.fast = _nonblocking_view(stream)
         self.mover = mover if isinstance(stream, SocketLender) else None
-        self.resumable = _resumable(stream)
+        self.resumable = resumable_under(stream)
         #: the consumer task's wait for bytes (`_settle` cancels it to lend)
         self._c2p_wait: trio.CancelScope | None = None
         #: a port the reactor saw fail: not lent again (the service reopens a new one)
@@ -140,7 +140,7 @@ class RawPath:
                 service.lend_scope = scope
                 outcome = await self.mover.move_raw(lent_a, lent_b, stats, service.lend_read_bytes)
         finally:
-            _drop_prefixes(self.stream)
+            drop_prefixes(self.stream)
             to_b, to_a = stats.unsent_to_b, stats.unsent_to_a
             service.end_lend(to_b, to_a)
             if to_b and r is not None:
@@ -265,21 +265,3 @@ def _nonblocking_view(stream: trio.abc.Stream) -> NonBlockingStream | None:
     if isinstance(stream, trio.SocketStream):
         return PlainSocketStream(stream)
     return None
-
-
-def _resumable(stream: object) -> ResumableStream | None:
-    while isinstance(stream, PrefixedStream):
-        stream = stream.inner
-    return stream if isinstance(stream, ResumableStream) else None
-
-
-def _drop_prefixes(stream: object) -> None:
-    """After a lend: the prefixes went to the reactor, none is lent again."""
-    while True:
-        if isinstance(stream, PrefixedStream):
-            stream.drop_prefix()
-            stream = stream.inner
-        elif isinstance(stream, ResumableStream):
-            stream = stream.inner
-        else:
-            return
