@@ -21,7 +21,7 @@ import trio
 
 from redirgate.cli.lab import LabRoute
 from redirgate.client.serial.service import PortService
-from tests.support.serial_lab import Pty, pty_pair, read_master, receive_exactly, write_master
+from tests.support.serial_lab import Pty, both_ways, pty_pair, read_master, receive_exactly, write_master
 from tests.support.tunnel_lab import Lab, proxied_lab, running_lab
 from tests.support.waiting import until
 
@@ -100,28 +100,12 @@ async def test_a_broken_data_connection_resumes_from_the_reactor_without_loss(tm
             service = _service(lab)
             await until(lambda: service.lent, "the port is lent to the reactor")
             lends = service.lends
-            to_device = b"".join(b"%06d\n" % i for i in range(3000))
-            to_vm = b"".join(b"%06d\r" % i for i in range(3000))
-            half = len(to_device) // 2
-            got_device = bytearray()
-            got_vm = bytearray()
-
-            async def device_reader() -> None:
-                got_device.extend(await read_master(pty, len(to_device)))
-
-            async def vm_reader() -> None:
-                got_vm.extend(await receive_exactly(vm, len(to_vm)))
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(device_reader)
-                nursery.start_soon(vm_reader)
-                await vm.send_all(to_device[:half])
-                await write_master(pty, to_vm[:half])
+            async with both_ways(vm, pty, 3000) as traffic:
+                await traffic.send(0, 2)
                 proxy.reset()  # RST both ways, the reactor's socket breaks under it
-                await vm.send_all(to_device[half:])
-                await write_master(pty, to_vm[half:])
-            assert bytes(got_device) == to_device  # every byte once, in order
-            assert bytes(got_vm) == to_vm
+                await traffic.send(1, 2)
+            assert bytes(traffic.got_device) == traffic.to_device  # every byte once, in order
+            assert bytes(traffic.got_vm) == traffic.to_vm
             channel = next(r for r in lab.gateway.routes if r.name == "console").channel
             assert channel is not None and channel.resume is not None and channel.resume.stream is not None
             assert channel.resume.stream.resumes == 1

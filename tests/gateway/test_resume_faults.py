@@ -22,7 +22,7 @@ from redirgate.cli.lab import LabRoute
 from redirgate.gateway.route_server import RouteServer
 from redirgate.vmside.guest import UsbredirGuest
 from tests.support.loopback import Loopback
-from tests.support.serial_lab import pty_pair, read_master, receive_exactly, write_master
+from tests.support.serial_lab import both_ways, pty_pair, read_master
 from tests.support.tunnel_lab import Lab, proxied_lab
 from tests.support.waiting import until
 
@@ -139,28 +139,12 @@ async def test_a_serial_route_loses_and_repeats_nothing_across_a_reset(tmp_path:
             async with vm:
                 await vm.send_all(b"hello")
                 assert await read_master(pty, 5) == b"hello"
-                to_device = b"".join(b"%06d\n" % i for i in range(4000))  # 28 000 bytes each way
-                to_vm = b"".join(b"%06d\r" % i for i in range(4000))
-                half = len(to_device) // 2
-                got_device = bytearray()
-                got_vm = bytearray()
-
-                async def device_reader() -> None:
-                    got_device.extend(await read_master(pty, len(to_device)))
-
-                async def vm_reader() -> None:
-                    got_vm.extend(await receive_exactly(vm, len(to_vm)))
-
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(device_reader)
-                    nursery.start_soon(vm_reader)
-                    await vm.send_all(to_device[:half])
-                    await write_master(pty, to_vm[:half])
+                async with both_ways(vm, pty, 4000) as traffic:  # 28 000 bytes each way
+                    await traffic.send(0, 2)
                     proxy.reset()
-                    await vm.send_all(to_device[half:])
-                    await write_master(pty, to_vm[half:])
-                assert bytes(got_device) == to_device  # every byte once, in order
-                assert bytes(got_vm) == to_vm
+                    await traffic.send(1, 2)
+                assert bytes(traffic.got_device) == traffic.to_device  # every byte once, in order
+                assert bytes(traffic.got_vm) == traffic.to_vm
                 assert gateway_resumes(lab, "console") == 1
                 assert route(lab, "console").discarded_bytes == 0
 

@@ -172,3 +172,51 @@ async def pyserial_rfc2217(port: int, query: str = "", **kwargs: Any) -> AsyncIt
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(client.close)  # joins pyserial's reader thread
+
+
+@dataclass
+class BothWays:
+    """Numbered lines each way between a VM-side stream and a port's pty
+    (`both_ways`): every byte must arrive once and in order, whatever breaks
+    between the shares."""
+
+    vm: trio.abc.SendStream
+    pty: Pty
+    to_device: bytes
+    to_vm: bytes
+    got_device: bytearray
+    got_vm: bytearray
+
+    async def send(self, part: int, parts: int) -> None:
+        """Share `part` (from 0) of `parts` equal shares, each way: VM -> device, then device -> VM."""
+        for data, send in ((self.to_device, self.vm.send_all), (self.to_vm, partial(write_master, self.pty))):
+            share = len(data) // parts
+            end = len(data) if part == parts - 1 else (part + 1) * share
+            await send(data[part * share : end])
+
+
+@contextlib.asynccontextmanager
+async def both_ways(vm: trio.abc.Stream, pty: Pty, lines: int) -> AsyncIterator[BothWays]:
+    """`lines` 7-byte numbered lines each way, read to the end by two tasks;
+    the caller sends them in shares (`BothWays.send`) with its faults between.
+    Leaving waits until both readers have every byte; then compare
+    `got_device` with `to_device` and `got_vm` with `to_vm`."""
+    traffic = BothWays(
+        vm,
+        pty,
+        b"".join(b"%06d\n" % i for i in range(lines)),
+        b"".join(b"%06d\r" % i for i in range(lines)),
+        bytearray(),
+        bytearray(),
+    )
+
+    async def device_reader() -> None:
+        traffic.got_device.extend(await read_master(pty, len(traffic.to_device)))
+
+    async def vm_reader() -> None:
+        traffic.got_vm.extend(await receive_exactly(vm, len(traffic.to_vm)))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(device_reader)
+        nursery.start_soon(vm_reader)
+        yield traffic

@@ -33,7 +33,7 @@ from tests.support.fault_proxy import fault_proxy
 from tests.support.gateway_procs import GatewayProcess, kill, running_client, running_gateway
 from tests.support.loopback import Loopback
 from tests.support.redis_server import RedisServer
-from tests.support.serial_lab import pty_pair, read_master, receive_exactly, write_master
+from tests.support.serial_lab import both_ways, pty_pair, read_master
 from tests.support.waiting import until, wait_for_text
 
 ROUTES = [LabRoute("loop", "usb:1209:0003"), LabRoute("console", "serial:console")]
@@ -82,42 +82,26 @@ async def test_channels_live_on_while_the_clients_node_dies_and_its_data_connect
                 assert re.search(r"route loop: client thin-01 \(on node c\) attached channel", a.log())
                 assert re.search(r"route console: client thin-01 \(on node c\) attached channel", a.log())
 
-                to_device = b"".join(b"%06d\n" % i for i in range(6000))  # 42 000 bytes each way
-                to_vm = b"".join(b"%06d\r" % i for i in range(6000))
-                third = len(to_device) // 3
-                got_device, got_vm = bytearray(), bytearray()
-
-                async def device_reader() -> None:
-                    got_device.extend(await read_master(pty, len(to_device)))
-
-                async def vm_reader() -> None:
-                    got_vm.extend(await receive_exactly(serial_vm, len(to_vm)))
-
-                async with trio.open_nursery() as serial_traffic:
-                    serial_traffic.start_soon(device_reader)
-                    serial_traffic.start_soon(vm_reader)
-                    await serial_vm.send_all(to_device[:third])
-                    await write_master(pty, to_vm[:third])
+                async with both_ways(serial_vm, pty, 6000) as traffic:  # 42 000 bytes each way
+                    await traffic.send(0, 3)
 
                     # 1. the client's node dies; the channels on a do not notice
                     kill(c.process)
                     await until(lambda: _online(b), "the client on node b", poll_s=LOG_POLL_S)
                     await loop.progress(80)  # past the replay limit (4 MiB each way): acks pass through Redis
-                    await serial_vm.send_all(to_device[third : 2 * third])
-                    await write_master(pty, to_vm[third : 2 * third])
+                    await traffic.send(1, 3)
 
                     # 2. the data connections to a break while the control connection moves again
                     assert proxy.reset() >= 2
                     kill(b.process)
                     await until(lambda: _online(a), "the client on node a", poll_s=LOG_POLL_S)
-                    await serial_vm.send_all(to_device[2 * third :])
-                    await write_master(pty, to_vm[2 * third :])
+                    await traffic.send(2, 3)
                 await until(lambda: len(re.findall(r"channel \d+ of thin-01 resumed", a.log())) >= 2, poll_s=LOG_POLL_S)
                 await loop.progress(80)  # the acks on a's own session now
                 loop.stop = True
                 log = a.log()  # before the VM's sockets close (that ends the channels)
-            assert bytes(got_device) == to_device  # every byte once, in order
-            assert bytes(got_vm) == to_vm
+            assert bytes(traffic.got_device) == traffic.to_device  # every byte once, in order
+            assert bytes(traffic.got_vm) == traffic.to_vm
             assert vm.disconnects == 0, "the VM saw its device unplugged"
             assert "route console: channel" not in log and "route loop: channel" not in log  # no channel ended
             assert "discarded" not in log
