@@ -13,7 +13,6 @@ from redirgate.transport import PrefixedStream, RelayReactor, RelayStats, Resuma
 from tests.support.transport_lab import (
     Pki,
     make_channel,
-    make_pki,
     random_digest,
     receive_exactly,
     send_random,
@@ -21,11 +20,6 @@ from tests.support.transport_lab import (
     small_messages_back,
 )
 from tests.support.waiting import until
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.mark.parametrize("prefix", [b"", b"held bytes first"], ids=["no-prefix", "prefix"])

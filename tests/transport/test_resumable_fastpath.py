@@ -23,7 +23,6 @@ from redirgate.transport import PlainSocketStream, ResumableStream, nonblocking,
 from tests.support.resumable_link import open_link, sever, small_send_buffer
 from tests.support.transport_lab import (
     Pki,
-    make_pki,
     plain_pair,
     random_digest,
     receive_exactly,
@@ -32,11 +31,6 @@ from tests.support.transport_lab import (
 from tests.support.waiting import until
 
 SIZE = 3_000_000
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 async def test_every_byte_once_in_order_across_breaks_on_the_fast_path(env: Pki) -> None:

@@ -12,7 +12,6 @@ from redirgate.transport import DEFAULT_BUFFER_BYTES, PrefixedStream, RelayStats
 from tests.support.transport_lab import (
     Pki,
     make_channel,
-    make_pki,
     plain_pair,
     random_digest,
     receive_exactly,
@@ -20,11 +19,6 @@ from tests.support.transport_lab import (
     slow_reader,
     small_messages_back,
 )
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 class Opaque(trio.abc.Stream):

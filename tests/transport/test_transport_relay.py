@@ -15,12 +15,7 @@ from redirgate.transport import (
     RelayStats,
     relay,
 )
-from tests.support.transport_lab import Pki, make_channel, make_pki, receive_exactly, send_random
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
+from tests.support.transport_lab import Pki, make_channel, receive_exactly, send_random
 
 
 @pytest.mark.parametrize("buffer_size", [DEFAULT_BUFFER_BYTES, 4096, 1], ids=["256k", "4k", "1byte"])
