@@ -42,7 +42,7 @@ elif str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.real_usb import STICK, _vm_dd_script
-from bench.real_usb_loop import LOOP, SIZES, VM_SCRIPT, WARMUP, loop_gadget
+from bench.real_usb_loop import LOOP, SIZES, VM_SCRIPT, WARMUP, loop_figures, loop_gadget
 from bench.real_usb_serve import (
     GUEST_PORT,
     SERVER_READY_TIMEOUT_S,
@@ -146,11 +146,7 @@ def _loop(thin: Any, vm: Any, command: str, log_path: Path, rounds: tuple[int, i
     vm.run(wait_usb_gone_script(*LOOP), 120)
     if result.rc != 0:
         raise RuntimeError(f"the loopback loop failed ({result.rc}): {result.stderr[-500:]}")
-    figures = {}
-    for line in result.stdout.splitlines():
-        words = line.split()
-        if len(words) == 3 and words[0] == "loop":
-            figures["lb4k" if words[1] == "4096" else "lb64k"] = float(words[2])
+    figures = loop_figures(result.stdout)
     # CPU: % of a vCPU while attached and idle; ms per round trip (warm-ups included)
     figures["idle_cpu%"] = (cpu1 - cpu0) * 100 / (t1 - t0)
     # (the loop's own CPU: what the server spent meanwhile beyond its idle rate)

@@ -67,8 +67,13 @@ def loop_one(thin: Any, vm: Any, tunnels: Any, role: str, share: Path, log_path:
     vm.run(wait_usb_gone_script(*LOOP), 120)
     if result.rc != 0:
         raise RuntimeError(f"{role}: the loopback loop failed ({result.rc}): {result.stderr[-500:]}")
-    figures = {}
-    for line in result.stdout.splitlines():
+    return loop_figures(result.stdout)
+
+
+def loop_figures(stdout: str) -> dict[str, float]:
+    """The VM script's `loop SIZE MS` lines: {"lb4k": ms, "lb64k": ms}."""
+    figures: dict[str, float] = {}
+    for line in stdout.splitlines():
         words = line.split()
         if len(words) == 3 and words[0] == "loop":
             figures["lb4k" if words[1] == "4096" else "lb64k"] = float(words[2])
