@@ -14,6 +14,7 @@ import logging
 import random
 import re
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,20 @@ def test_the_window_grows_with_how_long_the_gateway_was_away() -> None:
 _HINTED = re.compile(r"retry after ([0-9.]+) s\); reconnecting in ([0-9.]+) s")
 
 
+async def _client_against(
+    tmp_path: Path, gateway: Callable[[trio.SocketStream], Awaitable[None]], done: trio.Event
+) -> None:
+    """A real client dialling `gateway` (a TCP handler on 127.0.0.1) until `done` is set."""
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, gateway, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        client = ClientService(load_client_config(write_client_config(tmp_path, port))).client
+        nursery.start_soon(client.run)
+        with trio.fail_after(60):  # a safety net only
+            await done.wait()
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_busy_gateways_hint_is_honoured_and_it_grows_with_the_wait(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -84,14 +99,7 @@ async def test_a_busy_gateways_hint_is_honoured_and_it_grows_with_the_wait(
                 told.set()
 
     handed: list[float] = []
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(functools.partial(trio.serve_tcp, busy_gateway, 0, host="127.0.0.1"))
-        port = listeners[0].socket.getsockname()[1]
-        client = ClientService(load_client_config(write_client_config(tmp_path, port))).client
-        nursery.start_soon(client.run)
-        with trio.fail_after(60):  # a safety net only
-            await told.wait()
-        nursery.cancel_scope.cancel()
+    await _client_against(tmp_path, busy_gateway, told)
     seen = [(float(m.group(1)), float(m.group(2))) for r in caplog.records if (m := _HINTED.search(r.getMessage()))]
     assert [hint for hint, _ in seen[: len(hints)]] == hints, seen
     for hint, delay in seen:
@@ -124,14 +132,7 @@ async def test_a_busy_gateways_ticket_goes_back_first_on_the_next_dial_there(tmp
             else:
                 done.set()
 
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(functools.partial(trio.serve_tcp, busy_gateway, 0, host="127.0.0.1"))
-        port = listeners[0].socket.getsockname()[1]
-        client = ClientService(load_client_config(write_client_config(tmp_path, port))).client
-        nursery.start_soon(client.run)
-        with trio.fail_after(60):  # a safety net only
-            await done.wait()
-        nursery.cancel_scope.cancel()
+    await _client_against(tmp_path, busy_gateway, done)
     assert firsts[0][0] == 0x16  # a TLS handshake record: no ticket yet
     assert firsts[1].startswith(t.ticket_line(ticket)), firsts[1][:60]
     assert firsts[1][len(t.ticket_line(ticket))] == 0x16  # then its ClientHello
