@@ -60,6 +60,7 @@ from cryptography import x509
 
 from redirgate.proto.tunnel.busy import (
     BUSY_MAX_BYTES,
+    BUSY_PREFIX,
     TICKET_LINE_MAX_BYTES,
     looks_like_tls,
     parse_busy,
@@ -92,6 +93,8 @@ T = TypeVar("T")
 #: What OpenSSL needs before a call that would block can go on.
 WANT_READ: Final = 1
 WANT_WRITE: Final = 2
+#: A TLS record header (RFC 8446 5.1): what OpenSSL reads before it checks the version.
+_RECORD_HEADER_BYTES: Final = 5
 
 
 class _State(enum.Enum):
@@ -287,6 +290,23 @@ class ZeroCopyTLSStream(trio.abc.Stream):
             return True, None, None
         return True, parse_busy(first), parse_busy_ticket(first)
 
+    def _busy_line_openssl_cut(self) -> tuple[float | None, bytes | None]:
+        """The client side, after OpenSSL failed its first read with a wrong
+        record version: whether those bytes were a busy line that came after
+        `_busy_hint` looked (a race the herd hits: the client is preempted
+        between its ClientHello and OpenSSL's read).  OpenSSL took the 5 bytes
+        of a record header and left the rest in the socket: (hint, ticket), or
+        (None, None) when the rest is no busy line."""
+        cause = self._cause
+        if not (isinstance(cause, ssl.SSLError) and cause.reason == "WRONG_VERSION_NUMBER"):
+            return None, None
+        taken = BUSY_PREFIX[:_RECORD_HEADER_BYTES]
+        try:
+            rest = socket.socket.recv(self._ssl, BUSY_MAX_BYTES + TICKET_LINE_MAX_BYTES, socket.MSG_PEEK)
+        except OSError:
+            return None, None
+        return parse_busy(taken + rest), parse_busy_ticket(taken + rest)
+
     async def _handshake(self) -> None:
         """`_complete(_handshake_step)`; a client first looks whether the
         server's first bytes are a busy line instead of TLS (before OpenSSL
@@ -303,7 +323,16 @@ class ZeroCopyTLSStream(trio.abc.Stream):
                     raise TlsRefused(
                         self.peer, Refusal.BUSY, f"retry after {hint:g} s", retry_after_s=hint, ticket=ticket
                     )
-            if self._attempt(self._handshake_step) is not None:
+            try:
+                done = self._attempt(self._handshake_step)
+            except trio.BrokenResourceError:
+                hint, ticket = self._busy_line_openssl_cut()
+                if hint is None:
+                    raise
+                raise TlsRefused(
+                    self.peer, Refusal.BUSY, f"retry after {hint:g} s", retry_after_s=hint, ticket=ticket
+                ) from None
+            if done is not None:
                 return
             await self._wait(self._want)
 

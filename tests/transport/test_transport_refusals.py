@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from redirgate.gateway import pki
+from redirgate.proto import tunnel as t
 from redirgate.transport import (
     PeerKind,
     Refusal,
@@ -30,6 +31,7 @@ from redirgate.transport import (
     ZeroCopyTLSStream,
     accept_tls,
     client_context,
+    open_tls_connection,
     verify_peer,
 )
 from tests.support.transport_lab import GATEWAY, Pki, make_pki
@@ -255,3 +257,29 @@ def test_verify_peer_checks_expiry_itself(env: Pki) -> None:
     with pytest.raises(TlsRefused) as info:
         verify_peer(None, peer="p")
     assert info.value.refusal is Refusal.NO_CLIENT_CERT
+
+
+@pytest.mark.parametrize("ticket", [None, b"0123456789abcdef0123456789ab"])
+async def test_a_busy_line_openssl_read_first_is_still_a_busy_refusal(
+    env: Pki, monkeypatch: pytest.MonkeyPatch, ticket: bytes | None
+) -> None:
+    """The busy line can come after the client looked for it and before OpenSSL's first read (the
+    client preempted between its ClientHello and that read, which a herd on a busy machine does):
+    OpenSSL takes the line's first 5 bytes for a record header and fails.  The client must still
+    see the busy refusal with its hint and ticket, not a TLS error.  Here the look always comes
+    too early."""
+    monkeypatch.setattr(ZeroCopyTLSStream, "_busy_hint", lambda self: (False, None, None))
+
+    async def busy_gateway(tcp: trio.SocketStream) -> None:
+        async with tcp:
+            await tcp.send_all(t.busy_line(2.5, ticket))
+            await tcp.receive_some(4096)  # until the client gives up (its ClientHello, an alert, EOF)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, busy_gateway, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        with pytest.raises(TlsRefused) as refused:
+            await open_tls_connection("127.0.0.1", port, env.client_context())
+        nursery.cancel_scope.cancel()
+    assert refused.value.refusal is Refusal.BUSY
+    assert refused.value.retry_after_s == 2.5 and refused.value.ticket == ticket
