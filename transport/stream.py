@@ -578,7 +578,20 @@ def _wrapped(
 ) -> ZeroCopyTLSStream:
     """A ZeroCopyTLSStream on `sock`; a peer that is already gone (reset before the handshake: ssl's
     "Closed before TLS handshake with data in recv buffer", ENOTCONN) is TlsRefused(CLOSED), the
-    socket closed: a dial abandoned while it waited in the backlog is a refusal, not an internal error."""
+    socket closed: a dial abandoned while it waited in the backlog is a refusal, not an internal error.
+    A client whose gateway sent its busy line at once and closed (our ticket line then reached a
+    closed socket, and the reset came back before this wrap) is told the busy line: ssl's check
+    for that reset reads a byte of it and closes the socket, so it is looked for first."""
+    if not server_side:
+        try:
+            sock.getpeername()
+        except OSError:
+            hint, ticket = _busy_line_left(sock)
+            if hint is not None:
+                sock.close()
+                raise TlsRefused(
+                    peer, Refusal.BUSY, f"retry after {hint:g} s", retry_after_s=hint, ticket=ticket
+                ) from None
     try:
         return ZeroCopyTLSStream(
             sock,
@@ -591,6 +604,15 @@ def _wrapped(
     except (ssl.SSLError, OSError) as exc:
         sock.close()
         raise TlsRefused(peer, Refusal.CLOSED, str(exc) or type(exc).__name__) from exc
+
+
+def _busy_line_left(sock: socket.socket) -> tuple[float | None, bytes | None]:
+    """(hint, ticket) of a busy line waiting unread on a client's socket the peer reset, or (None, None)."""
+    try:
+        first = sock.recv(BUSY_MAX_BYTES + TICKET_LINE_MAX_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError:
+        return None, None
+    return parse_busy(first), parse_busy_ticket(first)
 
 
 class BusyTickets:
@@ -633,6 +655,8 @@ async def open_tls_connection(
             await trio.aclose_forcefully(tcp)
             raise
     peer = peer_label(tcp.socket)
+    if peer == "unconnected":  # reset already (a busy gateway that closed): name what we dialled
+        peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     stream = _wrapped(_detach(tcp), client.ssl_context, peer, server_side=False, server_hostname=client.server_name)
     try:
         await stream.do_handshake(handshake_timeout_s)

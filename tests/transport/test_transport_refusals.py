@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from redirgate.gateway import pki
 from redirgate.proto import tunnel as t
 from redirgate.transport import (
+    BusyTickets,
     PeerKind,
     Refusal,
     TlsRefused,
@@ -283,3 +284,29 @@ async def test_a_busy_line_openssl_read_first_is_still_a_busy_refusal(
         nursery.cancel_scope.cancel()
     assert refused.value.refusal is Refusal.BUSY
     assert refused.value.retry_after_s == 2.5 and refused.value.ticket == ticket
+
+
+async def test_a_busy_line_sent_at_once_then_closed_reaches_a_client_dialling_with_its_ticket(env: Pki) -> None:
+    """A gateway with too many connections waiting sends its busy line at once and closes. A client
+    that comes back with a ticket sends the ticket line first: it reaches a closed socket, and the
+    reset is back before the client wraps its socket for TLS, whose check for that reads a byte of
+    the line and closes.  The client must still get the busy refusal, its hint and the new ticket,
+    every time (not a refusal that says the connection closed)."""
+    ticket = b"0123456789abcdef0123456789ab"
+
+    async def at_once_gateway(tcp: trio.SocketStream) -> None:
+        async with tcp:
+            await tcp.send_all(t.busy_line(2.5, ticket))
+
+    tickets = BusyTickets()
+    refusals: list[TlsRefused] = []
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, at_once_gateway, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        for _ in range(20):
+            with pytest.raises(TlsRefused) as refused:
+                await open_tls_connection("127.0.0.1", port, env.client_context(), tickets=tickets)
+            refusals.append(refused.value)
+        nursery.cancel_scope.cancel()
+    assert [(r.refusal, r.retry_after_s, r.ticket) for r in refusals] == [(Refusal.BUSY, 2.5, ticket)] * 20
+    assert all(r.peer == f"127.0.0.1:{port}" for r in refusals), [r.peer for r in refusals]
